@@ -1,0 +1,195 @@
+//! The receiver's destination directory: the only place Sluice writes, and the guard that keeps
+//! every write inside it.
+//!
+//! Paths from the manifest have already passed [`sluice_proto::path::validate`] (relative, no
+//! `..`). [`Destination`] adds what a path string cannot show: no component on the way to an
+//! entry may be a symlink, so a link — sent by a hostile peer or already present — cannot
+//! redirect a write outside the destination. Symlinks from the manifest are created only after
+//! every file is in place. Files are written under a temporary name in their final directory
+//! (`.NAME.sluice-part`) and renamed over the final name only once verified, so the final name
+//! never holds unverified content.
+
+use std::fs::{self, File, FileTimes};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sluice_proto::message::Entry;
+use sluice_proto::path;
+
+use crate::error::{Error, Result};
+
+/// Suffix of in-progress files.
+pub const PART_SUFFIX: &str = ".sluice-part";
+
+/// A destination directory.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    root: PathBuf,
+}
+
+impl Destination {
+    /// Opens (creating if needed) the destination directory.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(Error::file("creating destination", &root))?;
+        Ok(Self { root })
+    }
+
+    /// The destination directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves a manifest path to a local path, creating missing parent directories and
+    /// refusing any parent that is a symlink or not a directory.
+    pub fn resolve(&self, rel: &str) -> Result<PathBuf> {
+        let parts = path::validate(rel).map_err(|e| Error::Destination {
+            path: rel.to_owned(),
+            why: e.to_string(),
+        })?;
+        let mut at = self.root.clone();
+        let (last, parents) = parts.split_last().ok_or_else(|| Error::Destination {
+            path: rel.to_owned(),
+            why: "empty path".into(),
+        })?;
+        for part in parents {
+            at.push(part);
+            self.ensure_dir(&at, rel)?;
+        }
+        at.push(last);
+        Ok(at)
+    }
+
+    fn ensure_dir(&self, at: &Path, rel: &str) -> Result<()> {
+        match fs::symlink_metadata(at) {
+            Ok(m) if m.file_type().is_dir() => Ok(()),
+            Ok(m) if m.file_type().is_symlink() => Err(Error::Destination {
+                path: rel.to_owned(),
+                why: format!("{} is a symlink; it will not be followed", at.display()),
+            }),
+            Ok(_) => Err(Error::Destination {
+                path: rel.to_owned(),
+                why: format!("{} exists and is not a directory", at.display()),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(at) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.ensure_dir(at, rel),
+                Err(e) => Err(Error::file("creating directory", at)(e)),
+            },
+            Err(e) => Err(Error::file("inspecting", at)(e)),
+        }
+    }
+
+    /// Creates the directory of a manifest entry.
+    pub fn create_dir(&self, entry: &Entry) -> Result<PathBuf> {
+        let at = self.resolve(&entry.path)?;
+        self.ensure_dir(&at, &entry.path)?;
+        Ok(at)
+    }
+
+    /// The in-progress name of the file that will be `final_path`.
+    pub fn part_path(final_path: &Path) -> PathBuf {
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        final_path.with_file_name(format!(".{name}{PART_SUFFIX}"))
+    }
+
+    /// Prepares a file entry: resolves its final path and creates an empty in-progress file.
+    /// Returns `(final, part)`.
+    pub fn create_part(&self, entry: &Entry) -> Result<(PathBuf, PathBuf)> {
+        let final_path = self.resolve(&entry.path)?;
+        if fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_dir()) {
+            return Err(Error::Destination {
+                path: entry.path.clone(),
+                why: "a directory of that name is in the way".into(),
+            });
+        }
+        let part = Self::part_path(&final_path);
+        // A stale part file from an earlier run is replaced; `create_new` then refuses to follow
+        // anything that appeared in its place.
+        let _ = fs::remove_file(&part);
+        File::options()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .map_err(Error::file("creating", &part))?;
+        Ok((final_path, part))
+    }
+
+    /// Gives a verified part file its metadata and renames it over the final name.
+    pub fn commit(&self, entry: &Entry, part: &Path, final_path: &Path) -> Result<()> {
+        let f = File::options()
+            .write(true)
+            .open(part)
+            .map_err(Error::file("opening", part))?;
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(Error::file("setting permissions of", part))?;
+        f.set_times(FileTimes::new().set_modified(mtime(entry)))
+            .map_err(Error::file("setting mtime of", part))?;
+        drop(f);
+        fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))
+    }
+
+    /// Creates a symlink entry, replacing a file or link of the same name.
+    pub fn create_symlink(&self, entry: &Entry) -> Result<()> {
+        let at = self.resolve(&entry.path)?;
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {
+                return Err(Error::Destination {
+                    path: entry.path.clone(),
+                    why: "a directory of that name is in the way".into(),
+                })
+            }
+            Ok(_) => fs::remove_file(&at).map_err(Error::file("replacing", &at))?,
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(&entry.link_target, &at)
+            .map_err(Error::file("creating symlink", &at))
+    }
+
+    /// Sets a directory's permissions and mtime (done last, after its contents are in place).
+    pub fn finish_dir(&self, entry: &Entry) -> Result<()> {
+        let at = self.resolve(&entry.path)?;
+        if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return Ok(());
+        }
+        fs::set_permissions(&at, fs::Permissions::from_mode(entry.mode & 0o7777))
+            .map_err(Error::file("setting permissions of", &at))?;
+        let d = File::open(&at).map_err(Error::file("opening", &at))?;
+        d.set_times(FileTimes::new().set_modified(mtime(entry)))
+            .map_err(Error::file("setting mtime of", &at))
+    }
+}
+
+fn mtime(entry: &Entry) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(entry.mtime_nsec));
+    if entry.mtime_sec >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(entry.mtime_sec as u64) + nanos
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(entry.mtime_sec.unsigned_abs()) + nanos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_symlinked_parents() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dest = Destination::new(d.path().join("dest")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dest.root().join("evil")).unwrap();
+        let err = dest.resolve("evil/x").unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert!(dest.resolve("../x").is_err());
+        assert!(dest.resolve("/etc/x").is_err());
+        assert_eq!(dest.resolve("ok/x").unwrap(), dest.root().join("ok/x"));
+        assert!(dest.root().join("ok").is_dir());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,123 @@
+//! What a transfer reports while it runs: counters to poll, and events to drain.
+//!
+//! The engine updates a shared [`Progress`] from its threads with relaxed atomics (one add per
+//! block) and queues an [`Event`] per file outcome. A front end — the `sluice` progress bar,
+//! `--json`, an embedding tool — polls [`Progress::snapshot`] at its own pace and drains
+//! [`Progress::take_events`]; the data path never waits for it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use sluice_proto::message::Digest;
+
+/// A file's outcome, or a milestone of the transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The QUIC connection is up and the peer is authenticated.
+    Connected {
+        /// The peer's address.
+        peer: String,
+    },
+    /// A file was verified at the receiver and is in place under its final name.
+    FileVerified {
+        /// The path relative to the destination.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its BLAKE3 root (what `b3sum` prints).
+        root: Digest,
+    },
+    /// A file failed; nothing was put in its place.
+    FileFailed {
+        /// The path relative to the destination.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Live counters and pending events of one transfer.
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes_total: AtomicU64,
+    files_total: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_verified: AtomicU64,
+    files_verified: AtomicU64,
+    events: Mutex<VecDeque<Event>>,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Payload bytes in the manifest.
+    pub bytes_total: u64,
+    /// Files in the manifest.
+    pub files_total: u64,
+    /// Payload bytes handed to the network (sender) or received (receiver).
+    pub bytes_sent: u64,
+    /// Payload bytes verified and written at the receiver.
+    pub bytes_verified: u64,
+    /// Files verified and in place.
+    pub files_verified: u64,
+}
+
+impl Progress {
+    pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
+        self.files_total.store(files, Relaxed);
+        self.bytes_total.store(bytes, Relaxed);
+    }
+
+    pub(crate) fn add_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_verified(&self, n: u64) {
+        self.bytes_verified.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn push(&self, e: Event) {
+        if let Event::FileVerified { .. } = e {
+            self.files_verified.fetch_add(1, Relaxed);
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(e);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            bytes_total: self.bytes_total.load(Relaxed),
+            files_total: self.files_total.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_verified: self.bytes_verified.load(Relaxed),
+            files_verified: self.files_verified.load(Relaxed),
+        }
+    }
+
+    /// Removes and returns the events queued since the last call.
+    pub fn take_events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+}
+
+/// The outcome of a completed transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Manifest entries put in place (files, directories, symlinks).
+    pub entries: u64,
+    /// Regular files verified.
+    pub files: u64,
+    /// Payload bytes verified.
+    pub bytes: u64,
+    /// Wall time from connecting to the receiver's summary.
+    pub elapsed: Duration,
+}

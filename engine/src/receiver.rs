@@ -1,0 +1,711 @@
+//! The receiving side: one authenticated sender, blocks verified on arrival, files renamed into
+//! place only when their root matches.
+//!
+//! ```text
+//!  sluice-net thread (tokio, current-thread)            sluice-write thread
+//!  ─────────────────────────────────────────            ───────────────────
+//!  control task: Hello/secret, manifest, FileDone,      hash block (BLAKE3 chaining value)
+//!    per-file block table, root check, rename  ◀─ done ─ compare with header → io_uring Write
+//!  stream tasks × N: header → check against manifest ─ jobs ─▶ (positional: blocks arrive
+//!    → take ring Buffer → read payload into it                  out of order)
+//! ```
+//!
+//! Invariants: nothing is written outside the destination ([`crate::dest`]); a block is written
+//! only after its hash matched its header; each block of a file is accepted once, so nothing can
+//! be written to a file after it was verified; the final name is only ever given to a file
+//! whose BLAKE3 root equals the sender's.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN};
+use sluice_proto::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message};
+use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
+use sluice_proto::ticket::Ticket;
+use sluice_proto::tls::{self, Identity};
+use tokio::sync::{mpsc, watch};
+
+use crate::blockio::{self, Completion, Op, Request};
+use crate::config::Config;
+use crate::control::Control;
+use crate::dest::Destination;
+use crate::error::{Error, Result};
+use crate::merkle;
+use crate::net;
+use crate::progress::{Event, Progress, Summary};
+use crate::ring::{Buffer, BufferPool};
+
+/// Work for the writer thread.
+enum Job {
+    Write {
+        file: u32,
+        index: u64,
+        header: BlockHeader,
+        file_len: u64,
+        buf: Buffer,
+    },
+    Open {
+        file: u32,
+        path: PathBuf,
+    },
+    Close {
+        file: u32,
+    },
+}
+
+/// What the writer thread reports back.
+enum Written {
+    Block { file: u32, index: u64, cv: Digest },
+    Corrupt { file: u32, offset: u64 },
+    Failed { file: u32, error: Error },
+}
+
+/// State shared by the control task and the stream tasks.
+struct Shared {
+    session: ReceiverSession,
+    /// Per file, which blocks have been claimed by a stream (each block is accepted once).
+    claimed: HashMap<u32, Vec<bool>>,
+}
+
+/// A file being received.
+struct Incoming {
+    final_path: PathBuf,
+    part: PathBuf,
+    cvs: Vec<Option<Digest>>,
+    remaining: u64,
+    root: Option<Digest>,
+}
+
+/// Waits for one sender and receives its files into a destination directory.
+#[derive(Debug)]
+pub struct Receiver {
+    config: Config,
+    dest: Destination,
+    rt: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    ticket: Ticket,
+}
+
+impl Receiver {
+    /// Binds a QUIC endpoint on `listen` with a fresh certificate and secret. `advertise`, if
+    /// given, is the address written into the ticket (needed when `listen` is a wildcard).
+    pub fn bind(
+        dest: impl Into<PathBuf>,
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
+        config: Config,
+    ) -> Result<Self> {
+        let dest = Destination::new(dest)?;
+        let identity = Identity::generate()?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| Error::io("generating secret")(std::io::Error::other(e.to_string())))?;
+        let server = tls::server_config(&identity, &config.transport())?;
+        let rt = net::runtime()?;
+        let socket = net::udp_socket(listen, &config)?;
+        let endpoint = {
+            let _guard = rt.enter();
+            net::endpoint(socket, Some(server))?
+        };
+        let mut addr = endpoint
+            .local_addr()
+            .map_err(Error::io("reading bound address"))?;
+        if let Some(a) = advertise {
+            addr = a;
+        } else if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        Ok(Self {
+            ticket: Ticket {
+                addr,
+                fingerprint: identity.fingerprint(),
+                secret,
+            },
+            config,
+            dest,
+            rt,
+            endpoint,
+        })
+    }
+
+    /// The ticket to hand to the sender.
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    /// Waits for one sender, receives its transfer, and returns when every entry is in place (or
+    /// the transfer failed; partial files are then removed).
+    pub fn run(self, progress: Arc<Progress>) -> Result<Summary> {
+        let Self {
+            config,
+            dest,
+            rt,
+            endpoint,
+            ticket,
+        } = self;
+        rt.block_on(async move {
+            let incoming = endpoint.accept().await.ok_or_else(|| Error::Connection {
+                peer: "none".into(),
+                detail: "endpoint closed before a sender connected".into(),
+            })?;
+            let peer = incoming.remote_address();
+            let conn = incoming.await.map_err(|e| net::conn_error(peer)(&e))?;
+            let started = Instant::now();
+            let mut parts = Vec::new();
+            let result = receive(&config, &dest, ticket.secret, &conn, &progress, &mut parts).await;
+            if let Err(e) = &result {
+                conn.close(1u32.into(), e.to_string().as_bytes());
+                for p in &parts {
+                    let _ = std::fs::remove_file(p);
+                }
+            } else {
+                // The sender closes once it has read the summary; bounded wait.
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+            }
+            endpoint.close(0u32.into(), b"");
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+            result.map(|mut s| {
+                s.elapsed = started.elapsed();
+                s
+            })
+        })
+    }
+}
+
+async fn receive(
+    config: &Config,
+    dest: &Destination,
+    secret: [u8; 32],
+    conn: &quinn::Connection,
+    progress: &Arc<Progress>,
+    parts: &mut Vec<PathBuf>,
+) -> Result<Summary> {
+    let peer = conn.remote_address();
+    let conn_err = net::conn_error(peer);
+    let (send, recv) = conn.accept_bi().await.map_err(|e| conn_err(&e))?;
+    let mut control = Control::new(send, recv, peer.to_string());
+    let shared = Arc::new(Mutex::new(Shared {
+        session: ReceiverSession::new(secret),
+        claimed: HashMap::new(),
+    }));
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (job_tx, job_rx) = std_mpsc::channel::<Job>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Written>();
+
+    let writer = {
+        let config = config.clone();
+        std::thread::Builder::new()
+            .name("sluice-write".into())
+            .spawn(move || write_blocks(&config, job_rx, done_tx))
+            .map_err(Error::io("starting writer thread"))?
+    };
+
+    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize);
+    let mut streams = tokio::task::JoinSet::new();
+    let mut files: HashMap<u32, Incoming> = HashMap::new();
+    let mut symlinks: Vec<Entry> = Vec::new();
+    let mut finished = false;
+    let mut failures = 0u64;
+    let mut verified_bytes = 0u64;
+    let mut block_size = 0u32;
+
+    let result: Result<Summary> = async {
+        loop {
+            if finished && files.is_empty() {
+                let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
+                for e in &symlinks {
+                    dest.create_symlink(e)?;
+                }
+                for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
+                    dest.finish_dir(e)?;
+                }
+                let summary = Summary {
+                    entries: entries.len() as u64 - failures,
+                    files: entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64 - failures,
+                    bytes: verified_bytes,
+                    elapsed: Default::default(),
+                };
+                control
+                    .send(&Message::Summary {
+                        entries: summary.entries as u32,
+                        bytes: summary.bytes,
+                    })
+                    .await?;
+                control.finish();
+                return Ok(summary);
+            }
+            tokio::select! {
+                msg = control.recv() => {
+                    let Some(msg) = msg? else {
+                        return Err(conn_err(&"sender closed the control stream before finishing"));
+                    };
+                    let event = shared.lock().map_err(|_| poisoned())?.session.on_message(msg);
+                    let event = event?;
+                    match event {
+                        ReceiverEvent::Reply(m) => {
+                            block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
+                            control.send(&m).await?;
+                            progress.push(Event::Connected { peer: peer.to_string() });
+                            for _ in 0..config.streams.max(1) * 2 {
+                                streams.spawn(read_stream_loop(conn.clone(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
+                            }
+                        }
+                        ReceiverEvent::Entry(entry) => match entry.kind {
+                            EntryKind::Dir => {
+                                dest.create_dir(&entry)?;
+                            }
+                            EntryKind::Symlink => symlinks.push(entry),
+                            EntryKind::File => {
+                                let (final_path, part) = dest.create_part(&entry)?;
+                                parts.push(part.clone());
+                                let count = block_count(entry.size, block_size);
+                                if count > 0 {
+                                    let _ = job_tx.send(Job::Open { file: entry.id, path: part.clone() });
+                                }
+                                files.insert(entry.id, Incoming {
+                                    final_path,
+                                    part,
+                                    cvs: vec![None; count as usize],
+                                    remaining: count,
+                                    root: None,
+                                });
+                            }
+                        },
+                        ReceiverEvent::ManifestComplete => {
+                            let s = shared.lock().map_err(|_| poisoned())?;
+                            let entries = s.session.entries();
+                            progress.set_totals(
+                                entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64,
+                                entries.iter().map(|e| e.size).sum(),
+                            );
+                            drop(s);
+                            let _ = ready_tx.send(true);
+                        }
+                        ReceiverEvent::FileDone { id, root } => {
+                            if let Some(f) = files.get_mut(&id) {
+                                f.root = Some(root);
+                            }
+                            let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
+                            report(outcome, &mut control, progress, &mut failures, &mut verified_bytes).await?;
+                        }
+                        ReceiverEvent::Finish => finished = true,
+                    }
+                }
+                Some(w) = done_rx.recv() => {
+                    let outcome = match w {
+                        Written::Block { file, index, cv } => {
+                            let Some(f) = files.get_mut(&file) else { continue };
+                            if let Some(slot) = f.cvs.get_mut(index as usize) {
+                                if slot.replace(cv).is_none() {
+                                    f.remaining -= 1;
+                                }
+                            }
+                            let size = shared.lock().map_err(|_| poisoned())?.session.entries()[file as usize].size;
+                            progress.add_verified((size - index * u64::from(block_size)).min(u64::from(block_size)));
+                            try_finish(file, &mut files, &shared, dest, block_size, &job_tx)?
+                        }
+                        Written::Corrupt { file, offset } => {
+                            fail_file(file, &mut files, &job_tx, format!("block at offset {offset} does not match its hash"))
+                        }
+                        Written::Failed { file, error } => {
+                            if let Error::File { source, .. } = &error {
+                                if source.raw_os_error() == Some(libc::ENOSPC) {
+                                    return Err(error);
+                                }
+                            }
+                            fail_file(file, &mut files, &job_tx, error.to_string())
+                        }
+                    };
+                    report(outcome, &mut control, progress, &mut failures, &mut verified_bytes).await?;
+                }
+                Some(res) = streams.join_next() => {
+                    match res {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => return Err(conn_err(&e)),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = &result {
+        // Tell the sender why, unless it is the one who aborted.
+        let code = match e {
+            Error::Session(SessionError::Peer { .. }) | Error::Connection { .. } => None,
+            Error::Session(s) => Some(s.code()),
+            Error::Decode(_) => Some(ErrorCode::Protocol),
+            _ => Some(ErrorCode::Io),
+        };
+        if let Some(code) = code {
+            let _ = control
+                .send(&Message::Error {
+                    code,
+                    message: e.to_string(),
+                })
+                .await;
+            control.finish();
+            // Closing now could discard the message in flight; the sender closes on reading it.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+        }
+    }
+    // Stream tasks hold job senders: they must be gone before the writer can see the end.
+    streams.shutdown().await;
+    drop(job_tx);
+    let _ = writer.join();
+    if result.is_ok() {
+        parts.clear();
+    } else {
+        for f in files.values() {
+            let _ = std::fs::remove_file(&f.part);
+        }
+    }
+    result
+}
+
+fn poisoned() -> Error {
+    Error::io("receiver state")(std::io::Error::other("a task panicked"))
+}
+
+/// A file's outcome, to be told to the sender and the user.
+enum Outcome {
+    Pending,
+    Verified {
+        id: u32,
+        path: String,
+        size: u64,
+        root: Digest,
+    },
+    Failed {
+        id: u32,
+        path: String,
+        reason: String,
+    },
+}
+
+async fn report(
+    outcome: Outcome,
+    control: &mut Control,
+    progress: &Progress,
+    failures: &mut u64,
+    verified_bytes: &mut u64,
+) -> Result<()> {
+    match outcome {
+        Outcome::Pending => Ok(()),
+        Outcome::Verified {
+            id,
+            path,
+            size,
+            root,
+        } => {
+            *verified_bytes += size;
+            progress.push(Event::FileVerified { path, size, root });
+            control.send(&Message::FileVerified { id }).await
+        }
+        Outcome::Failed { id, path, reason } => {
+            *failures += 1;
+            tracing::error!(%path, %reason, "file failed");
+            progress.push(Event::FileFailed {
+                path,
+                reason: reason.clone(),
+            });
+            control.send(&Message::FileFailed { id, reason }).await
+        }
+    }
+}
+
+fn fail_file(
+    id: u32,
+    files: &mut HashMap<u32, Incoming>,
+    jobs: &std_mpsc::Sender<Job>,
+    reason: String,
+) -> Outcome {
+    let Some(f) = files.remove(&id) else {
+        return Outcome::Pending;
+    };
+    let _ = jobs.send(Job::Close { file: id });
+    let _ = std::fs::remove_file(&f.part);
+    Outcome::Failed {
+        id,
+        path: f.final_path.display().to_string(),
+        reason,
+    }
+}
+
+/// If every block of the file is written and its root is known, checks the root and renames the
+/// file into place.
+fn try_finish(
+    id: u32,
+    files: &mut HashMap<u32, Incoming>,
+    shared: &Mutex<Shared>,
+    dest: &Destination,
+    block_size: u32,
+    jobs: &std_mpsc::Sender<Job>,
+) -> Result<Outcome> {
+    let Some(f) = files.get(&id) else {
+        return Ok(Outcome::Pending);
+    };
+    let Some(expected) = f.root else {
+        return Ok(Outcome::Pending);
+    };
+    if f.remaining > 0 {
+        return Ok(Outcome::Pending);
+    }
+    let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
+    let cvs: Vec<Digest> = f.cvs.iter().map(|c| c.unwrap_or_default()).collect();
+    let root = merkle::root_from_cvs(&cvs, entry.size, block_size);
+    if root != expected {
+        return Ok(fail_file(
+            id,
+            files,
+            jobs,
+            format!(
+                "BLAKE3 root {} does not match the sender's {}",
+                sluice_proto::ticket::hex(&root),
+                sluice_proto::ticket::hex(&expected)
+            ),
+        ));
+    }
+    let _ = jobs.send(Job::Close { file: id });
+    let Some(f) = files.remove(&id) else {
+        return Ok(Outcome::Pending);
+    };
+    dest.commit(&entry, &f.part, &f.final_path)?;
+    Ok(Outcome::Verified {
+        id,
+        path: entry.path,
+        size: entry.size,
+        root,
+    })
+}
+
+/// Accepts data streams and reads blocks from each until the connection ends.
+async fn read_stream_loop(
+    conn: quinn::Connection,
+    shared: Arc<Mutex<Shared>>,
+    pool: Arc<BufferPool>,
+    mut ready: watch::Receiver<bool>,
+    jobs: std_mpsc::Sender<Job>,
+) -> Result<()> {
+    let peer = conn.remote_address();
+    loop {
+        let mut stream = match conn.accept_uni().await {
+            Ok(s) => s,
+            // The connection ending is the control task's business.
+            Err(_) => return Ok(()),
+        };
+        ready
+            .wait_for(|r| *r)
+            .await
+            .map_err(|_| net::conn_error(peer)(&"receiver stopped"))?;
+        while read_block(&mut stream, &shared, &pool, &jobs, peer).await? {}
+    }
+}
+
+/// Reads one header and payload. Returns false at the clean end of the stream.
+async fn read_block(
+    stream: &mut quinn::RecvStream,
+    shared: &Mutex<Shared>,
+    pool: &Arc<BufferPool>,
+    jobs: &std_mpsc::Sender<Job>,
+    peer: SocketAddr,
+) -> Result<bool> {
+    let conn_err = net::conn_error(peer);
+    let mut raw = [0u8; BLOCK_HEADER_LEN];
+    let mut got = 0;
+    while got < BLOCK_HEADER_LEN {
+        match stream.read(&mut raw[got..]).await {
+            Ok(Some(n)) => got += n,
+            Ok(None) if got == 0 => return Ok(false),
+            Ok(None) => return Err(conn_err(&"data stream ended inside a block header")),
+            Err(e) => return Err(conn_err(&e)),
+        }
+    }
+    let header = decode_block_header(&raw)?;
+    let (index, file_len) = {
+        let mut s = shared.lock().map_err(|_| poisoned())?;
+        let index = s.session.check_block(&header)?;
+        let file_len = s.session.entries()[header.file as usize].size;
+        let bs = s.session.block_size();
+        let claimed = s
+            .claimed
+            .entry(header.file)
+            .or_insert_with(|| vec![false; block_count(file_len, bs) as usize]);
+        if std::mem::replace(&mut claimed[index as usize], true) {
+            return Err(sluice_proto::session::SessionError::BadBlock {
+                file: header.file,
+                offset: header.offset,
+                len: header.len,
+                why: "block sent twice",
+            }
+            .into());
+        }
+        (index, file_len)
+    };
+    let mut buf = pool.take().await;
+    let len = header.len as usize;
+    stream
+        .read_exact(&mut buf.as_mut_slice()[..len])
+        .await
+        .map_err(|e| conn_err(&e))?;
+    let _ = jobs.send(Job::Write {
+        file: header.file,
+        index,
+        header,
+        file_len,
+        buf,
+    });
+    Ok(true)
+}
+
+/// The writer thread: verifies each block against its header and writes it at its offset.
+fn write_blocks(
+    config: &Config,
+    jobs: std_mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Written>,
+) {
+    let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.uring_depth);
+    let mut paths: HashMap<u32, PathBuf> = HashMap::new();
+    let mut open: HashMap<u32, Arc<File>> = HashMap::new();
+    let mut finished = Vec::new();
+    let report = |finished: &mut Vec<Completion<(u32, u64, Digest)>>,
+                  paths: &HashMap<u32, PathBuf>| {
+        for c in finished.drain(..) {
+            let (file, index, cv) = c.req.tag;
+            let msg = match c.result {
+                Ok(n) if n == c.req.len => Written::Block { file, index, cv },
+                other => {
+                    let path = paths.get(&file).cloned().unwrap_or_default();
+                    let source = match other {
+                        Err(e) => e,
+                        Ok(n) => std::io::Error::new(
+                            std::io::ErrorKind::WriteZero,
+                            format!(
+                                "wrote {n} of {} bytes at offset {} (disk full?)",
+                                c.req.len, c.req.offset
+                            ),
+                        ),
+                    };
+                    Written::Failed {
+                        file,
+                        error: Error::File {
+                            op: "writing",
+                            path,
+                            source,
+                        },
+                    }
+                }
+            };
+            let _ = done.send(msg);
+        }
+    };
+    loop {
+        let job = if io.in_flight() == 0 {
+            match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            }
+        } else {
+            match jobs.try_recv() {
+                Ok(j) => j,
+                Err(std_mpsc::TryRecvError::Empty) => {
+                    if let Err(e) = io.wait(1, &mut finished) {
+                        tracing::error!("io_uring wait failed: {e}");
+                    }
+                    report(&mut finished, &paths);
+                    continue;
+                }
+                Err(std_mpsc::TryRecvError::Disconnected) => break,
+            }
+        };
+        match job {
+            Job::Open { file, path } => {
+                paths.insert(file, path);
+            }
+            Job::Close { file } => {
+                open.remove(&file);
+                paths.remove(&file);
+            }
+            Job::Write {
+                file,
+                index,
+                header,
+                file_len,
+                buf,
+            } => {
+                let len = header.len as usize;
+                let cv = merkle::block_cv(&buf.as_slice()[..len], header.offset, file_len);
+                if cv != header.hash {
+                    let _ = done.send(Written::Corrupt {
+                        file,
+                        offset: header.offset,
+                    });
+                    continue;
+                }
+                let handle = match open.get(&file) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let Some(path) = paths.get(&file) else {
+                            continue;
+                        };
+                        match File::options().write(true).open(path) {
+                            Ok(f) => {
+                                let f = Arc::new(f);
+                                open.insert(file, f.clone());
+                                f
+                            }
+                            Err(source) => {
+                                let _ = done.send(Written::Failed {
+                                    file,
+                                    error: Error::File {
+                                        op: "opening",
+                                        path: path.clone(),
+                                        source,
+                                    },
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let req = Request {
+                    op: Op::Write,
+                    file: handle,
+                    offset: header.offset,
+                    buf,
+                    len,
+                    tag: (file, index, cv),
+                };
+                if let Err(source) = io.submit(req, &mut finished) {
+                    let path = paths.get(&file).cloned().unwrap_or_default();
+                    let _ = done.send(Written::Failed {
+                        file,
+                        error: Error::File {
+                            op: "writing",
+                            path,
+                            source,
+                        },
+                    });
+                }
+                report(&mut finished, &paths);
+            }
+        }
+    }
+    while io.in_flight() > 0 {
+        if io.wait(io.in_flight(), &mut finished).is_err() {
+            break;
+        }
+        report(&mut finished, &paths);
+    }
+}

@@ -1,0 +1,205 @@
+//! The ring of reusable block buffers that bounds the data path's memory.
+//!
+//! A [`BufferPool`] owns a fixed number of equally sized heap buffers, kept in a lock-free
+//! [`ArrayQueue`]. A stage takes one as a [`Buffer`] (blocking for threads, `await`ing for the
+//! network task), fills it, and hands it on; whoever holds it last drops it and it goes back to
+//! the pool. [`Buffer::freeze`] turns a filled buffer into a [`Bytes`] whose drop returns the
+//! buffer, so quinn can hold the payload until it is acknowledged without a copy.
+//!
+//! Invariant: at most `count` buffers exist, so the data path never holds more than
+//! `count × size` bytes of payload, whatever the size of the files.
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use tokio::sync::Notify;
+
+/// A fixed set of reusable buffers.
+pub struct BufferPool {
+    free: ArrayQueue<Box<[u8]>>,
+    size: usize,
+    /// Wakes threads blocked in [`BufferPool::take_blocking`].
+    lock: Mutex<()>,
+    cond: Condvar,
+    /// Wakes tasks waiting in [`BufferPool::take`].
+    notify: Notify,
+}
+
+impl fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("free", &self.free.len())
+            .field("capacity", &self.free.capacity())
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+impl BufferPool {
+    /// A pool of `count` buffers of `size` bytes each.
+    pub fn new(count: usize, size: usize) -> Arc<Self> {
+        let free = ArrayQueue::new(count.max(1));
+        for _ in 0..count.max(1) {
+            let _ = free.push(vec![0u8; size].into_boxed_slice());
+        }
+        Arc::new(Self {
+            free,
+            size,
+            lock: Mutex::new(()),
+            cond: Condvar::new(),
+            notify: Notify::new(),
+        })
+    }
+
+    /// The size of each buffer.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// Buffers currently free.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Takes a buffer if one is free.
+    pub fn try_take(self: &Arc<Self>) -> Option<Buffer> {
+        self.free.pop().map(|data| Buffer {
+            data: Some(data),
+            pool: self.clone(),
+        })
+    }
+
+    /// Takes a buffer, blocking the calling thread until one is returned.
+    pub fn take_blocking(self: &Arc<Self>) -> Buffer {
+        loop {
+            if let Some(b) = self.try_take() {
+                return b;
+            }
+            let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = self.try_take() {
+                return b;
+            }
+            // The timeout covers a return that raced between the check and the wait.
+            let _ = self.cond.wait_timeout(guard, Duration::from_millis(5));
+        }
+    }
+
+    /// Takes a buffer, waiting asynchronously until one is returned.
+    pub async fn take(self: &Arc<Self>) -> Buffer {
+        loop {
+            if let Some(b) = self.try_take() {
+                return b;
+            }
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(b) = self.try_take() {
+                return b;
+            }
+            notified.await;
+        }
+    }
+
+    fn give_back(&self, data: Box<[u8]>) {
+        // Cannot fail: only buffers this pool made come back, and at most `count` exist.
+        let _ = self.free.push(data);
+        self.notify.notify_one();
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.cond.notify_one();
+    }
+}
+
+/// One buffer taken from a [`BufferPool`]; returned to it on drop.
+pub struct Buffer {
+    data: Option<Box<[u8]>>,
+    pool: Arc<BufferPool>,
+}
+
+impl fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Buffer({} bytes)", self.len())
+    }
+}
+
+impl Buffer {
+    /// The buffer's full capacity.
+    pub fn len(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.len())
+    }
+
+    /// True if the buffer has no capacity (never, for a pool of non-empty buffers).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or(&[])
+    }
+
+    /// The buffer's bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.data.as_deref_mut().unwrap_or(&mut [])
+    }
+
+    /// Turns the first `len` bytes into a [`Bytes`] that returns the buffer to its pool when the
+    /// last clone is dropped.
+    pub fn freeze(self, len: usize) -> Bytes {
+        let len = len.min(self.len());
+        Bytes::from_owner(Filled { buf: self, len })
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Some(data) = self.data.take() {
+            self.pool.give_back(data);
+        }
+    }
+}
+
+struct Filled {
+    buf: Buffer,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Filled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf.as_slice()[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_when_bytes_drop() {
+        let pool = BufferPool::new(2, 16);
+        let mut a = pool.take_blocking();
+        a.as_mut_slice()[..3].copy_from_slice(b"abc");
+        let bytes = a.freeze(3);
+        let clone = bytes.clone();
+        let _b = pool.take_blocking();
+        assert!(pool.try_take().is_none());
+        assert_eq!(&clone[..], b"abc");
+        drop(bytes);
+        assert!(pool.try_take().is_none());
+        drop(clone);
+        assert!(pool.try_take().is_some());
+    }
+
+    #[test]
+    fn blocked_taker_wakes_on_return() {
+        let pool = BufferPool::new(1, 8);
+        let held = pool.take_blocking();
+        let p2 = pool.clone();
+        let t = std::thread::spawn(move || p2.take_blocking().len());
+        std::thread::sleep(Duration::from_millis(20));
+        drop(held);
+        assert_eq!(t.join().unwrap(), 8);
+    }
+}

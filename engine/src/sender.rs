@@ -1,0 +1,423 @@
+//! The sending side: manifest, storage thread, and QUIC streams.
+//!
+//! ```text
+//!  sluice-read thread                        sluice-net thread (tokio, current-thread)
+//!  ───────────────────                       ─────────────────────────────────────────
+//!  take Buffer from ring  ─┐                 control task: Hello → Manifest → FileDone… → Finish
+//!  io_uring Read at offset │  blocks (mpsc,  stream tasks × N: pull a block, write header +
+//!  BLAKE3 chaining value   ├─ bounded by ──▶   payload (Bytes owned by the ring buffer, no copy)
+//!  Bytes::from_owner(buf) ─┘  the ring)      quinn encrypts and sends; ACK drops the Bytes and
+//!  FileDone{root} ───────────── events ────▶   the buffer returns to the ring
+//! ```
+//!
+//! The ring bounds memory: the reader blocks when every buffer is in flight. The reader owns
+//! hashing so the network thread does nothing but QUIC.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_proto::codec::encode_block_header;
+use sluice_proto::message::{BlockHeader, Digest, EntryKind, Message};
+use sluice_proto::session::{block_count, SenderEvent, SenderSession};
+use sluice_proto::ticket::Ticket;
+use sluice_proto::tls;
+use tokio::sync::mpsc;
+
+use crate::blockio::{self, Completion, Op, Request};
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::manifest::{self, SourceEntry};
+use crate::merkle;
+use crate::net;
+use crate::progress::{Event, Progress, Summary};
+use crate::ring::BufferPool;
+
+/// A block ready to go on the wire.
+struct Block {
+    header: Bytes,
+    payload: Bytes,
+}
+
+/// What the reader tells the control task.
+enum ReadEvent {
+    FileDone { id: u32, root: Digest },
+    Failed(Error),
+    AllRead,
+}
+
+/// Sends files and directory trees to a receiver.
+#[derive(Debug, Clone, Default)]
+pub struct Sender {
+    config: Config,
+}
+
+impl Sender {
+    /// A sender with this configuration.
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// Sends `sources` to the receiver named by `ticket` and returns once the receiver has
+    /// verified every file. Blocks the calling thread; `progress` is updated meanwhile.
+    pub fn send(
+        &self,
+        sources: &[PathBuf],
+        ticket: &Ticket,
+        progress: Arc<Progress>,
+    ) -> Result<Summary> {
+        let manifest = manifest::build(sources)?;
+        let files = manifest.iter().filter(|e| e.entry.kind == EntryKind::File);
+        progress.set_totals(
+            files.clone().count() as u64,
+            files.map(|e| e.entry.size).sum(),
+        );
+        let rt = net::runtime()?;
+        rt.block_on(run(&self.config, manifest, ticket, progress))
+    }
+}
+
+async fn run(
+    config: &Config,
+    manifest: Vec<SourceEntry>,
+    ticket: &Ticket,
+    progress: Arc<Progress>,
+) -> Result<Summary> {
+    let peer = ticket.addr;
+    let conn_err = net::conn_error(peer);
+    let tuning = config.transport();
+    let client = tls::client_config(ticket.fingerprint, &tuning)?;
+    let endpoint = net::endpoint(net::udp_socket(net::any_addr_for(peer), config)?, None)?;
+    let connecting = endpoint
+        .connect_with(client, peer, tls::SERVER_NAME)
+        .map_err(|e| conn_err(&e))?;
+    let conn = connecting.await.map_err(|e| conn_err(&e))?;
+    let started = Instant::now();
+    let result = transfer(config, manifest, ticket, &conn, progress).await;
+    // If the receiver closed the connection, its reason says more than "connection lost".
+    let result = match (result, conn.close_reason()) {
+        (Err(Error::Connection { .. }), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
+            Err(Error::Connection {
+                peer: peer.to_string(),
+                detail: format!("receiver aborted: {}", String::from_utf8_lossy(&c.reason)),
+            })
+        }
+        (r, _) => r,
+    };
+    match &result {
+        Ok(_) => conn.close(0u32.into(), b"done"),
+        Err(e) => conn.close(1u32.into(), e.to_string().as_bytes()),
+    }
+    // Let the close reach the peer; bounded so a vanished peer cannot hold us.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    result.map(|mut s| {
+        s.elapsed = started.elapsed();
+        s
+    })
+}
+
+async fn transfer(
+    config: &Config,
+    manifest: Vec<SourceEntry>,
+    ticket: &Ticket,
+    conn: &quinn::Connection,
+    progress: Arc<Progress>,
+) -> Result<Summary> {
+    let peer = conn.remote_address();
+    let conn_err = net::conn_error(peer);
+    let (send, recv) = conn.open_bi().await.map_err(|e| conn_err(&e))?;
+    let mut control = Control::new(send, recv, peer.to_string());
+    let mut session = SenderSession::new(
+        manifest
+            .iter()
+            .map(|e| e.entry.kind == EntryKind::File)
+            .collect(),
+    );
+
+    control
+        .send(&SenderSession::hello(ticket.secret, config.block_size))
+        .await?;
+    match control.recv().await? {
+        Some(msg) => session.on_message(msg)?,
+        None => {
+            return Err(conn_err(
+                &"receiver closed the control stream before Welcome",
+            ))
+        }
+    };
+    progress.push(Event::Connected {
+        peer: peer.to_string(),
+    });
+    for e in &manifest {
+        control.queue(&Message::Entry(e.entry.clone()));
+    }
+    control.queue(&Message::ManifestEnd {
+        count: manifest.len() as u32,
+    });
+    control.flush().await?;
+
+    // Blocks flow reader → stream tasks; the channel holds at most the ring's worth.
+    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize);
+    let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
+    let block_rx = Arc::new(tokio::sync::Mutex::new(block_rx));
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let files: Vec<SourceEntry> = manifest
+        .iter()
+        .filter(|e| e.entry.kind == EntryKind::File)
+        .cloned()
+        .collect();
+    let reader = {
+        let config = config.clone();
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("sluice-read".into())
+            .spawn(move || {
+                let event = match read_files(&config, &files, &pool, &block_tx, &event_tx) {
+                    Ok(()) => ReadEvent::AllRead,
+                    Err(e) => ReadEvent::Failed(e),
+                };
+                let _ = event_tx.send(event);
+            })
+            .map_err(Error::io("starting reader thread"))?
+    };
+
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..config.streams.max(1) {
+        let conn = conn.clone();
+        let rx = block_rx.clone();
+        let progress = progress.clone();
+        streams.spawn(async move {
+            let mut stream = conn.open_uni().await.map_err(|e| conn_err(&e))?;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(block) = next else { break };
+                let n = block.payload.len() as u64;
+                let mut chunks = [block.header, block.payload];
+                stream
+                    .write_all_chunks(&mut chunks)
+                    .await
+                    .map_err(|e| conn_err(&e))?;
+                progress.add_sent(n);
+            }
+            let _ = stream.finish();
+            Ok::<(), Error>(())
+        });
+    }
+
+    let mut reading = true;
+    let mut roots = std::collections::HashMap::new();
+    let mut failures: Vec<String> = Vec::new();
+    let total_files = session_files(&manifest);
+    let summary = loop {
+        tokio::select! {
+            ev = event_rx.recv(), if reading => match ev {
+                Some(ReadEvent::FileDone { id, root }) => {
+                    roots.insert(id, root);
+                    control.send(&Message::FileDone { id, root }).await?;
+                }
+                Some(ReadEvent::AllRead) => {
+                    reading = false;
+                    control.send(&Message::Finish).await?;
+                }
+                Some(ReadEvent::Failed(e)) => {
+                    let _ = control
+                        .send(&Message::Error {
+                            code: sluice_proto::message::ErrorCode::Io,
+                            message: e.to_string(),
+                        })
+                        .await;
+                    return Err(e);
+                }
+                None => reading = false,
+            },
+            Some(res) = streams.join_next() => {
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(conn_err(&e)),
+                }
+            }
+            msg = control.recv() => {
+                let Some(msg) = msg? else {
+                    return Err(conn_err(&"receiver closed the control stream early"));
+                };
+                match session.on_message(msg)? {
+                    SenderEvent::Verified(id) => {
+                        let e = &manifest[id as usize].entry;
+                        let root = roots.remove(&id).unwrap_or_default();
+                        progress.push(Event::FileVerified { path: e.path.clone(), size: e.size, root });
+                    }
+                    SenderEvent::Failed { id, reason } => {
+                        let path = manifest[id as usize].entry.path.clone();
+                        failures.push(format!("{path}: {reason}"));
+                        progress.push(Event::FileFailed { path, reason });
+                    }
+                    SenderEvent::Summary { entries, bytes } => {
+                        break Summary {
+                            entries: u64::from(entries),
+                            files: total_files - failures.len() as u64,
+                            bytes,
+                            elapsed: Default::default(),
+                        };
+                    }
+                    SenderEvent::Welcomed => {}
+                }
+            }
+        }
+    };
+    control.finish();
+    let _ = reader.join();
+    if let Some(first) = failures.first() {
+        return Err(Error::FilesFailed {
+            failed: failures.len(),
+            total: total_files as usize,
+            first: first.clone(),
+        });
+    }
+    Ok(summary)
+}
+
+fn session_files(manifest: &[SourceEntry]) -> u64 {
+    manifest
+        .iter()
+        .filter(|e| e.entry.kind == EntryKind::File)
+        .count() as u64
+}
+
+/// Per-file state while its blocks are being read.
+struct Reading {
+    cvs: Vec<Digest>,
+    remaining: u64,
+}
+
+/// The storage thread's loop: reads every block of every file through the ring, hashes it, and
+/// passes it on. Returns when every block has been handed to the network.
+fn read_files(
+    config: &Config,
+    files: &[SourceEntry],
+    pool: &Arc<BufferPool>,
+    blocks: &mpsc::Sender<Block>,
+    events: &mpsc::UnboundedSender<ReadEvent>,
+) -> Result<()> {
+    let (mut io, _) = blockio::open::<(usize, u64)>(config.io_uring, config.uring_depth);
+    let bs = u64::from(config.block_size);
+    let mut state: Vec<Option<Reading>> = files.iter().map(|_| None).collect();
+    let mut done = Vec::new();
+    let handle = |done: &mut Vec<Completion<(usize, u64)>>,
+                  state: &mut Vec<Option<Reading>>|
+     -> Result<()> {
+        for c in done.drain(..) {
+            let (fi, index) = c.req.tag;
+            let src = &files[fi];
+            let size = src.entry.size;
+            let n = c.result.map_err(Error::file("reading", &src.local))?;
+            if n != c.req.len {
+                return Err(Error::SourceChanged {
+                    path: src.local.clone(),
+                    detail: format!(
+                        "read {n} of {} bytes at offset {}: the file is shorter than when the transfer started",
+                        c.req.len, c.req.offset
+                    ),
+                });
+            }
+            let cv = merkle::block_cv(&c.req.buf.as_slice()[..n], c.req.offset, size);
+            let header = encode_block_header(&BlockHeader {
+                file: src.entry.id,
+                offset: c.req.offset,
+                len: n as u32,
+                hash: cv,
+            });
+            let block = Block {
+                header: Bytes::copy_from_slice(&header),
+                payload: c.req.buf.freeze(n),
+            };
+            if blocks.blocking_send(block).is_err() {
+                return Err(Error::Connection {
+                    peer: "receiver".into(),
+                    detail: "network task stopped".into(),
+                });
+            }
+            let Some(st) = state[fi].as_mut() else {
+                continue;
+            };
+            st.cvs[index as usize] = cv;
+            st.remaining -= 1;
+            if st.remaining == 0 {
+                let root = merkle::root_from_cvs(&st.cvs, size, config.block_size);
+                state[fi] = None;
+                let _ = events.send(ReadEvent::FileDone {
+                    id: src.entry.id,
+                    root,
+                });
+            }
+        }
+        Ok(())
+    };
+
+    for (fi, src) in files.iter().enumerate() {
+        let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
+        let size = src.entry.size;
+        let now = file
+            .metadata()
+            .map_err(Error::file("reading metadata of", &src.local))?
+            .len();
+        if now != size {
+            return Err(Error::SourceChanged {
+                path: src.local.clone(),
+                detail: format!("size was {size} bytes when listed, {now} now"),
+            });
+        }
+        let count = block_count(size, config.block_size);
+        if count == 0 {
+            let _ = events.send(ReadEvent::FileDone {
+                id: src.entry.id,
+                root: *blake3::hash(&[]).as_bytes(),
+            });
+            continue;
+        }
+        state[fi] = Some(Reading {
+            cvs: vec![[0; 32]; count as usize],
+            remaining: count,
+        });
+        let file = Arc::new(file);
+        for index in 0..count {
+            let offset = index * bs;
+            let buf = match pool.try_take() {
+                Some(b) => b,
+                None => {
+                    // Finish what is in flight before blocking on the network's pace.
+                    while io.in_flight() > 0 {
+                        io.wait(io.in_flight(), &mut done)
+                            .map_err(Error::io("io_uring"))?;
+                        handle(&mut done, &mut state)?;
+                    }
+                    pool.take_blocking()
+                }
+            };
+            let req = Request {
+                op: Op::Read,
+                file: file.clone(),
+                offset,
+                buf,
+                len: (size - offset).min(bs) as usize,
+                tag: (fi, index),
+            };
+            io.submit(req, &mut done)
+                .map_err(Error::file("reading", &src.local))?;
+            handle(&mut done, &mut state)?;
+            if io.in_flight() >= config.uring_depth as usize {
+                io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
+                handle(&mut done, &mut state)?;
+            }
+        }
+    }
+    while io.in_flight() > 0 {
+        io.wait(io.in_flight(), &mut done)
+            .map_err(Error::io("io_uring"))?;
+        handle(&mut done, &mut state)?;
+    }
+    Ok(())
+}

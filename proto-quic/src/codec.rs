@@ -1,0 +1,496 @@
+//! Byte encoding of [`Message`]s and [`BlockHeader`]s.
+//!
+//! Control frames are `len: u32 LE | type: u8 | body`, where `len` counts the type byte and the
+//! body and is at most [`MAX_FRAME_LEN`]. Integers are little-endian; strings are `u16 LE` length
+//! plus UTF-8 bytes, at most [`MAX_STRING_LEN`]. A block header is a fixed [`BLOCK_HEADER_LEN`]
+//! bytes starting with the tag byte [`BLOCK_TAG`].
+//!
+//! Bytes from a peer are hostile: every length is bounded before anything is allocated, nothing
+//! is indexed without a check, and every failure is a [`DecodeError`] saying what was wrong.
+//! [`FrameDecoder`] reassembles frames from arbitrary pieces of a stream.
+
+use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, Message};
+
+/// The largest control frame accepted, type byte and body included. Control messages are small
+/// (a manifest entry is at most two strings of [`MAX_STRING_LEN`]); the bound keeps a hostile
+/// length prefix from making us buffer megabytes.
+pub const MAX_FRAME_LEN: usize = 16 * 1024;
+/// The longest string (path, link target, reason) accepted: Linux's `PATH_MAX`.
+pub const MAX_STRING_LEN: usize = 4096;
+/// Size of an encoded [`BlockHeader`].
+pub const BLOCK_HEADER_LEN: usize = 1 + 4 + 8 + 4 + 32;
+/// First byte of every block header, to catch a data stream that lost its framing.
+pub const BLOCK_TAG: u8 = 0xB1;
+
+const T_HELLO: u8 = 1;
+const T_WELCOME: u8 = 2;
+const T_ENTRY: u8 = 3;
+const T_MANIFEST_END: u8 = 4;
+const T_FILE_DONE: u8 = 5;
+const T_FILE_VERIFIED: u8 = 6;
+const T_FILE_FAILED: u8 = 7;
+const T_FINISH: u8 = 8;
+const T_SUMMARY: u8 = 9;
+const T_ERROR: u8 = 10;
+
+/// Why bytes from a peer could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length prefix was 0 or above [`MAX_FRAME_LEN`].
+    #[error("control frame length {0} is outside 1..={MAX_FRAME_LEN}")]
+    FrameLength(usize),
+    /// The type byte names no message.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The body ended before a field of the message.
+    #[error("message type {msg_type} truncated: needed {needed} more bytes for {field}")]
+    Truncated {
+        /// The message type byte.
+        msg_type: u8,
+        /// The field being read.
+        field: &'static str,
+        /// Bytes missing.
+        needed: usize,
+    },
+    /// Bytes were left over after the last field.
+    #[error("message type {msg_type} has {extra} trailing bytes")]
+    Trailing {
+        /// The message type byte.
+        msg_type: u8,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// A string was longer than [`MAX_STRING_LEN`] or not UTF-8.
+    #[error("field {field} is not a valid string of at most {MAX_STRING_LEN} bytes")]
+    BadString {
+        /// The field being read.
+        field: &'static str,
+    },
+    /// An enumerated field held an unknown value.
+    #[error("field {field} has invalid value {value}")]
+    BadValue {
+        /// The field being read.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+    /// A block header did not start with [`BLOCK_TAG`].
+    #[error("block header tag {0:#04x} is not {BLOCK_TAG:#04x}: data stream out of frame")]
+    BadBlockTag(u8),
+}
+
+/// Appends the encoded frame of `msg` to `out`.
+pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    match msg {
+        Message::Hello {
+            version,
+            secret,
+            block_size,
+        } => {
+            out.push(T_HELLO);
+            out.extend_from_slice(&version.to_le_bytes());
+            out.extend_from_slice(secret);
+            out.extend_from_slice(&block_size.to_le_bytes());
+        }
+        Message::Welcome { version } => {
+            out.push(T_WELCOME);
+            out.extend_from_slice(&version.to_le_bytes());
+        }
+        Message::Entry(e) => {
+            out.push(T_ENTRY);
+            out.extend_from_slice(&e.id.to_le_bytes());
+            out.push(e.kind as u8);
+            put_str(out, &e.path);
+            out.extend_from_slice(&e.mode.to_le_bytes());
+            out.extend_from_slice(&e.mtime_sec.to_le_bytes());
+            out.extend_from_slice(&e.mtime_nsec.to_le_bytes());
+            out.extend_from_slice(&e.size.to_le_bytes());
+            put_str(out, &e.link_target);
+        }
+        Message::ManifestEnd { count } => {
+            out.push(T_MANIFEST_END);
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        Message::FileDone { id, root } => {
+            out.push(T_FILE_DONE);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(root);
+        }
+        Message::FileVerified { id } => {
+            out.push(T_FILE_VERIFIED);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        Message::FileFailed { id, reason } => {
+            out.push(T_FILE_FAILED);
+            out.extend_from_slice(&id.to_le_bytes());
+            put_str(out, reason);
+        }
+        Message::Finish => out.push(T_FINISH),
+        Message::Summary { entries, bytes } => {
+            out.push(T_SUMMARY);
+            out.extend_from_slice(&entries.to_le_bytes());
+            out.extend_from_slice(&bytes.to_le_bytes());
+        }
+        Message::Error { code, message } => {
+            out.push(T_ERROR);
+            out.extend_from_slice(&(*code as u16).to_le_bytes());
+            put_str(out, message);
+        }
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Writes a string as `u16 LE` length plus bytes, cutting it at [`MAX_STRING_LEN`] on a char
+/// boundary. Paths longer than that are refused before encoding (see [`crate::path`]); only
+/// free-text reasons are ever cut.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(MAX_STRING_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// Decodes one frame body (the type byte and what follows, without the length prefix).
+pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
+    let (&msg_type, body) = frame.split_first().ok_or(DecodeError::FrameLength(0))?;
+    let mut r = Reader {
+        buf: body,
+        msg_type,
+    };
+    let msg = match msg_type {
+        T_HELLO => Message::Hello {
+            version: r.u16("version")?,
+            secret: r.array("secret")?,
+            block_size: r.u32("block_size")?,
+        },
+        T_WELCOME => Message::Welcome {
+            version: r.u16("version")?,
+        },
+        T_ENTRY => {
+            let id = r.u32("id")?;
+            let kind_byte = r.u8("kind")?;
+            let kind = EntryKind::from_u8(kind_byte).ok_or(DecodeError::BadValue {
+                field: "kind",
+                value: kind_byte.into(),
+            })?;
+            let path = r.string("path")?;
+            let mode = r.u32("mode")?;
+            let mtime_sec = r.u64("mtime_sec")? as i64;
+            let mtime_nsec = r.u32("mtime_nsec")?;
+            if mtime_nsec >= 1_000_000_000 {
+                return Err(DecodeError::BadValue {
+                    field: "mtime_nsec",
+                    value: mtime_nsec.into(),
+                });
+            }
+            let size = r.u64("size")?;
+            let link_target = r.string("link_target")?;
+            Message::Entry(Entry {
+                id,
+                kind,
+                path,
+                mode,
+                mtime_sec,
+                mtime_nsec,
+                size,
+                link_target,
+            })
+        }
+        T_MANIFEST_END => Message::ManifestEnd {
+            count: r.u32("count")?,
+        },
+        T_FILE_DONE => Message::FileDone {
+            id: r.u32("id")?,
+            root: r.array("root")?,
+        },
+        T_FILE_VERIFIED => Message::FileVerified { id: r.u32("id")? },
+        T_FILE_FAILED => Message::FileFailed {
+            id: r.u32("id")?,
+            reason: r.string("reason")?,
+        },
+        T_FINISH => Message::Finish,
+        T_SUMMARY => Message::Summary {
+            entries: r.u32("entries")?,
+            bytes: r.u64("bytes")?,
+        },
+        T_ERROR => Message::Error {
+            code: ErrorCode::from_u16(r.u16("code")?),
+            message: r.string("message")?,
+        },
+        other => return Err(DecodeError::UnknownType(other)),
+    };
+    if !r.buf.is_empty() {
+        return Err(DecodeError::Trailing {
+            msg_type,
+            extra: r.buf.len(),
+        });
+    }
+    Ok(msg)
+}
+
+/// Encodes a block header into its fixed-size form.
+pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
+    let mut out = [0u8; BLOCK_HEADER_LEN];
+    out[0] = BLOCK_TAG;
+    out[1..5].copy_from_slice(&h.file.to_le_bytes());
+    out[5..13].copy_from_slice(&h.offset.to_le_bytes());
+    out[13..17].copy_from_slice(&h.len.to_le_bytes());
+    out[17..49].copy_from_slice(&h.hash);
+    out
+}
+
+/// Decodes a block header. Whether its file, offset and length make sense for the manifest is
+/// the session's business ([`crate::session::ReceiverSession::check_block`]).
+pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, DecodeError> {
+    let mut r = Reader {
+        buf: b,
+        msg_type: BLOCK_TAG,
+    };
+    let tag = r.u8("tag")?;
+    if tag != BLOCK_TAG {
+        return Err(DecodeError::BadBlockTag(tag));
+    }
+    Ok(BlockHeader {
+        file: r.u32("file")?,
+        offset: r.u64("offset")?,
+        len: r.u32("len")?,
+        hash: r.array("hash")?,
+    })
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    msg_type: u8,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated {
+                msg_type: self.msg_type,
+                field,
+                needed: n - self.buf.len(),
+            });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, field)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16(field)?);
+        if len > MAX_STRING_LEN {
+            return Err(DecodeError::BadString { field });
+        }
+        let bytes = self.take(len, field)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::BadString { field })
+    }
+}
+
+/// Reassembles control frames from the pieces a stream delivers.
+///
+/// Feed it bytes with [`FrameDecoder::push`] and take complete messages with
+/// [`FrameDecoder::next_message`]. It buffers at most one frame ([`MAX_FRAME_LEN`] plus the
+/// prefix) beyond what the caller has consumed.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// Creates an empty decoder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes received from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Returns the next complete message, `Ok(None)` if more bytes are needed, or the error that
+    /// makes the rest of the stream undecodable.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        let Some(prefix) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        if len == 0 || len > MAX_FRAME_LEN {
+            return Err(DecodeError::FrameLength(len));
+        }
+        let Some(frame) = self.buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let msg = decode_message(frame)?;
+        self.buf.drain(..4 + len);
+        Ok(Some(msg))
+    }
+
+    /// Bytes received but not yet consumed as messages.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_string() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-zA-Z0-9/._ é-]{0,40}").unwrap()
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            (any::<u16>(), any::<[u8; 32]>(), any::<u32>()).prop_map(
+                |(version, secret, block_size)| {
+                    Message::Hello {
+                        version,
+                        secret,
+                        block_size,
+                    }
+                }
+            ),
+            any::<u16>().prop_map(|version| Message::Welcome { version }),
+            (
+                any::<u32>(),
+                0u8..3,
+                arb_string(),
+                any::<u32>(),
+                any::<i64>(),
+                0u32..1_000_000_000,
+                any::<u64>(),
+                arb_string()
+            )
+                .prop_map(
+                    |(id, k, path, mode, mtime_sec, mtime_nsec, size, link_target)| {
+                        Message::Entry(Entry {
+                            id,
+                            kind: EntryKind::from_u8(k).unwrap(),
+                            path,
+                            mode,
+                            mtime_sec,
+                            mtime_nsec,
+                            size,
+                            link_target,
+                        })
+                    }
+                ),
+            any::<u32>().prop_map(|count| Message::ManifestEnd { count }),
+            (any::<u32>(), any::<[u8; 32]>()).prop_map(|(id, root)| Message::FileDone { id, root }),
+            any::<u32>().prop_map(|id| Message::FileVerified { id }),
+            (any::<u32>(), arb_string())
+                .prop_map(|(id, reason)| Message::FileFailed { id, reason }),
+            Just(Message::Finish),
+            (any::<u32>(), any::<u64>())
+                .prop_map(|(entries, bytes)| Message::Summary { entries, bytes }),
+            (1u16..6, arb_string()).prop_map(|(c, message)| Message::Error {
+                code: ErrorCode::from_u16(c),
+                message
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip_through_any_split(msgs in proptest::collection::vec(arb_message(), 1..8), cut in 1usize..64) {
+            let mut wire = Vec::new();
+            for m in &msgs {
+                encode_message(m, &mut wire);
+            }
+            let mut dec = FrameDecoder::new();
+            let mut got = Vec::new();
+            for piece in wire.chunks(cut) {
+                dec.push(piece);
+                while let Some(m) = dec.next_message().unwrap() {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, msgs);
+            prop_assert_eq!(dec.pending(), 0);
+        }
+
+        #[test]
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>()) {
+            let h = BlockHeader { file, offset, len, hash };
+            prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_message(&bytes);
+            let mut dec = FrameDecoder::new();
+            dec.push(&bytes);
+            while let Ok(Some(_)) = dec.next_message() {}
+        }
+    }
+
+    #[test]
+    fn hostile_length_prefix_is_refused_before_buffering() {
+        let mut dec = FrameDecoder::new();
+        dec.push(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            dec.next_message(),
+            Err(DecodeError::FrameLength(u32::MAX as usize))
+        );
+    }
+
+    #[test]
+    fn truncated_and_trailing_bodies_are_named() {
+        assert_eq!(
+            decode_message(&[T_FILE_VERIFIED, 1, 2]),
+            Err(DecodeError::Truncated {
+                msg_type: T_FILE_VERIFIED,
+                field: "id",
+                needed: 2
+            })
+        );
+        assert_eq!(
+            decode_message(&[T_FINISH, 0]),
+            Err(DecodeError::Trailing {
+                msg_type: T_FINISH,
+                extra: 1
+            })
+        );
+        assert_eq!(decode_message(&[200]), Err(DecodeError::UnknownType(200)));
+    }
+
+    #[test]
+    fn out_of_frame_block_header_is_detected() {
+        let mut b = encode_block_header(&BlockHeader {
+            file: 1,
+            offset: 2,
+            len: 3,
+            hash: [4; 32],
+        });
+        b[0] = 0;
+        assert_eq!(decode_block_header(&b), Err(DecodeError::BadBlockTag(0)));
+    }
+}

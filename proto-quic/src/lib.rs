@@ -1,0 +1,31 @@
+//! The Sluice wire protocol.
+//!
+//! This crate is split the way quinn splits `quinn-proto` from `quinn`: everything that decides
+//! *what* goes on the wire is sans-IO and lives in [`message`], [`codec`], [`path`] and
+//! [`session`]. Those modules take bytes and return typed messages, events or errors; they never
+//! touch a socket, a clock or a file, which is what lets them be fuzzed (`fuzz/`) and property
+//! tested cheaply. The glue that binds the protocol to real QUIC — certificates, the pinned
+//! verifier, quinn's transport settings — sits beside it in [`tls`] and [`ticket`].
+//!
+//! A transfer uses one QUIC connection. The sender opens one bidirectional *control* stream that
+//! carries length-prefixed [`message::Message`]s, and several unidirectional *data* streams that
+//! carry [`message::BlockHeader`]s each followed by the block's payload. `docs/protocol.md` gives
+//! every message byte by byte.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod message;
+pub mod path;
+pub mod session;
+pub mod ticket;
+pub mod tls;
+
+/// The protocol version this build speaks. Peers with a different major version are refused in
+/// the handshake with [`message::ErrorCode::Version`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The ALPN identifier negotiated in the TLS handshake; it carries the major version so a peer of
+/// another version fails the handshake early with a clear TLS alert.
+pub const ALPN: &[u8] = b"sluice/1";

@@ -1,0 +1,158 @@
+//! The messages of the Sluice protocol and their in-memory form.
+//!
+//! Two kinds of unit cross the wire. [`Message`]s travel on the control stream, each framed by
+//! [`crate::codec`] as a length prefix, a type byte and a body. [`BlockHeader`]s travel on data
+//! streams, each immediately followed by `len` bytes of payload. Nothing here does I/O; see
+//! [`crate::codec`] for the byte layout and its bounds.
+
+/// A BLAKE3 hash or chaining value: 32 bytes.
+pub type Digest = [u8; 32];
+
+/// What kind of filesystem object a manifest entry describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file; its bytes follow as blocks on data streams.
+    File = 0,
+    /// A directory; created at the receiver, no payload.
+    Dir = 1,
+    /// A symbolic link; recreated as a link with the same target, never followed.
+    Symlink = 2,
+}
+
+impl EntryKind {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::File),
+            1 => Some(Self::Dir),
+            2 => Some(Self::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the manifest: a file, directory or symlink, named relative to the transfer root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Identifier used by block headers and completion messages; entries are numbered 0, 1, 2…
+    /// in the order they are sent.
+    pub id: u32,
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// The path relative to the destination, `/`-separated. Validated by [`crate::path`] at the
+    /// receiver before anything is created.
+    pub path: String,
+    /// Unix permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime_sec: i64,
+    /// Modification time, nanoseconds within the second (< 1e9).
+    pub mtime_nsec: u32,
+    /// Size in bytes for files; 0 for directories and symlinks.
+    pub size: u64,
+    /// Link target for symlinks, empty otherwise. Copied verbatim, as rsync does.
+    pub link_target: String,
+}
+
+/// Protocol error codes carried by [`Message::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    Version = 1,
+    /// The secret from the ticket did not match.
+    Auth = 2,
+    /// A manifest entry or block was malformed or violated the protocol.
+    Protocol = 3,
+    /// A local I/O error (disk full, permission denied…) at the peer.
+    Io = 4,
+    /// The transfer was cancelled by the user.
+    Cancelled = 5,
+}
+
+impl ErrorCode {
+    pub(crate) fn from_u16(v: u16) -> Self {
+        match v {
+            1 => Self::Version,
+            2 => Self::Auth,
+            3 => Self::Protocol,
+            4 => Self::Io,
+            _ => Self::Cancelled,
+        }
+    }
+}
+
+/// A control-stream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Sender → receiver, first message: protocol version, the ticket's secret, and the block
+    /// size every file of this transfer is cut into.
+    Hello {
+        /// Protocol version, [`crate::PROTOCOL_VERSION`].
+        version: u16,
+        /// The one-time secret from the ticket.
+        secret: [u8; 32],
+        /// Block size in bytes: a power of two from 1 KiB to 16 MiB.
+        block_size: u32,
+    },
+    /// Receiver → sender: the secret was right; send the manifest.
+    Welcome {
+        /// The receiver's protocol version.
+        version: u16,
+    },
+    /// Sender → receiver: one manifest entry.
+    Entry(Entry),
+    /// Sender → receiver: the manifest is complete and held `count` entries.
+    ManifestEnd {
+        /// Number of entries sent, a check against loss of framing.
+        count: u32,
+    },
+    /// Sender → receiver: every block of file `id` has been written to a data stream; its BLAKE3
+    /// root hash (equal to `b3sum`'s output) is `root`.
+    FileDone {
+        /// The file's entry id.
+        id: u32,
+        /// The BLAKE3 hash of the whole file.
+        root: Digest,
+    },
+    /// Receiver → sender: file `id` was verified and renamed into place.
+    FileVerified {
+        /// The file's entry id.
+        id: u32,
+    },
+    /// Receiver → sender: file `id` failed; nothing was put in its place.
+    FileFailed {
+        /// The file's entry id.
+        id: u32,
+        /// What went wrong, for the user.
+        reason: String,
+    },
+    /// Sender → receiver: no more files will be announced as done.
+    Finish,
+    /// Receiver → sender: the transfer is complete and every entry is in place.
+    Summary {
+        /// Entries put in place.
+        entries: u32,
+        /// Payload bytes verified and written.
+        bytes: u64,
+    },
+    /// Either way: the transfer is aborted.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// The fixed-size header that precedes every block of payload on a data stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockHeader {
+    /// The file's entry id.
+    pub file: u32,
+    /// Byte offset of the block in the file; a multiple of the block size.
+    pub offset: u64,
+    /// Payload length in bytes: the block size, or less for a file's last block.
+    pub len: u32,
+    /// The block's BLAKE3 chaining value (its subtree hash), or the file's root hash when the file
+    /// is a single block. The receiver checks the payload against it before writing.
+    pub hash: Digest,
+}

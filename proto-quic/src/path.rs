@@ -1,0 +1,89 @@
+//! Validation of the paths a manifest names.
+//!
+//! A path in a manifest comes from the peer and is hostile until [`validate`] accepts it. An
+//! accepted path is relative, `/`-separated, made only of normal components (no empty, `.` or
+//! `..` component), free of NUL bytes, and at most [`crate::codec::MAX_STRING_LEN`] bytes. Joined
+//! under a destination directory it can only name something inside that directory — provided no
+//! component on the way is a symlink, which the receiver checks as it creates directories.
+
+use crate::codec::MAX_STRING_LEN;
+
+/// Why a manifest path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path was empty.
+    #[error("empty path")]
+    Empty,
+    /// The path was absolute.
+    #[error("absolute path {0:?}: only paths relative to the destination are accepted")]
+    Absolute(String),
+    /// A component was `..`.
+    #[error("path {0:?} climbs out of the destination with '..'")]
+    ParentComponent(String),
+    /// A component was empty or `.`.
+    #[error("path {0:?} has an empty or '.' component")]
+    OddComponent(String),
+    /// The path held a NUL byte or was too long.
+    #[error("path {0:?} has a NUL byte or is longer than {MAX_STRING_LEN} bytes")]
+    Malformed(String),
+}
+
+/// Checks a manifest path and returns its components.
+pub fn validate(path: &str) -> Result<Vec<&str>, PathError> {
+    if path.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if path.len() > MAX_STRING_LEN || path.contains('\0') {
+        return Err(PathError::Malformed(path.to_owned()));
+    }
+    if path.starts_with('/') {
+        return Err(PathError::Absolute(path.to_owned()));
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    for part in &parts {
+        match *part {
+            ".." => return Err(PathError::ParentComponent(path.to_owned())),
+            "" | "." => return Err(PathError::OddComponent(path.to_owned())),
+            _ => {}
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_relative_paths() {
+        assert_eq!(validate("a").unwrap(), ["a"]);
+        assert_eq!(validate("dir/sub/f.txt").unwrap(), ["dir", "sub", "f.txt"]);
+        assert_eq!(validate("..hidden/x..y").unwrap(), ["..hidden", "x..y"]);
+    }
+
+    #[test]
+    fn refuses_every_escape() {
+        assert!(matches!(validate(""), Err(PathError::Empty)));
+        assert!(matches!(validate("/etc/x"), Err(PathError::Absolute(_))));
+        assert!(matches!(
+            validate("../x"),
+            Err(PathError::ParentComponent(_))
+        ));
+        assert!(matches!(
+            validate("a/../../x"),
+            Err(PathError::ParentComponent(_))
+        ));
+        assert!(matches!(
+            validate("a/.."),
+            Err(PathError::ParentComponent(_))
+        ));
+        assert!(matches!(validate("a//b"), Err(PathError::OddComponent(_))));
+        assert!(matches!(validate("a/./b"), Err(PathError::OddComponent(_))));
+        assert!(matches!(validate("a/"), Err(PathError::OddComponent(_))));
+        assert!(matches!(validate("a\0b"), Err(PathError::Malformed(_))));
+        assert!(matches!(
+            validate(&"a".repeat(5000)),
+            Err(PathError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,573 @@
+//! The session state machines: which message may come when, and what it means.
+//!
+//! [`ReceiverSession`] and [`SenderSession`] are fed decoded control messages (and, for the
+//! receiver, block headers) and answer with [`ReceiverEvent`]s / [`SenderEvent`]s or a
+//! [`SessionError`]. They hold the manifest and the block geometry, so every check that depends on
+//! what was agreed earlier — the secret, the version, the block size, whether a block's file,
+//! offset and length fit the manifest — is made here, once, without I/O.
+//!
+//! The order on the control stream is:
+//!
+//! ```text
+//! sender                                receiver
+//!   Hello{version, secret, block_size} ->
+//!                                      <- Welcome{version}        (or Error{Auth|Version})
+//!   Entry × n, ManifestEnd{n}          ->
+//!   FileDone{id, root} × files         ->   (data streams carry the blocks meanwhile)
+//!                                      <- FileVerified{id} | FileFailed{id, reason}
+//!   Finish                             ->
+//!                                      <- Summary{entries, bytes}
+//! ```
+
+use crate::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message};
+use crate::path::{self, PathError};
+use crate::PROTOCOL_VERSION;
+
+/// Smallest block size a sender may choose: one BLAKE3 chunk.
+pub const MIN_BLOCK_SIZE: u32 = 1024;
+/// Largest block size a sender may choose; bounds the receiver's per-block buffer.
+pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+
+/// A protocol violation or refusal, naming what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// A message arrived that the current state does not allow.
+    #[error("unexpected {got} while {state}")]
+    Unexpected {
+        /// What the session was waiting for.
+        state: &'static str,
+        /// The message's name.
+        got: &'static str,
+    },
+    /// The peer speaks another protocol version.
+    #[error("peer speaks protocol version {theirs}, this build speaks {ours}")]
+    Version {
+        /// Our version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The secret in Hello did not match the ticket.
+    #[error("wrong secret: the sender does not hold this receiver's ticket")]
+    Auth,
+    /// The block size was not a power of two in range.
+    #[error("block size {0} is not a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}")]
+    BlockSize(u32),
+    /// A manifest entry came with an unexpected id.
+    #[error("manifest entry has id {got}, expected {expected}")]
+    EntryOrder {
+        /// The id expected next.
+        expected: u32,
+        /// The id received.
+        got: u32,
+    },
+    /// A manifest path was refused.
+    #[error("manifest entry {id}: {source}")]
+    Path {
+        /// The entry id.
+        id: u32,
+        /// What was wrong with the path.
+        source: PathError,
+    },
+    /// ManifestEnd's count disagreed with the entries received.
+    #[error("manifest ended with count {claimed}, but {received} entries arrived")]
+    ManifestCount {
+        /// The count claimed.
+        claimed: u32,
+        /// The entries received.
+        received: u32,
+    },
+    /// An id named no file of the manifest.
+    #[error("entry id {0} names no file in the manifest")]
+    UnknownFile(u32),
+    /// A file was announced or answered twice.
+    #[error("file {0} completed twice")]
+    Duplicate(u32),
+    /// A block header did not fit the manifest.
+    #[error("block of file {file} at offset {offset} with length {len}: {why}")]
+    BadBlock {
+        /// The file id.
+        file: u32,
+        /// The offset claimed.
+        offset: u64,
+        /// The length claimed.
+        len: u32,
+        /// What was wrong.
+        why: &'static str,
+    },
+    /// The peer aborted the transfer.
+    #[error("peer aborted ({code:?}): {message}")]
+    Peer {
+        /// The peer's error code.
+        code: ErrorCode,
+        /// The peer's message.
+        message: String,
+    },
+}
+
+impl SessionError {
+    /// The error code to send the peer when this error ends a session.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Version { .. } => ErrorCode::Version,
+            Self::Auth => ErrorCode::Auth,
+            Self::Peer { code, .. } => *code,
+            _ => ErrorCode::Protocol,
+        }
+    }
+}
+
+fn name(msg: &Message) -> &'static str {
+    match msg {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Entry(_) => "Entry",
+        Message::ManifestEnd { .. } => "ManifestEnd",
+        Message::FileDone { .. } => "FileDone",
+        Message::FileVerified { .. } => "FileVerified",
+        Message::FileFailed { .. } => "FileFailed",
+        Message::Finish => "Finish",
+        Message::Summary { .. } => "Summary",
+        Message::Error { .. } => "Error",
+    }
+}
+
+fn peer_error(msg: Message) -> SessionError {
+    match msg {
+        Message::Error { code, message } => SessionError::Peer { code, message },
+        _ => unreachable!("peer_error is only called with Message::Error"),
+    }
+}
+
+/// Number of blocks a file of `size` bytes is cut into (0 for an empty file).
+pub fn block_count(size: u64, block_size: u32) -> u64 {
+    size.div_ceil(u64::from(block_size))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvState {
+    AwaitHello,
+    AwaitManifest,
+    Transfer,
+    Finished,
+}
+
+impl RecvState {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::AwaitHello => "waiting for Hello",
+            Self::AwaitManifest => "receiving the manifest",
+            Self::Transfer => "transferring",
+            Self::Finished => "finished",
+        }
+    }
+}
+
+/// What the receiver's engine must do after a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// Send this message back to the sender.
+    Reply(Message),
+    /// A manifest entry was accepted; its path is valid.
+    Entry(Entry),
+    /// The manifest is complete; blocks may now be checked with
+    /// [`ReceiverSession::check_block`].
+    ManifestComplete,
+    /// The sender has sent every block of this file; its root hash is `root`.
+    FileDone {
+        /// The file id.
+        id: u32,
+        /// The expected BLAKE3 root.
+        root: Digest,
+    },
+    /// The sender has announced every file.
+    Finish,
+}
+
+/// The receiver's side of a session.
+#[derive(Debug)]
+pub struct ReceiverSession {
+    secret: [u8; 32],
+    state: RecvState,
+    block_size: u32,
+    entries: Vec<Entry>,
+    done: Vec<bool>,
+}
+
+impl ReceiverSession {
+    /// A session that will accept a sender proving `secret`.
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self {
+            secret,
+            state: RecvState::AwaitHello,
+            block_size: 0,
+            entries: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The block size the sender chose (0 before Hello).
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// The manifest received so far.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Handles one control message from the sender.
+    pub fn on_message(&mut self, msg: Message) -> Result<ReceiverEvent, SessionError> {
+        if matches!(msg, Message::Error { .. }) {
+            return Err(peer_error(msg));
+        }
+        let unexpected = |state: RecvState, msg: &Message| SessionError::Unexpected {
+            state: state.describe(),
+            got: name(msg),
+        };
+        match (self.state, msg) {
+            (
+                RecvState::AwaitHello,
+                Message::Hello {
+                    version,
+                    secret,
+                    block_size,
+                },
+            ) => {
+                if version != PROTOCOL_VERSION {
+                    return Err(SessionError::Version {
+                        ours: PROTOCOL_VERSION,
+                        theirs: version,
+                    });
+                }
+                if !constant_time_eq(&secret, &self.secret) {
+                    return Err(SessionError::Auth);
+                }
+                if !block_size.is_power_of_two()
+                    || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+                {
+                    return Err(SessionError::BlockSize(block_size));
+                }
+                self.block_size = block_size;
+                self.state = RecvState::AwaitManifest;
+                Ok(ReceiverEvent::Reply(Message::Welcome {
+                    version: PROTOCOL_VERSION,
+                }))
+            }
+            (RecvState::AwaitManifest, Message::Entry(entry)) => {
+                let expected = self.entries.len() as u32;
+                if entry.id != expected {
+                    return Err(SessionError::EntryOrder {
+                        expected,
+                        got: entry.id,
+                    });
+                }
+                path::validate(&entry.path).map_err(|source| SessionError::Path {
+                    id: entry.id,
+                    source,
+                })?;
+                let mut entry = entry;
+                if entry.kind != EntryKind::File {
+                    entry.size = 0;
+                }
+                self.entries.push(entry.clone());
+                self.done.push(false);
+                Ok(ReceiverEvent::Entry(entry))
+            }
+            (RecvState::AwaitManifest, Message::ManifestEnd { count }) => {
+                let received = self.entries.len() as u32;
+                if count != received {
+                    return Err(SessionError::ManifestCount {
+                        claimed: count,
+                        received,
+                    });
+                }
+                self.state = RecvState::Transfer;
+                Ok(ReceiverEvent::ManifestComplete)
+            }
+            (RecvState::Transfer, Message::FileDone { id, root }) => {
+                self.file(id)?;
+                let done = &mut self.done[id as usize];
+                if *done {
+                    return Err(SessionError::Duplicate(id));
+                }
+                *done = true;
+                Ok(ReceiverEvent::FileDone { id, root })
+            }
+            (RecvState::Transfer, Message::Finish) => {
+                self.state = RecvState::Finished;
+                Ok(ReceiverEvent::Finish)
+            }
+            (state, msg) => Err(unexpected(state, &msg)),
+        }
+    }
+
+    fn file(&self, id: u32) -> Result<&Entry, SessionError> {
+        self.entries
+            .get(id as usize)
+            .filter(|e| e.kind == EntryKind::File)
+            .ok_or(SessionError::UnknownFile(id))
+    }
+
+    /// Checks that a block header names a file of the manifest, at a block boundary inside it,
+    /// with exactly the length that block must have. Returns the block's index in its file.
+    pub fn check_block(&self, h: &BlockHeader) -> Result<u64, SessionError> {
+        let bad = |why| SessionError::BadBlock {
+            file: h.file,
+            offset: h.offset,
+            len: h.len,
+            why,
+        };
+        if !matches!(self.state, RecvState::Transfer | RecvState::Finished) {
+            return Err(bad("block before the manifest was complete"));
+        }
+        let entry = self.file(h.file)?;
+        let bs = u64::from(self.block_size);
+        if h.offset % bs != 0 {
+            return Err(bad("offset is not on a block boundary"));
+        }
+        if h.offset >= entry.size {
+            return Err(bad("offset is past the end of the file"));
+        }
+        let want = (entry.size - h.offset).min(bs);
+        if u64::from(h.len) != want {
+            return Err(bad("length is not the block's length"));
+        }
+        Ok(h.offset / bs)
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the sender's engine learns from a receiver message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderEvent {
+    /// The receiver accepted the Hello; send the manifest.
+    Welcomed,
+    /// The file was verified and is in place.
+    Verified(u32),
+    /// The file failed at the receiver.
+    Failed {
+        /// The file id.
+        id: u32,
+        /// The receiver's reason.
+        reason: String,
+    },
+    /// The transfer is complete.
+    Summary {
+        /// Entries in place.
+        entries: u32,
+        /// Bytes verified.
+        bytes: u64,
+    },
+}
+
+/// The sender's side of a session.
+#[derive(Debug)]
+pub struct SenderSession {
+    welcomed: bool,
+    answered: Vec<bool>,
+    files: Vec<bool>,
+    finished: bool,
+}
+
+impl SenderSession {
+    /// A session for a manifest whose entries are files where `is_file[id]` holds.
+    pub fn new(is_file: Vec<bool>) -> Self {
+        Self {
+            welcomed: false,
+            answered: vec![false; is_file.len()],
+            files: is_file,
+            finished: false,
+        }
+    }
+
+    /// The Hello that opens the session.
+    pub fn hello(secret: [u8; 32], block_size: u32) -> Message {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            secret,
+            block_size,
+        }
+    }
+
+    /// Handles one control message from the receiver.
+    pub fn on_message(&mut self, msg: Message) -> Result<SenderEvent, SessionError> {
+        let state = if !self.welcomed {
+            "waiting for Welcome"
+        } else if self.finished {
+            "finished"
+        } else {
+            "transferring"
+        };
+        match msg {
+            Message::Error { .. } => Err(peer_error(msg)),
+            Message::Welcome { version } if !self.welcomed => {
+                if version != PROTOCOL_VERSION {
+                    return Err(SessionError::Version {
+                        ours: PROTOCOL_VERSION,
+                        theirs: version,
+                    });
+                }
+                self.welcomed = true;
+                Ok(SenderEvent::Welcomed)
+            }
+            Message::FileVerified { id } if self.welcomed && !self.finished => {
+                self.answer(id)?;
+                Ok(SenderEvent::Verified(id))
+            }
+            Message::FileFailed { id, reason } if self.welcomed && !self.finished => {
+                self.answer(id)?;
+                Ok(SenderEvent::Failed { id, reason })
+            }
+            Message::Summary { entries, bytes } if self.welcomed && !self.finished => {
+                self.finished = true;
+                Ok(SenderEvent::Summary { entries, bytes })
+            }
+            other => Err(SessionError::Unexpected {
+                state,
+                got: name(&other),
+            }),
+        }
+    }
+
+    fn answer(&mut self, id: u32) -> Result<(), SessionError> {
+        let i = id as usize;
+        if !self.files.get(i).copied().unwrap_or(false) {
+            return Err(SessionError::UnknownFile(id));
+        }
+        if std::mem::replace(&mut self.answered[i], true) {
+            return Err(SessionError::Duplicate(id));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(id: u32, path: &str, size: u64) -> Message {
+        Message::Entry(Entry {
+            id,
+            kind: EntryKind::File,
+            path: path.into(),
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size,
+            link_target: String::new(),
+        })
+    }
+
+    fn ready(size: u64) -> ReceiverSession {
+        let mut s = ReceiverSession::new([7; 32]);
+        s.on_message(SenderSession::hello([7; 32], 1024)).unwrap();
+        s.on_message(file(0, "a", size)).unwrap();
+        s.on_message(Message::ManifestEnd { count: 1 }).unwrap();
+        s
+    }
+
+    #[test]
+    fn wrong_secret_and_version_are_refused() {
+        let mut s = ReceiverSession::new([7; 32]);
+        assert_eq!(
+            s.on_message(SenderSession::hello([8; 32], 1024)),
+            Err(SessionError::Auth)
+        );
+        let mut s = ReceiverSession::new([7; 32]);
+        let err = s
+            .on_message(Message::Hello {
+                version: 99,
+                secret: [7; 32],
+                block_size: 1024,
+            })
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Version);
+    }
+
+    #[test]
+    fn nothing_before_hello() {
+        let mut s = ReceiverSession::new([7; 32]);
+        assert!(matches!(
+            s.on_message(file(0, "a", 1)),
+            Err(SessionError::Unexpected { .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_paths_and_bad_block_sizes_are_refused() {
+        let mut s = ReceiverSession::new([7; 32]);
+        assert_eq!(
+            s.on_message(SenderSession::hello([7; 32], 3000)),
+            Err(SessionError::BlockSize(3000))
+        );
+        let mut s = ReceiverSession::new([7; 32]);
+        s.on_message(SenderSession::hello([7; 32], 1024)).unwrap();
+        assert!(matches!(
+            s.on_message(file(0, "../x", 1)),
+            Err(SessionError::Path { id: 0, .. })
+        ));
+        assert!(matches!(
+            s.on_message(file(0, "/etc/x", 1)),
+            Err(SessionError::Path { id: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn block_headers_must_fit_the_manifest() {
+        let s = ready(2500);
+        let h = |offset, len| BlockHeader {
+            file: 0,
+            offset,
+            len,
+            hash: [0; 32],
+        };
+        assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
+        assert_eq!(s.check_block(&h(2048, 452)), Ok(2));
+        assert!(s.check_block(&h(2048, 1024)).is_err());
+        assert!(s.check_block(&h(100, 1024)).is_err());
+        assert!(s.check_block(&h(3072, 1024)).is_err());
+        assert!(s
+            .check_block(&BlockHeader {
+                file: 9,
+                ..h(0, 1024)
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn file_done_once_per_file() {
+        let mut s = ready(10);
+        let done = Message::FileDone {
+            id: 0,
+            root: [1; 32],
+        };
+        assert!(s.on_message(done.clone()).is_ok());
+        assert_eq!(s.on_message(done), Err(SessionError::Duplicate(0)));
+    }
+
+    #[test]
+    fn sender_tracks_answers() {
+        let mut s = SenderSession::new(vec![true, false]);
+        assert!(s.on_message(Message::FileVerified { id: 0 }).is_err());
+        s.on_message(Message::Welcome {
+            version: PROTOCOL_VERSION,
+        })
+        .unwrap();
+        assert_eq!(
+            s.on_message(Message::FileVerified { id: 0 }),
+            Ok(SenderEvent::Verified(0))
+        );
+        assert_eq!(
+            s.on_message(Message::FileVerified { id: 0 }),
+            Err(SessionError::Duplicate(0))
+        );
+        assert_eq!(
+            s.on_message(Message::FileVerified { id: 1 }),
+            Err(SessionError::UnknownFile(1))
+        );
+    }
+}

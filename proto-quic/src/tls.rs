@@ -1,0 +1,212 @@
+//! TLS 1.3 for QUIC: a fresh self-signed identity per receiver, and a sender that trusts exactly
+//! the certificate whose fingerprint its ticket names.
+//!
+//! There is no certificate authority. The receiver generates a key pair and certificate each run
+//! ([`Identity::generate`]) and prints the certificate's BLAKE3 fingerprint in its ticket. The
+//! sender's verifier ([`PinnedVerifier`]) accepts that certificate and nothing else, and still
+//! checks the handshake signature, so only the holder of the private key can complete it. The
+//! secret in the ticket then authenticates the sender inside the encrypted session.
+//!
+//! AES-128-GCM is put first among the cipher suites: it is the cheapest AEAD on CPUs with AES-NI
+//! (see `docs/decisions.md`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::ticket::hex;
+use crate::ALPN;
+
+/// The server name the sender asks for; the pinned verifier ignores it.
+pub const SERVER_NAME: &str = "sluice";
+
+/// Errors setting up TLS.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Generating the certificate failed.
+    #[error("generating the receiver certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    /// quinn refused the rustls configuration.
+    #[error("QUIC TLS configuration: {0}")]
+    Quic(String),
+}
+
+/// A receiver's certificate and key.
+#[derive(Debug)]
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Identity {
+    /// Generates a fresh self-signed certificate.
+    pub fn generate() -> Result<Self, TlsError> {
+        let c = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+        Ok(Self {
+            cert: c.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(c.key_pair.serialize_der()),
+        })
+    }
+
+    /// BLAKE3 of the certificate's DER encoding: what a ticket pins.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint(&self.cert)
+    }
+}
+
+/// BLAKE3 of a DER certificate.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    *blake3::hash(cert.as_ref()).as_bytes()
+}
+
+/// The crypto provider: aws-lc-rs with AES-128-GCM preferred.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
+}
+
+/// QUIC transport parameters that decide throughput on a long link.
+#[derive(Debug, Clone)]
+pub struct TransportTuning {
+    /// Bytes the peer may have in flight on one stream. Sized from the bandwidth-delay product.
+    pub stream_window: u64,
+    /// Bytes the peer may have in flight on the whole connection.
+    pub connection_window: u64,
+    /// Bytes this side keeps unacknowledged in its send buffer.
+    pub send_window: u64,
+    /// Unidirectional streams the peer may open at once.
+    pub max_uni_streams: u32,
+    /// Time without any packet after which the peer is declared gone.
+    pub idle_timeout: Duration,
+}
+
+impl TransportTuning {
+    fn build(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        let vi = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
+        t.stream_receive_window(vi(self.stream_window))
+            .receive_window(vi(self.connection_window))
+            .send_window(self.send_window)
+            .max_concurrent_uni_streams(self.max_uni_streams.into())
+            .max_concurrent_bidi_streams(1u32.into())
+            .keep_alive_interval(Some(self.idle_timeout / 4))
+            .max_idle_timeout(Some(
+                self.idle_timeout
+                    .try_into()
+                    .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
+            ));
+        t
+    }
+}
+
+/// The receiver's QUIC server configuration for `identity`.
+pub fn server_config(
+    identity: &Identity,
+    tuning: &TransportTuning,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![identity.cert.clone()],
+            PrivateKeyDer::Pkcs8(identity.key.clone_key()),
+        )?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(tuning.build()));
+    Ok(cfg)
+}
+
+/// The sender's QUIC client configuration, trusting only the certificate with `fingerprint`.
+pub fn client_config(
+    fingerprint: [u8; 32],
+    tuning: &TransportTuning,
+) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedVerifier {
+        fingerprint,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(tuning.build()));
+    Ok(cfg)
+}
+
+/// Accepts exactly one certificate, named by its BLAKE3 fingerprint, and checks the handshake
+/// signature made with its key.
+#[derive(Debug)]
+pub struct PinnedVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = fingerprint(end_entity);
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "receiver certificate fingerprint {} does not match the ticket's {}: \
+                 wrong ticket, or another process answered at that address",
+                hex(&got),
+                hex(&self.fingerprint)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not supported".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

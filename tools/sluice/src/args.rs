@@ -1,0 +1,148 @@
+//! Command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use sluice_engine::Config;
+
+/// Move files and directory trees over QUIC, every byte verified with BLAKE3.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print machine-readable events, one JSON object per line, instead of a progress bar.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy SRC... into DEST_DIR through a sender and a receiver in this process (loopback QUIC).
+    Copy {
+        /// One or more sources, then the destination directory.
+        #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR")]
+        paths: Vec<PathBuf>,
+    },
+    /// Send SRC... to the receiver named by TICKET (printed by `sluice recv`).
+    Send {
+        /// One or more sources, then the ticket.
+        #[arg(required = true, num_args = 2.., value_name = "SRC... TICKET")]
+        args: Vec<PathBuf>,
+    },
+    /// Print a ticket, wait for one sender, and receive its files into DEST_DIR.
+    Recv {
+        /// Where received files go (created if missing).
+        dest: PathBuf,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
+        #[arg(long)]
+        advertise: Option<SocketAddr>,
+    },
+    /// Measure QUIC throughput memory to memory on loopback (no disk, no hashing).
+    BenchMem {
+        /// Bytes to move, e.g. 2G, 512M.
+        #[arg(long, default_value = "2G", value_parser = parse_size)]
+        size: u64,
+    },
+    /// Print the BLAKE3 hash of each file, as b3sum does.
+    Hash {
+        /// Files to hash.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Data-path tuning; defaults are `sluice_engine::Config::default()`.
+#[derive(Debug, Args)]
+pub struct Tuning {
+    /// Block size (power of two, 1K..16M): the unit of hashing, verifying and repair.
+    #[arg(long, global = true, value_parser = parse_size)]
+    pub block_size: Option<u64>,
+    /// Buffers in each side's ring (memory = ring × block size).
+    #[arg(long, global = true)]
+    pub ring: Option<usize>,
+    /// Parallel QUIC data streams.
+    #[arg(long, global = true)]
+    pub streams: Option<usize>,
+    /// QUIC flow-control window (cover the bandwidth-delay product), e.g. 64M.
+    #[arg(long, global = true, value_parser = parse_size)]
+    pub window: Option<u64>,
+    /// Use pread/pwrite instead of io_uring.
+    #[arg(long, global = true)]
+    pub no_uring: bool,
+}
+
+impl Tuning {
+    pub fn config(&self) -> Result<Config> {
+        let mut c = Config::default();
+        if let Some(bs) = self.block_size {
+            if !bs.is_power_of_two() || !(1024..=16 << 20).contains(&bs) {
+                bail!("--block-size must be a power of two from 1K to 16M, not {bs}");
+            }
+            c.block_size = bs as u32;
+        }
+        if let Some(r) = self.ring {
+            if r < 2 {
+                bail!("--ring must be at least 2");
+            }
+            c.ring_buffers = r;
+        }
+        if let Some(s) = self.streams {
+            if !(1..=256).contains(&s) {
+                bail!("--streams must be 1..=256");
+            }
+            c.streams = s;
+        }
+        if let Some(w) = self.window {
+            c.window = w;
+        }
+        c.io_uring = !self.no_uring;
+        Ok(c)
+    }
+}
+
+/// Parses `123`, `4K`, `512M`, `2G`, `1T` (binary multiples; `KiB`/`KB`/`k` spellings too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
+    let mult: u64 = match unit
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("17"), Ok(17));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("3Q").is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! `sluice`: move files and directory trees over QUIC, verified with BLAKE3.
+//!
+//! A thin shell over `sluice-engine`: it parses flags, runs the engine on a worker thread, and
+//! renders progress (a bar on a terminal, JSON lines with `--json`) and errors.
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod render;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use sluice_engine::{Receiver, Sender, Ticket};
+
+use args::{Cli, Command};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    if let Err(e) = run(cli) {
+        if json {
+            render::json_line(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
+        }
+        eprintln!("sluice: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = cli.tuning.config()?;
+    let json = cli.json;
+    match cli.command {
+        Command::Copy { paths } => {
+            let (dest, sources) = paths
+                .split_last()
+                .context("give at least one source and a destination")?;
+            if sources.is_empty() {
+                anyhow::bail!("give at least one source before the destination directory");
+            }
+            let (sources, dest) = (sources.to_vec(), dest.clone());
+            render::run(json, move |p| {
+                sluice_engine::copy(&sources, &dest, &config, p).context("copy failed")
+            })
+        }
+        Command::Send { args } => {
+            let (ticket, sources) = args
+                .split_last()
+                .context("give at least one source and a ticket")?;
+            if sources.is_empty() {
+                anyhow::bail!("give at least one source before the ticket");
+            }
+            let ticket: Ticket = ticket
+                .to_string_lossy()
+                .parse()
+                .context("the last argument must be the ticket printed by `sluice recv`")?;
+            let sources = sources.to_vec();
+            render::run(json, move |p| {
+                Sender::new(config)
+                    .send(&sources, &ticket, p)
+                    .with_context(|| format!("sending to {}", ticket.addr))
+            })
+        }
+        Command::Recv {
+            dest,
+            listen,
+            advertise,
+        } => {
+            let listen: SocketAddr = listen;
+            let rx = Receiver::bind(&dest, listen, advertise, config)
+                .with_context(|| format!("listening on {listen}"))?;
+            let ticket = rx.ticket().to_string();
+            if json {
+                render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
+            } else {
+                println!("{ticket}");
+                let _ = std::io::stdout().flush();
+                eprintln!("sluice: waiting for one sender; run: sluice send SRC... {ticket}");
+            }
+            render::run(json, move |p| rx.run(p).context("receive failed"))
+        }
+        Command::BenchMem { size } => {
+            let r =
+                sluice_engine::membench::run(size, &config).context("memory benchmark failed")?;
+            let secs = r.elapsed.as_secs_f64();
+            let mbps = r.bytes as f64 / secs / 1e6;
+            if json {
+                render::json_line(&serde_json::json!({
+                    "event": "summary", "bytes": r.bytes, "seconds": secs, "mb_per_s": mbps,
+                }));
+            } else {
+                println!(
+                    "sluice bench-mem: {} bytes in {secs:.2} s, {mbps:.1} MB/s",
+                    r.bytes
+                );
+            }
+            Ok(())
+        }
+        Command::Hash { files } => {
+            for f in files {
+                let file =
+                    std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
+                let mut h = blake3::Hasher::new();
+                h.update_reader(file)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                println!("{}  {}", h.finalize().to_hex(), f.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Rendering a running transfer: a progress bar on a terminal, JSON lines with `--json`, and
+//! always a one-line summary.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use sluice_engine::{Event, Progress, Summary};
+
+/// Prints one JSON object as a line on stdout.
+pub fn json_line(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// Runs `work` on a worker thread while rendering its progress on this one.
+pub fn run<F>(json: bool, work: F) -> Result<()>
+where
+    F: FnOnce(Arc<Progress>) -> Result<Summary> + Send + 'static,
+{
+    let progress = Arc::new(Progress::default());
+    let worker = {
+        let p = progress.clone();
+        std::thread::Builder::new()
+            .name("sluice-main".into())
+            .spawn(move || work(p))?
+    };
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let start = Instant::now();
+    let mut last_json = Instant::now();
+    let mut roots = Vec::new();
+    while !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        drain(&progress, json, &mut roots);
+        let s = progress.snapshot();
+        if let Some(b) = &bar {
+            b.set_length(s.bytes_total);
+            b.set_position(s.bytes_sent.max(s.bytes_verified));
+            b.set_message(format!("{}/{} files", s.files_verified, s.files_total));
+        }
+        if json && last_json.elapsed() >= Duration::from_secs(1) {
+            last_json = Instant::now();
+            json_line(&serde_json::json!({
+                "event": "progress", "bytes_sent": s.bytes_sent, "bytes_verified": s.bytes_verified,
+                "bytes_total": s.bytes_total, "files_verified": s.files_verified,
+                "files_total": s.files_total, "seconds": start.elapsed().as_secs_f64(),
+            }));
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let result = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("transfer thread panicked"))?;
+    drain(&progress, json, &mut roots);
+    let summary = result?;
+    let secs = summary.elapsed.as_secs_f64().max(1e-9);
+    let mbps = summary.bytes as f64 / secs / 1e6;
+    if json {
+        json_line(&serde_json::json!({
+            "event": "summary", "entries": summary.entries, "files": summary.files,
+            "bytes": summary.bytes, "seconds": secs, "mb_per_s": mbps,
+        }));
+    } else {
+        let root = match roots.as_slice() {
+            [(_, r)] => format!(", BLAKE3 {r}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            std::io::stdout(),
+            "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}",
+            summary.files,
+            summary.entries,
+            summary.bytes
+        );
+    }
+    Ok(())
+}
+
+fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
+    for e in progress.take_events() {
+        match e {
+            Event::Connected { peer } => {
+                if json {
+                    json_line(&serde_json::json!({"event": "connected", "peer": peer}));
+                }
+            }
+            Event::FileVerified { path, size, root } => {
+                let hex = blake3::Hash::from_bytes(root).to_hex().to_string();
+                if json {
+                    json_line(&serde_json::json!({
+                        "event": "file_verified", "path": path, "size": size, "blake3": hex,
+                    }));
+                }
+                if roots.len() < 2 {
+                    roots.push((path, hex));
+                }
+            }
+            Event::FileFailed { path, reason } => {
+                if json {
+                    json_line(
+                        &serde_json::json!({"event": "file_failed", "path": path, "reason": reason}),
+                    );
+                } else {
+                    eprintln!("sluice: {path}: {reason}");
+                }
+            }
+        }
+    }
+}

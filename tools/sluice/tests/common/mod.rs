@@ -1,0 +1,166 @@
+//! Helpers for end-to-end tests: run the real `sluice` binary on real files.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Writes `len` pseudo-random bytes (BLAKE3 XOF of `seed`) to `path`, 1 MiB at a time.
+pub fn random_file(path: &Path, len: u64, seed: u8) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut xof = blake3::Hasher::new().update(&[seed]).finalize_xof();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        out.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// BLAKE3 of a file, as `b3sum` computes it.
+pub fn b3(path: &Path) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).unwrap()).unwrap();
+    h.finalize()
+}
+
+/// Asserts that two trees hold the same names, kinds, bytes, link targets and permissions.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |root: &Path| {
+        let mut v = Vec::new();
+        walk(root, root, &mut v);
+        v.sort();
+        v
+    };
+    let (la, lb) = (list(a), list(b));
+    assert_eq!(la, lb, "trees differ in names or kinds");
+    for (rel, kind) in la {
+        let (pa, pb) = (a.join(&rel), b.join(&rel));
+        match kind {
+            'f' => {
+                assert_eq!(b3(&pa), b3(&pb), "{rel}: content differs");
+                assert_eq!(
+                    std::fs::read(&pa).unwrap(),
+                    std::fs::read(&pb).unwrap(),
+                    "{rel}"
+                );
+                let (ma, mb) = (pa.metadata().unwrap(), pb.metadata().unwrap());
+                assert_eq!(ma.permissions(), mb.permissions(), "{rel}: mode differs");
+                assert_eq!(
+                    ma.modified().unwrap(),
+                    mb.modified().unwrap(),
+                    "{rel}: mtime differs"
+                );
+            }
+            'l' => assert_eq!(
+                std::fs::read_link(&pa).unwrap(),
+                std::fs::read_link(&pb).unwrap()
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, char)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let kind = if ft.is_symlink() {
+            'l'
+        } else if ft.is_dir() {
+            'd'
+        } else {
+            'f'
+        };
+        out.push((rel, kind));
+        if kind == 'd' {
+            walk(root, &e.path(), out);
+        }
+    }
+}
+
+/// Every file whose name marks it as an in-progress part file, anywhere below `root`.
+pub fn part_files(root: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    walk(root, root, &mut Vec::new());
+    let mut all = Vec::new();
+    walk(root, root, &mut all);
+    for (rel, _) in all {
+        if rel.ends_with(".sluice-part") {
+            v.push(root.join(rel));
+        }
+    }
+    v
+}
+
+/// A `sluice recv` process and the ticket it printed.
+pub struct Recv {
+    child: Option<Child>,
+    pub ticket: String,
+}
+
+impl Recv {
+    pub fn start(dest: &Path) -> Recv {
+        let mut child = sluice()
+            .args(["recv", "--listen", "127.0.0.1:0"])
+            .arg(dest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Keep reading so the receiver never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        assert!(line.starts_with("sluice1-"), "recv printed {line:?}");
+        Recv {
+            child: Some(child),
+            ticket: line.trim().to_owned(),
+        }
+    }
+
+    /// Waits (bounded) for the receiver to exit; kills it past the limit.
+    pub fn wait(mut self) -> Output {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Recv {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,121 @@
+//! End to end: the real `sluice` binary moves real files over real QUIC on loopback, and the
+//! result is compared byte for byte and by BLAKE3 with the source.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+const BLOCK: u64 = 1 << 20;
+
+#[test]
+fn copy_edge_sizes_byte_for_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("edges");
+    fs::create_dir(&src).unwrap();
+    for (i, len) in [
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        BLOCK - 1,
+        BLOCK,
+        BLOCK + 1,
+        3 * BLOCK + 17,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        random_file(&src.join(format!("f{len}")), len, i as u8);
+    }
+    fs::set_permissions(src.join("f1"), fs::Permissions::from_mode(0o600)).unwrap();
+    let dest = d.path().join("dest");
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("9 files"), "{summary}");
+    assert_same_tree(&src, &dest.join("edges"));
+    assert!(part_files(&dest).is_empty());
+}
+
+#[test]
+fn copy_one_gib_and_report_its_root() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 1 << 30, 42);
+    let dest = d.path().join("dest");
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = b3(&src);
+    assert_eq!(b3(&dest.join("big.bin")), want);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains(&want.to_hex().to_string()), "{summary}");
+    // `sluice hash` prints what b3sum prints.
+    let out = sluice()
+        .arg("hash")
+        .arg(dest.join("big.bin"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(want.to_hex().as_str()));
+}
+
+#[test]
+fn send_recv_tree_with_many_files_links_and_empty_dirs() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("a/b/c")).unwrap();
+    fs::create_dir_all(src.join("empty")).unwrap();
+    fs::create_dir_all(src.join("small")).unwrap();
+    for i in 0..1000u32 {
+        fs::write(
+            src.join("small").join(format!("s{i:04}")),
+            format!("file {i}\n").repeat(i as usize % 7),
+        )
+        .unwrap();
+    }
+    random_file(&src.join("a/b/c/deep.bin"), 2 * BLOCK + 5, 7);
+    std::os::unix::fs::symlink("a/b/c/deep.bin", src.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
+    let dest = d.path().join("dest");
+    let recv = Recv::start(&dest);
+    let out = sluice()
+        .arg("send")
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "send failed: {}", stderr(&out));
+    let r = recv.wait();
+    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    assert_same_tree(&src, &dest.join("tree"));
+    assert!(part_files(&dest).is_empty());
+}
+
+#[test]
+fn json_mode_prints_events() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("x");
+    random_file(&src, 3 * BLOCK, 1);
+    let out = sluice()
+        .args(["--json", "copy"])
+        .arg(&src)
+        .arg(d.path().join("dest"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let verified = lines
+        .iter()
+        .find(|v| v["event"] == "file_verified")
+        .unwrap();
+    assert_eq!(verified["blake3"], b3(&src).to_hex().as_str());
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["event"], "summary");
+    assert_eq!(summary["bytes"], 3 * BLOCK);
+}
