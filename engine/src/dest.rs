@@ -20,6 +20,10 @@ use sluice_proto::path;
 
 use crate::error::{Error, Result};
 
+/// Permission bits applied from the manifest: setuid and setgid are dropped, so a peer cannot
+/// plant a privileged executable (as rsync does without `--perms` for a non-root receiver).
+const MODE_MASK: u32 = 0o1777;
+
 /// Suffix of in-progress files.
 pub const PART_SUFFIX: &str = ".sluice-part";
 
@@ -126,7 +130,7 @@ impl Destination {
             .write(true)
             .open(part)
             .map_err(Error::file("opening", part))?;
-        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))
             .map_err(Error::file("setting permissions of", part))?;
         f.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", part))?;
@@ -157,7 +161,7 @@ impl Destination {
         if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
-        fs::set_permissions(&at, fs::Permissions::from_mode(entry.mode & 0o7777))
+        fs::set_permissions(&at, fs::Permissions::from_mode(entry.mode & MODE_MASK))
             .map_err(Error::file("setting permissions of", &at))?;
         let d = File::open(&at).map_err(Error::file("opening", &at))?;
         d.set_times(FileTimes::new().set_modified(mtime(entry)))

@@ -33,6 +33,7 @@ pub mod error;
 pub mod manifest;
 pub mod membench;
 pub mod merkle;
+pub mod mmap;
 pub mod net;
 pub mod progress;
 mod receiver;

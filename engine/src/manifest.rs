@@ -75,6 +75,12 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
             tracing::warn!(path = %local.display(), "skipping: not a file, directory or symlink");
             continue;
         };
+        if let Err(e) = sluice_proto::path::validate(&rel) {
+            return Err(Error::Destination {
+                path: rel,
+                why: e.to_string(),
+            });
+        }
         let id = u32::try_from(out.len()).map_err(|_| Error::Source {
             path: local.clone(),
             why: "more than 4 billion entries",

@@ -83,6 +83,8 @@ pub fn run(bytes: u64, config: &Config) -> Result<MemResult> {
         }
         let elapsed = start.elapsed();
         conn.close(0u32.into(), b"");
+        // Let the close reach the sender so it does not wait for its idle timeout.
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         Ok::<_, Error>(MemResult {
             bytes: total,
             elapsed,

@@ -74,6 +74,7 @@ struct Shared {
 
 /// A file being received.
 struct Incoming {
+    rel: String,
     final_path: PathBuf,
     part: PathBuf,
     cvs: Vec<Option<Digest>>,
@@ -211,12 +212,12 @@ async fn receive(
             .map_err(Error::io("starting writer thread"))?
     };
 
-    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize);
     let mut streams = tokio::task::JoinSet::new();
     let mut files: HashMap<u32, Incoming> = HashMap::new();
     let mut symlinks: Vec<Entry> = Vec::new();
     let mut finished = false;
     let mut failures = 0u64;
+    let mut first_failure: Option<String> = None;
     let mut verified_bytes = 0u64;
     let mut block_size = 0u32;
 
@@ -243,6 +244,15 @@ async fn receive(
                     })
                     .await?;
                 control.finish();
+                if let Some(first) = first_failure.take() {
+                    // The sender was told file by file; the receiver's exit says it too.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+                    return Err(Error::FilesFailed {
+                        failed: failures as usize,
+                        total: summary.files as usize + failures as usize,
+                        first,
+                    });
+                }
                 return Ok(summary);
             }
             tokio::select! {
@@ -257,6 +267,11 @@ async fn receive(
                             block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
                             control.send(&m).await?;
                             progress.push(Event::Connected { peer: peer.to_string() });
+                            // The sender chose the block size; the ring keeps the receiver's
+                            // configured memory bound whatever it is.
+                            let budget = config.ring_buffers as u64 * u64::from(config.block_size);
+                            let count = (budget / u64::from(block_size)).max(2) as usize;
+                            let pool = BufferPool::new(count, block_size as usize);
                             for _ in 0..config.streams.max(1) * 2 {
                                 streams.spawn(read_stream_loop(conn.clone(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
                             }
@@ -274,6 +289,7 @@ async fn receive(
                                     let _ = job_tx.send(Job::Open { file: entry.id, path: part.clone() });
                                 }
                                 files.insert(entry.id, Incoming {
+                                    rel: entry.path.clone(),
                                     final_path,
                                     part,
                                     cvs: vec![None; count as usize],
@@ -297,7 +313,7 @@ async fn receive(
                                 f.root = Some(root);
                             }
                             let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
-                            report(outcome, &mut control, progress, &mut failures, &mut verified_bytes).await?;
+                            report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::Finish => finished = true,
                     }
@@ -327,7 +343,7 @@ async fn receive(
                             fail_file(file, &mut files, &job_tx, error.to_string())
                         }
                     };
-                    report(outcome, &mut control, progress, &mut failures, &mut verified_bytes).await?;
+                    report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                 }
                 Some(res) = streams.join_next() => {
                     match res {
@@ -399,6 +415,7 @@ async fn report(
     control: &mut Control,
     progress: &Progress,
     failures: &mut u64,
+    first_failure: &mut Option<String>,
     verified_bytes: &mut u64,
 ) -> Result<()> {
     match outcome {
@@ -415,6 +432,7 @@ async fn report(
         }
         Outcome::Failed { id, path, reason } => {
             *failures += 1;
+            first_failure.get_or_insert_with(|| format!("{path}: {reason}"));
             tracing::error!(%path, %reason, "file failed");
             progress.push(Event::FileFailed {
                 path,
@@ -438,7 +456,7 @@ fn fail_file(
     let _ = std::fs::remove_file(&f.part);
     Outcome::Failed {
         id,
-        path: f.final_path.display().to_string(),
+        path: f.rel,
         reason,
     }
 }
@@ -575,7 +593,7 @@ fn write_blocks(
     jobs: std_mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Written>,
 ) {
-    let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.uring_depth);
+    let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.write_depth);
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
     let mut open: HashMap<u32, Arc<File>> = HashMap::new();
     let mut finished = Vec::new();

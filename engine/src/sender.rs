@@ -302,7 +302,7 @@ fn read_files(
     blocks: &mpsc::Sender<Block>,
     events: &mpsc::UnboundedSender<ReadEvent>,
 ) -> Result<()> {
-    let (mut io, _) = blockio::open::<(usize, u64)>(config.io_uring, config.uring_depth);
+    let (mut io, _) = blockio::open::<(usize, u64)>(config.io_uring, config.read_depth);
     let bs = u64::from(config.block_size);
     let mut state: Vec<Option<Reading>> = files.iter().map(|_| None).collect();
     let mut done = Vec::new();
@@ -408,7 +408,7 @@ fn read_files(
             io.submit(req, &mut done)
                 .map_err(Error::file("reading", &src.local))?;
             handle(&mut done, &mut state)?;
-            if io.in_flight() >= config.uring_depth as usize {
+            if io.in_flight() >= config.read_depth as usize {
                 io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
                 handle(&mut done, &mut state)?;
             }

@@ -144,8 +144,8 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
 }
 
 /// Writes a string as `u16 LE` length plus bytes, cutting it at [`MAX_STRING_LEN`] on a char
-/// boundary. Paths longer than that are refused before encoding (see [`crate::path`]); only
-/// free-text reasons are ever cut.
+/// boundary. The sender validates paths with [`crate::path::validate`] when it builds the
+/// manifest, so only free-text reasons are ever cut.
 fn put_str(out: &mut Vec<u8>, s: &str) {
     let mut end = s.len().min(MAX_STRING_LEN);
     while !s.is_char_boundary(end) {
@@ -321,6 +321,9 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Bytes of `buf` already consumed; dropped in bulk so a burst of small frames costs no
+    /// quadratic shifting.
+    start: usize,
 }
 
 impl FrameDecoder {
@@ -331,30 +334,35 @@ impl FrameDecoder {
 
     /// Appends bytes received from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Returns the next complete message, `Ok(None)` if more bytes are needed, or the error that
     /// makes the rest of the stream undecodable.
     pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
-        let Some(prefix) = self.buf.first_chunk::<4>() else {
+        let rest = &self.buf[self.start..];
+        let Some(prefix) = rest.first_chunk::<4>() else {
             return Ok(None);
         };
         let len = u32::from_le_bytes(*prefix) as usize;
         if len == 0 || len > MAX_FRAME_LEN {
             return Err(DecodeError::FrameLength(len));
         }
-        let Some(frame) = self.buf.get(4..4 + len) else {
+        let Some(frame) = rest.get(4..4 + len) else {
             return Ok(None);
         };
         let msg = decode_message(frame)?;
-        self.buf.drain(..4 + len);
+        self.start += 4 + len;
         Ok(Some(msg))
     }
 
     /// Bytes received but not yet consumed as messages.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 

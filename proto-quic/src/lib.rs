@@ -22,7 +22,7 @@ pub mod session;
 pub mod ticket;
 pub mod tls;
 
-/// The protocol version this build speaks. Peers with a different major version are refused in
+/// The protocol version this build speaks. Peers with a different version are refused in
 /// the handshake with [`message::ErrorCode::Version`].
 pub const PROTOCOL_VERSION: u16 = 1;
 

@@ -27,6 +27,10 @@ use crate::PROTOCOL_VERSION;
 pub const MIN_BLOCK_SIZE: u32 = 1024;
 /// Largest block size a sender may choose; bounds the receiver's per-block buffer.
 pub const MAX_BLOCK_SIZE: u32 = 16 * 1024 * 1024;
+/// Most blocks one file may have. The receiver keeps a 33-byte record per block of each file
+/// in progress, so this bounds what a manifest entry can make it allocate (at 1 MiB blocks:
+/// files up to 16 TiB, tables up to ~550 MB).
+pub const MAX_FILE_BLOCKS: u64 = 1 << 24;
 
 /// A protocol violation or refusal, naming what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +98,17 @@ pub enum SessionError {
         len: u32,
         /// What was wrong.
         why: &'static str,
+    },
+    /// The receiver claimed completion while files were still unanswered.
+    #[error("receiver sent its summary with {0} files neither verified nor failed")]
+    Incomplete(usize),
+    /// A file has more blocks than a receiver tracks.
+    #[error("entry {id}: {size} bytes is more than {MAX_FILE_BLOCKS} blocks of this block size")]
+    TooLarge {
+        /// The entry id.
+        id: u32,
+        /// The size claimed.
+        size: u64,
     },
     /// The peer aborted the transfer.
     #[error("peer aborted ({code:?}): {message}")]
@@ -270,6 +285,12 @@ impl ReceiverSession {
                 if entry.kind != EntryKind::File {
                     entry.size = 0;
                 }
+                if block_count(entry.size, self.block_size) > MAX_FILE_BLOCKS {
+                    return Err(SessionError::TooLarge {
+                        id: entry.id,
+                        size: entry.size,
+                    });
+                }
                 self.entries.push(entry.clone());
                 self.done.push(false);
                 Ok(ReceiverEvent::Entry(entry))
@@ -423,6 +444,15 @@ impl SenderSession {
                 Ok(SenderEvent::Failed { id, reason })
             }
             Message::Summary { entries, bytes } if self.welcomed && !self.finished => {
+                let unanswered = self
+                    .files
+                    .iter()
+                    .zip(&self.answered)
+                    .filter(|(f, a)| **f && !**a)
+                    .count();
+                if unanswered > 0 {
+                    return Err(SessionError::Incomplete(unanswered));
+                }
                 self.finished = true;
                 Ok(SenderEvent::Summary { entries, bytes })
             }
@@ -568,6 +598,36 @@ mod tests {
         assert_eq!(
             s.on_message(Message::FileVerified { id: 1 }),
             Err(SessionError::UnknownFile(1))
+        );
+    }
+
+    #[test]
+    fn sender_refuses_a_summary_before_every_file_is_answered() {
+        let mut s = SenderSession::new(vec![true, true]);
+        s.on_message(Message::Welcome {
+            version: PROTOCOL_VERSION,
+        })
+        .unwrap();
+        s.on_message(Message::FileVerified { id: 0 }).unwrap();
+        assert_eq!(
+            s.on_message(Message::Summary {
+                entries: 2,
+                bytes: 0
+            }),
+            Err(SessionError::Incomplete(1))
+        );
+    }
+
+    #[test]
+    fn huge_entries_are_refused_before_allocating() {
+        let mut s = ReceiverSession::new([7; 32]);
+        s.on_message(SenderSession::hello([7; 32], 1024)).unwrap();
+        assert_eq!(
+            s.on_message(file(0, "a", u64::MAX)),
+            Err(SessionError::TooLarge {
+                id: 0,
+                size: u64::MAX
+            })
         );
     }
 }

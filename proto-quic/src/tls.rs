@@ -88,6 +88,12 @@ pub struct TransportTuning {
     pub max_uni_streams: u32,
     /// Time without any packet after which the peer is declared gone.
     pub idle_timeout: Duration,
+    /// Ask the peer to acknowledge only every this many ack-eliciting packets (the QUIC
+    /// ACK-frequency extension); 0 keeps quinn's default of every second packet. Fewer ACKs
+    /// cost both ends less CPU per byte.
+    pub ack_eliciting_threshold: u32,
+    /// The longest the peer may delay an acknowledgement when the ACK-frequency extension is on.
+    pub max_ack_delay: Duration,
 }
 
 impl TransportTuning {
@@ -105,6 +111,12 @@ impl TransportTuning {
                     .try_into()
                     .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
             ));
+        if self.ack_eliciting_threshold > 0 {
+            let mut ack = quinn::AckFrequencyConfig::default();
+            ack.ack_eliciting_threshold(self.ack_eliciting_threshold.into())
+                .max_ack_delay(Some(self.max_ack_delay));
+            t.ack_frequency_config(Some(ack));
+        }
         t
     }
 }

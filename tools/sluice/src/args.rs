@@ -74,6 +74,9 @@ pub struct Tuning {
     /// QUIC flow-control window (cover the bandwidth-delay product), e.g. 64M.
     #[arg(long, global = true, value_parser = parse_size)]
     pub window: Option<u64>,
+    /// Ask the peer to acknowledge every N packets (QUIC ACK-frequency extension).
+    #[arg(long, global = true)]
+    pub ack_every: Option<u32>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -102,6 +105,9 @@ impl Tuning {
         }
         if let Some(w) = self.window {
             c.window = w;
+        }
+        if let Some(a) = self.ack_every {
+            c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
         Ok(c)

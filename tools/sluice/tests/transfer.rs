@@ -119,3 +119,24 @@ fn json_mode_prints_events() {
     assert_eq!(summary["event"], "summary");
     assert_eq!(summary["bytes"], 3 * BLOCK);
 }
+
+#[test]
+fn sender_block_size_larger_than_receivers_works() {
+    // The sender chooses the block size; a default receiver must follow it, keeping its memory
+    // bound, rather than assume its own.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f");
+    random_file(&src, 9 * BLOCK + 3, 5);
+    let dest = d.path().join("dest");
+    let recv = Recv::start(&dest);
+    let out = sluice()
+        .args(["send", "--block-size", "4M"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "send failed: {}", stderr(&out));
+    let r = recv.wait();
+    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    assert_eq!(b3(&dest.join("f")), b3(&src));
+}
