@@ -318,7 +318,10 @@ async fn receive(
                         ReceiverEvent::Finish => finished = true,
                     }
                 }
-                Some(w) = done_rx.recv() => {
+                w = done_rx.recv() => {
+                    let Some(w) = w else {
+                        return Err(Error::io("writer thread")(std::io::Error::other("stopped before the transfer ended")));
+                    };
                     let outcome = match w {
                         Written::Block { file, index, cv } => {
                             let Some(f) = files.get_mut(&file) else { continue };
@@ -639,7 +642,10 @@ fn write_blocks(
                 Ok(j) => j,
                 Err(std_mpsc::TryRecvError::Empty) => {
                     if let Err(e) = io.wait(1, &mut finished) {
+                        // Blocks in flight can no longer be accounted for: stop, and the
+                        // control task fails the transfer when it sees this thread gone.
                         tracing::error!("io_uring wait failed: {e}");
+                        return;
                     }
                     report(&mut finished, &paths);
                     continue;
