@@ -27,6 +27,19 @@ const MODE_MASK: u32 = 0o1777;
 /// Suffix of in-progress files.
 pub const PART_SUFFIX: &str = ".sluice-part";
 
+/// Where a file entry goes, and what the destination already holds of it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The final name.
+    pub final_path: PathBuf,
+    /// The in-progress name.
+    pub part: PathBuf,
+    /// A file whose blocks may be kept: the part file (resume) or the older final file (delta).
+    pub existing: Option<PathBuf>,
+    /// `existing` is the part file of an interrupted run.
+    pub resume: bool,
+}
+
 /// A destination directory.
 #[derive(Debug, Clone)]
 pub struct Destination {
@@ -102,39 +115,77 @@ impl Destination {
         final_path.with_file_name(format!(".{name}{PART_SUFFIX}"))
     }
 
-    /// Prepares a file entry: resolves its final path and creates an empty in-progress file.
-    /// Returns `(final, part)`.
-    pub fn create_part(&self, entry: &Entry) -> Result<(PathBuf, PathBuf)> {
+    /// Prepares a file entry: resolves its final path and part path, and finds what the
+    /// destination already holds of it — a part file of an interrupted run (resumed unless
+    /// `restart`), else an older version under the final name (the base of a delta).
+    pub fn prepare_file(&self, entry: &Entry, restart: bool) -> Result<Prepared> {
         let final_path = self.resolve(&entry.path)?;
-        if fs::symlink_metadata(&final_path).is_ok_and(|m| m.is_dir()) {
+        let final_meta = fs::symlink_metadata(&final_path).ok();
+        if final_meta.as_ref().is_some_and(|m| m.is_dir()) {
             return Err(Error::Destination {
                 path: entry.path.clone(),
                 why: "a directory of that name is in the way".into(),
             });
         }
         let part = Self::part_path(&final_path);
-        // A stale part file from an earlier run is replaced; `create_new` then refuses to follow
-        // anything that appeared in its place.
-        let _ = fs::remove_file(&part);
+        let part_meta = fs::symlink_metadata(&part).ok();
+        if restart || part_meta.as_ref().is_some_and(|m| !m.is_file()) {
+            match fs::remove_file(&part) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::file("removing stale", &part)(e)),
+            }
+        }
+        let resume = !restart && part_meta.as_ref().is_some_and(|m| m.is_file());
+        let existing = if resume {
+            Some(part.clone())
+        } else if final_meta.as_ref().is_some_and(|m| m.is_file()) {
+            Some(final_path.clone())
+        } else {
+            None
+        };
+        Ok(Prepared {
+            final_path,
+            part,
+            existing,
+            resume,
+        })
+    }
+
+    /// Opens (creating if needed) a part file for writing, refusing to follow a symlink.
+    pub fn open_part(part: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
         File::options()
             .write(true)
-            .create_new(true)
-            .open(&part)
-            .map_err(Error::file("creating", &part))?;
-        Ok((final_path, part))
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(part)
+    }
+
+    /// Makes sure the part file exists and has exactly `size` bytes (a resumed part file may
+    /// hold bytes past the end of a source that shrank).
+    pub fn finish_part(&self, part: &Path, size: u64) -> Result<()> {
+        let f = Self::open_part(part).map_err(Error::file("opening", part))?;
+        f.set_len(size)
+            .map_err(Error::file("setting length of", part))
+    }
+
+    /// Gives a verified file its permissions and mtime.
+    pub fn apply_metadata(&self, entry: &Entry, path: &Path) -> Result<()> {
+        let f = File::options()
+            .write(true)
+            .open(path)
+            .map_err(Error::file("opening", path))?;
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))
+            .map_err(Error::file("setting permissions of", path))?;
+        f.set_times(FileTimes::new().set_modified(mtime(entry)))
+            .map_err(Error::file("setting mtime of", path))
     }
 
     /// Gives a verified part file its metadata and renames it over the final name.
     pub fn commit(&self, entry: &Entry, part: &Path, final_path: &Path) -> Result<()> {
-        let f = File::options()
-            .write(true)
-            .open(part)
-            .map_err(Error::file("opening", part))?;
-        f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))
-            .map_err(Error::file("setting permissions of", part))?;
-        f.set_times(FileTimes::new().set_modified(mtime(entry)))
-            .map_err(Error::file("setting mtime of", part))?;
-        drop(f);
+        self.apply_metadata(entry, part)?;
         fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))
     }
 

@@ -45,6 +45,8 @@ pub struct Progress {
     files_total: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_verified: AtomicU64,
+    bytes_kept: AtomicU64,
+    blocks_resent: AtomicU64,
     files_verified: AtomicU64,
     events: Mutex<VecDeque<Event>>,
 }
@@ -62,6 +64,10 @@ pub struct Snapshot {
     pub bytes_verified: u64,
     /// Files verified and in place.
     pub files_verified: u64,
+    /// Payload bytes not sent because the receiver already held them (resume, delta).
+    pub bytes_kept: u64,
+    /// Blocks sent again after failing verification at the receiver.
+    pub blocks_resent: u64,
 }
 
 impl Progress {
@@ -72,6 +78,14 @@ impl Progress {
 
     pub(crate) fn add_sent(&self, n: u64) {
         self.bytes_sent.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_kept(&self, n: u64) {
+        self.bytes_kept.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_resent(&self) {
+        self.blocks_resent.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn add_verified(&self, n: u64) {
@@ -96,6 +110,8 @@ impl Progress {
             bytes_sent: self.bytes_sent.load(Relaxed),
             bytes_verified: self.bytes_verified.load(Relaxed),
             files_verified: self.files_verified.load(Relaxed),
+            bytes_kept: self.bytes_kept.load(Relaxed),
+            blocks_resent: self.blocks_resent.load(Relaxed),
         }
     }
 
@@ -118,6 +134,12 @@ pub struct Summary {
     pub files: u64,
     /// Payload bytes verified.
     pub bytes: u64,
+    /// Payload bytes that crossed the network, re-sends included (sender's count).
+    pub payload_bytes: u64,
+    /// Bytes the receiver already held and kept (resume, delta).
+    pub kept_bytes: u64,
+    /// Blocks sent again after failing verification.
+    pub resent_blocks: u64,
     /// Wall time from connecting to the receiver's summary.
     pub elapsed: Duration,
 }

@@ -2,6 +2,9 @@
 //! place only when their root matches.
 //!
 //! ```text
+//!  sluice-scan thread: hashes what the destination already holds of each file (a part file
+//!    of an interrupted run, or an older version) → Have messages, so only missing or changed
+//!    blocks are sent
 //!  sluice-net thread (tokio, current-thread)            sluice-write thread
 //!  ─────────────────────────────────────────            ───────────────────
 //!  control task: Hello/secret, manifest, FileDone,      hash block (BLAKE3 chaining value)
@@ -23,7 +26,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN};
+use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN, MAX_HAVE};
 use sluice_proto::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message};
 use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
@@ -53,6 +56,12 @@ enum Job {
         file: u32,
         path: PathBuf,
     },
+    /// Copy kept blocks from the old version into the part file (delta).
+    Assemble {
+        file: u32,
+        base: PathBuf,
+        blocks: Vec<(u64, usize)>,
+    },
     Close {
         file: u32,
     },
@@ -61,25 +70,54 @@ enum Job {
 /// What the writer thread reports back.
 enum Written {
     Block { file: u32, index: u64, cv: Digest },
-    Corrupt { file: u32, offset: u64 },
+    Corrupt { file: u32, index: u64, offset: u64 },
     Failed { file: u32, error: Error },
+    Assembled { file: u32 },
+}
+
+/// A request to hash what the destination holds of a file.
+struct ScanJob {
+    id: u32,
+    path: Option<PathBuf>,
+    size: u64,
+    block_size: u32,
+}
+
+/// The hashes of the blocks the destination holds, `None` where it holds nothing whole.
+struct Scanned {
+    id: u32,
+    cvs: Vec<Option<Digest>>,
 }
 
 /// State shared by the control task and the stream tasks.
 struct Shared {
     session: ReceiverSession,
-    /// Per file, which blocks have been claimed by a stream (each block is accepted once).
+    /// Per file, which blocks have been claimed by a stream (each block is accepted once,
+    /// unless it failed verification and was asked for again).
     claimed: HashMap<u32, Vec<bool>>,
 }
+
+/// How many times one block may fail verification before its file fails.
+const MAX_RETRIES: u32 = 3;
 
 /// A file being received.
 struct Incoming {
     rel: String,
     final_path: PathBuf,
     part: PathBuf,
-    cvs: Vec<Option<Digest>>,
-    remaining: u64,
+    /// The older version under the final name, whose matching blocks are kept (delta).
+    base: Option<PathBuf>,
+    /// The part file of an interrupted run holds the kept blocks already (resume).
+    resume: bool,
+    /// Hashes of blocks received in this run.
+    received: Vec<Option<Digest>>,
+    got: u64,
+    /// Hashes of blocks the destination held before (from the scan).
+    local: Option<Vec<Option<Digest>>>,
     root: Option<Digest>,
+    sent: Option<u64>,
+    retries: HashMap<u64, u32>,
+    assembling: bool,
 }
 
 /// Waits for one sender and receives its files into a destination directory.
@@ -165,8 +203,15 @@ impl Receiver {
             let result = receive(&config, &dest, ticket.secret, &conn, &progress, &mut parts).await;
             if let Err(e) = &result {
                 conn.close(1u32.into(), e.to_string().as_bytes());
-                for p in &parts {
-                    let _ = std::fs::remove_file(p);
+                // An interrupted transfer keeps its part files: the next run resumes from what
+                // they hold. A refused one (a protocol violation) leaves nothing behind.
+                if !matches!(
+                    e,
+                    Error::Connection { .. } | Error::Io { .. } | Error::File { .. }
+                ) {
+                    for p in &parts {
+                        let _ = std::fs::remove_file(p);
+                    }
                 }
             } else {
                 // The sender closes once it has read the summary; bounded wait.
@@ -203,6 +248,8 @@ async fn receive(
     let (ready_tx, ready_rx) = watch::channel(false);
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Written>();
+    let (scan_tx, scan_rx) = std_mpsc::channel::<ScanJob>();
+    let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Scanned>();
 
     let writer = {
         let config = config.clone();
@@ -211,6 +258,10 @@ async fn receive(
             .spawn(move || write_blocks(&config, job_rx, done_tx))
             .map_err(Error::io("starting writer thread"))?
     };
+    let scanner = std::thread::Builder::new()
+        .name("sluice-scan".into())
+        .spawn(move || scan_files(scan_rx, scanned_tx))
+        .map_err(Error::io("starting scanner thread"))?;
 
     let mut streams = tokio::task::JoinSet::new();
     let mut files: HashMap<u32, Incoming> = HashMap::new();
@@ -235,6 +286,9 @@ async fn receive(
                     entries: entries.len() as u64 - failures,
                     files: entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64 - failures,
                     bytes: verified_bytes,
+                    payload_bytes: progress.snapshot().bytes_verified,
+                    kept_bytes: progress.snapshot().bytes_kept,
+                    resent_blocks: progress.snapshot().blocks_resent,
                     elapsed: Default::default(),
                 };
                 control
@@ -260,8 +314,7 @@ async fn receive(
                     let Some(msg) = msg? else {
                         return Err(conn_err(&"sender closed the control stream before finishing"));
                     };
-                    let event = shared.lock().map_err(|_| poisoned())?.session.on_message(msg);
-                    let event = event?;
+                    let event = shared.lock().map_err(|_| poisoned())?.session.on_message(msg)?;
                     match event {
                         ReceiverEvent::Reply(m) => {
                             block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
@@ -282,19 +335,30 @@ async fn receive(
                             }
                             EntryKind::Symlink => symlinks.push(entry),
                             EntryKind::File => {
-                                let (final_path, part) = dest.create_part(&entry)?;
-                                parts.push(part.clone());
+                                let restart = shared.lock().map_err(|_| poisoned())?.session.restart();
+                                let prepared = dest.prepare_file(&entry, restart)?;
+                                parts.push(prepared.part.clone());
                                 let count = block_count(entry.size, block_size);
-                                if count > 0 {
-                                    let _ = job_tx.send(Job::Open { file: entry.id, path: part.clone() });
-                                }
+                                let _ = job_tx.send(Job::Open { file: entry.id, path: prepared.part.clone() });
+                                let _ = scan_tx.send(ScanJob {
+                                    id: entry.id,
+                                    path: prepared.existing.clone(),
+                                    size: entry.size,
+                                    block_size,
+                                });
                                 files.insert(entry.id, Incoming {
                                     rel: entry.path.clone(),
-                                    final_path,
-                                    part,
-                                    cvs: vec![None; count as usize],
-                                    remaining: count,
+                                    final_path: prepared.final_path,
+                                    part: prepared.part,
+                                    base: (!prepared.resume).then_some(prepared.existing).flatten(),
+                                    resume: prepared.resume,
+                                    received: vec![None; count as usize],
+                                    got: 0,
+                                    local: None,
                                     root: None,
+                                    sent: None,
+                                    retries: HashMap::new(),
+                                    assembling: false,
                                 });
                             }
                         },
@@ -308,15 +372,44 @@ async fn receive(
                             drop(s);
                             let _ = ready_tx.send(true);
                         }
-                        ReceiverEvent::FileDone { id, root } => {
+                        ReceiverEvent::FileDone { id, root, sent } => {
                             if let Some(f) = files.get_mut(&id) {
                                 f.root = Some(root);
+                                f.sent = Some(sent);
                             }
                             let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::Finish => finished = true,
                     }
+                }
+                scanned = scanned_rx.recv() => {
+                    let Some(Scanned { id, cvs }) = scanned else {
+                        return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
+                    };
+                    // Tell the sender what we hold, in runs of consecutive blocks.
+                    let mut i = 0;
+                    while i < cvs.len() {
+                        if cvs[i].is_none() {
+                            i += 1;
+                            continue;
+                        }
+                        let run: Vec<Digest> = cvs[i..]
+                            .iter()
+                            .take(MAX_HAVE)
+                            .map_while(|c| *c)
+                            .collect();
+                        let n = run.len();
+                        control.queue(&Message::Have { id, first: i as u64, cvs: run });
+                        i += n;
+                    }
+                    control.queue(&Message::HaveDone { id });
+                    control.flush().await?;
+                    if let Some(f) = files.get_mut(&id) {
+                        f.local = Some(cvs);
+                    }
+                    let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
+                    report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                 }
                 w = done_rx.recv() => {
                     let Some(w) = w else {
@@ -325,17 +418,41 @@ async fn receive(
                     let outcome = match w {
                         Written::Block { file, index, cv } => {
                             let Some(f) = files.get_mut(&file) else { continue };
-                            if let Some(slot) = f.cvs.get_mut(index as usize) {
+                            if let Some(slot) = f.received.get_mut(index as usize) {
                                 if slot.replace(cv).is_none() {
-                                    f.remaining -= 1;
+                                    f.got += 1;
                                 }
                             }
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[file as usize].size;
                             progress.add_verified((size - index * u64::from(block_size)).min(u64::from(block_size)));
                             try_finish(file, &mut files, &shared, dest, block_size, &job_tx)?
                         }
-                        Written::Corrupt { file, offset } => {
-                            fail_file(file, &mut files, &job_tx, format!("block at offset {offset} does not match its hash"))
+                        Written::Corrupt { file, index, offset } => {
+                            let Some(f) = files.get_mut(&file) else { continue };
+                            let tries = f.retries.entry(index).or_insert(0);
+                            *tries += 1;
+                            if *tries > MAX_RETRIES {
+                                fail_file(file, &mut files, &job_tx, format!(
+                                    "block at offset {offset} failed verification {} times", MAX_RETRIES + 1
+                                ))
+                            } else {
+                                // Accept the block once more and ask for it.
+                                if let Some(c) = shared.lock().map_err(|_| poisoned())?.claimed.get_mut(&file) {
+                                    if let Some(slot) = c.get_mut(index as usize) {
+                                        *slot = false;
+                                    }
+                                }
+                                progress.add_resent();
+                                tracing::info!(file, offset, "block failed verification; asking for it again");
+                                control.send(&Message::Resend { id: file, offset }).await?;
+                                Outcome::Pending
+                            }
+                        }
+                        Written::Assembled { file } => {
+                            if let Some(f) = files.get_mut(&file) {
+                                f.assembling = false;
+                            }
+                            commit(file, &mut files, &shared, dest, &job_tx)?
                         }
                         Written::Failed { file, error } => {
                             if let Error::File { source, .. } = &error {
@@ -382,13 +499,11 @@ async fn receive(
     // Stream tasks hold job senders: they must be gone before the writer can see the end.
     streams.shutdown().await;
     drop(job_tx);
+    drop(scan_tx);
     let _ = writer.join();
+    let _ = scanner.join();
     if result.is_ok() {
         parts.clear();
-    } else {
-        for f in files.values() {
-            let _ = std::fs::remove_file(&f.part);
-        }
     }
     result
 }
@@ -464,8 +579,8 @@ fn fail_file(
     }
 }
 
-/// If every block of the file is written and its root is known, checks the root and renames the
-/// file into place.
+/// If every block the sender sent is written, the scan is done and the root is known, checks
+/// the root over received and kept blocks, then assembles and renames the file into place.
 fn try_finish(
     id: u32,
     files: &mut HashMap<u32, Incoming>,
@@ -477,15 +592,35 @@ fn try_finish(
     let Some(f) = files.get(&id) else {
         return Ok(Outcome::Pending);
     };
-    let Some(expected) = f.root else {
+    let (Some(expected), Some(sent), Some(local)) = (f.root, f.sent, f.local.as_ref()) else {
         return Ok(Outcome::Pending);
     };
-    if f.remaining > 0 {
+    if f.got < sent || f.assembling {
         return Ok(Outcome::Pending);
     }
-    let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
-    let cvs: Vec<Digest> = f.cvs.iter().map(|c| c.unwrap_or_default()).collect();
-    let root = merkle::root_from_cvs(&cvs, entry.size, block_size);
+    let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
+    let mut cvs = Vec::with_capacity(f.received.len());
+    let mut kept = Vec::new();
+    let bs = u64::from(block_size);
+    for (i, r) in f.received.iter().enumerate() {
+        match (r, local.get(i).copied().flatten()) {
+            (Some(cv), _) => cvs.push(*cv),
+            (None, Some(cv)) => {
+                cvs.push(cv);
+                let offset = i as u64 * bs;
+                kept.push((offset, (size - offset).min(bs) as usize));
+            }
+            (None, None) => {
+                return Ok(fail_file(
+                    id,
+                    files,
+                    jobs,
+                    format!("block {i} was neither sent nor held here"),
+                ));
+            }
+        }
+    }
+    let root = merkle::root_from_cvs(&cvs, size, block_size);
     if root != expected {
         return Ok(fail_file(
             id,
@@ -498,19 +633,104 @@ fn try_finish(
             ),
         ));
     }
+    match (&f.base, kept.is_empty()) {
+        // Unchanged (every block held, same length): nothing to assemble.
+        (Some(base), false) if f.got == 0 && same_len(base, size) => {
+            commit(id, files, shared, dest, jobs)
+        }
+        // Delta with blocks to keep from the old version: copy them into the part file first.
+        (Some(base), false) => {
+            let _ = jobs.send(Job::Assemble {
+                file: id,
+                base: base.clone(),
+                blocks: kept,
+            });
+            if let Some(f) = files.get_mut(&id) {
+                f.assembling = true;
+            }
+            Ok(Outcome::Pending)
+        }
+        _ => commit(id, files, shared, dest, jobs),
+    }
+}
+
+/// Puts a verified file in place: renames the part file over the final name, or — when the
+/// final file already held every block — only updates its metadata.
+fn commit(
+    id: u32,
+    files: &mut HashMap<u32, Incoming>,
+    shared: &Mutex<Shared>,
+    dest: &Destination,
+    jobs: &std_mpsc::Sender<Job>,
+) -> Result<Outcome> {
+    let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
     let _ = jobs.send(Job::Close { file: id });
     let Some(f) = files.remove(&id) else {
         return Ok(Outcome::Pending);
     };
-    dest.commit(&entry, &f.part, &f.final_path)?;
-    Ok(Outcome::Verified {
+    let root_outcome = |root| Outcome::Verified {
         id,
-        path: entry.path,
+        path: entry.path.clone(),
         size: entry.size,
         root,
-    })
+    };
+    let root = f.root.unwrap_or_default();
+    if f.got == 0 && f.base.as_deref().is_some_and(|b| same_len(b, entry.size)) {
+        // Unchanged: the file under the final name is verified as it stands.
+        dest.apply_metadata(&entry, &f.final_path)?;
+        return Ok(root_outcome(root));
+    }
+    let _ = f.resume;
+    dest.finish_part(&f.part, entry.size)?;
+    dest.commit(&entry, &f.part, &f.final_path)?;
+    Ok(root_outcome(root))
 }
 
+fn same_len(path: &std::path::Path, size: u64) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() == size)
+}
+
+/// The scanner thread: hashes, block by block, what the destination holds of each file.
+fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::UnboundedSender<Scanned>) {
+    let mut buf = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        let count = block_count(job.size, job.block_size) as usize;
+        let mut cvs = vec![None; count];
+        if let Some(path) = &job.path {
+            if let Err(e) = scan_one(path, &job, &mut buf, &mut cvs) {
+                tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); sending it whole");
+                cvs.iter_mut().for_each(|c| *c = None);
+            }
+        }
+        if out.send(Scanned { id: job.id, cvs }).is_err() {
+            return;
+        }
+    }
+}
+
+fn scan_one(
+    path: &std::path::Path,
+    job: &ScanJob,
+    buf: &mut Vec<u8>,
+    cvs: &mut [Option<Digest>],
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let have = file.metadata()?.len();
+    let bs = u64::from(job.block_size);
+    buf.resize(job.block_size as usize, 0);
+    for (i, slot) in cvs.iter_mut().enumerate() {
+        let offset = i as u64 * bs;
+        let len = (job.size - offset).min(bs);
+        if offset + len > have {
+            break;
+        }
+        let data = &mut buf[..len as usize];
+        file.read_exact_at(data, offset)?;
+        *slot = Some(merkle::block_cv(data, offset, job.size));
+    }
+    Ok(())
+}
 /// Accepts data streams and reads blocks from each until the connection ends.
 async fn read_stream_loop(
     conn: quinn::Connection,
@@ -597,6 +817,7 @@ fn write_blocks(
     done: mpsc::UnboundedSender<Written>,
 ) {
     let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.write_depth);
+    let mut faults = fault_injection();
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
     let mut open: HashMap<u32, Arc<File>> = HashMap::new();
     let mut finished = Vec::new();
@@ -661,18 +882,34 @@ fn write_blocks(
                 open.remove(&file);
                 paths.remove(&file);
             }
+            Job::Assemble { file, base, blocks } => {
+                let msg = match paths.get(&file) {
+                    Some(part) => match copy_blocks(&base, part, &blocks) {
+                        Ok(()) => Written::Assembled { file },
+                        Err(error) => Written::Failed { file, error },
+                    },
+                    None => continue,
+                };
+                let _ = done.send(msg);
+            }
             Job::Write {
                 file,
                 index,
                 header,
                 file_len,
-                buf,
+                mut buf,
             } => {
                 let len = header.len as usize;
+                if faults.remove(&(file, index)) {
+                    // Test-only fault injection (SLUICE_FAULT_CORRUPT): damage the block as if
+                    // it had been corrupted on the way, before verification.
+                    buf.as_mut_slice()[len / 2] ^= 0x55;
+                }
                 let cv = merkle::block_cv(&buf.as_slice()[..len], header.offset, file_len);
                 if cv != header.hash {
                     let _ = done.send(Written::Corrupt {
                         file,
+                        index,
                         offset: header.offset,
                     });
                     continue;
@@ -683,7 +920,7 @@ fn write_blocks(
                         let Some(path) = paths.get(&file) else {
                             continue;
                         };
-                        match File::options().write(true).open(path) {
+                        match Destination::open_part(path) {
                             Ok(f) => {
                                 let f = Arc::new(f);
                                 open.insert(file, f.clone());
@@ -732,4 +969,40 @@ fn write_blocks(
         }
         report(&mut finished, &paths);
     }
+}
+
+/// Blocks to damage on arrival, from `SLUICE_FAULT_CORRUPT=FILE_ID:BLOCK_INDEX,...`.
+///
+/// Test-only: the end-to-end tests use it to prove that a damaged block is detected and only it
+/// is sent again. Each listed block is damaged once, on its first arrival. Unset, nothing happens.
+fn fault_injection() -> std::collections::HashSet<(u32, u64)> {
+    let Ok(spec) = std::env::var("SLUICE_FAULT_CORRUPT") else {
+        return Default::default();
+    };
+    spec.split(',')
+        .filter_map(|item| {
+            let (f, i) = item.trim().split_once(':')?;
+            Some((f.parse().ok()?, i.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Copies kept blocks of the old version of a file into its part file, at the same offsets.
+fn copy_blocks(
+    base: &std::path::Path,
+    part: &std::path::Path,
+    blocks: &[(u64, usize)],
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let from = File::open(base).map_err(Error::file("opening", base))?;
+    let to = Destination::open_part(part).map_err(Error::file("opening", part))?;
+    let mut buf = Vec::new();
+    for &(offset, len) in blocks {
+        buf.resize(len, 0);
+        from.read_exact_at(&mut buf, offset)
+            .map_err(Error::file("reading", base))?;
+        to.write_all_at(&buf, offset)
+            .map_err(Error::file("writing", part))?;
+    }
+    Ok(())
 }

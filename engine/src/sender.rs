@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
-use sluice_proto::message::{BlockHeader, Digest, EntryKind, Message};
+use sluice_proto::message::{BlockHeader, Digest, EntryKind, Message, HELLO_RESTART};
 use sluice_proto::session::{block_count, SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::tls;
@@ -44,9 +44,20 @@ struct Block {
 
 /// What the reader tells the control task.
 enum ReadEvent {
-    FileDone { id: u32, root: Digest },
+    FileDone { id: u32, root: Digest, sent: u64 },
     Failed(Error),
     AllRead,
+}
+
+/// What the receiver already holds of one file: `Some(hash)` per block it has.
+type Have = Vec<Option<Digest>>;
+
+/// The receiver's answers the reader acts on.
+struct ReaderInput {
+    /// Per file, in manifest order: what the receiver holds.
+    have: std::sync::mpsc::Receiver<(u32, Have)>,
+    /// Blocks to send again: (file id, offset).
+    resend: std::sync::mpsc::Receiver<(u32, u64)>,
 }
 
 /// Sends files and directory trees to a receiver.
@@ -130,15 +141,19 @@ async fn transfer(
     let conn_err = net::conn_error(peer);
     let (send, recv) = conn.open_bi().await.map_err(|e| conn_err(&e))?;
     let mut control = Control::new(send, recv, peer.to_string());
-    let mut session = SenderSession::new(
-        manifest
-            .iter()
-            .map(|e| e.entry.kind == EntryKind::File)
-            .collect(),
-    );
+    let sizes: Vec<Option<u64>> = manifest
+        .iter()
+        .map(|e| (e.entry.kind == EntryKind::File).then_some(e.entry.size))
+        .collect();
+    let mut session = SenderSession::new(sizes.clone(), config.block_size);
 
+    let flags = if config.restart { HELLO_RESTART } else { 0 };
     control
-        .send(&SenderSession::hello(ticket.secret, config.block_size))
+        .send(&SenderSession::hello(
+            ticket.secret,
+            config.block_size,
+            flags,
+        ))
         .await?;
     match control.recv().await? {
         Some(msg) => session.on_message(msg)?,
@@ -164,6 +179,8 @@ async fn transfer(
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     let block_rx = Arc::new(tokio::sync::Mutex::new(block_rx));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let (have_tx, have_rx) = std::sync::mpsc::channel();
+    let (resend_tx, resend_rx) = std::sync::mpsc::channel();
     let files: Vec<SourceEntry> = manifest
         .iter()
         .filter(|e| e.entry.kind == EntryKind::File)
@@ -172,14 +189,25 @@ async fn transfer(
     let reader = {
         let config = config.clone();
         let pool = pool.clone();
+        let progress = progress.clone();
+        let input = ReaderInput {
+            have: have_rx,
+            resend: resend_rx,
+        };
         std::thread::Builder::new()
             .name("sluice-read".into())
             .spawn(move || {
-                let event = match read_files(&config, &files, &pool, &block_tx, &event_tx) {
-                    Ok(()) => ReadEvent::AllRead,
-                    Err(e) => ReadEvent::Failed(e),
+                let mut reader = Reader {
+                    config: &config,
+                    files: &files,
+                    pool: &pool,
+                    blocks: &block_tx,
+                    events: &event_tx,
+                    progress: &progress,
                 };
-                let _ = event_tx.send(event);
+                if let Err(e) = reader.run(&input) {
+                    let _ = event_tx.send(ReadEvent::Failed(e));
+                }
             })
             .map_err(Error::io("starting reader thread"))?
     };
@@ -209,19 +237,17 @@ async fn transfer(
 
     let mut reading = true;
     let mut roots = std::collections::HashMap::new();
+    let mut have: std::collections::HashMap<u32, Have> = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
-    let total_files = session_files(&manifest);
+    let total_files = files_in(&manifest);
     let summary = loop {
         tokio::select! {
             ev = event_rx.recv(), if reading => match ev {
-                Some(ReadEvent::FileDone { id, root }) => {
+                Some(ReadEvent::FileDone { id, root, sent }) => {
                     roots.insert(id, root);
-                    control.send(&Message::FileDone { id, root }).await?;
+                    control.send(&Message::FileDone { id, root, sent }).await?;
                 }
-                Some(ReadEvent::AllRead) => {
-                    reading = false;
-                    control.send(&Message::Finish).await?;
-                }
+                Some(ReadEvent::AllRead) => control.send(&Message::Finish).await?,
                 Some(ReadEvent::Failed(e)) => {
                     let _ = control
                         .send(&Message::Error {
@@ -245,6 +271,20 @@ async fn transfer(
                     return Err(conn_err(&"receiver closed the control stream early"));
                 };
                 match session.on_message(msg)? {
+                    SenderEvent::Have { id, first, cvs } => {
+                        let blocks = sizes[id as usize].map_or(0, |s| block_count(s, config.block_size));
+                        let list = have.entry(id).or_insert_with(|| vec![None; blocks as usize]);
+                        for (i, cv) in cvs.into_iter().enumerate() {
+                            list[first as usize + i] = Some(cv);
+                        }
+                    }
+                    SenderEvent::HaveDone(id) => {
+                        let _ = have_tx.send((id, have.remove(&id).unwrap_or_default()));
+                    }
+                    SenderEvent::Resend { id, offset } => {
+                        progress.add_resent();
+                        let _ = resend_tx.send((id, offset));
+                    }
                     SenderEvent::Verified(id) => {
                         let e = &manifest[id as usize].entry;
                         let root = roots.remove(&id).unwrap_or_default();
@@ -256,10 +296,14 @@ async fn transfer(
                         progress.push(Event::FileFailed { path, reason });
                     }
                     SenderEvent::Summary { entries, bytes } => {
+                        let s = progress.snapshot();
                         break Summary {
                             entries: u64::from(entries),
                             files: total_files - failures.len() as u64,
                             bytes,
+                            payload_bytes: s.bytes_sent,
+                            kept_bytes: s.bytes_kept,
+                            resent_blocks: s.blocks_resent,
                             elapsed: Default::default(),
                         };
                     }
@@ -269,6 +313,9 @@ async fn transfer(
         }
     };
     control.finish();
+    // The reader waits for re-send requests until this sender is dropped.
+    drop(resend_tx);
+    drop(have_tx);
     let _ = reader.join();
     if let Some(first) = failures.first() {
         return Err(Error::FilesFailed {
@@ -280,7 +327,7 @@ async fn transfer(
     Ok(summary)
 }
 
-fn session_files(manifest: &[SourceEntry]) -> u64 {
+fn files_in(manifest: &[SourceEntry]) -> u64 {
     manifest
         .iter()
         .filter(|e| e.entry.kind == EntryKind::File)
@@ -291,27 +338,182 @@ fn session_files(manifest: &[SourceEntry]) -> u64 {
 struct Reading {
     cvs: Vec<Digest>,
     remaining: u64,
+    sent: u64,
+    have: Have,
 }
 
-/// The storage thread's loop: reads every block of every file through the ring, hashes it, and
-/// passes it on. Returns when every block has been handed to the network.
-fn read_files(
-    config: &Config,
-    files: &[SourceEntry],
-    pool: &Arc<BufferPool>,
-    blocks: &mpsc::Sender<Block>,
-    events: &mpsc::UnboundedSender<ReadEvent>,
-) -> Result<()> {
-    let (mut io, _) = blockio::open::<(usize, u64)>(config.io_uring, config.read_depth);
-    let bs = u64::from(config.block_size);
-    let mut state: Vec<Option<Reading>> = files.iter().map(|_| None).collect();
-    let mut done = Vec::new();
-    let handle = |done: &mut Vec<Completion<(usize, u64)>>,
-                  state: &mut Vec<Option<Reading>>|
-     -> Result<()> {
+/// The storage thread: reads every block of every file through the ring, hashes it, and passes
+/// on the blocks the receiver lacks; then serves re-send requests until the transfer ends.
+struct Reader<'a> {
+    config: &'a Config,
+    files: &'a [SourceEntry],
+    pool: &'a Arc<BufferPool>,
+    blocks: &'a mpsc::Sender<Block>,
+    events: &'a mpsc::UnboundedSender<ReadEvent>,
+    progress: &'a Progress,
+}
+
+type Tag = (usize, u64);
+
+impl Reader<'_> {
+    fn run(&mut self, input: &ReaderInput) -> Result<()> {
+        let (mut io, _) = blockio::open::<Tag>(self.config.io_uring, self.config.read_depth);
+        let bs = u64::from(self.config.block_size);
+        let mut state: Vec<Option<Reading>> = self.files.iter().map(|_| None).collect();
+        let mut done = Vec::new();
+        let by_id: std::collections::HashMap<u32, usize> = self
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.entry.id, i))
+            .collect();
+
+        for (fi, src) in self.files.iter().enumerate() {
+            // What the receiver holds of this file; drain in-flight reads before waiting.
+            let (id, have) = match input.have.try_recv() {
+                Ok(h) => h,
+                Err(_) => {
+                    self.drain(&mut *io, &mut done, &mut state)?;
+                    match input.have.recv() {
+                        Ok(h) => h,
+                        Err(_) => return Ok(()),
+                    }
+                }
+            };
+            debug_assert_eq!(id, src.entry.id);
+            self.serve_resends(input, &by_id)?;
+            let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
+            let size = src.entry.size;
+            let now = file
+                .metadata()
+                .map_err(Error::file("reading metadata of", &src.local))?
+                .len();
+            if now != size {
+                return Err(Error::SourceChanged {
+                    path: src.local.clone(),
+                    detail: format!("size was {size} bytes when listed, {now} now"),
+                });
+            }
+            let count = block_count(size, self.config.block_size);
+            if count == 0 {
+                let _ = self.events.send(ReadEvent::FileDone {
+                    id: src.entry.id,
+                    root: *blake3::hash(&[]).as_bytes(),
+                    sent: 0,
+                });
+                continue;
+            }
+            state[fi] = Some(Reading {
+                cvs: vec![[0; 32]; count as usize],
+                remaining: count,
+                sent: 0,
+                have,
+            });
+            let file = Arc::new(file);
+            for index in 0..count {
+                let offset = index * bs;
+                let buf = match self.pool.try_take() {
+                    Some(b) => b,
+                    None => {
+                        // Finish what is in flight before blocking on the network's pace.
+                        self.drain(&mut *io, &mut done, &mut state)?;
+                        self.pool.take_blocking()
+                    }
+                };
+                let req = Request {
+                    op: Op::Read,
+                    file: file.clone(),
+                    offset,
+                    buf,
+                    len: (size - offset).min(bs) as usize,
+                    tag: (fi, index),
+                };
+                io.submit(req, &mut done)
+                    .map_err(Error::file("reading", &src.local))?;
+                self.handle(&mut done, &mut state)?;
+                if io.in_flight() >= self.config.read_depth as usize {
+                    io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
+                    self.handle(&mut done, &mut state)?;
+                }
+            }
+        }
+        self.drain(&mut *io, &mut done, &mut state)?;
+        let _ = self.events.send(ReadEvent::AllRead);
+        // Re-send requests can come until every file is verified; the control task hangs up then.
+        while let Ok((id, offset)) = input.resend.recv() {
+            self.resend(&by_id, id, offset)?;
+        }
+        Ok(())
+    }
+
+    fn drain(
+        &self,
+        io: &mut dyn blockio::BlockIo<Tag>,
+        done: &mut Vec<Completion<Tag>>,
+        state: &mut [Option<Reading>],
+    ) -> Result<()> {
+        while io.in_flight() > 0 {
+            io.wait(io.in_flight(), done)
+                .map_err(Error::io("io_uring"))?;
+            self.handle(done, state)?;
+        }
+        Ok(())
+    }
+
+    fn serve_resends(
+        &self,
+        input: &ReaderInput,
+        by_id: &std::collections::HashMap<u32, usize>,
+    ) -> Result<()> {
+        while let Ok((id, offset)) = input.resend.try_recv() {
+            self.resend(by_id, id, offset)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one block again, synchronously, and sends it.
+    fn resend(
+        &self,
+        by_id: &std::collections::HashMap<u32, usize>,
+        id: u32,
+        offset: u64,
+    ) -> Result<()> {
+        let Some(src) = by_id.get(&id).map(|&i| &self.files[i]) else {
+            return Ok(());
+        };
+        let size = src.entry.size;
+        let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
+        let mut buf = self.pool.take_blocking();
+        let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf.as_mut_slice()[..len], offset)
+            .map_err(Error::file("reading", &src.local))?;
+        let cv = merkle::block_cv(&buf.as_slice()[..len], offset, size);
+        self.send_block(src.entry.id, offset, cv, buf.freeze(len))
+    }
+
+    fn send_block(&self, file: u32, offset: u64, hash: Digest, payload: Bytes) -> Result<()> {
+        let header = encode_block_header(&BlockHeader {
+            file,
+            offset,
+            len: payload.len() as u32,
+            hash,
+        });
+        let block = Block {
+            header: Bytes::copy_from_slice(&header),
+            payload,
+        };
+        self.blocks
+            .blocking_send(block)
+            .map_err(|_| Error::Connection {
+                peer: "receiver".into(),
+                detail: "network task stopped".into(),
+            })
+    }
+
+    fn handle(&self, done: &mut Vec<Completion<Tag>>, state: &mut [Option<Reading>]) -> Result<()> {
         for c in done.drain(..) {
             let (fi, index) = c.req.tag;
-            let src = &files[fi];
+            let src = &self.files[fi];
             let size = src.entry.size;
             let n = c.result.map_err(Error::file("reading", &src.local))?;
             if n != c.req.len {
@@ -324,100 +526,29 @@ fn read_files(
                 });
             }
             let cv = merkle::block_cv(&c.req.buf.as_slice()[..n], c.req.offset, size);
-            let header = encode_block_header(&BlockHeader {
-                file: src.entry.id,
-                offset: c.req.offset,
-                len: n as u32,
-                hash: cv,
-            });
-            let block = Block {
-                header: Bytes::copy_from_slice(&header),
-                payload: c.req.buf.freeze(n),
-            };
-            if blocks.blocking_send(block).is_err() {
-                return Err(Error::Connection {
-                    peer: "receiver".into(),
-                    detail: "network task stopped".into(),
-                });
-            }
             let Some(st) = state[fi].as_mut() else {
                 continue;
             };
+            if st.have.get(index as usize).copied().flatten() == Some(cv) {
+                // The receiver holds this block already.
+                self.progress.add_kept(n as u64);
+            } else {
+                st.sent += 1;
+                self.send_block(src.entry.id, c.req.offset, cv, c.req.buf.freeze(n))?;
+            }
             st.cvs[index as usize] = cv;
             st.remaining -= 1;
             if st.remaining == 0 {
-                let root = merkle::root_from_cvs(&st.cvs, size, config.block_size);
+                let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
+                let sent = st.sent;
                 state[fi] = None;
-                let _ = events.send(ReadEvent::FileDone {
+                let _ = self.events.send(ReadEvent::FileDone {
                     id: src.entry.id,
                     root,
+                    sent,
                 });
             }
         }
         Ok(())
-    };
-
-    for (fi, src) in files.iter().enumerate() {
-        let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
-        let size = src.entry.size;
-        let now = file
-            .metadata()
-            .map_err(Error::file("reading metadata of", &src.local))?
-            .len();
-        if now != size {
-            return Err(Error::SourceChanged {
-                path: src.local.clone(),
-                detail: format!("size was {size} bytes when listed, {now} now"),
-            });
-        }
-        let count = block_count(size, config.block_size);
-        if count == 0 {
-            let _ = events.send(ReadEvent::FileDone {
-                id: src.entry.id,
-                root: *blake3::hash(&[]).as_bytes(),
-            });
-            continue;
-        }
-        state[fi] = Some(Reading {
-            cvs: vec![[0; 32]; count as usize],
-            remaining: count,
-        });
-        let file = Arc::new(file);
-        for index in 0..count {
-            let offset = index * bs;
-            let buf = match pool.try_take() {
-                Some(b) => b,
-                None => {
-                    // Finish what is in flight before blocking on the network's pace.
-                    while io.in_flight() > 0 {
-                        io.wait(io.in_flight(), &mut done)
-                            .map_err(Error::io("io_uring"))?;
-                        handle(&mut done, &mut state)?;
-                    }
-                    pool.take_blocking()
-                }
-            };
-            let req = Request {
-                op: Op::Read,
-                file: file.clone(),
-                offset,
-                buf,
-                len: (size - offset).min(bs) as usize,
-                tag: (fi, index),
-            };
-            io.submit(req, &mut done)
-                .map_err(Error::file("reading", &src.local))?;
-            handle(&mut done, &mut state)?;
-            if io.in_flight() >= config.read_depth as usize {
-                io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
-                handle(&mut done, &mut state)?;
-            }
-        }
     }
-    while io.in_flight() > 0 {
-        io.wait(io.in_flight(), &mut done)
-            .map_err(Error::io("io_uring"))?;
-        handle(&mut done, &mut state)?;
-    }
-    Ok(())
 }

@@ -17,6 +17,9 @@ use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, Message};
 pub const MAX_FRAME_LEN: usize = 16 * 1024;
 /// The longest string (path, link target, reason) accepted: Linux's `PATH_MAX`.
 pub const MAX_STRING_LEN: usize = 4096;
+/// Most block hashes in one [`Message::Have`]: 256 × 32 bytes keeps the frame under
+/// [`MAX_FRAME_LEN`].
+pub const MAX_HAVE: usize = 256;
 /// Size of an encoded [`BlockHeader`].
 pub const BLOCK_HEADER_LEN: usize = 1 + 4 + 8 + 4 + 32;
 /// First byte of every block header, to catch a data stream that lost its framing.
@@ -32,6 +35,9 @@ const T_FILE_FAILED: u8 = 7;
 const T_FINISH: u8 = 8;
 const T_SUMMARY: u8 = 9;
 const T_ERROR: u8 = 10;
+const T_HAVE: u8 = 11;
+const T_HAVE_DONE: u8 = 12;
+const T_RESEND: u8 = 13;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,11 +94,13 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             version,
             secret,
             block_size,
+            flags,
         } => {
             out.push(T_HELLO);
             out.extend_from_slice(&version.to_le_bytes());
             out.extend_from_slice(secret);
             out.extend_from_slice(&block_size.to_le_bytes());
+            out.push(*flags);
         }
         Message::Welcome { version } => {
             out.push(T_WELCOME);
@@ -113,10 +121,30 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.push(T_MANIFEST_END);
             out.extend_from_slice(&count.to_le_bytes());
         }
-        Message::FileDone { id, root } => {
+        Message::FileDone { id, root, sent } => {
             out.push(T_FILE_DONE);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(root);
+            out.extend_from_slice(&sent.to_le_bytes());
+        }
+        Message::Have { id, first, cvs } => {
+            out.push(T_HAVE);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&first.to_le_bytes());
+            let n = cvs.len().min(MAX_HAVE);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+            for cv in &cvs[..n] {
+                out.extend_from_slice(cv);
+            }
+        }
+        Message::HaveDone { id } => {
+            out.push(T_HAVE_DONE);
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        Message::Resend { id, offset } => {
+            out.push(T_RESEND);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
         }
         Message::FileVerified { id } => {
             out.push(T_FILE_VERIFIED);
@@ -167,6 +195,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             version: r.u16("version")?,
             secret: r.array("secret")?,
             block_size: r.u32("block_size")?,
+            flags: r.u8("flags")?,
         },
         T_WELCOME => Message::Welcome {
             version: r.u16("version")?,
@@ -207,6 +236,28 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         T_FILE_DONE => Message::FileDone {
             id: r.u32("id")?,
             root: r.array("root")?,
+            sent: r.u64("sent")?,
+        },
+        T_HAVE => {
+            let id = r.u32("id")?;
+            let first = r.u64("first")?;
+            let n = usize::from(r.u16("count")?);
+            if n > MAX_HAVE {
+                return Err(DecodeError::BadValue {
+                    field: "count",
+                    value: n as u64,
+                });
+            }
+            let mut cvs = Vec::with_capacity(n);
+            for _ in 0..n {
+                cvs.push(r.array("cvs")?);
+            }
+            Message::Have { id, first, cvs }
+        }
+        T_HAVE_DONE => Message::HaveDone { id: r.u32("id")? },
+        T_RESEND => Message::Resend {
+            id: r.u32("id")?,
+            offset: r.u64("offset")?,
         },
         T_FILE_VERIFIED => Message::FileVerified { id: r.u32("id")? },
         T_FILE_FAILED => Message::FileFailed {
@@ -377,15 +428,22 @@ mod tests {
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u16>(), any::<[u8; 32]>(), any::<u32>()).prop_map(
-                |(version, secret, block_size)| {
-                    Message::Hello {
-                        version,
-                        secret,
-                        block_size,
-                    }
+            (any::<u16>(), any::<[u8; 32]>(), any::<u32>(), any::<u8>()).prop_map(
+                |(version, secret, block_size, flags)| Message::Hello {
+                    version,
+                    secret,
+                    block_size,
+                    flags,
                 }
             ),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<[u8; 32]>(), 0..MAX_HAVE)
+            )
+                .prop_map(|(id, first, cvs)| Message::Have { id, first, cvs }),
+            any::<u32>().prop_map(|id| Message::HaveDone { id }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (
                 any::<u32>(),
@@ -412,7 +470,8 @@ mod tests {
                     }
                 ),
             any::<u32>().prop_map(|count| Message::ManifestEnd { count }),
-            (any::<u32>(), any::<[u8; 32]>()).prop_map(|(id, root)| Message::FileDone { id, root }),
+            (any::<u32>(), any::<[u8; 32]>(), any::<u64>())
+                .prop_map(|(id, root, sent)| Message::FileDone { id, root, sent }),
             any::<u32>().prop_map(|id| Message::FileVerified { id }),
             (any::<u32>(), arb_string())
                 .prop_map(|(id, reason)| Message::FileFailed { id, reason }),

@@ -8,6 +8,9 @@
 /// A BLAKE3 hash or chaining value: 32 bytes.
 pub type Digest = [u8; 32];
 
+/// [`Message::Hello`] flag: discard partial files of earlier runs instead of resuming them.
+pub const HELLO_RESTART: u8 = 1;
+
 /// What kind of filesystem object a manifest entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -92,6 +95,8 @@ pub enum Message {
         secret: [u8; 32],
         /// Block size in bytes: a power of two from 1 KiB to 16 MiB.
         block_size: u32,
+        /// Bit set of [`HELLO_RESTART`]; other bits must be 0.
+        flags: u8,
     },
     /// Receiver → sender: the secret was right; send the manifest.
     Welcome {
@@ -105,13 +110,41 @@ pub enum Message {
         /// Number of entries sent, a check against loss of framing.
         count: u32,
     },
-    /// Sender → receiver: every block of file `id` has been written to a data stream; its BLAKE3
-    /// root hash (equal to `b3sum`'s output) is `root`.
+    /// Receiver → sender: the receiver already holds these blocks of file `id` (from a partial
+    /// file of an interrupted run, or an older version under the final name): `cvs[i]` is the
+    /// hash of block `first + i` as [`BlockHeader::hash`] defines it. Sent for runs of blocks the
+    /// receiver has; blocks not named are missing.
+    Have {
+        /// The file's entry id.
+        id: u32,
+        /// Index of the block `cvs[0]` describes.
+        first: u64,
+        /// Block hashes, at most [`crate::codec::MAX_HAVE`].
+        cvs: Vec<Digest>,
+    },
+    /// Receiver → sender: no more `Have` for file `id`; the sender may start on it. Sent for
+    /// every file entry, in manifest order.
+    HaveDone {
+        /// The file's entry id.
+        id: u32,
+    },
+    /// Sender → receiver: every block of file `id` the receiver lacks has been written to a data
+    /// stream; `sent` blocks were sent (the others match what the receiver said it has); the
+    /// file's BLAKE3 root hash (equal to `b3sum`'s output) is `root`.
     FileDone {
         /// The file's entry id.
         id: u32,
         /// The BLAKE3 hash of the whole file.
         root: Digest,
+        /// Blocks sent on data streams (not counting re-sends).
+        sent: u64,
+    },
+    /// Receiver → sender: the block of file `id` at `offset` failed verification; send it again.
+    Resend {
+        /// The file's entry id.
+        id: u32,
+        /// The block's offset.
+        offset: u64,
     },
     /// Receiver → sender: file `id` was verified and renamed into place.
     FileVerified {

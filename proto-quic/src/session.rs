@@ -13,13 +13,15 @@
 //!   Hello{version, secret, block_size} ->
 //!                                      <- Welcome{version}        (or Error{Auth|Version})
 //!   Entry × n, ManifestEnd{n}          ->
-//!   FileDone{id, root} × files         ->   (data streams carry the blocks meanwhile)
+//!                                      <- (Have{id, first, cvs}* HaveDone{id}) × files, in order
+//!   FileDone{id, root, sent} × files   ->   (data streams carry the missing blocks meanwhile)
+//!                                      <- Resend{id, offset}  (a block failed verification)
 //!                                      <- FileVerified{id} | FileFailed{id, reason}
 //!   Finish                             ->
 //!                                      <- Summary{entries, bytes}
 //! ```
 
-use crate::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message};
+use crate::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, HELLO_RESTART};
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
 
@@ -110,6 +112,17 @@ pub enum SessionError {
         /// The size claimed.
         size: u64,
     },
+    /// Hello carried flags this build does not know.
+    #[error("unknown Hello flags {0:#04x}")]
+    Flags(u8),
+    /// A block index or count was outside the file.
+    #[error("file {id}: block {index} is outside the file")]
+    BlockRange {
+        /// The file id.
+        id: u32,
+        /// The block index or count.
+        index: u64,
+    },
     /// The peer aborted the transfer.
     #[error("peer aborted ({code:?}): {message}")]
     Peer {
@@ -139,6 +152,9 @@ fn name(msg: &Message) -> &'static str {
         Message::Entry(_) => "Entry",
         Message::ManifestEnd { .. } => "ManifestEnd",
         Message::FileDone { .. } => "FileDone",
+        Message::Have { .. } => "Have",
+        Message::HaveDone { .. } => "HaveDone",
+        Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
         Message::Finish => "Finish",
@@ -188,12 +204,15 @@ pub enum ReceiverEvent {
     /// The manifest is complete; blocks may now be checked with
     /// [`ReceiverSession::check_block`].
     ManifestComplete,
-    /// The sender has sent every block of this file; its root hash is `root`.
+    /// The sender has sent every block of this file the receiver lacks; its root hash is
+    /// `root`.
     FileDone {
         /// The file id.
         id: u32,
         /// The expected BLAKE3 root.
         root: Digest,
+        /// How many blocks were sent.
+        sent: u64,
     },
     /// The sender has announced every file.
     Finish,
@@ -205,6 +224,7 @@ pub struct ReceiverSession {
     secret: [u8; 32],
     state: RecvState,
     block_size: u32,
+    restart: bool,
     entries: Vec<Entry>,
     done: Vec<bool>,
 }
@@ -216,6 +236,7 @@ impl ReceiverSession {
             secret,
             state: RecvState::AwaitHello,
             block_size: 0,
+            restart: false,
             entries: Vec::new(),
             done: Vec::new(),
         }
@@ -224,6 +245,11 @@ impl ReceiverSession {
     /// The block size the sender chose (0 before Hello).
     pub fn block_size(&self) -> u32 {
         self.block_size
+    }
+
+    /// Whether the sender asked to discard partial files instead of resuming them.
+    pub fn restart(&self) -> bool {
+        self.restart
     }
 
     /// The manifest received so far.
@@ -247,6 +273,7 @@ impl ReceiverSession {
                     version,
                     secret,
                     block_size,
+                    flags,
                 },
             ) => {
                 if version != PROTOCOL_VERSION {
@@ -263,6 +290,10 @@ impl ReceiverSession {
                 {
                     return Err(SessionError::BlockSize(block_size));
                 }
+                if flags & !HELLO_RESTART != 0 {
+                    return Err(SessionError::Flags(flags));
+                }
+                self.restart = flags & HELLO_RESTART != 0;
                 self.block_size = block_size;
                 self.state = RecvState::AwaitManifest;
                 Ok(ReceiverEvent::Reply(Message::Welcome {
@@ -306,14 +337,17 @@ impl ReceiverSession {
                 self.state = RecvState::Transfer;
                 Ok(ReceiverEvent::ManifestComplete)
             }
-            (RecvState::Transfer, Message::FileDone { id, root }) => {
-                self.file(id)?;
+            (RecvState::Transfer, Message::FileDone { id, root, sent }) => {
+                let size = self.file(id)?.size;
+                if sent > block_count(size, self.block_size) {
+                    return Err(SessionError::BlockRange { id, index: sent });
+                }
                 let done = &mut self.done[id as usize];
                 if *done {
                     return Err(SessionError::Duplicate(id));
                 }
                 *done = true;
-                Ok(ReceiverEvent::FileDone { id, root })
+                Ok(ReceiverEvent::FileDone { id, root, sent })
             }
             (RecvState::Transfer, Message::Finish) => {
                 self.state = RecvState::Finished;
@@ -367,6 +401,24 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub enum SenderEvent {
     /// The receiver accepted the Hello; send the manifest.
     Welcomed,
+    /// The receiver holds these blocks of a file already.
+    Have {
+        /// The file id.
+        id: u32,
+        /// Index of the first block described.
+        first: u64,
+        /// The receiver's block hashes.
+        cvs: Vec<Digest>,
+    },
+    /// The receiver has described everything it holds of this file.
+    HaveDone(u32),
+    /// The receiver asks for a block again.
+    Resend {
+        /// The file id.
+        id: u32,
+        /// The block's offset.
+        offset: u64,
+    },
     /// The file was verified and is in place.
     Verified(u32),
     /// The file failed at the receiver.
@@ -391,26 +443,43 @@ pub struct SenderSession {
     welcomed: bool,
     answered: Vec<bool>,
     files: Vec<bool>,
+    /// Per entry: `Some(size)` for files.
+    sizes: Vec<Option<u64>>,
+    block_size: u32,
+    /// Next file entry expected in a HaveDone (they come in manifest order).
+    next_have_done: usize,
     finished: bool,
 }
 
 impl SenderSession {
-    /// A session for a manifest whose entries are files where `is_file[id]` holds.
-    pub fn new(is_file: Vec<bool>) -> Self {
+    /// A session for a manifest where `sizes[id]` is `Some(size)` for files and `None` for
+    /// directories and symlinks, cut into blocks of `block_size`.
+    pub fn new(sizes: Vec<Option<u64>>, block_size: u32) -> Self {
         Self {
             welcomed: false,
-            answered: vec![false; is_file.len()],
-            files: is_file,
+            answered: vec![false; sizes.len()],
+            files: sizes.iter().map(Option::is_some).collect(),
+            sizes,
+            block_size,
+            next_have_done: 0,
             finished: false,
         }
     }
 
     /// The Hello that opens the session.
-    pub fn hello(secret: [u8; 32], block_size: u32) -> Message {
+    pub fn hello(secret: [u8; 32], block_size: u32, flags: u8) -> Message {
         Message::Hello {
             version: PROTOCOL_VERSION,
             secret,
             block_size,
+            flags,
+        }
+    }
+
+    fn blocks(&self, id: u32) -> Result<u64, SessionError> {
+        match self.sizes.get(id as usize) {
+            Some(Some(size)) => Ok(block_count(*size, self.block_size)),
+            _ => Err(SessionError::UnknownFile(id)),
         }
     }
 
@@ -434,6 +503,40 @@ impl SenderSession {
                 }
                 self.welcomed = true;
                 Ok(SenderEvent::Welcomed)
+            }
+            Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
+                let blocks = self.blocks(id)?;
+                let end = first.saturating_add(cvs.len() as u64);
+                if end > blocks {
+                    return Err(SessionError::BlockRange { id, index: end });
+                }
+                Ok(SenderEvent::Have { id, first, cvs })
+            }
+            Message::HaveDone { id } if self.welcomed && !self.finished => {
+                self.blocks(id)?;
+                let expected = self.files[self.next_have_done..]
+                    .iter()
+                    .position(|f| *f)
+                    .map(|i| i + self.next_have_done);
+                if expected != Some(id as usize) {
+                    return Err(SessionError::Unexpected {
+                        state: "waiting for HaveDone in manifest order",
+                        got: "HaveDone",
+                    });
+                }
+                self.next_have_done = id as usize + 1;
+                Ok(SenderEvent::HaveDone(id))
+            }
+            Message::Resend { id, offset } if self.welcomed && !self.finished => {
+                let blocks = self.blocks(id)?;
+                let bs = u64::from(self.block_size);
+                if offset % bs != 0 || offset / bs >= blocks {
+                    return Err(SessionError::BlockRange {
+                        id,
+                        index: offset / bs,
+                    });
+                }
+                Ok(SenderEvent::Resend { id, offset })
             }
             Message::FileVerified { id } if self.welcomed && !self.finished => {
                 self.answer(id)?;
@@ -494,7 +597,8 @@ mod tests {
 
     fn ready(size: u64) -> ReceiverSession {
         let mut s = ReceiverSession::new([7; 32]);
-        s.on_message(SenderSession::hello([7; 32], 1024)).unwrap();
+        s.on_message(SenderSession::hello([7; 32], 1024, 0))
+            .unwrap();
         s.on_message(file(0, "a", size)).unwrap();
         s.on_message(Message::ManifestEnd { count: 1 }).unwrap();
         s
@@ -504,7 +608,7 @@ mod tests {
     fn wrong_secret_and_version_are_refused() {
         let mut s = ReceiverSession::new([7; 32]);
         assert_eq!(
-            s.on_message(SenderSession::hello([8; 32], 1024)),
+            s.on_message(SenderSession::hello([8; 32], 1024, 0)),
             Err(SessionError::Auth)
         );
         let mut s = ReceiverSession::new([7; 32]);
@@ -513,6 +617,7 @@ mod tests {
                 version: 99,
                 secret: [7; 32],
                 block_size: 1024,
+                flags: 0,
             })
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::Version);
@@ -531,11 +636,12 @@ mod tests {
     fn hostile_paths_and_bad_block_sizes_are_refused() {
         let mut s = ReceiverSession::new([7; 32]);
         assert_eq!(
-            s.on_message(SenderSession::hello([7; 32], 3000)),
+            s.on_message(SenderSession::hello([7; 32], 3000, 0)),
             Err(SessionError::BlockSize(3000))
         );
         let mut s = ReceiverSession::new([7; 32]);
-        s.on_message(SenderSession::hello([7; 32], 1024)).unwrap();
+        s.on_message(SenderSession::hello([7; 32], 1024, 0))
+            .unwrap();
         assert!(matches!(
             s.on_message(file(0, "../x", 1)),
             Err(SessionError::Path { id: 0, .. })
@@ -574,6 +680,7 @@ mod tests {
         let done = Message::FileDone {
             id: 0,
             root: [1; 32],
+            sent: 1,
         };
         assert!(s.on_message(done.clone()).is_ok());
         assert_eq!(s.on_message(done), Err(SessionError::Duplicate(0)));
@@ -581,7 +688,7 @@ mod tests {
 
     #[test]
     fn sender_tracks_answers() {
-        let mut s = SenderSession::new(vec![true, false]);
+        let mut s = SenderSession::new(vec![Some(10), None], 1024);
         assert!(s.on_message(Message::FileVerified { id: 0 }).is_err());
         s.on_message(Message::Welcome {
             version: PROTOCOL_VERSION,
@@ -603,7 +710,7 @@ mod tests {
 
     #[test]
     fn sender_refuses_a_summary_before_every_file_is_answered() {
-        let mut s = SenderSession::new(vec![true, true]);
+        let mut s = SenderSession::new(vec![Some(10), Some(10)], 1024);
         s.on_message(Message::Welcome {
             version: PROTOCOL_VERSION,
         })
@@ -621,7 +728,8 @@ mod tests {
     #[test]
     fn huge_entries_are_refused_before_allocating() {
         let mut s = ReceiverSession::new([7; 32]);
-        s.on_message(SenderSession::hello([7; 32], 1024)).unwrap();
+        s.on_message(SenderSession::hello([7; 32], 1024, 0))
+            .unwrap();
         assert_eq!(
             s.on_message(file(0, "a", u64::MAX)),
             Err(SessionError::TooLarge {
@@ -629,5 +737,92 @@ mod tests {
                 size: u64::MAX
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod v2_tests {
+    use super::*;
+
+    #[test]
+    fn have_and_resend_are_bounded_by_the_file() {
+        let mut s = SenderSession::new(vec![None, Some(3000), Some(10)], 1024);
+        s.on_message(Message::Welcome {
+            version: PROTOCOL_VERSION,
+        })
+        .unwrap();
+        assert!(s
+            .on_message(Message::Have {
+                id: 1,
+                first: 1,
+                cvs: vec![[0; 32]; 2]
+            })
+            .is_ok());
+        assert!(s
+            .on_message(Message::Have {
+                id: 1,
+                first: 2,
+                cvs: vec![[0; 32]; 2]
+            })
+            .is_err());
+        assert!(s
+            .on_message(Message::Resend {
+                id: 1,
+                offset: 2048
+            })
+            .is_ok());
+        assert!(s
+            .on_message(Message::Resend {
+                id: 1,
+                offset: 3072
+            })
+            .is_err());
+        assert!(s
+            .on_message(Message::Resend { id: 1, offset: 100 })
+            .is_err());
+        assert!(s.on_message(Message::Resend { id: 0, offset: 0 }).is_err());
+        // HaveDone comes once per file, in manifest order.
+        assert!(s.on_message(Message::HaveDone { id: 2 }).is_err());
+        assert_eq!(
+            s.on_message(Message::HaveDone { id: 1 }),
+            Ok(SenderEvent::HaveDone(1))
+        );
+        assert_eq!(
+            s.on_message(Message::HaveDone { id: 2 }),
+            Ok(SenderEvent::HaveDone(2))
+        );
+        assert!(s.on_message(Message::HaveDone { id: 2 }).is_err());
+    }
+
+    #[test]
+    fn unknown_hello_flags_and_oversized_sent_counts_are_refused() {
+        let mut r = ReceiverSession::new([1; 32]);
+        assert_eq!(
+            r.on_message(SenderSession::hello([1; 32], 1024, 0x80)),
+            Err(SessionError::Flags(0x80))
+        );
+        let mut r = ReceiverSession::new([1; 32]);
+        r.on_message(SenderSession::hello([1; 32], 1024, HELLO_RESTART))
+            .unwrap();
+        assert!(r.restart());
+        r.on_message(Message::Entry(Entry {
+            id: 0,
+            kind: EntryKind::File,
+            path: "f".into(),
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size: 2048,
+            link_target: String::new(),
+        }))
+        .unwrap();
+        r.on_message(Message::ManifestEnd { count: 1 }).unwrap();
+        assert!(r
+            .on_message(Message::FileDone {
+                id: 0,
+                root: [0; 32],
+                sent: 3
+            })
+            .is_err());
     }
 }

@@ -77,6 +77,9 @@ pub struct Tuning {
     /// Ask the peer to acknowledge every N packets (QUIC ACK-frequency extension).
     #[arg(long, global = true)]
     pub ack_every: Option<u32>,
+    /// Throw away partial files of interrupted runs instead of resuming them.
+    #[arg(long, global = true)]
+    pub restart: bool,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -110,6 +113,7 @@ impl Tuning {
             c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
+        c.restart = self.restart;
         Ok(c)
     }
 }

@@ -72,16 +72,28 @@ where
     if json {
         json_line(&serde_json::json!({
             "event": "summary", "entries": summary.entries, "files": summary.files,
-            "bytes": summary.bytes, "seconds": secs, "mb_per_s": mbps,
+            "bytes": summary.bytes, "payload_bytes": summary.payload_bytes,
+            "kept_bytes": summary.kept_bytes, "resent_blocks": summary.resent_blocks,
+            "seconds": secs, "mb_per_s": mbps,
         }));
     } else {
         let root = match roots.as_slice() {
             [(_, r)] => format!(", BLAKE3 {r}"),
             _ => String::new(),
         };
+        let mut extra = String::new();
+        if summary.kept_bytes > 0 {
+            extra += &format!(
+                "; {} bytes were already there, {} sent",
+                summary.kept_bytes, summary.payload_bytes
+            );
+        }
+        if summary.resent_blocks > 0 {
+            extra += &format!("; {} damaged blocks re-sent", summary.resent_blocks);
+        }
         let _ = writeln!(
             std::io::stdout(),
-            "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}",
+            "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}{extra}",
             summary.files,
             summary.entries,
             summary.bytes

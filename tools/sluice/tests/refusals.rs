@@ -101,7 +101,7 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
             .unwrap();
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let mut wire = Vec::new();
-        encode_message(&SenderSession::hello(ticket.secret, 1 << 20), &mut wire);
+        encode_message(&SenderSession::hello(ticket.secret, 1 << 20, 0), &mut wire);
         encode_message(
             &Message::Entry(Entry {
                 id: 0,

@@ -1,0 +1,259 @@
+//! End to end: damaged blocks are re-sent alone, interrupted transfers resume, and a destination
+//! holding an older version receives only what changed. The real binary, real files, real QUIC.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BLOCK: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn json_summary(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "sluice failed: {}", stderr(out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().expect("no output");
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(v["event"], "summary", "{text}");
+    v
+}
+
+fn copy_json(src: &Path, dest: &Path) -> serde_json::Value {
+    json_summary(
+        &sluice()
+            .args(["--json", "copy"])
+            .arg(src)
+            .arg(dest)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn three_damaged_blocks_are_resent_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f.bin");
+    random_file(&src, 256 * BLOCK, 9);
+    let dest = d.path().join("dest");
+    let out = sluice()
+        .args(["--json", "copy"])
+        .arg(&src)
+        .arg(&dest)
+        .env("SLUICE_FAULT_CORRUPT", "0:3,0:128,0:255")
+        .output()
+        .unwrap();
+    let s = json_summary(&out);
+    assert_eq!(s["resent_blocks"], 3, "{s}");
+    assert_eq!(s["payload_bytes"], 259 * BLOCK, "{s}");
+    assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+}
+
+fn edit(path: &Path, offset: u64, bytes: &[u8]) {
+    let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[test]
+fn delta_sends_only_changed_blocks() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, GIB, 11);
+    let dest = d.path().join("dest");
+    let first = copy_json(&src, &dest);
+    assert_eq!(first["payload_bytes"], GIB);
+
+    // Ten scattered 4 KiB edits: at most ten blocks cross.
+    for i in 0..10u64 {
+        edit(&src, i * 97 * BLOCK + 12_345, &[i as u8; 4096]);
+    }
+    let s = copy_json(&src, &dest);
+    assert!(s["payload_bytes"].as_u64().unwrap() <= 10 * BLOCK, "{s}");
+    assert_eq!(
+        s["kept_bytes"].as_u64().unwrap() + s["payload_bytes"].as_u64().unwrap(),
+        GIB
+    );
+    assert_eq!(b3(&dest.join("big.bin")), b3(&src));
+
+    // Append 1 MiB: the new bytes and at most the old last block.
+    let mut f = fs::OpenOptions::new().append(true).open(&src).unwrap();
+    f.write_all(&vec![7u8; BLOCK as usize]).unwrap();
+    drop(f);
+    let s = copy_json(&src, &dest);
+    assert!(s["payload_bytes"].as_u64().unwrap() <= 2 * BLOCK, "{s}");
+    assert_eq!(b3(&dest.join("big.bin")), b3(&src));
+
+    // Truncate: at most the new last block.
+    let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.set_len(GIB - 3 * BLOCK - 100).unwrap();
+    drop(f);
+    let s = copy_json(&src, &dest);
+    assert!(s["payload_bytes"].as_u64().unwrap() <= BLOCK, "{s}");
+    assert_eq!(b3(&dest.join("big.bin")), b3(&src));
+    assert!(part_files(&dest).is_empty());
+}
+
+#[test]
+fn unchanged_tree_sends_no_payload() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..1000u32 {
+        fs::write(
+            src.join("sub").join(format!("f{i}")),
+            format!("{i}").repeat(i as usize % 50 + 1),
+        )
+        .unwrap();
+    }
+    random_file(&src.join("big"), 5 * BLOCK + 7, 2);
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    let s = copy_json(&src, &dest);
+    assert_eq!(s["payload_bytes"], 0, "{s}");
+    assert_same_tree(&src, &dest.join("tree"));
+}
+
+/// Bytes of `part` that do not already equal the source, counted in whole blocks.
+fn missing_bytes(src: &Path, part: &Path) -> u64 {
+    let (mut a, mut b) = (fs::File::open(src).unwrap(), fs::File::open(part).unwrap());
+    let size = a.metadata().unwrap().len();
+    let (mut x, mut y) = (vec![0u8; BLOCK as usize], vec![0u8; BLOCK as usize]);
+    let mut missing = 0;
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(BLOCK) as usize;
+        a.read_exact(&mut x[..n]).unwrap();
+        let got = read_up_to(&mut b, &mut y[..n]);
+        if got < n || x[..n] != y[..n] {
+            missing += n as u64;
+        }
+        off += n as u64;
+    }
+    missing
+}
+
+fn read_up_to(f: &mut fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+/// Starts a transfer of `src` with separate send and recv processes, kills one of them with
+/// SIGKILL once the receiver has written `fraction` of the file, then the other; reruns the
+/// transfer and checks that only the missing part crossed.
+fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().join("dest");
+    let size = src.metadata().unwrap().len();
+    let part = dest.join(format!(
+        ".{}.sluice-part",
+        src.file_name().unwrap().to_string_lossy()
+    ));
+    let final_path = dest.join(src.file_name().unwrap());
+
+    let recv = Recv::start(&dest);
+    let mut send = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("send")
+        .arg(src)
+        .arg(&recv.ticket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written = part.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        if written as f64 >= fraction * size as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transfer did not reach {fraction}"
+        );
+        assert!(
+            send.try_wait().unwrap().is_none(),
+            "sender finished before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if kill_sender_first {
+        send.kill().unwrap();
+        send.wait().unwrap();
+        drop(recv);
+    } else {
+        drop(recv);
+        send.kill().unwrap();
+        send.wait().unwrap();
+    }
+    assert!(
+        !final_path.exists(),
+        "an unverified file holds the final name"
+    );
+    assert!(part.exists(), "the partial file must be kept");
+    let missing = missing_bytes(src, &part);
+    assert!(missing < size, "nothing was kept");
+
+    let recv = Recv::start(&dest);
+    let out = sluice()
+        .args(["--json", "send"])
+        .arg(src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let s = json_summary(&out);
+    let r = recv.wait();
+    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    let payload = s["payload_bytes"].as_u64().unwrap();
+    assert!(
+        payload <= missing + size / 100,
+        "second run sent {payload} bytes; {missing} were missing (killed at {fraction}, sender first: {kill_sender_first})"
+    );
+    assert_eq!(b3(&final_path), b3(src));
+    assert!(!part.exists());
+}
+
+#[test]
+fn resume_after_sender_or_receiver_is_killed() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, GIB, 13);
+    for fraction in [0.25, 0.5, 0.9] {
+        kill_and_resume(&src, fraction, true);
+        kill_and_resume(&src, fraction, false);
+    }
+}
+
+#[test]
+fn restart_discards_partial_files() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f.bin");
+    random_file(&src, 8 * BLOCK, 4);
+    let dest = d.path().join("dest");
+    fs::create_dir_all(&dest).unwrap();
+    // A partial file from an "earlier run" holding the right first half.
+    let mut part = fs::File::create(dest.join(".f.bin.sluice-part")).unwrap();
+    part.write_all(&fs::read(&src).unwrap()[..4 * BLOCK as usize])
+        .unwrap();
+    drop(part);
+    let s = json_summary(
+        &sluice()
+            .args(["--json", "copy", "--restart"])
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s["payload_bytes"], 8 * BLOCK, "{s}");
+    assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+}
