@@ -40,6 +40,7 @@ mod receiver;
 pub mod ring;
 mod sender;
 pub mod uring;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

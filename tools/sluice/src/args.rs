@@ -51,6 +51,13 @@ pub enum Command {
         #[arg(long, default_value = "2G", value_parser = parse_size)]
         size: u64,
     },
+    /// Compare SRC... with DEST_DIR without moving data; list differing files and byte ranges.
+    /// Exits 0 when identical, 1 when something differs.
+    Verify {
+        /// One or more sources, then the destination directory.
+        #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR")]
+        paths: Vec<PathBuf>,
+    },
     /// Print the BLAKE3 hash of each file, as b3sum does.
     Hash {
         /// Files to hash.

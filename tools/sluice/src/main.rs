@@ -105,6 +105,26 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Verify { paths } => {
+            let (dest, sources) = paths
+                .split_last()
+                .context("give at least one source and a destination")?;
+            if sources.is_empty() {
+                anyhow::bail!("give at least one source before the destination directory");
+            }
+            if dest.to_string_lossy().parse::<Ticket>().is_ok() {
+                anyhow::bail!(
+                    "verifying against a remote receiver (ticket) is not implemented yet; give a local DEST_DIR"
+                );
+            }
+            let report = sluice_engine::verify::compare_local(sources, dest, config.block_size)
+                .context("verify failed")?;
+            render::verify_report(json, &report);
+            if !report.differences.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Hash { files } => {
             for f in files {
                 let file =

@@ -133,3 +133,70 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
         }
     }
 }
+
+/// Prints what `sluice verify` found.
+pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
+    use sluice_engine::verify::Difference;
+    let mut out = std::io::stdout().lock();
+    for d in &report.differences {
+        let (kind, path, detail) = match d {
+            Difference::Missing(p) => ("missing", p, serde_json::Value::Null),
+            Difference::Kind(p) => ("kind", p, serde_json::Value::Null),
+            Difference::LinkTarget(p) => ("link_target", p, serde_json::Value::Null),
+            Difference::Content {
+                path,
+                source_size,
+                dest_size,
+                ranges,
+            } => (
+                "content",
+                path,
+                serde_json::json!({
+                    "source_size": source_size, "dest_size": dest_size,
+                    "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+                }),
+            ),
+        };
+        if json {
+            json_line(
+                &serde_json::json!({"event": "difference", "kind": kind, "path": path, "detail": detail}),
+            );
+        } else if let Difference::Content {
+            ranges,
+            source_size,
+            dest_size,
+            ..
+        } = d
+        {
+            let shown: Vec<String> = ranges
+                .iter()
+                .take(20)
+                .map(|r| format!("{}..{}", r.start, r.end))
+                .collect();
+            let more = if ranges.len() > 20 {
+                format!(" (+{} more)", ranges.len() - 20)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "differs: {path}: {source_size} vs {dest_size} bytes; ranges {}{more}",
+                shown.join(", ")
+            );
+        } else {
+            let _ = writeln!(out, "{kind}: {path}");
+        }
+    }
+    if json {
+        json_line(
+            &serde_json::json!({"event": "summary", "entries": report.entries, "differences": report.differences.len()}),
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "sluice verify: {} entries compared, {} differ",
+            report.entries,
+            report.differences.len()
+        );
+    }
+}

@@ -257,3 +257,44 @@ fn restart_discards_partial_files() {
     assert_eq!(s["payload_bytes"], 8 * BLOCK, "{s}");
     assert_eq!(b3(&dest.join("f.bin")), b3(&src));
 }
+
+#[test]
+fn verify_lists_differing_ranges_without_moving_data() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a"), 6 * BLOCK, 1);
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    let same = sluice()
+        .arg("verify")
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    edit(&dest.join("data/a"), 2 * BLOCK + 5, b"changed");
+    fs::write(src.join("new"), b"only at the source").unwrap();
+    let out = sluice()
+        .arg("verify")
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "differs: data/a: {0} vs {0} bytes; ranges {1}..{2}",
+            6 * BLOCK,
+            2 * BLOCK,
+            3 * BLOCK
+        )),
+        "{text}"
+    );
+    assert!(text.contains("missing: data/new"), "{text}");
+}
