@@ -46,6 +46,10 @@ pub struct Config {
     pub ack_every: u32,
     /// Discard the receiver's partial files from interrupted runs instead of resuming them.
     pub restart: bool,
+    /// Update existing destination files in place (no new file, no rename): a delta writes only
+    /// the changed blocks. A crash or kill leaves old and new blocks mixed under the final name
+    /// until the transfer is run again, which repairs it.
+    pub inplace: bool,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             udp_buffer: 8 << 20,
             ack_every: 16,
             restart: false,
+            inplace: false,
         }
     }
 }

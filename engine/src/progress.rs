@@ -140,6 +140,9 @@ pub struct Summary {
     pub kept_bytes: u64,
     /// Blocks sent again after failing verification.
     pub resent_blocks: u64,
+    /// UDP bytes both ways on this side's connection (QUIC headers, encryption, ACKs, control
+    /// messages and payload): what crossed the wire. 0 where not measured.
+    pub wire_bytes: u64,
     /// Wall time from connecting to the receiver's summary.
     pub elapsed: Duration,
 }

@@ -83,10 +83,13 @@ struct ScanJob {
     block_size: u32,
 }
 
-/// The hashes of the blocks the destination holds, `None` where it holds nothing whole.
+/// Hashes of a run of blocks the destination holds (`None` where it holds nothing whole),
+/// streamed as the scan goes so the sender can start comparing at once; `done` ends a file.
 struct Scanned {
     id: u32,
+    first: u64,
     cvs: Vec<Option<Digest>>,
+    done: bool,
 }
 
 /// State shared by the control task and the stream tasks.
@@ -107,13 +110,15 @@ struct Incoming {
     part: PathBuf,
     /// The older version under the final name, whose matching blocks are kept (delta).
     base: Option<PathBuf>,
-    /// The part file of an interrupted run holds the kept blocks already (resume).
-    resume: bool,
+    /// Blocks are written into the existing final file, where the kept ones already are.
+    inplace: bool,
     /// Hashes of blocks received in this run.
     received: Vec<Option<Digest>>,
     got: u64,
-    /// Hashes of blocks the destination held before (from the scan).
+    /// Hashes of blocks the destination held before (from the scan), once it is complete.
     local: Option<Vec<Option<Digest>>>,
+    /// The scan's results so far.
+    local_partial: Option<Vec<Option<Digest>>>,
     root: Option<Digest>,
     sent: Option<u64>,
     retries: HashMap<u64, u32>,
@@ -221,8 +226,10 @@ impl Receiver {
             endpoint.close(0u32.into(), b"");
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+            let stats = conn.stats();
             result.map(|mut s| {
                 s.elapsed = started.elapsed();
+                s.wire_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
                 s
             })
         })
@@ -289,6 +296,7 @@ async fn receive(
                     payload_bytes: progress.snapshot().bytes_verified,
                     kept_bytes: progress.snapshot().bytes_kept,
                     resent_blocks: progress.snapshot().blocks_resent,
+                    wire_bytes: 0,
                     elapsed: Default::default(),
                 };
                 control
@@ -335,11 +343,20 @@ async fn receive(
                             }
                             EntryKind::Symlink => symlinks.push(entry),
                             EntryKind::File => {
-                                let restart = shared.lock().map_err(|_| poisoned())?.session.restart();
+                                let (restart, inplace) = {
+                                    let s = shared.lock().map_err(|_| poisoned())?;
+                                    (s.session.restart(), s.session.inplace())
+                                };
                                 let prepared = dest.prepare_file(&entry, restart)?;
-                                parts.push(prepared.part.clone());
+                                // In place: write straight into the existing file (a partial file
+                                // of an earlier run still takes precedence).
+                                let inplace = inplace && !prepared.resume && prepared.existing.is_some();
+                                let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
+                                if !inplace {
+                                    parts.push(prepared.part.clone());
+                                }
                                 let count = block_count(entry.size, block_size);
-                                let _ = job_tx.send(Job::Open { file: entry.id, path: prepared.part.clone() });
+                                let _ = job_tx.send(Job::Open { file: entry.id, path: target });
                                 let _ = scan_tx.send(ScanJob {
                                     id: entry.id,
                                     path: prepared.existing.clone(),
@@ -350,11 +367,12 @@ async fn receive(
                                     rel: entry.path.clone(),
                                     final_path: prepared.final_path,
                                     part: prepared.part,
-                                    base: (!prepared.resume).then_some(prepared.existing).flatten(),
-                                    resume: prepared.resume,
+                                    base: (!prepared.resume && !inplace).then_some(prepared.existing).flatten(),
+                                    inplace,
                                     received: vec![None; count as usize],
                                     got: 0,
                                     local: None,
+                                    local_partial: None,
                                     root: None,
                                     sent: None,
                                     retries: HashMap::new(),
@@ -384,29 +402,37 @@ async fn receive(
                     }
                 }
                 scanned = scanned_rx.recv() => {
-                    let Some(Scanned { id, cvs }) = scanned else {
+                    let Some(Scanned { id, first, cvs, done }) = scanned else {
                         return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
-                    // Tell the sender what we hold, in runs of consecutive blocks.
-                    let mut i = 0;
-                    while i < cvs.len() {
-                        if cvs[i].is_none() {
-                            i += 1;
-                            continue;
-                        }
-                        let run: Vec<Digest> = cvs[i..]
-                            .iter()
-                            .take(MAX_HAVE)
-                            .map_while(|c| *c)
-                            .collect();
-                        let n = run.len();
-                        control.queue(&Message::Have { id, first: i as u64, cvs: run });
-                        i += n;
+                    // Tell the sender what we hold as soon as it is known; an all-zero hash
+                    // stands for a block we do not hold.
+                    if !cvs.is_empty() {
+                        control.queue(&Message::Have {
+                            id,
+                            first,
+                            cvs: cvs.iter().map(|c| c.unwrap_or([0; 32])).collect(),
+                        });
                     }
-                    control.queue(&Message::HaveDone { id });
+                    if done {
+                        control.queue(&Message::HaveDone { id });
+                    }
                     control.flush().await?;
                     if let Some(f) = files.get_mut(&id) {
-                        f.local = Some(cvs);
+                        let local = f.local_partial.get_or_insert_with(Vec::new);
+                        let end = first as usize + cvs.len();
+                        if local.len() < end {
+                            local.resize(end, None);
+                        }
+                        local[first as usize..end].copy_from_slice(&cvs);
+                        if done {
+                            let mut all = f.local_partial.take().unwrap_or_default();
+                            all.resize(f.received.len(), None);
+                            f.local = Some(all);
+                        }
+                    }
+                    if !done {
+                        continue;
                     }
                     let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
                     report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
@@ -571,7 +597,9 @@ fn fail_file(
         return Outcome::Pending;
     };
     let _ = jobs.send(Job::Close { file: id });
-    let _ = std::fs::remove_file(&f.part);
+    if !f.inplace {
+        let _ = std::fs::remove_file(&f.part);
+    }
     Outcome::Failed {
         id,
         path: f.rel,
@@ -675,12 +703,16 @@ fn commit(
         root,
     };
     let root = f.root.unwrap_or_default();
+    if f.inplace {
+        dest.finish_part(&f.final_path, entry.size)?;
+        dest.apply_metadata(&entry, &f.final_path)?;
+        return Ok(root_outcome(root));
+    }
     if f.got == 0 && f.base.as_deref().is_some_and(|b| same_len(b, entry.size)) {
         // Unchanged: the file under the final name is verified as it stands.
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }
-    let _ = f.resume;
     dest.finish_part(&f.part, entry.size)?;
     dest.commit(&entry, &f.part, &f.final_path)?;
     Ok(root_outcome(root))
@@ -690,19 +722,23 @@ fn same_len(path: &std::path::Path, size: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.len() == size)
 }
 
-/// The scanner thread: hashes, block by block, what the destination holds of each file.
+/// The scanner thread: hashes, block by block, what the destination holds of each file, and
+/// streams the results in runs of [`MAX_HAVE`] blocks.
 fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::UnboundedSender<Scanned>) {
     let mut buf = Vec::new();
     while let Ok(job) = jobs.recv() {
-        let count = block_count(job.size, job.block_size) as usize;
-        let mut cvs = vec![None; count];
         if let Some(path) = &job.path {
-            if let Err(e) = scan_one(path, &job, &mut buf, &mut cvs) {
-                tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); sending it whole");
-                cvs.iter_mut().for_each(|c| *c = None);
+            if let Err(e) = scan_one(path, &job, &mut buf, &out) {
+                tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); the rest is sent whole");
             }
         }
-        if out.send(Scanned { id: job.id, cvs }).is_err() {
+        let end = Scanned {
+            id: job.id,
+            first: 0,
+            cvs: Vec::new(),
+            done: true,
+        };
+        if out.send(end).is_err() {
             return;
         }
     }
@@ -712,25 +748,47 @@ fn scan_one(
     path: &std::path::Path,
     job: &ScanJob,
     buf: &mut Vec<u8>,
-    cvs: &mut [Option<Digest>],
+    out: &mpsc::UnboundedSender<Scanned>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = File::open(path)?;
     let have = file.metadata()?.len();
     let bs = u64::from(job.block_size);
+    let count = block_count(job.size, job.block_size);
     buf.resize(job.block_size as usize, 0);
-    for (i, slot) in cvs.iter_mut().enumerate() {
-        let offset = i as u64 * bs;
+    let mut run = Vec::with_capacity(MAX_HAVE);
+    let mut first = 0;
+    for i in 0..count {
+        let offset = i * bs;
         let len = (job.size - offset).min(bs);
         if offset + len > have {
             break;
         }
         let data = &mut buf[..len as usize];
         file.read_exact_at(data, offset)?;
-        *slot = Some(merkle::block_cv(data, offset, job.size));
+        run.push(Some(merkle::block_cv(data, offset, job.size)));
+        if run.len() == MAX_HAVE {
+            let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
+            let _ = out.send(Scanned {
+                id: job.id,
+                first,
+                cvs,
+                done: false,
+            });
+            first = i + 1;
+        }
+    }
+    if !run.is_empty() {
+        let _ = out.send(Scanned {
+            id: job.id,
+            first,
+            cvs: run,
+            done: false,
+        });
     }
     Ok(())
 }
+
 /// Accepts data streams and reads blocks from each until the connection ends.
 async fn read_stream_loop(
     conn: quinn::Connection,

@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
-use sluice_proto::message::{BlockHeader, Digest, EntryKind, Message, HELLO_RESTART};
+use sluice_proto::message::{
+    BlockHeader, Digest, EntryKind, Message, HELLO_INPLACE, HELLO_RESTART,
+};
 use sluice_proto::session::{block_count, SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::tls;
@@ -49,13 +51,81 @@ enum ReadEvent {
     AllRead,
 }
 
-/// What the receiver already holds of one file: `Some(hash)` per block it has.
-type Have = Vec<Option<Digest>>;
+/// What the receiver holds of each file, filled in by the control task as `Have` messages
+/// arrive and read by the storage thread block by block, so the receiver's scan and the
+/// sender's hashing run at the same time.
+#[derive(Default)]
+struct HaveBoard {
+    files: std::sync::Mutex<std::collections::HashMap<u32, HaveState>>,
+    cond: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct HaveState {
+    /// Block hashes the receiver reported; `None` where it holds nothing.
+    cvs: Vec<Option<Digest>>,
+    /// Blocks below this index have been reported.
+    upto: u64,
+    /// HaveDone arrived: every block not reported is missing.
+    done: bool,
+}
+
+impl HaveBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, HaveState>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, id: u32, first: u64, cvs: Vec<Digest>) {
+        let mut files = self.lock();
+        let st = files.entry(id).or_default();
+        let end = first as usize + cvs.len();
+        if st.cvs.len() < end {
+            st.cvs.resize(end, None);
+        }
+        for (i, cv) in cvs.into_iter().enumerate() {
+            // An all-zero hash stands for a block the receiver does not hold.
+            st.cvs[first as usize + i] = (cv != [0; 32]).then_some(cv);
+        }
+        st.upto = st.upto.max(end as u64);
+        self.cond.notify_all();
+    }
+
+    fn done(&self, id: u32) {
+        self.lock().entry(id).or_default().done = true;
+        self.cond.notify_all();
+    }
+
+    /// Releases every waiter: the transfer is ending.
+    fn close(&self, ids: impl Iterator<Item = u32>) {
+        let mut files = self.lock();
+        for id in ids {
+            files.entry(id).or_default().done = true;
+        }
+        self.cond.notify_all();
+    }
+
+    /// Waits until the receiver has said whether it holds block `index` of file `id`.
+    fn wait_for(&self, id: u32, index: u64) -> Option<Digest> {
+        let mut files = self.lock();
+        loop {
+            if let Some(st) = files.get(&id) {
+                if st.upto > index || st.done {
+                    return st.cvs.get(index as usize).copied().flatten();
+                }
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn forget(&self, id: u32) {
+        self.lock().remove(&id);
+    }
+}
 
 /// The receiver's answers the reader acts on.
 struct ReaderInput {
-    /// Per file, in manifest order: what the receiver holds.
-    have: std::sync::mpsc::Receiver<(u32, Have)>,
+    /// What the receiver holds.
+    have: Arc<HaveBoard>,
     /// Blocks to send again: (file id, offset).
     resend: std::sync::mpsc::Receiver<(u32, u64)>,
 }
@@ -124,8 +194,10 @@ async fn run(
     }
     // Let the close reach the peer; bounded so a vanished peer cannot hold us.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    let stats = conn.stats();
     result.map(|mut s| {
         s.elapsed = started.elapsed();
+        s.wire_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
         s
     })
 }
@@ -147,7 +219,8 @@ async fn transfer(
         .collect();
     let mut session = SenderSession::new(sizes.clone(), config.block_size);
 
-    let flags = if config.restart { HELLO_RESTART } else { 0 };
+    let flags = if config.restart { HELLO_RESTART } else { 0 }
+        | if config.inplace { HELLO_INPLACE } else { 0 };
     control
         .send(&SenderSession::hello(
             ticket.secret,
@@ -179,7 +252,7 @@ async fn transfer(
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     let block_rx = Arc::new(tokio::sync::Mutex::new(block_rx));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let (have_tx, have_rx) = std::sync::mpsc::channel();
+    let board = Arc::new(HaveBoard::default());
     let (resend_tx, resend_rx) = std::sync::mpsc::channel();
     let files: Vec<SourceEntry> = manifest
         .iter()
@@ -191,7 +264,7 @@ async fn transfer(
         let pool = pool.clone();
         let progress = progress.clone();
         let input = ReaderInput {
-            have: have_rx,
+            have: board.clone(),
             resend: resend_rx,
         };
         std::thread::Builder::new()
@@ -204,6 +277,7 @@ async fn transfer(
                     blocks: &block_tx,
                     events: &event_tx,
                     progress: &progress,
+                    board: None,
                 };
                 if let Err(e) = reader.run(&input) {
                     let _ = event_tx.send(ReadEvent::Failed(e));
@@ -235,9 +309,16 @@ async fn transfer(
         });
     }
 
+    // Whatever way this function ends, the reader must not wait on the board forever.
+    struct CloseBoard<'a>(&'a HaveBoard, Vec<u32>);
+    impl Drop for CloseBoard<'_> {
+        fn drop(&mut self) {
+            self.0.close(self.1.iter().copied());
+        }
+    }
+    let _closer = CloseBoard(&board, manifest.iter().map(|e| e.entry.id).collect());
     let mut reading = true;
     let mut roots = std::collections::HashMap::new();
-    let mut have: std::collections::HashMap<u32, Have> = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
     let total_files = files_in(&manifest);
     let summary = loop {
@@ -271,16 +352,8 @@ async fn transfer(
                     return Err(conn_err(&"receiver closed the control stream early"));
                 };
                 match session.on_message(msg)? {
-                    SenderEvent::Have { id, first, cvs } => {
-                        let blocks = sizes[id as usize].map_or(0, |s| block_count(s, config.block_size));
-                        let list = have.entry(id).or_insert_with(|| vec![None; blocks as usize]);
-                        for (i, cv) in cvs.into_iter().enumerate() {
-                            list[first as usize + i] = Some(cv);
-                        }
-                    }
-                    SenderEvent::HaveDone(id) => {
-                        let _ = have_tx.send((id, have.remove(&id).unwrap_or_default()));
-                    }
+                    SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
+                    SenderEvent::HaveDone(id) => board.done(id),
                     SenderEvent::Resend { id, offset } => {
                         progress.add_resent();
                         let _ = resend_tx.send((id, offset));
@@ -304,6 +377,7 @@ async fn transfer(
                             payload_bytes: s.bytes_sent,
                             kept_bytes: s.bytes_kept,
                             resent_blocks: s.blocks_resent,
+                            wire_bytes: 0,
                             elapsed: Default::default(),
                         };
                     }
@@ -315,7 +389,7 @@ async fn transfer(
     control.finish();
     // The reader waits for re-send requests until this sender is dropped.
     drop(resend_tx);
-    drop(have_tx);
+    board.close(manifest.iter().map(|e| e.entry.id));
     let _ = reader.join();
     if let Some(first) = failures.first() {
         return Err(Error::FilesFailed {
@@ -339,7 +413,6 @@ struct Reading {
     cvs: Vec<Digest>,
     remaining: u64,
     sent: u64,
-    have: Have,
 }
 
 /// The storage thread: reads every block of every file through the ring, hashes it, and passes
@@ -351,6 +424,7 @@ struct Reader<'a> {
     blocks: &'a mpsc::Sender<Block>,
     events: &'a mpsc::UnboundedSender<ReadEvent>,
     progress: &'a Progress,
+    board: Option<Arc<HaveBoard>>,
 }
 
 type Tag = (usize, u64);
@@ -361,6 +435,7 @@ impl Reader<'_> {
         let bs = u64::from(self.config.block_size);
         let mut state: Vec<Option<Reading>> = self.files.iter().map(|_| None).collect();
         let mut done = Vec::new();
+        self.board = Some(input.have.clone());
         let by_id: std::collections::HashMap<u32, usize> = self
             .files
             .iter()
@@ -369,18 +444,6 @@ impl Reader<'_> {
             .collect();
 
         for (fi, src) in self.files.iter().enumerate() {
-            // What the receiver holds of this file; drain in-flight reads before waiting.
-            let (id, have) = match input.have.try_recv() {
-                Ok(h) => h,
-                Err(_) => {
-                    self.drain(&mut *io, &mut done, &mut state)?;
-                    match input.have.recv() {
-                        Ok(h) => h,
-                        Err(_) => return Ok(()),
-                    }
-                }
-            };
-            debug_assert_eq!(id, src.entry.id);
             self.serve_resends(input, &by_id)?;
             let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
             let size = src.entry.size;
@@ -407,7 +470,6 @@ impl Reader<'_> {
                 cvs: vec![[0; 32]; count as usize],
                 remaining: count,
                 sent: 0,
-                have,
             });
             let file = Arc::new(file);
             for index in 0..count {
@@ -529,7 +591,11 @@ impl Reader<'_> {
             let Some(st) = state[fi].as_mut() else {
                 continue;
             };
-            if st.have.get(index as usize).copied().flatten() == Some(cv) {
+            let held = self
+                .board
+                .as_ref()
+                .and_then(|b| b.wait_for(src.entry.id, index));
+            if held == Some(cv) {
                 // The receiver holds this block already.
                 self.progress.add_kept(n as u64);
             } else {
@@ -542,6 +608,9 @@ impl Reader<'_> {
                 let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
                 let sent = st.sent;
                 state[fi] = None;
+                if let Some(b) = &self.board {
+                    b.forget(src.entry.id);
+                }
                 let _ = self.events.send(ReadEvent::FileDone {
                     id: src.entry.id,
                     root,

@@ -10,6 +10,10 @@ pub type Digest = [u8; 32];
 
 /// [`Message::Hello`] flag: discard partial files of earlier runs instead of resuming them.
 pub const HELLO_RESTART: u8 = 1;
+/// [`Message::Hello`] flag: update an existing destination file in place instead of building a
+/// new file and renaming it (no second copy on disk; a crash leaves a mix of old and new blocks
+/// under the final name until the transfer is run again).
+pub const HELLO_INPLACE: u8 = 2;
 
 /// What kind of filesystem object a manifest entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +99,7 @@ pub enum Message {
         secret: [u8; 32],
         /// Block size in bytes: a power of two from 1 KiB to 16 MiB.
         block_size: u32,
-        /// Bit set of [`HELLO_RESTART`]; other bits must be 0.
+        /// Bit set of [`HELLO_RESTART`] and [`HELLO_INPLACE`]; other bits must be 0.
         flags: u8,
     },
     /// Receiver → sender: the secret was right; send the manifest.
@@ -112,8 +116,9 @@ pub enum Message {
     },
     /// Receiver → sender: the receiver already holds these blocks of file `id` (from a partial
     /// file of an interrupted run, or an older version under the final name): `cvs[i]` is the
-    /// hash of block `first + i` as [`BlockHeader::hash`] defines it. Sent for runs of blocks the
-    /// receiver has; blocks not named are missing.
+    /// hash of block `first + i` as [`BlockHeader::hash`] defines it, or 32 zero bytes for a
+    /// block the receiver does not hold. Sent as the receiver's scan proceeds, so the sender can
+    /// compare while the scan goes on; blocks never named are missing.
     Have {
         /// The file's entry id.
         id: u32,

@@ -21,7 +21,9 @@
 //!                                      <- Summary{entries, bytes}
 //! ```
 
-use crate::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, HELLO_RESTART};
+use crate::message::{
+    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, HELLO_INPLACE, HELLO_RESTART,
+};
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
 
@@ -225,6 +227,7 @@ pub struct ReceiverSession {
     state: RecvState,
     block_size: u32,
     restart: bool,
+    inplace: bool,
     entries: Vec<Entry>,
     done: Vec<bool>,
 }
@@ -237,6 +240,7 @@ impl ReceiverSession {
             state: RecvState::AwaitHello,
             block_size: 0,
             restart: false,
+            inplace: false,
             entries: Vec::new(),
             done: Vec::new(),
         }
@@ -250,6 +254,11 @@ impl ReceiverSession {
     /// Whether the sender asked to discard partial files instead of resuming them.
     pub fn restart(&self) -> bool {
         self.restart
+    }
+
+    /// Whether the sender asked to update existing files in place.
+    pub fn inplace(&self) -> bool {
+        self.inplace
     }
 
     /// The manifest received so far.
@@ -290,10 +299,11 @@ impl ReceiverSession {
                 {
                     return Err(SessionError::BlockSize(block_size));
                 }
-                if flags & !HELLO_RESTART != 0 {
+                if flags & !(HELLO_RESTART | HELLO_INPLACE) != 0 {
                     return Err(SessionError::Flags(flags));
                 }
                 self.restart = flags & HELLO_RESTART != 0;
+                self.inplace = flags & HELLO_INPLACE != 0;
                 self.block_size = block_size;
                 self.state = RecvState::AwaitManifest;
                 Ok(ReceiverEvent::Reply(Message::Welcome {
@@ -506,6 +516,12 @@ impl SenderSession {
             }
             Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
                 let blocks = self.blocks(id)?;
+                if (id as usize) < self.next_have_done {
+                    return Err(SessionError::Unexpected {
+                        state: "HaveDone already received for this file",
+                        got: "Have",
+                    });
+                }
                 let end = first.saturating_add(cvs.len() as u64);
                 if end > blocks {
                     return Err(SessionError::BlockRange { id, index: end });

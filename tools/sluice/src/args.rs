@@ -87,6 +87,11 @@ pub struct Tuning {
     /// Throw away partial files of interrupted runs instead of resuming them.
     #[arg(long, global = true)]
     pub restart: bool,
+    /// Update existing destination files in place: only changed blocks are written, no second
+    /// copy on disk. If interrupted, a file holds old and new blocks mixed until the transfer
+    /// is run again.
+    #[arg(long, global = true)]
+    pub inplace: bool,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -121,6 +126,7 @@ impl Tuning {
         }
         c.io_uring = !self.no_uring;
         c.restart = self.restart;
+        c.inplace = self.inplace;
         Ok(c)
     }
 }

@@ -74,6 +74,7 @@ where
             "event": "summary", "entries": summary.entries, "files": summary.files,
             "bytes": summary.bytes, "payload_bytes": summary.payload_bytes,
             "kept_bytes": summary.kept_bytes, "resent_blocks": summary.resent_blocks,
+            "wire_bytes": summary.wire_bytes,
             "seconds": secs, "mb_per_s": mbps,
         }));
     } else {

@@ -298,3 +298,29 @@ fn verify_lists_differing_ranges_without_moving_data() {
     );
     assert!(text.contains("missing: data/new"), "{text}");
 }
+
+#[test]
+fn inplace_delta_writes_only_changed_blocks_into_the_existing_file() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f.bin");
+    random_file(&src, 64 * BLOCK, 21);
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    let inode = fs::metadata(dest.join("f.bin")).unwrap().ino();
+    for i in 0..3u64 {
+        edit(&src, i * 20 * BLOCK + 99, b"new bytes");
+    }
+    let s = json_summary(
+        &sluice()
+            .args(["--json", "copy", "--inplace"])
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s["payload_bytes"], 3 * BLOCK, "{s}");
+    assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+    // Same file, updated in place; no part file.
+    assert_eq!(fs::metadata(dest.join("f.bin")).unwrap().ino(), inode);
+    assert!(part_files(&dest).is_empty());
+}

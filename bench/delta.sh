@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# bench/delta.sh — Sluice against rsync on the cases where the destination already holds an
+# older version, plus resume after an interruption. One run, loopback, page-cache-hot files.
+#
+#   bench/delta.sh [--size 1G] [--no-build]
+#
+# Cases (each starts from a destination holding the original file):
+#   edit10    10 scattered 4 KiB edits in place
+#   append    1 MiB appended
+#   unchanged nothing changed
+# Tools: rsync over ssh (default delta algorithm, against an sshd this script starts on
+# 127.0.0.1 and stops), `sluice copy` at the default 1 MiB blocks, at --block-size 64K, and at
+# 64K with --inplace (rsync's default builds a new file, like Sluice's default).
+# Bytes on the wire: rsync's own "Total bytes sent" + "Total bytes received"; Sluice's UDP bytes
+# both ways on the sender's QUIC connection (`wire_bytes` of `--json`).
+# Resume: time of a full `sluice copy`, then of the second run after a SIGKILL at 50 %.
+set -euo pipefail
+SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+# shellcheck source=bench/peers.sh
+. "$SCRIPT_DIR/peers.sh"
+
+SIZE=1G
+BUILD=1
+while [ $# -gt 0 ]; do
+    case $1 in
+        --size) SIZE=$2; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        *) echo "usage: $0 [--size 1G] [--no-build]" >&2; exit 2 ;;
+    esac
+done
+SLUICE=${SLUICE:-$REPO/target/release/sluice}
+[ "$BUILD" = 1 ] && (cd "$REPO" && cargo build --release -p sluice-cli >&2)
+peer_install_packages rsync openssh-server openssh-client
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-delta.XXXXXX")
+PEER_SSH_HOST=sluice-bench
+cleanup() { peer_sshd_stop; rm -rf "$WORK"; }
+trap cleanup EXIT
+peer_sshd_setup "$WORK/ssh"
+peer_sshd_start
+
+bytes=$(numfmt --from=iec "$SIZE")
+mkdir -p "$WORK/src" "$WORK/orig"
+head -c "$bytes" /dev/urandom > "$WORK/orig/data.bin"
+
+echo "Command: \`bench/delta.sh --size $SIZE\`  "
+echo "Kernel: \`$(uname -r)\`, nproc: $(nproc), date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "| case | tool | wall s | bytes on the wire | payload bytes | vs rsync (bytes) | vs rsync (time) |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+
+make_case() { # $1 case: builds $WORK/src/data.bin from the original
+    cp "$WORK/orig/data.bin" "$WORK/src/data.bin"
+    case $1 in
+        edit10)
+            for i in $(seq 0 9); do
+                head -c 4096 /dev/urandom | dd of="$WORK/src/data.bin" bs=4096 \
+                    seek=$(( (i * bytes / 10 + 12345) / 4096 )) conv=notrunc status=none
+            done ;;
+        append) head -c 1048576 /dev/urandom >> "$WORK/src/data.bin" ;;
+        unchanged) ;;
+    esac
+    touch -d '2020-01-01' "$WORK/src/data.bin"
+    cat "$WORK/src/data.bin" > /dev/null
+}
+
+fresh_dest() { # $1 dir: holds the original version
+    rm -rf "$1"; mkdir -p "$1"; cp "$WORK/orig/data.bin" "$1/data.bin"
+}
+
+now() { date +%s.%N; }
+
+for c in edit10 append unchanged; do
+    make_case "$c"
+    fresh_dest "$WORK/rsync"
+    t0=$(now)
+    stats=$(rsync --stats -e "ssh -F $PEER_SSH_CONFIG" "$WORK/src/data.bin" "$PEER_SSH_HOST:$WORK/rsync/")
+    t1=$(now)
+    r_sent=$(awk -F': ' '/^Total bytes sent/ {gsub(",","",$2); print $2}' <<<"$stats")
+    r_recv=$(awk -F': ' '/^Total bytes received/ {gsub(",","",$2); print $2}' <<<"$stats")
+    r_wire=$(( r_sent + r_recv ))
+    r_time=$(echo "$t1 - $t0" | bc -l)
+    cmp -s "$WORK/src/data.bin" "$WORK/rsync/data.bin" || echo "rsync result differs!" >&2
+    printf '| %s | rsync over ssh | %.2f | %d | — | 1.00 | 1.00 |\n' "$c" "$r_time" "$r_wire"
+    for opts in "--block-size 1M" "--block-size 64K" "--block-size 64K --inplace"; do
+        fresh_dest "$WORK/sluice"
+        t0=$(now)
+        # shellcheck disable=SC2086
+        js=$("$SLUICE" --json copy $opts "$WORK/src/data.bin" "$WORK/sluice" | tail -n 1)
+        t1=$(now)
+        cmp -s "$WORK/src/data.bin" "$WORK/sluice/data.bin" || echo "sluice result differs!" >&2
+        wire=$(sed 's/.*"wire_bytes":\([0-9]*\).*/\1/' <<<"$js")
+        payload=$(sed 's/.*"payload_bytes":\([0-9]*\).*/\1/' <<<"$js")
+        t=$(echo "$t1 - $t0" | bc -l)
+ printf '| %s | `sluice copy %s` | %.2f | %d | %d | %.2f | %.2f |\n' \
+            "$c" "$opts" "$t" "$wire" "$payload" "$(echo "$wire / $r_wire" | bc -l)" "$(echo "$t / $r_time" | bc -l)"
+    done
+done
+
+# Resume after a kill at 50 %.
+cp "$WORK/orig/data.bin" "$WORK/src/data.bin"
+rm -rf "$WORK/full"
+t0=$(now); "$SLUICE" copy "$WORK/src/data.bin" "$WORK/full" > /dev/null; t1=$(now)
+full=$(echo "$t1 - $t0" | bc -l)
+rm -rf "$WORK/resume"; mkdir -p "$WORK/resume"
+"$SLUICE" copy "$WORK/src/data.bin" "$WORK/resume" > /dev/null 2>&1 &
+pid=$!
+part="$WORK/resume/.data.bin.sluice-part"
+for _ in $(seq 1 30000); do
+    sz=$(( $(stat -c %b "$part" 2>/dev/null || echo 0) * 512 ))
+    [ "$sz" -ge $(( bytes / 2 )) ] && break
+    sleep 0.001
+done
+kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
+t0=$(now)
+js=$("$SLUICE" --json copy "$WORK/src/data.bin" "$WORK/resume" | tail -n 1)
+t1=$(now)
+cmp -s "$WORK/src/data.bin" "$WORK/resume/data.bin" || echo "resumed result differs!" >&2
+second=$(echo "$t1 - $t0" | bc -l)
+payload=$(sed 's/.*"payload_bytes":\([0-9]*\).*/\1/' <<<"$js")
+echo
+echo "| resume | wall s | payload bytes |"
+echo "|---|---:|---:|"
+printf '| full `sluice copy` | %.2f | %d |\n' "$full" "$bytes"
+printf '| second run after SIGKILL at 50 %% | %.2f (%.0f %% of full) | %d |\n' "$second" "$(echo "100 * $second / $full" | bc -l)" "$payload"
