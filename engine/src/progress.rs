@@ -58,7 +58,7 @@ pub struct Snapshot {
     pub bytes_total: u64,
     /// Files in the manifest.
     pub files_total: u64,
-    /// Payload bytes handed to the network (sender) or received (receiver).
+    /// Payload bytes handed to the network, re-sends included (sender; 0 at the receiver).
     pub bytes_sent: u64,
     /// Payload bytes verified and written at the receiver.
     pub bytes_verified: u64,
@@ -134,9 +134,11 @@ pub struct Summary {
     pub files: u64,
     /// Payload bytes verified.
     pub bytes: u64,
-    /// Payload bytes that crossed the network, re-sends included (sender's count).
+    /// Payload bytes that crossed the network, re-sends included (at the receiver: the bytes
+    /// received and verified in this run).
     pub payload_bytes: u64,
-    /// Bytes the receiver already held and kept (resume, delta).
+    /// Bytes the receiver already held and kept (resume, delta); counted by the sender, 0 in
+    /// the receiver's summary.
     pub kept_bytes: u64,
     /// Blocks sent again after failing verification.
     pub resent_blocks: u64,

@@ -186,8 +186,9 @@ impl Receiver {
         &self.ticket
     }
 
-    /// Waits for one sender, receives its transfer, and returns when every entry is in place (or
-    /// the transfer failed; partial files are then removed).
+    /// Waits for one sender, receives its transfer, and returns when every entry is in place, or
+    /// the transfer failed. Part files survive an interruption (connection or I/O errors) so the
+    /// next run resumes from them; a refused transfer (protocol violation) removes them.
     pub fn run(self, progress: Arc<Progress>) -> Result<Summary> {
         let Self {
             config,

@@ -84,10 +84,11 @@ pub struct Tuning {
     /// Ask the peer to acknowledge every N packets (QUIC ACK-frequency extension).
     #[arg(long, global = true)]
     pub ack_every: Option<u32>,
-    /// Throw away partial files of interrupted runs instead of resuming them.
+    /// send/copy: have the receiver throw away partial files of interrupted runs instead of
+    /// resuming them (the sender's choice, carried in its Hello).
     #[arg(long, global = true)]
     pub restart: bool,
-    /// Update existing destination files in place: only changed blocks are written, no second
+    /// send/copy: update existing destination files in place: only changed blocks are written, no second
     /// copy on disk. If interrupted, a file holds old and new blocks mixed until the transfer
     /// is run again.
     #[arg(long, global = true)]
