@@ -50,6 +50,9 @@ pub struct Config {
     /// the changed blocks. A crash or kill leaves old and new blocks mixed under the final name
     /// until the transfer is run again, which repairs it.
     pub inplace: bool,
+    /// After every file is in place, remove entries of the transferred directories that the
+    /// source no longer has (as `rsync --delete`). Off by default: extra files are left alone.
+    pub delete: bool,
 }
 
 impl Default for Config {
@@ -67,6 +70,7 @@ impl Default for Config {
             ack_every: 16,
             restart: false,
             inplace: false,
+            delete: false,
         }
     }
 }

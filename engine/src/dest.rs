@@ -206,6 +206,43 @@ impl Destination {
             .map_err(Error::file("creating symlink", &at))
     }
 
+    /// Removes what the manifest's directories hold beyond what the manifest names (as
+    /// `rsync --delete`); only inside directories the manifest names, never through a symlink.
+    /// Returns how many entries were removed.
+    pub fn delete_extraneous(&self, entries: &[Entry]) -> Result<u64> {
+        let named: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.path.as_str()).collect();
+        let mut removed = 0;
+        for dir in entries
+            .iter()
+            .filter(|e| e.kind == sluice_proto::message::EntryKind::Dir)
+        {
+            let at = self.resolve(&dir.path)?;
+            if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            for child in fs::read_dir(&at).map_err(Error::file("listing", &at))? {
+                let child = child.map_err(Error::file("listing", &at))?;
+                let name = child.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if named.contains(format!("{}/{name}", dir.path).as_str()) {
+                    continue;
+                }
+                let path = child.path();
+                let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                // remove_dir_all does not follow symlinks inside the tree it removes.
+                let r = if is_dir {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                r.map_err(Error::file("deleting", &path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Sets a directory's permissions and mtime (done last, after its contents are in place).
     pub fn finish_dir(&self, entry: &Entry) -> Result<()> {
         let at = self.resolve(&entry.path)?;

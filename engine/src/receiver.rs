@@ -287,6 +287,12 @@ async fn receive(
                 for e in &symlinks {
                     dest.create_symlink(e)?;
                 }
+                if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 {
+                    let removed = dest.delete_extraneous(&entries)?;
+                    if removed > 0 {
+                        tracing::info!(removed, "removed entries the source no longer has");
+                    }
+                }
                 for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
                     dest.finish_dir(e)?;
                 }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
 use sluice_proto::message::{
-    BlockHeader, Digest, EntryKind, Message, HELLO_INPLACE, HELLO_RESTART,
+    BlockHeader, Digest, EntryKind, Message, HELLO_DELETE, HELLO_INPLACE, HELLO_RESTART,
 };
 use sluice_proto::session::{block_count, SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
@@ -220,7 +220,8 @@ async fn transfer(
     let mut session = SenderSession::new(sizes.clone(), config.block_size);
 
     let flags = if config.restart { HELLO_RESTART } else { 0 }
-        | if config.inplace { HELLO_INPLACE } else { 0 };
+        | if config.inplace { HELLO_INPLACE } else { 0 }
+        | if config.delete { HELLO_DELETE } else { 0 };
     control
         .send(&SenderSession::hello(
             ticket.secret,

@@ -14,6 +14,9 @@ pub const HELLO_RESTART: u8 = 1;
 /// new file and renaming it (no second copy on disk; a crash leaves a mix of old and new blocks
 /// under the final name until the transfer is run again).
 pub const HELLO_INPLACE: u8 = 2;
+/// [`Message::Hello`] flag: when every file is in place, remove what the transferred
+/// directories hold that the manifest does not name (as `rsync --delete`).
+pub const HELLO_DELETE: u8 = 4;
 
 /// What kind of filesystem object a manifest entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +102,7 @@ pub enum Message {
         secret: [u8; 32],
         /// Block size in bytes: a power of two from 1 KiB to 16 MiB.
         block_size: u32,
-        /// Bit set of [`HELLO_RESTART`] and [`HELLO_INPLACE`]; other bits must be 0.
+        /// Bit set of [`HELLO_RESTART`], [`HELLO_INPLACE`] and [`HELLO_DELETE`]; other bits must be 0.
         flags: u8,
     },
     /// Receiver → sender: the secret was right; send the manifest.

@@ -22,7 +22,8 @@
 //! ```
 
 use crate::message::{
-    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, HELLO_INPLACE, HELLO_RESTART,
+    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, HELLO_DELETE, HELLO_INPLACE,
+    HELLO_RESTART,
 };
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
@@ -228,6 +229,7 @@ pub struct ReceiverSession {
     block_size: u32,
     restart: bool,
     inplace: bool,
+    delete: bool,
     entries: Vec<Entry>,
     done: Vec<bool>,
 }
@@ -241,6 +243,7 @@ impl ReceiverSession {
             block_size: 0,
             restart: false,
             inplace: false,
+            delete: false,
             entries: Vec::new(),
             done: Vec::new(),
         }
@@ -259,6 +262,11 @@ impl ReceiverSession {
     /// Whether the sender asked to update existing files in place.
     pub fn inplace(&self) -> bool {
         self.inplace
+    }
+
+    /// Whether the sender asked to delete what its directories no longer hold.
+    pub fn delete(&self) -> bool {
+        self.delete
     }
 
     /// The manifest received so far.
@@ -299,11 +307,12 @@ impl ReceiverSession {
                 {
                     return Err(SessionError::BlockSize(block_size));
                 }
-                if flags & !(HELLO_RESTART | HELLO_INPLACE) != 0 {
+                if flags & !(HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE) != 0 {
                     return Err(SessionError::Flags(flags));
                 }
                 self.restart = flags & HELLO_RESTART != 0;
                 self.inplace = flags & HELLO_INPLACE != 0;
+                self.delete = flags & HELLO_DELETE != 0;
                 self.block_size = block_size;
                 self.state = RecvState::AwaitManifest;
                 Ok(ReceiverEvent::Reply(Message::Welcome {

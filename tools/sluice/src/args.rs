@@ -93,6 +93,10 @@ pub struct Tuning {
     /// is run again.
     #[arg(long, global = true)]
     pub inplace: bool,
+    /// send/copy: remove files and directories of the transferred directories that the source no
+    /// longer has (as rsync --delete); without it they are left alone.
+    #[arg(long, global = true)]
+    pub delete: bool,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -128,6 +132,7 @@ impl Tuning {
         c.io_uring = !self.no_uring;
         c.restart = self.restart;
         c.inplace = self.inplace;
+        c.delete = self.delete;
         Ok(c)
     }
 }

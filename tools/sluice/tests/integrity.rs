@@ -324,3 +324,40 @@ fn inplace_delta_writes_only_changed_blocks_into_the_existing_file() {
     assert_eq!(fs::metadata(dest.join("f.bin")).unwrap().ino(), inode);
     assert!(part_files(&dest).is_empty());
 }
+
+#[test]
+fn files_removed_at_the_source_stay_unless_delete_is_given() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    fs::write(src.join("keep"), b"k").unwrap();
+    fs::write(src.join("gone"), b"g").unwrap();
+    fs::write(src.join("sub/deeper/x"), b"x").unwrap();
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    fs::remove_file(src.join("gone")).unwrap();
+    fs::remove_dir_all(src.join("sub/deeper")).unwrap();
+    let outside = dest.join("not-from-this-transfer");
+    fs::write(&outside, b"mine").unwrap();
+
+    copy_json(&src, &dest);
+    assert!(dest.join("tree/gone").exists(), "left alone by default");
+    assert!(dest.join("tree/sub/deeper/x").exists());
+
+    json_summary(
+        &sluice()
+            .args(["--json", "copy", "--delete"])
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap(),
+    );
+    assert!(!dest.join("tree/gone").exists());
+    assert!(!dest.join("tree/sub/deeper").exists());
+    assert!(dest.join("tree/keep").exists());
+    assert!(
+        outside.exists(),
+        "nothing outside the transferred directories is touched"
+    );
+    assert_same_tree(&src, &dest.join("tree"));
+}
