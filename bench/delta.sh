@@ -83,7 +83,7 @@ for c in edit10 append unchanged; do
     r_time=$(echo "$t1 - $t0" | bc -l)
     cmp -s "$WORK/src/data.bin" "$WORK/rsync/data.bin" || echo "rsync result differs!" >&2
     printf '| %s | rsync over ssh | %.2f | %d | — | 1.00 | 1.00 |\n' "$c" "$r_time" "$r_wire"
-    for opts in "--block-size 1M" "--block-size 64K" "--block-size 64K --inplace"; do
+    for opts in "--block-size 1M" "--block-size 64K" "--block-size 64K --inplace" "--block-size 16K --inplace"; do
         fresh_dest "$WORK/sluice"
         t0=$(now)
         # shellcheck disable=SC2086

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN, MAX_HAVE};
-use sluice_proto::message::{BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message};
+use sluice_proto::message::{
+    group_digest, BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
+};
 use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::tls::{self, Identity};
@@ -119,6 +121,8 @@ struct Incoming {
     local: Option<Vec<Option<Digest>>>,
     /// The scan's results so far.
     local_partial: Option<Vec<Option<Digest>>>,
+    /// Whole groups announced to the sender so far.
+    groups_sent: u64,
     root: Option<Digest>,
     sent: Option<u64>,
     retries: HashMap<u64, u32>,
@@ -380,6 +384,7 @@ async fn receive(
                                     got: 0,
                                     local: None,
                                     local_partial: None,
+                                    groups_sent: 0,
                                     root: None,
                                     sent: None,
                                     retries: HashMap::new(),
@@ -405,6 +410,21 @@ async fn receive(
                             let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
+                        ReceiverEvent::WantDetail { id, group } => {
+                            let start = group * GROUP_BLOCKS;
+                            let cvs: Vec<Digest> = match files.get(&id) {
+                                Some(f) => {
+                                    let local = f.local.as_ref().or(f.local_partial.as_ref());
+                                    let count = f.received.len() as u64;
+                                    (start..(start + GROUP_BLOCKS).min(count))
+                                        .map(|i| local.and_then(|l| l.get(i as usize).copied().flatten()).unwrap_or([0; 32]))
+                                        .collect()
+                                }
+                                // A file that already failed here: "nothing held".
+                                None => vec![[0; 32]; 1],
+                            };
+                            control.send(&Message::Have { id, first: start, cvs }).await?;
+                        }
                         ReceiverEvent::Finish => finished = true,
                     }
                 }
@@ -412,32 +432,14 @@ async fn receive(
                     let Some(Scanned { id, first, cvs, done }) = scanned else {
                         return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
-                    // Tell the sender what we hold as soon as it is known; an all-zero hash
-                    // stands for a block we do not hold.
-                    if !cvs.is_empty() {
-                        control.queue(&Message::Have {
-                            id,
-                            first,
-                            cvs: cvs.iter().map(|c| c.unwrap_or([0; 32])).collect(),
-                        });
-                    }
-                    if done {
+                    // Tell the sender what we hold as soon as it is known: a digest per whole
+                    // group of blocks, block hashes for a trailing partial group.
+                    if let Some(f) = files.get_mut(&id) {
+                        announce_scan(&mut control, id, f, first, cvs, done);
+                    } else if done {
                         control.queue(&Message::HaveDone { id });
                     }
                     control.flush().await?;
-                    if let Some(f) = files.get_mut(&id) {
-                        let local = f.local_partial.get_or_insert_with(Vec::new);
-                        let end = first as usize + cvs.len();
-                        if local.len() < end {
-                            local.resize(end, None);
-                        }
-                        local[first as usize..end].copy_from_slice(&cvs);
-                        if done {
-                            let mut all = f.local_partial.take().unwrap_or_default();
-                            all.resize(f.received.len(), None);
-                            f.local = Some(all);
-                        }
-                    }
                     if !done {
                         continue;
                     }
@@ -723,6 +725,68 @@ fn commit(
     dest.finish_part(&f.part, entry.size)?;
     dest.commit(&entry, &f.part, &f.final_path)?;
     Ok(root_outcome(root))
+}
+
+/// Records a run of scan results for a file and queues what the sender needs to know: a
+/// [`Message::HaveGroups`] digest for each group of blocks now wholly scanned, and at the end
+/// of the scan the block hashes of a trailing partial group and [`Message::HaveDone`].
+fn announce_scan(
+    control: &mut Control,
+    id: u32,
+    f: &mut Incoming,
+    first: u64,
+    cvs: Vec<Option<Digest>>,
+    done: bool,
+) {
+    let count = f.received.len() as u64;
+    let local = f.local_partial.get_or_insert_with(Vec::new);
+    let end = first as usize + cvs.len();
+    if local.len() < end {
+        local.resize(end, None);
+    }
+    local[first as usize..end].copy_from_slice(&cvs);
+    // The scanner reports a contiguous prefix of held blocks.
+    let scanned = local.iter().take_while(|c| c.is_some()).count() as u64;
+    let first_group = f.groups_sent;
+    let mut digests = Vec::new();
+    while f.groups_sent * GROUP_BLOCKS < count {
+        let start = f.groups_sent * GROUP_BLOCKS;
+        let end = (start + GROUP_BLOCKS).min(count);
+        if scanned < end {
+            break;
+        }
+        let group: Vec<Digest> = local[start as usize..end as usize]
+            .iter()
+            .map(|c| c.unwrap_or_default())
+            .collect();
+        digests.push(group_digest(&group));
+        f.groups_sent += 1;
+    }
+    for (i, chunk) in digests.chunks(MAX_HAVE).enumerate() {
+        control.queue(&Message::HaveGroups {
+            id,
+            first: first_group + (i * MAX_HAVE) as u64,
+            digests: chunk.to_vec(),
+        });
+    }
+    if done {
+        let start = f.groups_sent * GROUP_BLOCKS;
+        if scanned > start {
+            let tail: Vec<Digest> = local[start as usize..scanned as usize]
+                .iter()
+                .map(|c| c.unwrap_or_default())
+                .collect();
+            control.queue(&Message::Have {
+                id,
+                first: start,
+                cvs: tail,
+            });
+        }
+        control.queue(&Message::HaveDone { id });
+        let mut all = f.local_partial.take().unwrap_or_default();
+        all.resize(count as usize, None);
+        f.local = Some(all);
+    }
 }
 
 fn same_len(path: &std::path::Path, size: u64) -> bool {

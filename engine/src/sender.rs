@@ -14,6 +14,7 @@
 //! hashing so the network thread does nothing but QUIC.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
 use sluice_proto::message::{
-    BlockHeader, Digest, EntryKind, Message, HELLO_DELETE, HELLO_INPLACE, HELLO_RESTART,
+    group_digest, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS, HELLO_DELETE,
+    HELLO_INPLACE, HELLO_RESTART,
 };
 use sluice_proto::session::{block_count, SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
@@ -47,27 +49,39 @@ struct Block {
 /// What the reader tells the control task.
 enum ReadEvent {
     FileDone { id: u32, root: Digest, sent: u64 },
+    WantDetail { id: u32, group: u64 },
     Failed(Error),
     AllRead,
 }
 
-/// What the receiver holds of each file, filled in by the control task as `Have` messages
-/// arrive and read by the storage thread block by block, so the receiver's scan and the
+/// What the receiver holds of each file, filled in by the control task as `Have`/`HaveGroups`
+/// messages arrive and read by the storage thread block by block, so the receiver's scan and the
 /// sender's hashing run at the same time.
 #[derive(Default)]
 struct HaveBoard {
     files: std::sync::Mutex<std::collections::HashMap<u32, HaveState>>,
     cond: std::sync::Condvar,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct HaveState {
     /// Block hashes the receiver reported; `None` where it holds nothing.
     cvs: Vec<Option<Digest>>,
-    /// Blocks below this index have been reported.
-    upto: u64,
+    /// Groups whose block hashes are known (a trailing partial group, or a `WantDetail` answer).
+    detail: std::collections::HashSet<u64>,
+    /// Group digests the receiver reported, from group 0 on.
+    groups: Vec<Digest>,
     /// HaveDone arrived: every block not reported is missing.
     done: bool,
+}
+
+/// What the receiver holds of one block, as far as the sender can tell yet.
+enum Held {
+    /// Its hash, or `None`: the receiver does not hold it.
+    Block(Option<Digest>),
+    /// The receiver holds the block's whole group, whose digest is this.
+    Group(Digest),
 }
 
 impl HaveBoard {
@@ -75,6 +89,7 @@ impl HaveBoard {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Block hashes: a trailing partial group, or the answer to a `WantDetail`.
     fn add(&self, id: u32, first: u64, cvs: Vec<Digest>) {
         let mut files = self.lock();
         let st = files.entry(id).or_default();
@@ -86,7 +101,17 @@ impl HaveBoard {
             // An all-zero hash stands for a block the receiver does not hold.
             st.cvs[first as usize + i] = (cv != [0; 32]).then_some(cv);
         }
-        st.upto = st.upto.max(end as u64);
+        st.detail.insert(first / GROUP_BLOCKS);
+        self.cond.notify_all();
+    }
+
+    fn add_groups(&self, id: u32, first: u64, digests: Vec<Digest>) {
+        let mut files = self.lock();
+        let st = files.entry(id).or_default();
+        // Groups come in order from group 0; anything else is ignored (treated as not held).
+        if st.groups.len() as u64 == first {
+            st.groups.extend(digests);
+        }
         self.cond.notify_all();
     }
 
@@ -96,22 +121,52 @@ impl HaveBoard {
     }
 
     /// Releases every waiter: the transfer is ending.
-    fn close(&self, ids: impl Iterator<Item = u32>) {
-        let mut files = self.lock();
-        for id in ids {
-            files.entry(id).or_default().done = true;
-        }
+    fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _files = self.lock();
         self.cond.notify_all();
     }
 
-    /// Waits until the receiver has said whether it holds block `index` of file `id`.
-    fn wait_for(&self, id: u32, index: u64) -> Option<Digest> {
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the receiver has said what it holds of block `index` of file `id`.
+    fn wait_status(&self, id: u32, index: u64) -> Held {
+        let group = index / GROUP_BLOCKS;
         let mut files = self.lock();
         loop {
             if let Some(st) = files.get(&id) {
-                if st.upto > index || st.done {
-                    return st.cvs.get(index as usize).copied().flatten();
+                if st.detail.contains(&group) {
+                    return Held::Block(st.cvs.get(index as usize).copied().flatten());
                 }
+                if let Some(d) = st.groups.get(group as usize) {
+                    return Held::Group(*d);
+                }
+                if st.done {
+                    return Held::Block(None);
+                }
+            }
+            if self.is_closed() {
+                return Held::Block(None);
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits for the block hashes of a group asked for with `WantDetail`.
+    fn wait_detail(&self, id: u32, group: u64, blocks: Range<u64>) -> Vec<Option<Digest>> {
+        let mut files = self.lock();
+        loop {
+            if let Some(st) = files.get(&id) {
+                if st.detail.contains(&group) {
+                    return blocks
+                        .map(|i| st.cvs.get(i as usize).copied().flatten())
+                        .collect();
+                }
+            }
+            if self.is_closed() {
+                return Vec::new();
             }
             files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
         }
@@ -311,13 +366,13 @@ async fn transfer(
     }
 
     // Whatever way this function ends, the reader must not wait on the board forever.
-    struct CloseBoard<'a>(&'a HaveBoard, Vec<u32>);
+    struct CloseBoard<'a>(&'a HaveBoard);
     impl Drop for CloseBoard<'_> {
         fn drop(&mut self) {
-            self.0.close(self.1.iter().copied());
+            self.0.close();
         }
     }
-    let _closer = CloseBoard(&board, manifest.iter().map(|e| e.entry.id).collect());
+    let _closer = CloseBoard(&board);
     let mut reading = true;
     let mut roots = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
@@ -328,6 +383,9 @@ async fn transfer(
                 Some(ReadEvent::FileDone { id, root, sent }) => {
                     roots.insert(id, root);
                     control.send(&Message::FileDone { id, root, sent }).await?;
+                }
+                Some(ReadEvent::WantDetail { id, group }) => {
+                    control.send(&Message::WantDetail { id, group }).await?;
                 }
                 Some(ReadEvent::AllRead) => control.send(&Message::Finish).await?,
                 Some(ReadEvent::Failed(e)) => {
@@ -354,6 +412,7 @@ async fn transfer(
                 };
                 match session.on_message(msg)? {
                     SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
+                    SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
                     SenderEvent::Resend { id, offset } => {
                         progress.add_resent();
@@ -390,7 +449,7 @@ async fn transfer(
     control.finish();
     // The reader waits for re-send requests until this sender is dropped.
     drop(resend_tx);
-    board.close(manifest.iter().map(|e| e.entry.id));
+    board.close();
     let _ = reader.join();
     if let Some(first) = failures.first() {
         return Err(Error::FilesFailed {
@@ -414,6 +473,12 @@ struct Reading {
     cvs: Vec<Digest>,
     remaining: u64,
     sent: u64,
+    /// Per group, blocks not hashed yet.
+    group_left: Vec<u32>,
+    /// Groups the receiver holds whole, with its digest, while ours is being computed.
+    group_digests: std::collections::HashMap<u64, Digest>,
+    /// Groups that differ and whose block hashes were asked for.
+    pending: Vec<u64>,
 }
 
 /// The storage thread: reads every block of every file through the ring, hashes it, and passes
@@ -467,10 +532,16 @@ impl Reader<'_> {
                 });
                 continue;
             }
+            let groups = count.div_ceil(GROUP_BLOCKS);
             state[fi] = Some(Reading {
                 cvs: vec![[0; 32]; count as usize],
                 remaining: count,
                 sent: 0,
+                group_left: (0..groups)
+                    .map(|g| (((g + 1) * GROUP_BLOCKS).min(count) - g * GROUP_BLOCKS) as u32)
+                    .collect(),
+                group_digests: std::collections::HashMap::new(),
+                pending: Vec::new(),
             });
             let file = Arc::new(file);
             for index in 0..count {
@@ -509,6 +580,17 @@ impl Reader<'_> {
         Ok(())
     }
 
+    /// The block indices of `group` in a file of `size` bytes.
+    fn group_range(&self, group: u64, size: u64) -> Range<u64> {
+        let count = block_count(size, self.config.block_size);
+        group * GROUP_BLOCKS..((group + 1) * GROUP_BLOCKS).min(count)
+    }
+
+    fn bytes_of(&self, blocks: &Range<u64>, size: u64) -> u64 {
+        let bs = u64::from(self.config.block_size);
+        (blocks.end * bs).min(size) - blocks.start * bs
+    }
+
     fn drain(
         &self,
         io: &mut dyn blockio::BlockIo<Tag>,
@@ -544,6 +626,10 @@ impl Reader<'_> {
         let Some(src) = by_id.get(&id).map(|&i| &self.files[i]) else {
             return Ok(());
         };
+        self.send_again(src, offset)
+    }
+
+    fn send_again(&self, src: &SourceEntry, offset: u64) -> Result<()> {
         let size = src.entry.size;
         let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
         let mut buf = self.pool.take_blocking();
@@ -592,21 +678,62 @@ impl Reader<'_> {
             let Some(st) = state[fi].as_mut() else {
                 continue;
             };
-            let held = self
-                .board
-                .as_ref()
-                .and_then(|b| b.wait_for(src.entry.id, index));
-            if held == Some(cv) {
+            let held = match &self.board {
+                Some(b) => b.wait_status(src.entry.id, index),
+                None => Held::Block(None),
+            };
+            let group = index / GROUP_BLOCKS;
+            match held {
                 // The receiver holds this block already.
-                self.progress.add_kept(n as u64);
-            } else {
-                st.sent += 1;
-                self.send_block(src.entry.id, c.req.offset, cv, c.req.buf.freeze(n))?;
+                Held::Block(Some(h)) if h == cv => self.progress.add_kept(n as u64),
+                Held::Block(_) => {
+                    st.sent += 1;
+                    self.send_block(src.entry.id, c.req.offset, cv, c.req.buf.freeze(n))?;
+                }
+                // Decided when the whole group is hashed; a differing block is read again then.
+                Held::Group(d) => {
+                    st.group_digests.insert(group, d);
+                }
             }
             st.cvs[index as usize] = cv;
             st.remaining -= 1;
+            st.group_left[group as usize] -= 1;
+            if st.group_left[group as usize] == 0 {
+                if let Some(theirs) = st.group_digests.remove(&group) {
+                    let range = self.group_range(group, size);
+                    let ours = group_digest(&st.cvs[range.start as usize..range.end as usize]);
+                    if ours == theirs {
+                        self.progress.add_kept(self.bytes_of(&range, size));
+                    } else {
+                        st.pending.push(group);
+                        let _ = self.events.send(ReadEvent::WantDetail {
+                            id: src.entry.id,
+                            group,
+                        });
+                    }
+                }
+            }
             if st.remaining == 0 {
+                // Groups that differ: send the blocks whose hashes differ.
+                let bs = u64::from(self.config.block_size);
+                for group in std::mem::take(&mut st.pending) {
+                    let range = self.group_range(group, size);
+                    let theirs = match &self.board {
+                        Some(b) => b.wait_detail(src.entry.id, group, range.clone()),
+                        None => Vec::new(),
+                    };
+                    for i in range.clone() {
+                        let their = theirs.get((i - range.start) as usize).copied().flatten();
+                        if their == Some(st.cvs[i as usize]) {
+                            self.progress.add_kept((size - i * bs).min(bs));
+                        } else {
+                            st.sent += 1;
+                            self.send_again(src, i * bs)?;
+                        }
+                    }
+                }
                 let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
+
                 let sent = st.sent;
                 state[fi] = None;
                 if let Some(b) = &self.board {

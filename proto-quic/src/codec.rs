@@ -38,6 +38,8 @@ const T_ERROR: u8 = 10;
 const T_HAVE: u8 = 11;
 const T_HAVE_DONE: u8 = 12;
 const T_RESEND: u8 = 13;
+const T_HAVE_GROUPS: u8 = 14;
+const T_WANT_DETAIL: u8 = 15;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,6 +138,21 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             for cv in &cvs[..n] {
                 out.extend_from_slice(cv);
             }
+        }
+        Message::HaveGroups { id, first, digests } => {
+            out.push(T_HAVE_GROUPS);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&first.to_le_bytes());
+            let n = digests.len().min(MAX_HAVE);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+            for d in &digests[..n] {
+                out.extend_from_slice(d);
+            }
+        }
+        Message::WantDetail { id, group } => {
+            out.push(T_WANT_DETAIL);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&group.to_le_bytes());
         }
         Message::HaveDone { id } => {
             out.push(T_HAVE_DONE);
@@ -254,6 +271,26 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             }
             Message::Have { id, first, cvs }
         }
+        T_HAVE_GROUPS => {
+            let id = r.u32("id")?;
+            let first = r.u64("first")?;
+            let n = usize::from(r.u16("count")?);
+            if n > MAX_HAVE {
+                return Err(DecodeError::BadValue {
+                    field: "count",
+                    value: n as u64,
+                });
+            }
+            let mut digests = Vec::with_capacity(n);
+            for _ in 0..n {
+                digests.push(r.array("digests")?);
+            }
+            Message::HaveGroups { id, first, digests }
+        }
+        T_WANT_DETAIL => Message::WantDetail {
+            id: r.u32("id")?,
+            group: r.u64("group")?,
+        },
         T_HAVE_DONE => Message::HaveDone { id: r.u32("id")? },
         T_RESEND => Message::Resend {
             id: r.u32("id")?,
@@ -443,6 +480,17 @@ mod tests {
             )
                 .prop_map(|(id, first, cvs)| Message::Have { id, first, cvs }),
             any::<u32>().prop_map(|id| Message::HaveDone { id }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<[u8; 32]>(), 0..8)
+            )
+                .prop_map(|(id, first, digests)| Message::HaveGroups {
+                    id,
+                    first,
+                    digests
+                }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, group)| Message::WantDetail { id, group }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (

@@ -8,6 +8,18 @@
 /// A BLAKE3 hash or chaining value: 32 bytes.
 pub type Digest = [u8; 32];
 
+/// Blocks per group in [`Message::HaveGroups`].
+pub const GROUP_BLOCKS: u64 = 64;
+
+/// The digest of a group of block hashes: BLAKE3 of their concatenation.
+pub fn group_digest(cvs: &[Digest]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    for cv in cvs {
+        h.update(cv);
+    }
+    *h.finalize().as_bytes()
+}
+
 /// [`Message::Hello`] flag: discard partial files of earlier runs instead of resuming them.
 pub const HELLO_RESTART: u8 = 1;
 /// [`Message::Hello`] flag: update an existing destination file in place instead of building a
@@ -130,8 +142,28 @@ pub enum Message {
         /// Block hashes, at most [`crate::codec::MAX_HAVE`].
         cvs: Vec<Digest>,
     },
-    /// Receiver → sender: no more `Have` for file `id`; the sender may start on it. Sent for
-    /// every file entry, in manifest order.
+    /// Receiver → sender: digests of whole groups of [`GROUP_BLOCKS`] blocks the receiver
+    /// holds: `digests[i]` is [`group_digest`] of the block hashes of group `first + i` (the
+    /// last group of a file may be shorter). The sender compares a group with its own and asks
+    /// for the group's block hashes ([`Message::WantDetail`]) only when they differ, so an
+    /// unchanged region costs 32 bytes per group instead of 32 per block.
+    HaveGroups {
+        /// The file's entry id.
+        id: u32,
+        /// Index of the group `digests[0]` describes.
+        first: u64,
+        /// Group digests, at most [`crate::codec::MAX_HAVE`].
+        digests: Vec<Digest>,
+    },
+    /// Sender → receiver: send the block hashes of this group (as a `Have`); it differs.
+    WantDetail {
+        /// The file's entry id.
+        id: u32,
+        /// The group index.
+        group: u64,
+    },
+    /// Receiver → sender: no more `Have`/`HaveGroups` for file `id` from the scan (a `Have`
+    /// answering a `WantDetail` may still follow). Sent for every file entry, in manifest order.
     HaveDone {
         /// The file's entry id.
         id: u32,

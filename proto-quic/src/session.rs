@@ -22,8 +22,8 @@
 //! ```
 
 use crate::message::{
-    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, HELLO_DELETE, HELLO_INPLACE,
-    HELLO_RESTART,
+    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS, HELLO_DELETE,
+    HELLO_INPLACE, HELLO_RESTART,
 };
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
@@ -157,6 +157,8 @@ fn name(msg: &Message) -> &'static str {
         Message::FileDone { .. } => "FileDone",
         Message::Have { .. } => "Have",
         Message::HaveDone { .. } => "HaveDone",
+        Message::HaveGroups { .. } => "HaveGroups",
+        Message::WantDetail { .. } => "WantDetail",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
@@ -216,6 +218,13 @@ pub enum ReceiverEvent {
         root: Digest,
         /// How many blocks were sent.
         sent: u64,
+    },
+    /// The sender asks for the block hashes of a group of a file (they differ from its own).
+    WantDetail {
+        /// The file id.
+        id: u32,
+        /// The group index.
+        group: u64,
     },
     /// The sender has announced every file.
     Finish,
@@ -368,6 +377,13 @@ impl ReceiverSession {
                 *done = true;
                 Ok(ReceiverEvent::FileDone { id, root, sent })
             }
+            (RecvState::Transfer | RecvState::Finished, Message::WantDetail { id, group }) => {
+                let size = self.file(id)?.size;
+                if group >= block_count(size, self.block_size).div_ceil(GROUP_BLOCKS) {
+                    return Err(SessionError::BlockRange { id, index: group });
+                }
+                Ok(ReceiverEvent::WantDetail { id, group })
+            }
             (RecvState::Transfer, Message::Finish) => {
                 self.state = RecvState::Finished;
                 Ok(ReceiverEvent::Finish)
@@ -428,6 +444,15 @@ pub enum SenderEvent {
         first: u64,
         /// The receiver's block hashes.
         cvs: Vec<Digest>,
+    },
+    /// The receiver holds these whole groups of blocks.
+    HaveGroups {
+        /// The file id.
+        id: u32,
+        /// Index of the first group described.
+        first: u64,
+        /// The receiver's group digests.
+        digests: Vec<Digest>,
     },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
@@ -523,14 +548,23 @@ impl SenderSession {
                 self.welcomed = true;
                 Ok(SenderEvent::Welcomed)
             }
-            Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
-                let blocks = self.blocks(id)?;
+            Message::HaveGroups { id, first, digests } if self.welcomed && !self.finished => {
+                let groups = self.blocks(id)?.div_ceil(GROUP_BLOCKS);
                 if (id as usize) < self.next_have_done {
                     return Err(SessionError::Unexpected {
                         state: "HaveDone already received for this file",
-                        got: "Have",
+                        got: "HaveGroups",
                     });
                 }
+                let end = first.saturating_add(digests.len() as u64);
+                if end > groups {
+                    return Err(SessionError::BlockRange { id, index: end });
+                }
+                Ok(SenderEvent::HaveGroups { id, first, digests })
+            }
+            Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
+                // A Have may also answer a WantDetail after HaveDone.
+                let blocks = self.blocks(id)?;
                 let end = first.saturating_add(cvs.len() as u64);
                 if end > blocks {
                     return Err(SessionError::BlockRange { id, index: end });
