@@ -211,6 +211,22 @@ impl Receiver {
             let started = Instant::now();
             let mut parts = Vec::new();
             let result = receive(&config, &dest, ticket.secret, &conn, &progress, &mut parts).await;
+            let result = match (result, conn.close_reason()) {
+                (Err(Error::Connection { .. }), Some(quinn::ConnectionError::TimedOut)) => Err(Error::Connection {
+                    peer: peer.to_string(),
+                    detail: format!(
+                        "timed out: no packet from the sender for {} s; partial files are kept, the same send resumes",
+                        config.idle_timeout.as_secs()
+                    ),
+                }),
+                (Err(Error::Connection { .. }), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
+                    Err(Error::Connection {
+                        peer: peer.to_string(),
+                        detail: format!("sender aborted: {}", String::from_utf8_lossy(&c.reason)),
+                    })
+                }
+                (r, _) => r,
+            };
             if let Err(e) = &result {
                 conn.close(1u32.into(), e.to_string().as_bytes());
                 // An interrupted transfer keeps its part files: the next run resumes from what

@@ -241,6 +241,13 @@ async fn run(
                 detail: format!("receiver aborted: {}", String::from_utf8_lossy(&c.reason)),
             })
         }
+        (Err(Error::Connection { .. }), Some(quinn::ConnectionError::TimedOut)) => Err(Error::Connection {
+            peer: peer.to_string(),
+            detail: format!(
+                "timed out: no packet from the receiver for {} s; it stopped or the network failed (run the same command again to resume)",
+                config.idle_timeout.as_secs()
+            ),
+        }),
         (r, _) => r,
     };
     match &result {

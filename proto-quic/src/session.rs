@@ -10,10 +10,14 @@
 //!
 //! ```text
 //! sender                                receiver
-//!   Hello{version, secret, block_size} ->
+//!   Hello{version, secret, block_size, flags} ->
 //!                                      <- Welcome{version}        (or Error{Auth|Version})
 //!   Entry × n, ManifestEnd{n}          ->
-//!                                      <- (Have{id, first, cvs}* HaveDone{id}) × files, in order
+//!                                      <- per file, in manifest order, as the scan of what the
+//!                                         destination holds proceeds:
+//!                                         HaveGroups{id, first, digests}* Have{tail}? HaveDone{id}
+//!   WantDetail{id, group}              -> (a group's digest differs)
+//!                                      <- Have{id, first, cvs}   (that group's block hashes)
 //!   FileDone{id, root, sent} × files   ->   (data streams carry the missing blocks meanwhile)
 //!                                      <- Resend{id, offset}  (a block failed verification)
 //!                                      <- FileVerified{id} | FileFailed{id, reason}

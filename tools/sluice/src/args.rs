@@ -97,6 +97,9 @@ pub struct Tuning {
     /// longer has (as rsync --delete); without it they are left alone.
     #[arg(long, global = true)]
     pub delete: bool,
+    /// Seconds without a packet from the peer before it is declared gone (default 30).
+    #[arg(long, global = true)]
+    pub idle_timeout: Option<u64>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -133,6 +136,12 @@ impl Tuning {
         c.restart = self.restart;
         c.inplace = self.inplace;
         c.delete = self.delete;
+        if let Some(t) = self.idle_timeout {
+            if t == 0 {
+                bail!("--idle-timeout must be at least 1 second");
+            }
+            c.idle_timeout = std::time::Duration::from_secs(t);
+        }
         Ok(c)
     }
 }

@@ -28,12 +28,33 @@ fn main() {
         .init();
     let json = cli.json;
     if let Err(e) = run(cli) {
+        let message = describe(&e);
         if json {
-            render::json_line(&serde_json::json!({"event": "error", "message": format!("{e:#}")}));
+            render::json_line(&serde_json::json!({"event": "error", "message": message}));
         }
-        eprintln!("sluice: error: {e:#}");
+        eprintln!("sluice: error: {message}");
         std::process::exit(1);
     }
+}
+
+/// The error chain as one line, each cause once (library errors already name their cause),
+/// with a hint where the user can act.
+fn describe(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    if message.contains("No space left on device") {
+        message.push_str(" (free space at the destination and run the same command again: the partial file is kept and the transfer resumes)");
+    }
+    message
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -1,0 +1,98 @@
+//! End to end: what a user sees when the other end vanishes or the destination fills up — a
+//! clear error naming what went wrong, a non-zero exit, and never an unverified file under its
+//! final name.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BLOCK: u64 = 1 << 20;
+
+#[test]
+fn sender_reports_a_receiver_that_vanished() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 512 * BLOCK, 3);
+    let dest = d.path().join("dest");
+    let recv = Recv::start(&dest);
+    let send = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["send", "--idle-timeout", "2"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = dest.join(".big.bin.sluice-part");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while part.metadata().map(|m| m.blocks() * 512).unwrap_or(0) < 64 * BLOCK {
+        assert!(Instant::now() < deadline, "transfer did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(recv); // SIGKILL: no close frame, the sender only sees silence
+    let started = Instant::now();
+    let out = send.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the sender hung"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("127.0.0.1") && err.contains("timed out"),
+        "sender said: {err}"
+    );
+    assert!(!dest.join("big.bin").exists());
+}
+
+#[test]
+fn full_destination_is_a_clear_error_and_leaves_no_final_file() {
+    if !nix_is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "sluice-test"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let src = d.path().join("big.bin");
+    random_file(&src, 32 * BLOCK, 5);
+    let out = sluice().arg("copy").arg(&src).arg(&mnt).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("No space left on device"), "said: {err}");
+    assert!(
+        err.contains("big.bin"),
+        "the error must name the file: {err}"
+    );
+    assert!(
+        !mnt.join("big.bin").exists(),
+        "no unverified file under the final name"
+    );
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
