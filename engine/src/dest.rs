@@ -163,6 +163,19 @@ impl Destination {
             .open(part)
     }
 
+    /// Opens a part file for `O_DIRECT` writes of aligned blocks, or `None` where the
+    /// filesystem refuses direct I/O.
+    pub fn open_part_direct(part: &Path) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT)
+            .open(part)
+            .ok()
+    }
+
     /// Makes sure the part file exists and has exactly `size` bytes (a resumed part file may
     /// hold bytes past the end of a source that shrank).
     pub fn finish_part(&self, part: &Path, size: u64) -> Result<()> {

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::merkle;
 use crate::net;
 use crate::progress::{Event, Progress, Summary};
-use crate::ring::{Buffer, BufferPool};
+use crate::ring::{Buffer, BufferPool, ALIGN};
 
 /// Work for the writer thread.
 enum Job {
@@ -964,7 +964,8 @@ fn write_blocks(
     let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.write_depth);
     let mut faults = fault_injection();
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
-    let mut open: HashMap<u32, Arc<File>> = HashMap::new();
+    // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
+    let mut open: HashMap<u32, (Arc<File>, Option<Arc<File>>)> = HashMap::new();
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<Completion<(u32, u64, Digest)>>,
                   paths: &HashMap<u32, PathBuf>| {
@@ -1059,7 +1060,7 @@ fn write_blocks(
                     });
                     continue;
                 }
-                let handle = match open.get(&file) {
+                let handles = match open.get(&file) {
                     Some(h) => h.clone(),
                     None => {
                         let Some(path) = paths.get(&file) else {
@@ -1067,9 +1068,14 @@ fn write_blocks(
                         };
                         match Destination::open_part(path) {
                             Ok(f) => {
-                                let f = Arc::new(f);
-                                open.insert(file, f.clone());
-                                f
+                                let direct = config
+                                    .direct_io
+                                    .then(|| Destination::open_part_direct(path))
+                                    .flatten()
+                                    .map(Arc::new);
+                                let h = (Arc::new(f), direct);
+                                open.insert(file, h.clone());
+                                h
                             }
                             Err(source) => {
                                 let _ = done.send(Written::Failed {
@@ -1084,6 +1090,12 @@ fn write_blocks(
                             }
                         }
                     }
+                };
+                // O_DIRECT takes whole 4 KiB pages at 4 KiB offsets (ring buffers are aligned).
+                let aligned = header.offset % ALIGN as u64 == 0 && len % ALIGN == 0;
+                let handle = match (&handles.1, aligned) {
+                    (Some(direct), true) => direct.clone(),
+                    _ => handles.0.clone(),
                 };
                 let req = Request {
                     op: Op::Write,

@@ -8,6 +8,9 @@
 //!
 //! Invariant: at most `count` buffers exist, so the data path never holds more than
 //! `count × size` bytes of payload, whatever the size of the files.
+//!
+//! Buffers start on a 4 KiB boundary and their sizes are rounded up to 4 KiB, so they can be
+//! handed to `O_DIRECT` reads and writes as they are.
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex};
@@ -17,9 +20,17 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Notify;
 
+/// Alignment of every buffer: what `O_DIRECT` asks of memory, offsets and lengths.
+pub const ALIGN: usize = 4096;
+
+/// One aligned page of a buffer; `Pod`, so a run of pages is viewed as bytes without `unsafe`.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(4096))]
+struct Page([u8; ALIGN]);
+
 /// A fixed set of reusable buffers.
 pub struct BufferPool {
-    free: ArrayQueue<Box<[u8]>>,
+    free: ArrayQueue<Box<[Page]>>,
     size: usize,
     /// Wakes threads blocked in [`BufferPool::take_blocking`].
     lock: Mutex<()>,
@@ -43,7 +54,8 @@ impl BufferPool {
     pub fn new(count: usize, size: usize) -> Arc<Self> {
         let free = ArrayQueue::new(count.max(1));
         for _ in 0..count.max(1) {
-            let _ = free.push(vec![0u8; size].into_boxed_slice());
+            let pages = size.div_ceil(ALIGN).max(1);
+            let _ = free.push(vec![Page([0; ALIGN]); pages].into_boxed_slice());
         }
         Arc::new(Self {
             free,
@@ -68,6 +80,7 @@ impl BufferPool {
     pub fn try_take(self: &Arc<Self>) -> Option<Buffer> {
         self.free.pop().map(|data| Buffer {
             data: Some(data),
+            len: self.size,
             pool: self.clone(),
         })
     }
@@ -103,7 +116,7 @@ impl BufferPool {
         }
     }
 
-    fn give_back(&self, data: Box<[u8]>) {
+    fn give_back(&self, data: Box<[Page]>) {
         // Cannot fail: only buffers this pool made come back, and at most `count` exist.
         let _ = self.free.push(data);
         self.notify.notify_one();
@@ -114,7 +127,9 @@ impl BufferPool {
 
 /// One buffer taken from a [`BufferPool`]; returned to it on drop.
 pub struct Buffer {
-    data: Option<Box<[u8]>>,
+    data: Option<Box<[Page]>>,
+    /// The usable length (the pool's buffer size; the pages may hold a little more).
+    len: usize,
     pool: Arc<BufferPool>,
 }
 
@@ -127,7 +142,11 @@ impl fmt::Debug for Buffer {
 impl Buffer {
     /// The buffer's full capacity.
     pub fn len(&self) -> usize {
-        self.data.as_ref().map_or(0, |d| d.len())
+        if self.data.is_some() {
+            self.len
+        } else {
+            0
+        }
     }
 
     /// True if the buffer has no capacity (never, for a pool of non-empty buffers).
@@ -137,12 +156,19 @@ impl Buffer {
 
     /// The buffer's bytes.
     pub fn as_slice(&self) -> &[u8] {
-        self.data.as_deref().unwrap_or(&[])
+        match self.data.as_deref() {
+            Some(pages) => &bytemuck::cast_slice(pages)[..self.len],
+            None => &[],
+        }
     }
 
     /// The buffer's bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        self.data.as_deref_mut().unwrap_or(&mut [])
+        let len = self.len;
+        match self.data.as_deref_mut() {
+            Some(pages) => &mut bytemuck::cast_slice_mut(pages)[..len],
+            None => &mut [],
+        }
     }
 
     /// Turns the first `len` bytes into a [`Bytes`] that returns the buffer to its pool when the
@@ -190,6 +216,14 @@ mod tests {
         assert!(pool.try_take().is_none());
         drop(clone);
         assert!(pool.try_take().is_some());
+    }
+
+    #[test]
+    fn buffers_are_page_aligned() {
+        let pool = BufferPool::new(3, 5000);
+        let mut b = pool.take_blocking();
+        assert_eq!(b.len(), 5000);
+        assert_eq!(b.as_mut_slice().as_ptr() as usize % ALIGN, 0);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, Message};
 pub const MAX_FRAME_LEN: usize = 16 * 1024;
 /// The longest string (path, link target, reason) accepted: Linux's `PATH_MAX`.
 pub const MAX_STRING_LEN: usize = 4096;
-/// Most block hashes in one [`Message::Have`]: 256 × 32 bytes keeps the frame under
-/// [`MAX_FRAME_LEN`].
+/// Most hashes in one [`Message::Have`] or [`Message::HaveGroups`]: 256 × 32 bytes keeps the
+/// frame under [`MAX_FRAME_LEN`].
 pub const MAX_HAVE: usize = 256;
 /// Size of an encoded [`BlockHeader`].
 pub const BLOCK_HEADER_LEN: usize = 1 + 4 + 8 + 4 + 32;

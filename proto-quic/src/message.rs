@@ -132,8 +132,9 @@ pub enum Message {
     /// Receiver → sender: the receiver already holds these blocks of file `id` (from a partial
     /// file of an interrupted run, or an older version under the final name): `cvs[i]` is the
     /// hash of block `first + i` as [`BlockHeader::hash`] defines it, or 32 zero bytes for a
-    /// block the receiver does not hold. Sent as the receiver's scan proceeds, so the sender can
-    /// compare while the scan goes on; blocks never named are missing.
+    /// block the receiver does not hold. Always starts at a group boundary and covers at most
+    /// one group: the trailing partial group at the end of the scan, or the answer to a
+    /// [`Message::WantDetail`]. Blocks never named are missing.
     Have {
         /// The file's entry id.
         id: u32,

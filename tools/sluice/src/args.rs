@@ -100,6 +100,9 @@ pub struct Tuning {
     /// Seconds without a packet from the peer before it is declared gone (default 30).
     #[arg(long, global = true)]
     pub idle_timeout: Option<u64>,
+    /// Write through the page cache instead of O_DIRECT at the receiver.
+    #[arg(long, global = true)]
+    pub no_direct: bool,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -133,6 +136,7 @@ impl Tuning {
             c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
+        c.direct_io = !self.no_direct;
         c.restart = self.restart;
         c.inplace = self.inplace;
         c.delete = self.delete;
