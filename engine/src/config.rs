@@ -59,6 +59,9 @@ pub struct Config {
     /// After every file is in place, remove entries of the transferred directories that the
     /// source no longer has (as `rsync --delete`). Off by default: extra files are left alone.
     pub delete: bool,
+    /// Compare only: send no blocks, write nothing at the receiver, and report per file what
+    /// differs (`sluice verify SRC TICKET`).
+    pub dry_run: bool,
 }
 
 impl Default for Config {
@@ -78,6 +81,7 @@ impl Default for Config {
             restart: false,
             inplace: false,
             delete: false,
+            dry_run: false,
         }
     }
 }

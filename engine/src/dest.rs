@@ -152,6 +152,27 @@ impl Destination {
         })
     }
 
+    /// The regular file a manifest path names, if there is one, without creating anything
+    /// (for comparisons). Refuses paths that pass through a symlink.
+    pub fn existing_file(&self, rel: &str) -> Result<Option<PathBuf>> {
+        let parts = path::validate(rel).map_err(|e| Error::Destination {
+            path: rel.to_owned(),
+            why: e.to_string(),
+        })?;
+        let mut at = self.root.clone();
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let Ok(m) = fs::symlink_metadata(&at) else {
+                return Ok(None);
+            };
+            let last = i + 1 == parts.len();
+            if m.file_type().is_symlink() || (!last && !m.is_dir()) || (last && !m.is_file()) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(at))
+    }
+
     /// Opens (creating if needed) a part file for writing, refusing to follow a symlink.
     pub fn open_part(part: &Path) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;

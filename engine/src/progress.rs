@@ -29,6 +29,13 @@ pub enum Event {
         /// Its BLAKE3 root (what `b3sum` prints).
         root: Digest,
     },
+    /// Compare only: these byte ranges of the file differ at the receiver (whole blocks).
+    Differs {
+        /// The path relative to the destination.
+        path: String,
+        /// Differing byte ranges, adjacent blocks merged.
+        ranges: Vec<std::ops::Range<u64>>,
+    },
     /// A file failed; nothing was put in its place.
     FileFailed {
         /// The path relative to the destination.

@@ -127,6 +127,63 @@ struct Incoming {
     sent: Option<u64>,
     retries: HashMap<u64, u32>,
     assembling: bool,
+    /// Compare only: the length of the file here, or `None` if there is none.
+    compare_only: Option<Option<u64>>,
+}
+
+impl Incoming {
+    fn compare_only(
+        entry: &Entry,
+        existing: Option<PathBuf>,
+        local_len: Option<u64>,
+        block_size: u32,
+    ) -> Self {
+        let path = existing.unwrap_or_default();
+        Self {
+            rel: entry.path.clone(),
+            final_path: path.clone(),
+            part: path,
+            base: None,
+            inplace: false,
+            received: vec![None; block_count(entry.size, block_size) as usize],
+            got: 0,
+            local: None,
+            local_partial: None,
+            groups_sent: 0,
+            root: None,
+            sent: None,
+            retries: HashMap::new(),
+            assembling: false,
+            compare_only: Some(local_len),
+        }
+    }
+}
+
+/// Compare only: whether the file here is the sender's, from how many blocks the sender found
+/// different and the lengths.
+fn compare_verdict(id: u32, f: Incoming, size: u64, root: Digest, differing: u64) -> Outcome {
+    let local_len = f.compare_only.flatten();
+    let reason = match local_len {
+        None => Some("missing at the destination".to_owned()),
+        Some(len) if differing == 0 && len == size => None,
+        Some(len) if len != size => Some(format!(
+            "{differing} blocks differ; {len} bytes here, {size} at the source"
+        )),
+        Some(_) => Some(format!("{differing} blocks differ")),
+    };
+    match reason {
+        None => Outcome::Verified {
+            id,
+            path: f.rel,
+            size,
+            root,
+        },
+        Some(reason) => Outcome::Failed {
+            id,
+            path: f.rel,
+            reason,
+        },
+    }
 }
 
 /// Waits for one sender and receives its files into a destination directory.
@@ -299,12 +356,13 @@ async fn receive(
     let mut first_failure: Option<String> = None;
     let mut verified_bytes = 0u64;
     let mut block_size = 0u32;
+    let mut dry_run = false;
 
     let result: Result<Summary> = async {
         loop {
             if finished && files.is_empty() {
                 let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
-                for e in &symlinks {
+                for e in symlinks.iter().filter(|_| !dry_run) {
                     dest.create_symlink(e)?;
                 }
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 {
@@ -313,7 +371,7 @@ async fn receive(
                         tracing::info!(removed, "removed entries the source no longer has");
                     }
                 }
-                for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
+                for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir && !dry_run) {
                     dest.finish_dir(e)?;
                 }
                 let summary = Summary {
@@ -333,7 +391,7 @@ async fn receive(
                     })
                     .await?;
                 control.finish();
-                if let Some(first) = first_failure.take() {
+                if let Some(first) = first_failure.take().filter(|_| !dry_run) {
                     // The sender was told file by file; the receiver's exit says it too.
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
                     return Err(Error::FilesFailed {
@@ -353,6 +411,7 @@ async fn receive(
                     match event {
                         ReceiverEvent::Reply(m) => {
                             block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
+                            dry_run = shared.lock().map_err(|_| poisoned())?.session.dry_run();
                             control.send(&m).await?;
                             progress.push(Event::Connected { peer: peer.to_string() });
                             // The sender chose the block size; the ring keeps the receiver's
@@ -362,6 +421,15 @@ async fn receive(
                             let pool = BufferPool::new(count, block_size as usize);
                             for _ in 0..config.streams.max(1) * 2 {
                                 streams.spawn(read_stream_loop(conn.clone(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
+                            }
+                        }
+                        ReceiverEvent::Entry(entry) if dry_run => {
+                            // Compare only: note what is there, create nothing.
+                            if entry.kind == EntryKind::File {
+                                let existing = dest.existing_file(&entry.path)?;
+                                let local_len = existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
+                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), size: entry.size, block_size });
+                                files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
                         }
                         ReceiverEvent::Entry(entry) => match entry.kind {
@@ -405,6 +473,7 @@ async fn receive(
                                     sent: None,
                                     retries: HashMap::new(),
                                     assembling: false,
+                                    compare_only: None,
                                 });
                             }
                         },
@@ -417,6 +486,14 @@ async fn receive(
                             );
                             drop(s);
                             let _ = ready_tx.send(true);
+                        }
+                        ReceiverEvent::FileDone { id, root, sent } if dry_run => {
+                            let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
+                            let outcome = match files.remove(&id) {
+                                Some(f) => compare_verdict(id, f, size, root, sent),
+                                None => Outcome::Pending,
+                            };
+                            report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::FileDone { id, root, sent } => {
                             if let Some(f) = files.get_mut(&id) {

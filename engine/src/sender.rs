@@ -23,7 +23,7 @@ use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
 use sluice_proto::message::{
     group_digest, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS, HELLO_DELETE,
-    HELLO_INPLACE, HELLO_RESTART,
+    HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
 };
 use sluice_proto::session::{block_count, SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
@@ -283,7 +283,8 @@ async fn transfer(
 
     let flags = if config.restart { HELLO_RESTART } else { 0 }
         | if config.inplace { HELLO_INPLACE } else { 0 }
-        | if config.delete { HELLO_DELETE } else { 0 };
+        | if config.delete { HELLO_DELETE } else { 0 }
+        | if config.dry_run { HELLO_DRY_RUN } else { 0 };
     control
         .send(&SenderSession::hello(
             ticket.secret,
@@ -486,6 +487,8 @@ struct Reading {
     group_digests: std::collections::HashMap<u64, Digest>,
     /// Groups that differ and whose block hashes were asked for.
     pending: Vec<u64>,
+    /// Compare only: blocks that differ, not sent.
+    differs: Vec<u64>,
 }
 
 /// The storage thread: reads every block of every file through the ring, hashes it, and passes
@@ -549,6 +552,7 @@ impl Reader<'_> {
                     .collect(),
                 group_digests: std::collections::HashMap::new(),
                 pending: Vec::new(),
+                differs: Vec::new(),
             });
             let file = Arc::new(file);
             for index in 0..count {
@@ -693,6 +697,10 @@ impl Reader<'_> {
             match held {
                 // The receiver holds this block already.
                 Held::Block(Some(h)) if h == cv => self.progress.add_kept(n as u64),
+                Held::Block(_) if self.config.dry_run => {
+                    st.sent += 1;
+                    st.differs.push(index);
+                }
                 Held::Block(_) => {
                     st.sent += 1;
                     self.send_block(src.entry.id, c.req.offset, cv, c.req.buf.freeze(n))?;
@@ -733,6 +741,9 @@ impl Reader<'_> {
                         let their = theirs.get((i - range.start) as usize).copied().flatten();
                         if their == Some(st.cvs[i as usize]) {
                             self.progress.add_kept((size - i * bs).min(bs));
+                        } else if self.config.dry_run {
+                            st.sent += 1;
+                            st.differs.push(i);
                         } else {
                             st.sent += 1;
                             self.send_again(src, i * bs)?;
@@ -740,7 +751,21 @@ impl Reader<'_> {
                     }
                 }
                 let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
-
+                if !st.differs.is_empty() {
+                    st.differs.sort_unstable();
+                    let mut ranges: Vec<Range<u64>> = Vec::new();
+                    for &i in &st.differs {
+                        let r = i * bs..((i + 1) * bs).min(size);
+                        match ranges.last_mut() {
+                            Some(last) if last.end == r.start => last.end = r.end,
+                            _ => ranges.push(r),
+                        }
+                    }
+                    self.progress.push(Event::Differs {
+                        path: src.entry.path.clone(),
+                        ranges,
+                    });
+                }
                 let sent = st.sent;
                 state[fi] = None;
                 if let Some(b) = &self.board {

@@ -133,21 +133,13 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.push(T_HAVE);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&first.to_le_bytes());
-            let n = cvs.len().min(MAX_HAVE);
-            out.extend_from_slice(&(n as u16).to_le_bytes());
-            for cv in &cvs[..n] {
-                out.extend_from_slice(cv);
-            }
+            put_digests(out, cvs);
         }
         Message::HaveGroups { id, first, digests } => {
             out.push(T_HAVE_GROUPS);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&first.to_le_bytes());
-            let n = digests.len().min(MAX_HAVE);
-            out.extend_from_slice(&(n as u16).to_le_bytes());
-            for d in &digests[..n] {
-                out.extend_from_slice(d);
-            }
+            put_digests(out, digests);
         }
         Message::WantDetail { id, group } => {
             out.push(T_WANT_DETAIL);
@@ -198,6 +190,15 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&(end as u16).to_le_bytes());
     out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// Writes a `u16 LE` count and the hashes, at most [`MAX_HAVE`] (senders never queue more).
+fn put_digests(out: &mut Vec<u8>, digests: &[[u8; 32]]) {
+    let n = digests.len().min(MAX_HAVE);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    for d in &digests[..n] {
+        out.extend_from_slice(d);
+    }
 }
 
 /// Decodes one frame body (the type byte and what follows, without the length prefix).
@@ -255,38 +256,16 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             root: r.array("root")?,
             sent: r.u64("sent")?,
         },
-        T_HAVE => {
-            let id = r.u32("id")?;
-            let first = r.u64("first")?;
-            let n = usize::from(r.u16("count")?);
-            if n > MAX_HAVE {
-                return Err(DecodeError::BadValue {
-                    field: "count",
-                    value: n as u64,
-                });
-            }
-            let mut cvs = Vec::with_capacity(n);
-            for _ in 0..n {
-                cvs.push(r.array("cvs")?);
-            }
-            Message::Have { id, first, cvs }
-        }
-        T_HAVE_GROUPS => {
-            let id = r.u32("id")?;
-            let first = r.u64("first")?;
-            let n = usize::from(r.u16("count")?);
-            if n > MAX_HAVE {
-                return Err(DecodeError::BadValue {
-                    field: "count",
-                    value: n as u64,
-                });
-            }
-            let mut digests = Vec::with_capacity(n);
-            for _ in 0..n {
-                digests.push(r.array("digests")?);
-            }
-            Message::HaveGroups { id, first, digests }
-        }
+        T_HAVE => Message::Have {
+            id: r.u32("id")?,
+            first: r.u64("first")?,
+            cvs: r.digests("cvs")?,
+        },
+        T_HAVE_GROUPS => Message::HaveGroups {
+            id: r.u32("id")?,
+            first: r.u64("first")?,
+            digests: r.digests("digests")?,
+        },
         T_WANT_DETAIL => Message::WantDetail {
             id: r.u32("id")?,
             group: r.u64("group")?,
@@ -387,6 +366,18 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(field)?))
+    }
+
+    /// A `u16 LE` count (at most [`MAX_HAVE`]) and that many 32-byte hashes.
+    fn digests(&mut self, field: &'static str) -> Result<Vec<[u8; 32]>, DecodeError> {
+        let n = usize::from(self.u16("count")?);
+        if n > MAX_HAVE {
+            return Err(DecodeError::BadValue {
+                field: "count",
+                value: n as u64,
+            });
+        }
+        (0..n).map(|_| self.array(field)).collect()
     }
 
     fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {

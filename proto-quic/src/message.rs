@@ -29,6 +29,10 @@ pub const HELLO_INPLACE: u8 = 2;
 /// [`Message::Hello`] flag: when every file is in place, remove what the transferred
 /// directories hold that the manifest does not name (as `rsync --delete`).
 pub const HELLO_DELETE: u8 = 4;
+/// [`Message::Hello`] flag: compare only. The receiver scans what it holds and answers each
+/// FileDone with FileVerified (identical) or FileFailed (what differs), and writes nothing; the
+/// sender sends no blocks (`sluice verify SRC TICKET`).
+pub const HELLO_DRY_RUN: u8 = 8;
 
 /// What kind of filesystem object a manifest entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +118,8 @@ pub enum Message {
         secret: [u8; 32],
         /// Block size in bytes: a power of two from 1 KiB to 16 MiB.
         block_size: u32,
-        /// Bit set of [`HELLO_RESTART`], [`HELLO_INPLACE`] and [`HELLO_DELETE`]; other bits must be 0.
+        /// Bit set of [`HELLO_RESTART`], [`HELLO_INPLACE`], [`HELLO_DELETE`] and [`HELLO_DRY_RUN`];
+        /// other bits must be 0.
         flags: u8,
     },
     /// Receiver → sender: the secret was right; send the manifest.

@@ -27,7 +27,7 @@
 
 use crate::message::{
     BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS, HELLO_DELETE,
-    HELLO_INPLACE, HELLO_RESTART,
+    HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
 };
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
@@ -243,6 +243,7 @@ pub struct ReceiverSession {
     restart: bool,
     inplace: bool,
     delete: bool,
+    dry_run: bool,
     entries: Vec<Entry>,
     done: Vec<bool>,
 }
@@ -257,6 +258,7 @@ impl ReceiverSession {
             restart: false,
             inplace: false,
             delete: false,
+            dry_run: false,
             entries: Vec::new(),
             done: Vec::new(),
         }
@@ -280,6 +282,11 @@ impl ReceiverSession {
     /// Whether the sender asked to delete what its directories no longer hold.
     pub fn delete(&self) -> bool {
         self.delete
+    }
+
+    /// Whether the sender only compares (writes nothing at the receiver).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// The manifest received so far.
@@ -320,12 +327,13 @@ impl ReceiverSession {
                 {
                     return Err(SessionError::BlockSize(block_size));
                 }
-                if flags & !(HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE) != 0 {
+                if flags & !(HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE | HELLO_DRY_RUN) != 0 {
                     return Err(SessionError::Flags(flags));
                 }
                 self.restart = flags & HELLO_RESTART != 0;
                 self.inplace = flags & HELLO_INPLACE != 0;
                 self.delete = flags & HELLO_DELETE != 0;
+                self.dry_run = flags & HELLO_DRY_RUN != 0;
                 self.block_size = block_size;
                 self.state = RecvState::AwaitManifest;
                 Ok(ReceiverEvent::Reply(Message::Welcome {

@@ -51,11 +51,12 @@ pub enum Command {
         #[arg(long, default_value = "2G", value_parser = parse_size)]
         size: u64,
     },
-    /// Compare SRC... with DEST_DIR without moving data; list differing files and byte ranges.
-    /// Exits 0 when identical, 1 when something differs.
+    /// Compare SRC... with DEST_DIR, or with what a `sluice recv` holds (TICKET), without moving
+    /// data; list differing files and byte ranges. Exits 0 when identical, 1 when something
+    /// differs. Against a ticket, regular files are compared.
     Verify {
-        /// One or more sources, then the destination directory.
-        #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR")]
+        /// One or more sources, then the destination directory or a ticket.
+        #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR|TICKET")]
         paths: Vec<PathBuf>,
     },
     /// Print the BLAKE3 hash of each file, as b3sum does.

@@ -37,6 +37,77 @@ fn main() {
     }
 }
 
+/// `sluice verify SRC... TICKET`: the receiver scans what it holds and the sender compares,
+/// moving no data; regular files are compared (directories and links only locally).
+fn verify_remote(
+    sources: &[std::path::PathBuf],
+    ticket: &Ticket,
+    mut config: sluice_engine::Config,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write as _;
+    config.dry_run = true;
+    let progress = std::sync::Arc::new(sluice_engine::Progress::default());
+    let result = Sender::new(config).send(sources, ticket, progress.clone());
+    match result {
+        Ok(_) | Err(sluice_engine::Error::FilesFailed { .. }) => {}
+        Err(e) => return Err(e).with_context(|| format!("verifying against {}", ticket.addr)),
+    }
+    let mut out = std::io::stdout().lock();
+    let (mut files, mut differ) = (0u64, 0u64);
+    let mut ranged = std::collections::HashSet::new();
+    for e in progress.take_events() {
+        match e {
+            sluice_engine::Event::FileVerified { .. } => files += 1,
+            sluice_engine::Event::Differs { path, ranges } => {
+                let shown: Vec<String> = ranges
+                    .iter()
+                    .take(20)
+                    .map(|r| format!("{}..{}", r.start, r.end))
+                    .collect();
+                if json {
+                    render::json_line(&serde_json::json!({
+                        "event": "difference", "kind": "content", "path": path,
+                        "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+                    }));
+                } else {
+                    let _ = writeln!(out, "differs: {path}: ranges {}", shown.join(", "));
+                }
+                ranged.insert(path);
+            }
+            sluice_engine::Event::FileFailed { path, reason } => {
+                files += 1;
+                differ += 1;
+                if json {
+                    render::json_line(
+                        &serde_json::json!({"event": "difference", "kind": "file", "path": path, "reason": reason}),
+                    );
+                } else if reason.starts_with("missing") {
+                    let _ = writeln!(out, "missing: {path}");
+                } else if !ranged.contains(&path) || reason.contains("bytes here") {
+                    let _ = writeln!(out, "differs: {path}: {reason}");
+                }
+            }
+            sluice_engine::Event::Connected { .. } => {}
+        }
+    }
+    if json {
+        render::json_line(
+            &serde_json::json!({"event": "summary", "files": files, "differences": differ}),
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "sluice verify: {files} files compared at {}, {differ} differ",
+            ticket.addr
+        );
+    }
+    if differ > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// The error chain as one line, each cause once (library errors already name their cause),
 /// with a hint where the user can act.
 fn describe(e: &anyhow::Error) -> String {
@@ -133,10 +204,8 @@ fn run(cli: Cli) -> Result<()> {
             if sources.is_empty() {
                 anyhow::bail!("give at least one source before the destination directory");
             }
-            if dest.to_string_lossy().parse::<Ticket>().is_ok() {
-                anyhow::bail!(
-                    "verifying against a remote receiver (ticket) is not implemented yet; give a local DEST_DIR"
-                );
+            if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {
+                return verify_remote(sources, &ticket, config, json);
             }
             let report = sluice_engine::verify::compare_local(sources, dest, config.block_size)
                 .context("verify failed")?;

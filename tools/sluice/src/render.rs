@@ -122,6 +122,14 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
                     roots.push((path, hex));
                 }
             }
+            Event::Differs { path, ranges } => {
+                if json {
+                    json_line(&serde_json::json!({
+                        "event": "difference", "kind": "content", "path": path,
+                        "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+                    }));
+                }
+            }
             Event::FileFailed { path, reason } => {
                 if json {
                     json_line(

@@ -361,3 +361,43 @@ fn files_removed_at_the_source_stay_unless_delete_is_given() {
     );
     assert_same_tree(&src, &dest.join("tree"));
 }
+
+#[test]
+fn verify_against_a_receiver_moves_no_data_and_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("a"), 200 * BLOCK, 1);
+    fs::write(src.join("same"), b"identical").unwrap();
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    edit(&dest.join("data/a"), 130 * BLOCK + 5, b"changed");
+    fs::write(src.join("new"), b"only at the source").unwrap();
+    let before = b3(&dest.join("data/a"));
+
+    let recv = Recv::start(&dest);
+    let out = sluice()
+        .arg("verify")
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let r = recv.wait();
+    assert!(r.status.success(), "recv: {}", stderr(&r));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "differs: data/a: ranges {}..{}",
+            130 * BLOCK,
+            131 * BLOCK
+        )),
+        "{text}"
+    );
+    assert!(text.contains("missing: data/new"), "{text}");
+    assert!(!text.contains("data/same"), "{text}");
+    // Nothing was written at the receiver.
+    assert_eq!(b3(&dest.join("data/a")), before);
+    assert!(!dest.join("data/new").exists());
+    assert!(part_files(&dest).is_empty());
+}
