@@ -428,6 +428,9 @@ async fn receive(
                             if entry.kind == EntryKind::File {
                                 let existing = dest.existing_file(&entry.path)?;
                                 let local_len = existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
+                                if let Some(len) = local_len {
+                                    control.send(&Message::Holding { id: entry.id, len }).await?;
+                                }
                                 let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), size: entry.size, block_size });
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
@@ -451,6 +454,9 @@ async fn receive(
                                     parts.push(prepared.part.clone());
                                 }
                                 let count = block_count(entry.size, block_size);
+                                if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
+                                    control.send(&Message::Holding { id: entry.id, len }).await?;
+                                }
                                 let _ = job_tx.send(Job::Open { file: entry.id, path: target });
                                 let _ = scan_tx.send(ScanJob {
                                     id: entry.id,

@@ -74,6 +74,8 @@ struct HaveState {
     groups: Vec<Digest>,
     /// HaveDone arrived: every block not reported is missing.
     done: bool,
+    /// Bytes the receiver holds (Holding): blocks past this are missing for certain.
+    held: Option<u64>,
 }
 
 /// What the receiver holds of one block, as far as the sender can tell yet.
@@ -115,6 +117,28 @@ impl HaveBoard {
         self.cond.notify_all();
     }
 
+    fn holding(&self, id: u32, len: u64) {
+        self.lock().entry(id).or_default().held = Some(len);
+        self.cond.notify_all();
+    }
+
+    /// Waits until the receiver has said how much of file `id` it holds: `Some(bytes)`, or
+    /// `None` when it holds nothing (or the transfer is ending).
+    fn wait_held(&self, id: u32) -> Option<u64> {
+        let mut files = self.lock();
+        loop {
+            if let Some(st) = files.get(&id) {
+                if st.held.is_some() || st.done {
+                    return st.held;
+                }
+            }
+            if self.is_closed() {
+                return None;
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     fn done(&self, id: u32) {
         self.lock().entry(id).or_default().done = true;
         self.cond.notify_all();
@@ -132,11 +156,14 @@ impl HaveBoard {
     }
 
     /// Waits until the receiver has said what it holds of block `index` of file `id`.
-    fn wait_status(&self, id: u32, index: u64) -> Held {
+    fn wait_status(&self, id: u32, index: u64, block_end: u64) -> Held {
         let group = index / GROUP_BLOCKS;
         let mut files = self.lock();
         loop {
             if let Some(st) = files.get(&id) {
+                if st.held.is_some_and(|len| block_end > len) {
+                    return Held::Block(None);
+                }
                 if st.detail.contains(&group) {
                     return Held::Block(st.cvs.get(index as usize).copied().flatten());
                 }
@@ -422,6 +449,7 @@ async fn transfer(
                     SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
+                    SenderEvent::Holding { id, len } => board.holding(id, len),
                     SenderEvent::Resend { id, offset } => {
                         progress.add_resent();
                         let _ = resend_tx.send((id, offset));
@@ -555,7 +583,14 @@ impl Reader<'_> {
                 differs: Vec::new(),
             });
             let file = Arc::new(file);
-            for index in 0..count {
+            // Blocks past what the receiver holds are missing for certain: send them first, while
+            // the receiver is still scanning the part it holds.
+            let held_blocks = self
+                .board
+                .as_ref()
+                .and_then(|b| b.wait_held(src.entry.id))
+                .map_or(0, |len| (len / bs).min(count));
+            for index in (held_blocks..count).chain(0..held_blocks) {
                 let offset = index * bs;
                 let buf = match self.pool.try_take() {
                     Some(b) => b,
@@ -690,7 +725,7 @@ impl Reader<'_> {
                 continue;
             };
             let held = match &self.board {
-                Some(b) => b.wait_status(src.entry.id, index),
+                Some(b) => b.wait_status(src.entry.id, index, c.req.offset + n as u64),
                 None => Held::Block(None),
             };
             let group = index / GROUP_BLOCKS;

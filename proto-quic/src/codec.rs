@@ -40,6 +40,7 @@ const T_HAVE_DONE: u8 = 12;
 const T_RESEND: u8 = 13;
 const T_HAVE_GROUPS: u8 = 14;
 const T_WANT_DETAIL: u8 = 15;
+const T_HOLDING: u8 = 16;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +141,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&first.to_le_bytes());
             put_digests(out, digests);
+        }
+        Message::Holding { id, len } => {
+            out.push(T_HOLDING);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
         }
         Message::WantDetail { id, group } => {
             out.push(T_WANT_DETAIL);
@@ -265,6 +271,10 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             id: r.u32("id")?,
             first: r.u64("first")?,
             digests: r.digests("digests")?,
+        },
+        T_HOLDING => Message::Holding {
+            id: r.u32("id")?,
+            len: r.u64("len")?,
         },
         T_WANT_DETAIL => Message::WantDetail {
             id: r.u32("id")?,
@@ -482,6 +492,7 @@ mod tests {
                     digests
                 }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, group)| Message::WantDetail { id, group }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, len)| Message::Holding { id, len }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (

@@ -161,6 +161,15 @@ pub enum Message {
         /// Group digests, at most [`crate::codec::MAX_HAVE`].
         digests: Vec<Digest>,
     },
+    /// Receiver → sender, before the scan's results: the destination holds `len` bytes of file
+    /// `id` (a partial file or an older version). Blocks past `len` are certainly missing, so
+    /// the sender sends them first while the receiver's scan of the rest goes on.
+    Holding {
+        /// The file's entry id.
+        id: u32,
+        /// Bytes held.
+        len: u64,
+    },
     /// Sender → receiver: send the block hashes of this group (as a `Have`); it differs.
     WantDetail {
         /// The file's entry id.

@@ -163,6 +163,7 @@ fn name(msg: &Message) -> &'static str {
         Message::HaveDone { .. } => "HaveDone",
         Message::HaveGroups { .. } => "HaveGroups",
         Message::WantDetail { .. } => "WantDetail",
+        Message::Holding { .. } => "Holding",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
@@ -466,6 +467,13 @@ pub enum SenderEvent {
         /// The receiver's group digests.
         digests: Vec<Digest>,
     },
+    /// The receiver holds `len` bytes of this file; its scan follows.
+    Holding {
+        /// The file id.
+        id: u32,
+        /// Bytes held.
+        len: u64,
+    },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
     /// The receiver asks for a block again.
@@ -559,6 +567,16 @@ impl SenderSession {
                 }
                 self.welcomed = true;
                 Ok(SenderEvent::Welcomed)
+            }
+            Message::Holding { id, len } if self.welcomed && !self.finished => {
+                self.blocks(id)?;
+                if (id as usize) < self.next_have_done {
+                    return Err(SessionError::Unexpected {
+                        state: "HaveDone already received for this file",
+                        got: "Holding",
+                    });
+                }
+                Ok(SenderEvent::Holding { id, len })
             }
             Message::HaveGroups { id, first, digests } if self.welcomed && !self.finished => {
                 let groups = self.blocks(id)?.div_ceil(GROUP_BLOCKS);
