@@ -28,7 +28,10 @@ pub struct MemResult {
 pub fn run(bytes: u64, config: &Config) -> Result<MemResult> {
     let identity = Identity::generate()?;
     let server = tls::server_config(&identity, &config.transport())?;
-    let client = tls::client_config(identity.fingerprint(), &config.transport())?;
+    let client = tls::client_config(
+        identity.fingerprint(),
+        &config.transport_to(Some(std::net::Ipv4Addr::LOCALHOST.into())),
+    )?;
     let rt = net::runtime()?;
     let endpoint = {
         let _g = rt.enter();

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  sluice-scan thread: hashes what the destination already holds of each file (a part file
-//!    of an interrupted run, or an older version) → Have messages, so only missing or changed
-//!    blocks are sent
+//!    of an interrupted run, or an older version) → Holding, HaveGroups/Have, HaveDone, so
+//!    only missing or changed blocks are sent
 //!  sluice-net thread (tokio, current-thread)            sluice-write thread
 //!  ─────────────────────────────────────────            ───────────────────
 //!  control task: Hello/secret, manifest, FileDone,      hash block (BLAKE3 chaining value)
@@ -357,15 +357,17 @@ async fn receive(
     let mut verified_bytes = 0u64;
     let mut block_size = 0u32;
     let mut dry_run = false;
+    let mut scans_pending = 0u64;
 
     let result: Result<Summary> = async {
         loop {
-            if finished && files.is_empty() {
+            // Every file answered, and every scan done (so every HaveDone is sent).
+            if finished && files.is_empty() && scans_pending == 0 {
                 let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
                 for e in symlinks.iter().filter(|_| !dry_run) {
                     dest.create_symlink(e)?;
                 }
-                if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 {
+                if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
                     let removed = dest.delete_extraneous(&entries)?;
                     if removed > 0 {
                         tracing::info!(removed, "removed entries the source no longer has");
@@ -417,7 +419,8 @@ async fn receive(
                             // The sender chose the block size; the ring keeps the receiver's
                             // configured memory bound whatever it is.
                             let budget = config.ring_buffers as u64 * u64::from(config.block_size);
-                            let count = (budget / u64::from(block_size)).max(2) as usize;
+                            // Buffers are whole 4 KiB pages, so small blocks count as a page.
+                            let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
                             let pool = BufferPool::new(count, block_size as usize);
                             for _ in 0..config.streams.max(1) * 2 {
                                 streams.spawn(read_stream_loop(conn.clone(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
@@ -432,6 +435,7 @@ async fn receive(
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
                                 let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), size: entry.size, block_size });
+                                scans_pending += 1;
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
                         }
@@ -464,6 +468,7 @@ async fn receive(
                                     size: entry.size,
                                     block_size,
                                 });
+                                scans_pending += 1;
                                 files.insert(entry.id, Incoming {
                                     rel: entry.path.clone(),
                                     final_path: prepared.final_path,
@@ -531,6 +536,9 @@ async fn receive(
                     let Some(Scanned { id, first, cvs, done }) = scanned else {
                         return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
+                    if done {
+                        scans_pending -= 1;
+                    }
                     // Tell the sender what we hold as soon as it is known: a digest per whole
                     // group of blocks, block hashes for a trailing partial group.
                     if let Some(f) = files.get_mut(&id) {

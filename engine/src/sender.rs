@@ -251,7 +251,7 @@ async fn run(
 ) -> Result<Summary> {
     let peer = ticket.addr;
     let conn_err = net::conn_error(peer);
-    let tuning = config.transport();
+    let tuning = config.transport_to(Some(peer.ip()));
     let client = tls::client_config(ticket.fingerprint, &tuning)?;
     let endpoint = net::endpoint(net::udp_socket(net::any_addr_for(peer), config)?, None)?;
     let connecting = endpoint
@@ -583,8 +583,8 @@ impl Reader<'_> {
                 differs: Vec::new(),
             });
             let file = Arc::new(file);
-            // Blocks past what the receiver holds are missing for certain: send them first, while
-            // the receiver is still scanning the part it holds.
+            // Blocks from the one holding byte `len` on are (almost all) missing for certain: read
+            // and send them first, while the receiver is still scanning the part it holds.
             let held_blocks = self
                 .board
                 .as_ref()

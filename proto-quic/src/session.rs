@@ -13,9 +13,10 @@
 //!   Hello{version, secret, block_size, flags} ->
 //!                                      <- Welcome{version}        (or Error{Auth|Version})
 //!   Entry × n, ManifestEnd{n}          ->
-//!                                      <- per file, in manifest order, as the scan of what the
-//!                                         destination holds proceeds:
-//!                                         HaveGroups{id, first, digests}* Have{tail}? HaveDone{id}
+//!                                      <- per file, in manifest order: Holding{id, len} if the
+//!                                         destination holds some of it, then, as its scan
+//!                                         proceeds, HaveGroups{id, first, digests}* Have{tail}?
+//!                                         HaveDone{id}
 //!   WantDetail{id, group}              -> (a group's digest differs)
 //!                                      <- Have{id, first, cvs}   (that group's block hashes)
 //!   FileDone{id, root, sent} × files   ->   (data streams carry the missing blocks meanwhile)

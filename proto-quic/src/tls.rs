@@ -94,6 +94,18 @@ pub struct TransportTuning {
     pub ack_eliciting_threshold: u32,
     /// The longest the peer may delay an acknowledgement when the ACK-frequency extension is on.
     pub max_ack_delay: Duration,
+    /// The congestion controller.
+    pub congestion: Congestion,
+}
+
+/// Which congestion controller paces the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    /// Loss-based (quinn's default): backs off on every loss, like TCP cubic.
+    Cubic,
+    /// Model-based (quinn's experimental BBR): paces at the measured bottleneck rate, so random
+    /// loss on a long link does not collapse the rate.
+    Bbr,
 }
 
 impl TransportTuning {
@@ -111,6 +123,9 @@ impl TransportTuning {
                     .try_into()
                     .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
             ));
+        if self.congestion == Congestion::Bbr {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
         if self.ack_eliciting_threshold > 0 {
             let mut ack = quinn::AckFrequencyConfig::default();
             ack.ack_eliciting_threshold(self.ack_eliciting_threshold.into())

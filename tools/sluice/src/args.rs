@@ -104,6 +104,10 @@ pub struct Tuning {
     /// Write through the page cache instead of O_DIRECT at the receiver.
     #[arg(long, global = true)]
     pub no_direct: bool,
+    /// Congestion controller: cubic (loss-based) or bbr (keeps a long, lossy link full).
+    /// Default: bbr, except cubic towards a loopback address.
+    #[arg(long, global = true, value_parser = ["cubic", "bbr"])]
+    pub congestion: Option<String>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -137,6 +141,11 @@ impl Tuning {
             c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
+        match self.congestion.as_deref() {
+            Some("bbr") => c.congestion = Some(sluice_engine::config::Congestion::Bbr),
+            Some("cubic") => c.congestion = Some(sluice_engine::config::Congestion::Cubic),
+            _ => {}
+        }
         c.direct_io = !self.no_direct;
         c.restart = self.restart;
         c.inplace = self.inplace;

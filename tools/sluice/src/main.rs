@@ -47,6 +47,8 @@ fn verify_remote(
 ) -> Result<()> {
     use std::io::Write as _;
     config.dry_run = true;
+    // Comparing must change nothing at the receiver.
+    config.delete = false;
     let progress = std::sync::Arc::new(sluice_engine::Progress::default());
     let result = Sender::new(config).send(sources, ticket, progress.clone());
     match result {

@@ -91,6 +91,7 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
             idle_timeout: Duration::from_secs(10),
             ack_eliciting_threshold: 0,
             max_ack_delay: Duration::from_millis(25),
+            congestion: tls::Congestion::Cubic,
         };
         let cfg = tls::client_config(ticket.fingerprint, &tuning).unwrap();
         let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
