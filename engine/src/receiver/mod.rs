@@ -19,7 +19,6 @@
 //! whose BLAKE3 root equals the sender's.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -28,14 +27,13 @@ use std::time::Instant;
 
 use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN, MAX_HAVE};
 use sluice_proto::message::{
-    group_digest, BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
+    group_digest, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
 };
 use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::tls::{self, Identity};
 use tokio::sync::{mpsc, watch};
 
-use crate::blockio::{self, Completion, Op, Request};
 use crate::config::Config;
 use crate::control::Control;
 use crate::dest::Destination;
@@ -43,56 +41,13 @@ use crate::error::{Error, Result};
 use crate::merkle;
 use crate::net;
 use crate::progress::{Event, Progress, Summary};
-use crate::ring::{Buffer, BufferPool, ALIGN};
+use crate::ring::{BufferPool, ALIGN};
 
-/// Work for the writer thread.
-enum Job {
-    Write {
-        file: u32,
-        index: u64,
-        header: BlockHeader,
-        file_len: u64,
-        buf: Buffer,
-    },
-    Open {
-        file: u32,
-        path: PathBuf,
-    },
-    /// Copy kept blocks from the old version into the part file (delta).
-    Assemble {
-        file: u32,
-        base: PathBuf,
-        blocks: Vec<(u64, usize)>,
-    },
-    Close {
-        file: u32,
-    },
-}
+mod scan;
+mod writer;
 
-/// What the writer thread reports back.
-enum Written {
-    Block { file: u32, index: u64, cv: Digest },
-    Corrupt { file: u32, index: u64, offset: u64 },
-    Failed { file: u32, error: Error },
-    Assembled { file: u32 },
-}
-
-/// A request to hash what the destination holds of a file.
-struct ScanJob {
-    id: u32,
-    path: Option<PathBuf>,
-    size: u64,
-    block_size: u32,
-}
-
-/// Hashes of a run of blocks the destination holds (`None` where it holds nothing whole),
-/// streamed as the scan goes so the sender can start comparing at once; `done` ends a file.
-struct Scanned {
-    id: u32,
-    first: u64,
-    cvs: Vec<Option<Digest>>,
-    done: bool,
-}
+use scan::{scan_files, ScanJob, Scanned};
+use writer::{write_blocks, Job, Written};
 
 /// State shared by the control task and the stream tasks.
 struct Shared {
@@ -900,73 +855,6 @@ fn same_len(path: &std::path::Path, size: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.len() == size)
 }
 
-/// The scanner thread: hashes, block by block, what the destination holds of each file, and
-/// streams the results in runs of [`MAX_HAVE`] blocks.
-fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::UnboundedSender<Scanned>) {
-    let mut buf = Vec::new();
-    while let Ok(job) = jobs.recv() {
-        if let Some(path) = &job.path {
-            if let Err(e) = scan_one(path, &job, &mut buf, &out) {
-                tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); the rest is sent whole");
-            }
-        }
-        let end = Scanned {
-            id: job.id,
-            first: 0,
-            cvs: Vec::new(),
-            done: true,
-        };
-        if out.send(end).is_err() {
-            return;
-        }
-    }
-}
-
-fn scan_one(
-    path: &std::path::Path,
-    job: &ScanJob,
-    buf: &mut Vec<u8>,
-    out: &mpsc::UnboundedSender<Scanned>,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let file = File::open(path)?;
-    let have = file.metadata()?.len();
-    let bs = u64::from(job.block_size);
-    let count = block_count(job.size, job.block_size);
-    buf.resize(job.block_size as usize, 0);
-    let mut run = Vec::with_capacity(MAX_HAVE);
-    let mut first = 0;
-    for i in 0..count {
-        let offset = i * bs;
-        let len = (job.size - offset).min(bs);
-        if offset + len > have {
-            break;
-        }
-        let data = &mut buf[..len as usize];
-        file.read_exact_at(data, offset)?;
-        run.push(Some(merkle::block_cv(data, offset, job.size)));
-        if run.len() == MAX_HAVE {
-            let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
-            let _ = out.send(Scanned {
-                id: job.id,
-                first,
-                cvs,
-                done: false,
-            });
-            first = i + 1;
-        }
-    }
-    if !run.is_empty() {
-        let _ = out.send(Scanned {
-            id: job.id,
-            first,
-            cvs: run,
-            done: false,
-        });
-    }
-    Ok(())
-}
-
 /// Accepts data streams and reads blocks from each until the connection ends.
 async fn read_stream_loop(
     conn: quinn::Connection,
@@ -1044,213 +932,4 @@ async fn read_block(
         buf,
     });
     Ok(true)
-}
-
-/// The writer thread: verifies each block against its header and writes it at its offset.
-fn write_blocks(
-    config: &Config,
-    jobs: std_mpsc::Receiver<Job>,
-    done: mpsc::UnboundedSender<Written>,
-) {
-    let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.write_depth);
-    let mut faults = fault_injection();
-    let mut paths: HashMap<u32, PathBuf> = HashMap::new();
-    // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
-    let mut open: HashMap<u32, (Arc<File>, Option<Arc<File>>)> = HashMap::new();
-    let mut finished = Vec::new();
-    let report = |finished: &mut Vec<Completion<(u32, u64, Digest)>>,
-                  paths: &HashMap<u32, PathBuf>| {
-        for c in finished.drain(..) {
-            let (file, index, cv) = c.req.tag;
-            let msg = match c.result {
-                Ok(n) if n == c.req.len => Written::Block { file, index, cv },
-                other => {
-                    let path = paths.get(&file).cloned().unwrap_or_default();
-                    let source = match other {
-                        Err(e) => e,
-                        Ok(n) => std::io::Error::new(
-                            std::io::ErrorKind::WriteZero,
-                            format!(
-                                "wrote {n} of {} bytes at offset {} (disk full?)",
-                                c.req.len, c.req.offset
-                            ),
-                        ),
-                    };
-                    Written::Failed {
-                        file,
-                        error: Error::File {
-                            op: "writing",
-                            path,
-                            source,
-                        },
-                    }
-                }
-            };
-            let _ = done.send(msg);
-        }
-    };
-    loop {
-        let job = if io.in_flight() == 0 {
-            match jobs.recv() {
-                Ok(j) => j,
-                Err(_) => break,
-            }
-        } else {
-            match jobs.try_recv() {
-                Ok(j) => j,
-                Err(std_mpsc::TryRecvError::Empty) => {
-                    if let Err(e) = io.wait(1, &mut finished) {
-                        // Blocks in flight can no longer be accounted for: stop, and the
-                        // control task fails the transfer when it sees this thread gone.
-                        tracing::error!("io_uring wait failed: {e}");
-                        return;
-                    }
-                    report(&mut finished, &paths);
-                    continue;
-                }
-                Err(std_mpsc::TryRecvError::Disconnected) => break,
-            }
-        };
-        match job {
-            Job::Open { file, path } => {
-                paths.insert(file, path);
-            }
-            Job::Close { file } => {
-                open.remove(&file);
-                paths.remove(&file);
-            }
-            Job::Assemble { file, base, blocks } => {
-                let msg = match paths.get(&file) {
-                    Some(part) => match copy_blocks(&base, part, &blocks) {
-                        Ok(()) => Written::Assembled { file },
-                        Err(error) => Written::Failed { file, error },
-                    },
-                    None => continue,
-                };
-                let _ = done.send(msg);
-            }
-            Job::Write {
-                file,
-                index,
-                header,
-                file_len,
-                mut buf,
-            } => {
-                let len = header.len as usize;
-                if faults.remove(&(file, index)) {
-                    // Test-only fault injection (SLUICE_FAULT_CORRUPT): damage the block as if
-                    // it had been corrupted on the way, before verification.
-                    buf.as_mut_slice()[len / 2] ^= 0x55;
-                }
-                let cv = merkle::block_cv(&buf.as_slice()[..len], header.offset, file_len);
-                if cv != header.hash {
-                    let _ = done.send(Written::Corrupt {
-                        file,
-                        index,
-                        offset: header.offset,
-                    });
-                    continue;
-                }
-                let handles = match open.get(&file) {
-                    Some(h) => h.clone(),
-                    None => {
-                        let Some(path) = paths.get(&file) else {
-                            continue;
-                        };
-                        match Destination::open_part(path) {
-                            Ok(f) => {
-                                let direct = config
-                                    .direct_io
-                                    .then(|| Destination::open_part_direct(path))
-                                    .flatten()
-                                    .map(Arc::new);
-                                let h = (Arc::new(f), direct);
-                                open.insert(file, h.clone());
-                                h
-                            }
-                            Err(source) => {
-                                let _ = done.send(Written::Failed {
-                                    file,
-                                    error: Error::File {
-                                        op: "opening",
-                                        path: path.clone(),
-                                        source,
-                                    },
-                                });
-                                continue;
-                            }
-                        }
-                    }
-                };
-                // O_DIRECT takes whole 4 KiB pages at 4 KiB offsets (ring buffers are aligned).
-                let aligned = header.offset % ALIGN as u64 == 0 && len % ALIGN == 0;
-                let handle = match (&handles.1, aligned) {
-                    (Some(direct), true) => direct.clone(),
-                    _ => handles.0.clone(),
-                };
-                let req = Request {
-                    op: Op::Write,
-                    file: handle,
-                    offset: header.offset,
-                    buf,
-                    len,
-                    tag: (file, index, cv),
-                };
-                if let Err(source) = io.submit(req, &mut finished) {
-                    let path = paths.get(&file).cloned().unwrap_or_default();
-                    let _ = done.send(Written::Failed {
-                        file,
-                        error: Error::File {
-                            op: "writing",
-                            path,
-                            source,
-                        },
-                    });
-                }
-                report(&mut finished, &paths);
-            }
-        }
-    }
-    while io.in_flight() > 0 {
-        if io.wait(io.in_flight(), &mut finished).is_err() {
-            break;
-        }
-        report(&mut finished, &paths);
-    }
-}
-
-/// Blocks to damage on arrival, from `SLUICE_FAULT_CORRUPT=FILE_ID:BLOCK_INDEX,...`.
-///
-/// Test-only: the end-to-end tests use it to prove that a damaged block is detected and only it
-/// is sent again. Each listed block is damaged once, on its first arrival. Unset, nothing happens.
-fn fault_injection() -> std::collections::HashSet<(u32, u64)> {
-    let Ok(spec) = std::env::var("SLUICE_FAULT_CORRUPT") else {
-        return Default::default();
-    };
-    spec.split(',')
-        .filter_map(|item| {
-            let (f, i) = item.trim().split_once(':')?;
-            Some((f.parse().ok()?, i.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Copies kept blocks of the old version of a file into its part file, at the same offsets.
-fn copy_blocks(
-    base: &std::path::Path,
-    part: &std::path::Path,
-    blocks: &[(u64, usize)],
-) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let from = File::open(base).map_err(Error::file("opening", base))?;
-    let to = Destination::open_part(part).map_err(Error::file("opening", part))?;
-    let mut buf = Vec::new();
-    for &(offset, len) in blocks {
-        buf.resize(len, 0);
-        from.read_exact_at(&mut buf, offset)
-            .map_err(Error::file("reading", base))?;
-        to.write_all_at(&buf, offset)
-            .map_err(Error::file("writing", part))?;
-    }
-    Ok(())
 }

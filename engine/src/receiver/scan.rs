@@ -1,0 +1,99 @@
+//! The receiver's scanner thread: hashes, block by block, what the destination already holds of
+//! each file — a part file of an interrupted run, or an older version under the final name — and
+//! streams the hashes to the control task, which turns them into `HaveGroups`/`Have`/`HaveDone`
+//! for the sender. Files are scanned one at a time, in manifest order.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+
+use sluice_proto::codec::MAX_HAVE;
+use sluice_proto::message::Digest;
+use sluice_proto::session::block_count;
+use tokio::sync::mpsc;
+
+use crate::merkle;
+
+/// A request to hash what the destination holds of a file.
+pub(super) struct ScanJob {
+    pub(super) id: u32,
+    pub(super) path: Option<PathBuf>,
+    pub(super) size: u64,
+    pub(super) block_size: u32,
+}
+
+/// Hashes of a run of blocks the destination holds (`None` where it holds nothing whole),
+/// streamed as the scan goes so the sender can start comparing at once; `done` ends a file.
+pub(super) struct Scanned {
+    pub(super) id: u32,
+    pub(super) first: u64,
+    pub(super) cvs: Vec<Option<Digest>>,
+    pub(super) done: bool,
+}
+
+/// The scanner thread: hashes, block by block, what the destination holds of each file, and
+/// streams the results in runs of [`MAX_HAVE`] blocks.
+pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::UnboundedSender<Scanned>) {
+    let mut buf = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        if let Some(path) = &job.path {
+            if let Err(e) = scan_one(path, &job, &mut buf, &out) {
+                tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); the rest is sent whole");
+            }
+        }
+        let end = Scanned {
+            id: job.id,
+            first: 0,
+            cvs: Vec::new(),
+            done: true,
+        };
+        if out.send(end).is_err() {
+            return;
+        }
+    }
+}
+
+fn scan_one(
+    path: &std::path::Path,
+    job: &ScanJob,
+    buf: &mut Vec<u8>,
+    out: &mpsc::UnboundedSender<Scanned>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let have = file.metadata()?.len();
+    let bs = u64::from(job.block_size);
+    let count = block_count(job.size, job.block_size);
+    buf.resize(job.block_size as usize, 0);
+    let mut run = Vec::with_capacity(MAX_HAVE);
+    let mut first = 0;
+    for i in 0..count {
+        let offset = i * bs;
+        let len = (job.size - offset).min(bs);
+        if offset + len > have {
+            break;
+        }
+        let data = &mut buf[..len as usize];
+        file.read_exact_at(data, offset)?;
+        run.push(Some(merkle::block_cv(data, offset, job.size)));
+        if run.len() == MAX_HAVE {
+            let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
+            let _ = out.send(Scanned {
+                id: job.id,
+                first,
+                cvs,
+                done: false,
+            });
+            first = i + 1;
+        }
+    }
+    if !run.is_empty() {
+        let _ = out.send(Scanned {
+            id: job.id,
+            first,
+            cvs: run,
+            done: false,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! What the receiver holds of each file, as the sender learns it: the board the control task
+//! fills from `Holding`, `HaveGroups`, `Have` and `HaveDone`, and the storage thread reads block by
+//! block. Waits are bounded by the transfer: `close` releases every waiter when it ends.
+
+use std::ops::Range;
+
+use sluice_proto::message::{Digest, GROUP_BLOCKS};
+
+/// What the receiver holds of each file, filled in by the control task as `Have`/`HaveGroups`
+/// messages arrive and read by the storage thread block by block, so the receiver's scan and the
+/// sender's hashing run at the same time.
+#[derive(Default)]
+pub(super) struct HaveBoard {
+    files: std::sync::Mutex<std::collections::HashMap<u32, HaveState>>,
+    cond: std::sync::Condvar,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct HaveState {
+    /// Block hashes the receiver reported; `None` where it holds nothing.
+    cvs: Vec<Option<Digest>>,
+    /// Groups whose block hashes are known (a trailing partial group, or a `WantDetail` answer).
+    detail: std::collections::HashSet<u64>,
+    /// Group digests the receiver reported, from group 0 on.
+    groups: Vec<Digest>,
+    /// HaveDone arrived: every block not reported is missing.
+    done: bool,
+    /// Bytes the receiver holds (Holding): blocks past this are missing for certain.
+    held: Option<u64>,
+}
+
+/// What the receiver holds of one block, as far as the sender can tell yet.
+pub(super) enum Held {
+    /// Its hash, or `None`: the receiver does not hold it.
+    Block(Option<Digest>),
+    /// The receiver holds the block's whole group, whose digest is this.
+    Group(Digest),
+}
+
+impl HaveBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, HaveState>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Block hashes: a trailing partial group, or the answer to a `WantDetail`.
+    pub(super) fn add(&self, id: u32, first: u64, cvs: Vec<Digest>) {
+        let mut files = self.lock();
+        let st = files.entry(id).or_default();
+        let end = first as usize + cvs.len();
+        if st.cvs.len() < end {
+            st.cvs.resize(end, None);
+        }
+        for (i, cv) in cvs.into_iter().enumerate() {
+            // An all-zero hash stands for a block the receiver does not hold.
+            st.cvs[first as usize + i] = (cv != [0; 32]).then_some(cv);
+        }
+        st.detail.insert(first / GROUP_BLOCKS);
+        self.cond.notify_all();
+    }
+
+    pub(super) fn add_groups(&self, id: u32, first: u64, digests: Vec<Digest>) {
+        let mut files = self.lock();
+        let st = files.entry(id).or_default();
+        // Groups come in order from group 0; anything else is ignored (treated as not held).
+        if st.groups.len() as u64 == first {
+            st.groups.extend(digests);
+        }
+        self.cond.notify_all();
+    }
+
+    pub(super) fn holding(&self, id: u32, len: u64) {
+        self.lock().entry(id).or_default().held = Some(len);
+        self.cond.notify_all();
+    }
+
+    /// Waits until the receiver has said how much of file `id` it holds: `Some(bytes)`, or
+    /// `None` when it holds nothing (or the transfer is ending).
+    pub(super) fn wait_held(&self, id: u32) -> Option<u64> {
+        let mut files = self.lock();
+        loop {
+            if let Some(st) = files.get(&id) {
+                if st.held.is_some() || st.done {
+                    return st.held;
+                }
+            }
+            if self.is_closed() {
+                return None;
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub(super) fn done(&self, id: u32) {
+        self.lock().entry(id).or_default().done = true;
+        self.cond.notify_all();
+    }
+
+    /// Releases every waiter: the transfer is ending.
+    pub(super) fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _files = self.lock();
+        self.cond.notify_all();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the receiver has said what it holds of block `index` of file `id`.
+    pub(super) fn wait_status(&self, id: u32, index: u64, block_end: u64) -> Held {
+        let group = index / GROUP_BLOCKS;
+        let mut files = self.lock();
+        loop {
+            if let Some(st) = files.get(&id) {
+                if st.held.is_some_and(|len| block_end > len) {
+                    return Held::Block(None);
+                }
+                if st.detail.contains(&group) {
+                    return Held::Block(st.cvs.get(index as usize).copied().flatten());
+                }
+                if let Some(d) = st.groups.get(group as usize) {
+                    return Held::Group(*d);
+                }
+                if st.done {
+                    return Held::Block(None);
+                }
+            }
+            if self.is_closed() {
+                return Held::Block(None);
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits for the block hashes of a group asked for with `WantDetail`.
+    pub(super) fn wait_detail(
+        &self,
+        id: u32,
+        group: u64,
+        blocks: Range<u64>,
+    ) -> Vec<Option<Digest>> {
+        let mut files = self.lock();
+        loop {
+            if let Some(st) = files.get(&id) {
+                if st.detail.contains(&group) {
+                    return blocks
+                        .map(|i| st.cvs.get(i as usize).copied().flatten())
+                        .collect();
+                }
+            }
+            if self.is_closed() {
+                return Vec::new();
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub(super) fn forget(&self, id: u32) {
+        self.lock().remove(&id);
+    }
+}
