@@ -40,6 +40,20 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(Error::io("starting async runtime"))
 }
 
+/// Stamps a transfer's summary with its wall time and the UDP bytes its connection moved.
+pub(crate) fn finish_summary(
+    result: Result<crate::progress::Summary>,
+    started: std::time::Instant,
+    conn: &quinn::Connection,
+) -> Result<crate::progress::Summary> {
+    let stats = conn.stats();
+    result.map(|mut s| {
+        s.elapsed = started.elapsed();
+        s.wire_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+        s
+    })
+}
+
 /// The address to bind a client socket to for reaching `peer`.
 pub fn any_addr_for(peer: SocketAddr) -> SocketAddr {
     if peer.is_ipv4() {

@@ -87,20 +87,15 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn compare_only(
-        entry: &Entry,
-        existing: Option<PathBuf>,
-        local_len: Option<u64>,
-        block_size: u32,
-    ) -> Self {
-        let path = existing.unwrap_or_default();
+    /// A file of `blocks` blocks, nothing known of it yet.
+    fn new(rel: String, final_path: PathBuf, part: PathBuf, blocks: u64) -> Self {
         Self {
-            rel: entry.path.clone(),
-            final_path: path.clone(),
-            part: path,
+            rel,
+            final_path,
+            part,
             base: None,
             inplace: false,
-            received: vec![None; block_count(entry.size, block_size) as usize],
+            received: vec![None; blocks as usize],
             got: 0,
             local: None,
             local_partial: None,
@@ -109,7 +104,21 @@ impl Incoming {
             sent: None,
             retries: HashMap::new(),
             assembling: false,
+            compare_only: None,
+        }
+    }
+
+    fn compare_only(
+        entry: &Entry,
+        existing: Option<PathBuf>,
+        local_len: Option<u64>,
+        block_size: u32,
+    ) -> Self {
+        let path = existing.unwrap_or_default();
+        let blocks = block_count(entry.size, block_size);
+        Self {
             compare_only: Some(local_len),
+            ..Self::new(entry.path.clone(), path.clone(), path, blocks)
         }
     }
 }
@@ -259,12 +268,7 @@ impl Receiver {
             endpoint.close(0u32.into(), b"");
             let _ =
                 tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
-            let stats = conn.stats();
-            result.map(|mut s| {
-                s.elapsed = started.elapsed();
-                s.wire_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
-                s
-            })
+            net::finish_summary(result, started, &conn)
         })
     }
 }
@@ -425,21 +429,9 @@ async fn receive(
                                 });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming {
-                                    rel: entry.path.clone(),
-                                    final_path: prepared.final_path,
-                                    part: prepared.part,
                                     base: (!prepared.resume && !inplace).then_some(prepared.existing).flatten(),
                                     inplace,
-                                    received: vec![None; count as usize],
-                                    got: 0,
-                                    local: None,
-                                    local_partial: None,
-                                    groups_sent: 0,
-                                    root: None,
-                                    sent: None,
-                                    retries: HashMap::new(),
-                                    assembling: false,
-                                    compare_only: None,
+                                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, count)
                                 });
                             }
                         },

@@ -137,12 +137,7 @@ async fn run(
     }
     // Let the close reach the peer; bounded so a vanished peer cannot hold us.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
-    let stats = conn.stats();
-    result.map(|mut s| {
-        s.elapsed = started.elapsed();
-        s.wire_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
-        s
-    })
+    net::finish_summary(result, started, &conn)
 }
 
 async fn transfer(
