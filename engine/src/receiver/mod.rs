@@ -54,7 +54,8 @@ struct Shared {
     session: ReceiverSession,
     /// Per file, which blocks have been claimed by a stream (each block is accepted once,
     /// unless it failed verification and was asked for again).
-    claimed: HashMap<u32, Vec<bool>>,
+    /// Sized by what arrives, not by what the manifest claims.
+    claimed: HashMap<u32, std::collections::HashSet<u64>>,
 }
 
 /// How many times one block may fail verification before its file fails.
@@ -70,7 +71,10 @@ struct Incoming {
     /// Blocks are written into the existing final file, where the kept ones already are.
     inplace: bool,
     /// Hashes of blocks received in this run.
-    received: Vec<Option<Digest>>,
+    /// Sized by the blocks that arrive, not by the size the manifest claims.
+    received: HashMap<u64, Digest>,
+    /// Blocks in the file.
+    blocks: u64,
     got: u64,
     /// Hashes of blocks the destination held before (from the scan), once it is complete.
     local: Option<Vec<Option<Digest>>>,
@@ -95,7 +99,8 @@ impl Incoming {
             part,
             base: None,
             inplace: false,
-            received: vec![None; blocks as usize],
+            received: HashMap::new(),
+            blocks,
             got: 0,
             local: None,
             local_partial: None,
@@ -466,7 +471,7 @@ async fn receive(
                             let cvs: Vec<Digest> = match files.get(&id) {
                                 Some(f) => {
                                     let local = f.local.as_ref().or(f.local_partial.as_ref());
-                                    let count = f.received.len() as u64;
+                                    let count = f.blocks;
                                     (start..(start + GROUP_BLOCKS).min(count))
                                         .map(|i| local.and_then(|l| l.get(i as usize).copied().flatten()).unwrap_or([0; 32]))
                                         .collect()
@@ -507,10 +512,8 @@ async fn receive(
                     let outcome = match w {
                         Written::Block { file, index, cv } => {
                             let Some(f) = files.get_mut(&file) else { continue };
-                            if let Some(slot) = f.received.get_mut(index as usize) {
-                                if slot.replace(cv).is_none() {
-                                    f.got += 1;
-                                }
+                            if index < f.blocks && f.received.insert(index, cv).is_none() {
+                                f.got += 1;
                             }
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[file as usize].size;
                             progress.add_verified((size - index * u64::from(block_size)).min(u64::from(block_size)));
@@ -527,9 +530,7 @@ async fn receive(
                             } else {
                                 // Accept the block once more and ask for it.
                                 if let Some(c) = shared.lock().map_err(|_| poisoned())?.claimed.get_mut(&file) {
-                                    if let Some(slot) = c.get_mut(index as usize) {
-                                        *slot = false;
-                                    }
+                                    c.remove(&index);
                                 }
                                 progress.add_resent();
                                 tracing::info!(file, offset, "block failed verification; asking for it again");
@@ -690,15 +691,16 @@ fn try_finish(
         return Ok(Outcome::Pending);
     }
     let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
-    let mut cvs = Vec::with_capacity(f.received.len());
+    // Grows only as far as blocks are present: a manifest's size claim alone allocates nothing.
+    let mut cvs = Vec::new();
     let mut kept = Vec::new();
     let bs = u64::from(block_size);
-    for (i, r) in f.received.iter().enumerate() {
-        match (r, local.get(i).copied().flatten()) {
+    for i in 0..f.blocks {
+        match (f.received.get(&i), local.get(i as usize).copied().flatten()) {
             (Some(cv), _) => cvs.push(*cv),
             (None, Some(cv)) => {
                 cvs.push(cv);
-                let offset = i as u64 * bs;
+                let offset = i * bs;
                 kept.push((offset, (size - offset).min(bs) as usize));
             }
             (None, None) => {
@@ -792,7 +794,7 @@ fn announce_scan(
     cvs: Vec<Option<Digest>>,
     done: bool,
 ) {
-    let count = f.received.len() as u64;
+    let count = f.blocks;
     let local = f.local_partial.get_or_insert_with(Vec::new);
     let end = first as usize + cvs.len();
     if local.len() < end {
@@ -837,9 +839,8 @@ fn announce_scan(
             });
         }
         control.queue(&Message::HaveDone { id });
-        let mut all = f.local_partial.take().unwrap_or_default();
-        all.resize(count as usize, None);
-        f.local = Some(all);
+        // As long as what was scanned; blocks past it are not held.
+        f.local = Some(f.local_partial.take().unwrap_or_default());
     }
 }
 
@@ -894,12 +895,7 @@ async fn read_block(
         let mut s = shared.lock().map_err(|_| poisoned())?;
         let index = s.session.check_block(&header)?;
         let file_len = s.session.entries()[header.file as usize].size;
-        let bs = s.session.block_size();
-        let claimed = s
-            .claimed
-            .entry(header.file)
-            .or_insert_with(|| vec![false; block_count(file_len, bs) as usize]);
-        if std::mem::replace(&mut claimed[index as usize], true) {
+        if !s.claimed.entry(header.file).or_default().insert(index) {
             return Err(sluice_proto::session::SessionError::BadBlock {
                 file: header.file,
                 offset: header.offset,
