@@ -1,25 +1,70 @@
 //! The control stream as an async message channel: [`sluice_proto::codec`] framing over a quinn
 //! bidirectional stream.
+//!
+//! Writes never block the task that reads. Outgoing frames go to a writer task that owns the
+//! send half; the owner of [`Control`] keeps reading. Without this, two peers that each write
+//! more than the other's flow-control window before reading (a manifest of a million entries one
+//! way, the receiver's Have messages for them the other way) would wait for each other forever.
+//! The queue is bounded by what the protocol produces per manifest entry, not by file sizes.
+//! [`Control::sync`] waits until everything queued so far has been handed to QUIC, for the
+//! moments that matter (before closing the connection).
 
 use sluice_proto::codec::{encode_message, FrameDecoder};
 use sluice_proto::message::Message;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
+
+enum Cmd {
+    Data(Vec<u8>),
+    Sync(oneshot::Sender<()>),
+    Finish,
+}
 
 /// Both halves of the control stream.
 #[derive(Debug)]
 pub struct Control {
-    send: quinn::SendStream,
+    writer: mpsc::UnboundedSender<Cmd>,
     recv: quinn::RecvStream,
     dec: FrameDecoder,
     out: Vec<u8>,
     peer: String,
 }
 
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cmd::Data(_) => "Data",
+            Cmd::Sync(_) => "Sync",
+            Cmd::Finish => "Finish",
+        })
+    }
+}
+
 impl Control {
-    pub(crate) fn new(send: quinn::SendStream, recv: quinn::RecvStream, peer: String) -> Self {
+    /// Wraps the stream halves; must be called inside the tokio runtime (it spawns the writer).
+    pub(crate) fn new(mut send: quinn::SendStream, recv: quinn::RecvStream, peer: String) -> Self {
+        let (writer, mut cmds) = mpsc::unbounded_channel::<Cmd>();
+        tokio::spawn(async move {
+            while let Some(cmd) = cmds.recv().await {
+                match cmd {
+                    Cmd::Data(bytes) => {
+                        if send.write_all(&bytes).await.is_err() {
+                            // The connection is gone; the reader side reports why.
+                            return;
+                        }
+                    }
+                    Cmd::Sync(done) => {
+                        let _ = done.send(());
+                    }
+                    Cmd::Finish => {
+                        let _ = send.finish();
+                    }
+                }
+            }
+        });
         Self {
-            send,
+            writer,
             recv,
             dec: FrameDecoder::new(),
             out: Vec::new(),
@@ -39,20 +84,31 @@ impl Control {
         encode_message(msg, &mut self.out);
     }
 
-    /// Sends everything queued.
+    /// Hands everything queued to the writer task; does not wait for it to be written.
     pub async fn flush(&mut self) -> Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let r = self.send.write_all(&self.out).await;
-        self.out.clear();
-        r.map_err(|e| self.conn_err(e))
+        let bytes = std::mem::take(&mut self.out);
+        self.writer
+            .send(Cmd::Data(bytes))
+            .map_err(|_| self.conn_err("control stream closed"))
     }
 
-    /// Sends one message.
+    /// Sends one message (see [`Control::flush`]).
     pub async fn send(&mut self, msg: &Message) -> Result<()> {
         self.queue(msg);
         self.flush().await
+    }
+
+    /// Waits until everything sent so far has been handed to QUIC.
+    pub async fn sync(&mut self) -> Result<()> {
+        self.flush().await?;
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Cmd::Sync(tx))
+            .map_err(|_| self.conn_err("control stream closed"))?;
+        rx.await.map_err(|_| self.conn_err("control stream closed"))
     }
 
     /// Receives the next message; `None` when the peer finished the stream cleanly.
@@ -71,8 +127,12 @@ impl Control {
         }
     }
 
-    /// Finishes our half of the stream.
+    /// Finishes our half of the stream once everything queued is written.
     pub fn finish(&mut self) {
-        let _ = self.send.finish();
+        let bytes = std::mem::take(&mut self.out);
+        if !bytes.is_empty() {
+            let _ = self.writer.send(Cmd::Data(bytes));
+        }
+        let _ = self.writer.send(Cmd::Finish);
     }
 }

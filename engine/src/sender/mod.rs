@@ -279,6 +279,8 @@ async fn transfer(
                             message: e.to_string(),
                         })
                         .await;
+                    // Let the message reach QUIC before the connection is closed; bounded.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), control.sync()).await;
                     return Err(e);
                 }
                 None => reading = false,

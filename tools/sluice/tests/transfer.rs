@@ -140,3 +140,40 @@ fn sender_block_size_larger_than_receivers_works() {
     assert!(r.status.success(), "recv failed: {}", stderr(&r));
     assert_eq!(b3(&dest.join("f")), b3(&src));
 }
+
+#[test]
+fn resync_of_many_files_through_a_small_window_does_not_deadlock() {
+    // Each side writes more control data than the other's flow-control window holds before it
+    // reads (the manifest one way, Holding/HaveGroups/HaveDone for every file the other way).
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("many");
+    fs::create_dir(&src).unwrap();
+    for i in 0..3000u32 {
+        fs::write(
+            src.join(format!("file-with-a-longish-name-{i:05}")),
+            format!("{i}"),
+        )
+        .unwrap();
+    }
+    let dest = d.path().join("dest");
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = sluice()
+        .args(["copy", "--window", "64K"])
+        .arg(&src)
+        .arg(&dest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the re-sync hung");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(child.wait().unwrap().success());
+    assert_same_tree(&src, &dest.join("many"));
+}
