@@ -14,6 +14,9 @@ pub(super) struct HaveBoard {
     files: std::sync::Mutex<std::collections::HashMap<u32, HaveState>>,
     cond: std::sync::Condvar,
     closed: std::sync::atomic::AtomicBool,
+    /// Files the reader is done with: late messages for them are dropped, not stored. Locked
+    /// only while `files` is held.
+    finished: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 #[derive(Default)]
@@ -39,6 +42,20 @@ pub(super) enum Held {
 }
 
 impl HaveBoard {
+    /// The state of a file still being read, created on first mention; `None` once the reader
+    /// has finished the file.
+    fn state<'a>(
+        &self,
+        files: &'a mut std::collections::HashMap<u32, HaveState>,
+        id: u32,
+    ) -> Option<&'a mut HaveState> {
+        let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        if finished.contains(&id) {
+            return None;
+        }
+        Some(files.entry(id).or_default())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, HaveState>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -46,7 +63,9 @@ impl HaveBoard {
     /// Block hashes: a trailing partial group, or the answer to a `WantDetail`.
     pub(super) fn add(&self, id: u32, first: u64, cvs: Vec<Digest>) {
         let mut files = self.lock();
-        let st = files.entry(id).or_default();
+        let Some(st) = self.state(&mut files, id) else {
+            return;
+        };
         let end = first as usize + cvs.len();
         if st.cvs.len() < end {
             st.cvs.resize(end, None);
@@ -61,7 +80,9 @@ impl HaveBoard {
 
     pub(super) fn add_groups(&self, id: u32, first: u64, digests: Vec<Digest>) {
         let mut files = self.lock();
-        let st = files.entry(id).or_default();
+        let Some(st) = self.state(&mut files, id) else {
+            return;
+        };
         // Groups come in order from group 0; anything else is ignored (treated as not held).
         if st.groups.len() as u64 == first {
             st.groups.extend(digests);
@@ -70,7 +91,11 @@ impl HaveBoard {
     }
 
     pub(super) fn holding(&self, id: u32, len: u64) {
-        self.lock().entry(id).or_default().held = Some(len);
+        let mut files = self.lock();
+        if let Some(st) = self.state(&mut files, id) {
+            st.held = Some(len);
+        }
+        drop(files);
         self.cond.notify_all();
     }
 
@@ -92,7 +117,11 @@ impl HaveBoard {
     }
 
     pub(super) fn done(&self, id: u32) {
-        self.lock().entry(id).or_default().done = true;
+        let mut files = self.lock();
+        if let Some(st) = self.state(&mut files, id) {
+            st.done = true;
+        }
+        drop(files);
         self.cond.notify_all();
     }
 
@@ -157,6 +186,11 @@ impl HaveBoard {
     }
 
     pub(super) fn forget(&self, id: u32) {
-        self.lock().remove(&id);
+        let mut files = self.lock();
+        files.remove(&id);
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
     }
 }
