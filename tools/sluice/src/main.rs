@@ -10,6 +10,7 @@ mod render;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -68,10 +69,7 @@ fn verify_remote(
                     .map(|r| format!("{}..{}", r.start, r.end))
                     .collect();
                 if json {
-                    render::json_line(&serde_json::json!({
-                        "event": "difference", "kind": "content", "path": path,
-                        "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
-                    }));
+                    render::content_difference_json(&path, &ranges);
                 } else {
                     let _ = writeln!(out, "differs: {path}: ranges {}", shown.join(", "));
                 }
@@ -130,29 +128,27 @@ fn describe(e: &anyhow::Error) -> String {
     message
 }
 
+/// Splits `SRC... LAST` arguments, insisting on at least one source before `last`.
+fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> Result<(&'a [PathBuf], &'a PathBuf)> {
+    match args.split_last() {
+        Some((last_arg, sources)) if !sources.is_empty() => Ok((sources, last_arg)),
+        _ => anyhow::bail!("give at least one source before {last}"),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let config = cli.tuning.config()?;
     let json = cli.json;
     match cli.command {
         Command::Copy { paths } => {
-            let (dest, sources) = paths
-                .split_last()
-                .context("give at least one source and a destination")?;
-            if sources.is_empty() {
-                anyhow::bail!("give at least one source before the destination directory");
-            }
+            let (sources, dest) = split_sources(&paths, "the destination directory")?;
             let (sources, dest) = (sources.to_vec(), dest.clone());
             render::run(json, move |p| {
                 sluice_engine::copy(&sources, &dest, &config, p).context("copy failed")
             })
         }
         Command::Send { args } => {
-            let (ticket, sources) = args
-                .split_last()
-                .context("give at least one source and a ticket")?;
-            if sources.is_empty() {
-                anyhow::bail!("give at least one source before the ticket");
-            }
+            let (sources, ticket) = split_sources(&args, "the ticket")?;
             let ticket: Ticket = ticket
                 .to_string_lossy()
                 .parse()
@@ -200,12 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Verify { paths } => {
-            let (dest, sources) = paths
-                .split_last()
-                .context("give at least one source and a destination")?;
-            if sources.is_empty() {
-                anyhow::bail!("give at least one source before the destination directory");
-            }
+            let (sources, dest) = split_sources(&paths, "the destination directory or ticket")?;
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {
                 return verify_remote(sources, &ticket, config, json);
             }

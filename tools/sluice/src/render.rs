@@ -124,10 +124,7 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
             }
             Event::Differs { path, ranges } => {
                 if json {
-                    json_line(&serde_json::json!({
-                        "event": "difference", "kind": "content", "path": path,
-                        "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
-                    }));
+                    content_difference_json(&path, &ranges);
                 }
             }
             Event::FileFailed { path, reason } => {
@@ -208,4 +205,12 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             report.differences.len()
         );
     }
+}
+
+/// Prints a `difference` event for differing byte ranges of a file.
+pub fn content_difference_json(path: &str, ranges: &[std::ops::Range<u64>]) {
+    json_line(&serde_json::json!({
+        "event": "difference", "kind": "content", "path": path,
+        "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+    }));
 }
