@@ -28,16 +28,15 @@ pub struct MemResult {
 pub fn run(bytes: u64, config: &Config) -> Result<MemResult> {
     let identity = Identity::generate()?;
     let server = tls::server_config(&identity, &config.transport())?;
-    let client = tls::client_config(
-        identity.fingerprint(),
-        &config.transport_to(Some(std::net::Ipv4Addr::LOCALHOST.into())),
-    )?;
+    let tuning = config.transport_to(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+    let client = tls::client_config(identity.fingerprint(), &tuning)?;
     let rt = net::runtime()?;
     let endpoint = {
         let _g = rt.enter();
         net::endpoint(
             net::udp_socket("127.0.0.1:0".parse().expect("literal"), config)?,
             Some(server),
+            None,
         )?
     };
     let addr = endpoint
@@ -109,7 +108,11 @@ fn send(
 ) -> Result<()> {
     let rt = net::runtime()?;
     rt.block_on(async {
-        let endpoint = net::endpoint(net::udp_socket(net::any_addr_for(addr), config)?, None)?;
+        let endpoint = net::endpoint(
+            net::udp_socket(net::any_addr_for(addr), config)?,
+            None,
+            config.transport_to(Some(addr.ip())).datagram_size,
+        )?;
         let err = net::conn_error(addr);
         let conn = endpoint
             .connect_with(client, addr, tls::SERVER_NAME)

@@ -4,7 +4,13 @@
 //! every overflow is a loss the congestion controller reacts to. Sockets are made with the
 //! configured buffer size (the kernel caps it at `net.core.rmem_max`/`wmem_max`).
 
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use sluice_proto::tls::{LOOPBACK_DATAGRAM, MAX_GSO_BYTES};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -24,12 +30,85 @@ pub fn udp_socket(addr: SocketAddr, config: &Config) -> Result<UdpSocket> {
 }
 
 /// A quinn endpoint on `socket`, serving `server` if given. Must run inside a tokio runtime.
-pub fn endpoint(socket: UdpSocket, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint> {
-    let runtime = quinn::default_runtime().ok_or_else(|| {
-        Error::io("starting QUIC endpoint")(std::io::Error::other("no async runtime"))
-    })?;
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
-        .map_err(Error::io("starting QUIC endpoint"))
+///
+/// Every endpoint accepts datagrams up to [`LOOPBACK_DATAGRAM`] bytes (quinn's default of 1,472
+/// would cap a loopback peer's packets). `datagram_size` is this endpoint's own fixed packet
+/// size, if any: GSO sends are then cut to what one `sendmsg` may carry.
+pub fn endpoint(
+    socket: UdpSocket,
+    server: Option<quinn::ServerConfig>,
+    datagram_size: Option<u16>,
+) -> Result<quinn::Endpoint> {
+    let err = |e| Error::io("starting QUIC endpoint")(e);
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| err(std::io::Error::other("no async runtime")))?;
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(LOOPBACK_DATAGRAM)
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    let socket = runtime.wrap_udp_socket(socket).map_err(err)?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = match datagram_size {
+        Some(size) => Arc::new(GsoCapped {
+            segments: (MAX_GSO_BYTES / usize::from(size)).max(1),
+            inner: socket,
+        }),
+        None => socket,
+    };
+    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime).map_err(err)
+}
+
+/// The datagram size for loopback peers: [`LOOPBACK_DATAGRAM`] if the loopback interface's MTU
+/// carries it with IPv6 and UDP headers (it is 65,536 unless someone lowered it).
+pub fn loopback_datagram() -> Option<u16> {
+    let mtu = std::fs::read_to_string("/sys/class/net/lo/mtu")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(65_536);
+    (mtu >= u32::from(LOOPBACK_DATAGRAM) + 48).then_some(LOOPBACK_DATAGRAM)
+}
+
+/// A UDP socket whose GSO sends carry at most `segments` datagrams. quinn batches up to 10
+/// datagrams into one `sendmsg`; at 16,000 bytes each that is past the kernel's 64 KiB limit,
+/// and quinn-udp drops such a batch without an error.
+#[derive(Debug)]
+struct GsoCapped {
+    inner: Arc<dyn quinn::AsyncUdpSocket>,
+    segments: usize,
+}
+
+impl quinn::AsyncUdpSocket for GsoCapped {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.segments)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 /// A single-threaded tokio runtime for a network thread.

@@ -184,7 +184,7 @@ impl Receiver {
         let socket = net::udp_socket(listen, &config)?;
         let endpoint = {
             let _guard = rt.enter();
-            net::endpoint(socket, Some(server))?
+            net::endpoint(socket, Some(server), None)?
         };
         let mut addr = endpoint
             .local_addr()

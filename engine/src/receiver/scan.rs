@@ -37,9 +37,11 @@ pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::Unbounded
     let mut buf = Vec::new();
     while let Ok(job) = jobs.recv() {
         if let Some(path) = &job.path {
+            let started = std::time::Instant::now();
             if let Err(e) = scan_one(path, &job, &mut buf, &out) {
                 tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); the rest is sent whole");
             }
+            tracing::debug!(id = job.id, elapsed = ?started.elapsed(), "scanned what the destination holds");
         }
         let end = Scanned {
             id: job.id,

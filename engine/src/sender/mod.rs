@@ -107,7 +107,11 @@ async fn run(
     let conn_err = net::conn_error(peer);
     let tuning = config.transport_to(Some(peer.ip()));
     let client = tls::client_config(ticket.fingerprint, &tuning)?;
-    let endpoint = net::endpoint(net::udp_socket(net::any_addr_for(peer), config)?, None)?;
+    let endpoint = net::endpoint(
+        net::udp_socket(net::any_addr_for(peer), config)?,
+        None,
+        tuning.datagram_size,
+    )?;
     let connecting = endpoint
         .connect_with(client, peer, tls::SERVER_NAME)
         .map_err(|e| conn_err(&e))?;
@@ -390,6 +394,7 @@ impl Reader<'_> {
         let bs = u64::from(self.config.block_size);
         let mut state: Vec<Option<Reading>> = self.files.iter().map(|_| None).collect();
         let mut done = Vec::new();
+        let mut spare = Vec::new();
         self.board = Some(input.have.clone());
         let by_id: std::collections::HashMap<u32, usize> = self
             .files
@@ -441,16 +446,49 @@ impl Reader<'_> {
                 .as_ref()
                 .and_then(|b| b.wait_held(src.entry.id))
                 .map_or(0, |len| (len / bs).min(count));
-            for index in (held_blocks..count).chain(0..held_blocks) {
+            tracing::debug!(
+                id = src.entry.id,
+                held_blocks,
+                count,
+                "receiver's holding known"
+            );
+            // While the network is the bottleneck (no free buffer for the next missing block),
+            // the reader checks held blocks meanwhile, into a buffer of its own: a held block
+            // that matches never needs a ring buffer.
+            let mut checked = 0;
+            let mut next_missing = held_blocks;
+            while next_missing < count || checked < held_blocks {
+                let index = if next_missing < count {
+                    next_missing
+                } else {
+                    checked
+                };
+                if index == 0 && held_blocks > 0 {
+                    tracing::debug!(
+                        id = src.entry.id,
+                        "missing tail queued; reading the held part"
+                    );
+                }
                 let offset = index * bs;
                 let buf = match self.pool.try_take() {
                     Some(b) => b,
+                    None if next_missing < count && checked < held_blocks => {
+                        self.drain(&mut *io, &mut done, &mut state)?;
+                        self.check_held(fi, &file, checked, &mut spare, &mut state)?;
+                        checked += 1;
+                        continue;
+                    }
                     None => {
                         // Finish what is in flight before blocking on the network's pace.
                         self.drain(&mut *io, &mut done, &mut state)?;
                         self.pool.take_blocking()
                     }
                 };
+                if next_missing < count {
+                    next_missing += 1;
+                } else {
+                    checked += 1;
+                }
                 let req = Request {
                     op: Op::Read,
                     file: file.clone(),
@@ -469,6 +507,7 @@ impl Reader<'_> {
             }
         }
         self.drain(&mut *io, &mut done, &mut state)?;
+        tracing::debug!("every block read");
         let _ = self.events.send(ReadEvent::AllRead);
         // Re-send requests can come until every file is verified; the control task hangs up then.
         while let Ok((id, offset)) = input.resend.recv() {
@@ -556,114 +595,190 @@ impl Reader<'_> {
             })
     }
 
+    /// Reads held block `index` of file `fi` into `spare`, a buffer outside the ring, and
+    /// settles it; only if the receiver's copy differs does the block take a ring buffer.
+    fn check_held(
+        &self,
+        fi: usize,
+        file: &File,
+        index: u64,
+        spare: &mut Vec<u8>,
+        state: &mut [Option<Reading>],
+    ) -> Result<()> {
+        let src = &self.files[fi];
+        let bs = u64::from(self.config.block_size);
+        let offset = index * bs;
+        let len = (src.entry.size - offset).min(bs) as usize;
+        spare.resize(len, 0);
+        let n = read_full_at(file, spare, offset).map_err(Error::file("reading", &src.local))?;
+        self.settle(fi, index, offset, len, n, Data::Spare(spare), state)
+    }
+
     fn handle(&self, done: &mut Vec<Completion<Tag>>, state: &mut [Option<Reading>]) -> Result<()> {
         for c in done.drain(..) {
             let (fi, index) = c.req.tag;
-            let src = &self.files[fi];
-            let size = src.entry.size;
-            let n = c.result.map_err(Error::file("reading", &src.local))?;
-            if n != c.req.len {
-                return Err(Error::SourceChanged {
-                    path: src.local.clone(),
-                    detail: format!(
-                        "read {n} of {} bytes at offset {}: the file is shorter than when the transfer started",
-                        c.req.len, c.req.offset
-                    ),
-                });
-            }
-            let cv = merkle::block_cv(&c.req.buf.as_slice()[..n], c.req.offset, size);
-            let Some(st) = state[fi].as_mut() else {
-                continue;
-            };
-            let held = match &self.board {
-                Some(b) => b.wait_status(src.entry.id, index, c.req.offset + n as u64),
-                None => Held::Block(None),
-            };
-            let group = index / GROUP_BLOCKS;
-            match held {
-                // The receiver holds this block already.
-                Held::Block(Some(h)) if h == cv => self.progress.add_kept(n as u64),
-                Held::Block(_) if self.config.dry_run => {
-                    st.sent += 1;
-                    st.differs.push(index);
-                }
-                Held::Block(_) => {
-                    st.sent += 1;
-                    self.send_block(src.entry.id, c.req.offset, cv, c.req.buf.freeze(n))?;
-                }
-                // Decided when the whole group is hashed; a differing block is read again then.
-                Held::Group(d) => {
-                    st.group_digests.insert(group, d);
-                }
-            }
-            st.cvs[index as usize] = cv;
-            st.remaining -= 1;
-            st.group_left[group as usize] -= 1;
-            if st.group_left[group as usize] == 0 {
-                if let Some(theirs) = st.group_digests.remove(&group) {
-                    let range = self.group_range(group, size);
-                    let ours = group_digest(&st.cvs[range.start as usize..range.end as usize]);
-                    if ours == theirs {
-                        self.progress.add_kept(self.bytes_of(&range, size));
-                    } else {
-                        st.pending.push(group);
-                        let _ = self.events.send(ReadEvent::WantDetail {
-                            id: src.entry.id,
-                            group,
-                        });
-                    }
-                }
-            }
-            if st.remaining == 0 {
-                // Groups that differ: send the blocks whose hashes differ.
-                let bs = u64::from(self.config.block_size);
-                for group in std::mem::take(&mut st.pending) {
-                    let range = self.group_range(group, size);
-                    let theirs = match &self.board {
-                        Some(b) => b.wait_detail(src.entry.id, group, range.clone()),
-                        None => Vec::new(),
-                    };
-                    for i in range.clone() {
-                        let their = theirs.get((i - range.start) as usize).copied().flatten();
-                        if their == Some(st.cvs[i as usize]) {
-                            self.progress.add_kept((size - i * bs).min(bs));
-                        } else if self.config.dry_run {
-                            st.sent += 1;
-                            st.differs.push(i);
-                        } else {
-                            st.sent += 1;
-                            self.send_again(src, i * bs)?;
-                        }
-                    }
-                }
-                let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
-                if !st.differs.is_empty() {
-                    st.differs.sort_unstable();
-                    let mut ranges: Vec<Range<u64>> = Vec::new();
-                    for &i in &st.differs {
-                        let r = i * bs..((i + 1) * bs).min(size);
-                        match ranges.last_mut() {
-                            Some(last) if last.end == r.start => last.end = r.end,
-                            _ => ranges.push(r),
-                        }
-                    }
-                    self.progress.push(Event::Differs {
-                        path: src.entry.path.clone(),
-                        ranges,
-                    });
-                }
-                let sent = st.sent;
-                state[fi] = None;
-                if let Some(b) = &self.board {
-                    b.forget(src.entry.id);
-                }
-                let _ = self.events.send(ReadEvent::FileDone {
-                    id: src.entry.id,
-                    root,
-                    sent,
-                });
-            }
+            let n = c
+                .result
+                .map_err(Error::file("reading", &self.files[fi].local))?;
+            let (offset, len) = (c.req.offset, c.req.len);
+            self.settle(fi, index, offset, len, n, Data::Ring(c.req.buf), state)?;
         }
         Ok(())
     }
+
+    /// Hashes block `index` of file `fi`, just read (`n` of `len` bytes at `offset`), and sends
+    /// it unless the receiver holds it; finishes the file after its last block.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        fi: usize,
+        index: u64,
+        offset: u64,
+        len: usize,
+        n: usize,
+        data: Data<'_>,
+        state: &mut [Option<Reading>],
+    ) -> Result<()> {
+        let src = &self.files[fi];
+        let size = src.entry.size;
+        if n != len {
+            return Err(Error::SourceChanged {
+                path: src.local.clone(),
+                detail: format!(
+                    "read {n} of {len} bytes at offset {offset}: the file is shorter than when the transfer started"
+                ),
+            });
+        }
+        let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
+        let Some(st) = state[fi].as_mut() else {
+            return Ok(());
+        };
+        let held = match &self.board {
+            Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
+            None => Held::Block(None),
+        };
+        let group = index / GROUP_BLOCKS;
+        match held {
+            // The receiver holds this block already.
+            Held::Block(Some(h)) if h == cv => self.progress.add_kept(n as u64),
+            Held::Block(_) if self.config.dry_run => {
+                st.sent += 1;
+                st.differs.push(index);
+            }
+            Held::Block(_) => {
+                st.sent += 1;
+                let payload = match data {
+                    Data::Ring(buf) => buf.freeze(n),
+                    Data::Spare(bytes) => {
+                        let mut buf = self.pool.take_blocking();
+                        buf.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
+                        buf.freeze(n)
+                    }
+                };
+                self.send_block(src.entry.id, offset, cv, payload)?;
+            }
+            // Decided when the whole group is hashed; a differing block is read again then.
+            Held::Group(d) => {
+                st.group_digests.insert(group, d);
+            }
+        }
+        st.cvs[index as usize] = cv;
+        st.remaining -= 1;
+        st.group_left[group as usize] -= 1;
+        if st.group_left[group as usize] == 0 {
+            if let Some(theirs) = st.group_digests.remove(&group) {
+                let range = self.group_range(group, size);
+                let ours = group_digest(&st.cvs[range.start as usize..range.end as usize]);
+                if ours == theirs {
+                    self.progress.add_kept(self.bytes_of(&range, size));
+                } else {
+                    st.pending.push(group);
+                    let _ = self.events.send(ReadEvent::WantDetail {
+                        id: src.entry.id,
+                        group,
+                    });
+                }
+            }
+        }
+        if st.remaining == 0 {
+            // Groups that differ: send the blocks whose hashes differ.
+            let bs = u64::from(self.config.block_size);
+            for group in std::mem::take(&mut st.pending) {
+                let range = self.group_range(group, size);
+                let theirs = match &self.board {
+                    Some(b) => b.wait_detail(src.entry.id, group, range.clone()),
+                    None => Vec::new(),
+                };
+                for i in range.clone() {
+                    let their = theirs.get((i - range.start) as usize).copied().flatten();
+                    if their == Some(st.cvs[i as usize]) {
+                        self.progress.add_kept((size - i * bs).min(bs));
+                    } else if self.config.dry_run {
+                        st.sent += 1;
+                        st.differs.push(i);
+                    } else {
+                        st.sent += 1;
+                        self.send_again(src, i * bs)?;
+                    }
+                }
+            }
+            let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
+            if !st.differs.is_empty() {
+                st.differs.sort_unstable();
+                let mut ranges: Vec<Range<u64>> = Vec::new();
+                for &i in &st.differs {
+                    let r = i * bs..((i + 1) * bs).min(size);
+                    match ranges.last_mut() {
+                        Some(last) if last.end == r.start => last.end = r.end,
+                        _ => ranges.push(r),
+                    }
+                }
+                self.progress.push(Event::Differs {
+                    path: src.entry.path.clone(),
+                    ranges,
+                });
+            }
+            let sent = st.sent;
+            state[fi] = None;
+            if let Some(b) = &self.board {
+                b.forget(src.entry.id);
+            }
+            let _ = self.events.send(ReadEvent::FileDone {
+                id: src.entry.id,
+                root,
+                sent,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a block just read: in a ring buffer, or in the reader's spare buffer.
+enum Data<'a> {
+    Ring(crate::ring::Buffer),
+    Spare(&'a [u8]),
+}
+
+impl Data<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Ring(buf) => buf.as_slice(),
+            Data::Spare(bytes) => bytes,
+        }
+    }
+}
+
+/// Reads `buf.len()` bytes at `offset`, or fewer at end of file; returns how many.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

@@ -111,6 +111,11 @@ pub struct Tuning {
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
+    /// UDP payload bytes per QUIC packet, fixed (1200..=16000), for a path known to carry them;
+    /// 0: path-MTU discovery (at most 1452). Default: 16000 towards a loopback address, else
+    /// discovery.
+    #[arg(long, global = true)]
+    pub datagram_size: Option<u16>,
 }
 
 impl Tuning {
@@ -145,6 +150,12 @@ impl Tuning {
             Some("bbr") => c.congestion = Some(sluice_engine::config::Congestion::Bbr),
             Some("cubic") => c.congestion = Some(sluice_engine::config::Congestion::Cubic),
             _ => {}
+        }
+        if let Some(d) = self.datagram_size {
+            if d != 0 && !(1200..=16_000).contains(&d) {
+                bail!("--datagram-size must be 0 (discovery) or 1200..=16000, not {d}");
+            }
+            c.datagram_size = Some(d);
         }
         c.direct_io = !self.no_direct;
         c.restart = self.restart;
