@@ -66,7 +66,7 @@ fn codec(c: &mut Criterion) {
 }
 
 fn ring(c: &mut Criterion) {
-    let pool = BufferPool::new(64, 1 << 20);
+    let pool = BufferPool::new(64, 1 << 20).expect("buffers");
     c.bench_function("ring_take_freeze_drop", |b| {
         b.iter(|| {
             let buf = pool.take_blocking();

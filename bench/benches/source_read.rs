@@ -68,7 +68,7 @@ fn source_read(c: &mut Criterion) {
     }
     drop(f);
     let file = Arc::new(File::open(&path).unwrap());
-    let pool = BufferPool::new(32, BLOCK as usize);
+    let pool = BufferPool::new(32, BLOCK as usize).expect("buffers");
 
     let mut g = c.benchmark_group("source_read");
     g.throughput(Throughput::Bytes(LEN)).sample_size(10);

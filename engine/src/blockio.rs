@@ -154,7 +154,7 @@ mod tests {
                 .open(dir.path().join("f"))
                 .unwrap(),
         );
-        let pool = BufferPool::new(8, 4096);
+        let pool = BufferPool::new(8, 4096).unwrap();
         let mut done = Vec::new();
         for i in 0..4u32 {
             let mut buf = pool.take_blocking();

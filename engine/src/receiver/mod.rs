@@ -176,6 +176,7 @@ impl Receiver {
     ) -> Result<Self> {
         let dest = Destination::new(dest)?;
         let identity = Identity::generate()?;
+        tracing::debug!("certificate generated");
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|e| Error::io("generating secret")(std::io::Error::other(e.to_string())))?;
@@ -254,7 +255,7 @@ impl Receiver {
                 (r, _) => r,
             };
             if let Err(e) = &result {
-                conn.close(1u32.into(), e.to_string().as_bytes());
+                net::close(&conn, 1, e.to_string().as_bytes()).await;
                 // An interrupted transfer keeps its part files: the next run resumes from what
                 // they hold. A refused one (a protocol violation) leaves nothing behind.
                 if !matches!(
@@ -270,9 +271,7 @@ impl Receiver {
                 let _ =
                     tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
             }
-            endpoint.close(0u32.into(), b"");
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+            net::close(&conn, 0, b"").await;
             net::finish_summary(result, started, &conn)
         })
     }
@@ -379,13 +378,14 @@ async fn receive(
                             block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
                             dry_run = shared.lock().map_err(|_| poisoned())?.session.dry_run();
                             control.send(&m).await?;
+                            tracing::debug!("hello answered");
                             progress.push(Event::Connected { peer: peer.to_string() });
                             // The sender chose the block size; the ring keeps the receiver's
                             // configured memory bound whatever it is.
                             let budget = config.ring_buffers as u64 * u64::from(config.block_size);
                             // Buffers are whole 4 KiB pages, so small blocks count as a page.
                             let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
-                            let pool = BufferPool::new(count, block_size as usize);
+                            let pool = BufferPool::new(count, block_size as usize).map_err(Error::io("allocating the buffer ring"))?;
                             for _ in 0..config.streams.max(1) * 2 {
                                 streams.spawn(read_stream_loop(conn.clone(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
                             }
@@ -425,6 +425,7 @@ async fn receive(
                                 if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
+                                tracing::debug!(id = entry.id, "file prepared");
                                 let _ = job_tx.send(Job::Open { file: entry.id, path: target });
                                 let _ = scan_tx.send(ScanJob {
                                     id: entry.id,

@@ -116,6 +116,7 @@ async fn run(
         .connect_with(client, peer, tls::SERVER_NAME)
         .map_err(|e| conn_err(&e))?;
     let conn = connecting.await.map_err(|e| conn_err(&e))?;
+    tracing::debug!("connected");
     let started = Instant::now();
     let result = transfer(config, manifest, ticket, &conn, progress).await;
     // If the receiver closed the connection, its reason says more than "connection lost".
@@ -135,12 +136,12 @@ async fn run(
         }),
         (r, _) => r,
     };
+    tracing::debug!("transfer ended");
     match &result {
-        Ok(_) => conn.close(0u32.into(), b"done"),
-        Err(e) => conn.close(1u32.into(), e.to_string().as_bytes()),
+        Ok(_) => net::close(&conn, 0, b"done").await,
+        Err(e) => net::close(&conn, 1, e.to_string().as_bytes()).await,
     }
-    // Let the close reach the peer; bounded so a vanished peer cannot hold us.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    tracing::debug!("sender closed");
     net::finish_summary(result, started, &conn)
 }
 
@@ -192,7 +193,8 @@ async fn transfer(
     control.flush().await?;
 
     // Blocks flow reader → stream tasks; the channel holds at most the ring's worth.
-    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize);
+    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     let block_rx = Arc::new(tokio::sync::Mutex::new(block_rx));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();

@@ -22,11 +22,17 @@ where
     F: FnOnce(Arc<Progress>) -> Result<Summary> + Send + 'static,
 {
     let progress = Arc::new(Progress::default());
+    // The worker holds `_done` until it returns (or panics): the channel's disconnection wakes
+    // the render loop at once instead of at its next 100 ms tick.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let worker = {
         let p = progress.clone();
         std::thread::Builder::new()
             .name("sluice-main".into())
-            .spawn(move || work(p))?
+            .spawn(move || {
+                let _done = done_tx;
+                work(p)
+            })?
     };
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new(0);
@@ -41,8 +47,9 @@ where
     let start = Instant::now();
     let mut last_json = Instant::now();
     let mut roots = Vec::new();
-    while !worker.is_finished() {
-        std::thread::sleep(Duration::from_millis(100));
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        done_rx.recv_timeout(Duration::from_millis(100))
+    {
         drain(&progress, json, &mut roots);
         let s = progress.snapshot();
         if let Some(b) = &bar {
