@@ -26,6 +26,9 @@ const MODE_MASK: u32 = 0o1777;
 
 /// Suffix of in-progress files.
 pub const PART_SUFFIX: &str = ".sluice-part";
+/// Suffix of the resume journal beside a part file (`.NAME.sluice-journal`, see
+/// [`crate::journal`]).
+pub const JOURNAL_SUFFIX: &str = ".sluice-journal";
 
 /// Where a file entry goes, and what the destination already holds of it.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct Prepared {
     pub existing: Option<PathBuf>,
     /// `existing` is the part file of an interrupted run.
     pub resume: bool,
+    /// The part file's resume journal.
+    pub journal: PathBuf,
 }
 
 /// A destination directory.
@@ -106,6 +111,27 @@ impl Destination {
         Ok(at)
     }
 
+    /// The resume journal of the part file of `final_path`.
+    pub fn journal_path(final_path: &Path) -> PathBuf {
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        final_path.with_file_name(format!(".{name}{JOURNAL_SUFFIX}"))
+    }
+
+    /// Removes the part file of `final_path` and its journal, whichever exist.
+    pub fn remove_part(final_path: &Path) -> io::Result<()> {
+        for p in [Self::part_path(final_path), Self::journal_path(final_path)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The in-progress name of the file that will be `final_path`.
     pub fn part_path(final_path: &Path) -> PathBuf {
         let name = final_path
@@ -130,11 +156,7 @@ impl Destination {
         let part = Self::part_path(&final_path);
         let part_meta = fs::symlink_metadata(&part).ok();
         if restart || part_meta.as_ref().is_some_and(|m| !m.is_file()) {
-            match fs::remove_file(&part) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::file("removing stale", &part)(e)),
-            }
+            Self::remove_part(&final_path).map_err(Error::file("removing stale", &part))?;
         }
         let resume = !restart && part_meta.as_ref().is_some_and(|m| m.is_file());
         let existing = if resume {
@@ -145,6 +167,7 @@ impl Destination {
             None
         };
         Ok(Prepared {
+            journal: Self::journal_path(&final_path),
             final_path,
             part,
             existing,
@@ -220,7 +243,11 @@ impl Destination {
     /// Gives a verified part file its metadata and renames it over the final name.
     pub fn commit(&self, entry: &Entry, part: &Path, final_path: &Path) -> Result<()> {
         self.apply_metadata(entry, part)?;
-        fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))
+        fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))?;
+        // The journal served its part file; a leftover one is harmless (it names an inode
+        // that is gone), so a failure to remove it is not the transfer's.
+        let _ = fs::remove_file(Self::journal_path(final_path));
+        Ok(())
     }
 
     /// Creates a symlink entry, replacing a file or link of the same name.

@@ -30,6 +30,7 @@ pub mod config;
 mod control;
 pub mod dest;
 pub mod error;
+pub mod journal;
 pub mod manifest;
 pub mod membench;
 pub mod merkle;

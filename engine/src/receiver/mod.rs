@@ -398,7 +398,7 @@ async fn receive(
                                 if let Some(len) = local_len {
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
-                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), size: entry.size, block_size });
+                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
@@ -420,16 +420,24 @@ async fn receive(
                                 let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
                                 if !inplace {
                                     parts.push(prepared.part.clone());
+                                    parts.push(prepared.journal.clone());
                                 }
                                 let count = block_count(entry.size, block_size);
                                 if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
                                 tracing::debug!(id = entry.id, "file prepared");
-                                let _ = job_tx.send(Job::Open { file: entry.id, path: target });
+                                let _ = job_tx.send(Job::Open {
+                                    file: entry.id,
+                                    path: target,
+                                    journal: (!inplace).then(|| prepared.journal.clone()),
+                                    size: entry.size,
+                                    block_size,
+                                });
                                 let _ = scan_tx.send(ScanJob {
                                     id: entry.id,
                                     path: prepared.existing.clone(),
+                                    journal: prepared.resume.then(|| prepared.journal.clone()),
                                     size: entry.size,
                                     block_size,
                                 });
@@ -664,6 +672,7 @@ fn fail_file(
     let _ = jobs.send(Job::Close { file: id });
     if !f.inplace {
         let _ = std::fs::remove_file(&f.part);
+        let _ = std::fs::remove_file(Destination::journal_path(&f.final_path));
     }
     Outcome::Failed {
         id,

@@ -1,7 +1,8 @@
 //! The receiver's scanner thread: hashes, block by block, what the destination already holds of
 //! each file — a part file of an interrupted run, or an older version under the final name — and
 //! streams the hashes to the control task, which turns them into `HaveGroups`/`Have`/`HaveDone`
-//! for the sender. Files are scanned one at a time, in manifest order.
+//! for the sender. Files are scanned one at a time, in manifest order. Blocks of a part file that
+//! its resume journal records (see [`crate::journal`]) are reported without being read.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -12,12 +13,15 @@ use sluice_proto::message::Digest;
 use sluice_proto::session::block_count;
 use tokio::sync::mpsc;
 
+use crate::journal;
 use crate::merkle;
 
 /// A request to hash what the destination holds of a file.
 pub(super) struct ScanJob {
     pub(super) id: u32,
     pub(super) path: Option<PathBuf>,
+    /// The resume journal of `path` (a part file), whose blocks need not be read again.
+    pub(super) journal: Option<PathBuf>,
     pub(super) size: u64,
     pub(super) block_size: u32,
 }
@@ -66,6 +70,11 @@ fn scan_one(
     let have = file.metadata()?.len();
     let bs = u64::from(job.block_size);
     let count = block_count(job.size, job.block_size);
+    let journaled = job
+        .journal
+        .as_deref()
+        .and_then(|j| journal::read(j, path, job.block_size, job.size))
+        .unwrap_or_default();
     buf.resize(job.block_size as usize, 0);
     let mut run = Vec::with_capacity(MAX_HAVE);
     let mut first = 0;
@@ -75,9 +84,13 @@ fn scan_one(
         if offset + len > have {
             break;
         }
-        let data = &mut buf[..len as usize];
-        file.read_exact_at(data, offset)?;
-        run.push(Some(merkle::block_cv(data, offset, job.size)));
+        if let Some(cv) = journaled.get(&i) {
+            run.push(Some(*cv));
+        } else {
+            let data = &mut buf[..len as usize];
+            file.read_exact_at(data, offset)?;
+            run.push(Some(merkle::block_cv(data, offset, job.size)));
+        }
         if run.len() == MAX_HAVE {
             let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
             let _ = out.send(Scanned {

@@ -138,28 +138,26 @@ impl HaveBoard {
 
     /// Waits until the receiver has said what it holds of block `index` of file `id`.
     pub(super) fn wait_status(&self, id: u32, index: u64, block_end: u64) -> Held {
-        let group = index / GROUP_BLOCKS;
         let mut files = self.lock();
         loop {
-            if let Some(st) = files.get(&id) {
-                if st.held.is_some_and(|len| block_end > len) {
-                    return Held::Block(None);
-                }
-                if st.detail.contains(&group) {
-                    return Held::Block(st.cvs.get(index as usize).copied().flatten());
-                }
-                if let Some(d) = st.groups.get(group as usize) {
-                    return Held::Group(*d);
-                }
-                if st.done {
-                    return Held::Block(None);
-                }
+            if let Some(held) = files.get(&id).and_then(|st| st.status(index, block_end)) {
+                return held;
             }
             if self.is_closed() {
                 return Held::Block(None);
             }
             files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Whether the receiver has said what it holds of block `index` of file `id` (so
+    /// [`HaveBoard::wait_status`] would not wait).
+    pub(super) fn status_known(&self, id: u32, index: u64, block_end: u64) -> bool {
+        self.is_closed()
+            || self
+                .lock()
+                .get(&id)
+                .is_some_and(|st| st.status(index, block_end).is_some())
     }
 
     /// Waits for the block hashes of a group asked for with `WantDetail`.
@@ -192,5 +190,22 @@ impl HaveBoard {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
+    }
+}
+
+impl HaveState {
+    /// What the receiver holds of block `index` (ending at byte `block_end`), if it has said.
+    fn status(&self, index: u64, block_end: u64) -> Option<Held> {
+        let group = index / GROUP_BLOCKS;
+        if self.held.is_some_and(|len| block_end > len) {
+            return Some(Held::Block(None));
+        }
+        if self.detail.contains(&group) {
+            return Some(Held::Block(self.cvs.get(index as usize).copied().flatten()));
+        }
+        if let Some(d) = self.groups.get(group as usize) {
+            return Some(Held::Group(*d));
+        }
+        self.done.then_some(Held::Block(None))
     }
 }

@@ -474,7 +474,10 @@ impl Reader<'_> {
                 let offset = index * bs;
                 let buf = match self.pool.try_take() {
                     Some(b) => b,
-                    None if next_missing < count && checked < held_blocks => {
+                    None if next_missing < count
+                        && checked < held_blocks
+                        && self.held_status_known(src, checked) =>
+                    {
                         self.drain(&mut *io, &mut done, &mut state)?;
                         self.check_held(fi, &file, checked, &mut spare, &mut state)?;
                         checked += 1;
@@ -595,6 +598,16 @@ impl Reader<'_> {
                 peer: "receiver".into(),
                 detail: "network task stopped".into(),
             })
+    }
+
+    /// Whether the receiver has reported block `index` of `src` yet: checking it now would not
+    /// wait (a slow scan of the receiver's disk must not stall the missing blocks).
+    fn held_status_known(&self, src: &SourceEntry, index: u64) -> bool {
+        let bs = u64::from(self.config.block_size);
+        let end = ((index + 1) * bs).min(src.entry.size);
+        self.board
+            .as_ref()
+            .is_none_or(|b| b.status_known(src.entry.id, index, end))
     }
 
     /// Reads held block `index` of file `fi` into `spare`, a buffer outside the ring, and

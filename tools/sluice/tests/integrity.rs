@@ -160,6 +160,10 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
         ".{}.sluice-part",
         src.file_name().unwrap().to_string_lossy()
     ));
+    let journal = dest.join(format!(
+        ".{}.sluice-journal",
+        src.file_name().unwrap().to_string_lossy()
+    ));
     let final_path = dest.join(src.file_name().unwrap());
 
     let recv = Recv::start(&dest);
@@ -201,6 +205,7 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
         "an unverified file holds the final name"
     );
     assert!(part.exists(), "the partial file must be kept");
+    assert!(journal.exists(), "the resume journal must be kept");
     let missing = missing_bytes(src, &part);
     assert!(missing < size, "nothing was kept");
 
@@ -221,6 +226,7 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
     );
     assert_eq!(b3(&final_path), b3(src));
     assert!(!part.exists());
+    assert!(!journal.exists(), "the journal outlived its part file");
 }
 
 #[test]

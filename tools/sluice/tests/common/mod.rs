@@ -96,14 +96,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, char)>) {
     }
 }
 
-/// Every file whose name marks it as an in-progress part file, anywhere below `root`.
+/// Every file whose name marks it as in-progress state (a part file or its resume journal),
+/// anywhere below `root`.
 pub fn part_files(root: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     walk(root, root, &mut Vec::new());
     let mut all = Vec::new();
     walk(root, root, &mut all);
     for (rel, _) in all {
-        if rel.ends_with(".sluice-part") {
+        if rel.ends_with(".sluice-part") || rel.ends_with(".sluice-journal") {
             v.push(root.join(rel));
         }
     }
