@@ -29,6 +29,7 @@ fn codec(c: &mut Criterion) {
         offset: 1 << 30,
         len: 1 << 20,
         hash: [9; 32],
+        patch: false,
     };
     c.bench_function("block_header_round_trip", |b| {
         b.iter(|| decode_block_header(&encode_block_header(black_box(&h))))

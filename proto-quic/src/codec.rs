@@ -9,7 +9,7 @@
 //! is indexed without a check, and every failure is a [`DecodeError`] saying what was wrong.
 //! [`FrameDecoder`] reassembles frames from arbitrary pieces of a stream.
 
-use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, Message};
+use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, Message, PieceHash};
 
 /// The largest control frame accepted, type byte and body included. Control messages are small
 /// (a manifest entry is at most two strings of [`MAX_STRING_LEN`]); the bound keeps a hostile
@@ -24,6 +24,10 @@ pub const MAX_HAVE: usize = 256;
 pub const BLOCK_HEADER_LEN: usize = 1 + 4 + 8 + 4 + 32;
 /// First byte of every block header, to catch a data stream that lost its framing.
 pub const BLOCK_TAG: u8 = 0xB1;
+/// First byte of a patch header ([`BlockHeader::patch`]); otherwise laid out as a block header.
+pub const PATCH_TAG: u8 = 0xB2;
+/// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
+pub const MAX_PIECES: usize = 256;
 
 const T_HELLO: u8 = 1;
 const T_WELCOME: u8 = 2;
@@ -41,6 +45,8 @@ const T_RESEND: u8 = 13;
 const T_HAVE_GROUPS: u8 = 14;
 const T_WANT_DETAIL: u8 = 15;
 const T_HOLDING: u8 = 16;
+const T_WANT_PIECES: u8 = 17;
+const T_PIECES: u8 = 18;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +157,21 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.push(T_WANT_DETAIL);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&group.to_le_bytes());
+        }
+        Message::WantPieces { id, index } => {
+            out.push(T_WANT_PIECES);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&index.to_le_bytes());
+        }
+        Message::Pieces { id, index, hashes } => {
+            out.push(T_PIECES);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&index.to_le_bytes());
+            let n = hashes.len().min(MAX_PIECES);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+            for h in &hashes[..n] {
+                out.extend_from_slice(h);
+            }
         }
         Message::HaveDone { id } => {
             out.push(T_HAVE_DONE);
@@ -280,6 +301,15 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             id: r.u32("id")?,
             group: r.u64("group")?,
         },
+        T_WANT_PIECES => Message::WantPieces {
+            id: r.u32("id")?,
+            index: r.u64("index")?,
+        },
+        T_PIECES => Message::Pieces {
+            id: r.u32("id")?,
+            index: r.u64("index")?,
+            hashes: r.pieces("hashes")?,
+        },
         T_HAVE_DONE => Message::HaveDone { id: r.u32("id")? },
         T_RESEND => Message::Resend {
             id: r.u32("id")?,
@@ -313,7 +343,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
 /// Encodes a block header into its fixed-size form.
 pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
-    out[0] = BLOCK_TAG;
+    out[0] = if h.patch { PATCH_TAG } else { BLOCK_TAG };
     out[1..5].copy_from_slice(&h.file.to_le_bytes());
     out[5..13].copy_from_slice(&h.offset.to_le_bytes());
     out[13..17].copy_from_slice(&h.len.to_le_bytes());
@@ -329,7 +359,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         msg_type: BLOCK_TAG,
     };
     let tag = r.u8("tag")?;
-    if tag != BLOCK_TAG {
+    if tag != BLOCK_TAG && tag != PATCH_TAG {
         return Err(DecodeError::BadBlockTag(tag));
     }
     Ok(BlockHeader {
@@ -337,6 +367,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         offset: r.u64("offset")?,
         len: r.u32("len")?,
         hash: r.array("hash")?,
+        patch: tag == PATCH_TAG,
     })
 }
 
@@ -382,6 +413,17 @@ impl<'a> Reader<'a> {
     fn digests(&mut self, field: &'static str) -> Result<Vec<[u8; 32]>, DecodeError> {
         let n = usize::from(self.u16("count")?);
         if n > MAX_HAVE {
+            return Err(DecodeError::BadValue {
+                field: "count",
+                value: n as u64,
+            });
+        }
+        (0..n).map(|_| self.array(field)).collect()
+    }
+
+    fn pieces(&mut self, field: &'static str) -> Result<Vec<PieceHash>, DecodeError> {
+        let n = usize::from(self.u16("count")?);
+        if n > MAX_PIECES {
             return Err(DecodeError::BadValue {
                 field: "count",
                 value: n as u64,
@@ -492,6 +534,13 @@ mod tests {
                     digests
                 }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, group)| Message::WantDetail { id, group }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, index)| Message::WantPieces { id, index }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<[u8; 16]>(), 0..=MAX_PIECES)
+            )
+                .prop_map(|(id, index, hashes)| Message::Pieces { id, index, hashes }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, len)| Message::Holding { id, len }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
@@ -555,8 +604,8 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>()) {
-            let h = BlockHeader { file, offset, len, hash };
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), patch in any::<bool>()) {
+            let h = BlockHeader { file, offset, len, hash, patch };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
         }
 
@@ -602,6 +651,7 @@ mod tests {
     #[test]
     fn out_of_frame_block_header_is_detected() {
         let mut b = encode_block_header(&BlockHeader {
+            patch: false,
             file: 1,
             offset: 2,
             len: 3,

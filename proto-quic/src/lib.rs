@@ -24,8 +24,8 @@ pub mod tls;
 
 /// The protocol version this build speaks. Peers with a different version are refused in
 /// the handshake with [`message::ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The ALPN identifier negotiated in the TLS handshake; it carries the major version so a peer of
 /// another version fails the handshake early with a clear TLS alert.
-pub const ALPN: &[u8] = b"sluice/2";
+pub const ALPN: &[u8] = b"sluice/3";

@@ -20,6 +20,24 @@ pub fn group_digest(cvs: &[Digest]) -> Digest {
     *h.finalize().as_bytes()
 }
 
+/// Bytes per piece of a block in [`Message::Pieces`]: 4 KiB, or more for blocks above 1 MiB so
+/// that a block has at most 256 pieces.
+pub fn piece_size(block_size: u32) -> u32 {
+    (block_size / 256).max(4096).min(block_size)
+}
+
+/// A piece hash: the first 16 bytes of the piece's BLAKE3 hash. Only a hint of which bytes
+/// differ: a patched block is verified whole against its chaining value, so a collision costs a
+/// re-send, never a wrong byte.
+pub type PieceHash = [u8; 16];
+
+/// The [`PieceHash`] of `data`.
+pub fn piece_hash(data: &[u8]) -> PieceHash {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&blake3::hash(data).as_bytes()[..16]);
+    out
+}
+
 /// [`Message::Hello`] flag: discard partial files of earlier runs instead of resuming them.
 pub const HELLO_RESTART: u8 = 1;
 /// [`Message::Hello`] flag: update an existing destination file in place instead of building a
@@ -177,6 +195,25 @@ pub enum Message {
         /// The group index.
         group: u64,
     },
+    /// Sender → receiver: block `index` of file `id` differs from the receiver's copy; send the
+    /// hashes of that copy's pieces ([`Message::Pieces`]), so only the differing bytes travel.
+    WantPieces {
+        /// The file's entry id.
+        id: u32,
+        /// The block index.
+        index: u64,
+    },
+    /// Receiver → sender: the [`PieceHash`]es of the receiver's copy of block `index` of file
+    /// `id`, one per [`piece_size`] bytes (the last piece may be shorter). Empty if the receiver
+    /// cannot read its copy; the sender then sends the whole block.
+    Pieces {
+        /// The file's entry id.
+        id: u32,
+        /// The block index.
+        index: u64,
+        /// Piece hashes, at most [`crate::codec::MAX_PIECES`].
+        hashes: Vec<PieceHash>,
+    },
     /// Receiver → sender: no more `Have`/`HaveGroups` for file `id` from the scan (a `Have`
     /// answering a `WantDetail` may still follow). Sent for every file entry, in manifest order.
     HaveDone {
@@ -243,4 +280,9 @@ pub struct BlockHeader {
     /// The block's BLAKE3 chaining value (its subtree hash), or the file's root hash when the file
     /// is a single block. The receiver checks the payload against it before writing.
     pub hash: Digest,
+    /// A patch (tag [`crate::codec::PATCH_TAG`]): the payload is bytes `offset..offset + len`
+    /// of one block, which the receiver completes from its own copy of that block (the one it
+    /// sent [`Message::Pieces`] for) before checking the whole block against `hash`. `offset`
+    /// need not be on a block boundary.
+    pub patch: bool,
 }

@@ -27,8 +27,8 @@
 //! ```
 
 use crate::message::{
-    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS, HELLO_DELETE,
-    HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
+    BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, PieceHash, GROUP_BLOCKS,
+    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
 };
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
@@ -164,6 +164,8 @@ fn name(msg: &Message) -> &'static str {
         Message::HaveDone { .. } => "HaveDone",
         Message::HaveGroups { .. } => "HaveGroups",
         Message::WantDetail { .. } => "WantDetail",
+        Message::WantPieces { .. } => "WantPieces",
+        Message::Pieces { .. } => "Pieces",
         Message::Holding { .. } => "Holding",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
@@ -231,6 +233,13 @@ pub enum ReceiverEvent {
         id: u32,
         /// The group index.
         group: u64,
+    },
+    /// The sender asks for the piece hashes of the receiver's copy of a block.
+    WantPieces {
+        /// The file id.
+        id: u32,
+        /// The block index.
+        index: u64,
     },
     /// The sender has announced every file.
     Finish,
@@ -398,6 +407,13 @@ impl ReceiverSession {
                 }
                 Ok(ReceiverEvent::WantDetail { id, group })
             }
+            (RecvState::Transfer | RecvState::Finished, Message::WantPieces { id, index }) => {
+                let size = self.file(id)?.size;
+                if index >= block_count(size, self.block_size) {
+                    return Err(SessionError::BlockRange { id, index });
+                }
+                Ok(ReceiverEvent::WantPieces { id, index })
+            }
             (RecvState::Transfer, Message::Finish) => {
                 self.state = RecvState::Finished;
                 Ok(ReceiverEvent::Finish)
@@ -427,6 +443,16 @@ impl ReceiverSession {
         }
         let entry = self.file(h.file)?;
         let bs = u64::from(self.block_size);
+        if h.patch {
+            let end = h.offset.checked_add(u64::from(h.len));
+            return match end {
+                _ if h.len == 0 => Err(bad("empty patch")),
+                Some(end) if end <= entry.size && (end - 1) / bs == h.offset / bs => {
+                    Ok(h.offset / bs)
+                }
+                _ => Err(bad("patch is not inside one block of the file")),
+            };
+        }
         if h.offset % bs != 0 {
             return Err(bad("offset is not on a block boundary"));
         }
@@ -477,6 +503,15 @@ pub enum SenderEvent {
     },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
+    /// Piece hashes of the receiver's copy of a block.
+    Pieces {
+        /// The file id.
+        id: u32,
+        /// The block index.
+        index: u64,
+        /// One per piece; empty if the receiver could not read its copy.
+        hashes: Vec<PieceHash>,
+    },
     /// The receiver asks for a block again.
     Resend {
         /// The file id.
@@ -617,6 +652,12 @@ impl SenderSession {
                 self.next_have_done = id as usize + 1;
                 Ok(SenderEvent::HaveDone(id))
             }
+            Message::Pieces { id, index, hashes } if self.welcomed && !self.finished => {
+                if index >= self.blocks(id)? {
+                    return Err(SessionError::BlockRange { id, index });
+                }
+                Ok(SenderEvent::Pieces { id, index, hashes })
+            }
             Message::Resend { id, offset } if self.welcomed && !self.finished => {
                 let blocks = self.blocks(id)?;
                 let bs = u64::from(self.block_size);
@@ -750,6 +791,7 @@ mod tests {
             offset,
             len,
             hash: [0; 32],
+            patch: false,
         };
         assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
         assert_eq!(s.check_block(&h(2048, 452)), Ok(2));
@@ -762,6 +804,25 @@ mod tests {
                 ..h(0, 1024)
             })
             .is_err());
+    }
+
+    #[test]
+    fn patches_stay_inside_one_block() {
+        let s = ready(2500);
+        let p = |offset, len| BlockHeader {
+            file: 0,
+            offset,
+            len,
+            hash: [0; 32],
+            patch: true,
+        };
+        assert_eq!(s.check_block(&p(100, 50)), Ok(0));
+        assert_eq!(s.check_block(&p(1024, 1024)), Ok(1));
+        assert_eq!(s.check_block(&p(2400, 100)), Ok(2));
+        assert!(s.check_block(&p(1000, 48)).is_err(), "spans two blocks");
+        assert!(s.check_block(&p(2400, 101)).is_err(), "past the end");
+        assert!(s.check_block(&p(10, 0)).is_err(), "empty");
+        assert!(s.check_block(&p(u64::MAX, 10)).is_err(), "overflow");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN, MAX_HAVE};
 use sluice_proto::message::{
-    group_digest, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
+    group_digest, piece_size, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
 };
 use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
@@ -46,7 +46,7 @@ use crate::ring::{BufferPool, ALIGN};
 mod scan;
 mod writer;
 
-use scan::{scan_files, ScanJob, Scanned};
+use scan::{scan_files, ScanJob, ScanOut, ScanRequest, Scanned};
 use writer::{write_blocks, Job, Written};
 
 /// State shared by the control task and the stream tasks.
@@ -68,6 +68,9 @@ struct Incoming {
     part: PathBuf,
     /// The older version under the final name, whose matching blocks are kept (delta).
     base: Option<PathBuf>,
+    /// The file the scan read (the part file of a resume, or the older version): patches are
+    /// completed from it.
+    held_at: Option<PathBuf>,
     /// Blocks are written into the existing final file, where the kept ones already are.
     inplace: bool,
     /// Hashes of blocks received in this run.
@@ -98,6 +101,7 @@ impl Incoming {
             final_path,
             part,
             base: None,
+            held_at: None,
             inplace: false,
             received: HashMap::new(),
             blocks,
@@ -296,8 +300,8 @@ async fn receive(
     let (ready_tx, ready_rx) = watch::channel(false);
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Written>();
-    let (scan_tx, scan_rx) = std_mpsc::channel::<ScanJob>();
-    let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Scanned>();
+    let (scan_tx, scan_rx) = std_mpsc::channel::<ScanRequest>();
+    let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<ScanOut>();
 
     let writer = {
         let config = config.clone();
@@ -398,7 +402,7 @@ async fn receive(
                                 if let Some(len) = local_len {
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
-                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size });
+                                let _ = scan_tx.send(ScanRequest::File(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size }));
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
@@ -430,19 +434,21 @@ async fn receive(
                                 let _ = job_tx.send(Job::Open {
                                     file: entry.id,
                                     path: target,
+                                    held_at: prepared.existing.clone(),
                                     journal: (!inplace).then(|| prepared.journal.clone()),
                                     size: entry.size,
                                     block_size,
                                 });
-                                let _ = scan_tx.send(ScanJob {
+                                let _ = scan_tx.send(ScanRequest::File(ScanJob {
                                     id: entry.id,
                                     path: prepared.existing.clone(),
                                     journal: prepared.resume.then(|| prepared.journal.clone()),
                                     size: entry.size,
                                     block_size,
-                                });
+                                }));
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming {
+                                    held_at: prepared.existing.clone(),
                                     base: (!prepared.resume && !inplace).then_some(prepared.existing).flatten(),
                                     inplace,
                                     ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, count)
@@ -490,13 +496,38 @@ async fn receive(
                             };
                             control.send(&Message::Have { id, first: start, cvs }).await?;
                         }
+                        ReceiverEvent::WantPieces { id, index } => {
+                            // Hashed on the scanner thread, which reads the block.
+                            let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
+                            match files.get(&id).and_then(|f| f.held_at.clone()) {
+                                Some(path) => {
+                                    let bs = u64::from(block_size);
+                                    let offset = index * bs;
+                                    let _ = scan_tx.send(ScanRequest::Pieces {
+                                        id,
+                                        index,
+                                        path,
+                                        offset,
+                                        len: (size - offset).min(bs) as usize,
+                                        piece: piece_size(block_size) as usize,
+                                    });
+                                }
+                                None => control.send(&Message::Pieces { id, index, hashes: Vec::new() }).await?,
+                            }
+                        }
                         ReceiverEvent::Finish => finished = true,
                     }
                 }
                 scanned = scanned_rx.recv() => {
-                    let Some(Scanned { id, first, cvs, done }) = scanned else {
-                        return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
+                    let scanned = match scanned {
+                        Some(ScanOut::Blocks(s)) => s,
+                        Some(ScanOut::Pieces { id, index, hashes }) => {
+                            control.send(&Message::Pieces { id, index, hashes }).await?;
+                            continue;
+                        }
+                        None => return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended"))),
                     };
+                    let Scanned { id, first, cvs, done } = scanned;
                     if done {
                         scans_pending -= 1;
                     }
@@ -901,10 +932,11 @@ async fn read_block(
         }
     }
     let header = decode_block_header(&raw)?;
-    let (index, file_len) = {
+    let (index, file_len, block_size) = {
         let mut s = shared.lock().map_err(|_| poisoned())?;
         let index = s.session.check_block(&header)?;
         let file_len = s.session.entries()[header.file as usize].size;
+        let block_size = u64::from(s.session.block_size());
         if !s.claimed.entry(header.file).or_default().insert(index) {
             return Err(sluice_proto::session::SessionError::BadBlock {
                 file: header.file,
@@ -914,20 +946,34 @@ async fn read_block(
             }
             .into());
         }
-        (index, file_len)
+        (index, file_len, block_size)
     };
     let mut buf = pool.take().await;
     let len = header.len as usize;
+    // A patch lands where its bytes sit in the block; the writer fills in the rest.
+    let at = (header.offset - index * block_size) as usize;
     stream
-        .read_exact(&mut buf.as_mut_slice()[..len])
+        .read_exact(&mut buf.as_mut_slice()[at..at + len])
         .await
         .map_err(|e| conn_err(&e))?;
-    let _ = jobs.send(Job::Write {
-        file: header.file,
-        index,
-        header,
-        file_len,
-        buf,
-    });
+    let job = if header.patch {
+        Job::Patch {
+            file: header.file,
+            index,
+            header,
+            file_len,
+            block_size,
+            buf,
+        }
+    } else {
+        Job::Write {
+            file: header.file,
+            index,
+            header,
+            file_len,
+            buf,
+        }
+    };
+    let _ = jobs.send(job);
     Ok(true)
 }

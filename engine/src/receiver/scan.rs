@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 
 use sluice_proto::codec::MAX_HAVE;
-use sluice_proto::message::Digest;
+use sluice_proto::message::{piece_hash, Digest, PieceHash};
 use sluice_proto::session::block_count;
 use tokio::sync::mpsc;
 
@@ -26,6 +26,32 @@ pub(super) struct ScanJob {
     pub(super) block_size: u32,
 }
 
+/// Work for the scanner thread.
+pub(super) enum ScanRequest {
+    /// Hash what the destination holds of a file, block by block.
+    File(ScanJob),
+    /// Hash the pieces of one block the destination holds (the sender's `WantPieces`).
+    Pieces {
+        id: u32,
+        index: u64,
+        path: PathBuf,
+        offset: u64,
+        len: usize,
+        piece: usize,
+    },
+}
+
+/// What the scanner thread reports.
+pub(super) enum ScanOut {
+    Blocks(Scanned),
+    /// Piece hashes of a block; empty if it could not be read whole.
+    Pieces {
+        id: u32,
+        index: u64,
+        hashes: Vec<PieceHash>,
+    },
+}
+
 /// Hashes of a run of blocks the destination holds (`None` where it holds nothing whole),
 /// streamed as the scan goes so the sender can start comparing at once; `done` ends a file.
 pub(super) struct Scanned {
@@ -37,9 +63,34 @@ pub(super) struct Scanned {
 
 /// The scanner thread: hashes, block by block, what the destination holds of each file, and
 /// streams the results in runs of [`MAX_HAVE`] blocks.
-pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::UnboundedSender<Scanned>) {
+pub(super) fn scan_files(
+    jobs: std_mpsc::Receiver<ScanRequest>,
+    out: mpsc::UnboundedSender<ScanOut>,
+) {
     let mut buf = Vec::new();
-    while let Ok(job) = jobs.recv() {
+    while let Ok(req) = jobs.recv() {
+        let job = match req {
+            ScanRequest::File(job) => job,
+            ScanRequest::Pieces {
+                id,
+                index,
+                path,
+                offset,
+                len,
+                piece,
+            } => {
+                use std::os::unix::fs::FileExt;
+                buf.resize(len, 0);
+                let hashes = File::open(&path)
+                    .and_then(|f| f.read_exact_at(&mut buf[..len], offset))
+                    .map(|()| buf[..len].chunks(piece.max(1)).map(piece_hash).collect())
+                    .unwrap_or_default();
+                if out.send(ScanOut::Pieces { id, index, hashes }).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         if let Some(path) = &job.path {
             let started = std::time::Instant::now();
             if let Err(e) = scan_one(path, &job, &mut buf, &out) {
@@ -53,7 +104,7 @@ pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::Unbounded
             cvs: Vec::new(),
             done: true,
         };
-        if out.send(end).is_err() {
+        if out.send(ScanOut::Blocks(end)).is_err() {
             return;
         }
     }
@@ -63,7 +114,7 @@ fn scan_one(
     path: &std::path::Path,
     job: &ScanJob,
     buf: &mut Vec<u8>,
-    out: &mpsc::UnboundedSender<Scanned>,
+    out: &mpsc::UnboundedSender<ScanOut>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = File::open(path)?;
@@ -93,22 +144,22 @@ fn scan_one(
         }
         if run.len() == MAX_HAVE {
             let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
-            let _ = out.send(Scanned {
+            let _ = out.send(ScanOut::Blocks(Scanned {
                 id: job.id,
                 first,
                 cvs,
                 done: false,
-            });
+            }));
             first = i + 1;
         }
     }
     if !run.is_empty() {
-        let _ = out.send(Scanned {
+        let _ = out.send(ScanOut::Blocks(Scanned {
             id: job.id,
             first,
             cvs: run,
             done: false,
-        });
+        }));
     }
     Ok(())
 }

@@ -31,9 +31,21 @@ pub(super) enum Job {
         file_len: u64,
         buf: Buffer,
     },
+    /// Bytes of one block (a patch, at their place in `buf`): the rest of the block comes from
+    /// the file the receiver reported holding, then it is verified and written like a block.
+    Patch {
+        file: u32,
+        index: u64,
+        header: BlockHeader,
+        file_len: u64,
+        block_size: u64,
+        buf: Buffer,
+    },
     Open {
         file: u32,
         path: PathBuf,
+        /// The file the receiver's copy of this file's blocks is in (patches complete from it).
+        held_at: Option<PathBuf>,
         /// Where to journal the blocks written, for a part file (not in place).
         journal: Option<PathBuf>,
         size: u64,
@@ -72,6 +84,8 @@ pub(super) fn write_blocks(
     // Per file: where its journal goes, and, once the part file is open, the journal itself.
     let mut journal_at: HashMap<u32, (PathBuf, u64, u32)> = HashMap::new();
     let mut journals: HashMap<u32, JournalWriter> = HashMap::new();
+    // Per file: where the receiver's copy of its blocks is (for patches).
+    let mut held: HashMap<u32, PathBuf> = HashMap::new();
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<Completion<(u32, u64, Digest)>>,
                   paths: &HashMap<u32, PathBuf>,
@@ -151,15 +165,54 @@ pub(super) fn write_blocks(
                 Err(std_mpsc::TryRecvError::Disconnected) => break,
             }
         };
+        let job = match job {
+            Job::Patch {
+                file,
+                index,
+                header,
+                file_len,
+                block_size,
+                buf,
+            } => match complete_patch(held.get(&file), index, &header, file_len, block_size, buf) {
+                Ok((header, buf)) => Job::Write {
+                    file,
+                    index,
+                    header,
+                    file_len,
+                    buf,
+                },
+                // The receiver's copy could not be read: as a block damaged on the way, it is
+                // asked for again (whole).
+                Err(e) => {
+                    tracing::info!(
+                        file,
+                        index,
+                        "cannot complete a patch ({e}); asking for the block"
+                    );
+                    let _ = done.send(Written::Corrupt {
+                        file,
+                        index,
+                        offset: index * block_size,
+                    });
+                    continue;
+                }
+            },
+            other => other,
+        };
         match job {
+            Job::Patch { .. } => unreachable!("patches became writes above"),
             Job::Open {
                 file,
                 path,
+                held_at,
                 journal,
                 size,
                 block_size,
             } => {
                 paths.insert(file, path);
+                if let Some(h) = held_at {
+                    held.insert(file, h);
+                }
                 if let Some(j) = journal {
                     journal_at.insert(file, (j, size, block_size));
                 }
@@ -169,6 +222,7 @@ pub(super) fn write_blocks(
                     flush_journal(file, &mut j, &open, &paths);
                 }
                 journal_at.remove(&file);
+                held.remove(&file);
                 open.remove(&file);
                 paths.remove(&file);
             }
@@ -285,6 +339,37 @@ pub(super) fn write_blocks(
     for (file, j) in &mut journals {
         flush_journal(*file, j, &open, &paths);
     }
+}
+
+/// Completes a patch into its whole block: reads the bytes around the patch from `held_at`,
+/// the receiver's copy. Returns the block's header (whole-block offset and length, the same
+/// hash) and the buffer holding the block.
+fn complete_patch(
+    held_at: Option<&PathBuf>,
+    index: u64,
+    header: &BlockHeader,
+    file_len: u64,
+    block_size: u64,
+    mut buf: Buffer,
+) -> std::io::Result<(BlockHeader, Buffer)> {
+    use std::os::unix::fs::FileExt;
+    let path = held_at
+        .ok_or_else(|| std::io::Error::other("a patch for a file the receiver holds no copy of"))?;
+    let start = index * block_size;
+    let block_len = (file_len - start).min(block_size) as usize;
+    let at = (header.offset - start) as usize;
+    let end = at + header.len as usize;
+    let copy = File::open(path)?;
+    let data = buf.as_mut_slice();
+    copy.read_exact_at(&mut data[..at], start)?;
+    copy.read_exact_at(&mut data[end..block_len], start + end as u64)?;
+    let whole = BlockHeader {
+        offset: start,
+        len: block_len as u32,
+        patch: false,
+        ..*header
+    };
+    Ok((whole, buf))
 }
 
 /// Makes file `file`'s written blocks durable and journals them. A failure only costs a

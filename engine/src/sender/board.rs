@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use sluice_proto::message::{Digest, GROUP_BLOCKS};
+use sluice_proto::message::{Digest, PieceHash, GROUP_BLOCKS};
 
 /// What the receiver holds of each file, filled in by the control task as `Have`/`HaveGroups`
 /// messages arrive and read by the storage thread block by block, so the receiver's scan and the
@@ -31,6 +31,8 @@ struct HaveState {
     done: bool,
     /// Bytes the receiver holds (Holding): blocks past this are missing for certain.
     held: Option<u64>,
+    /// Piece hashes of blocks asked for with `WantPieces`, by block index.
+    pieces: std::collections::HashMap<u64, Vec<PieceHash>>,
 }
 
 /// What the receiver holds of one block, as far as the sender can tell yet.
@@ -158,6 +160,31 @@ impl HaveBoard {
                 .lock()
                 .get(&id)
                 .is_some_and(|st| st.status(index, block_end).is_some())
+    }
+
+    /// Piece hashes of a block, answering a `WantPieces`.
+    pub(super) fn add_pieces(&self, id: u32, index: u64, hashes: Vec<PieceHash>) {
+        let mut files = self.lock();
+        if let Some(st) = self.state(&mut files, id) {
+            st.pieces.insert(index, hashes);
+        }
+        drop(files);
+        self.cond.notify_all();
+    }
+
+    /// Waits for the piece hashes of a block asked for with `WantPieces`; empty if the
+    /// transfer is ending.
+    pub(super) fn wait_pieces(&self, id: u32, index: u64) -> Vec<PieceHash> {
+        let mut files = self.lock();
+        loop {
+            if let Some(h) = files.get_mut(&id).and_then(|st| st.pieces.remove(&index)) {
+                return h;
+            }
+            if self.is_closed() {
+                return Vec::new();
+            }
+            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Waits for the block hashes of a group asked for with `WantDetail`.

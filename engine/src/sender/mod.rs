@@ -22,8 +22,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
 use sluice_proto::message::{
-    group_digest, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS, HELLO_DELETE,
-    HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
+    group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
+    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
 };
 use sluice_proto::session::{block_count, SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
@@ -54,6 +54,7 @@ struct Block {
 enum ReadEvent {
     FileDone { id: u32, root: Digest, sent: u64 },
     WantDetail { id: u32, group: u64 },
+    WantPieces { id: u32, index: u64 },
     Failed(Error),
     AllRead,
 }
@@ -277,6 +278,9 @@ async fn transfer(
                 Some(ReadEvent::WantDetail { id, group }) => {
                     control.send(&Message::WantDetail { id, group }).await?;
                 }
+                Some(ReadEvent::WantPieces { id, index }) => {
+                    control.send(&Message::WantPieces { id, index }).await?;
+                }
                 Some(ReadEvent::AllRead) => control.send(&Message::Finish).await?,
                 Some(ReadEvent::Failed(e)) => {
                     let _ = control
@@ -307,6 +311,7 @@ async fn transfer(
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
                     SenderEvent::Holding { id, len } => board.holding(id, len),
+                    SenderEvent::Pieces { id, index, hashes } => board.add_pieces(id, index, hashes),
                     SenderEvent::Resend { id, offset } => {
                         progress.add_resent();
                         let _ = resend_tx.send((id, offset));
@@ -374,6 +379,9 @@ struct Reading {
     pending: Vec<u64>,
     /// Compare only: blocks that differ, not sent.
     differs: Vec<u64>,
+    /// Blocks the receiver holds another version of, whose piece hashes were asked for: only
+    /// their differing bytes are sent, as a patch, once the file is read.
+    patches: Vec<u64>,
 }
 
 /// The storage thread: reads every block of every file through the ring, hashes it, and passes
@@ -439,6 +447,7 @@ impl Reader<'_> {
                 group_digests: std::collections::HashMap::new(),
                 pending: Vec::new(),
                 differs: Vec::new(),
+                patches: Vec::new(),
             });
             let file = Arc::new(file);
             // Blocks from the one holding byte `len` on are (almost all) missing for certain: read
@@ -581,13 +590,78 @@ impl Reader<'_> {
         self.send_block(src.entry.id, offset, cv, buf.freeze(len))
     }
 
+    /// Whether a differing block of `len` bytes is worth a piece-hash round trip: it must have
+    /// at least two pieces.
+    fn patchable(&self, len: usize) -> bool {
+        len >= 2 * piece_size(self.config.block_size) as usize
+    }
+
+    /// Sends block `index` of `src` as a patch: reads it again, compares its piece hashes with
+    /// the receiver's copy's, and sends the bytes from the first differing piece to the last
+    /// (the whole block if the receiver could not say).
+    fn send_patch(&self, src: &SourceEntry, index: u64, cv: Digest) -> Result<()> {
+        let theirs = match &self.board {
+            Some(b) => b.wait_pieces(src.entry.id, index),
+            None => Vec::new(),
+        };
+        let size = src.entry.size;
+        let bs = u64::from(self.config.block_size);
+        let offset = index * bs;
+        let len = (size - offset).min(bs) as usize;
+        let mut buf = self.pool.take_blocking();
+        let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf.as_mut_slice()[..len], offset)
+            .map_err(Error::file("reading", &src.local))?;
+        if merkle::block_cv(&buf.as_slice()[..len], offset, size) != cv {
+            return Err(Error::SourceChanged {
+                path: src.local.clone(),
+                detail: format!("the block at offset {offset} changed while it was being sent"),
+            });
+        }
+        let piece = piece_size(self.config.block_size) as usize;
+        let ours: Vec<_> = buf.as_slice()[..len]
+            .chunks(piece)
+            .map(piece_hash)
+            .collect();
+        let differs = |i: &usize| theirs.get(*i) != Some(&ours[*i]);
+        let range = match (
+            (0..ours.len()).find(differs),
+            (0..ours.len()).rev().find(differs),
+        ) {
+            (Some(first), Some(last)) if theirs.len() == ours.len() => {
+                first * piece..((last + 1) * piece).min(len)
+            }
+            _ => 0..len,
+        };
+        let payload = buf.freeze(len).slice(range.clone());
+        self.progress.add_kept((len - payload.len()) as u64);
+        self.send_frame(
+            BlockHeader {
+                file: src.entry.id,
+                offset: offset + range.start as u64,
+                len: payload.len() as u32,
+                hash: cv,
+                patch: range.len() < len,
+            },
+            payload,
+        )
+    }
+
     fn send_block(&self, file: u32, offset: u64, hash: Digest, payload: Bytes) -> Result<()> {
-        let header = encode_block_header(&BlockHeader {
-            file,
-            offset,
-            len: payload.len() as u32,
-            hash,
-        });
+        self.send_frame(
+            BlockHeader {
+                file,
+                offset,
+                len: payload.len() as u32,
+                hash,
+                patch: false,
+            },
+            payload,
+        )
+    }
+
+    fn send_frame(&self, header: BlockHeader, payload: Bytes) -> Result<()> {
+        let header = encode_block_header(&header);
         let block = Block {
             header: Bytes::copy_from_slice(&header),
             payload,
@@ -680,6 +754,15 @@ impl Reader<'_> {
                 st.sent += 1;
                 st.differs.push(index);
             }
+            // The receiver holds another version of this block: send only what differs.
+            Held::Block(Some(_)) if self.patchable(n) => {
+                st.sent += 1;
+                st.patches.push(index);
+                let _ = self.events.send(ReadEvent::WantPieces {
+                    id: src.entry.id,
+                    index,
+                });
+            }
             Held::Block(_) => {
                 st.sent += 1;
                 let payload = match data {
@@ -731,11 +814,21 @@ impl Reader<'_> {
                     } else if self.config.dry_run {
                         st.sent += 1;
                         st.differs.push(i);
+                    } else if their.is_some() && self.patchable((size - i * bs).min(bs) as usize) {
+                        st.sent += 1;
+                        st.patches.push(i);
+                        let _ = self.events.send(ReadEvent::WantPieces {
+                            id: src.entry.id,
+                            index: i,
+                        });
                     } else {
                         st.sent += 1;
                         self.send_again(src, i * bs)?;
                     }
                 }
+            }
+            for i in std::mem::take(&mut st.patches) {
+                self.send_patch(src, i, st.cvs[i as usize])?;
             }
             let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
             if !st.differs.is_empty() {

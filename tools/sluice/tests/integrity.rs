@@ -69,12 +69,15 @@ fn delta_sends_only_changed_blocks() {
     let first = copy_json(&src, &dest);
     assert_eq!(first["payload_bytes"], GIB);
 
-    // Ten scattered 4 KiB edits: at most ten blocks cross.
+    // Ten scattered 4 KiB edits, not page-aligned: each block that changed crosses only as a
+    // patch of the two 4 KiB pieces the edit touches.
     for i in 0..10u64 {
         edit(&src, i * 97 * BLOCK + 12_345, &[i as u8; 4096]);
     }
     let s = copy_json(&src, &dest);
-    assert!(s["payload_bytes"].as_u64().unwrap() <= 10 * BLOCK, "{s}");
+    assert_eq!(s["payload_bytes"].as_u64().unwrap(), 10 * 2 * 4096, "{s}");
+    // Piece hashes and tree digests: far under one block.
+    assert!(s["wire_bytes"].as_u64().unwrap() < 400 * 1024, "{s}");
     assert_eq!(
         s["kept_bytes"].as_u64().unwrap() + s["payload_bytes"].as_u64().unwrap(),
         GIB
@@ -324,7 +327,8 @@ fn inplace_delta_writes_only_changed_blocks_into_the_existing_file() {
             .output()
             .unwrap(),
     );
-    assert_eq!(s["payload_bytes"], 3 * BLOCK, "{s}");
+    // Each 9-byte edit sits inside one 4 KiB piece: only those pieces cross.
+    assert_eq!(s["payload_bytes"], 3 * 4096, "{s}");
     assert_eq!(b3(&dest.join("f.bin")), b3(&src));
     // Same file, updated in place; no part file.
     assert_eq!(fs::metadata(dest.join("f.bin")).unwrap().ino(), inode);
