@@ -431,10 +431,12 @@ async fn receive(
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
                                 tracing::debug!(id = entry.id, "file prepared");
+                                let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
                                 let _ = job_tx.send(Job::Open {
                                     file: entry.id,
                                     path: target,
                                     held_at: prepared.existing.clone(),
+                                    base: base.clone(),
                                     journal: (!inplace).then(|| prepared.journal.clone()),
                                     size: entry.size,
                                     block_size,
@@ -449,7 +451,7 @@ async fn receive(
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming {
                                     held_at: prepared.existing.clone(),
-                                    base: (!prepared.resume && !inplace).then_some(prepared.existing).flatten(),
+                                    base,
                                     inplace,
                                     ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, count)
                                 });
@@ -474,6 +476,7 @@ async fn receive(
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::FileDone { id, root, sent } => {
+                            tracing::debug!(id, sent, "file done at the sender");
                             if let Some(f) = files.get_mut(&id) {
                                 f.root = Some(root);
                                 f.sent = Some(sent);
@@ -482,6 +485,7 @@ async fn receive(
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::WantDetail { id, group } => {
+                            start_base_copy(id, &files, &shared, &job_tx)?;
                             let start = group * GROUP_BLOCKS;
                             let cvs: Vec<Digest> = match files.get(&id) {
                                 Some(f) => {
@@ -497,6 +501,7 @@ async fn receive(
                             control.send(&Message::Have { id, first: start, cvs }).await?;
                         }
                         ReceiverEvent::WantPieces { id, index } => {
+                            start_base_copy(id, &files, &shared, &job_tx)?;
                             // Hashed on the scanner thread, which reads the block.
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
                             match files.get(&id).and_then(|f| f.held_at.clone()) {
@@ -579,6 +584,7 @@ async fn receive(
                             }
                         }
                         Written::Assembled { file } => {
+                            tracing::debug!(file, "assembled");
                             if let Some(f) = files.get_mut(&file) {
                                 f.assembling = false;
                             }
@@ -788,6 +794,21 @@ fn try_finish(
     }
 }
 
+/// The sender asked about file `id`'s blocks, so it differs: if it is a delta against an older
+/// version, have the writer copy that version into the part file now.
+fn start_base_copy(
+    id: u32,
+    files: &HashMap<u32, Incoming>,
+    shared: &Mutex<Shared>,
+    jobs: &std_mpsc::Sender<Job>,
+) -> Result<()> {
+    if files.get(&id).is_some_and(|f| f.base.is_some()) {
+        let file_len = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
+        let _ = jobs.send(Job::CopyBase { file: id, file_len });
+    }
+    Ok(())
+}
+
 /// Puts a verified file in place: renames the part file over the final name, or — when the
 /// final file already held every block — only updates its metadata.
 fn commit(
@@ -821,6 +842,7 @@ fn commit(
     }
     dest.finish_part(&f.part, entry.size)?;
     dest.commit(&entry, &f.part, &f.final_path)?;
+    tracing::debug!(id, "renamed into place");
     Ok(root_outcome(root))
 }
 

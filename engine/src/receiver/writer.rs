@@ -46,12 +46,25 @@ pub(super) enum Job {
         path: PathBuf,
         /// The file the receiver's copy of this file's blocks is in (patches complete from it).
         held_at: Option<PathBuf>,
+        /// The older version a delta keeps blocks of: copied whole into the part file before
+        /// the file's first block is written (see [`Job::Assemble`]).
+        base: Option<PathBuf>,
         /// Where to journal the blocks written, for a part file (not in place).
         journal: Option<PathBuf>,
         size: u64,
         block_size: u32,
     },
-    /// Copy kept blocks from the old version into the part file (delta).
+    /// The sender found file `file` changed: copy its older version into the part file now,
+    /// while the comparison goes on (see [`Job::Assemble`]).
+    CopyBase {
+        file: u32,
+        file_len: u64,
+    },
+    /// Copy kept blocks from the old version into the part file (delta). Nothing to do if the
+    /// whole old version was copied as soon as the file was known to differ (the sender's first
+    /// `WantDetail`/`WantPieces` for it, or its first block): an unchanged file never gets a
+    /// part file, and a changed one has its copy made while the comparison goes on, instead of
+    /// after it (1 GiB, ten edits: the copy is ~0.5 s of disk writes).
     Assemble {
         file: u32,
         base: PathBuf,
@@ -86,6 +99,9 @@ pub(super) fn write_blocks(
     let mut journals: HashMap<u32, JournalWriter> = HashMap::new();
     // Per file: where the receiver's copy of its blocks is (for patches).
     let mut held: HashMap<u32, PathBuf> = HashMap::new();
+    // Per file: the older version of a delta, and whether it was copied into the part file.
+    let mut bases: HashMap<u32, PathBuf> = HashMap::new();
+    let mut copied: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<Completion<(u32, u64, Digest)>>,
                   paths: &HashMap<u32, PathBuf>,
@@ -205,6 +221,7 @@ pub(super) fn write_blocks(
                 file,
                 path,
                 held_at,
+                base,
                 journal,
                 size,
                 block_size,
@@ -212,6 +229,9 @@ pub(super) fn write_blocks(
                 paths.insert(file, path);
                 if let Some(h) = held_at {
                     held.insert(file, h);
+                }
+                if let Some(b) = base {
+                    bases.insert(file, b);
                 }
                 if let Some(j) = journal {
                     journal_at.insert(file, (j, size, block_size));
@@ -223,8 +243,20 @@ pub(super) fn write_blocks(
                 }
                 journal_at.remove(&file);
                 held.remove(&file);
+                bases.remove(&file);
+                copied.remove(&file);
                 open.remove(&file);
                 paths.remove(&file);
+            }
+            Job::CopyBase { file, file_len } => {
+                if let Err(error) = copy_base(file, file_len, &bases, &mut copied, &paths, config) {
+                    let _ = done.send(Written::Failed { file, error });
+                }
+            }
+            Job::Assemble { .. } if copied.contains(&file_of(&job)) => {
+                let _ = done.send(Written::Assembled {
+                    file: file_of(&job),
+                });
             }
             Job::Assemble { file, base, blocks } => {
                 let msg = match paths.get(&file) {
@@ -256,6 +288,12 @@ pub(super) fn write_blocks(
                         index,
                         offset: header.offset,
                     });
+                    continue;
+                }
+                // The first changed block of a delta: lay the old version down first, so this
+                // and later blocks overwrite it (the writer runs jobs in order).
+                if let Err(error) = copy_base(file, file_len, &bases, &mut copied, &paths, config) {
+                    let _ = done.send(Written::Failed { file, error });
                     continue;
                 }
                 let handles = match open.get(&file) {
@@ -405,6 +443,46 @@ fn fault_injection() -> std::collections::HashSet<(u32, u64)> {
         .collect()
 }
 
+/// The most bytes [`copy_blocks`] moves per read and write.
+const COPY_RUN: usize = 8 << 20;
+
+/// Copies the older version of delta file `file` whole into its part file, once.
+fn copy_base(
+    file: u32,
+    file_len: u64,
+    bases: &HashMap<u32, PathBuf>,
+    copied: &mut std::collections::HashSet<u32>,
+    paths: &HashMap<u32, PathBuf>,
+    config: &Config,
+) -> Result<()> {
+    let (Some(base), Some(part)) = (bases.get(&file), paths.get(&file)) else {
+        return Ok(());
+    };
+    if !copied.insert(file) {
+        return Ok(());
+    }
+    let keep = std::fs::metadata(base).map_or(0, |m| m.len()).min(file_len);
+    let runs: Vec<(u64, usize)> = (0..keep)
+        .step_by(COPY_RUN)
+        .map(|at| (at, (keep - at).min(COPY_RUN as u64) as usize))
+        .collect();
+    let started = std::time::Instant::now();
+    let r = copy_blocks(base, part, &runs, config.direct_io);
+    tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
+    r
+}
+
+fn file_of(job: &Job) -> u32 {
+    match job {
+        Job::Write { file, .. }
+        | Job::CopyBase { file, .. }
+        | Job::Patch { file, .. }
+        | Job::Open { file, .. }
+        | Job::Assemble { file, .. }
+        | Job::Close { file } => *file,
+    }
+}
+
 /// Copies kept blocks of the old version of a file into its part file, at the same offsets:
 /// adjacent blocks in runs of up to 8 MiB, read through the page cache (the scan just read them)
 /// and written with `O_DIRECT` where offset and length allow. Through the page cache, the copy of
@@ -417,7 +495,7 @@ fn copy_blocks(
     direct: bool,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    const RUN: usize = 8 << 20;
+    const RUN: usize = COPY_RUN;
     let from = File::open(base).map_err(Error::file("opening", base))?;
     let to = Destination::open_part(part).map_err(Error::file("opening", part))?;
     let to_direct = direct
