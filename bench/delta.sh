@@ -10,7 +10,7 @@
 #   unchanged nothing changed
 # Tools: rsync over ssh (default delta algorithm, against an sshd this script starts on
 # 127.0.0.1 and stops), `sluice copy` at the default 1 MiB blocks, at --block-size 64K, and at
-# 64K with --inplace (rsync's default builds a new file, like Sluice's default).
+# 1 MiB and 64K with --inplace (rsync's default builds a new file, like Sluice's default).
 # Bytes on the wire: rsync's own "Total bytes sent" + "Total bytes received"; Sluice's UDP bytes
 # both ways on the sender's QUIC connection (`wire_bytes` of `--json`).
 # Resume: time of a full `sluice copy`, then of the second run after a SIGKILL at 50 %.
@@ -83,7 +83,7 @@ for c in edit10 append unchanged; do
     r_time=$(echo "$t1 - $t0" | bc -l)
     cmp -s "$WORK/src/data.bin" "$WORK/rsync/data.bin" || echo "rsync result differs!" >&2
     printf '| %s | rsync over ssh | %.2f | %d | — | 1.00 | 1.00 |\n' "$c" "$r_time" "$r_wire"
-    for opts in "--block-size 1M" "--block-size 64K" "--block-size 64K --inplace" "--block-size 16K --inplace"; do
+    for opts in "--block-size 1M" "--block-size 1M --inplace" "--block-size 64K" "--block-size 64K --inplace"; do
         fresh_dest "$WORK/sluice"
         t0=$(now)
         # shellcheck disable=SC2086
