@@ -46,7 +46,7 @@ use crate::ring::{BufferPool, ALIGN};
 mod scan;
 mod writer;
 
-use scan::{scan_files, ScanJob, ScanOut, ScanRequest, Scanned};
+use scan::{hash_pieces, scan_files, ScanJob, ScanOut, ScanRequest, Scanned};
 use writer::{write_blocks, Job, Written};
 
 /// State shared by the control task and the stream tasks.
@@ -310,6 +310,14 @@ async fn receive(
             .spawn(move || write_blocks(&config, job_rx, done_tx))
             .map_err(Error::io("starting writer thread"))?
     };
+    let (piece_tx, piece_rx) = std_mpsc::channel::<ScanRequest>();
+    let pieces = {
+        let out = scanned_tx.clone();
+        std::thread::Builder::new()
+            .name("sluice-pieces".into())
+            .spawn(move || hash_pieces(piece_rx, out))
+            .map_err(Error::io("starting piece thread"))?
+    };
     let scanner = std::thread::Builder::new()
         .name("sluice-scan".into())
         .spawn(move || scan_files(scan_rx, scanned_tx))
@@ -502,13 +510,13 @@ async fn receive(
                         }
                         ReceiverEvent::WantPieces { id, index } => {
                             start_base_copy(id, &files, &shared, &job_tx)?;
-                            // Hashed on the scanner thread, which reads the block.
+                            // Hashed on the piece thread, which reads the block.
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
                             match files.get(&id).and_then(|f| f.held_at.clone()) {
                                 Some(path) => {
                                     let bs = u64::from(block_size);
                                     let offset = index * bs;
-                                    let _ = scan_tx.send(ScanRequest::Pieces {
+                                    let _ = piece_tx.send(ScanRequest::Pieces {
                                         id,
                                         index,
                                         path,
@@ -636,8 +644,10 @@ async fn receive(
     streams.shutdown().await;
     drop(job_tx);
     drop(scan_tx);
+    drop(piece_tx);
     let _ = writer.join();
     let _ = scanner.join();
+    let _ = pieces.join();
     if result.is_ok() {
         parts.clear();
     }

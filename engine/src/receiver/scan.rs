@@ -61,6 +61,15 @@ pub(super) struct Scanned {
     pub(super) done: bool,
 }
 
+/// The piece thread: answers piece requests on its own, so a sender waiting for one does not
+/// wait for the scan of every file queued before it. (The same loop as [`scan_files`].)
+pub(super) fn hash_pieces(
+    jobs: std_mpsc::Receiver<ScanRequest>,
+    out: mpsc::UnboundedSender<ScanOut>,
+) {
+    scan_files(jobs, out)
+}
+
 /// The scanner thread: hashes, block by block, what the destination holds of each file, and
 /// streams the results in runs of [`MAX_HAVE`] blocks.
 pub(super) fn scan_files(

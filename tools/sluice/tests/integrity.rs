@@ -103,6 +103,40 @@ fn delta_sends_only_changed_blocks() {
 }
 
 #[test]
+fn patches_in_a_tree_with_send_and_recv() {
+    // Forty files of a block and a bit; ten of them get a 5-byte edit. Each edited file's
+    // block crosses as one 4 KiB piece, through separate send and recv processes.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..40u64 {
+        random_file(
+            &src.join(format!("sub/f{i}.bin")),
+            BLOCK + 7 * i,
+            40 + i as u8,
+        );
+    }
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    for i in (0..40u64).step_by(4) {
+        edit(&src.join(format!("sub/f{i}.bin")), 300_000 + i, b"hello");
+    }
+    let recv = Recv::start(&dest);
+    let out = sluice()
+        .args(["--json", "send"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let s = json_summary(&out);
+    let r = recv.wait();
+    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    assert_eq!(s["payload_bytes"].as_u64().unwrap(), 10 * 4096, "{s}");
+    assert_same_tree(&src, &dest.join("tree"));
+    assert!(part_files(&dest).is_empty());
+}
+
+#[test]
 fn unchanged_tree_sends_no_payload() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("tree");
