@@ -5,7 +5,9 @@
 //! send half; the owner of [`Control`] keeps reading. Without this, two peers that each write
 //! more than the other's flow-control window before reading (a manifest of a million entries one
 //! way, the receiver's Have messages for them the other way) would wait for each other forever.
-//! The queue is bounded by what the protocol produces per manifest entry, not by file sizes.
+//! The queue is bounded by what the protocol produces per manifest entry and per block asked
+//! about (one `Pieces` per block at most), not by payload sizes; a peer that stops reading its
+//! side can still make it grow that far.
 //! [`Control::sync`] waits until everything queued so far has been handed to QUIC, for the
 //! moments that matter (before closing the connection).
 

@@ -159,6 +159,15 @@ impl Destination {
             Self::remove_part(&final_path).map_err(Error::file("removing stale", &part))?;
         }
         let resume = !restart && part_meta.as_ref().is_some_and(|m| m.is_file());
+        if !resume {
+            // A journal without its part file (removed by hand, say) must not vouch for a new
+            // part file that happens to get the same inode number.
+            match fs::remove_file(Self::journal_path(&final_path)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::file("removing stale", &part)(e)),
+            }
+        }
         let existing = if resume {
             Some(part.clone())
         } else if final_meta.as_ref().is_some_and(|m| m.is_file()) {
@@ -244,8 +253,8 @@ impl Destination {
     pub fn commit(&self, entry: &Entry, part: &Path, final_path: &Path) -> Result<()> {
         self.apply_metadata(entry, part)?;
         fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))?;
-        // The journal served its part file; a leftover one is harmless (it names an inode
-        // that is gone), so a failure to remove it is not the transfer's.
+        // The journal served its part file. A leftover one is removed by the next run that
+        // prepares this name without a part file, so a failure here is not the transfer's.
         let _ = fs::remove_file(Self::journal_path(final_path));
         Ok(())
     }

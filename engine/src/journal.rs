@@ -8,10 +8,13 @@
 //! without reading them back — the point: re-reading a part file written with `O_DIRECT` comes
 //! from the disk, not the page cache, and competes with the new writes (a 1 GiB resume after a
 //! kill at 50 % took longer than a full copy). Blocks of the part file without a record are
-//! hashed as before.
+//! hashed as before. A resumed run that rewrites a block an earlier run journaled (the source
+//! changed in between) first appends a durable tombstone for it, so the old record can never
+//! vouch for the new bytes.
 //!
 //! Trust: the journal is believed only for the part file it was written for (same inode, same
-//! file size and block size). It cannot see a part file changed by another program between two
+//! file size and block size), and a journal without a part file is removed before a new part file
+//! is made (inode numbers are reused). It cannot see a part file changed by another program between two
 //! runs; the part file is a hidden file of our own, and such a change is treated like one to
 //! the destination after a transfer.
 //!
@@ -52,7 +55,13 @@ fn header(block_size: u32, size: u64, inode: u64) -> [u8; HEADER_LEN] {
 pub struct JournalWriter {
     file: File,
     pending: Vec<(u64, Digest)>,
+    /// Blocks an earlier run recorded: rewriting one first needs a durable tombstone, or the
+    /// old record would vouch for bytes no longer there if this run stops before its own.
+    earlier: std::collections::HashSet<u64>,
 }
+
+/// The hash a tombstone record carries: "forget what was recorded for this block".
+const TOMBSTONE: Digest = [0; 32];
 
 impl JournalWriter {
     /// Opens the journal at `path` for the open part file `part`: appends to it if it was
@@ -67,6 +76,13 @@ impl JournalWriter {
             .and_then(|mut f| f.read_exact(&mut have))
             .is_ok()
             && have == want;
+        let earlier = if valid {
+            records(path, block_size, size)
+                .map(|r| r.into_keys().collect())
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
         let file = if valid {
             File::options()
                 .append(true)
@@ -85,7 +101,21 @@ impl JournalWriter {
         Ok(Self {
             file,
             pending: Vec::new(),
+            earlier,
         })
+    }
+
+    /// Call before block `index` is written: if an earlier run recorded it, appends a tombstone
+    /// and makes it durable first.
+    pub fn before_write(&mut self, index: u64) -> io::Result<()> {
+        if !self.earlier.remove(&index) {
+            return Ok(());
+        }
+        let mut rec = [0u8; RECORD_LEN];
+        rec[..8].copy_from_slice(&index.to_le_bytes());
+        rec[8..].copy_from_slice(&TOMBSTONE);
+        self.file.write_all(&rec)?;
+        self.file.sync_data()
     }
 
     /// Notes a block verified and written; it is journaled at the next [`JournalWriter::flush`].
@@ -118,20 +148,41 @@ impl JournalWriter {
 /// missing, foreign or damaged journal (a torn last record is ignored).
 pub fn read(path: &Path, part: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Digest>> {
     let inode = std::fs::symlink_metadata(part).ok()?.ino();
+    let mut head = [0u8; HEADER_LEN];
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?
+        .read_exact(&mut head)
+        .ok()?;
+    if head != header(block_size, size, inode) {
+        return None;
+    }
+    records(path, block_size, size)
+}
+
+/// The records of the journal at `path` for a file of `size` bytes in blocks of `block_size`
+/// (tombstones applied), whichever part file its header names; `None` if it is not such a
+/// journal.
+fn records(path: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Digest>> {
     let count = block_count(size, block_size);
     let mut f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ok()?;
-    // Each block is recorded about once (a re-sent block twice); anything far longer is not ours.
-    let limit = HEADER_LEN as u64 + RECORD_LEN as u64 * (2 * count + 64);
+    // A block is recorded about once per run that writes it (plus a tombstone when rewritten);
+    // anything far longer is not ours, and costs only a re-scan.
+    let limit = HEADER_LEN as u64 + RECORD_LEN as u64 * (4 * count + 64);
     if f.metadata().ok()?.len() > limit {
         return None;
     }
     let mut data = Vec::new();
     f.read_to_end(&mut data).ok()?;
-    if data.len() < HEADER_LEN || data[..HEADER_LEN] != header(block_size, size, inode) {
+    // Magic, block size and file size; the inode is the caller's business.
+    let want = header(block_size, size, 0);
+    if data.len() < HEADER_LEN || data[..24] != want[..24] {
         return None;
     }
     let mut blocks = HashMap::new();
@@ -141,7 +192,11 @@ pub fn read(path: &Path, part: &Path, block_size: u32, size: u64) -> Option<Hash
             return None;
         }
         let cv: Digest = rec[8..].try_into().ok()?;
-        blocks.insert(index, cv);
+        if cv == TOMBSTONE {
+            blocks.remove(&index);
+        } else {
+            blocks.insert(index, cv);
+        }
     }
     Some(blocks)
 }
@@ -175,6 +230,28 @@ mod tests {
         std::fs::remove_file(&part).unwrap();
         File::create(&part).unwrap();
         assert!(read(&journal, &part, 1024, 10_000).is_none());
+    }
+
+    #[test]
+    fn rewriting_an_earlier_block_buries_its_record_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("p");
+        let journal = dir.path().join("j");
+        let p = File::create(&part).unwrap();
+        let mut w = JournalWriter::open(&journal, &p, 1024, 8192).unwrap();
+        w.record(2, [2; 32]);
+        w.record(5, [5; 32]);
+        w.flush(&p).unwrap();
+        drop(w);
+        // A later run rewrites block 2 and stops before journaling it.
+        let mut w = JournalWriter::open(&journal, &p, 1024, 8192).unwrap();
+        w.before_write(2).unwrap();
+        w.before_write(7).unwrap();
+        w.record(2, [9; 32]);
+        drop(w);
+        let got = read(&journal, &part, 1024, 8192).unwrap();
+        assert_eq!(got.len(), 1, "block 2 no longer vouched for: {got:?}");
+        assert_eq!(got[&5], [5; 32]);
     }
 
     #[test]

@@ -71,6 +71,8 @@ struct Incoming {
     /// The file the scan read (the part file of a resume, or the older version): patches are
     /// completed from it.
     held_at: Option<PathBuf>,
+    /// Blocks whose piece hashes the sender asked for (once each).
+    pieces_asked: std::collections::HashSet<u64>,
     /// Blocks are written into the existing final file, where the kept ones already are.
     inplace: bool,
     /// Hashes of blocks received in this run.
@@ -102,6 +104,7 @@ impl Incoming {
             part,
             base: None,
             held_at: None,
+            pieces_asked: Default::default(),
             inplace: false,
             received: HashMap::new(),
             blocks,
@@ -303,16 +306,20 @@ async fn receive(
     let (scan_tx, scan_rx) = std_mpsc::channel::<ScanRequest>();
     let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<ScanOut>();
 
+    // Set when the transfer ends in error: the writer abandons long local copies then.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let config = config.clone();
+        let writer_stop = stop.clone();
         std::thread::Builder::new()
             .name("sluice-write".into())
-            .spawn(move || write_blocks(&config, job_rx, done_tx))
+            .spawn(move || write_blocks(&config, job_rx, done_tx, writer_stop))
             .map_err(Error::io("starting writer thread"))?
     };
     let (piece_tx, piece_rx) = std_mpsc::channel::<ScanRequest>();
+    let (pieces_out, mut pieces_in) = mpsc::unbounded_channel::<ScanOut>();
     let pieces = {
-        let out = scanned_tx.clone();
+        let out = pieces_out;
         std::thread::Builder::new()
             .name("sluice-pieces".into())
             .spawn(move || hash_pieces(piece_rx, out))
@@ -509,6 +516,15 @@ async fn receive(
                             control.send(&Message::Have { id, first: start, cvs }).await?;
                         }
                         ReceiverEvent::WantPieces { id, index } => {
+                            if let Some(f) = files.get_mut(&id) {
+                                if !f.pieces_asked.insert(index) {
+                                    return Err(SessionError::Unexpected {
+                                        state: "the pieces of this block were already sent",
+                                        got: "WantPieces",
+                                    }
+                                    .into());
+                                }
+                            }
                             start_base_copy(id, &files, &shared, &job_tx)?;
                             // Hashed on the piece thread, which reads the block.
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
@@ -531,13 +547,19 @@ async fn receive(
                         ReceiverEvent::Finish => finished = true,
                     }
                 }
+                answer = pieces_in.recv() => {
+                    match answer {
+                        Some(ScanOut::Pieces { id, index, hashes }) => {
+                            control.send(&Message::Pieces { id, index, hashes }).await?;
+                        }
+                        Some(ScanOut::Blocks(_)) => {}
+                        None => return Err(Error::io("piece thread")(std::io::Error::other("stopped before the transfer ended"))),
+                    }
+                }
                 scanned = scanned_rx.recv() => {
                     let scanned = match scanned {
                         Some(ScanOut::Blocks(s)) => s,
-                        Some(ScanOut::Pieces { id, index, hashes }) => {
-                            control.send(&Message::Pieces { id, index, hashes }).await?;
-                            continue;
-                        }
+                        Some(ScanOut::Pieces { .. }) => continue,
                         None => return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended"))),
                     };
                     let Scanned { id, first, cvs, done } = scanned;
@@ -563,13 +585,15 @@ async fn receive(
                         return Err(Error::io("writer thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
                     let outcome = match w {
-                        Written::Block { file, index, cv } => {
+                        Written::Block { file, index, cv, carried } => {
                             let Some(f) = files.get_mut(&file) else { continue };
                             if index < f.blocks && f.received.insert(index, cv).is_none() {
                                 f.got += 1;
                             }
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[file as usize].size;
-                            progress.add_verified((size - index * u64::from(block_size)).min(u64::from(block_size)));
+                            let len = (size - index * u64::from(block_size)).min(u64::from(block_size));
+                            // Payload that crossed: for a patch, less than the block.
+                            progress.add_verified(u64::from(carried).min(len));
                             try_finish(file, &mut files, &shared, dest, block_size, &job_tx)?
                         }
                         Written::Corrupt { file, index, offset } => {
@@ -643,6 +667,9 @@ async fn receive(
     // Stream tasks hold job senders: they must be gone before the writer can see the end.
     streams.shutdown().await;
     drop(job_tx);
+    if result.is_err() {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     drop(scan_tx);
     drop(piece_tx);
     let _ = writer.join();
@@ -716,10 +743,19 @@ fn fail_file(
     let Some(f) = files.remove(&id) else {
         return Outcome::Pending;
     };
-    let _ = jobs.send(Job::Close { file: id });
-    if !f.inplace {
-        let _ = std::fs::remove_file(&f.part);
-        let _ = std::fs::remove_file(Destination::journal_path(&f.final_path));
+    // The writer removes the part file and its journal after the jobs queued before (so none
+    // re-creates them); never a file in place, nor anything in a compare-only run.
+    let remove = if f.inplace || f.compare_only.is_some() {
+        Vec::new()
+    } else {
+        vec![f.part.clone(), Destination::journal_path(&f.final_path)]
+    };
+    if let Err(std::sync::mpsc::SendError(Job::Close { remove, .. })) =
+        jobs.send(Job::Close { file: id, remove })
+    {
+        for p in remove {
+            let _ = std::fs::remove_file(p);
+        }
     }
     Outcome::Failed {
         id,
@@ -829,7 +865,10 @@ fn commit(
     jobs: &std_mpsc::Sender<Job>,
 ) -> Result<Outcome> {
     let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
-    let _ = jobs.send(Job::Close { file: id });
+    let _ = jobs.send(Job::Close {
+        file: id,
+        remove: Vec::new(),
+    });
     let Some(f) = files.remove(&id) else {
         return Ok(Outcome::Pending);
     };
@@ -967,6 +1006,15 @@ async fn read_block(
     let (index, file_len, block_size) = {
         let mut s = shared.lock().map_err(|_| poisoned())?;
         let index = s.session.check_block(&header)?;
+        if s.session.dry_run() {
+            return Err(sluice_proto::session::SessionError::BadBlock {
+                file: header.file,
+                offset: header.offset,
+                len: header.len,
+                why: "data in a compare-only run",
+            }
+            .into());
+        }
         let file_len = s.session.entries()[header.file as usize].size;
         let block_size = u64::from(s.session.block_size());
         if !s.claimed.entry(header.file).or_default().insert(index) {
@@ -1004,6 +1052,7 @@ async fn read_block(
             header,
             file_len,
             buf,
+            carried: header.len,
         }
     };
     let _ = jobs.send(job);

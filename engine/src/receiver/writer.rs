@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub(super) enum Job {
         header: BlockHeader,
         file_len: u64,
         buf: Buffer,
+        /// Bytes of it that came over the wire.
+        carried: u32,
     },
     /// Bytes of one block (a patch, at their place in `buf`): the rest of the block comes from
     /// the file the receiver reported holding, then it is verified and written like a block.
@@ -56,10 +59,7 @@ pub(super) enum Job {
     },
     /// The sender found file `file` changed: copy its older version into the part file now,
     /// while the comparison goes on (see [`Job::Assemble`]).
-    CopyBase {
-        file: u32,
-        file_len: u64,
-    },
+    CopyBase { file: u32, file_len: u64 },
     /// Copy kept blocks from the old version into the part file (delta). Nothing to do if the
     /// whole old version was copied as soon as the file was known to differ (the sender's first
     /// `WantDetail`/`WantPieces` for it, or its first block): an unchanged file never gets a
@@ -70,17 +70,33 @@ pub(super) enum Job {
         base: PathBuf,
         blocks: Vec<(u64, usize)>,
     },
-    Close {
-        file: u32,
-    },
+    /// The file is done with (verified, or failed): forget it, and remove these files once
+    /// every earlier job has run (so none of them re-creates what was removed).
+    Close { file: u32, remove: Vec<PathBuf> },
 }
 
 /// What the writer thread reports back.
 pub(super) enum Written {
-    Block { file: u32, index: u64, cv: Digest },
-    Corrupt { file: u32, index: u64, offset: u64 },
-    Failed { file: u32, error: Error },
-    Assembled { file: u32 },
+    /// Verified and written; `carried` of its bytes came over the wire (less than the block for
+    /// a patch).
+    Block {
+        file: u32,
+        index: u64,
+        cv: Digest,
+        carried: u32,
+    },
+    Corrupt {
+        file: u32,
+        index: u64,
+        offset: u64,
+    },
+    Failed {
+        file: u32,
+        error: Error,
+    },
+    Assembled {
+        file: u32,
+    },
 }
 
 /// The writer thread: verifies each block against its header and writes it at its offset.
@@ -88,8 +104,9 @@ pub(super) fn write_blocks(
     config: &Config,
     jobs: std_mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Written>,
+    stop: Arc<AtomicBool>,
 ) {
-    let (mut io, _) = blockio::open::<(u32, u64, Digest)>(config.io_uring, config.write_depth);
+    let (mut io, _) = blockio::open::<(u32, u64, Digest, u32)>(config.io_uring, config.write_depth);
     let mut faults = fault_injection();
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
     // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
@@ -103,12 +120,12 @@ pub(super) fn write_blocks(
     let mut bases: HashMap<u32, PathBuf> = HashMap::new();
     let mut copied: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut finished = Vec::new();
-    let report = |finished: &mut Vec<Completion<(u32, u64, Digest)>>,
+    let report = |finished: &mut Vec<Completion<(u32, u64, Digest, u32)>>,
                   paths: &HashMap<u32, PathBuf>,
                   journals: &mut HashMap<u32, JournalWriter>,
                   open: &HashMap<u32, (Arc<File>, Option<Arc<File>>)>| {
         for c in finished.drain(..) {
-            let (file, index, cv) = c.req.tag;
+            let (file, index, cv, carried) = c.req.tag;
             // A short write (the device took part of the block, typically a full disk): write
             // the rest through the page cache, which either completes it or names the error.
             let result = match c.result {
@@ -132,7 +149,12 @@ pub(super) fn write_blocks(
                             flush_journal(file, j, open, paths);
                         }
                     }
-                    Written::Block { file, index, cv }
+                    Written::Block {
+                        file,
+                        index,
+                        cv,
+                        carried,
+                    }
                 }
                 other => {
                     let path = paths.get(&file).cloned().unwrap_or_default();
@@ -190,12 +212,13 @@ pub(super) fn write_blocks(
                 block_size,
                 buf,
             } => match complete_patch(held.get(&file), index, &header, file_len, block_size, buf) {
-                Ok((header, buf)) => Job::Write {
+                Ok((whole, buf)) => Job::Write {
                     file,
                     index,
-                    header,
+                    header: whole,
                     file_len,
                     buf,
+                    carried: header.len,
                 },
                 // The receiver's copy could not be read: as a block damaged on the way, it is
                 // asked for again (whole).
@@ -237,7 +260,7 @@ pub(super) fn write_blocks(
                     journal_at.insert(file, (j, size, block_size));
                 }
             }
-            Job::Close { file } => {
+            Job::Close { file, remove } => {
                 if let Some(mut j) = journals.remove(&file) {
                     flush_journal(file, &mut j, &open, &paths);
                 }
@@ -247,9 +270,16 @@ pub(super) fn write_blocks(
                 copied.remove(&file);
                 open.remove(&file);
                 paths.remove(&file);
+                // Later jobs for this file (a late CopyBase) must not touch it again.
+                copied.insert(file);
+                for p in remove {
+                    let _ = std::fs::remove_file(p);
+                }
             }
             Job::CopyBase { file, file_len } => {
-                if let Err(error) = copy_base(file, file_len, &bases, &mut copied, &paths, config) {
+                if let Err(error) =
+                    copy_base(file, file_len, &bases, &mut copied, &paths, config, &stop)
+                {
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
@@ -259,11 +289,14 @@ pub(super) fn write_blocks(
                 });
             }
             Job::Assemble { file, base, blocks } => {
+                copied.insert(file);
                 let msg = match paths.get(&file) {
-                    Some(part) => match copy_blocks(&base, part, &blocks, config.direct_io) {
-                        Ok(()) => Written::Assembled { file },
-                        Err(error) => Written::Failed { file, error },
-                    },
+                    Some(part) => {
+                        match copy_blocks(&base, part, &blocks, config.direct_io, &stop) {
+                            Ok(()) => Written::Assembled { file },
+                            Err(error) => Written::Failed { file, error },
+                        }
+                    }
                     None => continue,
                 };
                 let _ = done.send(msg);
@@ -274,6 +307,7 @@ pub(super) fn write_blocks(
                 header,
                 file_len,
                 mut buf,
+                carried,
             } => {
                 let len = header.len as usize;
                 if faults.remove(&(file, index)) {
@@ -292,7 +326,9 @@ pub(super) fn write_blocks(
                 }
                 // The first changed block of a delta: lay the old version down first, so this
                 // and later blocks overwrite it (the writer runs jobs in order).
-                if let Err(error) = copy_base(file, file_len, &bases, &mut copied, &paths, config) {
+                if let Err(error) =
+                    copy_base(file, file_len, &bases, &mut copied, &paths, config, &stop)
+                {
                     let _ = done.send(Written::Failed { file, error });
                     continue;
                 }
@@ -338,6 +374,17 @@ pub(super) fn write_blocks(
                         }
                     }
                 };
+                if let Some(j) = journals.get_mut(&file) {
+                    if let Err(e) = j.before_write(index) {
+                        // Without the tombstone an old record could vouch for this block after
+                        // an interruption: stop journaling this file.
+                        tracing::warn!(file, "cannot update the resume journal ({e})");
+                        journals.remove(&file);
+                        if let Some((at, _, _)) = journal_at.get(&file) {
+                            let _ = std::fs::remove_file(at);
+                        }
+                    }
+                }
                 // O_DIRECT takes whole 4 KiB pages at 4 KiB offsets (ring buffers are aligned).
                 let aligned = header.offset % ALIGN as u64 == 0 && len % ALIGN == 0;
                 let handle = match (&handles.1, aligned) {
@@ -350,7 +397,7 @@ pub(super) fn write_blocks(
                     offset: header.offset,
                     buf,
                     len,
-                    tag: (file, index, cv),
+                    tag: (file, index, cv, carried),
                 };
                 if let Err(source) = io.submit(req, &mut finished) {
                     let path = paths.get(&file).cloned().unwrap_or_default();
@@ -454,20 +501,20 @@ fn copy_base(
     copied: &mut std::collections::HashSet<u32>,
     paths: &HashMap<u32, PathBuf>,
     config: &Config,
+    stop: &AtomicBool,
 ) -> Result<()> {
-    let (Some(base), Some(part)) = (bases.get(&file), paths.get(&file)) else {
-        return Ok(());
-    };
+    // Once anything was written into the part file (a block, the kept blocks) or the file was
+    // closed, the older version must never be laid over it again.
     if !copied.insert(file) {
         return Ok(());
     }
+    let (Some(base), Some(part)) = (bases.get(&file), paths.get(&file)) else {
+        return Ok(());
+    };
     let keep = std::fs::metadata(base).map_or(0, |m| m.len()).min(file_len);
-    let runs: Vec<(u64, usize)> = (0..keep)
-        .step_by(COPY_RUN)
-        .map(|at| (at, (keep - at).min(COPY_RUN as u64) as usize))
-        .collect();
+    let whole = [(0, keep as usize)];
     let started = std::time::Instant::now();
-    let r = copy_blocks(base, part, &runs, config.direct_io);
+    let r = copy_blocks(base, part, &whole, config.direct_io, stop);
     tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
     r
 }
@@ -479,7 +526,7 @@ fn file_of(job: &Job) -> u32 {
         | Job::Patch { file, .. }
         | Job::Open { file, .. }
         | Job::Assemble { file, .. }
-        | Job::Close { file } => *file,
+        | Job::Close { file, .. } => *file,
     }
 }
 
@@ -493,23 +540,22 @@ fn copy_blocks(
     part: &std::path::Path,
     blocks: &[(u64, usize)],
     direct: bool,
+    stop: &AtomicBool,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
-    const RUN: usize = COPY_RUN;
     let from = File::open(base).map_err(Error::file("opening", base))?;
     let to = Destination::open_part(part).map_err(Error::file("opening", part))?;
     let to_direct = direct
         .then(|| Destination::open_part_direct(part))
         .flatten();
     // Page-aligned, as O_DIRECT needs.
-    let mut buf = memmap2::MmapMut::map_anon(RUN).map_err(Error::io("allocating a copy buffer"))?;
-    let mut i = 0;
-    while i < blocks.len() {
-        let (offset, mut len) = blocks[i];
-        i += 1;
-        while i < blocks.len() && blocks[i].0 == offset + len as u64 && len + blocks[i].1 <= RUN {
-            len += blocks[i].1;
-            i += 1;
+    let mut buf =
+        memmap2::MmapMut::map_anon(COPY_RUN).map_err(Error::io("allocating a copy buffer"))?;
+    for (offset, len) in runs(blocks, COPY_RUN) {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::io("copying kept blocks")(std::io::Error::other(
+                "the transfer ended",
+            )));
         }
         let data = &mut buf[..len];
         from.read_exact_at(data, offset)
@@ -522,4 +568,26 @@ fn copy_blocks(
         .map_err(Error::file("writing", part))?;
     }
     Ok(())
+}
+
+/// Byte ranges `(offset, len)` merged where adjacent and cut into pieces of at most `max`
+/// bytes (a block may be larger than `max`: blocks go up to 16 MiB).
+fn runs(ranges: &[(u64, usize)], max: usize) -> Vec<(u64, usize)> {
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for &(offset, len) in ranges {
+        match merged.last_mut() {
+            Some(last) if last.1 == offset => last.1 += len as u64,
+            _ => merged.push((offset, offset + len as u64)),
+        }
+    }
+    let mut out = Vec::new();
+    for (start, end) in merged {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(max as u64);
+            out.push((at, n as usize));
+            at += n;
+        }
+    }
+    out
 }

@@ -33,6 +33,8 @@ struct HaveState {
     held: Option<u64>,
     /// Piece hashes of blocks asked for with `WantPieces`, by block index.
     pieces: std::collections::HashMap<u64, Vec<PieceHash>>,
+    /// Blocks asked for with `WantPieces` and not answered yet; other answers are dropped.
+    asked: std::collections::HashSet<u64>,
 }
 
 /// What the receiver holds of one block, as far as the sender can tell yet.
@@ -162,11 +164,21 @@ impl HaveBoard {
                 .is_some_and(|st| st.status(index, block_end).is_some())
     }
 
-    /// Piece hashes of a block, answering a `WantPieces`.
+    /// Notes that the piece hashes of a block are being asked for.
+    pub(super) fn ask_pieces(&self, id: u32, index: u64) {
+        let mut files = self.lock();
+        if let Some(st) = self.state(&mut files, id) {
+            st.asked.insert(index);
+        }
+    }
+
+    /// Piece hashes of a block, answering a `WantPieces` (anything not asked for is dropped).
     pub(super) fn add_pieces(&self, id: u32, index: u64, hashes: Vec<PieceHash>) {
         let mut files = self.lock();
         if let Some(st) = self.state(&mut files, id) {
-            st.pieces.insert(index, hashes);
+            if st.asked.remove(&index) {
+                st.pieces.insert(index, hashes);
+            }
         }
         drop(files);
         self.cond.notify_all();

@@ -279,6 +279,7 @@ async fn transfer(
                     control.send(&Message::WantDetail { id, group }).await?;
                 }
                 Some(ReadEvent::WantPieces { id, index }) => {
+                    board.ask_pieces(id, index);
                     control.send(&Message::WantPieces { id, index }).await?;
                 }
                 Some(ReadEvent::AllRead) => control.send(&Message::Finish).await?,
@@ -582,12 +583,32 @@ impl Reader<'_> {
     fn send_again(&self, src: &SourceEntry, offset: u64) -> Result<()> {
         let size = src.entry.size;
         let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
-        let mut buf = self.pool.take_blocking();
+        let block = self.read_again(src, offset, len)?;
+        let cv = merkle::block_cv(&block, offset, size);
+        self.send_block(src.entry.id, offset, cv, block)
+    }
+
+    /// Reads `len` bytes at `offset` of `src` again, into a ring buffer if one is free, else into
+    /// a buffer of its own: this thread may itself hold the ring's other buffers (reads in
+    /// flight for the next file), so waiting for one could wait forever with a small ring.
+    fn read_again(&self, src: &SourceEntry, offset: u64, len: usize) -> Result<Bytes> {
+        use std::os::unix::fs::FileExt;
         let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf.as_mut_slice()[..len], offset)
-            .map_err(Error::file("reading", &src.local))?;
-        let cv = merkle::block_cv(&buf.as_slice()[..len], offset, size);
-        self.send_block(src.entry.id, offset, cv, buf.freeze(len))
+        let read = |b: &mut [u8]| {
+            file.read_exact_at(b, offset)
+                .map_err(Error::file("reading", &src.local))
+        };
+        match self.pool.try_take() {
+            Some(mut buf) => {
+                read(&mut buf.as_mut_slice()[..len])?;
+                Ok(buf.freeze(len))
+            }
+            None => {
+                let mut v = vec![0u8; len];
+                read(&mut v)?;
+                Ok(Bytes::from(v))
+            }
+        }
     }
 
     /// Whether a differing block of `len` bytes is worth a piece-hash round trip: it must have
@@ -608,21 +629,15 @@ impl Reader<'_> {
         let bs = u64::from(self.config.block_size);
         let offset = index * bs;
         let len = (size - offset).min(bs) as usize;
-        let mut buf = self.pool.take_blocking();
-        let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf.as_mut_slice()[..len], offset)
-            .map_err(Error::file("reading", &src.local))?;
-        if merkle::block_cv(&buf.as_slice()[..len], offset, size) != cv {
+        let block = self.read_again(src, offset, len)?;
+        if merkle::block_cv(&block, offset, size) != cv {
             return Err(Error::SourceChanged {
                 path: src.local.clone(),
                 detail: format!("the block at offset {offset} changed while it was being sent"),
             });
         }
         let piece = piece_size(self.config.block_size) as usize;
-        let ours: Vec<_> = buf.as_slice()[..len]
-            .chunks(piece)
-            .map(piece_hash)
-            .collect();
+        let ours: Vec<_> = block.chunks(piece).map(piece_hash).collect();
         let differs = |i: &usize| theirs.get(*i) != Some(&ours[*i]);
         let range = match (
             (0..ours.len()).find(differs),
@@ -633,7 +648,7 @@ impl Reader<'_> {
             }
             _ => 0..len,
         };
-        let payload = buf.freeze(len).slice(range.clone());
+        let payload = block.slice(range.clone());
         self.progress.add_kept((len - payload.len()) as u64);
         self.send_frame(
             BlockHeader {
@@ -739,6 +754,7 @@ impl Reader<'_> {
             });
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
+        let mut data = Some(data);
         let Some(st) = state[fi].as_mut() else {
             return Ok(());
         };
@@ -765,13 +781,14 @@ impl Reader<'_> {
             }
             Held::Block(_) => {
                 st.sent += 1;
-                let payload = match data {
-                    Data::Ring(buf) => buf.freeze(n),
-                    Data::Spare(bytes) => {
+                let payload = match data.take() {
+                    Some(Data::Ring(buf)) => buf.freeze(n),
+                    Some(Data::Spare(bytes)) => {
                         let mut buf = self.pool.take_blocking();
                         buf.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
                         buf.freeze(n)
                     }
+                    None => unreachable!("the block's bytes are taken once"),
                 };
                 self.send_block(src.entry.id, offset, cv, payload)?;
             }
@@ -798,6 +815,9 @@ impl Reader<'_> {
                 }
             }
         }
+        // The block's buffer goes back to the ring before the file's last work, which may
+        // need one.
+        drop(data);
         if st.remaining == 0 {
             // Groups that differ: send the blocks whose hashes differ.
             let bs = u64::from(self.config.block_size);

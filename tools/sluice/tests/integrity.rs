@@ -103,6 +103,34 @@ fn delta_sends_only_changed_blocks() {
 }
 
 #[test]
+fn truncated_file_with_blocks_larger_than_the_copy_buffer() {
+    // 16 MiB blocks are larger than the 8 MiB runs kept blocks are copied in; the new version
+    // is an unchanged prefix of the old one, so only the kept blocks are copied.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f.bin");
+    random_file(&src, 40 * BLOCK, 23);
+    let dest = d.path().join("dest");
+    let big = |src: &Path, dest: &Path| {
+        json_summary(
+            &sluice()
+                .args(["--json", "copy", "--block-size", "16M"])
+                .arg(src)
+                .arg(dest)
+                .output()
+                .unwrap(),
+        )
+    };
+    big(&src, &dest);
+    let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.set_len(32 * BLOCK + 5).unwrap();
+    drop(f);
+    let s = big(&src, &dest);
+    assert!(s["payload_bytes"].as_u64().unwrap() <= 5, "{s}");
+    assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+    assert!(part_files(&dest).is_empty());
+}
+
+#[test]
 fn patches_in_a_tree_with_send_and_recv() {
     // Forty files of a block and a bit; ten of them get a 5-byte edit. Each edited file's
     // block crosses as one 4 KiB piece, through separate send and recv processes.
