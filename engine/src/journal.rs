@@ -167,7 +167,7 @@ pub fn read(path: &Path, part: &Path, block_size: u32, size: u64) -> Option<Hash
 /// journal.
 fn records(path: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Digest>> {
     let count = block_count(size, block_size);
-    let mut f = File::options()
+    let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
@@ -178,15 +178,19 @@ fn records(path: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Diges
     if f.metadata().ok()?.len() > limit {
         return None;
     }
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).ok()?;
+    // Streamed: memory grows with the records, not with the journal's bytes as well.
+    let mut r = io::BufReader::new(f);
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head).ok()?;
     // Magic, block size and file size; the inode is the caller's business.
     let want = header(block_size, size, 0);
-    if data.len() < HEADER_LEN || data[..24] != want[..24] {
+    if head[..24] != want[..24] {
         return None;
     }
     let mut blocks = HashMap::new();
-    for rec in data[HEADER_LEN..].chunks_exact(RECORD_LEN) {
+    let mut rec = [0u8; RECORD_LEN];
+    // A torn last record (a short read) ends the journal.
+    while r.read_exact(&mut rec).is_ok() {
         let index = u64::from_le_bytes(rec[..8].try_into().ok()?);
         if index >= count {
             return None;
