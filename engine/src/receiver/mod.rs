@@ -516,6 +516,7 @@ async fn receive(
                             control.send(&Message::Have { id, first: start, cvs }).await?;
                         }
                         ReceiverEvent::WantPieces { id, index } => {
+                            tracing::trace!(id, index, "piece hashes asked for");
                             if let Some(f) = files.get_mut(&id) {
                                 if !f.pieces_asked.insert(index) {
                                     return Err(SessionError::Unexpected {
@@ -550,6 +551,7 @@ async fn receive(
                 answer = pieces_in.recv() => {
                     match answer {
                         Some(ScanOut::Pieces { id, index, hashes }) => {
+                            tracing::trace!(id, index, "sending piece hashes");
                             control.send(&Message::Pieces { id, index, hashes }).await?;
                         }
                         Some(ScanOut::Blocks(_)) => {}

@@ -199,6 +199,26 @@ impl HaveBoard {
         }
     }
 
+    /// Whether the block hashes of `group` (asked for with `WantDetail`) have arrived, or the
+    /// transfer is ending ([`HaveBoard::wait_detail`] would not wait).
+    pub(super) fn detail_known(&self, id: u32, group: u64) -> bool {
+        self.is_closed()
+            || self
+                .lock()
+                .get(&id)
+                .is_some_and(|st| st.detail.contains(&group))
+    }
+
+    /// Whether the piece hashes of block `index` have arrived, or the transfer is ending
+    /// ([`HaveBoard::wait_pieces`] would not wait).
+    pub(super) fn pieces_known(&self, id: u32, index: u64) -> bool {
+        self.is_closed()
+            || self
+                .lock()
+                .get(&id)
+                .is_some_and(|st| st.pieces.contains_key(&index))
+    }
+
     /// Waits for the block hashes of a group asked for with `WantDetail`.
     pub(super) fn wait_detail(
         &self,

@@ -225,6 +225,7 @@ async fn transfer(
                     events: &event_tx,
                     progress: &progress,
                     board: None,
+                    finishing: Default::default(),
                 };
                 if let Err(e) = reader.run(&input) {
                     let _ = event_tx.send(ReadEvent::Failed(e));
@@ -279,6 +280,7 @@ async fn transfer(
                     control.send(&Message::WantDetail { id, group }).await?;
                 }
                 Some(ReadEvent::WantPieces { id, index }) => {
+                    tracing::trace!(id, index, "asking for piece hashes");
                     board.ask_pieces(id, index);
                     control.send(&Message::WantPieces { id, index }).await?;
                 }
@@ -312,7 +314,10 @@ async fn transfer(
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
                     SenderEvent::Holding { id, len } => board.holding(id, len),
-                    SenderEvent::Pieces { id, index, hashes } => board.add_pieces(id, index, hashes),
+                    SenderEvent::Pieces { id, index, hashes } => {
+                        tracing::trace!(id, index, "piece hashes arrived");
+                        board.add_pieces(id, index, hashes)
+                    }
                     SenderEvent::Resend { id, offset } => {
                         progress.add_resent();
                         let _ = resend_tx.send((id, offset));
@@ -395,7 +400,25 @@ struct Reader<'a> {
     events: &'a mpsc::UnboundedSender<ReadEvent>,
     progress: &'a Progress,
     board: Option<Arc<HaveBoard>>,
+    /// Files whose blocks are all read, waiting for the receiver's answers before their last
+    /// blocks and FileDone go out.
+    finishing: std::cell::RefCell<Vec<usize>>,
 }
+
+/// How long [`Reader::finish_file`] may wait for the receiver's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Not at all: finish only if every answer is in.
+    No,
+    /// For the group answers, not for piece hashes.
+    Detail,
+    /// For everything.
+    All,
+}
+
+/// Most files waiting for answers at once; past it the reader waits for them (this bounds the
+/// per-file block tables held).
+const MAX_FINISHING: usize = 64;
 
 type Tag = (usize, u64);
 
@@ -416,6 +439,8 @@ impl Reader<'_> {
 
         for (fi, src) in self.files.iter().enumerate() {
             self.serve_resends(input, &by_id)?;
+            let waiting = self.finishing.borrow().len();
+            self.finish_files(&mut state, waiting >= MAX_FINISHING)?;
             let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
             let size = src.entry.size;
             let now = file
@@ -522,6 +547,7 @@ impl Reader<'_> {
             }
         }
         self.drain(&mut *io, &mut done, &mut state)?;
+        self.finish_files(&mut state, true)?;
         tracing::debug!("every block read");
         let _ = self.events.send(ReadEvent::AllRead);
         // Re-send requests can come until every file is verified; the control task hangs up then.
@@ -819,65 +845,126 @@ impl Reader<'_> {
         // need one.
         drop(data);
         if st.remaining == 0 {
-            // Groups that differ: send the blocks whose hashes differ.
-            let bs = u64::from(self.config.block_size);
-            for group in std::mem::take(&mut st.pending) {
-                let range = self.group_range(group, size);
-                let theirs = match &self.board {
-                    Some(b) => b.wait_detail(src.entry.id, group, range.clone()),
-                    None => Vec::new(),
-                };
-                for i in range.clone() {
-                    let their = theirs.get((i - range.start) as usize).copied().flatten();
-                    if their == Some(st.cvs[i as usize]) {
-                        self.progress.add_kept((size - i * bs).min(bs));
-                    } else if self.config.dry_run {
-                        st.sent += 1;
-                        st.differs.push(i);
-                    } else if their.is_some() && self.patchable((size - i * bs).min(bs) as usize) {
-                        st.sent += 1;
-                        st.patches.push(i);
-                        let _ = self.events.send(ReadEvent::WantPieces {
-                            id: src.entry.id,
-                            index: i,
-                        });
-                    } else {
-                        st.sent += 1;
-                        self.send_again(src, i * bs)?;
-                    }
-                }
-            }
-            for i in std::mem::take(&mut st.patches) {
-                self.send_patch(src, i, st.cvs[i as usize])?;
-            }
-            let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
-            if !st.differs.is_empty() {
-                st.differs.sort_unstable();
-                let mut ranges: Vec<Range<u64>> = Vec::new();
-                for &i in &st.differs {
-                    let r = i * bs..((i + 1) * bs).min(size);
-                    match ranges.last_mut() {
-                        Some(last) if last.end == r.start => last.end = r.end,
-                        _ => ranges.push(r),
-                    }
-                }
-                self.progress.push(Event::Differs {
-                    path: src.entry.path.clone(),
-                    ranges,
-                });
-            }
-            let sent = st.sent;
-            state[fi] = None;
-            if let Some(b) = &self.board {
-                b.forget(src.entry.id);
-            }
-            let _ = self.events.send(ReadEvent::FileDone {
-                id: src.entry.id,
-                root,
-                sent,
-            });
+            // Finished when the receiver's answers about it are in (finish_files), so the
+            // reader goes on with the next file meanwhile: on a long link a round trip per
+            // changed file would add up.
+            self.finishing.borrow_mut().push(fi);
         }
         Ok(())
+    }
+
+    /// Finishes the files whose blocks are all read, as far as the receiver's answers allow
+    /// (`wait`: waiting for them, until every such file is finished).
+    fn finish_files(&self, state: &mut [Option<Reading>], wait: bool) -> Result<()> {
+        let mut list = std::mem::take(&mut *self.finishing.borrow_mut());
+        if wait {
+            // Every file's group answers first, which sends every WantPieces, then every
+            // patch: one round trip for all the files, not one per file.
+            let mut still = Vec::new();
+            for fi in list {
+                if !self.finish_file(fi, state, Wait::Detail)? {
+                    still.push(fi);
+                }
+            }
+            list = still;
+        }
+        let mode = if wait { Wait::All } else { Wait::No };
+        let mut left = Vec::new();
+        for fi in list {
+            if !self.finish_file(fi, state, mode)? {
+                left.push(fi);
+            }
+        }
+        let mut finishing = self.finishing.borrow_mut();
+        left.append(&mut finishing);
+        *finishing = left;
+        Ok(())
+    }
+
+    /// Sends what is left of file `fi` once its blocks are all read — blocks of groups that
+    /// differ, patches — then its FileDone. Unless `wait` allows waiting, returns `false` (and does nothing
+    /// more) while an answer it needs from the receiver is still to come.
+    fn finish_file(&self, fi: usize, state: &mut [Option<Reading>], wait: Wait) -> Result<bool> {
+        let src = &self.files[fi];
+        let size = src.entry.size;
+        let Some(st) = state[fi].as_mut() else {
+            return Ok(true);
+        };
+        // Groups that differ: send the blocks whose hashes differ.
+        let bs = u64::from(self.config.block_size);
+        let id = src.entry.id;
+        if wait == Wait::No
+            && self
+                .board
+                .as_ref()
+                .is_some_and(|b| !st.pending.iter().all(|&g| b.detail_known(id, g)))
+        {
+            return Ok(false);
+        }
+        for group in std::mem::take(&mut st.pending) {
+            let range = self.group_range(group, size);
+            let theirs = match &self.board {
+                Some(b) => b.wait_detail(src.entry.id, group, range.clone()),
+                None => Vec::new(),
+            };
+            for i in range.clone() {
+                let their = theirs.get((i - range.start) as usize).copied().flatten();
+                if their == Some(st.cvs[i as usize]) {
+                    self.progress.add_kept((size - i * bs).min(bs));
+                } else if self.config.dry_run {
+                    st.sent += 1;
+                    st.differs.push(i);
+                } else if their.is_some() && self.patchable((size - i * bs).min(bs) as usize) {
+                    st.sent += 1;
+                    st.patches.push(i);
+                    let _ = self.events.send(ReadEvent::WantPieces {
+                        id: src.entry.id,
+                        index: i,
+                    });
+                } else {
+                    st.sent += 1;
+                    self.send_again(src, i * bs)?;
+                }
+            }
+        }
+        if wait != Wait::All
+            && self
+                .board
+                .as_ref()
+                .is_some_and(|b| !st.patches.iter().all(|&i| b.pieces_known(id, i)))
+        {
+            return Ok(false);
+        }
+        for i in std::mem::take(&mut st.patches) {
+            self.send_patch(src, i, st.cvs[i as usize])?;
+        }
+        let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
+        if !st.differs.is_empty() {
+            st.differs.sort_unstable();
+            let mut ranges: Vec<Range<u64>> = Vec::new();
+            for &i in &st.differs {
+                let r = i * bs..((i + 1) * bs).min(size);
+                match ranges.last_mut() {
+                    Some(last) if last.end == r.start => last.end = r.end,
+                    _ => ranges.push(r),
+                }
+            }
+            self.progress.push(Event::Differs {
+                path: src.entry.path.clone(),
+                ranges,
+            });
+        }
+        let sent = st.sent;
+        state[fi] = None;
+        if let Some(b) = &self.board {
+            b.forget(src.entry.id);
+        }
+        let _ = self.events.send(ReadEvent::FileDone {
+            id: src.entry.id,
+            root,
+            sent,
+        });
+        Ok(true)
     }
 }
 
