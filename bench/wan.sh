@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench/wan.sh — Sluice over an emulated long, lossy link (shared/tools/wan-emu), cubic against
-# BBR. Runs as root; everything happens in network namespaces this script creates and removes.
+# bench/wan.sh — Sluice over an emulated long, lossy link (shared/tools/wan-emu): cubic, BBR and
+# BBR capped near the bandwidth-delay product, time and bytes on the wire. Runs as root;
+# everything happens in network namespaces this script creates and removes.
 #
 #   bench/wan.sh [--size 64M] [--delay-ms 50] [--loss 0.01] [--rate-mbit 200] [--no-build]
 set -euo pipefail
@@ -35,9 +36,9 @@ head -c "$(numfmt --from=iec "$SIZE")" /dev/urandom > "$WORK/data.bin"
 echo "Command: \`bench/wan.sh --size $SIZE --delay-ms $DELAY --loss $LOSS --rate-mbit $RATE\`  "
 echo "Link: ${RATE} Mbit/s, RTT $((2 * DELAY)) ms, loss $LOSS each way; kernel $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "| congestion | seconds | Mbit/s | result |"
-echo "|---|---:|---:|---|"
-for cc in cubic bbr; do
+echo "| congestion | seconds | Mbit/s | UDP bytes sent+received | result |"
+echo "|---|---:|---:|---:|---|"
+for cc in cubic bbr bbr-capped; do
     "$WAN" up "$LINK" --delay-ms "$DELAY" --loss "$LOSS" --rate-mbit "$RATE" --max-seconds 300 >/dev/null
     rm -rf "$WORK/dest"
     "$WAN" exec "$LINK" b "$SLUICE" recv "$WORK/dest" --listen 10.201.0.2:7000 \
@@ -50,9 +51,10 @@ for cc in cubic bbr; do
         end=$(date +%s.%N)
         secs=$(echo "$end - $start" | bc -l)
         bytes=$(stat -c %s "$WORK/data.bin")
-        printf '| %s | %.1f | %.1f | verified |\n' "$cc" "$secs" "$(echo "$bytes * 8 / $secs / 1000000" | bc -l)"
+        wire=$(tail -n 1 "$WORK/send.json" | sed 's/.*"wire_bytes":\([0-9]*\).*/\1/')
+        printf '| %s | %.1f | %.1f | %s | verified |\n' "$cc" "$secs" "$(echo "$bytes * 8 / $secs / 1000000" | bc -l)" "$wire"
     else
-        printf '| %s | > 120 | — | did not finish in 120 s |\n' "$cc"
+        printf '| %s | > 120 | — | — | did not finish in 120 s |\n' "$cc"
     fi
     "$WAN" down "$LINK" >/dev/null 2>&1 || true
     wait 2>/dev/null || true

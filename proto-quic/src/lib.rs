@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cap;
 pub mod codec;
 pub mod message;
 pub mod path;

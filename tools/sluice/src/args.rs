@@ -104,9 +104,11 @@ pub struct Tuning {
     /// Write through the page cache instead of O_DIRECT at the receiver.
     #[arg(long, global = true)]
     pub no_direct: bool,
-    /// Congestion controller: cubic (loss-based) or bbr (keeps a long, lossy link full).
+    /// Congestion controller: cubic (loss-based), bbr (keeps a long, lossy link full), or
+    /// bbr-capped (BBR with its window held near the measured bandwidth-delay product: about half
+    /// the bytes on the wire where plain BBR overruns a short bottleneck queue, somewhat slower).
     /// Default: bbr, except cubic towards a loopback address.
-    #[arg(long, global = true, value_parser = ["cubic", "bbr"])]
+    #[arg(long, global = true, value_parser = ["cubic", "bbr", "bbr-capped"])]
     pub congestion: Option<String>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
@@ -148,6 +150,7 @@ impl Tuning {
         c.io_uring = !self.no_uring;
         match self.congestion.as_deref() {
             Some("bbr") => c.congestion = Some(sluice_engine::config::Congestion::Bbr),
+            Some("bbr-capped") => c.congestion = Some(sluice_engine::config::Congestion::BbrCapped),
             Some("cubic") => c.congestion = Some(sluice_engine::config::Congestion::Cubic),
             _ => {}
         }
