@@ -113,11 +113,7 @@ impl Destination {
 
     /// The resume journal of the part file of `final_path`.
     pub fn journal_path(final_path: &Path) -> PathBuf {
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        final_path.with_file_name(format!(".{name}{JOURNAL_SUFFIX}"))
+        hidden_sibling(final_path, JOURNAL_SUFFIX)
     }
 
     /// Removes the part file of `final_path` and its journal, whichever exist.
@@ -134,11 +130,7 @@ impl Destination {
 
     /// The in-progress name of the file that will be `final_path`.
     pub fn part_path(final_path: &Path) -> PathBuf {
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        final_path.with_file_name(format!(".{name}{PART_SUFFIX}"))
+        hidden_sibling(final_path, PART_SUFFIX)
     }
 
     /// Prepares a file entry: resolves its final path and part path, and finds what the
@@ -325,6 +317,15 @@ impl Destination {
         d.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", &at))
     }
+}
+
+/// `.NAME{suffix}` beside `path`.
+fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}{suffix}"))
 }
 
 fn mtime(entry: &Entry) -> SystemTime {

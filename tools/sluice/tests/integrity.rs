@@ -24,6 +24,21 @@ fn json_summary(out: &std::process::Output) -> serde_json::Value {
     v
 }
 
+/// `sluice send --json SRC` to a `sluice recv DEST` started for it; both must succeed.
+fn send_recv_json(src: &Path, dest: &Path) -> serde_json::Value {
+    let recv = Recv::start(dest);
+    let out = sluice()
+        .args(["--json", "send"])
+        .arg(src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let s = json_summary(&out);
+    let r = recv.wait();
+    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    s
+}
+
 fn copy_json(src: &Path, dest: &Path) -> serde_json::Value {
     json_summary(
         &sluice()
@@ -149,16 +164,7 @@ fn patches_in_a_tree_with_send_and_recv() {
     for i in (0..40u64).step_by(4) {
         edit(&src.join(format!("sub/f{i}.bin")), 300_000 + i, b"hello");
     }
-    let recv = Recv::start(&dest);
-    let out = sluice()
-        .args(["--json", "send"])
-        .arg(&src)
-        .arg(&recv.ticket)
-        .output()
-        .unwrap();
-    let s = json_summary(&out);
-    let r = recv.wait();
-    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    let s = send_recv_json(&src, &dest);
     assert_eq!(s["payload_bytes"].as_u64().unwrap(), 10 * 4096, "{s}");
     assert_same_tree(&src, &dest.join("tree"));
     assert!(part_files(&dest).is_empty());
@@ -274,16 +280,7 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
     let missing = missing_bytes(src, &part);
     assert!(missing < size, "nothing was kept");
 
-    let recv = Recv::start(&dest);
-    let out = sluice()
-        .args(["--json", "send"])
-        .arg(src)
-        .arg(&recv.ticket)
-        .output()
-        .unwrap();
-    let s = json_summary(&out);
-    let r = recv.wait();
-    assert!(r.status.success(), "recv failed: {}", stderr(&r));
+    let s = send_recv_json(src, &dest);
     let payload = s["payload_bytes"].as_u64().unwrap();
     assert!(
         payload <= missing + size / 100,
