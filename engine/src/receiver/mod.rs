@@ -46,7 +46,7 @@ use crate::ring::{BufferPool, ALIGN};
 mod scan;
 mod writer;
 
-use scan::{hash_pieces, scan_files, ScanJob, ScanOut, ScanRequest, Scanned};
+use scan::{hash_pieces, scan_files, PieceJob, Pieces, ScanJob, Scanned};
 use writer::{write_blocks, Job, Written};
 
 /// State shared by the control task and the stream tasks.
@@ -303,8 +303,8 @@ async fn receive(
     let (ready_tx, ready_rx) = watch::channel(false);
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Written>();
-    let (scan_tx, scan_rx) = std_mpsc::channel::<ScanRequest>();
-    let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<ScanOut>();
+    let (scan_tx, scan_rx) = std_mpsc::channel::<ScanJob>();
+    let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Scanned>();
 
     // Set when the transfer ends in error: the writer abandons long local copies then.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -316,8 +316,8 @@ async fn receive(
             .spawn(move || write_blocks(&config, job_rx, done_tx, writer_stop))
             .map_err(Error::io("starting writer thread"))?
     };
-    let (piece_tx, piece_rx) = std_mpsc::channel::<ScanRequest>();
-    let (pieces_out, mut pieces_in) = mpsc::unbounded_channel::<ScanOut>();
+    let (piece_tx, piece_rx) = std_mpsc::channel::<PieceJob>();
+    let (pieces_out, mut pieces_in) = mpsc::unbounded_channel::<Pieces>();
     let pieces = {
         let out = pieces_out;
         std::thread::Builder::new()
@@ -417,7 +417,7 @@ async fn receive(
                                 if let Some(len) = local_len {
                                     control.send(&Message::Holding { id: entry.id, len }).await?;
                                 }
-                                let _ = scan_tx.send(ScanRequest::File(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size }));
+                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
@@ -456,13 +456,13 @@ async fn receive(
                                     size: entry.size,
                                     block_size,
                                 });
-                                let _ = scan_tx.send(ScanRequest::File(ScanJob {
+                                let _ = scan_tx.send(ScanJob {
                                     id: entry.id,
                                     path: prepared.existing.clone(),
                                     journal: prepared.resume.then(|| prepared.journal.clone()),
                                     size: entry.size,
                                     block_size,
-                                }));
+                                });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming {
                                     held_at: prepared.existing.clone(),
@@ -533,7 +533,7 @@ async fn receive(
                                 Some(path) => {
                                     let bs = u64::from(block_size);
                                     let offset = index * bs;
-                                    let _ = piece_tx.send(ScanRequest::Pieces {
+                                    let _ = piece_tx.send(PieceJob {
                                         id,
                                         index,
                                         path,
@@ -549,20 +549,15 @@ async fn receive(
                     }
                 }
                 answer = pieces_in.recv() => {
-                    match answer {
-                        Some(ScanOut::Pieces { id, index, hashes }) => {
-                            tracing::trace!(id, index, "sending piece hashes");
-                            control.send(&Message::Pieces { id, index, hashes }).await?;
-                        }
-                        Some(ScanOut::Blocks(_)) => {}
-                        None => return Err(Error::io("piece thread")(std::io::Error::other("stopped before the transfer ended"))),
-                    }
+                    let Some(Pieces { id, index, hashes }) = answer else {
+                        return Err(Error::io("piece thread")(std::io::Error::other("stopped before the transfer ended")));
+                    };
+                    tracing::trace!(id, index, "sending piece hashes");
+                    control.send(&Message::Pieces { id, index, hashes }).await?;
                 }
                 scanned = scanned_rx.recv() => {
-                    let scanned = match scanned {
-                        Some(ScanOut::Blocks(s)) => s,
-                        Some(ScanOut::Pieces { .. }) => continue,
-                        None => return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended"))),
+                    let Some(scanned) = scanned else {
+                        return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
                     let Scanned { id, first, cvs, done } = scanned;
                     if done {

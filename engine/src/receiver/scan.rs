@@ -27,29 +27,22 @@ pub(super) struct ScanJob {
 }
 
 /// Work for the scanner thread.
-pub(super) enum ScanRequest {
-    /// Hash what the destination holds of a file, block by block.
-    File(ScanJob),
-    /// Hash the pieces of one block the destination holds (the sender's `WantPieces`).
-    Pieces {
-        id: u32,
-        index: u64,
-        path: PathBuf,
-        offset: u64,
-        len: usize,
-        piece: usize,
-    },
+/// A request to hash the pieces of one block the destination holds (the sender's
+/// `WantPieces`).
+pub(super) struct PieceJob {
+    pub(super) id: u32,
+    pub(super) index: u64,
+    pub(super) path: PathBuf,
+    pub(super) offset: u64,
+    pub(super) len: usize,
+    pub(super) piece: usize,
 }
 
-/// What the scanner thread reports.
-pub(super) enum ScanOut {
-    Blocks(Scanned),
-    /// Piece hashes of a block; empty if it could not be read whole.
-    Pieces {
-        id: u32,
-        index: u64,
-        hashes: Vec<PieceHash>,
-    },
+/// Piece hashes of a block; empty if it could not be read whole.
+pub(super) struct Pieces {
+    pub(super) id: u32,
+    pub(super) index: u64,
+    pub(super) hashes: Vec<PieceHash>,
 }
 
 /// Hashes of a run of blocks the destination holds (`None` where it holds nothing whole),
@@ -62,44 +55,38 @@ pub(super) struct Scanned {
 }
 
 /// The piece thread: answers piece requests on its own, so a sender waiting for one does not
-/// wait for the scan of every file queued before it. (The same loop as [`scan_files`].)
-pub(super) fn hash_pieces(
-    jobs: std_mpsc::Receiver<ScanRequest>,
-    out: mpsc::UnboundedSender<ScanOut>,
-) {
-    scan_files(jobs, out)
+/// wait for the scan of every file queued before it.
+pub(super) fn hash_pieces(jobs: std_mpsc::Receiver<PieceJob>, out: mpsc::UnboundedSender<Pieces>) {
+    use std::os::unix::fs::FileExt;
+    let mut buf = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        let len = job.len;
+        buf.resize(len, 0);
+        let hashes = File::open(&job.path)
+            .and_then(|f| f.read_exact_at(&mut buf[..len], job.offset))
+            .map(|()| {
+                buf[..len]
+                    .chunks(job.piece.max(1))
+                    .map(piece_hash)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let answer = Pieces {
+            id: job.id,
+            index: job.index,
+            hashes,
+        };
+        if out.send(answer).is_err() {
+            return;
+        }
+    }
 }
 
 /// The scanner thread: hashes, block by block, what the destination holds of each file, and
 /// streams the results in runs of [`MAX_HAVE`] blocks.
-pub(super) fn scan_files(
-    jobs: std_mpsc::Receiver<ScanRequest>,
-    out: mpsc::UnboundedSender<ScanOut>,
-) {
+pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::UnboundedSender<Scanned>) {
     let mut buf = Vec::new();
-    while let Ok(req) = jobs.recv() {
-        let job = match req {
-            ScanRequest::File(job) => job,
-            ScanRequest::Pieces {
-                id,
-                index,
-                path,
-                offset,
-                len,
-                piece,
-            } => {
-                use std::os::unix::fs::FileExt;
-                buf.resize(len, 0);
-                let hashes = File::open(&path)
-                    .and_then(|f| f.read_exact_at(&mut buf[..len], offset))
-                    .map(|()| buf[..len].chunks(piece.max(1)).map(piece_hash).collect())
-                    .unwrap_or_default();
-                if out.send(ScanOut::Pieces { id, index, hashes }).is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
+    while let Ok(job) = jobs.recv() {
         if let Some(path) = &job.path {
             let started = std::time::Instant::now();
             if let Err(e) = scan_one(path, &job, &mut buf, &out) {
@@ -113,7 +100,7 @@ pub(super) fn scan_files(
             cvs: Vec::new(),
             done: true,
         };
-        if out.send(ScanOut::Blocks(end)).is_err() {
+        if out.send(end).is_err() {
             return;
         }
     }
@@ -123,7 +110,7 @@ fn scan_one(
     path: &std::path::Path,
     job: &ScanJob,
     buf: &mut Vec<u8>,
-    out: &mpsc::UnboundedSender<ScanOut>,
+    out: &mpsc::UnboundedSender<Scanned>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     let file = File::open(path)?;
@@ -153,22 +140,22 @@ fn scan_one(
         }
         if run.len() == MAX_HAVE {
             let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
-            let _ = out.send(ScanOut::Blocks(Scanned {
+            let _ = out.send(Scanned {
                 id: job.id,
                 first,
                 cvs,
                 done: false,
-            }));
+            });
             first = i + 1;
         }
     }
     if !run.is_empty() {
-        let _ = out.send(ScanOut::Blocks(Scanned {
+        let _ = out.send(Scanned {
             id: job.id,
             first,
             cvs: run,
             done: false,
-        }));
+        });
     }
     Ok(())
 }

@@ -283,13 +283,13 @@ pub(super) fn write_blocks(
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
-            Job::Assemble { .. } if copied.contains(&file_of(&job)) => {
-                let _ = done.send(Written::Assembled {
-                    file: file_of(&job),
-                });
-            }
             Job::Assemble { file, base, blocks } => {
-                copied.insert(file);
+                if !copied.insert(file) {
+                    // The whole older version is there already (or blocks were written over
+                    // it): nothing to copy.
+                    let _ = done.send(Written::Assembled { file });
+                    continue;
+                }
                 let msg = match paths.get(&file) {
                     Some(part) => {
                         match copy_blocks(&base, part, &blocks, config.direct_io, &stop) {
@@ -517,17 +517,6 @@ fn copy_base(
     let r = copy_blocks(base, part, &whole, config.direct_io, stop);
     tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
     r
-}
-
-fn file_of(job: &Job) -> u32 {
-    match job {
-        Job::Write { file, .. }
-        | Job::CopyBase { file, .. }
-        | Job::Patch { file, .. }
-        | Job::Open { file, .. }
-        | Job::Assemble { file, .. }
-        | Job::Close { file, .. } => *file,
-    }
 }
 
 /// Copies kept blocks of the old version of a file into its part file, at the same offsets:
