@@ -13,7 +13,8 @@
 # 1 MiB and 64K with --inplace (rsync's default builds a new file, like Sluice's default).
 # Bytes on the wire: rsync's own "Total bytes sent" + "Total bytes received"; Sluice's UDP bytes
 # both ways on the sender's QUIC connection (`wire_bytes` of `--json`).
-# Resume: medians of three full `sluice copy` runs and of three second runs after a SIGKILL at 50 %.
+# Resume: medians of three full `sluice copy` runs and of three second runs after a SIGKILL at 50 %,
+# with and without --rehash.
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -98,19 +99,15 @@ for c in edit10 append unchanged; do
     done
 done
 
-# Resume after a kill at 50 %: three full runs and three kill-and-resume cycles, medians (the
-# first run of a series on this VM is often the slowest; one of each would compare noise).
+# Resume after a kill at 50 %: three rounds of a full run, a kill-and-resume, and a
+# kill-and-resume with --rehash (the sender reads and hashes the kept half too), interleaved so
+# that drift on this VM hits all three alike; medians (the first round is often the slowest).
 median() { sort -n | sed -n 2p; }
 cp "$WORK/orig/data.bin" "$WORK/src/data.bin"
-fulls=()
-for _ in 1 2 3; do
-    rm -rf "$WORK/full"
-    t0=$(now); "$SLUICE" copy "$WORK/src/data.bin" "$WORK/full" > /dev/null; t1=$(now)
-    fulls+=("$(echo "$t1 - $t0" | bc -l)")
-done
-seconds=()
-payloads=()
-for _ in 1 2 3; do
+# A file changed within 3 s of being listed is never vouched for (docs/protocol.md, section 7);
+# a dataset being moved has not just been written.
+sleep 3
+interrupted() { # a run into $WORK/resume killed once half the part file is on disk
     rm -rf "$WORK/resume"; mkdir -p "$WORK/resume"
     "$SLUICE" copy "$WORK/src/data.bin" "$WORK/resume" > /dev/null 2>&1 &
     pid=$!
@@ -121,18 +118,35 @@ for _ in 1 2 3; do
         sleep 0.001
     done
     kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
-    t0=$(now)
-    js=$("$SLUICE" --json copy "$WORK/src/data.bin" "$WORK/resume" | tail -n 1)
-    t1=$(now)
-    cmp -s "$WORK/src/data.bin" "$WORK/resume/data.bin" || echo "resumed result differs!" >&2
-    seconds+=("$(echo "$t1 - $t0" | bc -l)")
-    payloads+=("$(sed 's/.*"payload_bytes":\([0-9]*\).*/\1/' <<<"$js")")
+}
+fulls=(); seconds=(); payloads=(); rehashes=(); rpayloads=()
+for _ in 1 2 3; do
+    rm -rf "$WORK/full"
+    t0=$(now); "$SLUICE" copy "$WORK/src/data.bin" "$WORK/full" > /dev/null; t1=$(now)
+    fulls+=("$(echo "$t1 - $t0" | bc -l)")
+    for opts in "" "--rehash"; do
+        interrupted
+        t0=$(now)
+        # shellcheck disable=SC2086
+        js=$("$SLUICE" --json copy $opts "$WORK/src/data.bin" "$WORK/resume" | tail -n 1)
+        t1=$(now)
+        cmp -s "$WORK/src/data.bin" "$WORK/resume/data.bin" || echo "resumed result differs!" >&2
+        p=$(sed 's/.*"payload_bytes":\([0-9]*\).*/\1/' <<<"$js")
+        if [ -z "$opts" ]; then
+            seconds+=("$(echo "$t1 - $t0" | bc -l)"); payloads+=("$p")
+        else
+            rehashes+=("$(echo "$t1 - $t0" | bc -l)"); rpayloads+=("$p")
+        fi
+    done
 done
 full=$(printf '%s\n' "${fulls[@]}" | median)
 second=$(printf '%s\n' "${seconds[@]}" | median)
+rehash=$(printf '%s\n' "${rehashes[@]}" | median)
 echo
 echo "| resume (median of 3) | wall s | runs | payload bytes |"
 echo "|---|---:|---|---:|"
 printf '| full `sluice copy` | %.2f | %s | %d |\n' "$full" "$(printf '%.2f ' "${fulls[@]}")" "$bytes"
 printf '| second run after SIGKILL at 50 %% | %.2f (%.0f %% of full) | %s | %s |\n' "$second" \
     "$(echo "100 * $second / $full" | bc -l)" "$(printf '%.2f ' "${seconds[@]}")" "${payloads[*]}"
+printf '| the same with `--rehash` | %.2f (%.0f %% of full) | %s | %s |\n' "$rehash" \
+    "$(echo "100 * $rehash / $full" | bc -l)" "$(printf '%.2f ' "${rehashes[@]}")" "${rpayloads[*]}"

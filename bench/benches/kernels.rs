@@ -46,6 +46,7 @@ fn codec(c: &mut Criterion) {
                 mtime_nsec: 0,
                 size: 1 << 20,
                 link_target: String::new(),
+                version: [7; 16],
             }),
             &mut wire,
         );

@@ -14,12 +14,17 @@
 //!
 //! Trust: the journal is believed only for the part file it was written for (same inode, same
 //! file size and block size), and a journal without a part file is removed before a new part file
-//! is made (inode numbers are reused). It cannot see a part file changed by another program between two
+//! is made (inode numbers are reused). The header also names the source version
+//! ([`sluice_proto::message::Entry::version`]) being sent when it was written; a run that sends
+//! another version starts the journal afresh. When a resumed run sends the same version, the
+//! receiver vouches for the recorded blocks to the sender ([`sluice_proto::message::Message::Vouched`]),
+//! which then need not read them at its end either. It cannot see a part file changed by another program between two
 //! runs; the part file is a hidden file of our own, and such a change is treated like one to
 //! the destination after a transfer.
 //!
 //! ```text
-//! header:  magic "SLUICEJ1" (8) | block size u32 LE | 0u32 | file size u64 LE | part inode u64 LE
+//! header:  magic "SLUICEJ2" (8) | block size u32 LE | 0u32 | file size u64 LE | part inode u64 LE
+//!          | source version (16)
 //! record:  block index u64 LE | BLAKE3 chaining value of the block (32)
 //! ```
 
@@ -29,11 +34,11 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use sluice_proto::message::Digest;
+use sluice_proto::message::{Digest, SourceVersion};
 use sluice_proto::session::block_count;
 
-const MAGIC: [u8; 8] = *b"SLUICEJ1";
-const HEADER_LEN: usize = 32;
+const MAGIC: [u8; 8] = *b"SLUICEJ2";
+const HEADER_LEN: usize = 48;
 const RECORD_LEN: usize = 40;
 
 /// Blocks per `fdatasync` of the part file and append to the journal. 16 (16 MiB at the default
@@ -41,13 +46,49 @@ const RECORD_LEN: usize = 40;
 /// instead), and the sync costs ~1 % of a full copy's time (see `docs/decisions.md`).
 pub const BATCH: usize = 16;
 
-fn header(block_size: u32, size: u64, inode: u64) -> [u8; HEADER_LEN] {
+/// What a journal describes, besides its part file: the file's size, the block size it is cut
+/// into, and the source version being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    /// Block size of the transfer.
+    pub block_size: u32,
+    /// The file's size.
+    pub size: u64,
+    /// The source version (all zero: unknown).
+    pub version: SourceVersion,
+}
+
+fn header(key: &Key, inode: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&block_size.to_le_bytes());
-    h[16..24].copy_from_slice(&size.to_le_bytes());
+    h[8..12].copy_from_slice(&key.block_size.to_le_bytes());
+    h[16..24].copy_from_slice(&key.size.to_le_bytes());
     h[24..32].copy_from_slice(&inode.to_le_bytes());
+    h[32..48].copy_from_slice(&key.version);
     h
+}
+
+/// The header of the journal at `path`, if it has one.
+fn read_header(path: &Path) -> Option<[u8; HEADER_LEN]> {
+    let mut head = [0u8; HEADER_LEN];
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?
+        .read_exact(&mut head)
+        .ok()?;
+    Some(head)
+}
+
+/// What a journal records of its part file.
+#[derive(Debug, Default)]
+pub struct Journaled {
+    /// Blocks verified and on disk, with their hashes.
+    pub blocks: HashMap<u64, Digest>,
+    /// The journal was written while the same (known) source version was sent, so its records
+    /// can be vouched for to the sender.
+    pub vouched: bool,
 }
 
 /// Appends records for one part file.
@@ -65,19 +106,12 @@ const TOMBSTONE: Digest = [0; 32];
 
 impl JournalWriter {
     /// Opens the journal at `path` for the open part file `part`: appends to it if it was
-    /// written for this part file, else starts it afresh.
-    pub fn open(path: &Path, part: &File, block_size: u32, size: u64) -> io::Result<Self> {
-        let want = header(block_size, size, part.metadata()?.ino());
-        let mut have = [0u8; HEADER_LEN];
-        let valid = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .and_then(|mut f| f.read_exact(&mut have))
-            .is_ok()
-            && have == want;
+    /// written for this part file and `key` (source version included), else starts it afresh.
+    pub fn open(path: &Path, part: &File, key: &Key) -> io::Result<Self> {
+        let want = header(key, part.metadata()?.ino());
+        let valid = read_header(path) == Some(want);
         let earlier = if valid {
-            records(path, block_size, size)
+            records(path, key)
                 .map(|r| r.into_keys().collect())
                 .unwrap_or_default()
         } else {
@@ -143,29 +177,37 @@ impl JournalWriter {
     }
 }
 
-/// The blocks the journal at `path` records as verified and on disk, if it was written for the
-/// part file at `part`, for a file of `size` bytes in blocks of `block_size`. `None` for a
-/// missing, foreign or damaged journal (a torn last record is ignored).
-pub fn read(path: &Path, part: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Digest>> {
-    let inode = std::fs::symlink_metadata(part).ok()?.ino();
-    let mut head = [0u8; HEADER_LEN];
-    File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?
-        .read_exact(&mut head)
-        .ok()?;
-    if head != header(block_size, size, inode) {
-        return None;
-    }
-    records(path, block_size, size)
+/// Whether the header of the journal at `path` says it was written for the part file at `part`
+/// and for `key` with a known source version: its records are then vouched for.
+pub fn vouches(path: &Path, part: &Path, key: &Key) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(part) else {
+        return false;
+    };
+    key.version != [0; 16] && read_header(path) == Some(header(key, meta.ino()))
 }
 
-/// The records of the journal at `path` for a file of `size` bytes in blocks of `block_size`
-/// (tombstones applied), whichever part file its header names; `None` if it is not such a
-/// journal.
-fn records(path: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Digest>> {
+/// The blocks the journal at `path` records as verified and on disk, if it was written for the
+/// part file at `part` and a file of `key.size` bytes in blocks of `key.block_size` (under any
+/// source version: the records describe the part file either way). `None` for a missing,
+/// foreign or damaged journal (a torn last record is ignored).
+pub fn read(path: &Path, part: &Path, key: &Key) -> Option<Journaled> {
+    let inode = std::fs::symlink_metadata(part).ok()?.ino();
+    let head = read_header(path)?;
+    let want = header(key, inode);
+    if head[..32] != want[..32] {
+        return None;
+    }
+    Some(Journaled {
+        blocks: records(path, key)?,
+        vouched: key.version != [0; 16] && head == want,
+    })
+}
+
+/// The records of the journal at `path` for a file of `key.size` bytes in blocks of
+/// `key.block_size` (tombstones applied), whichever part file and version its header names;
+/// `None` if it is not such a journal.
+fn records(path: &Path, key: &Key) -> Option<HashMap<u64, Digest>> {
+    let (block_size, size) = (key.block_size, key.size);
     let count = block_count(size, block_size);
     let f = File::options()
         .read(true)
@@ -182,8 +224,8 @@ fn records(path: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Diges
     let mut r = io::BufReader::new(f);
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).ok()?;
-    // Magic, block size and file size; the inode is the caller's business.
-    let want = header(block_size, size, 0);
+    // Magic, block size and file size; the inode and version are the caller's business.
+    let want = header(key, 0);
     if head[..24] != want[..24] {
         return None;
     }
@@ -209,31 +251,42 @@ fn records(path: &Path, block_size: u32, size: u64) -> Option<HashMap<u64, Diges
 mod tests {
     use super::*;
 
+    fn key(block_size: u32, size: u64) -> Key {
+        Key {
+            block_size,
+            size,
+            version: [7; 16],
+        }
+    }
+
     #[test]
     fn records_survive_and_belong_to_their_part_file() {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join(".f.sluice-part");
         let journal = dir.path().join(".f.sluice-journal");
         let p = File::create(&part).unwrap();
-        let mut w = JournalWriter::open(&journal, &p, 1024, 10_000).unwrap();
+        let mut w = JournalWriter::open(&journal, &p, &key(1024, 10_000)).unwrap();
         w.record(3, [3; 32]);
         w.record(9, [9; 32]);
         assert!(!w.wants_flush());
         w.flush(&p).unwrap();
         drop(w);
         // Reopened for the same part file: appends.
-        let mut w = JournalWriter::open(&journal, &p, 1024, 10_000).unwrap();
+        let mut w = JournalWriter::open(&journal, &p, &key(1024, 10_000)).unwrap();
         w.record(4, [4; 32]);
         w.flush(&p).unwrap();
-        let got = read(&journal, &part, 1024, 10_000).unwrap();
+        let got = read(&journal, &part, &key(1024, 10_000)).unwrap();
+        assert!(got.vouched);
+        assert!(vouches(&journal, &part, &key(1024, 10_000)));
+        let got = got.blocks;
         assert_eq!(got.len(), 3);
         assert_eq!(got[&9], [9; 32]);
         // Another size, block size or part file: not believed.
-        assert!(read(&journal, &part, 1024, 10_001).is_none());
-        assert!(read(&journal, &part, 2048, 10_000).is_none());
+        assert!(read(&journal, &part, &key(1024, 10_001)).is_none());
+        assert!(read(&journal, &part, &key(2048, 10_000)).is_none());
         std::fs::remove_file(&part).unwrap();
         File::create(&part).unwrap();
-        assert!(read(&journal, &part, 1024, 10_000).is_none());
+        assert!(read(&journal, &part, &key(1024, 10_000)).is_none());
     }
 
     #[test]
@@ -242,18 +295,18 @@ mod tests {
         let part = dir.path().join("p");
         let journal = dir.path().join("j");
         let p = File::create(&part).unwrap();
-        let mut w = JournalWriter::open(&journal, &p, 1024, 8192).unwrap();
+        let mut w = JournalWriter::open(&journal, &p, &key(1024, 8192)).unwrap();
         w.record(2, [2; 32]);
         w.record(5, [5; 32]);
         w.flush(&p).unwrap();
         drop(w);
         // A later run rewrites block 2 and stops before journaling it.
-        let mut w = JournalWriter::open(&journal, &p, 1024, 8192).unwrap();
+        let mut w = JournalWriter::open(&journal, &p, &key(1024, 8192)).unwrap();
         w.before_write(2).unwrap();
         w.before_write(7).unwrap();
         w.record(2, [9; 32]);
         drop(w);
-        let got = read(&journal, &part, 1024, 8192).unwrap();
+        let got = read(&journal, &part, &key(1024, 8192)).unwrap().blocks;
         assert_eq!(got.len(), 1, "block 2 no longer vouched for: {got:?}");
         assert_eq!(got[&5], [5; 32]);
     }
@@ -264,13 +317,19 @@ mod tests {
         let part = dir.path().join("p");
         let journal = dir.path().join("j");
         let p = File::create(&part).unwrap();
-        let mut w = JournalWriter::open(&journal, &p, 1024, 4096).unwrap();
+        let mut w = JournalWriter::open(&journal, &p, &key(1024, 4096)).unwrap();
         w.record(1, [1; 32]);
         w.flush(&p).unwrap();
         drop(w);
         let mut f = File::options().append(true).open(&journal).unwrap();
         f.write_all(&[7; 20]).unwrap();
-        assert_eq!(read(&journal, &part, 1024, 4096).unwrap().len(), 1);
+        assert_eq!(
+            read(&journal, &part, &key(1024, 4096))
+                .unwrap()
+                .blocks
+                .len(),
+            1
+        );
         let mut bad = Vec::new();
         bad.extend_from_slice(&99u64.to_le_bytes());
         bad.extend_from_slice(&[0; 32]);
@@ -279,6 +338,54 @@ mod tests {
         drop(f);
         let mut f = File::options().append(true).open(&journal).unwrap();
         f.write_all(&bad).unwrap();
-        assert!(read(&journal, &part, 1024, 4096).is_none());
+        assert!(read(&journal, &part, &key(1024, 4096)).is_none());
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn another_source_version_reads_the_records_but_vouches_for_none_and_restarts_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("p");
+        let journal = dir.path().join("j");
+        let p = File::create(&part).unwrap();
+        let v1 = Key {
+            block_size: 1024,
+            size: 8192,
+            version: [1; 16],
+        };
+        let v2 = Key {
+            version: [2; 16],
+            ..v1
+        };
+        let unknown = Key {
+            version: [0; 16],
+            ..v1
+        };
+        let mut w = JournalWriter::open(&journal, &p, &v1).unwrap();
+        w.record(1, [1; 32]);
+        w.flush(&p).unwrap();
+        drop(w);
+        // The records still describe the part file, whatever is being sent now.
+        let got = read(&journal, &part, &v2).unwrap();
+        assert_eq!(got.blocks.len(), 1);
+        assert!(!got.vouched, "written for another source version");
+        assert!(!vouches(&journal, &part, &v2));
+        assert!(vouches(&journal, &part, &v1));
+        // An unknown version is never vouched for, even when the journal says the same.
+        let w = JournalWriter::open(&journal, &p, &unknown).unwrap();
+        drop(w);
+        assert!(!read(&journal, &part, &unknown).unwrap().vouched);
+        assert!(!vouches(&journal, &part, &unknown));
+        // Sending another version starts the journal afresh: no record of v1 survives to be
+        // vouched for under v2.
+        let w = JournalWriter::open(&journal, &p, &v2).unwrap();
+        drop(w);
+        let got = read(&journal, &part, &v2).unwrap();
+        assert!(got.vouched);
+        assert!(got.blocks.is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sluice_proto::message::{Entry, EntryKind};
+use sluice_proto::message::{Entry, EntryKind, SourceVersion};
 
 use crate::error::{Error, Result};
 
@@ -51,7 +51,48 @@ pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
     Ok(out)
 }
 
+/// The [`Entry::version`] of a file with metadata `meta`: a keyed BLAKE3 hash of its device,
+/// inode, size, and modification and change times to the nanosecond. Writing to a file, or
+/// replacing it, changes its change time (which, unlike the modification time, no user can set
+/// back), so an equal tag means the same bytes as far as the kernel can tell. The fields are hashed so
+/// that the receiver learns nothing of them.
+pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
+    let mut h = blake3::Hasher::new_derive_key("sluice 2026-11-25 source version tag");
+    for field in [
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ctime() as u64,
+        meta.ctime_nsec() as u64,
+    ] {
+        h.update(&field.to_le_bytes());
+    }
+    let mut tag = [0; 16];
+    tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    tag
+}
+
+/// How long ago a file must have last changed for its [`source_version`] to be trusted. A file
+/// changed again within the same tick of its filesystem's clock keeps its change time (ticks
+/// are 1–10 ms on Linux filesystems, 1 or 2 s on some others); one that had not changed for
+/// longer than any tick when it was listed cannot change afterwards without its change time
+/// moving on (the "racy git" problem, solved as git does).
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether the file with metadata `meta` last changed at least [`SETTLED`] before `now`.
+fn settled(meta: &fs::Metadata, now: std::time::SystemTime) -> bool {
+    let changed = std::time::UNIX_EPOCH
+        + std::time::Duration::new(
+            meta.ctime().max(0) as u64,
+            meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+        );
+    now.duration_since(changed).is_ok_and(|age| age >= SETTLED)
+}
+
 fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()> {
+    let listed_at = std::time::SystemTime::now();
     let mut stack = vec![(root.to_path_buf(), root_name)];
     while let Some((local, rel)) = stack.pop() {
         let meta =
@@ -95,6 +136,11 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
                 mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
                 size,
                 link_target,
+                version: if kind == EntryKind::File && settled(&meta, listed_at) {
+                    source_version(&meta)
+                } else {
+                    [0; 16]
+                },
             },
             local: local.clone(),
         });
@@ -121,6 +167,36 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_version_holds_until_the_file_is_touched() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"one").unwrap();
+        let v = source_version(&fs::metadata(&f).unwrap());
+        assert_eq!(v, source_version(&fs::metadata(&f).unwrap()));
+        assert_ne!(v, [0; 16]);
+        // Just written: it could change again within the same tick, so no version is claimed.
+        let listed = build(std::slice::from_ref(&f)).unwrap();
+        assert_eq!(listed[0].entry.version, [0; 16]);
+        let meta = fs::metadata(&f).unwrap();
+        assert!(!settled(&meta, std::time::SystemTime::now()));
+        assert!(settled(
+            &meta,
+            std::time::SystemTime::now() + SETTLED + std::time::Duration::from_millis(10)
+        ));
+        // Same size, modification time put back: the change time still moves.
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&f, b"two").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_ne!(source_version(&fs::metadata(&f).unwrap()), v);
+    }
 
     #[test]
     fn walks_tree_parents_first_with_links() {

@@ -53,6 +53,7 @@ pub struct Progress {
     bytes_sent: AtomicU64,
     bytes_verified: AtomicU64,
     bytes_kept: AtomicU64,
+    bytes_vouched: AtomicU64,
     blocks_resent: AtomicU64,
     files_verified: AtomicU64,
     events: Mutex<VecDeque<Event>>,
@@ -73,6 +74,9 @@ pub struct Snapshot {
     pub files_verified: u64,
     /// Payload bytes not sent because the receiver already held them (resume, delta).
     pub bytes_kept: u64,
+    /// Of `bytes_kept`, bytes the sender did not read: the receiver's resume journal, written
+    /// while this same source version was sent, vouched for them.
+    pub bytes_vouched: u64,
     /// Blocks sent again after failing verification at the receiver.
     pub blocks_resent: u64,
 }
@@ -89,6 +93,10 @@ impl Progress {
 
     pub(crate) fn add_kept(&self, n: u64) {
         self.bytes_kept.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_vouched(&self, n: u64) {
+        self.bytes_vouched.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add_resent(&self) {
@@ -118,6 +126,7 @@ impl Progress {
             bytes_verified: self.bytes_verified.load(Relaxed),
             files_verified: self.files_verified.load(Relaxed),
             bytes_kept: self.bytes_kept.load(Relaxed),
+            bytes_vouched: self.bytes_vouched.load(Relaxed),
             blocks_resent: self.blocks_resent.load(Relaxed),
         }
     }
@@ -147,6 +156,9 @@ pub struct Summary {
     /// Bytes the receiver already held and kept (resume, delta); counted by the sender, 0 in
     /// the receiver's summary.
     pub kept_bytes: u64,
+    /// Of `kept_bytes`, bytes the sender took on the word of the receiver's resume journal
+    /// instead of reading them (a resumed run of an unchanged source); 0 at the receiver.
+    pub vouched_bytes: u64,
     /// Blocks sent again after failing verification.
     pub resent_blocks: u64,
     /// UDP bytes both ways on this side's connection (QUIC headers, encryption, ACKs, control

@@ -47,6 +47,7 @@ const T_WANT_DETAIL: u8 = 15;
 const T_HOLDING: u8 = 16;
 const T_WANT_PIECES: u8 = 17;
 const T_PIECES: u8 = 18;
+const T_VOUCHED: u8 = 19;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,6 +126,7 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&e.mtime_nsec.to_le_bytes());
             out.extend_from_slice(&e.size.to_le_bytes());
             put_str(out, &e.link_target);
+            out.extend_from_slice(&e.version);
         }
         Message::ManifestEnd { count } => {
             out.push(T_MANIFEST_END);
@@ -148,10 +150,17 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&first.to_le_bytes());
             put_digests(out, digests);
         }
-        Message::Holding { id, len } => {
+        Message::Holding { id, len, vouching } => {
             out.push(T_HOLDING);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&len.to_le_bytes());
+            out.push(u8::from(*vouching));
+        }
+        Message::Vouched { id, first, cvs } => {
+            out.push(T_VOUCHED);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&first.to_le_bytes());
+            put_digests(out, cvs);
         }
         Message::WantDetail { id, group } => {
             out.push(T_WANT_DETAIL);
@@ -264,6 +273,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             }
             let size = r.u64("size")?;
             let link_target = r.string("link_target")?;
+            let version = r.array("version")?;
             Message::Entry(Entry {
                 id,
                 kind,
@@ -273,6 +283,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
                 mtime_nsec,
                 size,
                 link_target,
+                version,
             })
         }
         T_MANIFEST_END => Message::ManifestEnd {
@@ -296,6 +307,21 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         T_HOLDING => Message::Holding {
             id: r.u32("id")?,
             len: r.u64("len")?,
+            vouching: match r.u8("vouching")? {
+                0 => false,
+                1 => true,
+                v => {
+                    return Err(DecodeError::BadValue {
+                        field: "vouching",
+                        value: v.into(),
+                    })
+                }
+            },
+        },
+        T_VOUCHED => Message::Vouched {
+            id: r.u32("id")?,
+            first: r.u64("first")?,
+            cvs: r.digests("cvs")?,
         },
         T_WANT_DETAIL => Message::WantDetail {
             id: r.u32("id")?,
@@ -541,7 +567,14 @@ mod tests {
                 proptest::collection::vec(any::<[u8; 16]>(), 0..=MAX_PIECES)
             )
                 .prop_map(|(id, index, hashes)| Message::Pieces { id, index, hashes }),
-            (any::<u32>(), any::<u64>()).prop_map(|(id, len)| Message::Holding { id, len }),
+            (any::<u32>(), any::<u64>(), any::<bool>())
+                .prop_map(|(id, len, vouching)| { Message::Holding { id, len, vouching } }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<[u8; 32]>(), 0..8)
+            )
+                .prop_map(|(id, first, cvs)| Message::Vouched { id, first, cvs }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (
@@ -552,10 +585,11 @@ mod tests {
                 any::<i64>(),
                 0u32..1_000_000_000,
                 any::<u64>(),
-                arb_string()
+                arb_string(),
+                any::<[u8; 16]>()
             )
                 .prop_map(
-                    |(id, k, path, mode, mtime_sec, mtime_nsec, size, link_target)| {
+                    |(id, k, path, mode, mtime_sec, mtime_nsec, size, link_target, version)| {
                         Message::Entry(Entry {
                             id,
                             kind: EntryKind::from_u8(k).unwrap(),
@@ -565,6 +599,7 @@ mod tests {
                             mtime_nsec,
                             size,
                             link_target,
+                            version,
                         })
                     }
                 ),

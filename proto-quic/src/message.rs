@@ -95,7 +95,16 @@ pub struct Entry {
     pub size: u64,
     /// Link target for symlinks, empty otherwise. Copied verbatim, as rsync does.
     pub link_target: String,
+    /// For files: the source version, a tag the sender derives from the file's identity and
+    /// change times ([`Entry::version`] is equal for two listings only if the file was not
+    /// touched in between). A receiver that kept a resume journal written while this very
+    /// version was sent may vouch for its blocks ([`Message::Vouched`]). All zero: unknown,
+    /// never vouched for (directories, symlinks, `--rehash`).
+    pub version: SourceVersion,
 }
+
+/// See [`Entry::version`].
+pub type SourceVersion = [u8; 16];
 
 /// Protocol error codes carried by [`Message::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +196,23 @@ pub enum Message {
         id: u32,
         /// Bytes held.
         len: u64,
+        /// The destination's resume journal for this file was written while this same
+        /// [`Entry::version`] was sent: [`Message::Vouched`] follows for the blocks it records,
+        /// each before the `Have`/`HaveGroups` that covers it.
+        vouching: bool,
+    },
+    /// Receiver → sender: blocks `first..` of file `id` are recorded, with these hashes, in the
+    /// resume journal written while the same [`Entry::version`] of the file was sent (each
+    /// block was verified against that sender's hash, written and made durable). The sender may
+    /// take `cvs` as its own hashes of those blocks instead of reading them. The blocks are
+    /// reported again in the usual `Have`/`HaveGroups`, which this message precedes.
+    Vouched {
+        /// The file's entry id.
+        id: u32,
+        /// Index of the block `cvs[0]` describes.
+        first: u64,
+        /// Block hashes, at most [`crate::codec::MAX_HAVE`].
+        cvs: Vec<Digest>,
     },
     /// Sender → receiver: send the block hashes of this group (as a `Have`); it differs.
     WantDetail {

@@ -13,10 +13,11 @@
 //!   Hello{version, secret, block_size, flags} ->
 //!                                      <- Welcome{version}        (or Error{Auth|Version})
 //!   Entry × n, ManifestEnd{n}          ->
-//!                                      <- per file, in manifest order: Holding{id, len} if the
-//!                                         destination holds some of it, then, as its scan
-//!                                         proceeds, HaveGroups{id, first, digests}* Have{tail}?
-//!                                         HaveDone{id}
+//!                                      <- per file, in manifest order: Holding{id, len,
+//!                                         vouching} if the destination holds some of it, then,
+//!                                         as its scan proceeds, Vouched{id, first, cvs}* (from a
+//!                                         resume journal of this source version),
+//!                                         HaveGroups{id, first, digests}* Have{tail}? HaveDone{id}
 //!   WantDetail{id, group}              -> (a group's digest differs)
 //!                                      <- Have{id, first, cvs}   (that group's block hashes)
 //!   FileDone{id, root, sent} × files   ->   (data streams carry the missing blocks meanwhile)
@@ -167,6 +168,7 @@ fn name(msg: &Message) -> &'static str {
         Message::WantPieces { .. } => "WantPieces",
         Message::Pieces { .. } => "Pieces",
         Message::Holding { .. } => "Holding",
+        Message::Vouched { .. } => "Vouched",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
@@ -500,6 +502,18 @@ pub enum SenderEvent {
         id: u32,
         /// Bytes held.
         len: u64,
+        /// [`SenderEvent::Vouched`] will precede the scan's report of each block it covers.
+        vouching: bool,
+    },
+    /// The receiver's resume journal, written while this same source version was sent,
+    /// records these blocks with these hashes.
+    Vouched {
+        /// The file id.
+        id: u32,
+        /// Index of the first block described.
+        first: u64,
+        /// The recorded block hashes.
+        cvs: Vec<Digest>,
     },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
@@ -604,7 +618,7 @@ impl SenderSession {
                 self.welcomed = true;
                 Ok(SenderEvent::Welcomed)
             }
-            Message::Holding { id, len } if self.welcomed && !self.finished => {
+            Message::Holding { id, len, vouching } if self.welcomed && !self.finished => {
                 self.blocks(id)?;
                 if (id as usize) < self.next_have_done {
                     return Err(SessionError::Unexpected {
@@ -612,7 +626,21 @@ impl SenderSession {
                         got: "Holding",
                     });
                 }
-                Ok(SenderEvent::Holding { id, len })
+                Ok(SenderEvent::Holding { id, len, vouching })
+            }
+            Message::Vouched { id, first, cvs } if self.welcomed && !self.finished => {
+                let blocks = self.blocks(id)?;
+                if (id as usize) < self.next_have_done {
+                    return Err(SessionError::Unexpected {
+                        state: "HaveDone already received for this file",
+                        got: "Vouched",
+                    });
+                }
+                let end = first.saturating_add(cvs.len() as u64);
+                if end > blocks {
+                    return Err(SessionError::BlockRange { id, index: end });
+                }
+                Ok(SenderEvent::Vouched { id, first, cvs })
             }
             Message::HaveGroups { id, first, digests } if self.welcomed && !self.finished => {
                 let groups = self.blocks(id)?.div_ceil(GROUP_BLOCKS);
@@ -723,6 +751,7 @@ mod tests {
             mtime_nsec: 0,
             size,
             link_target: String::new(),
+            version: [0; 16],
         })
     }
 
@@ -965,6 +994,7 @@ mod v2_tests {
             mtime_nsec: 0,
             size: 2048,
             link_target: String::new(),
+            version: [0; 16],
         }))
         .unwrap();
         r.on_message(Message::ManifestEnd { count: 1 }).unwrap();

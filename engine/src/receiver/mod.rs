@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::dest::Destination;
 use crate::error::{Error, Result};
+use crate::journal;
 use crate::merkle;
 use crate::net;
 use crate::progress::{Event, Progress, Summary};
@@ -364,6 +365,7 @@ async fn receive(
                     bytes: verified_bytes,
                     payload_bytes: progress.snapshot().bytes_verified,
                     kept_bytes: progress.snapshot().bytes_kept,
+                    vouched_bytes: 0,
                     resent_blocks: progress.snapshot().blocks_resent,
                     wire_bytes: 0,
                     elapsed: Default::default(),
@@ -415,9 +417,9 @@ async fn receive(
                                 let existing = dest.existing_file(&entry.path)?;
                                 let local_len = existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
                                 if let Some(len) = local_len {
-                                    control.send(&Message::Holding { id: entry.id, len }).await?;
+                                    control.send(&Message::Holding { id: entry.id, len, vouching: false }).await?;
                                 }
-                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size });
+                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size, version: entry.version });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
@@ -442,8 +444,10 @@ async fn receive(
                                     parts.push(prepared.journal.clone());
                                 }
                                 let count = block_count(entry.size, block_size);
+                                let key = journal::Key { block_size, size: entry.size, version: entry.version };
                                 if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
-                                    control.send(&Message::Holding { id: entry.id, len }).await?;
+                                    let vouching = prepared.resume && journal::vouches(&prepared.journal, &prepared.part, &key);
+                                    control.send(&Message::Holding { id: entry.id, len, vouching }).await?;
                                 }
                                 tracing::debug!(id = entry.id, "file prepared");
                                 let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
@@ -453,8 +457,7 @@ async fn receive(
                                     held_at: prepared.existing.clone(),
                                     base: base.clone(),
                                     journal: (!inplace).then(|| prepared.journal.clone()),
-                                    size: entry.size,
-                                    block_size,
+                                    key,
                                 });
                                 let _ = scan_tx.send(ScanJob {
                                     id: entry.id,
@@ -462,6 +465,7 @@ async fn receive(
                                     journal: prepared.resume.then(|| prepared.journal.clone()),
                                     size: entry.size,
                                     block_size,
+                                    version: entry.version,
                                 });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming {
@@ -559,7 +563,12 @@ async fn receive(
                     let Some(scanned) = scanned else {
                         return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
-                    let Scanned { id, first, cvs, done } = scanned;
+                    let Scanned { id, first, cvs, done, vouched } = scanned;
+                    if vouched {
+                        let cvs = cvs.into_iter().flatten().collect();
+                        control.send(&Message::Vouched { id, first, cvs }).await?;
+                        continue;
+                    }
                     if done {
                         scans_pending -= 1;
                     }

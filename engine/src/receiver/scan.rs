@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 
 use sluice_proto::codec::MAX_HAVE;
-use sluice_proto::message::{piece_hash, Digest, PieceHash};
+use sluice_proto::message::{piece_hash, Digest, PieceHash, SourceVersion};
 use sluice_proto::session::block_count;
 use tokio::sync::mpsc;
 
@@ -24,9 +24,11 @@ pub(super) struct ScanJob {
     pub(super) journal: Option<PathBuf>,
     pub(super) size: u64,
     pub(super) block_size: u32,
+    /// The source version being sent: a journal written while it was sent vouches for its
+    /// blocks.
+    pub(super) version: SourceVersion,
 }
 
-/// Work for the scanner thread.
 /// A request to hash the pieces of one block the destination holds (the sender's
 /// `WantPieces`).
 pub(super) struct PieceJob {
@@ -47,11 +49,15 @@ pub(super) struct Pieces {
 
 /// Hashes of a run of blocks the destination holds (`None` where it holds nothing whole),
 /// streamed as the scan goes so the sender can start comparing at once; `done` ends a file.
+/// With `vouched`, the run is only an announcement, sent before the rest of the file's scan:
+/// the resume journal records these blocks and vouches for them (`Message::Vouched`); they are
+/// reported again in ordinary runs.
 pub(super) struct Scanned {
     pub(super) id: u32,
     pub(super) first: u64,
     pub(super) cvs: Vec<Option<Digest>>,
     pub(super) done: bool,
+    pub(super) vouched: bool,
 }
 
 /// The piece thread: answers piece requests on its own, so a sender waiting for one does not
@@ -99,6 +105,7 @@ pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::Unbounded
             first: 0,
             cvs: Vec::new(),
             done: true,
+            vouched: false,
         };
         if out.send(end).is_err() {
             return;
@@ -117,11 +124,20 @@ fn scan_one(
     let have = file.metadata()?.len();
     let bs = u64::from(job.block_size);
     let count = block_count(job.size, job.block_size);
+    let key = journal::Key {
+        block_size: job.block_size,
+        size: job.size,
+        version: job.version,
+    };
     let journaled = job
         .journal
         .as_deref()
-        .and_then(|j| journal::read(j, path, job.block_size, job.size))
+        .and_then(|j| journal::read(j, path, &key))
         .unwrap_or_default();
+    if journaled.vouched {
+        announce_vouched(job, &journaled.blocks, have, out);
+    }
+    let journaled = journaled.blocks;
     buf.resize(job.block_size as usize, 0);
     let mut run = Vec::with_capacity(MAX_HAVE);
     let mut first = 0;
@@ -145,6 +161,7 @@ fn scan_one(
                 first,
                 cvs,
                 done: false,
+                vouched: false,
             });
             first = i + 1;
         }
@@ -155,7 +172,41 @@ fn scan_one(
             first,
             cvs: run,
             done: false,
+            vouched: false,
         });
     }
     Ok(())
+}
+
+/// Sends the journal's records of blocks wholly within the `have` bytes of the part file as
+/// vouched runs of consecutive blocks, at most [`MAX_HAVE`] each.
+fn announce_vouched(
+    job: &ScanJob,
+    records: &std::collections::HashMap<u64, Digest>,
+    have: u64,
+    out: &mpsc::UnboundedSender<Scanned>,
+) {
+    let bs = u64::from(job.block_size);
+    let mut indices: Vec<u64> = records
+        .keys()
+        .copied()
+        .filter(|&i| i * bs + (job.size - i * bs).min(bs) <= have)
+        .collect();
+    indices.sort_unstable();
+    let mut i = 0;
+    while i < indices.len() {
+        let first = indices[i];
+        let mut cvs = Vec::new();
+        while i < indices.len() && indices[i] == first + cvs.len() as u64 && cvs.len() < MAX_HAVE {
+            cvs.push(Some(records[&indices[i]]));
+            i += 1;
+        }
+        let _ = out.send(Scanned {
+            id: job.id,
+            first,
+            cvs,
+            done: false,
+            vouched: true,
+        });
+    }
 }

@@ -19,7 +19,7 @@ use crate::blockio::{self, Completion, Op, Request};
 use crate::config::Config;
 use crate::dest::Destination;
 use crate::error::{Error, Result};
-use crate::journal::JournalWriter;
+use crate::journal::{self, JournalWriter};
 use crate::merkle;
 use crate::ring::{Buffer, ALIGN};
 
@@ -54,8 +54,8 @@ pub(super) enum Job {
         base: Option<PathBuf>,
         /// Where to journal the blocks written, for a part file (not in place).
         journal: Option<PathBuf>,
-        size: u64,
-        block_size: u32,
+        /// What the journal is for.
+        key: journal::Key,
     },
     /// The sender found file `file` changed: copy its older version into the part file now,
     /// while the comparison goes on (see [`Job::Assemble`]).
@@ -112,7 +112,7 @@ pub(super) fn write_blocks(
     // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
     let mut open: HashMap<u32, (Arc<File>, Option<Arc<File>>)> = HashMap::new();
     // Per file: where its journal goes, and, once the part file is open, the journal itself.
-    let mut journal_at: HashMap<u32, (PathBuf, u64, u32)> = HashMap::new();
+    let mut journal_at: HashMap<u32, (PathBuf, journal::Key)> = HashMap::new();
     let mut journals: HashMap<u32, JournalWriter> = HashMap::new();
     // Per file: where the receiver's copy of its blocks is (for patches).
     let mut held: HashMap<u32, PathBuf> = HashMap::new();
@@ -246,8 +246,7 @@ pub(super) fn write_blocks(
                 held_at,
                 base,
                 journal,
-                size,
-                block_size,
+                key,
             } => {
                 paths.insert(file, path);
                 if let Some(h) = held_at {
@@ -257,7 +256,7 @@ pub(super) fn write_blocks(
                     bases.insert(file, b);
                 }
                 if let Some(j) = journal {
-                    journal_at.insert(file, (j, size, block_size));
+                    journal_at.insert(file, (j, key));
                 }
             }
             Job::Close { file, remove } => {
@@ -345,8 +344,8 @@ pub(super) fn write_blocks(
                                     .then(|| Destination::open_part_direct(path))
                                     .flatten()
                                     .map(Arc::new);
-                                if let Some((at, size, bs)) = journal_at.get(&file) {
-                                    match JournalWriter::open(at, &f, *bs, *size) {
+                                if let Some((at, key)) = journal_at.get(&file) {
+                                    match JournalWriter::open(at, &f, key) {
                                         Ok(j) => {
                                             journals.insert(file, j);
                                         }
@@ -380,7 +379,7 @@ pub(super) fn write_blocks(
                         // an interruption: stop journaling this file.
                         tracing::warn!(file, "cannot update the resume journal ({e})");
                         journals.remove(&file);
-                        if let Some((at, _, _)) = journal_at.get(&file) {
+                        if let Some((at, _)) = journal_at.get(&file) {
                             let _ = std::fs::remove_file(at);
                         }
                     }

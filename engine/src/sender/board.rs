@@ -31,6 +31,11 @@ struct HaveState {
     done: bool,
     /// Bytes the receiver holds (Holding): blocks past this are missing for certain.
     held: Option<u64>,
+    /// Holding said the receiver's resume journal vouches for blocks (`Vouched` precedes the
+    /// report of each block it covers).
+    vouching: bool,
+    /// Block hashes vouched for and not yet taken by the reader.
+    vouched: std::collections::HashMap<u64, Digest>,
     /// Piece hashes of blocks asked for with `WantPieces`, by block index.
     pieces: std::collections::HashMap<u64, Vec<PieceHash>>,
     /// Blocks asked for with `WantPieces` and not answered yet; other answers are dropped.
@@ -94,13 +99,36 @@ impl HaveBoard {
         self.cond.notify_all();
     }
 
-    pub(super) fn holding(&self, id: u32, len: u64) {
+    pub(super) fn holding(&self, id: u32, len: u64, vouching: bool) {
         let mut files = self.lock();
         if let Some(st) = self.state(&mut files, id) {
             st.held = Some(len);
+            st.vouching = vouching;
         }
         drop(files);
         self.cond.notify_all();
+    }
+
+    /// Block hashes the receiver's resume journal vouches for.
+    pub(super) fn add_vouched(&self, id: u32, first: u64, cvs: Vec<Digest>) {
+        let mut files = self.lock();
+        if let Some(st) = self.state(&mut files, id) {
+            st.vouched
+                .extend((first..).zip(cvs).filter(|(_, cv)| *cv != [0; 32]));
+        }
+    }
+
+    /// Whether the receiver said it would vouch for blocks of file `id` (known once
+    /// [`HaveBoard::wait_held`] returned).
+    pub(super) fn is_vouching(&self, id: u32) -> bool {
+        self.lock().get(&id).is_some_and(|st| st.vouching)
+    }
+
+    /// The vouched-for hash of block `index` of file `id`, if any; once only.
+    pub(super) fn take_vouched(&self, id: u32, index: u64) -> Option<Digest> {
+        self.lock()
+            .get_mut(&id)
+            .and_then(|st| st.vouched.remove(&index))
     }
 
     /// Waits until the receiver has said how much of file `id` it holds: `Some(bytes)`, or

@@ -87,7 +87,13 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        let manifest = manifest::build(sources)?;
+        let mut manifest = manifest::build(sources)?;
+        if self.config.rehash {
+            // An unknown version: nothing is vouched for.
+            for e in &mut manifest {
+                e.entry.version = [0; 16];
+            }
+        }
         let files = manifest.iter().filter(|e| e.entry.kind == EntryKind::File);
         progress.set_totals(
             files.clone().count() as u64,
@@ -313,7 +319,8 @@ async fn transfer(
                     SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
-                    SenderEvent::Holding { id, len } => board.holding(id, len),
+                    SenderEvent::Holding { id, len, vouching } => board.holding(id, len, vouching),
+                    SenderEvent::Vouched { id, first, cvs } => board.add_vouched(id, first, cvs),
                     SenderEvent::Pieces { id, index, hashes } => {
                         tracing::trace!(id, index, "piece hashes arrived");
                         board.add_pieces(id, index, hashes)
@@ -340,6 +347,7 @@ async fn transfer(
                             bytes,
                             payload_bytes: s.bytes_sent,
                             kept_bytes: s.bytes_kept,
+                            vouched_bytes: s.bytes_vouched,
                             resent_blocks: s.blocks_resent,
                             wire_bytes: 0,
                             elapsed: Default::default(),
@@ -443,10 +451,10 @@ impl Reader<'_> {
             self.finish_files(&mut state, waiting >= MAX_FINISHING)?;
             let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
             let size = src.entry.size;
-            let now = file
+            let meta = file
                 .metadata()
-                .map_err(Error::file("reading metadata of", &src.local))?
-                .len();
+                .map_err(Error::file("reading metadata of", &src.local))?;
+            let now = meta.len();
             if now != size {
                 return Err(Error::SourceChanged {
                     path: src.local.clone(),
@@ -489,12 +497,29 @@ impl Reader<'_> {
                 count,
                 "receiver's holding known"
             );
+            // Blocks the receiver's resume journal vouches for are taken on its word, unread,
+            // if the file is still the version the manifest names (and the journal's).
+            let vouching = held_blocks > 0
+                && self
+                    .board
+                    .as_ref()
+                    .is_some_and(|b| b.is_vouching(src.entry.id))
+                && manifest::source_version(&meta) == src.entry.version;
             // While the network is the bottleneck (no free buffer for the next missing block),
             // the reader checks held blocks meanwhile, into a buffer of its own: a held block
             // that matches never needs a ring buffer.
             let mut checked = 0;
             let mut next_missing = held_blocks;
             while next_missing < count || checked < held_blocks {
+                // As soon as the receiver has reported it, or when nothing else is left.
+                if vouching
+                    && checked < held_blocks
+                    && (next_missing == count || self.held_status_known(src, checked))
+                    && self.take_vouched(fi, checked, &mut state)?
+                {
+                    checked += 1;
+                    continue;
+                }
                 let index = if next_missing < count {
                     next_missing
                 } else {
@@ -823,6 +848,55 @@ impl Reader<'_> {
                 st.group_digests.insert(group, d);
             }
         }
+        // The block's buffer goes back to the ring before the file's last work, which may
+        // need one.
+        drop(data);
+        self.account(fi, index, cv, state);
+        Ok(())
+    }
+
+    /// Settles held block `index` of file `fi` without reading it, on the word of the
+    /// receiver's resume journal, if it vouched for the block and its report of the block
+    /// agrees; waits for that report. `false`: the block is to be read as usual.
+    fn take_vouched(&self, fi: usize, index: u64, state: &mut [Option<Reading>]) -> Result<bool> {
+        let src = &self.files[fi];
+        let Some(board) = &self.board else {
+            return Ok(false);
+        };
+        let bs = u64::from(self.config.block_size);
+        let offset = index * bs;
+        let len = (src.entry.size - offset).min(bs);
+        // `Vouched` comes before the report, so once the report is in, so is the vouch.
+        let held = board.wait_status(src.entry.id, index, offset + len);
+        let Some(cv) = board.take_vouched(src.entry.id, index) else {
+            return Ok(false);
+        };
+        let Some(st) = state[fi].as_mut() else {
+            return Ok(false);
+        };
+        match held {
+            Held::Block(Some(h)) if h == cv => self.progress.add_kept(len),
+            Held::Group(d) => {
+                st.group_digests.insert(index / GROUP_BLOCKS, d);
+            }
+            // The report disagrees with the vouch: read the block after all.
+            Held::Block(_) => return Ok(false),
+        }
+        self.progress.add_vouched(len);
+        self.account(fi, index, cv, state);
+        Ok(true)
+    }
+
+    /// Records the hash of block `index` of file `fi`, settled: compares its group with the
+    /// receiver's once the whole group is known, and queues the file for finishing after its
+    /// last block.
+    fn account(&self, fi: usize, index: u64, cv: Digest, state: &mut [Option<Reading>]) {
+        let src = &self.files[fi];
+        let size = src.entry.size;
+        let group = index / GROUP_BLOCKS;
+        let Some(st) = state[fi].as_mut() else {
+            return;
+        };
         st.cvs[index as usize] = cv;
         st.remaining -= 1;
         st.group_left[group as usize] -= 1;
@@ -841,16 +915,12 @@ impl Reader<'_> {
                 }
             }
         }
-        // The block's buffer goes back to the ring before the file's last work, which may
-        // need one.
-        drop(data);
         if st.remaining == 0 {
             // Finished when the receiver's answers about it are in (finish_files), so the
             // reader goes on with the next file meanwhile: on a long link a round trip per
             // changed file would add up.
             self.finishing.borrow_mut().push(fi);
         }
-        Ok(())
     }
 
     /// Finishes the files whose blocks are all read, as far as the receiver's answers allow

@@ -89,6 +89,12 @@ pub struct Tuning {
     /// resuming them (the sender's choice, carried in its Hello).
     #[arg(long, global = true)]
     pub restart: bool,
+    /// send/copy: when resuming, read and hash at the source the blocks the receiver already
+    /// verified too. By default they are taken on the word of the receiver's resume journal if
+    /// the source file is unchanged since the interrupted run (same inode, size, modification
+    /// and change times).
+    #[arg(long, global = true)]
+    pub rehash: bool,
     /// send/copy: update existing destination files in place: only changed blocks are written, no second
     /// copy on disk. If interrupted, a file holds old and new blocks mixed until the transfer
     /// is run again.
@@ -162,6 +168,7 @@ impl Tuning {
         }
         c.direct_io = !self.no_direct;
         c.restart = self.restart;
+        c.rehash = self.rehash;
         c.inplace = self.inplace;
         c.delete = self.delete;
         if let Some(t) = self.idle_timeout {

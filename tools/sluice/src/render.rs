@@ -80,7 +80,8 @@ where
         json_line(&serde_json::json!({
             "event": "summary", "entries": summary.entries, "files": summary.files,
             "bytes": summary.bytes, "payload_bytes": summary.payload_bytes,
-            "kept_bytes": summary.kept_bytes, "resent_blocks": summary.resent_blocks,
+            "kept_bytes": summary.kept_bytes, "vouched_bytes": summary.vouched_bytes,
+            "resent_blocks": summary.resent_blocks,
             "wire_bytes": summary.wire_bytes,
             "seconds": secs, "mb_per_s": mbps,
         }));

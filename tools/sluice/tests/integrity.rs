@@ -26,9 +26,15 @@ fn json_summary(out: &std::process::Output) -> serde_json::Value {
 
 /// `sluice send --json SRC` to a `sluice recv DEST` started for it; both must succeed.
 fn send_recv_json(src: &Path, dest: &Path) -> serde_json::Value {
+    send_recv_json_with(src, dest, &[])
+}
+
+/// [`send_recv_json`] with extra options for the sender.
+fn send_recv_json_with(src: &Path, dest: &Path, options: &[&str]) -> serde_json::Value {
     let recv = Recv::start(dest);
     let out = sluice()
         .args(["--json", "send"])
+        .args(options)
         .arg(src)
         .arg(&recv.ticket)
         .output()
@@ -220,10 +226,22 @@ fn read_up_to(f: &mut fs::File, buf: &mut [u8]) -> usize {
     n
 }
 
+/// What the second run of [`kill_and_resume`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Runs again as it was: the receiver's journal vouches for what it kept.
+    Resume,
+    /// Runs again with `--rehash`: the sender reads and hashes the kept part too.
+    Rehash,
+    /// Overwrites 4 KiB of the source inside the part already sent, then runs again: the
+    /// journal must vouch for nothing (the source changed), and the edit must arrive.
+    EditSource,
+}
+
 /// Starts a transfer of `src` with separate send and recv processes, kills one of them with
 /// SIGKILL once the receiver has written `fraction` of the file, then the other; reruns the
-/// transfer and checks that only the missing part crossed.
-fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
+/// transfer (as `then` says) and checks that only the missing part crossed.
+fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: Then) {
     let d = tempfile::tempdir().unwrap();
     let dest = d.path().join("dest");
     let size = src.metadata().unwrap().len();
@@ -277,16 +295,39 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool) {
     );
     assert!(part.exists(), "the partial file must be kept");
     assert!(journal.exists(), "the resume journal must be kept");
+    if then == Then::EditSource {
+        // Inside the first block, which the receiver holds and has journaled; then past the
+        // 3 s in which a changed file is not vouched for anyway, so the version must differ.
+        edit(src, 100, &[0x5a; 4096]);
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let missing = missing_bytes(src, &part);
     assert!(missing < size, "nothing was kept");
 
-    let s = send_recv_json(src, &dest);
+    let options: &[&str] = if then == Then::Rehash {
+        &["--rehash"]
+    } else {
+        &[]
+    };
+    let s = send_recv_json_with(src, &dest, options);
     let payload = s["payload_bytes"].as_u64().unwrap();
+    let kept = s["kept_bytes"].as_u64().unwrap();
+    let vouched = s["vouched_bytes"].as_u64().unwrap();
+    let case = format!("killed at {fraction}, sender first: {kill_sender_first}, then {then:?}");
+    eprintln!("{case}: missing {missing}, sent {payload}, kept {kept}, vouched {vouched}");
     assert!(
         payload <= missing + size / 100,
-        "second run sent {payload} bytes; {missing} were missing (killed at {fraction}, sender first: {kill_sender_first})"
+        "second run sent {payload} bytes; {missing} were missing ({case})"
     );
-    assert_eq!(b3(&final_path), b3(src));
+    assert_eq!(b3(&final_path), b3(src), "{case}");
+    match then {
+        // Most of what was kept was journaled, and taken unread on the journal's word.
+        Then::Resume => assert!(
+            vouched > 0 && vouched <= kept && vouched >= (size - missing) / 2,
+            "vouched for {vouched} of {kept} kept bytes, {missing} missing ({case})"
+        ),
+        Then::Rehash | Then::EditSource => assert_eq!(vouched, 0, "{case}"),
+    }
     assert!(!part.exists());
     assert!(!journal.exists(), "the journal outlived its part file");
 }
@@ -296,10 +337,16 @@ fn resume_after_sender_or_receiver_is_killed() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("big.bin");
     random_file(&src, GIB, 13);
+    // A file changed within the last 3 s is never vouched for (it could change again within
+    // its change time's tick).
+    std::thread::sleep(Duration::from_secs(3));
     for fraction in [0.25, 0.5, 0.9] {
-        kill_and_resume(&src, fraction, true);
-        kill_and_resume(&src, fraction, false);
+        kill_and_resume(&src, fraction, true, Then::Resume);
+        kill_and_resume(&src, fraction, false, Then::Resume);
     }
+    kill_and_resume(&src, 0.5, true, Then::Rehash);
+    // Last: it changes the source.
+    kill_and_resume(&src, 0.5, false, Then::EditSource);
 }
 
 #[test]

@@ -114,6 +114,7 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
                 mtime_nsec: 0,
                 size: 5,
                 link_target: "/etc".into(),
+                version: [0; 16],
             }),
             &mut wire,
         );
