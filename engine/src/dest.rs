@@ -221,14 +221,6 @@ impl Destination {
             .ok()
     }
 
-    /// Makes sure the part file exists and has exactly `size` bytes (a resumed part file may
-    /// hold bytes past the end of a source that shrank).
-    pub fn finish_part(&self, part: &Path, size: u64) -> Result<()> {
-        let f = Self::open_part(part).map_err(Error::file("opening", part))?;
-        f.set_len(size)
-            .map_err(Error::file("setting length of", part))
-    }
-
     /// Gives a verified file its permissions and mtime.
     pub fn apply_metadata(&self, entry: &Entry, path: &Path) -> Result<()> {
         let f = File::options()

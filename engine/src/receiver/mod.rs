@@ -91,7 +91,8 @@ struct Incoming {
     root: Option<Digest>,
     sent: Option<u64>,
     retries: HashMap<u64, u32>,
-    assembling: bool,
+    /// Verified and handed to the writer to be sealed ([`Job::Seal`]); renamed once it is.
+    sealing: bool,
     /// Compare only: the length of the file here, or `None` if there is none.
     compare_only: Option<Option<u64>>,
 }
@@ -116,7 +117,7 @@ impl Incoming {
             root: None,
             sent: None,
             retries: HashMap::new(),
-            assembling: false,
+            sealing: false,
             compare_only: None,
         }
     }
@@ -621,11 +622,8 @@ async fn receive(
                                 Outcome::Pending
                             }
                         }
-                        Written::Assembled { file } => {
-                            tracing::debug!(file, "assembled");
-                            if let Some(f) = files.get_mut(&file) {
-                                f.assembling = false;
-                            }
+                        Written::Sealed { file } => {
+                            tracing::debug!(file, "sealed");
                             commit(file, &mut files, &shared, dest, &job_tx)?
                         }
                         Written::Failed { file, error } => {
@@ -786,7 +784,7 @@ fn try_finish(
     let (Some(expected), Some(sent), Some(local)) = (f.root, f.sent, f.local.as_ref()) else {
         return Ok(Outcome::Pending);
     };
-    if f.got < sent || f.assembling {
+    if f.got < sent || f.sealing {
         return Ok(Outcome::Pending);
     }
     let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
@@ -825,25 +823,29 @@ fn try_finish(
             ),
         ));
     }
-    match (&f.base, kept.is_empty()) {
-        // Unchanged (every block held, same length): nothing to assemble.
-        (Some(base), false) if f.got == 0 && same_len(base, size) => {
-            commit(id, files, shared, dest, jobs)
-        }
-        // Delta with blocks to keep from the old version: copy them into the part file first.
-        (Some(base), false) => {
-            let _ = jobs.send(Job::Assemble {
-                file: id,
-                base: base.clone(),
-                blocks: kept,
-            });
-            if let Some(f) = files.get_mut(&id) {
-                f.assembling = true;
-            }
-            Ok(Outcome::Pending)
-        }
-        _ => commit(id, files, shared, dest, jobs),
+    // Unchanged (every block held, same length): nothing to write, the file stands as it is.
+    if f.base
+        .as_deref()
+        .is_some_and(|b| f.got == 0 && same_len(b, size))
+    {
+        return commit(id, files, shared, dest, jobs);
     }
+    // A delta's kept blocks are copied from the old version first (unless the whole of it
+    // already was); then the file is made durable, and renamed once the writer says so.
+    let keep = f
+        .base
+        .clone()
+        .filter(|_| !kept.is_empty())
+        .map(|b| (b, kept));
+    let _ = jobs.send(Job::Seal {
+        file: id,
+        size,
+        keep,
+    });
+    if let Some(f) = files.get_mut(&id) {
+        f.sealing = true;
+    }
+    Ok(Outcome::Pending)
 }
 
 /// The sender asked about file `id`'s blocks, so it differs: if it is a delta against an older
@@ -886,7 +888,6 @@ fn commit(
     };
     let root = f.root.unwrap_or_default();
     if f.inplace {
-        dest.finish_part(&f.final_path, entry.size)?;
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }
@@ -895,7 +896,6 @@ fn commit(
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }
-    dest.finish_part(&f.part, entry.size)?;
     dest.commit(&entry, &f.part, &f.final_path)?;
     tracing::debug!(id, "renamed into place");
     Ok(root_outcome(root))

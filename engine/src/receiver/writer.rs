@@ -50,7 +50,7 @@ pub(super) enum Job {
         /// The file the receiver's copy of this file's blocks is in (patches complete from it).
         held_at: Option<PathBuf>,
         /// The older version a delta keeps blocks of: copied whole into the part file before
-        /// the file's first block is written (see [`Job::Assemble`]).
+        /// the file's first block is written (see [`Job::Seal`]).
         base: Option<PathBuf>,
         /// Where to journal the blocks written, for a part file (not in place).
         journal: Option<PathBuf>,
@@ -58,17 +58,22 @@ pub(super) enum Job {
         key: journal::Key,
     },
     /// The sender found file `file` changed: copy its older version into the part file now,
-    /// while the comparison goes on (see [`Job::Assemble`]).
+    /// while the comparison goes on (see [`Job::Seal`]).
     CopyBase { file: u32, file_len: u64 },
-    /// Copy kept blocks from the old version into the part file (delta). Nothing to do if the
-    /// whole old version was copied as soon as the file was known to differ (the sender's first
-    /// `WantDetail`/`WantPieces` for it, or its first block): an unchanged file never gets a
-    /// part file, and a changed one has its copy made while the comparison goes on, instead of
-    /// after it (1 GiB, ten edits: the copy is ~0.5 s of disk writes).
-    Assemble {
+    /// The file is verified: give the file it was written into (part file, or the final file in
+    /// place) its length and make it durable (`fdatasync`), after copying `keep`, the kept
+    /// blocks of a delta, into it from the old version. Answered by [`Written::Sealed`]; only
+    /// then does the file take its final name.
+    ///
+    /// Nothing is copied if the whole old version was copied as soon as the file was known to
+    /// differ (the sender's first `WantDetail`/`WantPieces` for it, or its first block): an
+    /// unchanged file never gets a part file, and a changed one has its copy made while the
+    /// comparison goes on, instead of after it (1 GiB, ten edits: the copy is ~0.5 s of disk
+    /// writes).
+    Seal {
         file: u32,
-        base: PathBuf,
-        blocks: Vec<(u64, usize)>,
+        size: u64,
+        keep: Option<(PathBuf, Vec<(u64, usize)>)>,
     },
     /// The file is done with (verified, or failed): forget it, and remove these files once
     /// every earlier job has run (so none of them re-creates what was removed).
@@ -94,7 +99,8 @@ pub(super) enum Written {
         file: u32,
         error: Error,
     },
-    Assembled {
+    /// [`Job::Seal`] is done.
+    Sealed {
         file: u32,
     },
 }
@@ -107,6 +113,15 @@ pub(super) fn write_blocks(
     stop: Arc<AtomicBool>,
 ) {
     let (mut io, _) = blockio::open::<(u32, u64, Digest, u32)>(config.io_uring, config.write_depth);
+    // `fdatasync` of verified files runs on a thread of its own, so a file's sync holds up
+    // neither the writes of the next files nor the control task. 1,000 files of 1–64 KiB,
+    // interleaved runs: 0.39–0.49 s against 0.35–0.50 s without the sync; on the control task
+    // it was 0.45–0.65 s, on this (writer) thread 0.69–0.80 s.
+    let (seal_tx, seal_rx) = std_mpsc::channel::<(u32, File, PathBuf, u64)>();
+    let sealer_done = done.clone();
+    let _sealer = std::thread::Builder::new()
+        .name("sluice-seal".into())
+        .spawn(move || seal_files(seal_rx, sealer_done));
     let mut faults = fault_injection();
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
     // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
@@ -282,23 +297,29 @@ pub(super) fn write_blocks(
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
-            Job::Assemble { file, base, blocks } => {
-                if !copied.insert(file) {
-                    // The whole older version is there already (or blocks were written over
-                    // it): nothing to copy.
-                    let _ = done.send(Written::Assembled { file });
+            Job::Seal { file, size, keep } => {
+                let Some(target) = paths.get(&file) else {
                     continue;
-                }
-                let msg = match paths.get(&file) {
-                    Some(part) => {
-                        match copy_blocks(&base, part, &blocks, config.direct_io, &stop) {
-                            Ok(()) => Written::Assembled { file },
-                            Err(error) => Written::Failed { file, error },
-                        }
-                    }
-                    None => continue,
                 };
-                let _ = done.send(msg);
+                let mut sealed = Ok(());
+                if let Some((base, blocks)) = keep {
+                    // Not if the whole older version is there already (or blocks were written
+                    // over it).
+                    if copied.insert(file) {
+                        sealed = copy_blocks(&base, target, &blocks, config.direct_io, &stop);
+                    }
+                }
+                let opened = sealed.and_then(|()| {
+                    Destination::open_part(target).map_err(Error::file("opening", target))
+                });
+                match opened {
+                    Ok(f) => {
+                        let _ = seal_tx.send((file, f, target.clone(), size));
+                    }
+                    Err(error) => {
+                        let _ = done.send(Written::Failed { file, error });
+                    }
+                }
             }
             Job::Write {
                 file,
@@ -428,6 +449,32 @@ pub(super) fn write_blocks(
 /// Completes a patch into its whole block: reads the bytes around the patch from `held_at`,
 /// the receiver's copy. Returns the block's header (whole-block offset and length, the same
 /// hash) and the buffer holding the block.
+/// The sealing thread: gives each verified file its length (a resumed part file may hold bytes
+/// past the end of a source that shrank) and makes it durable with `fdatasync`, then reports it
+/// sealed (see [`Job::Seal`]). Only then is it renamed: after a crash the final name holds the
+/// verified bytes or the old file, never blocks the disk had not written yet.
+fn seal_files(
+    jobs: std_mpsc::Receiver<(u32, File, PathBuf, u64)>,
+    done: mpsc::UnboundedSender<Written>,
+) {
+    while let Ok((file, f, path, size)) = jobs.recv() {
+        let sealed = f
+            .set_len(size)
+            .map_err(Error::file("setting length of", &path))
+            .and_then(|()| {
+                f.sync_data()
+                    .map_err(Error::file("flushing to disk", &path))
+            });
+        let msg = match sealed {
+            Ok(()) => Written::Sealed { file },
+            Err(error) => Written::Failed { file, error },
+        };
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
 fn complete_patch(
     held_at: Option<&PathBuf>,
     index: u64,
