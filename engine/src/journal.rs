@@ -16,7 +16,7 @@
 //! file size and block size), and a journal without a part file is removed before a new part file
 //! is made (inode numbers are reused). The header also names the source version
 //! ([`sluice_proto::message::Entry::version`]) being sent when it was written; a run that sends
-//! another version starts the journal afresh. When a resumed run sends the same version, the
+//! another version starts the journal afresh when it writes its first block. When a resumed run sends the same version, the
 //! receiver vouches for the recorded blocks to the sender ([`sluice_proto::message::Message::Vouched`]),
 //! which then need not read them at its end either. It cannot see a part file changed by another program between two
 //! runs; the part file is a hidden file of our own, and such a change is treated like one to
@@ -99,6 +99,9 @@ pub struct JournalWriter {
     /// Blocks an earlier run recorded: rewriting one first needs a durable tombstone, or the
     /// old record would vouch for bytes no longer there if this run stops before its own.
     earlier: std::collections::HashSet<u64>,
+    path: std::path::PathBuf,
+    /// A write failed: the journal was removed and nothing more is journaled.
+    broken: bool,
 }
 
 /// The hash a tombstone record carries: "forget what was recorded for this block".
@@ -107,54 +110,84 @@ const TOMBSTONE: Digest = [0; 32];
 impl JournalWriter {
     /// Opens the journal at `path` for the open part file `part`: appends to it if it was
     /// written for this part file and `key` (source version included), else starts it afresh.
+    /// A torn last record (a run stopped inside a write) is cut off first, so what is appended
+    /// starts on a record boundary.
     pub fn open(path: &Path, part: &File, key: &Key) -> io::Result<Self> {
         let want = header(key, part.metadata()?.ino());
-        let valid = read_header(path) == Some(want);
-        let earlier = if valid {
-            records(path, key)
-                .map(|r| r.into_keys().collect())
-                .unwrap_or_default()
-        } else {
-            Default::default()
+        let earlier = match read(path, part.metadata()?.ino(), key) {
+            Some((head, blocks)) if head == want => Some(blocks.into_keys().collect()),
+            _ => None,
         };
-        let file = if valid {
-            File::options()
-                .append(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)?
-        } else {
-            let mut f = File::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)?;
-            f.write_all(&want)?;
-            f
+        let file = match earlier {
+            Some(_) => {
+                let f = File::options()
+                    .append(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)?;
+                let len = f.metadata()?.len();
+                let whole = HEADER_LEN as u64
+                    + (len.saturating_sub(HEADER_LEN as u64) / RECORD_LEN as u64)
+                        * RECORD_LEN as u64;
+                if whole != len {
+                    f.set_len(whole)?;
+                }
+                f
+            }
+            None => {
+                let mut f = File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)?;
+                f.write_all(&want)?;
+                f
+            }
         };
         Ok(Self {
             file,
+            path: path.to_path_buf(),
             pending: Vec::new(),
-            earlier,
+            earlier: earlier.unwrap_or_default(),
+            broken: false,
         })
+    }
+
+    /// After a failed write the journal may end in a torn record: it is removed (the part file
+    /// is then re-hashed on resume) and nothing more is journaled.
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.broken = true;
+        self.pending.clear();
+        if std::fs::remove_file(&self.path).is_err() {
+            let _ = self.file.set_len(0);
+        }
+        e
     }
 
     /// Call before block `index` is written: if an earlier run recorded it, appends a tombstone
     /// and makes it durable first.
     pub fn before_write(&mut self, index: u64) -> io::Result<()> {
-        if !self.earlier.remove(&index) {
+        if self.broken || !self.earlier.remove(&index) {
             return Ok(());
         }
         let mut rec = [0u8; RECORD_LEN];
         rec[..8].copy_from_slice(&index.to_le_bytes());
         rec[8..].copy_from_slice(&TOMBSTONE);
-        self.file.write_all(&rec)?;
-        self.file.sync_data()
+        match self
+            .file
+            .write_all(&rec)
+            .and_then(|()| self.file.sync_data())
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// Notes a block verified and written; it is journaled at the next [`JournalWriter::flush`].
     pub fn record(&mut self, index: u64, cv: Digest) {
-        self.pending.push((index, cv));
+        if !self.broken {
+            self.pending.push((index, cv));
+        }
     }
 
     /// Whether a batch is full.
@@ -173,7 +206,10 @@ impl JournalWriter {
             buf.extend_from_slice(&index.to_le_bytes());
             buf.extend_from_slice(&cv);
         }
-        self.file.write_all(&buf)
+        match self.file.write_all(&buf) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 }
 
@@ -190,25 +226,20 @@ pub fn vouches(path: &Path, part: &Path, key: &Key) -> bool {
 /// part file at `part` and a file of `key.size` bytes in blocks of `key.block_size` (under any
 /// source version: the records describe the part file either way). `None` for a missing,
 /// foreign or damaged journal (a torn last record is ignored).
-pub fn read(path: &Path, part: &Path, key: &Key) -> Option<Journaled> {
+pub fn load(path: &Path, part: &Path, key: &Key) -> Option<Journaled> {
     let inode = std::fs::symlink_metadata(part).ok()?.ino();
-    let head = read_header(path)?;
-    let want = header(key, inode);
-    if head[..32] != want[..32] {
-        return None;
-    }
+    let (head, blocks) = read(path, inode, key)?;
     Some(Journaled {
-        blocks: records(path, key)?,
-        vouched: key.version != [0; 16] && head == want,
+        blocks,
+        vouched: key.version != [0; 16] && head == header(key, inode),
     })
 }
 
-/// The records of the journal at `path` for a file of `key.size` bytes in blocks of
-/// `key.block_size` (tombstones applied), whichever part file and version its header names;
-/// `None` if it is not such a journal.
-fn records(path: &Path, key: &Key) -> Option<HashMap<u64, Digest>> {
-    let (block_size, size) = (key.block_size, key.size);
-    let count = block_count(size, block_size);
+/// The header and records (tombstones applied) of the journal at `path`, read through one
+/// handle, if it is a journal for the part file with inode `inode` and a file of `key.size`
+/// bytes in blocks of `key.block_size`, whatever source version it names.
+fn read(path: &Path, inode: u64, key: &Key) -> Option<([u8; HEADER_LEN], HashMap<u64, Digest>)> {
+    let count = block_count(key.size, key.block_size);
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -224,9 +255,8 @@ fn records(path: &Path, key: &Key) -> Option<HashMap<u64, Digest>> {
     let mut r = io::BufReader::new(f);
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).ok()?;
-    // Magic, block size and file size; the inode and version are the caller's business.
-    let want = header(key, 0);
-    if head[..24] != want[..24] {
+    // Magic, block size, file size and part file; the version is the caller's business.
+    if head[..32] != header(key, inode)[..32] {
         return None;
     }
     let mut blocks = HashMap::new();
@@ -244,7 +274,7 @@ fn records(path: &Path, key: &Key) -> Option<HashMap<u64, Digest>> {
             blocks.insert(index, cv);
         }
     }
-    Some(blocks)
+    Some((head, blocks))
 }
 
 #[cfg(test)]
@@ -275,18 +305,18 @@ mod tests {
         let mut w = JournalWriter::open(&journal, &p, &key(1024, 10_000)).unwrap();
         w.record(4, [4; 32]);
         w.flush(&p).unwrap();
-        let got = read(&journal, &part, &key(1024, 10_000)).unwrap();
+        let got = load(&journal, &part, &key(1024, 10_000)).unwrap();
         assert!(got.vouched);
         assert!(vouches(&journal, &part, &key(1024, 10_000)));
         let got = got.blocks;
         assert_eq!(got.len(), 3);
         assert_eq!(got[&9], [9; 32]);
         // Another size, block size or part file: not believed.
-        assert!(read(&journal, &part, &key(1024, 10_001)).is_none());
-        assert!(read(&journal, &part, &key(2048, 10_000)).is_none());
+        assert!(load(&journal, &part, &key(1024, 10_001)).is_none());
+        assert!(load(&journal, &part, &key(2048, 10_000)).is_none());
         std::fs::remove_file(&part).unwrap();
         File::create(&part).unwrap();
-        assert!(read(&journal, &part, &key(1024, 10_000)).is_none());
+        assert!(load(&journal, &part, &key(1024, 10_000)).is_none());
     }
 
     #[test]
@@ -306,7 +336,7 @@ mod tests {
         w.before_write(7).unwrap();
         w.record(2, [9; 32]);
         drop(w);
-        let got = read(&journal, &part, &key(1024, 8192)).unwrap().blocks;
+        let got = load(&journal, &part, &key(1024, 8192)).unwrap().blocks;
         assert_eq!(got.len(), 1, "block 2 no longer vouched for: {got:?}");
         assert_eq!(got[&5], [5; 32]);
     }
@@ -324,7 +354,7 @@ mod tests {
         let mut f = File::options().append(true).open(&journal).unwrap();
         f.write_all(&[7; 20]).unwrap();
         assert_eq!(
-            read(&journal, &part, &key(1024, 4096))
+            load(&journal, &part, &key(1024, 4096))
                 .unwrap()
                 .blocks
                 .len(),
@@ -338,7 +368,34 @@ mod tests {
         drop(f);
         let mut f = File::options().append(true).open(&journal).unwrap();
         f.write_all(&bad).unwrap();
-        assert!(read(&journal, &part, &key(1024, 4096)).is_none());
+        assert!(load(&journal, &part, &key(1024, 4096)).is_none());
+    }
+
+    #[test]
+    fn a_resumed_writer_cuts_a_torn_record_before_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("p");
+        let journal = dir.path().join("j");
+        let p = File::create(&part).unwrap();
+        let k = key(1024, 8192);
+        let mut w = JournalWriter::open(&journal, &p, &k).unwrap();
+        w.record(1, [1; 32]);
+        w.flush(&p).unwrap();
+        drop(w);
+        // A run stopped inside a write: the start of a record for block 2.
+        let mut f = File::options().append(true).open(&journal).unwrap();
+        f.write_all(&2u64.to_le_bytes()).unwrap();
+        f.write_all(&[2; 12]).unwrap();
+        drop(f);
+        // Appended as is, the next record would be read from the torn one's bytes on.
+        let mut w = JournalWriter::open(&journal, &p, &k).unwrap();
+        w.record(3, [3; 32]);
+        w.flush(&p).unwrap();
+        drop(w);
+        let got = load(&journal, &part, &k).unwrap().blocks;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[&1], [1; 32]);
+        assert_eq!(got[&3], [3; 32]);
     }
 }
 
@@ -370,7 +427,7 @@ mod version_tests {
         w.flush(&p).unwrap();
         drop(w);
         // The records still describe the part file, whatever is being sent now.
-        let got = read(&journal, &part, &v2).unwrap();
+        let got = load(&journal, &part, &v2).unwrap();
         assert_eq!(got.blocks.len(), 1);
         assert!(!got.vouched, "written for another source version");
         assert!(!vouches(&journal, &part, &v2));
@@ -378,13 +435,13 @@ mod version_tests {
         // An unknown version is never vouched for, even when the journal says the same.
         let w = JournalWriter::open(&journal, &p, &unknown).unwrap();
         drop(w);
-        assert!(!read(&journal, &part, &unknown).unwrap().vouched);
+        assert!(!load(&journal, &part, &unknown).unwrap().vouched);
         assert!(!vouches(&journal, &part, &unknown));
         // Sending another version starts the journal afresh: no record of v1 survives to be
         // vouched for under v2.
         let w = JournalWriter::open(&journal, &p, &v2).unwrap();
         drop(w);
-        let got = read(&journal, &part, &v2).unwrap();
+        let got = load(&journal, &part, &v2).unwrap();
         assert!(got.vouched);
         assert!(got.blocks.is_empty());
     }

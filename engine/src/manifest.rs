@@ -51,11 +51,12 @@ pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
     Ok(out)
 }
 
-/// The [`Entry::version`] of a file with metadata `meta`: a keyed BLAKE3 hash of its device,
-/// inode, size, and modification and change times to the nanosecond. Writing to a file, or
-/// replacing it, changes its change time (which, unlike the modification time, no user can set
-/// back), so an equal tag means the same bytes as far as the kernel can tell. The fields are hashed so
-/// that the receiver learns nothing of them.
+/// The [`Entry::version`] of a file with metadata `meta`: a BLAKE3 hash (in a context of its
+/// own) of its device, inode, size, and modification and change times to the nanosecond.
+/// Writing to a file, or replacing it, changes its change time (which, unlike the modification
+/// time, no user can set back on the filesystems of [`keeps_change_times`]), so an equal tag
+/// means the same bytes as far as the kernel can tell. Hashing keeps the fields to 16 bytes; it
+/// is not meant to hide them (the receiver knows the size and modification time anyway).
 pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
     let mut h = blake3::Hasher::new_derive_key("sluice 2026-11-25 source version tag");
     for field in [
@@ -81,14 +82,33 @@ pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
 /// moving on (the "racy git" problem, solved as git does).
 pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Whether the file with metadata `meta` last changed at least [`SETTLED`] before `now`.
+/// Whether the file with metadata `meta` last changed (by its change and its modification
+/// time) at least [`SETTLED`] before `now`.
 fn settled(meta: &fs::Metadata, now: std::time::SystemTime) -> bool {
-    let changed = std::time::UNIX_EPOCH
-        + std::time::Duration::new(
-            meta.ctime().max(0) as u64,
-            meta.ctime_nsec().clamp(0, 999_999_999) as u32,
-        );
+    let at = |sec: i64, nsec: i64| {
+        std::time::UNIX_EPOCH
+            + std::time::Duration::new(sec.max(0) as u64, nsec.clamp(0, 999_999_999) as u32)
+    };
+    let changed = at(meta.ctime(), meta.ctime_nsec()).max(at(meta.mtime(), meta.mtime_nsec()));
     now.duration_since(changed).is_ok_and(|age| age >= SETTLED)
+}
+
+/// Whether `file` lives on a filesystem whose change times move with every write and cannot be
+/// set: ext2/3/4, XFS, Btrfs, F2FS, ZFS, bcachefs, tmpfs. Elsewhere a file's [`source_version`]
+/// is not trusted to name its bytes: read-only images (squashfs, ISO 9660, EROFS) report the
+/// modification time stored in the image as change time, FAT reports its creation time, and
+/// network and FUSE filesystems may answer from a cache.
+pub fn keeps_change_times(file: &fs::File) -> bool {
+    const TRUSTED: [u32; 7] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // XFS
+        0x9123_683E, // Btrfs
+        0xF2F5_2010, // F2FS
+        0x2FC1_2FC1, // ZFS
+        0xCA45_1A4E, // bcachefs
+        0x0102_1994, // tmpfs
+    ];
+    rustix::fs::fstatfs(file).is_ok_and(|s| TRUSTED.contains(&(s.f_type as u32)))
 }
 
 fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()> {

@@ -420,7 +420,7 @@ async fn receive(
                                 if let Some(len) = local_len {
                                     control.send(&Message::Holding { id: entry.id, len, vouching: false }).await?;
                                 }
-                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size, version: entry.version });
+                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size, version: entry.version, vouch: false });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
                             }
@@ -446,8 +446,9 @@ async fn receive(
                                 }
                                 let count = block_count(entry.size, block_size);
                                 let key = journal::Key { block_size, size: entry.size, version: entry.version };
+                                // Decided once, here: the scanner vouches only if Holding said so.
+                                let vouching = prepared.resume && journal::vouches(&prepared.journal, &prepared.part, &key);
                                 if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
-                                    let vouching = prepared.resume && journal::vouches(&prepared.journal, &prepared.part, &key);
                                     control.send(&Message::Holding { id: entry.id, len, vouching }).await?;
                                 }
                                 tracing::debug!(id = entry.id, "file prepared");
@@ -467,6 +468,7 @@ async fn receive(
                                     size: entry.size,
                                     block_size,
                                     version: entry.version,
+                                    vouch: vouching,
                                 });
                                 scans_pending += 1;
                                 files.insert(entry.id, Incoming {

@@ -27,6 +27,8 @@ pub(super) struct ScanJob {
     /// The source version being sent: a journal written while it was sent vouches for its
     /// blocks.
     pub(super) version: SourceVersion,
+    /// `Holding` told the sender the journal would vouch: only then may it.
+    pub(super) vouch: bool,
 }
 
 /// A request to hash the pieces of one block the destination holds (the sender's
@@ -132,9 +134,9 @@ fn scan_one(
     let journaled = job
         .journal
         .as_deref()
-        .and_then(|j| journal::read(j, path, &key))
+        .and_then(|j| journal::load(j, path, &key))
         .unwrap_or_default();
-    if journaled.vouched {
+    if job.vouch && journaled.vouched {
         announce_vouched(job, &journaled.blocks, have, out);
     }
     let journaled = journaled.blocks;

@@ -458,6 +458,7 @@ fn seal_files(
     done: mpsc::UnboundedSender<Written>,
 ) {
     while let Ok((file, f, path, size)) = jobs.recv() {
+        let started = std::time::Instant::now();
         let sealed = f
             .set_len(size)
             .map_err(Error::file("setting length of", &path))
@@ -465,6 +466,7 @@ fn seal_files(
                 f.sync_data()
                     .map_err(Error::file("flushing to disk", &path))
             });
+        tracing::debug!(file, elapsed = ?started.elapsed(), "set length and synced");
         let msg = match sealed {
             Ok(()) => Written::Sealed { file },
             Err(error) => Written::Failed { file, error },

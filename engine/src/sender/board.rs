@@ -112,7 +112,8 @@ impl HaveBoard {
     /// Block hashes the receiver's resume journal vouches for.
     pub(super) fn add_vouched(&self, id: u32, first: u64, cvs: Vec<Digest>) {
         let mut files = self.lock();
-        if let Some(st) = self.state(&mut files, id) {
+        // Only after a Holding that announced them.
+        if let Some(st) = self.state(&mut files, id).filter(|st| st.vouching) {
             st.vouched
                 .extend((first..).zip(cvs).filter(|(_, cv)| *cv != [0; 32]));
         }

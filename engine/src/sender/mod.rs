@@ -25,7 +25,7 @@ use sluice_proto::message::{
     group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
     HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
 };
-use sluice_proto::session::{block_count, SenderEvent, SenderSession};
+use sluice_proto::session::{block_count, SenderEvent, SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::tls;
 use tokio::sync::mpsc;
@@ -87,13 +87,7 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        let mut manifest = manifest::build(sources)?;
-        if self.config.rehash {
-            // An unknown version: nothing is vouched for.
-            for e in &mut manifest {
-                e.entry.version = [0; 16];
-            }
-        }
+        let manifest = manifest::build(sources)?;
         let files = manifest.iter().filter(|e| e.entry.kind == EntryKind::File);
         progress.set_totals(
             files.clone().count() as u64,
@@ -320,7 +314,8 @@ async fn transfer(
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
                     SenderEvent::Holding { id, len, vouching } => board.holding(id, len, vouching),
-                    SenderEvent::Vouched { id, first, cvs } => board.add_vouched(id, first, cvs),
+                    SenderEvent::Vouched { id, first, cvs } if !config.rehash => board.add_vouched(id, first, cvs),
+                    SenderEvent::Vouched { .. } => {}
                     SenderEvent::Pieces { id, index, hashes } => {
                         tracing::trace!(id, index, "piece hashes arrived");
                         board.add_pieces(id, index, hashes)
@@ -396,7 +391,17 @@ struct Reading {
     /// Blocks the receiver holds another version of, whose piece hashes were asked for: only
     /// their differing bytes are sent, as a patch, once the file is read.
     patches: Vec<u64>,
+    /// Blocks settled on the word of the receiver's resume journal, unread.
+    vouched: std::collections::HashSet<u64>,
+    /// Blocks vouched for that are read all the same, as a spot check, with the hash vouched.
+    spot: std::collections::HashMap<u64, Digest>,
 }
+
+/// One held block in this many the receiver's journal vouches for is read and checked all the
+/// same (and the last one held): a source that is not the version the journal was written for,
+/// although its tag says so (a filesystem whose change times lie), fails the transfer instead of
+/// mixing two versions. It costs 1/64 of the reading that vouching saves.
+const SPOT_CHECK: u64 = 64;
 
 /// The storage thread: reads every block of every file through the ring, hashes it, and passes
 /// on the blocks the receiver lacks; then serves re-send requests until the transfer ends.
@@ -454,6 +459,15 @@ impl Reader<'_> {
             let meta = file
                 .metadata()
                 .map_err(Error::file("reading metadata of", &src.local))?;
+            // The file opened must be the one listed: its data may be journaled at the
+            // receiver under the listed version, and vouched for by a later run.
+            if src.entry.version != [0; 16] && manifest::source_version(&meta) != src.entry.version
+            {
+                return Err(Error::SourceChanged {
+                    path: src.local.clone(),
+                    detail: "replaced or written to since it was listed".into(),
+                });
+            }
             let now = meta.len();
             if now != size {
                 return Err(Error::SourceChanged {
@@ -482,6 +496,8 @@ impl Reader<'_> {
                 pending: Vec::new(),
                 differs: Vec::new(),
                 patches: Vec::new(),
+                vouched: Default::default(),
+                spot: Default::default(),
             });
             let file = Arc::new(file);
             // Blocks from the one holding byte `len` on are (almost all) missing for certain: read
@@ -500,11 +516,13 @@ impl Reader<'_> {
             // Blocks the receiver's resume journal vouches for are taken on its word, unread,
             // if the file is still the version the manifest names (and the journal's).
             let vouching = held_blocks > 0
+                && !self.config.rehash
+                && src.entry.version != [0; 16]
                 && self
                     .board
                     .as_ref()
                     .is_some_and(|b| b.is_vouching(src.entry.id))
-                && manifest::source_version(&meta) == src.entry.version;
+                && manifest::keeps_change_times(&file);
             // While the network is the bottleneck (no free buffer for the next missing block),
             // the reader checks held blocks meanwhile, into a buffer of its own: a held block
             // that matches never needs a ring buffer.
@@ -809,6 +827,16 @@ impl Reader<'_> {
         let Some(st) = state[fi].as_mut() else {
             return Ok(());
         };
+        if st.spot.remove(&index).is_some_and(|vouched| vouched != cv) {
+            return Err(Error::SourceChanged {
+                path: src.local.clone(),
+                detail: format!(
+                    "block {index} differs from what the receiver's resume journal recorded for this version of the file, \
+                     although the file's identity and times are the same (its filesystem's change times cannot be trusted); \
+                     run again with --rehash"
+                ),
+            });
+        }
         let held = match &self.board {
             Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
             None => Held::Block(None),
@@ -874,6 +902,15 @@ impl Reader<'_> {
         let Some(st) = state[fi].as_mut() else {
             return Ok(false);
         };
+        let held_blocks = board
+            .wait_held(src.entry.id)
+            .map_or(0, |l| l / bs)
+            .min(st.cvs.len() as u64);
+        if index % SPOT_CHECK == 0 || index + 1 == held_blocks {
+            // Read as usual, and checked against the vouched hash (`settle`).
+            st.spot.insert(index, cv);
+            return Ok(false);
+        }
         match held {
             Held::Block(Some(h)) if h == cv => self.progress.add_kept(len),
             Held::Group(d) => {
@@ -882,6 +919,7 @@ impl Reader<'_> {
             // The report disagrees with the vouch: read the block after all.
             Held::Block(_) => return Ok(false),
         }
+        st.vouched.insert(index);
         self.progress.add_vouched(len);
         self.account(fi, index, cv, state);
         Ok(true)
@@ -979,6 +1017,12 @@ impl Reader<'_> {
             };
             for i in range.clone() {
                 let their = theirs.get((i - range.start) as usize).copied().flatten();
+                if their != Some(st.cvs[i as usize]) && st.vouched.contains(&i) {
+                    return Err(Error::Session(SessionError::Unexpected {
+                        state: "the receiver vouched for this block with another hash",
+                        got: "Have",
+                    }));
+                }
                 if their == Some(st.cvs[i as usize]) {
                     self.progress.add_kept((size - i * bs).min(bs));
                 } else if self.config.dry_run {
