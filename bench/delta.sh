@@ -2,7 +2,7 @@
 # bench/delta.sh — Sluice against rsync on the cases where the destination already holds an
 # older version, plus resume after an interruption. One run, loopback, page-cache-hot files.
 #
-#   bench/delta.sh [--size 1G] [--no-build]
+#   bench/delta.sh [--size 1G] [--no-build] [--resume-only]
 #
 # Cases (each starts from a destination holding the original file):
 #   edit10    10 scattered 4 KiB edits in place
@@ -13,8 +13,8 @@
 # 1 MiB and 64K with --inplace (rsync's default builds a new file, like Sluice's default).
 # Bytes on the wire: rsync's own "Total bytes sent" + "Total bytes received"; Sluice's UDP bytes
 # both ways on the sender's QUIC connection (`wire_bytes` of `--json`).
-# Resume: medians of three full `sluice copy` runs and of three second runs after a SIGKILL at 50 %,
-# with and without --rehash.
+# Resume: medians of five full `sluice copy` runs and of five second runs after a SIGKILL at 50 %,
+# with and without --rehash (--resume-only: just these).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
@@ -23,23 +23,26 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 
 SIZE=1G
 BUILD=1
+DELTA=1
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        *) echo "usage: $0 [--size 1G] [--no-build]" >&2; exit 2 ;;
+        --resume-only) DELTA=0; shift ;;
+        *) echo "usage: $0 [--size 1G] [--no-build] [--resume-only]" >&2; exit 2 ;;
     esac
 done
 SLUICE=${SLUICE:-$REPO/target/release/sluice}
 [ "$BUILD" = 1 ] && (cd "$REPO" && cargo build --release -p sluice-cli >&2)
-peer_install_packages rsync openssh-server openssh-client
-
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-delta.XXXXXX")
 PEER_SSH_HOST=sluice-bench
 cleanup() { peer_sshd_stop; rm -rf "$WORK"; }
 trap cleanup EXIT
-peer_sshd_setup "$WORK/ssh"
-peer_sshd_start
+if [ "$DELTA" = 1 ]; then
+    peer_install_packages rsync openssh-server openssh-client
+    peer_sshd_setup "$WORK/ssh"
+    peer_sshd_start
+fi
 
 bytes=$(numfmt --from=iec "$SIZE")
 mkdir -p "$WORK/src" "$WORK/orig"
@@ -48,8 +51,8 @@ head -c "$bytes" /dev/urandom > "$WORK/orig/data.bin"
 echo "Command: \`bench/delta.sh --size $SIZE\`  "
 echo "Kernel: \`$(uname -r)\`, nproc: $(nproc), date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
-echo "| case | tool | wall s | bytes on the wire | payload bytes | vs rsync (bytes) | vs rsync (time) |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+[ "$DELTA" = 1 ] && echo "| case | tool | wall s | bytes on the wire | payload bytes | vs rsync (bytes) | vs rsync (time) |"
+[ "$DELTA" = 1 ] && echo "|---|---|---:|---:|---:|---:|---:|"
 
 make_case() { # $1 case: builds $WORK/src/data.bin from the original
     cp "$WORK/orig/data.bin" "$WORK/src/data.bin"
@@ -72,7 +75,9 @@ fresh_dest() { # $1 dir: holds the original version
 
 now() { date +%s.%N; }
 
-for c in edit10 append unchanged; do
+cases=(edit10 append unchanged)
+[ "$DELTA" = 1 ] || cases=()
+for c in "${cases[@]}"; do
     make_case "$c"
     fresh_dest "$WORK/rsync"
     t0=$(now)
@@ -99,10 +104,11 @@ for c in edit10 append unchanged; do
     done
 done
 
-# Resume after a kill at 50 %: three rounds of a full run, a kill-and-resume, and a
+# Resume after a kill at 50 %: five rounds of a full run, a kill-and-resume, and a
 # kill-and-resume with --rehash (the sender reads and hashes the kept half too), interleaved so
-# that drift on this VM hits all three alike; medians (the first round is often the slowest).
-median() { sort -n | sed -n 2p; }
+# that drift on this VM hits all three alike; medians (the first round is often the slowest, and
+# runs of the same thing vary by ±15 % here).
+median() { sort -n | sed -n 3p; }
 cp "$WORK/orig/data.bin" "$WORK/src/data.bin"
 # A file changed within 3 s of being listed is never vouched for (docs/protocol.md, section 7);
 # a dataset being moved has not just been written.
@@ -120,7 +126,7 @@ interrupted() { # a run into $WORK/resume killed once half the part file is on d
     kill -KILL "$pid"; wait "$pid" 2>/dev/null || true
 }
 fulls=(); seconds=(); payloads=(); rehashes=(); rpayloads=()
-for _ in 1 2 3; do
+for _ in 1 2 3 4 5; do
     rm -rf "$WORK/full"
     t0=$(now); "$SLUICE" copy "$WORK/src/data.bin" "$WORK/full" > /dev/null; t1=$(now)
     fulls+=("$(echo "$t1 - $t0" | bc -l)")
@@ -143,7 +149,7 @@ full=$(printf '%s\n' "${fulls[@]}" | median)
 second=$(printf '%s\n' "${seconds[@]}" | median)
 rehash=$(printf '%s\n' "${rehashes[@]}" | median)
 echo
-echo "| resume (median of 3) | wall s | runs | payload bytes |"
+echo "| resume (median of 5) | wall s | runs | payload bytes |"
 echo "|---|---:|---|---:|"
 printf '| full `sluice copy` | %.2f | %s | %d |\n' "$full" "$(printf '%.2f ' "${fulls[@]}")" "$bytes"
 printf '| second run after SIGKILL at 50 %% | %.2f (%.0f %% of full) | %s | %s |\n' "$second" \
