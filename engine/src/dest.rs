@@ -24,11 +24,7 @@ use crate::error::{Error, Result};
 /// plant a privileged executable (as rsync does without `--perms` for a non-root receiver).
 const MODE_MASK: u32 = 0o1777;
 
-/// Suffix of in-progress files.
-pub const PART_SUFFIX: &str = ".sluice-part";
-/// Suffix of the resume journal beside a part file (`.NAME.sluice-journal`, see
-/// [`crate::journal`]).
-pub const JOURNAL_SUFFIX: &str = ".sluice-journal";
+pub use sluice_proto::path::{JOURNAL_SUFFIX, PART_SUFFIX};
 
 /// Where a file entry goes, and what the destination already holds of it.
 #[derive(Debug, Clone)]

@@ -136,11 +136,20 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
             tracing::warn!(path = %local.display(), "skipping: not a file, directory or symlink");
             continue;
         };
-        if let Err(e) = sluice_proto::path::validate(&rel) {
-            return Err(Error::Destination {
-                path: rel,
-                why: e.to_string(),
-            });
+        match sluice_proto::path::validate(&rel) {
+            Ok(_) => {}
+            // Left behind by an interrupted transfer into this tree: not data of its own, and
+            // a receiver refuses the name.
+            Err(sluice_proto::path::PathError::Reserved(_)) => {
+                tracing::warn!(path = %local.display(), "skipping: a partial file of an interrupted Sluice transfer (the name is reserved)");
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::Destination {
+                    path: rel,
+                    why: e.to_string(),
+                })
+            }
         }
         let id = u32::try_from(out.len()).map_err(|_| Error::Source {
             path: local.clone(),
@@ -187,6 +196,20 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_files_of_an_interrupted_transfer_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("top");
+        fs::create_dir_all(root.join(".d.sluice-part")).unwrap();
+        fs::write(root.join(".d.sluice-part/inner"), b"x").unwrap();
+        fs::write(root.join("x"), b"x").unwrap();
+        fs::write(root.join(".x.sluice-part"), b"half").unwrap();
+        fs::write(root.join(".x.sluice-journal"), b"j").unwrap();
+        let m = build(&[root]).unwrap();
+        let names: Vec<_> = m.iter().map(|e| e.entry.path.as_str()).collect();
+        assert_eq!(names, ["top", "top/x"]);
+    }
 
     #[test]
     fn source_version_holds_until_the_file_is_touched() {

@@ -5,8 +5,26 @@
 //! `..` component), free of NUL bytes, and at most [`crate::codec::MAX_STRING_LEN`] bytes. Joined
 //! under a destination directory it can only name something inside that directory — provided no
 //! component on the way is a symlink, which the receiver checks as it creates directories.
+//! Names of the receiver's own files ([`is_reserved`]) are refused too.
 
 use crate::codec::MAX_STRING_LEN;
+
+/// Suffix of the receiver's in-progress files: `.NAME.sluice-part` beside `NAME`.
+pub const PART_SUFFIX: &str = ".sluice-part";
+/// Suffix of the resume journal beside a part file: `.NAME.sluice-journal`.
+pub const JOURNAL_SUFFIX: &str = ".sluice-journal";
+
+/// Whether `name` (one path component) has the form of the receiver's own files beside a file
+/// `NAME`: `.NAME.sluice-part` or `.NAME.sluice-journal`. A manifest entry of that name would
+/// collide with them — e.g. be renamed over the part file of `NAME` while `NAME` is being
+/// written into it — so such names are refused.
+pub fn is_reserved(name: &str) -> bool {
+    [PART_SUFFIX, JOURNAL_SUFFIX].iter().any(|suffix| {
+        name.strip_suffix(suffix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|inner| !inner.is_empty())
+    })
+}
 
 /// Why a manifest path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +44,9 @@ pub enum PathError {
     /// The path held a NUL byte or was too long.
     #[error("path {0:?} has a NUL byte or is longer than {MAX_STRING_LEN} bytes")]
     Malformed(String),
+    /// A component had the form of the receiver's partial files ([`is_reserved`]).
+    #[error("path {0:?} has a name reserved for Sluice's partial files (.NAME{PART_SUFFIX}, .NAME{JOURNAL_SUFFIX})")]
+    Reserved(String),
 }
 
 /// Checks a manifest path and returns its components.
@@ -44,6 +65,7 @@ pub fn validate(path: &str) -> Result<Vec<&str>, PathError> {
         match *part {
             ".." => return Err(PathError::ParentComponent(path.to_owned())),
             "" | "." => return Err(PathError::OddComponent(path.to_owned())),
+            name if is_reserved(name) => return Err(PathError::Reserved(path.to_owned())),
             _ => {}
         }
     }
@@ -59,6 +81,29 @@ mod tests {
         assert_eq!(validate("a").unwrap(), ["a"]);
         assert_eq!(validate("dir/sub/f.txt").unwrap(), ["dir", "sub", "f.txt"]);
         assert_eq!(validate("..hidden/x..y").unwrap(), ["..hidden", "x..y"]);
+    }
+
+    #[test]
+    fn refuses_the_names_of_partial_files() {
+        for bad in [
+            ".x.sluice-part",
+            "d/.x.sluice-journal",
+            ".x.sluice-part/y",
+            "..sluice-part.sluice-part",
+        ] {
+            assert!(
+                matches!(validate(bad), Err(PathError::Reserved(_))),
+                "{bad}"
+            );
+        }
+        for good in [
+            ".sluice-part",
+            "x.sluice-part",
+            "..sluice-journal",
+            ".x.sluice-partial",
+        ] {
+            assert!(validate(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -619,23 +619,11 @@ impl SenderSession {
                 Ok(SenderEvent::Welcomed)
             }
             Message::Holding { id, len, vouching } if self.welcomed && !self.finished => {
-                self.blocks(id)?;
-                if (id as usize) < self.next_have_done {
-                    return Err(SessionError::Unexpected {
-                        state: "HaveDone already received for this file",
-                        got: "Holding",
-                    });
-                }
+                self.scan_going_on(id, "Holding")?;
                 Ok(SenderEvent::Holding { id, len, vouching })
             }
             Message::Vouched { id, first, cvs } if self.welcomed && !self.finished => {
-                let blocks = self.blocks(id)?;
-                if (id as usize) < self.next_have_done {
-                    return Err(SessionError::Unexpected {
-                        state: "HaveDone already received for this file",
-                        got: "Vouched",
-                    });
-                }
+                let blocks = self.scan_going_on(id, "Vouched")?;
                 let end = first.saturating_add(cvs.len() as u64);
                 if end > blocks {
                     return Err(SessionError::BlockRange { id, index: end });
@@ -643,13 +631,7 @@ impl SenderSession {
                 Ok(SenderEvent::Vouched { id, first, cvs })
             }
             Message::HaveGroups { id, first, digests } if self.welcomed && !self.finished => {
-                let groups = self.blocks(id)?.div_ceil(GROUP_BLOCKS);
-                if (id as usize) < self.next_have_done {
-                    return Err(SessionError::Unexpected {
-                        state: "HaveDone already received for this file",
-                        got: "HaveGroups",
-                    });
-                }
+                let groups = self.scan_going_on(id, "HaveGroups")?.div_ceil(GROUP_BLOCKS);
                 let end = first.saturating_add(digests.len() as u64);
                 if end > groups {
                     return Err(SessionError::BlockRange { id, index: end });
@@ -723,6 +705,19 @@ impl SenderSession {
                 got: name(&other),
             }),
         }
+    }
+
+    /// The block count of file `id`, for a report of the receiver's scan of it (`got`), which
+    /// must come before the file's `HaveDone`.
+    fn scan_going_on(&self, id: u32, got: &'static str) -> Result<u64, SessionError> {
+        let blocks = self.blocks(id)?;
+        if (id as usize) < self.next_have_done {
+            return Err(SessionError::Unexpected {
+                state: "HaveDone already received for this file",
+                got,
+            });
+        }
+        Ok(blocks)
     }
 
     fn answer(&mut self, id: u32) -> Result<(), SessionError> {

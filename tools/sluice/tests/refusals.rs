@@ -143,6 +143,8 @@ fn hostile_paths_are_refused_and_nothing_is_written_outside() {
         "a/../../escape",
         "/tmp/sluice-escape-test",
         "a//b",
+        // The name of another file's part file: renamed over it, it would take its place.
+        ".x.sluice-part",
     ]
     .into_iter()
     .enumerate()
