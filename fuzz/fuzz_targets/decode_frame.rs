@@ -1,10 +1,12 @@
-//! Feeds arbitrary bytes to the control-frame decoder, the block-header decoder and the receiver
-//! session: none may panic, and every decoded message must re-encode to the bytes it came from.
+//! Feeds arbitrary bytes to the control-frame decoder, the block-header decoder and both
+//! sessions (the receiver's, and the sender's of a three-file manifest past its Welcome): none may
+//! panic, and every decoded message must re-encode to the bytes it came from.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sluice_proto::codec::{decode_block_header, encode_message, FrameDecoder, BLOCK_HEADER_LEN};
-use sluice_proto::session::ReceiverSession;
+use sluice_proto::message::Message;
+use sluice_proto::session::{ReceiverSession, SenderSession};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(h) = data.first_chunk::<BLOCK_HEADER_LEN>() {
@@ -12,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut dec = FrameDecoder::new();
     let mut session = ReceiverSession::new([0; 32]);
+    let mut sender = SenderSession::new(vec![Some(0), Some(5 << 20), None], 1 << 20);
+    let _ = sender.on_message(Message::Welcome {
+        version: sluice_proto::PROTOCOL_VERSION,
+    });
     for piece in data.chunks(7) {
         dec.push(piece);
         loop {
@@ -22,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
                     let mut d2 = FrameDecoder::new();
                     d2.push(&again);
                     assert_eq!(d2.next_message().ok().flatten().as_ref(), Some(&msg));
+                    let _ = sender.on_message(msg.clone());
                     let _ = session.on_message(msg);
                 }
                 Ok(None) => break,
