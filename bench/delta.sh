@@ -69,8 +69,8 @@ make_case() { # $1 case: builds $WORK/src/data.bin from the original
     cat "$WORK/src/data.bin" > /dev/null
 }
 
-fresh_dest() { # $1 dir: holds the original version
-    rm -rf "$1"; mkdir -p "$1"; cp "$WORK/orig/data.bin" "$1/data.bin"
+fresh_dest() { # $1 dir: holds the original version, on disk (not dirty in the page cache)
+    rm -rf "$1"; mkdir -p "$1"; cp "$WORK/orig/data.bin" "$1/data.bin"; sync "$1/data.bin"
 }
 
 now() { date +%s.%N; }

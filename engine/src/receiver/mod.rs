@@ -825,11 +825,15 @@ fn try_finish(
             ),
         ));
     }
-    // Unchanged (every block held, same length): nothing to write, the file stands as it is.
-    if f.base
-        .as_deref()
-        .is_some_and(|b| f.got == 0 && same_len(b, size))
-    {
+    // Unchanged (every block held, same length): nothing was written, the file stands as it is
+    // (an older version under the final name, in place or not; not a part file, which an
+    // earlier run wrote).
+    let unchanged_at = if f.inplace {
+        Some(&f.final_path)
+    } else {
+        f.base.as_ref()
+    };
+    if f.got == 0 && unchanged_at.is_some_and(|p| same_len(p, size)) {
         return commit(id, files, shared, dest, jobs);
     }
     // A delta's kept blocks are copied from the old version first (unless the whole of it
