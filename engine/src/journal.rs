@@ -195,12 +195,35 @@ impl JournalWriter {
         self.pending.len() >= BATCH
     }
 
-    /// Makes the part file's data durable, then appends the noted blocks.
+    /// Whether blocks are noted and not journaled yet.
+    pub fn is_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Forgets the noted blocks for good: the part file's data could not be made durable, so no
+    /// record may ever name them. The journal is removed.
+    pub fn abandon(&mut self) {
+        let _ = self.fail(io::Error::other("abandoned"));
+    }
+
+    /// Makes the part file's data durable, then appends the noted blocks. If the data cannot be
+    /// made durable, the journal is abandoned ([`JournalWriter::abandon`]).
     pub fn flush(&mut self, part: &File) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        part.sync_data()?;
+        if let Err(e) = part.sync_data() {
+            self.abandon();
+            return Err(e);
+        }
+        self.append()
+    }
+
+    /// Appends the noted blocks; the caller has made the part file's data durable.
+    pub fn append(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let mut buf = Vec::with_capacity(self.pending.len() * RECORD_LEN);
         for (index, cv) in self.pending.drain(..) {
             buf.extend_from_slice(&index.to_le_bytes());

@@ -138,11 +138,19 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
         };
         match sluice_proto::path::validate(&rel) {
             Ok(_) => {}
-            // Left behind by an interrupted transfer into this tree: not data of its own, and
-            // a receiver refuses the name.
-            Err(sluice_proto::path::PathError::Reserved(_)) => {
+            // A file left behind by an interrupted transfer into this tree: not data of its
+            // own. A receiver refuses the name.
+            Err(sluice_proto::path::PathError::Reserved(_))
+                if kind == EntryKind::File && rel.contains('/') =>
+            {
                 tracing::warn!(path = %local.display(), "skipping: a partial file of an interrupted Sluice transfer (the name is reserved)");
                 continue;
+            }
+            Err(sluice_proto::path::PathError::Reserved(_)) => {
+                return Err(Error::Source {
+                    path: local.clone(),
+                    why: "its name is reserved for Sluice's partial files (.NAME.sluice-part, .NAME.sluice-journal)",
+                })
             }
             Err(e) => {
                 return Err(Error::Destination {
@@ -201,14 +209,25 @@ mod tests {
     fn partial_files_of_an_interrupted_transfer_are_skipped() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("top");
-        fs::create_dir_all(root.join(".d.sluice-part")).unwrap();
-        fs::write(root.join(".d.sluice-part/inner"), b"x").unwrap();
+        fs::create_dir_all(&root).unwrap();
         fs::write(root.join("x"), b"x").unwrap();
         fs::write(root.join(".x.sluice-part"), b"half").unwrap();
         fs::write(root.join(".x.sluice-journal"), b"j").unwrap();
-        let m = build(&[root]).unwrap();
+        let m = build(std::slice::from_ref(&root)).unwrap();
         let names: Vec<_> = m.iter().map(|e| e.entry.path.as_str()).collect();
         assert_eq!(names, ["top", "top/x"]);
+        // A directory of such a name is no leftover (the receiver makes none): it cannot be
+        // sent, and the error says why; nor can a file named on the command line.
+        fs::create_dir_all(root.join(".d.sluice-part")).unwrap();
+        let e = build(std::slice::from_ref(&root)).unwrap_err().to_string();
+        assert!(
+            e.contains(".d.sluice-part") && e.contains("reserved"),
+            "{e}"
+        );
+        let e = build(&[root.join(".x.sluice-part")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reserved"), "{e}");
     }
 
     #[test]

@@ -15,10 +15,12 @@ pub const PART_SUFFIX: &str = ".sluice-part";
 pub const JOURNAL_SUFFIX: &str = ".sluice-journal";
 
 /// Whether `name` (one path component) has the form of the receiver's own files beside a file
-/// `NAME`: `.NAME.sluice-part` or `.NAME.sluice-journal`. A manifest entry of that name would
-/// collide with them — e.g. be renamed over the part file of `NAME` while `NAME` is being
-/// written into it — so such names are refused.
+/// `NAME`: `.NAME.sluice-part` or `.NAME.sluice-journal`, in any case (a case-insensitive
+/// filesystem would take `.x.SLUICE-PART` for the part file of `x`). A manifest entry of that
+/// name would collide with them — e.g. be renamed over the part file of `NAME` while `NAME` is
+/// being written into it — so such names are refused.
 pub fn is_reserved(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
     [PART_SUFFIX, JOURNAL_SUFFIX].iter().any(|suffix| {
         name.strip_suffix(suffix)
             .and_then(|rest| rest.strip_prefix('.'))
@@ -90,6 +92,7 @@ mod tests {
             "d/.x.sluice-journal",
             ".x.sluice-part/y",
             "..sluice-part.sluice-part",
+            ".x.SLUICE-Part",
         ] {
             assert!(
                 matches!(validate(bad), Err(PathError::Reserved(_))),

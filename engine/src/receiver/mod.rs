@@ -596,6 +596,12 @@ async fn receive(
                     let outcome = match w {
                         Written::Block { file, index, cv, carried } => {
                             let Some(f) = files.get_mut(&file) else { continue };
+                            if f.sealing {
+                                // Written after its root was checked: not covered by it.
+                                let outcome = fail_file(file, &mut files, &job_tx, format!("block {index} arrived after the file was verified"));
+                                report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                                continue;
+                            }
                             if index < f.blocks && f.received.insert(index, cv).is_none() {
                                 f.got += 1;
                             }
@@ -626,7 +632,7 @@ async fn receive(
                         }
                         Written::Sealed { file } => {
                             tracing::debug!(file, "sealed");
-                            commit(file, &mut files, &shared, dest, &job_tx)?
+                            commit(file, &mut files, &shared, dest, &job_tx, false)?
                         }
                         Written::Failed { file, error } => {
                             if let Error::File { source, .. } = &error {
@@ -771,7 +777,9 @@ fn fail_file(
 }
 
 /// If every block the sender sent is written, the scan is done and the root is known, checks
-/// the root over received and kept blocks, then assembles and renames the file into place.
+/// the root over received and kept blocks, then has the writer seal the file (copy a delta's
+/// kept blocks, set its length, `fdatasync`); it is renamed into place on `Sealed`. An unchanged
+/// file is put in place at once.
 fn try_finish(
     id: u32,
     files: &mut HashMap<u32, Incoming>,
@@ -834,7 +842,7 @@ fn try_finish(
         f.base.as_ref()
     };
     if f.got == 0 && unchanged_at.is_some_and(|p| same_len(p, size)) {
-        return commit(id, files, shared, dest, jobs);
+        return commit(id, files, shared, dest, jobs, true);
     }
     // A delta's kept blocks are copied from the old version first (unless the whole of it
     // already was); then the file is made durable, and renamed once the writer says so.
@@ -869,14 +877,16 @@ fn start_base_copy(
     Ok(())
 }
 
-/// Puts a verified file in place: renames the part file over the final name, or — when the
-/// final file already held every block — only updates its metadata.
+/// Puts a verified (and sealed) file in place: renames the part file over the final name, or —
+/// in place, or `unchanged`: the final file already held every block — only updates its
+/// metadata.
 fn commit(
     id: u32,
     files: &mut HashMap<u32, Incoming>,
     shared: &Mutex<Shared>,
     dest: &Destination,
     jobs: &std_mpsc::Sender<Job>,
+    unchanged: bool,
 ) -> Result<Outcome> {
     let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
     let _ = jobs.send(Job::Close {
@@ -897,8 +907,8 @@ fn commit(
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }
-    if f.got == 0 && f.base.as_deref().is_some_and(|b| same_len(b, entry.size)) {
-        // Unchanged: the file under the final name is verified as it stands.
+    if unchanged {
+        // The file under the final name is verified as it stands.
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }

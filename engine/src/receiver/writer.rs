@@ -117,11 +117,15 @@ pub(super) fn write_blocks(
     // neither the writes of the next files nor the control task. 1,000 files of 1–64 KiB,
     // interleaved runs: 0.39–0.49 s against 0.35–0.50 s without the sync; on the control task
     // it was 0.45–0.65 s, on this (writer) thread 0.69–0.80 s.
-    let (seal_tx, seal_rx) = std_mpsc::channel::<(u32, File, PathBuf, u64)>();
+    // At most SEALS_QUEUED files wait for it with a handle open; past that the writer waits.
+    let (seal_tx, seal_rx) = std_mpsc::sync_channel::<Seal>(SEALS_QUEUED);
     let sealer_done = done.clone();
-    let _sealer = std::thread::Builder::new()
+    let sealer = std::thread::Builder::new()
         .name("sluice-seal".into())
-        .spawn(move || seal_files(seal_rx, sealer_done));
+        .spawn(move || seal_files(seal_rx, sealer_done))
+        .ok();
+    // Without the thread (it could not be started), files are sealed here.
+    let seal_tx = sealer.is_some().then_some(seal_tx);
     let mut faults = fault_injection();
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
     // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
@@ -161,7 +165,9 @@ pub(super) fn write_blocks(
                     if let Some(j) = journals.get_mut(&file) {
                         j.record(index, cv);
                         if j.wants_flush() {
-                            flush_journal(file, j, open, paths);
+                            if let Some(error) = flush_journal(file, j, open, paths) {
+                                let _ = done.send(Written::Failed { file, error });
+                            }
                         }
                     }
                     Written::Block {
@@ -275,9 +281,9 @@ pub(super) fn write_blocks(
                 }
             }
             Job::Close { file, remove } => {
-                if let Some(mut j) = journals.remove(&file) {
-                    flush_journal(file, &mut j, &open, &paths);
-                }
+                // Verified and sealed, or failed (its part file and journal go): what is not
+                // journaled yet no longer matters.
+                journals.remove(&file);
                 journal_at.remove(&file);
                 held.remove(&file);
                 bases.remove(&file);
@@ -298,7 +304,17 @@ pub(super) fn write_blocks(
                 }
             }
             Job::Seal { file, size, keep } => {
-                let Some(target) = paths.get(&file) else {
+                // The file is verified: this thread is done with it. Forgetting its path also
+                // drops any block a sender might still send for it (against the protocol),
+                // which must not land after the seal.
+                let Some(target) = paths.remove(&file) else {
+                    let _ = done.send(Written::Failed {
+                        file,
+                        error: Error::Io {
+                            what: "sealing a verified file",
+                            source: std::io::Error::other("the writer does not know the file"),
+                        },
+                    });
                     continue;
                 };
                 let mut sealed = Ok(());
@@ -306,19 +322,41 @@ pub(super) fn write_blocks(
                     // Not if the whole older version is there already (or blocks were written
                     // over it).
                     if copied.insert(file) {
-                        sealed = copy_blocks(&base, target, &blocks, config.direct_io, &stop);
+                        sealed = copy_blocks(&base, &target, &blocks, config.direct_io, &stop);
                     }
                 }
-                let opened = sealed.and_then(|()| {
-                    Destination::open_part(target).map_err(Error::file("opening", target))
-                });
-                match opened {
-                    Ok(f) => {
-                        let _ = seal_tx.send((file, f, target.clone(), size));
-                    }
+                copied.insert(file);
+                // Its journal's records no longer matter (it is about to be renamed, and the
+                // journal removed). The handle the blocks were written through goes to the
+                // sealer: a write-back error is reported on it, and only once.
+                journals.remove(&file);
+                journal_at.remove(&file);
+                held.remove(&file);
+                bases.remove(&file);
+                let handle = match open.remove(&file) {
+                    Some((buffered, _)) => Ok(buffered),
+                    None => Destination::open_part(&target)
+                        .map(Arc::new)
+                        .map_err(Error::file("opening", &target)),
+                };
+                let job = match sealed.and(handle) {
+                    Ok(f) => Seal {
+                        file,
+                        f,
+                        path: target,
+                        size,
+                    },
                     Err(error) => {
                         let _ = done.send(Written::Failed { file, error });
+                        continue;
                     }
+                };
+                let unsent = match &seal_tx {
+                    Some(tx) => tx.send(job).err().map(|e| e.0),
+                    None => Some(job),
+                };
+                if let Some(job) = unsent {
+                    let _ = done.send(seal(job));
                 }
             }
             Job::Write {
@@ -442,41 +480,66 @@ pub(super) fn write_blocks(
     }
     // The transfer is ending (done, or interrupted): journal what is on disk.
     for (file, j) in &mut journals {
-        flush_journal(*file, j, &open, &paths);
+        if let Some(e) = flush_journal(*file, j, &open, &paths) {
+            tracing::warn!("{e}; its blocks are not journaled");
+        }
+    }
+    drop(seal_tx);
+    if let Some(t) = sealer {
+        let _ = t.join();
+    }
+}
+
+/// Files waiting for the sealing thread, each with a handle open.
+const SEALS_QUEUED: usize = 64;
+
+/// A verified file to seal: its id, the handle its blocks were written through, its path (for
+/// errors) and size.
+struct Seal {
+    file: u32,
+    f: Arc<File>,
+    path: PathBuf,
+    size: u64,
+}
+
+/// Gives a verified file its length (a resumed part file may hold bytes past the end of a source
+/// that shrank) and makes it durable with `fdatasync`.
+fn seal(job: Seal) -> Written {
+    let Seal {
+        file,
+        f,
+        path,
+        size,
+    } = job;
+    let started = std::time::Instant::now();
+    let sealed = f
+        .set_len(size)
+        .map_err(Error::file("setting length of", &path))
+        .and_then(|()| {
+            f.sync_data()
+                .map_err(Error::file("flushing to disk", &path))
+        });
+    tracing::debug!(file, elapsed = ?started.elapsed(), "set length and synced");
+    match sealed {
+        Ok(()) => Written::Sealed { file },
+        Err(error) => Written::Failed { file, error },
+    }
+}
+
+/// The sealing thread: [`seal`]s each verified file and reports it (see [`Job::Seal`]). Only then
+/// is the file renamed: after a crash the final name holds the verified bytes or the old file,
+/// never blocks the disk had not written yet.
+fn seal_files(jobs: std_mpsc::Receiver<Seal>, done: mpsc::UnboundedSender<Written>) {
+    while let Ok(job) = jobs.recv() {
+        if done.send(seal(job)).is_err() {
+            return;
+        }
     }
 }
 
 /// Completes a patch into its whole block: reads the bytes around the patch from `held_at`,
 /// the receiver's copy. Returns the block's header (whole-block offset and length, the same
 /// hash) and the buffer holding the block.
-/// The sealing thread: gives each verified file its length (a resumed part file may hold bytes
-/// past the end of a source that shrank) and makes it durable with `fdatasync`, then reports it
-/// sealed (see [`Job::Seal`]). Only then is it renamed: after a crash the final name holds the
-/// verified bytes or the old file, never blocks the disk had not written yet.
-fn seal_files(
-    jobs: std_mpsc::Receiver<(u32, File, PathBuf, u64)>,
-    done: mpsc::UnboundedSender<Written>,
-) {
-    while let Ok((file, f, path, size)) = jobs.recv() {
-        let started = std::time::Instant::now();
-        let sealed = f
-            .set_len(size)
-            .map_err(Error::file("setting length of", &path))
-            .and_then(|()| {
-                f.sync_data()
-                    .map_err(Error::file("flushing to disk", &path))
-            });
-        tracing::debug!(file, elapsed = ?started.elapsed(), "set length and synced");
-        let msg = match sealed {
-            Ok(()) => Written::Sealed { file },
-            Err(error) => Written::Failed { file, error },
-        };
-        if done.send(msg).is_err() {
-            return;
-        }
-    }
-}
-
 fn complete_patch(
     held_at: Option<&PathBuf>,
     index: u64,
@@ -507,19 +570,28 @@ fn complete_patch(
 
 /// Makes file `file`'s written blocks durable and journals them. A failure only costs a
 /// resumed run the reading of those blocks, so it is logged, not fatal.
+/// A failure to make the part file's data durable is the file's (returned: its written blocks
+/// may be lost, and the error is reported only once, here); one to append to the journal only
+/// costs a re-scan after an interruption.
 fn flush_journal(
     file: u32,
     journal: &mut JournalWriter,
     open: &HashMap<u32, (Arc<File>, Option<Arc<File>>)>,
     paths: &HashMap<u32, PathBuf>,
-) {
-    let Some((part, _)) = open.get(&file) else {
-        return;
-    };
-    if let Err(e) = journal.flush(part) {
-        let path = paths.get(&file).cloned().unwrap_or_default();
+) -> Option<Error> {
+    let (part, _) = open.get(&file)?;
+    if !journal.is_pending() {
+        return None;
+    }
+    let path = paths.get(&file).cloned().unwrap_or_default();
+    if let Err(e) = part.sync_data() {
+        journal.abandon();
+        return Some(Error::file("flushing to disk", &path)(e));
+    }
+    if let Err(e) = journal.append() {
         tracing::warn!(path = %path.display(), "cannot journal written blocks ({e})");
     }
+    None
 }
 
 /// Blocks to damage on arrival, from `SLUICE_FAULT_CORRUPT=FILE_ID:BLOCK_INDEX,...`.
