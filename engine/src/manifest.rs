@@ -59,6 +59,12 @@ pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
 /// is not meant to hide them (the receiver knows the size and modification time anyway).
 pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
     let mut h = blake3::Hasher::new_derive_key("sluice 2026-11-25 source version tag");
+    if frozen_versions() {
+        h.update(&meta.size().to_le_bytes());
+        let mut tag = [0; 16];
+        tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        return tag;
+    }
     for field in [
         meta.dev(),
         meta.ino(),
@@ -73,6 +79,15 @@ pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
     let mut tag = [0; 16];
     tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
     tag
+}
+
+/// Test-only fault injection: with `SLUICE_FAULT_FROZEN_VERSION` set in the sender's
+/// environment, a file's version is a hash of its size alone, given at once and on any
+/// filesystem — as on a filesystem whose change times never move — so that the end-to-end tests
+/// can show a source that is not the version a resume journal vouches for being caught (the
+/// sender's spot check). Unset, nothing changes.
+fn frozen_versions() -> bool {
+    std::env::var_os("SLUICE_FAULT_FROZEN_VERSION").is_some()
 }
 
 /// How long ago a file must have last changed for its [`source_version`] to be trusted. A file
@@ -108,7 +123,8 @@ pub fn keeps_change_times(file: &fs::File) -> bool {
         0xCA45_1A4E, // bcachefs
         0x0102_1994, // tmpfs
     ];
-    rustix::fs::fstatfs(file).is_ok_and(|s| TRUSTED.contains(&(s.f_type as u32)))
+    frozen_versions()
+        || rustix::fs::fstatfs(file).is_ok_and(|s| TRUSTED.contains(&(s.f_type as u32)))
 }
 
 fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()> {
@@ -173,7 +189,9 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
                 mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
                 size,
                 link_target,
-                version: if kind == EntryKind::File && settled(&meta, listed_at) {
+                version: if kind == EntryKind::File
+                    && (settled(&meta, listed_at) || frozen_versions())
+                {
                     source_version(&meta)
                 } else {
                     [0; 16]

@@ -31,8 +31,19 @@ fn send_recv_json(src: &Path, dest: &Path) -> serde_json::Value {
 
 /// [`send_recv_json`] with extra options for the sender.
 fn send_recv_json_with(src: &Path, dest: &Path, options: &[&str]) -> serde_json::Value {
+    send_recv_json_env(src, dest, options, &[])
+}
+
+/// [`send_recv_json_with`] with extra environment variables for the sender.
+fn send_recv_json_env(
+    src: &Path,
+    dest: &Path,
+    options: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let recv = Recv::start(dest);
     let out = sluice()
+        .envs(env.iter().copied())
         .args(["--json", "send"])
         .args(options)
         .arg(src)
@@ -236,7 +247,15 @@ enum Then {
     /// Overwrites 4 KiB of the source inside the part already sent, then runs again: the
     /// journal must vouch for nothing (the source changed), and the edit must arrive.
     EditSource,
+    /// Both runs' sender have versions that ignore change times (test-only fault injection,
+    /// as on a filesystem whose change times lie); between them the source gets other bytes of
+    /// the same size. The second run's spot check must catch it and fail, the final name must
+    /// stay free, and `--rehash` must then complete the transfer.
+    SwapSource,
 }
+
+/// The sender's environment for [`Then::SwapSource`].
+const FROZEN: (&str, &str) = ("SLUICE_FAULT_FROZEN_VERSION", "1");
 
 /// Starts a transfer of `src` with separate send and recv processes, kills one of them with
 /// SIGKILL once the receiver has written `fraction` of the file, then the other; reruns the
@@ -255,8 +274,14 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
     ));
     let final_path = dest.join(src.file_name().unwrap());
 
+    let frozen: &[(&str, &str)] = if then == Then::SwapSource {
+        &[FROZEN]
+    } else {
+        &[]
+    };
     let recv = Recv::start(&dest);
     let mut send = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .envs(frozen.iter().copied())
         .arg("send")
         .arg(src)
         .arg(&recv.ticket)
@@ -303,6 +328,33 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
     }
     let missing = missing_bytes(src, &part);
     assert!(missing < size, "nothing was kept");
+    if then == Then::SwapSource {
+        random_file(src, size, 99);
+        let recv = Recv::start(&dest);
+        let out = sluice()
+            .envs(frozen.iter().copied())
+            .arg("send")
+            .arg(src)
+            .arg(&recv.ticket)
+            .output()
+            .unwrap();
+        drop(recv);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "a swapped source was sent: {err}");
+        assert!(
+            err.contains("resume journal recorded") && err.contains("--rehash"),
+            "{err}"
+        );
+        assert!(
+            !final_path.exists(),
+            "an unverified file holds the final name"
+        );
+        let s = send_recv_json_env(src, &dest, &["--rehash"], frozen);
+        assert_eq!(s["vouched_bytes"].as_u64(), Some(0));
+        assert_eq!(b3(&final_path), b3(src));
+        assert!(!part.exists());
+        return;
+    }
 
     let options: &[&str] = if then == Then::Rehash {
         &["--rehash"]
@@ -327,6 +379,7 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
             "vouched for {vouched} of {kept} kept bytes, {missing} missing ({case})"
         ),
         Then::Rehash | Then::EditSource => assert_eq!(vouched, 0, "{case}"),
+        Then::SwapSource => unreachable!("returned above"),
     }
     assert!(!part.exists());
     assert!(!journal.exists(), "the journal outlived its part file");
@@ -345,8 +398,9 @@ fn resume_after_sender_or_receiver_is_killed() {
         kill_and_resume(&src, fraction, false, Then::Resume);
     }
     kill_and_resume(&src, 0.5, true, Then::Rehash);
-    // Last: it changes the source.
+    // Last: they change the source.
     kill_and_resume(&src, 0.5, false, Then::EditSource);
+    kill_and_resume(&src, 0.5, true, Then::SwapSource);
 }
 
 #[test]
