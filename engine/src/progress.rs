@@ -153,8 +153,9 @@ pub struct Summary {
     /// Payload bytes that crossed the network, re-sends included (at the receiver: the bytes
     /// received and verified in this run).
     pub payload_bytes: u64,
-    /// Bytes the receiver already held and kept (resume, delta); counted by the sender, 0 in
-    /// the receiver's summary.
+    /// Bytes the receiver already held and kept (resume, delta). The sender counts a patched
+    /// block's bytes that did not cross as kept too; the receiver counts whole blocks it did not
+    /// receive.
     pub kept_bytes: u64,
     /// Of `kept_bytes`, bytes the sender took on the word of the receiver's resume journal
     /// instead of reading them (a resumed run of an unchanged source); 0 at the receiver.

@@ -93,6 +93,8 @@ struct Incoming {
     retries: HashMap<u64, u32>,
     /// Verified and handed to the writer to be sealed ([`Job::Seal`]); renamed once it is.
     sealing: bool,
+    /// Bytes of the verified file that were already here (kept blocks), for the summary.
+    kept_bytes: u64,
     /// Compare only: the length of the file here, or `None` if there is none.
     compare_only: Option<Option<u64>>,
 }
@@ -118,6 +120,7 @@ impl Incoming {
             sent: None,
             retries: HashMap::new(),
             sealing: false,
+            kept_bytes: 0,
             compare_only: None,
         }
     }
@@ -155,6 +158,7 @@ fn compare_verdict(id: u32, f: Incoming, size: u64, root: Digest, differing: u64
             path: f.rel,
             size,
             root,
+            kept: 0,
         },
         Some(reason) => Outcome::Failed {
             id,
@@ -705,6 +709,8 @@ enum Outcome {
         path: String,
         size: u64,
         root: Digest,
+        /// Bytes of it that were already here (kept, not received).
+        kept: u64,
     },
     Failed {
         id: u32,
@@ -728,8 +734,10 @@ async fn report(
             path,
             size,
             root,
+            kept,
         } => {
             *verified_bytes += size;
+            progress.add_kept(kept);
             progress.push(Event::FileVerified { path, size, root });
             control.send(&Message::FileVerified { id }).await
         }
@@ -841,16 +849,17 @@ fn try_finish(
     } else {
         f.base.as_ref()
     };
-    if f.got == 0 && unchanged_at.is_some_and(|p| same_len(p, size)) {
+    let unchanged = f.got == 0 && unchanged_at.is_some_and(|p| same_len(p, size));
+    let base = f.base.clone();
+    if let Some(f) = files.get_mut(&id) {
+        f.kept_bytes = kept.iter().map(|&(_, len)| len as u64).sum();
+    }
+    if unchanged {
         return commit(id, files, shared, dest, jobs, true);
     }
     // A delta's kept blocks are copied from the old version first (unless the whole of it
     // already was); then the file is made durable, and renamed once the writer says so.
-    let keep = f
-        .base
-        .clone()
-        .filter(|_| !kept.is_empty())
-        .map(|b| (b, kept));
+    let keep = base.filter(|_| !kept.is_empty()).map(|b| (b, kept));
     let _ = jobs.send(Job::Seal {
         file: id,
         size,
@@ -896,11 +905,13 @@ fn commit(
     let Some(f) = files.remove(&id) else {
         return Ok(Outcome::Pending);
     };
+    let kept = f.kept_bytes;
     let root_outcome = |root| Outcome::Verified {
         id,
         path: entry.path.clone(),
         size: entry.size,
         root,
+        kept,
     };
     let root = f.root.unwrap_or_default();
     if f.inplace {

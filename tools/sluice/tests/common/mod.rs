@@ -115,11 +115,19 @@ pub fn part_files(root: &Path) -> Vec<PathBuf> {
 pub struct Recv {
     child: Option<Child>,
     pub ticket: String,
+    /// What it printed after the ticket.
+    printed: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl Recv {
     pub fn start(dest: &Path) -> Recv {
+        Self::start_with(dest, &[])
+    }
+
+    /// [`Recv::start`] with global options before `recv` (e.g. `--json`).
+    pub fn start_with(dest: &Path, options: &[&str]) -> Recv {
         let mut child = sluice()
+            .args(options)
             .args(["recv", "--listen", "127.0.0.1:0"])
             .arg(dest)
             .stdout(Stdio::piped())
@@ -130,11 +138,22 @@ impl Recv {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         out.read_line(&mut line).unwrap();
         // Keep reading so the receiver never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        assert!(line.starts_with("sluice1-"), "recv printed {line:?}");
+        let printed = std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            let _ = std::io::copy(&mut out, &mut rest);
+            rest
+        });
+        let ticket = if options.contains(&"--json") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            v["ticket"].as_str().unwrap_or_default().to_owned()
+        } else {
+            line.trim().to_owned()
+        };
+        assert!(ticket.starts_with("sluice1-"), "recv printed {line:?}");
         Recv {
             child: Some(child),
-            ticket: line.trim().to_owned(),
+            ticket,
+            printed: Some(printed),
         }
     }
 
@@ -149,7 +168,11 @@ impl Recv {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        child.wait_with_output().unwrap()
+        let mut output = child.wait_with_output().unwrap();
+        if let Some(t) = self.printed.take() {
+            output.stdout = t.join().unwrap_or_default();
+        }
+        output
     }
 }
 
