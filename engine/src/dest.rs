@@ -223,15 +223,20 @@ impl Destination {
             .write(true)
             .open(path)
             .map_err(Error::file("opening", path))?;
+        Self::set_metadata(&f, entry, path)
+    }
+
+    /// Gives the open verified file `f` (at `path`) the entry's permissions and mtime.
+    pub fn set_metadata(f: &File, entry: &Entry, path: &Path) -> Result<()> {
         f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))
             .map_err(Error::file("setting permissions of", path))?;
         f.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", path))
     }
 
-    /// Gives a verified part file its metadata and renames it over the final name.
-    pub fn commit(&self, entry: &Entry, part: &Path, final_path: &Path) -> Result<()> {
-        self.apply_metadata(entry, part)?;
+    /// Renames a verified part file, its metadata set ([`Destination::set_metadata`]), over
+    /// the final name.
+    pub fn commit(&self, part: &Path, final_path: &Path) -> Result<()> {
         fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))?;
         // The journal served its part file. A leftover one is removed by the next run that
         // prepares this name without a part file, so a failure here is not the transfer's.

@@ -860,9 +860,10 @@ fn try_finish(
     // A delta's kept blocks are copied from the old version first (unless the whole of it
     // already was); then the file is made durable, and renamed once the writer says so.
     let keep = base.filter(|_| !kept.is_empty()).map(|b| (b, kept));
+    let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
     let _ = jobs.send(Job::Seal {
         file: id,
-        size,
+        entry,
         keep,
     });
     if let Some(f) = files.get_mut(&id) {
@@ -886,9 +887,9 @@ fn start_base_copy(
     Ok(())
 }
 
-/// Puts a verified (and sealed) file in place: renames the part file over the final name, or —
-/// in place, or `unchanged`: the final file already held every block — only updates its
-/// metadata.
+/// Puts a verified file in place. A sealed one (its length, mode and mtime set, on disk): renames
+/// its part file over the final name, or, in place, nothing more. An `unchanged` one (the final
+/// file already held every block): updates its mode and mtime.
 fn commit(
     id: u32,
     files: &mut HashMap<u32, Incoming>,
@@ -914,16 +915,16 @@ fn commit(
         kept,
     };
     let root = f.root.unwrap_or_default();
-    if f.inplace {
-        dest.apply_metadata(&entry, &f.final_path)?;
-        return Ok(root_outcome(root));
-    }
     if unchanged {
         // The file under the final name is verified as it stands.
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }
-    dest.commit(&entry, &f.part, &f.final_path)?;
+    // Sealed: its length, mode and mtime are set and it is on disk.
+    if f.inplace {
+        return Ok(root_outcome(root));
+    }
+    dest.commit(&f.part, &f.final_path)?;
     tracing::debug!(id, "renamed into place");
     Ok(root_outcome(root))
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
-use sluice_proto::message::{BlockHeader, Digest};
+use sluice_proto::message::{BlockHeader, Digest, Entry};
 use tokio::sync::mpsc;
 
 use crate::blockio::{self, Completion, Op, Request};
@@ -72,7 +72,8 @@ pub(super) enum Job {
     /// writes).
     Seal {
         file: u32,
-        size: u64,
+        /// Its manifest entry: size, mode and mtime to give it.
+        entry: Entry,
         keep: Option<(PathBuf, Vec<(u64, usize)>)>,
     },
     /// The file is done with (verified, or failed): forget it, and remove these files once
@@ -303,7 +304,7 @@ pub(super) fn write_blocks(
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
-            Job::Seal { file, size, keep } => {
+            Job::Seal { file, entry, keep } => {
                 // The file is verified: this thread is done with it. Forgetting its path also
                 // drops any block a sender might still send for it (against the protocol),
                 // which must not land after the seal.
@@ -344,7 +345,7 @@ pub(super) fn write_blocks(
                         file,
                         f,
                         path: target,
-                        size,
+                        entry,
                     },
                     Err(error) => {
                         let _ = done.send(Written::Failed { file, error });
@@ -494,27 +495,28 @@ pub(super) fn write_blocks(
 const SEALS_QUEUED: usize = 64;
 
 /// A verified file to seal: its id, the handle its blocks were written through, its path (for
-/// errors) and size.
+/// errors) and its manifest entry.
 struct Seal {
     file: u32,
     f: Arc<File>,
     path: PathBuf,
-    size: u64,
+    entry: Entry,
 }
 
 /// Gives a verified file its length (a resumed part file may hold bytes past the end of a source
-/// that shrank) and makes it durable with `fdatasync`.
+/// that shrank), its mode and mtime, and makes it durable with `fdatasync`.
 fn seal(job: Seal) -> Written {
     let Seal {
         file,
         f,
         path,
-        size,
+        entry,
     } = job;
     let started = std::time::Instant::now();
     let sealed = f
-        .set_len(size)
+        .set_len(entry.size)
         .map_err(Error::file("setting length of", &path))
+        .and_then(|()| Destination::set_metadata(&f, &entry, &path))
         .and_then(|()| {
             f.sync_data()
                 .map_err(Error::file("flushing to disk", &path))
