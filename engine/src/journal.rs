@@ -325,6 +325,20 @@ fn read(path: &Path, inode: u64, key: &Key) -> Option<([u8; HEADER_LEN], HashMap
 mod tests {
     use super::*;
 
+    /// A directory holding an empty part file `p` (open) and room for its journal `j`.
+    pub(super) fn fixture() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        File,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("p");
+        let journal = dir.path().join("j");
+        let p = File::create(&part).unwrap();
+        (dir, part, journal, p)
+    }
+
     fn key(block_size: u32, size: u64) -> Key {
         Key {
             block_size,
@@ -335,10 +349,7 @@ mod tests {
 
     #[test]
     fn records_survive_and_belong_to_their_part_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join(".f.sluice-part");
-        let journal = dir.path().join(".f.sluice-journal");
-        let p = File::create(&part).unwrap();
+        let (_dir, part, journal, p) = fixture();
         let mut w = JournalWriter::open(&journal, &p, &key(1024, 10_000)).unwrap();
         w.record(3, [3; 32]);
         w.record(9, [9; 32]);
@@ -365,10 +376,7 @@ mod tests {
 
     #[test]
     fn rewriting_an_earlier_block_buries_its_record_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("p");
-        let journal = dir.path().join("j");
-        let p = File::create(&part).unwrap();
+        let (_dir, part, journal, p) = fixture();
         let mut w = JournalWriter::open(&journal, &p, &key(1024, 8192)).unwrap();
         w.record(2, [2; 32]);
         w.record(5, [5; 32]);
@@ -387,10 +395,7 @@ mod tests {
 
     #[test]
     fn a_torn_record_is_ignored_and_a_foreign_index_refuses_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("p");
-        let journal = dir.path().join("j");
-        let p = File::create(&part).unwrap();
+        let (_dir, part, journal, p) = fixture();
         let mut w = JournalWriter::open(&journal, &p, &key(1024, 4096)).unwrap();
         w.record(1, [1; 32]);
         w.flush(&p).unwrap();
@@ -417,10 +422,7 @@ mod tests {
 
     #[test]
     fn a_journal_is_made_at_the_first_record_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("p");
-        let journal = dir.path().join("j");
-        let p = File::create(&part).unwrap();
+        let (_dir, part, journal, p) = fixture();
         let k = key(1024, 8192);
         // A file finished within one batch: nothing was ever flushed, no journal was made.
         let mut w = JournalWriter::open(&journal, &p, &k).unwrap();
@@ -445,10 +447,7 @@ mod tests {
 
     #[test]
     fn a_resumed_writer_cuts_a_torn_record_before_appending() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("p");
-        let journal = dir.path().join("j");
-        let p = File::create(&part).unwrap();
+        let (_dir, part, journal, p) = fixture();
         let k = key(1024, 8192);
         let mut w = JournalWriter::open(&journal, &p, &k).unwrap();
         w.record(1, [1; 32]);
@@ -473,14 +472,12 @@ mod tests {
 
 #[cfg(test)]
 mod version_tests {
+    use super::tests::fixture;
     use super::*;
 
     #[test]
     fn another_source_version_reads_the_records_but_vouches_for_none_and_restarts_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("p");
-        let journal = dir.path().join("j");
-        let p = File::create(&part).unwrap();
+        let (_dir, part, journal, p) = fixture();
         let v1 = Key {
             block_size: 1024,
             size: 8192,
