@@ -297,3 +297,33 @@ impl HaveState {
         self.done.then_some(Held::Block(None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vouched_hashes_are_kept_only_after_a_vouching_holding_and_taken_once() {
+        let b = HaveBoard::default();
+        // Before any Holding, or after one that did not announce them: dropped.
+        b.add_vouched(1, 0, vec![[1; 32]]);
+        b.holding(1, 4 << 20, false);
+        b.add_vouched(1, 0, vec![[1; 32]]);
+        assert!(!b.is_vouching(1));
+        assert_eq!(b.take_vouched(1, 0), None);
+        b.holding(2, 4 << 20, true);
+        assert!(b.is_vouching(2));
+        // A zero hash names no block.
+        b.add_vouched(2, 3, vec![[3; 32], [0; 32], [5; 32]]);
+        assert_eq!(b.take_vouched(2, 3), Some([3; 32]));
+        assert_eq!(b.take_vouched(2, 3), None, "taken once");
+        assert_eq!(b.take_vouched(2, 4), None);
+        assert_eq!(b.take_vouched(2, 5), Some([5; 32]));
+        // A file the reader is done with keeps nothing.
+        b.add_vouched(2, 7, vec![[7; 32]]);
+        b.forget(2);
+        b.add_vouched(2, 8, vec![[8; 32]]);
+        assert_eq!(b.take_vouched(2, 7), None);
+        assert_eq!(b.take_vouched(2, 8), None);
+    }
+}
