@@ -109,12 +109,14 @@ fn settled(meta: &fs::Metadata, now: std::time::SystemTime) -> bool {
 }
 
 /// Whether `file` lives on a filesystem whose change times move with every write and cannot be
-/// set: ext2/3/4, XFS, Btrfs, F2FS, ZFS, bcachefs, tmpfs. Elsewhere a file's [`source_version`]
+/// set: ext2/3/4, XFS, Btrfs, F2FS, ZFS, bcachefs, tmpfs, and overlayfs (containers; a write
+/// copies the file up to the upper layer, one of the others, and moves its change time there).
+/// Elsewhere a file's [`source_version`]
 /// is not trusted to name its bytes: read-only images (squashfs, ISO 9660, EROFS) report the
 /// modification time stored in the image as change time, FAT reports its creation time, and
 /// network and FUSE filesystems may answer from a cache.
 pub fn keeps_change_times(file: &fs::File) -> bool {
-    const TRUSTED: [u32; 7] = [
+    const TRUSTED: [u32; 8] = [
         0xEF53,      // ext2/3/4
         0x5846_5342, // XFS
         0x9123_683E, // Btrfs
@@ -122,6 +124,7 @@ pub fn keeps_change_times(file: &fs::File) -> bool {
         0x2FC1_2FC1, // ZFS
         0xCA45_1A4E, // bcachefs
         0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs
     ];
     frozen_versions()
         || rustix::fs::fstatfs(file).is_ok_and(|s| TRUSTED.contains(&(s.f_type as u32)))
