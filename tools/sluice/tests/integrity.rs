@@ -384,7 +384,7 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
     match then {
         // Most of what was kept was journaled, and taken unread on the journal's word (on a
         // filesystem whose change times can be trusted; elsewhere nothing is); both ends count
-        // the same bytes kept.
+        // the bytes kept.
         Then::Resume => {
             let trusted =
                 sluice_engine::manifest::keeps_change_times(&fs::File::open(src).unwrap());
@@ -397,10 +397,13 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
                 eprintln!("{case}: the source's filesystem is not trusted for vouching");
                 assert_eq!(vouched, 0, "{case}");
             }
-            assert_eq!(
-                r["kept_bytes"].as_u64(),
-                Some(kept),
-                "receiver's count ({case})"
+            // The receiver counts whole blocks it kept; the sender also the unsent bytes of a
+            // block it patched (a block torn by the kill, where writes go through the page
+            // cache, e.g. on tmpfs).
+            let r_kept = r["kept_bytes"].as_u64().unwrap();
+            assert!(
+                r_kept <= kept && kept - r_kept <= size / 100,
+                "receiver kept {r_kept}, sender {kept} ({case})"
             );
         }
         Then::Rehash | Then::EditSource => assert_eq!(vouched, 0, "{case}"),
