@@ -823,7 +823,6 @@ impl Reader<'_> {
             });
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
-        let mut data = Some(data);
         let Some(st) = state[fi].as_mut() else {
             return Ok(());
         };
@@ -841,46 +840,61 @@ impl Reader<'_> {
             Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
             None => Held::Block(None),
         };
-        let group = index / GROUP_BLOCKS;
-        match held {
-            // The receiver holds this block already.
-            Held::Block(Some(h)) if h == cv => self.progress.add_kept(n as u64),
-            Held::Block(_) if self.config.dry_run => {
-                st.sent += 1;
-                st.differs.push(index);
-            }
-            // The receiver holds another version of this block: send only what differs.
-            Held::Block(Some(_)) if self.patchable(n) => {
-                st.sent += 1;
-                st.patches.push(index);
-                let _ = self.events.send(ReadEvent::WantPieces {
-                    id: src.entry.id,
-                    index,
-                });
-            }
-            Held::Block(_) => {
-                st.sent += 1;
-                let payload = match data.take() {
-                    Some(Data::Ring(buf)) => buf.freeze(n),
-                    Some(Data::Spare(bytes)) => {
-                        let mut buf = self.pool.take_blocking();
-                        buf.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
-                        buf.freeze(n)
-                    }
-                    None => unreachable!("the block's bytes are taken once"),
-                };
-                self.send_block(src.entry.id, offset, cv, payload)?;
-            }
+        let whole = match held {
+            Held::Block(their) => self.decide(st, src.entry.id, index, their, cv, n),
             // Decided when the whole group is hashed; a differing block is read again then.
             Held::Group(d) => {
-                st.group_digests.insert(group, d);
+                st.group_digests.insert(index / GROUP_BLOCKS, d);
+                false
             }
+        };
+        if whole {
+            let payload = match data {
+                Data::Ring(buf) => buf.freeze(n),
+                Data::Spare(bytes) => {
+                    let mut buf = self.pool.take_blocking();
+                    buf.as_mut_slice()[..n].copy_from_slice(&bytes[..n]);
+                    buf.freeze(n)
+                }
+            };
+            self.send_block(src.entry.id, offset, cv, payload)?;
+        } else {
+            // The block's buffer goes back to the ring before the file's last work, which may
+            // need one.
+            drop(data);
         }
-        // The block's buffer goes back to the ring before the file's last work, which may
-        // need one.
-        drop(data);
         self.account(fi, index, cv, state);
         Ok(())
+    }
+
+    /// Settles block `index` of file `id` (`len` bytes, our hash `cv`) against the receiver's
+    /// hash of it, `their`: kept if they are equal; else counted as sent and, in a dry run,
+    /// noted as differing, or, if the receiver holds another version worth patching, queued for
+    /// a patch (its piece hashes asked for). `true`: the caller sends the block whole.
+    fn decide(
+        &self,
+        st: &mut Reading,
+        id: u32,
+        index: u64,
+        their: Option<Digest>,
+        cv: Digest,
+        len: usize,
+    ) -> bool {
+        if their == Some(cv) {
+            self.progress.add_kept(len as u64);
+            return false;
+        }
+        st.sent += 1;
+        if self.config.dry_run {
+            st.differs.push(index);
+            false
+        } else if their.is_some() && self.patchable(len) {
+            st.patches.push(index);
+            let _ = self.events.send(ReadEvent::WantPieces { id, index });
+            false
+        } else {
+            true
+        }
     }
 
     /// Settles held block `index` of file `fi` without reading it, on the word of the
@@ -1023,20 +1037,8 @@ impl Reader<'_> {
                         got: "Have",
                     }));
                 }
-                if their == Some(st.cvs[i as usize]) {
-                    self.progress.add_kept((size - i * bs).min(bs));
-                } else if self.config.dry_run {
-                    st.sent += 1;
-                    st.differs.push(i);
-                } else if their.is_some() && self.patchable((size - i * bs).min(bs) as usize) {
-                    st.sent += 1;
-                    st.patches.push(i);
-                    let _ = self.events.send(ReadEvent::WantPieces {
-                        id: src.entry.id,
-                        index: i,
-                    });
-                } else {
-                    st.sent += 1;
+                let (cv, len) = (st.cvs[i as usize], (size - i * bs).min(bs) as usize);
+                if self.decide(st, id, i, their, cv, len) {
                     self.send_again(src, i * bs)?;
                 }
             }
