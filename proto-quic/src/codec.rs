@@ -176,11 +176,7 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.push(T_PIECES);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&index.to_le_bytes());
-            let n = hashes.len().min(MAX_PIECES);
-            out.extend_from_slice(&(n as u16).to_le_bytes());
-            for h in &hashes[..n] {
-                out.extend_from_slice(h);
-            }
+            put_hashes(out, hashes, MAX_PIECES);
         }
         Message::HaveDone { id } => {
             out.push(T_HAVE_DONE);
@@ -230,10 +226,15 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 /// Writes a `u16 LE` count and the hashes, at most [`MAX_HAVE`] (senders never queue more).
 fn put_digests(out: &mut Vec<u8>, digests: &[[u8; 32]]) {
-    let n = digests.len().min(MAX_HAVE);
+    put_hashes(out, digests, MAX_HAVE);
+}
+
+/// Writes a `u16 LE` count and the hashes, at most `max` of them.
+fn put_hashes<const N: usize>(out: &mut Vec<u8>, hashes: &[[u8; N]], max: usize) {
+    let n = hashes.len().min(max);
     out.extend_from_slice(&(n as u16).to_le_bytes());
-    for d in &digests[..n] {
-        out.extend_from_slice(d);
+    for h in &hashes[..n] {
+        out.extend_from_slice(h);
     }
 }
 
@@ -437,19 +438,22 @@ impl<'a> Reader<'a> {
 
     /// A `u16 LE` count (at most [`MAX_HAVE`]) and that many 32-byte hashes.
     fn digests(&mut self, field: &'static str) -> Result<Vec<[u8; 32]>, DecodeError> {
-        let n = usize::from(self.u16("count")?);
-        if n > MAX_HAVE {
-            return Err(DecodeError::BadValue {
-                field: "count",
-                value: n as u64,
-            });
-        }
-        (0..n).map(|_| self.array(field)).collect()
+        self.hashes(field, MAX_HAVE)
     }
 
+    /// A `u16 LE` count (at most [`MAX_PIECES`]) and that many piece hashes.
     fn pieces(&mut self, field: &'static str) -> Result<Vec<PieceHash>, DecodeError> {
+        self.hashes(field, MAX_PIECES)
+    }
+
+    /// A `u16 LE` count, at most `max`, and that many `N`-byte hashes.
+    fn hashes<const N: usize>(
+        &mut self,
+        field: &'static str,
+        max: usize,
+    ) -> Result<Vec<[u8; N]>, DecodeError> {
         let n = usize::from(self.u16("count")?);
-        if n > MAX_PIECES {
+        if n > max {
             return Err(DecodeError::BadValue {
                 field: "count",
                 value: n as u64,
