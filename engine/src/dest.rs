@@ -115,11 +115,7 @@ impl Destination {
     /// Removes the part file of `final_path` and its journal, whichever exist.
     pub fn remove_part(final_path: &Path) -> io::Result<()> {
         for p in [Self::part_path(final_path), Self::journal_path(final_path)] {
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            remove_if_present(&p)?;
         }
         Ok(())
     }
@@ -143,18 +139,14 @@ impl Destination {
         }
         let part = Self::part_path(&final_path);
         let part_meta = fs::symlink_metadata(&part).ok();
+        let resume = !restart && part_meta.as_ref().is_some_and(|m| m.is_file());
         if restart || part_meta.as_ref().is_some_and(|m| !m.is_file()) {
             Self::remove_part(&final_path).map_err(Error::file("removing stale", &part))?;
-        }
-        let resume = !restart && part_meta.as_ref().is_some_and(|m| m.is_file());
-        if !resume {
+        } else if !resume {
             // A journal without its part file (removed by hand, say) must not vouch for a new
             // part file that happens to get the same inode number.
-            match fs::remove_file(Self::journal_path(&final_path)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::file("removing stale", &part)(e)),
-            }
+            remove_if_present(&Self::journal_path(&final_path))
+                .map_err(Error::file("removing stale", &part))?;
         }
         let existing = if resume {
             Some(part.clone())
@@ -309,6 +301,14 @@ impl Destination {
         let d = File::open(&at).map_err(Error::file("opening", &at))?;
         d.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", &at))
+    }
+}
+
+/// Removes the file at `p`, if there is one.
+fn remove_if_present(p: &Path) -> io::Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

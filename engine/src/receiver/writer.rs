@@ -288,7 +288,6 @@ pub(super) fn write_blocks(
                 journal_at.remove(&file);
                 held.remove(&file);
                 bases.remove(&file);
-                copied.remove(&file);
                 open.remove(&file);
                 paths.remove(&file);
                 // Later jobs for this file (a late CopyBase) must not touch it again.
@@ -570,9 +569,7 @@ fn complete_patch(
     Ok((whole, buf))
 }
 
-/// Makes file `file`'s written blocks durable and journals them. A failure only costs a
-/// resumed run the reading of those blocks, so it is logged, not fatal.
-/// A failure to make the part file's data durable is the file's (returned: its written blocks
+/// Makes file `file`'s written blocks durable and journals them. A failure to make the part file's data durable is the file's (returned: its written blocks
 /// may be lost, and the error is reported only once, here); one to append to the journal only
 /// costs a re-scan after an interruption.
 fn flush_journal(
