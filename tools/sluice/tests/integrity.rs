@@ -66,9 +66,15 @@ fn send_recv_summaries(
 }
 
 fn copy_json(src: &Path, dest: &Path) -> serde_json::Value {
+    copy_json_with(src, dest, &[])
+}
+
+/// [`copy_json`] with extra options.
+fn copy_json_with(src: &Path, dest: &Path, options: &[&str]) -> serde_json::Value {
     json_summary(
         &sluice()
             .args(["--json", "copy"])
+            .args(options)
             .arg(src)
             .arg(dest)
             .output()
@@ -151,16 +157,7 @@ fn truncated_file_with_blocks_larger_than_the_copy_buffer() {
     let src = d.path().join("f.bin");
     random_file(&src, 40 * BLOCK, 23);
     let dest = d.path().join("dest");
-    let big = |src: &Path, dest: &Path| {
-        json_summary(
-            &sluice()
-                .args(["--json", "copy", "--block-size", "16M"])
-                .arg(src)
-                .arg(dest)
-                .output()
-                .unwrap(),
-        )
-    };
+    let big = |src: &Path, dest: &Path| copy_json_with(src, dest, &["--block-size", "16M"]);
     big(&src, &dest);
     let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.set_len(32 * BLOCK + 5).unwrap();
