@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sluice_proto::congestion::RateConfig;
 pub use sluice_proto::tls::Congestion;
 use sluice_proto::tls::{TransportTuning, LOOPBACK_DATAGRAM};
 
@@ -17,12 +18,29 @@ pub struct Config {
     /// Buffers in each side's ring. Together with `block_size` this bounds the memory the data
     /// path holds: 64 × 1 MiB = 64 MiB per side, whatever the file sizes.
     pub ring_buffers: usize,
-    /// Unidirectional QUIC streams carrying blocks. Several streams keep one lost packet from
-    /// stalling every block behind it (head-of-line blocking is per stream).
+    /// Unidirectional QUIC streams carrying blocks at the start. Several streams keep one lost
+    /// packet from stalling every block behind it (head-of-line blocking is per stream). The
+    /// sender opens more as the measured bandwidth-delay product grows, up to `max_streams`.
     pub streams: usize,
-    /// Flow-control window for the whole connection, bytes. It must cover the bandwidth-delay
-    /// product: 32 MiB carries 2.7 Gbit/s at 100 ms RTT. It is also the most a receiver buffers.
+    /// The most data streams: the sender's ceiling, and what a receiver allows. On a lossy path
+    /// each stream carries at most [`GAP_SAFE_STREAM_WINDOW`] unread bytes, so a long fat link
+    /// needs many: 64 × 768 KiB = 48 MiB, three times the bandwidth-delay product of
+    /// 1 Gbit/s at 130 ms or 430 Mbit/s at 300 ms. The receiver allows no more streams than
+    /// its ring has buffers, so every stream's reader can always get one.
+    pub max_streams: usize,
+    /// Flow-control window for the whole connection, bytes, and the most a receiver buffers.
+    /// It must cover the bandwidth-delay product plus what waits for a lost packet's repair:
+    /// 64 MiB carries 1 Gbit/s at 300 ms with 1.8 × headroom.
     pub window: u64,
+    /// The user's ceiling on the sending rate, bytes per second (`--max-rate`); Sluice's
+    /// congestion controller never paces above it.
+    pub max_rate: Option<u64>,
+    /// Path hint: the round-trip time, sizing the first window and quinn's first RTT estimate
+    /// before anything is measured (`--rtt`).
+    pub rtt_hint: Option<Duration>,
+    /// Path hint: the bottleneck rate, bytes per second (`--rate`); with `rtt_hint` it sizes
+    /// the first window.
+    pub rate_hint: Option<u64>,
     /// A peer silent for this long is declared gone and the transfer fails with an error.
     pub idle_timeout: Duration,
     /// Use io_uring for file reads and writes; when false (or when the kernel refuses io_uring)
@@ -52,11 +70,12 @@ pub struct Config {
     /// work, and on loopback 16 cut user CPU of a 2 GiB copy by ~9% (4.5 s against 4.9 s); at
     /// 100 Mbit/s, 16 packets are still under 2 ms, so loss is detected as promptly.
     pub ack_every: u32,
-    /// Congestion controller of the sending side; `None` chooses by the peer's address: BBR,
-    /// except cubic towards a loopback address. Over an emulated 200 Mbit/s, 100 ms RTT link with
-    /// 1 % loss, cubic moved 19 MB in 120 s (1.2 Mbit/s) and BBR 64 MiB in 4.6 s (116 Mbit/s);
-    /// on loopback, where nothing is lost, BBR's pacing cost ~10 % (`bench-mem` 864–874 vs
-    /// 963–977 MB/s). See `docs/decisions.md`.
+    /// Congestion controller of the sending side; `None` chooses by the peer's address:
+    /// Sluice's own ([`Congestion::Sluice`], `docs/congestion.md`), except cubic towards a
+    /// loopback address. Over an emulated 200 Mbit/s, 100 ms RTT link with 1 % loss, cubic moved
+    /// 19 MB in 120 s (1.2 Mbit/s), and quinn's BBR overran the 50 ms queue so far that a
+    /// 256 MiB send died ("too many gaps in stream buffer"); on loopback, where nothing is lost,
+    /// pacing costs ~10 % (`bench-mem` 864–874 vs 963–977 MB/s). See `docs/decisions.md`.
     pub congestion: Option<Congestion>,
     /// UDP payload bytes per QUIC packet. `None` chooses by the peer's address: 16,000 bytes,
     /// fixed, towards a loopback address (whose MTU is 64 KiB), else path-MTU discovery (at most
@@ -92,7 +111,11 @@ impl Default for Config {
             block_size: 1 << 20,
             ring_buffers: 64,
             streams: 8,
-            window: 32 << 20,
+            max_streams: 64,
+            window: 64 << 20,
+            max_rate: None,
+            rtt_hint: None,
+            rate_hint: None,
             idle_timeout: Duration::from_secs(30),
             io_uring: true,
             read_depth: 2,
@@ -111,39 +134,54 @@ impl Default for Config {
     }
 }
 
+/// The most unread bytes one stream may hold on a path that can lose packets. quinn's stream
+/// reassembler ends the connection ("too many gaps in stream buffer") when one stream's buffer
+/// holds more than 1,024 separate pieces; each lost packet leaves a gap until it is repaired, so
+/// a 32 MiB stream window on a link that drops a burst of packets kills the transfer (seen on
+/// wan-emu at 200 Mbit/s, 100 ms RTT). 768 KiB is at most 671 full 1,200-byte packets: fewer
+/// pieces than the limit even if every other packet is lost. Throughput comes from more
+/// streams instead ([`Config::max_streams`]).
+pub const GAP_SAFE_STREAM_WINDOW: u64 = 768 << 10;
+
 impl Config {
-    /// The QUIC transport tuning for sending to `peer` (`None`: a listening endpoint, whose own
-    /// sending is control traffic only).
+    /// The QUIC transport tuning for a connection with `peer` (`None`: not known yet, so the
+    /// settings that are safe on any path).
     pub fn transport_to(&self, peer: Option<std::net::IpAddr>) -> TransportTuning {
-        let congestion = self.congestion.unwrap_or(match peer {
-            Some(ip) if ip.is_loopback() => Congestion::Cubic,
-            _ => Congestion::Bbr,
-        });
         let loopback = peer.is_some_and(|ip| ip.is_loopback());
+        let congestion = self.congestion.unwrap_or(if loopback {
+            Congestion::Cubic
+        } else {
+            Congestion::Sluice
+        });
         let datagram_size = match self.datagram_size {
             None if loopback => crate::net::loopback_datagram(),
             None | Some(0) => None,
             Some(n) => Some(n.clamp(1200, LOOPBACK_DATAGRAM)),
         };
+        // Loopback loses nothing, and its large packets need large windows to keep the CPU
+        // busy with payload rather than flow-control updates.
+        let stream_window = if loopback {
+            self.window
+        } else {
+            self.window.min(GAP_SAFE_STREAM_WINDOW)
+        };
         TransportTuning {
-            congestion,
-            datagram_size,
-            ..self.transport()
-        }
-    }
-
-    /// The QUIC transport tuning derived from this configuration.
-    pub fn transport(&self) -> TransportTuning {
-        TransportTuning {
-            stream_window: self.window,
+            stream_window,
             connection_window: self.window,
             send_window: self.window,
             max_uni_streams: (self.streams as u32).max(1),
             idle_timeout: self.idle_timeout,
             ack_eliciting_threshold: self.ack_every,
             max_ack_delay: Duration::from_millis(25),
-            congestion: self.congestion.unwrap_or(Congestion::Bbr),
-            datagram_size: None,
+            congestion,
+            rate: RateConfig {
+                max_rate: self.max_rate,
+                rtt_hint: self.rtt_hint,
+                rate_hint: self.rate_hint,
+                initial_window: None,
+            },
+            initial_rtt: self.rtt_hint,
+            datagram_size,
         }
     }
 }

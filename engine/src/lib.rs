@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use progress::{Event, Progress, Snapshot, Summary};
+pub use progress::{Event, PathStats, Progress, Snapshot, Summary};
 pub use receiver::Receiver;
 pub use sender::Sender;
 pub use sluice_proto::ticket::Ticket;

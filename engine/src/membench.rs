@@ -27,8 +27,8 @@ pub struct MemResult {
 /// Sends `bytes` bytes from memory to memory over loopback QUIC.
 pub fn run(bytes: u64, config: &Config) -> Result<MemResult> {
     let identity = Identity::generate()?;
-    let server = tls::server_config(&identity, &config.transport())?;
     let tuning = config.transport_to(Some(std::net::Ipv4Addr::LOCALHOST.into()));
+    let server = tls::server_config(&identity, &tuning)?;
     let client = tls::client_config(identity.fingerprint(), &tuning)?;
     let rt = net::runtime()?;
     let endpoint = {

@@ -143,10 +143,11 @@ pub(crate) fn finish_summary(
     started: std::time::Instant,
     conn: &quinn::Connection,
 ) -> Result<crate::progress::Summary> {
-    let stats = conn.stats();
+    let path = crate::progress::PathStats::of(conn);
     result.map(|mut s| {
         s.elapsed = started.elapsed();
-        s.wire_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+        s.wire_bytes = path.udp_tx_bytes + path.udp_rx_bytes;
+        s.path = path;
         s
     })
 }

@@ -45,9 +45,54 @@ pub enum Event {
     },
 }
 
+/// What the network path looks like from this side's QUIC connection, as quinn measures it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// QUIC packets sent.
+    pub sent_packets: u64,
+    /// Of those, declared lost (their frames are sent again).
+    pub lost_packets: u64,
+    /// Bytes of the lost packets: what had to be sent again.
+    pub lost_bytes: u64,
+    /// UDP payload bytes sent and received.
+    pub udp_tx_bytes: u64,
+    /// UDP payload bytes received.
+    pub udp_rx_bytes: u64,
+}
+
+impl PathStats {
+    /// quinn's statistics of `conn` now.
+    pub fn of(conn: &quinn::Connection) -> Self {
+        let s = conn.stats();
+        Self {
+            rtt: s.path.rtt,
+            cwnd: s.path.cwnd,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            lost_bytes: s.path.lost_bytes,
+            udp_tx_bytes: s.udp_tx.bytes,
+            udp_rx_bytes: s.udp_rx.bytes,
+        }
+    }
+
+    /// The share of sent packets declared lost.
+    pub fn loss(&self) -> f64 {
+        if self.sent_packets == 0 {
+            0.0
+        } else {
+            self.lost_packets as f64 / self.sent_packets as f64
+        }
+    }
+}
+
 /// Live counters and pending events of one transfer.
 #[derive(Debug, Default)]
 pub struct Progress {
+    path: Mutex<PathStats>,
     bytes_total: AtomicU64,
     files_total: AtomicU64,
     bytes_sent: AtomicU64,
@@ -79,9 +124,15 @@ pub struct Snapshot {
     pub bytes_vouched: u64,
     /// Blocks sent again after failing verification at the receiver.
     pub blocks_resent: u64,
+    /// The network path, as last sampled (about every 100 ms while data flows).
+    pub path: PathStats,
 }
 
 impl Progress {
+    pub(crate) fn set_path(&self, path: PathStats) {
+        *self.path.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
     pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
         self.files_total.store(files, Relaxed);
         self.bytes_total.store(bytes, Relaxed);
@@ -128,6 +179,7 @@ impl Progress {
             bytes_kept: self.bytes_kept.load(Relaxed),
             bytes_vouched: self.bytes_vouched.load(Relaxed),
             blocks_resent: self.blocks_resent.load(Relaxed),
+            path: *self.path.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
 
@@ -165,6 +217,8 @@ pub struct Summary {
     /// UDP bytes both ways on this side's connection (QUIC headers, encryption, ACKs, control
     /// messages and payload): what crossed the wire. 0 where not measured.
     pub wire_bytes: u64,
+    /// The network path at the end: RTT, packets sent and lost, bytes sent again.
+    pub path: PathStats,
     /// Wall time from connecting to the receiver's summary.
     pub elapsed: Duration,
 }

@@ -17,7 +17,9 @@
 
 pub mod cap;
 pub mod codec;
+pub mod congestion;
 pub mod message;
+pub mod netsim;
 pub mod path;
 pub mod session;
 pub mod ticket;

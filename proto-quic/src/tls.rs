@@ -96,6 +96,11 @@ pub struct TransportTuning {
     pub max_ack_delay: Duration,
     /// The congestion controller.
     pub congestion: Congestion,
+    /// Ceiling and path hints for [`Congestion::Sluice`] (the other controllers ignore them).
+    pub rate: crate::congestion::RateConfig,
+    /// quinn's first RTT estimate before any sample (its default, 333 ms, when `None`). A path
+    /// hint sets it, so the first pacing matches the path.
+    pub initial_rtt: Option<Duration>,
     /// Send every packet at this UDP payload size, with path-MTU discovery off; `None` lets
     /// discovery settle on a size (at most 1,452 bytes). For loopback peers, whose MTU is
     /// 64 KiB: quinn's CPU cost is per packet (header, AEAD call, tracking, ACK ranges), so
@@ -123,6 +128,29 @@ pub enum Congestion {
     /// ([`crate::cap`]): about half the bytes on the wire of plain BBR at a bottleneck with a
     /// short queue (plain BBR loses about half its packets there), at some cost in time.
     BbrCapped,
+    /// Sluice's loss-tolerant controller ([`crate::congestion`]): paces at the measured
+    /// bottleneck rate, ignores random loss, backs off for a standing queue or clustered loss.
+    Sluice,
+}
+
+impl Default for TransportTuning {
+    /// Settings safe on any path: gap-safe stream windows, Sluice's controller, path-MTU
+    /// discovery. The engine's `Config` derives the tuned values; this is for tests and tools.
+    fn default() -> Self {
+        Self {
+            stream_window: 768 << 10,
+            connection_window: 64 << 20,
+            send_window: 64 << 20,
+            max_uni_streams: 8,
+            idle_timeout: Duration::from_secs(30),
+            ack_eliciting_threshold: 16,
+            max_ack_delay: Duration::from_millis(25),
+            congestion: Congestion::Sluice,
+            rate: crate::congestion::RateConfig::default(),
+            initial_rtt: None,
+            datagram_size: None,
+        }
+    }
 }
 
 impl TransportTuning {
@@ -140,6 +168,9 @@ impl TransportTuning {
                     .try_into()
                     .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
             ));
+        if let Some(rtt) = self.initial_rtt {
+            t.initial_rtt(rtt);
+        }
         if let Some(size) = self.datagram_size {
             t.initial_mtu(size).min_mtu(size).mtu_discovery_config(None);
         }
@@ -159,6 +190,13 @@ impl TransportTuning {
                 } else {
                     t.congestion_controller_factory(Arc::new(cc));
                 }
+            }
+            Congestion::Sluice => {
+                let mut cc = self.rate.clone();
+                if cc.initial_window.is_none() {
+                    cc.initial_window = initial_window;
+                }
+                t.congestion_controller_factory(Arc::new(cc));
             }
             Congestion::Cubic => {
                 if let Some(w) = initial_window {

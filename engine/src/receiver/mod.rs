@@ -175,6 +175,9 @@ pub struct Receiver {
     dest: Destination,
     rt: tokio::runtime::Runtime,
     endpoint: quinn::Endpoint,
+    /// The server configuration for a sender on this host: loopback loses nothing, so its
+    /// streams get the whole window (the endpoint's own configuration is safe on any path).
+    near: Arc<quinn::ServerConfig>,
     ticket: Ticket,
 }
 
@@ -193,7 +196,12 @@ impl Receiver {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|e| Error::io("generating secret")(std::io::Error::other(e.to_string())))?;
-        let server = tls::server_config(&identity, &config.transport())?;
+        let server = tls::server_config(&identity, &config.transport_to(None))?;
+        let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+        let near = Arc::new(tls::server_config(
+            &identity,
+            &config.transport_to(Some(loopback)),
+        )?);
         let rt = net::runtime()?;
         let socket = net::udp_socket(listen, &config)?;
         let endpoint = {
@@ -222,6 +230,7 @@ impl Receiver {
             dest,
             rt,
             endpoint,
+            near,
         })
     }
 
@@ -239,6 +248,7 @@ impl Receiver {
             dest,
             rt,
             endpoint,
+            near,
             ticket,
         } = self;
         rt.block_on(async move {
@@ -247,7 +257,15 @@ impl Receiver {
                 detail: "endpoint closed before a sender connected".into(),
             })?;
             let peer = incoming.remote_address();
-            let conn = incoming.await.map_err(|e| net::conn_error(peer)(&e))?;
+            let connecting = if peer.ip().to_canonical().is_loopback() {
+                incoming.accept_with(near)
+            } else {
+                incoming.accept()
+            };
+            let conn = connecting
+                .map_err(|e| net::conn_error(peer)(&e))?
+                .await
+                .map_err(|e| net::conn_error(peer)(&e))?;
             let started = Instant::now();
             let mut parts = Vec::new();
             let result = receive(&config, &dest, ticket.secret, &conn, &progress, &mut parts).await;
@@ -346,6 +364,9 @@ async fn receive(
     let mut block_size = 0u32;
     let mut dry_run = false;
     let mut scans_pending = 0u64;
+    // Data streams are accepted once the hello fixed the block size and the buffer ring.
+    let mut pool: Option<Arc<BufferPool>> = None;
+    let mut accepting = true;
 
     let result: Result<Summary> = async {
         loop {
@@ -373,6 +394,7 @@ async fn receive(
                     vouched_bytes: 0,
                     resent_blocks: progress.snapshot().blocks_resent,
                     wire_bytes: 0,
+                            path: Default::default(),
                     elapsed: Default::default(),
                 };
                 control
@@ -394,6 +416,13 @@ async fn receive(
                 return Ok(summary);
             }
             tokio::select! {
+                stream = conn.accept_uni(), if accepting && pool.is_some() => match (stream, &pool) {
+                    (Ok(stream), Some(pool)) => {
+                        streams.spawn(read_stream(stream, conn.remote_address(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
+                    }
+                    // The connection ending is the control stream's business.
+                    _ => accepting = false,
+                },
                 msg = control.recv() => {
                     let Some(msg) = msg? else {
                         return Err(conn_err(&"sender closed the control stream before finishing"));
@@ -411,10 +440,11 @@ async fn receive(
                             let budget = config.ring_buffers as u64 * u64::from(config.block_size);
                             // Buffers are whole 4 KiB pages, so small blocks count as a page.
                             let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
-                            let pool = BufferPool::new(count, block_size as usize).map_err(Error::io("allocating the buffer ring"))?;
-                            for _ in 0..config.streams.max(1) * 2 {
-                                streams.spawn(read_stream_loop(conn.clone(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
-                            }
+                            pool = Some(BufferPool::new(count, block_size as usize).map_err(Error::io("allocating the buffer ring"))?);
+                            // A stream's reader holds a buffer while its block arrives: with no
+                            // more streams than buffers, every reader can always get one.
+                            let allowed = config.max_streams.max(config.streams).min(count).max(1);
+                            conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u64(allowed as u64).unwrap_or(quinn::VarInt::MAX));
                         }
                         ReceiverEvent::Entry(entry) if dry_run => {
                             // Compare only: note what is there, create nothing.
@@ -994,27 +1024,21 @@ fn same_len(path: &std::path::Path, size: u64) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.len() == size)
 }
 
-/// Accepts data streams and reads blocks from each until the connection ends.
-async fn read_stream_loop(
-    conn: quinn::Connection,
+/// Reads blocks from one data stream until it ends.
+async fn read_stream(
+    mut stream: quinn::RecvStream,
+    peer: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     pool: Arc<BufferPool>,
     mut ready: watch::Receiver<bool>,
     jobs: std_mpsc::Sender<Job>,
 ) -> Result<()> {
-    let peer = conn.remote_address();
-    loop {
-        let mut stream = match conn.accept_uni().await {
-            Ok(s) => s,
-            // The connection ending is the control task's business.
-            Err(_) => return Ok(()),
-        };
-        ready
-            .wait_for(|r| *r)
-            .await
-            .map_err(|_| net::conn_error(peer)(&"receiver stopped"))?;
-        while read_block(&mut stream, &shared, &pool, &jobs, peer).await? {}
-    }
+    ready
+        .wait_for(|r| *r)
+        .await
+        .map_err(|_| net::conn_error(peer)(&"receiver stopped"))?;
+    while read_block(&mut stream, &shared, &pool, &jobs, peer).await? {}
+    Ok(())
 }
 
 /// Reads one header and payload. Returns false at the clean end of the stream.

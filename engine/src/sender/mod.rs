@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, SourceEntry};
 use crate::merkle;
 use crate::net;
-use crate::progress::{Event, Progress, Summary};
+use crate::progress::{Event, PathStats, Progress, Summary};
 use crate::ring::BufferPool;
 
 mod board;
@@ -235,27 +235,20 @@ async fn transfer(
     };
 
     let mut streams = tokio::task::JoinSet::new();
-    for _ in 0..config.streams.max(1) {
-        let conn = conn.clone();
-        let rx = block_rx.clone();
-        let progress = progress.clone();
-        streams.spawn(async move {
-            let mut stream = conn.open_uni().await.map_err(|e| conn_err(&e))?;
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some(block) = next else { break };
-                let n = block.payload.len() as u64;
-                let mut chunks = [block.header, block.payload];
-                stream
-                    .write_all_chunks(&mut chunks)
-                    .await
-                    .map_err(|e| conn_err(&e))?;
-                progress.add_sent(n);
-            }
-            let _ = stream.finish();
-            Ok::<(), Error>(())
-        });
+    let lanes = Lanes {
+        conn: conn.clone(),
+        blocks: block_rx,
+        progress: progress.clone(),
+        stream_window: config.transport_to(Some(peer.ip())).stream_window,
+    };
+    let mut open_streams = 0;
+    let first = config.streams.max(1);
+    while open_streams < first {
+        lanes.spawn(&mut streams);
+        open_streams += 1;
     }
+    let mut grow = tokio::time::interval(std::time::Duration::from_millis(100));
+    grow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // Whatever way this function ends, the reader must not wait on the board forever.
     struct CloseBoard<'a>(&'a HaveBoard);
@@ -305,6 +298,17 @@ async fn transfer(
                     Err(e) => return Err(conn_err(&e)),
                 }
             }
+            _ = grow.tick() => {
+                progress.set_path(PathStats::of(conn));
+                if !reading || open_streams >= config.max_streams {
+                    continue;
+                }
+                let want = lanes.wanted().clamp(first, config.max_streams.max(first));
+                while open_streams < want {
+                    lanes.spawn(&mut streams);
+                    open_streams += 1;
+                }
+            }
             msg = control.recv() => {
                 let Some(msg) = msg? else {
                     return Err(conn_err(&"receiver closed the control stream early"));
@@ -345,6 +349,7 @@ async fn transfer(
                             vouched_bytes: s.bytes_vouched,
                             resent_blocks: s.blocks_resent,
                             wire_bytes: 0,
+                            path: Default::default(),
                             elapsed: Default::default(),
                         };
                     }
@@ -366,6 +371,49 @@ async fn transfer(
         });
     }
     Ok(summary)
+}
+
+/// What the data streams share: blocks from the reader go out on whichever stream is free.
+struct Lanes {
+    conn: quinn::Connection,
+    blocks: Arc<tokio::sync::Mutex<mpsc::Receiver<Block>>>,
+    progress: Arc<Progress>,
+    /// The receiver's per-stream flow-control window, as this side's configuration sets it.
+    stream_window: u64,
+}
+
+impl Lanes {
+    /// Streams that keep the path full: each stream holds at most its window of unread bytes,
+    /// and a stream with a lost packet waits about two round trips for the repair, so three
+    /// windows' worth of streams per congestion window in flight.
+    fn wanted(&self) -> usize {
+        let cwnd = self.conn.stats().path.cwnd;
+        (cwnd.saturating_mul(3) / self.stream_window.max(1) + 1) as usize
+    }
+
+    /// One more data stream taking blocks until the reader is done.
+    fn spawn(&self, set: &mut tokio::task::JoinSet<Result<()>>) {
+        let conn = self.conn.clone();
+        let rx = self.blocks.clone();
+        let progress = self.progress.clone();
+        let conn_err = net::conn_error(conn.remote_address());
+        set.spawn(async move {
+            let mut stream = conn.open_uni().await.map_err(|e| conn_err(&e))?;
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(block) = next else { break };
+                let n = block.payload.len() as u64;
+                let mut chunks = [block.header, block.payload];
+                stream
+                    .write_all_chunks(&mut chunks)
+                    .await
+                    .map_err(|e| conn_err(&e))?;
+                progress.add_sent(n);
+            }
+            let _ = stream.finish();
+            Ok(())
+        });
+    }
 }
 
 fn files_in(manifest: &[SourceEntry]) -> u64 {

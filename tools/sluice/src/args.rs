@@ -110,12 +110,28 @@ pub struct Tuning {
     /// Write through the page cache instead of O_DIRECT at the receiver.
     #[arg(long, global = true)]
     pub no_direct: bool,
-    /// Congestion controller: cubic (loss-based), bbr (keeps a long, lossy link full), or
-    /// bbr-capped (BBR with its window held near the measured bandwidth-delay product: about half
-    /// the bytes on the wire where plain BBR overruns a short bottleneck queue, somewhat slower).
-    /// Default: bbr, except cubic towards a loopback address.
-    #[arg(long, global = true, value_parser = ["cubic", "bbr", "bbr-capped"])]
+    /// Congestion controller: sluice (Sluice's own: paces at the measured bottleneck rate,
+    /// ignores random loss, backs off when the queue grows or losses cluster), cubic
+    /// (loss-based, like TCP), bbr (quinn's experimental BBR) or bbr-capped (BBR with its window
+    /// held near the bandwidth-delay product). Default: sluice, except cubic towards a loopback
+    /// address.
+    #[arg(long, global = true, value_parser = ["sluice", "cubic", "bbr", "bbr-capped"])]
     pub congestion: Option<String>,
+    /// Never send faster than this, in bits per second: 500M, 1G, 2.5G (decimal units, as link
+    /// rates are written).
+    #[arg(long, global = true, value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
+    /// Path hint: the expected round-trip time (100ms, 0.3s); with --rate it sizes the first
+    /// window before anything is measured.
+    #[arg(long, global = true, value_parser = parse_duration)]
+    pub rtt: Option<std::time::Duration>,
+    /// Path hint: the expected bottleneck rate in bits per second (200M, 1G).
+    #[arg(long, global = true, value_parser = parse_rate)]
+    pub rate: Option<u64>,
+    /// The most parallel data streams the sender opens as the measured bandwidth-delay product
+    /// grows (and a receiver allows), 1..=256; default 64.
+    #[arg(long, global = true)]
+    pub max_streams: Option<usize>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -154,7 +170,17 @@ impl Tuning {
             c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
+        if let Some(s) = self.max_streams {
+            if !(1..=256).contains(&s) {
+                bail!("--max-streams must be 1..=256");
+            }
+            c.max_streams = s;
+        }
+        c.max_rate = self.max_rate.map(|bits| bits / 8);
+        c.rate_hint = self.rate.map(|bits| bits / 8);
+        c.rtt_hint = self.rtt;
         match self.congestion.as_deref() {
+            Some("sluice") => c.congestion = Some(sluice_engine::config::Congestion::Sluice),
             Some("bbr") => c.congestion = Some(sluice_engine::config::Congestion::Bbr),
             Some("bbr-capped") => c.congestion = Some(sluice_engine::config::Congestion::BbrCapped),
             Some("cubic") => c.congestion = Some(sluice_engine::config::Congestion::Cubic),
@@ -179,6 +205,64 @@ impl Tuning {
         }
         Ok(c)
     }
+}
+
+/// Parses a rate in bits per second: `800000`, `500K`, `200M`, `2.5G` (decimal multiples, as
+/// link rates are written; `Mbit`, `Mbps` and `M` are the same).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate like 500M or 1G (bits per second)"))?;
+    let unit = unit.to_ascii_lowercase();
+    let unit = unit
+        .trim_end_matches("ps")
+        .trim_end_matches("/s")
+        .trim_end_matches("bit")
+        .trim_end_matches('b');
+    let mult = match unit {
+        "" => 1e0,
+        "k" => 1e3,
+        "m" => 1e6,
+        "g" => 1e9,
+        "t" => 1e12,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use K, M or G bits per second)"
+            ))
+        }
+    };
+    let bits = n * mult;
+    if !(8.0..=1e13).contains(&bits) {
+        return Err(format!("{s:?} is outside 8 bit/s to 10 Tbit/s"));
+    }
+    Ok(bits as u64)
+}
+
+/// Parses a duration: `100ms`, `0.3s`, `250us`; a bare number is milliseconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 100ms or 0.3s"))?;
+    let secs = match unit.to_ascii_lowercase().as_str() {
+        "" | "ms" => n / 1e3,
+        "s" => n,
+        "us" | "µs" => n / 1e6,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms or s)")),
+    };
+    if !(1e-6..=60.0).contains(&secs) {
+        return Err(format!("{s:?} is outside 1 µs to 60 s"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// Parses `123`, `4K`, `512M`, `2G`, `1T` (binary multiples; `KiB`/`KB`/`k` spellings too).
@@ -207,7 +291,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_duration, parse_rate, parse_size};
+    use std::time::Duration;
+
+    #[test]
+    fn rates_and_durations() {
+        assert_eq!(parse_rate("500M"), Ok(500_000_000));
+        assert_eq!(parse_rate("2.5G"), Ok(2_500_000_000));
+        assert_eq!(parse_rate("200Mbit"), Ok(200_000_000));
+        assert_eq!(parse_rate("100mbps"), Ok(100_000_000));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("0.3s"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("0").is_err());
+    }
 
     #[test]
     fn sizes() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use sluice_engine::{Event, Progress, Summary};
+use sluice_engine::{Event, PathStats, Progress, Summary};
 
 /// Prints one JSON object as a line on stdout.
 pub fn json_line(v: &serde_json::Value) {
@@ -55,7 +55,15 @@ where
         if let Some(b) = &bar {
             b.set_length(s.bytes_total);
             b.set_position(s.bytes_sent.max(s.bytes_verified));
-            b.set_message(format!("{}/{} files", s.files_verified, s.files_total));
+            let mut msg = format!("{}/{} files", s.files_verified, s.files_total);
+            if s.path.sent_packets > 0 {
+                msg += &format!(
+                    ", RTT {} ms, loss {:.2} %",
+                    s.path.rtt.as_millis(),
+                    100.0 * s.path.loss()
+                );
+            }
+            b.set_message(msg);
         }
         if json && last_json.elapsed() >= Duration::from_secs(1) {
             last_json = Instant::now();
@@ -63,6 +71,7 @@ where
                 "event": "progress", "bytes_sent": s.bytes_sent, "bytes_verified": s.bytes_verified,
                 "bytes_total": s.bytes_total, "files_verified": s.files_verified,
                 "files_total": s.files_total, "seconds": start.elapsed().as_secs_f64(),
+                "path": path_json(&s.path),
             }));
         }
     }
@@ -83,6 +92,7 @@ where
             "kept_bytes": summary.kept_bytes, "vouched_bytes": summary.vouched_bytes,
             "resent_blocks": summary.resent_blocks,
             "wire_bytes": summary.wire_bytes,
+            "path": path_json(&summary.path),
             "seconds": secs, "mb_per_s": mbps,
         }));
     } else {
@@ -97,6 +107,14 @@ where
                 summary.kept_bytes, summary.payload_bytes
             );
         }
+        if summary.path.lost_packets > 0 {
+            extra += &format!(
+                "; RTT {} ms, {:.2} % of packets lost ({} bytes sent again)",
+                summary.path.rtt.as_millis(),
+                100.0 * summary.path.loss(),
+                summary.path.lost_bytes
+            );
+        }
         if summary.resent_blocks > 0 {
             extra += &format!("; {} damaged blocks re-sent", summary.resent_blocks);
         }
@@ -109,6 +127,17 @@ where
         );
     }
     Ok(())
+}
+
+/// The network path as JSON: RTT in milliseconds, the congestion window, packets sent and
+/// lost, and the bytes of lost packets (sent again).
+fn path_json(p: &PathStats) -> serde_json::Value {
+    serde_json::json!({
+        "rtt_ms": p.rtt.as_secs_f64() * 1e3, "cwnd": p.cwnd,
+        "sent_packets": p.sent_packets, "lost_packets": p.lost_packets,
+        "loss": p.loss(), "retransmitted_bytes": p.lost_bytes,
+        "udp_tx_bytes": p.udp_tx_bytes, "udp_rx_bytes": p.udp_rx_bytes,
+    })
 }
 
 fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {

@@ -92,7 +92,7 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
             ack_eliciting_threshold: 0,
             max_ack_delay: Duration::from_millis(25),
             congestion: tls::Congestion::Cubic,
-            datagram_size: None,
+            ..TransportTuning::default()
         };
         let cfg = tls::client_config(ticket.fingerprint, &tuning).unwrap();
         let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

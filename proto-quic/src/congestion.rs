@@ -1,0 +1,843 @@
+//! Sluice's own congestion controller for long, lossy links, plugged into quinn.
+//!
+//! Bulk transfers between datacenters cross paths with round trips of 50–300 ms, random loss
+//! that says nothing about congestion, and bottleneck queues of a few tens of milliseconds.
+//! Loss-based controllers (cubic) collapse at 0.1 % loss; quinn's BBR (a BBRv1 prototype) keeps
+//! its rate but paces at ~2.5 × the bottleneck, so it overruns short queues and loses about as
+//! many packets as it delivers (measured on wan-emu, `docs/congestion.md`).
+//!
+//! [`RateController`] keeps a model of the path, as BBR does, and sets quinn's window from it:
+//!
+//! - **Bottleneck rate**: the most bytes acknowledged per round (a round is one minimum RTT),
+//!   kept as a maximum over the last [`RATE_ROUNDS`] rounds that were not application-limited.
+//! - **Base RTT**: the smallest `ack time - send time` of any packet (so it includes the least
+//!   ACK delay seen, never the queue).
+//! - **Queueing delay**: the smallest such sample within the last round, less the base RTT.
+//!   With ACKs every 16 packets, the packet that triggers an ACK is acknowledged at once, so the
+//!   round's minimum is a clean sample when the round carried a few dozen packets.
+//! - **Random loss**: the share of bytes lost in rounds without a queue, smoothed.
+//!
+//! The window is `gain × rate × base RTT × (1 + 2 × loss)`: the loss term keeps the link full
+//! although lost packets occupy the window until they are declared lost and deliver nothing.
+//! quinn paces at 1.25 × window per smoothed RTT, so with this window the sender paces close to
+//! the rate it means instead of bursting a large window into a short queue.
+//!
+//! States: **start-up** doubles the window each round (slow start) and leaves when the rate
+//! stops growing by 25 % for three rounds, when the queueing delay passes a quarter of the base
+//! RTT, or when a round loses a fifth of its bytes: any of these means the pipe is full, so
+//! the queue is not overrun first; the delay rule is checked on every ACK, not at the round's end
+//! (HyStart), and the window never passes 2.5 × what the last rounds delivered. **Drain**
+//! (gain 0.75) empties what start-up queued.
+//! **Cruise** cycles the gain over eight rounds, `1.25, 1, 1, 1, 1, 1, 1, 1`, probing for
+//! more rate once per cycle. Random loss never lowers the rate. Two signals do:
+//!
+//! - a *standing queue*: three rounds outside the probe whose minimum RTT is more than a quarter
+//!   of the base RTT above it mean the model's rate is more than the path gives us (another flow
+//!   arrived, or the estimate was high): the rate falls to what the last round delivered;
+//! - *clustered loss*: a round that loses more than three times the smoothed random loss (and
+//!   more than 2 %) while the queue is up is a drop-tail queue overflowing: the rate falls to
+//!   90 % of what the round delivered.
+//!
+//! A user's ceiling (`max_rate`) caps the rate; path hints (`rtt_hint`, `rate_hint`) size the
+//! first window before anything is measured.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics};
+use quinn_proto::RttEstimator;
+
+/// Rounds over which the highest delivery rate is kept (BBR's bandwidth filter length).
+pub const RATE_ROUNDS: usize = 10;
+/// Window gain of each round of the cruise cycle: one round probes for more rate with a
+/// quarter more in flight; the rounds at 1.0 hold exactly what the path carries, which also
+/// empties what the probe queued (the sender waits until in-flight falls back to the window).
+/// A window below 1.0 would leave the link idle for that round: measured on wan-emu, a cycle
+/// with a 0.75 round delivered 86 % of the rate the path gave at 1.0.
+const CYCLE: [f64; 8] = [1.25, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// Start-up ends once this many ACK frames in a row carry a freshest RTT above the base RTT by
+/// [`startup_queue_limit`] (HyStart's delay rule, checked per ACK): waiting for the round's end
+/// lets a doubling window overrun the queue first. Three, as one ACK sent by the peer's timer
+/// rather than its packet count waited up to 25 ms.
+const STARTUP_QUEUED_FRAMES: u32 = 3;
+/// The delay rule applies from a window of this many packets: below it ACKs go by the peer's
+/// 25 ms timer more often than by its count, and every sample looks like a queue.
+const STARTUP_DELAY_WINDOW: u64 = 128;
+/// In start-up the window stays under this many times the rate delivered in the last rounds ×
+/// the base RTT: the rate a round measures is that of the window a round earlier, so a window
+/// that doubles each round is 4 × the rate last measured; the delay rule, not this cap, ends
+/// start-up, and the cap bounds what a path without a queue signal can be sent.
+const STARTUP_CAP: f64 = 4.0;
+/// Rounds a standing queue must last before the rate is lowered.
+const STANDING_ROUNDS: u32 = 3;
+/// The most one standing-queue backoff lowers the rate: the queue may also come from a busy
+/// receiver (CPU, not the link), and repeated deep cuts would spiral down.
+const STANDING_CUT: f64 = 0.85;
+/// Start-up is over after this many rounds without 25 % more delivery rate.
+const FLAT_ROUNDS: u32 = 3;
+/// A round must carry this many packets for its smallest RTT sample to count as clean (ACKs
+/// go every 16 packets; fewer packets per round means every sample waited for the ACK timer).
+const CLEAN_ROUND_PACKETS: u64 = 48;
+/// The window never falls below this many packets: with an ACK every 16 packets, less would
+/// leave the sender waiting for the peer's ACK timer.
+const MIN_WINDOW_PACKETS: u64 = 32;
+/// Clean cruise rounds whose loss shares are kept; the least of them is the random loss. 16
+/// rounds of ~1,600 packets (200 Mbit/s at 100 ms) put the least of 1 % Bernoulli loss near
+/// 0.6 %: a little low, which costs a little rate, never a queue.
+const LOSS_ROUNDS: usize = 16;
+/// A round that loses this much more than the random loss (or twice it, if more) lost packets
+/// to a full queue.
+const CONGESTIVE_EXCESS: f64 = 0.02;
+/// A congestive loss lowers the rate to what the round delivered, but by at most a tenth: the
+/// delivered rate of a round that lost packets to the queue is below what the path carried.
+const CONGESTIVE_CUT: f64 = 0.9;
+/// A probe whose packets come back this much faster than the rate before it is followed by
+/// another probe at once.
+const PROBE_AGAIN: f64 = 1.1;
+/// While probing up, a round whose rate grows less than this counts as flat; two flat rounds
+/// end the probing.
+const UP_GROWTH: f64 = 1.05;
+/// The probe's excess never falls below this (1.03 × the rate), so the rate is still probed
+/// on a path whose queue is too short for more.
+const MIN_PROBE_EXCESS: f64 = 0.03;
+/// The loss estimate used for window compensation is capped: past it, the rate is probed for,
+/// not assumed.
+const MAX_LOSS_COMPENSATION: f64 = 0.25;
+
+/// How a [`RateController`] starts and what it may never exceed.
+#[derive(Debug, Clone, Default)]
+pub struct RateConfig {
+    /// The user's ceiling on the sending rate, bytes per second (`--max-rate`).
+    pub max_rate: Option<u64>,
+    /// A path hint: the expected round-trip time (`--rtt`).
+    pub rtt_hint: Option<Duration>,
+    /// A path hint: the expected bottleneck rate, bytes per second (`--rate`).
+    pub rate_hint: Option<u64>,
+    /// The first window when there are no hints, bytes (`None`: 32 packets).
+    pub initial_window: Option<u64>,
+}
+
+impl RateConfig {
+    fn first_window(&self, mtu: u64) -> u64 {
+        let floor = MIN_WINDOW_PACKETS * mtu;
+        let hinted = match (self.rate_hint, self.rtt_hint) {
+            (Some(rate), Some(rtt)) => Some(bdp(self.cap_rate(rate as f64), rtt)),
+            _ => None,
+        };
+        hinted.or(self.initial_window).unwrap_or(floor).max(floor)
+    }
+
+    fn cap_rate(&self, rate: f64) -> f64 {
+        match self.max_rate {
+            Some(max) => rate.min(max as f64),
+            None => rate,
+        }
+    }
+}
+
+impl ControllerFactory for RateConfig {
+    fn build(self: Arc<Self>, _now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(RateController::new(self, current_mtu))
+    }
+}
+
+/// The queueing delay that ends start-up: a sixteenth of the base RTT, from 3 to 8 ms. HyStart++
+/// (RFC 9406) takes an eighth, from 4 to 16 ms; that is more than a 10 ms bottleneck queue can
+/// hold, and such a queue then overflows before start-up ends.
+fn startup_queue_limit(base: Duration) -> Duration {
+    (base / 16).clamp(Duration::from_millis(3), Duration::from_millis(8))
+}
+
+fn bdp(rate: f64, rtt: Duration) -> u64 {
+    (rate * rtt.as_secs_f64()) as u64
+}
+
+/// Where the controller is in its life: see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Doubling the window each round until the pipe is full.
+    Startup,
+    /// One round at gain 0.75 to empty what start-up queued.
+    Drain,
+    /// Probing and cruising at the measured rate; `usize` is the position in the gain cycle.
+    Cruise(usize),
+    /// Probing every round: a probe found room, and the rate grows while this lasts.
+    ProbeUp,
+}
+
+/// The measurements of one round, closed when a base RTT has passed since it began.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    start: Instant,
+    acked: u64,
+    lost: u64,
+    packets: u64,
+    min_sample: Option<Duration>,
+    app_limited: bool,
+}
+
+impl Round {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            acked: 0,
+            lost: 0,
+            packets: 0,
+            min_sample: None,
+            app_limited: false,
+        }
+    }
+}
+
+/// The path model and the window it implies; pure arithmetic over acknowledgements and losses,
+/// so it is tested without a connection.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: Arc<RateConfig>,
+    mtu: u64,
+    phase: Phase,
+    window: u64,
+    base_rtt: Option<Duration>,
+    round: Option<Round>,
+    /// Delivery rate (bytes/s) of each of the last rounds.
+    rates: VecDeque<f64>,
+    /// The rate start-up last grew past, and rounds since.
+    full_rate: f64,
+    flat_rounds: u32,
+    /// Share of bytes lost in each of the last clean rounds (cruise only).
+    losses: VecDeque<f64>,
+    /// The random loss the path shows: the least of `losses` (see [`Model::loss`]).
+    loss: f64,
+    /// The gain of the next probe round: lowered when probing overflows the queue.
+    probe_gain: f64,
+    /// The model's rate when the last probe began.
+    probe_from: f64,
+    /// The best rate of a round while probing up, and rounds since it grew.
+    up_last: f64,
+    up_flat: u32,
+    /// Whether the current cruise cycle saw congestive loss.
+    cycle_congested: bool,
+    /// Whether the last round carried too few packets for a clean measurement.
+    thin: bool,
+    /// The smallest RTT sample of the ACK frame being processed.
+    frame_min: Option<Duration>,
+    /// ACK frames in a row whose freshest sample showed a queue (start-up only).
+    queued_frames: u32,
+    /// Consecutive cruise rounds with a standing queue.
+    queued_rounds: u32,
+    /// Rounds whose window was cut for a standing queue or clustered loss (for reports).
+    backoffs: u64,
+}
+
+impl Model {
+    /// A fresh model for packets of `mtu` bytes.
+    pub fn new(config: Arc<RateConfig>, mtu: u16) -> Self {
+        let mtu = u64::from(mtu);
+        Self {
+            window: config.first_window(mtu),
+            config,
+            mtu,
+            phase: Phase::Startup,
+            base_rtt: None,
+            round: None,
+            rates: VecDeque::with_capacity(RATE_ROUNDS + 1),
+            full_rate: 0.0,
+            flat_rounds: 0,
+            losses: VecDeque::with_capacity(LOSS_ROUNDS + 1),
+            loss: 0.0,
+            probe_gain: CYCLE[0],
+            cycle_congested: false,
+            probe_from: 0.0,
+            up_last: 0.0,
+            up_flat: 0,
+            thin: true,
+            frame_min: None,
+            queued_frames: 0,
+            queued_rounds: 0,
+            backoffs: 0,
+        }
+    }
+
+    /// The window quinn may have in flight, bytes.
+    pub fn window(&self) -> u64 {
+        self.window
+    }
+
+    /// The phase the controller is in.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The bottleneck rate the model believes in, bytes per second (0 before a round closed).
+    pub fn rate(&self) -> f64 {
+        self.config
+            .cap_rate(self.rates.iter().copied().fold(0.0, f64::max))
+    }
+
+    /// The smoothed random-loss share.
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// The base RTT, once measured.
+    pub fn base_rtt(&self) -> Option<Duration> {
+        self.base_rtt
+    }
+
+    /// How often the rate was lowered for a standing queue or clustered loss.
+    pub fn backoffs(&self) -> u64 {
+        self.backoffs
+    }
+
+    /// The window quinn's pacer should see: twice the bandwidth-delay product (twice the
+    /// window in start-up, which doubles it each round anyway), never less than the window.
+    pub fn pacing_window(&self) -> u64 {
+        match (self.phase, self.base_rtt) {
+            (Phase::Startup, _) | (_, None) => self.window.saturating_mul(2),
+            (_, Some(base)) => (2 * bdp(self.rate(), base)).max(self.window),
+        }
+    }
+
+    fn floor(&self) -> u64 {
+        MIN_WINDOW_PACKETS * self.mtu
+    }
+
+    /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
+    pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
+        let sample = now.saturating_duration_since(sent);
+        if !sample.is_zero() {
+            self.base_rtt = Some(self.base_rtt.map_or(sample, |b| b.min(sample)));
+        }
+        if self.phase == Phase::Startup {
+            // Slow start: every acknowledged byte lets two more out, but never more than
+            // [`STARTUP_CAP`] × what the last rounds delivered.
+            let best = self.rate();
+            self.window = self.window.saturating_add(bytes);
+            if let (Some(base), true) = (self.base_rtt, best > 0.0) {
+                let cap = (STARTUP_CAP * bdp(best, base) as f64) as u64;
+                self.window = self.window.min(cap.max(self.floor()));
+            }
+            if let Some(cap) = self.ceiling_window() {
+                self.window = self.window.min(cap.saturating_mul(2));
+            }
+        }
+        let round = self.round.get_or_insert(Round::new(now));
+        round.acked += bytes;
+        round.packets += 1;
+        round.app_limited |= app_limited;
+        if !sample.is_zero() {
+            round.min_sample = Some(round.min_sample.map_or(sample, |m| m.min(sample)));
+        }
+        if !sample.is_zero() {
+            self.frame_min = Some(self.frame_min.map_or(sample, |m| m.min(sample)));
+        }
+        self.maybe_close_round(now);
+    }
+
+    /// quinn has processed one ACK frame. Its newest packet was acknowledged at once (ACKs go
+    /// every 16 packets), so the frame's smallest sample is a fresh RTT: several in a row above
+    /// the base RTT mean a queue is building now, not a round ago (HyStart's delay rule, per
+    /// ACK rather than per round, so a doubling window stops before it overruns the queue).
+    pub fn on_ack_frame(&mut self) {
+        let Some(min) = self.frame_min.take() else {
+            return;
+        };
+        let Some(base) = self.base_rtt else { return };
+        if self.phase != Phase::Startup || self.window < STARTUP_DELAY_WINDOW * self.mtu {
+            self.queued_frames = 0;
+            return;
+        }
+        if min > base + startup_queue_limit(base) {
+            self.queued_frames += 1;
+        } else {
+            self.queued_frames = 0;
+        }
+        if self.queued_frames >= STARTUP_QUEUED_FRAMES && self.rate() > 0.0 {
+            self.phase = Phase::Drain;
+            self.window = self.target_window(base);
+        }
+    }
+
+    /// `bytes` were declared lost at `now`.
+    pub fn on_loss(&mut self, now: Instant, bytes: u64) {
+        self.round.get_or_insert(Round::new(now)).lost += bytes;
+    }
+
+    /// No acknowledgement for several probe timeouts (an outage): start over from a small
+    /// window, keeping the base RTT.
+    pub fn on_persistent_congestion(&mut self) {
+        self.phase = Phase::Startup;
+        self.window = self.config.first_window(self.mtu).min(self.window);
+        self.rates.clear();
+        self.full_rate = 0.0;
+        self.flat_rounds = 0;
+        self.round = None;
+    }
+
+    /// The packet size changed (path-MTU discovery).
+    pub fn on_mtu(&mut self, mtu: u16) {
+        self.mtu = u64::from(mtu);
+        self.window = self.window.max(self.floor());
+    }
+
+    /// The window that sends at the user's ceiling, if there is one.
+    fn ceiling_window(&self) -> Option<u64> {
+        let max = self.config.max_rate? as f64;
+        let rtt = self.base_rtt.or(self.config.rtt_hint)?;
+        Some(bdp(max, rtt).max(self.floor()))
+    }
+
+    fn maybe_close_round(&mut self, now: Instant) {
+        let Some(base) = self.base_rtt else { return };
+        let Some(round) = self.round else { return };
+        let elapsed = now.saturating_duration_since(round.start);
+        if elapsed < base.max(Duration::from_millis(1)) {
+            return;
+        }
+        self.round = Some(Round::new(now));
+        self.close_round(round, elapsed, base);
+    }
+
+    fn close_round(&mut self, round: Round, elapsed: Duration, base: Duration) {
+        let rate = round.acked as f64 / elapsed.as_secs_f64();
+        let best = self.rate();
+        if !round.app_limited || rate > best {
+            self.rates.push_back(rate);
+            if self.rates.len() > RATE_ROUNDS {
+                self.rates.pop_front();
+            }
+        }
+        let clean = round.packets >= CLEAN_ROUND_PACKETS;
+        self.thin = !clean;
+        let queue = match round.min_sample {
+            Some(m) if clean => m.saturating_sub(base),
+            _ => Duration::ZERO,
+        };
+        let queued = queue > base / 4 && queue > Duration::from_millis(2);
+        let sent = round.acked + round.lost;
+        let round_loss = if sent == 0 {
+            0.0
+        } else {
+            round.lost as f64 / sent as f64
+        };
+        // Random loss shows in every round; a queue overflowing shows in some. So the least
+        // loss of recent rounds is the random part, and a round well above it is congestion.
+        let congestive = clean
+            && self.losses.len() >= LOSS_ROUNDS / 4
+            && round_loss > self.loss + self.loss.max(CONGESTIVE_EXCESS);
+        if clean {
+            self.losses.push_back(round_loss);
+            if self.losses.len() > LOSS_ROUNDS {
+                self.losses.pop_front();
+            }
+            self.loss = self.losses.iter().copied().fold(f64::INFINITY, f64::min);
+        }
+
+        match self.phase {
+            Phase::Startup => {
+                let best = self.rate();
+                if best >= 1.25 * self.full_rate {
+                    self.full_rate = best;
+                    self.flat_rounds = 0;
+                } else if !round.app_limited {
+                    self.flat_rounds += 1;
+                }
+                let full = self.flat_rounds >= FLAT_ROUNDS || (clean && queued) || round_loss > 0.2;
+                if full {
+                    if round_loss > 0.2 || queued {
+                        // The queue was overrun or is building: take what was delivered, not
+                        // the best round, as the rate.
+                        self.set_rate(rate);
+                    }
+                    self.phase = Phase::Drain;
+                }
+            }
+            // Cruise a round before the first probe.
+            Phase::Drain => self.phase = Phase::Cruise(1),
+            Phase::ProbeUp => {
+                if congestive || (queued && clean) {
+                    self.backoffs += u64::from(congestive);
+                    self.cycle_congested |= congestive;
+                    if congestive {
+                        self.set_rate(rate.max(CONGESTIVE_CUT * self.rate()).min(self.rate()));
+                    }
+                    self.phase = Phase::Cruise(1);
+                } else {
+                    if rate >= UP_GROWTH * self.up_last {
+                        self.up_flat = 0;
+                    } else {
+                        self.up_flat += 1;
+                    }
+                    self.up_last = self.up_last.max(rate);
+                    if self.up_flat >= 2 {
+                        self.phase = Phase::Cruise(1);
+                    }
+                }
+            }
+            Phase::Cruise(i) => {
+                let probing = CYCLE[i] > 1.0;
+                if i == 0 {
+                    // A cycle without congestion lets the probe grow back; one with it halves
+                    // the probe's excess, so a short queue is overrun less each time.
+                    self.probe_gain = if self.cycle_congested {
+                        1.0 + ((self.probe_gain - 1.0) / 2.0).max(MIN_PROBE_EXCESS)
+                    } else {
+                        (self.probe_gain + 0.05).min(CYCLE[0])
+                    };
+                    self.cycle_congested = false;
+                    self.probe_from = best;
+                }
+                let next = (i + 1) % CYCLE.len();
+                if congestive {
+                    // The queue overflowed: the path carries less than the model said, and at
+                    // least what this round delivered (less than it carried: some was lost).
+                    self.backoffs += 1;
+                    self.cycle_congested = true;
+                    self.set_rate(rate.max(CONGESTIVE_CUT * self.rate()).min(self.rate()));
+                    self.queued_rounds = 0;
+                } else if i == 1 && rate > PROBE_AGAIN * self.probe_from {
+                    // The probe's packets came back faster: the path has room. Keep probing
+                    // every round while the rate grows, so a long-RTT path regains its rate
+                    // in rounds, not cycles.
+                    self.phase = Phase::ProbeUp;
+                    self.up_last = rate;
+                    self.up_flat = 0;
+                    self.queued_rounds = 0;
+                    self.window = self.target_window(base);
+                    return;
+                } else if queued && !probing && clean {
+                    self.queued_rounds += 1;
+                    if self.queued_rounds >= STANDING_ROUNDS {
+                        self.backoffs += 1;
+                        self.set_rate(rate.max(STANDING_CUT * self.rate()));
+                        self.queued_rounds = 0;
+                    }
+                } else {
+                    self.queued_rounds = 0;
+                }
+                self.phase = Phase::Cruise(next);
+            }
+        }
+        self.window = self.target_window(base);
+        tracing::trace!(
+            phase = ?self.phase,
+            delivered = rate,
+            model_rate = self.rate(),
+            elapsed = ?elapsed,
+            acked = round.acked,
+            lost = round.lost,
+            packets = round.packets,
+            queue = ?queue,
+            loss = self.loss,
+            window = self.window,
+            "congestion round"
+        );
+    }
+
+    /// How much more than `rate × base RTT` must be in flight to send at the path's rate: the
+    /// measured rate counts only delivered bytes (`1 − loss` of those sent), and a lost packet
+    /// stays in flight an eighth of an RTT longer than a delivered one (quinn's time threshold)
+    /// until it is declared lost.
+    fn loss_compensation(&self) -> f64 {
+        let loss = self.loss.min(MAX_LOSS_COMPENSATION);
+        (1.0 + loss / 8.0) / (1.0 - loss)
+    }
+
+    /// Forgets faster rounds: the model's rate becomes `rate`.
+    fn set_rate(&mut self, rate: f64) {
+        self.rates.clear();
+        self.rates.push_back(rate.max(1.0));
+    }
+
+    fn target_window(&self, base: Duration) -> u64 {
+        let gain = match self.phase {
+            Phase::Startup => return self.window.max(self.floor()),
+            Phase::Drain => 0.75,
+            // Too few packets per round to measure well (every ACK waits for the peer's timer,
+            // so a round looks slower than the path): probe harder.
+            Phase::Cruise(0) if self.thin => 2.0,
+            Phase::Cruise(0) | Phase::ProbeUp => self.probe_gain,
+            Phase::Cruise(i) => CYCLE[i],
+        };
+        let compensation = self.loss_compensation();
+        let window = (gain * compensation * bdp(self.rate(), base) as f64) as u64;
+        let window = match self.ceiling_window() {
+            Some(cap) => window.min((cap as f64 * compensation) as u64),
+            None => window,
+        };
+        window.max(self.floor())
+    }
+}
+
+/// A GSO batch: quinn reports the bytes of a whole batch to [`Controller::on_sent`] once, after
+/// it has asked for the window before each datagram of it.
+const BATCH_PACKETS: u64 = 10;
+
+/// quinn's view of a [`Model`].
+///
+/// quinn uses one number, the window, both to cap the bytes in flight and to pace: it releases
+/// `1.25 × window` per smoothed RTT in bursts of 2 ms worth. Its timer wakes the sender every
+/// 2–3 ms on these machines, so a burst refilled for 1.6 ms is partly lost each time, and a
+/// window of one bandwidth-delay product is paced at only ~60 % of the path's rate (measured on
+/// wan-emu, `docs/congestion.md`). So the controller answers with two numbers: the model's
+/// window while the bytes in flight are near it (quinn then stops sending: the ACKs clock the
+/// rate), and otherwise a pacing window of twice the bandwidth-delay product (at least the
+/// window), which lets quinn's pacer release bursts of ~4 ms of the rate, no more.
+#[allow(missing_debug_implementations)] // the trait object quinn wants is not Debug
+#[derive(Clone)]
+pub struct RateController {
+    model: Model,
+    /// quinn's bytes in flight at the last ACK, plus what was sent since, less what was lost.
+    in_flight: u64,
+}
+
+impl RateController {
+    /// A controller with `config`, for packets of `mtu` bytes.
+    pub fn new(config: Arc<RateConfig>, mtu: u16) -> Self {
+        Self {
+            model: Model::new(config, mtu),
+            in_flight: 0,
+        }
+    }
+
+    /// The path model behind the window.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+impl Controller for RateController {
+    fn on_sent(&mut self, _now: Instant, bytes: u64, _last_packet_number: u64) {
+        self.in_flight = self.in_flight.saturating_add(bytes);
+    }
+
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        app_limited: bool,
+        _rtt: &RttEstimator,
+    ) {
+        self.model.on_ack(now, sent, bytes, app_limited);
+    }
+
+    fn on_end_acks(
+        &mut self,
+        _now: Instant,
+        in_flight: u64,
+        _app_limited: bool,
+        _largest_packet_num_acked: Option<u64>,
+    ) {
+        self.in_flight = in_flight;
+        self.model.on_ack_frame();
+    }
+
+    fn on_congestion_event(
+        &mut self,
+        now: Instant,
+        _sent: Instant,
+        is_persistent_congestion: bool,
+        lost_bytes: u64,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(lost_bytes);
+        if is_persistent_congestion {
+            self.model.on_persistent_congestion();
+        }
+        self.model.on_loss(now, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.model.on_mtu(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        let cap = self.model.window();
+        if self.in_flight + BATCH_PACKETS * self.model.mtu >= cap {
+            cap
+        } else {
+            self.model.pacing_window().max(cap)
+        }
+    }
+
+    fn metrics(&self) -> ControllerMetrics {
+        let mut m = ControllerMetrics::default();
+        m.congestion_window = self.model.window();
+        m.pacing_rate = Some((self.model.rate() * 8.0) as u64);
+        m
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(self.clone())
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.model.config.first_window(self.model.mtu)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fluid path: `rate` bytes/s through a bottleneck, `base` RTT, a standing queue of
+    /// `queue` on top, `loss` of every packet lost. Feeds the model one round of ACKs per call.
+    struct Path {
+        t: Instant,
+        rate: f64,
+        base: Duration,
+        loss: f64,
+    }
+
+    impl Path {
+        /// One round: the model's window (capped by the path's rate × RTT plus a queue of
+        /// `queue_limit` bytes) is acknowledged in 1,400-byte packets spread over the RTT.
+        fn round(&mut self, m: &mut Model, queue_limit: u64) -> (u64, Duration) {
+            let pipe = bdp(self.rate, self.base);
+            let inflight = m.window();
+            let queued = inflight.saturating_sub(pipe).min(queue_limit);
+            let overflow = inflight.saturating_sub(pipe + queue_limit);
+            let rtt = self.base + Duration::from_secs_f64(queued as f64 / self.rate);
+            let delivered = inflight.min(pipe + queued);
+            let packets = (delivered / 1_400).max(1);
+            let step = rtt / packets as u32;
+            let mut lost_random = 0.0;
+            let mut acks = 0u64;
+            for _ in 0..packets {
+                self.t += step;
+                lost_random += self.loss;
+                if lost_random >= 1.0 {
+                    lost_random -= 1.0;
+                    m.on_loss(self.t, 1_400);
+                } else {
+                    m.on_ack(self.t, self.t - rtt, 1_400, false);
+                }
+                acks += 1;
+                if acks % 16 == 0 {
+                    m.on_ack_frame();
+                }
+            }
+            if overflow > 0 {
+                m.on_loss(self.t, overflow);
+            }
+            (delivered, rtt)
+        }
+    }
+
+    fn model(config: RateConfig) -> Model {
+        Model::new(Arc::new(config), 1_400)
+    }
+
+    #[test]
+    fn starts_up_then_cruises_near_the_bandwidth_delay_product() {
+        // 25 MB/s (200 Mbit/s), 100 ms: BDP 2.5 MB; a queue of 50 ms holds 1.25 MB.
+        let mut path = Path {
+            t: Instant::now(),
+            rate: 25e6,
+            base: Duration::from_millis(100),
+            loss: 0.0,
+        };
+        let mut m = model(RateConfig::default());
+        let mut max_queue = Duration::ZERO;
+        for round in 0..60 {
+            let (_, rtt) = path.round(&mut m, 1_250_000);
+            if round > 20 {
+                max_queue = max_queue.max(rtt - path.base);
+            }
+        }
+        assert!(matches!(m.phase(), Phase::Cruise(_)), "{:?}", m.phase());
+        let rate = m.rate();
+        assert!((22e6..=26e6).contains(&rate), "rate {rate}");
+        assert!(
+            max_queue <= Duration::from_millis(30),
+            "cruise queue {max_queue:?}"
+        );
+    }
+
+    #[test]
+    fn random_loss_does_not_lower_the_rate_and_is_compensated() {
+        let mut path = Path {
+            t: Instant::now(),
+            rate: 25e6,
+            base: Duration::from_millis(100),
+            loss: 0.05,
+        };
+        let mut m = model(RateConfig::default());
+        for _ in 0..20 {
+            path.round(&mut m, 1_250_000);
+        }
+        // Start-up may overrun the queue once; from then on only random loss.
+        let settled = m.backoffs();
+        for _ in 0..60 {
+            path.round(&mut m, 1_250_000);
+        }
+        assert!(
+            (0.03..0.07).contains(&m.loss()),
+            "loss estimate {}",
+            m.loss()
+        );
+        // The window covers the pipe although 5 % of it delivers nothing.
+        assert!(m.window() as f64 >= 0.95 * 2.5e6, "window {}", m.window());
+        assert_eq!(m.backoffs(), settled, "random loss caused backoffs");
+    }
+
+    #[test]
+    fn the_ceiling_and_hints_bound_the_window() {
+        let config = RateConfig {
+            max_rate: Some(5_000_000),
+            rtt_hint: Some(Duration::from_millis(100)),
+            rate_hint: Some(25_000_000),
+            initial_window: None,
+        };
+        let m = model(config.clone());
+        // The hint sizes the first window, the ceiling caps it: 5 MB/s × 100 ms.
+        assert_eq!(m.window(), 500_000);
+        let mut path = Path {
+            t: Instant::now(),
+            rate: 25e6,
+            base: Duration::from_millis(100),
+            loss: 0.0,
+        };
+        let mut m = model(config);
+        for _ in 0..40 {
+            path.round(&mut m, 1_250_000);
+        }
+        assert!(m.rate() <= 5e6, "rate {}", m.rate());
+        assert!(m.window() <= 700_000, "window {}", m.window());
+    }
+
+    #[test]
+    fn a_standing_queue_lowers_the_rate() {
+        let mut path = Path {
+            t: Instant::now(),
+            rate: 25e6,
+            base: Duration::from_millis(100),
+            loss: 0.0,
+        };
+        let mut m = model(RateConfig::default());
+        for _ in 0..40 {
+            path.round(&mut m, 1_250_000);
+        }
+        let before = m.rate();
+        // Another flow takes half the bottleneck: the queue stands, the rate must follow.
+        path.rate = 12.5e6;
+        let mut late_queue = Duration::ZERO;
+        for round in 0..40 {
+            let (_, rtt) = path.round(&mut m, 1_250_000);
+            if round >= 30 {
+                late_queue = late_queue.max(rtt - path.base);
+            }
+        }
+        assert!(m.rate() < 0.7 * before, "{} against {before}", m.rate());
+        assert!(
+            late_queue <= Duration::from_millis(30),
+            "queue {late_queue:?}"
+        );
+    }
+}
