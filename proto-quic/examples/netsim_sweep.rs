@@ -3,7 +3,7 @@
 //! drops: the quick way to see what a change to `congestion.rs` does before wan-emu.
 //!
 //! `cargo run --release -p sluice-proto --example netsim_sweep -- [sluice|bbr|cubic|bbr-capped]
-//!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N]`
+//!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N] [--flows N] [--streams N]`
 
 use std::time::Duration;
 
@@ -11,6 +11,11 @@ use sluice_proto::netsim::{self, Flow, Link, Scenario};
 use sluice_proto::tls::{Congestion, TransportTuning};
 
 fn main() {
+    // `SLUICE_LOG=sluice_proto::congestion=trace` prints the controller's rounds.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SLUICE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut congestion = Congestion::Sluice;
     let mut mib = 128u64;
@@ -20,6 +25,7 @@ fn main() {
     let mut queue_ms = 50u64;
     let mut burst = None;
     let mut flows = 1usize;
+    let mut streams = 32usize;
     let mut it = args.iter();
     let mut positional = 0;
     while let Some(a) = it.next() {
@@ -39,6 +45,7 @@ fn main() {
             "--queue-ms" => queue_ms = it.next().expect("--queue-ms N").parse().expect("ms"),
             "--burst" => burst = Some(it.next().expect("--burst N").parse().expect("frames")),
             "--flows" => flows = it.next().expect("--flows N").parse().expect("count"),
+            "--streams" => streams = it.next().expect("--streams N").parse().expect("count"),
             n => {
                 let v: u64 = n.parse().expect("a number");
                 match positional {
@@ -67,7 +74,7 @@ fn main() {
             };
             let tuning = TransportTuning {
                 congestion,
-                max_uni_streams: 64,
+                max_uni_streams: streams as u32,
                 ..TransportTuning::default()
             };
             let s = Scenario {
@@ -77,7 +84,7 @@ fn main() {
                     .map(|_| Flow {
                         tuning: tuning.clone(),
                         bytes: mib << 20,
-                        streams: 32,
+                        streams,
                         start: Duration::ZERO,
                     })
                     .collect(),

@@ -1,0 +1,560 @@
+//! Congestion control over the simulated bottleneck ([`sluice_proto::netsim`]): real quinn
+//! connections, virtual time. Each test prints its wall time, which is what it costs CI.
+
+use std::time::{Duration, Instant};
+
+use sluice_proto::netsim::{self, Flow, Link, Report, Scenario, Stop};
+use sluice_proto::tls::{Congestion, TransportTuning};
+
+const MS: Duration = Duration::from_millis(1);
+const MIB: u64 = 1 << 20;
+
+/// `congestion` with the engine's ACK and stream-count settings ([`TransportTuning::default`])
+/// and one `window` for the stream, the connection and the send buffer alike: the quinn BBR
+/// and cubic baselines the Sluice tests are measured against.
+fn tuning(congestion: Congestion, window: u64) -> TransportTuning {
+    TransportTuning {
+        stream_window: window,
+        connection_window: window,
+        send_window: window,
+        congestion,
+        ..TransportTuning::default()
+    }
+}
+
+/// The engine's non-loopback setting: Sluice's controller, gap-safe 768 KiB stream windows,
+/// 64 MiB connection and send windows. The engine opens up to 64 streams as the
+/// bandwidth-delay product grows, so the receiver allows 64 (the flows open 32).
+fn sluice_tuning() -> TransportTuning {
+    TransportTuning {
+        max_uni_streams: 64,
+        ..TransportTuning::default()
+    }
+}
+
+/// A Sluice flow of `bytes` over 32 streams from `start`: a 768 KiB stream window moves at
+/// most 63 Mbit/s at 100 ms RTT, so one stream alone could not fill a 200 Mbit/s link.
+fn sluice_flow(bytes: u64, start: Duration) -> Flow {
+    Flow {
+        tuning: sluice_tuning(),
+        bytes,
+        streams: 32,
+        start,
+    }
+}
+
+/// A symmetric path: `rate_bps` and `one_way` delay each way, wan-emu's 50 ms queue.
+fn path(rate_bps: u64, one_way: Duration, loss: f64) -> (Link, Link) {
+    let link = Link {
+        loss,
+        ..Link::new(rate_bps, one_way)
+    };
+    (link.clone(), link)
+}
+
+fn scenario(forward: Link, back: Link, flows: Vec<Flow>, limit: Duration) -> Scenario {
+    Scenario {
+        forward,
+        back,
+        flows,
+        seed: 1,
+        limit,
+        mtu: 1452,
+        timer_granularity: Duration::ZERO,
+    }
+}
+
+/// `scenario` with quinn's timers on a 1 ms wheel, as the engine's tokio runtime fires them:
+/// the Sluice tests measure the sender the engine runs, bursts included.
+fn sluice_scenario(forward: Link, back: Link, flows: Vec<Flow>, limit: Duration) -> Scenario {
+    Scenario {
+        timer_granularity: MS,
+        ..scenario(forward, back, flows, limit)
+    }
+}
+
+/// Each flow's goodput over `[from, to)` as a share of `rate_bps`.
+fn shares(report: &Report, rate_bps: u64, from: Duration, to: Duration) -> Vec<f64> {
+    report
+        .flows
+        .iter()
+        .map(|f| f.goodput_bps(from, to) / rate_bps as f64)
+        .collect()
+}
+
+/// Prints each flow's share of the link per `step`, so a failing fairness test shows how the
+/// shares moved, not only where they ended.
+fn print_shares(report: &Report, rate_bps: u64, step: Duration) {
+    let mut t = Duration::ZERO;
+    while t < report.end {
+        let s = shares(report, rate_bps, t, t + step);
+        eprintln!("    {:>5.0} s: {s:.2?}", t.as_secs_f64());
+        t += step;
+    }
+}
+
+/// Runs `s`, printing the wall time under `name` and a summary of each flow.
+fn run(name: &str, s: &Scenario) -> Report {
+    let t = Instant::now();
+    let report = netsim::run(s).expect("scenario runs");
+    eprintln!(
+        "{name}: {:.2} s wall, {:.2} s virtual, {} steps, stop {:?}; forward: {} datagrams, \
+         {} queue drops, {} random losses, queue delay max {:?} mean {:?}",
+        t.elapsed().as_secs_f64(),
+        report.end.as_secs_f64(),
+        report.steps,
+        report.stop,
+        report.forward.datagrams,
+        report.forward.queue_drops,
+        report.forward.loss_drops,
+        report.forward.max_queue_delay,
+        report.forward.mean_queue_delay,
+    );
+    for (i, f) in report.flows.iter().enumerate() {
+        eprintln!(
+            "  flow {i}: {} B delivered, finished {:?}, error {:?}, {} B sent, {} packets \
+             ({} lost, {} congestion events), RTT min {:?} max {:?}",
+            f.delivered,
+            f.finished,
+            f.error,
+            f.udp_tx_bytes,
+            f.sent_packets,
+            f.lost_packets,
+            f.congestion_events,
+            f.min_rtt,
+            f.max_rtt,
+        );
+    }
+    report
+}
+
+/// The path on which quinn's BBR with 32 MiB windows failed on wan-emu: 200 Mbit/s, 100 ms
+/// RTT, a 50 ms drop-tail queue, `loss` each way, 256 MiB over 8 streams, at most 30 s.
+fn regression_scenario(tuning: TransportTuning, loss: f64) -> Scenario {
+    let (forward, back) = path(200_000_000, 50 * MS, loss);
+    scenario(
+        forward,
+        back,
+        vec![Flow {
+            tuning,
+            bytes: 256 * MIB,
+            streams: 8,
+            start: Duration::ZERO,
+        }],
+        Duration::from_secs(30),
+    )
+}
+
+#[test]
+fn same_seed_same_report() {
+    let (forward, back) = path(50_000_000, 10 * MS, 0.01);
+    let flow = |start| Flow {
+        tuning: tuning(Congestion::Bbr, 8 * MIB),
+        bytes: 4 * MIB,
+        streams: 4,
+        start,
+    };
+    let mut s = scenario(
+        forward,
+        back,
+        vec![flow(Duration::ZERO), flow(200 * MS)],
+        Duration::from_secs(10),
+    );
+    let first = run("same_seed_same_report (1)", &s);
+    let second = run("same_seed_same_report (2)", &s);
+    assert_eq!(first.stop, Stop::AllDone);
+    assert!(first.forward.loss_drops > 0, "the seed must matter");
+    assert_eq!(first, second);
+    s.seed = 2;
+    let other = run("same_seed_same_report (seed 2)", &s);
+    assert_ne!(
+        first.forward, other.forward,
+        "another seed loses other packets"
+    );
+}
+
+#[test]
+fn lossless_link_runs_near_line_rate() {
+    let rate = 50_000_000;
+    let (forward, back) = path(rate, 10 * MS, 0.0);
+    let bytes = 16 * MIB;
+    let s = scenario(
+        forward,
+        back,
+        vec![Flow {
+            tuning: tuning(Congestion::Cubic, 8 * MIB),
+            bytes,
+            streams: 4,
+            start: Duration::ZERO,
+        }],
+        Duration::from_secs(20),
+    );
+    let report = run("lossless_link_runs_near_line_rate", &s);
+    let flow = &report.flows[0];
+    assert_eq!(flow.error, None);
+    assert_eq!(flow.delivered, bytes);
+    let secs = flow.duration().expect("finished").as_secs_f64();
+    let goodput = bytes as f64 * 8.0 / secs;
+    assert!(
+        goodput >= 0.8 * rate as f64,
+        "{:.1} Mbit/s is under 80 % of the link",
+        goodput / 1e6
+    );
+    // The RTT is the two delays plus a full data packet's and an ACK's serialization.
+    assert!(
+        flow.min_rtt >= 20 * MS && flow.min_rtt <= 21 * MS,
+        "min RTT {:?}",
+        flow.min_rtt
+    );
+    assert_eq!(report.forward.loss_drops, 0);
+}
+
+/// quinn's BBR with 32 MiB windows over `regression_scenario`: the receiver's reassembler
+/// gives up ("too many gaps in stream buffer") when one stream holds more than 1,024 separate
+/// pieces. On wan-emu it died at 1 % loss after ~6 s. Here, where timing is free of noise, the
+/// largest count (measured with an instrumented copy of quinn-proto) stays at 709–779 pieces
+/// at 0 % loss and 873–941 at 1 % (seeds 1–7), and the 256 MiB arrive in 12–13 s; at 2 % one
+/// seed in seven dies; at 3 % BBR's start-up overshoot passes the limit within 2.5 s for every
+/// seed tried, so that is the loss this test uses. One stream carries nearly all the data (the
+/// writer fills streams in the order quinn reports them writable, and the first one takes
+/// whatever window the connection frees), so the eight streams gap like one.
+#[test]
+fn bbr_with_32_mib_windows_dies_of_too_many_gaps() {
+    let s = regression_scenario(tuning(Congestion::Bbr, 32 * MIB), 0.03);
+    let report = run("bbr_with_32_mib_windows_dies_of_too_many_gaps", &s);
+    let flow = &report.flows[0];
+    let error = flow.error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("too many gaps"),
+        "expected quinn's reassembler to give up; got {:?} after {} B delivered",
+        flow.error,
+        flow.delivered
+    );
+}
+
+/// The simulator against wan-emu's measurements of plain BBR (`proto-quic/src/cap.rs`): a
+/// 64 MiB send at 200 Mbit/s, 100 ms RTT, 50 ms queue, 1 % loss took 4.09 s and put 155 MB on
+/// the wire there, as BBR paces well above the bottleneck and loses about half its packets at
+/// the queue. Here it must also finish, and send at least 1.5 times what it delivers.
+#[test]
+fn bbr_overruns_a_short_queue_as_on_wan_emu() {
+    let mut s = regression_scenario(tuning(Congestion::Bbr, 32 * MIB), 0.01);
+    s.flows[0].bytes = 64 * MIB;
+    let report = run("bbr_overruns_a_short_queue_as_on_wan_emu", &s);
+    let flow = &report.flows[0];
+    assert_eq!(flow.error, None);
+    let secs = flow.duration().expect("finished").as_secs_f64();
+    assert!((3.0..6.0).contains(&secs), "{secs:.2} s");
+    let wire = flow.udp_tx_bytes as f64 / flow.delivered as f64;
+    assert!(
+        wire >= 1.5,
+        "only {wire:.2} bytes on the wire per byte delivered"
+    );
+    assert!(report.forward.queue_drops > report.forward.datagrams / 4);
+}
+
+/// Two cubic flows with the same RTT share the bottleneck: 18 s after the second one starts,
+/// neither gets less than a third of the link, and together they fill it. With quinn's
+/// default acknowledgements (every second packet). With the engine's ACK-frequency setting
+/// (every 16 packets, 25 ms) the late flow was still held to ~21 % (against 74 %) after 38 s:
+/// its sparser ACKs slow its window growth.
+#[test]
+fn two_cubic_flows_share_the_link() {
+    let rate = 50_000_000;
+    let (forward, back) = path(rate, 10 * MS, 0.0);
+    let flow = |start| Flow {
+        tuning: TransportTuning {
+            ack_eliciting_threshold: 0,
+            ..tuning(Congestion::Cubic, 8 * MIB)
+        },
+        bytes: 1 << 30,
+        streams: 4,
+        start,
+    };
+    let end = Duration::from_secs(40);
+    let s = scenario(
+        forward,
+        back,
+        vec![flow(Duration::ZERO), flow(Duration::from_secs(2))],
+        end,
+    );
+    let report = run("two_cubic_flows_share_the_link", &s);
+    let from = Duration::from_secs(20);
+    let shares: Vec<f64> = report
+        .flows
+        .iter()
+        .map(|f| f.goodput_bps(from, end) / rate as f64)
+        .collect();
+    eprintln!("  shares of the link from {from:?} to {end:?}: {shares:.2?}");
+    assert!(report.flows.iter().all(|f| f.error.is_none()));
+    assert!(shares.iter().all(|&s| s > 1.0 / 3.0), "shares {shares:.2?}");
+    assert!(shares.iter().sum::<f64>() > 0.9, "shares {shares:.2?}");
+}
+
+/// Goodput ceiling as a share of the link's rate: a full 1,452-byte datagram carries about
+/// 1,419 bytes of stream data (QUIC short header, STREAM frame header, AEAD tag) and occupies
+/// 1,452 + 42 bytes of the bottleneck (`netsim::FRAME_OVERHEAD`); 1,419 / 1,494 ≈ 0.95.
+/// Measured: a lossless Sluice flow runs at 0.947–0.949 of the link once started.
+const PAYLOAD_SHARE: f64 = 0.949;
+
+/// Where quinn's BBR with 32 MiB windows dies (`bbr_with_32_mib_windows_dies_of_too_many_gaps`,
+/// the "before"), the engine's default tuning moves the 256 MiB: the 768 KiB stream windows
+/// cap every stream's reassembly buffer far below quinn's 1,024-piece limit, and Sluice's
+/// controller does not overrun the 50 ms queue, so it re-sends little more than random loss
+/// takes. Measured (bytes on the wire ÷ payload, finish time): 1.024 and 12.15 s at 0 %,
+/// 1.056 and 15.26 s at 3 %. The 2.4 % at 0 % is QUIC's packet and frame headers, so at 3 %
+/// the sender re-sends exactly what was lost (1.024 / 0.97 = 1.056).
+#[test]
+fn sluice_finishes_where_bbr_died() {
+    // Finish-time bounds ~10 % above the measured 12.15 s and 15.26 s.
+    for (loss, max_secs) in [(0.0, 13.3), (0.03, 16.8)] {
+        let mut s = regression_scenario(sluice_tuning(), loss);
+        s.flows[0].streams = 32;
+        s.timer_granularity = MS;
+        let report = run(&format!("sluice_finishes_where_bbr_died ({loss})"), &s);
+        let flow = &report.flows[0];
+        assert_eq!(flow.error, None, "at {loss} loss");
+        assert_eq!(flow.delivered, s.flows[0].bytes, "at {loss} loss");
+        let secs = flow.duration().expect("finished").as_secs_f64();
+        assert!(secs <= max_secs, "{secs:.2} s at {loss} loss");
+        let wire = flow.udp_tx_bytes as f64 / flow.delivered as f64;
+        let bound = 1.0 / (1.0 - loss) + 0.04;
+        assert!(
+            wire < bound,
+            "{wire:.3} bytes on the wire per byte delivered at {loss} loss (bound {bound:.3})"
+        );
+    }
+}
+
+/// No path kills a Sluice flow: 20 and 200 Mbit/s × 10, 100 and 300 ms RTT × no loss, 5 %,
+/// 10 % and 2 % in bursts of 10 × a 10 ms and a 50 ms queue, 48 flows, each its own run. The
+/// transfers are short (8 MiB at 20 Mbit/s, 32 MiB at 200) but long enough to leave start-up
+/// at every RTT, which is where windows are largest and quinn's reassembler was overrun. The
+/// 48 runs cost 4–9 s of wall time; each finishes within 12 s of virtual time (the slowest: 20
+/// Mbit/s, 100 ms RTT, 10 ms queue, 5 % loss, 11.4 s). Only survival is asserted: goodput on
+/// some of these paths is still poor (0.26 of the link at 200 Mbit/s, 10 ms RTT, 5 % loss).
+#[test]
+fn never_dies_on_any_path() {
+    let t = Instant::now();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for rate in [20_000_000u64, 200_000_000] {
+        let bytes = if rate < 100_000_000 {
+            8 * MIB
+        } else {
+            32 * MIB
+        };
+        for one_way in [5u32, 50, 150] {
+            for (loss, loss_burst) in [(0.0, None), (0.05, None), (0.10, None), (0.02, Some(10.0))]
+            {
+                for queue_ms in [10u32, 50] {
+                    let link = Link {
+                        loss,
+                        loss_burst,
+                        queue: queue_ms * MS,
+                        ..Link::new(rate, one_way * MS)
+                    };
+                    let s = sluice_scenario(
+                        link.clone(),
+                        link,
+                        vec![sluice_flow(bytes, Duration::ZERO)],
+                        Duration::from_secs(60),
+                    );
+                    let report = netsim::run(&s).expect("scenario runs");
+                    runs += 1;
+                    let f = &report.flows[0];
+                    let case = format!(
+                        "{} Mbit/s, {} ms RTT, loss {loss} (burst {loss_burst:?}), {queue_ms} ms \
+                         queue",
+                        rate / 1_000_000,
+                        2 * one_way
+                    );
+                    eprintln!(
+                        "  {case}: finished {:?}, error {:?}, {:.3} wire ÷ payload, {} queue \
+                         drops",
+                        f.duration(),
+                        f.error,
+                        f.udp_tx_bytes as f64 / f.delivered.max(1) as f64,
+                        report.forward.queue_drops
+                    );
+                    if f.error.is_some() || f.delivered != bytes {
+                        failures.push(format!(
+                            "{case}: {} of {bytes} B, error {:?}, stop {:?}",
+                            f.delivered, f.error, report.stop
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "never_dies_on_any_path: {runs} runs, {:.2} s wall",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Random loss is not congestion: at 200 Mbit/s and 100 ms RTT, Sluice's goodput after
+/// start-up (3 s from the start to the last byte of 128 MiB) stays near the ceiling, which is
+/// `PAYLOAD_SHARE × (1 − loss)`: 0.940 of the link at 1 %, 0.902 at 5 %. Measured: 0.919 and
+/// 0.854 of the link; the thresholds are ~5 % below.
+#[test]
+fn random_loss_keeps_the_link_full() {
+    let rate = 200_000_000;
+    for (loss, min_share) in [(0.01, 0.87), (0.05, 0.80)] {
+        let (forward, back) = path(rate, 50 * MS, loss);
+        let s = sluice_scenario(
+            forward,
+            back,
+            vec![sluice_flow(128 * MIB, Duration::ZERO)],
+            Duration::from_secs(30),
+        );
+        let report = run(&format!("random_loss_keeps_the_link_full ({loss})"), &s);
+        let flow = &report.flows[0];
+        assert_eq!(flow.error, None, "at {loss} loss");
+        let end = flow.finished.expect("finished");
+        let share = flow.goodput_bps(Duration::from_secs(3), end) / rate as f64;
+        eprintln!(
+            "  {share:.3} of the link from 3 s, {:.3} of the ceiling",
+            share / (PAYLOAD_SHARE * (1.0 - loss))
+        );
+        assert!(
+            share >= min_share,
+            "{share:.3} of the link at {loss} loss, expected at least {min_share}"
+        );
+    }
+}
+
+/// Two Sluice flows at 200 Mbit/s, 100 ms RTT, the second 5 s after the first. They do not
+/// converge to equal shares: from ~15 s on the shares swing with a period of ~40 s between
+/// about 0.2 / 0.75 and 0.7 / 0.25 of the link (the controller has no rule that moves shares
+/// towards each other: a flow's rate falls only for a standing queue or clustered loss, and
+/// both flows see the same queue). So over a 20 s window min/max is anywhere from 0.33 to 0.94
+/// depending on where the window falls. What holds: averaged over 40–150 s (more than two
+/// swings) they share (min/max measured 0.84: 0.432 and 0.517 of the link; asserted ≥ 0.75),
+/// together they keep the link full (0.95), and in no 5 s window after 15 s does either fall
+/// below 0.20 of the link (asserted ≥ 0.15). On shorter paths it is worse and not tested: at
+/// 50 Mbit/s, 20 ms RTT (second flow 2 s later) the shares stay at 0.73 / 0.18 for 150 s.
+#[test]
+fn two_sluice_flows_share_the_link() {
+    let rate = 200_000_000;
+    let (forward, back) = path(rate, 50 * MS, 0.0);
+    let end = Duration::from_secs(150);
+    let s = sluice_scenario(
+        forward,
+        back,
+        vec![
+            sluice_flow(1 << 40, Duration::ZERO),
+            sluice_flow(1 << 40, Duration::from_secs(5)),
+        ],
+        end,
+    );
+    let report = run("two_sluice_flows_share_the_link", &s);
+    let step = Duration::from_secs(5);
+    print_shares(&report, rate, step);
+    assert!(report.flows.iter().all(|f| f.error.is_none()));
+    let from = Duration::from_secs(40);
+    let late = shares(&report, rate, from, end);
+    let fairness = late[0].min(late[1]) / late[0].max(late[1]);
+    eprintln!("  shares from {from:?} to {end:?}: {late:.3?}, min/max {fairness:.2}");
+    assert!(fairness >= 0.75, "shares {late:.3?}, min/max {fairness:.2}");
+    assert!(late.iter().sum::<f64>() >= 0.9, "shares {late:.3?}");
+    let mut t = Duration::from_secs(15);
+    while t < end {
+        let s = shares(&report, rate, t, t + step);
+        assert!(
+            s.iter().all(|&x| x >= 0.15),
+            "shares {s:.2?} from {:?} to {:?}",
+            t,
+            t + step
+        );
+        t += step;
+    }
+}
+
+/// A loss-based flow (quinn's cubic, standing in for TCP's) and a Sluice flow on the same
+/// 200 Mbit/s, 100 ms bottleneck, each starting first: cubic keeps at least a third of the link
+/// over 40–60 s, and together they fill it. The cubic flow has the same windows and streams as
+/// the Sluice flow, so only the controller and the ACKs differ; it asks for quinn's default
+/// ACKs (every second packet, as TCP), which cubic needs to grow its window at the normal pace
+/// (see `two_cubic_flows_share_the_link`).
+///
+/// Measured over 40–60 s, cubic first: cubic 0.912, Sluice 0.037; Sluice first: cubic 0.916,
+/// Sluice 0.033. Sluice yields far more than its share: cubic keeps the queue full (mean queue
+/// delay 30–35 ms, above a quarter of the base RTT), Sluice reads that as a standing queue and
+/// cuts its rate again and again, down to about its 32-packet floor window (3.7 Mbit/s at
+/// 100 ms). That is not asserted here: this test guards cubic's share.
+#[test]
+fn sluice_leaves_cubic_a_third() {
+    let rate = 200_000_000;
+    let cubic = |start| Flow {
+        tuning: TransportTuning {
+            congestion: Congestion::Cubic,
+            ack_eliciting_threshold: 0,
+            ..sluice_tuning()
+        },
+        ..sluice_flow(1 << 40, start)
+    };
+    let later = Duration::from_secs(5);
+    let end = Duration::from_secs(60);
+    for cubic_first in [true, false] {
+        let (flows, cubic_index) = if cubic_first {
+            (vec![cubic(Duration::ZERO), sluice_flow(1 << 40, later)], 0)
+        } else {
+            (vec![sluice_flow(1 << 40, Duration::ZERO), cubic(later)], 1)
+        };
+        let (forward, back) = path(rate, 50 * MS, 0.0);
+        let s = sluice_scenario(forward, back, flows, end);
+        let name = format!("sluice_leaves_cubic_a_third (cubic first: {cubic_first})");
+        let report = run(&name, &s);
+        print_shares(&report, rate, Duration::from_secs(5));
+        assert!(report.flows.iter().all(|f| f.error.is_none()));
+        let from = Duration::from_secs(40);
+        let late = shares(&report, rate, from, end);
+        eprintln!("  shares from {from:?} to {end:?}: {late:.3?} (cubic is flow {cubic_index})");
+        assert!(late[cubic_index] >= 1.0 / 3.0, "shares {late:.3?}");
+        assert!(late.iter().sum::<f64>() >= 0.9, "shares {late:.3?}");
+    }
+}
+
+/// Sluice paces at the rate it measures instead of filling the queue: on a lossless
+/// 200 Mbit/s, 100 ms RTT path, a 256 MiB transfer (12 s: start-up and a dozen probe cycles)
+/// keeps the mean queueing delay under a quarter of the base RTT — the standing queue the
+/// controller backs off for, and half of the half-RTT budget — with wan-emu's 50 ms queue and
+/// with a 200 ms one. Measured: mean 16.4 ms, max 37.1 ms (start-up's overshoot) with either
+/// queue; so with the deep queue the max also stays under half the base RTT and nothing is
+/// dropped, as the controller, not the queue's size, bounds the delay.
+#[test]
+fn queueing_delay_stays_under_half_the_base_rtt() {
+    let base_rtt = 100 * MS;
+    for queue_ms in [50u32, 200] {
+        let (mut forward, back) = path(200_000_000, base_rtt / 2, 0.0);
+        forward.queue = queue_ms * MS;
+        let s = sluice_scenario(
+            forward,
+            back,
+            vec![sluice_flow(256 * MIB, Duration::ZERO)],
+            Duration::from_secs(30),
+        );
+        let report = run(
+            &format!("queueing_delay_stays_under_half_the_base_rtt ({queue_ms} ms queue)"),
+            &s,
+        );
+        assert_eq!(report.flows[0].error, None);
+        assert!(report.flows[0].finished.is_some());
+        let fwd = &report.forward;
+        assert!(
+            fwd.mean_queue_delay < base_rtt / 4,
+            "mean queue delay {:?} with a {queue_ms} ms queue",
+            fwd.mean_queue_delay
+        );
+        if queue_ms > 50 {
+            assert!(
+                fwd.max_queue_delay < base_rtt / 2,
+                "max queue delay {:?} with a {queue_ms} ms queue",
+                fwd.max_queue_delay
+            );
+            assert_eq!(fwd.queue_drops, 0);
+        }
+    }
+}
