@@ -59,6 +59,7 @@ trap cleanup EXIT
 BYTES=$(numfmt --from=iec "$SIZE")
 head -c "$BYTES" /dev/urandom > "$WORK/data.bin"
 want_peer() { [[ ",$PEERS," == *",$1,"* ]]; }
+PEERS=${PEERS:-none}
 in_list() { [[ ",$2," == *",$1,"* ]]; }
 
 # A one-connection-at-a-time sshd for side b, keys made here.
@@ -98,14 +99,19 @@ SSH="ssh -F $SSHD_DIR/ssh_config"
 # link_up ONE_WAY_MS LOSS [wan-emu flags...]
 link_up() {
     local delay=$1 loss=$2; shift 2
-    "$WAN" up "$LINK" --delay-ms "$delay" --loss "$loss" --rate-mbit "$RATE" --max-seconds $((TIMEOUT + 120)) "$@" >/dev/null
+    # The emulator stops forwarding after --max-seconds: long enough for Sluice and every peer.
+    "$WAN" up "$LINK" --delay-ms "$delay" --loss "$loss" --rate-mbit "$RATE" --max-seconds $((TIMEOUT * 8 + 600)) "$@" >/dev/null
     rm -rf "$WORK/dest" && mkdir -p "$WORK/dest"
 }
 
-# Prints "fwd_bytes queue_drops kernel_drops" of the a->b direction so far.
+# Prints "bytes queue_drops kernel_drops" of the a->b direction so far; bytes are the frames
+# that entered the link: forwarded ones plus those lost on the way (at the mean frame size).
 link_counters() {
-    "$WAN" stats "$LINK" 2>&1 | grep 'a->b' | tail -n 1 |
-        sed -E 's/.*fwd_bytes=([0-9]+).*queue_drops=([0-9]+).*kernel_drops=([0-9]+).*/\1 \2 \3/'
+    local line
+    line=$("$WAN" stats "$LINK" 2>&1 | grep 'a->b' | tail -n 1 || true)
+    if [ -z "$line" ]; then echo "0 0 0"; return; fi
+    sed -E 's/.*fwd_pkts=([0-9]+).*fwd_bytes=([0-9]+).*loss_drops=([0-9]+).*queue_drops=([0-9]+).*kernel_drops=([0-9]+).*/\1 \2 \3 \4 \5/' <<<"$line" |
+        awk '{ printf "%d %d %d\n", $2 + ($1 > 0 ? $3 * $2 / $1 : 0), $4, $5 }'
 }
 
 # row NAME SECONDS|"" NOTE: one table line from the emulator's counters.
@@ -194,7 +200,7 @@ run_peers() {
 
 echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES$([ "$EXTRA" = 1 ] && echo ' --extra')\`  "
 echo "Link: ${RATE} Mbit/s each way, 50 ms drop-tail queue unless said; loss each way; kernel $(uname -r); $(git -C "$REPO" rev-parse --short HEAD); $(date -u '+%Y-%m-%d %H:%M UTC')  "
-echo "Goodput: file bytes × 8 ÷ wall time of the whole command (connection and verification included) ÷ link rate. Wire: bytes of frames that passed the bottleneck a→b ÷ file bytes."
+echo "Goodput: file bytes × 8 ÷ wall time of the whole command (connection and verification included) ÷ link rate. Wire: bytes of the frames a→b that left the bottleneck (those lost after it included) ÷ file bytes."
 echo
 echo "| path | tool | note | seconds | goodput, % of link | wire ÷ payload | queue drops | emulator overload drops | result |"
 echo "|---|---|---|---:|---:|---:|---:|---:|---|"

@@ -87,9 +87,12 @@ const MIN_WINDOW_PACKETS: u64 = 32;
 /// Clean rounds whose loss shares are kept; their median is the random loss. The least of them
 /// (tried first) reads 0 when rounds are small: 22 % of 150-packet rounds lose nothing at 1 %.
 const LOSS_ROUNDS: usize = 16;
-/// After this many congestive rounds in a row, each of which lowered the rate, their loss is
-/// taken as the path's random loss (the estimate was low), not the queue's.
-const ACCEPT_AFTER_ROUNDS: u32 = 4;
+/// When more than this many of the last [`LOSS_ROUNDS`] clean rounds were congestive, each
+/// having lowered the rate, their loss is taken as the path's own (an estimate that started low,
+/// or loss in bursts that happens to meet a busy queue), not the queue's: a real queue stops
+/// overflowing once the rate is lowered. On wan-emu with 1 % loss in bursts of 10, counting only
+/// rounds in a row let the rate ratchet down to a tenth of the link.
+const ACCEPT_AFTER_ROUNDS: usize = 4;
 /// A congestive round loses at least this share more than the random loss (and more packets
 /// than chance explains, see `Model::beyond_chance`).
 const CONGESTIVE_EXCESS: f64 = 0.005;
@@ -154,9 +157,10 @@ fn startup_queue_limit(base: Duration) -> Duration {
 }
 
 /// The queueing delay a round's losses need beside them to count as a queue's overflow: a
-/// fiftieth of the base RTT, at least 2 ms (above the emulator's and the timer's jitter).
+/// twentieth of the base RTT, at least 4 ms (above the jitter of timers and of busy CPUs: 2 ms
+/// was passed by noise alone on wan-emu).
 fn overflow_evidence(base: Duration) -> Duration {
-    (base / 50).max(Duration::from_millis(2))
+    (base / 20).max(Duration::from_millis(4))
 }
 
 fn bdp(rate: f64, rtt: Duration) -> u64 {
@@ -222,8 +226,8 @@ pub struct Model {
     losses: VecDeque<f64>,
     /// The random loss the path shows: the median of `losses` (see [`Model::loss`]).
     loss: f64,
-    /// Consecutive clean rounds with congestive loss.
-    congested_rounds: u32,
+    /// Whether each of the last clean rounds had congestive loss.
+    congestive_history: VecDeque<bool>,
     /// The gain of the next probe round: lowered when probing overflows the queue.
     probe_gain: f64,
     /// The model's rate when the last probe began.
@@ -261,7 +265,7 @@ impl Model {
             flat_rounds: 0,
             losses: VecDeque::with_capacity(LOSS_ROUNDS + 1),
             loss: 0.0,
-            congested_rounds: 0,
+            congestive_history: VecDeque::with_capacity(LOSS_ROUNDS + 1),
             probe_gain: CYCLE[0],
             cycle_congested: false,
             probe_from: 0.0,
@@ -452,16 +456,18 @@ impl Model {
             && self.losses.len() >= LOSS_ROUNDS / 4
             && queue_peak > overflow_evidence(base)
             && self.beyond_chance(round.acked, round.lost, round_loss);
-        if congestive {
-            self.congested_rounds += 1;
-        } else {
-            self.congested_rounds = 0;
+        if clean {
+            self.congestive_history.push_back(congestive);
+            if self.congestive_history.len() > LOSS_ROUNDS {
+                self.congestive_history.pop_front();
+            }
         }
+        let frequent = self.congestive_history.iter().filter(|&&c| c).count() > ACCEPT_AFTER_ROUNDS;
         // A congestive round's loss is not random loss, or the window would grow with the
         // queue's overflow (a smoothed loss average did that: 31 % loss at a 10 ms queue). But
         // losses that stay beyond chance while every such round lowers the rate are the path's
         // own: after a few in a row they count, so an estimate that started low catches up.
-        if clean && (!congestive || self.congested_rounds >= ACCEPT_AFTER_ROUNDS) {
+        if clean && (!congestive || frequent) {
             self.losses.push_back(round_loss);
             if self.losses.len() > LOSS_ROUNDS {
                 self.losses.pop_front();

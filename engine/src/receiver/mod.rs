@@ -394,7 +394,7 @@ async fn receive(
                     vouched_bytes: 0,
                     resent_blocks: progress.snapshot().blocks_resent,
                     wire_bytes: 0,
-                            path: Default::default(),
+                    path: Default::default(),
                     elapsed: Default::default(),
                 };
                 control
