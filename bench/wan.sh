@@ -5,7 +5,7 @@
 # root; everything happens in network namespaces this script creates and removes.
 #
 #   bench/wan.sh [--size 1G] [--rate-mbit 200] [--rtts 50,100,300] [--losses 0,0.001,0.01,0.05,0.1]
-#                [--peers scp,rsync,qcp] [--peer-rtts 100] [--peer-losses 0,0.01]
+#                [--peers scp,rsync,qcp] [--peer-rtts 100] [--peer-losses 0,0.01] [--peer-ccs cubic,bbr]
 #                [--extra] [--timeout 300] [--sluice-args "..."] [--no-build]
 #
 # --extra adds bursty loss (1 %, mean burst 10 frames), a shallow 10 ms queue (1 % loss) and an
@@ -16,7 +16,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 SIZE=1G RATE=200 RTTS=50,100,300 LOSSES=0,0.001,0.01,0.05,0.1 PEERS=scp,rsync,qcp
-PEER_RTTS=100 PEER_LOSSES=0,0.01 EXTRA=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS=""
+PEER_RTTS=100 PEER_LOSSES=0,0.01 PEER_CCS=cubic,bbr EXTRA=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS=""
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
@@ -26,6 +26,7 @@ while [ $# -gt 0 ]; do
         --peers) PEERS=$2; shift 2 ;;
         --peer-rtts) PEER_RTTS=$2; shift 2 ;;
         --peer-losses) PEER_LOSSES=$2; shift 2 ;;
+        --peer-ccs) PEER_CCS=$2; shift 2 ;;
         --extra) EXTRA=1; shift ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --sluice-args) SLUICE_ARGS=$2; shift 2 ;;
@@ -182,7 +183,7 @@ run_ssh() {
 
 run_peers() {
     local rtt_ms=$1
-    for cc in cubic bbr; do
+    for cc in ${PEER_CCS//,/ }; do
         want_peer scp && run_ssh scp "$cc" scp -F "$SSHD_DIR/ssh_config" "$WORK/data.bin" "peer:$WORK/dest/"
         want_peer rsync && run_ssh rsync "$cc" rsync -e "$SSH" "$WORK/data.bin" "peer:$WORK/dest/"
     done
@@ -198,7 +199,7 @@ run_peers() {
     fi
 }
 
-echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES$([ "$EXTRA" = 1 ] && echo ' --extra')\`  "
+echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES --peer-ccs $PEER_CCS$([ "$EXTRA" = 1 ] && echo ' --extra')\`  "
 echo "Link: ${RATE} Mbit/s each way, 50 ms drop-tail queue unless said; loss each way; kernel $(uname -r); $(git -C "$REPO" rev-parse --short HEAD); $(date -u '+%Y-%m-%d %H:%M UTC')  "
 echo "Goodput: file bytes × 8 ÷ wall time of the whole command (connection and verification included) ÷ link rate. Wire: bytes of the frames a→b that left the bottleneck (those lost after it included) ÷ file bytes."
 echo
