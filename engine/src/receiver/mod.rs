@@ -718,9 +718,18 @@ async fn receive(
     }
     drop(scan_tx);
     drop(piece_tx);
-    let _ = writer.join();
-    let _ = scanner.join();
-    let _ = pieces.join();
+    if let Err(e) = &result {
+        tracing::warn!("transfer ended: {e}");
+    }
+    // Joined off this thread: the QUIC connection lives on it and must keep answering (and
+    // carry the error message above to the sender) while the threads finish. Joining here
+    // once left the receiver silent until the sender's idle timeout, with the reason unsaid.
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = writer.join();
+        let _ = scanner.join();
+        let _ = pieces.join();
+    })
+    .await;
     if result.is_ok() {
         parts.clear();
     }
