@@ -207,17 +207,21 @@ impl Tuning {
     }
 }
 
-/// Parses a rate in bits per second: `800000`, `500K`, `200M`, `2.5G` (decimal multiples, as
-/// link rates are written; `Mbit`, `Mbps` and `M` are the same).
-pub fn parse_rate(s: &str) -> Result<u64, String> {
+/// Splits `2.5G` into 2.5 and `G`; `None` if it does not start with a decimal number.
+fn decimal_and_unit(s: &str) -> Option<(f64, &str)> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate like 500M or 1G (bits per second)"))?;
+    num.parse().ok().map(|n| (n, unit))
+}
+
+/// Parses a rate in bits per second: `800000`, `500K`, `200M`, `2.5G` (decimal multiples, as
+/// link rates are written; `Mbit`, `Mbps` and `M` are the same).
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let (n, unit) = decimal_and_unit(s)
+        .ok_or_else(|| format!("{s:?} is not a rate like 500M or 1G (bits per second)"))?;
     let unit = unit.to_ascii_lowercase();
     let unit = unit
         .trim_end_matches("ps")
@@ -245,14 +249,8 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 
 /// Parses a duration: `100ms`, `0.3s`, `250us`; a bare number is milliseconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 100ms or 0.3s"))?;
+    let (n, unit) =
+        decimal_and_unit(s).ok_or_else(|| format!("{s:?} is not a duration like 100ms or 0.3s"))?;
     let secs = match unit.to_ascii_lowercase().as_str() {
         "" | "ms" => n / 1e3,
         "s" => n,
