@@ -503,7 +503,7 @@ impl Model {
                     self.backoffs += u64::from(congestive);
                     self.cycle_congested |= congestive;
                     if congestive {
-                        self.set_rate(rate.max(CONGESTIVE_CUT * self.rate()).min(self.rate()));
+                        self.overflowed(rate);
                     }
                     self.phase = Phase::Cruise(1);
                 } else {
@@ -533,11 +533,9 @@ impl Model {
                 }
                 let next = (i + 1) % CYCLE.len();
                 if congestive {
-                    // The queue overflowed: the path carries less than the model said, and at
-                    // least what this round delivered (less than it carried: some was lost).
                     self.backoffs += 1;
                     self.cycle_congested = true;
-                    self.set_rate(rate.max(CONGESTIVE_CUT * self.rate()).min(self.rate()));
+                    self.overflowed(rate);
                     self.queued_rounds = 0;
                 } else if i == 1 && clean && rate > PROBE_AGAIN * self.probe_from {
                     // The probe's packets came back faster: the path has room. Keep probing
@@ -599,6 +597,14 @@ impl Model {
     fn loss_compensation(&self) -> f64 {
         let loss = self.loss.min(MAX_LOSS_COMPENSATION);
         (1.0 + loss / 8.0) / (1.0 - loss)
+    }
+
+    /// The queue overflowed in a round that delivered `rate`: the path carries less than the
+    /// model said, and at least what the round delivered (less than it carried: some was lost
+    /// at the queue), so the rate falls to that, by at most [`CONGESTIVE_CUT`].
+    fn overflowed(&mut self, rate: f64) {
+        let model = self.rate();
+        self.set_rate(rate.max(CONGESTIVE_CUT * model).min(model));
     }
 
     /// Forgets faster rounds: the model's rate becomes `rate`.
@@ -752,6 +758,16 @@ mod tests {
     }
 
     impl Path {
+        /// 25 MB/s (200 Mbit/s) at 100 ms: BDP 2.5 MB; `loss` of every packet lost.
+        fn wan(loss: f64) -> Self {
+            Self {
+                t: Instant::now(),
+                rate: 25e6,
+                base: Duration::from_millis(100),
+                loss,
+            }
+        }
+
         /// One round: the model's window (capped by the path's rate × RTT plus a queue of
         /// `queue_limit` bytes) is acknowledged in 1,400-byte packets spread over the RTT.
         fn round(&mut self, m: &mut Model, queue_limit: u64) -> (u64, Duration) {
@@ -793,12 +809,7 @@ mod tests {
     #[test]
     fn starts_up_then_cruises_near_the_bandwidth_delay_product() {
         // 25 MB/s (200 Mbit/s), 100 ms: BDP 2.5 MB; a queue of 50 ms holds 1.25 MB.
-        let mut path = Path {
-            t: Instant::now(),
-            rate: 25e6,
-            base: Duration::from_millis(100),
-            loss: 0.0,
-        };
+        let mut path = Path::wan(0.0);
         let mut m = model(RateConfig::default());
         let mut max_queue = Duration::ZERO;
         for round in 0..60 {
@@ -818,12 +829,7 @@ mod tests {
 
     #[test]
     fn random_loss_does_not_lower_the_rate_and_is_compensated() {
-        let mut path = Path {
-            t: Instant::now(),
-            rate: 25e6,
-            base: Duration::from_millis(100),
-            loss: 0.05,
-        };
+        let mut path = Path::wan(0.05);
         let mut m = model(RateConfig::default());
         for _ in 0..20 {
             path.round(&mut m, 1_250_000);
@@ -854,12 +860,7 @@ mod tests {
         let m = model(config.clone());
         // The hint sizes the first window, the ceiling caps it: 5 MB/s × 100 ms.
         assert_eq!(m.window(), 500_000);
-        let mut path = Path {
-            t: Instant::now(),
-            rate: 25e6,
-            base: Duration::from_millis(100),
-            loss: 0.0,
-        };
+        let mut path = Path::wan(0.0);
         let mut m = model(config);
         for _ in 0..40 {
             path.round(&mut m, 1_250_000);
@@ -870,12 +871,7 @@ mod tests {
 
     #[test]
     fn a_standing_queue_lowers_the_rate() {
-        let mut path = Path {
-            t: Instant::now(),
-            rate: 25e6,
-            base: Duration::from_millis(100),
-            loss: 0.0,
-        };
+        let mut path = Path::wan(0.0);
         let mut m = model(RateConfig::default());
         for _ in 0..40 {
             path.round(&mut m, 1_250_000);
