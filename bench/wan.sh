@@ -6,8 +6,11 @@
 #
 #   bench/wan.sh [--size 1G] [--rate-mbit 200] [--rtts 50,100,300] [--losses 0,0.001,0.01,0.05,0.1]
 #                [--peers scp,rsync,qcp] [--peer-rtts 100] [--peer-losses 0,0.01] [--peer-ccs cubic,bbr]
-#                [--extra] [--timeout 300] [--sluice-args "..."] [--no-build]
+#                [--extra] [--timeout 300] [--sluice-args "..."] [--data random|log] [--no-build]
 #
+# --data log sends a web-server access log (bench/genlog.py) instead of random bytes: Sluice
+# runs with its default --compress auto and again with --compress off, scp with -C and rsync
+# with -z.
 # --extra adds bursty loss (1 %, mean burst 10 frames), a shallow 10 ms queue (1 % loss) and an
 # asymmetric link (the return path at a tenth of the rate), each at 100 ms RTT.
 # scp and rsync run twice, with TCP cubic and with TCP BBR (set in side a's namespace); qcp uses
@@ -16,7 +19,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 SIZE=1G RATE=200 RTTS=50,100,300 LOSSES=0,0.001,0.01,0.05,0.1 PEERS=scp,rsync,qcp
-PEER_RTTS=100 PEER_LOSSES=0,0.01 PEER_CCS=cubic,bbr EXTRA=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS=""
+PEER_RTTS=100 PEER_LOSSES=0,0.01 PEER_CCS=cubic,bbr EXTRA=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS="" DATA=random
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
@@ -30,6 +33,7 @@ while [ $# -gt 0 ]; do
         --extra) EXTRA=1; shift ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --sluice-args) SLUICE_ARGS=$2; shift 2 ;;
+        --data) DATA=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         *) sed -n '2,16p' "$0" >&2; exit 2 ;;
     esac
@@ -58,7 +62,14 @@ cleanup() {
 }
 trap cleanup EXIT
 BYTES=$(numfmt --from=iec "$SIZE")
-head -c "$BYTES" /dev/urandom > "$WORK/data.bin"
+case $DATA in
+    random) head -c "$BYTES" /dev/urandom > "$WORK/data.bin" ;;
+    log)
+        # 64 MiB pieces, each from its own seed (Python makes ~3.5 MB/s).
+        for ((i = 0; i * (64 << 20) < BYTES; i++)); do python3 "$SCRIPT_DIR/genlog.py" $((64 << 20)) "$i"; done |
+            head -c "$BYTES" > "$WORK/data.bin" ;;
+    *) echo "--data random or log, not $DATA" >&2; exit 2 ;;
+esac
 want_peer() { [[ ",$PEERS," == *",$1,"* ]]; }
 PEERS=${PEERS:-none}
 in_list() { [[ ",$2," == *",$1,"* ]]; }
@@ -133,7 +144,10 @@ now() { date +%s.%N; }
 # The counters before a tool starts: each row shows what that tool alone did.
 mark() { read -ra BASE < <(link_counters); }
 
+# run_sluice [NAME EXTRA_ARGS]
 run_sluice() {
+    local name=${1:-sluice} args=${2:-}
+    rm -rf "$WORK/dest" && mkdir -p "$WORK/dest"
     "$WAN" exec "$LINK" b "$SLUICE" recv "$WORK/dest" --listen 10.201.0.2:7000 \
         >"$WORK/recv.out" 2>"$WORK/recv.err" &
     local t0 t1 ticket=""
@@ -142,7 +156,7 @@ run_sluice() {
     mark
     t0=$(now)
     # shellcheck disable=SC2086
-    if timeout "$TIMEOUT" "$WAN" exec "$LINK" a "$SLUICE" --json send $SLUICE_ARGS "$WORK/data.bin" "$ticket" \
+    if timeout "$TIMEOUT" "$WAN" exec "$LINK" a "$SLUICE" --json send $SLUICE_ARGS $args "$WORK/data.bin" "$ticket" \
         >"$WORK/send.json" 2>"$WORK/send.err"; then
         t1=$(now)
         cmp -s "$WORK/data.bin" "$WORK/dest/data.bin" || { echo "sluice: content differs" >&2; exit 1; }
@@ -151,9 +165,9 @@ run_sluice() {
         local lost rtt
         lost=$(sed -E 's/.*"loss":([0-9.e-]+).*/\1/' <<<"$path")
         rtt=$(sed -E 's/.*"rtt_ms":([0-9.]+).*/\1/' <<<"$path")
-        row "sluice" "$(echo "$t1 - $t0" | bc -l)" "$(printf 'RTT %.0f ms, %.2f %% lost' "$rtt" "$(echo "$lost * 100" | bc -l)")"
+        row "$name" "$(echo "$t1 - $t0" | bc -l)" "$(printf 'RTT %.0f ms, %.2f %% lost' "$rtt" "$(echo "$lost * 100" | bc -l)")"
     else
-        row "sluice" "" "$(tail -n 1 "$WORK/send.err" | cut -c1-80)"
+        row "$name" "" "$(tail -n 1 "$WORK/send.err" | cut -c1-80)"
     fi
     pkill -f "$SLUICE recv" 2>/dev/null || true
     wait 2>/dev/null || true
@@ -183,9 +197,13 @@ run_ssh() {
 
 run_peers() {
     local rtt_ms=$1
+    local z_scp="" z_rsync=""
+    [ "$DATA" = log ] && z_scp=-C z_rsync=-z
     for cc in ${PEER_CCS//,/ }; do
-        want_peer scp && run_ssh scp "$cc" scp -F "$SSHD_DIR/ssh_config" "$WORK/data.bin" "peer:$WORK/dest/"
-        want_peer rsync && run_ssh rsync "$cc" rsync -e "$SSH" "$WORK/data.bin" "peer:$WORK/dest/"
+        # shellcheck disable=SC2086
+        want_peer scp && run_ssh "scp $z_scp" "$cc" scp $z_scp -F "$SSHD_DIR/ssh_config" "$WORK/data.bin" "peer:$WORK/dest/"
+        # shellcheck disable=SC2086
+        want_peer rsync && run_ssh "rsync $z_rsync" "$cc" rsync $z_rsync -e "$SSH" "$WORK/data.bin" "peer:$WORK/dest/"
     done
     if want_peer qcp; then
         if [ -x "$QCP" ]; then
@@ -199,7 +217,7 @@ run_peers() {
     fi
 }
 
-echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES --peer-ccs $PEER_CCS$([ "$EXTRA" = 1 ] && echo ' --extra')\`  "
+echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES --peer-ccs $PEER_CCS --data $DATA$([ "$EXTRA" = 1 ] && echo ' --extra')\`  "
 echo "Link: ${RATE} Mbit/s each way, 50 ms drop-tail queue unless said; loss each way; kernel $(uname -r); $(git -C "$REPO" rev-parse --short HEAD); $(date -u '+%Y-%m-%d %H:%M UTC')  "
 echo "Goodput: file bytes × 8 ÷ wall time of the whole command (connection and verification included) ÷ link rate. Wire: bytes of the frames a→b that left the bottleneck (those lost after it included) ÷ file bytes."
 echo
@@ -212,6 +230,7 @@ for rtt in "${rtts[@]}"; do
         SCEN="${rtt} ms, ${loss} loss"
         link_up $((rtt / 2)) "$loss"
         run_sluice
+        [ "$DATA" = log ] && run_sluice "sluice --compress off" "--compress off"
         if in_list "$rtt" "$PEER_RTTS" && in_list "$loss" "$PEER_LOSSES"; then
             run_peers "$rtt"
         fi

@@ -30,6 +30,7 @@ fn codec(c: &mut Criterion) {
         len: 1 << 20,
         hash: [9; 32],
         patch: false,
+        packed: 0,
     };
     c.bench_function("block_header_round_trip", |b| {
         b.iter(|| decode_block_header(&encode_block_header(black_box(&h))))

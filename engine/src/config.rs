@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::pack::Compress;
 use sluice_proto::congestion::RateConfig;
 pub use sluice_proto::tls::Congestion;
 use sluice_proto::tls::{TransportTuning, LOOPBACK_DATAGRAM};
@@ -103,6 +104,11 @@ pub struct Config {
     /// Compare only: send no blocks, write nothing at the receiver, and report per file what
     /// differs (`sluice verify SRC TICKET`).
     pub dry_run: bool,
+    /// Pack blocks with zstd (`--compress`): `Auto` where the link, not the CPU, is the
+    /// bottleneck and the data shrinks (see [`crate::pack`]).
+    pub compress: Compress,
+    /// The zstd level for packed blocks.
+    pub compress_level: i32,
 }
 
 impl Default for Config {
@@ -130,6 +136,8 @@ impl Default for Config {
             inplace: false,
             delete: false,
             dry_run: false,
+            compress: Compress::Auto,
+            compress_level: crate::pack::DEFAULT_LEVEL,
         }
     }
 }

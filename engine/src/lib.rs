@@ -36,6 +36,7 @@ pub mod membench;
 pub mod merkle;
 pub mod mmap;
 pub mod net;
+pub mod pack;
 pub mod progress;
 mod receiver;
 pub mod ring;
@@ -48,6 +49,7 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use pack::Compress;
 pub use progress::{Event, PathStats, Progress, Snapshot, Summary};
 pub use receiver::Receiver;
 pub use sender::Sender;

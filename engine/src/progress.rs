@@ -101,6 +101,8 @@ pub struct Progress {
     bytes_vouched: AtomicU64,
     blocks_resent: AtomicU64,
     files_verified: AtomicU64,
+    bytes_packed: AtomicU64,
+    packed_wire: AtomicU64,
     events: Mutex<VecDeque<Event>>,
 }
 
@@ -124,6 +126,10 @@ pub struct Snapshot {
     pub bytes_vouched: u64,
     /// Blocks sent again after failing verification at the receiver.
     pub blocks_resent: u64,
+    /// Of `bytes_sent`, bytes that went packed with zstd (sender; 0 at the receiver).
+    pub bytes_packed: u64,
+    /// What `bytes_packed` took on the wire, packed.
+    pub packed_wire: u64,
     /// The network path, as last sampled (about every 100 ms while data flows).
     pub path: PathStats,
 }
@@ -140,6 +146,11 @@ impl Progress {
 
     pub(crate) fn add_sent(&self, n: u64) {
         self.bytes_sent.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_packed(&self, raw: u64, packed: u64) {
+        self.bytes_packed.fetch_add(raw, Relaxed);
+        self.packed_wire.fetch_add(packed, Relaxed);
     }
 
     pub(crate) fn add_kept(&self, n: u64) {
@@ -179,6 +190,8 @@ impl Progress {
             bytes_kept: self.bytes_kept.load(Relaxed),
             bytes_vouched: self.bytes_vouched.load(Relaxed),
             blocks_resent: self.blocks_resent.load(Relaxed),
+            bytes_packed: self.bytes_packed.load(Relaxed),
+            packed_wire: self.packed_wire.load(Relaxed),
             path: *self.path.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
@@ -214,6 +227,10 @@ pub struct Summary {
     pub vouched_bytes: u64,
     /// Blocks sent again after failing verification.
     pub resent_blocks: u64,
+    /// Of `payload_bytes`, bytes sent packed with zstd (sender; 0 at the receiver).
+    pub packed_bytes: u64,
+    /// What `packed_bytes` took on the wire, packed.
+    pub packed_wire_bytes: u64,
     /// UDP bytes both ways on this side's connection (QUIC headers, encryption, ACKs, control
     /// messages and payload): what crossed the wire. 0 where not measured.
     pub wire_bytes: u64,

@@ -3,7 +3,7 @@
 //! Control frames are `len: u32 LE | type: u8 | body`, where `len` counts the type byte and the
 //! body and is at most [`MAX_FRAME_LEN`]. Integers are little-endian; strings are `u16 LE` length
 //! plus UTF-8 bytes, at most [`MAX_STRING_LEN`]. A block header is a fixed [`BLOCK_HEADER_LEN`]
-//! bytes starting with the tag byte [`BLOCK_TAG`].
+//! bytes starting with a tag byte: [`BLOCK_TAG`], [`PATCH_TAG`] or [`PACKED_TAG`].
 //!
 //! Bytes from a peer are hostile: every length is bounded before anything is allocated, nothing
 //! is indexed without a check, and every failure is a [`DecodeError`] saying what was wrong.
@@ -21,11 +21,13 @@ pub const MAX_STRING_LEN: usize = 4096;
 /// frame under [`MAX_FRAME_LEN`].
 pub const MAX_HAVE: usize = 256;
 /// Size of an encoded [`BlockHeader`].
-pub const BLOCK_HEADER_LEN: usize = 1 + 4 + 8 + 4 + 32;
+pub const BLOCK_HEADER_LEN: usize = 1 + 4 + 8 + 4 + 4 + 32;
 /// First byte of every block header, to catch a data stream that lost its framing.
 pub const BLOCK_TAG: u8 = 0xB1;
 /// First byte of a patch header ([`BlockHeader::patch`]); otherwise laid out as a block header.
 pub const PATCH_TAG: u8 = 0xB2;
+/// First byte of a packed block's header ([`BlockHeader::packed`]): its payload is a zstd frame.
+pub const PACKED_TAG: u8 = 0xB3;
 /// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
 pub const MAX_PIECES: usize = 256;
 
@@ -90,8 +92,8 @@ pub enum DecodeError {
         /// The value found.
         value: u64,
     },
-    /// A block header did not start with [`BLOCK_TAG`].
-    #[error("block header tag {0:#04x} is not {BLOCK_TAG:#04x}: data stream out of frame")]
+    /// A block header did not start with a block tag.
+    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}: data stream out of frame")]
     BadBlockTag(u8),
 }
 
@@ -370,32 +372,46 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
 /// Encodes a block header into its fixed-size form.
 pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
-    out[0] = if h.patch { PATCH_TAG } else { BLOCK_TAG };
+    out[0] = match (h.patch, h.packed) {
+        (true, _) => PATCH_TAG,
+        (false, 0) => BLOCK_TAG,
+        (false, _) => PACKED_TAG,
+    };
     out[1..5].copy_from_slice(&h.file.to_le_bytes());
     out[5..13].copy_from_slice(&h.offset.to_le_bytes());
     out[13..17].copy_from_slice(&h.len.to_le_bytes());
-    out[17..49].copy_from_slice(&h.hash);
+    out[17..21].copy_from_slice(&h.packed.to_le_bytes());
+    out[21..53].copy_from_slice(&h.hash);
     out
 }
 
-/// Decodes a block header. Whether its file, offset and length make sense for the manifest is
-/// the session's business ([`crate::session::ReceiverSession::check_block`]).
+/// Decodes a block header. Whether its file, offset and lengths make sense for the manifest is
+/// the session's business ([`crate::session::ReceiverSession::check_block`]); this checks that
+/// the tag and the packed length agree (only a packed block has one).
 pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, DecodeError> {
     let mut r = Reader {
         buf: b,
         msg_type: BLOCK_TAG,
     };
     let tag = r.u8("tag")?;
-    if tag != BLOCK_TAG && tag != PATCH_TAG {
+    if !matches!(tag, BLOCK_TAG | PATCH_TAG | PACKED_TAG) {
         return Err(DecodeError::BadBlockTag(tag));
     }
-    Ok(BlockHeader {
+    let h = BlockHeader {
         file: r.u32("file")?,
         offset: r.u64("offset")?,
         len: r.u32("len")?,
+        packed: r.u32("packed")?,
         hash: r.array("hash")?,
         patch: tag == PATCH_TAG,
-    })
+    };
+    if (tag == PACKED_TAG) != (h.packed != 0) {
+        return Err(DecodeError::BadValue {
+            field: "packed",
+            value: u64::from(h.packed),
+        });
+    }
+    Ok(h)
 }
 
 struct Reader<'a> {
@@ -643,8 +659,9 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), patch in any::<bool>()) {
-            let h = BlockHeader { file, offset, len, hash, patch };
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), patch in any::<bool>(), packed in any::<u32>()) {
+            let packed = if patch { 0 } else { packed };
+            let h = BlockHeader { file, offset, len, hash, patch, packed };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
         }
 
@@ -695,8 +712,38 @@ mod tests {
             offset: 2,
             len: 3,
             hash: [4; 32],
+            packed: 0,
         });
         b[0] = 0;
         assert_eq!(decode_block_header(&b), Err(DecodeError::BadBlockTag(0)));
+    }
+
+    #[test]
+    fn packed_length_and_tag_must_agree() {
+        let h = BlockHeader {
+            patch: false,
+            file: 1,
+            offset: 0,
+            len: 1 << 20,
+            hash: [4; 32],
+            packed: 5000,
+        };
+        let mut b = encode_block_header(&h);
+        assert_eq!(b[0], PACKED_TAG);
+        assert_eq!(decode_block_header(&b), Ok(h));
+        b[0] = BLOCK_TAG;
+        assert!(matches!(
+            decode_block_header(&b),
+            Err(DecodeError::BadValue {
+                field: "packed",
+                ..
+            })
+        ));
+        let mut raw = encode_block_header(&BlockHeader { packed: 0, ..h });
+        raw[0] = PACKED_TAG;
+        assert!(
+            decode_block_header(&raw).is_err(),
+            "a packed block needs a length"
+        );
     }
 }

@@ -27,7 +27,7 @@ pub mod tls;
 
 /// The protocol version this build speaks. Peers with a different version are refused in
 /// the handshake with [`message::ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The ALPN identifier negotiated in the TLS handshake; it carries the major version so a peer of
 /// another version fails the handshake early with a clear TLS alert.

@@ -311,4 +311,9 @@ pub struct BlockHeader {
     /// sent [`Message::Pieces`] for) before checking the whole block against `hash`. `offset`
     /// need not be on a block boundary.
     pub patch: bool,
+    /// 0 for a block sent as it is; otherwise the block is packed (tag
+    /// [`crate::codec::PACKED_TAG`]): its payload is this many bytes, a zstd frame that must
+    /// unpack to exactly `len` bytes, and `hash` is checked on what it unpacks to. Only a
+    /// whole block is packed, and only when that makes it smaller.
+    pub packed: u32,
 }

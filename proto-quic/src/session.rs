@@ -445,6 +445,9 @@ impl ReceiverSession {
         }
         let entry = self.file(h.file)?;
         let bs = u64::from(self.block_size);
+        if h.packed != 0 && h.packed >= h.len {
+            return Err(bad("packed payload is not smaller than the block"));
+        }
         if h.patch {
             let end = h.offset.checked_add(u64::from(h.len));
             return match end {
@@ -816,8 +819,24 @@ mod tests {
             len,
             hash: [0; 32],
             patch: false,
+            packed: 0,
         };
         assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
+        assert_eq!(
+            s.check_block(&BlockHeader {
+                packed: 300,
+                ..h(0, 1024)
+            }),
+            Ok(0)
+        );
+        assert!(
+            s.check_block(&BlockHeader {
+                packed: 1024,
+                ..h(0, 1024)
+            })
+            .is_err(),
+            "a packed block must be smaller than the block"
+        );
         assert_eq!(s.check_block(&h(2048, 452)), Ok(2));
         assert!(s.check_block(&h(2048, 1024)).is_err());
         assert!(s.check_block(&h(100, 1024)).is_err());
@@ -839,6 +858,7 @@ mod tests {
             len,
             hash: [0; 32],
             patch: true,
+            packed: 0,
         };
         assert_eq!(s.check_block(&p(100, 50)), Ok(0));
         assert_eq!(s.check_block(&p(1024, 1024)), Ok(1));

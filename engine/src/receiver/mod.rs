@@ -393,6 +393,8 @@ async fn receive(
                     kept_bytes: progress.snapshot().bytes_kept,
                     vouched_bytes: 0,
                     resent_blocks: progress.snapshot().blocks_resent,
+                    packed_bytes: 0,
+                    packed_wire_bytes: 0,
                     wire_bytes: 0,
                     path: Default::default(),
                     elapsed: Default::default(),
@@ -1096,9 +1098,15 @@ async fn read_block(
         (index, file_len, block_size)
     };
     let mut buf = pool.take().await;
-    let len = header.len as usize;
-    // A patch lands where its bytes sit in the block; the writer fills in the rest.
-    let at = (header.offset - index * block_size) as usize;
+    // A packed block arrives at the buffer's start, for the writer to unpack; a patch lands
+    // where its bytes sit in the block, and the writer fills in the rest.
+    let (at, len) = match header.packed {
+        0 => (
+            (header.offset - index * block_size) as usize,
+            header.len as usize,
+        ),
+        n => (0, n as usize),
+    };
     stream
         .read_exact(&mut buf.as_mut_slice()[at..at + len])
         .await

@@ -128,6 +128,9 @@ pub(super) fn write_blocks(
     // Without the thread (it could not be started), files are sealed here.
     let seal_tx = sealer.is_some().then_some(seal_tx);
     let mut faults = fault_injection();
+    // Packed blocks: the packed bytes are copied out of the block's buffer and unpacked into it.
+    let mut unpacker = zstd::bulk::Decompressor::new().ok();
+    let mut packed_copy = Vec::new();
     let mut paths: HashMap<u32, PathBuf> = HashMap::new();
     // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
     let mut open: HashMap<u32, (Arc<File>, Option<Arc<File>>)> = HashMap::new();
@@ -368,6 +371,27 @@ pub(super) fn write_blocks(
                 carried,
             } => {
                 let len = header.len as usize;
+                if header.packed != 0 {
+                    let n = header.packed as usize;
+                    packed_copy.clear();
+                    packed_copy.extend_from_slice(&buf.as_slice()[..n]);
+                    let unpacked = match unpacker.as_mut() {
+                        Some(z) => {
+                            crate::pack::unpack(z, &packed_copy, &mut buf.as_mut_slice()[..len])
+                        }
+                        None => Err(std::io::Error::other("zstd unavailable")),
+                    };
+                    if let Err(e) = unpacked {
+                        // Damaged on the way, like a block that fails its hash: sent again.
+                        tracing::warn!(file, index, "cannot unpack a packed block: {e}");
+                        let _ = done.send(Written::Corrupt {
+                            file,
+                            index,
+                            offset: header.offset,
+                        });
+                        continue;
+                    }
+                }
                 if faults.remove(&(file, index)) {
                     // Test-only fault injection (SLUICE_FAULT_CORRUPT): damage the block as if
                     // it had been corrupted on the way, before verification.
@@ -564,6 +588,7 @@ fn complete_patch(
         offset: start,
         len: block_len as u32,
         patch: false,
+        packed: 0,
         ..*header
     };
     Ok((whole, buf))

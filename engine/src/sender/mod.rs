@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, SourceEntry};
 use crate::merkle;
 use crate::net;
+use crate::pack::Packer;
 use crate::progress::{Event, PathStats, Progress, Summary};
 use crate::ring::BufferPool;
 
@@ -48,6 +49,8 @@ use board::{HaveBoard, Held};
 struct Block {
     header: Bytes,
     payload: Bytes,
+    /// Payload bytes it carries (more than `payload.len()` when packed).
+    carries: u64,
 }
 
 /// What the reader tells the control task.
@@ -226,6 +229,11 @@ async fn transfer(
                     progress: &progress,
                     board: None,
                     finishing: Default::default(),
+                    packer: std::cell::RefCell::new(Packer::new(
+                        config.compress,
+                        config.compress_level,
+                        peer.ip().is_loopback(),
+                    )),
                 };
                 if let Err(e) = reader.run(&input) {
                     let _ = event_tx.send(ReadEvent::Failed(e));
@@ -348,6 +356,8 @@ async fn transfer(
                             kept_bytes: s.bytes_kept,
                             vouched_bytes: s.bytes_vouched,
                             resent_blocks: s.blocks_resent,
+                            packed_bytes: s.bytes_packed,
+                            packed_wire_bytes: s.packed_wire,
                             wire_bytes: 0,
                             path: Default::default(),
                             elapsed: Default::default(),
@@ -404,7 +414,7 @@ impl Lanes {
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(block) = next else { break };
-                let n = block.payload.len() as u64;
+                let n = block.carries;
                 let mut chunks = [block.header, block.payload];
                 stream
                     .write_all_chunks(&mut chunks)
@@ -466,6 +476,8 @@ struct Reader<'a> {
     /// Files whose blocks are all read, waiting for the receiver's answers before their last
     /// blocks and FileDone go out.
     finishing: std::cell::RefCell<Vec<usize>>,
+    /// Packs blocks with zstd where that pays (`--compress`).
+    packer: std::cell::RefCell<Packer>,
 }
 
 /// How long [`Reader::finish_file`] may wait for the receiver's answers.
@@ -776,6 +788,7 @@ impl Reader<'_> {
                 len: payload.len() as u32,
                 hash: cv,
                 patch: range.len() < len,
+                packed: 0,
             },
             payload,
         )
@@ -789,16 +802,31 @@ impl Reader<'_> {
                 len: payload.len() as u32,
                 hash,
                 patch: false,
+                packed: 0,
             },
             payload,
         )
     }
 
-    fn send_frame(&self, header: BlockHeader, payload: Bytes) -> Result<()> {
+    fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
+        let carries = payload.len() as u64;
+        let mut packer = self.packer.borrow_mut();
+        if !header.patch && packer.is_on() {
+            let queue_behind = self.blocks.capacity() <= self.blocks.max_capacity() / 2;
+            let path = self.progress.snapshot().path;
+            let link = (!path.rtt.is_zero()).then(|| path.cwnd as f64 / path.rtt.as_secs_f64());
+            let behind = packer.network_behind(queue_behind, link);
+            if let Some(packed) = packer.pack(&payload, behind) {
+                self.progress.add_packed(carries, packed.len() as u64);
+                header.packed = packed.len() as u32;
+                payload = packed;
+            }
+        }
         let header = encode_block_header(&header);
         let block = Block {
             header: Bytes::copy_from_slice(&header),
             payload,
+            carries,
         };
         self.blocks
             .blocking_send(block)

@@ -132,6 +132,11 @@ pub struct Tuning {
     /// grows (and a receiver allows), 1..=256; default 64.
     #[arg(long, global = true)]
     pub max_streams: Option<usize>,
+    /// Pack blocks with zstd: auto (where the link, not the CPU, limits the rate and the data
+    /// shrinks; never towards a loopback address), zstd (every block that shrinks) or off.
+    /// Blocks are verified on their unpacked bytes. Default: auto.
+    #[arg(long, global = true, value_parser = ["auto", "zstd", "off"])]
+    pub compress: Option<String>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -185,6 +190,9 @@ impl Tuning {
             Some("bbr-capped") => c.congestion = Some(sluice_engine::config::Congestion::BbrCapped),
             Some("cubic") => c.congestion = Some(sluice_engine::config::Congestion::Cubic),
             _ => {}
+        }
+        if let Some(z) = self.compress.as_deref() {
+            c.compress = z.parse().map_err(anyhow::Error::msg)?;
         }
         if let Some(d) = self.datagram_size {
             if d != 0 && !(1200..=16_000).contains(&d) {

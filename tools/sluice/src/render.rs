@@ -69,7 +69,8 @@ where
             last_json = Instant::now();
             json_line(&serde_json::json!({
                 "event": "progress", "bytes_sent": s.bytes_sent, "bytes_verified": s.bytes_verified,
-                "bytes_total": s.bytes_total, "files_verified": s.files_verified,
+                "bytes_total": s.bytes_total, "bytes_packed": s.bytes_packed, "packed_wire": s.packed_wire,
+                "files_verified": s.files_verified,
                 "files_total": s.files_total, "seconds": start.elapsed().as_secs_f64(),
                 "path": path_json(&s.path),
             }));
@@ -91,6 +92,7 @@ where
             "bytes": summary.bytes, "payload_bytes": summary.payload_bytes,
             "kept_bytes": summary.kept_bytes, "vouched_bytes": summary.vouched_bytes,
             "resent_blocks": summary.resent_blocks,
+            "packed_bytes": summary.packed_bytes, "packed_wire_bytes": summary.packed_wire_bytes,
             "wire_bytes": summary.wire_bytes,
             "path": path_json(&summary.path),
             "seconds": secs, "mb_per_s": mbps,
@@ -105,6 +107,14 @@ where
             extra += &format!(
                 "; {} bytes were already there, {} sent",
                 summary.kept_bytes, summary.payload_bytes
+            );
+        }
+        if summary.packed_bytes > 0 {
+            extra += &format!(
+                "; {} bytes packed with zstd into {} ({:.1} %)",
+                summary.packed_bytes,
+                summary.packed_wire_bytes,
+                100.0 * summary.packed_wire_bytes as f64 / summary.packed_bytes as f64
             );
         }
         if summary.path.lost_packets > 0 {

@@ -101,6 +101,40 @@ fn three_damaged_blocks_are_resent_alone() {
     assert_eq!(b3(&dest.join("f.bin")), b3(&src));
 }
 
+#[test]
+fn packed_blocks_are_verified_and_a_damaged_one_is_resent() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("access.log");
+    log_file(&log, 40 * BLOCK + 12_345, 3);
+    let dest = d.path().join("dest");
+    let out = sluice()
+        .args(["--json", "copy", "--compress", "zstd"])
+        .arg(&log)
+        .arg(&dest)
+        .env("SLUICE_FAULT_CORRUPT", "0:7")
+        .output()
+        .unwrap();
+    let s = json_summary(&out);
+    assert_eq!(b3(&dest.join("access.log")), b3(&log));
+    // Every block is packed (40 whole, the 12,345-byte tail), the damaged one twice.
+    let packed = s["packed_bytes"].as_u64().unwrap();
+    let wire = s["packed_wire_bytes"].as_u64().unwrap();
+    assert_eq!(packed, 41 * BLOCK + 12_345, "{s}");
+    assert!(wire < packed / 2, "text packs to less than half: {s}");
+    assert_eq!(s["resent_blocks"], 1, "{s}");
+
+    // Random blocks never shrink, so they go as they are.
+    let noise = d.path().join("noise.bin");
+    random_file(&noise, 8 * BLOCK, 4);
+    let s = copy_json_with(&noise, &d.path().join("n"), &["--compress", "zstd"]);
+    assert_eq!(s["packed_bytes"], 0, "{s}");
+
+    // auto never packs towards a loopback address: the link is memory.
+    let s = copy_json(&log, &d.path().join("again"));
+    assert_eq!(s["packed_bytes"], 0, "{s}");
+    assert_eq!(b3(&d.path().join("again/access.log")), b3(&log));
+}
+
 fn edit(path: &Path, offset: u64, bytes: &[u8]) {
     let mut f = fs::OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(offset)).unwrap();

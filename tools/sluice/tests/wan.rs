@@ -116,12 +116,28 @@ impl Drop for Link {
     }
 }
 
-/// Sends `len` random bytes across a link with `flags` with default settings; returns the
+/// What a test file holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Content {
+    Random,
+    Log,
+}
+
+/// Sends `len` bytes of `content` across a link with `flags` with default settings; returns the
 /// sender's JSON summary. Both ends are bounded in time.
-fn send_across(wan: &Path, bin: &Path, flags: &[&str], len: u64) -> serde_json::Value {
+fn send_across(
+    wan: &Path,
+    bin: &Path,
+    flags: &[&str],
+    len: u64,
+    content: Content,
+) -> serde_json::Value {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("big.bin");
-    random_file(&src, len, 9);
+    match content {
+        Content::Random => random_file(&src, len, 9),
+        Content::Log => log_file(&src, len, 9),
+    }
     let dest = d.path().join("dest");
     let link = Link::up(wan, bin, flags);
     let mut recv = link
@@ -200,8 +216,10 @@ fn a_long_link_neither_kills_nor_stalls_a_transfer() {
         &bin,
         &["--delay-ms", "50", "--rate-mbit", "200"],
         256 << 20,
+        Content::Random,
     );
     assert_eq!(s["bytes"], 256 << 20);
+    assert_eq!(s["packed_bytes"], 0, "random data is not packed: {s}");
 
     // Random loss each way and a shallow queue: the live figures show the loss.
     let s = send_across(
@@ -218,6 +236,7 @@ fn a_long_link_neither_kills_nor_stalls_a_transfer() {
             "10",
         ],
         48 << 20,
+        Content::Random,
     );
     let lost = s["path"]["lost_packets"].as_u64().unwrap();
     let sent = s["path"]["sent_packets"].as_u64().unwrap();
@@ -228,5 +247,35 @@ fn a_long_link_neither_kills_nor_stalls_a_transfer() {
     assert!(
         s["path"]["rtt_ms"].as_f64().unwrap() >= 99.0,
         "RTT of a 100 ms link: {s}"
+    );
+}
+
+#[test]
+fn compressible_data_is_packed_where_the_link_is_the_bottleneck() {
+    let wan = match wan_script() {
+        Ok(w) => w,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let _one = ONE_LINK.lock().unwrap_or_else(|p| p.into_inner());
+    let bin = emulator(&wan);
+    // 50 Mbit/s, 60 ms RTT, 0.5 % loss: by default (`--compress auto`) a log crosses packed.
+    let s = send_across(
+        &wan,
+        &bin,
+        &["--delay-ms", "30", "--rate-mbit", "50", "--loss", "0.005"],
+        64 << 20,
+        Content::Log,
+    );
+    let packed = s["packed_bytes"].as_u64().unwrap();
+    let wire = s["packed_wire_bytes"].as_u64().unwrap();
+    assert!(packed >= 32 << 20, "most of the log is packed: {s}");
+    assert!(wire < packed / 2, "{s}");
+    let udp = s["path"]["udp_tx_bytes"].as_u64().unwrap();
+    assert!(
+        udp < 48 << 20,
+        "fewer bytes on the wire than in the file: {s}"
     );
 }

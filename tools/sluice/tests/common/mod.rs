@@ -28,6 +28,47 @@ pub fn random_file(path: &Path, len: u64, seed: u8) {
     out.flush().unwrap();
 }
 
+/// `len` bytes of a web-server log: text that zstd packs to about a third, different in every
+/// line (a counter and pseudo-random fields), so no block repeats another.
+pub fn log_file(path: &Path, len: u64, seed: u8) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut xof = blake3::Hasher::new().update(&[seed]).finalize_xof();
+    let paths = [
+        "/api/v1/users/",
+        "/api/v1/orders/",
+        "/static/app.js?v=",
+        "/search?q=",
+    ];
+    let mut written = 0u64;
+    let mut line = String::new();
+    for i in 0u64.. {
+        let mut r = [0u8; 16];
+        xof.fill(&mut r);
+        line.clear();
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            line,
+            "10.{}.{}.{} - - [{}] \"GET {}{} HTTP/1.1\" {} {} req={:08x}",
+            r[0],
+            r[1],
+            r[2],
+            1_700_000_000 + i / 4,
+            paths[usize::from(r[3]) % paths.len()],
+            u32::from_le_bytes([r[4], r[5], r[6], 0]),
+            [200, 200, 200, 304, 404][usize::from(r[7]) % 5],
+            u16::from_le_bytes([r[8], r[9]]),
+            u32::from_le_bytes([r[10], r[11], r[12], r[13]]),
+        );
+        let take = (len - written).min(line.len() as u64) as usize;
+        out.write_all(&line.as_bytes()[..take]).unwrap();
+        written += take as u64;
+        if written == len {
+            break;
+        }
+    }
+    out.flush().unwrap();
+}
+
 /// BLAKE3 of a file, as `b3sum` computes it.
 pub fn b3(path: &Path) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
