@@ -167,3 +167,27 @@ pub(crate) fn conn_error(peer: SocketAddr) -> impl Fn(&dyn std::fmt::Display) ->
         detail: e.to_string(),
     }
 }
+
+/// What the connection's flow control and packets did so far, for a stall report: frames that
+/// say a side was blocked, the credit it was given, and packets each way.
+pub(crate) fn flow_figures(conn: &quinn::Connection) -> String {
+    let s = conn.stats();
+    format!(
+        "sent: {} packets, {} data_blocked, {} stream_data_blocked, {} max_data, {} max_stream_data; \
+         received: {} packets, {} data_blocked, {} stream_data_blocked, {} max_data, {} max_stream_data; \
+         cwnd {} bytes, RTT {} ms, {} lost packets",
+        s.udp_tx.datagrams,
+        s.frame_tx.data_blocked,
+        s.frame_tx.stream_data_blocked,
+        s.frame_tx.max_data,
+        s.frame_tx.max_stream_data,
+        s.udp_rx.datagrams,
+        s.frame_rx.data_blocked,
+        s.frame_rx.stream_data_blocked,
+        s.frame_rx.max_data,
+        s.frame_rx.max_stream_data,
+        s.path.cwnd,
+        s.path.rtt.as_millis(),
+        s.path.lost_packets,
+    )
+}

@@ -239,3 +239,37 @@ pub struct Summary {
     /// Wall time from connecting to the receiver's summary.
     pub elapsed: Duration,
 }
+
+/// Notices a counter that stopped moving: [`StallWatch::stalled`] is true once the counter has
+/// kept its value for [`StallWatch::AFTER`], then again every further `AFTER`.
+#[derive(Debug)]
+pub(crate) struct StallWatch {
+    last: u64,
+    since: std::time::Instant,
+}
+
+impl StallWatch {
+    /// How long a counter may stand still before it is reported.
+    pub(crate) const AFTER: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new() -> Self {
+        Self {
+            last: 0,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether `value` has not changed for another [`StallWatch::AFTER`]; call it often.
+    pub(crate) fn stalled(&mut self, value: u64) -> bool {
+        if value != self.last {
+            self.last = value;
+            self.since = std::time::Instant::now();
+            return false;
+        }
+        if self.since.elapsed() >= Self::AFTER {
+            self.since = std::time::Instant::now();
+            return true;
+        }
+        false
+    }
+}

@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::journal;
 use crate::merkle;
 use crate::net;
-use crate::progress::{Event, Progress, Summary};
+use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::{BufferPool, ALIGN};
 
 mod scan;
@@ -368,6 +368,9 @@ async fn receive(
     let mut pool: Option<Arc<BufferPool>> = None;
     let mut accepting = true;
 
+    let mut stall = StallWatch::new();
+    let mut watch_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<Summary> = async {
         loop {
             // Every file answered, and every scan done (so every HaveDone is sent).
@@ -418,6 +421,19 @@ async fn receive(
                 return Ok(summary);
             }
             tokio::select! {
+                _ = watch_tick.tick() => {
+                    let s = progress.snapshot();
+                    if !finished && stall.stalled(s.bytes_verified + s.bytes_kept) {
+                        tracing::warn!(
+                            "no block verified for {} s: {} data streams read, {} of the ring's buffers free, {} files open; {}",
+                            StallWatch::AFTER.as_secs(),
+                            streams.len(),
+                            pool.as_ref().map_or(0, |p| p.available()),
+                            files.len(),
+                            net::flow_figures(conn)
+                        );
+                    }
+                }
                 stream = conn.accept_uni(), if accepting && pool.is_some() => match (stream, &pool) {
                     (Ok(stream), Some(pool)) => {
                         streams.spawn(read_stream(stream, conn.remote_address(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
