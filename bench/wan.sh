@@ -153,6 +153,12 @@ run_sluice() {
     local t0 t1 ticket=""
     for _ in $(seq 1 200); do [ -s "$WORK/recv.out" ] && break; sleep 0.05; done
     ticket=$(head -n 1 "$WORK/recv.out")
+    if [ -z "$ticket" ]; then
+        row "$name" "" "receiver printed no ticket: $(tail -n 1 "$WORK/recv.err" | cut -c1-60)"
+        pkill -f "$SLUICE recv" 2>/dev/null || true
+        wait 2>/dev/null || true
+        return
+    fi
     mark
     t0=$(now)
     # shellcheck disable=SC2086
@@ -169,6 +175,8 @@ run_sluice() {
     else
         row "$name" "" "$(tail -n 1 "$WORK/send.err" | cut -c1-80)"
     fi
+    # Both ends' warnings (stalls, errors) for the record, on stderr.
+    grep -h -E "WARN|ERROR|error" "$WORK/send.err" "$WORK/recv.err" 2>/dev/null | sed "s/^/[$SCEN, $name] /" >&2 || true
     pkill -f "$SLUICE recv" 2>/dev/null || true
     wait 2>/dev/null || true
 }
