@@ -139,6 +139,11 @@ impl Progress {
         *self.path.lock().unwrap_or_else(|p| p.into_inner()) = path;
     }
 
+    /// The network path, as last sampled.
+    pub(crate) fn path(&self) -> PathStats {
+        *self.path.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn set_totals(&self, files: u64, bytes: u64) {
         self.files_total.store(files, Relaxed);
         self.bytes_total.store(bytes, Relaxed);
@@ -192,7 +197,7 @@ impl Progress {
             blocks_resent: self.blocks_resent.load(Relaxed),
             bytes_packed: self.bytes_packed.load(Relaxed),
             packed_wire: self.packed_wire.load(Relaxed),
-            path: *self.path.lock().unwrap_or_else(|p| p.into_inner()),
+            path: self.path(),
         }
     }
 

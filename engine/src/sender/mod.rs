@@ -313,11 +313,11 @@ async fn transfer(
             _ = grow.tick() => {
                 progress.set_path(PathStats::of(conn));
                 if stall.stalled(progress.snapshot().bytes_sent) {
-                    let queued = queue_probe.upgrade().map(|q| q.max_capacity() - q.capacity());
+                    let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
                         "no block handed to the network for {} s: {open_streams} data streams, {} blocks queued, reader {}; {}",
                         StallWatch::AFTER.as_secs(),
-                        queued.unwrap_or(0),
+                        waiting,
                         if reading { "running" } else { "done" },
                         net::flow_figures(conn)
                     );
@@ -397,6 +397,11 @@ async fn transfer(
     Ok(summary)
 }
 
+/// Blocks waiting in the queue from the reader to the data streams.
+fn queued(q: &mpsc::Sender<Block>) -> usize {
+    q.max_capacity() - q.capacity()
+}
+
 /// What the data streams share: blocks from the reader go out on whichever stream is free.
 struct Lanes {
     conn: quinn::Connection,
@@ -429,7 +434,7 @@ impl Lanes {
         let waiting = self
             .queue
             .upgrade()
-            .is_some_and(|q| q.capacity() <= q.max_capacity() * 3 / 4);
+            .is_some_and(|q| 4 * queued(&q) >= q.max_capacity());
         if waiting && self.stream_window <= GAP_SAFE_STREAM_WINDOW {
             by_window.max(open + 4)
         } else {
@@ -846,8 +851,8 @@ impl Reader<'_> {
         let carries = payload.len() as u64;
         let mut packer = self.packer.borrow_mut();
         if !header.patch && packer.is_on() {
-            let queue_behind = self.blocks.capacity() <= self.blocks.max_capacity() / 2;
-            let path = self.progress.snapshot().path;
+            let queue_behind = 2 * queued(self.blocks) >= self.blocks.max_capacity();
+            let path = self.progress.path();
             let link = (!path.rtt.is_zero()).then(|| path.cwnd as f64 / path.rtt.as_secs_f64());
             let behind = packer.network_behind(queue_behind, link);
             if let Some(packed) = packer.pack(&payload, behind) {

@@ -198,17 +198,26 @@ fn send_across(
     summary
 }
 
-#[test]
-fn a_long_link_neither_kills_nor_stalls_a_transfer() {
+/// The wan script and a built emulator, holding the one-link lock; `None` (and a line saying
+/// why) where the emulator cannot run here.
+fn emulated() -> Option<(PathBuf, PathBuf, std::sync::MutexGuard<'static, ()>)> {
     let wan = match wan_script() {
         Ok(w) => w,
         Err(why) => {
             eprintln!("skipped: {why}");
-            return;
+            return None;
         }
     };
-    let _one = ONE_LINK.lock().unwrap_or_else(|p| p.into_inner());
+    let one = ONE_LINK.lock().unwrap_or_else(|p| p.into_inner());
     let bin = emulator(&wan);
+    Some((wan, bin, one))
+}
+
+#[test]
+fn a_long_link_neither_kills_nor_stalls_a_transfer() {
+    let Some((wan, bin, _one)) = emulated() else {
+        return;
+    };
 
     // The reported failure: 256 MiB, 200 Mbit/s, 100 ms RTT, the default 50 ms queue.
     let s = send_across(
@@ -252,15 +261,9 @@ fn a_long_link_neither_kills_nor_stalls_a_transfer() {
 
 #[test]
 fn compressible_data_is_packed_where_the_link_is_the_bottleneck() {
-    let wan = match wan_script() {
-        Ok(w) => w,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some((wan, bin, _one)) = emulated() else {
+        return;
     };
-    let _one = ONE_LINK.lock().unwrap_or_else(|p| p.into_inner());
-    let bin = emulator(&wan);
     // 50 Mbit/s, 60 ms RTT, 0.5 % loss: by default (`--compress auto`) a log crosses packed.
     let s = send_across(
         &wan,
