@@ -14,7 +14,7 @@ quote_arg() {
 }
 CMDLINE=$0
 for _a in "$@"; do CMDLINE+=" $(quote_arg "$_a")"; done
-ALL_TOOLS=(copy send-recv mem cp iperf3 scp rsync qcp)
+ALL_TOOLS=(copy copy-tcp send-recv send-recv-tcp mem cp iperf3 scp rsync qcp)
 SIZE_ARG=2G
 ONLY=""
 BUILD=1
@@ -224,24 +224,30 @@ sluice_ok() {
 tail_err() { tail -n 3 "$1" 2>/dev/null | tr '\n' ' ' | cut -c1-160; }
 
 # ---------------------------------------------------------------- tools
+# run_copy [TRANSPORT] — `sluice copy`, on the default transport (QUIC) or the one named.
 run_copy() {
-    local row='`sluice copy`' tf=$WORK/t.copy t0 t1 rc=0
+    local transport=${1:-} row='`sluice copy`' tf=$WORK/t.copy t0 t1 rc=0
+    local -a flags=()
+    [ -z "$transport" ] || { flags=(--transport "$transport"); row="\`sluice copy --transport $transport\`"; }
     add_row "$row"; sluice_ok "$row" || return 1
     fresh_dst
     t0=$(now)
-    timed "$tf" "$SLUICE" copy "$SRC" "$DST" >"$WORK/copy.out" 2>"$WORK/copy.err" || rc=$?
+    timed "$tf" "$SLUICE" "${flags[@]}" copy "$SRC" "$DST" >"$WORK/copy.out" 2>"$WORK/copy.err" || rc=$?
     t1=$(now)
     [ $rc = 0 ] || { fail "$row" "exit $rc: $(tail_err "$WORK/copy.err")"; return 1; }
     record "$row" "$(fsub "$t1" "$t0")" "$(time_cpu "$tf")" "$(time_rss "$tf")" "$(verify "$DST/${SRC##*/}")"
 }
 
+# run_send_recv [TRANSPORT] — two processes, on the default transport (QUIC) or the one named.
 run_send_recv() {
-    local row='`sluice send` + `sluice recv`' rtf=$WORK/t.recv stf=$WORK/t.send port pid ticket="" i t0 t1 rc=0 rrc=0
+    local transport=${1:-} row='`sluice send` + `sluice recv`' rtf=$WORK/t.recv stf=$WORK/t.send port pid ticket="" i t0 t1 rc=0 rrc=0
+    local -a flags=()
+    [ -z "$transport" ] || { flags=(--transport "$transport"); row="\`sluice send\` + \`sluice recv\`, --transport $transport"; }
     add_row "$row"; sluice_ok "$row" || return 1
     fresh_dst
     port=$(peer_free_port)
     start_bg "$WORK/recv.out" "$WORK/recv.err" /usr/bin/time -f "$TIMEFMT" -o "$rtf" \
-        timeout --foreground -k 10 "$TOOL_TIMEOUT" "$SLUICE" recv "$DST" --listen "127.0.0.1:$port"
+        timeout --foreground -k 10 "$TOOL_TIMEOUT" "$SLUICE" "${flags[@]}" recv "$DST" --listen "127.0.0.1:$port"
     pid=$BG_PID
     for i in $(seq 1 600); do          # up to 30 s for the ticket line
         if [ -s "$WORK/recv.out" ] && [ "$(wc -l <"$WORK/recv.out")" -ge 1 ]; then
@@ -255,7 +261,7 @@ run_send_recv() {
         fail "$row" "receiver printed no ticket: $(tail_err "$WORK/recv.err")"; return 1
     fi
     t0=$(now)
-    timed "$stf" "$SLUICE" send "$SRC" "$ticket" >"$WORK/send.out" 2>"$WORK/send.err" || rc=$?
+    timed "$stf" "$SLUICE" "${flags[@]}" send "$SRC" "$ticket" >"$WORK/send.out" 2>"$WORK/send.err" || rc=$?
     wait "$pid" || rrc=$?
     t1=$(now)
     forget_bg "$pid"
@@ -407,7 +413,9 @@ for t in "${MAIN_TOOLS[@]}"; do
     log "=== $t"
     case $t in
         copy) run_copy || true ;;
+        copy-tcp) run_copy tcp || true ;;
         send-recv) run_send_recv || true ;;
+        send-recv-tcp) run_send_recv tcp || true ;;
         mem) run_mem || true ;;
         cp) run_cp || true ;;
         iperf3) run_iperf3 || true ;;

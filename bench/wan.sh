@@ -5,7 +5,7 @@
 # root; everything happens in network namespaces this script creates and removes.
 #
 #   bench/wan.sh [--size 1G] [--rate-mbit 200] [--rtts 50,100,300] [--losses 0,0.001,0.01,0.05,0.1]
-#                [--peers scp,rsync,qcp] [--peer-rtts 100] [--peer-losses 0,0.01] [--peer-ccs cubic,bbr]
+#                [--peers sluice-tcp,scp,rsync,qcp] [--peer-rtts 100] [--peer-losses 0,0.01] [--peer-ccs cubic,bbr]
 #                [--extra] [--timeout 300] [--sluice-args "..."] [--data random|log] [--no-build]
 #
 # --data log sends a web-server access log (bench/genlog.py) instead of random bytes: Sluice
@@ -14,11 +14,12 @@
 # --extra adds bursty loss (1 %, mean burst 10 frames), a shallow 10 ms queue (1 % loss) and an
 # asymmetric link (the return path at a tenth of the rate), each at 100 ms RTT.
 # scp and rsync run twice, with TCP cubic and with TCP BBR (set in side a's namespace); qcp uses
-# its BBR and is given the link's rate and RTT. A run past --timeout is "did not finish".
+# its BBR and is given the link's rate and RTT. sluice-tcp is Sluice's TCP transport
+# (`--transport tcp`, which asks the kernel for BBR). A run past --timeout is "did not finish".
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-SIZE=1G RATE=200 RTTS=50,100,300 LOSSES=0,0.001,0.01,0.05,0.1 PEERS=scp,rsync,qcp
+SIZE=1G RATE=200 RTTS=50,100,300 LOSSES=0,0.001,0.01,0.05,0.1 PEERS=sluice-tcp,scp,rsync,qcp
 PEER_RTTS=100 PEER_LOSSES=0,0.01 PEER_CCS=cubic,bbr EXTRA=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS="" DATA=random
 while [ $# -gt 0 ]; do
     case $1 in
@@ -207,6 +208,7 @@ run_peers() {
     local rtt_ms=$1
     local z_scp="" z_rsync=""
     [ "$DATA" = log ] && z_scp=-C z_rsync=-z
+    want_peer sluice-tcp && run_sluice "sluice --transport tcp" "--transport tcp"
     for cc in ${PEER_CCS//,/ }; do
         # shellcheck disable=SC2086
         want_peer scp && run_ssh "scp $z_scp" "$cc" scp $z_scp -F "$SSHD_DIR/ssh_config" "$WORK/data.bin" "peer:$WORK/dest/"

@@ -109,6 +109,9 @@ pub struct Config {
     pub compress: Compress,
     /// The zstd level for packed blocks.
     pub compress_level: i32,
+    /// QUIC, TLS over TCP, or (the default) QUIC with TCP as the fallback where UDP gets no
+    /// answer: see [`crate::transport`].
+    pub transport: crate::transport::Choice,
 }
 
 impl Default for Config {
@@ -138,6 +141,7 @@ impl Default for Config {
             dry_run: false,
             compress: Compress::Auto,
             compress_level: crate::pack::DEFAULT_LEVEL,
+            transport: crate::transport::Choice::Auto,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The control stream as an async message channel: [`sluice_proto::codec`] framing over a quinn
-//! bidirectional stream.
+//! The control channel as an async message channel: [`sluice_proto::codec`] framing over the
+//! link's control channel (a QUIC stream, or the control connection of the TCP transport).
 //!
 //! Writes never block the task that reads. Outgoing frames go to a writer task that owns the
 //! send half; the owner of [`Control`] keeps reading. Without this, two peers that each write
@@ -8,14 +8,16 @@
 //! The queue is bounded by what the protocol produces per manifest entry and per block asked
 //! about (one `Pieces` per block at most), not by payload sizes; a peer that stops reading its
 //! side can still make it grow that far.
-//! [`Control::sync`] waits until everything queued so far has been handed to QUIC, for the
+//! [`Control::sync`] waits until everything queued so far has been handed to the transport, for the
 //! moments that matter (before closing the connection).
 
+use bytes::Bytes;
 use sluice_proto::codec::{encode_message, FrameDecoder};
 use sluice_proto::message::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
+use crate::transport::{ControlChannel, ControlRx};
 
 enum Cmd {
     Data(Vec<u8>),
@@ -27,7 +29,7 @@ enum Cmd {
 #[derive(Debug)]
 pub struct Control {
     writer: mpsc::UnboundedSender<Cmd>,
-    recv: quinn::RecvStream,
+    recv: Box<dyn ControlRx>,
     dec: FrameDecoder,
     out: Vec<u8>,
     peer: String,
@@ -45,13 +47,13 @@ impl std::fmt::Debug for Cmd {
 
 impl Control {
     /// Wraps the stream halves; must be called inside the tokio runtime (it spawns the writer).
-    pub(crate) fn new(mut send: quinn::SendStream, recv: quinn::RecvStream, peer: String) -> Self {
+    pub(crate) fn new((mut send, recv): ControlChannel, peer: String) -> Self {
         let (writer, mut cmds) = mpsc::unbounded_channel::<Cmd>();
         tokio::spawn(async move {
             while let Some(cmd) = cmds.recv().await {
                 match cmd {
                     Cmd::Data(bytes) => {
-                        if send.write_all(&bytes).await.is_err() {
+                        if send.write(&mut [Bytes::from(bytes)]).await.is_err() {
                             // The connection is gone; the reader side reports why.
                             return;
                         }
@@ -59,9 +61,7 @@ impl Control {
                     Cmd::Sync(done) => {
                         let _ = done.send(());
                     }
-                    Cmd::Finish => {
-                        let _ = send.finish();
-                    }
+                    Cmd::Finish => send.finish().await,
                 }
             }
         });
@@ -108,7 +108,7 @@ impl Control {
         self.flush().await
     }
 
-    /// Waits until everything sent so far has been handed to QUIC.
+    /// Waits until everything sent so far has been handed to the transport.
     pub async fn sync(&mut self) -> Result<()> {
         self.flush().await?;
         let (tx, rx) = oneshot::channel();
@@ -125,8 +125,8 @@ impl Control {
             if let Some(m) = self.dec.next_message()? {
                 return Ok(Some(m));
             }
-            match self.recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => self.dec.push(&chunk.bytes),
+            match self.recv.recv().await {
+                Ok(Some(chunk)) => self.dec.push(&chunk),
                 Ok(None) if self.dec.pending() == 0 => return Ok(None),
                 Ok(None) => return Err(self.conn_err("control stream ended inside a message")),
                 Err(e) => return Err(self.conn_err(e)),

@@ -1,7 +1,8 @@
 //! Sluice's data path, as a library another tool can embed.
 //!
-//! A transfer has two ends. A [`Receiver`] binds a QUIC endpoint, hands out a [`Ticket`] (its
-//! address, certificate fingerprint and a one-time secret) and writes what one sender sends into
+//! A transfer has two ends. A [`Receiver`] listens (QUIC over UDP and TLS over TCP, see
+//! [`transport`]), hands out a [`Ticket`] (its address, certificate fingerprint and a one-time
+//! secret) and writes what one sender sends into
 //! a destination directory. A [`Sender`] takes local paths and a ticket and returns once the
 //! receiver has verified every file. [`copy`] runs both in one process over loopback. Progress is
 //! observed through a shared [`Progress`].
@@ -41,6 +42,7 @@ pub mod progress;
 mod receiver;
 pub mod ring;
 mod sender;
+pub mod transport;
 pub mod uring;
 pub mod verify;
 
@@ -55,8 +57,8 @@ pub use receiver::Receiver;
 pub use sender::Sender;
 pub use sluice_proto::ticket::Ticket;
 
-/// Copies `sources` into `dest` through a sender and a receiver in this process, over QUIC on
-/// loopback: the same code path as `send`/`recv` on two hosts.
+/// Copies `sources` into `dest` through a sender and a receiver in this process, over loopback
+/// (on `config.transport`): the same code path as `send`/`recv` on two hosts.
 pub fn copy(
     sources: &[PathBuf],
     dest: &Path,

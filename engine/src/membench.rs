@@ -55,16 +55,16 @@ pub fn run(bytes: u64, config: &Config) -> Result<MemResult> {
         let conn = endpoint
             .accept()
             .await
-            .ok_or_else(|| net::conn_error(addr)(&"no connection"))?
+            .ok_or_else(|| crate::transport::conn_error(addr)(&"no connection"))?
             .await
-            .map_err(|e| net::conn_error(addr)(&e))?;
+            .map_err(|e| crate::transport::conn_error(addr)(&e))?;
         let start = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..streams {
             let mut s = conn
                 .accept_uni()
                 .await
-                .map_err(|e| net::conn_error(addr)(&e))?;
+                .map_err(|e| crate::transport::conn_error(addr)(&e))?;
             tasks.spawn(async move {
                 let mut n = 0u64;
                 while let Some(chunk) = s
@@ -80,8 +80,8 @@ pub fn run(bytes: u64, config: &Config) -> Result<MemResult> {
         let mut total = 0;
         while let Some(r) = tasks.join_next().await {
             total += r
-                .map_err(|e| net::conn_error(addr)(&e))?
-                .map_err(|e| net::conn_error(addr)(&e))?;
+                .map_err(|e| crate::transport::conn_error(addr)(&e))?
+                .map_err(|e| crate::transport::conn_error(addr)(&e))?;
         }
         let elapsed = start.elapsed();
         conn.close(0u32.into(), b"");
@@ -113,7 +113,7 @@ fn send(
             None,
             config.transport_to(Some(addr.ip())).datagram_size,
         )?;
-        let err = net::conn_error(addr);
+        let err = crate::transport::conn_error(addr);
         let conn = endpoint
             .connect_with(client, addr, tls::SERVER_NAME)
             .map_err(|e| err(&e))?

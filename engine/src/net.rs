@@ -137,13 +137,13 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(Error::io("starting async runtime"))
 }
 
-/// Stamps a transfer's summary with its wall time and the UDP bytes its connection moved.
+/// Stamps a transfer's summary with its wall time and the bytes its link moved.
 pub(crate) fn finish_summary(
     result: Result<crate::progress::Summary>,
     started: std::time::Instant,
-    conn: &quinn::Connection,
+    link: &dyn crate::transport::Link,
 ) -> Result<crate::progress::Summary> {
-    let path = crate::progress::PathStats::of(conn);
+    let path = link.path();
     result.map(|mut s| {
         s.elapsed = started.elapsed();
         s.wire_bytes = path.udp_tx_bytes + path.udp_rx_bytes;
@@ -158,13 +158,6 @@ pub fn any_addr_for(peer: SocketAddr) -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
         SocketAddr::from(([0u16; 8], 0))
-    }
-}
-
-pub(crate) fn conn_error(peer: SocketAddr) -> impl Fn(&dyn std::fmt::Display) -> Error + Copy {
-    move |e| Error::Connection {
-        peer: peer.to_string(),
-        detail: e.to_string(),
     }
 }
 

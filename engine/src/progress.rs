@@ -45,40 +45,27 @@ pub enum Event {
     },
 }
 
-/// What the network path looks like from this side's QUIC connection, as quinn measures it.
+/// What the network path looks like from this side, as the transport measures it: quinn for
+/// QUIC, the kernel's `TCP_INFO` summed over the connections for TCP.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PathStats {
     /// Smoothed round-trip time.
     pub rtt: Duration,
     /// Congestion window, bytes.
     pub cwnd: u64,
-    /// QUIC packets sent.
+    /// Packets (QUIC) or segments (TCP) sent.
     pub sent_packets: u64,
     /// Of those, declared lost (their frames are sent again).
     pub lost_packets: u64,
     /// Bytes of the lost packets: what had to be sent again.
     pub lost_bytes: u64,
-    /// UDP payload bytes sent and received.
+    /// Bytes sent on the wire (UDP payload for QUIC, TCP payload for TCP).
     pub udp_tx_bytes: u64,
-    /// UDP payload bytes received.
+    /// Bytes received on the wire, counted the same way.
     pub udp_rx_bytes: u64,
 }
 
 impl PathStats {
-    /// quinn's statistics of `conn` now.
-    pub fn of(conn: &quinn::Connection) -> Self {
-        let s = conn.stats();
-        Self {
-            rtt: s.path.rtt,
-            cwnd: s.path.cwnd,
-            sent_packets: s.path.sent_packets,
-            lost_packets: s.path.lost_packets,
-            lost_bytes: s.path.lost_bytes,
-            udp_tx_bytes: s.udp_tx.bytes,
-            udp_rx_bytes: s.udp_rx.bytes,
-        }
-    }
-
     /// The share of sent packets declared lost.
     pub fn loss(&self) -> f64 {
         if self.sent_packets == 0 {

@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::ticket::hex;
-use crate::ALPN;
+use crate::{ALPN, TCP_ALPN};
 
 /// The server name the sender asks for; the pinned verifier ignores it.
 pub const SERVER_NAME: &str = "sluice";
@@ -233,6 +233,23 @@ pub fn server_config(
     identity: &Identity,
     tuning: &TransportTuning,
 ) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = server_tls(identity, ALPN)?;
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(tuning.build()));
+    Ok(cfg)
+}
+
+/// The receiver's TLS configuration for the TCP transport: the same identity, TLS 1.3 only,
+/// [`TCP_ALPN`], and no session tickets (no connection is ever resumed, and a ticket the
+/// client never reads would sit in its socket).
+pub fn tcp_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut tls = server_tls(identity, TCP_ALPN)?;
+    tls.send_tls13_tickets = 0;
+    Ok(Arc::new(tls))
+}
+
+fn server_tls(identity: &Identity, alpn: &[u8]) -> Result<rustls::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -240,12 +257,9 @@ pub fn server_config(
             vec![identity.cert.clone()],
             PrivateKeyDer::Pkcs8(identity.key.clone_key()),
         )?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     tls.max_early_data_size = 0;
-    let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(tuning.build()));
-    Ok(cfg)
+    Ok(tls)
 }
 
 /// The sender's QUIC client configuration, trusting only the certificate with `fingerprint`.
@@ -253,6 +267,20 @@ pub fn client_config(
     fingerprint: [u8; 32],
     tuning: &TransportTuning,
 ) -> Result<quinn::ClientConfig, TlsError> {
+    let tls = client_tls(fingerprint, ALPN)?;
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(tuning.build()));
+    Ok(cfg)
+}
+
+/// The sender's TLS configuration for the TCP transport: it trusts the certificate whose
+/// fingerprint the ticket names, as over QUIC.
+pub fn tcp_client_config(fingerprint: [u8; 32]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(client_tls(fingerprint, TCP_ALPN)?))
+}
+
+fn client_tls(fingerprint: [u8; 32], alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PinnedVerifier {
         fingerprint,
@@ -263,11 +291,8 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(tuning.build()));
-    Ok(cfg)
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
 }
 
 /// Accepts exactly one certificate, named by its BLAKE3 fingerprint, and checks the handshake

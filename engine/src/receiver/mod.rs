@@ -31,7 +31,8 @@ use sluice_proto::message::{
 };
 use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls::{self, Identity};
+use sluice_proto::tls::Identity;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -43,6 +44,7 @@ use crate::merkle;
 use crate::net;
 use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::{BufferPool, ALIGN};
+use crate::transport::{self, quic, tcp, Choice, ControlChannel, LaneRx, Link};
 
 mod scan;
 mod writer;
@@ -174,16 +176,15 @@ pub struct Receiver {
     config: Config,
     dest: Destination,
     rt: tokio::runtime::Runtime,
-    endpoint: quinn::Endpoint,
-    /// The server configuration for a sender on this host: loopback loses nothing, so its
-    /// streams get the whole window (the endpoint's own configuration is safe on any path).
-    near: Arc<quinn::ServerConfig>,
+    quic: Option<quic::Server>,
+    tcp: Option<tcp::Server>,
     ticket: Ticket,
 }
 
 impl Receiver {
-    /// Binds a QUIC endpoint on `listen` with a fresh certificate and secret. `advertise`, if
-    /// given, is the address written into the ticket (needed when `listen` is a wildcard).
+    /// Listens on `listen` (UDP for QUIC and TCP on the same port number, or the one transport
+    /// `config.transport` names) with a fresh certificate and secret. `advertise`, if given, is
+    /// the address written into the ticket (needed when `listen` is a wildcard).
     pub fn bind(
         dest: impl Into<PathBuf>,
         listen: SocketAddr,
@@ -196,21 +197,16 @@ impl Receiver {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
             .map_err(|e| Error::io("generating secret")(std::io::Error::other(e.to_string())))?;
-        let server = tls::server_config(&identity, &config.transport_to(None))?;
-        let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
-        let near = Arc::new(tls::server_config(
-            &identity,
-            &config.transport_to(Some(loopback)),
-        )?);
         let rt = net::runtime()?;
-        let socket = net::udp_socket(listen, &config)?;
-        let endpoint = {
+        let (quic, tcp) = {
             let _guard = rt.enter();
-            net::endpoint(socket, Some(server), None)?
+            listen_on(listen, &identity, &config)?
         };
-        let mut addr = endpoint
-            .local_addr()
-            .map_err(Error::io("reading bound address"))?;
+        let mut addr = match (&quic, &tcp) {
+            (Some(q), _) => q.local_addr()?,
+            (None, Some(t)) => t.local_addr()?,
+            (None, None) => unreachable!("listen_on binds at least one transport"),
+        };
         if let Some(a) = advertise {
             addr = a;
         } else if addr.ip().is_unspecified() {
@@ -229,8 +225,8 @@ impl Receiver {
             config,
             dest,
             rt,
-            endpoint,
-            near,
+            quic,
+            tcp,
         })
     }
 
@@ -247,46 +243,34 @@ impl Receiver {
             config,
             dest,
             rt,
-            endpoint,
-            near,
+            quic,
+            mut tcp,
             ticket,
         } = self;
         rt.block_on(async move {
-            let incoming = endpoint.accept().await.ok_or_else(|| Error::Connection {
-                peer: "none".into(),
-                detail: "endpoint closed before a sender connected".into(),
-            })?;
-            let peer = incoming.remote_address();
-            let connecting = if peer.ip().to_canonical().is_loopback() {
-                incoming.accept_with(near)
-            } else {
-                incoming.accept()
-            };
-            let conn = connecting
-                .map_err(|e| net::conn_error(peer)(&e))?
-                .await
-                .map_err(|e| net::conn_error(peer)(&e))?;
+            let (link, control) = accept(quic.as_ref(), tcp.as_mut()).await?;
             let started = Instant::now();
             let mut parts = Vec::new();
-            let result = receive(&config, &dest, ticket.secret, &conn, &progress, &mut parts).await;
-            let result = match (result, conn.close_reason()) {
-                (Err(Error::Connection { .. }), Some(quinn::ConnectionError::TimedOut)) => Err(Error::Connection {
-                    peer: peer.to_string(),
-                    detail: format!(
-                        "timed out: no packet from the sender for {} s; partial files are kept, the same send resumes",
-                        config.idle_timeout.as_secs()
-                    ),
-                }),
-                (Err(Error::Connection { .. }), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
-                    Err(Error::Connection {
-                        peer: peer.to_string(),
-                        detail: format!("sender aborted: {}", String::from_utf8_lossy(&c.reason)),
-                    })
-                }
-                (r, _) => r,
-            };
+            let result = receive(
+                &config,
+                &dest,
+                ticket.secret,
+                &link,
+                control,
+                &progress,
+                &mut parts,
+            )
+            .await;
+            let result = transport::explain(
+                result,
+                &*link,
+                "sender",
+                config.idle_timeout,
+                "partial files are kept, the same send resumes",
+            )
+            .await;
             if let Err(e) = &result {
-                net::close(&conn, 1, e.to_string().as_bytes()).await;
+                link.close(1, e.to_string().as_bytes()).await;
                 // An interrupted transfer keeps its part files: the next run resumes from what
                 // they hold. A refused one (a protocol violation) leaves nothing behind.
                 if !matches!(
@@ -300,11 +284,128 @@ impl Receiver {
             } else {
                 // The sender closes once it has read the summary; bounded wait.
                 let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+                    tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
             }
-            net::close(&conn, 0, b"").await;
-            net::finish_summary(result, started, &conn)
+            link.close(0, b"").await;
+            net::finish_summary(result, started, &*link)
         })
+    }
+}
+
+/// Binds what `config.transport` asks for. Both transports share one port number, so one
+/// ticket names both: with port 0, a UDP port whose TCP twin is taken is given back and another
+/// is tried.
+fn listen_on(
+    listen: SocketAddr,
+    identity: &Identity,
+    config: &Config,
+) -> Result<(Option<quic::Server>, Option<tcp::Server>)> {
+    match config.transport {
+        Choice::Quic => Ok((Some(quic::Server::bind(listen, identity, config)?), None)),
+        Choice::Tcp => Ok((None, Some(tcp::Server::bind(listen, identity, config)?))),
+        Choice::Auto => {
+            let mut tries = 0;
+            loop {
+                let quic = quic::Server::bind(listen, identity, config)?;
+                let mut at = listen;
+                at.set_port(quic.local_addr()?.port());
+                match tcp::Server::bind(at, identity, config) {
+                    Ok(tcp) => return Ok((Some(quic), Some(tcp))),
+                    Err(e) if listen.port() == 0 && tries < 8 => {
+                        tracing::debug!(%e, "TCP twin of a UDP port taken; trying another");
+                        tries += 1;
+                    }
+                    Err(e) => {
+                        return Err(Error::Connection {
+                            peer: at.to_string(),
+                            detail: format!(
+                                "{e} (the receiver listens on UDP and TCP at one port; \
+                                 --transport quic listens on UDP alone)"
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connection attempts that fail before a control channel opens (a handshake error, a stray
+/// packet, a client that never says Hello) after which the receiver gives up waiting.
+const MAX_FAILED_ATTEMPTS: u32 = 16;
+
+/// Waits for the first connection, on either transport, that completes its handshake and opens
+/// its control channel within [`transport::HELLO_DEADLINE`]. A failed attempt is reported and
+/// does not end the wait: one stray or hostile packet must not stop a receiver.
+async fn accept(
+    quic: Option<&quic::Server>,
+    tcp: Option<&mut tcp::Server>,
+) -> Result<(Arc<dyn Link>, ControlChannel)> {
+    let mut tcp_links = tcp.map(|t| t.serve());
+    let mut pending = tokio::task::JoinSet::new();
+    let mut failed = 0;
+    let deadline = transport::HELLO_DEADLINE;
+    let opened = move |link: Arc<dyn Link>| async move {
+        let control = tokio::time::timeout(deadline, link.accept_control())
+            .await
+            .map_err(|_| {
+                transport::conn_error(link.peer())(&format!(
+                    "no control channel within {} s",
+                    deadline.as_secs()
+                ))
+            })??;
+        Ok::<_, Error>((link, control))
+    };
+    loop {
+        tokio::select! {
+            incoming = async { quic?.incoming().await }, if quic.is_some() => {
+                let Some(incoming) = incoming else {
+                    return Err(Error::Connection {
+                        peer: "none".into(),
+                        detail: "endpoint closed before a sender connected".into(),
+                    });
+                };
+                let server = quic.expect("guarded by the select").clone();
+                pending.spawn(async move {
+                    let handshake = tokio::time::timeout(deadline, server.handshake(incoming));
+                    let link = handshake
+                        .await
+                        .map_err(|_| Error::Connection {
+                            peer: "QUIC".into(),
+                            detail: "handshake timed out".into(),
+                        })??;
+                    opened(link).await
+                });
+            }
+            Some(link) = async { tcp_links.as_mut()?.recv().await }, if tcp_links.is_some() => {
+                match link {
+                    Ok(link) => {
+                        pending.spawn(opened(link));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!("connection attempt failed: {e}");
+                        if failed >= MAX_FAILED_ATTEMPTS {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            Some(done) = pending.join_next() => match done {
+                Ok(Ok((link, control))) => {
+                    tracing::debug!(transport = %link.kind(), peer = %link.peer(), "sender connected");
+                    return Ok((link, control));
+                }
+                Ok(Err(e)) => {
+                    failed += 1;
+                    tracing::warn!("connection attempt failed: {e}");
+                    if failed >= MAX_FAILED_ATTEMPTS {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(Error::io("accepting a connection")(std::io::Error::other(e.to_string()))),
+            },
+        }
     }
 }
 
@@ -312,14 +413,14 @@ async fn receive(
     config: &Config,
     dest: &Destination,
     secret: [u8; 32],
-    conn: &quinn::Connection,
+    link: &Arc<dyn Link>,
+    control: ControlChannel,
     progress: &Arc<Progress>,
     parts: &mut Vec<PathBuf>,
 ) -> Result<Summary> {
-    let peer = conn.remote_address();
-    let conn_err = net::conn_error(peer);
-    let (send, recv) = conn.accept_bi().await.map_err(|e| conn_err(&e))?;
-    let mut control = Control::new(send, recv, peer.to_string());
+    let peer = link.peer();
+    let conn_err = transport::conn_error(peer);
+    let mut control = Control::new(control, peer.to_string());
     let shared = Arc::new(Mutex::new(Shared {
         session: ReceiverSession::new(secret),
         claimed: HashMap::new(),
@@ -411,7 +512,7 @@ async fn receive(
                 control.finish();
                 if let Some(first) = first_failure.take().filter(|_| !dry_run) {
                     // The sender was told file by file; the receiver's exit says it too.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
                     return Err(Error::FilesFailed {
                         failed: failures as usize,
                         total: summary.files as usize + failures as usize,
@@ -430,13 +531,13 @@ async fn receive(
                             streams.len(),
                             pool.as_ref().map_or(0, |p| p.available()),
                             files.len(),
-                            net::flow_figures(conn)
+                            link.flow_figures()
                         );
                     }
                 }
-                stream = conn.accept_uni(), if accepting && pool.is_some() => match (stream, &pool) {
-                    (Ok(stream), Some(pool)) => {
-                        streams.spawn(read_stream(stream, conn.remote_address(), shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
+                stream = link.accept_lane(), if accepting && pool.is_some() => match (stream, &pool) {
+                    (Some(stream), Some(pool)) => {
+                        streams.spawn(read_stream(stream, peer, shared.clone(), pool.clone(), ready_rx.clone(), job_tx.clone()));
                     }
                     // The connection ending is the control stream's business.
                     _ => accepting = false,
@@ -462,7 +563,7 @@ async fn receive(
                             // A stream's reader holds a buffer while its block arrives: with no
                             // more streams than buffers, every reader can always get one.
                             let allowed = config.max_streams.max(config.streams).min(count).max(1);
-                            conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u64(allowed as u64).unwrap_or(quinn::VarInt::MAX));
+                            link.allow_lanes(allowed);
                         }
                         ReceiverEvent::Entry(entry) if dry_run => {
                             // Compare only: note what is there, create nothing.
@@ -725,7 +826,7 @@ async fn receive(
                 .await;
             control.finish();
             // Closing now could discard the message in flight; the sender closes on reading it.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link.closed()).await;
         }
     }
     // Stream tasks hold job senders: they must be gone before the writer can see the end.
@@ -1053,7 +1154,7 @@ fn same_len(path: &std::path::Path, size: u64) -> bool {
 
 /// Reads blocks from one data stream until it ends.
 async fn read_stream(
-    mut stream: quinn::RecvStream,
+    mut stream: LaneRx,
     peer: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     pool: Arc<BufferPool>,
@@ -1063,27 +1164,27 @@ async fn read_stream(
     ready
         .wait_for(|r| *r)
         .await
-        .map_err(|_| net::conn_error(peer)(&"receiver stopped"))?;
+        .map_err(|_| transport::conn_error(peer)(&"receiver stopped"))?;
     while read_block(&mut stream, &shared, &pool, &jobs, peer).await? {}
     Ok(())
 }
 
 /// Reads one header and payload. Returns false at the clean end of the stream.
 async fn read_block(
-    stream: &mut quinn::RecvStream,
+    stream: &mut LaneRx,
     shared: &Mutex<Shared>,
     pool: &Arc<BufferPool>,
     jobs: &std_mpsc::Sender<Job>,
     peer: SocketAddr,
 ) -> Result<bool> {
-    let conn_err = net::conn_error(peer);
+    let conn_err = transport::conn_error(peer);
     let mut raw = [0u8; BLOCK_HEADER_LEN];
     let mut got = 0;
     while got < BLOCK_HEADER_LEN {
         match stream.read(&mut raw[got..]).await {
-            Ok(Some(n)) => got += n,
-            Ok(None) if got == 0 => return Ok(false),
-            Ok(None) => return Err(conn_err(&"data stream ended inside a block header")),
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(conn_err(&"data stream ended inside a block header")),
+            Ok(n) => got += n,
             Err(e) => return Err(conn_err(&e)),
         }
     }

@@ -27,7 +27,6 @@ use sluice_proto::message::{
 };
 use sluice_proto::session::{block_count, SenderEvent, SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls;
 use tokio::sync::mpsc;
 
 use crate::blockio::{self, Completion, Op, Request};
@@ -38,8 +37,9 @@ use crate::manifest::{self, SourceEntry};
 use crate::merkle;
 use crate::net;
 use crate::pack::Packer;
-use crate::progress::{Event, PathStats, Progress, StallWatch, Summary};
+use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::BufferPool;
+use crate::transport::{self, Kind, Link};
 
 mod board;
 
@@ -107,59 +107,36 @@ async fn run(
     ticket: &Ticket,
     progress: Arc<Progress>,
 ) -> Result<Summary> {
-    let peer = ticket.addr;
-    let conn_err = net::conn_error(peer);
-    let tuning = config.transport_to(Some(peer.ip()));
-    let client = tls::client_config(ticket.fingerprint, &tuning)?;
-    let endpoint = net::endpoint(
-        net::udp_socket(net::any_addr_for(peer), config)?,
-        None,
-        tuning.datagram_size,
-    )?;
-    let connecting = endpoint
-        .connect_with(client, peer, tls::SERVER_NAME)
-        .map_err(|e| conn_err(&e))?;
-    let conn = connecting.await.map_err(|e| conn_err(&e))?;
-    tracing::debug!("connected");
+    let link = transport::connect(config, ticket).await?;
     let started = Instant::now();
-    let result = transfer(config, manifest, ticket, &conn, progress).await;
-    // If the receiver closed the connection, its reason says more than "connection lost".
-    let result = match (result, conn.close_reason()) {
-        (Err(Error::Connection { .. }), Some(quinn::ConnectionError::ApplicationClosed(c))) => {
-            Err(Error::Connection {
-                peer: peer.to_string(),
-                detail: format!("receiver aborted: {}", String::from_utf8_lossy(&c.reason)),
-            })
-        }
-        (Err(Error::Connection { .. }), Some(quinn::ConnectionError::TimedOut)) => Err(Error::Connection {
-            peer: peer.to_string(),
-            detail: format!(
-                "timed out: no packet from the receiver for {} s; it stopped or the network failed (run the same command again to resume)",
-                config.idle_timeout.as_secs()
-            ),
-        }),
-        (r, _) => r,
-    };
+    let result = transfer(config, manifest, ticket, &link, progress).await;
+    let result = transport::explain(
+        result,
+        &*link,
+        "receiver",
+        config.idle_timeout,
+        "it stopped or the network failed (run the same command again to resume)",
+    )
+    .await;
     tracing::debug!("transfer ended");
     match &result {
-        Ok(_) => net::close(&conn, 0, b"done").await,
-        Err(e) => net::close(&conn, 1, e.to_string().as_bytes()).await,
+        Ok(_) => link.close(0, b"done").await,
+        Err(e) => link.close(1, e.to_string().as_bytes()).await,
     }
     tracing::debug!("sender closed");
-    net::finish_summary(result, started, &conn)
+    net::finish_summary(result, started, &*link)
 }
 
 async fn transfer(
     config: &Config,
     manifest: Vec<SourceEntry>,
     ticket: &Ticket,
-    conn: &quinn::Connection,
+    link: &Arc<dyn Link>,
     progress: Arc<Progress>,
 ) -> Result<Summary> {
-    let peer = conn.remote_address();
-    let conn_err = net::conn_error(peer);
-    let (send, recv) = conn.open_bi().await.map_err(|e| conn_err(&e))?;
-    let mut control = Control::new(send, recv, peer.to_string());
+    let peer = link.peer();
+    let conn_err = transport::conn_error(peer);
+    let mut control = Control::new(link.open_control().await?, peer.to_string());
     let sizes: Vec<Option<u64>> = manifest
         .iter()
         .map(|e| (e.entry.kind == EntryKind::File).then_some(e.entry.size))
@@ -246,7 +223,7 @@ async fn transfer(
 
     let mut streams = tokio::task::JoinSet::new();
     let lanes = Lanes {
-        conn: conn.clone(),
+        link: link.clone(),
         blocks: block_rx,
         progress: progress.clone(),
         stream_window: config.transport_to(Some(peer.ip())).stream_window,
@@ -311,7 +288,7 @@ async fn transfer(
                 }
             }
             _ = grow.tick() => {
-                progress.set_path(PathStats::of(conn));
+                progress.set_path(link.path());
                 if stall.stalled(progress.snapshot().bytes_sent) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
@@ -319,7 +296,7 @@ async fn transfer(
                         StallWatch::AFTER.as_secs(),
                         waiting,
                         if reading { "running" } else { "done" },
-                        net::flow_figures(conn)
+                        link.flow_figures()
                     );
                 }
                 if !reading || open_streams >= config.max_streams {
@@ -404,7 +381,7 @@ fn queued(q: &mpsc::Sender<Block>) -> usize {
 
 /// What the data streams share: blocks from the reader go out on whichever stream is free.
 struct Lanes {
-    conn: quinn::Connection,
+    link: Arc<dyn Link>,
     blocks: Arc<tokio::sync::Mutex<mpsc::Receiver<Block>>>,
     progress: Arc<Progress>,
     /// The receiver's per-stream flow-control window, as this side's configuration sets it.
@@ -428,8 +405,14 @@ impl Lanes {
     /// With the trigger at half the queue, 1 GiB at 100 ms and 1 % random loss gave 60.3, 78.0
     /// and 89.4 % of the link (36 streams, 28 blocks waiting, no block finished for 5 s); at a
     /// quarter, 83.7, 86.4 and 90.3 %, with no stall.
+    ///
+    /// Over TCP the first lanes stay: each is a TCP connection with its own congestion window,
+    /// and more of them would only take more than a fair share of the bottleneck.
     fn wanted(&self, open: usize) -> usize {
-        let cwnd = self.conn.stats().path.cwnd;
+        if self.link.kind() == Kind::Tcp {
+            return open;
+        }
+        let cwnd = self.link.path().cwnd;
         let by_window = (cwnd.saturating_mul(6) / self.stream_window.max(1) + 1) as usize;
         let waiting = self
             .queue
@@ -444,24 +427,24 @@ impl Lanes {
 
     /// One more data stream taking blocks until the reader is done.
     fn spawn(&self, set: &mut tokio::task::JoinSet<Result<()>>) {
-        let conn = self.conn.clone();
+        let link = self.link.clone();
         let rx = self.blocks.clone();
         let progress = self.progress.clone();
-        let conn_err = net::conn_error(conn.remote_address());
+        let conn_err = transport::conn_error(self.link.peer());
         set.spawn(async move {
-            let mut stream = conn.open_uni().await.map_err(|e| conn_err(&e))?;
+            let Some(mut stream) = link.open_lane().await? else {
+                tracing::debug!("the receiver allows no more lanes");
+                return Ok(());
+            };
             loop {
                 let next = rx.lock().await.recv().await;
                 let Some(block) = next else { break };
                 let n = block.carries;
                 let mut chunks = [block.header, block.payload];
-                stream
-                    .write_all_chunks(&mut chunks)
-                    .await
-                    .map_err(|e| conn_err(&e))?;
+                stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
                 progress.add_sent(n);
             }
-            let _ = stream.finish();
+            stream.finish().await;
             Ok(())
         });
     }

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice_engine::Config;
 
-/// Move files and directory trees over QUIC, every byte verified with BLAKE3.
+/// Move files and directory trees over QUIC (or TLS over TCP), every byte verified with BLAKE3.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Copy SRC... into DEST_DIR through a sender and a receiver in this process (loopback QUIC).
+    /// Copy SRC... into DEST_DIR through a sender and a receiver in this process (over loopback).
     Copy {
         /// One or more sources, then the destination directory.
         #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR")]
@@ -38,7 +38,7 @@ pub enum Command {
     Recv {
         /// Where received files go (created if missing).
         dest: PathBuf,
-        /// UDP address to listen on.
+        /// Address to listen on (UDP and TCP, see --transport).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
         /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
@@ -137,6 +137,11 @@ pub struct Tuning {
     /// Blocks are verified on their unpacked bytes. Default: auto.
     #[arg(long, global = true, value_parser = ["auto", "zstd", "off"])]
     pub compress: Option<String>,
+    /// quic, tcp (TLS 1.3 over TCP, for sites where UDP is blocked or throttled) or auto: a
+    /// sender tries QUIC and, with no answer in 3 s, TCP as well; a receiver listens on both
+    /// (UDP and TCP, same port). Default: auto.
+    #[arg(long, global = true, env = "SLUICE_TRANSPORT", value_parser = ["auto", "quic", "tcp"])]
+    pub transport: Option<String>,
     /// Use pread/pwrite instead of io_uring.
     #[arg(long, global = true)]
     pub no_uring: bool,
@@ -193,6 +198,9 @@ impl Tuning {
         }
         if let Some(z) = self.compress.as_deref() {
             c.compress = z.parse().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(t) = self.transport.as_deref() {
+            c.transport = t.parse().map_err(anyhow::Error::msg)?;
         }
         if let Some(d) = self.datagram_size {
             if d != 0 && !(1200..=16_000).contains(&d) {

@@ -2,6 +2,7 @@
 //! clear error naming what went wrong, a non-zero exit, and never an unverified file under its
 //! final name.
 
+#[macro_use]
 mod common;
 
 use std::os::unix::fs::MetadataExt;
@@ -12,14 +13,14 @@ use common::*;
 
 const BLOCK: u64 = 1 << 20;
 
-#[test]
-fn sender_reports_a_receiver_that_vanished() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("big.bin");
+/// Starts sending 512 MiB to a fresh receiver and returns once 64 MiB have reached its part
+/// file.
+fn sending_big_file(d: &std::path::Path) -> (Recv, std::process::Child) {
+    let src = d.join("big.bin");
     random_file(&src, 512 * BLOCK, 3);
-    let dest = d.path().join("dest");
+    let dest = d.join("dest");
     let recv = Recv::start(&dest);
-    let send = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let send = sluice()
         .args(["send", "--idle-timeout", "2"])
         .arg(&src)
         .arg(&recv.ticket)
@@ -33,20 +34,54 @@ fn sender_reports_a_receiver_that_vanished() {
         assert!(Instant::now() < deadline, "transfer did not start");
         std::thread::sleep(Duration::from_millis(2));
     }
-    drop(recv); // SIGKILL: no close frame, the sender only sees silence
-    let started = Instant::now();
-    let out = send.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the sender hung"
-    );
-    let err = stderr(&out);
-    assert!(
-        err.contains("127.0.0.1") && err.contains("timed out"),
-        "sender said: {err}"
-    );
-    assert!(!dest.join("big.bin").exists());
+    (recv, send)
+}
+
+over_both! {
+    fn sender_reports_a_receiver_that_went_silent() {
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file(d.path());
+        // SIGSTOP: no close, no reset; the receiver's kernel still acknowledges TCP, but the
+        // receiver itself sends nothing any more.
+        recv.pause();
+        let started = Instant::now();
+        let out = send.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sender hung"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("127.0.0.1") && err.contains("timed out"),
+            "sender said: {err}"
+        );
+        drop(recv);
+        assert!(!d.path().join("dest/big.bin").exists());
+    }
+}
+
+over_both! {
+    fn sender_reports_a_receiver_that_vanished() {
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file(d.path());
+        // SIGKILL: over QUIC the sender sees only silence; over TCP the receiver's kernel resets
+        // the connections.
+        drop(recv);
+        let started = Instant::now();
+        let out = send.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the sender hung"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("127.0.0.1") && (err.contains("timed out") || err.contains("was cut")),
+            "sender said: {err}"
+        );
+        assert!(!d.path().join("dest/big.bin").exists());
+    }
 }
 
 #[test]

@@ -1,17 +1,18 @@
 //! End to end: what the receiver must refuse — a sender without the right secret, a receiver
 //! without the pinned certificate, and a crafted sender naming paths outside the destination.
 
+#[macro_use]
 mod common;
 
 use std::fs;
 use std::time::Duration;
 
 use common::*;
+use sluice_engine::{transport, Config};
 use sluice_proto::codec::{encode_message, FrameDecoder};
 use sluice_proto::message::{Entry, EntryKind, Message};
 use sluice_proto::session::SenderSession;
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls::{self, TransportTuning};
 
 fn tamper(ticket: &str, f: impl FnOnce(&mut Ticket)) -> String {
     let mut t: Ticket = ticket.parse().unwrap();
@@ -19,46 +20,48 @@ fn tamper(ticket: &str, f: impl FnOnce(&mut Ticket)) -> String {
     t.to_string()
 }
 
-#[test]
-fn wrong_secret_is_refused_and_nothing_is_left() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("f");
-    random_file(&src, 100_000, 3);
-    let dest = d.path().join("dest");
-    let recv = Recv::start(&dest);
-    let bad = tamper(&recv.ticket, |t| t.secret[0] ^= 1);
-    let out = sluice().arg("send").arg(&src).arg(&bad).output().unwrap();
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("secret"), "sender said: {err}");
-    let r = recv.wait();
-    assert!(!r.status.success());
-    assert!(
-        stderr(&r).contains("wrong secret"),
-        "receiver said: {}",
-        stderr(&r)
-    );
-    assert_eq!(
-        fs::read_dir(&dest).unwrap().count(),
-        0,
-        "destination must stay empty"
-    );
+over_both! {
+    fn wrong_secret_is_refused_and_nothing_is_left() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f");
+        random_file(&src, 100_000, 3);
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let bad = tamper(&recv.ticket, |t| t.secret[0] ^= 1);
+        let out = sluice().arg("send").arg(&src).arg(&bad).output().unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("secret"), "sender said: {err}");
+        let r = recv.wait();
+        assert!(!r.status.success());
+        assert!(
+            stderr(&r).contains("wrong secret"),
+            "receiver said: {}",
+            stderr(&r)
+        );
+        assert_eq!(
+            fs::read_dir(&dest).unwrap().count(),
+            0,
+            "destination must stay empty"
+        );
+    }
 }
 
-#[test]
-fn wrong_fingerprint_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("f");
-    random_file(&src, 10_000, 3);
-    let dest = d.path().join("dest");
-    let recv = Recv::start(&dest);
-    let bad = tamper(&recv.ticket, |t| t.fingerprint[5] ^= 0x40);
-    let out = sluice().arg("send").arg(&src).arg(&bad).output().unwrap();
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("fingerprint"), "sender said: {err}");
-    drop(recv);
-    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+over_both! {
+    fn wrong_fingerprint_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f");
+        random_file(&src, 10_000, 3);
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let bad = tamper(&recv.ticket, |t| t.fingerprint[5] ^= 0x40);
+        let out = sluice().arg("send").arg(&src).arg(&bad).output().unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("fingerprint"), "sender said: {err}");
+        drop(recv);
+        assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+    }
 }
 
 #[test]
@@ -74,8 +77,9 @@ fn malformed_ticket_is_explained() {
     assert!(stderr(&out).contains("ticket"), "{}", stderr(&out));
 }
 
-/// Connects to a real `sluice recv` as a crafted sender with the right secret, sends a
-/// manifest holding `path`, and returns the receiver's answer.
+/// Connects to a real `sluice recv` as a crafted sender with the right secret, over the
+/// transport the test runs on, sends a manifest holding `path`, and
+/// returns the receiver's answer.
 fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> {
     let ticket: Ticket = ticket.parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -83,25 +87,13 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
         .build()
         .unwrap();
     rt.block_on(async {
-        let tuning = TransportTuning {
-            stream_window: 1 << 20,
-            connection_window: 1 << 20,
-            send_window: 1 << 20,
-            max_uni_streams: 4,
+        let config = Config {
+            transport: common::transport(),
             idle_timeout: Duration::from_secs(10),
-            ack_eliciting_threshold: 0,
-            max_ack_delay: Duration::from_millis(25),
-            congestion: tls::Congestion::Cubic,
-            ..TransportTuning::default()
+            ..Config::default()
         };
-        let cfg = tls::client_config(ticket.fingerprint, &tuning).unwrap();
-        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = ep
-            .connect_with(cfg, ticket.addr, tls::SERVER_NAME)
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let link = transport::connect(&config, &ticket).await.unwrap();
+        let (mut send, mut recv) = link.open_control().await.unwrap();
         let mut wire = Vec::new();
         encode_message(&SenderSession::hello(ticket.secret, 1 << 20, 0), &mut wire);
         encode_message(
@@ -119,73 +111,73 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
             &mut wire,
         );
         encode_message(&Message::ManifestEnd { count: 1 }, &mut wire);
-        send.write_all(&wire).await.unwrap();
+        send.write(&mut [wire.into()]).await.unwrap();
         let mut dec = FrameDecoder::new();
         let mut last = None;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while let Ok(Ok(Some(chunk))) =
-            tokio::time::timeout_at(deadline, recv.read_chunk(4096, true)).await
-        {
-            dec.push(&chunk.bytes);
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, recv.recv()).await {
+            dec.push(&chunk);
             while let Ok(Some(m)) = dec.next_message() {
                 last = Some(m);
             }
         }
-        conn.close(0u32.into(), b"");
+        link.close(0, b"").await;
         last
     })
 }
 
-#[test]
-fn hostile_paths_are_refused_and_nothing_is_written_outside() {
-    for (i, path) in [
-        "../escape",
-        "a/../../escape",
-        "/tmp/sluice-escape-test",
-        "a//b",
-        // The name of another file's part file: renamed over it, it would take its place.
-        ".x.sluice-part",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("dest");
-        let recv = Recv::start(&dest);
-        let answer = crafted_sender(&recv.ticket, path, EntryKind::File);
-        match answer {
-            Some(Message::Error { message, .. }) => assert!(
-                message.contains("manifest entry 0"),
-                "case {i}: receiver answered {message}"
-            ),
-            other => panic!("case {i} ({path}): expected an Error, got {other:?}"),
+over_both! {
+    fn hostile_paths_are_refused_and_nothing_is_written_outside() {
+        for (i, path) in [
+            "../escape",
+            "a/../../escape",
+            "/tmp/sluice-escape-test",
+            "a//b",
+            // The name of another file's part file: renamed over it, it would take its place.
+            ".x.sluice-part",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = tempfile::tempdir().unwrap();
+            let dest = d.path().join("dest");
+            let recv = Recv::start(&dest);
+            let answer = crafted_sender(&recv.ticket, path, EntryKind::File);
+            match answer {
+                Some(Message::Error { message, .. }) => assert!(
+                    message.contains("manifest entry 0"),
+                    "case {i}: receiver answered {message}"
+                ),
+                other => panic!("case {i} ({path}): expected an Error, got {other:?}"),
+            }
+            let r = recv.wait();
+            assert!(!r.status.success(), "case {i}: receiver must fail");
+            assert!(!d.path().join("escape").exists());
+            assert!(!std::path::Path::new("/tmp/sluice-escape-test").exists());
+            let inside: Vec<_> = fs::read_dir(&dest).unwrap().collect();
+            assert!(inside.is_empty(), "case {i}: destination holds {inside:?}");
         }
-        let r = recv.wait();
-        assert!(!r.status.success(), "case {i}: receiver must fail");
-        assert!(!d.path().join("escape").exists());
-        assert!(!std::path::Path::new("/tmp/sluice-escape-test").exists());
-        let inside: Vec<_> = fs::read_dir(&dest).unwrap().collect();
-        assert!(inside.is_empty(), "case {i}: destination holds {inside:?}");
     }
 }
 
-#[test]
-fn a_symlink_from_the_manifest_is_never_followed() {
-    // A hostile sender announces a symlink to /etc, then a file beneath it: the file would land
-    // in /etc if the link were created first or followed. Links are created last and parents
-    // are checked, so the write is refused.
-    let d = tempfile::tempdir().unwrap();
-    let dest = d.path().join("dest");
-    let outside = d.path().join("outside");
-    fs::create_dir(&outside).unwrap();
-    std::os::unix::fs::symlink(&outside, dest_with(&dest).join("evil")).unwrap();
-    let recv = Recv::start(&dest);
-    let answer = crafted_sender(&recv.ticket, "evil/x", EntryKind::File);
-    assert!(matches!(answer, Some(Message::Error { .. })), "{answer:?}");
-    let r = recv.wait();
-    assert!(!r.status.success());
-    assert!(stderr(&r).contains("symlink"), "{}", stderr(&r));
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+over_both! {
+    fn a_symlink_from_the_manifest_is_never_followed() {
+        // A hostile sender announces a symlink to /etc, then a file beneath it: the file would land
+        // in /etc if the link were created first or followed. Links are created last and parents
+        // are checked, so the write is refused.
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dest_with(&dest).join("evil")).unwrap();
+        let recv = Recv::start(&dest);
+        let answer = crafted_sender(&recv.ticket, "evil/x", EntryKind::File);
+        assert!(matches!(answer, Some(Message::Error { .. })), "{answer:?}");
+        let r = recv.wait();
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains("symlink"), "{}", stderr(&r));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
 }
 
 fn dest_with(dest: &std::path::Path) -> &std::path::Path {

@@ -1,6 +1,7 @@
-//! End to end: the real `sluice` binary moves real files over real QUIC on loopback, and the
-//! result is compared byte for byte and by BLAKE3 with the source.
+//! End to end: the real `sluice` binary moves real files over real QUIC and TCP on loopback, and
+//! the result is compared byte for byte and by BLAKE3 with the source.
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -10,170 +11,226 @@ use common::*;
 
 const BLOCK: u64 = 1 << 20;
 
-#[test]
-fn copy_edge_sizes_byte_for_byte() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("edges");
-    fs::create_dir(&src).unwrap();
-    for (i, len) in [
-        0,
-        1,
-        4095,
-        4096,
-        4097,
-        BLOCK - 1,
-        BLOCK,
-        BLOCK + 1,
-        3 * BLOCK + 17,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        random_file(&src.join(format!("f{len}")), len, i as u8);
-    }
-    fs::set_permissions(src.join("f1"), fs::Permissions::from_mode(0o600)).unwrap();
-    let dest = d.path().join("dest");
-    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("9 files"), "{summary}");
-    assert_same_tree(&src, &dest.join("edges"));
-    assert!(part_files(&dest).is_empty());
-}
-
-#[test]
-fn copy_one_gib_and_report_its_root() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("big.bin");
-    random_file(&src, 1 << 30, 42);
-    let dest = d.path().join("dest");
-    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let want = b3(&src);
-    assert_eq!(b3(&dest.join("big.bin")), want);
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains(&want.to_hex().to_string()), "{summary}");
-    // `sluice hash` prints what b3sum prints.
-    let out = sluice()
-        .arg("hash")
-        .arg(dest.join("big.bin"))
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with(want.to_hex().as_str()));
-}
-
-#[test]
-fn send_recv_tree_with_many_files_links_and_empty_dirs() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("tree");
-    fs::create_dir_all(src.join("a/b/c")).unwrap();
-    fs::create_dir_all(src.join("empty")).unwrap();
-    fs::create_dir_all(src.join("small")).unwrap();
-    for i in 0..1000u32 {
-        fs::write(
-            src.join("small").join(format!("s{i:04}")),
-            format!("file {i}\n").repeat(i as usize % 7),
-        )
-        .unwrap();
-    }
-    random_file(&src.join("a/b/c/deep.bin"), 2 * BLOCK + 5, 7);
-    std::os::unix::fs::symlink("a/b/c/deep.bin", src.join("link")).unwrap();
-    std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
-    let dest = d.path().join("dest");
-    let recv = Recv::start(&dest);
-    let out = sluice()
-        .arg("send")
-        .arg(&src)
-        .arg(&recv.ticket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "send failed: {}", stderr(&out));
-    let r = recv.wait();
-    assert!(r.status.success(), "recv failed: {}", stderr(&r));
-    assert_same_tree(&src, &dest.join("tree"));
-    assert!(part_files(&dest).is_empty());
-}
-
-#[test]
-fn json_mode_prints_events() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("x");
-    random_file(&src, 3 * BLOCK, 1);
-    let out = sluice()
-        .args(["--json", "copy"])
-        .arg(&src)
-        .arg(d.path().join("dest"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let verified = lines
-        .iter()
-        .find(|v| v["event"] == "file_verified")
-        .unwrap();
-    assert_eq!(verified["blake3"], b3(&src).to_hex().as_str());
-    let summary = lines.last().unwrap();
-    assert_eq!(summary["event"], "summary");
-    assert_eq!(summary["bytes"], 3 * BLOCK);
-}
-
-#[test]
-fn sender_block_size_larger_than_receivers_works() {
-    // The sender chooses the block size; a default receiver must follow it, keeping its memory
-    // bound, rather than assume its own.
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("f");
-    random_file(&src, 9 * BLOCK + 3, 5);
-    let dest = d.path().join("dest");
-    let recv = Recv::start(&dest);
-    let out = sluice()
-        .args(["send", "--block-size", "4M"])
-        .arg(&src)
-        .arg(&recv.ticket)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "send failed: {}", stderr(&out));
-    let r = recv.wait();
-    assert!(r.status.success(), "recv failed: {}", stderr(&r));
-    assert_eq!(b3(&dest.join("f")), b3(&src));
-}
-
-#[test]
-fn resync_of_many_files_through_a_small_window_does_not_deadlock() {
-    // Each side writes more control data than the other's flow-control window holds before it
-    // reads (the manifest one way, Holding/HaveGroups/HaveDone for every file the other way).
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("many");
-    fs::create_dir(&src).unwrap();
-    for i in 0..3000u32 {
-        fs::write(
-            src.join(format!("file-with-a-longish-name-{i:05}")),
-            format!("{i}"),
-        )
-        .unwrap();
-    }
-    let dest = d.path().join("dest");
-    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let mut child = sluice()
-        .args(["copy", "--window", "64K"])
-        .arg(&src)
-        .arg(&dest)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the re-sync hung");
+over_both! {
+    fn copy_edge_sizes_byte_for_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("edges");
+        fs::create_dir(&src).unwrap();
+        for (i, len) in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            3 * BLOCK + 17,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            random_file(&src.join(format!("f{len}")), len, i as u8);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs::set_permissions(src.join("f1"), fs::Permissions::from_mode(0o600)).unwrap();
+        let dest = d.path().join("dest");
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains("9 files"), "{summary}");
+        assert_same_tree(&src, &dest.join("edges"));
+        assert!(part_files(&dest).is_empty());
     }
-    assert!(child.wait().unwrap().success());
-    assert_same_tree(&src, &dest.join("many"));
+}
+
+over_both! {
+    fn copy_one_gib_and_report_its_root() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("big.bin");
+        random_file(&src, 1 << 30, 42);
+        let dest = d.path().join("dest");
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let want = b3(&src);
+        assert_eq!(b3(&dest.join("big.bin")), want);
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains(&want.to_hex().to_string()), "{summary}");
+        // `sluice hash` prints what b3sum prints.
+        let out = sluice()
+            .arg("hash")
+            .arg(dest.join("big.bin"))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with(want.to_hex().as_str()));
+    }
+}
+
+over_both! {
+    fn send_recv_tree_with_many_files_links_and_empty_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("tree");
+        fs::create_dir_all(src.join("a/b/c")).unwrap();
+        fs::create_dir_all(src.join("empty")).unwrap();
+        fs::create_dir_all(src.join("small")).unwrap();
+        for i in 0..1000u32 {
+            fs::write(
+                src.join("small").join(format!("s{i:04}")),
+                format!("file {i}\n").repeat(i as usize % 7),
+            )
+            .unwrap();
+        }
+        random_file(&src.join("a/b/c/deep.bin"), 2 * BLOCK + 5, 7);
+        std::os::unix::fs::symlink("a/b/c/deep.bin", src.join("link")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let out = sluice()
+            .arg("send")
+            .arg(&src)
+            .arg(&recv.ticket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "send failed: {}", stderr(&out));
+        let r = recv.wait();
+        assert!(r.status.success(), "recv failed: {}", stderr(&r));
+        assert_same_tree(&src, &dest.join("tree"));
+        assert!(part_files(&dest).is_empty());
+    }
+}
+
+over_both! {
+    fn json_mode_prints_events() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("x");
+        random_file(&src, 3 * BLOCK, 1);
+        let out = sluice()
+            .args(["--json", "copy"])
+            .arg(&src)
+            .arg(d.path().join("dest"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let verified = lines
+            .iter()
+            .find(|v| v["event"] == "file_verified")
+            .unwrap();
+        assert_eq!(verified["blake3"], b3(&src).to_hex().as_str());
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["event"], "summary");
+        assert_eq!(summary["bytes"], 3 * BLOCK);
+    }
+}
+
+over_both! {
+    fn sender_block_size_larger_than_receivers_works() {
+        // The sender chooses the block size; a default receiver must follow it, keeping its memory
+        // bound, rather than assume its own.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f");
+        random_file(&src, 9 * BLOCK + 3, 5);
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let out = sluice()
+            .args(["send", "--block-size", "4M"])
+            .arg(&src)
+            .arg(&recv.ticket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "send failed: {}", stderr(&out));
+        let r = recv.wait();
+        assert!(r.status.success(), "recv failed: {}", stderr(&r));
+        assert_eq!(b3(&dest.join("f")), b3(&src));
+    }
+}
+
+over_both! {
+    fn resync_of_many_files_through_a_small_window_does_not_deadlock() {
+        // Each side writes more control data than the other's flow-control window holds before it
+        // reads (the manifest one way, Holding/HaveGroups/HaveDone for every file the other way).
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("many");
+        fs::create_dir(&src).unwrap();
+        for i in 0..3000u32 {
+            fs::write(
+                src.join(format!("file-with-a-longish-name-{i:05}")),
+                format!("{i}"),
+            )
+            .unwrap();
+        }
+        let dest = d.path().join("dest");
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mut child = sluice()
+            .args(["copy", "--window", "64K"])
+            .arg(&src)
+            .arg(&dest)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the re-sync hung");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(child.wait().unwrap().success());
+        assert_same_tree(&src, &dest.join("many"));
+    }
+}
+
+/// A receiver whose UDP port answers nothing (here it listens on TCP alone, as behind a
+/// firewall that drops UDP): the sender says so and finishes over TCP by itself.
+#[test]
+fn a_sender_falls_back_to_tcp_where_udp_gets_no_answer() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f.bin");
+    random_file(&src, 3 * BLOCK + 5, 21);
+    let dest = d.path().join("dest");
+    let recv = Recv::start_with(&dest, &["--transport", "tcp"]);
+    let out = sluice()
+        .args(["--transport", "auto", "send"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no QUIC answer") && err.contains("over TCP"),
+        "{err}"
+    );
+    let r = recv.wait();
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+}
+
+/// The other way round: a TCP sender towards a receiver that listens on UDP alone fails at
+/// once, naming the address, instead of waiting.
+#[test]
+fn a_tcp_sender_towards_a_quic_only_receiver_fails_fast() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f.bin");
+    random_file(&src, 1000, 22);
+    let recv = Recv::start_with(&d.path().join("dest"), &["--transport", "quic"]);
+    let started = std::time::Instant::now();
+    let out = sluice()
+        .args(["--transport", "tcp", "send"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let err = stderr(&out);
+    assert!(
+        err.contains("127.0.0.1") && err.contains("refused"),
+        "{err}"
+    );
 }

@@ -7,9 +7,61 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// The transport this thread's `sluice` commands use; empty: whatever `SLUICE_TRANSPORT`
+    /// in the environment says (or the default).
+    static TRANSPORT: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
+}
+
+/// Runs `test` with every `sluice` command of this thread on `transport` (quic, tcp or auto).
+pub fn over(transport: &'static str, test: impl FnOnce()) {
+    TRANSPORT.set(transport);
+    test();
+    TRANSPORT.set("");
+}
+
+/// The transport this thread's commands use, as `Config::transport` takes it.
+pub fn transport() -> sluice_engine::transport::Choice {
+    match TRANSPORT.get() {
+        "" => std::env::var("SLUICE_TRANSPORT")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default(),
+        t => t.parse().unwrap(),
+    }
+}
+
+/// A test that runs twice, as `NAME::quic` (the default transport, QUIC on loopback) and as
+/// `NAME::tcp` (TLS over TCP): the end-to-end suite covers both transports.
+#[allow(unused_macros)]
+macro_rules! over_both {
+    ($(#[$meta:meta])* fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn body() $body
+
+            #[test]
+            fn quic() {
+                common::over("", body)
+            }
+
+            #[test]
+            fn tcp() {
+                common::over("tcp", body)
+            }
+        }
+    };
+}
+
 pub fn sluice() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.stdin(Stdio::null());
+    if !TRANSPORT.get().is_empty() {
+        c.env("SLUICE_TRANSPORT", TRANSPORT.get());
+    }
     c
 }
 
@@ -196,6 +248,18 @@ impl Recv {
             ticket,
             printed: Some(printed),
         }
+    }
+
+    /// Stops the receiver (SIGSTOP) without ending it: its kernel still answers TCP, but the
+    /// process sends and reads nothing, as a wedged or suspended peer.
+    pub fn pause(&self) {
+        let pid = self.child.as_ref().unwrap().id();
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "could not stop the receiver");
     }
 
     /// Waits (bounded) for the receiver to exit; kills it past the limit.

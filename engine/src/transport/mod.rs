@@ -1,0 +1,246 @@
+//! How the two ends reach each other: a [`Link`] carries one control channel and any number of
+//! one-way data lanes, whatever is underneath.
+//!
+//! Two transports implement it:
+//! - [`quic`]: one QUIC connection (quinn); the control channel is a bidirectional stream, each
+//!   lane a unidirectional stream. Sluice's own congestion controller runs here, so this is the
+//!   transport for long, lossy links.
+//! - [`tcp`]: TLS 1.3 over TCP; the control channel is one TCP connection, each lane another.
+//!   For sites where UDP is blocked or throttled, and where the kernel's TCP carries more of the
+//!   work per byte.
+//!
+//! Both authenticate the same way: the receiver's certificate is pinned by the ticket's
+//! fingerprint, and the sender proves the ticket's secret in its Hello on the control channel.
+//! A receiver listens on both (the same port number, UDP and TCP); a sender tries QUIC and, if
+//! nothing answers within [`FALLBACK_AFTER`], TCP as well ([`connect`]).
+
+pub mod quic;
+pub mod tcp;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proto::ticket::Ticket;
+use tokio::io::AsyncRead;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::progress::PathStats;
+
+/// A boxed future, for trait methods that are called through `dyn`.
+pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which transport to use (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Choice {
+    /// Sender: QUIC, and TCP too if QUIC gets no answer within [`FALLBACK_AFTER`]. Receiver:
+    /// listen on both.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+impl FromStr for Choice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!(
+                "unknown transport {other:?}: expected auto, quic or tcp"
+            )),
+        }
+    }
+}
+
+/// The transport a [`Link`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS 1.3 over TCP.
+    Tcp,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Quic => "QUIC",
+            Kind::Tcp => "TCP",
+        })
+    }
+}
+
+/// How a link ended, as far as this side knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Nothing arrived from the peer for the idle timeout.
+    TimedOut,
+    /// The peer closed the link, with its code and reason.
+    ByPeer {
+        /// 0 for a clean end.
+        code: u32,
+        /// The peer's words.
+        reason: String,
+    },
+    /// This side closed it.
+    Locally,
+    /// The connection broke for another reason.
+    Lost(String),
+}
+
+/// The sending half of the control channel or of a data lane.
+pub trait LaneTx: Send {
+    /// Writes `chunks` in order; returns once the transport has taken them all.
+    fn write<'a>(&'a mut self, chunks: &'a mut [Bytes]) -> Fut<'a, std::io::Result<()>>;
+    /// Ends this half cleanly once everything written has been sent.
+    fn finish(&mut self) -> Fut<'_, ()>;
+}
+
+/// The receiving half of a data lane: a byte stream whose end is a clean finish by the peer (a
+/// cut connection is an error, never an end).
+pub type LaneRx = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The receiving half of the control channel, in chunks as they arrive.
+pub trait ControlRx: Send {
+    /// The next chunk; `None` once the peer has finished its half. Cancel-safe: a dropped call
+    /// loses nothing.
+    fn recv(&mut self) -> Fut<'_, std::io::Result<Option<Bytes>>>;
+}
+
+impl std::fmt::Debug for dyn LaneTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaneTx")
+    }
+}
+
+impl std::fmt::Debug for dyn ControlRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlRx")
+    }
+}
+
+/// Both halves of the control channel.
+pub type ControlChannel = (Box<dyn LaneTx>, Box<dyn ControlRx>);
+
+/// One connection between a sender and a receiver.
+pub trait Link: Send + Sync + fmt::Debug {
+    /// The transport underneath.
+    fn kind(&self) -> Kind;
+    /// The peer's address.
+    fn peer(&self) -> SocketAddr;
+    /// Sender: opens the control channel.
+    fn open_control(&self) -> Fut<'_, Result<ControlChannel>>;
+    /// Receiver: the control channel the sender opened.
+    fn accept_control(&self) -> Fut<'_, Result<ControlChannel>>;
+    /// Sender: opens one more data lane; `None` if the receiver allows no more.
+    fn open_lane(&self) -> Fut<'_, Result<Option<Box<dyn LaneTx>>>>;
+    /// Receiver: the next lane the sender opened; `None` once the link has ended.
+    fn accept_lane(&self) -> Fut<'_, Option<LaneRx>>;
+    /// Receiver: allows the sender this many lanes at once.
+    fn allow_lanes(&self, n: usize);
+    /// What the path looks like now, as the transport measures it.
+    fn path(&self) -> PathStats;
+    /// Flow-control and packet figures for a stall report.
+    fn flow_figures(&self) -> String;
+    /// Closes the link with `code` (0: done) and `reason`, and waits (briefly) until the peer
+    /// can have been told. Nothing to do if it has ended already.
+    fn close<'a>(&'a self, code: u32, reason: &'a [u8]) -> Fut<'a, ()>;
+    /// Resolves once the link has ended, for whatever reason.
+    fn closed(&self) -> Fut<'_, ()>;
+    /// How the link ended, once it has.
+    fn ended(&self) -> Option<Ended>;
+}
+
+/// How long a sender waits for a QUIC answer before it tries TCP as well (`Choice::Auto`).
+pub const FALLBACK_AFTER: Duration = Duration::from_secs(3);
+
+/// How long a receiver gives a connection to complete its handshake and open the control
+/// channel before it drops it and waits for another.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connects to the receiver named by `ticket` over the transport `config` chooses.
+pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
+    match config.transport {
+        Choice::Quic => quic::connect(config, ticket).await,
+        Choice::Tcp => tcp::connect(config, ticket).await,
+        Choice::Auto => {
+            let quic = quic::connect(config, ticket);
+            tokio::pin!(quic);
+            tokio::select! {
+                r = &mut quic => return r,
+                _ = tokio::time::sleep(FALLBACK_AFTER) => {}
+            }
+            tracing::warn!(
+                "no QUIC answer from {} in {} s (UDP blocked?): trying TCP as well",
+                ticket.addr,
+                FALLBACK_AFTER.as_secs()
+            );
+            let tcp = tcp::connect(config, ticket);
+            tokio::pin!(tcp);
+            tokio::select! {
+                r = &mut quic => r,
+                r = &mut tcp => match r {
+                    Ok(link) => {
+                        tracing::warn!("connected to {} over TCP", ticket.addr);
+                        Ok(link)
+                    }
+                    Err(e) => {
+                        tracing::debug!(%e, "TCP failed too; still waiting for QUIC");
+                        quic.await
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Waits (at most half a second) for `link` to settle how it ended, then names it in `result`'s
+/// connection error: the peer's reason says more than "connection lost". `who` is the peer's
+/// role, `resume` what to tell the user about running again.
+pub async fn explain(
+    result: Result<crate::progress::Summary>,
+    link: &dyn Link,
+    who: &str,
+    idle_timeout: Duration,
+    resume: &str,
+) -> Result<crate::progress::Summary> {
+    let Err(Error::Connection { peer, detail }) = result else {
+        return result;
+    };
+    if link.ended().is_none() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), link.closed()).await;
+    }
+    let detail = match link.ended() {
+        Some(Ended::ByPeer { code, reason }) if code != 0 || !reason.is_empty() => {
+            format!("{who} aborted: {reason}")
+        }
+        Some(Ended::TimedOut) => format!(
+            "timed out: no packet from the {who} for {} s; {resume}",
+            idle_timeout.as_secs()
+        ),
+        Some(Ended::Lost(why)) if why.contains("reset") || why.contains("closed") => {
+            format!("the {who}'s connection was cut ({why}); {resume}")
+        }
+        _ => detail,
+    };
+    Err(Error::Connection { peer, detail })
+}
+
+pub(crate) fn conn_error(peer: SocketAddr) -> impl Fn(&dyn fmt::Display) -> Error + Copy {
+    move |e| Error::Connection {
+        peer: peer.to_string(),
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,239 @@
+//! The QUIC transport: one quinn connection; the control channel is its one bidirectional
+//! stream, each data lane a unidirectional stream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_proto::ticket::Ticket;
+use sluice_proto::tls::{self, Identity};
+
+use super::{conn_error, ControlChannel, ControlRx, Ended, Fut, Kind, LaneRx, LaneTx, Link};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::net;
+use crate::progress::PathStats;
+
+/// A QUIC connection as a [`Link`].
+#[derive(Debug)]
+pub struct QuicLink {
+    conn: quinn::Connection,
+    /// Kept so the endpoint's driver outlives every use of the connection.
+    _endpoint: quinn::Endpoint,
+}
+
+impl QuicLink {
+    fn new(conn: quinn::Connection, endpoint: quinn::Endpoint) -> Self {
+        Self {
+            conn,
+            _endpoint: endpoint,
+        }
+    }
+}
+
+/// Connects to the receiver named by `ticket`.
+pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
+    let peer = ticket.addr;
+    let err = conn_error(peer);
+    let tuning = config.transport_to(Some(peer.ip()));
+    let client = tls::client_config(ticket.fingerprint, &tuning)?;
+    let endpoint = net::endpoint(
+        net::udp_socket(net::any_addr_for(peer), config)?,
+        None,
+        tuning.datagram_size,
+    )?;
+    let conn = endpoint
+        .connect_with(client, peer, tls::SERVER_NAME)
+        .map_err(|e| err(&e))?
+        .await
+        .map_err(|e| err(&e))?;
+    tracing::debug!("connected over QUIC");
+    Ok(Arc::new(QuicLink::new(conn, endpoint)))
+}
+
+/// The receiver's QUIC side: an endpoint serving the receiver's certificate.
+#[derive(Debug, Clone)]
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    /// The server configuration for a sender on this host: loopback loses nothing, so its
+    /// streams get the whole window (the endpoint's own configuration is safe on any path).
+    near: Arc<quinn::ServerConfig>,
+}
+
+impl Server {
+    /// Binds a UDP socket on `listen`; must be called inside the tokio runtime.
+    pub fn bind(listen: SocketAddr, identity: &Identity, config: &Config) -> Result<Self> {
+        let server = tls::server_config(identity, &config.transport_to(None))?;
+        let loopback = std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST);
+        let near = Arc::new(tls::server_config(
+            identity,
+            &config.transport_to(Some(loopback)),
+        )?);
+        let socket = net::udp_socket(listen, config)?;
+        let endpoint = net::endpoint(socket, Some(server), None)?;
+        Ok(Self { endpoint, near })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.endpoint
+            .local_addr()
+            .map_err(Error::io("reading bound address"))
+    }
+
+    /// The next connection attempt; `None` once the endpoint is closed.
+    pub async fn incoming(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Completes the handshake of `incoming`.
+    pub async fn handshake(&self, incoming: quinn::Incoming) -> Result<Arc<dyn Link>> {
+        let peer = incoming.remote_address();
+        let err = conn_error(peer);
+        let connecting = if peer.ip().to_canonical().is_loopback() {
+            incoming.accept_with(self.near.clone())
+        } else {
+            incoming.accept()
+        };
+        let conn = connecting
+            .map_err(|e| err(&e))?
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(Arc::new(QuicLink::new(conn, self.endpoint.clone())))
+    }
+}
+
+struct Send(quinn::SendStream);
+
+impl LaneTx for Send {
+    fn write<'a>(&'a mut self, chunks: &'a mut [Bytes]) -> Fut<'a, std::io::Result<()>> {
+        Box::pin(async move {
+            self.0
+                .write_all_chunks(chunks)
+                .await
+                .map_err(std::io::Error::from)
+        })
+    }
+
+    fn finish(&mut self) -> Fut<'_, ()> {
+        let _ = self.0.finish();
+        Box::pin(async {})
+    }
+}
+
+struct Recv(quinn::RecvStream);
+
+impl ControlRx for Recv {
+    fn recv(&mut self) -> Fut<'_, std::io::Result<Option<Bytes>>> {
+        Box::pin(async move {
+            match self.0.read_chunk(64 * 1024, true).await {
+                Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+                Err(e) => Err(std::io::Error::from(e)),
+            }
+        })
+    }
+}
+
+impl Link for QuicLink {
+    fn kind(&self) -> Kind {
+        Kind::Quic
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    fn open_control(&self) -> Fut<'_, Result<ControlChannel>> {
+        Box::pin(async move {
+            let (send, recv) = self
+                .conn
+                .open_bi()
+                .await
+                .map_err(|e| conn_error(self.peer())(&e))?;
+            Ok((
+                Box::new(Send(send)) as Box<dyn LaneTx>,
+                Box::new(Recv(recv)) as Box<dyn ControlRx>,
+            ))
+        })
+    }
+
+    fn accept_control(&self) -> Fut<'_, Result<ControlChannel>> {
+        Box::pin(async move {
+            let (send, recv) = self
+                .conn
+                .accept_bi()
+                .await
+                .map_err(|e| conn_error(self.peer())(&e))?;
+            Ok((
+                Box::new(Send(send)) as Box<dyn LaneTx>,
+                Box::new(Recv(recv)) as Box<dyn ControlRx>,
+            ))
+        })
+    }
+
+    fn open_lane(&self) -> Fut<'_, Result<Option<Box<dyn LaneTx>>>> {
+        Box::pin(async move {
+            let stream = self
+                .conn
+                .open_uni()
+                .await
+                .map_err(|e| conn_error(self.peer())(&e))?;
+            Ok(Some(Box::new(Send(stream)) as Box<dyn LaneTx>))
+        })
+    }
+
+    fn accept_lane(&self) -> Fut<'_, Option<LaneRx>> {
+        Box::pin(async move {
+            self.conn
+                .accept_uni()
+                .await
+                .ok()
+                .map(|s| Box::new(s) as LaneRx)
+        })
+    }
+
+    fn allow_lanes(&self, n: usize) {
+        self.conn.set_max_concurrent_uni_streams(
+            quinn::VarInt::from_u64(n as u64).unwrap_or(quinn::VarInt::MAX),
+        );
+    }
+
+    fn path(&self) -> PathStats {
+        let s = self.conn.stats();
+        PathStats {
+            rtt: s.path.rtt,
+            cwnd: s.path.cwnd,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            lost_bytes: s.path.lost_bytes,
+            udp_tx_bytes: s.udp_tx.bytes,
+            udp_rx_bytes: s.udp_rx.bytes,
+        }
+    }
+
+    fn flow_figures(&self) -> String {
+        net::flow_figures(&self.conn)
+    }
+
+    fn close<'a>(&'a self, code: u32, reason: &'a [u8]) -> Fut<'a, ()> {
+        Box::pin(net::close(&self.conn, code, reason))
+    }
+
+    fn closed(&self) -> Fut<'_, ()> {
+        Box::pin(async move {
+            self.conn.closed().await;
+        })
+    }
+
+    fn ended(&self) -> Option<Ended> {
+        Some(match self.conn.close_reason()? {
+            quinn::ConnectionError::TimedOut => Ended::TimedOut,
+            quinn::ConnectionError::ApplicationClosed(c) => Ended::ByPeer {
+                code: u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            quinn::ConnectionError::LocallyClosed => Ended::Locally,
+            other => Ended::Lost(other.to_string()),
+        })
+    }
+}
