@@ -31,6 +31,7 @@ pub mod config;
 mod control;
 pub mod dest;
 pub mod error;
+mod fault;
 pub mod journal;
 pub mod manifest;
 pub mod membench;

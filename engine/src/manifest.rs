@@ -59,7 +59,7 @@ pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
 /// is not meant to hide them (the receiver knows the size and modification time anyway).
 pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
     let mut h = blake3::Hasher::new_derive_key("sluice 2026-11-25 source version tag");
-    if frozen_versions() {
+    if crate::fault::frozen_versions() {
         h.update(&meta.size().to_le_bytes());
         let mut tag = [0; 16];
         tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
@@ -79,15 +79,6 @@ pub fn source_version(meta: &fs::Metadata) -> SourceVersion {
     let mut tag = [0; 16];
     tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
     tag
-}
-
-/// Test-only fault injection: with `SLUICE_FAULT_FROZEN_VERSION` set in the sender's
-/// environment, a file's version is a hash of its size alone, given at once and on any
-/// filesystem — as on a filesystem whose change times never move — so that the end-to-end tests
-/// can show a source that is not the version a resume journal vouches for being caught (the
-/// sender's spot check). Unset, nothing changes.
-fn frozen_versions() -> bool {
-    std::env::var_os("SLUICE_FAULT_FROZEN_VERSION").is_some()
 }
 
 /// How long ago a file must have last changed for its [`source_version`] to be trusted. A file
@@ -126,7 +117,7 @@ pub fn keeps_change_times(file: &fs::File) -> bool {
         0x0102_1994, // tmpfs
         0x794C_7630, // overlayfs
     ];
-    frozen_versions()
+    crate::fault::frozen_versions()
         || rustix::fs::fstatfs(file).is_ok_and(|s| TRUSTED.contains(&(s.f_type as u32)))
 }
 
@@ -193,7 +184,7 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
                 size,
                 link_target,
                 version: if kind == EntryKind::File
-                    && (settled(&meta, listed_at) || frozen_versions())
+                    && (settled(&meta, listed_at) || crate::fault::frozen_versions())
                 {
                     source_version(&meta)
                 } else {

@@ -127,7 +127,7 @@ pub(super) fn write_blocks(
         .ok();
     // Without the thread (it could not be started), files are sealed here.
     let seal_tx = sealer.is_some().then_some(seal_tx);
-    let mut faults = fault_injection();
+    let mut faults = crate::fault::corrupt_blocks();
     // Packed blocks: the packed bytes are copied out of the block's buffer and unpacked into it.
     let mut unpacker = zstd::bulk::Decompressor::new().ok();
     let mut packed_copy = Vec::new();
@@ -393,7 +393,7 @@ pub(super) fn write_blocks(
                     }
                 }
                 if faults.remove(&(file, index)) {
-                    // Test-only fault injection (SLUICE_FAULT_CORRUPT): damage the block as if
+                    // Test builds only (`crate::fault`, SLUICE_FAULT_CORRUPT): damage the block as if
                     // it had been corrupted on the way, before verification.
                     buf.as_mut_slice()[len / 2] ^= 0x55;
                 }
@@ -616,22 +616,6 @@ fn flush_journal(
         tracing::warn!(path = %path.display(), "cannot journal written blocks ({e})");
     }
     None
-}
-
-/// Blocks to damage on arrival, from `SLUICE_FAULT_CORRUPT=FILE_ID:BLOCK_INDEX,...`.
-///
-/// Test-only: the end-to-end tests use it to prove that a damaged block is detected and only it
-/// is sent again. Each listed block is damaged once, on its first arrival. Unset, nothing happens.
-fn fault_injection() -> std::collections::HashSet<(u32, u64)> {
-    let Ok(spec) = std::env::var("SLUICE_FAULT_CORRUPT") else {
-        return Default::default();
-    };
-    spec.split(',')
-        .filter_map(|item| {
-            let (f, i) = item.trim().split_once(':')?;
-            Some((f.parse().ok()?, i.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The most bytes [`copy_blocks`] moves per read and write.
