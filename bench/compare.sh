@@ -31,7 +31,7 @@ usage() {
 Usage: bench/compare.sh [--size SIZE] [--only TOOL,...] [--no-build] [--keep] [--rss-sparse]
 
   --size SIZE     size of the random source file (IEC suffixes: 256M, 512M, 2G = 2 GiB;
-                  default 2G). Also passed (as bytes) to \`sluice bench-mem --size\`.
+                  default 2G). Also passed (as bytes) to \`sluice bench --size\`.
   --only LIST     comma-separated subset, in any order (run order is fixed):
                   ${ALL_TOOLS[*]} sparse
   --no-build      do not run \`cargo build --release -p sluice-cli\` (also skipped when
@@ -273,10 +273,10 @@ run_send_recv() {
 }
 
 run_mem() {
-    local row='sluice mem→mem (`bench-mem`)' tf=$WORK/t.mem t0 t1 rc=0
+    local row='`sluice bench` (mem→mem, hashed and verified)' tf=$WORK/t.mem t0 t1 rc=0
     add_row "$row"; sluice_ok "$row" || return 1
     t0=$(now)
-    timed "$tf" "$SLUICE" bench-mem --size "$SIZE" >"$WORK/mem.out" 2>"$WORK/mem.err" || rc=$?
+    timed "$tf" "$SLUICE" bench --size "$SIZE" --interval 100 >"$WORK/mem.out" 2>"$WORK/mem.err" || rc=$?
     t1=$(now)
     [ $rc = 0 ] || { fail "$row" "exit $rc: $(tail_err "$WORK/mem.err")"; return 1; }
     record "$row" "$(fsub "$t1" "$t0")" "$(time_cpu "$tf")" "$(time_rss "$tf")" "n/a (no file)" \

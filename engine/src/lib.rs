@@ -21,11 +21,13 @@
 //!
 //! The modules, by job: [`manifest`] lists what is sent; [`ring`] bounds memory; [`blockio`]
 //! (with `uring`) reads and writes blocks; [`merkle`] hashes them; [`dest`] guards the
-//! destination; `sender`/`receiver` run the two ends; [`membench`] measures the network path
-//! alone. `docs/architecture.md` draws the whole pipeline.
+//! destination; `sender`/`receiver` run the two ends; [`transport`] carries them (QUIC or
+//! TCP); [`bench`] measures the data path without disks. `docs/architecture.md` draws the
+//! whole pipeline.
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod blockio;
 pub mod config;
 mod control;
@@ -33,8 +35,8 @@ pub mod dest;
 pub mod error;
 mod fault;
 pub mod journal;
+mod lanes;
 pub mod manifest;
-pub mod membench;
 pub mod merkle;
 pub mod mmap;
 pub mod net;
@@ -44,6 +46,7 @@ mod receiver;
 pub mod ring;
 mod sender;
 pub mod transport;
+pub mod unit;
 pub mod uring;
 pub mod verify;
 

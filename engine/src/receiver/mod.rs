@@ -31,7 +31,6 @@ use sluice_proto::message::{
 };
 use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls::Identity;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
@@ -44,7 +43,7 @@ use crate::merkle;
 use crate::net;
 use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::{BufferPool, ALIGN};
-use crate::transport::{self, quic, tcp, Choice, ControlChannel, LaneRx, Link};
+use crate::transport::{self, ControlChannel, LaneRx, Link, Listener};
 
 mod scan;
 mod writer;
@@ -176,9 +175,7 @@ pub struct Receiver {
     config: Config,
     dest: Destination,
     rt: tokio::runtime::Runtime,
-    quic: Option<quic::Server>,
-    tcp: Option<tcp::Server>,
-    ticket: Ticket,
+    listener: Listener,
 }
 
 impl Receiver {
@@ -192,47 +189,22 @@ impl Receiver {
         config: Config,
     ) -> Result<Self> {
         let dest = Destination::new(dest)?;
-        let identity = Identity::generate()?;
-        tracing::debug!("certificate generated");
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret)
-            .map_err(|e| Error::io("generating secret")(std::io::Error::other(e.to_string())))?;
         let rt = net::runtime()?;
-        let (quic, tcp) = {
+        let listener = {
             let _guard = rt.enter();
-            listen_on(listen, &identity, &config)?
+            Listener::bind(listen, advertise, &config)?
         };
-        let mut addr = match (&quic, &tcp) {
-            (Some(q), _) => q.local_addr()?,
-            (None, Some(t)) => t.local_addr()?,
-            (None, None) => unreachable!("listen_on binds at least one transport"),
-        };
-        if let Some(a) = advertise {
-            addr = a;
-        } else if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
         Ok(Self {
-            ticket: Ticket {
-                addr,
-                fingerprint: identity.fingerprint(),
-                secret,
-            },
             config,
             dest,
             rt,
-            quic,
-            tcp,
+            listener,
         })
     }
 
     /// The ticket to hand to the sender.
     pub fn ticket(&self) -> &Ticket {
-        &self.ticket
+        self.listener.ticket()
     }
 
     /// Waits for one sender, receives its transfer, and returns when every entry is in place, or
@@ -243,22 +215,15 @@ impl Receiver {
             config,
             dest,
             rt,
-            quic,
-            mut tcp,
-            ticket,
+            mut listener,
         } = self;
         rt.block_on(async move {
-            let (link, control) = accept(quic.as_ref(), tcp.as_mut()).await?;
+            let (link, control) = listener.accept().await?;
+            let secret = listener.ticket().secret;
             let started = Instant::now();
             let mut parts = Vec::new();
             let result = receive(
-                &config,
-                &dest,
-                ticket.secret,
-                &link,
-                control,
-                &progress,
-                &mut parts,
+                &config, &dest, secret, &link, control, &progress, &mut parts,
             )
             .await;
             let result = transport::explain(
@@ -289,123 +254,6 @@ impl Receiver {
             link.close(0, b"").await;
             net::finish_summary(result, started, &*link)
         })
-    }
-}
-
-/// Binds what `config.transport` asks for. Both transports share one port number, so one
-/// ticket names both: with port 0, a UDP port whose TCP twin is taken is given back and another
-/// is tried.
-fn listen_on(
-    listen: SocketAddr,
-    identity: &Identity,
-    config: &Config,
-) -> Result<(Option<quic::Server>, Option<tcp::Server>)> {
-    match config.transport {
-        Choice::Quic => Ok((Some(quic::Server::bind(listen, identity, config)?), None)),
-        Choice::Tcp => Ok((None, Some(tcp::Server::bind(listen, identity, config)?))),
-        Choice::Auto => {
-            let mut tries = 0;
-            loop {
-                let quic = quic::Server::bind(listen, identity, config)?;
-                let mut at = listen;
-                at.set_port(quic.local_addr()?.port());
-                match tcp::Server::bind(at, identity, config) {
-                    Ok(tcp) => return Ok((Some(quic), Some(tcp))),
-                    Err(e) if listen.port() == 0 && tries < 8 => {
-                        tracing::debug!(%e, "TCP twin of a UDP port taken; trying another");
-                        tries += 1;
-                    }
-                    Err(e) => {
-                        return Err(Error::Connection {
-                            peer: at.to_string(),
-                            detail: format!(
-                                "{e} (the receiver listens on UDP and TCP at one port; \
-                                 --transport quic listens on UDP alone)"
-                            ),
-                        })
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Connection attempts that fail before a control channel opens (a handshake error, a stray
-/// packet, a client that never says Hello) after which the receiver gives up waiting.
-const MAX_FAILED_ATTEMPTS: u32 = 16;
-
-/// Waits for the first connection, on either transport, that completes its handshake and opens
-/// its control channel within [`transport::HELLO_DEADLINE`]. A failed attempt is reported and
-/// does not end the wait: one stray or hostile packet must not stop a receiver.
-async fn accept(
-    quic: Option<&quic::Server>,
-    tcp: Option<&mut tcp::Server>,
-) -> Result<(Arc<dyn Link>, ControlChannel)> {
-    let mut tcp_links = tcp.map(|t| t.serve());
-    let mut pending = tokio::task::JoinSet::new();
-    let mut failed = 0;
-    let deadline = transport::HELLO_DEADLINE;
-    let opened = move |link: Arc<dyn Link>| async move {
-        let control = tokio::time::timeout(deadline, link.accept_control())
-            .await
-            .map_err(|_| {
-                transport::conn_error(link.peer())(&format!(
-                    "no control channel within {} s",
-                    deadline.as_secs()
-                ))
-            })??;
-        Ok::<_, Error>((link, control))
-    };
-    loop {
-        tokio::select! {
-            incoming = async { quic?.incoming().await }, if quic.is_some() => {
-                let Some(incoming) = incoming else {
-                    return Err(Error::Connection {
-                        peer: "none".into(),
-                        detail: "endpoint closed before a sender connected".into(),
-                    });
-                };
-                let server = quic.expect("guarded by the select").clone();
-                pending.spawn(async move {
-                    let handshake = tokio::time::timeout(deadline, server.handshake(incoming));
-                    let link = handshake
-                        .await
-                        .map_err(|_| Error::Connection {
-                            peer: "QUIC".into(),
-                            detail: "handshake timed out".into(),
-                        })??;
-                    opened(link).await
-                });
-            }
-            Some(link) = async { tcp_links.as_mut()?.recv().await }, if tcp_links.is_some() => {
-                match link {
-                    Ok(link) => {
-                        pending.spawn(opened(link));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        tracing::warn!("connection attempt failed: {e}");
-                        if failed >= MAX_FAILED_ATTEMPTS {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            Some(done) = pending.join_next() => match done {
-                Ok(Ok((link, control))) => {
-                    tracing::debug!(transport = %link.kind(), peer = %link.peer(), "sender connected");
-                    return Ok((link, control));
-                }
-                Ok(Err(e)) => {
-                    failed += 1;
-                    tracing::warn!("connection attempt failed: {e}");
-                    if failed >= MAX_FAILED_ATTEMPTS {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(Error::io("accepting a connection")(std::io::Error::other(e.to_string()))),
-            },
-        }
     }
 }
 

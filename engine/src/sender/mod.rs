@@ -30,28 +30,21 @@ use sluice_proto::ticket::Ticket;
 use tokio::sync::mpsc;
 
 use crate::blockio::{self, Completion, Op, Request};
-use crate::config::{Config, GAP_SAFE_STREAM_WINDOW};
+use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, Result};
+use crate::lanes::{queued, Block, Lanes};
 use crate::manifest::{self, SourceEntry};
 use crate::merkle;
 use crate::net;
 use crate::pack::Packer;
 use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::BufferPool;
-use crate::transport::{self, Kind, Link};
+use crate::transport::{self, Link};
 
 mod board;
 
 use board::{HaveBoard, Held};
-
-/// A block ready to go on the wire.
-struct Block {
-    header: Bytes,
-    payload: Bytes,
-    /// Payload bytes it carries (more than `payload.len()` when packed).
-    carries: u64,
-}
 
 /// What the reader tells the control task.
 enum ReadEvent {
@@ -231,10 +224,7 @@ async fn transfer(
     };
     let mut open_streams = 0;
     let first = config.streams.max(1);
-    while open_streams < first {
-        lanes.spawn(&mut streams);
-        open_streams += 1;
-    }
+    lanes.grow(&mut open_streams, first, first, &mut streams);
     let mut stall = StallWatch::new();
     let mut grow = tokio::time::interval(std::time::Duration::from_millis(100));
     grow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,13 +289,8 @@ async fn transfer(
                         link.flow_figures()
                     );
                 }
-                if !reading || open_streams >= config.max_streams {
-                    continue;
-                }
-                let want = lanes.wanted(open_streams).clamp(first, config.max_streams.max(first));
-                while open_streams < want {
-                    lanes.spawn(&mut streams);
-                    open_streams += 1;
+                if reading {
+                    lanes.grow(&mut open_streams, first, config.max_streams.max(first), &mut streams);
                 }
             }
             msg = control.recv() => {
@@ -372,82 +357,6 @@ async fn transfer(
         });
     }
     Ok(summary)
-}
-
-/// Blocks waiting in the queue from the reader to the data streams.
-fn queued(q: &mpsc::Sender<Block>) -> usize {
-    q.max_capacity() - q.capacity()
-}
-
-/// What the data streams share: blocks from the reader go out on whichever stream is free.
-struct Lanes {
-    link: Arc<dyn Link>,
-    blocks: Arc<tokio::sync::Mutex<mpsc::Receiver<Block>>>,
-    progress: Arc<Progress>,
-    /// The receiver's per-stream flow-control window, as this side's configuration sets it.
-    stream_window: u64,
-    /// The queue of blocks waiting for a stream (without keeping it open).
-    queue: mpsc::WeakSender<Block>,
-}
-
-impl Lanes {
-    /// Streams that keep the path full: each stream holds at most its window of unread bytes,
-    /// and a stream with a lost packet waits two round trips or more for the repair (more when
-    /// losses come in bursts), so six windows' worth of streams per congestion window in flight.
-    /// With three, 1 % loss in bursts of 10 on wan-emu (200 Mbit/s, 100 ms) left the sender
-    /// blocked by flow control and its measured rate sank round after round (31 % of the link).
-    ///
-    /// Also, off loopback, four more than `open` while blocks wait for a stream (a quarter of
-    /// the queue or more): every stream is then held by flow control, waiting for a lost
-    /// packet's repair, and a window sized from the congestion window is too few. Under loss in
-    /// bursts (wan-emu, 1 %, bursts of 10 frames, 100 ms) the sender otherwise kept its first 8
-    /// streams with 56 blocks queued, and its measured rate sank with what they could carry.
-    /// With the trigger at half the queue, 1 GiB at 100 ms and 1 % random loss gave 60.3, 78.0
-    /// and 89.4 % of the link (36 streams, 28 blocks waiting, no block finished for 5 s); at a
-    /// quarter, 83.7, 86.4 and 90.3 %, with no stall.
-    ///
-    /// Over TCP the first lanes stay: each is a TCP connection with its own congestion window,
-    /// and more of them would only take more than a fair share of the bottleneck.
-    fn wanted(&self, open: usize) -> usize {
-        if self.link.kind() == Kind::Tcp {
-            return open;
-        }
-        let cwnd = self.link.path().cwnd;
-        let by_window = (cwnd.saturating_mul(6) / self.stream_window.max(1) + 1) as usize;
-        let waiting = self
-            .queue
-            .upgrade()
-            .is_some_and(|q| 4 * queued(&q) >= q.max_capacity());
-        if waiting && self.stream_window <= GAP_SAFE_STREAM_WINDOW {
-            by_window.max(open + 4)
-        } else {
-            by_window
-        }
-    }
-
-    /// One more data stream taking blocks until the reader is done.
-    fn spawn(&self, set: &mut tokio::task::JoinSet<Result<()>>) {
-        let link = self.link.clone();
-        let rx = self.blocks.clone();
-        let progress = self.progress.clone();
-        let conn_err = transport::conn_error(self.link.peer());
-        set.spawn(async move {
-            let Some(mut stream) = link.open_lane().await? else {
-                tracing::debug!("the receiver allows no more lanes");
-                return Ok(());
-            };
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some(block) = next else { break };
-                let n = block.carries;
-                let mut chunks = [block.header, block.payload];
-                stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
-                progress.add_sent(n);
-            }
-            stream.finish().await;
-            Ok(())
-        });
-    }
 }
 
 fn files_in(manifest: &[SourceEntry]) -> u64 {

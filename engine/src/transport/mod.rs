@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_proto::ticket::Ticket;
+use sluice_proto::tls::Identity;
 use tokio::io::AsyncRead;
 
 use crate::config::Config;
@@ -206,16 +207,200 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
     }
 }
 
+/// A receiving end: what it listens on, and the ticket that names it (address, certificate
+/// fingerprint, one-time secret).
+#[derive(Debug)]
+pub struct Listener {
+    quic: Option<quic::Server>,
+    tcp: Option<tcp::Server>,
+    /// Control connections arriving over TCP, once [`Listener::accept`] has started serving.
+    tcp_links: Option<tokio::sync::mpsc::Receiver<Result<Arc<dyn Link>>>>,
+    ticket: Ticket,
+}
+
+impl Listener {
+    /// Listens on `listen` (UDP for QUIC and TCP at one port number, or the one transport
+    /// `config.transport` names) with a fresh certificate and secret; must be called inside the
+    /// tokio runtime. `advertise`, if given, is the address written into the ticket (needed
+    /// when `listen` is a wildcard; without it a wildcard is advertised as loopback).
+    pub fn bind(
+        listen: SocketAddr,
+        advertise: Option<SocketAddr>,
+        config: &Config,
+    ) -> Result<Self> {
+        let identity = Identity::generate()?;
+        tracing::debug!("certificate generated");
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| Error::io("generating secret")(std::io::Error::other(e.to_string())))?;
+        let (quic, tcp) = listen_on(listen, &identity, config)?;
+        let mut addr = match (&quic, &tcp) {
+            (Some(q), _) => q.local_addr()?,
+            (None, Some(t)) => t.local_addr()?,
+            (None, None) => unreachable!("listen_on binds at least one transport"),
+        };
+        if let Some(a) = advertise {
+            addr = a;
+        } else if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        Ok(Self {
+            quic,
+            tcp,
+            tcp_links: None,
+            ticket: Ticket {
+                addr,
+                fingerprint: identity.fingerprint(),
+                secret,
+            },
+        })
+    }
+
+    /// The ticket to hand to the sender.
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    /// Waits for the first connection, on either transport, that completes its handshake and
+    /// opens its control channel (see [`accept`]).
+    pub async fn accept(&mut self) -> Result<(Arc<dyn Link>, ControlChannel)> {
+        if self.tcp_links.is_none() {
+            self.tcp_links = self.tcp.as_mut().map(|t| t.serve());
+        }
+        accept(self.quic.as_ref(), &mut self.tcp_links).await
+    }
+}
+
+/// Binds what `config.transport` asks for. Both transports share one port number, so one
+/// ticket names both: with port 0, a UDP port whose TCP twin is taken is given back and another
+/// is tried.
+fn listen_on(
+    listen: SocketAddr,
+    identity: &Identity,
+    config: &Config,
+) -> Result<(Option<quic::Server>, Option<tcp::Server>)> {
+    match config.transport {
+        Choice::Quic => Ok((Some(quic::Server::bind(listen, identity, config)?), None)),
+        Choice::Tcp => Ok((None, Some(tcp::Server::bind(listen, identity, config)?))),
+        Choice::Auto => {
+            let mut tries = 0;
+            loop {
+                let quic = quic::Server::bind(listen, identity, config)?;
+                let mut at = listen;
+                at.set_port(quic.local_addr()?.port());
+                match tcp::Server::bind(at, identity, config) {
+                    Ok(tcp) => return Ok((Some(quic), Some(tcp))),
+                    Err(e) if listen.port() == 0 && tries < 8 => {
+                        tracing::debug!(%e, "TCP twin of a UDP port taken; trying another");
+                        tries += 1;
+                    }
+                    Err(e) => {
+                        return Err(Error::Connection {
+                            peer: at.to_string(),
+                            detail: format!(
+                                "{e} (the receiver listens on UDP and TCP at one port; \
+                                 --transport quic listens on UDP alone)"
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connection attempts that fail before a control channel opens (a handshake error, a stray
+/// packet, a client that never says Hello) after which the receiver gives up waiting.
+const MAX_FAILED_ATTEMPTS: u32 = 16;
+
+/// Waits for the first connection, on either transport, that completes its handshake and opens
+/// its control channel within [`HELLO_DEADLINE`]. A failed attempt is reported and
+/// does not end the wait: one stray or hostile packet must not stop a receiver.
+async fn accept(
+    quic: Option<&quic::Server>,
+    tcp_links: &mut Option<tokio::sync::mpsc::Receiver<Result<Arc<dyn Link>>>>,
+) -> Result<(Arc<dyn Link>, ControlChannel)> {
+    let mut pending = tokio::task::JoinSet::new();
+    let mut failed = 0;
+    let deadline = HELLO_DEADLINE;
+    let opened = move |link: Arc<dyn Link>| async move {
+        let control = tokio::time::timeout(deadline, link.accept_control())
+            .await
+            .map_err(|_| {
+                conn_error(link.peer())(&format!(
+                    "no control channel within {} s",
+                    deadline.as_secs()
+                ))
+            })??;
+        Ok::<_, Error>((link, control))
+    };
+    loop {
+        tokio::select! {
+            incoming = async { quic?.incoming().await }, if quic.is_some() => {
+                let Some(incoming) = incoming else {
+                    return Err(Error::Connection {
+                        peer: "none".into(),
+                        detail: "endpoint closed before a sender connected".into(),
+                    });
+                };
+                let server = quic.expect("guarded by the select").clone();
+                pending.spawn(async move {
+                    let handshake = tokio::time::timeout(deadline, server.handshake(incoming));
+                    let link = handshake
+                        .await
+                        .map_err(|_| Error::Connection {
+                            peer: "QUIC".into(),
+                            detail: "handshake timed out".into(),
+                        })??;
+                    opened(link).await
+                });
+            }
+            Some(link) = async { tcp_links.as_mut()?.recv().await }, if tcp_links.is_some() => {
+                match link {
+                    Ok(link) => {
+                        pending.spawn(opened(link));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!("connection attempt failed: {e}");
+                        if failed >= MAX_FAILED_ATTEMPTS {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            Some(done) = pending.join_next() => match done {
+                Ok(Ok((link, control))) => {
+                    tracing::debug!(transport = %link.kind(), peer = %link.peer(), "sender connected");
+                    return Ok((link, control));
+                }
+                Ok(Err(e)) => {
+                    failed += 1;
+                    tracing::warn!("connection attempt failed: {e}");
+                    if failed >= MAX_FAILED_ATTEMPTS {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(Error::io("accepting a connection")(std::io::Error::other(e.to_string()))),
+            },
+        }
+    }
+}
+
 /// Waits (at most half a second) for `link` to settle how it ended, then names it in `result`'s
 /// connection error: the peer's reason says more than "connection lost". `who` is the peer's
 /// role, `resume` what to tell the user about running again.
-pub async fn explain(
-    result: Result<crate::progress::Summary>,
+pub async fn explain<T>(
+    result: Result<T>,
     link: &dyn Link,
     who: &str,
     idle_timeout: Duration,
     resume: &str,
-) -> Result<crate::progress::Summary> {
+) -> Result<T> {
     let Err(Error::Connection { peer, detail }) = result else {
         return result;
     };

@@ -1,4 +1,4 @@
-//! `sluice`: move files and directory trees over QUIC, verified with BLAKE3.
+//! `sluice`: move files and directory trees over QUIC or TCP, verified with BLAKE3.
 //!
 //! A thin shell over `sluice-engine`: it parses flags, runs the engine on a worker thread, and
 //! renders progress (a bar on a terminal, JSON lines with `--json`) and errors.
@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod bench;
 mod render;
 
 use std::io::Write;
@@ -178,23 +179,27 @@ fn run(cli: Cli) -> Result<()> {
             }
             render::run(json, move |p| rx.run(p).context("receive failed"))
         }
-        Command::BenchMem { size } => {
-            let r =
-                sluice_engine::membench::run(size, &config).context("memory benchmark failed")?;
-            let secs = r.elapsed.as_secs_f64();
-            let mbps = r.bytes as f64 / secs / 1e6;
-            if json {
-                render::json_line(&serde_json::json!({
-                    "event": "summary", "bytes": r.bytes, "seconds": secs, "mb_per_s": mbps,
-                }));
-            } else {
-                println!(
-                    "sluice bench-mem: {} bytes in {secs:.2} s, {mbps:.1} MB/s",
-                    r.bytes
-                );
-            }
-            Ok(())
-        }
+        Command::Bench {
+            ticket,
+            serve,
+            listen,
+            advertise,
+            size,
+            time,
+            interval,
+        } => bench::run(
+            config,
+            bench::Options {
+                ticket,
+                serve,
+                listen,
+                advertise,
+                size,
+                time,
+                interval,
+            },
+            json,
+        ),
         Command::Verify { paths } => {
             let (sources, dest) = split_sources(&paths, "the destination directory or ticket")?;
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {

@@ -1,0 +1,524 @@
+//! `sluice bench`: iperf3 for Sluice's data path. A generated source is cut into blocks through
+//! the buffer ring and hashed (BLAKE3 chaining values, as a file's blocks are); the blocks go out
+//! on the transport's lanes, which grow with the path as a transfer's do; the receiving end reads
+//! each into its own ring, verifies its hash on a separate thread, and hands it to a discarding
+//! sink. No disk is touched: what it measures is the network path plus the CPU the pipeline
+//! costs.
+//!
+//! Both ends run in one process by default ([`run_local`]); [`BenchServer`] and [`send`] are the
+//! two ends on two hosts (`sluice bench --serve`, `sluice bench TICKET`).
+//!
+//! The exchange on the control channel: `Hello` (the ticket's secret and the block size) →
+//! `Welcome`; blocks on the lanes (file id 0, a unit of unknown length: no block is the root);
+//! `FileDone{sent}` with the bytes sent, then `Finish` → `Summary{bytes}` once the server has
+//! verified that many.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_proto::codec::{decode_block_header, encode_block_header, BLOCK_HEADER_LEN};
+use sluice_proto::message::{BlockHeader, ErrorCode, Message};
+use sluice_proto::session::SenderSession;
+use sluice_proto::ticket::Ticket;
+use sluice_proto::PROTOCOL_VERSION;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::lanes::{Block, Lanes};
+use crate::merkle;
+use crate::net;
+use crate::progress::{PathStats, Progress};
+use crate::ring::{Buffer, BufferPool, ALIGN};
+use crate::transport::{self, ControlChannel, Kind, LaneRx, Link, Listener};
+use crate::unit::{BlockSink, BlockSource, Discard, Generated};
+
+/// The length blocks are hashed against: a unit whose end is not known in advance, so no block
+/// is ever its root.
+const ENDLESS: u64 = u64::MAX;
+
+/// How much to send.
+#[derive(Debug, Clone, Copy)]
+pub enum Amount {
+    /// This many bytes.
+    Bytes(u64),
+    /// For this long.
+    Time(Duration),
+}
+
+/// What one end measured.
+#[derive(Debug, Clone)]
+pub struct BenchSummary {
+    /// Payload bytes the receiving end verified.
+    pub bytes: u64,
+    /// From the first block handed to the network to the receiver's summary.
+    pub elapsed: Duration,
+    /// The transport the link ran on.
+    pub transport: Kind,
+    /// The path as this end's transport measured it at the end.
+    pub path: PathStats,
+}
+
+impl BenchSummary {
+    /// Payload bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs both ends in this process over loopback.
+pub fn run_local(config: &Config, amount: Amount, progress: Arc<Progress>) -> Result<BenchSummary> {
+    let server = BenchServer::bind(
+        "127.0.0.1:0".parse().expect("literal address"),
+        None,
+        config.clone(),
+    )?;
+    let ticket = server.ticket().clone();
+    let serving = std::thread::Builder::new()
+        .name("sluice-bench-recv".into())
+        .spawn(move || server.run(Arc::new(Progress::default())))
+        .map_err(Error::io("starting the receiving end"))?;
+    let sent = send(config, amount, &ticket, progress);
+    let served = serving.join().unwrap_or_else(|_| {
+        Err(Error::io("receiving end")(std::io::Error::other(
+            "panicked",
+        )))
+    });
+    match (sent, served) {
+        (Ok(s), Ok(_)) => Ok(s),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}
+
+/// The receiving end: one sender's blocks, verified and discarded.
+#[derive(Debug)]
+pub struct BenchServer {
+    config: Config,
+    rt: tokio::runtime::Runtime,
+    listener: Listener,
+}
+
+impl BenchServer {
+    /// Listens as a receiver does (see [`Listener::bind`]).
+    pub fn bind(listen: SocketAddr, advertise: Option<SocketAddr>, config: Config) -> Result<Self> {
+        let rt = net::runtime()?;
+        let listener = {
+            let _guard = rt.enter();
+            Listener::bind(listen, advertise, &config)?
+        };
+        Ok(Self {
+            config,
+            rt,
+            listener,
+        })
+    }
+
+    /// The ticket for the sending end.
+    pub fn ticket(&self) -> &Ticket {
+        self.listener.ticket()
+    }
+
+    /// Serves one sender; `progress` counts the verified bytes.
+    pub fn run(self, progress: Arc<Progress>) -> Result<BenchSummary> {
+        let Self {
+            config,
+            rt,
+            mut listener,
+        } = self;
+        rt.block_on(async move {
+            let (link, control) = listener.accept().await?;
+            let secret = listener.ticket().secret;
+            let started = Instant::now();
+            let result = serve(&config, secret, &link, control, &progress).await;
+            let result = transport::explain(
+                result,
+                &*link,
+                "sender",
+                config.idle_timeout,
+                "nothing was kept",
+            )
+            .await;
+            match &result {
+                Ok(_) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), link.closed()).await;
+                    link.close(0, b"").await;
+                }
+                Err(e) => link.close(1, e.to_string().as_bytes()).await,
+            }
+            result.map(|bytes| BenchSummary {
+                bytes,
+                elapsed: started.elapsed(),
+                transport: link.kind(),
+                path: link.path(),
+            })
+        })
+    }
+}
+
+/// A block read from a lane, for the verifying thread.
+struct Arrived {
+    offset: u64,
+    hash: sluice_proto::message::Digest,
+    len: usize,
+    buf: Buffer,
+}
+
+async fn serve(
+    config: &Config,
+    secret: [u8; 32],
+    link: &Arc<dyn Link>,
+    control: ControlChannel,
+    progress: &Arc<Progress>,
+) -> Result<u64> {
+    let peer = link.peer();
+    let err = transport::conn_error(peer);
+    let mut control = Control::new(control, peer.to_string());
+    let block_size = match control.recv().await? {
+        Some(Message::Hello {
+            version,
+            secret: theirs,
+            block_size,
+            ..
+        }) => {
+            let refusal = if version != PROTOCOL_VERSION {
+                Some((
+                    ErrorCode::Version,
+                    format!("protocol version {version}, this end speaks {PROTOCOL_VERSION}"),
+                ))
+            } else if blake3::Hash::from(theirs) != blake3::Hash::from(secret) {
+                Some((
+                    ErrorCode::Auth,
+                    "wrong secret: the sender does not hold this ticket".into(),
+                ))
+            } else if !block_size.is_power_of_two() || !(1024..=16 << 20).contains(&block_size) {
+                Some((
+                    ErrorCode::Protocol,
+                    format!("block size {block_size} is not a power of two from 1 KiB to 16 MiB"),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                let _ = control
+                    .send(&Message::Error {
+                        code,
+                        message: message.clone(),
+                    })
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), control.sync()).await;
+                return Err(err(&message));
+            }
+            block_size
+        }
+        other => return Err(err(&format!("expected Hello, got {other:?}"))),
+    };
+    control
+        .send(&Message::Welcome {
+            version: PROTOCOL_VERSION,
+        })
+        .await?;
+    // The receiver's memory bound, whatever block size the sender chose.
+    let budget = config.ring_buffers as u64 * u64::from(config.block_size);
+    let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
+    let pool = BufferPool::new(count, block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
+    link.allow_lanes(config.max_streams.max(config.streams).min(count).max(1));
+
+    let (jobs, arrived) = std_mpsc::channel::<Arrived>();
+    let verifier = {
+        let progress = progress.clone();
+        std::thread::Builder::new()
+            .name("sluice-bench-verify".into())
+            .spawn(move || verify(arrived, &mut Discard::default(), &progress))
+            .map_err(Error::io("starting the verifying thread"))?
+    };
+    let mut lanes = tokio::task::JoinSet::new();
+    let mut announced: Option<u64> = None;
+    let mut finished = false;
+    let result: Result<()> = loop {
+        if finished
+            && lanes.is_empty()
+            && announced.is_some_and(|n| progress.snapshot().bytes_verified >= n)
+        {
+            break Ok(());
+        }
+        tokio::select! {
+            lane = link.accept_lane() => match lane {
+                Some(lane) => {
+                    lanes.spawn(read_lane(lane, pool.clone(), jobs.clone(), block_size, peer));
+                }
+                None => break Err(err(&"the link ended before the sender finished")),
+            },
+            msg = control.recv() => match msg? {
+                Some(Message::FileDone { sent, .. }) => announced = Some(sent),
+                Some(Message::Finish) => finished = true,
+                Some(Message::Error { message, .. }) => break Err(err(&format!("sender aborted: {message}"))),
+                Some(other) => break Err(err(&format!("unexpected message {other:?}"))),
+                None => break Err(err(&"the sender closed the control channel before finishing")),
+            },
+            Some(done) = lanes.join_next() => match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break Err(e),
+                Err(e) => break Err(err(&e)),
+            },
+            // Re-check the end condition as the verifier catches up.
+            _ = tokio::time::sleep(Duration::from_millis(20)), if finished => {}
+        }
+    };
+    lanes.shutdown().await;
+    drop(jobs);
+    let verified = verifier
+        .join()
+        .map_err(|_| err(&"the verifying thread panicked"))?;
+    result?;
+    let bytes = verified?;
+    control
+        .send(&Message::Summary { entries: 0, bytes })
+        .await?;
+    control.finish();
+    Ok(bytes)
+}
+
+/// Reads blocks from one lane until it ends.
+async fn read_lane(
+    mut lane: LaneRx,
+    pool: Arc<BufferPool>,
+    jobs: std_mpsc::Sender<Arrived>,
+    block_size: u32,
+    peer: SocketAddr,
+) -> Result<()> {
+    let err = transport::conn_error(peer);
+    loop {
+        let mut raw = [0u8; BLOCK_HEADER_LEN];
+        let mut got = 0;
+        while got < BLOCK_HEADER_LEN {
+            match lane.read(&mut raw[got..]).await.map_err(|e| err(&e))? {
+                0 if got == 0 => return Ok(()),
+                0 => return Err(err(&"a lane ended inside a block header")),
+                n => got += n,
+            }
+        }
+        let header = decode_block_header(&raw)?;
+        if header.file != 0
+            || header.packed != 0
+            || header.patch
+            || header.len > block_size
+            || header.len == 0
+        {
+            return Err(err(&format!(
+                "block header out of bounds: file {}, {} bytes at {}",
+                header.file, header.len, header.offset
+            )));
+        }
+        let len = header.len as usize;
+        let mut buf = pool.take().await;
+        lane.read_exact(&mut buf.as_mut_slice()[..len])
+            .await
+            .map_err(|e| err(&e))?;
+        let arrived = Arrived {
+            offset: header.offset,
+            hash: header.hash,
+            len,
+            buf,
+        };
+        if jobs.send(arrived).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Verifies every arriving block against its hash and puts it in `sink`; returns the bytes
+/// verified, or the first block that failed.
+fn verify(
+    arrived: std_mpsc::Receiver<Arrived>,
+    sink: &mut dyn BlockSink,
+    progress: &Progress,
+) -> Result<u64> {
+    let mut bytes = 0;
+    for a in arrived {
+        let data = &a.buf.as_slice()[..a.len];
+        if merkle::block_cv(data, a.offset, ENDLESS) != a.hash {
+            return Err(Error::Verify {
+                path: "bench".into(),
+                detail: format!("the block at {} does not match its hash", a.offset),
+            });
+        }
+        sink.put(a.offset, data)
+            .map_err(Error::io("discarding a block"))?;
+        bytes += a.len as u64;
+        progress.add_verified(a.len as u64);
+    }
+    sink.commit().map_err(Error::io("committing"))?;
+    Ok(bytes)
+}
+
+/// The sending end: generates, hashes and sends `amount` to the server named by `ticket`.
+/// `progress` counts the bytes handed to the network and carries the path's figures.
+pub fn send(
+    config: &Config,
+    amount: Amount,
+    ticket: &Ticket,
+    progress: Arc<Progress>,
+) -> Result<BenchSummary> {
+    let rt = net::runtime()?;
+    rt.block_on(async {
+        let link = transport::connect(config, ticket).await?;
+        let started = Instant::now();
+        let result = push(config, amount, ticket, &link, &progress).await;
+        let result = transport::explain(
+            result,
+            &*link,
+            "receiving end",
+            config.idle_timeout,
+            "run the same command again",
+        )
+        .await;
+        match &result {
+            Ok(_) => link.close(0, b"done").await,
+            Err(e) => link.close(1, e.to_string().as_bytes()).await,
+        }
+        result.map(|bytes| BenchSummary {
+            bytes,
+            elapsed: started.elapsed(),
+            transport: link.kind(),
+            path: link.path(),
+        })
+    })
+}
+
+async fn push(
+    config: &Config,
+    amount: Amount,
+    ticket: &Ticket,
+    link: &Arc<dyn Link>,
+    progress: &Arc<Progress>,
+) -> Result<u64> {
+    let peer = link.peer();
+    let err = transport::conn_error(peer);
+    let mut control = Control::new(link.open_control().await?, peer.to_string());
+    control
+        .send(&SenderSession::hello(ticket.secret, config.block_size, 0))
+        .await?;
+    match control.recv().await? {
+        Some(Message::Welcome { .. }) => {}
+        Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
+        other => return Err(err(&format!("expected Welcome, got {other:?}"))),
+    }
+    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
+    let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
+    let queue = block_tx.downgrade();
+    let stop = Arc::new(AtomicBool::new(false));
+    let generator = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        let block = config.block_size as usize;
+        std::thread::Builder::new()
+            .name("sluice-bench-gen".into())
+            .spawn(move || generate(amount, block, &pool, &block_tx, &stop))
+            .map_err(Error::io("starting the generating thread"))?
+    };
+    let lanes = Lanes {
+        link: link.clone(),
+        blocks: Arc::new(tokio::sync::Mutex::new(block_rx)),
+        progress: progress.clone(),
+        stream_window: config.transport_to(Some(peer.ip())).stream_window,
+        queue,
+    };
+    let mut streams = tokio::task::JoinSet::new();
+    let first = config.streams.max(1);
+    let mut open = 0;
+    lanes.grow(&mut open, first, first, &mut streams);
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let sent = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                progress.set_path(link.path());
+                if let Amount::Time(t) = amount {
+                    if started.elapsed() >= t {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                lanes.grow(&mut open, first, config.max_streams.max(first), &mut streams);
+            }
+            done = streams.join_next() => match done {
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Some(Err(e)) => return Err(err(&e)),
+                // Every lane has sent its last block: the generator is done.
+                None => break progress.snapshot().bytes_sent,
+            },
+            msg = control.recv() => match msg? {
+                Some(Message::Error { message, .. }) => return Err(err(&format!("the receiving end failed: {message}"))),
+                other => return Err(err(&format!("unexpected {other:?} while sending"))),
+            },
+        }
+    };
+    let _ = generator.join();
+    control
+        .send(&Message::FileDone {
+            id: 0,
+            root: [0; 32],
+            sent,
+        })
+        .await?;
+    control.send(&Message::Finish).await?;
+    match control.recv().await? {
+        Some(Message::Summary { bytes, .. }) => Ok(bytes),
+        Some(Message::Error { message, .. }) => {
+            Err(err(&format!("the receiving end failed: {message}")))
+        }
+        other => Err(err(&format!("expected Summary, got {other:?}"))),
+    }
+}
+
+/// The generating thread: fills ring buffers from the source, hashes them, queues them for the
+/// lanes; ends at the amount, at `stop`, or when the lanes are gone.
+fn generate(
+    amount: Amount,
+    block: usize,
+    pool: &Arc<BufferPool>,
+    blocks: &mpsc::Sender<Block>,
+    stop: &AtomicBool,
+) {
+    let mut source = Generated::new(0x51_1ce);
+    let limit = match amount {
+        Amount::Bytes(n) => n,
+        Amount::Time(_) => u64::MAX,
+    };
+    let mut offset = 0u64;
+    while offset < limit && !stop.load(Ordering::Relaxed) {
+        let len = (limit - offset).min(block as u64) as usize;
+        let mut buf = pool.take_blocking();
+        if source.fill(offset, &mut buf.as_mut_slice()[..len]).is_err() {
+            return;
+        }
+        let hash = merkle::block_cv(&buf.as_slice()[..len], offset, ENDLESS);
+        let header = encode_block_header(&BlockHeader {
+            file: 0,
+            offset,
+            len: len as u32,
+            packed: 0,
+            hash,
+            patch: false,
+        });
+        let b = Block {
+            header: bytes::Bytes::copy_from_slice(&header),
+            payload: buf.freeze(len),
+            carries: len as u64,
+        };
+        if blocks.blocking_send(b).is_err() {
+            return;
+        }
+        offset += len as u64;
+    }
+}

@@ -1,0 +1,175 @@
+//! `sluice bench`: runs the engine's benchmark on a worker thread and prints its figures every
+//! interval, as iperf3 does.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sluice_engine::bench::{self, Amount, BenchServer, BenchSummary};
+use sluice_engine::{Config, PathStats, Progress, Ticket};
+
+use crate::render;
+
+/// The command's flags.
+#[derive(Debug)]
+pub struct Options {
+    pub ticket: Option<String>,
+    pub serve: bool,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub size: Option<u64>,
+    pub time: Option<f64>,
+    pub interval: f64,
+}
+
+pub fn run(config: Config, o: Options, json: bool) -> Result<()> {
+    if !(o.interval > 0.0 && o.interval.is_finite()) {
+        bail!("--interval must be a positive number of seconds");
+    }
+    let amount = match (o.size, o.time) {
+        (Some(0), _) => bail!("--size must be more than 0"),
+        (Some(n), _) => Amount::Bytes(n),
+        (None, Some(t)) if t > 0.0 && t.is_finite() && t <= 86_400.0 => {
+            Amount::Time(Duration::from_secs_f64(t))
+        }
+        (None, Some(t)) => bail!("--time must be a number of seconds from 0 to 86400, not {t}"),
+        (None, None) => Amount::Time(Duration::from_secs(10)),
+    };
+    let interval = Duration::from_secs_f64(o.interval);
+    let progress = Arc::new(Progress::default());
+    if o.serve {
+        let server = BenchServer::bind(o.listen, o.advertise, config)
+            .with_context(|| format!("listening on {}", o.listen))?;
+        let ticket = server.ticket().to_string();
+        if json {
+            render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
+        } else {
+            println!("{ticket}");
+            let _ = std::io::stdout().flush();
+            eprintln!("sluice: waiting for one sender; run: sluice bench {ticket}");
+        }
+        let p = progress.clone();
+        let summary = watch(interval, json, &progress, Side::Receiving, move || {
+            server.run(p).context("benchmark failed")
+        })?;
+        report(&summary, json, "verified and discarded");
+        return Ok(());
+    }
+    let p = progress.clone();
+    let summary = match o.ticket {
+        Some(t) => {
+            let ticket: Ticket = t
+                .parse()
+                .context("the argument must be the ticket printed by `sluice bench --serve`")?;
+            watch(interval, json, &progress, Side::Sending, move || {
+                bench::send(&config, amount, &ticket, p)
+                    .with_context(|| format!("benchmarking against {}", ticket.addr))
+            })?
+        }
+        None => watch(interval, json, &progress, Side::Sending, move || {
+            bench::run_local(&config, amount, p).context("benchmark failed")
+        })?,
+    };
+    report(&summary, json, "sent, verified at the other end");
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Sending,
+    Receiving,
+}
+
+/// Runs `work` on a worker thread and prints one line per interval until it ends.
+fn watch(
+    interval: Duration,
+    json: bool,
+    progress: &Progress,
+    side: Side,
+    work: impl FnOnce() -> Result<BenchSummary> + Send + 'static,
+) -> Result<BenchSummary> {
+    let worker = std::thread::Builder::new()
+        .name("sluice-main".into())
+        .spawn(work)
+        .context("starting the worker thread")?;
+    let started = Instant::now();
+    let mut next = started + interval;
+    let mut last = 0u64;
+    let mut last_at = started;
+    let mut last_path = PathStats::default();
+    while !worker.is_finished() {
+        std::thread::sleep(Duration::from_millis(20).min(interval));
+        let now = Instant::now();
+        if now < next {
+            continue;
+        }
+        next += interval;
+        let s = progress.snapshot();
+        let bytes = match side {
+            Side::Sending => s.bytes_sent,
+            Side::Receiving => s.bytes_verified,
+        };
+        let rate = (bytes - last) as f64 / (now - last_at).as_secs_f64();
+        // Losses within this interval, as iperf3 counts its retransmits.
+        let mut path = s.path;
+        path.sent_packets = path.sent_packets.saturating_sub(last_path.sent_packets);
+        path.lost_packets = path.lost_packets.saturating_sub(last_path.lost_packets);
+        path.lost_bytes = path.lost_bytes.saturating_sub(last_path.lost_bytes);
+        line(
+            json,
+            (now - started).as_secs_f64(),
+            bytes - last,
+            rate,
+            &path,
+        );
+        last = bytes;
+        last_at = now;
+        last_path = s.path;
+    }
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?
+}
+
+fn line(json: bool, t: f64, bytes: u64, rate: f64, path: &PathStats) {
+    if json {
+        render::json_line(&serde_json::json!({
+            "event": "interval", "seconds": t, "bytes": bytes, "mb_per_s": rate / 1e6,
+            "rtt_ms": path.rtt.as_secs_f64() * 1e3, "cwnd": path.cwnd,
+            "loss": path.loss(), "retransmitted_bytes": path.lost_bytes,
+        }));
+    } else {
+        println!(
+            "[{t:6.1} s] {:9.1} MB/s  RTT {:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
+            rate / 1e6,
+            path.rtt.as_secs_f64() * 1e3,
+            path.cwnd,
+            path.loss() * 100.0,
+            path.lost_bytes
+        );
+    }
+}
+
+fn report(s: &BenchSummary, json: bool, what: &str) {
+    let secs = s.elapsed.as_secs_f64();
+    if json {
+        render::json_line(&serde_json::json!({
+            "event": "summary", "bytes": s.bytes, "seconds": secs, "mb_per_s": s.rate() / 1e6,
+            "transport": s.transport.to_string(), "rtt_ms": s.path.rtt.as_secs_f64() * 1e3,
+            "loss": s.path.loss(), "retransmitted_bytes": s.path.lost_bytes,
+            "wire_bytes": s.path.udp_tx_bytes + s.path.udp_rx_bytes,
+        }));
+    } else {
+        println!(
+            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s over {}; RTT {:.2} ms, {:.2} % of packets lost ({} bytes sent again)",
+            s.bytes,
+            s.rate() / 1e6,
+            s.transport,
+            s.path.rtt.as_secs_f64() * 1e3,
+            s.path.loss() * 100.0,
+            s.path.lost_bytes
+        );
+    }
+}

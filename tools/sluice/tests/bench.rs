@@ -1,0 +1,108 @@
+//! End to end: `sluice bench`, both ends in one process and on two, over both transports.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::*;
+
+over_both! {
+    fn bench_moves_verifies_and_reports_every_byte() {
+        let out = sluice()
+            .args(["--json", "bench", "--size", "96M", "--interval", "0.2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["event"], "summary");
+        assert_eq!(summary["bytes"].as_u64(), Some(96 << 20), "{summary}");
+        assert!(summary["mb_per_s"].as_f64().unwrap() > 0.0);
+        assert!(summary["wire_bytes"].as_u64().unwrap() >= 96 << 20, "{summary}");
+        for l in &lines[..lines.len() - 1] {
+            assert_eq!(l["event"], "interval", "{l}");
+            for key in ["mb_per_s", "rtt_ms", "cwnd", "loss", "retransmitted_bytes"] {
+                assert!(l.get(key).is_some(), "{key} missing: {l}");
+            }
+        }
+    }
+}
+
+over_both! {
+    fn bench_against_a_server_in_another_process() {
+        let mut server = sluice()
+            .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(server.stdout.take().unwrap());
+        let mut ticket = String::new();
+        out.read_line(&mut ticket).unwrap();
+        let ticket = ticket.trim().to_owned();
+        assert!(ticket.starts_with("sluice1-"), "{ticket}");
+        let client = sluice()
+            .args(["bench", "--time", "1", &ticket])
+            .output()
+            .unwrap();
+        assert!(client.status.success(), "{}", stderr(&client));
+        let said = String::from_utf8_lossy(&client.stdout).into_owned();
+        let sent: u64 = said
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("sluice bench: "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no summary: {said}"));
+        assert!(sent > 0, "{said}");
+        let status = server.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(status.success(), "server: {rest}");
+        // The server verified exactly what the client says was verified.
+        assert!(
+            rest.contains(&format!("sluice bench: {sent} bytes verified and discarded")),
+            "server: {rest}"
+        );
+    }
+}
+
+#[test]
+fn bench_refuses_a_wrong_secret_and_bad_flags() {
+    let mut server = sluice()
+        .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut ticket = String::new();
+    out.read_line(&mut ticket).unwrap();
+    // Flip one hex digit of the secret (the second field).
+    let (head, addr) = ticket.trim().split_once('@').unwrap();
+    let mut fields: Vec<String> = head.split('-').map(str::to_owned).collect();
+    let secret = fields.last_mut().unwrap();
+    let flipped = if secret.starts_with('0') { "1" } else { "0" };
+    secret.replace_range(0..1, flipped);
+    let bad = format!("{}@{addr}", fields.join("-"));
+    let client = sluice()
+        .args(["bench", "--size", "1M", &bad])
+        .output()
+        .unwrap();
+    assert!(!client.status.success());
+    assert!(stderr(&client).contains("secret"), "{}", stderr(&client));
+    let status = server.wait().unwrap();
+    assert!(!status.success());
+
+    for arg in ["--time=-1", "--size=0", "--interval=0"] {
+        let out = sluice().args(["bench", arg]).output().unwrap();
+        assert!(!out.status.success(), "{arg}");
+        let flag = arg.split('=').next().unwrap();
+        assert!(stderr(&out).contains(flag), "{arg}: {}", stderr(&out));
+    }
+}
