@@ -31,6 +31,7 @@ fn codec(c: &mut Criterion) {
         hash: [9; 32],
         patch: false,
         packed: 0,
+        zero: false,
     };
     c.bench_function("block_header_round_trip", |b| {
         b.iter(|| decode_block_header(&encode_block_header(black_box(&h))))

@@ -15,11 +15,11 @@ use std::io::Write;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use sluice_engine::blockio::uring::UringIo;
 use sluice_engine::blockio::{BlockIo, Op, Request, SyncIo};
 use sluice_engine::merkle::block_cv;
 use sluice_engine::mmap::MappedFile;
 use sluice_engine::ring::BufferPool;
-use sluice_engine::uring::UringIo;
 
 const LEN: u64 = 256 << 20;
 const BLOCK: u64 = 1 << 20;

@@ -32,7 +32,6 @@ use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::lanes::{Block, Lanes};
 use crate::merkle;
-use crate::net;
 use crate::progress::{PathStats, Progress};
 use crate::ring::{Buffer, BufferPool, ALIGN};
 use crate::transport::{self, ControlChannel, Kind, LaneRx, Link, Listener};
@@ -106,7 +105,7 @@ pub struct BenchServer {
 impl BenchServer {
     /// Listens as a receiver does (see [`Listener::bind`]).
     pub fn bind(listen: SocketAddr, advertise: Option<SocketAddr>, config: Config) -> Result<Self> {
-        let rt = net::runtime()?;
+        let rt = transport::runtime()?;
         let listener = {
             let _guard = rt.enter();
             Listener::bind(listen, advertise, &config)?
@@ -365,7 +364,7 @@ pub fn send(
     ticket: &Ticket,
     progress: Arc<Progress>,
 ) -> Result<BenchSummary> {
-    let rt = net::runtime()?;
+    let rt = transport::runtime()?;
     rt.block_on(async {
         let link = transport::connect(config, ticket).await?;
         let started = Instant::now();
@@ -508,6 +507,7 @@ fn generate(
             offset,
             len: len as u32,
             packed: 0,
+            zero: false,
             hash,
             patch: false,
         });

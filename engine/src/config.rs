@@ -111,7 +111,7 @@ pub struct Config {
     pub compress_level: i32,
     /// QUIC, TLS over TCP, or (the default) QUIC with TCP as the fallback where UDP gets no
     /// answer: see [`crate::transport`].
-    pub transport: crate::transport::Choice,
+    pub transport: Transport,
 }
 
 impl Default for Config {
@@ -141,7 +141,7 @@ impl Default for Config {
             dry_run: false,
             compress: Compress::Auto,
             compress_level: crate::pack::DEFAULT_LEVEL,
-            transport: crate::transport::Choice::Auto,
+            transport: Transport::Auto,
         }
     }
 }
@@ -166,7 +166,7 @@ impl Config {
             Congestion::Sluice
         });
         let datagram_size = match self.datagram_size {
-            None if loopback => crate::net::loopback_datagram(),
+            None if loopback => loopback_datagram(),
             None | Some(0) => None,
             Some(n) => Some(n.clamp(1200, LOOPBACK_DATAGRAM)),
         };
@@ -196,4 +196,42 @@ impl Config {
             datagram_size,
         }
     }
+}
+
+/// Which transport to use (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Sender: QUIC, and TCP too if QUIC gets no answer within [`crate::transport::FALLBACK_AFTER`]. Receiver:
+    /// listen on both.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!(
+                "unknown transport {other:?}: expected auto, quic or tcp"
+            )),
+        }
+    }
+}
+
+/// The datagram size for loopback peers: [`LOOPBACK_DATAGRAM`] if the loopback interface's MTU
+/// carries it with IPv6 and UDP headers (it is 65,536 unless someone lowered it).
+fn loopback_datagram() -> Option<u16> {
+    let mtu = std::fs::read_to_string("/sys/class/net/lo/mtu")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(65_536);
+    (mtu >= u32::from(LOOPBACK_DATAGRAM) + 48).then_some(LOOPBACK_DATAGRAM)
 }

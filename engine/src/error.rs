@@ -78,6 +78,9 @@ pub enum Error {
         total: usize,
         /// The first failure.
         first: String,
+        /// What kind of failure the first was (at the sender, which learns only the receiver's
+        /// words: [`ErrorKind::Verification`]).
+        kind: ErrorKind,
     },
     /// Another local I/O failure (sockets, io_uring setup, threads).
     #[error("{what}: {source}")]
@@ -89,10 +92,61 @@ pub enum Error {
     },
 }
 
+/// What kind of failure an [`Error`] is: what a user can do about it, and the exit code the
+/// command line gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The peer could not be reached, went silent or went away: running the same command again
+    /// resumes.
+    Connection,
+    /// The peer refused us or broke the protocol (wrong ticket, wrong secret, malformed data).
+    Refused,
+    /// A local file or system call failed.
+    Local,
+    /// The destination filesystem is full.
+    NoSpace,
+    /// The destination refused a path (it would escape the destination, or is not allowed).
+    Destination,
+    /// Data failed verification, or files failed at the receiver.
+    Verification,
+}
+
+impl ErrorKind {
+    /// The command line's exit code: 3 connection, 4 refused, 5 local, 6 no space,
+    /// 7 destination, 8 verification (1 stays "differences found", 2 "bad usage").
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Connection => 3,
+            ErrorKind::Refused => 4,
+            ErrorKind::Local => 5,
+            ErrorKind::NoSpace => 6,
+            ErrorKind::Destination => 7,
+            ErrorKind::Verification => 8,
+        }
+    }
+}
+
 /// Shorthand for the engine's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        let full = |e: &io::Error| e.kind() == io::ErrorKind::StorageFull;
+        match self {
+            Error::File { source, .. } | Error::Io { source, .. } if full(source) => {
+                ErrorKind::NoSpace
+            }
+            Error::File { .. } | Error::Io { .. } | Error::Source { .. } => ErrorKind::Local,
+            Error::SourceChanged { .. } => ErrorKind::Local,
+            Error::Destination { .. } => ErrorKind::Destination,
+            Error::Verify { .. } => ErrorKind::Verification,
+            Error::FilesFailed { kind, .. } => *kind,
+            Error::Session(_) | Error::Decode(_) | Error::Tls(_) => ErrorKind::Refused,
+            Error::Connection { .. } => ErrorKind::Connection,
+        }
+    }
+
     pub(crate) fn file(
         op: &'static str,
         path: impl Into<PathBuf>,

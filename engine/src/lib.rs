@@ -20,7 +20,7 @@
 //! ```
 //!
 //! The modules, by job: [`manifest`] lists what is sent; [`ring`] bounds memory; [`blockio`]
-//! (with `uring`) reads and writes blocks; [`merkle`] hashes them; [`dest`] guards the
+//! (io_uring or pread/pwrite) reads and writes blocks; [`merkle`] hashes them; [`dest`] guards the
 //! destination; `sender`/`receiver` run the two ends; [`transport`] carries them (QUIC or
 //! TCP); [`bench`] measures the data path without disks. `docs/architecture.md` draws the
 //! whole pipeline.
@@ -39,7 +39,6 @@ mod lanes;
 pub mod manifest;
 pub mod merkle;
 pub mod mmap;
-pub mod net;
 pub mod pack;
 pub mod progress;
 mod receiver;
@@ -47,14 +46,13 @@ pub mod ring;
 mod sender;
 pub mod transport;
 pub mod unit;
-pub mod uring;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use pack::Compress;
 pub use progress::{Event, PathStats, Progress, Snapshot, Summary};
 pub use receiver::Receiver;

@@ -90,6 +90,7 @@ pub struct Progress {
     files_verified: AtomicU64,
     bytes_packed: AtomicU64,
     packed_wire: AtomicU64,
+    bytes_zero: AtomicU64,
     events: Mutex<VecDeque<Event>>,
 }
 
@@ -117,6 +118,9 @@ pub struct Snapshot {
     pub bytes_packed: u64,
     /// What `bytes_packed` took on the wire, packed.
     pub packed_wire: u64,
+    /// Of `bytes_sent`, bytes of blocks of zeros, sent as a header alone (sender; 0 at the
+    /// receiver).
+    pub bytes_zero: u64,
     /// The network path, as last sampled (about every 100 ms while data flows).
     pub path: PathStats,
 }
@@ -143,6 +147,10 @@ impl Progress {
     pub(crate) fn add_packed(&self, raw: u64, packed: u64) {
         self.bytes_packed.fetch_add(raw, Relaxed);
         self.packed_wire.fetch_add(packed, Relaxed);
+    }
+
+    pub(crate) fn add_zero(&self, n: u64) {
+        self.bytes_zero.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add_kept(&self, n: u64) {
@@ -183,6 +191,7 @@ impl Progress {
             bytes_vouched: self.bytes_vouched.load(Relaxed),
             blocks_resent: self.blocks_resent.load(Relaxed),
             bytes_packed: self.bytes_packed.load(Relaxed),
+            bytes_zero: self.bytes_zero.load(Relaxed),
             packed_wire: self.packed_wire.load(Relaxed),
             path: self.path(),
         }
@@ -223,6 +232,9 @@ pub struct Summary {
     pub packed_bytes: u64,
     /// What `packed_bytes` took on the wire, packed.
     pub packed_wire_bytes: u64,
+    /// Of `payload_bytes`, bytes of blocks of zeros: a header crossed, no payload, and the
+    /// receiver left a hole (sender; 0 at the receiver).
+    pub zero_bytes: u64,
     /// UDP bytes both ways on this side's connection (QUIC headers, encryption, ACKs, control
     /// messages and payload): what crossed the wire. 0 where not measured.
     pub wire_bytes: u64,

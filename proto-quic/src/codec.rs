@@ -3,7 +3,7 @@
 //! Control frames are `len: u32 LE | type: u8 | body`, where `len` counts the type byte and the
 //! body and is at most [`MAX_FRAME_LEN`]. Integers are little-endian; strings are `u16 LE` length
 //! plus UTF-8 bytes, at most [`MAX_STRING_LEN`]. A block header is a fixed [`BLOCK_HEADER_LEN`]
-//! bytes starting with a tag byte: [`BLOCK_TAG`], [`PATCH_TAG`] or [`PACKED_TAG`].
+//! bytes starting with a tag byte: [`BLOCK_TAG`], [`PATCH_TAG`], [`PACKED_TAG`] or [`ZERO_TAG`].
 //!
 //! Bytes from a peer are hostile: every length is bounded before anything is allocated, nothing
 //! is indexed without a check, and every failure is a [`DecodeError`] saying what was wrong.
@@ -28,6 +28,9 @@ pub const BLOCK_TAG: u8 = 0xB1;
 pub const PATCH_TAG: u8 = 0xB2;
 /// First byte of a packed block's header ([`BlockHeader::packed`]): its payload is a zstd frame.
 pub const PACKED_TAG: u8 = 0xB3;
+/// First byte of a zero block's header ([`BlockHeader::zero`]): `len` zero bytes, none on the
+/// wire.
+pub const ZERO_TAG: u8 = 0xB4;
 /// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
 pub const MAX_PIECES: usize = 256;
 
@@ -93,7 +96,7 @@ pub enum DecodeError {
         value: u64,
     },
     /// A block header did not start with a block tag.
-    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}: data stream out of frame")]
+    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}: data stream out of frame")]
     BadBlockTag(u8),
 }
 
@@ -372,10 +375,11 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
 /// Encodes a block header into its fixed-size form.
 pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
-    out[0] = match (h.patch, h.packed) {
-        (true, _) => PATCH_TAG,
-        (false, 0) => BLOCK_TAG,
-        (false, _) => PACKED_TAG,
+    out[0] = match (h.patch, h.zero, h.packed) {
+        (true, _, _) => PATCH_TAG,
+        (false, true, _) => ZERO_TAG,
+        (false, false, 0) => BLOCK_TAG,
+        (false, false, _) => PACKED_TAG,
     };
     out[1..5].copy_from_slice(&h.file.to_le_bytes());
     out[5..13].copy_from_slice(&h.offset.to_le_bytes());
@@ -394,7 +398,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         msg_type: BLOCK_TAG,
     };
     let tag = r.u8("tag")?;
-    if !matches!(tag, BLOCK_TAG | PATCH_TAG | PACKED_TAG) {
+    if !matches!(tag, BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG) {
         return Err(DecodeError::BadBlockTag(tag));
     }
     let h = BlockHeader {
@@ -404,6 +408,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         packed: r.u32("packed")?,
         hash: r.array("hash")?,
         patch: tag == PATCH_TAG,
+        zero: tag == ZERO_TAG,
     };
     if (tag == PACKED_TAG) != (h.packed != 0) {
         return Err(DecodeError::BadValue {
@@ -659,9 +664,15 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), patch in any::<bool>(), packed in any::<u32>()) {
-            let packed = if patch { 0 } else { packed };
-            let h = BlockHeader { file, offset, len, hash, patch, packed };
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..4, packed in 1..=u32::MAX) {
+            // One of: a block, a patch, a packed block, a zero block.
+            let (patch, zero, packed) = match kind {
+                0 => (false, false, 0),
+                1 => (true, false, 0),
+                2 => (false, false, packed),
+                _ => (false, true, 0),
+            };
+            let h = BlockHeader { file, offset, len, hash, patch, packed, zero };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
         }
 
@@ -713,6 +724,7 @@ mod tests {
             len: 3,
             hash: [4; 32],
             packed: 0,
+            zero: false,
         });
         b[0] = 0;
         assert_eq!(decode_block_header(&b), Err(DecodeError::BadBlockTag(0)));
@@ -727,6 +739,7 @@ mod tests {
             len: 1 << 20,
             hash: [4; 32],
             packed: 5000,
+            zero: false,
         };
         let mut b = encode_block_header(&h);
         assert_eq!(b[0], PACKED_TAG);
@@ -745,5 +758,9 @@ mod tests {
             decode_block_header(&raw).is_err(),
             "a packed block needs a length"
         );
+        // A zero block carries no packed length either.
+        raw[0] = ZERO_TAG;
+        raw[17..21].copy_from_slice(&5000u32.to_le_bytes());
+        assert!(decode_block_header(&raw).is_err(), "{raw:?}");
     }
 }

@@ -316,4 +316,8 @@ pub struct BlockHeader {
     /// unpack to exactly `len` bytes, and `hash` is checked on what it unpacks to. Only a
     /// whole block is packed, and only when that makes it smaller.
     pub packed: u32,
+    /// A whole block of zeros (tag [`crate::codec::ZERO_TAG`]): no payload follows. The receiver
+    /// checks `hash` against `len` zero bytes and leaves a hole in the file where its
+    /// filesystem can (a sparse source's holes stay holes, and cross as 53 bytes a block).
+    pub zero: bool,
 }

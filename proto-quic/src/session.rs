@@ -820,6 +820,7 @@ mod tests {
             hash: [0; 32],
             patch: false,
             packed: 0,
+            zero: false,
         };
         assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
         assert_eq!(
@@ -859,6 +860,7 @@ mod tests {
             hash: [0; 32],
             patch: true,
             packed: 0,
+            zero: false,
         };
         assert_eq!(s.check_block(&p(100, 50)), Ok(0));
         assert_eq!(s.check_block(&p(1024, 1024)), Ok(1));

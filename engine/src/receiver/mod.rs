@@ -37,10 +37,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::control::Control;
 use crate::dest::Destination;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::journal;
 use crate::merkle;
-use crate::net;
 use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::{BufferPool, ALIGN};
 use crate::transport::{self, ControlChannel, LaneRx, Link, Listener};
@@ -165,6 +164,7 @@ fn compare_verdict(id: u32, f: Incoming, size: u64, root: Digest, differing: u64
             id,
             path: f.rel,
             reason,
+            kind: ErrorKind::Verification,
         },
     }
 }
@@ -189,7 +189,7 @@ impl Receiver {
         config: Config,
     ) -> Result<Self> {
         let dest = Destination::new(dest)?;
-        let rt = net::runtime()?;
+        let rt = transport::runtime()?;
         let listener = {
             let _guard = rt.enter();
             Listener::bind(listen, advertise, &config)?
@@ -252,7 +252,7 @@ impl Receiver {
                     tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
             }
             link.close(0, b"").await;
-            net::finish_summary(result, started, &*link)
+            transport::finish_summary(result, started, &*link)
         })
     }
 }
@@ -308,7 +308,7 @@ async fn receive(
     let mut symlinks: Vec<Entry> = Vec::new();
     let mut finished = false;
     let mut failures = 0u64;
-    let mut first_failure: Option<String> = None;
+    let mut first_failure: Option<(String, ErrorKind)> = None;
     let mut verified_bytes = 0u64;
     let mut block_size = 0u32;
     let mut dry_run = false;
@@ -346,6 +346,7 @@ async fn receive(
                     vouched_bytes: 0,
                     resent_blocks: progress.snapshot().blocks_resent,
                     packed_bytes: 0,
+                    zero_bytes: 0,
                     packed_wire_bytes: 0,
                     wire_bytes: 0,
                     path: Default::default(),
@@ -358,13 +359,14 @@ async fn receive(
                     })
                     .await?;
                 control.finish();
-                if let Some(first) = first_failure.take().filter(|_| !dry_run) {
+                if let Some((first, kind)) = first_failure.take().filter(|_| !dry_run) {
                     // The sender was told file by file; the receiver's exit says it too.
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
                     return Err(Error::FilesFailed {
                         failed: failures as usize,
                         total: summary.files as usize + failures as usize,
                         first,
+                        kind,
                     });
                 }
                 return Ok(summary);
@@ -599,7 +601,7 @@ async fn receive(
                             let Some(f) = files.get_mut(&file) else { continue };
                             if f.sealing {
                                 // Written after its root was checked: not covered by it.
-                                let outcome = fail_file(file, &mut files, &job_tx, format!("block {index} arrived after the file was verified"));
+                                let outcome = fail_file(file, &mut files, &job_tx, format!("block {index} arrived after the file was verified"), ErrorKind::Refused);
                                 report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                                 continue;
                             }
@@ -619,7 +621,7 @@ async fn receive(
                             if *tries > MAX_RETRIES {
                                 fail_file(file, &mut files, &job_tx, format!(
                                     "block at offset {offset} failed verification {} times", MAX_RETRIES + 1
-                                ))
+                                ), ErrorKind::Verification)
                             } else {
                                 // Accept the block once more and ask for it.
                                 if let Some(c) = shared.lock().map_err(|_| poisoned())?.claimed.get_mut(&file) {
@@ -641,7 +643,7 @@ async fn receive(
                                     return Err(error);
                                 }
                             }
-                            fail_file(file, &mut files, &job_tx, error.to_string())
+                            fail_file(file, &mut files, &job_tx, error.to_string(), error.kind())
                         }
                     };
                     report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
@@ -722,6 +724,7 @@ enum Outcome {
         id: u32,
         path: String,
         reason: String,
+        kind: ErrorKind,
     },
 }
 
@@ -730,7 +733,7 @@ async fn report(
     control: &mut Control,
     progress: &Progress,
     failures: &mut u64,
-    first_failure: &mut Option<String>,
+    first_failure: &mut Option<(String, ErrorKind)>,
     verified_bytes: &mut u64,
 ) -> Result<()> {
     match outcome {
@@ -747,9 +750,14 @@ async fn report(
             progress.push(Event::FileVerified { path, size, root });
             control.send(&Message::FileVerified { id }).await
         }
-        Outcome::Failed { id, path, reason } => {
+        Outcome::Failed {
+            id,
+            path,
+            reason,
+            kind,
+        } => {
             *failures += 1;
-            first_failure.get_or_insert_with(|| format!("{path}: {reason}"));
+            first_failure.get_or_insert_with(|| (format!("{path}: {reason}"), kind));
             tracing::error!(%path, %reason, "file failed");
             progress.push(Event::FileFailed {
                 path,
@@ -765,6 +773,7 @@ fn fail_file(
     files: &mut HashMap<u32, Incoming>,
     jobs: &std_mpsc::Sender<Job>,
     reason: String,
+    kind: ErrorKind,
 ) -> Outcome {
     let Some(f) = files.remove(&id) else {
         return Outcome::Pending;
@@ -787,6 +796,7 @@ fn fail_file(
         id,
         path: f.rel,
         reason,
+        kind,
     }
 }
 
@@ -830,6 +840,7 @@ fn try_finish(
                     files,
                     jobs,
                     format!("block {i} was neither sent nor held here"),
+                    ErrorKind::Verification,
                 ));
             }
         }
@@ -845,6 +856,7 @@ fn try_finish(
                 sluice_proto::ticket::hex(&root),
                 sluice_proto::ticket::hex(&expected)
             ),
+            ErrorKind::Verification,
         ));
     }
     // Unchanged (every block held, same length): nothing was written, the file stands as it is
@@ -1072,10 +1084,15 @@ async fn read_block(
         ),
         n => (0, n as usize),
     };
-    stream
-        .read_exact(&mut buf.as_mut_slice()[at..at + len])
-        .await
-        .map_err(|e| conn_err(&e))?;
+    if header.zero {
+        // Nothing on the wire: the writer checks the hash on these zeros.
+        buf.as_mut_slice()[..len].fill(0);
+    } else {
+        stream
+            .read_exact(&mut buf.as_mut_slice()[at..at + len])
+            .await
+            .map_err(|e| conn_err(&e))?;
+    }
     let job = if header.patch {
         Job::Patch {
             file: header.file,

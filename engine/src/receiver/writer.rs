@@ -467,6 +467,23 @@ pub(super) fn write_blocks(
                         }
                     }
                 }
+                // A block of zeros becomes a hole where the filesystem can make one (whatever
+                // the part file held there before); it counts as written, as a write would.
+                if header.zero && punch_hole(&handles.0, header.offset, len) {
+                    finished.push(Completion {
+                        req: Request {
+                            op: Op::Write,
+                            file: handles.0.clone(),
+                            offset: header.offset,
+                            buf,
+                            len,
+                            tag: (file, index, cv, carried),
+                        },
+                        result: Ok(len),
+                    });
+                    report(&mut finished, &paths, &mut journals, &open);
+                    continue;
+                }
                 // O_DIRECT takes whole 4 KiB pages at 4 KiB offsets (ring buffers are aligned).
                 let aligned = header.offset % ALIGN as u64 == 0 && len % ALIGN == 0;
                 let handle = match (&handles.1, aligned) {
@@ -512,6 +529,26 @@ pub(super) fn write_blocks(
     if let Some(t) = sealer {
         let _ = t.join();
     }
+}
+
+/// Deallocates `len` bytes at `offset` of `f`, leaving a hole that reads as zeros (the file's
+/// length is set when it is sealed). False where the filesystem cannot (vfat, some network
+/// filesystems): the zeros are then written.
+fn punch_hole(f: &File, offset: u64, len: usize) -> bool {
+    use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
+    // Already a hole (a new part file, or past its end): nothing to change on disk.
+    match seek(f, SeekFrom::Data(offset)) {
+        Ok(data) if data >= offset + len as u64 => return true,
+        Err(rustix::io::Errno::NXIO) => return true,
+        _ => {}
+    }
+    fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len as u64,
+    )
+    .is_ok()
 }
 
 /// Files waiting for the sealing thread, each with a handle open.
@@ -589,6 +626,7 @@ fn complete_patch(
         len: block_len as u32,
         patch: false,
         packed: 0,
+        zero: false,
         ..*header
     };
     Ok((whole, buf))

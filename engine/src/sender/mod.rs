@@ -36,7 +36,6 @@ use crate::error::{Error, Result};
 use crate::lanes::{queued, Block, Lanes};
 use crate::manifest::{self, SourceEntry};
 use crate::merkle;
-use crate::net;
 use crate::pack::Packer;
 use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::BufferPool;
@@ -89,7 +88,7 @@ impl Sender {
             files.clone().count() as u64,
             files.map(|e| e.entry.size).sum(),
         );
-        let rt = net::runtime()?;
+        let rt = transport::runtime()?;
         rt.block_on(run(&self.config, manifest, ticket, progress))
     }
 }
@@ -117,7 +116,7 @@ async fn run(
         Err(e) => link.close(1, e.to_string().as_bytes()).await,
     }
     tracing::debug!("sender closed");
-    net::finish_summary(result, started, &*link)
+    transport::finish_summary(result, started, &*link)
 }
 
 async fn transfer(
@@ -333,6 +332,7 @@ async fn transfer(
                             vouched_bytes: s.bytes_vouched,
                             resent_blocks: s.blocks_resent,
                             packed_bytes: s.bytes_packed,
+                            zero_bytes: s.bytes_zero,
                             packed_wire_bytes: s.packed_wire,
                             wire_bytes: 0,
                             path: Default::default(),
@@ -354,9 +354,28 @@ async fn transfer(
             failed: failures.len(),
             total: total_files as usize,
             first: first.clone(),
+            kind: crate::error::ErrorKind::Verification,
         });
     }
     Ok(summary)
+}
+
+/// Whether bytes `offset..offset + len` of `file` lie in a hole: no data from `offset` on
+/// before their end (`SEEK_DATA`). False where the filesystem cannot say.
+fn in_hole(file: &File, offset: u64, len: usize) -> bool {
+    use rustix::fs::{seek, SeekFrom};
+    match seek(file, SeekFrom::Data(offset)) {
+        Ok(data) => data >= offset + len as u64,
+        Err(e) => e == rustix::io::Errno::NXIO,
+    }
+}
+
+/// Whether every byte of `data` is zero; stops at the first 64 bytes that are not, so data that
+/// is not zeros costs next to nothing.
+fn all_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 fn files_in(manifest: &[SourceEntry]) -> u64 {
@@ -492,6 +511,11 @@ impl Reader<'_> {
                 vouched: Default::default(),
                 spot: Default::default(),
             });
+            // Fewer bytes allocated than the length: the file has holes.
+            let sparse = {
+                use std::os::unix::fs::MetadataExt;
+                meta.blocks().saturating_mul(512) < size
+            };
             let file = Arc::new(file);
             // Blocks from the one holding byte `len` on are (almost all) missing for certain: read
             // and send them first, while the receiver is still scanning the part it holds.
@@ -565,16 +589,27 @@ impl Reader<'_> {
                 } else {
                     checked += 1;
                 }
-                let req = Request {
+                let len = (size - offset).min(bs) as usize;
+                let mut req = Request {
                     op: Op::Read,
                     file: file.clone(),
                     offset,
                     buf,
-                    len: (size - offset).min(bs) as usize,
+                    len,
                     tag: (fi, index),
                 };
-                io.submit(req, &mut done)
-                    .map_err(Error::file("reading", &src.local))?;
+                if sparse && in_hole(&file, offset, len) {
+                    // Reading a hole would fill the page cache with zero pages (a 100 GiB
+                    // sparse file: 100 GiB of them); the zeros are known without it.
+                    req.buf.as_mut_slice()[..len].fill(0);
+                    done.push(Completion {
+                        req,
+                        result: Ok(len),
+                    });
+                } else {
+                    io.submit(req, &mut done)
+                        .map_err(Error::file("reading", &src.local))?;
+                }
                 self.handle(&mut done, &mut state)?;
                 if io.in_flight() >= self.config.read_depth as usize {
                     io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
@@ -720,6 +755,7 @@ impl Reader<'_> {
                 hash: cv,
                 patch: range.len() < len,
                 packed: 0,
+                zero: false,
             },
             payload,
         )
@@ -734,6 +770,7 @@ impl Reader<'_> {
                 hash,
                 patch: false,
                 packed: 0,
+                zero: false,
             },
             payload,
         )
@@ -742,7 +779,12 @@ impl Reader<'_> {
     fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
         let carries = payload.len() as u64;
         let mut packer = self.packer.borrow_mut();
-        if !header.patch && packer.is_on() {
+        if !header.patch && all_zero(&payload) {
+            // A sparse file's hole, or zeros written out: the header alone says it.
+            header.zero = true;
+            payload = Bytes::new();
+            self.progress.add_zero(carries);
+        } else if !header.patch && packer.is_on() {
             let queue_behind = 2 * queued(self.blocks) >= self.blocks.max_capacity();
             let path = self.progress.path();
             let link = (!path.rtt.is_zero()).then(|| path.cwnd as f64 / path.rtt.as_secs_f64());

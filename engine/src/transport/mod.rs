@@ -16,12 +16,12 @@
 
 pub mod quic;
 pub mod tcp;
+pub mod udp;
 
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,33 +37,7 @@ use crate::progress::PathStats;
 /// A boxed future, for trait methods that are called through `dyn`.
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Which transport to use (`--transport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Choice {
-    /// Sender: QUIC, and TCP too if QUIC gets no answer within [`FALLBACK_AFTER`]. Receiver:
-    /// listen on both.
-    #[default]
-    Auto,
-    /// QUIC only.
-    Quic,
-    /// TLS over TCP only.
-    Tcp,
-}
-
-impl FromStr for Choice {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "quic" => Ok(Self::Quic),
-            "tcp" => Ok(Self::Tcp),
-            other => Err(format!(
-                "unknown transport {other:?}: expected auto, quic or tcp"
-            )),
-        }
-    }
-}
+pub use crate::config::Transport as Choice;
 
 /// The transport a [`Link`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +363,29 @@ async fn accept(
             },
         }
     }
+}
+
+/// A single-threaded tokio runtime for a network thread.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting async runtime"))
+}
+
+/// Stamps a transfer's summary with its wall time and the bytes its link moved.
+pub(crate) fn finish_summary(
+    result: Result<crate::progress::Summary>,
+    started: std::time::Instant,
+    link: &dyn Link,
+) -> Result<crate::progress::Summary> {
+    let path = link.path();
+    result.map(|mut s| {
+        s.elapsed = started.elapsed();
+        s.wire_bytes = path.udp_tx_bytes + path.udp_rx_bytes;
+        s.path = path;
+        s
+    })
 }
 
 /// Waits (at most half a second) for `link` to settle how it ended, then names it in `result`'s

@@ -8,10 +8,10 @@ use bytes::Bytes;
 use sluice_proto::ticket::Ticket;
 use sluice_proto::tls::{self, Identity};
 
+use super::udp;
 use super::{conn_error, ControlChannel, ControlRx, Ended, Fut, Kind, LaneRx, LaneTx, Link};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::net;
 use crate::progress::PathStats;
 
 /// A QUIC connection as a [`Link`].
@@ -37,8 +37,8 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
     let err = conn_error(peer);
     let tuning = config.transport_to(Some(peer.ip()));
     let client = tls::client_config(ticket.fingerprint, &tuning)?;
-    let endpoint = net::endpoint(
-        net::udp_socket(net::any_addr_for(peer), config)?,
+    let endpoint = udp::endpoint(
+        udp::udp_socket(udp::any_addr_for(peer), config)?,
         None,
         tuning.datagram_size,
     )?;
@@ -69,8 +69,8 @@ impl Server {
             identity,
             &config.transport_to(Some(loopback)),
         )?);
-        let socket = net::udp_socket(listen, config)?;
-        let endpoint = net::endpoint(socket, Some(server), None)?;
+        let socket = udp::udp_socket(listen, config)?;
+        let endpoint = udp::endpoint(socket, Some(server), None)?;
         Ok(Self { endpoint, near })
     }
 
@@ -212,11 +212,11 @@ impl Link for QuicLink {
     }
 
     fn flow_figures(&self) -> String {
-        net::flow_figures(&self.conn)
+        udp::flow_figures(&self.conn)
     }
 
     fn close<'a>(&'a self, code: u32, reason: &'a [u8]) -> Fut<'a, ()> {
-        Box::pin(net::close(&self.conn, code, reason))
+        Box::pin(udp::close(&self.conn, code, reason))
     }
 
     fn closed(&self) -> Fut<'_, ()> {

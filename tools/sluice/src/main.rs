@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sluice_engine::{Receiver, Sender, Ticket};
+use sluice_engine::{ErrorKind, Receiver, Sender, Ticket};
 
 use args::{Cli, Command};
 
@@ -30,12 +30,18 @@ fn main() {
         .init();
     let json = cli.json;
     if let Err(e) = run(cli) {
-        let message = describe(&e);
+        let kind = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<sluice_engine::Error>())
+            .map(sluice_engine::Error::kind);
+        let message = describe(&e, kind);
         if json {
-            render::json_line(&serde_json::json!({"event": "error", "message": message}));
+            render::json_line(&serde_json::json!({
+                "event": "error", "message": message, "kind": kind.map(|k| format!("{k:?}")),
+            }));
         }
         eprintln!("sluice: error: {message}");
-        std::process::exit(1);
+        std::process::exit(kind.map_or(1, ErrorKind::exit_code));
     }
 }
 
@@ -111,7 +117,7 @@ fn verify_remote(
 
 /// The error chain as one line, each cause once (library errors already name their cause),
 /// with a hint where the user can act.
-fn describe(e: &anyhow::Error) -> String {
+fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
     let mut message = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
@@ -123,7 +129,7 @@ fn describe(e: &anyhow::Error) -> String {
         }
         message.push_str(&text);
     }
-    if message.contains("No space left on device") {
+    if kind == Some(ErrorKind::NoSpace) {
         message.push_str(" (free space at the destination and run the same command again: the partial file is kept and the transfer resumes)");
     }
     message

@@ -93,6 +93,7 @@ where
             "kept_bytes": summary.kept_bytes, "vouched_bytes": summary.vouched_bytes,
             "resent_blocks": summary.resent_blocks,
             "packed_bytes": summary.packed_bytes, "packed_wire_bytes": summary.packed_wire_bytes,
+            "zero_bytes": summary.zero_bytes,
             "wire_bytes": summary.wire_bytes,
             "path": path_json(&summary.path),
             "seconds": secs, "mb_per_s": mbps,
@@ -116,6 +117,9 @@ where
                 summary.packed_wire_bytes,
                 100.0 * summary.packed_wire_bytes as f64 / summary.packed_bytes as f64
             );
+        }
+        if summary.zero_bytes > 0 {
+            extra += &format!("; {} bytes of zeros sent as holes", summary.zero_bytes);
         }
         if summary.path.lost_packets > 0 {
             extra += &format!(

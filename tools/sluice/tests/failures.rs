@@ -46,7 +46,7 @@ over_both! {
         recv.pause();
         let started = Instant::now();
         let out = send.wait_with_output().unwrap();
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(3), "exit code for a lost connection");
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the sender hung"
@@ -70,7 +70,7 @@ over_both! {
         drop(recv);
         let started = Instant::now();
         let out = send.wait_with_output().unwrap();
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(3), "exit code for a lost connection");
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the sender hung"
@@ -113,9 +113,14 @@ fn full_destination_is_a_clear_error_and_leaves_no_final_file() {
     let src = d.path().join("big.bin");
     random_file(&src, 32 * BLOCK, 5);
     let out = sluice().arg("copy").arg(&src).arg(&mnt).output().unwrap();
-    assert!(!out.status.success());
     let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "exit code for a full disk: {err}"
+    );
     assert!(err.contains("No space left on device"), "said: {err}");
+    assert!(err.contains("free space"), "with the hint: {err}");
     assert!(
         err.contains("big.bin"),
         "the error must name the file: {err}"

@@ -29,7 +29,7 @@ over_both! {
         let recv = Recv::start(&dest);
         let bad = tamper(&recv.ticket, |t| t.secret[0] ^= 1);
         let out = sluice().arg("send").arg(&src).arg(&bad).output().unwrap();
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(4), "exit code for a refusal");
         let err = stderr(&out);
         assert!(err.contains("secret"), "sender said: {err}");
         let r = recv.wait();

@@ -226,11 +226,68 @@ fn a_tcp_sender_towards_a_quic_only_receiver_fails_fast() {
         .arg(&recv.ticket)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "exit code for a connection failure"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let err = stderr(&out);
     assert!(
         err.contains("127.0.0.1") && err.contains("refused"),
         "{err}"
     );
+}
+
+over_both! {
+    /// A sparse file keeps its holes: a block of zeros crosses as its header alone, the
+    /// receiver leaves a hole, and the root is the source's. Zeros written out (not a hole)
+    /// cross the same way and arrive as a hole, as `cp --sparse=always` and `rsync -S` do.
+    fn sparse_files_keep_their_holes_and_zeros_cross_as_headers() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let sparse = src.join("sparse.img");
+        let size = 256 * BLOCK;
+        {
+            let f = fs::File::create(&sparse).unwrap();
+            f.set_len(size).unwrap();
+            let data = d.path().join("data");
+            random_file(&data, BLOCK, 9);
+            let block = fs::read(&data).unwrap();
+            f.write_all_at(&block, 0).unwrap();
+            f.write_all_at(&block, 100 * BLOCK + 7).unwrap(); // blocks 100 and 101
+            f.write_all_at(&block[..4097], size - 4097).unwrap();
+        }
+        let zeros = src.join("zeros.bin");
+        fs::write(&zeros, vec![0u8; 8 * BLOCK as usize]).unwrap();
+        let dest = d.path().join("dest");
+        let out = sluice()
+            .args(["--json", "copy"])
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        // Data in blocks 0, 100, 101 and 255; every other block of both files is zeros.
+        let zero_blocks = (256 - 4) + 8;
+        assert_eq!(summary["zero_bytes"].as_u64(), Some(zero_blocks * BLOCK), "{summary}");
+        let wire = summary["wire_bytes"].as_u64().unwrap();
+        assert!(wire < 16 * BLOCK, "{wire} bytes crossed for 4 MiB of data: {summary}");
+        assert_eq!(b3(&dest.join("src/sparse.img")), b3(&sparse));
+        assert_eq!(b3(&dest.join("src/zeros.bin")), b3(&zeros));
+        assert_eq!(fs::metadata(dest.join("src/sparse.img")).unwrap().len(), size);
+        // Holes where the source has them, if this filesystem keeps holes at all.
+        let allocated = |p: &std::path::Path| fs::metadata(p).unwrap().blocks() * 512;
+        if allocated(&sparse) < 8 * BLOCK {
+            let got = allocated(&dest.join("src/sparse.img"));
+            assert!(got <= 8 * BLOCK, "{got} bytes allocated for 4 MiB of data");
+            let got = allocated(&dest.join("src/zeros.bin"));
+            assert!(got <= BLOCK, "{got} bytes allocated for a file of zeros");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! of a file — to a [`BlockIo`], and later collects them back as [`Completion`]s, buffer
 //! included. Two implementations keep the same contract:
 //!
-//! - [`crate::uring::UringIo`] queues requests on an io_uring and lets the kernel run up to
+//! - [`uring::UringIo`] queues requests on an io_uring and lets the kernel run up to
 //!   `depth` of them at once (the default);
 //! - [`SyncIo`] runs each request at once with `pread`/`pwrite` (the fallback where io_uring is
 //!   refused, e.g. under a seccomp filter, and the baseline it is measured against).
@@ -19,6 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use crate::ring::Buffer;
+
+pub mod uring;
 
 /// Read into or write from a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +77,7 @@ pub fn open<T: Send + 'static>(
     depth: u32,
 ) -> (Box<dyn BlockIo<T> + Send>, &'static str) {
     if use_uring {
-        match crate::uring::UringIo::new(depth) {
+        match uring::UringIo::new(depth) {
             Ok(u) => return (Box::new(u), "io_uring"),
             Err(e) => tracing::warn!("io_uring unavailable ({e}); using pread/pwrite"),
         }
@@ -222,7 +224,7 @@ mod tests {
 
     #[test]
     fn uring_reads_back_what_it_wrote() {
-        let mut io = crate::uring::UringIo::new(2).expect("io_uring must be available for tests");
+        let mut io = uring::UringIo::new(2).expect("io_uring must be available for tests");
         round_trip(&mut io);
     }
 }

@@ -1,4 +1,4 @@
-//! Binding quinn endpoints to UDP sockets sized for bulk transfer.
+//! The QUIC transport's sockets: quinn endpoints on UDP sockets sized for bulk transfer.
 //!
 //! The kernel's default UDP receive buffer (208 KiB) overflows during bursts at multi-Gbit/s, and
 //! every overflow is a loss the congestion controller reacts to. Sockets are made with the
@@ -55,16 +55,6 @@ pub fn endpoint(
         None => socket,
     };
     quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime).map_err(err)
-}
-
-/// The datagram size for loopback peers: [`LOOPBACK_DATAGRAM`] if the loopback interface's MTU
-/// carries it with IPv6 and UDP headers (it is 65,536 unless someone lowered it).
-pub fn loopback_datagram() -> Option<u16> {
-    let mtu = std::fs::read_to_string("/sys/class/net/lo/mtu")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(65_536);
-    (mtu >= u32::from(LOOPBACK_DATAGRAM) + 48).then_some(LOOPBACK_DATAGRAM)
 }
 
 /// A UDP socket whose GSO sends carry at most `segments` datagrams. quinn batches up to 10
@@ -127,29 +117,6 @@ pub(crate) async fn close(conn: &quinn::Connection, code: u32, reason: &[u8]) {
     while conn.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-}
-
-/// A single-threaded tokio runtime for a network thread.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::io("starting async runtime"))
-}
-
-/// Stamps a transfer's summary with its wall time and the bytes its link moved.
-pub(crate) fn finish_summary(
-    result: Result<crate::progress::Summary>,
-    started: std::time::Instant,
-    link: &dyn crate::transport::Link,
-) -> Result<crate::progress::Summary> {
-    let path = link.path();
-    result.map(|mut s| {
-        s.elapsed = started.elapsed();
-        s.wire_bytes = path.udp_tx_bytes + path.udp_rx_bytes;
-        s.path = path;
-        s
-    })
 }
 
 /// The address to bind a client socket to for reaching `peer`.

@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::blockio::{BlockIo, Completion, Op, Request};
+use super::{BlockIo, Completion, Op, Request};
 
 /// An io_uring with at most `depth` requests in flight.
 pub struct UringIo<T> {
