@@ -55,7 +55,7 @@ pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use pack::Compress;
 pub use progress::{Event, PathStats, Progress, Snapshot, Summary};
-pub use receiver::Receiver;
+pub use receiver::{Receiver, Stopper};
 pub use sender::Sender;
 pub use sluice_proto::ticket::Ticket;
 
@@ -74,21 +74,29 @@ pub fn copy(
         config.clone(),
     )?;
     let ticket = rx.ticket().clone();
+    let stopper = rx.stopper();
     let recv_progress = Arc::new(Progress::default());
     let receiver = std::thread::Builder::new()
         .name("sluice-recv".into())
         .spawn(move || rx.run(recv_progress))
         .map_err(Error::io("starting receiver thread"))?;
     let sent = Sender::new(config.clone()).send(sources, &ticket, progress);
+    if sent.is_err() {
+        // A sender that failed before it connected (a missing source) leaves the receiver
+        // waiting for one; one that failed later closed the link, which ends the receiver too.
+        stopper.stop();
+    }
     let received = receiver.join().unwrap_or_else(|_| {
         Err(Error::io("receiver thread")(std::io::Error::other(
             "panicked",
         )))
     });
-    // The receiver's error is the more specific one when both fail.
+    // The receiver's error is the more specific one when both fail, unless it was stopped
+    // waiting for the sender.
     match (sent, received) {
         (Ok(s), Ok(_)) => Ok(s),
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(send_err), Err(Error::Connection { peer, .. })) if peer == "none" => Err(send_err),
         (Err(send_err), Err(recv_err)) => {
             tracing::debug!(%send_err, "sender also failed");
             Err(recv_err)

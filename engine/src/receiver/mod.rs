@@ -176,6 +176,19 @@ pub struct Receiver {
     dest: Destination,
     rt: tokio::runtime::Runtime,
     listener: Listener,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+/// Ends a [`Receiver::run`] that is still waiting for its sender (see [`Receiver::stopper`]).
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<tokio::sync::Notify>);
+
+impl Stopper {
+    /// Makes the receiver's wait for a sender end with an error; a transfer already under
+    /// way is not affected.
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
 }
 
 impl Receiver {
@@ -199,7 +212,14 @@ impl Receiver {
             dest,
             rt,
             listener,
+            stop: Arc::default(),
         })
+    }
+
+    /// A handle that stops this receiver's wait for a sender, from another thread: for a
+    /// sender in the same process that failed before it connected (`copy` of a missing source).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
     }
 
     /// The ticket to hand to the sender.
@@ -216,9 +236,18 @@ impl Receiver {
             dest,
             rt,
             mut listener,
+            stop,
         } = self;
         rt.block_on(async move {
-            let (link, control) = listener.accept().await?;
+            let (link, control) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                _ = stop.notified() => {
+                    return Err(Error::Connection {
+                        peer: "none".into(),
+                        detail: "stopped before a sender connected".into(),
+                    })
+                }
+            };
             let secret = listener.ticket().secret;
             let started = Instant::now();
             let mut parts = Vec::new();

@@ -172,12 +172,32 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
                         Ok(link)
                     }
                     Err(e) => {
-                        tracing::debug!(%e, "TCP failed too; still waiting for QUIC");
-                        quic.await
+                        // Refused over TCP and silent over UDP: most likely nothing listens
+                        // there any more. QUIC gets as long again to answer (a receiver that
+                        // listens on UDP alone, a slow first flight), then the sender gives up
+                        // instead of waiting out the idle timeout.
+                        tracing::debug!(%e, "TCP failed too; waiting a little longer for QUIC");
+                        match tokio::time::timeout(FALLBACK_AFTER, quic).await {
+                            Ok(r) => r,
+                            Err(_) => Err(conn_error(ticket.addr)(&format!(
+                                "no receiver answers: nothing over QUIC for {} s, and TCP: {}; \
+                                 is `sluice recv` still running there, and is this its latest ticket?",
+                                2 * FALLBACK_AFTER.as_secs(),
+                                tcp_reason(&e)
+                            ))),
+                        }
                     }
                 },
             }
         }
+    }
+}
+
+/// What a TCP connection attempt said, without the address `Error::Connection` already names.
+fn tcp_reason(e: &Error) -> String {
+    match e {
+        Error::Connection { detail, .. } => detail.clone(),
+        other => other.to_string(),
     }
 }
 

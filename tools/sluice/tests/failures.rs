@@ -84,6 +84,62 @@ over_both! {
     }
 }
 
+/// A typo in a source: an error naming it at once, from `copy` (whose receiver must not be left
+/// waiting for a sender that will never come) and from `send`.
+#[test]
+fn a_missing_source_is_named_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("no-such-file");
+    let started = Instant::now();
+    let out = sluice()
+        .arg("copy")
+        .arg(&missing)
+        .arg(d.path().join("dest"))
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "copy hung");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-file"), "{}", stderr(&out));
+    let recv = Recv::start(&d.path().join("dest2"));
+    let out = sluice()
+        .arg("send")
+        .arg(&missing)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-file"), "{}", stderr(&out));
+}
+
+/// A ticket whose receiver has exited: nothing answers over UDP and TCP is refused, so the
+/// sender says so within seconds instead of waiting out the idle timeout.
+#[test]
+fn a_sender_gives_up_on_a_receiver_that_is_gone_within_seconds() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f");
+    random_file(&src, 1000, 1);
+    let recv = Recv::start(&d.path().join("dest"));
+    let ticket = recv.ticket.clone();
+    drop(recv);
+    let started = Instant::now();
+    let out = sluice()
+        .args(["--transport", "auto", "send"])
+        .arg(&src)
+        .arg(&ticket)
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the sender waited"
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no receiver answers"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn full_destination_is_a_clear_error_and_leaves_no_final_file() {
     if !nix_is_root() {
