@@ -185,13 +185,17 @@ impl Destination {
         Ok(Some(at))
     }
 
-    /// Opens (creating if needed) a part file for writing, refusing to follow a symlink.
+    /// Opens (creating if needed) a part file for writing, refusing to follow a symlink. A new
+    /// part file is readable by its owner alone (as rsync's temporary files are) until it is
+    /// verified and takes the source's mode: a 0600 source is never world-readable here, even
+    /// half-written after an interruption.
     pub fn open_part(part: &Path) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         File::options()
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(part)
     }
@@ -204,15 +208,20 @@ impl Destination {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECT)
             .open(part)
             .ok()
     }
 
-    /// Gives a verified file its permissions and mtime.
+    /// Gives a verified file its permissions and mtime, through a read-only handle: the owner
+    /// may change both on a file it cannot write (a 0444 file, as in `.git/objects`), and a
+    /// handle opened for writing would be refused there.
     pub fn apply_metadata(&self, entry: &Entry, path: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let f = File::options()
-            .write(true)
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(Error::file("opening", path))?;
         Self::set_metadata(&f, entry, path)

@@ -245,12 +245,14 @@ impl JournalWriter {
     }
 }
 
-/// Makes the journal at `path` afresh, holding only `header`.
+/// Makes the journal at `path` afresh, holding only `header`; readable by its owner alone, as
+/// the part file it describes.
 fn create(path: &Path, header: &[u8; HEADER_LEN]) -> io::Result<File> {
     let mut f = File::options()
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     f.write_all(header)?;

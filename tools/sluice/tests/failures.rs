@@ -44,6 +44,14 @@ over_both! {
         // SIGSTOP: no close, no reset; the receiver's kernel still acknowledges TCP, but the
         // receiver itself sends nothing any more.
         recv.pause();
+        // The half-written part file (and its journal) are the owner's alone, whatever the
+        // source's mode and the umask.
+        let part = d.path().join("dest/.big.bin.sluice-part");
+        assert_eq!(part.metadata().unwrap().mode() & 0o777, 0o600);
+        let journal = d.path().join("dest/.big.bin.sluice-journal");
+        if let Ok(m) = journal.metadata() {
+            assert_eq!(m.mode() & 0o777, 0o600);
+        }
         let started = Instant::now();
         let out = send.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(3), "exit code for a lost connection");

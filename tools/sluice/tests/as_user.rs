@@ -1,0 +1,74 @@
+//! End to end as an unprivileged user (`nobody`, through `setpriv` when the tests run as root,
+//! as CI does): root ignores file permissions, so permission bugs only show here.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// `sluice ARGS` as `nobody` if this process is root, else as this user. `None` where root
+/// cannot switch users here (no `setpriv`).
+fn sluice_as_user(args: &[&Path]) -> Option<Output> {
+    let root = fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_sluice"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+    };
+    c.args(args).stdin(std::process::Stdio::null());
+    match c.output() {
+        Ok(o) if root && o.status.code() == Some(127) => None,
+        Ok(o) => Some(o),
+        Err(_) => None,
+    }
+}
+
+/// A tree with a read-only file (as `.git/objects` holds) and an owner-only file, copied as an
+/// unprivileged user and then copied again unchanged: both runs succeed, and modes arrive as
+/// they left.
+#[test]
+fn an_unprivileged_user_resyncs_read_only_and_private_files() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("object"), b"blob 5\0hello").unwrap();
+    fs::set_permissions(src.join("object"), fs::Permissions::from_mode(0o444)).unwrap();
+    random_file(&src.join("private.key"), 3 << 20, 4);
+    fs::set_permissions(src.join("private.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    let dest = d.path().join("dest");
+    for run in 1..=2 {
+        let Some(out) = sluice_as_user(&[Path::new("copy"), &src, &dest]) else {
+            eprintln!("skipped: cannot switch to an unprivileged user here");
+            return;
+        };
+        assert!(out.status.success(), "run {run}: {}", stderr(&out));
+    }
+    let mode = |p: &str| fs::metadata(dest.join("src").join(p)).unwrap().mode() & 0o777;
+    assert_eq!(mode("object"), 0o444);
+    assert_eq!(mode("private.key"), 0o644);
+    assert_eq!(
+        b3(&dest.join("src/private.key")),
+        b3(&src.join("private.key"))
+    );
+    // And once more after the read-only file changed at the source.
+    fs::set_permissions(src.join("object"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(src.join("object"), b"blob 6\0hello!").unwrap();
+    fs::set_permissions(src.join("object"), fs::Permissions::from_mode(0o444)).unwrap();
+    let out = sluice_as_user(&[Path::new("copy"), &src, &dest]).unwrap();
+    assert!(out.status.success(), "changed: {}", stderr(&out));
+    assert_eq!(
+        fs::read(dest.join("src/object")).unwrap(),
+        b"blob 6\0hello!"
+    );
+    assert_eq!(mode("object"), 0o444);
+}
