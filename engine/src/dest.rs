@@ -322,12 +322,26 @@ fn remove_if_present(p: &Path) -> io::Result<()> {
 }
 
 /// `.NAME{suffix}` beside `path`.
+/// `.NAME{suffix}` beside `path`. A name too long for that (the limit of a name is 255 bytes
+/// on Linux filesystems) keeps as much of its start as fits, then `~` and 16 hex digits of its
+/// BLAKE3 hash, as rsync shortens its temporary names: a 250-byte name is received like any
+/// other, and two long names that share their start still get two part files.
 fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
+    const NAME_MAX: usize = 255;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}{suffix}"))
+    if 1 + name.len() + suffix.len() <= NAME_MAX {
+        return path.with_file_name(format!(".{name}{suffix}"));
+    }
+    let tag = &blake3::hash(name.as_bytes()).to_hex()[..16];
+    let room = NAME_MAX - 1 - 1 - tag.len() - suffix.len();
+    let mut cut = room.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    path.with_file_name(format!(".{}~{tag}{suffix}", &name[..cut]))
 }
 
 fn mtime(entry: &Entry) -> SystemTime {
@@ -356,5 +370,28 @@ mod tests {
         assert_eq!(dest.resolve("ok/x").unwrap(), dest.root().join("ok/x"));
         assert!(dest.root().join("ok").is_dir());
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn long_names_get_part_and_journal_names_that_fit() {
+        let dir = Path::new("/d");
+        for len in [1, 200, 236, 237, 240, 255] {
+            // Multi-byte characters, so a cut must fall between them.
+            let name: String = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let at = dir.join(&name);
+            for p in [Destination::part_path(&at), Destination::journal_path(&at)] {
+                let n = p.file_name().unwrap().to_str().unwrap();
+                assert!(n.len() <= 255, "{len}: {} bytes", n.len());
+                assert!(sluice_proto::path::is_reserved(n), "{n}");
+                assert_eq!(p.parent(), Some(dir));
+            }
+        }
+        // Two long names that share their first 230 bytes get two part files.
+        let a = "a".repeat(230) + &"b".repeat(25);
+        let b = "a".repeat(230) + &"c".repeat(25);
+        assert_ne!(
+            Destination::part_path(&dir.join(a)),
+            Destination::part_path(&dir.join(b))
+        );
     }
 }

@@ -26,7 +26,8 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_writer(|| render::CleanWriter(std::io::stderr()))
         .init();
     let json = cli.json;
     if let Err(e) = run(cli) {
@@ -40,7 +41,7 @@ fn main() {
                 "event": "error", "message": message, "kind": kind.map(|k| format!("{k:?}")),
             }));
         }
-        eprintln!("sluice: error: {message}");
+        eprintln!("sluice: error: {}", render::clean(&message));
         std::process::exit(kind.map_or(1, ErrorKind::exit_code));
     }
 }
@@ -78,7 +79,12 @@ fn verify_remote(
                 if json {
                     render::content_difference_json(&path, &ranges);
                 } else {
-                    let _ = writeln!(out, "differs: {path}: ranges {}", shown.join(", "));
+                    let _ = writeln!(
+                        out,
+                        "differs: {}: ranges {}",
+                        render::clean(&path),
+                        shown.join(", ")
+                    );
                 }
                 ranged.insert(path);
             }
@@ -90,9 +96,14 @@ fn verify_remote(
                         &serde_json::json!({"event": "difference", "kind": "file", "path": path, "reason": reason}),
                     );
                 } else if reason.starts_with("missing") {
-                    let _ = writeln!(out, "missing: {path}");
+                    let _ = writeln!(out, "missing: {}", render::clean(&path));
                 } else if !ranged.contains(&path) || reason.contains("bytes here") {
-                    let _ = writeln!(out, "differs: {path}: {reason}");
+                    let _ = writeln!(
+                        out,
+                        "differs: {}: {}",
+                        render::clean(&path),
+                        render::clean(&reason)
+                    );
                 }
             }
             sluice_engine::Event::Connected { .. } => {}

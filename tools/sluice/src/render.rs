@@ -9,6 +9,58 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use sluice_engine::{Event, PathStats, Progress, Summary};
 
+/// `s` made safe for a terminal: control characters (escape sequences that could retitle the
+/// window, move the cursor or fake a line, the class of CVE-2019-6109) are shown escaped, as
+/// `\u{1b}`. Paths, reasons and messages may come from the peer.
+pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Log output with control characters escaped, byte by byte: what a log line quotes from the
+/// peer cannot reach the terminal raw. tracing writes each event as one line in one write, so
+/// only the write's last newline passes (and tabs).
+pub struct CleanWriter<W>(pub W);
+
+impl<W: Write> Write for CleanWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = Vec::with_capacity(buf.len());
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            // C1 controls, U+0080..U+009F, are 0xC2 0x80..0x9F in UTF-8.
+            let c1 = b == 0xC2 && buf.get(i + 1).is_some_and(|n| (0x80..=0x9F).contains(n));
+            // A line ends the write; a newline inside it came from what the line quotes.
+            let last = i + 1 == buf.len();
+            if (b < 0x20 && b != b'\t' && !(b == b'\n' && last)) || b == 0x7F {
+                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+            } else if c1 {
+                out.extend_from_slice(format!("\\u{{{:x}}}", buf[i + 1]).as_bytes());
+                i += 1;
+            } else {
+                out.push(b);
+            }
+            i += 1;
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Prints one JSON object as a line on stdout.
 pub fn json_line(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
@@ -184,7 +236,7 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
                         &serde_json::json!({"event": "file_failed", "path": path, "reason": reason}),
                     );
                 } else {
-                    eprintln!("sluice: {path}: {reason}");
+                    eprintln!("sluice: {}: {}", clean(&path), clean(&reason));
                 }
             }
         }
@@ -237,11 +289,12 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             };
             let _ = writeln!(
                 out,
-                "differs: {path}: {source_size} vs {dest_size} bytes; ranges {}{more}",
+                "differs: {}: {source_size} vs {dest_size} bytes; ranges {}{more}",
+                clean(path),
                 shown.join(", ")
             );
         } else {
-            let _ = writeln!(out, "{kind}: {path}");
+            let _ = writeln!(out, "{kind}: {}", clean(path));
         }
     }
     if json {

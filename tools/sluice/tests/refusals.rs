@@ -81,6 +81,23 @@ fn malformed_ticket_is_explained() {
 /// transport the test runs on, sends a manifest holding `path`, and
 /// returns the receiver's answer.
 fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> {
+    let entry = Message::Entry(Entry {
+        id: 0,
+        kind,
+        path: path.into(),
+        mode: 0o644,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+        size: 5,
+        link_target: "/etc".into(),
+        version: [0; 16],
+    });
+    crafted_messages(ticket, &[entry, Message::ManifestEnd { count: 1 }])
+}
+
+/// Connects as a crafted sender with the right secret, sends Hello and then `messages`, and
+/// returns the receiver's last answer.
+fn crafted_messages(ticket: &str, messages: &[Message]) -> Option<Message> {
     let ticket: Ticket = ticket.parse().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,21 +113,9 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
         let (mut send, mut recv) = link.open_control().await.unwrap();
         let mut wire = Vec::new();
         encode_message(&SenderSession::hello(ticket.secret, 1 << 20, 0), &mut wire);
-        encode_message(
-            &Message::Entry(Entry {
-                id: 0,
-                kind,
-                path: path.into(),
-                mode: 0o644,
-                mtime_sec: 0,
-                mtime_nsec: 0,
-                size: 5,
-                link_target: "/etc".into(),
-                version: [0; 16],
-            }),
-            &mut wire,
-        );
-        encode_message(&Message::ManifestEnd { count: 1 }, &mut wire);
+        for m in messages {
+            encode_message(m, &mut wire);
+        }
         send.write(&mut [wire.into()]).await.unwrap();
         let mut dec = FrameDecoder::new();
         let mut last = None;
@@ -183,4 +188,34 @@ over_both! {
 fn dest_with(dest: &std::path::Path) -> &std::path::Path {
     fs::create_dir_all(dest).unwrap();
     dest
+}
+
+over_both! {
+    /// What a peer says reaches the terminal with its control characters escaped: no escape
+    /// sequence (window title, colours, cursor moves) and no forged line from a hostile sender.
+    fn a_peers_words_cannot_drive_the_terminal() {
+        let d = tempfile::tempdir().unwrap();
+        let recv = Recv::start(&d.path().join("dest"));
+        let evil = "\u{1b}]0;pwned\u{7}\u{1b}[31mred\u{9b}2J\nsluice: all files verified";
+        crafted_messages(
+            &recv.ticket,
+            &[Message::Error {
+                code: sluice_proto::message::ErrorCode::Io,
+                message: evil.into(),
+            }],
+        );
+        let r = recv.wait();
+        assert!(!r.status.success());
+        let raw = &r.stderr;
+        for bad in [0x1b_u8, 0x07] {
+            assert!(!raw.contains(&bad), "control byte {bad:#x} reached the terminal: {}", stderr(&r));
+        }
+        assert!(!String::from_utf8_lossy(raw).contains('\u{9b}'), "{}", stderr(&r));
+        assert!(
+            !stderr(&r).lines().any(|l| l.starts_with("sluice: all files verified")),
+            "a forged line: {}",
+            stderr(&r)
+        );
+        assert!(stderr(&r).contains("pwned"), "the message is still shown: {}", stderr(&r));
+    }
 }

@@ -291,3 +291,24 @@ over_both! {
         }
     }
 }
+
+over_both! {
+    /// Names up to the filesystem's limit of 255 bytes arrive: the part file and journal of a
+    /// long name are shortened instead of failing with "File name too long".
+    fn names_of_255_bytes_arrive() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let names = ["n".repeat(255), "é".repeat(120) + "x", "a".repeat(240)];
+        for (i, n) in names.iter().enumerate() {
+            random_file(&src.join(n), BLOCK + i as u64, i as u8);
+        }
+        let dest = d.path().join("dest");
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        for n in &names {
+            assert_eq!(b3(&dest.join("src").join(n)), b3(&src.join(n)));
+        }
+        assert!(part_files(&dest).is_empty());
+    }
+}
