@@ -113,6 +113,10 @@ pub enum SessionError {
     /// The receiver claimed completion while files were still unanswered.
     #[error("receiver sent its summary with {0} files neither verified nor failed")]
     Incomplete(usize),
+    /// The sender finished while a file of its manifest had no FileDone: the receiver would
+    /// wait for its root forever.
+    #[error("sender finished without announcing file {0} as done")]
+    FinishedEarly(u32),
     /// A file has more blocks than a receiver tracks.
     #[error("entry {id}: {size} bytes is more than {MAX_FILE_BLOCKS} blocks of this block size")]
     TooLarge {
@@ -417,6 +421,14 @@ impl ReceiverSession {
                 Ok(ReceiverEvent::WantPieces { id, index })
             }
             (RecvState::Transfer, Message::Finish) => {
+                let undone = self
+                    .entries
+                    .iter()
+                    .zip(&self.done)
+                    .find(|(e, done)| e.kind == EntryKind::File && !**done);
+                if let Some((e, _)) = undone {
+                    return Err(SessionError::FinishedEarly(e.id));
+                }
                 self.state = RecvState::Finished;
                 Ok(ReceiverEvent::Finish)
             }
@@ -779,6 +791,23 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::Version);
+    }
+
+    #[test]
+    fn finish_needs_every_file_done() {
+        let mut s = ready(3000);
+        assert_eq!(
+            s.on_message(Message::Finish),
+            Err(SessionError::FinishedEarly(0))
+        );
+        let mut s = ready(3000);
+        s.on_message(Message::FileDone {
+            id: 0,
+            root: [1; 32],
+            sent: 3,
+        })
+        .unwrap();
+        assert_eq!(s.on_message(Message::Finish), Ok(ReceiverEvent::Finish));
     }
 
     #[test]

@@ -219,3 +219,70 @@ over_both! {
         assert!(stderr(&r).contains("pwned"), "the message is still shown: {}", stderr(&r));
     }
 }
+
+/// Anyone who can reach the receiver's port can try to connect; strays must not end or hold
+/// the receiver: garbage over TCP, a garbage UDP datagram, and a TCP client that connects and
+/// says nothing, then the real sender, which is served.
+#[test]
+fn stray_connections_do_not_stop_the_receiver() {
+    use std::io::Write as _;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f");
+    random_file(&src, 300_000, 8);
+    let dest = d.path().join("dest");
+    let recv = Recv::start(&dest);
+    let addr = recv.ticket.parse::<Ticket>().unwrap().addr;
+    let mut garbage = std::net::TcpStream::connect(addr).unwrap();
+    garbage.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    drop(garbage);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(&[0xc3; 1200], addr).unwrap();
+    let _silent = std::net::TcpStream::connect(addr).unwrap();
+    let out = sluice()
+        .arg("send")
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = recv.wait();
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(
+        stderr(&r).contains("connection attempt failed"),
+        "the stray is reported: {}",
+        stderr(&r)
+    );
+    assert_eq!(b3(&dest.join("f")), b3(&src));
+}
+
+over_both! {
+    /// A sender that says Finish before FileDone for every file is refused at once; the
+    /// receiver used to wait for the missing roots forever.
+    fn finish_before_every_file_is_done_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let recv = Recv::start(&d.path().join("dest"));
+        let started = std::time::Instant::now();
+        let entry = Message::Entry(Entry {
+            id: 0,
+            kind: EntryKind::File,
+            path: "f".into(),
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size: 5,
+            link_target: String::new(),
+            version: [0; 16],
+        });
+        let answer = crafted_messages(
+            &recv.ticket,
+            &[entry, Message::ManifestEnd { count: 1 }, Message::Finish],
+        );
+        assert!(
+            matches!(&answer, Some(Message::Error { message, .. }) if message.contains("without announcing file 0")),
+            "{answer:?}"
+        );
+        let r = recv.wait();
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(r.status.code(), Some(4), "{}", stderr(&r));
+    }
+}
