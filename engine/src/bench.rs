@@ -19,7 +19,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_proto::codec::{decode_block_header, encode_block_header, BLOCK_HEADER_LEN};
+use sluice_proto::codec::encode_block_header;
 use sluice_proto::message::{BlockHeader, ErrorCode, Message};
 use sluice_proto::session::SenderSession;
 use sluice_proto::ticket::Ticket;
@@ -30,10 +30,10 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::lanes::{Block, Lanes};
+use crate::lanes::{read_header, receiving_ring, Block, Lanes};
 use crate::merkle;
 use crate::progress::{PathStats, Progress};
-use crate::ring::{Buffer, BufferPool, ALIGN};
+use crate::ring::{Buffer, BufferPool};
 use crate::transport::{self, ControlChannel, Kind, LaneRx, Link, Listener};
 use crate::unit::{BlockSink, BlockSource, Discard, Generated};
 
@@ -64,6 +64,16 @@ pub struct BenchSummary {
 }
 
 impl BenchSummary {
+    /// `bytes` verified since `started`, with `link`'s transport and path figures now.
+    fn of(bytes: u64, started: Instant, link: &dyn Link) -> Self {
+        Self {
+            bytes,
+            elapsed: started.elapsed(),
+            transport: link.kind(),
+            path: link.path(),
+        }
+    }
+
     /// Payload bytes per second.
     pub fn rate(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -149,12 +159,7 @@ impl BenchServer {
                 }
                 Err(e) => link.close(1, e.to_string().as_bytes()).await,
             }
-            result.map(|bytes| BenchSummary {
-                bytes,
-                elapsed: started.elapsed(),
-                transport: link.kind(),
-                path: link.path(),
-            })
+            result.map(|bytes| BenchSummary::of(bytes, started, &*link))
         })
     }
 }
@@ -221,12 +226,8 @@ async fn serve(
             version: PROTOCOL_VERSION,
         })
         .await?;
-    // The receiver's memory bound, whatever block size the sender chose.
-    let budget = config.ring_buffers as u64 * u64::from(config.block_size);
-    let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
-    let pool = BufferPool::new(count, block_size as usize)
-        .map_err(Error::io("allocating the buffer ring"))?;
-    link.allow_lanes(config.max_streams.max(config.streams).min(count).max(1));
+    let (pool, allowed) = receiving_ring(config, block_size)?;
+    link.allow_lanes(allowed);
 
     let (jobs, arrived) = std_mpsc::channel::<Arrived>();
     let verifier = {
@@ -292,17 +293,7 @@ async fn read_lane(
     peer: SocketAddr,
 ) -> Result<()> {
     let err = transport::conn_error(peer);
-    loop {
-        let mut raw = [0u8; BLOCK_HEADER_LEN];
-        let mut got = 0;
-        while got < BLOCK_HEADER_LEN {
-            match lane.read(&mut raw[got..]).await.map_err(|e| err(&e))? {
-                0 if got == 0 => return Ok(()),
-                0 => return Err(err(&"a lane ended inside a block header")),
-                n => got += n,
-            }
-        }
-        let header = decode_block_header(&raw)?;
+    while let Some(header) = read_header(&mut lane, peer).await? {
         if header.file != 0
             || header.packed != 0
             || header.patch
@@ -329,6 +320,7 @@ async fn read_lane(
             return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Verifies every arriving block against its hash and puts it in `sink`; returns the bytes
@@ -381,12 +373,7 @@ pub fn send(
             Ok(_) => link.close(0, b"done").await,
             Err(e) => link.close(1, e.to_string().as_bytes()).await,
         }
-        result.map(|bytes| BenchSummary {
-            bytes,
-            elapsed: started.elapsed(),
-            transport: link.kind(),
-            path: link.path(),
-        })
+        result.map(|bytes| BenchSummary::of(bytes, started, &*link))
     })
 }
 

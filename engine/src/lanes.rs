@@ -1,15 +1,53 @@
-//! Data lanes on the sending side: blocks from a reader go out on whichever lane is free, and
-//! the lanes grow with the path. Shared by the file sender and `sluice bench`.
+//! Data lanes. Sending: blocks from a reader go out on whichever lane is free, and the lanes
+//! grow with the path. Receiving: the ring a receiving end allocates, how many lanes it allows,
+//! and reading block headers. Shared by the file sender and receiver and `sluice bench`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN};
+use sluice_proto::message::BlockHeader;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use crate::config::GAP_SAFE_STREAM_WINDOW;
-use crate::error::Result;
+use crate::config::{Config, GAP_SAFE_STREAM_WINDOW};
+use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::transport::{self, Kind, Link};
+use crate::ring::{BufferPool, ALIGN};
+use crate::transport::{self, Kind, LaneRx, Link};
+
+/// The receiving end's ring for blocks of `block_size` bytes (the sender chose it), within the
+/// receiver's configured memory bound whatever it is: buffers are whole 4 KiB pages, so small
+/// blocks count as a page. Also the lanes to allow: a lane's reader holds a buffer while its
+/// block arrives, so with no more lanes than buffers every reader can always get one.
+pub(crate) fn receiving_ring(config: &Config, block_size: u32) -> Result<(Arc<BufferPool>, usize)> {
+    let budget = config.ring_buffers as u64 * u64::from(config.block_size);
+    let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
+    let pool = BufferPool::new(count, block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
+    let lanes = config.max_streams.max(config.streams).min(count).max(1);
+    Ok((pool, lanes))
+}
+
+/// Reads the next block header from `lane`; `None` at the lane's clean end between blocks.
+pub(crate) async fn read_header(
+    lane: &mut LaneRx,
+    peer: SocketAddr,
+) -> Result<Option<BlockHeader>> {
+    let err = transport::conn_error(peer);
+    let mut raw = [0u8; BLOCK_HEADER_LEN];
+    let mut got = 0;
+    while got < BLOCK_HEADER_LEN {
+        match lane.read(&mut raw[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(err(&"data stream ended inside a block header")),
+            Ok(n) => got += n,
+            Err(e) => return Err(err(&e)),
+        }
+    }
+    Ok(Some(decode_block_header(&raw)?))
+}
 
 /// A block ready to go on the wire.
 pub(crate) struct Block {

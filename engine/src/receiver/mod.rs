@@ -25,7 +25,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use sluice_proto::codec::{decode_block_header, BLOCK_HEADER_LEN, MAX_HAVE};
+use sluice_proto::codec::MAX_HAVE;
 use sluice_proto::message::{
     group_digest, piece_size, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
 };
@@ -41,7 +41,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::journal;
 use crate::merkle;
 use crate::progress::{Event, Progress, StallWatch, Summary};
-use crate::ring::{BufferPool, ALIGN};
+use crate::ring::BufferPool;
 use crate::transport::{self, ControlChannel, LaneRx, Link, Listener};
 
 mod scan;
@@ -433,15 +433,8 @@ async fn receive(
                             control.send(&m).await?;
                             tracing::debug!("hello answered");
                             progress.push(Event::Connected { peer: peer.to_string() });
-                            // The sender chose the block size; the ring keeps the receiver's
-                            // configured memory bound whatever it is.
-                            let budget = config.ring_buffers as u64 * u64::from(config.block_size);
-                            // Buffers are whole 4 KiB pages, so small blocks count as a page.
-                            let count = (budget / u64::from(block_size).max(ALIGN as u64)).max(2) as usize;
-                            pool = Some(BufferPool::new(count, block_size as usize).map_err(Error::io("allocating the buffer ring"))?);
-                            // A stream's reader holds a buffer while its block arrives: with no
-                            // more streams than buffers, every reader can always get one.
-                            let allowed = config.max_streams.max(config.streams).min(count).max(1);
+                            let (ring, allowed) = crate::lanes::receiving_ring(config, block_size)?;
+                            pool = Some(ring);
                             link.allow_lanes(allowed);
                         }
                         ReceiverEvent::Entry(entry) if dry_run => {
@@ -1067,17 +1060,9 @@ async fn read_block(
     peer: SocketAddr,
 ) -> Result<bool> {
     let conn_err = transport::conn_error(peer);
-    let mut raw = [0u8; BLOCK_HEADER_LEN];
-    let mut got = 0;
-    while got < BLOCK_HEADER_LEN {
-        match stream.read(&mut raw[got..]).await {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => return Err(conn_err(&"data stream ended inside a block header")),
-            Ok(n) => got += n,
-            Err(e) => return Err(conn_err(&e)),
-        }
-    }
-    let header = decode_block_header(&raw)?;
+    let Some(header) = crate::lanes::read_header(stream, peer).await? else {
+        return Ok(false);
+    };
     let (index, file_len, block_size) = {
         let mut s = shared.lock().map_err(|_| poisoned())?;
         let index = s.session.check_block(&header)?;
