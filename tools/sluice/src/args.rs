@@ -50,28 +50,7 @@ pub enum Command {
     /// Prints a line per interval (rate, RTT, congestion window, loss, bytes sent again) and a
     /// summary. Both ends run in this process over loopback unless TICKET names a
     /// `sluice bench --serve` on another host.
-    Bench {
-        /// The ticket printed by `sluice bench --serve`.
-        ticket: Option<String>,
-        /// Print a ticket and serve one `sluice bench TICKET`: verify and discard its blocks.
-        #[arg(long, conflicts_with = "ticket")]
-        serve: bool,
-        /// Address to listen on with --serve (UDP and TCP, see --transport).
-        #[arg(long, default_value = "0.0.0.0:0")]
-        listen: SocketAddr,
-        /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
-        #[arg(long)]
-        advertise: Option<SocketAddr>,
-        /// Bytes to send, e.g. 4G (default: send for --time).
-        #[arg(long, value_parser = parse_size, conflicts_with = "time")]
-        size: Option<u64>,
-        /// Seconds to send for (default 10).
-        #[arg(long)]
-        time: Option<f64>,
-        /// Seconds between interval lines.
-        #[arg(long, default_value_t = 1.0)]
-        interval: f64,
-    },
+    Bench(BenchArgs),
     /// Compare SRC... with DEST_DIR, or with what a `sluice recv` holds (TICKET), without moving
     /// data; list differing files and byte ranges. Exits 0 when identical, 1 when something
     /// differs. Against a ticket, regular files are compared.
@@ -86,6 +65,31 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// `sluice bench`'s flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The ticket printed by `sluice bench --serve`.
+    pub ticket: Option<String>,
+    /// Print a ticket and serve one `sluice bench TICKET`: verify and discard its blocks.
+    #[arg(long, conflicts_with = "ticket")]
+    pub serve: bool,
+    /// Address to listen on with --serve (UDP and TCP, see --transport).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: SocketAddr,
+    /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Bytes to send, e.g. 4G (default: send for --time).
+    #[arg(long, value_parser = parse_size, conflicts_with = "time")]
+    pub size: Option<u64>,
+    /// Seconds to send for (default 10).
+    #[arg(long)]
+    pub time: Option<f64>,
+    /// Seconds between interval lines.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
 }
 
 /// Data-path tuning; defaults are `sluice_engine::Config::default()`.

@@ -2,7 +2,6 @@
 //! interval, as iperf3 does.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,21 +9,10 @@ use anyhow::{bail, Context, Result};
 use sluice_engine::bench::{self, Amount, BenchServer, BenchSummary};
 use sluice_engine::{Config, PathStats, Progress, Ticket};
 
+use crate::args::BenchArgs;
 use crate::render;
 
-/// The command's flags.
-#[derive(Debug)]
-pub struct Options {
-    pub ticket: Option<String>,
-    pub serve: bool,
-    pub listen: SocketAddr,
-    pub advertise: Option<SocketAddr>,
-    pub size: Option<u64>,
-    pub time: Option<f64>,
-    pub interval: f64,
-}
-
-pub fn run(config: Config, o: Options, json: bool) -> Result<()> {
+pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     if !(o.interval > 0.0 && o.interval.is_finite()) {
         bail!("--interval must be a positive number of seconds");
     }

@@ -196,27 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             render::run(json, move |p| rx.run(p).context("receive failed"))
         }
-        Command::Bench {
-            ticket,
-            serve,
-            listen,
-            advertise,
-            size,
-            time,
-            interval,
-        } => bench::run(
-            config,
-            bench::Options {
-                ticket,
-                serve,
-                listen,
-                advertise,
-                size,
-                time,
-                interval,
-            },
-            json,
-        ),
+        Command::Bench(options) => bench::run(config, options, json),
         Command::Verify { paths } => {
             let (sources, dest) = split_sources(&paths, "the destination directory or ticket")?;
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {
