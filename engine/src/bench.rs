@@ -414,6 +414,7 @@ async fn push(
         progress: progress.clone(),
         stream_window: config.transport_to(Some(peer.ip())).stream_window,
         queue,
+        pace: crate::lanes::Pace::new(config.max_rate),
     };
     let mut streams = tokio::task::JoinSet::new();
     let first = config.streams.max(1);

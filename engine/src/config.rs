@@ -101,6 +101,21 @@ pub struct Config {
     /// After every file is in place, remove entries of the transferred directories that the
     /// source no longer has (as `rsync --delete`). Off by default: extra files are left alone.
     pub delete: bool,
+    /// Receiver: let a sender delete entries it no longer has (`--allow-delete`). A ticket
+    /// holder may otherwise only add and replace files, never remove them.
+    pub allow_delete: bool,
+    /// Receiver: let a sender write into existing files in place (`--allow-inplace`). Without
+    /// it an in-place request is refused: a crash in the middle leaves a final name holding
+    /// mixed content, which only the receiver's owner may choose to risk.
+    pub allow_inplace: bool,
+    /// Receiver: the most manifest entries one sender may announce (`--max-entries`). The
+    /// receiver keeps a record of a few hundred bytes per entry for the whole transfer, so this
+    /// bounds the memory a sender can make it spend.
+    pub max_entries: u32,
+    /// Either side: a transfer in which no byte is verified, kept or scanned for this long ends
+    /// with an error naming the stall, even while the peer still answers keep-alives
+    /// (`--stall-timeout`).
+    pub stall_timeout: Duration,
     /// Compare only: send no blocks, write nothing at the receiver, and report per file what
     /// differs (`sluice verify SRC TICKET`).
     pub dry_run: bool,
@@ -138,6 +153,10 @@ impl Default for Config {
             rehash: false,
             inplace: false,
             delete: false,
+            allow_delete: false,
+            allow_inplace: false,
+            max_entries: 2_000_000,
+            stall_timeout: Duration::from_secs(120),
             dry_run: false,
             compress: Compress::Auto,
             compress_level: crate::pack::DEFAULT_LEVEL,

@@ -8,16 +8,27 @@
 //! The queue is bounded by what the protocol produces per manifest entry and per block asked
 //! about (one `Pieces` per block at most), not by payload sizes; a peer that stops reading its
 //! side can still make it grow that far.
+//! A receiver bounds it: past [`BACKLOG_LIMIT`] bytes not yet written it stops reading the
+//! sender's requests ([`Control::over_backlog`]) until the peer has read enough, so a sender that
+//! asks and never reads cannot make it grow further.
 //! [`Control::sync`] waits until everything queued so far has been handed to the transport, for the
 //! moments that matter (before closing the connection).
 
 use bytes::Bytes;
 use sluice_proto::codec::{encode_message, FrameDecoder};
 use sluice_proto::message::Message;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::{Error, Result};
 use crate::transport::{ControlChannel, ControlRx};
+
+/// Bytes queued for the peer but not yet taken by the transport past which the receiver stops
+/// reading requests: far above what an honest exchange holds (a `Have` answer is ~2 KiB), and a
+/// bound on what a sender that never reads can make the receiver hold.
+pub const BACKLOG_LIMIT: usize = 8 << 20;
 
 enum Cmd {
     Data(Vec<u8>),
@@ -33,6 +44,12 @@ pub struct Control {
     dec: FrameDecoder,
     out: Vec<u8>,
     peer: String,
+    /// Bytes handed to the writer task and not yet written.
+    backlog: Arc<AtomicUsize>,
+    /// Signalled when the backlog falls below [`BACKLOG_LIMIT`].
+    drained: Arc<Notify>,
+    /// A message read and given back ([`Control::unread`]), returned by the next `recv`.
+    unread: Option<Message>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -49,13 +66,20 @@ impl Control {
     /// Wraps the stream halves; must be called inside the tokio runtime (it spawns the writer).
     pub(crate) fn new((mut send, recv): ControlChannel, peer: String) -> Self {
         let (writer, mut cmds) = mpsc::unbounded_channel::<Cmd>();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(Notify::new());
+        let (left, signal) = (backlog.clone(), drained.clone());
         tokio::spawn(async move {
             while let Some(cmd) = cmds.recv().await {
                 match cmd {
                     Cmd::Data(bytes) => {
+                        let len = bytes.len();
                         if send.write(&mut [Bytes::from(bytes)]).await.is_err() {
                             // The connection is gone; the reader side reports why.
                             return;
+                        }
+                        if left.fetch_sub(len, Ordering::Relaxed) - len < BACKLOG_LIMIT {
+                            signal.notify_one();
                         }
                     }
                     Cmd::Sync(done) => {
@@ -71,7 +95,26 @@ impl Control {
             dec: FrameDecoder::new(),
             out: Vec::new(),
             peer,
+            backlog,
+            drained,
+            unread: None,
         }
+    }
+
+    /// Gives back a message `recv` returned: the next `recv` returns it again.
+    pub fn unread(&mut self, msg: Message) {
+        self.unread = Some(msg);
+    }
+
+    /// Whether more than [`BACKLOG_LIMIT`] bytes wait for the peer to read them.
+    pub fn over_backlog(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) >= BACKLOG_LIMIT
+    }
+
+    /// Resolves once the backlog has fallen below [`BACKLOG_LIMIT`] (perhaps at once).
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let drained = self.drained.clone();
+        async move { drained.notified().await }
     }
 
     fn conn_err(&self, e: impl std::fmt::Display) -> Error {
@@ -92,6 +135,7 @@ impl Control {
             return Ok(());
         }
         let bytes = std::mem::take(&mut self.out);
+        self.backlog.fetch_add(bytes.len(), Ordering::Relaxed);
         self.writer
             .send(Cmd::Data(bytes))
             .map_err(|_| self.conn_err("control stream closed"))?;
@@ -121,6 +165,9 @@ impl Control {
     /// Receives the next message; `None` when the peer finished the stream cleanly.
     /// Cancel-safe: no bytes are lost if the future is dropped.
     pub async fn recv(&mut self) -> Result<Option<Message>> {
+        if let Some(m) = self.unread.take() {
+            return Ok(Some(m));
+        }
         loop {
             if let Some(m) = self.dec.next_message()? {
                 return Ok(Some(m));
@@ -138,6 +185,7 @@ impl Control {
     pub fn finish(&mut self) {
         let bytes = std::mem::take(&mut self.out);
         if !bytes.is_empty() {
+            self.backlog.fetch_add(bytes.len(), Ordering::Relaxed);
             let _ = self.writer.send(Cmd::Data(bytes));
         }
         let _ = self.writer.send(Cmd::Finish);

@@ -9,10 +9,12 @@
 //! (`.NAME.sluice-part`) and renamed over the final name only once verified, so the final name
 //! never holds unverified content.
 
+use std::collections::HashMap;
 use std::fs::{self, File, FileTimes};
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sluice_proto::message::Entry;
@@ -45,6 +47,10 @@ pub struct Prepared {
 #[derive(Debug, Clone)]
 pub struct Destination {
     root: PathBuf,
+    /// Permission bits the receiving process's umask clears from every mode a sender asks for:
+    /// under the usual 022 a sender cannot make a file group- or world-writable here.
+    umask: u32,
+    claims: Claims,
 }
 
 impl Destination {
@@ -52,7 +58,22 @@ impl Destination {
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(Error::file("creating destination", &root))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            umask: process_umask(),
+            claims: Claims::default(),
+        })
+    }
+
+    /// Which file of this run each written inode belongs to (see [`Claims`]).
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// The permission bits a manifest `mode` becomes here: setuid and setgid dropped, the
+    /// receiver's umask applied.
+    fn mode(&self, mode: u32) -> u32 {
+        mode & MODE_MASK & !self.umask
     }
 
     /// The destination directory.
@@ -77,6 +98,20 @@ impl Destination {
             self.ensure_dir(&at, rel)?;
         }
         at.push(last);
+        // Linux refuses a path of PATH_MAX bytes or more (its part and journal names are
+        // longer still): said here, in words, rather than by the first call that fails.
+        const PATH_MAX: usize = 4096;
+        let longest = hidden_sibling(&at, JOURNAL_SUFFIX).as_os_str().len();
+        if longest >= PATH_MAX {
+            return Err(Error::Destination {
+                path: rel.to_owned(),
+                why: format!(
+                    "its path here (with Sluice's temporary name beside it) is {longest} bytes, \
+                     too long for Linux's {PATH_MAX}-byte limit (PATH_MAX); choose a shorter \
+                     destination directory"
+                ),
+            });
+        }
         Ok(at)
     }
 
@@ -139,8 +174,13 @@ impl Destination {
         }
         let part = Self::part_path(&final_path);
         let part_meta = fs::symlink_metadata(&part).ok();
-        let resume = !restart && part_meta.as_ref().is_some_and(|m| m.is_file());
-        if restart || part_meta.as_ref().is_some_and(|m| !m.is_file()) {
+        // A part file with a second link is not one Sluice made: writing into it would write
+        // through the other name too (perhaps outside the destination). It is discarded.
+        let foreign = part_meta
+            .as_ref()
+            .is_some_and(|m| !m.is_file() || m.nlink() > 1);
+        let resume = !restart && !foreign && part_meta.is_some();
+        if restart || foreign {
             Self::remove_part(&final_path).map_err(Error::file("removing stale", &part))?;
         } else if !resume {
             // A journal without its part file (removed by hand, say) must not vouch for a new
@@ -224,12 +264,13 @@ impl Destination {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(Error::file("opening", path))?;
-        Self::set_metadata(&f, entry, path)
+        self.set_metadata(&f, entry, path)
     }
 
-    /// Gives the open verified file `f` (at `path`) the entry's permissions and mtime.
-    pub fn set_metadata(f: &File, entry: &Entry, path: &Path) -> Result<()> {
-        f.set_permissions(fs::Permissions::from_mode(entry.mode & MODE_MASK))
+    /// Gives the open verified file `f` (at `path`) the entry's permissions (under the
+    /// receiver's umask) and mtime.
+    pub fn set_metadata(&self, f: &File, entry: &Entry, path: &Path) -> Result<()> {
+        f.set_permissions(fs::Permissions::from_mode(self.mode(entry.mode)))
             .map_err(Error::file("setting permissions of", path))?;
         f.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", path))
@@ -299,18 +340,112 @@ impl Destination {
         Ok(removed)
     }
 
+    /// Flushes to disk the directories that hold `entries` (each once), so renames and new
+    /// names in them survive a crash.
+    pub fn sync_dirs(&self, entries: &[Entry]) -> Result<()> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for e in entries {
+            let at = self.root.join(&e.path);
+            if let Some(parent) = at.parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            // A directory that failed to be made has nothing to flush.
+            let Ok(d) = File::open(&dir) else { continue };
+            d.sync_all()
+                .map_err(Error::file("flushing directory", &dir))?;
+        }
+        Ok(())
+    }
+
     /// Sets a directory's permissions and mtime (done last, after its contents are in place).
     pub fn finish_dir(&self, entry: &Entry) -> Result<()> {
         let at = self.resolve(&entry.path)?;
         if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
-        fs::set_permissions(&at, fs::Permissions::from_mode(entry.mode & MODE_MASK))
+        fs::set_permissions(&at, fs::Permissions::from_mode(self.mode(entry.mode)))
             .map_err(Error::file("setting permissions of", &at))?;
         let d = File::open(&at).map_err(Error::file("opening", &at))?;
         d.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", &at))
     }
+}
+
+/// Which manifest entry each inode written in this run belongs to. Two entries must never reach
+/// one file: a hostile manifest can try, and an honest one does where the destination folds
+/// case (`xt_DSCP.h` and `xt_dscp.h` on exFAT, vfat or casefolded ext4) or normalises Unicode.
+/// Names cannot show it; inode numbers can. Every part file is claimed when the writer opens it,
+/// a file written in place when it is prepared, and a final name is checked before it is
+/// given: an entry that meets another's inode fails, naming both.
+#[derive(Debug, Clone, Default)]
+pub struct Claims(Arc<Mutex<HashMap<Inode, (u32, String)>>>);
+
+/// A file's device and inode numbers.
+type Inode = (u64, u64);
+
+impl Claims {
+    /// Claims the file `f` (or `meta`) for entry `id` at manifest path `rel`; an error names
+    /// the entry that already holds it.
+    pub fn claim(&self, id: u32, rel: &str, meta: &fs::Metadata) -> Result<()> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get(&(meta.dev(), meta.ino())) {
+            Some((other, other_rel)) if *other != id => Err(same_file(rel, other_rel)),
+            Some(_) => Ok(()),
+            None => {
+                held.insert((meta.dev(), meta.ino()), (id, rel.to_owned()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the file at `path` (if any) belongs to an entry other than `id`; an error names
+    /// it.
+    pub fn check_free(&self, id: u32, rel: &str, path: &Path) -> Result<()> {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match held.get(&(meta.dev(), meta.ino())) {
+            Some((other, other_rel)) if *other != id => Err(same_file(rel, other_rel)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets entry `id`'s claim on `meta`'s inode (its part file was removed).
+    pub fn release(&self, id: u32, meta: &fs::Metadata) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if held
+            .get(&(meta.dev(), meta.ino()))
+            .is_some_and(|(o, _)| *o == id)
+        {
+            held.remove(&(meta.dev(), meta.ino()));
+        }
+    }
+}
+
+fn same_file(rel: &str, other: &str) -> Error {
+    Error::Destination {
+        path: rel.to_owned(),
+        why: format!(
+            "it names the same file here as {other:?} (is the destination case-insensitive?); \
+             not written"
+        ),
+    }
+}
+
+/// The process's umask, read without changing it (`/proc/self/status`, Linux 4.7 and later);
+/// 022 where it cannot be read.
+fn process_umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Removes the file at `p`, if there is one.
@@ -370,6 +505,56 @@ mod tests {
         assert_eq!(dest.resolve("ok/x").unwrap(), dest.root().join("ok/x"));
         assert!(dest.root().join("ok").is_dir());
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    /// Two entries that reach one file (as `xt_DSCP.h` and `xt_dscp.h` do on a case-insensitive
+    /// destination; a second hard link stands in for the second name here) are caught by inode,
+    /// whatever their names.
+    #[test]
+    fn two_names_for_one_file_are_caught_by_inode() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::new(d.path()).unwrap();
+        let upper = d.path().join(".xt_DSCP.h.sluice-part");
+        let lower = d.path().join(".xt_dscp.h.sluice-part");
+        fs::write(&upper, b"part").unwrap();
+        fs::hard_link(&upper, &lower).unwrap();
+        let claims = dest.claims();
+        claims
+            .claim(1, "xt_DSCP.h", &fs::metadata(&upper).unwrap())
+            .unwrap();
+        // The same entry again is fine; another entry is refused, both named.
+        claims
+            .claim(1, "xt_DSCP.h", &fs::metadata(&upper).unwrap())
+            .unwrap();
+        let err = claims
+            .claim(2, "xt_dscp.h", &fs::metadata(&lower).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("xt_dscp.h") && err.contains("xt_DSCP.h"),
+            "{err}"
+        );
+        assert!(claims.check_free(2, "xt_dscp.h", &lower).is_err());
+        assert!(claims.check_free(1, "xt_DSCP.h", &lower).is_ok());
+        let other = d.path().join("other");
+        fs::write(&other, b"x").unwrap();
+        assert!(claims.check_free(2, "other", &other).is_ok());
+        // Released (its part file removed), the inode is free again.
+        claims.release(1, &fs::metadata(&upper).unwrap());
+        assert!(claims.check_free(2, "xt_dscp.h", &lower).is_ok());
+    }
+
+    /// Modes asked for by the sender lose setuid/setgid and what the receiver's umask clears.
+    #[test]
+    fn modes_lose_setuid_and_the_umask() {
+        let d = tempfile::tempdir().unwrap();
+        let mut dest = Destination::new(d.path()).unwrap();
+        dest.umask = 0o022;
+        assert_eq!(dest.mode(0o4777), 0o755);
+        assert_eq!(dest.mode(0o666), 0o644);
+        assert_eq!(dest.mode(0o1777), 0o1755);
+        dest.umask = 0o077;
+        assert_eq!(dest.mode(0o644), 0o600);
     }
 
     #[test]

@@ -71,6 +71,41 @@ pub(crate) struct Lanes {
     pub(crate) stream_window: u64,
     /// The queue of blocks waiting for a stream (without keeping it open).
     pub(crate) queue: mpsc::WeakSender<Block>,
+    /// The user's ceiling (`--max-rate`), kept here whatever the transport and congestion
+    /// controller: on loopback or over TCP no controller knows of it.
+    pub(crate) pace: Option<Arc<Pace>>,
+}
+
+/// A ceiling on the bytes handed to the lanes per second: each block waits for its turn on a
+/// virtual clock that advances by `len / rate` per block, so the average never passes the rate
+/// and no burst exceeds one block per lane.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    rate: f64,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    /// A ceiling of `rate` bytes per second, or none.
+    pub(crate) fn new(rate: Option<u64>) -> Option<Arc<Self>> {
+        rate.filter(|&r| r > 0).map(|rate| {
+            Arc::new(Self {
+                rate: rate as f64,
+                next: std::sync::Mutex::new(tokio::time::Instant::now()),
+            })
+        })
+    }
+
+    /// Waits until `len` more bytes may go.
+    pub(crate) async fn take(&self, len: u64) {
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + std::time::Duration::from_secs_f64(len as f64 / self.rate);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
 }
 
 impl Lanes {
@@ -136,6 +171,7 @@ impl Lanes {
         let link = self.link.clone();
         let rx = self.blocks.clone();
         let progress = self.progress.clone();
+        let pace = self.pace.clone();
         let conn_err = transport::conn_error(self.link.peer());
         set.spawn(async move {
             let Some(mut stream) = link.open_lane().await? else {
@@ -146,6 +182,10 @@ impl Lanes {
                 let next = rx.lock().await.recv().await;
                 let Some(block) = next else { break };
                 let n = block.carries;
+                if let Some(pace) = &pace {
+                    pace.take((block.header.len() + block.payload.len()) as u64)
+                        .await;
+                }
                 let mut chunks = [block.header, block.payload];
                 stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
                 progress.add_sent(n);

@@ -67,11 +67,17 @@ pub fn copy(
     config: &Config,
     progress: Arc<Progress>,
 ) -> Result<Summary> {
+    // One user owns both ends: what the sender asks for, the receiver allows.
+    let receiving = Config {
+        allow_delete: config.allow_delete || config.delete,
+        allow_inplace: config.allow_inplace || config.inplace,
+        ..config.clone()
+    };
     let rx = Receiver::bind(
         dest,
         "127.0.0.1:0".parse().expect("literal address"),
         None,
-        config.clone(),
+        receiving,
     )?;
     let ticket = rx.ticket().clone();
     let stopper = rx.stopper();
@@ -97,6 +103,10 @@ pub fn copy(
         (Ok(s), Ok(_)) => Ok(s),
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
         (Err(send_err), Err(Error::Connection { peer, .. })) if peer == "none" => Err(send_err),
+        // The receiver only relays the sender's own abort: the sender's error is the cause.
+        (Err(send_err), Err(Error::Session(sluice_proto::session::SessionError::Peer { .. }))) => {
+            Err(send_err)
+        }
         (Err(send_err), Err(recv_err)) => {
             tracing::debug!(%send_err, "sender also failed");
             Err(recv_err)

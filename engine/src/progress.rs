@@ -245,11 +245,14 @@ pub struct Summary {
 }
 
 /// Notices a counter that stopped moving: [`StallWatch::stalled`] is true once the counter has
-/// kept its value for [`StallWatch::AFTER`], then again every further `AFTER`.
+/// kept its value for [`StallWatch::AFTER`], then again every further `AFTER`;
+/// [`StallWatch::quiet_for`] is how long nothing moved at all (neither the counter nor anything
+/// passed to [`StallWatch::touch`]), for the transfer's `stall_timeout`.
 #[derive(Debug)]
 pub(crate) struct StallWatch {
     last: u64,
     since: std::time::Instant,
+    moved: std::time::Instant,
 }
 
 impl StallWatch {
@@ -260,6 +263,7 @@ impl StallWatch {
         Self {
             last: 0,
             since: std::time::Instant::now(),
+            moved: std::time::Instant::now(),
         }
     }
 
@@ -268,6 +272,7 @@ impl StallWatch {
         if value != self.last {
             self.last = value;
             self.since = std::time::Instant::now();
+            self.moved = self.since;
             return false;
         }
         if self.since.elapsed() >= Self::AFTER {
@@ -275,5 +280,29 @@ impl StallWatch {
             return true;
         }
         false
+    }
+
+    /// Something other than the counter moved the transfer on (a control message, a scan's
+    /// result, a verified block).
+    pub(crate) fn touch(&mut self) {
+        self.moved = std::time::Instant::now();
+    }
+
+    /// How long neither the counter nor a [`StallWatch::touch`] moved.
+    pub(crate) fn quiet_for(&self) -> Duration {
+        self.moved.elapsed()
+    }
+}
+
+/// The error that ends a transfer in which nothing moved for `timeout` while the peer `peer`
+/// still answered keep-alives: a peer stalled in the middle of a block, a disk that hangs.
+pub(crate) fn stalled_error(peer: &str, timeout: Duration, side: &str) -> crate::error::Error {
+    crate::error::Error::Connection {
+        peer: peer.to_owned(),
+        detail: format!(
+            "no progress for {} s although the {side} still answers (raise --stall-timeout if \
+             this is expected); partial files are kept, the same command resumes",
+            timeout.as_secs()
+        ),
     }
 }

@@ -125,6 +125,27 @@ pub enum SessionError {
         /// The size claimed.
         size: u64,
     },
+    /// The sender asked for something the receiver's owner did not allow.
+    #[error("the receiver does not allow {what}: its owner must start it with {flag}")]
+    NotAllowed {
+        /// What was asked (`--delete`, `--inplace`).
+        what: &'static str,
+        /// The receiver's flag that allows it.
+        flag: &'static str,
+    },
+    /// The manifest announced more entries than the receiver accepts.
+    #[error("the manifest has more than {0} entries, the receiver's limit (its --max-entries)")]
+    TooManyEntries(u32),
+    /// Two manifest entries named the same path.
+    #[error("manifest entries {first} and {id} both name {path:?}")]
+    DuplicatePath {
+        /// The earlier entry.
+        first: u32,
+        /// The later entry.
+        id: u32,
+        /// The path both name.
+        path: String,
+    },
     /// Hello carried flags this build does not know.
     #[error("unknown Hello flags {0:#04x}")]
     Flags(u8),
@@ -251,10 +272,36 @@ pub enum ReceiverEvent {
     Finish,
 }
 
+/// What a receiver lets its sender do, and how much it lets a manifest make it hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The sender may ask to delete entries its directories no longer have (`HELLO_DELETE`).
+    pub allow_delete: bool,
+    /// The sender may ask to write into existing files in place (`HELLO_INPLACE`).
+    pub allow_inplace: bool,
+    /// The most manifest entries.
+    pub max_entries: u32,
+}
+
+impl Default for Policy {
+    /// Neither deletion nor in-place writes; two million entries.
+    fn default() -> Self {
+        Self {
+            allow_delete: false,
+            allow_inplace: false,
+            max_entries: 2_000_000,
+        }
+    }
+}
+
 /// The receiver's side of a session.
 #[derive(Debug)]
 pub struct ReceiverSession {
     secret: [u8; 32],
+    policy: Policy,
+    /// A 128-bit hash of each manifest path, to refuse a path named twice without holding the
+    /// paths twice.
+    paths: std::collections::HashMap<u128, u32>,
     state: RecvState,
     block_size: u32,
     restart: bool,
@@ -266,10 +313,17 @@ pub struct ReceiverSession {
 }
 
 impl ReceiverSession {
-    /// A session that will accept a sender proving `secret`.
+    /// A session that will accept a sender proving `secret`, under the default [`Policy`].
     pub fn new(secret: [u8; 32]) -> Self {
+        Self::with_policy(secret, Policy::default())
+    }
+
+    /// A session that will accept a sender proving `secret` and let it do what `policy` allows.
+    pub fn with_policy(secret: [u8; 32], policy: Policy) -> Self {
         Self {
             secret,
+            policy,
+            paths: Default::default(),
             state: RecvState::AwaitHello,
             block_size: 0,
             restart: false,
@@ -347,6 +401,19 @@ impl ReceiverSession {
                 if flags & !(HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE | HELLO_DRY_RUN) != 0 {
                     return Err(SessionError::Flags(flags));
                 }
+                let dry_run = flags & HELLO_DRY_RUN != 0;
+                if flags & HELLO_DELETE != 0 && !dry_run && !self.policy.allow_delete {
+                    return Err(SessionError::NotAllowed {
+                        what: "--delete",
+                        flag: "--allow-delete",
+                    });
+                }
+                if flags & HELLO_INPLACE != 0 && !dry_run && !self.policy.allow_inplace {
+                    return Err(SessionError::NotAllowed {
+                        what: "--inplace",
+                        flag: "--allow-inplace",
+                    });
+                }
                 self.restart = flags & HELLO_RESTART != 0;
                 self.inplace = flags & HELLO_INPLACE != 0;
                 self.delete = flags & HELLO_DELETE != 0;
@@ -359,6 +426,9 @@ impl ReceiverSession {
             }
             (RecvState::AwaitManifest, Message::Entry(entry)) => {
                 let expected = self.entries.len() as u32;
+                if expected >= self.policy.max_entries {
+                    return Err(SessionError::TooManyEntries(self.policy.max_entries));
+                }
                 if entry.id != expected {
                     return Err(SessionError::EntryOrder {
                         expected,
@@ -369,6 +439,19 @@ impl ReceiverSession {
                     id: entry.id,
                     source,
                 })?;
+                let key = u128::from_le_bytes(
+                    blake3::hash(entry.path.as_bytes()).as_bytes()[..16]
+                        .try_into()
+                        .expect("16 bytes"),
+                );
+                if let Some(&first) = self.paths.get(&key) {
+                    return Err(SessionError::DuplicatePath {
+                        first,
+                        id: entry.id,
+                        path: entry.path,
+                    });
+                }
+                self.paths.insert(key, entry.id);
                 let mut entry = entry;
                 if entry.kind != EntryKind::File {
                     entry.size = 0;
@@ -749,6 +832,87 @@ impl SenderSession {
 
 #[cfg(test)]
 mod tests {
+    /// What a receiver does not allow is refused at Hello, naming the flag that allows it;
+    /// a compare-only run asks for nothing and may carry the flags.
+    #[test]
+    fn delete_and_inplace_are_the_receivers_to_allow() {
+        let entry = |id: u32, path: &str| {
+            Message::Entry(Entry {
+                id,
+                kind: EntryKind::File,
+                path: path.into(),
+                mode: 0o644,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                size: 1,
+                link_target: String::new(),
+                version: [0; 16],
+            })
+        };
+        for (flag, name) in [
+            (HELLO_DELETE, "--allow-delete"),
+            (HELLO_INPLACE, "--allow-inplace"),
+        ] {
+            let mut s = ReceiverSession::new([7; 32]);
+            let err = s
+                .on_message(SenderSession::hello([7; 32], 1 << 20, flag))
+                .unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            let mut s = ReceiverSession::new([7; 32]);
+            s.on_message(SenderSession::hello([7; 32], 1 << 20, flag | HELLO_DRY_RUN))
+                .unwrap();
+            let mut s = ReceiverSession::with_policy(
+                [7; 32],
+                Policy {
+                    allow_delete: true,
+                    allow_inplace: true,
+                    ..Policy::default()
+                },
+            );
+            s.on_message(SenderSession::hello([7; 32], 1 << 20, flag))
+                .unwrap();
+        }
+        // A path named twice, and a manifest past the entry limit.
+        let mut s = ReceiverSession::with_policy(
+            [7; 32],
+            Policy {
+                max_entries: 3,
+                ..Policy::default()
+            },
+        );
+        s.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
+            .unwrap();
+        s.on_message(entry(0, "a")).unwrap();
+        let err = s.on_message(entry(1, "a")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SessionError::DuplicatePath {
+                    first: 0,
+                    id: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let mut s = ReceiverSession::with_policy(
+            [7; 32],
+            Policy {
+                max_entries: 3,
+                ..Policy::default()
+            },
+        );
+        s.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
+            .unwrap();
+        for i in 0..3 {
+            s.on_message(entry(i, &format!("f{i}"))).unwrap();
+        }
+        assert_eq!(
+            s.on_message(entry(3, "f3")),
+            Err(SessionError::TooManyEntries(3))
+        );
+    }
+
     use super::*;
 
     fn file(id: u32, path: &str, size: u64) -> Message {

@@ -42,7 +42,7 @@ use crate::journal;
 use crate::merkle;
 use crate::progress::{Event, Progress, StallWatch, Summary};
 use crate::ring::BufferPool;
-use crate::transport::{self, ControlChannel, LaneRx, Link, Listener};
+use crate::transport::{self, LaneRx, Link, Listener};
 
 mod scan;
 mod writer;
@@ -56,7 +56,27 @@ struct Shared {
     /// Per file, which blocks have been claimed by a stream (each block is accepted once,
     /// unless it failed verification and was asked for again).
     /// Sized by what arrives, not by what the manifest claims.
-    claimed: HashMap<u32, std::collections::HashSet<u64>>,
+    /// A file's set is dropped once the file is verified or failed ([`Shared::close_done`]):
+    /// what a run holds is bounded by the files in progress, not by every block of the run.
+    claimed: HashMap<u32, Claimed>,
+}
+
+/// The blocks of one file that streams have taken.
+enum Claimed {
+    Open(std::collections::HashSet<u64>),
+    /// The file is verified or failed: its blocks are read off the stream and dropped.
+    Closed,
+}
+
+impl Shared {
+    /// Forgets the blocks of files no longer in progress (not in `files`).
+    fn close_done(&mut self, files: &HashMap<u32, Incoming>) {
+        for (id, c) in self.claimed.iter_mut() {
+            if matches!(c, Claimed::Open(_)) && !files.contains_key(id) {
+                *c = Claimed::Closed;
+            }
+        }
+    }
 }
 
 /// How many times one block may fail verification before its file fails.
@@ -239,8 +259,9 @@ impl Receiver {
             stop,
         } = self;
         rt.block_on(async move {
+            let secret = listener.ticket().secret;
             let (link, control) = tokio::select! {
-                accepted = listener.accept() => accepted?,
+                proven = proven_sender(&mut listener, &config) => proven?,
                 _ = stop.notified() => {
                     return Err(Error::Connection {
                         peer: "none".into(),
@@ -248,7 +269,8 @@ impl Receiver {
                     })
                 }
             };
-            let secret = listener.ticket().secret;
+            // The sender is proven: nobody else is let in (its own lanes still are).
+            listener.stop_accepting();
             let started = Instant::now();
             let mut parts = Vec::new();
             let result = receive(
@@ -286,20 +308,84 @@ impl Receiver {
     }
 }
 
+/// Connections that fail before their Hello proves the ticket's secret after which the receiver
+/// gives up waiting.
+const MAX_UNPROVEN: u32 = 16;
+
+/// Waits for a connection whose first message is a Hello this receiver accepts (the ticket's
+/// secret, a version and block size it speaks, what its [`Policy`](sluice_proto::session::Policy)
+/// allows) within [`transport::HELLO_DEADLINE`]. Anything else is told why, closed, and the wait
+/// goes on: without the secret nobody can end or hold a receiver. Returns the connection with its
+/// Hello given back to be read again.
+async fn proven_sender(
+    listener: &mut Listener,
+    config: &Config,
+) -> Result<(Arc<dyn Link>, Control)> {
+    let secret = listener.ticket().secret;
+    let mut failed = 0;
+    loop {
+        let (link, channel) = listener.accept().await?;
+        let peer = link.peer();
+        let mut control = Control::new(channel, peer.to_string());
+        let first = tokio::time::timeout(transport::HELLO_DEADLINE, control.recv()).await;
+        let refused = match first {
+            Ok(Ok(Some(hello))) => {
+                match ReceiverSession::with_policy(secret, policy(config)).on_message(hello.clone())
+                {
+                    Ok(_) => {
+                        control.unread(hello);
+                        return Ok((link, control));
+                    }
+                    Err(e) => Error::from(e),
+                }
+            }
+            Ok(Ok(None)) => transport::conn_error(peer)(&"closed before its Hello"),
+            Ok(Err(e)) => e,
+            Err(_) => transport::conn_error(peer)(&format!(
+                "no Hello within {} s",
+                transport::HELLO_DEADLINE.as_secs()
+            )),
+        };
+        failed += 1;
+        tracing::warn!("connection from {peer} refused: {refused}");
+        if let Error::Session(s) = &refused {
+            let _ = control
+                .send(&Message::Error {
+                    code: s.code(),
+                    message: s.to_string(),
+                })
+                .await;
+            control.finish();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), control.sync()).await;
+        }
+        link.close(1, refused.to_string().as_bytes()).await;
+        if failed >= MAX_UNPROVEN {
+            return Err(refused);
+        }
+    }
+}
+
+fn policy(config: &Config) -> sluice_proto::session::Policy {
+    sluice_proto::session::Policy {
+        allow_delete: config.allow_delete,
+        allow_inplace: config.allow_inplace,
+        max_entries: config.max_entries,
+    }
+}
+
 async fn receive(
     config: &Config,
     dest: &Destination,
     secret: [u8; 32],
     link: &Arc<dyn Link>,
-    control: ControlChannel,
+    mut control: Control,
     progress: &Arc<Progress>,
     parts: &mut Vec<PathBuf>,
 ) -> Result<Summary> {
     let peer = link.peer();
     let conn_err = transport::conn_error(peer);
-    let mut control = Control::new(control, peer.to_string());
     let shared = Arc::new(Mutex::new(Shared {
-        session: ReceiverSession::new(secret),
+        session: ReceiverSession::with_policy(secret, policy(config)),
         claimed: HashMap::new(),
     }));
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -313,9 +399,10 @@ async fn receive(
     let writer = {
         let config = config.clone();
         let writer_stop = stop.clone();
+        let dest = dest.clone();
         std::thread::Builder::new()
             .name("sluice-write".into())
-            .spawn(move || write_blocks(&config, job_rx, done_tx, writer_stop))
+            .spawn(move || write_blocks(&config, &dest, job_rx, done_tx, writer_stop))
             .map_err(Error::io("starting writer thread"))?
     };
     let (piece_tx, piece_rx) = std_mpsc::channel::<PieceJob>();
@@ -347,6 +434,7 @@ async fn receive(
     let mut accepting = true;
 
     let mut stall = StallWatch::new();
+    let mut silence = transport::Silence::new();
     let mut watch_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<Summary> = async {
@@ -366,9 +454,14 @@ async fn receive(
                 for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir && !dry_run) {
                     dest.finish_dir(e)?;
                 }
+                // The renames are on disk before the sender hears that they happened: without
+                // this a crash could undo a rename the summary reported.
+                if !dry_run {
+                    dest.sync_dirs(&entries)?;
+                }
                 let summary = Summary {
-                    entries: entries.len() as u64 - failures,
-                    files: entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64 - failures,
+                    entries: (entries.len() as u64).saturating_sub(failures),
+                    files: (entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64).saturating_sub(failures),
                     bytes: verified_bytes,
                     payload_bytes: progress.snapshot().bytes_verified,
                     kept_bytes: progress.snapshot().bytes_kept,
@@ -402,6 +495,7 @@ async fn receive(
             }
             tokio::select! {
                 _ = watch_tick.tick() => {
+                    shared.lock().map_err(|_| poisoned())?.close_done(&files);
                     let s = progress.snapshot();
                     if !finished && stall.stalled(s.bytes_verified + s.bytes_kept) {
                         tracing::warn!(
@@ -413,6 +507,12 @@ async fn receive(
                             link.flow_figures()
                         );
                     }
+                    silence.check(&**link, config.idle_timeout, "sender", "partial files are kept, the same send resumes")?;
+                    // Keep-alives keep the link up; they do not move the transfer on. A sender
+                    // stalled in the middle of a block would otherwise hold both ends forever.
+                    if !finished && stall.quiet_for() >= config.stall_timeout {
+                        return Err(crate::progress::stalled_error(&peer.to_string(), config.stall_timeout, "sender"));
+                    }
                 }
                 stream = link.accept_lane(), if accepting && pool.is_some() => match (stream, &pool) {
                     (Some(stream), Some(pool)) => {
@@ -421,10 +521,13 @@ async fn receive(
                     // The connection ending is the control stream's business.
                     _ => accepting = false,
                 },
-                msg = control.recv() => {
+                // A sender that asks and does not read its answers waits until it reads them.
+                _ = control.drained(), if control.over_backlog() => {}
+                msg = control.recv(), if !control.over_backlog() => {
                     let Some(msg) = msg? else {
                         return Err(conn_err(&"sender closed the control stream before finishing"));
                     };
+                    stall.touch();
                     let event = shared.lock().map_err(|_| poisoned())?.session.on_message(msg)?;
                     match event {
                         ReceiverEvent::Reply(m) => {
@@ -452,7 +555,16 @@ async fn receive(
                         }
                         ReceiverEvent::Entry(entry) => match entry.kind {
                             EntryKind::Dir => {
-                                dest.create_dir(&entry)?;
+                                // One directory that cannot be made (a file in the way, a
+                                // path past PATH_MAX) fails itself, not the transfer; what it
+                                // holds fails as it arrives.
+                                if let Err(e) = dest.create_dir(&entry) {
+                                    if e.kind() == ErrorKind::NoSpace {
+                                        return Err(e);
+                                    }
+                                    let outcome = Outcome::Failed { id: entry.id, path: entry.path.clone(), reason: e.to_string(), kind: e.kind() };
+                                    report_local(outcome, progress, &mut failures, &mut first_failure);
+                                }
                             }
                             EntryKind::Symlink => symlinks.push(entry),
                             EntryKind::File => {
@@ -460,10 +572,42 @@ async fn receive(
                                     let s = shared.lock().map_err(|_| poisoned())?;
                                     (s.session.restart(), s.session.inplace())
                                 };
-                                let prepared = dest.prepare_file(&entry, restart)?;
+                                // A file that cannot be placed (a file or directory in the way, a
+                                // path past PATH_MAX, another entry's file under a name that
+                                // differs only in case) fails alone; the sender is told and
+                                // sends nothing for it.
+                                let prepared = dest.prepare_file(&entry, restart).and_then(|p| {
+                                    dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
+                                    Ok(p)
+                                });
+                                let prepared = match prepared {
+                                    Ok(p) => p,
+                                    Err(e) if e.kind() == ErrorKind::NoSpace => return Err(e),
+                                    Err(e) => {
+                                        let outcome = Outcome::Failed { id: entry.id, path: entry.path.clone(), reason: e.to_string(), kind: e.kind() };
+                                        report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                                        hold_nothing(&scan_tx, &entry, block_size, &mut scans_pending);
+                                        continue;
+                                    }
+                                };
                                 // In place: write straight into the existing file (a partial file
-                                // of an earlier run still takes precedence).
-                                let inplace = inplace && !prepared.resume && prepared.existing.is_some();
+                                // of an earlier run still takes precedence), but never through a
+                                // file with a second link: that would change the other name's
+                                // content too, perhaps outside the destination. Such a file is
+                                // replaced by a new one, as without --inplace.
+                                let single_link = prepared.existing.as_ref().and_then(|p| std::fs::symlink_metadata(p).ok()).filter(|m| {
+                                    use std::os::unix::fs::MetadataExt;
+                                    m.nlink() == 1
+                                });
+                                let inplace = inplace && !prepared.resume && single_link.is_some();
+                                if let (true, Some(meta)) = (inplace, &single_link) {
+                                    if let Err(e) = dest.claims().claim(entry.id, &entry.path, meta) {
+                                        let outcome = Outcome::Failed { id: entry.id, path: entry.path.clone(), reason: e.to_string(), kind: e.kind() };
+                                        report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                                        hold_nothing(&scan_tx, &entry, block_size, &mut scans_pending);
+                                        continue;
+                                    }
+                                }
                                 let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
                                 if !inplace {
                                     parts.push(prepared.part.clone());
@@ -584,6 +728,7 @@ async fn receive(
                     let Some(Pieces { id, index, hashes }) = answer else {
                         return Err(Error::io("piece thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
+                    stall.touch();
                     tracing::trace!(id, index, "sending piece hashes");
                     control.send(&Message::Pieces { id, index, hashes }).await?;
                 }
@@ -591,6 +736,7 @@ async fn receive(
                     let Some(scanned) = scanned else {
                         return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
+                    stall.touch();
                     let Scanned { id, first, cvs, done, vouched } = scanned;
                     if vouched {
                         let cvs = cvs.into_iter().flatten().collect();
@@ -618,6 +764,7 @@ async fn receive(
                     let Some(w) = w else {
                         return Err(Error::io("writer thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
+                    stall.touch();
                     let outcome = match w {
                         Written::Block { file, index, cv, carried } => {
                             let Some(f) = files.get_mut(&file) else { continue };
@@ -646,7 +793,7 @@ async fn receive(
                                 ), ErrorKind::Verification)
                             } else {
                                 // Accept the block once more and ask for it.
-                                if let Some(c) = shared.lock().map_err(|_| poisoned())?.claimed.get_mut(&file) {
+                                if let Some(Claimed::Open(c)) = shared.lock().map_err(|_| poisoned())?.claimed.get_mut(&file) {
                                     c.remove(&index);
                                 }
                                 progress.add_resent();
@@ -787,6 +934,44 @@ async fn report(
             });
             control.send(&Message::FileFailed { id, reason }).await
         }
+    }
+}
+
+/// A file that failed before it was prepared still gets its place in the scanner's queue (an
+/// empty scan): the sender expects every file's `HaveDone`, in manifest order.
+fn hold_nothing(
+    scans: &std_mpsc::Sender<ScanJob>,
+    entry: &Entry,
+    block_size: u32,
+    pending: &mut u64,
+) {
+    let _ = scans.send(ScanJob {
+        id: entry.id,
+        path: None,
+        journal: None,
+        size: entry.size,
+        block_size,
+        version: entry.version,
+        vouch: false,
+    });
+    *pending += 1;
+}
+
+/// Counts a failure of an entry the sender is not told about (a directory) and shows it.
+fn report_local(
+    outcome: Outcome,
+    progress: &Progress,
+    failures: &mut u64,
+    first_failure: &mut Option<(String, ErrorKind)>,
+) {
+    if let Outcome::Failed {
+        path, reason, kind, ..
+    } = outcome
+    {
+        *failures += 1;
+        first_failure.get_or_insert_with(|| (format!("{path}: {reason}"), kind));
+        tracing::error!(%path, %reason, "entry failed");
+        progress.push(Event::FileFailed { path, reason });
     }
 }
 
@@ -964,6 +1149,17 @@ fn commit(
     if f.inplace {
         return Ok(root_outcome(root));
     }
+    if let Err(e) = dest.claims().check_free(id, &entry.path, &f.final_path) {
+        // Another entry of this run already took this final name (a case-insensitive
+        // destination): its file stays, this one's part file goes.
+        let _ = std::fs::remove_file(&f.part);
+        return Ok(Outcome::Failed {
+            id,
+            path: entry.path.clone(),
+            reason: e.to_string(),
+            kind: e.kind(),
+        });
+    }
     dest.commit(&f.part, &f.final_path)?;
     tracing::debug!(id, "renamed into place");
     Ok(root_outcome(root))
@@ -1063,7 +1259,7 @@ async fn read_block(
     let Some(header) = crate::lanes::read_header(stream, peer).await? else {
         return Ok(false);
     };
-    let (index, file_len, block_size) = {
+    let (index, file_len, block_size, drop_it) = {
         let mut s = shared.lock().map_err(|_| poisoned())?;
         let index = s.session.check_block(&header)?;
         if s.session.dry_run() {
@@ -1077,16 +1273,27 @@ async fn read_block(
         }
         let file_len = s.session.entries()[header.file as usize].size;
         let block_size = u64::from(s.session.block_size());
-        if !s.claimed.entry(header.file).or_default().insert(index) {
-            return Err(sluice_proto::session::SessionError::BadBlock {
-                file: header.file,
-                offset: header.offset,
-                len: header.len,
-                why: "block sent twice",
+        let taken = s
+            .claimed
+            .entry(header.file)
+            .or_insert_with(|| Claimed::Open(Default::default()));
+        match taken {
+            Claimed::Open(blocks) => {
+                if !blocks.insert(index) {
+                    return Err(sluice_proto::session::SessionError::BadBlock {
+                        file: header.file,
+                        offset: header.offset,
+                        len: header.len,
+                        why: "block sent twice",
+                    }
+                    .into());
+                }
+                (index, file_len, block_size, false)
             }
-            .into());
+            // The file failed here before the sender knew (or, against the protocol, was
+            // already verified): the block is read and dropped.
+            Claimed::Closed => (index, file_len, block_size, true),
         }
-        (index, file_len, block_size)
     };
     let mut buf = pool.take().await;
     // A packed block arrives at the buffer's start, for the writer to unpack; a patch lands
@@ -1106,6 +1313,9 @@ async fn read_block(
             .read_exact(&mut buf.as_mut_slice()[at..at + len])
             .await
             .map_err(|e| conn_err(&e))?;
+    }
+    if drop_it {
+        return Ok(true);
     }
     let job = if header.patch {
         Job::Patch {

@@ -109,6 +109,7 @@ pub(super) enum Written {
 /// The writer thread: verifies each block against its header and writes it at its offset.
 pub(super) fn write_blocks(
     config: &Config,
+    dest: &Destination,
     jobs: std_mpsc::Receiver<Job>,
     done: mpsc::UnboundedSender<Written>,
     stop: Arc<AtomicBool>,
@@ -121,9 +122,10 @@ pub(super) fn write_blocks(
     // At most SEALS_QUEUED files wait for it with a handle open; past that the writer waits.
     let (seal_tx, seal_rx) = std_mpsc::sync_channel::<Seal>(SEALS_QUEUED);
     let sealer_done = done.clone();
+    let sealer_dest = dest.clone();
     let sealer = std::thread::Builder::new()
         .name("sluice-seal".into())
-        .spawn(move || seal_files(seal_rx, sealer_done))
+        .spawn(move || seal_files(&sealer_dest, seal_rx, sealer_done))
         .ok();
     // Without the thread (it could not be started), files are sealed here.
     let seal_tx = sealer.is_some().then_some(seal_tx);
@@ -296,17 +298,40 @@ pub(super) fn write_blocks(
                 // Later jobs for this file (a late CopyBase) must not touch it again.
                 copied.insert(file);
                 for p in remove {
-                    let _ = std::fs::remove_file(p);
+                    // Never a file another entry holds (two names for one file on a
+                    // case-insensitive destination): that entry's part file stays its own.
+                    if let Ok(meta) = std::fs::symlink_metadata(&p) {
+                        if dest.claims().check_free(file, "", &p).is_ok() {
+                            dest.claims().release(file, &meta);
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
                 }
             }
             Job::CopyBase { file, file_len } => {
-                if let Err(error) =
-                    copy_base(file, file_len, &bases, &mut copied, &paths, config, &stop)
-                {
+                if let Err(error) = copy_base(
+                    file,
+                    file_len,
+                    &bases,
+                    &mut copied,
+                    &paths,
+                    (config, dest),
+                    &stop,
+                ) {
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
             Job::Seal { file, entry, keep } => {
+                // Every write in flight lands, and is reported, before the file is sealed: one
+                // that completed later would change the file after its root was checked (a
+                // sender that announced fewer blocks than it sent), and be renamed with it.
+                while io.in_flight() > 0 {
+                    if let Err(e) = io.wait(1, &mut finished) {
+                        tracing::error!("io_uring wait failed: {e}");
+                        return;
+                    }
+                    report(&mut finished, &paths, &mut journals, &open);
+                }
                 // The file is verified: this thread is done with it. Forgetting its path also
                 // drops any block a sender might still send for it (against the protocol),
                 // which must not land after the seal.
@@ -338,9 +363,7 @@ pub(super) fn write_blocks(
                 bases.remove(&file);
                 let handle = match open.remove(&file) {
                     Some((buffered, _)) => Ok(buffered),
-                    None => Destination::open_part(&target)
-                        .map(Arc::new)
-                        .map_err(Error::file("opening", &target)),
+                    None => open_claimed(dest, file, &target).map(Arc::new),
                 };
                 let job = match sealed.and(handle) {
                     Ok(f) => Seal {
@@ -359,7 +382,7 @@ pub(super) fn write_blocks(
                     None => Some(job),
                 };
                 if let Some(job) = unsent {
-                    let _ = done.send(seal(job));
+                    let _ = done.send(seal(dest, job));
                 }
             }
             Job::Write {
@@ -408,9 +431,15 @@ pub(super) fn write_blocks(
                 }
                 // The first changed block of a delta: lay the old version down first, so this
                 // and later blocks overwrite it (the writer runs jobs in order).
-                if let Err(error) =
-                    copy_base(file, file_len, &bases, &mut copied, &paths, config, &stop)
-                {
+                if let Err(error) = copy_base(
+                    file,
+                    file_len,
+                    &bases,
+                    &mut copied,
+                    &paths,
+                    (config, dest),
+                    &stop,
+                ) {
                     let _ = done.send(Written::Failed { file, error });
                     continue;
                 }
@@ -420,7 +449,7 @@ pub(super) fn write_blocks(
                         let Some(path) = paths.get(&file) else {
                             continue;
                         };
-                        match Destination::open_part(path) {
+                        match open_claimed(dest, file, path) {
                             Ok(f) => {
                                 let direct = config
                                     .direct_io
@@ -442,15 +471,8 @@ pub(super) fn write_blocks(
                                 open.insert(file, h.clone());
                                 h
                             }
-                            Err(source) => {
-                                let _ = done.send(Written::Failed {
-                                    file,
-                                    error: Error::File {
-                                        op: "opening",
-                                        path: path.clone(),
-                                        source,
-                                    },
-                                });
+                            Err(error) => {
+                                let _ = done.send(Written::Failed { file, error });
                                 continue;
                             }
                         }
@@ -563,9 +585,23 @@ struct Seal {
     entry: Entry,
 }
 
+/// Opens (creating if needed) the part file of entry `file` at `path` and claims its inode for
+/// that entry: another entry's file under a name that only differs in case (a case-insensitive
+/// destination) is refused instead of shared.
+fn open_claimed(dest: &Destination, file: u32, path: &std::path::Path) -> Result<File> {
+    let f = Destination::open_part(path).map_err(Error::file("opening", path))?;
+    let meta = f.metadata().map_err(Error::file("inspecting", path))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.claims().claim(file, &name, &meta)?;
+    Ok(f)
+}
+
 /// Gives a verified file its length (a resumed part file may hold bytes past the end of a source
 /// that shrank), its mode and mtime, and makes it durable with `fdatasync`.
-fn seal(job: Seal) -> Written {
+fn seal(dest: &Destination, job: Seal) -> Written {
     let Seal {
         file,
         f,
@@ -576,7 +612,7 @@ fn seal(job: Seal) -> Written {
     let sealed = f
         .set_len(entry.size)
         .map_err(Error::file("setting length of", &path))
-        .and_then(|()| Destination::set_metadata(&f, &entry, &path))
+        .and_then(|()| dest.set_metadata(&f, &entry, &path))
         .and_then(|()| {
             f.sync_data()
                 .map_err(Error::file("flushing to disk", &path))
@@ -591,9 +627,13 @@ fn seal(job: Seal) -> Written {
 /// The sealing thread: [`seal`]s each verified file and reports it (see [`Job::Seal`]). Only then
 /// is the file renamed: after a crash the final name holds the verified bytes or the old file,
 /// never blocks the disk had not written yet.
-fn seal_files(jobs: std_mpsc::Receiver<Seal>, done: mpsc::UnboundedSender<Written>) {
+fn seal_files(
+    dest: &Destination,
+    jobs: std_mpsc::Receiver<Seal>,
+    done: mpsc::UnboundedSender<Written>,
+) {
     while let Ok(job) = jobs.recv() {
-        if done.send(seal(job)).is_err() {
+        if done.send(seal(dest, job)).is_err() {
             return;
         }
     }
@@ -666,7 +706,7 @@ fn copy_base(
     bases: &HashMap<u32, PathBuf>,
     copied: &mut std::collections::HashSet<u32>,
     paths: &HashMap<u32, PathBuf>,
-    config: &Config,
+    (config, dest): (&Config, &Destination),
     stop: &AtomicBool,
 ) -> Result<()> {
     // Once anything was written into the part file (a block, the kept blocks) or the file was
@@ -679,6 +719,7 @@ fn copy_base(
     };
     let keep = std::fs::metadata(base).map_or(0, |m| m.len()).min(file_len);
     let whole = [(0, keep as usize)];
+    open_claimed(dest, file, part)?;
     let started = std::time::Instant::now();
     let r = copy_blocks(base, part, &whole, config.direct_io, stop);
     tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
@@ -745,4 +786,110 @@ fn runs(ranges: &[(u64, usize)], max: usize) -> Vec<(u64, usize)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::BufferPool;
+
+    /// A file sealed while writes of its blocks are still in flight: every one of them is
+    /// reported before the seal is, so no write can land after the file's root was checked and
+    /// the file renamed.
+    #[test]
+    fn writes_in_flight_are_reported_before_their_file_is_sealed() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::new(d.path()).unwrap();
+        let config = Config {
+            write_depth: 16,
+            ..Config::default()
+        };
+        let bs = 64 << 10;
+        let blocks = 12u64;
+        let file_len = bs * blocks;
+        let pool = BufferPool::new(blocks as usize, bs as usize).unwrap();
+        let (job_tx, job_rx) = std_mpsc::channel();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let part = d.path().join(".f.sluice-part");
+        job_tx
+            .send(Job::Open {
+                file: 0,
+                path: part.clone(),
+                held_at: None,
+                base: None,
+                journal: None,
+                key: journal::Key {
+                    block_size: bs as u32,
+                    size: file_len,
+                    version: Default::default(),
+                },
+            })
+            .unwrap();
+        for index in 0..blocks {
+            let mut buf = pool.take_blocking();
+            buf.as_mut_slice()[..bs as usize].fill(index as u8 + 1);
+            let offset = index * bs;
+            let hash = merkle::block_cv(&buf.as_slice()[..bs as usize], offset, file_len);
+            job_tx
+                .send(Job::Write {
+                    file: 0,
+                    index,
+                    header: BlockHeader {
+                        file: 0,
+                        offset,
+                        len: bs as u32,
+                        hash,
+                        patch: false,
+                        packed: 0,
+                        zero: false,
+                    },
+                    file_len,
+                    buf,
+                    carried: bs as u32,
+                })
+                .unwrap();
+        }
+        let entry = sluice_proto::message::Entry {
+            id: 0,
+            kind: sluice_proto::message::EntryKind::File,
+            path: "f".into(),
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size: file_len,
+            link_target: String::new(),
+            version: [0; 16],
+        };
+        job_tx
+            .send(Job::Seal {
+                file: 0,
+                entry,
+                keep: None,
+            })
+            .unwrap();
+        drop(job_tx);
+        let stop = Arc::new(AtomicBool::new(false));
+        write_blocks(&config, &dest, job_rx, done_tx, stop);
+        let mut written = 0;
+        let mut sealed = false;
+        while let Ok(w) = done_rx.try_recv() {
+            match w {
+                Written::Block { .. } => {
+                    assert!(!sealed, "a block was reported after its file was sealed");
+                    written += 1;
+                }
+                Written::Sealed { .. } => sealed = true,
+                Written::Corrupt { index, .. } => panic!("block {index} corrupt"),
+                Written::Failed { error, .. } => panic!("{error}"),
+            }
+        }
+        assert!(sealed);
+        assert_eq!(written, blocks);
+        let data = std::fs::read(&part).unwrap();
+        assert_eq!(data.len() as u64, file_len);
+        assert!(data
+            .chunks(bs as usize)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8 + 1)));
+    }
 }

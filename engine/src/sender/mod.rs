@@ -220,11 +220,13 @@ async fn transfer(
         progress: progress.clone(),
         stream_window: config.transport_to(Some(peer.ip())).stream_window,
         queue: queue_probe.clone(),
+        pace: crate::lanes::Pace::new(config.max_rate),
     };
     let mut open_streams = 0;
     let first = config.streams.max(1);
     lanes.grow(&mut open_streams, first, first, &mut streams);
     let mut stall = StallWatch::new();
+    let mut silence = transport::Silence::new();
     let mut grow = tokio::time::interval(std::time::Duration::from_millis(100));
     grow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -288,6 +290,12 @@ async fn transfer(
                         link.flow_figures()
                     );
                 }
+                silence.check(&**link, config.idle_timeout, "receiver", "partial files are kept at the receiver, the same send resumes")?;
+                // Keep-alives keep the link up; they do not move the transfer on. While blocks
+                // remain to be sent, a receiver that takes none and says nothing is stalled.
+                if reading && stall.quiet_for() >= config.stall_timeout {
+                    return Err(crate::progress::stalled_error(&peer.to_string(), config.stall_timeout, "receiver"));
+                }
                 if reading {
                     lanes.grow(&mut open_streams, first, config.max_streams.max(first), &mut streams);
                 }
@@ -296,6 +304,7 @@ async fn transfer(
                 let Some(msg) = msg? else {
                     return Err(conn_err(&"receiver closed the control stream early"));
                 };
+                stall.touch();
                 match session.on_message(msg)? {
                     SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
@@ -615,6 +624,18 @@ impl Reader<'_> {
                     io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
                     self.handle(&mut done, &mut state)?;
                 }
+            }
+            // Written to while it was read: the blocks sent may mix two versions, each block
+            // verified but the whole matching neither. Stopped here, named, like rsync's
+            // "file has vanished" and tar's "file changed as we read it".
+            let after = file
+                .metadata()
+                .map_err(Error::file("reading metadata of", &src.local))?;
+            if manifest::source_version(&after) != manifest::source_version(&meta) {
+                return Err(Error::SourceChanged {
+                    path: src.local.clone(),
+                    detail: "written to while it was being sent".into(),
+                });
             }
         }
         self.drain(&mut *io, &mut done, &mut state)?;

@@ -267,6 +267,16 @@ impl Listener {
         }
         accept(self.quic.as_ref(), &mut self.tcp_links).await
     }
+
+    /// Lets no one else in: called once a sender has proven the ticket's secret. New QUIC
+    /// connections are refused and new TCP control connections closed; the proven sender's TCP
+    /// lanes still join its link.
+    pub fn stop_accepting(&mut self) {
+        if let Some(q) = &self.quic {
+            q.stop_accepting();
+        }
+        self.tcp_links = None;
+    }
 }
 
 /// Binds what `config.transport` asks for. Both transports share one port number, so one
@@ -311,6 +321,11 @@ fn listen_on(
 /// packet, a client that never says Hello) after which the receiver gives up waiting.
 const MAX_FAILED_ATTEMPTS: u32 = 16;
 
+/// QUIC handshakes in progress at once; past this, new ones are refused until one ends (each
+/// is bounded by [`HELLO_DEADLINE`]), so a flood of Initials cannot make the receiver hold
+/// more.
+const MAX_HANDSHAKES: usize = 16;
+
 /// Waits for the first connection, on either transport, that completes its handshake and opens
 /// its control channel within [`HELLO_DEADLINE`]. A failed attempt is reported and
 /// does not end the wait: one stray or hostile packet must not stop a receiver.
@@ -341,6 +356,19 @@ async fn accept(
                         detail: "endpoint closed before a sender connected".into(),
                     });
                 };
+                // Address validation first (a Retry round trip): a spoofed source address never
+                // gets a handshake, nor the receiver's work and replies that come with one.
+                if !incoming.remote_address_validated() && incoming.may_retry() {
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                    continue;
+                }
+                if pending.len() >= MAX_HANDSHAKES {
+                    tracing::warn!(peer = %incoming.remote_address(), "too many QUIC handshakes at once; refused");
+                    incoming.refuse();
+                    continue;
+                }
                 let server = quic.expect("guarded by the select").clone();
                 pending.spawn(async move {
                     let handshake = tokio::time::timeout(deadline, server.handshake(incoming));
@@ -382,6 +410,52 @@ async fn accept(
                 Err(e) => return Err(Error::io("accepting a connection")(std::io::Error::other(e.to_string()))),
             },
         }
+    }
+}
+
+/// Notices a peer from which nothing at all arrives for the idle timeout. QUIC's own idle timer
+/// stretches to three probe timeouts, and those grow with an RTT estimate that a stalled queue
+/// inflated: across a link that went dark a receiver was seen waiting on past 16 s with a 5 s
+/// timeout. Counting the bytes the link received says it plainly, on either transport.
+#[derive(Debug)]
+pub(crate) struct Silence {
+    last: u64,
+    since: std::time::Instant,
+}
+
+impl Silence {
+    pub(crate) fn new() -> Self {
+        Self {
+            last: 0,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    /// An error once `link` has received nothing for `limit`; `who` is the peer's role and
+    /// `resume` what to tell the user about running again.
+    pub(crate) fn check(
+        &mut self,
+        link: &dyn Link,
+        limit: Duration,
+        who: &str,
+        resume: &str,
+    ) -> Result<()> {
+        let received = link.path().udp_rx_bytes;
+        if received != self.last {
+            self.last = received;
+            self.since = std::time::Instant::now();
+            return Ok(());
+        }
+        if self.since.elapsed() < limit {
+            return Ok(());
+        }
+        Err(Error::Connection {
+            peer: link.peer().to_string(),
+            detail: format!(
+                "timed out: no packet from the {who} for {} s; {resume}",
+                limit.as_secs()
+            ),
+        })
     }
 }
 

@@ -86,6 +86,11 @@ impl Server {
         self.endpoint.accept().await
     }
 
+    /// Refuses every new connection; those established go on.
+    pub fn stop_accepting(&self) {
+        self.endpoint.set_server_config(None);
+    }
+
     /// Completes the handshake of `incoming`.
     pub async fn handshake(&self, incoming: quinn::Incoming) -> Result<Arc<dyn Link>> {
         let peer = incoming.remote_address();

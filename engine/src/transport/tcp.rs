@@ -675,6 +675,10 @@ impl Link for TcpLink {
     }
 }
 
+/// TCP connections in their TLS handshake and preamble at once (lanes of the sender included:
+/// at most 256 of those).
+const MAX_GREETINGS: usize = 320;
+
 /// The receiver's TCP side: a listener whose connections become links (control connections)
 /// or lanes of a link (lane connections).
 pub struct Server {
@@ -715,7 +719,7 @@ impl Server {
         sock.set_nonblocking(true)
             .map_err(Error::io("creating TCP socket"))?;
         sock.bind(&listen.into())
-            .map_err(Error::io("binding TCP socket"))?;
+            .map_err(super::udp::bind_error(listen, "TCP"))?;
         sock.listen(128).map_err(Error::io("listening on TCP"))?;
         let listener = TcpListener::from_std(sock.into()).map_err(Error::io("listening on TCP"))?;
         Ok(Self {
@@ -747,7 +751,13 @@ impl Server {
         let config = self.config.clone();
         tokio::spawn(async move {
             let sessions: Sessions = Arc::default();
+            // Handshakes in progress at once (each bounded by HELLO_DEADLINE): a flood of
+            // connections waits in the kernel's backlog instead of costing TLS work here.
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_GREETINGS));
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let (stream, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(e) => {
@@ -764,6 +774,7 @@ impl Server {
                     tx.clone(),
                 );
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let handshake = greet(stream, peer, &acceptor, &config, &sessions);
                     let result = match tokio::time::timeout(HELLO_DEADLINE, handshake).await {
                         Ok(r) => r,
@@ -773,8 +784,19 @@ impl Server {
                         ))),
                     };
                     match result {
+                        // Once the receiver stopped accepting (its sender is proven), another
+                        // control connection is closed at once.
                         Ok(Some(link)) => {
-                            let _ = tx.send(Ok(link)).await;
+                            if let Err(refused) = tx.try_send(Ok(link)) {
+                                let link = match refused {
+                                    mpsc::error::TrySendError::Full(l)
+                                    | mpsc::error::TrySendError::Closed(l) => l,
+                                };
+                                if let Ok(link) = link {
+                                    link.close(1, b"the receiver is serving another sender")
+                                        .await;
+                                }
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => {

@@ -24,9 +24,33 @@ pub fn udp_socket(addr: SocketAddr, config: &Config) -> Result<UdpSocket> {
     // Best effort: a smaller buffer only costs throughput.
     let _ = sock.set_recv_buffer_size(config.udp_buffer);
     let _ = sock.set_send_buffer_size(config.udp_buffer);
-    sock.bind(&addr.into())
-        .map_err(Error::io("binding UDP socket"))?;
+    sock.bind(&addr.into()).map_err(bind_error(addr, "UDP"))?;
     Ok(sock.into())
+}
+
+/// Why binding `addr` failed, with what the user can do about it.
+pub(crate) fn bind_error(
+    addr: SocketAddr,
+    proto: &'static str,
+) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "; another program holds this port: choose another with --listen (port 0 takes any free one)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "; ports below 1024 need root: choose a port from 1024 up with --listen"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "; this host has no such address: --listen takes one of its own addresses, or 0.0.0.0"
+            }
+            _ => "",
+        };
+        Error::Connection {
+            peer: addr.to_string(),
+            detail: format!("cannot listen on {proto} port {}: {e}{hint}", addr.port()),
+        }
+    }
 }
 
 /// A quinn endpoint on `socket`, serving `server` if given. Must run inside a tokio runtime.

@@ -44,6 +44,20 @@ pub enum Command {
         /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
         #[arg(long)]
         advertise: Option<SocketAddr>,
+        /// Let the sender remove what its directories no longer hold (its --delete). Without
+        /// it a sender asking for --delete is refused: a ticket lets it add and replace files,
+        /// never remove them.
+        #[arg(long)]
+        allow_delete: bool,
+        /// Let the sender update existing files in place (its --inplace). Without it a sender
+        /// asking for --inplace is refused: an interrupted in-place update leaves mixed
+        /// content under the final name.
+        #[arg(long)]
+        allow_inplace: bool,
+        /// The most entries (files, directories, links) a sender may announce; the receiver
+        /// keeps a record of each for the whole transfer. Default 2000000.
+        #[arg(long)]
+        max_entries: Option<u32>,
     },
     /// Measure the data path as iperf3 measures a link: generated data, cut into blocks and
     /// hashed, sent on the transport's lanes, verified and discarded at the other end (no disk).
@@ -132,6 +146,11 @@ pub struct Tuning {
     /// Seconds without a packet from the peer before it is declared gone (default 30).
     #[arg(long, global = true)]
     pub idle_timeout: Option<u64>,
+    /// Seconds without progress (no block verified, sent or kept, no message) before a
+    /// transfer ends with an error, even while the peer still answers keep-alives (default
+    /// 120).
+    #[arg(long, global = true)]
+    pub stall_timeout: Option<u64>,
     /// Write through the page cache instead of O_DIRECT at the receiver.
     #[arg(long, global = true)]
     pub no_direct: bool,
@@ -243,6 +262,12 @@ impl Tuning {
                 bail!("--idle-timeout must be at least 1 second");
             }
             c.idle_timeout = std::time::Duration::from_secs(t);
+        }
+        if let Some(t) = self.stall_timeout {
+            if t == 0 {
+                bail!("--stall-timeout must be at least 1 second");
+            }
+            c.stall_timeout = std::time::Duration::from_secs(t);
         }
         Ok(c)
     }

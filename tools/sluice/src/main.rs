@@ -182,8 +182,20 @@ fn run(cli: Cli) -> Result<()> {
             dest,
             listen,
             advertise,
+            allow_delete,
+            allow_inplace,
+            max_entries,
         } => {
             let listen: SocketAddr = listen;
+            let mut config = config;
+            config.allow_delete = allow_delete;
+            config.allow_inplace = allow_inplace;
+            if let Some(n) = max_entries {
+                if n == 0 {
+                    anyhow::bail!("--max-entries must be at least 1");
+                }
+                config.max_entries = n;
+            }
             let rx = Receiver::bind(&dest, listen, advertise, config)
                 .with_context(|| format!("listening on {listen}"))?;
             let ticket = rx.ticket().to_string();

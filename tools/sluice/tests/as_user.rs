@@ -6,31 +6,8 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
 
 use common::*;
-
-/// `sluice ARGS` as `nobody` if this process is root, else as this user. `None` where root
-/// cannot switch users here (no `setpriv`).
-fn sluice_as_user(args: &[&Path]) -> Option<Output> {
-    let root = fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
-    let mut c = if root {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_sluice"));
-        c
-    } else {
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
-    };
-    c.args(args).stdin(std::process::Stdio::null());
-    match c.output() {
-        Ok(o) if root && o.status.code() == Some(127) => None,
-        Ok(o) => Some(o),
-        Err(_) => None,
-    }
-}
 
 /// A tree with a read-only file (as `.git/objects` holds) and an owner-only file, copied as an
 /// unprivileged user and then copied again unchanged: both runs succeed, and modes arrive as

@@ -193,6 +193,70 @@ fn full_destination_is_a_clear_error_and_leaves_no_final_file() {
         !mnt.join("big.bin").exists(),
         "no unverified file under the final name"
     );
+    // Space freed (the filesystem grown), the same command completes from what was kept.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let out = sluice().arg("copy").arg(&src).arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "rerun: {}", stderr(&out));
+    assert_eq!(b3(&mnt.join("big.bin")), b3(&src));
+}
+
+/// A source file written to while it is sent is caught and named, its final name at the
+/// destination untouched; run again once it is quiet, the new version arrives whole.
+#[test]
+fn a_source_written_to_during_the_transfer_is_reported() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("growing.log");
+    random_file(&src, 256 * BLOCK, 9);
+    let dest = d.path().join("dest");
+    // A small ring keeps the reader a few blocks ahead of what the receiver has written, so an
+    // edit far ahead of the part file's end lands before those blocks are read.
+    let mut send = sluice()
+        .args(["--ring", "4", "copy"])
+        .arg(&src)
+        .arg(&dest)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = dest.join(".growing.log.sluice-part");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while part.metadata().map_or(0, |m| m.blocks() * 512) < 32 * BLOCK {
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        assert!(
+            send.try_wait().unwrap().is_none(),
+            "finished before the edit"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(b"an edit in the middle of the transfer", 250 * BLOCK)
+        .unwrap();
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the sender did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = send.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("growing.log") && err.contains("changed while being sent"),
+        "{err}"
+    );
+    assert!(
+        !dest.join("growing.log").exists(),
+        "an unverified mix took the final name"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "rerun: {}", stderr(&out));
+    assert_eq!(b3(&dest.join("growing.log")), b3(&src));
 }
 
 fn nix_is_root() -> bool {

@@ -312,3 +312,28 @@ over_both! {
         assert!(part_files(&dest).is_empty());
     }
 }
+
+over_both! {
+    /// `--max-rate` is a ceiling whatever the transport and controller, loopback included
+    /// (where no congestion controller would ever reach it): 8 MiB at 40 Mbit/s take 1.7 s, of
+    /// which the first block goes at once, so 1.47 s at least.
+    fn max_rate_is_a_ceiling_on_any_path() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f");
+        random_file(&src, 8 << 20, 21);
+        let started = std::time::Instant::now();
+        let out = sluice()
+            .args(["--max-rate", "40M", "copy"])
+            .arg(&src)
+            .arg(d.path().join("dest"))
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            took >= std::time::Duration::from_millis(1_400),
+            "8 MiB at 40 Mbit/s in {took:?}"
+        );
+        assert_eq!(b3(&d.path().join("dest/f")), b3(&src));
+    }
+}

@@ -282,3 +282,158 @@ fn compressible_data_is_packed_where_the_link_is_the_bottleneck() {
         "fewer bytes on the wire than in the file: {s}"
     );
 }
+
+/// The emulator's process on link `link` stopped (SIGSTOP: nothing crosses either way) or let
+/// go again (SIGCONT).
+fn signal_link(link: &Link, signal: &str) {
+    let pid = std::fs::read_to_string(format!("/tmp/wan-{}/pid", link.name)).unwrap();
+    let ok = Command::new("kill")
+        .args([signal, pid.trim()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+/// `sluice recv` on side b into `dest`, with `options` first; returns it and its ticket.
+fn recv_on_b(link: &Link, dest: &Path, options: &[&str]) -> (std::process::Child, String) {
+    let mut recv = link
+        .sluice("b")
+        .args(options)
+        .args(["recv", "--listen", "10.201.0.2:7000"])
+        .arg(dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(recv.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (recv, line.trim().to_owned())
+}
+
+/// Waits (bounded) until the part file `part` holds `bytes`: the transfer is under way.
+fn wait_for_part(part: &Path, bytes: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while part.metadata().map_or(0, |m| m.blocks() * 512) < bytes {
+        assert!(Instant::now() < deadline, "{} did not grow", part.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) for `child` to end.
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A 20 s outage of the link in the middle of a transfer (the emulator stopped, nothing
+/// crossing either way): the transfer waits it out and completes by itself. An outage longer
+/// than the idle timeout ends both ends with a clear error within that timeout, and the same
+/// command, run again, resumes from what had arrived.
+#[test]
+fn an_outage_is_waited_out_and_a_longer_one_is_resumed_after() {
+    let Some((wan, bin, _one)) = emulated() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 96 << 20, 11);
+    let link = Link::up(&wan, &bin, &["--delay-ms", "25", "--rate-mbit", "200"]);
+
+    let dest = d.path().join("dest");
+    let (recv, ticket) = recv_on_b(&link, &dest, &[]);
+    let send = link
+        .sluice("a")
+        .arg("send")
+        .arg(&src)
+        .arg(&ticket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_part(&dest.join(".big.bin.sluice-part"), 16 << 20);
+    signal_link(&link, "-STOP");
+    std::thread::sleep(Duration::from_secs(20));
+    signal_link(&link, "-CONT");
+    let out = wait_bounded(send, Duration::from_secs(90));
+    let _ = wait_bounded(recv, Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "after a 20 s outage: {}",
+        stderr(&out)
+    );
+    assert_eq!(b3(&dest.join("big.bin")), b3(&src));
+
+    // Longer than the idle timeout (5 s here): a clear error within it, then a resume.
+    let dest = d.path().join("dest2");
+    let idle = ["--idle-timeout", "5"];
+    let (recv, ticket) = recv_on_b(&link, &dest, &idle);
+    let send = link
+        .sluice("a")
+        .args(idle)
+        .arg("send")
+        .arg(&src)
+        .arg(&ticket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_part(&dest.join(".big.bin.sluice-part"), 16 << 20);
+    signal_link(&link, "-STOP");
+    let cut = Instant::now();
+    let out = wait_bounded(send, Duration::from_secs(30));
+    let noticed = cut.elapsed();
+    signal_link(&link, "-CONT");
+    let r = wait_bounded(recv, Duration::from_secs(10));
+    assert!(stderr(&r).contains("timed out"), "receiver: {}", stderr(&r));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    assert!(
+        noticed < Duration::from_secs(9),
+        "the outage was noticed after {noticed:?}"
+    );
+    assert!(!dest.join("big.bin").exists());
+    let part = dest.join(".big.bin.sluice-part");
+    let kept = part.metadata().map_or(0, |m| m.len());
+    assert!(
+        kept > 0,
+        "no part file kept: {:?}",
+        std::fs::read_dir(&dest).map(|d| d.count())
+    );
+    let (recv, ticket) = recv_on_b(&link, &dest, &[]);
+    let out = wait_bounded(
+        link.sluice("a")
+            .args(["--json", "send"])
+            .arg(&src)
+            .arg(&ticket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        Duration::from_secs(90),
+    );
+    let _ = wait_bounded(recv, Duration::from_secs(10));
+    assert!(out.status.success(), "the rerun: {}", stderr(&out));
+    assert_eq!(b3(&dest.join("big.bin")), b3(&src));
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .expect("a summary line");
+    assert!(
+        summary["kept_bytes"].as_u64().unwrap_or(0) > 0,
+        "the rerun resumed nothing: {summary}"
+    );
+}

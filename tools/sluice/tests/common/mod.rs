@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod crafted;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -219,9 +221,19 @@ impl Recv {
 
     /// [`Recv::start`] with global options before `recv` (e.g. `--json`).
     pub fn start_with(dest: &Path, options: &[&str]) -> Recv {
+        Self::start_full(dest, options, &[])
+    }
+
+    /// [`Recv::start`] with options of `recv` itself (`--allow-delete`).
+    pub fn start_recv(dest: &Path, recv_options: &[&str]) -> Recv {
+        Self::start_full(dest, &[], recv_options)
+    }
+
+    fn start_full(dest: &Path, options: &[&str], recv_options: &[&str]) -> Recv {
         let mut child = sluice()
             .args(options)
             .args(["recv", "--listen", "127.0.0.1:0"])
+            .args(recv_options)
             .arg(dest)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -262,6 +274,19 @@ impl Recv {
         assert!(ok, "could not stop the receiver");
     }
 
+    /// The receiver's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Ends a receiver that would wait on (SIGKILL) and returns what it printed.
+    pub fn kill(mut self) -> Output {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+        }
+        self.wait()
+    }
+
     /// Waits (bounded) for the receiver to exit; kills it past the limit.
     pub fn wait(mut self) -> Output {
         let mut child = self.child.take().unwrap();
@@ -287,6 +312,28 @@ impl Drop for Recv {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// `sluice ARGS` as `nobody` if this process is root, else as this user. `None` where root
+/// cannot switch users here (no `setpriv`).
+pub fn sluice_as_user(args: &[&Path]) -> Option<Output> {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let mut c = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_sluice"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+    };
+    c.args(args).stdin(std::process::Stdio::null());
+    match c.output() {
+        Ok(o) if root && o.status.code() == Some(127) => None,
+        Ok(o) => Some(o),
+        Err(_) => None,
     }
 }
 

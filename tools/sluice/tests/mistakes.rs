@@ -1,0 +1,198 @@
+//! Every mistake a new user can make, as the list in the hardening issue gives them: each ends
+//! within seconds, with a non-zero exit and a message that names what was wrong and, where the
+//! user can act, what to do. Run as `nobody` where permissions matter (root ignores them).
+//! A full disk has its own test (`failures.rs`), as it needs a small filesystem.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// What one mistake must produce.
+struct Expect<'a> {
+    what: &'a str,
+    code: i32,
+    says: &'a [&'a str],
+}
+
+fn check(out: Output, took: Duration, e: Expect) {
+    let err = stderr(&out);
+    assert!(took < Duration::from_secs(10), "{}: took {took:?}", e.what);
+    assert_eq!(out.status.code(), Some(e.code), "{}: {err}", e.what);
+    for s in e.says {
+        assert!(err.contains(s), "{}: does not say {s:?}: {err}", e.what);
+    }
+    assert!(!err.contains("panicked"), "{}: {err}", e.what);
+}
+
+fn run(args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = sluice().args(args).output().unwrap();
+    (out, started.elapsed())
+}
+
+#[test]
+fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let p = |name: &str| d.path().join(name).to_string_lossy().into_owned();
+    fs::write(p("file"), b"hello").unwrap();
+
+    let (out, took) = run(&["copy", "/nonexistent/source", &p("dest")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "missing source",
+            code: 5,
+            says: &["/nonexistent/source", "No such file"],
+        },
+    );
+
+    let (out, took) = run(&["copy", &p("file"), &p("file")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "destination is a file",
+            code: 5,
+            says: &["file", "exists"],
+        },
+    );
+
+    let (out, took) = run(&["send", &p("file"), "sluice1-not-a-ticket"]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "mistyped ticket",
+            code: 1,
+            says: &["ticket"],
+        },
+    );
+
+    // A ticket whose receiver is gone: its port answers nothing.
+    let recv = Recv::start(&d.path().join("gone"));
+    let ticket = recv.ticket.clone();
+    drop(recv);
+    let (out, took) = run(&["send", &p("file"), &ticket]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "receiver gone",
+            code: 3,
+            says: &["no receiver answers"],
+        },
+    );
+
+    // A port in use (UDP and TCP both held).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+    let listen = format!("127.0.0.1:{port}");
+    let (out, took) = run(&["recv", "--listen", &listen, &p("dest")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "port in use",
+            code: 3,
+            says: &[&listen, "in use"],
+        },
+    );
+
+    let (out, took) = run(&["cpy", &p("file"), &p("dest")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "unknown command",
+            code: 2,
+            says: &["copy"],
+        },
+    );
+
+    let (out, took) = run(&["--block-size", "3M", "copy", &p("file"), &p("dest")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "bad block size",
+            code: 1,
+            says: &["--block-size", "power of two"],
+        },
+    );
+
+    let (out, took) = run(&["copy", &p("file")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "no destination",
+            code: 2,
+            says: &["DEST_DIR"],
+        },
+    );
+}
+
+/// The mistakes only an unprivileged user meets: a source it cannot read, a destination it
+/// cannot write.
+#[test]
+fn an_unprivileged_users_mistakes_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = d.path().join("secret");
+    fs::write(&secret, b"root only").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let open = d.path().join("open");
+    fs::write(&open, b"anyone").unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+    let writable = d.path().join("writable");
+    fs::create_dir(&writable).unwrap();
+    fs::set_permissions(&writable, fs::Permissions::from_mode(0o777)).unwrap();
+    let locked = d.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).unwrap();
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(1)
+        != 0
+    {
+        eprintln!("not root: these files are this user's own; skipped");
+        return;
+    }
+
+    let started = Instant::now();
+    let Some(out) = sluice_as_user(&[Path::new("copy"), &secret, &writable]) else {
+        eprintln!("setpriv is not available; skipped");
+        return;
+    };
+    check(
+        out,
+        started.elapsed(),
+        Expect {
+            what: "unreadable source",
+            code: 5,
+            says: &["secret", "Permission denied"],
+        },
+    );
+    assert_eq!(fs::read_dir(&writable).unwrap().count(), 0);
+
+    let started = Instant::now();
+    let out = sluice_as_user(&[Path::new("copy"), &open, &locked.join("sub")]).unwrap();
+    check(
+        out,
+        started.elapsed(),
+        Expect {
+            what: "destination not writable",
+            code: 5,
+            says: &["locked", "Permission denied"],
+        },
+    );
+}
