@@ -40,6 +40,16 @@ pub fn root_from_cvs(cvs: &[Digest], file_len: u64, block_size: u32) -> Digest {
     }
 }
 
+/// The chaining value of a run of whole groups' worth of blocks starting at a multiple of
+/// `span` bytes (a power of two number of chunks) and covering `len` bytes (`span`, or less for
+/// the file's last run), from its blocks' hashes: a subtree of the file's tree, as long as the
+/// file is longer than `span` (otherwise the run is the whole file and has no chaining value;
+/// use [`root_from_cvs`]). A receiver folds each group of blocks it has whole into one of these,
+/// and [`root_from_cvs`] with `span` as the block size combines them into the root.
+pub fn span_cv(cvs: &[Digest], len: u64, block_size: u32) -> Digest {
+    subtree(cvs, len, block_size)
+}
+
 type Part<'a> = (&'a [Digest], u64);
 
 /// Splits a run of block hashes covering `len` bytes as BLAKE3 splits its tree: the left side
@@ -96,6 +106,41 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             assert_eq!(
                 root_by_blocks(&data, bs),
+                *blake3::hash(&data).as_bytes(),
+                "len {len}"
+            );
+        }
+    }
+
+    /// Groups of blocks folded into their chaining values give the same root, whatever the
+    /// length of the last group.
+    #[test]
+    fn folded_groups_give_the_same_root() {
+        let bs = 1024u32;
+        let per = 4u64;
+        let span = bs * per as u32;
+        for len in [
+            span as usize + 1,
+            2 * span as usize,
+            5 * span as usize - 3,
+            9 * span as usize + 1500,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+            let cvs: Vec<Digest> = data
+                .chunks(bs as usize)
+                .enumerate()
+                .map(|(i, b)| block_cv(b, i as u64 * u64::from(bs), len as u64))
+                .collect();
+            let groups: Vec<Digest> = cvs
+                .chunks(per as usize)
+                .enumerate()
+                .map(|(g, c)| {
+                    let start = g as u64 * u64::from(span);
+                    span_cv(c, (len as u64 - start).min(u64::from(span)), bs)
+                })
+                .collect();
+            assert_eq!(
+                root_from_cvs(&groups, len as u64, span),
                 *blake3::hash(&data).as_bytes(),
                 "len {len}"
             );
