@@ -112,6 +112,11 @@ pub struct Config {
     /// receiver keeps a record of a few hundred bytes per entry for the whole transfer, so this
     /// bounds the memory a sender can make it spend.
     pub max_entries: u32,
+    /// Receiver: the most directory levels of a manifest path (`--max-depth`).
+    pub max_depth: u32,
+    /// Receiver: bytes of answers waiting for the sender to read them past which the receiver
+    /// stops reading its requests (`--max-control-queue`).
+    pub control_queue: usize,
     /// Either side: a transfer in which no byte is verified, kept or scanned for this long ends
     /// with an error naming the stall, even while the peer still answers keep-alives
     /// (`--stall-timeout`).
@@ -156,6 +161,8 @@ impl Default for Config {
             allow_delete: false,
             allow_inplace: false,
             max_entries: 2_000_000,
+            max_depth: 256,
+            control_queue: crate::control::BACKLOG_LIMIT,
             stall_timeout: Duration::from_secs(120),
             dry_run: false,
             compress: Compress::Auto,

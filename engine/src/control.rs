@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::transport::{ControlChannel, ControlRx};
 
 /// Bytes queued for the peer but not yet taken by the transport past which the receiver stops
-/// reading requests: far above what an honest exchange holds (a `Have` answer is ~2 KiB), and a
+/// reading requests, by default (`--max-control-queue`): far above what an honest exchange holds (a `Have` answer is ~2 KiB), and a
 /// bound on what a sender that never reads can make the receiver hold.
 pub const BACKLOG_LIMIT: usize = 8 << 20;
 
@@ -46,8 +46,10 @@ pub struct Control {
     peer: String,
     /// Bytes handed to the writer task and not yet written.
     backlog: Arc<AtomicUsize>,
-    /// Signalled when the backlog falls below [`BACKLOG_LIMIT`].
+    /// Signalled when the backlog falls below the limit.
     drained: Arc<Notify>,
+    /// The backlog limit ([`BACKLOG_LIMIT`] unless [`Control::limit_backlog`] set another).
+    limit: Arc<AtomicUsize>,
     /// A message read and given back ([`Control::unread`]), returned by the next `recv`.
     unread: Option<Message>,
 }
@@ -68,7 +70,8 @@ impl Control {
         let (writer, mut cmds) = mpsc::unbounded_channel::<Cmd>();
         let backlog = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());
-        let (left, signal) = (backlog.clone(), drained.clone());
+        let limit = Arc::new(AtomicUsize::new(BACKLOG_LIMIT));
+        let (left, signal, most) = (backlog.clone(), drained.clone(), limit.clone());
         tokio::spawn(async move {
             while let Some(cmd) = cmds.recv().await {
                 match cmd {
@@ -78,7 +81,9 @@ impl Control {
                             // The connection is gone; the reader side reports why.
                             return;
                         }
-                        if left.fetch_sub(len, Ordering::Relaxed) - len < BACKLOG_LIMIT {
+                        if left.fetch_sub(len, Ordering::Relaxed) - len
+                            < most.load(Ordering::Relaxed)
+                        {
                             signal.notify_one();
                         }
                     }
@@ -97,6 +102,7 @@ impl Control {
             peer,
             backlog,
             drained,
+            limit,
             unread: None,
         }
     }
@@ -106,9 +112,14 @@ impl Control {
         self.unread = Some(msg);
     }
 
-    /// Whether more than [`BACKLOG_LIMIT`] bytes wait for the peer to read them.
+    /// Whether more than the limit's bytes wait for the peer to read them.
     pub fn over_backlog(&self) -> bool {
-        self.backlog.load(Ordering::Relaxed) >= BACKLOG_LIMIT
+        self.backlog.load(Ordering::Relaxed) >= self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the backlog limit ([`Control::over_backlog`]).
+    pub fn limit_backlog(&self, bytes: usize) {
+        self.limit.store(bytes.max(1), Ordering::Relaxed);
     }
 
     /// Resolves once the backlog has fallen below [`BACKLOG_LIMIT`] (perhaps at once).

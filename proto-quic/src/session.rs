@@ -133,6 +133,16 @@ pub enum SessionError {
         /// The receiver's flag that allows it.
         flag: &'static str,
     },
+    /// A manifest path was deeper than the receiver accepts.
+    #[error("manifest entry {id}: {depth} levels deep, past the receiver's limit of {max} (its --max-depth)")]
+    TooDeep {
+        /// The entry id.
+        id: u32,
+        /// Its components.
+        depth: usize,
+        /// The limit.
+        max: u32,
+    },
     /// The manifest announced more entries than the receiver accepts.
     #[error("the manifest has more than {0} entries, the receiver's limit (its --max-entries)")]
     TooManyEntries(u32),
@@ -281,6 +291,8 @@ pub struct Policy {
     pub allow_inplace: bool,
     /// The most manifest entries.
     pub max_entries: u32,
+    /// The most directory levels in a manifest path (components, the name included).
+    pub max_depth: u32,
 }
 
 impl Default for Policy {
@@ -290,6 +302,7 @@ impl Default for Policy {
             allow_delete: false,
             allow_inplace: false,
             max_entries: 2_000_000,
+            max_depth: 256,
         }
     }
 }
@@ -435,10 +448,19 @@ impl ReceiverSession {
                         got: entry.id,
                     });
                 }
-                path::validate(&entry.path).map_err(|source| SessionError::Path {
-                    id: entry.id,
-                    source,
-                })?;
+                let depth = path::validate(&entry.path)
+                    .map_err(|source| SessionError::Path {
+                        id: entry.id,
+                        source,
+                    })?
+                    .len();
+                if depth > self.policy.max_depth as usize {
+                    return Err(SessionError::TooDeep {
+                        id: entry.id,
+                        depth,
+                        max: self.policy.max_depth,
+                    });
+                }
                 let key = u128::from_le_bytes(
                     blake3::hash(entry.path.as_bytes()).as_bytes()[..16]
                         .try_into()
@@ -911,6 +933,19 @@ mod tests {
             s.on_message(entry(3, "f3")),
             Err(SessionError::TooManyEntries(3))
         );
+        // A path deeper than the limit.
+        let mut s = ReceiverSession::with_policy(
+            [7; 32],
+            Policy {
+                max_depth: 3,
+                ..Policy::default()
+            },
+        );
+        s.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
+            .unwrap();
+        s.on_message(entry(0, "a/b/c")).unwrap();
+        let err = s.on_message(entry(1, "a/b/c/d")).unwrap_err();
+        assert!(err.to_string().contains("--max-depth"), "{err}");
     }
 
     use super::*;

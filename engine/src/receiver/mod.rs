@@ -418,6 +418,7 @@ fn policy(config: &Config) -> sluice_proto::session::Policy {
         allow_delete: config.allow_delete,
         allow_inplace: config.allow_inplace,
         max_entries: config.max_entries,
+        max_depth: config.max_depth,
     }
 }
 
@@ -432,6 +433,7 @@ async fn receive(
 ) -> Result<Summary> {
     let peer = link.peer();
     let conn_err = transport::conn_error(peer);
+    control.limit_backlog(config.control_queue);
     let shared = Arc::new(Mutex::new(Shared {
         session: ReceiverSession::with_policy(secret, policy(config)),
         claimed: HashMap::new(),

@@ -58,6 +58,14 @@ pub enum Command {
         /// keeps a record of each for the whole transfer. Default 2000000.
         #[arg(long)]
         max_entries: Option<u32>,
+        /// The most directory levels of a path a sender may name. Default 256.
+        #[arg(long)]
+        max_depth: Option<u32>,
+        /// Bytes of answers waiting for the sender to read them past which the receiver stops
+        /// reading its requests (bounds what a sender that never reads can make it hold), e.g.
+        /// 8M. Default 8M.
+        #[arg(long, value_parser = parse_size)]
+        max_control_queue: Option<u64>,
     },
     /// Measure the data path as iperf3 measures a link: generated data, cut into blocks and
     /// hashed, sent on the transport's lanes, verified and discarded at the other end (no disk).

@@ -185,6 +185,8 @@ fn run(cli: Cli) -> Result<()> {
             allow_delete,
             allow_inplace,
             max_entries,
+            max_depth,
+            max_control_queue,
         } => {
             let listen: SocketAddr = listen;
             let mut config = config;
@@ -195,6 +197,18 @@ fn run(cli: Cli) -> Result<()> {
                     anyhow::bail!("--max-entries must be at least 1");
                 }
                 config.max_entries = n;
+            }
+            if let Some(n) = max_depth {
+                if n == 0 {
+                    anyhow::bail!("--max-depth must be at least 1");
+                }
+                config.max_depth = n;
+            }
+            if let Some(n) = max_control_queue {
+                if n < 64 << 10 {
+                    anyhow::bail!("--max-control-queue must be at least 64K (one answer is ~2K)");
+                }
+                config.control_queue = n as usize;
             }
             let rx = Receiver::bind(&dest, listen, advertise, config)
                 .with_context(|| format!("listening on {listen}"))?;

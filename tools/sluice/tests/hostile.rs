@@ -125,6 +125,14 @@ over_both! {
         assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
         assert!(stderr(&out).contains("--max-entries"), "{}", stderr(&out));
         assert!(!recv.wait().status.success());
+        // And a path deeper than its --max-depth.
+        let deep = src.join("a/b/c/d");
+        fs::create_dir_all(&deep).unwrap();
+        let recv = Recv::start_recv(&d.path().join("dest2"), &["--max-depth", "3"]);
+        let out = sluice().arg("send").arg(src.join("a")).arg(&recv.ticket).output().unwrap();
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert!(stderr(&out).contains("--max-depth"), "{}", stderr(&out));
+        assert!(!recv.wait().status.success());
     }
 }
 
@@ -145,7 +153,8 @@ over_both! {
     /// requests until the answers are read.
     fn requests_whose_answers_are_never_read_do_not_grow_the_receiver() {
         let d = tempfile::tempdir().unwrap();
-        let recv = Recv::start(&d.path().join("dest"));
+        // A smaller queue than the default, set by the flag, bounds it as well.
+        let recv = Recv::start_recv(&d.path().join("dest"), &["--max-control-queue", "1M"]);
         let mut c = Crafted::connect(&recv.ticket);
         // 64 GiB in 1 MiB blocks: 1,024 groups of GROUP_BLOCKS to ask about.
         c.send(&[file_entry(0, "big", 64 << 30), Message::ManifestEnd { count: 1 }]);
