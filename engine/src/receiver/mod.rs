@@ -489,6 +489,9 @@ async fn receive(
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<Summary> = async {
         loop {
+            // What the last turn queued goes out in one write: per-file answers (FileVerified,
+            // HaveDone) of many small files share packets instead of taking one each.
+            control.flush().await?;
             // Every file answered, and every scan done (so every HaveDone is sent).
             if finished && files.is_empty() && scans_pending == 0 {
                 let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
@@ -968,7 +971,8 @@ async fn report(
             *verified_bytes += size;
             progress.add_kept(kept);
             progress.push(Event::FileVerified { path, size, root });
-            control.send(&Message::FileVerified { id }).await
+            control.queue(&Message::FileVerified { id });
+            Ok(())
         }
         Outcome::Failed {
             id,
@@ -983,7 +987,8 @@ async fn report(
                 path,
                 reason: reason.clone(),
             });
-            control.send(&Message::FileFailed { id, reason }).await
+            control.queue(&Message::FileFailed { id, reason });
+            Ok(())
         }
     }
 }

@@ -243,11 +243,13 @@ async fn transfer(
     let mut failures: Vec<String> = Vec::new();
     let total_files = files_in(&manifest);
     let summary = loop {
+        // What the last turn queued (FileDone of many small files) goes out in one write.
+        control.flush().await?;
         tokio::select! {
             ev = event_rx.recv(), if reading => match ev {
                 Some(ReadEvent::FileDone { id, root, sent }) => {
                     roots.insert(id, root);
-                    control.send(&Message::FileDone { id, root, sent }).await?;
+                    control.queue(&Message::FileDone { id, root, sent });
                 }
                 Some(ReadEvent::WantDetail { id, group }) => {
                     control.send(&Message::WantDetail { id, group }).await?;
