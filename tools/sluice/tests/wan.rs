@@ -140,22 +140,7 @@ fn send_across(
     }
     let dest = d.path().join("dest");
     let link = Link::up(wan, bin, flags);
-    let mut recv = link
-        .sluice("b")
-        .args(["recv", "--listen", "10.201.0.2:7000"])
-        .arg(&dest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(recv.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let ticket = line.trim().to_owned();
-    assert!(ticket.starts_with("sluice1-"), "recv printed {line:?}");
+    let (mut recv, ticket) = recv_on_b(&link, &dest, &[]);
     let started = Instant::now();
     let mut send = link
         .sluice("a")
@@ -312,7 +297,9 @@ fn recv_on_b(link: &Link, dest: &Path, options: &[&str]) -> (std::process::Child
         &mut line,
     )
     .unwrap();
-    (recv, line.trim().to_owned())
+    let ticket = line.trim().to_owned();
+    assert!(ticket.starts_with("sluice1-"), "recv printed {line:?}");
+    (recv, ticket)
 }
 
 /// Waits (bounded) until the part file `part` holds `bytes`: the transfer is under way.
