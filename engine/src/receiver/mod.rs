@@ -127,6 +127,8 @@ struct Incoming {
     /// value ([`merkle::span_cv`]): what a run holds per file is 48 bytes per 64 blocks once
     /// they are in, not ~100 bytes per block (files of more than one group only).
     folded: HashMap<u64, Digest>,
+    /// Per group not yet folded, how many of its blocks were received.
+    group_got: HashMap<u64, u32>,
     /// Blocks in the file.
     blocks: u64,
     got: u64,
@@ -160,6 +162,7 @@ impl Incoming {
             inplace: false,
             received: HashMap::new(),
             folded: HashMap::new(),
+            group_got: HashMap::new(),
             blocks,
             got: 0,
             local: None,
@@ -174,19 +177,28 @@ impl Incoming {
         }
     }
 
-    /// Folds group `group` into its chaining value if every block of it was received.
+    /// Counts one more received block of group `group` (called once per block) and folds the
+    /// group into its chaining value once every block of it was received.
     fn fold(&mut self, group: u64, size: u64, block_size: u32) {
         if self.blocks <= GROUP_BLOCKS {
             return;
         }
         let first = group * GROUP_BLOCKS;
         let end = (first + GROUP_BLOCKS).min(self.blocks);
-        if !(first..end).all(|i| self.received.contains_key(&i)) {
+        let got = self.group_got.entry(group).or_insert(0);
+        *got += 1;
+        if u64::from(*got) < end - first {
             return;
         }
+        self.group_got.remove(&group);
         let cvs: Vec<Digest> = (first..end)
             .filter_map(|i| self.received.remove(&i))
             .collect();
+        debug_assert_eq!(
+            cvs.len() as u64,
+            end - first,
+            "a folded group lacks a block"
+        );
         let span = GROUP_BLOCKS * u64::from(block_size);
         let len = (size - group * span).min(span);
         self.folded
