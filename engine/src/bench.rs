@@ -34,7 +34,7 @@ use crate::lanes::{read_header, receiving_ring, Block, Lanes};
 use crate::merkle;
 use crate::progress::{PathStats, Progress};
 use crate::ring::{Buffer, BufferPool};
-use crate::transport::{self, ControlChannel, Kind, LaneRx, Link, Listener};
+use crate::transport::{self, Kind, LaneRx, Link, Listener};
 use crate::unit::{BlockSink, BlockSource, Discard, Generated};
 
 /// The length blocks are hashed against: a unit whose end is not known in advance, so no block
@@ -140,7 +140,10 @@ impl BenchServer {
             mut listener,
         } = self;
         rt.block_on(async move {
-            let (link, control) = listener.accept().await?;
+            // As `sluice recv`: strays and wrong secrets are refused and the wait goes on; once
+            // a sender is proven nobody else is let in.
+            let (link, control) = crate::receiver::proven_sender(&mut listener, &config).await?;
+            listener.stop_accepting();
             let secret = listener.ticket().secret;
             let started = Instant::now();
             let result = serve(&config, secret, &link, control, &progress).await;
@@ -176,12 +179,11 @@ async fn serve(
     config: &Config,
     secret: [u8; 32],
     link: &Arc<dyn Link>,
-    control: ControlChannel,
+    mut control: Control,
     progress: &Arc<Progress>,
 ) -> Result<u64> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let mut control = Control::new(control, peer.to_string());
     let block_size = match control.recv().await? {
         Some(Message::Hello {
             version,

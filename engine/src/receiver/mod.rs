@@ -377,7 +377,7 @@ const MAX_UNPROVEN: u32 = 16;
 /// allows) within [`transport::HELLO_DEADLINE`]. Anything else is told why, closed, and the wait
 /// goes on: without the secret nobody can end or hold a receiver. Returns the connection with its
 /// Hello given back to be read again.
-async fn proven_sender(
+pub(crate) async fn proven_sender(
     listener: &mut Listener,
     config: &Config,
 ) -> Result<(Arc<dyn Link>, Control)> {

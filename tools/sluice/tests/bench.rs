@@ -96,8 +96,14 @@ fn bench_refuses_a_wrong_secret_and_bad_flags() {
         .unwrap();
     assert!(!client.status.success());
     assert!(stderr(&client).contains("secret"), "{}", stderr(&client));
+    // The server refused that client and serves the one holding the ticket.
+    let good = sluice()
+        .args(["bench", "--size", "1M", ticket.trim()])
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{}", stderr(&good));
     let status = server.wait().unwrap();
-    assert!(!status.success());
+    assert!(status.success());
 
     for arg in ["--time=-1", "--size=0", "--interval=0"] {
         let out = sluice().args(["bench", arg]).output().unwrap();
