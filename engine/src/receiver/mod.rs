@@ -627,8 +627,7 @@ async fn receive(
                                     if e.kind() == ErrorKind::NoSpace {
                                         return Err(e);
                                     }
-                                    let outcome = Outcome::Failed { id: entry.id, path: entry.path.clone(), reason: e.to_string(), kind: e.kind() };
-                                    report_local(outcome, progress, &mut failures, &mut first_failure);
+                                    report_local(Outcome::failed(entry.id, &entry.path, &e), progress, &mut failures, &mut first_failure);
                                 }
                             }
                             EntryKind::Symlink => symlinks.push(entry),
@@ -641,38 +640,33 @@ async fn receive(
                                 // path past PATH_MAX, another entry's file under a name that
                                 // differs only in case) fails alone; the sender is told and
                                 // sends nothing for it.
-                                let prepared = dest.prepare_file(&entry, restart).and_then(|p| {
-                                    dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
-                                    Ok(p)
-                                });
-                                let prepared = match prepared {
-                                    Ok(p) => p,
-                                    Err(e) if e.kind() == ErrorKind::NoSpace => return Err(e),
-                                    Err(e) => {
-                                        let outcome = Outcome::Failed { id: entry.id, path: entry.path.clone(), reason: e.to_string(), kind: e.kind() };
-                                        report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
-                                        hold_nothing(&scan_tx, &entry, block_size, &mut scans_pending);
-                                        continue;
-                                    }
-                                };
                                 // In place: write straight into the existing file (a partial file
                                 // of an earlier run still takes precedence), but never through a
                                 // file with a second link: that would change the other name's
                                 // content too, perhaps outside the destination. Such a file is
-                                // replaced by a new one, as without --inplace.
-                                let single_link = prepared.existing.as_ref().and_then(|p| std::fs::symlink_metadata(p).ok()).filter(|m| {
-                                    use std::os::unix::fs::MetadataExt;
-                                    m.nlink() == 1
+                                // replaced by a new one, as without --inplace. A file written in
+                                // place is claimed now; a part file when the writer opens it.
+                                let placed = dest.prepare_file(&entry, restart).and_then(|p| {
+                                    dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
+                                    let single_link = p.existing.as_ref().and_then(|e| std::fs::symlink_metadata(e).ok()).filter(|m| {
+                                        use std::os::unix::fs::MetadataExt;
+                                        m.nlink() == 1
+                                    });
+                                    let inplace = inplace && !p.resume && single_link.is_some();
+                                    if let (true, Some(meta)) = (inplace, &single_link) {
+                                        dest.claims().claim(entry.id, &entry.path, meta)?;
+                                    }
+                                    Ok((p, inplace))
                                 });
-                                let inplace = inplace && !prepared.resume && single_link.is_some();
-                                if let (true, Some(meta)) = (inplace, &single_link) {
-                                    if let Err(e) = dest.claims().claim(entry.id, &entry.path, meta) {
-                                        let outcome = Outcome::Failed { id: entry.id, path: entry.path.clone(), reason: e.to_string(), kind: e.kind() };
-                                        report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                                let (prepared, inplace) = match placed {
+                                    Ok(placed) => placed,
+                                    Err(e) if e.kind() == ErrorKind::NoSpace => return Err(e),
+                                    Err(e) => {
+                                        report(Outcome::failed(entry.id, &entry.path, &e), &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                                         hold_nothing(&scan_tx, &entry, block_size, &mut scans_pending);
                                         continue;
                                     }
-                                }
+                                };
                                 let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
                                 if !inplace {
                                     parts.push(prepared.part.clone());
@@ -963,6 +957,18 @@ enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Entry `id` (at manifest path `path`) failed with `e`.
+    fn failed(id: u32, path: &str, e: &Error) -> Self {
+        Self::Failed {
+            id,
+            path: path.to_owned(),
+            reason: e.to_string(),
+            kind: e.kind(),
+        }
+    }
+}
+
 async fn report(
     outcome: Outcome,
     control: &mut Control,
@@ -1245,14 +1251,9 @@ fn commit(
     }
     if let Err(e) = dest.claims().check_free(id, &entry.path, &f.final_path) {
         // Another entry of this run already took this final name (a case-insensitive
-        // destination): its file stays, this one's part file goes.
-        let _ = std::fs::remove_file(&f.part);
-        return Ok(Outcome::Failed {
-            id,
-            path: entry.path.clone(),
-            reason: e.to_string(),
-            kind: e.kind(),
-        });
+        // destination): its file stays, this one's part file and journal go.
+        let _ = Destination::remove_part(&f.final_path);
+        return Ok(Outcome::failed(id, &entry.path, &e));
     }
     dest.commit(&f.part, &f.final_path)?;
     tracing::debug!(id, "renamed into place");
