@@ -94,6 +94,20 @@ fn main() {
                 timer_granularity: Duration::from_millis(1),
             };
             let r = netsim::run(&s).expect("scenario runs");
+            if flows > 1 {
+                // Each flow's share of the link per 5 s, and min ÷ max over the whole run.
+                let step = Duration::from_secs(5);
+                let mut t = Duration::ZERO;
+                while t < r.end {
+                    let s: Vec<f64> = r
+                        .flows
+                        .iter()
+                        .map(|f| f.goodput_bps(t, t + step) / (rate_mbit as f64 * 1e6))
+                        .collect();
+                    eprintln!("  {:>5.0} s: {s:.2?}", t.as_secs_f64());
+                    t += step;
+                }
+            }
             for f in &r.flows {
                 let secs = f.duration().map_or(f64::NAN, |t| t.as_secs_f64());
                 let goodput = f.delivered as f64 * 8.0 / secs / (rate_mbit as f64 * 1e6);

@@ -425,51 +425,78 @@ fn random_loss_keeps_the_link_full() {
     }
 }
 
-/// Two Sluice flows at 200 Mbit/s, 100 ms RTT, the second 5 s after the first. They do not
-/// converge to equal shares: from ~15 s on the shares swing with a period of ~40 s between
-/// about 0.2 / 0.75 and 0.7 / 0.25 of the link (the controller has no rule that moves shares
-/// towards each other: a flow's rate falls only for a standing queue or clustered loss, and
-/// both flows see the same queue). So over a 20 s window min/max is anywhere from 0.33 to 0.94
-/// depending on where the window falls. What holds: averaged over 40–150 s (more than two
-/// swings) they share (min/max measured 0.84: 0.432 and 0.517 of the link; asserted ≥ 0.75),
-/// together they keep the link full (0.95), and in no 5 s window after 15 s does either fall
-/// below 0.20 of the link (asserted ≥ 0.15). On shorter paths it is worse and not tested: at
-/// 50 Mbit/s, 20 ms RTT (second flow 2 s later) the shares stay at 0.73 / 0.18 for 150 s.
-#[test]
-fn two_sluice_flows_share_the_link() {
-    let rate = 200_000_000;
-    let (forward, back) = path(rate, 50 * MS, 0.0);
-    let end = Duration::from_secs(150);
+/// Two Sluice flows through one bottleneck, the second `later` after the first, for `end`:
+/// from `settled` on, every 5 s window has them within 30 % of each other (issue 9's fairness
+/// target), and together they keep the link full.
+fn two_sluice_flows(
+    name: &str,
+    rate: u64,
+    one_way: Duration,
+    later: Duration,
+    settled: Duration,
+    end: Duration,
+) {
+    let (forward, back) = path(rate, one_way, 0.0);
     let s = sluice_scenario(
         forward,
         back,
         vec![
             sluice_flow(1 << 40, Duration::ZERO),
-            sluice_flow(1 << 40, Duration::from_secs(5)),
+            sluice_flow(1 << 40, later),
         ],
         end,
     );
-    let report = run("two_sluice_flows_share_the_link", &s);
+    let report = run(name, &s);
     let step = Duration::from_secs(5);
     print_shares(&report, rate, step);
     assert!(report.flows.iter().all(|f| f.error.is_none()));
-    let from = Duration::from_secs(40);
-    let late = shares(&report, rate, from, end);
+    let late = shares(&report, rate, settled, end);
     let fairness = late[0].min(late[1]) / late[0].max(late[1]);
-    eprintln!("  shares from {from:?} to {end:?}: {late:.3?}, min/max {fairness:.2}");
-    assert!(fairness >= 0.75, "shares {late:.3?}, min/max {fairness:.2}");
+    eprintln!("  shares from {settled:?} to {end:?}: {late:.3?}, min/max {fairness:.2}");
     assert!(late.iter().sum::<f64>() >= 0.9, "shares {late:.3?}");
-    let mut t = Duration::from_secs(15);
+    let mut t = settled;
     while t < end {
         let s = shares(&report, rate, t, t + step);
+        let fairness = s[0].min(s[1]) / s[0].max(s[1]);
         assert!(
-            s.iter().all(|&x| x >= 0.15),
-            "shares {s:.2?} from {:?} to {:?}",
-            t,
+            fairness >= 0.7,
+            "shares {s:.2?} from {t:?} to {:?}: min/max {fairness:.2}",
             t + step
         );
         t += step;
     }
+}
+
+/// 200 Mbit/s, 100 ms RTT, the second flow 5 s after the first.
+///
+/// Before the queued-packets term and the settling round of `congestion.rs`, the shares swung
+/// with a period of ~40 s between about 0.22 / 0.73 and 0.7 / 0.25 of the link: nothing moved
+/// shares towards each other. Now (measured): every 5 s window from 15 s on within 0.74–1.0,
+/// 0.494 and 0.453 of the link over 40–150 s.
+#[test]
+fn two_sluice_flows_share_the_link() {
+    two_sluice_flows(
+        "two_sluice_flows_share_the_link",
+        200_000_000,
+        50 * MS,
+        Duration::from_secs(5),
+        Duration::from_secs(15),
+        Duration::from_secs(150),
+    );
+}
+
+/// A shorter path, 50 Mbit/s at 20 ms RTT, the second flow 2 s later: before, the shares stayed
+/// at 0.73 / 0.18 for 150 s.
+#[test]
+fn two_sluice_flows_share_a_short_path() {
+    two_sluice_flows(
+        "two_sluice_flows_share_a_short_path",
+        50_000_000,
+        10 * MS,
+        Duration::from_secs(2),
+        Duration::from_secs(15),
+        Duration::from_secs(60),
+    );
 }
 
 /// A loss-based flow (quinn's cubic, standing in for TCP's) and a Sluice flow on the same
