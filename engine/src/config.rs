@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use crate::pack::Compress;
-use sluice_proto::congestion::RateConfig;
-pub use sluice_proto::tls::Congestion;
-use sluice_proto::tls::{TransportTuning, LOOPBACK_DATAGRAM};
+use sluice_quic::congestion::RateConfig;
+pub use sluice_quic::tls::Congestion;
+use sluice_quic::tls::{TransportTuning, LOOPBACK_DATAGRAM};
 
 /// How a transfer is carried out. `Config::default()` is tuned for a fast LAN or loopback;
 /// raise [`Config::window`] for links with a large bandwidth-delay product.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use sluice_proto::codec::DecodeError;
 use sluice_proto::session::SessionError;
-use sluice_proto::tls::TlsError;
+use sluice_quic::tls::TlsError;
 
 /// Everything that can end a transfer.
 #[derive(Debug, thiserror::Error)]

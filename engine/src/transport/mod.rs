@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls::Identity;
+use sluice_quic::tls::Identity;
 use tokio::io::AsyncRead;
 
 use crate::config::Config;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls::{self, Identity};
+use sluice_quic::tls::{self, Identity};
 
 use super::udp;
 use super::{conn_error, ControlChannel, ControlRx, Ended, Fut, Kind, LaneRx, LaneTx, Link};

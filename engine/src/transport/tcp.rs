@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sluice_proto::ticket::Ticket;
-use sluice_proto::tls::{self, Identity};
+use sluice_quic::tls::{self, Identity};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use sluice_proto::tls::{LOOPBACK_DATAGRAM, MAX_GSO_BYTES};
+use sluice_quic::tls::{LOOPBACK_DATAGRAM, MAX_GSO_BYTES};
 
 use socket2::{Domain, Protocol, Socket, Type};
 

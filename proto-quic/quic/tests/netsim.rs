@@ -1,10 +1,10 @@
-//! Congestion control over the simulated bottleneck ([`sluice_proto::netsim`]): real quinn
+//! Congestion control over the simulated bottleneck ([`sluice_quic::netsim`]): real quinn
 //! connections, virtual time. Each test prints its wall time, which is what it costs CI.
 
 use std::time::{Duration, Instant};
 
-use sluice_proto::netsim::{self, Flow, Link, Report, Scenario, Stop};
-use sluice_proto::tls::{Congestion, TransportTuning};
+use sluice_quic::netsim::{self, Flow, Link, Report, Scenario, Stop};
+use sluice_quic::tls::{Congestion, TransportTuning};
 
 const MS: Duration = Duration::from_millis(1);
 const MIB: u64 = 1 << 20;
@@ -232,7 +232,7 @@ fn bbr_with_32_mib_windows_dies_of_too_many_gaps() {
     );
 }
 
-/// The simulator against wan-emu's measurements of plain BBR (`proto-quic/src/cap.rs`): a
+/// The simulator against wan-emu's measurements of plain BBR (`proto-quic/quic/src/cap.rs`): a
 /// 64 MiB send at 200 Mbit/s, 100 ms RTT, 50 ms queue, 1 % loss took 4.09 s and put 155 MB on
 /// the wire there, as BBR paces well above the bottleneck and loses about half its packets at
 /// the queue. Here it must also finish, and send at least 1.5 times what it delivers.

@@ -19,8 +19,8 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::ticket::hex;
-use crate::{ALPN, TCP_ALPN};
+use sluice_proto::ticket::hex;
+use sluice_proto::{ALPN, TCP_ALPN};
 
 /// The server name the sender asks for; the pinned verifier ignores it.
 pub const SERVER_NAME: &str = "sluice";

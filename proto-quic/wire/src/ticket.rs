@@ -3,7 +3,7 @@
 //!
 //! Text form: `sluice1-<fingerprint: 64 hex>-<secret: 64 hex>@<address>`, one token with no
 //! spaces, e.g. `sluice1-9f…-3a…@127.0.0.1:40123` or `…@[::1]:40123`. The fingerprint is the
-//! BLAKE3 hash of the receiver's DER certificate (see [`crate::tls`]).
+//! BLAKE3 hash of the receiver's DER certificate (see `sluice_quic::tls`).
 
 use std::fmt;
 use std::net::SocketAddr;

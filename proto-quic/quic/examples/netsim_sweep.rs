@@ -1,17 +1,17 @@
-//! Runs Sluice's congestion controllers over the simulated bottleneck (`sluice_proto::netsim`)
+//! Runs Sluice's congestion controllers over the simulated bottleneck (`sluice_quic::netsim`)
 //! for a grid of paths and prints goodput as a share of the link, bytes on the wire and queue
 //! drops: the quick way to see what a change to `congestion.rs` does before wan-emu.
 //!
-//! `cargo run --release -p sluice-proto --example netsim_sweep -- [sluice|bbr|cubic|bbr-capped]
+//! `cargo run --release -p sluice-quic --example netsim_sweep -- [sluice|bbr|cubic|bbr-capped]
 //!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N] [--flows N] [--streams N]`
 
 use std::time::Duration;
 
-use sluice_proto::netsim::{self, Flow, Link, Scenario};
-use sluice_proto::tls::{Congestion, TransportTuning};
+use sluice_quic::netsim::{self, Flow, Link, Scenario};
+use sluice_quic::tls::{Congestion, TransportTuning};
 
 fn main() {
-    // `SLUICE_LOG=sluice_proto::congestion=trace` prints the controller's rounds.
+    // `SLUICE_LOG=sluice_quic::congestion=trace` prints the controller's rounds.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SLUICE_LOG"))
         .with_writer(std::io::stderr)
