@@ -8,10 +8,11 @@
 # Sluice runs `sluice bench` (memory → network → verify → discard), so disks play no part.
 #
 #   bench/fairness.sh [--rate-mbit 200] [--rtt-ms 100] [--loss 0] [--seconds 40] [--no-build]
+#                     [--only two,cubic,delay]
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-RATE=200 RTT=100 LOSS=0 SECS=40 BUILD=1
+RATE=200 RTT=100 LOSS=0 SECS=40 BUILD=1 ONLY=two,cubic,delay
 while [ $# -gt 0 ]; do
     case $1 in
         --rate-mbit) RATE=$2; shift 2 ;;
@@ -19,7 +20,8 @@ while [ $# -gt 0 ]; do
         --loss) LOSS=$2; shift 2 ;;
         --seconds) SECS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        *) sed -n '2,12p' "$0" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 2; }
@@ -58,7 +60,10 @@ serve() {
 mbit() { grep '"summary"' "$1" | sed -E 's/.*"mb_per_s":([0-9.]+).*/\1/' | awk '{printf "%.1f", $1 * 8}'; }
 
 echo "Link: $RATE Mbit/s, $RTT ms RTT, loss $LOSS, wan-emu default 50 ms queue; each run $SECS s." >&2
+want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+r1=nan r2=nan r3=nan rc=nan r4=nan base=nan loaded=nan
 # 1. Two Sluice transfers together.
+if want two; then
 t1=$(serve 7000); t2=$(serve 7001)
 ON_A "$SLUICE" bench --json --time "$SECS" "$t1" >"$WORK/s1.json" 2>"$WORK/s1.err" &
 p1=$!
@@ -67,8 +72,10 @@ p2=$!
 wait $p1 $p2 || true
 r1=$(mbit "$WORK/s1.json"); r2=$(mbit "$WORK/s2.json")
 pkill -f "$SLUICE bench --serve" 2>/dev/null || true
+fi
 
 # 2. Sluice beside TCP cubic.
+if want cubic; then
 ON_B iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
 sleep 0.5
 t3=$(serve 7002)
@@ -80,9 +87,11 @@ wait $pi $ps || true
 rc=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('%.1f' % (d['end']['sum_received']['bits_per_second']/1e6))" "$WORK/iperf.json" 2>/dev/null || echo nan)
 r3=$(mbit "$WORK/s3.json")
 pkill -f "$SLUICE bench --serve" 2>/dev/null || true
+fi
 
 # 3. Queueing delay: ping alone, then ping during a Sluice transfer (its second half, past
 # start-up).
+if want delay; then
 base=$(ON_A ping -q -c 20 -i 0.2 10.201.0.2 | sed -nE 's/.*= [0-9.]+\/([0-9.]+)\/.*/\1/p')
 t4=$(serve 7003)
 ON_A "$SLUICE" bench --json --time "$SECS" "$t4" >"$WORK/s4.json" 2>"$WORK/s4.err" &
@@ -91,11 +100,13 @@ sleep $((SECS / 2))
 loaded=$(ON_A ping -q -c $((SECS * 2)) -i 0.2 10.201.0.2 | sed -nE 's/.*= [0-9.]+\/([0-9.]+)\/.*/\1/p')
 wait $ps || true
 r4=$(mbit "$WORK/s4.json")
+fi
 
-echo "Command: \`bench/fairness.sh --rate-mbit $RATE --rtt-ms $RTT --loss $LOSS --seconds $SECS\`"
+echo "Command: \`bench/fairness.sh --rate-mbit $RATE --rtt-ms $RTT --loss $LOSS --seconds $SECS --only $ONLY\`"
 echo
 echo "| case | figure | target |"
 echo "|---|---|---|"
-awk -v a="$r1" -v b="$r2" 'BEGIN {lo = a < b ? a : b; hi = a < b ? b : a; printf "| two Sluice transfers | %s and %s Mbit/s, min ÷ max %.2f | within 30 %% (≥ 0.70) |\n", a, b, (hi > 0 ? lo / hi : 0)}'
-awk -v s="$r3" -v c="$rc" -v r="$RATE" 'BEGIN {printf "| Sluice beside TCP cubic | Sluice %s, cubic %s Mbit/s: cubic has %.0f %% of the link | cubic ≥ 33 %% |\n", s, c, 100 * c / r}'
-awk -v b="$base" -v l="$loaded" -v s="$r4" -v rtt="$RTT" 'BEGIN {printf "| queueing delay added (loss-free) | ping %.1f ms alone, %.1f ms during a transfer at %s Mbit/s: +%.1f ms, %.0f %% of the base RTT | < 50 %% |\n", b, l, s, l - b, 100 * (l - b) / b}'
+want two && awk -v a="$r1" -v b="$r2" 'BEGIN {lo = a < b ? a : b; hi = a < b ? b : a; printf "| two Sluice transfers | %s and %s Mbit/s, min ÷ max %.2f | within 30 %% (≥ 0.70) |\n", a, b, (hi > 0 ? lo / hi : 0)}'
+want cubic && awk -v s="$r3" -v c="$rc" -v r="$RATE" 'BEGIN {printf "| Sluice beside TCP cubic | Sluice %s, cubic %s Mbit/s: cubic has %.0f %% of the link | cubic ≥ 33 %% |\n", s, c, 100 * c / r}'
+want delay && awk -v b="$base" -v l="$loaded" -v s="$r4" -v rtt="$RTT" 'BEGIN {printf "| queueing delay added (loss-free) | ping %.1f ms alone, %.1f ms during a transfer at %s Mbit/s: +%.1f ms, %.0f %% of the base RTT | < 50 %% |\n", b, l, s, l - b, 100 * (l - b) / b}'
+true
