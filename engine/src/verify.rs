@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use sluice_proto::geometry::Geometry;
 use sluice_proto::message::EntryKind;
 
 use crate::error::{Error, Result};
@@ -111,11 +112,11 @@ fn differing_ranges(
         .metadata()
         .map_err(Error::file("reading metadata of", dst))?
         .len();
-    let bs = u64::from(block_size);
+    let geometry = Geometry::new(size, block_size);
     let mut ranges: Vec<Range<u64>> = Vec::new();
     let mut offset = 0;
     while offset < size {
-        let len = (size - offset).min(bs) as usize;
+        let len = geometry.len_at(offset) as usize;
         fa.read_exact_at(&mut a[..len], offset)
             .map_err(Error::file("reading", src))?;
         let same = offset + len as u64 <= dst_len && {

@@ -26,10 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sluice_proto::codec::MAX_HAVE;
+use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{
     group_digest, piece_size, Digest, Entry, EntryKind, ErrorCode, Message, GROUP_BLOCKS,
 };
-use sluice_proto::session::{block_count, ReceiverEvent, ReceiverSession, SessionError};
+use sluice_proto::session::{ReceiverEvent, ReceiverSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
@@ -129,8 +130,8 @@ struct Incoming {
     folded: HashMap<u64, Digest>,
     /// Per group not yet folded, how many of its blocks were received.
     group_got: HashMap<u64, u32>,
-    /// Blocks in the file.
-    blocks: u64,
+    /// How the file is cut into blocks and groups.
+    geometry: Geometry,
     got: u64,
     /// Hashes of blocks the destination held before (from the scan), once it is complete.
     local: Option<Vec<Option<Digest>>>,
@@ -150,8 +151,8 @@ struct Incoming {
 }
 
 impl Incoming {
-    /// A file of `blocks` blocks, nothing known of it yet.
-    fn new(rel: String, final_path: PathBuf, part: PathBuf, blocks: u64) -> Self {
+    /// A file laid out as `geometry`, nothing known of it yet.
+    fn new(rel: String, final_path: PathBuf, part: PathBuf, geometry: Geometry) -> Self {
         Self {
             rel,
             final_path,
@@ -163,7 +164,7 @@ impl Incoming {
             received: HashMap::new(),
             folded: HashMap::new(),
             group_got: HashMap::new(),
-            blocks,
+            geometry,
             got: 0,
             local: None,
             local_partial: None,
@@ -179,30 +180,27 @@ impl Incoming {
 
     /// Counts one more received block of group `group` (called once per block) and folds the
     /// group into its chaining value once every block of it was received.
-    fn fold(&mut self, group: u64, size: u64, block_size: u32) {
-        if self.blocks <= GROUP_BLOCKS {
+    fn fold(&mut self, group: u64) {
+        let g = self.geometry;
+        if g.groups() <= 1 {
             return;
         }
-        let first = group * GROUP_BLOCKS;
-        let end = (first + GROUP_BLOCKS).min(self.blocks);
+        let blocks = g.group_blocks(group);
         let got = self.group_got.entry(group).or_insert(0);
         *got += 1;
-        if u64::from(*got) < end - first {
+        if (*got as usize) < blocks.clone().count() {
             return;
         }
         self.group_got.remove(&group);
-        let cvs: Vec<Digest> = (first..end)
+        let cvs: Vec<Digest> = blocks
+            .clone()
             .filter_map(|i| self.received.remove(&i))
             .collect();
-        debug_assert_eq!(
-            cvs.len() as u64,
-            end - first,
-            "a folded group lacks a block"
+        debug_assert_eq!(cvs.len(), blocks.count(), "a folded group lacks a block");
+        self.folded.insert(
+            group,
+            merkle::span_cv(&cvs, g.group_len(group), g.block_size() as u32),
         );
-        let span = GROUP_BLOCKS * u64::from(block_size);
-        let len = (size - group * span).min(span);
-        self.folded
-            .insert(group, merkle::span_cv(&cvs, len, block_size));
     }
 
     fn compare_only(
@@ -212,10 +210,14 @@ impl Incoming {
         block_size: u32,
     ) -> Self {
         let path = existing.unwrap_or_default();
-        let blocks = block_count(entry.size, block_size);
         Self {
             compare_only: Some(local_len),
-            ..Self::new(entry.path.clone(), path.clone(), path, blocks)
+            ..Self::new(
+                entry.path.clone(),
+                path.clone(),
+                path,
+                Geometry::new(entry.size, block_size),
+            )
         }
     }
 }
@@ -672,7 +674,6 @@ async fn receive(
                                     parts.push(prepared.part.clone());
                                     parts.push(prepared.journal.clone());
                                 }
-                                let count = block_count(entry.size, block_size);
                                 let key = journal::Key { block_size, size: entry.size, version: entry.version };
                                 // Decided once, here: the scanner vouches only if Holding said so.
                                 let vouching = prepared.resume && journal::vouches(&prepared.journal, &prepared.part, &key);
@@ -703,7 +704,7 @@ async fn receive(
                                     held_at: prepared.existing.clone(),
                                     base,
                                     inplace,
-                                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, count)
+                                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, Geometry::new(entry.size, block_size))
                                 });
                             }
                         },
@@ -740,8 +741,7 @@ async fn receive(
                             let cvs: Vec<Digest> = match files.get(&id) {
                                 Some(f) => {
                                     let local = f.local.as_ref().or(f.local_partial.as_ref());
-                                    let count = f.blocks;
-                                    (start..(start + GROUP_BLOCKS).min(count))
+                                    f.geometry.group_blocks(group)
                                         .map(|i| local.and_then(|l| l.get(i as usize).copied().flatten()).unwrap_or([0; 32]))
                                         .collect()
                                 }
@@ -766,14 +766,13 @@ async fn receive(
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
                             match files.get(&id).and_then(|f| f.held_at.clone()) {
                                 Some(path) => {
-                                    let bs = u64::from(block_size);
-                                    let offset = index * bs;
+                                    let geometry = Geometry::new(size, block_size);
                                     let _ = piece_tx.send(PieceJob {
                                         id,
                                         index,
                                         path,
-                                        offset,
-                                        len: (size - offset).min(bs) as usize,
+                                        offset: geometry.offset(index),
+                                        len: geometry.block_len(index) as usize,
                                         piece: piece_size(block_size) as usize,
                                     });
                                 }
@@ -833,12 +832,11 @@ async fn receive(
                                 report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                                 continue;
                             }
-                            let size = shared.lock().map_err(|_| poisoned())?.session.entries()[file as usize].size;
-                            if index < f.blocks && f.received.insert(index, cv).is_none() {
+                            if index < f.geometry.blocks() && f.received.insert(index, cv).is_none() {
                                 f.got += 1;
-                                f.fold(index / GROUP_BLOCKS, size, block_size);
+                                f.fold(Geometry::group_of(index));
                             }
-                            let len = (size - index * u64::from(block_size)).min(u64::from(block_size));
+                            let len = f.geometry.block_len(index);
                             // Payload that crossed: for a patch, less than the block.
                             progress.add_verified(u64::from(carried).min(len));
                             try_finish(file, &mut files, &shared, dest, block_size, &job_tx)?
@@ -1102,7 +1100,7 @@ fn try_finish(
     if f.got < sent || f.sealing {
         return Ok(Outcome::Pending);
     }
-    let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
+    let size = f.geometry.size();
     // Grows only as far as blocks are present: a manifest's size claim alone allocates nothing.
     // A file of more than one group is rebuilt group by group: folded groups as they are, the
     // others from their blocks' hashes (received, or kept from what was here).
@@ -1110,22 +1108,20 @@ fn try_finish(
     let mut cvs = Vec::new();
     // Kept ranges, adjacent ones merged.
     let mut kept: Vec<(u64, usize)> = Vec::new();
-    let bs = u64::from(block_size);
-    let span = GROUP_BLOCKS * bs;
-    let grouped = f.blocks > GROUP_BLOCKS;
-    for group in 0..f.blocks.div_ceil(GROUP_BLOCKS) {
+    let geometry = f.geometry;
+    let grouped = geometry.groups() > 1;
+    for group in 0..geometry.groups() {
         if let Some(cv) = f.folded.get(&group) {
             group_cvs.push(*cv);
             continue;
         }
-        let first = group * GROUP_BLOCKS;
-        for i in first..(first + GROUP_BLOCKS).min(f.blocks) {
+        for i in geometry.group_blocks(group) {
             match (f.received.get(&i), local.get(i as usize).copied().flatten()) {
                 (Some(cv), _) => cvs.push(*cv),
                 (None, Some(cv)) => {
                     cvs.push(cv);
-                    let offset = i * bs;
-                    let len = (size - offset).min(bs) as usize;
+                    let offset = geometry.offset(i);
+                    let len = geometry.block_len(i) as usize;
                     match kept.last_mut() {
                         Some(last) if last.0 + last.1 as u64 == offset => last.1 += len,
                         _ => kept.push((offset, len)),
@@ -1143,8 +1139,7 @@ fn try_finish(
             }
         }
         if grouped {
-            let len = (size - group * span).min(span);
-            group_cvs.push(merkle::span_cv(&cvs, len, block_size));
+            group_cvs.push(merkle::span_cv(&cvs, geometry.group_len(group), block_size));
             cvs.clear();
         }
     }
@@ -1271,7 +1266,7 @@ fn announce_scan(
     cvs: Vec<Option<Digest>>,
     done: bool,
 ) {
-    let count = f.blocks;
+    let geometry = f.geometry;
     let local = f.local_partial.get_or_insert_with(Vec::new);
     let end = first as usize + cvs.len();
     if local.len() < end {
@@ -1282,9 +1277,8 @@ fn announce_scan(
     let scanned = local.iter().take_while(|c| c.is_some()).count() as u64;
     let first_group = f.groups_sent;
     let mut digests = Vec::new();
-    while f.groups_sent * GROUP_BLOCKS < count {
-        let start = f.groups_sent * GROUP_BLOCKS;
-        let end = (start + GROUP_BLOCKS).min(count);
+    while f.groups_sent < geometry.groups() {
+        let std::ops::Range { start, end } = geometry.group_blocks(f.groups_sent);
         if scanned < end {
             break;
         }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 
 use sluice_proto::codec::MAX_HAVE;
+use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{piece_hash, Digest, PieceHash, SourceVersion};
-use sluice_proto::session::block_count;
 use tokio::sync::mpsc;
 
 use crate::journal;
@@ -124,8 +124,8 @@ fn scan_one(
     use std::os::unix::fs::FileExt;
     let file = File::open(path)?;
     let have = file.metadata()?.len();
-    let bs = u64::from(job.block_size);
-    let count = block_count(job.size, job.block_size);
+    let geometry = Geometry::new(job.size, job.block_size);
+    let count = geometry.blocks();
     let key = journal::Key {
         block_size: job.block_size,
         size: job.size,
@@ -144,8 +144,7 @@ fn scan_one(
     let mut run = Vec::with_capacity(MAX_HAVE);
     let mut first = 0;
     for i in 0..count {
-        let offset = i * bs;
-        let len = (job.size - offset).min(bs);
+        let (offset, len) = (geometry.offset(i), geometry.block_len(i));
         if offset + len > have {
             break;
         }
@@ -188,11 +187,11 @@ fn announce_vouched(
     have: u64,
     out: &mpsc::UnboundedSender<Scanned>,
 ) {
-    let bs = u64::from(job.block_size);
+    let geometry = Geometry::new(job.size, job.block_size);
     let mut indices: Vec<u64> = records
         .keys()
         .copied()
-        .filter(|&i| i * bs + (job.size - i * bs).min(bs) <= have)
+        .filter(|&i| i < geometry.blocks() && geometry.block_range(i).end <= have)
         .collect();
     indices.sort_unstable();
     let mut i = 0;

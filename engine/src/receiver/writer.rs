@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
+use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{BlockHeader, Digest, Entry};
 use tokio::sync::mpsc;
 
@@ -653,8 +654,9 @@ fn complete_patch(
     use std::os::unix::fs::FileExt;
     let path = held_at
         .ok_or_else(|| std::io::Error::other("a patch for a file the receiver holds no copy of"))?;
-    let start = index * block_size;
-    let block_len = (file_len - start).min(block_size) as usize;
+    let geometry = Geometry::new(file_len, block_size as u32);
+    let start = geometry.offset(index);
+    let block_len = geometry.block_len(index) as usize;
     let at = (header.offset - start) as usize;
     let end = at + header.len as usize;
     let copy = File::open(path)?;

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
+use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{
     group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
     HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
@@ -507,13 +508,13 @@ impl Reader<'_> {
                 });
                 continue;
             }
-            let groups = count.div_ceil(GROUP_BLOCKS);
+            let geometry = Geometry::new(size, self.config.block_size);
             state[fi] = Some(Reading {
                 cvs: vec![[0; 32]; count as usize],
                 remaining: count,
                 sent: 0,
-                group_left: (0..groups)
-                    .map(|g| (((g + 1) * GROUP_BLOCKS).min(count) - g * GROUP_BLOCKS) as u32)
+                group_left: (0..geometry.groups())
+                    .map(|g| geometry.group_blocks(g).count() as u32)
                     .collect(),
                 group_digests: std::collections::HashMap::new(),
                 pending: Vec::new(),
@@ -600,7 +601,7 @@ impl Reader<'_> {
                 } else {
                     checked += 1;
                 }
-                let len = (size - offset).min(bs) as usize;
+                let len = Geometry::new(size, self.config.block_size).len_at(offset) as usize;
                 let mut req = Request {
                     op: Op::Read,
                     file: file.clone(),
@@ -653,13 +654,12 @@ impl Reader<'_> {
 
     /// The block indices of `group` in a file of `size` bytes.
     fn group_range(&self, group: u64, size: u64) -> Range<u64> {
-        let count = block_count(size, self.config.block_size);
-        group * GROUP_BLOCKS..((group + 1) * GROUP_BLOCKS).min(count)
+        Geometry::new(size, self.config.block_size).group_blocks(group)
     }
 
     fn bytes_of(&self, blocks: &Range<u64>, size: u64) -> u64 {
-        let bs = u64::from(self.config.block_size);
-        (blocks.end * bs).min(size) - blocks.start * bs
+        let geometry = Geometry::new(size, self.config.block_size);
+        geometry.offset(blocks.end).min(size) - geometry.offset(blocks.start)
     }
 
     fn drain(
@@ -746,9 +746,8 @@ impl Reader<'_> {
             None => Vec::new(),
         };
         let size = src.entry.size;
-        let bs = u64::from(self.config.block_size);
-        let offset = index * bs;
-        let len = (size - offset).min(bs) as usize;
+        let geometry = Geometry::new(size, self.config.block_size);
+        let (offset, len) = (geometry.offset(index), geometry.block_len(index) as usize);
         let block = self.read_again(src, offset, len)?;
         if merkle::block_cv(&block, offset, size) != cv {
             return Err(Error::SourceChanged {
@@ -853,9 +852,8 @@ impl Reader<'_> {
         state: &mut [Option<Reading>],
     ) -> Result<()> {
         let src = &self.files[fi];
-        let bs = u64::from(self.config.block_size);
-        let offset = index * bs;
-        let len = (src.entry.size - offset).min(bs) as usize;
+        let geometry = Geometry::new(src.entry.size, self.config.block_size);
+        let (offset, len) = (geometry.offset(index), geometry.block_len(index) as usize);
         spare.resize(len, 0);
         let n = read_full_at(file, spare, offset).map_err(Error::file("reading", &src.local))?;
         self.settle(fi, index, offset, len, n, Data::Spare(spare), state)
@@ -979,9 +977,8 @@ impl Reader<'_> {
         let Some(board) = &self.board else {
             return Ok(false);
         };
-        let bs = u64::from(self.config.block_size);
-        let offset = index * bs;
-        let len = (src.entry.size - offset).min(bs);
+        let geometry = Geometry::new(src.entry.size, self.config.block_size);
+        let (offset, len) = (geometry.offset(index), geometry.block_len(index));
         // `Vouched` comes before the report, so once the report is in, so is the vouch.
         let held = board.wait_status(src.entry.id, index, offset + len);
         let Some(cv) = board.take_vouched(src.entry.id, index) else {
@@ -992,7 +989,7 @@ impl Reader<'_> {
         };
         let held_blocks = board
             .wait_held(src.entry.id)
-            .map_or(0, |l| l / bs)
+            .map_or(0, |l| l / geometry.block_size())
             .min(st.cvs.len() as u64);
         if index % SPOT_CHECK == 0 || index + 1 == held_blocks {
             // Read as usual, and checked against the vouched hash (`settle`).
@@ -1087,7 +1084,7 @@ impl Reader<'_> {
             return Ok(true);
         };
         // Groups that differ: send the blocks whose hashes differ.
-        let bs = u64::from(self.config.block_size);
+        let geometry = Geometry::new(size, self.config.block_size);
         let id = src.entry.id;
         if wait == Wait::No
             && self
@@ -1111,9 +1108,9 @@ impl Reader<'_> {
                         got: "Have",
                     }));
                 }
-                let (cv, len) = (st.cvs[i as usize], (size - i * bs).min(bs) as usize);
+                let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
                 if self.decide(st, id, i, their, cv, len) {
-                    self.send_again(src, i * bs)?;
+                    self.send_again(src, geometry.offset(i))?;
                 }
             }
         }
@@ -1133,7 +1130,7 @@ impl Reader<'_> {
             st.differs.sort_unstable();
             let mut ranges: Vec<Range<u64>> = Vec::new();
             for &i in &st.differs {
-                let r = i * bs..((i + 1) * bs).min(size);
+                let r = geometry.block_range(i);
                 match ranges.last_mut() {
                     Some(last) if last.end == r.start => last.end = r.end,
                     _ => ranges.push(r),

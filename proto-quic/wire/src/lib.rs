@@ -1,7 +1,7 @@
 //! The Sluice wire protocol, sans-IO.
 //!
 //! Split the way quinn splits `quinn-proto` from `quinn`: everything that decides *what* goes
-//! on the wire lives here, in [`message`], [`codec`], [`path`], [`session`] and [`ticket`].
+//! on the wire lives here, in [`message`], [`codec`], [`geometry`], [`path`], [`session`] and [`ticket`].
 //! These modules take bytes and return typed messages, events or errors; they never touch a
 //! socket, a clock, a file or TLS, and the crate depends on nothing but `blake3` and
 //! `thiserror`, which is what lets them be fuzzed (`fuzz/`) and property tested cheaply. The
@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod geometry;
 pub mod message;
 pub mod path;
 pub mod session;

@@ -27,6 +27,7 @@
 //!                                      <- Summary{entries, bytes}
 //! ```
 
+use crate::geometry::Geometry;
 use crate::message::{
     BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, PieceHash, GROUP_BLOCKS,
     HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
@@ -222,7 +223,7 @@ fn peer_error(msg: Message) -> SessionError {
 
 /// Number of blocks a file of `size` bytes is cut into (0 for an empty file).
 pub fn block_count(size: u64, block_size: u32) -> u64 {
-    size.div_ceil(u64::from(block_size))
+    Geometry::new(size, block_size).blocks()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
