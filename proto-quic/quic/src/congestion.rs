@@ -443,6 +443,7 @@ impl Model {
     /// window, keeping the base RTT.
     pub fn on_persistent_congestion(&mut self) {
         self.phase = Phase::Startup;
+        self.settle = false;
         self.window = self.config.first_window(self.mtu).min(self.window);
         self.rates.clear();
         self.full_rate = 0.0;
