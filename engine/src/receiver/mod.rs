@@ -186,17 +186,15 @@ impl Incoming {
             return;
         }
         let blocks = g.group_blocks(group);
+        let size = blocks.end - blocks.start;
         let got = self.group_got.entry(group).or_insert(0);
         *got += 1;
-        if (*got as usize) < blocks.clone().count() {
+        if u64::from(*got) < size {
             return;
         }
         self.group_got.remove(&group);
-        let cvs: Vec<Digest> = blocks
-            .clone()
-            .filter_map(|i| self.received.remove(&i))
-            .collect();
-        debug_assert_eq!(cvs.len(), blocks.count(), "a folded group lacks a block");
+        let cvs: Vec<Digest> = blocks.filter_map(|i| self.received.remove(&i)).collect();
+        debug_assert_eq!(cvs.len() as u64, size, "a folded group lacks a block");
         self.folded.insert(
             group,
             merkle::span_cv(&cvs, g.group_len(group), g.block_size() as u32),

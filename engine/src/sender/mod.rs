@@ -26,7 +26,7 @@ use sluice_proto::message::{
     group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
     HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
 };
-use sluice_proto::session::{block_count, SenderEvent, SenderSession, SessionError};
+use sluice_proto::session::{SenderEvent, SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use tokio::sync::mpsc;
 
@@ -462,7 +462,6 @@ type Tag = (usize, u64);
 impl Reader<'_> {
     fn run(&mut self, input: &ReaderInput) -> Result<()> {
         let (mut io, _) = blockio::open::<Tag>(self.config.io_uring, self.config.read_depth);
-        let bs = u64::from(self.config.block_size);
         let mut state: Vec<Option<Reading>> = self.files.iter().map(|_| None).collect();
         let mut done = Vec::new();
         let mut spare = Vec::new();
@@ -499,7 +498,8 @@ impl Reader<'_> {
                     detail: format!("size was {size} bytes when listed, {now} now"),
                 });
             }
-            let count = block_count(size, self.config.block_size);
+            let geometry = Geometry::new(size, self.config.block_size);
+            let count = geometry.blocks();
             if count == 0 {
                 let _ = self.events.send(ReadEvent::FileDone {
                     id: src.entry.id,
@@ -508,13 +508,15 @@ impl Reader<'_> {
                 });
                 continue;
             }
-            let geometry = Geometry::new(size, self.config.block_size);
             state[fi] = Some(Reading {
                 cvs: vec![[0; 32]; count as usize],
                 remaining: count,
                 sent: 0,
                 group_left: (0..geometry.groups())
-                    .map(|g| geometry.group_blocks(g).count() as u32)
+                    .map(|g| {
+                        let blocks = geometry.group_blocks(g);
+                        (blocks.end - blocks.start) as u32
+                    })
                     .collect(),
                 group_digests: std::collections::HashMap::new(),
                 pending: Vec::new(),
@@ -535,7 +537,7 @@ impl Reader<'_> {
                 .board
                 .as_ref()
                 .and_then(|b| b.wait_held(src.entry.id))
-                .map_or(0, |len| (len / bs).min(count));
+                .map_or(0, |len| (len / geometry.block_size()).min(count));
             tracing::debug!(
                 id = src.entry.id,
                 held_blocks,
@@ -578,7 +580,7 @@ impl Reader<'_> {
                         "missing tail queued; reading the held part"
                     );
                 }
-                let offset = index * bs;
+                let offset = geometry.offset(index);
                 let buf = match self.pool.try_take() {
                     Some(b) => b,
                     None if next_missing < count
@@ -601,7 +603,7 @@ impl Reader<'_> {
                 } else {
                     checked += 1;
                 }
-                let len = Geometry::new(size, self.config.block_size).len_at(offset) as usize;
+                let len = geometry.len_at(offset) as usize;
                 let mut req = Request {
                     op: Op::Read,
                     file: file.clone(),
@@ -834,8 +836,9 @@ impl Reader<'_> {
     /// Whether the receiver has reported block `index` of `src` yet: checking it now would not
     /// wait (a slow scan of the receiver's disk must not stall the missing blocks).
     fn held_status_known(&self, src: &SourceEntry, index: u64) -> bool {
-        let bs = u64::from(self.config.block_size);
-        let end = ((index + 1) * bs).min(src.entry.size);
+        let end = Geometry::new(src.entry.size, self.config.block_size)
+            .block_range(index)
+            .end;
         self.board
             .as_ref()
             .is_none_or(|b| b.status_known(src.entry.id, index, end))
