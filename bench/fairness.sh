@@ -31,20 +31,10 @@ WAN=$SHARED/tools/wan-emu/wan
 SLUICE=${SLUICE:-$REPO/target/release/sluice}
 [ "$BUILD" = 1 ] && (cd "$REPO" && cargo build --release -p sluice-cli >&2)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-fair.XXXXXX")
-if [ -z "${WAN_EMU_BIN:-}" ]; then
-    cargo build --release --locked --quiet --manifest-path "$SHARED/tools/wan-emu/Cargo.toml" \
-        --target-dir "$WORK/wan-target" >&2
-    export WAN_EMU_BIN=$WORK/wan-target/release/wan-emu
-fi
 LINK=sluicefair
-ALLOWED=$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control)
-sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED cubic"
-cleanup() {
-    "$WAN" down "$LINK" >/dev/null 2>&1 || true
-    sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/wanlink.sh
+. "$SCRIPT_DIR/wanlink.sh"
+wanlink_setup "$WORK" "$LINK"
 "$WAN" up "$LINK" --delay-ms $((RTT / 2)) --loss "$LOSS" --rate-mbit "$RATE" --max-seconds $((SECS * 6 + 300)) >/dev/null
 ON_A() { "$WAN" exec "$LINK" a "$@"; }
 ON_B() { "$WAN" exec "$LINK" b "$@"; }

@@ -46,22 +46,10 @@ SLUICE=${SLUICE:-$REPO/target/release/sluice}
 QCP=${QCP:-$SCRIPT_DIR/.tools/bin/qcp}
 [ "$BUILD" = 1 ] && (cd "$REPO" && cargo build --release -p sluice-cli >&2)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-wan.XXXXXX")
-if [ -z "${WAN_EMU_BIN:-}" ]; then
-    cargo build --release --locked --quiet --manifest-path "$SHARED/tools/wan-emu/Cargo.toml" \
-        --target-dir "$WORK/wan-target" >&2
-    export WAN_EMU_BIN=$WORK/wan-target/release/wan-emu
-fi
 LINK=sluicebench
-# A namespace may only choose a TCP congestion control the host allows; cubic is available
-# here but not allowed by default. Allowed for this run, restored at the end.
-ALLOWED=$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control)
-sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED cubic"
-cleanup() {
-    "$WAN" down "$LINK" >/dev/null 2>&1 || true
-    sysctl -qw net.ipv4.tcp_allowed_congestion_control="$ALLOWED" || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/wanlink.sh
+. "$SCRIPT_DIR/wanlink.sh"
+wanlink_setup "$WORK" "$LINK"
 BYTES=$(numfmt --from=iec "$SIZE")
 case $DATA in
     random) head -c "$BYTES" /dev/urandom > "$WORK/data.bin" ;;
