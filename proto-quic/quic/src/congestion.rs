@@ -41,7 +41,9 @@
 //!
 //! Past start-up the window also holds [`QUEUED_PACKETS`] beyond the bandwidth-delay product:
 //! flows sharing a queue see the same queueing delay, and a fixed number of packets queued per
-//! flow moves their rates together (TCP Vegas's equilibrium).
+//! flow moves their rates together (TCP Vegas's equilibrium). Every [`SETTLE_EVERY`] one cruise
+//! round runs at half the bandwidth-delay product, so that a flow that started beside a standing
+//! queue learns the path's true RTT.
 //!
 //! A user's ceiling (`max_rate`) caps the rate; path hints (`rtt_hint`, `rate_hint`) size the
 //! first window before anything is measured.
