@@ -39,9 +39,10 @@ impl Geometry {
         self.size.div_ceil(self.block_size)
     }
 
-    /// Where block `index` starts.
+    /// Where block `index` starts (saturating: an index from the wire that the session has not
+    /// yet checked cannot wrap around to a small offset).
     pub fn offset(&self, index: u64) -> u64 {
-        index * self.block_size
+        index.saturating_mul(self.block_size)
     }
 
     /// The length of the block that starts at `offset`: the block size, or what is left of the
@@ -74,7 +75,7 @@ impl Geometry {
     /// The blocks of group `group` (empty past the end).
     pub fn group_blocks(&self, group: u64) -> Range<u64> {
         let blocks = self.blocks();
-        let first = (group * GROUP_BLOCKS).min(blocks);
+        let first = group.saturating_mul(GROUP_BLOCKS).min(blocks);
         first..(first + GROUP_BLOCKS).min(blocks)
     }
 
@@ -86,7 +87,9 @@ impl Geometry {
     /// The bytes group `group` covers: a whole span, or what is left for the last group.
     pub fn group_len(&self, group: u64) -> u64 {
         let span = self.group_span();
-        self.size.saturating_sub(group * span).min(span)
+        self.size
+            .saturating_sub(group.saturating_mul(span))
+            .min(span)
     }
 }
 
@@ -129,6 +132,9 @@ mod tests {
             }
             assert_eq!(blocks, g.blocks());
             assert!(g.group_blocks(g.groups()).is_empty());
+            assert!(g.group_blocks(u64::MAX).is_empty());
+            assert_eq!(g.block_len(u64::MAX), 0);
+            assert_eq!(g.group_len(u64::MAX), 0);
         }
     }
 }
