@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_proto::codec::encode_block_header;
-use sluice_proto::message::{BlockHeader, ErrorCode, Message};
+use sluice_proto::message::{BlockHeader, Message};
 use sluice_proto::session::SenderSession;
 use sluice_proto::ticket::Ticket;
-use sluice_proto::PROTOCOL_VERSION;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -35,11 +34,8 @@ use crate::merkle;
 use crate::progress::{PathStats, Progress};
 use crate::ring::{Buffer, BufferPool};
 use crate::transport::{self, Kind, LaneRx, Link, Listener};
+use crate::unit::session::ENDLESS;
 use crate::unit::{BlockSink, BlockSource, Discard, Generated};
-
-/// The length blocks are hashed against: a unit whose end is not known in advance, so no block
-/// is ever its root.
-const ENDLESS: u64 = u64::MAX;
 
 /// How much to send.
 #[derive(Debug, Clone, Copy)]
@@ -184,50 +180,7 @@ async fn serve(
 ) -> Result<u64> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let block_size = match control.recv().await? {
-        Some(Message::Hello {
-            version,
-            secret: theirs,
-            block_size,
-            ..
-        }) => {
-            let refusal = if version != PROTOCOL_VERSION {
-                Some((
-                    ErrorCode::Version,
-                    format!("protocol version {version}, this end speaks {PROTOCOL_VERSION}"),
-                ))
-            } else if blake3::Hash::from(theirs) != blake3::Hash::from(secret) {
-                Some((
-                    ErrorCode::Auth,
-                    "wrong secret: the sender does not hold this ticket".into(),
-                ))
-            } else if !block_size.is_power_of_two() || !(1024..=16 << 20).contains(&block_size) {
-                Some((
-                    ErrorCode::Protocol,
-                    format!("block size {block_size} is not a power of two from 1 KiB to 16 MiB"),
-                ))
-            } else {
-                None
-            };
-            if let Some((code, message)) = refusal {
-                let _ = control
-                    .send(&Message::Error {
-                        code,
-                        message: message.clone(),
-                    })
-                    .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), control.sync()).await;
-                return Err(err(&message));
-            }
-            block_size
-        }
-        other => return Err(err(&format!("expected Hello, got {other:?}"))),
-    };
-    control
-        .send(&Message::Welcome {
-            version: PROTOCOL_VERSION,
-        })
-        .await?;
+    let block_size = crate::unit::session::welcome(&mut control, secret, peer).await?;
     let (pool, allowed) = receiving_ring(config, block_size)?;
     link.allow_lanes(allowed);
 

@@ -82,6 +82,14 @@ pub enum Error {
         /// words: [`ErrorKind::Verification`]).
         kind: ErrorKind,
     },
+    /// A database refused a statement or a connection, or a database tool failed.
+    #[error("{what}: {detail}")]
+    Database {
+        /// What was being done.
+        what: String,
+        /// What the server or tool said.
+        detail: String,
+    },
     /// Another local I/O failure (sockets, io_uring setup, threads).
     #[error("{what}: {source}")]
     Io {
@@ -138,7 +146,7 @@ impl Error {
                 ErrorKind::NoSpace
             }
             Error::File { .. } | Error::Io { .. } | Error::Source { .. } => ErrorKind::Local,
-            Error::SourceChanged { .. } => ErrorKind::Local,
+            Error::SourceChanged { .. } | Error::Database { .. } => ErrorKind::Local,
             Error::Destination { .. } => ErrorKind::Destination,
             Error::Verify { .. } => ErrorKind::Verification,
             Error::FilesFailed { kind, .. } => *kind,

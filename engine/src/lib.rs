@@ -31,6 +31,7 @@ pub mod bench;
 pub mod blockio;
 pub mod config;
 mod control;
+pub mod db;
 pub mod dest;
 pub mod error;
 mod fault;

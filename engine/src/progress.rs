@@ -169,6 +169,11 @@ impl Progress {
         self.bytes_verified.fetch_add(n, Relaxed);
     }
 
+    /// One more unit (not a file) committed at the receiver.
+    pub(crate) fn add_unit_done(&self) {
+        self.files_verified.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn push(&self, e: Event) {
         if let Event::FileVerified { .. } = e {
             self.files_verified.fetch_add(1, Relaxed);

@@ -53,6 +53,7 @@ const T_HOLDING: u8 = 16;
 const T_WANT_PIECES: u8 = 17;
 const T_PIECES: u8 = 18;
 const T_VOUCHED: u8 = 19;
+const T_HELD: u8 = 20;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,6 +208,10 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&entries.to_le_bytes());
             out.extend_from_slice(&bytes.to_le_bytes());
         }
+        Message::Held { key } => {
+            out.push(T_HELD);
+            put_str(out, key);
+        }
         Message::Error { code, message } => {
             out.push(T_ERROR);
             out.extend_from_slice(&(*code as u16).to_le_bytes());
@@ -356,6 +361,9 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         T_SUMMARY => Message::Summary {
             entries: r.u32("entries")?,
             bytes: r.u64("bytes")?,
+        },
+        T_HELD => Message::Held {
+            key: r.string("key")?,
         },
         T_ERROR => Message::Error {
             code: ErrorCode::from_u16(r.u16("code")?),
@@ -637,6 +645,7 @@ mod tests {
             Just(Message::Finish),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(entries, bytes)| Message::Summary { entries, bytes }),
+            arb_string().prop_map(|key| Message::Held { key }),
             (1u16..6, arb_string()).prop_map(|(c, message)| Message::Error {
                 code: ErrorCode::from_u16(c),
                 message

@@ -23,6 +23,7 @@ pub mod message;
 pub mod path;
 pub mod session;
 pub mod ticket;
+pub mod unit;
 
 /// The protocol version this build speaks. Peers with a different version are refused in
 /// the handshake with [`message::ErrorCode::Version`].

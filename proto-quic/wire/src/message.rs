@@ -285,6 +285,13 @@ pub enum Message {
         /// Payload bytes verified and written.
         bytes: u64,
     },
+    /// Receiver → sender, in a unit session (see [`crate::unit`]): the destination already holds
+    /// the unit named `key` (committed by an earlier, interrupted run), so the sender need not
+    /// send it. The list ends with an empty `key`.
+    Held {
+        /// The unit's key, as its source names it.
+        key: String,
+    },
     /// Either way: the transfer is aborted.
     Error {
         /// Machine-readable reason.

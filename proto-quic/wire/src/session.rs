@@ -210,6 +210,7 @@ fn name(msg: &Message) -> &'static str {
         Message::FileFailed { .. } => "FileFailed",
         Message::Finish => "Finish",
         Message::Summary { .. } => "Summary",
+        Message::Held { .. } => "Held",
         Message::Error { .. } => "Error",
     }
 }

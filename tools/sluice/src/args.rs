@@ -81,12 +81,92 @@ pub enum Command {
         #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR|TICKET")]
         paths: Vec<PathBuf>,
     },
+    /// Move a PostgreSQL database: schema, rows in verified ranges, indexes and sequences;
+    /// resumable, checked row by row at both ends.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Print the BLAKE3 hash of each file, as b3sum does.
     Hash {
         /// Files to hash.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+/// `sluice db` commands. Databases are named as libpq names them: a URI
+/// (`postgres://user@host:5432/db`) or `key=value` words (`host=/run/postgresql dbname=db`),
+/// with `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE` and `~/.pgpass` as defaults.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Copy SRC into DST (an empty database) through a sender and a receiver in this process.
+    Copy {
+        /// The source database.
+        src: String,
+        /// The target database (empty, or holding an interrupted copy to resume).
+        dst: String,
+        #[command(flatten)]
+        options: DbOptions,
+    },
+    /// Send SRC to the receiver named by TICKET (printed by `sluice db recv`).
+    Send {
+        /// The source database.
+        src: String,
+        /// The ticket printed by `sluice db recv`.
+        ticket: String,
+        #[command(flatten)]
+        options: DbOptions,
+    },
+    /// Print a ticket, wait for one `sluice db send`, and write what it sends into DST.
+    Recv {
+        /// The target database (empty, or holding an interrupted copy to resume).
+        dst: String,
+        /// Address to listen on (UDP and TCP, see --transport).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
+        #[arg(long)]
+        advertise: Option<SocketAddr>,
+    },
+    /// Compare two databases table by table and range by range (row counts and digests);
+    /// exits 0 when identical, 1 naming each differing table and range.
+    Verify {
+        /// One database.
+        a: String,
+        /// The other.
+        b: String,
+        #[command(flatten)]
+        options: DbOptions,
+    },
+    /// List the tables and ranges a copy of SRC would move, with sizes, without moving data.
+    Plan {
+        /// The source database.
+        src: String,
+        #[command(flatten)]
+        options: DbOptions,
+    },
+}
+
+/// How a database is cut and moved.
+#[derive(Debug, Args)]
+pub struct DbOptions {
+    /// Only tables matching these patterns (`schema.table` or `table`, `*` and `?` as in a
+    /// shell); repeat or separate with commas. Default: every table.
+    #[arg(long = "tables", value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// Ranges in flight at once; each holds a connection at both ends. Default 4.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// About how much table one range holds, e.g. 64M. Default: a twentieth of the largest
+    /// table per job, from 8M to 64M (an interruption loses at most one range per job).
+    #[arg(long, value_parser = parse_size)]
+    pub range_size: Option<u64>,
+    /// Skip re-reading the target at the end (every range is still checked as it arrives).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Refuse to resume an interrupted copy (its snapshot ended with it, so a resumed copy
+    /// mixes two moments of the source); by default it resumes, then verifies.
+    #[arg(long)]
+    pub consistent: bool,
 }
 
 /// `sluice bench`'s flags.

@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod db;
 mod render;
 
 use std::io::Write;
@@ -236,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Db(command) => db::run(config, command, json),
         Command::Hash { files } => {
             for f in files {
                 let file =

@@ -1,12 +1,22 @@
 //! Where a unit's bytes come from and where they go, for the parts of the engine that move units
-//! that are not files: `sluice bench` reads a generated source and writes into a discarding
-//! sink. A unit is what crosses as one verified whole (a file, a table range, a batch of queue
-//! messages); its blocks are hashed at the source and verified before the sink sees them.
+//! that are not files. A unit is what crosses as one verified whole (a file, a table range, a
+//! batch of queue messages); its blocks are hashed at the source and verified before the sink
+//! sees them.
+//!
+//! - [`BlockSource`] and [`BlockSink`] address a unit by offset: `sluice bench` reads a
+//!   [`Generated`] source and writes into a [`Discard`] sink.
+//! - [`session`] moves units whose length is known only at their end and whose sink takes
+//!   bytes in order and commits them as a whole ([`UnitSource`], [`UnitSink`]): `sluice db`
+//!   sends PostgreSQL table ranges through it.
 //!
 //! The file sender and receiver do not go through these traits yet (their reads and writes are
 //! batched on io_uring, with delta, resume and in-place rules of their own); how files, a
 //! PostgreSQL table range and a stream of queue messages map onto them is in
 //! `docs/architecture.md`.
+
+pub mod session;
+
+pub use session::{Unit, UnitReader, UnitSink, UnitSource, UnitWriter, UnitsSummary};
 
 use std::io;
 

@@ -1,0 +1,350 @@
+//! What a database holds and how it is cut into ranges: tables (leaf partitions, not their
+//! parents), their columns, a key to range on, and ranges of about the configured size. Only
+//! the source's catalog is read to plan; the target gets the same schema from `pg_dump` first.
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use super::conn::full;
+use crate::error::{Error, Result};
+
+/// Schemas never copied: the system's, and the target's bookkeeping.
+pub(crate) const BOOKKEEPING: &str = "_sluice";
+
+/// A table to copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Columns that hold data (not generated, not dropped), in order.
+    pub columns: Vec<String>,
+    /// Rows travel in `COPY`'s binary format; text when a column's type is one the target
+    /// may number differently (user-defined types, arrays of them), which binary arrays carry
+    /// by number.
+    pub binary: bool,
+    /// A single-column integer primary key to cut ranges on, if there is one.
+    pub key: Option<String>,
+    /// Bytes on disk (heap and TOAST), for planning and estimates.
+    pub bytes: i64,
+    /// Heap pages, for page ranges.
+    pub pages: i64,
+}
+
+/// A part of a table: key values `lo..hi` or heap pages `lo..hi` (`None`: unbounded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    /// Whether the bounds are key values (else heap pages, by `ctid`).
+    pub by_key: bool,
+    /// Inclusive lower bound.
+    pub lo: Option<i64>,
+    /// Exclusive upper bound.
+    pub hi: Option<i64>,
+}
+
+/// `ident` quoted for SQL.
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+impl Table {
+    /// `"schema"."name"`, quoted.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.name))
+    }
+
+    /// `schema.name` as a user reads it.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    fn format(&self) -> &'static str {
+        if self.binary {
+            "binary"
+        } else {
+            "text"
+        }
+    }
+
+    /// The `WHERE` condition selecting `range`, or `None` for the whole table.
+    pub fn condition(&self, range: &Range) -> Option<String> {
+        let (col, lit): (String, fn(i64) -> String) = if range.by_key {
+            (quote(self.key.as_deref().unwrap_or("?")), |v| v.to_string())
+        } else {
+            ("ctid".into(), |p| format!("'({p},0)'::tid"))
+        };
+        match (range.lo, range.hi) {
+            (None, None) => None,
+            (Some(lo), None) => Some(format!("{col} >= {}", lit(lo))),
+            (None, Some(hi)) => Some(format!("{col} < {}", lit(hi))),
+            (Some(lo), Some(hi)) => Some(format!("{col} >= {} AND {col} < {}", lit(lo), lit(hi))),
+        }
+    }
+
+    /// `COPY ... TO STDOUT` of `range`'s rows.
+    pub fn copy_out(&self, range: &Range) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        match self.condition(range) {
+            None => format!(
+                "COPY {} ({}) TO STDOUT (FORMAT {})",
+                self.qualified(),
+                cols.join(", "),
+                self.format()
+            ),
+            Some(cond) => format!(
+                "COPY (SELECT {} FROM ONLY {} WHERE {cond}) TO STDOUT (FORMAT {})",
+                cols.join(", "),
+                self.qualified(),
+                self.format()
+            ),
+        }
+    }
+
+    /// `COPY ... FROM STDIN` into this table.
+    pub fn copy_in(&self) -> String {
+        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        format!(
+            "COPY {} ({}) FROM STDIN (FORMAT {})",
+            self.qualified(),
+            cols.join(", "),
+            self.format()
+        )
+    }
+
+    /// Cuts the table into ranges of about `range_bytes`, by key when it has one (`min`,
+    /// `max`: its key's extent) and by heap pages otherwise. The first and last ranges are open
+    /// so that no row falls outside every range.
+    pub fn ranges(&self, range_bytes: u64, extent: Option<(i64, i64)>) -> Vec<Range> {
+        let n = (self.bytes.max(0) as u64)
+            .div_ceil(range_bytes.max(1))
+            .max(1);
+        let (by_key, lo, hi) = match (&self.key, extent) {
+            (Some(_), Some((min, max))) => (true, min, max.saturating_add(1)),
+            (Some(_), None) => return vec![Range::whole(true)],
+            (None, _) => (false, 0, self.pages.max(1)),
+        };
+        let span = (hi as i128 - lo as i128).max(1);
+        let n = (n as i128).min(span);
+        if n <= 1 {
+            return vec![Range::whole(by_key)];
+        }
+        let step = (span + n - 1) / n;
+        let mut out = Vec::new();
+        let mut at = lo as i128;
+        while at < hi as i128 {
+            let next = (at + step).min(hi as i128);
+            out.push(Range {
+                by_key,
+                lo: (at != lo as i128).then_some(at as i64),
+                hi: (next != hi as i128).then_some(next as i64),
+            });
+            at = next;
+        }
+        out
+    }
+}
+
+impl Range {
+    /// The whole table as one range.
+    pub fn whole(by_key: bool) -> Self {
+        Self {
+            by_key,
+            lo: None,
+            hi: None,
+        }
+    }
+
+    /// The range as a user reads it.
+    pub fn display(&self, table: &Table) -> String {
+        table.condition(self).unwrap_or_else(|| "all rows".into())
+    }
+}
+
+fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |e| Error::Database {
+        what: what.to_string(),
+        detail: full(&e),
+    }
+}
+
+/// The tables of the database `client` is connected to, largest first, with `include`
+/// (shell-style patterns on `schema.table` or `table`; empty: all) applied.
+pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Table>> {
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
+                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                               AND d.objid = c.oid AND d.deptype = 'e') \
+             ORDER BY 4 DESC, 2, 3",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing tables"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let oid: u32 = row.get(0);
+        let (schema, name): (String, String) = (row.get(1), row.get(2));
+        if !include.is_empty()
+            && !include
+                .iter()
+                .any(|p| glob(p, &format!("{schema}.{name}")) || glob(p, &name))
+        {
+            continue;
+        }
+        let cols = client
+            .query(
+                "SELECT a.attname::text, \
+                        (t.oid::int8 >= 16384 OR (t.typelem <> 0 AND t.typelem::int8 >= 16384)) \
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND a.attgenerated = '' ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(db_err("reading columns"))?;
+        let key = client
+            .query_opt(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                 WHERE i.indrelid = $1 AND i.indisprimary AND i.indnatts = 1 \
+                   AND a.atttypid IN (20, 21, 23)",
+                &[&oid],
+            )
+            .await
+            .map_err(db_err("reading the primary key"))?
+            .map(|r| r.get::<_, String>(0));
+        out.push(Table {
+            schema,
+            name,
+            binary: !cols.iter().any(|c| c.get::<_, bool>(1)),
+            columns: cols.iter().map(|c| c.get(0)).collect(),
+            key,
+            bytes: row.get(3),
+            pages: row.get(4),
+        });
+    }
+    Ok(out)
+}
+
+/// The extent of `table`'s key, `None` when it is empty or has no key.
+pub(crate) async fn key_extent(client: &Client, table: &Table) -> Result<Option<(i64, i64)>> {
+    let Some(key) = &table.key else {
+        return Ok(None);
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT min({k})::int8, max({k})::int8 FROM ONLY {}",
+                table.qualified(),
+                k = quote(key)
+            ),
+            &[],
+        )
+        .await
+        .map_err(db_err("reading a key's extent"))?;
+    Ok(match (row.get(0), row.get(1)) {
+        (Some(a), Some(b)) => Some((a, b)),
+        _ => None,
+    })
+}
+
+/// Shell-style match: `*` any run, `?` one character.
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(key: bool, bytes: i64, pages: i64) -> Table {
+        Table {
+            schema: "public".into(),
+            name: "My \"T\"".into(),
+            columns: vec!["id".into(), "Data".into()],
+            binary: true,
+            key: key.then(|| "id".into()),
+            bytes,
+            pages,
+        }
+    }
+
+    #[test]
+    fn ranges_cover_everything_once() {
+        let t = table(true, 10 << 20, 1280);
+        let r = t.ranges(4 << 20, Some((-5, 1000)));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].lo, None);
+        assert_eq!(r[2].hi, None);
+        for w in r.windows(2) {
+            assert_eq!(w[0].hi, w[1].lo);
+        }
+        let p = table(false, 10 << 20, 1280).ranges(4 << 20, None);
+        assert_eq!(p.len(), 3);
+        assert!(!p[0].by_key);
+        assert_eq!(
+            table(false, 1, 1).ranges(4 << 20, None),
+            vec![Range::whole(false)]
+        );
+        // More ranges wanted than keys: one key each at most.
+        assert_eq!(t.ranges(1, Some((1, 3))).len(), 3);
+    }
+
+    #[test]
+    fn sql_quotes_every_name() {
+        let t = table(true, 0, 0);
+        assert_eq!(t.qualified(), "\"public\".\"My \"\"T\"\"\"");
+        let r = Range {
+            by_key: true,
+            lo: Some(3),
+            hi: None,
+        };
+        assert_eq!(
+            t.copy_out(&r),
+            "COPY (SELECT \"id\", \"Data\" FROM ONLY \"public\".\"My \"\"T\"\"\" WHERE \"id\" >= 3) \
+             TO STDOUT (FORMAT binary)"
+        );
+        let p = Range {
+            by_key: false,
+            lo: Some(8),
+            hi: Some(16),
+        };
+        assert_eq!(
+            t.condition(&p).unwrap(),
+            "ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid"
+        );
+    }
+
+    #[test]
+    fn patterns_match_as_a_shell_does() {
+        assert!(glob("public.*", "public.orders"));
+        assert!(glob("ord?rs", "orders"));
+        assert!(glob("*", ""));
+        assert!(!glob("public.*", "sales.orders"));
+        assert!(glob("*o*s", "orders"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Connection strings as libpq takes them: a URI or `key=value` words, with the same defaults
+//! from the environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`) and the
+//! password file (`PGPASSFILE`, else `~/.pgpass`). No TLS yet: connections are meant for a
+//! server on the same host or a private network, next to the sender or receiver.
+
+use std::str::FromStr;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::error::{Error, Result};
+
+/// A database as the user named it, ready to connect.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// What the user typed, without any password, for messages.
+    pub shown: String,
+    pub(crate) config: Config,
+}
+
+impl Database {
+    /// Parses `conn` (URI or `key=value`, or a bare database name as `psql NAME` takes it),
+    /// filling what it leaves out as libpq would.
+    pub fn parse(conn: &str) -> Result<Self> {
+        let bare = !conn.contains('=') && !conn.contains("://") && !conn.trim().is_empty();
+        let words = if bare {
+            format!(
+                "dbname='{}'",
+                conn.replace('\\', "\\\\").replace('\'', "\\'")
+            )
+        } else {
+            conn.to_string()
+        };
+        let mut config = Config::from_str(&words).map_err(|e| Error::Database {
+            what: format!("connection string {:?}", hide_password(conn)),
+            detail: e.to_string(),
+        })?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if config.get_hosts().is_empty() {
+            match env("PGHOST") {
+                Some(h) if h.starts_with('/') => config.host_path(h),
+                Some(h) => config.host(h),
+                None => config.host_path("/var/run/postgresql"),
+            };
+        }
+        if config.get_ports().is_empty() {
+            if let Some(p) = env("PGPORT").and_then(|p| p.parse().ok()) {
+                config.port(p);
+            }
+        }
+        if config.get_user().is_none() {
+            let user = env("PGUSER")
+                .or_else(|| env("USER"))
+                .unwrap_or_else(|| "postgres".into());
+            config.user(user);
+        }
+        if config.get_dbname().is_none() {
+            let db = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or("").into());
+            config.dbname(db);
+        }
+        if config.get_password().is_none() {
+            if let Some(p) = env("PGPASSWORD").or_else(|| from_passfile(&config)) {
+                config.password(p);
+            }
+        }
+        config.application_name("sluice");
+        Ok(Self {
+            shown: hide_password(conn),
+            config,
+        })
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        self.config.get_dbname().unwrap_or("")
+    }
+
+    /// The password found for this connection, if any (handed to `pg_dump`).
+    pub(crate) fn password(&self) -> Option<String> {
+        self.config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+    }
+
+    /// A connection string for libpq tools (`pg_dump`), without the password.
+    pub(crate) fn libpq(&self) -> String {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut words = Vec::new();
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(s) => s.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        if !hosts.is_empty() {
+            words.push(format!("host={}", quote(&hosts.join(","))));
+        }
+        if let Some(p) = self.config.get_ports().first() {
+            words.push(format!("port={p}"));
+        }
+        if let Some(u) = self.config.get_user() {
+            words.push(format!("user={}", quote(u)));
+        }
+        words.push(format!("dbname={}", quote(self.name())));
+        words.join(" ")
+    }
+
+    /// Opens a connection; its driver runs on the current runtime until the client is dropped.
+    pub(crate) async fn connect(&self) -> Result<Client> {
+        let (client, connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|e| Error::Database {
+                    what: format!("connecting to {}", self.shown),
+                    detail: full(&e),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("database connection ended: {e}");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// A PostgreSQL error with the server's own message and detail when it sent one.
+pub(crate) fn full(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{}: {} ({d})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// `conn` with any password replaced by `***`.
+fn hide_password(conn: &str) -> String {
+    if let Some(rest) = conn
+        .strip_prefix("postgres://")
+        .or_else(|| conn.strip_prefix("postgresql://"))
+    {
+        let scheme = &conn[..conn.len() - rest.len()];
+        if let Some(at) = rest.find('@') {
+            let (auth, tail) = rest.split_at(at);
+            if let Some(colon) = auth.find(':') {
+                return format!("{scheme}{}:***{tail}", &auth[..colon]);
+            }
+        }
+        return conn.to_string();
+    }
+    conn.split_whitespace()
+        .map(|w| {
+            if w.starts_with("password=") {
+                "password=***"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The password for `config` from the password file, as libpq reads it: lines
+/// `host:port:database:user:password`, `*` matching anything, `\` escaping `:` and `\`.
+fn from_passfile(config: &Config) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = match config.get_hosts().first()? {
+        Host::Tcp(h) => h.clone(),
+        Host::Unix(_) => "localhost".into(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let want = [
+        host.as_str(),
+        port.as_str(),
+        config.get_dbname().unwrap_or(""),
+        config.get_user().unwrap_or(""),
+    ];
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| passfile_match(line, &want))
+}
+
+fn passfile_match(line: &str, want: &[&str; 4]) -> Option<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut()?.push(chars.next()?),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut()?.push(c),
+        }
+    }
+    if fields.len() != 5 {
+        return None;
+    }
+    let matches = fields[..4]
+        .iter()
+        .zip(want)
+        .all(|(f, w)| f == "*" || f == w);
+    matches.then(|| fields[4].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            hide_password("postgres://ann:s3cret@db:5432/app"),
+            "postgres://ann:***@db:5432/app"
+        );
+        assert_eq!(
+            hide_password("host=db password=s3cret dbname=app"),
+            "host=db password=*** dbname=app"
+        );
+    }
+
+    #[test]
+    fn password_file_lines_match_as_libpq_reads_them() {
+        let want = ["db", "5432", "app", "ann"];
+        assert_eq!(
+            passfile_match("db:5432:app:ann:pw", &want),
+            Some("pw".into())
+        );
+        assert_eq!(passfile_match("*:*:*:ann:p\\:w", &want), Some("p:w".into()));
+        assert_eq!(passfile_match("db:5433:app:ann:pw", &want), None);
+        assert_eq!(passfile_match("broken", &want), None);
+    }
+
+    #[test]
+    fn both_forms_parse() {
+        let uri = Database::parse("postgresql://ann@127.0.0.1:6543/app").unwrap();
+        assert_eq!(uri.name(), "app");
+        let kv = Database::parse("host=/tmp port=6543 user=ann dbname=app").unwrap();
+        assert_eq!(Database::parse("it's").unwrap().name(), "it's");
+        assert_eq!(kv.name(), "app");
+        assert!(kv.libpq().contains("host='/tmp'"));
+        assert!(Database::parse("postgres://[::1").is_err());
+    }
+}

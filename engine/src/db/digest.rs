@@ -1,0 +1,338 @@
+//! An order-independent digest of a table's rows, computed on `COPY` bytes as they stream past
+//! (never decoded): each row's BLAKE3 hash, cut to 128 bits, summed modulo 2¹²⁸, and the row
+//! count. Two copies of a range hold the same rows exactly when both agree, whatever order a
+//! scan returns them in. Only the framing is read: in binary format a row is a field count and
+//! length-prefixed fields; in text format a row is a line.
+
+/// The account of one range: how many rows, and the sum of their hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowsDigest {
+    /// Rows seen.
+    pub rows: u64,
+    /// Sum of the rows' 128-bit hashes.
+    pub sum: u128,
+}
+
+impl RowsDigest {
+    /// The trailer a unit's closing frame carries.
+    pub fn to_bytes(self) -> Vec<u8> {
+        let mut out = self.rows.to_le_bytes().to_vec();
+        out.extend_from_slice(&self.sum.to_le_bytes());
+        out
+    }
+
+    /// Reads a trailer back; `None` if it is not one.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != 24 {
+            return None;
+        }
+        Some(Self {
+            rows: u64::from_le_bytes(b[..8].try_into().ok()?),
+            sum: u128::from_le_bytes(b[8..].try_into().ok()?),
+        })
+    }
+
+    /// The digest as text, for the bookkeeping table and messages.
+    pub fn hex(self) -> String {
+        format!("{:032x}", self.sum)
+    }
+
+    /// Adds another range's account (a table's digest is the sum of its ranges').
+    pub fn add(&mut self, other: RowsDigest) {
+        self.rows += other.rows;
+        self.sum = self.sum.wrapping_add(other.sum);
+    }
+}
+
+/// The binary `COPY` signature, flags and header-extension length.
+const BINARY_HEADER: usize = 11 + 4 + 4;
+
+#[derive(Debug)]
+enum State {
+    /// Binary: reading the fixed header.
+    Header { got: usize, ext: [u8; 4] },
+    /// Binary: skipping this many header-extension bytes.
+    Extension(u32),
+    /// Binary: reading a row's field count.
+    Count { buf: [u8; 2], got: usize },
+    /// Binary: reading a field's length; `left` fields remain after it.
+    Length { buf: [u8; 4], got: usize, left: u16 },
+    /// Binary: inside a field's bytes.
+    Field { bytes: u32, left: u16 },
+    /// Binary: past the trailer; nothing more may come.
+    End,
+    /// Text: inside a line.
+    Line,
+}
+
+/// Feeds on a `COPY` stream in pieces of any size and keeps the running [`RowsDigest`]. Holds
+/// at most a few bytes of framing whatever the row sizes.
+#[derive(Debug)]
+pub struct RowHasher {
+    state: State,
+    row: blake3::Hasher,
+    in_row: bool,
+    digest: RowsDigest,
+    bad: Option<String>,
+}
+
+impl RowHasher {
+    /// For a stream in `COPY ... (FORMAT binary)` (`binary`) or text format.
+    pub fn new(binary: bool) -> Self {
+        Self {
+            state: if binary {
+                State::Header {
+                    got: 0,
+                    ext: [0; 4],
+                }
+            } else {
+                State::Line
+            },
+            row: blake3::Hasher::new(),
+            in_row: false,
+            digest: RowsDigest::default(),
+            bad: None,
+        }
+    }
+
+    fn end_row(&mut self) {
+        let h = self.row.finalize();
+        let mut low = [0u8; 16];
+        low.copy_from_slice(&h.as_bytes()[..16]);
+        self.digest.rows += 1;
+        self.digest.sum = self.digest.sum.wrapping_add(u128::from_le_bytes(low));
+        self.row.reset();
+        self.in_row = false;
+    }
+
+    /// Takes the next bytes of the stream.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() && self.bad.is_none() {
+            match &mut self.state {
+                State::Line => match data.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        self.row.update(&data[..i]);
+                        data = &data[i + 1..];
+                        self.end_row();
+                    }
+                    None => {
+                        self.row.update(data);
+                        self.in_row = true;
+                        data = &[];
+                    }
+                },
+                State::Header { got, ext } => {
+                    let n = (BINARY_HEADER - *got).min(data.len());
+                    for (k, &b) in data[..n].iter().enumerate() {
+                        let at = *got + k;
+                        if at >= 15 {
+                            ext[at - 15] = b;
+                        }
+                    }
+                    *got += n;
+                    data = &data[n..];
+                    if *got == BINARY_HEADER {
+                        let len = u32::from_be_bytes(*ext);
+                        self.state = if len == 0 {
+                            State::Count {
+                                buf: [0; 2],
+                                got: 0,
+                            }
+                        } else {
+                            State::Extension(len)
+                        };
+                    }
+                }
+                State::Extension(left) => {
+                    let n = (*left as usize).min(data.len());
+                    *left -= n as u32;
+                    data = &data[n..];
+                    if *left == 0 {
+                        self.state = State::Count {
+                            buf: [0; 2],
+                            got: 0,
+                        };
+                    }
+                }
+                State::Count { buf, got } => {
+                    buf[*got] = data[0];
+                    *got += 1;
+                    data = &data[1..];
+                    if *got == 2 {
+                        let count = i16::from_be_bytes(*buf);
+                        if count == -1 {
+                            self.state = State::End;
+                        } else if count < 0 {
+                            self.bad = Some(format!("row with {count} fields"));
+                        } else {
+                            self.row.update(&buf[..]);
+                            self.in_row = true;
+                            if count == 0 {
+                                self.end_row();
+                                self.state = State::Count {
+                                    buf: [0; 2],
+                                    got: 0,
+                                };
+                            } else {
+                                self.state = State::Length {
+                                    buf: [0; 4],
+                                    got: 0,
+                                    left: count as u16 - 1,
+                                };
+                            }
+                        }
+                    }
+                }
+                State::Length { buf, got, left } => {
+                    buf[*got] = data[0];
+                    *got += 1;
+                    data = &data[1..];
+                    if *got == 4 {
+                        let left = *left;
+                        let len = i32::from_be_bytes(*buf);
+                        self.row.update(&buf[..]);
+                        if len < -1 {
+                            self.bad = Some(format!("field of length {len}"));
+                        } else if len <= 0 {
+                            self.after_field(left);
+                        } else {
+                            self.state = State::Field {
+                                bytes: len as u32,
+                                left,
+                            };
+                        }
+                    }
+                }
+                State::Field { bytes, left } => {
+                    let n = (*bytes as usize).min(data.len());
+                    self.row.update(&data[..n]);
+                    *bytes -= n as u32;
+                    data = &data[n..];
+                    if *bytes == 0 {
+                        let left = *left;
+                        self.after_field(left);
+                    }
+                }
+                State::End => {
+                    self.bad = Some(format!("{} bytes after the end of the rows", data.len()));
+                }
+            }
+        }
+    }
+
+    fn after_field(&mut self, left: u16) {
+        if left == 0 {
+            self.end_row();
+            self.state = State::Count {
+                buf: [0; 2],
+                got: 0,
+            };
+        } else {
+            self.state = State::Length {
+                buf: [0; 4],
+                got: 0,
+                left: left - 1,
+            };
+        }
+    }
+
+    /// The account of the whole stream, or what was wrong with its framing (a row cut short, a
+    /// binary stream without its trailer).
+    pub fn finish(self) -> Result<RowsDigest, String> {
+        if let Some(bad) = self.bad {
+            return Err(bad);
+        }
+        match self.state {
+            State::Line if !self.in_row => Ok(self.digest),
+            State::Line => Err("the last row has no end of line".into()),
+            State::End => Ok(self.digest),
+            // An empty binary stream (no header at all) holds no rows.
+            State::Header { got: 0, .. } => Ok(self.digest),
+            _ => Err("the rows end in the middle of a row".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary(rows: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut out = b"PGCOPY\n\xff\r\n\0".to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&3u32.to_be_bytes());
+        out.extend_from_slice(b"ext");
+        for row in rows {
+            out.extend_from_slice(&(row.len() as i16).to_be_bytes());
+            for f in *row {
+                match f {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(b) => {
+                        out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                        out.extend_from_slice(b);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    fn digest_in_pieces(bytes: &[u8], binary: bool, piece: usize) -> Result<RowsDigest, String> {
+        let mut h = RowHasher::new(binary);
+        for chunk in bytes.chunks(piece.max(1)) {
+            h.feed(chunk);
+        }
+        h.finish()
+    }
+
+    #[test]
+    fn binary_rows_digest_alike_in_any_order_and_any_pieces() {
+        let a: &[Option<&[u8]>] = &[Some(b"1"), None, Some(b"")];
+        let b: &[Option<&[u8]>] = &[Some(b"22"), Some(&[7; 300]), None];
+        let one = binary(&[a, b]);
+        let other = binary(&[b, a]);
+        let whole = digest_in_pieces(&one, true, one.len()).unwrap();
+        assert_eq!(whole.rows, 2);
+        for piece in [1, 2, 3, 5, 64] {
+            assert_eq!(digest_in_pieces(&one, true, piece).unwrap(), whole);
+            assert_eq!(digest_in_pieces(&other, true, piece).unwrap(), whole);
+        }
+        // One changed byte, one row fewer: different.
+        let changed = binary(&[a, &[Some(b"23"), Some(&[7; 300]), None]]);
+        assert_ne!(digest_in_pieces(&changed, true, 7).unwrap(), whole);
+        assert_eq!(digest_in_pieces(&binary(&[a]), true, 7).unwrap().rows, 1);
+        // A NULL is not an empty string.
+        let null = binary(&[&[None]]);
+        let empty = binary(&[&[Some(b"")]]);
+        assert_ne!(
+            digest_in_pieces(&null, true, 1).unwrap(),
+            digest_in_pieces(&empty, true, 1).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_cut_stream_is_refused() {
+        let a: &[Option<&[u8]>] = &[Some(b"hello")];
+        let full = binary(&[a, a]);
+        assert!(digest_in_pieces(&full[..full.len() - 4], true, 3).is_err());
+        assert!(digest_in_pieces(&full[..full.len() - 2], true, 3).is_err());
+        assert!(digest_in_pieces(b"1\tx\n2\ty", false, 3).is_err());
+        let mut extra = full.clone();
+        extra.push(0);
+        assert!(digest_in_pieces(&extra, true, 3).is_err());
+        assert_eq!(
+            digest_in_pieces(&[], true, 3).unwrap(),
+            RowsDigest::default()
+        );
+    }
+
+    #[test]
+    fn text_rows_are_lines() {
+        let d = digest_in_pieces(b"1\tx\n2\t\\N\n", false, 2).unwrap();
+        let e = digest_in_pieces(b"2\t\\N\n1\tx\n", false, 5).unwrap();
+        assert_eq!(d, e);
+        assert_eq!(d.rows, 2);
+        assert_eq!(RowsDigest::from_bytes(&d.to_bytes()), Some(d));
+    }
+}

@@ -1,0 +1,61 @@
+//! What each unit of a database migration is, as it travels in the unit's opening frame.
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Range, Table};
+
+/// One unit of a database migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Meta {
+    /// SQL the target runs in one transaction: the schema before the rows (`pre-data`), after
+    /// them (`post-data`: indexes, constraints, triggers), or sequence values (`sequences`).
+    Sql {
+        /// Which.
+        step: String,
+    },
+    /// The rows of one range of one table, as `COPY` bytes.
+    Rows {
+        /// The table (its columns and format as the source reads them).
+        table: Table,
+        /// Which rows.
+        range: Range,
+    },
+    /// The last unit: the target re-reads what it committed and checks it against the source's
+    /// digests (`verify`), then drops its bookkeeping.
+    Finish {
+        /// Whether to re-read and check.
+        verify: bool,
+    },
+}
+
+impl Meta {
+    /// The key the target remembers a committed unit by.
+    pub fn key(&self) -> String {
+        match self {
+            Meta::Sql { step } => format!("sql {step}"),
+            Meta::Rows { table, range } => format!(
+                "rows {} {}",
+                table.qualified(),
+                table.condition(range).unwrap_or_else(|| "all".into())
+            ),
+            Meta::Finish { .. } => "finish".into(),
+        }
+    }
+
+    /// As a unit.
+    pub fn unit(&self) -> crate::unit::Unit {
+        crate::unit::Unit {
+            key: self.key(),
+            meta: serde_json::to_string(self).expect("a plain structure serialises"),
+        }
+    }
+
+    /// Reads a unit's metadata back.
+    pub fn parse(meta: &str) -> crate::error::Result<Self> {
+        serde_json::from_str(meta).map_err(|e| crate::error::Error::Database {
+            what: "a unit's description from the sender".into(),
+            detail: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,406 @@
+//! The source end of a database migration: every reader works in the one snapshot the plan was
+//! made in, so the rows of all ranges, the schema and the sequences agree with each other.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use tokio_postgres::{Client, CopyOutStream};
+
+use super::catalog::{self, Table};
+use super::conn::{full, Database};
+use super::digest::RowHasher;
+use super::meta::Meta;
+use crate::error::{Error, Result};
+use crate::transport::Fut;
+use crate::unit::{Unit, UnitReader, UnitSource};
+
+/// Reads units from a database in one exported snapshot.
+#[derive(Debug)]
+pub struct PgSource {
+    db: Database,
+    snapshot: String,
+    idle: Idle,
+    /// Holds the transaction the snapshot was exported from: the snapshot lives as long as it.
+    _holder: Client,
+    /// What a destination holding an interrupted run may hold, once planned.
+    resume: std::sync::OnceLock<Resume>,
+}
+
+/// The rules for going on from an interrupted run.
+#[derive(Debug)]
+pub(crate) struct Resume {
+    /// Refuse any: the copy must be of one moment (`--consistent`).
+    pub(crate) consistent: bool,
+    /// The keys of this run's units, and the tables they cover.
+    pub(crate) keys: HashSet<String>,
+    pub(crate) tables: Vec<Table>,
+}
+
+impl PgSource {
+    /// Opens the snapshot every reader will share; returns the source and a client inside that
+    /// snapshot for planning.
+    pub(crate) async fn open(db: &Database) -> Result<(Self, Client)> {
+        let holder = db.connect().await?;
+        let snapshot: String = holder
+            .simple_query(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot()",
+            )
+            .await
+            .map_err(|e| Error::Database {
+                what: format!("exporting a snapshot of {}", db.shown),
+                detail: full(&e),
+            })?
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .ok_or_else(|| Error::Database {
+                what: "exporting a snapshot".into(),
+                detail: "no snapshot name returned".into(),
+            })?;
+        let source = Self {
+            db: db.clone(),
+            snapshot,
+            idle: Idle::default(),
+            _holder: holder,
+            resume: std::sync::OnceLock::new(),
+        };
+        let planner = source.client().await?;
+        Ok((source, planner))
+    }
+
+    /// Sets the rules for a destination that holds an interrupted run.
+    pub(crate) fn set_resume(&self, resume: Resume) {
+        let _ = self.resume.set(resume);
+    }
+
+    /// A client in a fresh transaction on the shared snapshot.
+    pub(crate) async fn client(&self) -> Result<Client> {
+        let idle = self.idle.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let client = match idle {
+            Some(c) if !c.is_closed() => c,
+            _ => self.db.connect().await?,
+        };
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+                self.snapshot
+            ))
+            .await
+            .map_err(|e| Error::Database {
+                what: format!("joining the source snapshot {}", self.snapshot),
+                detail: full(&e),
+            })?;
+        Ok(client)
+    }
+
+    /// Ends `client`'s transaction and keeps it for the next reader.
+    pub(crate) async fn give_back(&self, client: Client) {
+        self.idle.give_back(client).await;
+    }
+
+    /// `pg_dump`'s schema section `step` (`pre-data`, `post-data`) in the shared snapshot.
+    async fn schema(&self, step: &str) -> Result<Vec<u8>> {
+        let (db, snapshot, step) = (self.db.clone(), self.snapshot.clone(), step.to_string());
+        tokio::task::spawn_blocking(move || pg_dump(&db, &snapshot, &step))
+            .await
+            .map_err(|e| Error::Database {
+                what: "running pg_dump".into(),
+                detail: e.to_string(),
+            })?
+    }
+
+    /// `setval` for every sequence that has been used.
+    async fn sequences(&self) -> Result<Vec<u8>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT format('SELECT pg_catalog.setval(%L, %s, true);', \
+                        quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value) \
+                 FROM pg_sequences WHERE last_value IS NOT NULL AND schemaname <> '_sluice'",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::Database {
+                what: "reading sequence values".into(),
+                detail: full(&e),
+            })?;
+        self.give_back(client).await;
+        let mut sql = String::new();
+        for r in rows {
+            sql.push_str(r.get::<_, &str>(0));
+            sql.push('\n');
+        }
+        Ok(sql.into_bytes())
+    }
+}
+
+/// Finds `pg_dump`: on the `PATH`, else the newest under `/usr/lib/postgresql`.
+pub(crate) fn pg_tool(name: &str) -> Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            let p = e.path().join("bin").join(name);
+            p.is_file().then_some((v, p))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| Error::Database {
+            what: format!("finding {name}"),
+            detail: format!(
+                "{name} is not on the PATH nor under /usr/lib/postgresql: install PostgreSQL's \
+             client tools (Debian: postgresql-client)"
+            ),
+        })
+}
+
+fn pg_dump(db: &Database, snapshot: &str, step: &str) -> Result<Vec<u8>> {
+    let mut cmd = Command::new(pg_tool("pg_dump")?);
+    cmd.arg("--schema-only")
+        .arg(format!("--section={step}"))
+        .arg(format!("--snapshot={snapshot}"))
+        .arg(format!("--exclude-schema={}", catalog::BOOKKEEPING))
+        .arg("--no-sync")
+        .arg("--dbname")
+        .arg(db.libpq());
+    if let Some(pw) = db.password() {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let out = cmd.output().map_err(|e| Error::Database {
+        what: "running pg_dump".into(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(Error::Database {
+            what: format!("pg_dump --section={step} of {}", db.shown),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(plain_sql(&out.stdout))
+}
+
+/// `pg_dump`'s plain output without the psql meta-commands recent versions add around it
+/// (`\restrict`, `\unrestrict`), so that a server runs it as it is.
+fn plain_sql(dump: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dump.len());
+    for line in dump.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"\\restrict") || line.starts_with(b"\\unrestrict") {
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+impl UnitSource for PgSource {
+    fn check_held(&self, held: &HashSet<String>) -> Result<()> {
+        let Some(resume) = self.resume.get() else {
+            return Ok(());
+        };
+        if resume.consistent && !held.is_empty() {
+            return Err(Error::Database {
+                what: "resuming".into(),
+                detail: format!(
+                    "the target holds {} units of an interrupted copy, whose snapshot ended with \
+                     it; --consistent copies one moment: empty the target and run again, or run \
+                     without --consistent to resume and verify",
+                    held.len()
+                ),
+            });
+        }
+        for table in &resume.tables {
+            let prefix = format!("rows {} ", table.qualified());
+            if let Some(stale) = held
+                .iter()
+                .find(|k| k.starts_with(&prefix) && !resume.keys.contains(*k))
+            {
+                return Err(Error::Database {
+                    what: format!("resuming {}", table.display()),
+                    detail: format!(
+                        "the target holds a range the source is no longer cut into ({stale}): \
+                         the table changed since the interrupted run; empty the target and run \
+                         again"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
+        Box::pin(async move {
+            let reader: Box<dyn UnitReader> = match Meta::parse(&unit.meta)? {
+                Meta::Sql { step } => {
+                    let sql = if step == "sequences" {
+                        self.sequences().await?
+                    } else {
+                        self.schema(&step).await?
+                    };
+                    Box::new(Fixed(Bytes::from(sql)))
+                }
+                Meta::Finish { .. } => Box::new(Fixed(Bytes::new())),
+                Meta::Rows { table, range } => {
+                    let client = self.client().await?;
+                    let table = if table.columns.is_empty() {
+                        self.columns_of(&client, table).await?
+                    } else {
+                        table
+                    };
+                    let stream = client
+                        .copy_out(table.copy_out(&range).as_str())
+                        .await
+                        .map_err(|e| Error::Database {
+                            what: format!(
+                                "reading {} ({})",
+                                table.display(),
+                                range.display(&table)
+                            ),
+                            detail: full(&e),
+                        })?;
+                    Box::new(RowsReader {
+                        what: format!("{} ({})", table.display(), range.display(&table)),
+                        stream: Box::pin(stream),
+                        chunk: Bytes::new(),
+                        rows: Some(RowHasher::new(table.binary)),
+                        client: Some(client),
+                        idle: self.idle.clone(),
+                        done: false,
+                    })
+                }
+            };
+            Ok(reader)
+        })
+    }
+}
+
+impl PgSource {
+    async fn columns_of(&self, client: &Client, table: Table) -> Result<Table> {
+        let all = catalog::tables(client, &[format!("{}.{}", table.schema, table.name)]).await?;
+        all.into_iter()
+            .find(|t| t.schema == table.schema && t.name == table.name)
+            .ok_or_else(|| Error::Database {
+                what: format!("reading {}", table.display()),
+                detail: "the table is gone from the source".into(),
+            })
+    }
+}
+
+/// Connections between readers.
+#[derive(Debug, Default, Clone)]
+struct Idle(Arc<Mutex<Vec<Client>>>);
+
+impl Idle {
+    /// Ends `client`'s transaction and keeps it for the next reader.
+    async fn give_back(&self, client: Client) {
+        if client.batch_execute("COMMIT").await.is_ok() {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(client);
+        }
+    }
+}
+
+/// Bytes known in advance.
+struct Fixed(Bytes);
+
+impl UnitReader for Fixed {
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Fut<'a, Result<usize>> {
+        Box::pin(async move {
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0.advance(n);
+            Ok(n)
+        })
+    }
+
+    fn trailer(&mut self) -> Fut<'_, Result<Vec<u8>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// A range's `COPY` stream, hashed row by row as it goes.
+struct RowsReader {
+    what: String,
+    stream: std::pin::Pin<Box<CopyOutStream>>,
+    chunk: Bytes,
+    rows: Option<RowHasher>,
+    client: Option<Client>,
+    /// Where the client goes back to.
+    idle: Idle,
+    done: bool,
+}
+
+impl UnitReader for RowsReader {
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Fut<'a, Result<usize>> {
+        Box::pin(async move {
+            let mut n = 0;
+            while n < buf.len() {
+                if self.chunk.is_empty() {
+                    if self.done {
+                        break;
+                    }
+                    match self.stream.next().await {
+                        Some(Ok(chunk)) => {
+                            if let Some(h) = self.rows.as_mut() {
+                                h.feed(&chunk);
+                            }
+                            self.chunk = chunk;
+                        }
+                        Some(Err(e)) => {
+                            return Err(Error::Database {
+                                what: format!("reading {}", self.what),
+                                detail: full(&e),
+                            })
+                        }
+                        None => {
+                            self.done = true;
+                            break;
+                        }
+                    }
+                }
+                let k = (buf.len() - n).min(self.chunk.len());
+                buf[n..n + k].copy_from_slice(&self.chunk[..k]);
+                self.chunk.advance(k);
+                n += k;
+            }
+            Ok(n)
+        })
+    }
+
+    fn trailer(&mut self) -> Fut<'_, Result<Vec<u8>>> {
+        Box::pin(async move {
+            let digest = self
+                .rows
+                .take()
+                .expect("the trailer is asked for once")
+                .finish()
+                .map_err(|why| Error::Database {
+                    what: format!("reading {}", self.what),
+                    detail: why,
+                })?;
+            if let Some(client) = self.client.take() {
+                self.idle.give_back(client).await;
+            }
+            Ok(digest.to_bytes())
+        })
+    }
+}

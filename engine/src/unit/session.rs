@@ -1,0 +1,704 @@
+//! Sessions of units that are not files: a source cuts each unit into blocks, the blocks cross on a lane of
+//! their own, and a sink takes them in order and commits the unit whole. A PostgreSQL table
+//! range is such a unit (`sluice db`): its length is known only at its end, its bytes must reach
+//! the sink in order (a `COPY FROM STDIN` stream), and its commit is a transaction.
+//!
+//! The exchange: `Hello` (secret, block size) → `Welcome`, then the units the destination
+//! already holds (`Held`, ended by an empty key) so an interrupted run does not send them
+//! again. Units go in phases (a database's schema before its rows, its indexes after them);
+//! within a phase up to `jobs` units are in flight, each on its own lane (see
+//! [`sluice_proto::unit`]). The receiver answers each unit with `FileVerified` once committed or
+//! `FileFailed` with its reason; a failed unit is sent again, up to [`ATTEMPTS`] times. `Finish`
+//! → `Summary`.
+//!
+//! Every block is checked against the sender's BLAKE3 hash before the sink sees it, and the
+//! closing frame's byte count and trailer (the source's own account: rows and a digest for a
+//! table range) are handed to the sink's commit, which refuses a unit that does not match.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_proto::codec::{decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG};
+use sluice_proto::message::{BlockHeader, ErrorCode, Message};
+use sluice_proto::session::SenderSession;
+use sluice_proto::ticket::Ticket;
+use sluice_proto::unit::{self as frames, CLOSE_PREFIX, OPEN_PREFIX, UNIT_CLOSE_TAG};
+use sluice_proto::PROTOCOL_VERSION;
+use tokio::io::AsyncReadExt;
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::{Error, ErrorKind, Result};
+use crate::lanes::receiving_ring;
+use crate::merkle;
+use crate::progress::Progress;
+use crate::ring::BufferPool;
+use crate::transport::{self, Fut, LaneRx, Link, Listener};
+
+/// The length blocks are hashed against: a unit's end is not known in advance, so no block is
+/// ever its root.
+pub(crate) const ENDLESS: u64 = u64::MAX;
+
+/// How many times a unit is sent before the run gives up on it.
+pub const ATTEMPTS: u32 = 3;
+
+/// One unit to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// A name stable across runs, by which the destination remembers it has committed the unit.
+    pub key: String,
+    /// What the sink needs to know to take the unit (its table, columns, format…); at most
+    /// [`sluice_proto::codec::MAX_STRING_LEN`] bytes.
+    pub meta: String,
+}
+
+/// Where units come from.
+pub trait UnitSource: Send + Sync {
+    /// Starts reading `unit`.
+    fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>>;
+
+    /// Whether the source can go on from what the destination already `held` (the keys of
+    /// units an interrupted run committed); an error ends the session before anything is sent.
+    fn check_held(&self, _held: &HashSet<String>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// One unit's bytes, in order.
+pub trait UnitReader: Send {
+    /// Fills `buf` with the next bytes; fewer than `buf.len()` only at the unit's end.
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Fut<'a, Result<usize>>;
+    /// After the end: the source's account of the unit, checked by the sink's commit (at most
+    /// [`sluice_proto::unit::MAX_TRAILER`] bytes).
+    fn trailer(&mut self) -> Fut<'_, Result<Vec<u8>>>;
+}
+
+/// Where units go.
+pub trait UnitSink: Send + Sync {
+    /// Keys of the units already committed here.
+    fn held(&self) -> Fut<'_, Result<Vec<String>>>;
+    /// Starts taking the unit described by `meta`.
+    fn open<'a>(&'a self, meta: &'a str) -> Fut<'a, Result<Box<dyn UnitWriter>>>;
+}
+
+/// One unit being taken: verified bytes in order, then a commit or, if dropped, nothing.
+pub trait UnitWriter: Send {
+    /// The next verified bytes.
+    fn put(&mut self, data: Bytes) -> Fut<'_, Result<()>>;
+    /// The unit ended after `bytes` bytes with the source's `trailer`: check it and make the
+    /// unit durable and visible as a whole, or fail and leave nothing.
+    fn commit(self: Box<Self>, bytes: u64, trailer: Vec<u8>) -> Fut<'static, Result<()>>;
+}
+
+/// What a unit session did.
+#[derive(Debug, Clone, Default)]
+pub struct UnitsSummary {
+    /// Units committed by this run.
+    pub units: u64,
+    /// Units the destination already held.
+    pub held: u64,
+    /// Units sent more than once (failed at the receiver, then sent again).
+    pub retried: u64,
+    /// Payload bytes committed.
+    pub bytes: u64,
+    /// From connecting to the receiver's summary.
+    pub elapsed: Duration,
+}
+
+/// The receiver's answer to `Hello`, shared by every session that is not a file transfer:
+/// checks the version and the secret, answers `Welcome`, and returns the block size.
+pub(crate) async fn welcome(
+    control: &mut Control,
+    secret: [u8; 32],
+    peer: SocketAddr,
+) -> Result<u32> {
+    let err = transport::conn_error(peer);
+    let block_size = match control.recv().await? {
+        Some(Message::Hello {
+            version,
+            secret: theirs,
+            block_size,
+            ..
+        }) => {
+            let refusal = if version != PROTOCOL_VERSION {
+                Some((
+                    ErrorCode::Version,
+                    format!("protocol version {version}, this end speaks {PROTOCOL_VERSION}"),
+                ))
+            } else if blake3::Hash::from(theirs) != blake3::Hash::from(secret) {
+                Some((
+                    ErrorCode::Auth,
+                    "wrong secret: the sender does not hold this ticket".into(),
+                ))
+            } else if !block_size.is_power_of_two() || !(1024..=16 << 20).contains(&block_size) {
+                Some((
+                    ErrorCode::Protocol,
+                    format!("block size {block_size} is not a power of two from 1 KiB to 16 MiB"),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                let _ = control
+                    .send(&Message::Error {
+                        code,
+                        message: message.clone(),
+                    })
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), control.sync()).await;
+                return Err(err(&message));
+            }
+            block_size
+        }
+        other => return Err(err(&format!("expected Hello, got {other:?}"))),
+    };
+    control
+        .send(&Message::Welcome {
+            version: PROTOCOL_VERSION,
+        })
+        .await?;
+    Ok(block_size)
+}
+
+/// The receiving end of a unit session.
+#[derive(Debug)]
+pub struct UnitServer {
+    config: Config,
+    rt: tokio::runtime::Runtime,
+    listener: Listener,
+}
+
+impl UnitServer {
+    /// Listens as a receiver does (see [`Listener::bind`]).
+    pub fn bind(listen: SocketAddr, advertise: Option<SocketAddr>, config: Config) -> Result<Self> {
+        let rt = transport::runtime()?;
+        let listener = {
+            let _guard = rt.enter();
+            Listener::bind(listen, advertise, &config)?
+        };
+        Ok(Self {
+            config,
+            rt,
+            listener,
+        })
+    }
+
+    /// The ticket for the sending end.
+    pub fn ticket(&self) -> &Ticket {
+        self.listener.ticket()
+    }
+
+    /// Serves one sender into `sink`; `progress` counts the verified bytes.
+    pub fn run(self, sink: Arc<dyn UnitSink>, progress: Arc<Progress>) -> Result<UnitsSummary> {
+        self.run_until(sink, progress, Arc::new(tokio::sync::Notify::new()))
+    }
+
+    /// [`UnitServer::run`], giving up waiting for a sender once `stop` is notified.
+    pub fn run_until(
+        self,
+        sink: Arc<dyn UnitSink>,
+        progress: Arc<Progress>,
+        stop: Arc<tokio::sync::Notify>,
+    ) -> Result<UnitsSummary> {
+        let Self {
+            config,
+            rt,
+            mut listener,
+        } = self;
+        rt.block_on(async move {
+            let (link, control) = tokio::select! {
+                proven = crate::receiver::proven_sender(&mut listener, &config) => proven?,
+                _ = stop.notified() => {
+                    return Err(Error::io("waiting for a sender")(std::io::Error::other(
+                        "stopped before a sender came",
+                    )))
+                }
+            };
+            listener.stop_accepting();
+            let secret = listener.ticket().secret;
+            let started = Instant::now();
+            let result = serve(&config, secret, &link, control, sink, &progress).await;
+            let result = transport::explain(
+                result,
+                &*link,
+                "sender",
+                config.idle_timeout,
+                "units committed so far are kept; run the same command again",
+            )
+            .await;
+            match &result {
+                Ok(_) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), link.closed()).await;
+                    link.close(0, b"").await;
+                }
+                Err(e) => link.close(1, e.to_string().as_bytes()).await,
+            }
+            result.map(|mut s| {
+                s.elapsed = started.elapsed();
+                s
+            })
+        })
+    }
+}
+
+/// How one lane's unit ended at the receiver.
+enum Landed {
+    /// Committed, with this many bytes.
+    Committed(u32, u64),
+    /// Refused by verification or the sink; the lane was read to its end.
+    Failed(u32, String),
+}
+
+async fn serve(
+    config: &Config,
+    secret: [u8; 32],
+    link: &Arc<dyn Link>,
+    mut control: Control,
+    sink: Arc<dyn UnitSink>,
+    progress: &Arc<Progress>,
+) -> Result<UnitsSummary> {
+    let peer = link.peer();
+    let err = transport::conn_error(peer);
+    let block_size = welcome(&mut control, secret, peer).await?;
+    for key in sink.held().await? {
+        control.queue(&Message::Held { key });
+    }
+    control.send(&Message::Held { key: String::new() }).await?;
+    let (pool, allowed) = receiving_ring(config, block_size)?;
+    link.allow_lanes(allowed);
+
+    let mut summary = UnitsSummary::default();
+    let mut lanes = tokio::task::JoinSet::new();
+    let mut finished = false;
+    loop {
+        if finished && lanes.is_empty() {
+            break;
+        }
+        tokio::select! {
+            lane = link.accept_lane(), if !finished => match lane {
+                Some(lane) => {
+                    let (pool, sink, progress) = (pool.clone(), sink.clone(), progress.clone());
+                    lanes.spawn(async move {
+                        receive_unit(lane, &pool, &*sink, block_size, peer, &progress).await
+                    });
+                }
+                None => return Err(err(&"the link ended before the sender finished")),
+            },
+            msg = control.recv() => match msg? {
+                Some(Message::Finish) => finished = true,
+                Some(Message::Error { message, .. }) => return Err(err(&format!("sender aborted: {message}"))),
+                Some(other) => return Err(err(&format!("unexpected message {other:?}"))),
+                None => return Err(err(&"the sender closed the control channel before finishing")),
+            },
+            Some(done) = lanes.join_next() => match done {
+                Ok(Ok(Landed::Committed(id, bytes))) => {
+                    summary.units += 1;
+                    summary.bytes += bytes;
+                    control.send(&Message::FileVerified { id }).await?;
+                }
+                Ok(Ok(Landed::Failed(id, reason))) => {
+                    tracing::warn!("unit {id} failed: {reason}");
+                    control.send(&Message::FileFailed { id, reason }).await?;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(err(&e)),
+            },
+        }
+    }
+    control
+        .send(&Message::Summary {
+            entries: summary.units.min(u64::from(u32::MAX)) as u32,
+            bytes: summary.bytes,
+        })
+        .await?;
+    control.finish();
+    Ok(summary)
+}
+
+/// Reads one unit from `lane` into a writer of `sink`. A unit the sink refuses or that fails
+/// verification is reported as [`Landed::Failed`] once the rest of the lane has been read (the
+/// sender sends it again); a lane out of frame is an error that ends the session.
+async fn receive_unit(
+    mut lane: LaneRx,
+    pool: &Arc<BufferPool>,
+    sink: &dyn UnitSink,
+    block_size: u32,
+    peer: SocketAddr,
+    progress: &Progress,
+) -> Result<Landed> {
+    let err = transport::conn_error(peer);
+    let mut prefix = [0u8; OPEN_PREFIX];
+    lane.read_exact(&mut prefix).await.map_err(|e| err(&e))?;
+    let (id, meta_len) = frames::decode_open_prefix(&prefix)?;
+    let mut meta = vec![0u8; meta_len];
+    lane.read_exact(&mut meta).await.map_err(|e| err(&e))?;
+    let meta = frames::decode_meta(&meta)?;
+    let mut writer = match sink.open(&meta).await {
+        Ok(w) => Some(w),
+        Err(e) => {
+            drain(&mut lane, peer).await?;
+            return Ok(Landed::Failed(id, e.to_string()));
+        }
+    };
+    let mut failure: Option<String> = None;
+    let mut offset = 0u64;
+    loop {
+        let mut tag = [0u8; 1];
+        lane.read_exact(&mut tag).await.map_err(|e| err(&e))?;
+        if tag[0] == UNIT_CLOSE_TAG {
+            let mut close = [0u8; CLOSE_PREFIX];
+            close[0] = tag[0];
+            lane.read_exact(&mut close[1..])
+                .await
+                .map_err(|e| err(&e))?;
+            let (bytes, trailer_len) = frames::decode_close_prefix(&close)?;
+            let mut trailer = vec![0u8; trailer_len];
+            lane.read_exact(&mut trailer).await.map_err(|e| err(&e))?;
+            // Anything after the closing frame is out of frame.
+            let mut extra = [0u8; 1];
+            if lane.read(&mut extra).await.map_err(|e| err(&e))? != 0 {
+                return Err(err(&format!("unit {id}: bytes after its closing frame")));
+            }
+            if let Some(reason) = failure {
+                return Ok(Landed::Failed(id, reason));
+            }
+            if bytes != offset {
+                return Ok(Landed::Failed(
+                    id,
+                    format!("the sender counted {bytes} bytes, {offset} arrived"),
+                ));
+            }
+            let writer = writer.take().expect("the writer is kept until the close");
+            return Ok(match writer.commit(bytes, trailer).await {
+                Ok(()) => Landed::Committed(id, bytes),
+                Err(e) => Landed::Failed(id, e.to_string()),
+            });
+        }
+        let mut raw = [0u8; BLOCK_HEADER_LEN];
+        raw[0] = tag[0];
+        lane.read_exact(&mut raw[1..]).await.map_err(|e| err(&e))?;
+        let header: BlockHeader = decode_block_header(&raw)?;
+        if raw[0] != BLOCK_TAG
+            || header.file != id
+            || header.offset != offset
+            || header.len == 0
+            || header.len > block_size
+        {
+            return Err(err(&format!(
+                "unit {id}: block out of order or out of bounds: unit {}, {} bytes at {} \
+                 (expected {offset})",
+                header.file, header.len, header.offset
+            )));
+        }
+        let len = header.len as usize;
+        let mut buf = pool.take().await;
+        lane.read_exact(&mut buf.as_mut_slice()[..len])
+            .await
+            .map_err(|e| err(&e))?;
+        offset += len as u64;
+        if failure.is_some() {
+            continue;
+        }
+        if merkle::block_cv(&buf.as_slice()[..len], header.offset, ENDLESS) != header.hash {
+            failure = Some(format!(
+                "the block at {} does not match its hash",
+                header.offset
+            ));
+            writer = None;
+            continue;
+        }
+        progress.add_verified(len as u64);
+        let w = writer.as_mut().expect("kept while no failure");
+        if let Err(e) = w.put(buf.freeze(len)).await {
+            failure = Some(e.to_string());
+            writer = None;
+        }
+    }
+}
+
+/// Reads `lane` to its end, for a unit already refused.
+async fn drain(lane: &mut LaneRx, peer: SocketAddr) -> Result<()> {
+    let mut sink = tokio::io::sink();
+    tokio::io::copy(lane, &mut sink)
+        .await
+        .map_err(|e| transport::conn_error(peer)(&e))?;
+    Ok(())
+}
+
+/// Sends `phases` of units from `source` to the receiver named by `ticket`, each phase
+/// committed before the next starts, with up to `jobs` units in flight.
+pub fn send(
+    config: &Config,
+    ticket: &Ticket,
+    phases: Vec<Vec<Unit>>,
+    source: Arc<dyn UnitSource>,
+    jobs: usize,
+    progress: Arc<Progress>,
+) -> Result<UnitsSummary> {
+    let rt = transport::runtime()?;
+    rt.block_on(send_on(config, ticket, phases, source, jobs, progress))
+}
+
+/// [`send`] on the caller's runtime (where a source's own connections run).
+pub async fn send_on(
+    config: &Config,
+    ticket: &Ticket,
+    phases: Vec<Vec<Unit>>,
+    source: Arc<dyn UnitSource>,
+    jobs: usize,
+    progress: Arc<Progress>,
+) -> Result<UnitsSummary> {
+    let started = Instant::now();
+    let link = transport::connect(config, ticket).await?;
+    let result = push(
+        config,
+        ticket,
+        &link,
+        phases,
+        source,
+        jobs.max(1),
+        &progress,
+    )
+    .await;
+    let result = transport::explain(
+        result,
+        &*link,
+        "receiving end",
+        config.idle_timeout,
+        "run the same command again: committed units are not sent twice",
+    )
+    .await;
+    match &result {
+        Ok(_) => link.close(0, b"done").await,
+        Err(e) => link.close(1, e.to_string().as_bytes()).await,
+    }
+    result.map(|mut s| {
+        s.elapsed = started.elapsed();
+        s
+    })
+}
+
+async fn push(
+    config: &Config,
+    ticket: &Ticket,
+    link: &Arc<dyn Link>,
+    phases: Vec<Vec<Unit>>,
+    source: Arc<dyn UnitSource>,
+    jobs: usize,
+    progress: &Arc<Progress>,
+) -> Result<UnitsSummary> {
+    let peer = link.peer();
+    let err = transport::conn_error(peer);
+    let mut control = Control::new(link.open_control().await?, peer.to_string());
+    control
+        .send(&SenderSession::hello(ticket.secret, config.block_size, 0))
+        .await?;
+    match control.recv().await? {
+        Some(Message::Welcome { .. }) => {}
+        Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
+        other => return Err(err(&format!("expected Welcome, got {other:?}"))),
+    }
+    let mut held = HashSet::new();
+    loop {
+        match control.recv().await? {
+            Some(Message::Held { key }) if key.is_empty() => break,
+            Some(Message::Held { key }) => {
+                held.insert(key);
+            }
+            other => return Err(err(&format!("expected Held, got {other:?}"))),
+        }
+    }
+    source.check_held(&held)?;
+    let pool = BufferPool::new(
+        config.ring_buffers.max(jobs + 1),
+        config.block_size as usize,
+    )
+    .map_err(Error::io("allocating the buffer ring"))?;
+    let total: u64 = phases.iter().map(|p| p.len() as u64).sum();
+    progress.set_totals(total, 0);
+
+    let mut summary = UnitsSummary::default();
+    let mut next_id = 0u32;
+    let mut failures: Vec<String> = Vec::new();
+    for phase in phases {
+        let mut queue: VecDeque<(Unit, u32)> = VecDeque::new();
+        for unit in phase {
+            if held.contains(&unit.key) {
+                summary.held += 1;
+            } else {
+                queue.push_back((unit, 0));
+            }
+        }
+        // In flight: id → (unit, attempts so far, lane still being written).
+        let mut flying: std::collections::HashMap<u32, (Unit, u32)> = Default::default();
+        let mut writing = tokio::task::JoinSet::new();
+        while !queue.is_empty() || !flying.is_empty() {
+            while flying.len() < jobs {
+                let Some((unit, attempts)) = queue.pop_front() else {
+                    break;
+                };
+                let id = next_id;
+                next_id = next_id.wrapping_add(1);
+                flying.insert(id, (unit.clone(), attempts + 1));
+                let (link, source, pool, progress) =
+                    (link.clone(), source.clone(), pool.clone(), progress.clone());
+                writing.spawn(async move {
+                    send_unit(&link, id, &unit, &*source, &pool, &progress).await
+                });
+            }
+            tokio::select! {
+                Some(done) = writing.join_next() => match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(err(&e)),
+                },
+                msg = control.recv() => match msg? {
+                    Some(Message::FileVerified { id }) => {
+                        if flying.remove(&id).is_none() {
+                            return Err(err(&format!("the receiver committed unit {id}, which is not in flight")));
+                        }
+                        summary.units += 1;
+                        progress.add_unit_done();
+                    }
+                    Some(Message::FileFailed { id, reason }) => {
+                        let Some((unit, attempts)) = flying.remove(&id) else {
+                            return Err(err(&format!("the receiver failed unit {id}, which is not in flight")));
+                        };
+                        tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
+                        if attempts < ATTEMPTS {
+                            summary.retried += 1;
+                            queue.push_back((unit, attempts));
+                        } else {
+                            failures.push(format!("{}: {reason}", unit.key));
+                        }
+                    }
+                    Some(Message::Error { message, .. }) => return Err(err(&format!("the receiving end failed: {message}"))),
+                    other => return Err(err(&format!("unexpected {other:?} while sending"))),
+                },
+            }
+        }
+        // A later phase depends on every unit of this one.
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    control.send(&Message::Finish).await?;
+    let bytes = match control.recv().await? {
+        Some(Message::Summary { bytes, .. }) => bytes,
+        Some(Message::Error { message, .. }) => {
+            return Err(err(&format!("the receiving end failed: {message}")))
+        }
+        other => return Err(err(&format!("expected Summary, got {other:?}"))),
+    };
+    summary.bytes = bytes;
+    if let Some(first) = failures.first() {
+        return Err(Error::FilesFailed {
+            failed: failures.len(),
+            total: total as usize,
+            first: first.clone(),
+            kind: ErrorKind::Verification,
+        });
+    }
+    Ok(summary)
+}
+
+/// Sends one unit on a lane of its own.
+async fn send_unit(
+    link: &Arc<dyn Link>,
+    id: u32,
+    unit: &Unit,
+    source: &dyn UnitSource,
+    pool: &Arc<BufferPool>,
+    progress: &Progress,
+) -> Result<()> {
+    let err = transport::conn_error(link.peer());
+    let mut reader = source.open(unit).await?;
+    let mut lane = open_lane(link).await?;
+    let mut open = [Bytes::from(frames::encode_open(id, &unit.meta))];
+    lane.write(&mut open).await.map_err(|e| err(&e))?;
+    let mut offset = 0u64;
+    loop {
+        let mut buf = pool.take().await;
+        let size = buf.len();
+        let n = reader.read(buf.as_mut_slice()).await?;
+        if n > 0 {
+            let hash = merkle::block_cv(&buf.as_slice()[..n], offset, ENDLESS);
+            let header = encode_block_header(&BlockHeader {
+                file: id,
+                offset,
+                len: n as u32,
+                packed: 0,
+                zero: false,
+                hash,
+                patch: false,
+            });
+            let mut chunks = [Bytes::copy_from_slice(&header), buf.freeze(n)];
+            lane.write(&mut chunks).await.map_err(|e| err(&e))?;
+            progress.add_sent(n as u64);
+            offset += n as u64;
+        }
+        if n < size {
+            break;
+        }
+    }
+    let trailer = reader.trailer().await?;
+    let mut close = [Bytes::from(frames::encode_close(offset, &trailer))];
+    lane.write(&mut close).await.map_err(|e| err(&e))?;
+    lane.finish().await;
+    Ok(())
+}
+
+/// Opens a lane, waiting while the receiver has not yet counted a finished one out.
+async fn open_lane(link: &Arc<dyn Link>) -> Result<Box<dyn crate::transport::LaneTx>> {
+    let deadline = Instant::now() + transport::HELLO_DEADLINE;
+    loop {
+        if let Some(lane) = link.open_lane().await? {
+            return Ok(lane);
+        }
+        if Instant::now() >= deadline {
+            return Err(transport::conn_error(link.peer())(
+                &"the receiver allows no lane for the next unit",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Both ends in this process over loopback: a receiving end into `sink` on a thread of its
+/// own, and `send` (given the ticket) on the caller's thread.
+pub fn copy<T>(
+    config: &Config,
+    sink: Arc<dyn UnitSink>,
+    send: impl FnOnce(&Ticket) -> Result<T>,
+) -> Result<T> {
+    let server = UnitServer::bind(
+        "127.0.0.1:0".parse().expect("literal address"),
+        None,
+        config.clone(),
+    )?;
+    let ticket = server.ticket().clone();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serving = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-units-recv".into())
+            .spawn(move || server.run_until(sink, Arc::new(Progress::default()), stop))
+            .map_err(Error::io("starting the receiving end"))?
+    };
+    let sent = send(&ticket);
+    if sent.is_err() {
+        stop.notify_one();
+    }
+    let served = serving.join().unwrap_or_else(|_| {
+        Err(Error::io("receiving end")(std::io::Error::other(
+            "panicked",
+        )))
+    });
+    match (sent, served) {
+        (Ok(s), Ok(_)) => Ok(s),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    }
+}

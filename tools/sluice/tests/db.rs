@@ -1,0 +1,489 @@
+//! `sluice db` end to end against real PostgreSQL servers: throwaway clusters (`initdb`,
+//! `pg_ctl`, run as `nobody` when the tests run as root) on private Unix sockets, stopped when
+//! the test ends. The `sluice` binary runs as a user would, unprivileged where the test is root.
+//!
+//! Without PostgreSQL's server binaries these tests say so and pass, unless
+//! `SLUICE_REQUIRE_POSTGRES` is set (`.ci/run` installs PostgreSQL and sets it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// PostgreSQL's server binaries, or `None` (and the reason printed) where they are missing.
+fn pg_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    let bin = found.pop().map(|(_, b)| b);
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("SLUICE_REQUIRE_POSTGRES").is_none(),
+            "SLUICE_REQUIRE_POSTGRES is set but no PostgreSQL server is installed"
+        );
+        eprintln!(
+            "skipped: no PostgreSQL server under /usr/lib/postgresql (apt install postgresql-15)"
+        );
+    }
+    bin
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// `program` as `nobody` when this process is root (PostgreSQL refuses to run as root, and root
+/// hides permission bugs), else as this user.
+fn unprivileged(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A throwaway PostgreSQL cluster on a private socket directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    fn start(bin: &Path) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = unprivileged(&bin.join(args[0]))
+                .args(&args[1..])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        };
+        if is_root() {
+            let ok = Command::new("chown")
+                .arg("65534:65534")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = dir.path().join("data");
+        let sock = dir.path().display().to_string();
+        run(&[
+            "initdb",
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run(&[
+            "pg_ctl",
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            dir.path().join("log").to_str().unwrap(),
+            "-w",
+            "-o",
+            &format!("-F -k {sock} -p 5432 -c listen_addresses='' -c max_connections=50"),
+            "start",
+        ]);
+        Cluster {
+            dir,
+            bin: bin.to_path_buf(),
+        }
+    }
+
+    /// A libpq connection string for database `db`.
+    fn url(&self, db: &str) -> String {
+        format!(
+            "host={} port=5432 user=postgres dbname={db}",
+            self.dir.path().display()
+        )
+    }
+
+    /// Runs SQL in `db` with psql, failing the test on any error; returns what it printed.
+    fn sql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(db),
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn file(&self, db: &str, path: &Path) {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(db),
+                "-f",
+            ])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), stderr(&out));
+    }
+
+    /// `pg_dump` of `db` with the lines that differ between any two dumps (comments, the
+    /// per-dump `\restrict` key) left out; rows sorted (a copy need not keep their order).
+    fn dump(&self, db: &str, what: &str) -> Vec<String> {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args([what, "-d", &self.url(db)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_dump: {}", stderr(&out));
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                !l.starts_with("--")
+                    && !l.starts_with("\\restrict")
+                    && !l.starts_with("\\unrestrict")
+            })
+            .map(str::to_string)
+            .collect();
+        if what == "--data-only" {
+            lines.sort();
+        }
+        lines
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = unprivileged(&self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                self.dir.path().join("data").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `sluice ARGS`, unprivileged when the test is root.
+fn sluice_db(args: &[&str]) -> Output {
+    let mut c = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
+    c.args(args).stdin(Stdio::null());
+    c.output().unwrap()
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pg_types.sql")
+}
+
+/// Every column type of the fixture (numeric NaN, Unicode text, jsonb, arrays of an enum,
+/// bytea, timestamps with zones and infinities, domains, NULLs, TOASTed values, a partitioned
+/// table, a table without a key, quoted names, one row, no rows) arrives exactly: `sluice db
+/// verify` and an independent `pg_dump` agree, the schema matches, sequences continue where
+/// the source's were, and no bookkeeping is left. Then one changed row and one deleted row at
+/// the target are each named with their table and range, and `verify` exits 1.
+#[test]
+fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::start(&bin);
+    pg.sql("postgres", "CREATE DATABASE src");
+    pg.sql("postgres", "CREATE DATABASE dst");
+    pg.file("src", &fixture());
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+
+    let out = sluice_db(&[
+        "db",
+        "copy",
+        &src,
+        &dst,
+        "--range-size",
+        "1M",
+        "--jobs",
+        "3",
+    ]);
+    assert!(out.status.success(), "copy: {}", stderr(&out));
+
+    let out = sluice_db(&["db", "verify", &src, &dst, "--range-size", "1M"]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert!(stderr(&out).contains("0 differ"), "{}", stderr(&out));
+    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+    assert_eq!(
+        pg.dump("src", "--schema-only"),
+        pg.dump("dst", "--schema-only")
+    );
+    assert_eq!(
+        pg.sql(
+            "dst",
+            "SELECT count(*) FROM pg_namespace WHERE nspname = '_sluice'"
+        ),
+        "0"
+    );
+    assert_eq!(pg.sql("dst", "SELECT nextval('orders_id_seq')"), "5001");
+    assert_eq!(pg.sql("dst", "SELECT count(*) FROM events"), "10000");
+
+    pg.sql("dst", "UPDATE kinds SET t = 'changed' WHERE id = 19999");
+    pg.sql(
+        "dst",
+        "DELETE FROM \"Odd Schema\".\"Mixed Case \"\"Table\"\"\" WHERE \"x y\" = 7",
+    );
+    let out = sluice_db(&["db", "verify", &src, &dst, "--range-size", "1M"]);
+    assert_eq!(out.status.code(), Some(1), "verify: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("public.kinds: \"id\" >= ") && !l.contains("< 19999")),
+        "{said}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Odd Schema.Mixed Case \"Table\": all rows: 30002 rows")),
+        "{said}"
+    );
+}
+
+/// A `sluice db recv` process and its ticket.
+struct DbRecv {
+    child: std::process::Child,
+    ticket: String,
+}
+
+impl DbRecv {
+    fn start(args: &[&str]) -> DbRecv {
+        use std::io::BufRead;
+        let mut child = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+            .args(["db", "recv", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ticket = line.trim().to_string();
+        assert!(ticket.starts_with("sluice1-"), "db recv printed {line:?}");
+        DbRecv { child, ticket }
+    }
+
+    /// Waits up to `limit` for it to exit (killing it past that) and returns its status.
+    fn wait_limit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("db recv still running after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DbRecv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the target has committed at least `n` units of an interrupted copy.
+fn wait_for_units(pg: &Cluster, db: &str, n: u64, limit: Duration) -> u64 {
+    let start = Instant::now();
+    loop {
+        let exists = pg.sql(db, "SELECT to_regclass('_sluice.units') IS NOT NULL") == "t";
+        let have = if exists {
+            pg.sql(db, "SELECT count(*) FROM _sluice.units")
+                .parse()
+                .unwrap()
+        } else {
+            0
+        };
+        if have >= n {
+            return have;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "only {have} units committed after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A send and receive over TCP, killed with SIGKILL in the middle of a large table twice (the
+/// sender first, the receiver the second time), then run to the end: the databases are
+/// identical, nothing committed by an interrupted run is sent again, and what an interruption
+/// loses is at most the ranges in flight (one per job).
+#[test]
+fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::start(&bin);
+    pg.sql("postgres", "CREATE DATABASE src");
+    pg.sql("postgres", "CREATE DATABASE dst");
+    pg.sql(
+        "src",
+        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea, doc jsonb); \
+         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex'), \
+                jsonb_build_object('i', i, 'pad', repeat('p', 100)) \
+         FROM generate_series(1, 250000) i; \
+         CREATE TABLE heap_only AS SELECT i, md5(i::text) AS h FROM generate_series(1, 100000) i;",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let start_pair = || {
+        let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
+        let mut send = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
+        send.args(["db", "send", &src, &recv.ticket])
+            .args(opts)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        (recv, send.spawn().unwrap())
+    };
+
+    // First run: the sender dies.
+    let (recv, mut send) = start_pair();
+    let first = wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
+    send.kill().unwrap();
+    send.wait().unwrap();
+    let status = recv.wait_limit(Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "the receiver must notice its sender died"
+    );
+    let after_first = wait_for_units(&pg, "dst", first, Duration::from_secs(1));
+
+    // With --consistent an interrupted copy is not resumed: its snapshot is gone.
+    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
+    let out = sluice_db(&[
+        "db",
+        "send",
+        &src,
+        &recv.ticket,
+        "--consistent",
+        "--transport",
+        "tcp",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--consistent"), "{}", stderr(&out));
+    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
+    assert_eq!(
+        wait_for_units(&pg, "dst", 0, Duration::from_secs(1)),
+        after_first
+    );
+
+    // Second run: the receiver dies.
+    let (recv, send) = start_pair();
+    wait_for_units(&pg, "dst", after_first + 4, Duration::from_secs(60));
+    recv.kill();
+    let start = Instant::now();
+    let out = send.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the sender must notice its receiver died"
+    );
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let after_second = wait_for_units(&pg, "dst", 0, Duration::from_secs(1));
+    assert!(after_second >= after_first + 4);
+
+    // Third run: to the end.
+    let (recv, send) = start_pair();
+    let out = send.wait_with_output().unwrap();
+    assert!(out.status.success(), "final run: {}", stderr(&out));
+    assert!(recv.wait_limit(Duration::from_secs(20)).success());
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["event"] == "summary")
+        .expect("a summary line");
+    // Everything the interrupted runs committed was taken as it was.
+    assert_eq!(summary["held"].as_u64().unwrap(), after_second, "{summary}");
+    let ranges = summary["ranges"].as_u64().unwrap();
+    assert!(ranges >= 20, "{summary}");
+    // Every unit (schema, ranges, indexes, sequences, the check) committed exactly once.
+    assert_eq!(
+        summary["held"].as_u64().unwrap() + summary["units"].as_u64().unwrap(),
+        ranges + 4,
+        "{summary}"
+    );
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+}
+
+/// No server where the connection string points: a clear error naming it, in seconds.
+#[test]
+fn a_database_that_is_not_there_is_named_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let conn = format!("host={} dbname=nothing", d.path().display());
+    for args in [
+        vec!["db", "plan", conn.as_str()],
+        vec!["db", "copy", conn.as_str(), conn.as_str()],
+        vec!["db", "verify", conn.as_str(), conn.as_str()],
+    ] {
+        let start = Instant::now();
+        let out = sluice().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("connecting to host="), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = sluice()
+        .args(["db", "plan", "postgres://[::1"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("connection string"),
+        "{}",
+        stderr(&out)
+    );
+}
