@@ -60,7 +60,7 @@ psql -d "$A dbname=src" -c "CREATE TABLE wide (id bigint PRIMARY KEY, b bytea, j
     INSERT INTO wide SELECT i, decode(repeat(md5(i::text), 16), 'hex'),
         jsonb_build_object('i', i, 'tags', jsonb_build_array('x' || i % 97, i % 13),
                            'note', repeat(md5((i * 7)::text), 24))
-    FROM generate_series(1, $ROWS) i; VACUUM ANALYZE;"
+    FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE"
 BYTES=$(psql -tA -d "$A dbname=src" -c "SELECT sum(pg_table_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
 LARGEST=$(psql -tA -d "$A dbname=src" -c "SELECT max(pg_table_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
 GB=$(echo "$BYTES / 1000000000" | bc -l)

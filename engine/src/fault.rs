@@ -40,3 +40,21 @@ pub(crate) fn frozen_versions() -> bool {
 pub(crate) fn frozen_versions() -> bool {
     false
 }
+
+/// From `SLUICE_FAULT_DB_LOSE_ROW=schema.table` in the receiver's environment: once, the target
+/// loses one row of that table's range right after the range was checked and before it commits
+/// (as a stray `DELETE` or a faulty storage layer would), so that the tests can show the final
+/// re-read catching it, naming the range, and a second run repairing it.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn db_lose_row(table: &str) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static DONE: AtomicBool = AtomicBool::new(false);
+    std::env::var("SLUICE_FAULT_DB_LOSE_ROW").is_ok_and(|t| t == table)
+        && !DONE.swap(true, Ordering::Relaxed)
+}
+
+/// Without the feature: no row is lost.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn db_lose_row(_table: &str) -> bool {
+    false
+}

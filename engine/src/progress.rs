@@ -36,6 +36,17 @@ pub enum Event {
         /// Differing byte ranges, adjacent blocks merged.
         ranges: Vec<std::ops::Range<u64>>,
     },
+    /// A unit that is not a file (a table range, a schema step) was committed at the receiver.
+    UnitCommitted {
+        /// The unit's key.
+        key: String,
+        /// What it is part of (a table), as its source named it; empty for none.
+        group: String,
+        /// Units of that group committed so far (this run and earlier, interrupted ones).
+        group_done: u64,
+        /// Units in the group.
+        group_total: u64,
+    },
     /// A file failed; nothing was put in its place.
     FileFailed {
         /// The path relative to the destination.

@@ -1,5 +1,5 @@
-//! Feeds arbitrary bytes to the control-frame decoder, the block-header decoder and both
-//! sessions (the receiver's, and the sender's of a three-file manifest past its Welcome): none may
+//! Feeds arbitrary bytes to the control-frame decoder, the block-header decoder, the unit-lane
+//! frame decoders (`sluice db`) and both sessions (the receiver's, and the sender's of a three-file manifest past its Welcome): none may
 //! panic, and every decoded message must re-encode to the bytes it came from.
 #![no_main]
 
@@ -7,10 +7,22 @@ use libfuzzer_sys::fuzz_target;
 use sluice_proto::codec::{decode_block_header, encode_message, FrameDecoder, BLOCK_HEADER_LEN};
 use sluice_proto::message::Message;
 use sluice_proto::session::{ReceiverSession, SenderSession};
+use sluice_proto::unit;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(h) = data.first_chunk::<BLOCK_HEADER_LEN>() {
         let _ = decode_block_header(h);
+    }
+    if let Some(p) = data.first_chunk::<{ unit::OPEN_PREFIX }>() {
+        if let Ok((_, len)) = unit::decode_open_prefix(p) {
+            assert!(len <= sluice_proto::codec::MAX_STRING_LEN);
+            let _ = unit::decode_meta(&data[unit::OPEN_PREFIX..][..len.min(data.len() - unit::OPEN_PREFIX)]);
+        }
+    }
+    if let Some(p) = data.first_chunk::<{ unit::CLOSE_PREFIX }>() {
+        if let Ok((_, len)) = unit::decode_close_prefix(p) {
+            assert!(len <= unit::MAX_TRAILER);
+        }
     }
     let mut dec = FrameDecoder::new();
     let mut session = ReceiverSession::new([0; 32]);

@@ -1,8 +1,12 @@
 //! An order-independent digest of a table's rows, computed on `COPY` bytes as they stream past
-//! (never decoded): each row's BLAKE3 hash, cut to 128 bits, summed modulo 2¹²⁸, and the row
-//! count. Two copies of a range hold the same rows exactly when both agree, whatever order a
+//! (never decoded): each row's 128-bit XXH3 hash, summed modulo 2¹²⁸, and the row count.
+//! (Not BLAKE3, as blocks are: rows are short, and BLAKE3 per 100-byte row was most of the CPU
+//! a migration cost; see `docs/decisions.md`. The bytes on the wire are BLAKE3-verified block
+//! by block; this digest compares what two databases store.) Two copies of a range hold the same rows exactly when both agree, whatever order a
 //! scan returns them in. Only the framing is read: in binary format a row is a field count and
 //! length-prefixed fields; in text format a row is a line.
+
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 /// The account of one range: how many rows, and the sum of their hashes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,13 +71,21 @@ enum State {
 
 /// Feeds on a `COPY` stream in pieces of any size and keeps the running [`RowsDigest`]. Holds
 /// at most a few bytes of framing whatever the row sizes.
-#[derive(Debug)]
 pub struct RowHasher {
     state: State,
-    row: blake3::Hasher,
+    row: Xxh3,
     in_row: bool,
     digest: RowsDigest,
     bad: Option<String>,
+}
+
+impl std::fmt::Debug for RowHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowHasher")
+            .field("state", &self.state)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RowHasher {
@@ -88,7 +100,7 @@ impl RowHasher {
             } else {
                 State::Line
             },
-            row: blake3::Hasher::new(),
+            row: Xxh3::new(),
             in_row: false,
             digest: RowsDigest::default(),
             bad: None,
@@ -96,18 +108,57 @@ impl RowHasher {
     }
 
     fn end_row(&mut self) {
-        let h = self.row.finalize();
-        let mut low = [0u8; 16];
-        low.copy_from_slice(&h.as_bytes()[..16]);
-        self.digest.rows += 1;
-        self.digest.sum = self.digest.sum.wrapping_add(u128::from_le_bytes(low));
+        let h = self.row.digest128();
+        self.add_row(h);
         self.row.reset();
         self.in_row = false;
     }
 
-    /// Takes the next bytes of the stream.
+    fn add_row(&mut self, h: u128) {
+        self.digest.rows += 1;
+        self.digest.sum = self.digest.sum.wrapping_add(h);
+    }
+
+    /// Takes the next bytes of the stream. Whole rows in `data` are hashed in one call each
+    /// (a row is usually one `COPY` message, and a block holds thousands); only a row cut by
+    /// the end of `data` goes through the byte-wise state machine.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() && self.bad.is_none() {
+            match self.state {
+                State::Count { got: 0, .. } => match whole_binary_row(data) {
+                    Some(Ok(n)) => {
+                        self.add_row(xxh3_128(&data[..n]));
+                        data = &data[n..];
+                        continue;
+                    }
+                    Some(Err(())) => {
+                        // The trailer, or a bad count: the state machine says which.
+                    }
+                    None => {}
+                },
+                State::Line if !self.in_row => {
+                    if let Some(i) = data.iter().position(|&b| b == b'\n') {
+                        self.add_row(xxh3_128(&data[..i]));
+                        data = &data[i + 1..];
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            let used = self.step(data);
+            data = &data[used..];
+        }
+    }
+
+    /// Runs the state machine on `data` until a row ends (or `data` does); returns the bytes
+    /// it took.
+    fn step(&mut self, all: &[u8]) -> usize {
+        let mut data = all;
+        let rows = self.digest.rows;
+        while !data.is_empty() && self.bad.is_none() && self.digest.rows == rows {
+            if matches!(self.state, State::Count { got: 0, .. }) && data.len() < all.len() {
+                break;
+            }
             match &mut self.state {
                 State::Line => match data.iter().position(|&b| b == b'\n') {
                     Some(i) => {
@@ -218,6 +269,7 @@ impl RowHasher {
                 }
             }
         }
+        all.len() - data.len()
     }
 
     fn after_field(&mut self, left: u16) {
@@ -251,6 +303,28 @@ impl RowHasher {
             _ => Err("the rows end in the middle of a row".into()),
         }
     }
+}
+
+/// The length of the binary row at the start of `data` if all of it is there; `Err` for a
+/// field count that is not a row's (the trailer's -1, or a bad one).
+fn whole_binary_row(data: &[u8]) -> Option<Result<usize, ()>> {
+    let count = i16::from_be_bytes([*data.first()?, *data.get(1)?]);
+    if count < 0 {
+        return Some(Err(()));
+    }
+    let mut at = 2usize;
+    for _ in 0..count {
+        let len = data.get(at..at + 4)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        if len < -1 {
+            return Some(Err(()));
+        }
+        at += 4 + len.max(0) as usize;
+        if at > data.len() {
+            return None;
+        }
+    }
+    Some(Ok(at))
 }
 
 #[cfg(test)]

@@ -46,6 +46,10 @@ impl Meta {
     /// As a unit.
     pub fn unit(&self) -> crate::unit::Unit {
         crate::unit::Unit {
+            group: match self {
+                Meta::Rows { table, .. } => table.display(),
+                _ => String::new(),
+            },
             key: self.key(),
             meta: serde_json::to_string(self).expect("a plain structure serialises"),
         }

@@ -32,15 +32,18 @@ use tokio::io::AsyncReadExt;
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lanes::receiving_ring;
 use crate::merkle;
 use crate::progress::Progress;
-use crate::ring::BufferPool;
+use crate::ring::{BufferPool, ALIGN};
 use crate::transport::{self, Fut, LaneRx, Link, Listener};
 
 /// The length blocks are hashed against: a unit's end is not known in advance, so no block is
 /// ever its root.
 pub(crate) const ENDLESS: u64 = u64::MAX;
+
+/// The most units a receiver takes at once (each holds a lane, two buffers and, for a
+/// database, a connection).
+pub const MAX_LANES: usize = 16;
 
 /// How many times a unit is sent before the run gives up on it.
 pub const ATTEMPTS: u32 = 3;
@@ -53,6 +56,8 @@ pub struct Unit {
     /// What the sink needs to know to take the unit (its table, columns, format…); at most
     /// [`sluice_proto::codec::MAX_STRING_LEN`] bytes.
     pub meta: String,
+    /// What the unit is part of, for progress (a table for a range); empty for none.
+    pub group: String,
 }
 
 /// Where units come from.
@@ -267,8 +272,13 @@ async fn serve(
         control.queue(&Message::Held { key });
     }
     control.send(&Message::Held { key: String::new() }).await?;
-    let (pool, allowed) = receiving_ring(config, block_size)?;
-    link.allow_lanes(allowed);
+    // Each lane's reader holds a buffer while its block arrives and until the sink has taken
+    // it: two per lane, within the configured ring whatever the sender's block size.
+    let budget = config.ring_buffers as u64 * u64::from(config.block_size);
+    let count = (budget / u64::from(block_size).max(ALIGN as u64)).clamp(2, 2 * MAX_LANES as u64);
+    let pool = BufferPool::new(count as usize, block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
+    link.allow_lanes((count as usize / 2).max(1));
 
     let mut summary = UnitsSummary::default();
     let mut lanes = tokio::task::JoinSet::new();
@@ -512,14 +522,21 @@ async fn push(
         }
     }
     source.check_held(&held)?;
-    let pool = BufferPool::new(
-        config.ring_buffers.max(jobs + 1),
-        config.block_size as usize,
-    )
-    .map_err(Error::io("allocating the buffer ring"))?;
+    // A unit's reader fills one buffer while the one before is on its way.
+    let pool = BufferPool::new(2 * jobs + 2, config.block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
     let total: u64 = phases.iter().map(|p| p.len() as u64).sum();
-    progress.set_totals(total, 0);
+    progress.set_totals(total, progress.snapshot().bytes_total);
 
+    // Progress by group: units in each, and committed so far (by earlier runs too).
+    let mut groups: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    for unit in phases.iter().flatten() {
+        let g = groups.entry(unit.group.clone()).or_default();
+        g.1 += 1;
+        if held.contains(&unit.key) {
+            g.0 += 1;
+        }
+    }
     let mut summary = UnitsSummary::default();
     let mut next_id = 0u32;
     let mut failures: Vec<String> = Vec::new();
@@ -557,11 +574,19 @@ async fn push(
                 },
                 msg = control.recv() => match msg? {
                     Some(Message::FileVerified { id }) => {
-                        if flying.remove(&id).is_none() {
+                        let Some((unit, _)) = flying.remove(&id) else {
                             return Err(err(&format!("the receiver committed unit {id}, which is not in flight")));
-                        }
+                        };
                         summary.units += 1;
                         progress.add_unit_done();
+                        let g = groups.entry(unit.group.clone()).or_default();
+                        g.0 += 1;
+                        progress.push(crate::progress::Event::UnitCommitted {
+                            key: unit.key,
+                            group: unit.group,
+                            group_done: g.0,
+                            group_total: g.1,
+                        });
                     }
                     Some(Message::FileFailed { id, reason }) => {
                         let Some((unit, attempts)) = flying.remove(&id) else {
@@ -651,17 +676,17 @@ async fn send_unit(
     Ok(())
 }
 
-/// Opens a lane, waiting while the receiver has not yet counted a finished one out.
+/// Opens a lane, waiting while the receiver has every lane it allows busy (a unit's lane is
+/// counted out once the receiver has committed it).
 async fn open_lane(link: &Arc<dyn Link>) -> Result<Box<dyn crate::transport::LaneTx>> {
-    let deadline = Instant::now() + transport::HELLO_DEADLINE;
     loop {
         if let Some(lane) = link.open_lane().await? {
             return Ok(lane);
         }
-        if Instant::now() >= deadline {
-            return Err(transport::conn_error(link.peer())(
-                &"the receiver allows no lane for the next unit",
-            ));
+        if let Some(ended) = link.ended() {
+            return Err(transport::conn_error(link.peer())(&format!(
+                "the link ended while waiting for a lane: {ended:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

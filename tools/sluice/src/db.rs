@@ -9,14 +9,15 @@ use anyhow::{bail, Context, Result};
 use sluice_engine::db::{self, Database, Options, Plan};
 use sluice_engine::unit::session::UnitServer;
 use sluice_engine::unit::UnitsSummary;
-use sluice_engine::{Config, Progress, Ticket};
+use sluice_engine::{Config, Event, Progress, Ticket};
 
 use crate::args::{DbCommand, DbOptions};
 use crate::render;
 
 fn options(o: &DbOptions) -> Result<Options> {
-    if o.jobs == 0 || o.jobs > 64 {
-        bail!("--jobs must be from 1 to 64, not {}", o.jobs);
+    let most = sluice_engine::unit::session::MAX_LANES;
+    if o.jobs == 0 || o.jobs > most {
+        bail!("--jobs must be from 1 to {most}, not {}", o.jobs);
     }
     if o.range_size.is_some_and(|n| n < 1 << 20) {
         bail!("--range-size must be at least 1M");
@@ -138,25 +139,70 @@ where
             })?
     };
     let started = Instant::now();
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-        done_rx.recv_timeout(Duration::from_secs(1))
-    {
+    // Tables with ranges still to commit: (done, total).
+    let mut tables: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut finished = false;
+    while !finished {
+        finished = !matches!(
+            done_rx.recv_timeout(Duration::from_secs(1)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        for e in progress.take_events() {
+            let Event::UnitCommitted {
+                group,
+                group_done,
+                group_total,
+                ..
+            } = e
+            else {
+                continue;
+            };
+            if group.is_empty() {
+                continue;
+            }
+            if json {
+                render::json_line(&serde_json::json!({
+                    "event": "table", "table": group, "ranges_done": group_done,
+                    "ranges_total": group_total,
+                }));
+            }
+            if group_done >= group_total {
+                tables.remove(&group);
+                if !json {
+                    eprintln!("sluice: {group}: all {group_total} ranges committed");
+                }
+            } else {
+                tables.insert(group, (group_done, group_total));
+            }
+        }
+        if finished {
+            break;
+        }
         let s = progress.snapshot();
         let secs = started.elapsed().as_secs_f64();
+        let rate = s.bytes_sent as f64 / secs.max(1e-9);
+        // Table bytes on disk approximate the COPY bytes still to come.
+        let eta = (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / rate.max(1.0)).round();
         if json {
             render::json_line(&serde_json::json!({
                 "event": "progress", "seconds": secs, "bytes_sent": s.bytes_sent,
                 "units_done": s.files_verified, "units_total": s.files_total,
-                "table_bytes": s.bytes_total,
+                "table_bytes": s.bytes_total, "eta_seconds": eta,
             }));
         } else {
+            let busy: Vec<String> = tables
+                .iter()
+                .take(3)
+                .map(|(t, (d, n))| format!("{t} {d}/{n}"))
+                .collect();
             eprintln!(
-                "sluice: {:7.1} s  {:>10} sent  {:>9}/s  {}/{} units",
+                "sluice: {:7.1} s  {:>10} sent  {:>9}/s  {}/{} units  ETA {eta:.0} s  {}",
                 secs,
                 human(s.bytes_sent),
-                human((s.bytes_sent as f64 / secs.max(1e-9)) as u64),
+                human(rate as u64),
                 s.files_verified,
-                s.files_total
+                s.files_total,
+                busy.join(", ")
             );
         }
     }

@@ -107,7 +107,8 @@ fn verify_remote(
                     );
                 }
             }
-            sluice_engine::Event::Connected { .. } => {}
+            sluice_engine::Event::Connected { .. } | sluice_engine::Event::UnitCommitted { .. } => {
+            }
         }
     }
     if json {
