@@ -73,7 +73,9 @@ psql -d "$A dbname=postgres" -c "CREATE DATABASE src"
 "$BIN/pgbench" -i -q -s "$SCALE" -d "$A dbname=src" 2>/dev/null
 ROWS=$((WIDE_MB * 1000000 / 1400))
 psql -d "$A dbname=src" -c "CREATE TABLE wide (id bigint PRIMARY KEY, b bytea, j jsonb);
-    INSERT INTO wide SELECT i, decode(repeat(md5(i::text), 16), 'hex'),
+    INSERT INTO wide SELECT i, decode(md5(i::text) || md5((-i)::text) || md5((i * 3)::text)
+            || md5((i * 5)::text) || md5((i * 11)::text) || md5((i * 13)::text)
+            || md5((i * 17)::text) || md5((i * 19)::text), 'hex'),
         jsonb_build_object('i', i, 'tags', jsonb_build_array('x' || i % 97, i % 13),
                            'note', repeat(md5((i * 7)::text), 24))
     FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE"
@@ -114,11 +116,21 @@ if wants sluice; then
 fi
 if wants pipe; then
     fresh
-    "$WAN" exec "$LINK" b bash -c "socat -u TCP-LISTEN:7001,reuseaddr STDOUT | '$BIN/pg_restore' -d '$B dbname=dst'" >"$WORK/restore.log" 2>&1 &
-    sleep 0.5
-    run_timed "pg_dump -Fc | pg_restore" "$WAN" exec "$LINK" a bash -c \
-        "'$BIN/pg_dump' -Fc -d '$A dbname=src' | socat -u STDIN TCP:10.201.0.2:7001"
-    wait || true
+    t0=$(date +%s.%N)
+    "$WAN" exec "$LINK" b timeout "$TIMEOUT" bash -c \
+        "socat -u TCP-LISTEN:7001,reuseaddr STDOUT | '$BIN/pg_restore' -d '$B dbname=dst'" >"$WORK/restore.log" 2>&1 &
+    restore=$!
+    for _ in $(seq 100); do
+        "$WAN" exec "$LINK" b ss -ltn 2>/dev/null | grep -q ':7001 ' && break
+        sleep 0.1
+    done
+    status=ok
+    "$WAN" exec "$LINK" a timeout "$TIMEOUT" bash -c \
+        "'$BIN/pg_dump' -Fc -d '$A dbname=src' | socat -u STDIN TCP:10.201.0.2:7001" || status=FAILED
+    wait "$restore" || status="FAILED: $(tail -2 "$WORK/restore.log")"
+    t1=$(date +%s.%N)
+    [ "$status" = ok ] && { check || status="row counts differ"; }
+    line "pg_dump -Fc | pg_restore" "$(echo "$t1 - $t0" | bc -l)" "$status"
 fi
 if wants pgcopydb; then
     fresh

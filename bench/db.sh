@@ -7,7 +7,8 @@
 #   bench/db.sh [--scale 100] [--wide-mb 1000] [--jobs 2] [--only sluice,dir,pipe,pgcopydb,kill]
 #               [--no-build]
 #
-# Data: `pgbench -i -s SCALE` plus a table `wide` (bigint key, bytea, jsonb) of about WIDE_MB MB.
+# Data: `pgbench -i -s SCALE` plus a table `wide` (bigint key, 128 bytes of bytea that do not
+# compress, jsonb with a compressible note) of about WIDE_MB MB.
 # Both clusters run with fsync off and the same settings for every tool. Each line: wall time,
 # the tool's own CPU seconds per GB of table (user + system, from /usr/bin/time; the servers' CPU
 # is not counted for anyone), its peak RSS, and the ratio of its time to Sluice's. Needs root (the
@@ -57,7 +58,9 @@ echo "loading: pgbench -i -s $SCALE and $WIDE_MB MB of wide rows" >&2
 "$BIN/pgbench" -i -q -s "$SCALE" -d "$A dbname=src" 2>/dev/null
 ROWS=$((WIDE_MB * 1000000 / 1400))
 psql -d "$A dbname=src" -c "CREATE TABLE wide (id bigint PRIMARY KEY, b bytea, j jsonb);
-    INSERT INTO wide SELECT i, decode(repeat(md5(i::text), 16), 'hex'),
+    INSERT INTO wide SELECT i, decode(md5(i::text) || md5((-i)::text) || md5((i * 3)::text)
+            || md5((i * 5)::text) || md5((i * 11)::text) || md5((i * 13)::text)
+            || md5((i * 17)::text) || md5((i * 19)::text), 'hex'),
         jsonb_build_object('i', i, 'tags', jsonb_build_array('x' || i % 97, i % 13),
                            'note', repeat(md5((i * 7)::text), 24))
     FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE"
@@ -145,7 +148,7 @@ if wants kill; then
     "$SLUICE" --json db copy "$A dbname=src" "$B dbname=dst" --jobs "$JOBS" >"$WORK/k2.json" 2>/dev/null
     check kill
     lost=$((sent - committed))
-    printf 'killed at %.0f MB sent, %.0f MB committed: %.0f MB re-sent (%.1f%% of the largest table; at most %s ranges in flight)\n' \
+    printf 'killed at %.0f MB sent, %.0f MB committed: %.0f MB re-sent (%.1f%% of the largest table; at most 2 × %s ranges in flight)\n' \
         "$(echo "$sent / 1000000" | bc -l)" "$(echo "$committed / 1000000" | bc -l)" \
         "$(echo "$lost / 1000000" | bc -l)" "$(echo "100 * $lost / $LARGEST" | bc -l)" "$JOBS"
     grep '"event":"summary"' "$WORK/k2.json"

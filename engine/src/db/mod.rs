@@ -119,12 +119,12 @@ impl Plan {
     }
 }
 
-/// The range size when the user sets none: small enough that the ranges in flight (one per
-/// job, lost to an interruption) are at most a twentieth of the largest table, from 8 to
-/// 64 MiB (smaller ranges cost a transaction and a scan start each; larger ones hold more in
-/// flight).
+/// The range size when the user sets none: small enough that the ranges in flight (two per
+/// job at most, one being written and one waiting for its commit; an interruption loses them)
+/// are at most a twentieth of the largest table, from 8 to 64 MiB (smaller ranges cost a
+/// transaction and a scan start each; larger ones hold more in flight).
 pub fn auto_range_bytes(largest_table: u64, jobs: usize) -> u64 {
-    (largest_table / (20 * jobs.max(1) as u64)).clamp(8 << 20, 64 << 20)
+    (largest_table / (40 * jobs.max(1) as u64)).clamp(8 << 20, 64 << 20)
 }
 
 /// Plans the migration of the database `client` looks at (inside the source's snapshot).

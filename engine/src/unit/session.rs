@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_proto::codec::{decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG};
+use sluice_proto::codec::{
+    decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG, PACKED_TAG,
+};
 use sluice_proto::message::{BlockHeader, ErrorCode, Message};
 use sluice_proto::session::SenderSession;
 use sluice_proto::ticket::Ticket;
@@ -354,6 +356,7 @@ async fn receive_unit(
         }
     };
     let mut failure: Option<String> = None;
+    let mut unpacker: Option<zstd::bulk::Decompressor<'static>> = None;
     let mut offset = 0u64;
     loop {
         let mut tag = [0u8; 1];
@@ -391,7 +394,7 @@ async fn receive_unit(
         raw[0] = tag[0];
         lane.read_exact(&mut raw[1..]).await.map_err(|e| err(&e))?;
         let header: BlockHeader = decode_block_header(&raw)?;
-        if raw[0] != BLOCK_TAG
+        if !(raw[0] == BLOCK_TAG || raw[0] == PACKED_TAG && header.packed < header.len)
             || header.file != id
             || header.offset != offset
             || header.len == 0
@@ -405,9 +408,23 @@ async fn receive_unit(
         }
         let len = header.len as usize;
         let mut buf = pool.take().await;
-        lane.read_exact(&mut buf.as_mut_slice()[..len])
-            .await
-            .map_err(|e| err(&e))?;
+        if header.packed > 0 {
+            let mut packed = vec![0u8; header.packed as usize];
+            lane.read_exact(&mut packed).await.map_err(|e| err(&e))?;
+            let unpacker = match &mut unpacker {
+                Some(z) => z,
+                None => unpacker
+                    .insert(zstd::bulk::Decompressor::new().map_err(Error::io("starting zstd"))?),
+            };
+            if let Err(e) = crate::pack::unpack(unpacker, &packed, &mut buf.as_mut_slice()[..len]) {
+                failure.get_or_insert(format!("the block at {offset}: {e}"));
+                writer = None;
+            }
+        } else {
+            lane.read_exact(&mut buf.as_mut_slice()[..len])
+                .await
+                .map_err(|e| err(&e))?;
+        }
         offset += len as u64;
         if failure.is_some() {
             continue;
@@ -553,7 +570,10 @@ async fn push(
         let mut flying: std::collections::HashMap<u32, (Unit, u32)> = Default::default();
         let mut writing = tokio::task::JoinSet::new();
         while !queue.is_empty() || !flying.is_empty() {
-            while flying.len() < jobs {
+            // `jobs` units being written, and as many more written and waiting for the
+            // receiver's commit: a job starts its next unit without waiting a round trip and
+            // the commit (on a long path that wait would idle the job once per unit).
+            while writing.len() < jobs && flying.len() < 2 * jobs {
                 let Some((unit, attempts)) = queue.pop_front() else {
                     break;
                 };
@@ -562,8 +582,9 @@ async fn push(
                 flying.insert(id, (unit.clone(), attempts + 1));
                 let (link, source, pool, progress) =
                     (link.clone(), source.clone(), pool.clone(), progress.clone());
+                let packing = (config.compress, config.compress_level);
                 writing.spawn(async move {
-                    send_unit(&link, id, &unit, &*source, &pool, &progress).await
+                    send_unit(&link, id, &unit, &*source, &pool, &progress, packing).await
                 });
             }
             tokio::select! {
@@ -638,8 +659,10 @@ async fn send_unit(
     source: &dyn UnitSource,
     pool: &Arc<BufferPool>,
     progress: &Progress,
+    (compress, level): (crate::pack::Compress, i32),
 ) -> Result<()> {
     let err = transport::conn_error(link.peer());
+    let mut packer = crate::pack::Packer::new(compress, level, link.peer().ip().is_loopback());
     let mut reader = source.open(unit).await?;
     let mut lane = open_lane(link).await?;
     let mut open = [Bytes::from(frames::encode_open(id, &unit.meta))];
@@ -650,17 +673,32 @@ async fn send_unit(
         let size = buf.len();
         let n = reader.read(buf.as_mut_slice()).await?;
         if n > 0 {
-            let hash = merkle::block_cv(&buf.as_slice()[..n], offset, ENDLESS);
+            let data = &buf.as_slice()[..n];
+            let hash = merkle::block_cv(data, offset, ENDLESS);
+            // As a file's blocks: packed where the link, not the CPU, is what holds back, and
+            // the block shrinks; the hash is of the bytes as they were.
+            let path = link.path();
+            let rate = (!path.rtt.is_zero()).then(|| path.cwnd as f64 / path.rtt.as_secs_f64());
+            let behind = packer.network_behind(false, rate);
+            let packed = if packer.is_on() {
+                packer.pack(data, behind)
+            } else {
+                None
+            };
             let header = encode_block_header(&BlockHeader {
                 file: id,
                 offset,
                 len: n as u32,
-                packed: 0,
+                packed: packed.as_ref().map_or(0, |p| p.len() as u32),
                 zero: false,
                 hash,
                 patch: false,
             });
-            let mut chunks = [Bytes::copy_from_slice(&header), buf.freeze(n)];
+            if let Some(p) = &packed {
+                progress.add_packed(n as u64, p.len() as u64);
+            }
+            let payload = packed.unwrap_or_else(|| buf.freeze(n));
+            let mut chunks = [Bytes::copy_from_slice(&header), payload];
             lane.write(&mut chunks).await.map_err(|e| err(&e))?;
             progress.add_sent(n as u64);
             offset += n as u64;

@@ -156,8 +156,8 @@ pub struct DbOptions {
     /// Ranges in flight at once; each holds a connection at both ends. Default 4.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
-    /// About how much table one range holds, e.g. 64M. Default: a twentieth of the largest
-    /// table per job, from 8M to 64M (an interruption loses at most one range per job).
+    /// About how much table one range holds, e.g. 64M. Default: a fortieth of the largest
+    /// table per job, from 8M to 64M (an interruption loses at most two ranges per job).
     #[arg(long, value_parser = parse_size)]
     pub range_size: Option<u64>,
     /// Skip re-reading the target at the end (every range is still checked as it arrives).
