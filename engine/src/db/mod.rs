@@ -50,6 +50,9 @@ pub struct Options {
     /// Refuse to go on from an interrupted run: its snapshot is gone, so resuming would mix
     /// two moments of the source (the default resumes, then verifies).
     pub consistent: bool,
+    /// Copy a source that holds large objects, leaving them behind (they are not copied yet;
+    /// without this such a source is refused).
+    pub skip_large_objects: bool,
 }
 
 impl Default for Options {
@@ -60,6 +63,7 @@ impl Default for Options {
             range_bytes: 0,
             verify: true,
             consistent: false,
+            skip_large_objects: false,
         }
     }
 }
@@ -83,7 +87,7 @@ impl Plan {
     }
 
     /// The units to send, phase by phase: the schema before the rows, then indexes,
-    /// constraints and sequences, then the check.
+    /// constraints and sequences, then the materialized views' refresh, then the check.
     pub fn phases(&self, verify: bool) -> Vec<Vec<Unit>> {
         let sql = |step: &str| {
             Meta::Sql {
@@ -114,6 +118,7 @@ impl Plan {
             vec![sql("pre-data")],
             rows,
             vec![sql("post-data"), sql("sequences")],
+            vec![sql("views")],
             vec![Meta::Finish { verify }.unit()],
         ]
     }
@@ -148,6 +153,33 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
     Ok(plan)
 }
 
+/// Large objects are not copied (pg_dump's schema sections leave them out): a source that holds
+/// any is refused unless the user chose to leave them behind.
+async fn refuse_large_objects(client: &Client, src: &Database, options: &Options) -> Result<()> {
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
+        .await
+        .map_err(|e| Error::Database {
+            what: format!("reading {}", src.shown),
+            detail: conn::full(&e),
+        })?
+        .get(0);
+    if n == 0 || options.skip_large_objects {
+        if n > 0 {
+            tracing::warn!("{n} large objects of {} are left behind", src.shown);
+        }
+        return Ok(());
+    }
+    Err(Error::Database {
+        what: format!("copying {}", src.shown),
+        detail: format!(
+            "it holds {n} large object{}, which sluice db does not copy yet: move them with \
+             `pg_dump --data-only --large-objects` and pass --skip-large-objects",
+            if n == 1 { "" } else { "s" }
+        ),
+    })
+}
+
 /// Lists what a migration of `src` would move, without moving anything.
 pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
     let rt = crate::transport::runtime()?;
@@ -175,6 +207,7 @@ pub fn send(
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
         let (source, planner) = PgSource::open(src).await?;
+        refuse_large_objects(&planner, src, options).await?;
         let plan = plan_in(&planner, options).await?;
         source.give_back(planner).await;
         progress.set_totals(plan.ranges() as u64, plan.bytes());
@@ -205,6 +238,12 @@ pub fn copy(
     options: &Options,
     progress: Arc<Progress>,
 ) -> Result<(Plan, UnitsSummary)> {
+    if src.libpq() == dst.libpq() {
+        return Err(Error::Database {
+            what: format!("copying {} to {}", src.shown, dst.shown),
+            detail: "the source and the target are the same database".into(),
+        });
+    }
     let sink = Arc::new(PgSink::new(dst.clone()));
     unit::session::copy(config, sink, |ticket| {
         send(config, src, ticket, options, progress)

@@ -139,6 +139,62 @@ impl PgSource {
     }
 }
 
+impl PgSource {
+    /// `REFRESH MATERIALIZED VIEW` for every view populated at the source, each after the views
+    /// it reads from (pg_dump leaves these to its data section, which Sluice does not run).
+    async fn views(&self) -> Result<Vec<u8>> {
+        let client = self.client().await?;
+        let err = |e: tokio_postgres::Error| Error::Database {
+            what: "reading materialized views".into(),
+            detail: full(&e),
+        };
+        let views = client
+            .query(
+                "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname <> '_sluice' \
+                 ORDER BY c.oid",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        // Which view reads which (through its rewrite rule).
+        let reads = client
+            .query(
+                "SELECT DISTINCT r.ev_class, d.refobjid FROM pg_rewrite r \
+                 JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                 JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'm' \
+                 WHERE d.refobjid <> r.ev_class",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        self.give_back(client).await;
+        let views: Vec<(u32, String)> = views.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let reads: Vec<(u32, u32)> = reads.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut done: HashSet<u32> = HashSet::new();
+        let mut sql = String::new();
+        // Each pass refreshes the views whose sources are done; a cycle cannot exist.
+        while done.len() < views.len() {
+            let before = done.len();
+            for (oid, name) in &views {
+                let ready = reads
+                    .iter()
+                    .filter(|(v, _)| v == oid)
+                    .all(|(_, src)| done.contains(src) || !views.iter().any(|(o, _)| o == src));
+                if !done.contains(oid) && ready {
+                    sql.push_str(&format!("REFRESH MATERIALIZED VIEW {name};\n"));
+                    done.insert(*oid);
+                }
+            }
+            if done.len() == before {
+                break;
+            }
+        }
+        Ok(sql.into_bytes())
+    }
+}
+
 /// Finds `pg_dump`: on the `PATH`, else the newest under `/usr/lib/postgresql`.
 pub(crate) fn pg_tool(name: &str) -> Result<std::path::PathBuf> {
     if let Some(path) = std::env::var_os("PATH") {
@@ -249,10 +305,10 @@ impl UnitSource for PgSource {
         Box::pin(async move {
             let reader: Box<dyn UnitReader> = match Meta::parse(&unit.meta)? {
                 Meta::Sql { step } => {
-                    let sql = if step == "sequences" {
-                        self.sequences().await?
-                    } else {
-                        self.schema(&step).await?
+                    let sql = match step.as_str() {
+                        "sequences" => self.sequences().await?,
+                        "views" => self.views().await?,
+                        _ => self.schema(&step).await?,
                     };
                     Box::new(Fixed(Bytes::from(sql)))
                 }

@@ -167,6 +167,10 @@ pub struct DbOptions {
     /// mixes two moments of the source); by default it resumes, then verifies.
     #[arg(long)]
     pub consistent: bool,
+    /// Copy a source that holds large objects, leaving them behind (they are not copied yet;
+    /// without this flag such a source is refused).
+    #[arg(long)]
+    pub skip_large_objects: bool,
 }
 
 /// `sluice bench`'s flags.

@@ -28,6 +28,7 @@ fn options(o: &DbOptions) -> Result<Options> {
         range_bytes: o.range_size.unwrap_or(0),
         verify: !o.no_verify,
         consistent: o.consistent,
+        skip_large_objects: o.skip_large_objects,
     })
 }
 

@@ -62,3 +62,7 @@ CREATE TABLE orders (id serial PRIMARY KEY, kind_id bigint REFERENCES kinds (id)
 INSERT INTO orders (kind_id, note) SELECT i, 'order ' || i FROM generate_series(1, 5000) i;
 CREATE INDEX orders_note ON orders (note);
 CREATE VIEW happy_kinds AS SELECT id FROM kinds WHERE m = 'happy';
+-- A materialized view: its rows come from a refresh, which pg_dump leaves to its post-data.
+CREATE MATERIALIZED VIEW mood_counts AS SELECT m, count(*) AS n FROM kinds GROUP BY m;
+CREATE UNIQUE INDEX mood_counts_m ON mood_counts (m);
+CREATE MATERIALIZED VIEW happy_count AS SELECT n FROM mood_counts WHERE m = 'happy';
