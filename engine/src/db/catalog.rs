@@ -11,6 +11,12 @@ use crate::error::{Error, Result};
 /// Schemas never copied: the system's, and the target's bookkeeping.
 pub(crate) const BOOKKEEPING: &str = "_sluice";
 
+/// The `reg*` types: their binary form is an object's number, which names another object (or
+/// none) in another database; their text form is the object's name.
+const NAMED_BY_OID: [u32; 11] = [
+    24, 2202, 2203, 2204, 2205, 2206, 3734, 3769, 4089, 4096, 4191,
+];
+
 /// A table to copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Table {
@@ -82,32 +88,43 @@ impl Table {
         }
     }
 
+    /// ` (col, ...)`, or nothing when the list is empty (a table without columns, or one too
+    /// wide to describe in a unit's metadata: then the table's own order).
+    fn column_list(&self) -> String {
+        if self.columns.is_empty() {
+            return String::new();
+        }
+        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+        format!(" ({})", cols.join(", "))
+    }
+
     /// `COPY ... TO STDOUT` of `range`'s rows.
     pub fn copy_out(&self, range: &Range) -> String {
-        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
         match self.condition(range) {
             None => format!(
-                "COPY {} ({}) TO STDOUT (FORMAT {})",
+                "COPY {}{} TO STDOUT (FORMAT {})",
                 self.qualified(),
-                cols.join(", "),
+                self.column_list(),
                 self.format()
             ),
-            Some(cond) => format!(
-                "COPY (SELECT {} FROM ONLY {} WHERE {cond}) TO STDOUT (FORMAT {})",
-                cols.join(", "),
-                self.qualified(),
-                self.format()
-            ),
+            Some(cond) => {
+                let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
+                format!(
+                    "COPY (SELECT {} FROM ONLY {} WHERE {cond}) TO STDOUT (FORMAT {})",
+                    cols.join(", "),
+                    self.qualified(),
+                    self.format()
+                )
+            }
         }
     }
 
     /// `COPY ... FROM STDIN` into this table.
     pub fn copy_in(&self) -> String {
-        let cols: Vec<String> = self.columns.iter().map(|c| quote(c)).collect();
         format!(
-            "COPY {} ({}) FROM STDIN (FORMAT {})",
+            "COPY {}{} FROM STDIN (FORMAT {})",
             self.qualified(),
-            cols.join(", "),
+            self.column_list(),
             self.format()
         )
     }
@@ -200,11 +217,15 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
         let cols = client
             .query(
                 "SELECT a.attname::text, \
-                        (t.oid::int8 >= 16384 OR (t.typelem <> 0 AND t.typelem::int8 >= 16384)) \
+                        coalesce(t.oid::int8 >= 16384 \
+                         OR (t.typelem <> 0 AND t.typelem::int8 >= 16384) \
+                         OR t.typsend = 0 OR e.typsend = 0 \
+                         OR t.oid = ANY ($2) OR t.typelem = ANY ($2), false) \
                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                 LEFT JOIN pg_type e ON e.oid = t.typelem \
                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
                    AND a.attgenerated = '' ORDER BY a.attnum",
-                &[&oid],
+                &[&oid, &&NAMED_BY_OID[..]],
             )
             .await
             .map_err(db_err("reading columns"))?;

@@ -64,6 +64,15 @@ impl Database {
             }
         }
         config.application_name("sluice");
+        // Text COPY (tables with user-defined types) and digests must not depend on either
+        // end's settings, and row security must fail a read rather than filter it.
+        let fixed = "-c DateStyle=ISO -c IntervalStyle=postgres -c TimeZone=UTC \
+                     -c extra_float_digits=3 -c bytea_output=hex -c row_security=off";
+        let options = match config.get_options() {
+            Some(theirs) if !theirs.is_empty() => format!("{theirs} {fixed}"),
+            _ => fixed.to_string(),
+        };
+        config.options(options);
         Ok(Self {
             shown: hide_password(conn),
             config,

@@ -210,6 +210,8 @@ pub fn send(
         refuse_large_objects(&planner, src, options).await?;
         let plan = plan_in(&planner, options).await?;
         source.give_back(planner).await;
+        let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+        source.lock(&planned).await?;
         progress.set_totals(plan.ranges() as u64, plan.bytes());
         let phases = plan.phases(options.verify);
         source.set_resume(source::Resume {

@@ -419,19 +419,30 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
         r?;
     }
     let wrong = wrong.into_inner().unwrap_or_else(|p| p.into_inner());
-    for (_, target, range) in &wrong {
-        forget(client, target, range).await;
+    let mut kept = 0;
+    let mut said = Vec::new();
+    for (what, target, range) in wrong {
+        if forget(client, &target, &range).await {
+            said.push(what);
+        } else {
+            kept += 1;
+            said.push(format!(
+                "{what} (could not be removed: fix it by hand or empty the target)"
+            ));
+        }
     }
-    let wrong: Vec<String> = wrong.into_iter().map(|(w, _, _)| w).collect();
+    let wrong = said;
     if wrong.is_empty() {
         return Ok(());
     }
+    let then = if kept == wrong.len() {
+        "the same command run again will not repair them"
+    } else {
+        "removed at the target: run the same command again to copy them anew"
+    };
     Err(Error::Verify {
         path: format!("{} range(s)", wrong.len()),
-        detail: format!(
-            "{}; removed at the target: run the same command again to copy them anew",
-            wrong.join("; ")
-        ),
+        detail: format!("{}; {then}", wrong.join("; ")),
     })
 }
 
@@ -487,37 +498,54 @@ pub(crate) async fn digest_of(client: &Client, table: &Table, range: &Range) -> 
     })
 }
 
-/// Removes a range that failed verification, with its bookkeeping, so a rerun copies it again.
-/// Best effort: a constraint may forbid it, and then the error already names the range.
-async fn forget(client: &Client, table: &Table, range: &Range) {
+/// Removes a range that failed verification, with its bookkeeping, so a rerun copies it again;
+/// whether it could (a constraint may forbid it).
+async fn forget(client: &Client, table: &Table, range: &Range) -> bool {
     let cond = table.condition(range).unwrap_or_else(|| "true".into());
     let key = Meta::Rows {
         table: table.clone(),
         range: *range,
     }
     .key();
-    let sql = format!(
-        "BEGIN; DELETE FROM ONLY {} WHERE {cond}; DELETE FROM {BOOKKEEPING}.units WHERE \
-         key = {} OR (NOT {by_key} AND starts_with(key, {})); \
-         INSERT INTO {BOOKKEEPING}.units (key, rows, digest, bytes, meta) VALUES ({}, 0, '', 0, '') \
-         ON CONFLICT DO NOTHING; COMMIT",
-        table.qualified(),
-        literal(&key),
-        literal(&format!("rows {} ", table.qualified())),
-        literal(VERIFY_FAILED),
-        by_key = range.by_key,
-    );
-    if let Err(e) = client.batch_execute(&sql).await {
-        tracing::warn!(
-            "could not remove {} for a new copy: {}",
-            table.display(),
-            full(&e)
-        );
-        let _ = client.batch_execute("ROLLBACK").await;
+    let prefix = format!("rows {} ", table.qualified());
+    let work = async {
+        client.batch_execute("BEGIN").await?;
+        client
+            .batch_execute(&format!(
+                "DELETE FROM ONLY {} WHERE {cond}",
+                table.qualified()
+            ))
+            .await?;
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM {BOOKKEEPING}.units WHERE key = $1 \
+                     OR (NOT $3 AND starts_with(key, $2))"
+                ),
+                &[&key, &prefix, &range.by_key],
+            )
+            .await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {BOOKKEEPING}.units (key, rows, digest, bytes, meta) \
+                     VALUES ($1, 0, '', 0, '') ON CONFLICT DO NOTHING"
+                ),
+                &[&VERIFY_FAILED],
+            )
+            .await?;
+        client.batch_execute("COMMIT").await
+    };
+    match work.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(
+                "could not remove {} for a new copy: {}",
+                table.display(),
+                full(&e)
+            );
+            let _ = client.batch_execute("ROLLBACK").await;
+            false
+        }
     }
-}
-
-/// `s` as an SQL string literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

@@ -24,7 +24,7 @@ pub struct PgSource {
     snapshot: String,
     idle: Idle,
     /// Holds the transaction the snapshot was exported from: the snapshot lives as long as it.
-    _holder: Client,
+    holder: Client,
     /// What a destination holding an interrupted run may hold, once planned.
     resume: std::sync::OnceLock<Resume>,
 }
@@ -66,11 +66,30 @@ impl PgSource {
             db: db.clone(),
             snapshot,
             idle: Idle::default(),
-            _holder: holder,
+            holder,
             resume: std::sync::OnceLock::new(),
         };
         let planner = source.client().await?;
         Ok((source, planner))
+    }
+
+    /// Locks `tables` against changes that ignore snapshots (`TRUNCATE`, rewriting `ALTER
+    /// TABLE`, `VACUUM FULL`, `CLUSTER`) until the copy ends, as pg_dump does.
+    pub(crate) async fn lock(&self, tables: &[Table]) -> Result<()> {
+        for chunk in tables.chunks(500) {
+            let names: Vec<String> = chunk.iter().map(Table::qualified).collect();
+            self.holder
+                .batch_execute(&format!(
+                    "LOCK TABLE {} IN ACCESS SHARE MODE",
+                    names.join(", ")
+                ))
+                .await
+                .map_err(|e| Error::Database {
+                    what: "locking the tables to copy".into(),
+                    detail: full(&e),
+                })?;
+        }
+        Ok(())
     }
 
     /// Sets the rules for a destination that holds an interrupted run.
@@ -188,7 +207,13 @@ impl PgSource {
                 }
             }
             if done.len() == before {
-                break;
+                // Dependencies this walk does not see (through plain views): the rest in the
+                // order they were made; a wrong order fails the refresh, loudly.
+                for (oid, name) in &views {
+                    if done.insert(*oid) {
+                        sql.push_str(&format!("REFRESH MATERIALIZED VIEW {name};\n"));
+                    }
+                }
             }
         }
         Ok(sql.into_bytes())
@@ -279,6 +304,19 @@ impl UnitSource for PgSource {
                      it; --consistent copies one moment: empty the target and run again, or run \
                      without --consistent to resume and verify",
                     held.len()
+                ),
+            });
+        }
+        if let Some(stale) = held
+            .iter()
+            .find(|k| k.starts_with("rows ") && !resume.keys.contains(*k))
+        {
+            return Err(Error::Database {
+                what: "resuming".into(),
+                detail: format!(
+                    "the target holds a range this run would not copy ({stale}): the tables \
+                     chosen or the source changed since the interrupted run; run it with the same \
+                     --tables, or empty the target and run again"
                 ),
             });
         }

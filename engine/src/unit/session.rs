@@ -357,6 +357,8 @@ async fn receive_unit(
     };
     let mut failure: Option<String> = None;
     let mut unpacker: Option<zstd::bulk::Decompressor<'static>> = None;
+    // A packed block's bytes, one buffer for the lane (at most a block).
+    let mut packed: Vec<u8> = Vec::new();
     let mut offset = 0u64;
     loop {
         let mut tag = [0u8; 1];
@@ -409,7 +411,7 @@ async fn receive_unit(
         let len = header.len as usize;
         let mut buf = pool.take().await;
         if header.packed > 0 {
-            let mut packed = vec![0u8; header.packed as usize];
+            packed.resize(header.packed as usize, 0);
             lane.read_exact(&mut packed).await.map_err(|e| err(&e))?;
             let unpacker = match &mut unpacker {
                 Some(z) => z,

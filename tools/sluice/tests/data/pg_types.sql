@@ -66,3 +66,9 @@ CREATE VIEW happy_kinds AS SELECT id FROM kinds WHERE m = 'happy';
 CREATE MATERIALIZED VIEW mood_counts AS SELECT m, count(*) AS n FROM kinds GROUP BY m;
 CREATE UNIQUE INDEX mood_counts_m ON mood_counts (m);
 CREATE MATERIALIZED VIEW happy_count AS SELECT n FROM mood_counts WHERE m = 'happy';
+-- Rows without columns; columns that name other objects by number in binary form.
+CREATE TABLE no_columns ();
+INSERT INTO no_columns DEFAULT VALUES;
+INSERT INTO no_columns DEFAULT VALUES;
+CREATE TABLE refs (id int PRIMARY KEY, r regclass, t regtype, rs regclass[]);
+INSERT INTO refs VALUES (1, 'kinds', 'mood', ARRAY['orders', 'kinds']::regclass[]);
