@@ -28,12 +28,13 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::endpoint::OneSender;
 use crate::error::{Error, Result};
 use crate::lanes::{read_header, receiving_ring, Block, Lanes};
 use crate::merkle;
 use crate::progress::{PathStats, Progress};
 use crate::ring::{Buffer, BufferPool};
-use crate::transport::{self, Kind, LaneRx, Link, Listener};
+use crate::transport::{self, Kind, LaneRx, Link};
 use crate::unit::session::ENDLESS;
 use crate::unit::{BlockSink, BlockSource, Discard, Generated};
 
@@ -78,88 +79,47 @@ impl BenchSummary {
 
 /// Runs both ends in this process over loopback.
 pub fn run_local(config: &Config, amount: Amount, progress: Arc<Progress>) -> Result<BenchSummary> {
-    let server = BenchServer::bind(
-        "127.0.0.1:0".parse().expect("literal address"),
-        None,
-        config.clone(),
-    )?;
-    let ticket = server.ticket().clone();
-    let serving = std::thread::Builder::new()
-        .name("sluice-bench-recv".into())
-        .spawn(move || server.run(Arc::new(Progress::default())))
-        .map_err(Error::io("starting the receiving end"))?;
-    let sent = send(config, amount, &ticket, progress);
-    let served = serving.join().unwrap_or_else(|_| {
-        Err(Error::io("receiving end")(std::io::Error::other(
-            "panicked",
-        )))
-    });
-    match (sent, served) {
-        (Ok(s), Ok(_)) => Ok(s),
-        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-    }
+    crate::endpoint::pair(
+        config,
+        "sluice-bench-recv",
+        |server, stop| BenchServer(server).run_until(Arc::new(Progress::default()), stop),
+        |ticket| send(config, amount, ticket, progress),
+    )
 }
 
 /// The receiving end: one sender's blocks, verified and discarded.
 #[derive(Debug)]
-pub struct BenchServer {
-    config: Config,
-    rt: tokio::runtime::Runtime,
-    listener: Listener,
-}
+pub struct BenchServer(OneSender);
 
 impl BenchServer {
-    /// Listens as a receiver does (see [`Listener::bind`]).
+    /// Listens as a receiver does (see [`crate::transport::Listener::bind`]).
     pub fn bind(listen: SocketAddr, advertise: Option<SocketAddr>, config: Config) -> Result<Self> {
-        let rt = transport::runtime()?;
-        let listener = {
-            let _guard = rt.enter();
-            Listener::bind(listen, advertise, &config)?
-        };
-        Ok(Self {
-            config,
-            rt,
-            listener,
-        })
+        OneSender::bind(listen, advertise, config).map(Self)
     }
 
     /// The ticket for the sending end.
     pub fn ticket(&self) -> &Ticket {
-        self.listener.ticket()
+        self.0.ticket()
     }
 
     /// Serves one sender; `progress` counts the verified bytes.
     pub fn run(self, progress: Arc<Progress>) -> Result<BenchSummary> {
-        let Self {
-            config,
-            rt,
-            mut listener,
-        } = self;
-        rt.block_on(async move {
-            // As `sluice recv`: strays and wrong secrets are refused and the wait goes on; once
-            // a sender is proven nobody else is let in.
-            let (link, control) = crate::receiver::proven_sender(&mut listener, &config).await?;
-            listener.stop_accepting();
-            let secret = listener.ticket().secret;
-            let started = Instant::now();
-            let result = serve(&config, secret, &link, control, &progress).await;
-            let result = transport::explain(
-                result,
-                &*link,
-                "sender",
-                config.idle_timeout,
-                "nothing was kept",
-            )
-            .await;
-            match &result {
-                Ok(_) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), link.closed()).await;
-                    link.close(0, b"").await;
-                }
-                Err(e) => link.close(1, e.to_string().as_bytes()).await,
-            }
-            result.map(|bytes| BenchSummary::of(bytes, started, &*link))
-        })
+        self.run_until(progress, Arc::new(tokio::sync::Notify::new()))
+    }
+
+    fn run_until(
+        self,
+        progress: Arc<Progress>,
+        stop: Arc<tokio::sync::Notify>,
+    ) -> Result<BenchSummary> {
+        let (bytes, link, started) = self.0.serve(
+            stop,
+            "nothing was kept",
+            |config, secret, link, control| async move {
+                serve(&config, secret, &link, control, &progress).await
+            },
+        )?;
+        Ok(BenchSummary::of(bytes, started, &*link))
     }
 }
 
@@ -313,22 +273,18 @@ pub fn send(
 ) -> Result<BenchSummary> {
     let rt = transport::runtime()?;
     rt.block_on(async {
-        let link = transport::connect(config, ticket).await?;
-        let started = Instant::now();
-        let result = push(config, amount, ticket, &link, &progress).await;
-        let result = transport::explain(
-            result,
-            &*link,
-            "receiving end",
-            config.idle_timeout,
+        let ((bytes, started), link) = crate::endpoint::dial(
+            config,
+            ticket,
             "run the same command again",
+            |link| async move {
+                let started = Instant::now();
+                let bytes = push(config, amount, ticket, &link, &progress).await?;
+                Ok((bytes, started))
+            },
         )
-        .await;
-        match &result {
-            Ok(_) => link.close(0, b"done").await,
-            Err(e) => link.close(1, e.to_string().as_bytes()).await,
-        }
-        result.map(|bytes| BenchSummary::of(bytes, started, &*link))
+        .await?;
+        Ok(BenchSummary::of(bytes, started, &*link))
     })
 }
 

@@ -33,6 +33,7 @@ pub mod config;
 mod control;
 pub mod db;
 pub mod dest;
+mod endpoint;
 pub mod error;
 mod fault;
 pub mod journal;

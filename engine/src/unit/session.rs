@@ -33,11 +33,12 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::Config;
 use crate::control::Control;
+use crate::endpoint::OneSender;
 use crate::error::{Error, ErrorKind, Result};
 use crate::merkle;
 use crate::progress::Progress;
 use crate::ring::{BufferPool, ALIGN};
-use crate::transport::{self, Fut, LaneRx, Link, Listener};
+use crate::transport::{self, Fut, LaneRx, Link};
 
 /// The length blocks are hashed against: a unit's end is not known in advance, so no block is
 /// ever its root.
@@ -172,30 +173,17 @@ pub(crate) async fn welcome(
 
 /// The receiving end of a unit session.
 #[derive(Debug)]
-pub struct UnitServer {
-    config: Config,
-    rt: tokio::runtime::Runtime,
-    listener: Listener,
-}
+pub struct UnitServer(OneSender);
 
 impl UnitServer {
-    /// Listens as a receiver does (see [`Listener::bind`]).
+    /// Listens as a receiver does (see [`crate::transport::Listener::bind`]).
     pub fn bind(listen: SocketAddr, advertise: Option<SocketAddr>, config: Config) -> Result<Self> {
-        let rt = transport::runtime()?;
-        let listener = {
-            let _guard = rt.enter();
-            Listener::bind(listen, advertise, &config)?
-        };
-        Ok(Self {
-            config,
-            rt,
-            listener,
-        })
+        OneSender::bind(listen, advertise, config).map(Self)
     }
 
     /// The ticket for the sending end.
     pub fn ticket(&self) -> &Ticket {
-        self.listener.ticket()
+        self.0.ticket()
     }
 
     /// Serves one sender into `sink`; `progress` counts the verified bytes.
@@ -210,44 +198,14 @@ impl UnitServer {
         progress: Arc<Progress>,
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<UnitsSummary> {
-        let Self {
-            config,
-            rt,
-            mut listener,
-        } = self;
-        rt.block_on(async move {
-            let (link, control) = tokio::select! {
-                proven = crate::receiver::proven_sender(&mut listener, &config) => proven?,
-                _ = stop.notified() => {
-                    return Err(Error::io("waiting for a sender")(std::io::Error::other(
-                        "stopped before a sender came",
-                    )))
-                }
-            };
-            listener.stop_accepting();
-            let secret = listener.ticket().secret;
-            let started = Instant::now();
-            let result = serve(&config, secret, &link, control, sink, &progress).await;
-            let result = transport::explain(
-                result,
-                &*link,
-                "sender",
-                config.idle_timeout,
-                "units committed so far are kept; run the same command again",
-            )
-            .await;
-            match &result {
-                Ok(_) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), link.closed()).await;
-                    link.close(0, b"").await;
-                }
-                Err(e) => link.close(1, e.to_string().as_bytes()).await,
-            }
-            result.map(|mut s| {
-                s.elapsed = started.elapsed();
-                s
-            })
-        })
+        let resume = "units committed so far are kept; run the same command again";
+        let (mut summary, _, started) =
+            self.0
+                .serve(stop, resume, |config, secret, link, control| async move {
+                    serve(&config, secret, &link, control, sink, &progress).await
+                })?;
+        summary.elapsed = started.elapsed();
+        Ok(summary)
     }
 }
 
@@ -481,33 +439,22 @@ pub async fn send_on(
     progress: Arc<Progress>,
 ) -> Result<UnitsSummary> {
     let started = Instant::now();
-    let link = transport::connect(config, ticket).await?;
-    let result = push(
-        config,
-        ticket,
-        &link,
-        phases,
-        source,
-        jobs.max(1),
-        &progress,
-    )
-    .await;
-    let result = transport::explain(
-        result,
-        &*link,
-        "receiving end",
-        config.idle_timeout,
-        "run the same command again: committed units are not sent twice",
-    )
-    .await;
-    match &result {
-        Ok(_) => link.close(0, b"done").await,
-        Err(e) => link.close(1, e.to_string().as_bytes()).await,
-    }
-    result.map(|mut s| {
-        s.elapsed = started.elapsed();
-        s
+    let resume = "run the same command again: committed units are not sent twice";
+    let (mut summary, _) = crate::endpoint::dial(config, ticket, resume, |link| async move {
+        push(
+            config,
+            ticket,
+            &link,
+            phases,
+            source,
+            jobs.max(1),
+            &progress,
+        )
+        .await
     })
+    .await?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
 }
 
 async fn push(
@@ -530,12 +477,20 @@ async fn push(
         Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
         other => return Err(err(&format!("expected Welcome, got {other:?}"))),
     }
+    // What a receiver may name is bounded by what this run sends (plus leftovers of other
+    // runs, which the source judges), so a receiver cannot grow this side without end.
+    let most_held = phases.iter().map(Vec::len).sum::<usize>() + 1024;
     let mut held = HashSet::new();
     loop {
         match control.recv().await? {
             Some(Message::Held { key }) if key.is_empty() => break,
             Some(Message::Held { key }) => {
                 held.insert(key);
+                if held.len() > most_held {
+                    return Err(err(&format!(
+                        "the receiver names more than {most_held} units as already committed"
+                    )));
+                }
             }
             other => return Err(err(&format!("expected Held, got {other:?}"))),
         }
@@ -739,31 +694,10 @@ pub fn copy<T>(
     sink: Arc<dyn UnitSink>,
     send: impl FnOnce(&Ticket) -> Result<T>,
 ) -> Result<T> {
-    let server = UnitServer::bind(
-        "127.0.0.1:0".parse().expect("literal address"),
-        None,
-        config.clone(),
-    )?;
-    let ticket = server.ticket().clone();
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let serving = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("sluice-units-recv".into())
-            .spawn(move || server.run_until(sink, Arc::new(Progress::default()), stop))
-            .map_err(Error::io("starting the receiving end"))?
-    };
-    let sent = send(&ticket);
-    if sent.is_err() {
-        stop.notify_one();
-    }
-    let served = serving.join().unwrap_or_else(|_| {
-        Err(Error::io("receiving end")(std::io::Error::other(
-            "panicked",
-        )))
-    });
-    match (sent, served) {
-        (Ok(s), Ok(_)) => Ok(s),
-        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-    }
+    crate::endpoint::pair(
+        config,
+        "sluice-units-recv",
+        move |server, stop| UnitServer(server).run_until(sink, Arc::new(Progress::default()), stop),
+        send,
+    )
 }
