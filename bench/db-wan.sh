@@ -37,58 +37,33 @@ WAN=$SHARED/tools/wan-emu/wan
 LINK=sdb
 [ "$BUILD" = 1 ] && cargo build --release --quiet -p sluice-cli
 SLUICE=$REPO/target/release/sluice
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 WORK=$(mktemp -d /tmp/sluice-dbwan.XXXX)
-chmod 755 "$WORK"
 # shellcheck source=bench/wanlink.sh
 . "$REPO/bench/wanlink.sh"
 wanlink_setup "$WORK/emu" "$LINK"
-as_pg() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
-stop_clusters() {
-    for c in a b; do
-        [ -d "$WORK/$c/data" ] && as_pg "$BIN/pg_ctl" -D "$WORK/$c/data" -m immediate stop >/dev/null 2>&1 || true
-    done
-    wanlink_cleanup
-    rm -rf "$WORK"
-}
-trap stop_clusters EXIT
+# shellcheck source=bench/dbdata.sh
+. "$REPO/bench/dbdata.sh"
+DBDATA_ON_EXIT=wanlink_cleanup
+dbdata_init "$WORK"
 
 "$WAN" up "$LINK" --delay-ms $((RTT / 2)) --loss "$LOSS" --rate-mbit "$RATE" --max-seconds 7200 >/dev/null
 for side in a b; do "$WAN" exec "$LINK" "$side" sysctl -qw net.ipv4.tcp_congestion_control=bbr; done
 
-for c in a b; do
-    mkdir -p "$WORK/$c"
-    chown 65534:65534 "$WORK/$c"
-    as_pg "$BIN/initdb" -D "$WORK/$c/data" -A trust -U postgres -E UTF8 --no-sync >/dev/null
-    echo "host all all 10.201.0.0/24 trust" >> "$WORK/$c/data/pg_hba.conf"
-done
+for c in a b; do echo "host all all 10.201.0.0/24 trust" >> "$WORK/$c/data/pg_hba.conf"; done
 OPTS="-F -p 5432 -c shared_buffers=256MB -c max_wal_size=8GB -c max_connections=60"
 "$WAN" exec "$LINK" a setpriv --reuid=65534 --regid=65534 --clear-groups -- "$BIN/pg_ctl" \
     -D "$WORK/a/data" -l "$WORK/a/log" -w -o "$OPTS -k $WORK/a -c listen_addresses=10.201.0.1" start >/dev/null
 as_pg "$BIN/pg_ctl" -D "$WORK/b/data" -l "$WORK/b/log" -w -o "$OPTS -k $WORK/b -c listen_addresses=''" start >/dev/null
 A="host=$WORK/a port=5432 user=postgres"
 B="host=$WORK/b port=5432 user=postgres"
-psql() { command "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$A dbname=postgres" -c "CREATE DATABASE src"
-"$BIN/pgbench" -i -q -s "$SCALE" -d "$A dbname=src" 2>/dev/null
-ROWS=$((WIDE_MB * 1000000 / 1400))
-psql -d "$A dbname=src" -c "CREATE TABLE wide (id bigint PRIMARY KEY, b bytea, j jsonb);
-    INSERT INTO wide SELECT i, decode(md5(i::text) || md5((-i)::text) || md5((i * 3)::text)
-            || md5((i * 5)::text) || md5((i * 11)::text) || md5((i * 13)::text)
-            || md5((i * 17)::text) || md5((i * 19)::text), 'hex'),
-        jsonb_build_object('i', i, 'tags', jsonb_build_array('x' || i % 97, i % 13),
-                           'note', repeat(md5((i * 7)::text), 24))
-    FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE"
-BYTES=$(psql -tA -d "$A dbname=src" -c "SELECT sum(pg_table_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
+dbdata_load "$A dbname=src" "$SCALE" "$WIDE_MB"
+BYTES=$(dbdata_bytes "$A dbname=src" sum)
 printf 'tables: %.2f GB; link %s Mbit/s, %s ms RTT, %s loss; jobs %s\n' \
     "$(echo "$BYTES / 1000000000" | bc -l)" "$RATE" "$RTT" "$LOSS" "$JOBS"
 
 fresh() { psql -d "$B dbname=postgres" -c "DROP DATABASE IF EXISTS dst" -c "CREATE DATABASE dst"; }
-drops() { "$WAN" stats "$LINK" 2>&1 | grep -o 'queue_drops=[0-9]*' | head -1 | cut -d= -f2; }
-check() {
-    local q="SELECT string_agg(c, ',' ORDER BY c) FROM (SELECT relname || '=' || (xpath('/row/n/text()', query_to_xml('SELECT count(*) AS n FROM public.' || quote_ident(relname), false, true, '')))[1]::text AS c FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace) t"
-    [ "$(psql -tA -d "$A dbname=src" -c "$q")" = "$(psql -tA -d "$B dbname=dst" -c "$q")" ]
-}
+check() { dbdata_same "$A dbname=src" "$B dbname=dst"; }
 declare -A WALL
 line() { # name, seconds, status
     local share

@@ -30,42 +30,21 @@ done
 wants() { [[ ",$ONLY," == *",$1,"* ]]; }
 [ "$BUILD" = 1 ] && cargo build --release --quiet -p sluice-cli
 SLUICE=$PWD/target/release/sluice
-BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 WORK=$(mktemp -d /tmp/sluice-db-bench.XXXX)
-chmod 755 "$WORK"
-as_pg() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
-cleanup() {
-    for c in a b; do
-        [ -d "$WORK/$c/data" ] && as_pg "$BIN/pg_ctl" -D "$WORK/$c/data" -m immediate stop >/dev/null 2>&1 || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
+# shellcheck source=bench/dbdata.sh
+. bench/dbdata.sh
+dbdata_init "$WORK"
 for c in a b; do
-    mkdir -p "$WORK/$c"
-    chown 65534:65534 "$WORK/$c"
-    as_pg "$BIN/initdb" -D "$WORK/$c/data" -A trust -U postgres -E UTF8 --no-sync >/dev/null
     as_pg "$BIN/pg_ctl" -D "$WORK/$c/data" -l "$WORK/$c/log" -w -o \
         "-F -k $WORK/$c -p 5432 -c listen_addresses='' -c shared_buffers=256MB -c max_wal_size=8GB -c checkpoint_timeout=30min -c max_connections=60" \
         start >/dev/null
 done
 A="host=$WORK/a port=5432 user=postgres"
 B="host=$WORK/b port=5432 user=postgres"
-psql() { command "$BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql -d "$A dbname=postgres" -c "CREATE DATABASE src"
-echo "loading: pgbench -i -s $SCALE and $WIDE_MB MB of wide rows" >&2
-"$BIN/pgbench" -i -q -s "$SCALE" -d "$A dbname=src" 2>/dev/null
-ROWS=$((WIDE_MB * 1000000 / 1400))
-psql -d "$A dbname=src" -c "CREATE TABLE wide (id bigint PRIMARY KEY, b bytea, j jsonb);
-    INSERT INTO wide SELECT i, decode(md5(i::text) || md5((-i)::text) || md5((i * 3)::text)
-            || md5((i * 5)::text) || md5((i * 11)::text) || md5((i * 13)::text)
-            || md5((i * 17)::text) || md5((i * 19)::text), 'hex'),
-        jsonb_build_object('i', i, 'tags', jsonb_build_array('x' || i % 97, i % 13),
-                           'note', repeat(md5((i * 7)::text), 24))
-    FROM generate_series(1, $ROWS) i;" -c "VACUUM ANALYZE"
-BYTES=$(psql -tA -d "$A dbname=src" -c "SELECT sum(pg_table_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
-LARGEST=$(psql -tA -d "$A dbname=src" -c "SELECT max(pg_table_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
+dbdata_load "$A dbname=src" "$SCALE" "$WIDE_MB"
+BYTES=$(dbdata_bytes "$A dbname=src" sum)
+LARGEST=$(dbdata_bytes "$A dbname=src" max)
 GB=$(echo "$BYTES / 1000000000" | bc -l)
 printf 'tables: %.2f GB on disk (largest %.2f GB); jobs %s\n' "$GB" "$(echo "$LARGEST / 1000000000" | bc -l)" "$JOBS"
 
@@ -74,11 +53,7 @@ fresh() {
     rm -rf "$WORK/dump"
 }
 # Same row count in every table of dst as of src, or the run does not count.
-check() {
-    local q="SELECT string_agg(c, ',' ORDER BY c) FROM (SELECT relname || '=' || (xpath('/row/n/text()', query_to_xml('SELECT count(*) AS n FROM public.' || quote_ident(relname), false, true, '')))[1]::text AS c FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace) t"
-    [ "$(psql -tA -d "$A dbname=src" -c "$q")" = "$(psql -tA -d "$B dbname=dst" -c "$q")" ] \
-        || { echo "$1: row counts differ" >&2; return 1; }
-}
+check() { dbdata_same "$A dbname=src" "$B dbname=dst" || { echo "$1: row counts differ" >&2; return 1; }; }
 declare -A WALL
 report() { # name, time files...
     local name=$1; shift
@@ -144,6 +119,10 @@ if wants kill; then
         sleep 0.05
     done
     wait "$pid" 2>/dev/null || true
+    if [ "$sent" = 0 ]; then
+        echo "kill: the copy ended before 40 % was sent; use a larger --scale" >&2
+        exit 0
+    fi
     committed=$(psql -tA -d "$B dbname=dst" -c "SELECT coalesce(sum(bytes), 0) FROM _sluice.units")
     "$SLUICE" --json db copy "$A dbname=src" "$B dbname=dst" --jobs "$JOBS" >"$WORK/k2.json" 2>/dev/null
     check kill
