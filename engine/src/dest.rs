@@ -41,6 +41,8 @@ pub struct Prepared {
     pub resume: bool,
     /// The part file's resume journal.
     pub journal: PathBuf,
+    /// In a directory this run made: nothing is under the final name yet.
+    pub fresh: bool,
 }
 
 /// A destination directory.
@@ -51,6 +53,32 @@ pub struct Destination {
     /// under the usual 022 a sender cannot make a file group- or world-writable here.
     umask: u32,
     claims: Claims,
+    dirs: KnownDirs,
+}
+
+/// Directories of the destination already checked in this run (a directory, not a symlink), and
+/// whether this run made them: a file in a directory this run made has no older version, part
+/// file or journal to look for. Forgotten past [`KnownDirs::MAX`] entries, so memory stays
+/// bounded; a forgotten directory is checked again.
+#[derive(Debug, Clone, Default)]
+struct KnownDirs(Arc<Mutex<HashMap<PathBuf, bool>>>);
+
+impl KnownDirs {
+    const MAX: usize = 16_384;
+
+    /// `Some(made)` for a directory already checked.
+    fn get(&self, at: &Path) -> Option<bool> {
+        self.0.lock().ok()?.get(at).copied()
+    }
+
+    fn insert(&self, at: &Path, made: bool) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= Self::MAX {
+                m.clear();
+            }
+            m.insert(at.to_path_buf(), made);
+        }
+    }
 }
 
 impl Destination {
@@ -62,6 +90,7 @@ impl Destination {
             root,
             umask: process_umask(),
             claims: Claims::default(),
+            dirs: KnownDirs::default(),
         })
     }
 
@@ -116,8 +145,14 @@ impl Destination {
     }
 
     fn ensure_dir(&self, at: &Path, rel: &str) -> Result<()> {
+        if self.dirs.get(at).is_some() {
+            return Ok(());
+        }
         match fs::symlink_metadata(at) {
-            Ok(m) if m.file_type().is_dir() => Ok(()),
+            Ok(m) if m.file_type().is_dir() => {
+                self.dirs.insert(at, false);
+                Ok(())
+            }
             Ok(m) if m.file_type().is_symlink() => Err(Error::Destination {
                 path: rel.to_owned(),
                 why: format!("{} is a symlink; it will not be followed", at.display()),
@@ -127,7 +162,10 @@ impl Destination {
                 why: format!("{} exists and is not a directory", at.display()),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(at) {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    self.dirs.insert(at, true);
+                    Ok(())
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.ensure_dir(at, rel),
                 Err(e) => Err(Error::file("creating directory", at)(e)),
             },
@@ -165,6 +203,21 @@ impl Destination {
     /// `restart`), else an older version under the final name (the base of a delta).
     pub fn prepare_file(&self, entry: &Entry, restart: bool) -> Result<Prepared> {
         let final_path = self.resolve(&entry.path)?;
+        let part = Self::part_path(&final_path);
+        // In a directory this run made, nothing of the file can be there yet.
+        if final_path
+            .parent()
+            .is_some_and(|d| self.dirs.get(d) == Some(true))
+        {
+            return Ok(Prepared {
+                journal: Self::journal_path(&final_path),
+                final_path,
+                part,
+                existing: None,
+                resume: false,
+                fresh: true,
+            });
+        }
         let final_meta = fs::symlink_metadata(&final_path).ok();
         if final_meta.as_ref().is_some_and(|m| m.is_dir()) {
             return Err(Error::Destination {
@@ -172,7 +225,6 @@ impl Destination {
                 why: "a directory of that name is in the way".into(),
             });
         }
-        let part = Self::part_path(&final_path);
         let part_meta = fs::symlink_metadata(&part).ok();
         // A part file with a second link is not one Sluice made: writing into it would write
         // through the other name too (perhaps outside the destination). It is discarded.
@@ -201,6 +253,7 @@ impl Destination {
             part,
             existing,
             resume,
+            fresh: false,
         })
     }
 
@@ -278,11 +331,14 @@ impl Destination {
 
     /// Renames a verified part file, its metadata set ([`Destination::set_metadata`]), over
     /// the final name.
-    pub fn commit(&self, part: &Path, final_path: &Path) -> Result<()> {
+    /// `journaled`: the part file may have a journal beside it, removed now.
+    pub fn commit(&self, part: &Path, final_path: &Path, journaled: bool) -> Result<()> {
         fs::rename(part, final_path).map_err(Error::file("renaming into place", final_path))?;
         // The journal served its part file. A leftover one is removed by the next run that
         // prepares this name without a part file, so a failure here is not the transfer's.
-        let _ = fs::remove_file(Self::journal_path(final_path));
+        if journaled {
+            let _ = fs::remove_file(Self::journal_path(final_path));
+        }
         Ok(())
     }
 

@@ -173,9 +173,16 @@ impl Buffer {
     }
 
     /// Turns the first `len` bytes into a [`Bytes`] that returns the buffer to its pool when the
-    /// last clone is dropped.
+    /// last clone is dropped. A short fill (at most a sixteenth of the buffer: a small file, a
+    /// file's last block) is copied out instead and the buffer returns at once: held until the
+    /// peer acknowledges it, one 4 KiB file would take a whole buffer of the ring for a round
+    /// trip, and a tree of small files would wait on acknowledgements, not on the disk or the
+    /// link.
     pub fn freeze(self, len: usize) -> Bytes {
         let len = len.min(self.len());
+        if len <= self.len() / 16 {
+            return Bytes::copy_from_slice(&self.as_slice()[..len]);
+        }
         Bytes::from_owner(Filled { buf: self, len })
     }
 }
@@ -217,6 +224,16 @@ mod tests {
         assert!(pool.try_take().is_none());
         drop(clone);
         assert!(pool.try_take().is_some());
+    }
+
+    #[test]
+    fn a_short_fill_is_copied_and_its_buffer_returns_at_once() {
+        let pool = BufferPool::new(1, 4096).unwrap();
+        let mut a = pool.take_blocking();
+        a.as_mut_slice()[..5].copy_from_slice(b"small");
+        let bytes = a.freeze(5);
+        assert_eq!(&bytes[..], b"small");
+        assert!(pool.try_take().is_some(), "the buffer waits for nothing");
     }
 
     #[test]

@@ -121,6 +121,8 @@ struct Incoming {
     pieces_asked: std::collections::HashSet<u64>,
     /// Blocks are written into the existing final file, where the kept ones already are.
     inplace: bool,
+    /// The part file may have a resume journal beside it.
+    journaled: bool,
     /// Hashes of blocks received in this run, until their group is whole.
     /// Sized by the blocks that arrive, not by the size the manifest claims.
     received: HashMap<u64, Digest>,
@@ -161,6 +163,7 @@ impl Incoming {
             held_at: None,
             pieces_asked: Default::default(),
             inplace: false,
+            journaled: true,
             received: HashMap::new(),
             folded: HashMap::new(),
             group_got: HashMap::new(),
@@ -452,7 +455,7 @@ async fn receive(
     }));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Written>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<Written>>();
     let (scan_tx, scan_rx) = std_mpsc::channel::<ScanJob>();
     let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Scanned>();
 
@@ -647,7 +650,9 @@ async fn receive(
                                 // replaced by a new one, as without --inplace. A file written in
                                 // place is claimed now; a part file when the writer opens it.
                                 let placed = dest.prepare_file(&entry, restart).and_then(|p| {
-                                    dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
+                                    if !p.fresh {
+                                        dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
+                                    }
                                     let single_link = p.existing.as_ref().and_then(|e| std::fs::symlink_metadata(e).ok()).filter(|m| {
                                         use std::os::unix::fs::MetadataExt;
                                         m.nlink() == 1
@@ -680,30 +685,44 @@ async fn receive(
                                 }
                                 tracing::debug!(id = entry.id, "file prepared");
                                 let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
+                                let geometry = Geometry::new(entry.size, block_size);
+                                // A journal pays from its first batch of blocks on; a fresh
+                                // file shorter than that has none (a resumed one keeps its own,
+                                // whose records must be superseded).
+                                let journaled = !inplace && (prepared.resume || geometry.blocks() >= journal::BATCH as u64);
                                 let _ = job_tx.send(Job::Open {
                                     file: entry.id,
                                     path: target,
                                     held_at: prepared.existing.clone(),
                                     base: base.clone(),
-                                    journal: (!inplace).then(|| prepared.journal.clone()),
+                                    journal: journaled.then(|| prepared.journal.clone()),
                                     key,
                                 });
-                                let _ = scan_tx.send(ScanJob {
-                                    id: entry.id,
-                                    path: prepared.existing.clone(),
-                                    journal: prepared.resume.then(|| prepared.journal.clone()),
-                                    size: entry.size,
-                                    block_size,
-                                    version: entry.version,
-                                    vouch: vouching,
-                                });
-                                scans_pending += 1;
-                                files.insert(entry.id, Incoming {
+                                let mut incoming = Incoming {
                                     held_at: prepared.existing.clone(),
                                     base,
                                     inplace,
-                                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, Geometry::new(entry.size, block_size))
-                                });
+                                    journaled,
+                                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, geometry)
+                                };
+                                if prepared.existing.is_none() && scans_pending == 0 {
+                                    // Nothing here to scan, and no earlier file's scan to wait
+                                    // for (HaveDone goes in manifest order): answered now, not
+                                    // by a round trip through the scanner.
+                                    announce_scan(&mut control, entry.id, &mut incoming, 0, Vec::new(), true);
+                                } else {
+                                    let _ = scan_tx.send(ScanJob {
+                                        id: entry.id,
+                                        path: prepared.existing.clone(),
+                                        journal: prepared.resume.then(|| prepared.journal.clone()),
+                                        size: entry.size,
+                                        block_size,
+                                        version: entry.version,
+                                        vouch: vouching,
+                                    });
+                                    scans_pending += 1;
+                                }
+                                files.insert(entry.id, incoming);
                             }
                         },
                         ReceiverEvent::ManifestComplete => {
@@ -816,11 +835,12 @@ async fn receive(
                     let outcome = try_finish(id, &mut files, &shared, dest, block_size, &job_tx)?;
                     report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                 }
-                w = done_rx.recv() => {
-                    let Some(w) = w else {
+                burst = done_rx.recv() => {
+                    let Some(burst) = burst else {
                         return Err(Error::io("writer thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
                     stall.touch();
+                    for w in burst {
                     let outcome = match w {
                         Written::Block { file, index, cv, carried } => {
                             let Some(f) = files.get_mut(&file) else { continue };
@@ -872,6 +892,7 @@ async fn receive(
                         }
                     };
                     report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                    }
                 }
                 Some(res) = streams.join_next() => {
                     match res {
@@ -1248,7 +1269,7 @@ fn commit(
         let _ = Destination::remove_part(&f.final_path);
         return Ok(Outcome::failed(id, &entry.path, &e));
     }
-    dest.commit(&f.part, &f.final_path)?;
+    dest.commit(&f.part, &f.final_path, f.journaled)?;
     tracing::debug!(id, "renamed into place");
     Ok(root_outcome(root))
 }

@@ -107,14 +107,64 @@ pub(super) enum Written {
     },
 }
 
+/// Reports to the control task, handed over in bursts: a thread that finishes many small files
+/// in a row wakes the control task once for them, not once per file. Flushed before the thread
+/// waits for anything, and every [`Outbox::BURST`] reports.
+pub(super) struct Outbox {
+    tx: mpsc::UnboundedSender<Vec<Written>>,
+    pending: std::cell::RefCell<Vec<Written>>,
+}
+
+/// The control task is gone.
+pub(super) struct Gone;
+
+impl Outbox {
+    const BURST: usize = 64;
+
+    pub(super) fn new(tx: mpsc::UnboundedSender<Vec<Written>>) -> Self {
+        Self {
+            tx,
+            pending: Default::default(),
+        }
+    }
+
+    pub(super) fn send(&self, w: Written) -> std::result::Result<(), Gone> {
+        let full = {
+            let mut p = self.pending.borrow_mut();
+            p.push(w);
+            p.len() >= Self::BURST
+        };
+        if full {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(super) fn flush(&self) -> std::result::Result<(), Gone> {
+        let burst = std::mem::take(&mut *self.pending.borrow_mut());
+        if burst.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(burst).map_err(|_| Gone)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 /// The writer thread: verifies each block against its header and writes it at its offset.
 pub(super) fn write_blocks(
     config: &Config,
     dest: &Destination,
     jobs: std_mpsc::Receiver<Job>,
-    done: mpsc::UnboundedSender<Written>,
+    done_tx: mpsc::UnboundedSender<Vec<Written>>,
     stop: Arc<AtomicBool>,
 ) {
+    let done = Outbox::new(done_tx);
     let (mut io, _) = blockio::open::<(u32, u64, Digest, u32)>(config.io_uring, config.write_depth);
     // `fdatasync` of verified files runs on a thread of its own, so a file's sync holds up
     // neither the writes of the next files nor the control task. 1,000 files of 1–64 KiB,
@@ -122,7 +172,7 @@ pub(super) fn write_blocks(
     // it was 0.45–0.65 s, on this (writer) thread 0.69–0.80 s.
     // At most SEALS_QUEUED files wait for it with a handle open; past that the writer waits.
     let (seal_tx, seal_rx) = std_mpsc::sync_channel::<Seal>(SEALS_QUEUED);
-    let sealer_done = done.clone();
+    let sealer_done = done.tx.clone();
     let sealer_dest = dest.clone();
     let sealer = std::thread::Builder::new()
         .name("sluice-seal".into())
@@ -211,14 +261,22 @@ pub(super) fn write_blocks(
     };
     loop {
         let job = if io.in_flight() == 0 {
-            match jobs.recv() {
+            match jobs.try_recv() {
                 Ok(j) => j,
-                Err(_) => break,
+                Err(std_mpsc::TryRecvError::Empty) => {
+                    let _ = done.flush();
+                    match jobs.recv() {
+                        Ok(j) => j,
+                        Err(_) => break,
+                    }
+                }
+                Err(std_mpsc::TryRecvError::Disconnected) => break,
             }
         } else {
             match jobs.try_recv() {
                 Ok(j) => j,
                 Err(std_mpsc::TryRecvError::Empty) => {
+                    let _ = done.flush();
                     if let Err(e) = io.wait(1, &mut finished) {
                         // Blocks in flight can no longer be accounted for: stop, and the
                         // control task fails the transfer when it sees this thread gone.
@@ -378,6 +436,8 @@ pub(super) fn write_blocks(
                         continue;
                     }
                 };
+                // The file's blocks are reported before the sealer can report the seal.
+                let _ = done.flush();
                 let unsent = match &seal_tx {
                     Some(tx) => tx.send(job).err().map(|e| e.0),
                     None => Some(job),
@@ -444,6 +504,10 @@ pub(super) fn write_blocks(
                     let _ = done.send(Written::Failed { file, error });
                     continue;
                 }
+                // A file of one block: written at once through the page cache, without a
+                // second (O_DIRECT) handle or a trip through io_uring's workers: for many
+                // small files those cost more than the write.
+                let whole_file = header.offset == 0 && u64::from(header.len) == file_len;
                 let handles = match open.get(&file) {
                     Some(h) => h.clone(),
                     None => {
@@ -452,8 +516,7 @@ pub(super) fn write_blocks(
                         };
                         match open_claimed(dest, file, path) {
                             Ok(f) => {
-                                let direct = config
-                                    .direct_io
+                                let direct = (config.direct_io && !whole_file)
                                     .then(|| Destination::open_part_direct(path))
                                     .flatten()
                                     .map(Arc::new);
@@ -489,6 +552,26 @@ pub(super) fn write_blocks(
                             let _ = std::fs::remove_file(at);
                         }
                     }
+                }
+                if whole_file && !header.zero {
+                    use std::os::unix::fs::FileExt;
+                    let result = handles
+                        .0
+                        .write_all_at(&buf.as_slice()[..len], 0)
+                        .map(|()| len);
+                    finished.push(Completion {
+                        req: Request {
+                            op: Op::Write,
+                            file: handles.0.clone(),
+                            offset: 0,
+                            buf,
+                            len,
+                            tag: (file, index, cv, carried),
+                        },
+                        result,
+                    });
+                    report(&mut finished, &paths, &mut journals, &open);
+                    continue;
                 }
                 // A block of zeros becomes a hole where the filesystem can make one (whatever
                 // the part file held there before); it counts as written, as a write would.
@@ -631,9 +714,23 @@ fn seal(dest: &Destination, job: Seal) -> Written {
 fn seal_files(
     dest: &Destination,
     jobs: std_mpsc::Receiver<Seal>,
-    done: mpsc::UnboundedSender<Written>,
+    done: mpsc::UnboundedSender<Vec<Written>>,
 ) {
-    while let Ok(job) = jobs.recv() {
+    let done = Outbox::new(done);
+    loop {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(std_mpsc::TryRecvError::Empty) => {
+                if done.flush().is_err() {
+                    return;
+                }
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+            Err(std_mpsc::TryRecvError::Disconnected) => return,
+        };
         if done.send(seal(dest, job)).is_err() {
             return;
         }
@@ -874,15 +971,17 @@ mod tests {
         write_blocks(&config, &dest, job_rx, done_tx, stop);
         let mut written = 0;
         let mut sealed = false;
-        while let Ok(w) = done_rx.try_recv() {
-            match w {
-                Written::Block { .. } => {
-                    assert!(!sealed, "a block was reported after its file was sealed");
-                    written += 1;
+        while let Ok(burst) = done_rx.try_recv() {
+            for w in burst {
+                match w {
+                    Written::Block { .. } => {
+                        assert!(!sealed, "a block was reported after its file was sealed");
+                        written += 1;
+                    }
+                    Written::Sealed { .. } => sealed = true,
+                    Written::Corrupt { index, .. } => panic!("block {index} corrupt"),
+                    Written::Failed { error, .. } => panic!("{error}"),
                 }
-                Written::Sealed { .. } => sealed = true,
-                Written::Corrupt { index, .. } => panic!("block {index} corrupt"),
-                Written::Failed { error, .. } => panic!("{error}"),
             }
         }
         assert!(sealed);
