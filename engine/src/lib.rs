@@ -109,6 +109,14 @@ pub fn copy(
         (Err(send_err), Err(Error::Session(sluice_proto::session::SessionError::Peer { .. }))) => {
             Err(send_err)
         }
+        // The sender failed on its own account and closed the link: the receiver saw the
+        // connection end (with or before the sender's message, a race), so the sender's error
+        // is the cause.
+        (Err(send_err), Err(Error::Connection { .. }))
+            if !matches!(send_err, Error::Connection { .. }) =>
+        {
+            Err(send_err)
+        }
         (Err(send_err), Err(recv_err)) => {
             tracing::debug!(%send_err, "sender also failed");
             Err(recv_err)

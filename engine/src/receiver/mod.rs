@@ -1200,10 +1200,15 @@ fn try_finish(
     // already was); then the file is made durable, and renamed once the writer says so.
     let keep = base.filter(|_| !kept.is_empty()).map(|b| (b, kept));
     let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
+    let rename = files
+        .get(&id)
+        .filter(|f| !f.inplace)
+        .map(|f| (f.final_path.clone(), f.journaled));
     let _ = jobs.send(Job::Seal {
         file: id,
         entry,
         keep,
+        rename,
     });
     if let Some(f) = files.get_mut(&id) {
         f.sealing = true;
@@ -1238,13 +1243,16 @@ fn commit(
     unchanged: bool,
 ) -> Result<Outcome> {
     let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
-    let _ = jobs.send(Job::Close {
-        file: id,
-        remove: Vec::new(),
-    });
     let Some(f) = files.remove(&id) else {
         return Ok(Outcome::Pending);
     };
+    // A sealed part file: the writer let go of it at the seal, and the sealer renamed it.
+    if unchanged || f.inplace {
+        let _ = jobs.send(Job::Close {
+            file: id,
+            remove: Vec::new(),
+        });
+    }
     let kept = f.kept_bytes;
     let root_outcome = |root| Outcome::Verified {
         id,
@@ -1259,18 +1267,8 @@ fn commit(
         dest.apply_metadata(&entry, &f.final_path)?;
         return Ok(root_outcome(root));
     }
-    // Sealed: its length, mode and mtime are set and it is on disk.
-    if f.inplace {
-        return Ok(root_outcome(root));
-    }
-    if let Err(e) = dest.claims().check_free(id, &entry.path, &f.final_path) {
-        // Another entry of this run already took this final name (a case-insensitive
-        // destination): its file stays, this one's part file and journal go.
-        let _ = Destination::remove_part(&f.final_path);
-        return Ok(Outcome::failed(id, &entry.path, &e));
-    }
-    dest.commit(&f.part, &f.final_path, f.journaled)?;
-    tracing::debug!(id, "renamed into place");
+    // Sealed: its length, mode and mtime are set, it is on disk and (unless in place) renamed.
+    tracing::debug!(id, "in place");
     Ok(root_outcome(root))
 }
 

@@ -76,6 +76,9 @@ pub(super) enum Job {
         /// Its manifest entry: size, mode and mtime to give it.
         entry: Entry,
         keep: Option<(PathBuf, Vec<(u64, usize)>)>,
+        /// The final name a part file is renamed to once it is durable (`None` in place), and
+        /// whether a resume journal may lie beside it.
+        rename: Option<(PathBuf, bool)>,
     },
     /// The file is done with (verified, or failed): forget it, and remove these files once
     /// every earlier job has run (so none of them re-creates what was removed).
@@ -101,7 +104,7 @@ pub(super) enum Written {
         file: u32,
         error: Error,
     },
-    /// [`Job::Seal`] is done.
+    /// [`Job::Seal`] is done: the file is durable and, if it was a part file, renamed.
     Sealed {
         file: u32,
     },
@@ -380,7 +383,12 @@ pub(super) fn write_blocks(
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
-            Job::Seal { file, entry, keep } => {
+            Job::Seal {
+                file,
+                entry,
+                keep,
+                rename,
+            } => {
                 // Every write in flight lands, and is reported, before the file is sealed: one
                 // that completed later would change the file after its root was checked (a
                 // sender that announced fewer blocks than it sent), and be renamed with it.
@@ -430,6 +438,7 @@ pub(super) fn write_blocks(
                         f,
                         path: target,
                         entry,
+                        rename,
                     },
                     Err(error) => {
                         let _ = done.send(Written::Failed { file, error });
@@ -667,6 +676,7 @@ struct Seal {
     f: Arc<File>,
     path: PathBuf,
     entry: Entry,
+    rename: Option<(PathBuf, bool)>,
 }
 
 /// Opens (creating if needed) the part file of entry `file` at `path` and claims its inode for
@@ -691,6 +701,7 @@ fn seal(dest: &Destination, job: Seal) -> Written {
         f,
         path,
         entry,
+        rename,
     } = job;
     let started = std::time::Instant::now();
     let sealed = f
@@ -702,6 +713,20 @@ fn seal(dest: &Destination, job: Seal) -> Written {
                 .map_err(Error::file("flushing to disk", &path))
         });
     tracing::debug!(file, elapsed = ?started.elapsed(), "set length and synced");
+    // Durable: it takes its final name here, not on the control task (one call fewer there
+    // per file, which counts with many small files).
+    let sealed = sealed.and_then(|()| match rename {
+        Some((final_path, journaled)) => {
+            if let Err(e) = dest.claims().check_free(file, &entry.path, &final_path) {
+                // Another entry of this run already took this final name (a case-insensitive
+                // destination): its file stays, this one's part file and journal go.
+                let _ = Destination::remove_part(&final_path);
+                return Err(e);
+            }
+            dest.commit(&path, &final_path, journaled)
+        }
+        None => Ok(()),
+    });
     match sealed {
         Ok(()) => Written::Sealed { file },
         Err(error) => Written::Failed { file, error },
@@ -964,6 +989,7 @@ mod tests {
                 file: 0,
                 entry,
                 keep: None,
+                rename: None,
             })
             .unwrap();
         drop(job_tx);
