@@ -4,7 +4,12 @@
 # files per second, CPU seconds, ratio to tar) on stdout.
 #
 #   bench/smallfiles.sh [--files N] [--kib K] [--mixed] [--dirs D] [--runs R] [--work DIR]
-#                       [--no-build]
+#                       [--rtt-ms MS [--rate-mbit R]] [--no-build]
+#
+# --rtt-ms: across an emulated link instead (shared/tools/wan-emu, as root, in namespaces this
+# script makes and removes): `sluice send` to `sluice recv`, and tar | socat → socat | tar with
+# the kernel's default TCP congestion control, over R Mbit/s (default 200) and that round trip.
+# Reports wall seconds and the share of the link's rate the tree's bytes used.
 #
 # The tree: N files of K KiB (--mixed: 1..K KiB) of pseudo-random bytes spread over D
 # directories, under DIR (default /var/tmp; /dev/shm is tmpfs). tar | socat → socat | tar runs
@@ -22,6 +27,8 @@ DIRS=40
 WORK_PARENT=/var/tmp
 RUNS=3
 BUILD=1
+RTT_MS=""
+RATE_MBIT=200
 while [ $# -gt 0 ]; do
     case "$1" in
         --files) FILES=$2; shift 2 ;;
@@ -30,6 +37,8 @@ while [ $# -gt 0 ]; do
         --work) WORK_PARENT=$2; shift 2 ;;
         --dirs) DIRS=$2; shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
+        --rtt-ms) RTT_MS=$2; shift 2 ;;
+        --rate-mbit) RATE_MBIT=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -55,6 +64,56 @@ for i in range(files):
 PY
 BYTES=$(du -sb "$WORK/src" | cut -f1)
 echo "tree: $FILES files, $DIRS directories, $((BYTES / 1024 / 1024)) MiB" >&2
+
+if [ -n "$RTT_MS" ]; then
+    SHARED=$(cd "$REPO_ROOT/../shared" && pwd)
+    WAN=$SHARED/tools/wan-emu/wan
+    LINK=sluice-small
+    # shellcheck source=bench/wanlink.sh
+    source "$SCRIPT_DIR/wanlink.sh"
+    wanlink_setup "$WORK" "$LINK"
+    "$WAN" up "$LINK" --delay-ms $((RTT_MS / 2)) --rate-mbit "$RATE_MBIT" >/dev/null
+    now() { date +%s.%N; }
+    share() { awk -v b="$BYTES" -v s="$1" -v r="$RATE_MBIT" 'BEGIN {printf "%.1f", 100 * b * 8 / s / (r * 1e6)}'; }
+    wan_sluice() {
+        rm -rf "$WORK/dst" && mkdir -p "$WORK/dst"
+        "$WAN" exec "$LINK" b "$SLUICE" recv "$WORK/dst" --listen 10.201.0.2:7000 >"$WORK/recv.out" 2>"$WORK/recv.err" &
+        for _ in $(seq 1 200); do [ -s "$WORK/recv.out" ] && break; sleep 0.05; done
+        local t0 t1 ticket
+        ticket=$(head -n 1 "$WORK/recv.out")
+        t0=$(now)
+        timeout 600 "$WAN" exec "$LINK" a "$SLUICE" send "$WORK/src" "$ticket" >/dev/null 2>"$WORK/send.err" \
+            || { echo "sluice failed: $(tail -n 2 "$WORK/send.err")" >&2; wait; echo nan; return; }
+        t1=$(now)
+        wait
+        awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'
+    }
+    wan_tar() {
+        rm -rf "$WORK/dst" && mkdir -p "$WORK/dst"
+        "$WAN" exec "$LINK" b bash -c "socat -u TCP-LISTEN:7001,reuseaddr - | tar -C '$WORK/dst' -xf -" &
+        sleep 0.5
+        local t0 t1
+        t0=$(now)
+        timeout 600 "$WAN" exec "$LINK" a bash -c "tar -C '$WORK/src' -cf - . | socat -u - TCP:10.201.0.2:7001,retry=100,interval=0.01"
+        wait
+        t1=$(now)
+        awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'
+    }
+    echo "Command: \`bench/smallfiles.sh --files $FILES --kib $MAX_KIB --dirs $DIRS --runs $RUNS --rtt-ms $RTT_MS --rate-mbit $RATE_MBIT\` ($FILES files, $((BYTES / 1024 / 1024)) MiB; median of $RUNS)"
+    echo
+    echo "| tool | wall s | files/s | % of link |"
+    echo "|---|---:|---:|---:|"
+    for tool in tar-socat sluice; do
+        walls=()
+        for _ in $(seq "$RUNS"); do
+            if [ "$tool" = sluice ]; then walls+=("$(wan_sluice)"); else walls+=("$(wan_tar)"); fi
+        done
+        echo "$tool: ${walls[*]} s" >&2
+        w=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+        awk -v t="$tool" -v w="$w" -v n="$FILES" -v s="$(share "$w")" 'BEGIN {printf "| %s | %.2f | %.0f | %s |\n", t, w, n / w, s}'
+    done
+    exit 0
+fi
 
 drop_caches() {
     sync
