@@ -371,6 +371,8 @@ pub(super) fn write_blocks(
                 }
             }
             Job::CopyBase { file, file_len } => {
+                // A long copy: what is already written is reported first.
+                let _ = done.flush();
                 if let Err(error) = copy_base(
                     file,
                     file_len,
