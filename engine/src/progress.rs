@@ -87,6 +87,9 @@ impl PathStats {
     }
 }
 
+/// The most events [`Progress`] holds for a reader.
+pub const MAX_EVENTS: usize = 1 << 16;
+
 /// Live counters and pending events of one transfer.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -185,14 +188,19 @@ impl Progress {
         self.files_verified.fetch_add(1, Relaxed);
     }
 
+    /// Queues an event for [`Progress::take_events`]. Nobody may be taking them (the receiving
+    /// end of `copy`, a library caller that only reads the counters), so the queue keeps the
+    /// newest [`MAX_EVENTS`]: memory stays bounded whatever the number of files. A reader that
+    /// polls as the command line does (every 100 ms) never comes near that.
     pub(crate) fn push(&self, e: Event) {
         if let Event::FileVerified { .. } = e {
             self.files_verified.fetch_add(1, Relaxed);
         }
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(e);
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() >= MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(e);
     }
 
     /// The counters now.
@@ -320,5 +328,26 @@ pub(crate) fn stalled_error(peer: &str, timeout: Duration, side: &str) -> crate:
              this is expected); partial files are kept, the same command resumes",
             timeout.as_secs()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_nobody_takes_stay_bounded() {
+        let p = Progress::default();
+        for i in 0..MAX_EVENTS + 10 {
+            p.push(Event::FileVerified {
+                path: format!("f{i}"),
+                size: 1,
+                root: [0; 32],
+            });
+        }
+        let events = p.take_events();
+        assert_eq!(events.len(), MAX_EVENTS);
+        assert!(matches!(&events[0], Event::FileVerified { path, .. } if path == "f10"));
+        assert_eq!(p.snapshot().files_verified, (MAX_EVENTS + 10) as u64);
     }
 }

@@ -673,10 +673,6 @@ async fn receive(
                                     }
                                 };
                                 let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
-                                if !inplace {
-                                    parts.push(prepared.part.clone());
-                                    parts.push(prepared.journal.clone());
-                                }
                                 let key = journal::Key { block_size, size: entry.size, version: entry.version };
                                 // Decided once, here: the scanner vouches only if Holding said so.
                                 let vouching = prepared.resume && journal::vouches(&prepared.journal, &prepared.part, &key);
@@ -905,6 +901,18 @@ async fn receive(
         }
     }
     .await;
+    if result.is_err() {
+        // The part files of the files still in progress (those verified were renamed, those
+        // that failed removed): the caller removes them if the run was refused. Collected now,
+        // not as files arrive, so what is kept is bounded by the files in progress.
+        for f in files
+            .values()
+            .filter(|f| !f.inplace && f.compare_only.is_none())
+        {
+            parts.push(f.part.clone());
+            parts.push(Destination::journal_path(&f.final_path));
+        }
+    }
     if let Err(e) = &result {
         // Tell the sender why, unless it is the one who aborted.
         let code = match e {
