@@ -2,8 +2,8 @@
 //! the buffer ring and hashed (BLAKE3 chaining values, as a file's blocks are); the blocks go out
 //! on the transport's lanes, which grow with the path as a transfer's do; the receiving end reads
 //! each into its own ring, verifies its hash on a separate thread, and hands it to a discarding
-//! sink. No disk is touched: what it measures is the network path plus the CPU the pipeline
-//! costs.
+//! sink. By default no disk is touched: what it measures is the network path plus the CPU the
+//! pipeline costs. [`Ends`] puts a file at either end instead (`--from`, `--to`).
 //!
 //! Both ends run in one process by default ([`run_local`]); [`BenchServer`] and [`send`] are the
 //! two ends on two hosts (`sluice bench --serve`, `sluice bench TICKET`).
@@ -14,6 +14,7 @@
 //! verified that many.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::progress::{PathStats, Progress};
 use crate::ring::{Buffer, BufferPool};
 use crate::transport::{self, Kind, LaneRx, Link};
 use crate::unit::session::ENDLESS;
-use crate::unit::{BlockSink, BlockSource, Discard, Generated};
+use crate::unit::{BlockSink, BlockSource, Discard, FileSink, FileSource, Generated};
 
 /// How much to send.
 #[derive(Debug, Clone, Copy)]
@@ -77,29 +78,52 @@ impl BenchSummary {
     }
 }
 
+/// Where the blocks come from and go: generated and discarded unless a file is named.
+#[derive(Debug, Clone, Default)]
+pub struct Ends {
+    /// Read the blocks from this file (through the page cache; from its start again at its end).
+    pub from: Option<PathBuf>,
+    /// Write the verified blocks into this file (created or truncated; synced at the end).
+    pub to: Option<PathBuf>,
+}
+
 /// Runs both ends in this process over loopback.
-pub fn run_local(config: &Config, amount: Amount, progress: Arc<Progress>) -> Result<BenchSummary> {
+pub fn run_local(
+    config: &Config,
+    amount: Amount,
+    ends: &Ends,
+    progress: Arc<Progress>,
+) -> Result<BenchSummary> {
+    let to = ends.to.clone();
     crate::endpoint::pair(
         config,
         "sluice-bench-recv",
-        |server, stop| BenchServer(server).run_until(Arc::new(Progress::default()), stop),
-        |ticket| send(config, amount, ticket, progress),
+        |server, stop| BenchServer { server, to }.run_until(Arc::new(Progress::default()), stop),
+        |ticket| send(config, amount, ends.from.as_deref(), ticket, progress),
     )
 }
 
-/// The receiving end: one sender's blocks, verified and discarded.
+/// The receiving end: one sender's blocks, verified and discarded (or written to a file).
 #[derive(Debug)]
-pub struct BenchServer(OneSender);
+pub struct BenchServer {
+    server: OneSender,
+    to: Option<PathBuf>,
+}
 
 impl BenchServer {
     /// Listens as a receiver does (see [`crate::transport::Listener::bind`]).
     pub fn bind(listen: SocketAddr, advertise: Option<SocketAddr>, config: Config) -> Result<Self> {
-        OneSender::bind(listen, advertise, config).map(Self)
+        OneSender::bind(listen, advertise, config).map(|server| Self { server, to: None })
+    }
+
+    /// Writes the verified blocks into the file at `to` instead of discarding them.
+    pub fn write_to(self, to: Option<PathBuf>) -> Self {
+        Self { to, ..self }
     }
 
     /// The ticket for the sending end.
     pub fn ticket(&self) -> &Ticket {
-        self.0.ticket()
+        self.server.ticket()
     }
 
     /// Serves one sender; `progress` counts the verified bytes.
@@ -112,11 +136,12 @@ impl BenchServer {
         progress: Arc<Progress>,
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<BenchSummary> {
-        let (bytes, link, started) = self.0.serve(
+        let to = self.to;
+        let (bytes, link, started) = self.server.serve(
             stop,
             "nothing was kept",
             |config, secret, link, control| async move {
-                serve(&config, secret, &link, control, &progress).await
+                serve(&config, secret, &link, control, &progress, to.as_deref()).await
             },
         )?;
         Ok(BenchSummary::of(bytes, started, &*link))
@@ -137,19 +162,24 @@ async fn serve(
     link: &Arc<dyn Link>,
     mut control: Control,
     progress: &Arc<Progress>,
+    to: Option<&Path>,
 ) -> Result<u64> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
     let block_size = crate::unit::session::welcome(&mut control, secret, peer).await?;
     let (pool, allowed) = receiving_ring(config, block_size)?;
     link.allow_lanes(allowed);
+    let mut sink: Box<dyn BlockSink> = match to {
+        Some(path) => Box::new(FileSink::create(path).map_err(Error::file("creating", path))?),
+        None => Box::new(Discard::default()),
+    };
 
     let (jobs, arrived) = std_mpsc::channel::<Arrived>();
     let verifier = {
         let progress = progress.clone();
         std::thread::Builder::new()
             .name("sluice-bench-verify".into())
-            .spawn(move || verify(arrived, &mut Discard::default(), &progress))
+            .spawn(move || verify(arrived, &mut *sink, &progress))
             .map_err(Error::io("starting the verifying thread"))?
     };
     let mut lanes = tokio::task::JoinSet::new();
@@ -268,9 +298,15 @@ fn verify(
 pub fn send(
     config: &Config,
     amount: Amount,
+    from: Option<&Path>,
     ticket: &Ticket,
     progress: Arc<Progress>,
 ) -> Result<BenchSummary> {
+    // Opened before connecting: a wrong path is said before anything crosses.
+    let source: Box<dyn BlockSource> = match from {
+        Some(path) => Box::new(FileSource::open(path).map_err(Error::file("reading", path))?),
+        None => Box::new(Generated::new(0x51_1ce)),
+    };
     let rt = transport::runtime()?;
     rt.block_on(async {
         let ((bytes, started), link) = crate::endpoint::dial(
@@ -279,7 +315,7 @@ pub fn send(
             "run the same command again",
             |link| async move {
                 let started = Instant::now();
-                let bytes = push(config, amount, ticket, &link, &progress).await?;
+                let bytes = push(config, amount, source, ticket, &link, &progress).await?;
                 Ok((bytes, started))
             },
         )
@@ -291,6 +327,7 @@ pub fn send(
 async fn push(
     config: &Config,
     amount: Amount,
+    source: Box<dyn BlockSource>,
     ticket: &Ticket,
     link: &Arc<dyn Link>,
     progress: &Arc<Progress>,
@@ -316,7 +353,7 @@ async fn push(
         let block = config.block_size as usize;
         std::thread::Builder::new()
             .name("sluice-bench-gen".into())
-            .spawn(move || generate(amount, block, &pool, &block_tx, &stop))
+            .spawn(move || generate(amount, source, block, &pool, &block_tx, &stop))
             .map_err(Error::io("starting the generating thread"))?
     };
     let lanes = Lanes {
@@ -361,7 +398,11 @@ async fn push(
             },
         }
     };
-    let _ = generator.join();
+    match generator.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Error::io("reading the benchmark's source")(e)),
+        Err(_) => return Err(err(&"the generating thread panicked")),
+    }
     control
         .send(&Message::FileDone {
             id: 0,
@@ -383,12 +424,12 @@ async fn push(
 /// lanes; ends at the amount, at `stop`, or when the lanes are gone.
 fn generate(
     amount: Amount,
+    mut source: Box<dyn BlockSource>,
     block: usize,
     pool: &Arc<BufferPool>,
     blocks: &mpsc::Sender<Block>,
     stop: &AtomicBool,
-) {
-    let mut source = Generated::new(0x51_1ce);
+) -> std::io::Result<()> {
     let limit = match amount {
         Amount::Bytes(n) => n,
         Amount::Time(_) => u64::MAX,
@@ -397,9 +438,7 @@ fn generate(
     while offset < limit && !stop.load(Ordering::Relaxed) {
         let len = (limit - offset).min(block as u64) as usize;
         let mut buf = pool.take_blocking();
-        if source.fill(offset, &mut buf.as_mut_slice()[..len]).is_err() {
-            return;
-        }
+        source.fill(offset, &mut buf.as_mut_slice()[..len])?;
         let hash = merkle::block_cv(&buf.as_slice()[..len], offset, ENDLESS);
         let header = encode_block_header(&BlockHeader {
             file: 0,
@@ -416,8 +455,9 @@ fn generate(
             carries: len as u64,
         };
         if blocks.blocking_send(b).is_err() {
-            return;
+            return Ok(());
         }
         offset += len as u64;
     }
+    Ok(())
 }

@@ -104,9 +104,108 @@ impl BlockSink for Discard {
     }
 }
 
+/// A file's bytes, read through the page cache with `pread`: `sluice bench --from`. Past the
+/// file's end it starts again from its beginning, so a benchmark may run for a time or an amount
+/// larger than the file (the offsets are the stream's, not the file's).
+#[derive(Debug)]
+pub struct FileSource {
+    file: std::fs::File,
+    len: u64,
+}
+
+impl FileSource {
+    /// Opens `path`, which must be a regular, non-empty file.
+    pub fn open(path: &std::path::Path) -> io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file with something in it",
+            ));
+        }
+        Ok(Self {
+            file,
+            len: meta.len(),
+        })
+    }
+
+    /// The file's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Always false: an empty file is refused at [`FileSource::open`].
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl BlockSource for FileSource {
+    fn fill(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            let at = (offset + done as u64) % self.len;
+            let n = ((self.len - at) as usize).min(buf.len() - done);
+            self.file.read_exact_at(&mut buf[done..done + n], at)?;
+            done += n;
+        }
+        Ok(done)
+    }
+}
+
+/// Writes verified blocks at their offsets into a file, and makes it durable at the commit
+/// (`fdatasync`): `sluice bench --to`.
+#[derive(Debug)]
+pub struct FileSink {
+    file: std::fs::File,
+}
+
+impl FileSink {
+    /// Creates `path`, or truncates the file there.
+    pub fn create(path: &std::path::Path) -> io::Result<Self> {
+        Ok(Self {
+            file: std::fs::File::create(path)?,
+        })
+    }
+}
+
+impl BlockSink for FileSink {
+    fn put(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, offset)
+    }
+
+    fn commit(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_source_starts_again_at_its_end_and_a_file_sink_puts_at_offsets() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::write(&src, b"abcdefg").unwrap();
+        let mut s = FileSource::open(&src).unwrap();
+        assert_eq!(s.len(), 7);
+        let mut buf = [0u8; 10];
+        assert_eq!(s.fill(5, &mut buf).unwrap(), 10);
+        assert_eq!(&buf, b"fgabcdefga");
+        let dst = d.path().join("dst");
+        let mut k = FileSink::create(&dst).unwrap();
+        k.put(3, b"def").unwrap();
+        k.put(0, b"abc").unwrap();
+        k.commit().unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), b"abcdef");
+        std::fs::write(&src, b"").unwrap();
+        assert!(FileSource::open(&src).is_err());
+        assert!(FileSource::open(d.path()).is_err());
+    }
 
     #[test]
     fn generated_bytes_depend_on_the_offset_only() {

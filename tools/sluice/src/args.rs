@@ -196,6 +196,14 @@ pub struct BenchArgs {
     /// Seconds between interval lines.
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,
+    /// Read the blocks from this file instead of generating them (through the page cache; from
+    /// its start again at its end). Without --size or --time, the file is sent once.
+    #[arg(long, conflicts_with = "serve")]
+    pub from: Option<std::path::PathBuf>,
+    /// Write the verified blocks into this file (created or truncated, synced at the end) instead
+    /// of discarding them: at the receiving end (--serve, or both ends in this process).
+    #[arg(long, conflicts_with = "ticket")]
+    pub to: Option<std::path::PathBuf>,
 }
 
 /// Data-path tuning; defaults are `sluice_engine::Config::default()`.

@@ -16,6 +16,19 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     if !(o.interval > 0.0 && o.interval.is_finite()) {
         bail!("--interval must be a positive number of seconds");
     }
+    // A source file is checked now, and sent once unless an amount is given.
+    let from_len = match &o.from {
+        Some(path) => Some(
+            sluice_engine::unit::FileSource::open(path)
+                .with_context(|| format!("--from {}", path.display()))?
+                .len(),
+        ),
+        None => None,
+    };
+    // So is the file to write: a typo is said before any waiting.
+    if let Some(path) = &o.to {
+        std::fs::File::create(path).with_context(|| format!("--to {}", path.display()))?;
+    }
     let amount = match (o.size, o.time) {
         (Some(0), _) => bail!("--size must be more than 0"),
         (Some(n), _) => Amount::Bytes(n),
@@ -23,13 +36,26 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
             Amount::Time(Duration::from_secs_f64(t))
         }
         (None, Some(t)) => bail!("--time must be a number of seconds from 0 to 86400, not {t}"),
-        (None, None) => Amount::Time(Duration::from_secs(10)),
+        (None, None) => match from_len {
+            Some(n) => Amount::Bytes(n),
+            None => Amount::Time(Duration::from_secs(10)),
+        },
+    };
+    let ends = bench::Ends {
+        from: o.from.clone(),
+        to: o.to.clone(),
+    };
+    let kept = if ends.to.is_some() {
+        "verified and written"
+    } else {
+        "verified and discarded"
     };
     let interval = Duration::from_secs_f64(o.interval);
     let progress = Arc::new(Progress::default());
     if o.serve {
         let server = BenchServer::bind(o.listen, o.advertise, config)
-            .with_context(|| format!("listening on {}", o.listen))?;
+            .with_context(|| format!("listening on {}", o.listen))?
+            .write_to(ends.to.clone());
         let ticket = server.ticket().to_string();
         if json {
             render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
@@ -42,7 +68,7 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
         let summary = watch(interval, json, &progress, Side::Receiving, move || {
             server.run(p).context("benchmark failed")
         })?;
-        report(&summary, json, "verified and discarded");
+        report(&summary, json, kept);
         return Ok(());
     }
     let p = progress.clone();
@@ -52,12 +78,12 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
                 .parse()
                 .context("the argument must be the ticket printed by `sluice bench --serve`")?;
             watch(interval, json, &progress, Side::Sending, move || {
-                bench::send(&config, amount, &ticket, p)
+                bench::send(&config, amount, ends.from.as_deref(), &ticket, p)
                     .with_context(|| format!("benchmarking against {}", ticket.addr))
             })?
         }
         None => watch(interval, json, &progress, Side::Sending, move || {
-            bench::run_local(&config, amount, p).context("benchmark failed")
+            bench::run_local(&config, amount, &ends, p).context("benchmark failed")
         })?,
     };
     report(&summary, json, "sent, verified at the other end");

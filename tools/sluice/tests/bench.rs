@@ -72,6 +72,74 @@ over_both! {
     }
 }
 
+over_both! {
+    fn bench_from_a_file_to_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.bin");
+        // Not a whole number of blocks: the last one is short.
+        random_file(&src, (5 << 20) + 12_345, 3);
+        let dst = d.path().join("dst.bin");
+        let out = sluice()
+            .args(["bench", "--from"])
+            .arg(&src)
+            .arg("--to")
+            .arg(&dst)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        // Without --size or --time the file crosses once, verified and written.
+        assert_eq!(b3(&dst), b3(&src));
+        // More than the file: it starts again from its beginning.
+        let out = sluice()
+            .args(["bench", "--size", "12M", "--from"])
+            .arg(&src)
+            .arg("--to")
+            .arg(&dst)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let a = std::fs::read(&src).unwrap();
+        let b = std::fs::read(&dst).unwrap();
+        assert_eq!(b.len(), 12 << 20);
+        for (i, chunk) in b.chunks(a.len()).enumerate() {
+            assert_eq!(chunk, &a[..chunk.len()], "pass {i}");
+        }
+    }
+}
+
+#[test]
+fn bench_names_a_missing_source_and_an_unwritable_destination() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("missing.bin");
+    let out = sluice()
+        .args(["bench", "--from"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("missing.bin") && stderr(&out).contains("No such file"),
+        "{}",
+        stderr(&out)
+    );
+    let empty = d.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let out = sluice()
+        .args(["bench", "--from"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("empty.bin"), "{}", stderr(&out));
+    let out = sluice()
+        .args(["bench", "--size", "1M", "--to"])
+        .arg(d.path().join("no-such-dir/out.bin"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("out.bin"), "{}", stderr(&out));
+}
+
 #[test]
 fn bench_refuses_a_wrong_secret_and_bad_flags() {
     let mut server = sluice()
