@@ -36,6 +36,11 @@ pub struct Table {
     pub bytes: i64,
     /// Heap pages, for page ranges.
     pub pages: i64,
+    /// The server's estimate of its rows (`pg_class.reltuples`), `None` if it has none (never
+    /// analyzed or vacuumed).
+    pub rows: Option<i64>,
+    /// Bytes of its indexes at the source: what the post-data step builds again after the rows.
+    pub index_bytes: i64,
 }
 
 /// A part of a table: key values `lo..hi` or heap pages `lo..hi` (`None`: unbounded).
@@ -191,7 +196,8 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
     let rows = client
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
-                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8 \
+                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
+                    c.reltuples::int8, pg_indexes_size(c.oid)::int8 \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'r' \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
@@ -248,6 +254,8 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
             key,
             bytes: row.get(3),
             pages: row.get(4),
+            rows: Some(row.get::<_, i64>(5)).filter(|&n| n >= 0),
+            index_bytes: row.get(6),
         });
     }
     Ok(out)
@@ -311,6 +319,8 @@ mod tests {
             key: key.then(|| "id".into()),
             bytes,
             pages,
+            rows: None,
+            index_bytes: 0,
         }
     }
 

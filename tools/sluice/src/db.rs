@@ -248,27 +248,71 @@ fn print_plan(plan: &Plan, json: bool) {
         if json {
             render::json_line(&serde_json::json!({
                 "event": "table", "table": table.display(), "bytes": table.bytes,
+                "rows_estimate": table.rows, "index_bytes": table.index_bytes,
                 "ranges": ranges.len(), "key": table.key, "binary": table.binary,
                 "conditions": ranges.iter().map(|r| r.display(table)).collect::<Vec<_>>(),
             }));
         } else {
             println!(
-                "{:<40} {:>10} {:>5} ranges ({by}, {} format)",
+                "{:<40} {:>10} {:>12} {:>10} {:>5} ranges ({by}, {} format)",
                 table.display(),
                 human(table.bytes.max(0) as u64),
+                table
+                    .rows
+                    .map_or("? rows".into(), |n| format!("~{} rows", count(n as u64))),
+                format!("{} idx", human(table.index_bytes.max(0) as u64)),
                 ranges.len(),
                 if table.binary { "binary" } else { "text" }
             );
         }
     }
-    if !json {
+    let rows: u64 = plan
+        .tables
+        .iter()
+        .filter_map(|(t, _)| t.rows)
+        .map(|n| n.max(0) as u64)
+        .sum();
+    let unknown = plan.tables.iter().filter(|(t, _)| t.rows.is_none()).count();
+    let index_bytes: u64 = plan
+        .tables
+        .iter()
+        .map(|(t, _)| t.index_bytes.max(0) as u64)
+        .sum();
+    if json {
+        render::json_line(&serde_json::json!({
+            "event": "estimate", "tables": plan.tables.len(), "ranges": plan.ranges(),
+            "bytes": plan.bytes(), "rows_estimate": rows,
+            "tables_without_estimate": unknown, "index_bytes": index_bytes,
+        }));
+    } else {
+        let unknown = if unknown > 0 {
+            format!(" ({unknown} tables never analyzed: not counted)")
+        } else {
+            String::new()
+        };
         println!(
-            "{} tables, {} ranges, {} on disk",
+            "{} tables, {} ranges, {} on disk: about {} rows{unknown} to copy, then {} of \
+             indexes to build",
             plan.tables.len(),
             plan.ranges(),
-            human(plan.bytes())
+            human(plan.bytes()),
+            count(rows),
+            human(index_bytes)
         );
     }
+}
+
+/// `n` with thousands separated by commas.
+fn count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn human(n: u64) -> String {

@@ -236,6 +236,32 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
 
+    // The plan: every table, its ranges, the server's row estimates and the indexes to build.
+    pg.sql("src", "ANALYZE");
+    let out = sluice_db(&["db", "plan", &src, "--range-size", "1M"]);
+    assert!(out.status.success(), "plan: {}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("public.kinds ") && said.contains("rows"),
+        "{said}"
+    );
+    let total = said.lines().last().unwrap_or_default();
+    assert!(
+        total.contains("rows to copy") && total.contains("of indexes to build"),
+        "{said}"
+    );
+    let out = sluice_db(&["--json", "db", "plan", &src, "--range-size", "1M"]);
+    assert!(out.status.success(), "plan: {}", stderr(&out));
+    let last: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(last["event"], "estimate", "{last}");
+    // kinds alone holds 20,000 rows (fixture); ANALYZE's estimate of so small a table is exact.
+    assert!(last["rows_estimate"].as_u64().unwrap() >= 20_000, "{last}");
+    assert!(last["index_bytes"].as_u64().unwrap() > 0, "{last}");
+
     // Blocks packed with zstd (as `auto` packs them on a slow link), three ranges at a time.
     let out = sluice_db(&[
         "db",
