@@ -24,6 +24,20 @@ pub(crate) struct OneSender {
     listener: Listener,
 }
 
+/// A runtime for a receiving end, and its listener bound inside it (see [`Listener::bind`]).
+pub(crate) fn listening(
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    config: &Config,
+) -> Result<(tokio::runtime::Runtime, Listener)> {
+    let rt = transport::runtime()?;
+    let listener = {
+        let _guard = rt.enter();
+        Listener::bind(listen, advertise, config)?
+    };
+    Ok((rt, listener))
+}
+
 impl OneSender {
     /// Listens as a receiver does (see [`Listener::bind`]).
     pub(crate) fn bind(
@@ -31,11 +45,7 @@ impl OneSender {
         advertise: Option<SocketAddr>,
         config: Config,
     ) -> Result<Self> {
-        let rt = transport::runtime()?;
-        let listener = {
-            let _guard = rt.enter();
-            Listener::bind(listen, advertise, &config)?
-        };
+        let (rt, listener) = listening(listen, advertise, &config)?;
         Ok(Self {
             config,
             rt,

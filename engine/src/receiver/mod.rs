@@ -285,11 +285,7 @@ impl Receiver {
         config: Config,
     ) -> Result<Self> {
         let dest = Destination::new(dest)?;
-        let rt = transport::runtime()?;
-        let listener = {
-            let _guard = rt.enter();
-            Listener::bind(listen, advertise, &config)?
-        };
+        let (rt, listener) = crate::endpoint::listening(listen, advertise, &config)?;
         Ok(Self {
             config,
             dest,

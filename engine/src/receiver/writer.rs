@@ -144,6 +144,19 @@ impl Outbox {
         }
     }
 
+    /// The next job of `jobs`: one already queued at once, else (after handing over what is
+    /// pending, since this thread may now sleep) the next to come; `None` once `jobs` is closed.
+    fn next<T>(&self, jobs: &std_mpsc::Receiver<T>) -> Option<T> {
+        match jobs.try_recv() {
+            Ok(job) => Some(job),
+            Err(std_mpsc::TryRecvError::Empty) => {
+                let _ = self.flush();
+                jobs.recv().ok()
+            }
+            Err(std_mpsc::TryRecvError::Disconnected) => None,
+        }
+    }
+
     pub(super) fn flush(&self) -> std::result::Result<(), Gone> {
         let burst = std::mem::take(&mut *self.pending.borrow_mut());
         if burst.is_empty() {
@@ -264,16 +277,9 @@ pub(super) fn write_blocks(
     };
     loop {
         let job = if io.in_flight() == 0 {
-            match jobs.try_recv() {
-                Ok(j) => j,
-                Err(std_mpsc::TryRecvError::Empty) => {
-                    let _ = done.flush();
-                    match jobs.recv() {
-                        Ok(j) => j,
-                        Err(_) => break,
-                    }
-                }
-                Err(std_mpsc::TryRecvError::Disconnected) => break,
+            match done.next(&jobs) {
+                Some(j) => j,
+                None => break,
             }
         } else {
             match jobs.try_recv() {
@@ -744,20 +750,7 @@ fn seal_files(
     done: mpsc::UnboundedSender<Vec<Written>>,
 ) {
     let done = Outbox::new(done);
-    loop {
-        let job = match jobs.try_recv() {
-            Ok(job) => job,
-            Err(std_mpsc::TryRecvError::Empty) => {
-                if done.flush().is_err() {
-                    return;
-                }
-                match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                }
-            }
-            Err(std_mpsc::TryRecvError::Disconnected) => return,
-        };
+    while let Some(job) = done.next(&jobs) {
         if done.send(seal(dest, job)).is_err() {
             return;
         }

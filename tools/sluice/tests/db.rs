@@ -65,6 +65,14 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster with two empty databases, `src` and `dst`.
+    fn with_src_and_dst(bin: &Path) -> Cluster {
+        let pg = Cluster::start(bin);
+        pg.sql("postgres", "CREATE DATABASE src");
+        pg.sql("postgres", "CREATE DATABASE dst");
+        pg
+    }
+
     fn start(bin: &Path) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
@@ -222,9 +230,7 @@ fn fixture() -> PathBuf {
 #[test]
 fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
     let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::start(&bin);
-    pg.sql("postgres", "CREATE DATABASE src");
-    pg.sql("postgres", "CREATE DATABASE dst");
+    let pg = Cluster::with_src_and_dst(&bin);
     pg.file("src", &fixture());
     // Settings that change text output must not change what arrives: fewer float digits and
     // day-first dates at the source, another time zone at the target.
@@ -389,9 +395,7 @@ impl Drop for DbRecv {
 #[test]
 fn a_row_lost_at_the_target_is_caught_at_the_end_and_the_rerun_repairs_it() {
     let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::start(&bin);
-    pg.sql("postgres", "CREATE DATABASE src");
-    pg.sql("postgres", "CREATE DATABASE dst");
+    let pg = Cluster::with_src_and_dst(&bin);
     pg.sql(
         "src",
         "CREATE TABLE keyed (id int PRIMARY KEY, v text); \
@@ -455,9 +459,7 @@ fn wait_for_units(pg: &Cluster, db: &str, n: u64, limit: Duration) -> u64 {
 #[test]
 fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
     let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::start(&bin);
-    pg.sql("postgres", "CREATE DATABASE src");
-    pg.sql("postgres", "CREATE DATABASE dst");
+    let pg = Cluster::with_src_and_dst(&bin);
     pg.sql(
         "src",
         "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea, doc jsonb); \
@@ -566,9 +568,7 @@ fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
 #[test]
 fn large_objects_are_refused_by_name_unless_left_behind() {
     let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::start(&bin);
-    pg.sql("postgres", "CREATE DATABASE src");
-    pg.sql("postgres", "CREATE DATABASE dst");
+    let pg = Cluster::with_src_and_dst(&bin);
     pg.sql(
         "src",
         "CREATE TABLE docs (id int PRIMARY KEY, body oid); \
