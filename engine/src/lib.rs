@@ -75,8 +75,27 @@ pub fn copy(
         allow_inplace: config.allow_inplace || config.inplace,
         ..config.clone()
     };
+    // One file to a name that is not a directory arrives as that name (`cp a.bin b.bin`).
+    let target = manifest::file_target(sources, dest);
+    if let Some((dir, name)) = &target {
+        use std::os::unix::fs::MetadataExt;
+        let same =
+            |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
+        if let (Ok(a), Ok(b)) = (
+            std::fs::metadata(&sources[0]),
+            std::fs::metadata(dir.join(name)),
+        ) {
+            if same(&a, &b) {
+                return Err(Error::Source {
+                    path: sources[0].clone(),
+                    why: "it is the destination itself (source and destination are the same file)",
+                });
+            }
+        }
+    }
+    let dir = target.as_ref().map_or(dest, |(dir, _)| dir.as_path());
     let rx = Receiver::bind(
-        dest,
+        dir,
         "127.0.0.1:0".parse().expect("literal address"),
         None,
         receiving,
@@ -88,7 +107,11 @@ pub fn copy(
         .name("sluice-recv".into())
         .spawn(move || rx.run(recv_progress))
         .map_err(Error::io("starting receiver thread"))?;
-    let sent = Sender::new(config.clone()).send(sources, &ticket, progress);
+    let sender = Sender::new(config.clone());
+    let sent = match &target {
+        Some((_, name)) => sender.send_as(&sources[0], name, &ticket, progress),
+        None => sender.send(sources, &ticket, progress),
+    };
     if sent.is_err() {
         // A sender that failed before it connected (a missing source) leaves the receiver
         // waiting for one; one that failed later closed the link, which ends the receiver too.

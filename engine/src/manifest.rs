@@ -23,6 +23,30 @@ pub struct SourceEntry {
     pub local: PathBuf,
 }
 
+/// Where `copy SRC DEST` and `verify SRC DEST` put one file whose `DEST` is an existing file:
+/// onto it, as `cp` and `rsync` do (it is updated by delta and replaced once verified). A `DEST`
+/// that does not exist is the directory to create and copy into, as documented for `DEST_DIR`.
+/// Returns `DEST`'s directory and name; `None` when `DEST` is the directory to copy into.
+pub fn file_target(sources: &[PathBuf], dest: &Path) -> Option<(PathBuf, String)> {
+    let [src] = sources else { return None };
+    if fs::symlink_metadata(src).ok()?.is_dir() || !fs::metadata(dest).ok()?.is_file() {
+        return None;
+    }
+    let name = dest.file_name()?.to_str()?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Some((parent, name.to_owned()))
+}
+
+/// The manifest of one source sent under another top-level name (see [`file_target`]).
+pub fn build_as(src: &Path, name: &str) -> Result<Vec<SourceEntry>> {
+    let mut out = Vec::new();
+    walk(src, name.to_owned(), &mut out)?;
+    Ok(out)
+}
+
 /// Walks `sources` and returns the manifest, ids in order.
 pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
     let mut out = Vec::new();

@@ -50,7 +50,10 @@ pub struct Report {
 
 /// Compares `sources` (as `sluice send` would name them) with what `dest` holds.
 pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Result<Report> {
-    let manifest = manifest::build(sources)?;
+    let (manifest, dest) = match manifest::file_target(sources, dest) {
+        Some((dir, name)) => (manifest::build_as(&sources[0], &name)?, dir),
+        None => (manifest::build(sources)?, dest.to_path_buf()),
+    };
     let mut report = Report {
         entries: manifest.len() as u64,
         differences: Vec::new(),

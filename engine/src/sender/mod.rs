@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -83,7 +83,27 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        let manifest = manifest::build(sources)?;
+        self.send_manifest(manifest::build(sources)?, ticket, progress)
+    }
+
+    /// Sends the one file or tree `source` as `name` at the top of the receiver's directory
+    /// (`sluice copy a.bin b.bin`).
+    pub fn send_as(
+        &self,
+        source: &Path,
+        name: &str,
+        ticket: &Ticket,
+        progress: Arc<Progress>,
+    ) -> Result<Summary> {
+        self.send_manifest(manifest::build_as(source, name)?, ticket, progress)
+    }
+
+    fn send_manifest(
+        &self,
+        manifest: Vec<SourceEntry>,
+        ticket: &Ticket,
+        progress: Arc<Progress>,
+    ) -> Result<Summary> {
         let files = manifest.iter().filter(|e| e.entry.kind == EntryKind::File);
         progress.set_totals(
             files.clone().count() as u64,

@@ -23,15 +23,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Copy SRC... into DEST_DIR through a sender and a receiver in this process (over loopback).
+    /// DEST_DIR is created if missing. One file onto an existing file replaces it, as cp does:
+    /// only the blocks that differ cross, and the file is replaced once verified.
     Copy {
-        /// One or more sources, then the destination directory.
-        #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR")]
+        /// One or more sources, then the destination directory (or, for one file, an existing file to update).
+        #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR")]
         paths: Vec<PathBuf>,
     },
     /// Send SRC... to the receiver named by TICKET (printed by `sluice recv`).
     Send {
         /// One or more sources, then the ticket.
-        #[arg(required = true, num_args = 2.., value_name = "SRC... TICKET")]
+        #[arg(required = true, num_args = 1.., value_name = "SRC... TICKET")]
         args: Vec<PathBuf>,
     },
     /// Print a ticket, wait for one sender, and receive its files into DEST_DIR.
@@ -78,7 +80,7 @@ pub enum Command {
     /// differs. Against a ticket, regular files are compared.
     Verify {
         /// One or more sources, then the destination directory or a ticket.
-        #[arg(required = true, num_args = 2.., value_name = "SRC... DEST_DIR|TICKET")]
+        #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR|TICKET")]
         paths: Vec<PathBuf>,
     },
     /// Move a PostgreSQL database: schema, rows in verified ranges, indexes and sequences;

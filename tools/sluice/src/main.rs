@@ -148,11 +148,20 @@ fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
     message
 }
 
-/// Splits `SRC... LAST` arguments, insisting on at least one source before `last`.
-fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> Result<(&'a [PathBuf], &'a PathBuf)> {
+/// Splits `SRC... LAST` arguments, insisting on at least one source before `last`: a usage
+/// error (exit code 2) as clap's own, since options may come between the paths.
+fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> (&'a [PathBuf], &'a PathBuf) {
     match args.split_last() {
-        Some((last_arg, sources)) if !sources.is_empty() => Ok((sources, last_arg)),
-        _ => anyhow::bail!("give at least one source before {last}"),
+        Some((last_arg, sources)) if !sources.is_empty() => (sources, last_arg),
+        _ => {
+            use clap::CommandFactory;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::TooFewValues,
+                    format!("give at least one source (SRC...) before {last}"),
+                )
+                .exit()
+        }
     }
 }
 
@@ -161,14 +170,14 @@ fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Copy { paths } => {
-            let (sources, dest) = split_sources(&paths, "the destination directory")?;
+            let (sources, dest) = split_sources(&paths, "DEST_DIR");
             let (sources, dest) = (sources.to_vec(), dest.clone());
             render::run(json, move |p| {
                 sluice_engine::copy(&sources, &dest, &config, p).context("copy failed")
             })
         }
         Command::Send { args } => {
-            let (sources, ticket) = split_sources(&args, "the ticket")?;
+            let (sources, ticket) = split_sources(&args, "TICKET");
             let ticket: Ticket = ticket
                 .to_string_lossy()
                 .parse()
@@ -226,7 +235,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(options) => bench::run(config, options, json),
         Command::Verify { paths } => {
-            let (sources, dest) = split_sources(&paths, "the destination directory or ticket")?;
+            let (sources, dest) = split_sources(&paths, "DEST_DIR or TICKET");
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {
                 return verify_remote(sources, &ticket, config, json);
             }

@@ -59,9 +59,9 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         out,
         took,
         Expect {
-            what: "destination is a file",
+            what: "a file copied onto itself",
             code: 5,
-            says: &["file", "exists"],
+            says: &["same file"],
         },
     );
 

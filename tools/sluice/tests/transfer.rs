@@ -126,6 +126,50 @@ over_both! {
 }
 
 over_both! {
+    /// As with cp and rsync: one file onto an existing file replaces it (only the blocks that
+    /// differ cross), and options may follow the paths.
+    fn one_file_onto_an_existing_file_updates_it_by_delta() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("new.img");
+        random_file(&src, 8 * BLOCK + 5, 3);
+        let old = d.path().join("old.img");
+        let mut bytes = fs::read(&src).unwrap();
+        bytes[3 * BLOCK as usize + 7] ^= 0xff;
+        fs::write(&old, &bytes).unwrap();
+        let out = sluice()
+            .arg("copy")
+            .arg(&src)
+            .arg(&old)
+            .args(["--json", "--streams", "2"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(b3(&old), b3(&src));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert!(summary["payload_bytes"].as_u64().unwrap() <= BLOCK, "{summary}");
+        assert!(summary["kept_bytes"].as_u64().unwrap() >= 7 * BLOCK, "{summary}");
+        assert!(!d.path().join("old.img/new.img").exists());
+        assert!(part_files(d.path()).is_empty());
+
+        // The same file as source and destination is refused, not truncated.
+        let out = sluice().arg("copy").arg(&src).arg(d.path().join(".").join("new.img")).output().unwrap();
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(stderr(&out).contains("same file"), "{}", stderr(&out));
+        assert_eq!(b3(&src), b3(&old));
+
+        // A destination that does not exist is a directory to create, as documented.
+        let dir = d.path().join("fresh");
+        let out = sluice().arg("copy").arg(&src).arg(&dir).arg("--json").output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(b3(&dir.join("new.img")), b3(&src));
+        let out = sluice().arg("verify").arg(&src).arg(&old).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}
+
+over_both! {
     fn sender_block_size_larger_than_receivers_works() {
         // The sender chooses the block size; a default receiver must follow it, keeping its memory
         // bound, rather than assume its own.
