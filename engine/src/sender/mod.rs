@@ -160,13 +160,20 @@ async fn transfer(
         | if config.inplace { HELLO_INPLACE } else { 0 }
         | if config.delete { HELLO_DELETE } else { 0 }
         | if config.dry_run { HELLO_DRY_RUN } else { 0 };
-    control
-        .send(&SenderSession::hello(
-            ticket.secret,
-            config.block_size,
-            flags,
-        ))
-        .await?;
+    // The manifest follows the Hello without waiting for the Welcome: a round trip less before
+    // the first block (0.3 s at 300 ms). The receiver reads nothing past a Hello it refuses.
+    control.queue(&SenderSession::hello(
+        ticket.secret,
+        config.block_size,
+        flags,
+    ));
+    for e in &manifest {
+        control.queue(&Message::Entry(e.entry.clone()));
+    }
+    control.queue(&Message::ManifestEnd {
+        count: manifest.len() as u32,
+    });
+    control.flush().await?;
     match control.recv().await? {
         Some(msg) => session.on_message(msg)?,
         None => {
@@ -178,13 +185,6 @@ async fn transfer(
     progress.push(Event::Connected {
         peer: peer.to_string(),
     });
-    for e in &manifest {
-        control.queue(&Message::Entry(e.entry.clone()));
-    }
-    control.queue(&Message::ManifestEnd {
-        count: manifest.len() as u32,
-    });
-    control.flush().await?;
 
     // Blocks flow reader → stream tasks; the channel holds at most the ring's worth.
     let pool = BufferPool::new(config.ring_buffers, config.block_size as usize)
