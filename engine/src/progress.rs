@@ -277,6 +277,8 @@ pub(crate) struct StallWatch {
     last: u64,
     since: std::time::Instant,
     moved: std::time::Instant,
+    /// The link's byte counter when `since` was last set.
+    flow_mark: u64,
 }
 
 impl StallWatch {
@@ -288,7 +290,23 @@ impl StallWatch {
             last: 0,
             since: std::time::Instant::now(),
             moved: std::time::Instant::now(),
+            flow_mark: 0,
         }
+    }
+
+    /// Bytes the link must have carried in [`StallWatch::AFTER`] for a standing counter not to
+    /// be reported: at a long round trip's start-up every stream fills its first block at once,
+    /// and none completes for seconds while data arrives at the link's pace.
+    const FLOWING: u64 = 1 << 20;
+
+    /// As [`StallWatch::stalled`], and the link's byte counter `flow` moved less than
+    /// [`StallWatch::FLOWING`] meanwhile: nothing is arriving either, worth a warning.
+    pub(crate) fn stalled_and_still(&mut self, value: u64, flow: u64) -> bool {
+        let mark = self.flow_mark;
+        if value != self.last || self.since.elapsed() >= Self::AFTER {
+            self.flow_mark = flow;
+        }
+        self.stalled(value) && flow.saturating_sub(mark) < Self::FLOWING
     }
 
     /// Whether `value` has not changed for another [`StallWatch::AFTER`]; call it often.

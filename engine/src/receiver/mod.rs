@@ -561,9 +561,10 @@ async fn receive(
                 _ = watch_tick.tick() => {
                     shared.lock().map_err(|_| poisoned())?.close_done(&files);
                     let s = progress.snapshot();
-                    if !finished && stall.stalled(s.bytes_verified + s.bytes_kept) {
+                    let arrived = link.path().udp_rx_bytes;
+                    if !finished && stall.stalled_and_still(s.bytes_verified + s.bytes_kept, arrived) {
                         tracing::warn!(
-                            "no block verified for {} s: {} data streams read, {} of the ring's buffers free, {} files open; {}",
+                            "no block verified and under 1 MiB received for {} s: {} data streams read, {} of the ring's buffers free, {} files open; {}",
                             StallWatch::AFTER.as_secs(),
                             streams.len(),
                             pool.as_ref().map_or(0, |p| p.available()),

@@ -302,11 +302,13 @@ async fn transfer(
                 }
             }
             _ = grow.tick() => {
-                progress.set_path(link.path());
-                if stall.stalled(progress.snapshot().bytes_sent) {
+                let path = link.path();
+                let left = path.udp_tx_bytes;
+                progress.set_path(path);
+                if stall.stalled_and_still(progress.snapshot().bytes_sent, left) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
-                        "no block handed to the network for {} s: {open_streams} data streams, {} blocks queued, reader {}; {}",
+                        "no block handed to the network and under 1 MiB sent for {} s: {open_streams} data streams, {} blocks queued, reader {}; {}",
                         StallWatch::AFTER.as_secs(),
                         waiting,
                         if reading { "running" } else { "done" },
