@@ -112,6 +112,7 @@ trap 'exit 130' INT TERM
 # Sets BG_PID (== its pgid).
 start_bg() {
     local out=$1 err=$2; shift 2
+    rm -f "$out" # a waiter must not read the last run's output before the redirection truncates it
     setsid "$@" >"$out" 2>"$err" </dev/null &
     BG_PID=$!
     BG_PGIDS+=("$BG_PID")

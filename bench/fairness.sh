@@ -42,6 +42,7 @@ ON_B() { "$WAN" exec "$LINK" b "$@"; }
 # serve PORT: a `sluice bench --serve` on side b; prints its ticket.
 serve() {
     local port=$1 out="$WORK/serve$1.out"
+    rm -f "$out" # not to read the last run's ticket before the redirection truncates it
     ON_B "$SLUICE" bench --serve --listen "10.201.0.2:$port" >"$out" 2>"$WORK/serve$port.err" &
     for _ in $(seq 1 200); do [ -s "$out" ] && break; sleep 0.05; done
     head -n 1 "$out"

@@ -76,14 +76,16 @@ if [ -n "$RTT_MS" ]; then
     now() { date +%s.%N; }
     share() { awk -v b="$BYTES" -v s="$1" -v r="$RATE_MBIT" 'BEGIN {printf "%.1f", 100 * b * 8 / s / (r * 1e6)}'; }
     wan_sluice() {
-        rm -rf "$WORK/dst" && mkdir -p "$WORK/dst"
+        rm -rf "$WORK/dst" "$WORK/recv.out" && mkdir -p "$WORK/dst"
+        # (The old ticket file is removed first: the loop below could read it before the new
+        # receiver's redirection truncates it, and send to a receiver that is gone.)
         "$WAN" exec "$LINK" b "$SLUICE" recv "$WORK/dst" --listen 10.201.0.2:7000 >"$WORK/recv.out" 2>"$WORK/recv.err" &
         for _ in $(seq 1 200); do [ -s "$WORK/recv.out" ] && break; sleep 0.05; done
         local t0 t1 ticket
         ticket=$(head -n 1 "$WORK/recv.out")
         t0=$(now)
         timeout 600 "$WAN" exec "$LINK" a "$SLUICE" send "$WORK/src" "$ticket" >/dev/null 2>"$WORK/send.err" \
-            || { echo "sluice failed: $(tail -n 2 "$WORK/send.err")" >&2; wait; echo nan; return; }
+            || { echo "sluice failed: $(tail -n 2 "$WORK/send.err")" >&2; "$WAN" exec "$LINK" b pkill -f "$SLUICE recv"; wait; echo nan; return; }
         t1=$(now)
         wait
         awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'

@@ -136,7 +136,8 @@ mark() { read -ra BASE < <(link_counters); }
 # run_sluice [NAME EXTRA_ARGS]
 run_sluice() {
     local name=${1:-sluice} args=${2:-}
-    rm -rf "$WORK/dest" && mkdir -p "$WORK/dest"
+    # The old ticket file goes first, or the loop below may read it before it is truncated.
+    rm -rf "$WORK/dest" "$WORK/recv.out" && mkdir -p "$WORK/dest"
     "$WAN" exec "$LINK" b "$SLUICE" recv "$WORK/dest" --listen 10.201.0.2:7000 \
         >"$WORK/recv.out" 2>"$WORK/recv.err" &
     local t0 t1 ticket=""
