@@ -353,6 +353,29 @@ pub(crate) fn stalled_error(peer: &str, timeout: Duration, side: &str) -> crate:
 mod tests {
     use super::*;
 
+    /// A counter that stands still is reported only while the link carries next to nothing:
+    /// data arriving at a long round trip's start-up is not a stall.
+    #[test]
+    fn a_stall_is_reported_only_when_the_link_is_quiet_too() {
+        let mut watch = StallWatch::new();
+        let step = StallWatch::AFTER + Duration::from_millis(100);
+        assert!(!watch.stalled_and_still(7, 0));
+        let started = std::time::Instant::now();
+        let mut flow = 0;
+        while started.elapsed() < step {
+            flow += 64 << 10;
+            assert!(!watch.stalled_and_still(7, flow), "data was flowing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut warned = false;
+        while started.elapsed() < 2 * step + Duration::from_millis(100) && !warned {
+            flow += 100; // keep-alives
+            warned = watch.stalled_and_still(7, flow);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(warned, "nothing moved for {:?}", started.elapsed());
+    }
+
     #[test]
     fn events_nobody_takes_stay_bounded() {
         let p = Progress::default();
