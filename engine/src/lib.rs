@@ -77,20 +77,14 @@ pub fn copy(
     };
     // One file to a name that is not a directory arrives as that name (`cp a.bin b.bin`).
     let target = manifest::file_target(sources, dest);
-    if let Some((dir, name)) = &target {
+    if target.is_some() {
         use std::os::unix::fs::MetadataExt;
-        let same =
-            |a: &std::fs::Metadata, b: &std::fs::Metadata| (a.dev(), a.ino()) == (b.dev(), b.ino());
-        if let (Ok(a), Ok(b)) = (
-            std::fs::metadata(&sources[0]),
-            std::fs::metadata(dir.join(name)),
-        ) {
-            if same(&a, &b) {
-                return Err(Error::Source {
-                    path: sources[0].clone(),
-                    why: "it is the destination itself (source and destination are the same file)",
-                });
-            }
+        let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        if matches!((id(&sources[0]), id(dest)), (Some(a), Some(b)) if a == b) {
+            return Err(Error::Source {
+                path: sources[0].clone(),
+                why: "it is the destination itself (source and destination are the same file)",
+            });
         }
     }
     let dir = target.as_ref().map_or(dest, |(dir, _)| dir.as_path());

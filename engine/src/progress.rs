@@ -294,32 +294,26 @@ impl StallWatch {
         }
     }
 
-    /// Bytes the link must have carried in [`StallWatch::AFTER`] for a standing counter not to
-    /// be reported: at a long round trip's start-up every stream fills its first block at once,
-    /// and none completes for seconds while data arrives at the link's pace.
+    /// Bytes the link must have carried in [`StallWatch::AFTER`] for a standing counter to be
+    /// let be: at a long round trip's start-up every stream fills its first block at once, and
+    /// none completes for seconds while data arrives at the link's pace.
     const FLOWING: u64 = 1 << 20;
 
-    /// As [`StallWatch::stalled`], and the link's byte counter `flow` moved less than
-    /// [`StallWatch::FLOWING`] meanwhile: nothing is arriving either, worth a warning.
-    pub(crate) fn stalled_and_still(&mut self, value: u64, flow: u64) -> bool {
-        let mark = self.flow_mark;
-        if value != self.last || self.since.elapsed() >= Self::AFTER {
-            self.flow_mark = flow;
-        }
-        self.stalled(value) && flow.saturating_sub(mark) < Self::FLOWING
-    }
-
-    /// Whether `value` has not changed for another [`StallWatch::AFTER`]; call it often.
-    pub(crate) fn stalled(&mut self, value: u64) -> bool {
+    /// Whether `value` has not changed for another [`StallWatch::AFTER`] while the link's byte
+    /// counter `flow` moved less than [`StallWatch::FLOWING`]: nothing is arriving either, worth
+    /// a warning. Call it often.
+    pub(crate) fn stalled(&mut self, value: u64, flow: u64) -> bool {
         if value != self.last {
             self.last = value;
             self.since = std::time::Instant::now();
             self.moved = self.since;
+            self.flow_mark = flow;
             return false;
         }
         if self.since.elapsed() >= Self::AFTER {
             self.since = std::time::Instant::now();
-            return true;
+            let mark = std::mem::replace(&mut self.flow_mark, flow);
+            return flow.saturating_sub(mark) < Self::FLOWING;
         }
         false
     }
@@ -359,18 +353,18 @@ mod tests {
     fn a_stall_is_reported_only_when_the_link_is_quiet_too() {
         let mut watch = StallWatch::new();
         let step = StallWatch::AFTER + Duration::from_millis(100);
-        assert!(!watch.stalled_and_still(7, 0));
+        assert!(!watch.stalled(7, 0));
         let started = std::time::Instant::now();
         let mut flow = 0;
         while started.elapsed() < step {
             flow += 64 << 10;
-            assert!(!watch.stalled_and_still(7, flow), "data was flowing");
+            assert!(!watch.stalled(7, flow), "data was flowing");
             std::thread::sleep(Duration::from_millis(50));
         }
         let mut warned = false;
         while started.elapsed() < 2 * step + Duration::from_millis(100) && !warned {
             flow += 100; // keep-alives
-            warned = watch.stalled_and_still(7, flow);
+            warned = watch.stalled(7, flow);
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(warned, "nothing moved for {:?}", started.elapsed());

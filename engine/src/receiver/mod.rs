@@ -562,7 +562,7 @@ async fn receive(
                     shared.lock().map_err(|_| poisoned())?.close_done(&files);
                     let s = progress.snapshot();
                     let arrived = link.path().udp_rx_bytes;
-                    if !finished && stall.stalled_and_still(s.bytes_verified + s.bytes_kept, arrived) {
+                    if !finished && stall.stalled(s.bytes_verified + s.bytes_kept, arrived) {
                         tracing::warn!(
                             "no block verified and under 1 MiB received for {} s: {} data streams read, {} of the ring's buffers free, {} files open; {}",
                             StallWatch::AFTER.as_secs(),

@@ -305,7 +305,7 @@ async fn transfer(
                 let path = link.path();
                 let left = path.udp_tx_bytes;
                 progress.set_path(path);
-                if stall.stalled_and_still(progress.snapshot().bytes_sent, left) {
+                if stall.stalled(progress.snapshot().bytes_sent, left) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
                         "no block handed to the network and under 1 MiB sent for {} s: {open_streams} data streams, {} blocks queued, reader {}; {}",
