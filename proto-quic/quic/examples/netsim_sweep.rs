@@ -3,7 +3,8 @@
 //! drops: the quick way to see what a change to `congestion.rs` does before wan-emu.
 //!
 //! `cargo run --release -p sluice-quic --example netsim_sweep -- [sluice|bbr|cubic|bbr-capped]
-//!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N] [--flows N] [--streams N]`
+//!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N] [--flows N] [--streams N]
+//!  [--stream-window-kib N] [--window-mib N]`
 
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ fn main() {
     let mut burst = None;
     let mut flows = 1usize;
     let mut streams = 32usize;
+    let mut stream_window = TransportTuning::default().stream_window;
+    let mut window = TransportTuning::default().connection_window;
     let mut it = args.iter();
     let mut positional = 0;
     while let Some(a) = it.next() {
@@ -46,6 +49,22 @@ fn main() {
             "--burst" => burst = Some(it.next().expect("--burst N").parse().expect("frames")),
             "--flows" => flows = it.next().expect("--flows N").parse().expect("count"),
             "--streams" => streams = it.next().expect("--streams N").parse().expect("count"),
+            "--stream-window-kib" => {
+                stream_window = it
+                    .next()
+                    .expect("--stream-window-kib N")
+                    .parse::<u64>()
+                    .expect("KiB")
+                    << 10
+            }
+            "--window-mib" => {
+                window = it
+                    .next()
+                    .expect("--window-mib N")
+                    .parse::<u64>()
+                    .expect("MiB")
+                    << 20
+            }
             n => {
                 let v: u64 = n.parse().expect("a number");
                 match positional {
@@ -75,6 +94,9 @@ fn main() {
             let tuning = TransportTuning {
                 congestion,
                 max_uni_streams: streams as u32,
+                stream_window,
+                connection_window: window,
+                send_window: window,
                 ..TransportTuning::default()
             };
             let s = Scenario {
