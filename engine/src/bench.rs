@@ -343,8 +343,13 @@ async fn push(
         Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
         other => return Err(err(&format!("expected Welcome, got {other:?}"))),
     }
-    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize)
-        .map_err(Error::io("allocating the buffer ring"))?;
+    let pool = BufferPool::growable(
+        config.ring_buffers,
+        config.ring_max.max(config.ring_buffers),
+        config.block_size as usize,
+    )
+    .map_err(Error::io("allocating the buffer ring"))?;
+    let mut ring = crate::lanes::RingGrowth::new(pool.clone(), config.block_size, &**link);
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     let queue = block_tx.downgrade();
     let stop = Arc::new(AtomicBool::new(false));
@@ -374,7 +379,9 @@ async fn push(
     let sent = loop {
         tokio::select! {
             _ = tick.tick() => {
-                progress.set_path(link.path());
+                let path = link.path();
+                progress.set_path(path);
+                ring.tick(progress.snapshot().bytes_sent, path.rtt, open);
                 if let Amount::Time(t) = amount {
                     if started.elapsed() >= t {
                         stop.store(true, Ordering::Relaxed);

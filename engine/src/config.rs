@@ -17,21 +17,31 @@ pub struct Config {
     /// stays small. Must be a power of two from 1 KiB to 16 MiB.
     pub block_size: u32,
     /// Buffers in each side's ring. Together with `block_size` this bounds the memory the data
-    /// path holds: 64 × 1 MiB = 64 MiB per side, whatever the file sizes.
+    /// path holds: 64 × 1 MiB = 64 MiB per side, whatever the file sizes. A sending ring starts
+    /// here and grows with the measured bandwidth-delay product up to `ring_max`.
     pub ring_buffers: usize,
+    /// The most buffers a sending ring grows to (`--max-ring`). A sender holds every block
+    /// until the receiver acknowledges all of it, and with loss nearly every block waits a
+    /// round trip more for a repaired packet: 1 Gbit/s at 300 ms and 1 % loss keeps ~2.5 ×
+    /// its 37.5 MB bandwidth-delay product in the ring. 192 × 1 MiB bounds it; a sender on a
+    /// LAN or loopback stays at `ring_buffers` (its bandwidth-delay product is small).
+    pub ring_max: usize,
     /// Unidirectional QUIC streams carrying blocks at the start. Several streams keep one lost
     /// packet from stalling every block behind it (head-of-line blocking is per stream). The
     /// sender opens more as the measured bandwidth-delay product grows, up to `max_streams`.
     pub streams: usize,
     /// The most data streams: the sender's ceiling, and what a receiver allows. On a lossy path
     /// each stream carries at most [`GAP_SAFE_STREAM_WINDOW`] unread bytes, so a long fat link
-    /// needs many: 64 × 768 KiB = 48 MiB, three times the bandwidth-delay product of
-    /// 1 Gbit/s at 130 ms or 430 Mbit/s at 300 ms. The receiver allows no more streams than
-    /// its ring has buffers, so every stream's reader can always get one.
+    /// needs many: 64 × 1.5 MiB = 96 MiB, 2.5 times the bandwidth-delay product of 1 Gbit/s
+    /// at 300 ms. The receiver allows no more streams than its ring has buffers, so every
+    /// stream's reader can always get one.
     pub max_streams: usize,
     /// Flow-control window for the whole connection, bytes, and the most a receiver buffers.
     /// It must cover the bandwidth-delay product plus what waits for a lost packet's repair:
-    /// 64 MiB carries 1 Gbit/s at 300 ms with 1.8 × headroom.
+    /// 128 MiB is 3.6 × that of 1 Gbit/s at 300 ms. In the simulator at 1 Gbit/s, 300 ms and
+    /// 1 % loss, 64 MiB held the flow to 64 % of the link after start-up, 128 MiB let it reach
+    /// 80 % (`netsim_sweep`, `docs/congestion.md`). Towards loopback at most
+    /// [`LOOPBACK_WINDOW`].
     pub window: u64,
     /// The user's ceiling on the sending rate, bytes per second (`--max-rate`); Sluice's
     /// congestion controller never paces above it.
@@ -139,9 +149,10 @@ impl Default for Config {
         Self {
             block_size: 1 << 20,
             ring_buffers: 64,
+            ring_max: 192,
             streams: 8,
             max_streams: 64,
-            window: 64 << 20,
+            window: 128 << 20,
             max_rate: None,
             rtt_hint: None,
             rate_hint: None,
@@ -176,10 +187,18 @@ impl Default for Config {
 /// reassembler ends the connection ("too many gaps in stream buffer") when one stream's buffer
 /// holds more than 1,024 separate pieces; each lost packet leaves a gap until it is repaired, so
 /// a 32 MiB stream window on a link that drops a burst of packets kills the transfer (seen on
-/// wan-emu at 200 Mbit/s, 100 ms RTT). 768 KiB is at most 671 full 1,200-byte packets: fewer
-/// pieces than the limit even if every other packet is lost. Throughput comes from more
-/// streams instead ([`Config::max_streams`]).
-pub const GAP_SAFE_STREAM_WINDOW: u64 = 768 << 10;
+/// wan-emu at 200 Mbit/s, 100 ms RTT). quinn merges adjacent pieces before it counts them, so
+/// a stream holds at most one piece per gap: 1.5 MiB is 1,311 packets of 1,200 bytes (QUIC's
+/// least), 656 pieces if every other packet were lost. Throughput comes from more streams
+/// ([`Config::max_streams`]). 768 KiB before: with 64 streams, 1 Gbit/s at 300 ms and 1 % loss
+/// ran at 64 % of the link in the simulator, flow-controlled; 1.5 MiB gave 80 %.
+pub const GAP_SAFE_STREAM_WINDOW: u64 = 1536 << 10;
+// Every other 1,200-byte packet lost still leaves fewer pieces than quinn's limit of 1,024.
+const _: () = assert!(GAP_SAFE_STREAM_WINDOW / 1200 / 2 < 1024);
+
+/// The most flow-control window towards loopback, where the round trip is microseconds: more
+/// buffers nothing faster, only more memory.
+pub const LOOPBACK_WINDOW: u64 = 64 << 20;
 
 impl Config {
     /// The QUIC transport tuning for a connection with `peer` (`None`: not known yet, so the
@@ -198,15 +217,20 @@ impl Config {
         };
         // Loopback loses nothing, and its large packets need large windows to keep the CPU
         // busy with payload rather than flow-control updates.
-        let stream_window = if loopback {
-            self.window
+        let window = if loopback {
+            self.window.min(LOOPBACK_WINDOW)
         } else {
-            self.window.min(GAP_SAFE_STREAM_WINDOW)
+            self.window
+        };
+        let stream_window = if loopback {
+            window
+        } else {
+            window.min(GAP_SAFE_STREAM_WINDOW)
         };
         TransportTuning {
             stream_window,
-            connection_window: self.window,
-            send_window: self.window,
+            connection_window: window,
+            send_window: window,
             max_uni_streams: (self.streams as u32).max(1),
             idle_timeout: self.idle_timeout,
             ack_eliciting_threshold: self.ack_every,
@@ -260,4 +284,27 @@ fn loopback_datagram() -> Option<u16> {
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(65_536);
     (mtu >= u32::from(LOOPBACK_DATAGRAM) + 48).then_some(LOOPBACK_DATAGRAM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_long_paths_get_their_own_windows() {
+        let c = Config::default();
+        let far = c.transport_to(Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(far.stream_window, GAP_SAFE_STREAM_WINDOW);
+        assert_eq!(far.connection_window, c.window);
+        assert_eq!(far.congestion, Congestion::Sluice);
+        let near = c.transport_to(Some("::1".parse().unwrap()));
+        assert_eq!(near.connection_window, LOOPBACK_WINDOW.min(c.window));
+        assert_eq!(near.stream_window, near.connection_window);
+        assert_eq!(near.congestion, Congestion::Cubic);
+        let unknown = c.transport_to(None);
+        assert_eq!(
+            unknown.stream_window, GAP_SAFE_STREAM_WINDOW,
+            "safe on any path"
+        );
+    }
 }

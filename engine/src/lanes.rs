@@ -30,6 +30,70 @@ pub(crate) fn receiving_ring(config: &Config, block_size: u32) -> Result<(Arc<Bu
     Ok((pool, lanes))
 }
 
+/// Grows a sending ring ([`BufferPool::raise_limit`]) with the path's bandwidth-delay product.
+/// Over QUIC a block's buffer stays in the ring until the receiver has acknowledged all of it,
+/// and on a lossy path nearly every block waits a round trip more for one repaired packet, so
+/// the ring must hold about three bandwidth-delay products, plus one block per lane and a few
+/// being read. Over TCP the kernel copies what it sends, and towards loopback the product is
+/// small: those rings keep their first size.
+pub(crate) struct RingGrowth {
+    pool: Arc<BufferPool>,
+    block: f64,
+    /// (when, bytes handed to the network) over the last second.
+    history: std::collections::VecDeque<(std::time::Instant, u64)>,
+    active: bool,
+}
+
+/// Bandwidth-delay products of payload a sending ring holds (see [`RingGrowth`]).
+const RING_BDPS: f64 = 3.0;
+
+impl RingGrowth {
+    pub(crate) fn new(pool: Arc<BufferPool>, block_size: u32, link: &dyn Link) -> Self {
+        Self {
+            pool,
+            block: f64::from(block_size.max(1)),
+            history: std::collections::VecDeque::new(),
+            active: link.kind() != Kind::Tcp && !link.peer().ip().is_loopback(),
+        }
+    }
+
+    /// Called every tick with the bytes handed to the network so far, the smoothed RTT and the
+    /// lanes open; returns the ring's limit.
+    pub(crate) fn tick(&mut self, sent: u64, rtt: std::time::Duration, lanes: usize) -> usize {
+        if !self.active {
+            return self.pool.limit();
+        }
+        let now = std::time::Instant::now();
+        self.history.push_back((now, sent));
+        while self
+            .history
+            .front()
+            .is_some_and(|&(t, _)| now.duration_since(t) > std::time::Duration::from_secs(1))
+            && self.history.len() > 2
+        {
+            self.history.pop_front();
+        }
+        let &(t0, s0) = self.history.front().expect("just pushed");
+        let span = now.duration_since(t0).as_secs_f64();
+        if span < 0.05 {
+            return self.pool.limit();
+        }
+        let rate = sent.saturating_sub(s0) as f64 / span;
+        let bdp = rate * rtt.as_secs_f64();
+        let wanted = (RING_BDPS * bdp / self.block).ceil() as usize + lanes + 8;
+        let before = self.pool.limit();
+        let now_limit = self.pool.raise_limit(wanted);
+        if now_limit > before {
+            tracing::debug!(
+                "ring grows to {now_limit} buffers: {:.1} MB/s × {:?} RTT",
+                rate / 1e6,
+                rtt
+            );
+        }
+        now_limit
+    }
+}
+
 /// Reads the next block header from `lane`; `None` at the lane's clean end between blocks.
 pub(crate) async fn read_header(
     lane: &mut LaneRx,

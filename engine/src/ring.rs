@@ -6,13 +6,17 @@
 //! the pool. [`Buffer::freeze`] turns a filled buffer into a [`Bytes`] whose drop returns the
 //! buffer, so quinn can hold the payload until it is acknowledged without a copy.
 //!
-//! Invariant: at most `count` buffers exist, so the data path never holds more than
-//! `count × size` bytes of payload, whatever the size of the files.
+//! Invariant: at most `limit` buffers exist, so the data path never holds more than
+//! `limit × size` bytes of payload, whatever the size of the files. A pool starts with a limit
+//! and maps each buffer the first time it is needed; a sender raises the limit
+//! ([`BufferPool::raise_limit`]) as the measured bandwidth-delay product asks, never past the
+//! ceiling its configuration set.
 //!
 //! Buffers start on a 4 KiB boundary and their sizes are rounded up to 4 KiB, so they can be
 //! handed to `O_DIRECT` reads and writes as they are.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -28,6 +32,9 @@ pub const ALIGN: usize = 4096;
 pub struct BufferPool {
     free: ArrayQueue<MmapMut>,
     size: usize,
+    /// Buffers mapped so far, and the most that may be (`free`'s capacity is the ceiling).
+    made: AtomicUsize,
+    limit: AtomicUsize,
     /// Wakes threads blocked in [`BufferPool::take_blocking`].
     lock: Mutex<()>,
     cond: Condvar,
@@ -39,7 +46,9 @@ impl fmt::Debug for BufferPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BufferPool")
             .field("free", &self.free.len())
-            .field("capacity", &self.free.capacity())
+            .field("made", &self.made.load(Ordering::Relaxed))
+            .field("limit", &self.limit.load(Ordering::Relaxed))
+            .field("ceiling", &self.free.capacity())
             .field("size", &self.size)
             .finish()
     }
@@ -51,20 +60,51 @@ impl BufferPool {
     /// Each buffer is an anonymous memory mapping: page-aligned, and backed by memory only when
     /// a block first lands in it. (A zeroed heap allocation with 4 KiB alignment is zeroed by
     /// writing, page by page: 64 MiB cost ~40 ms on the network thread before the first byte
-    /// moved, on each side.)
+    /// moved, on each side.) The first is mapped here, so that a pool that cannot map any fails
+    /// at once; the others when first taken.
     pub fn new(count: usize, size: usize) -> std::io::Result<Arc<Self>> {
-        let free = ArrayQueue::new(count.max(1));
-        let bytes = size.div_ceil(ALIGN).max(1) * ALIGN;
-        for _ in 0..count.max(1) {
-            let _ = free.push(MmapMut::map_anon(bytes)?);
-        }
-        Ok(Arc::new(Self {
+        Self::growable(count, count, size)
+    }
+
+    /// A pool of `count` buffers of `size` bytes each that [`BufferPool::raise_limit`] may
+    /// grow to `ceiling` buffers.
+    pub fn growable(count: usize, ceiling: usize, size: usize) -> std::io::Result<Arc<Self>> {
+        let count = count.max(1);
+        let ceiling = ceiling.max(count);
+        let free = ArrayQueue::new(ceiling);
+        let pool = Self {
             free,
             size,
+            made: AtomicUsize::new(1),
+            limit: AtomicUsize::new(count),
             lock: Mutex::new(()),
             cond: Condvar::new(),
             notify: Notify::new(),
-        }))
+        };
+        let _ = pool.free.push(pool.map()?);
+        Ok(Arc::new(pool))
+    }
+
+    fn map(&self) -> std::io::Result<MmapMut> {
+        MmapMut::map_anon(self.size.div_ceil(ALIGN).max(1) * ALIGN)
+    }
+
+    /// Lets the pool hold up to `count` buffers (never fewer than now, never more than its
+    /// ceiling). Returns the limit now in force.
+    pub fn raise_limit(&self, count: usize) -> usize {
+        let count = count.min(self.free.capacity());
+        let before = self.limit.fetch_max(count, Ordering::AcqRel);
+        if count > before {
+            self.notify.notify_waiters();
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.cond.notify_all();
+        }
+        before.max(count)
+    }
+
+    /// The most buffers the pool may hold now.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
     }
 
     /// The size of each buffer.
@@ -74,16 +114,43 @@ impl BufferPool {
 
     /// Buffers currently free.
     pub fn available(&self) -> usize {
-        self.free.len()
+        let unmapped = self
+            .limit
+            .load(Ordering::Acquire)
+            .saturating_sub(self.made.load(Ordering::Acquire));
+        self.free.len() + unmapped
     }
 
-    /// Takes a buffer if one is free.
+    /// Takes a buffer if one is free, or maps a new one while the limit allows.
     pub fn try_take(self: &Arc<Self>) -> Option<Buffer> {
-        self.free.pop().map(|data| Buffer {
+        let data = match self.free.pop() {
+            Some(data) => data,
+            None => self.map_one()?,
+        };
+        Some(Buffer {
             data: Some(data),
             len: self.size,
             pool: self.clone(),
         })
+    }
+
+    /// Maps one more buffer if fewer than the limit exist. A mapping the kernel refuses counts
+    /// as none free: the ring works with the buffers it has.
+    fn map_one(&self) -> Option<MmapMut> {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.made
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                (m < limit).then_some(m + 1)
+            })
+            .ok()?;
+        match self.map() {
+            Ok(data) => Some(data),
+            Err(e) => {
+                self.made.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!("mapping one more ring buffer failed: {e}");
+                None
+            }
+        }
     }
 
     /// Takes a buffer, blocking the calling thread until one is returned.
@@ -118,7 +185,7 @@ impl BufferPool {
     }
 
     fn give_back(&self, data: MmapMut) {
-        // Cannot fail: only buffers this pool made come back, and at most `count` exist.
+        // Cannot fail: only buffers this pool made come back, and at most its ceiling exist.
         let _ = self.free.push(data);
         self.notify.notify_one();
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -242,6 +309,34 @@ mod tests {
         let mut b = pool.take_blocking();
         assert_eq!(b.len(), 5000);
         assert_eq!(b.as_mut_slice().as_ptr() as usize % ALIGN, 0);
+    }
+
+    #[test]
+    fn a_raised_limit_maps_more_buffers_up_to_the_ceiling() {
+        let pool = BufferPool::growable(2, 3, 4096).unwrap();
+        let held: Vec<Buffer> = (0..2).map(|_| pool.take_blocking()).collect();
+        assert!(
+            pool.try_take().is_none(),
+            "two buffers until the limit is raised"
+        );
+        assert_eq!(pool.raise_limit(10), 3, "the ceiling bounds the limit");
+        let third = pool.try_take().expect("a third buffer after the raise");
+        assert!(pool.try_take().is_none(), "never more than the ceiling");
+        assert_eq!(pool.raise_limit(1), 3, "a limit never falls");
+        drop(held);
+        drop(third);
+        assert_eq!(pool.available(), 3);
+    }
+
+    #[test]
+    fn a_waiting_taker_wakes_when_the_limit_rises() {
+        let pool = BufferPool::growable(1, 2, 8).unwrap();
+        let _held = pool.take_blocking();
+        let p2 = pool.clone();
+        let t = std::thread::spawn(move || p2.take_blocking().len());
+        std::thread::sleep(Duration::from_millis(20));
+        pool.raise_limit(2);
+        assert_eq!(t.join().unwrap(), 8);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::blockio::{self, Completion, Op, Request};
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::lanes::{queued, Block, Lanes};
+use crate::lanes::{queued, Block, Lanes, RingGrowth};
 use crate::manifest::{self, SourceEntry};
 use crate::merkle;
 use crate::pack::Packer;
@@ -187,8 +187,13 @@ async fn transfer(
     });
 
     // Blocks flow reader → stream tasks; the channel holds at most the ring's worth.
-    let pool = BufferPool::new(config.ring_buffers, config.block_size as usize)
-        .map_err(Error::io("allocating the buffer ring"))?;
+    let pool = BufferPool::growable(
+        config.ring_buffers,
+        config.ring_max.max(config.ring_buffers),
+        config.block_size as usize,
+    )
+    .map_err(Error::io("allocating the buffer ring"))?;
+    let mut ring = RingGrowth::new(pool.clone(), config.block_size, &**link);
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     // To see the queue in a stall report without keeping the channel open.
     let queue_probe = block_tx.downgrade();
@@ -323,6 +328,7 @@ async fn transfer(
                 }
                 if reading {
                     lanes.grow(&mut open_streams, first, config.max_streams.max(first), &mut streams);
+                    ring.tick(progress.snapshot().bytes_sent, path.rtt, open_streams);
                 }
             }
             msg = control.recv() => {

@@ -138,9 +138,9 @@ impl Default for TransportTuning {
     /// discovery. The engine's `Config` derives the tuned values; this is for tests and tools.
     fn default() -> Self {
         Self {
-            stream_window: 768 << 10,
-            connection_window: 64 << 20,
-            send_window: 64 << 20,
+            stream_window: 1536 << 10,
+            connection_window: 128 << 20,
+            send_window: 128 << 20,
             max_uni_streams: 8,
             idle_timeout: Duration::from_secs(30),
             ack_eliciting_threshold: 16,

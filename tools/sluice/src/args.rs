@@ -214,9 +214,12 @@ pub struct Tuning {
     /// Block size (power of two, 1K..16M): the unit of hashing, verifying and repair.
     #[arg(long, global = true, value_parser = parse_size)]
     pub block_size: Option<u64>,
-    /// Buffers in each side's ring (memory = ring × block size).
+    /// Buffers in each side's ring (memory = ring × block size); a sender's ring starts here.
     #[arg(long, global = true)]
     pub ring: Option<usize>,
+    /// The most buffers a sender's ring grows to on a long fat QUIC path (192).
+    #[arg(long, global = true)]
+    pub max_ring: Option<usize>,
     /// Parallel QUIC data streams.
     #[arg(long, global = true)]
     pub streams: Option<usize>,
@@ -312,6 +315,13 @@ impl Tuning {
                 bail!("--ring must be at least 2");
             }
             c.ring_buffers = r;
+            c.ring_max = c.ring_max.max(r);
+        }
+        if let Some(r) = self.max_ring {
+            if r < c.ring_buffers {
+                bail!("--max-ring must be at least --ring ({})", c.ring_buffers);
+            }
+            c.ring_max = r;
         }
         if let Some(s) = self.streams {
             if !(1..=256).contains(&s) {
