@@ -130,3 +130,98 @@ impl<T> Drop for UringIo<T> {
         }
     }
 }
+
+/// `fdatasync` of many files at once on an io_uring: the kernel runs them side by side, and a
+/// journaling filesystem commits them together. One by one, each `fdatasync` of a small file
+/// waited for a journal commit of its own: 20,000 files of 4 KiB took 6.9 s to copy on this
+/// project's VM (ext4 on virtio), where `tar | tar` and one `sync` took 0.56 s.
+pub struct SyncRing {
+    ring: IoUring,
+}
+
+impl std::fmt::Debug for SyncRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncRing").finish_non_exhaustive()
+    }
+}
+
+impl SyncRing {
+    /// A ring for up to `depth` syncs in flight.
+    pub fn new(depth: u32) -> io::Result<Self> {
+        Ok(Self {
+            ring: IoUring::new(depth.clamp(1, 4096).next_power_of_two())?,
+        })
+    }
+
+    /// Makes the data of every file durable; one result per file, in order. If the ring fails
+    /// part way, the files it did not report on are synced one by one.
+    pub fn sync_data(&mut self, files: &[&std::fs::File]) -> Vec<io::Result<()>> {
+        let mut results: Vec<Option<io::Result<()>>> = files.iter().map(|_| None).collect();
+        let mut next = 0;
+        let mut pending = 0usize;
+        while next < files.len() || pending > 0 {
+            while next < files.len() {
+                let entry = opcode::Fsync::new(types::Fd(files[next].as_raw_fd()))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(next as u64);
+                // SAFETY: the entry names only a file descriptor, no memory; the descriptor
+                // belongs to `files[next]`, borrowed for this whole call, which returns only
+                // after every submitted entry's completion was reaped (or, if the ring fails,
+                // while the kernel may still sync a descriptor that is still open).
+                if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                    break;
+                }
+                next += 1;
+                pending += 1;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            for cqe in self.ring.completion() {
+                let Some(slot) = results.get_mut(cqe.user_data() as usize) else {
+                    continue;
+                };
+                let res = cqe.result();
+                *slot = Some(if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else {
+                    Ok(())
+                });
+                pending = pending.saturating_sub(1);
+            }
+        }
+        results
+            .into_iter()
+            .zip(files)
+            .map(|(r, f)| r.unwrap_or_else(|| f.sync_data()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod sync_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn syncs_many_files_and_reports_each() {
+        let Ok(mut ring) = SyncRing::new(4) else {
+            return; // a kernel without io_uring: the callers sync one by one
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<std::fs::File> = (0..10)
+            .map(|i| {
+                let mut f = std::fs::File::create(dir.path().join(format!("f{i}"))).unwrap();
+                f.write_all(b"data").unwrap();
+                f
+            })
+            .collect();
+        let refs: Vec<&std::fs::File> = files.iter().collect();
+        let results = ring.sync_data(&refs);
+        assert_eq!(results.len(), 10);
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    }
+}

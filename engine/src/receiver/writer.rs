@@ -192,7 +192,10 @@ pub(super) fn write_blocks(
     let sealer_dest = dest.clone();
     let sealer = std::thread::Builder::new()
         .name("sluice-seal".into())
-        .spawn(move || seal_files(&sealer_dest, seal_rx, sealer_done))
+        .spawn({
+            let uring = config.io_uring;
+            move || seal_files(&sealer_dest, seal_rx, sealer_done, uring)
+        })
         .ok();
     // Without the thread (it could not be started), files are sealed here.
     let seal_tx = sealer.is_some().then_some(seal_tx);
@@ -702,28 +705,37 @@ fn open_claimed(dest: &Destination, file: u32, path: &std::path::Path) -> Result
 }
 
 /// Gives a verified file its length (a resumed part file may hold bytes past the end of a source
-/// that shrank), its mode and mtime, and makes it durable with `fdatasync`.
+/// that shrank), its mode and mtime, makes it durable with `fdatasync`, and renames it into
+/// place.
 fn seal(dest: &Destination, job: Seal) -> Written {
+    let prepared = prepare_seal(dest, &job).and_then(|()| {
+        job.f
+            .sync_data()
+            .map_err(Error::file("flushing to disk", &job.path))
+    });
+    finish_seal(dest, job, prepared)
+}
+
+/// A verified file's length, mode and mtime.
+fn prepare_seal(dest: &Destination, job: &Seal) -> Result<()> {
+    job.f
+        .set_len(job.entry.size)
+        .map_err(Error::file("setting length of", &job.path))
+        .and_then(|()| dest.set_metadata(&job.f, &job.entry, &job.path))
+}
+
+/// Renames a file made durable (`prepared` is how that went) into place, and reports it.
+fn finish_seal(dest: &Destination, job: Seal, prepared: Result<()>) -> Written {
     let Seal {
         file,
-        f,
         path,
         entry,
         rename,
+        ..
     } = job;
-    let started = std::time::Instant::now();
-    let sealed = f
-        .set_len(entry.size)
-        .map_err(Error::file("setting length of", &path))
-        .and_then(|()| dest.set_metadata(&f, &entry, &path))
-        .and_then(|()| {
-            f.sync_data()
-                .map_err(Error::file("flushing to disk", &path))
-        });
-    tracing::debug!(file, elapsed = ?started.elapsed(), "set length and synced");
     // Durable: it takes its final name here, not on the control task (one call fewer there
     // per file, which counts with many small files).
-    let sealed = sealed.and_then(|()| match rename {
+    let sealed = prepared.and_then(|()| match rename {
         Some((final_path, journaled)) => {
             if let Err(e) = dest.claims().check_free(file, &entry.path, &final_path) {
                 // Another entry of this run already took this final name (a case-insensitive
@@ -741,20 +753,68 @@ fn seal(dest: &Destination, job: Seal) -> Written {
     }
 }
 
+/// Files sealed together: their `fdatasync`s go to the kernel at once (see
+/// [`crate::blockio::uring::SyncRing`]).
+const SEAL_BATCH: usize = 64;
+
 /// The sealing thread: [`seal`]s each verified file and reports it (see [`Job::Seal`]). Only then
 /// is the file renamed: after a crash the final name holds the verified bytes or the old file,
-/// never blocks the disk had not written yet.
+/// never blocks the disk had not written yet. The files waiting when it comes round are sealed
+/// as one batch, their syncs side by side on an io_uring (`uring`), each renamed once its own
+/// sync succeeded.
 fn seal_files(
     dest: &Destination,
     jobs: std_mpsc::Receiver<Seal>,
     done: mpsc::UnboundedSender<Vec<Written>>,
+    uring: bool,
 ) {
     let done = Outbox::new(done);
-    while let Some(job) = done.next(&jobs) {
-        if done.send(seal(dest, job)).is_err() {
-            return;
+    let mut ring = if uring {
+        crate::blockio::uring::SyncRing::new(SEAL_BATCH as u32).ok()
+    } else {
+        None
+    };
+    while let Some(first) = done.next(&jobs) {
+        let mut batch = vec![first];
+        while batch.len() < SEAL_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let sealed: Vec<Written> = match ring.as_mut() {
+            Some(ring) if batch.len() > 1 => seal_batch(dest, batch, ring),
+            _ => batch.into_iter().map(|job| seal(dest, job)).collect(),
+        };
+        for written in sealed {
+            if done.send(written).is_err() {
+                return;
+            }
         }
     }
+}
+
+/// [`seal`] for several files, their syncs at once.
+fn seal_batch(
+    dest: &Destination,
+    batch: Vec<Seal>,
+    ring: &mut crate::blockio::uring::SyncRing,
+) -> Vec<Written> {
+    let started = std::time::Instant::now();
+    let mut prepared: Vec<Result<()>> = batch.iter().map(|job| prepare_seal(dest, job)).collect();
+    let to_sync: Vec<usize> = (0..batch.len()).filter(|&i| prepared[i].is_ok()).collect();
+    let files: Vec<&File> = to_sync.iter().map(|&i| &*batch[i].f).collect();
+    for (i, synced) in to_sync.iter().zip(ring.sync_data(&files)) {
+        if let Err(e) = synced {
+            prepared[*i] = Err(Error::file("flushing to disk", &batch[*i].path)(e));
+        }
+    }
+    tracing::debug!(files = batch.len(), elapsed = ?started.elapsed(), "sealed a batch");
+    batch
+        .into_iter()
+        .zip(prepared)
+        .map(|(job, prepared)| finish_seal(dest, job, prepared))
+        .collect()
 }
 
 /// Completes a patch into its whole block: reads the bytes around the patch from `held_at`,
