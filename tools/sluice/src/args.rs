@@ -318,8 +318,13 @@ impl Tuning {
             c.ring_max = c.ring_max.max(r);
         }
         if let Some(r) = self.max_ring {
-            if r < c.ring_buffers {
-                bail!("--max-ring must be at least --ring ({})", c.ring_buffers);
+            match self.ring {
+                Some(ring) if r < ring => {
+                    bail!("--max-ring ({r}) must be at least --ring ({ring})")
+                }
+                // A ceiling below the default first size lowers that too.
+                _ if r < 2 => bail!("--max-ring must be at least 2"),
+                _ => c.ring_buffers = c.ring_buffers.min(r),
             }
             c.ring_max = r;
         }

@@ -129,6 +129,30 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         },
     );
 
+    let (out, took) = run(&[
+        "copy",
+        "--ring",
+        "8",
+        "--max-ring",
+        "4",
+        &p("file"),
+        &p("d"),
+    ]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "a ring ceiling below its first size",
+            code: 1,
+            says: &["--max-ring (4)", "--ring (8)"],
+        },
+    );
+
+    // A ceiling below the default first size lowers that too: the copy runs.
+    let (out, _) = run(&["copy", "--max-ring", "4", &p("file"), &p("small-ring")]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read(p("small-ring/file")).unwrap(), b"hello");
+
     let (out, took) = run(&["copy", &p("file")]);
     check(
         out,
