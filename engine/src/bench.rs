@@ -343,12 +343,9 @@ async fn push(
         Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
         other => return Err(err(&format!("expected Welcome, got {other:?}"))),
     }
-    let pool = BufferPool::growable(
-        config.ring_buffers,
-        config.ring_max.max(config.ring_buffers),
-        config.block_size as usize,
-    )
-    .map_err(Error::io("allocating the buffer ring"))?;
+    let (ring_first, ring_ceiling) = config.sending_ring();
+    let pool = BufferPool::growable(ring_first, ring_ceiling, config.block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
     let mut ring = crate::lanes::RingGrowth::new(pool.clone(), config.block_size, &**link);
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     let queue = block_tx.downgrade();

@@ -201,6 +201,13 @@ const _: () = assert!(GAP_SAFE_STREAM_WINDOW / 1200 / 2 < 1024);
 pub const LOOPBACK_WINDOW: u64 = 64 << 20;
 
 impl Config {
+    /// A sending ring's first size and ceiling, in buffers: `ring_buffers` growing to
+    /// `ring_max`, or `ring_max` from the start if that is smaller.
+    pub fn sending_ring(&self) -> (usize, usize) {
+        let ceiling = self.ring_max.max(2);
+        (self.ring_buffers.clamp(2, ceiling), ceiling)
+    }
+
     /// The QUIC transport tuning for a connection with `peer` (`None`: not known yet, so the
     /// settings that are safe on any path).
     pub fn transport_to(&self, peer: Option<std::net::IpAddr>) -> TransportTuning {
@@ -241,6 +248,7 @@ impl Config {
                 rtt_hint: self.rtt_hint,
                 rate_hint: self.rate_hint,
                 initial_window: None,
+                ack_every: Some(self.ack_every),
             },
             initial_rtt: self.rtt_hint,
             datagram_size,
@@ -301,10 +309,29 @@ mod tests {
         assert_eq!(near.connection_window, LOOPBACK_WINDOW.min(c.window));
         assert_eq!(near.stream_window, near.connection_window);
         assert_eq!(near.congestion, Congestion::Cubic);
+        assert_eq!(
+            far.rate.ack_every,
+            Some(c.ack_every),
+            "the controller knows the ACK count"
+        );
         let unknown = c.transport_to(None);
         assert_eq!(
             unknown.stream_window, GAP_SAFE_STREAM_WINDOW,
             "safe on any path"
         );
+    }
+
+    #[test]
+    fn a_sending_ring_starts_at_its_first_size_or_its_ceiling() {
+        let mut c = Config::default();
+        assert_eq!(c.sending_ring(), (64, 192));
+        c.ring_max = 16;
+        assert_eq!(
+            c.sending_ring(),
+            (16, 16),
+            "a lower ceiling is also the start"
+        );
+        c.ring_max = 0;
+        assert_eq!(c.sending_ring(), (2, 2));
     }
 }

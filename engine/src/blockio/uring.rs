@@ -153,22 +153,28 @@ impl SyncRing {
         })
     }
 
-    /// Makes the data of every file durable; one result per file, in order. If the ring fails
-    /// part way, the files it did not report on are synced one by one.
-    pub fn sync_data(&mut self, files: &[&std::fs::File]) -> Vec<io::Result<()>> {
+    /// Makes the data of every file durable; one result per file, in order, and whether the
+    /// ring still works. If it fails part way (`io_uring_enter` refuses), the files it never
+    /// took are synced one by one, and those it took but did not report on fail: their sync
+    /// may still run in the kernel, and a write-back error is reported to one sync only. The
+    /// caller must not use a ring that failed again (a late completion would be taken for
+    /// another file's).
+    pub fn sync_data(&mut self, files: &[&std::fs::File]) -> (Vec<io::Result<()>>, bool) {
         let mut results: Vec<Option<io::Result<()>>> = files.iter().map(|_| None).collect();
         let mut next = 0;
         let mut pending = 0usize;
+        let mut working = true;
         while next < files.len() || pending > 0 {
             while next < files.len() {
                 let entry = opcode::Fsync::new(types::Fd(files[next].as_raw_fd()))
                     .flags(types::FsyncFlags::DATASYNC)
                     .build()
                     .user_data(next as u64);
-                // SAFETY: the entry names only a file descriptor, no memory; the descriptor
+                // SAFETY: the entry names only a file descriptor, no memory. The descriptor
                 // belongs to `files[next]`, borrowed for this whole call, which returns only
-                // after every submitted entry's completion was reaped (or, if the ring fails,
-                // while the kernel may still sync a descriptor that is still open).
+                // after every submitted entry's completion was reaped, or, if the ring fails,
+                // with the ring marked unusable: the kernel holds its own reference to a file
+                // whose sync is still in flight, so closing the descriptor then is sound.
                 if unsafe { self.ring.submission().push(&entry) }.is_err() {
                     break;
                 }
@@ -178,7 +184,10 @@ impl SyncRing {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(_) => {
+                    working = false;
+                    break;
+                }
             }
             for cqe in self.ring.completion() {
                 let Some(slot) = results.get_mut(cqe.user_data() as usize) else {
@@ -193,11 +202,19 @@ impl SyncRing {
                 pending = pending.saturating_sub(1);
             }
         }
-        results
+        let results = results
             .into_iter()
             .zip(files)
-            .map(|(r, f)| r.unwrap_or_else(|| f.sync_data()))
-            .collect()
+            .enumerate()
+            .map(|(i, (r, f))| match r {
+                Some(r) => r,
+                None if i >= next => f.sync_data(),
+                None => Err(io::Error::other(
+                    "io_uring failed while this file's sync was in flight",
+                )),
+            })
+            .collect();
+        (results, working)
     }
 }
 
@@ -220,7 +237,8 @@ mod sync_tests {
             })
             .collect();
         let refs: Vec<&std::fs::File> = files.iter().collect();
-        let results = ring.sync_data(&refs);
+        let (results, working) = ring.sync_data(&refs);
+        assert!(working);
         assert_eq!(results.len(), 10);
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     }

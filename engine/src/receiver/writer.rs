@@ -783,7 +783,16 @@ fn seal_files(
             }
         }
         let sealed: Vec<Written> = match ring.as_mut() {
-            Some(ring) if batch.len() > 1 => seal_batch(dest, batch, ring),
+            Some(r) if batch.len() > 1 => {
+                let (sealed, working) = seal_batch(dest, batch, r);
+                if !working {
+                    tracing::warn!(
+                        "io_uring failed while syncing files; syncing one by one from now on"
+                    );
+                    ring = None;
+                }
+                sealed
+            }
             _ => batch.into_iter().map(|job| seal(dest, job)).collect(),
         };
         for written in sealed {
@@ -794,27 +803,29 @@ fn seal_files(
     }
 }
 
-/// [`seal`] for several files, their syncs at once.
+/// [`seal`] for several files, their syncs at once; also whether the ring still works.
 fn seal_batch(
     dest: &Destination,
     batch: Vec<Seal>,
     ring: &mut crate::blockio::uring::SyncRing,
-) -> Vec<Written> {
+) -> (Vec<Written>, bool) {
     let started = std::time::Instant::now();
     let mut prepared: Vec<Result<()>> = batch.iter().map(|job| prepare_seal(dest, job)).collect();
     let to_sync: Vec<usize> = (0..batch.len()).filter(|&i| prepared[i].is_ok()).collect();
     let files: Vec<&File> = to_sync.iter().map(|&i| &*batch[i].f).collect();
-    for (i, synced) in to_sync.iter().zip(ring.sync_data(&files)) {
+    let (synced, working) = ring.sync_data(&files);
+    for (i, synced) in to_sync.iter().zip(synced) {
         if let Err(e) = synced {
             prepared[*i] = Err(Error::file("flushing to disk", &batch[*i].path)(e));
         }
     }
     tracing::debug!(files = batch.len(), elapsed = ?started.elapsed(), "sealed a batch");
-    batch
+    let sealed = batch
         .into_iter()
         .zip(prepared)
         .map(|(job, prepared)| finish_seal(dest, job, prepared))
-        .collect()
+        .collect();
+    (sealed, working)
 }
 
 /// Completes a patch into its whole block: reads the bytes around the patch from `held_at`,

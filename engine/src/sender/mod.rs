@@ -187,12 +187,9 @@ async fn transfer(
     });
 
     // Blocks flow reader → stream tasks; the channel holds at most the ring's worth.
-    let pool = BufferPool::growable(
-        config.ring_buffers,
-        config.ring_max.max(config.ring_buffers),
-        config.block_size as usize,
-    )
-    .map_err(Error::io("allocating the buffer ring"))?;
+    let (ring_first, ring_ceiling) = config.sending_ring();
+    let pool = BufferPool::growable(ring_first, ring_ceiling, config.block_size as usize)
+        .map_err(Error::io("allocating the buffer ring"))?;
     let mut ring = RingGrowth::new(pool.clone(), config.block_size, &**link);
     let (block_tx, block_rx) = mpsc::channel::<Block>(config.ring_buffers);
     // To see the queue in a stall report without keeping the channel open.

@@ -165,6 +165,10 @@ pub struct RateConfig {
     pub rate_hint: Option<u64>,
     /// The first window when there are no hints, bytes (`None`: 32 packets).
     pub initial_window: Option<u64>,
+    /// Packets the peer acknowledges at once (the ACK-frequency threshold this side asks for;
+    /// `Some(0)`: quinn's default of every second packet; `None`: [`ACK_EVERY`]). Only ACK frames
+    /// that acknowledged this many packets show the queue (see [`Model::on_ack_frame`]).
+    pub ack_every: Option<u32>,
 }
 
 impl RateConfig {
@@ -397,6 +401,15 @@ impl Model {
         MIN_WINDOW_PACKETS * self.mtu
     }
 
+    /// Packets an ACK frame sent at once acknowledges ([`RateConfig::ack_every`]).
+    fn ack_threshold(&self) -> u64 {
+        match self.config.ack_every {
+            Some(0) => 2,
+            Some(n) => u64::from(n),
+            None => ACK_EVERY,
+        }
+    }
+
     /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
     pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
         let sample = now.saturating_duration_since(sent);
@@ -449,10 +462,11 @@ impl Model {
             return;
         };
         let Some(base) = self.base_rtt else { return };
-        // Only a frame that acknowledged a full ACK_EVERY packets went at once: one with fewer
-        // waited for the peer's 25 ms timer, and its freshest sample carries that wait as if
-        // it were a queue.
-        if let Some(round) = self.round.as_mut().filter(|_| packets >= ACK_EVERY) {
+        // Only a frame that acknowledged the peer's full count of packets went at once: one
+        // with fewer waited for the peer's 25 ms timer, and its freshest sample carries that
+        // wait as if it were a queue.
+        let fresh = packets >= self.ack_threshold();
+        if let Some(round) = self.round.as_mut().filter(|_| fresh) {
             round.max_fresh = Some(round.max_fresh.map_or(min, |m| m.max(min)));
         }
         if self.phase == Phase::Startup {
@@ -1145,6 +1159,7 @@ mod tests {
             rtt_hint: Some(Duration::from_millis(100)),
             rate_hint: Some(25_000_000),
             initial_window: None,
+            ack_every: None,
         };
         let m = model(config.clone());
         // The hint sizes the first window, the ceiling caps it: 5 MB/s × 100 ms.

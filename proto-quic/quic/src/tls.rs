@@ -208,6 +208,7 @@ impl TransportTuning {
                 if cc.initial_window.is_none() {
                     cc.initial_window = initial_window;
                 }
+                cc.ack_every = Some(self.ack_eliciting_threshold);
                 t.congestion_controller_factory(Arc::new(cc));
             }
             Congestion::Cubic => {

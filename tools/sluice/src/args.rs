@@ -301,6 +301,9 @@ pub struct Tuning {
     pub datagram_size: Option<u16>,
 }
 
+/// The most buffers `--max-ring` may name (the ring's free list is allocated at this size).
+const MAX_RING: usize = 1 << 16;
+
 impl Tuning {
     pub fn config(&self) -> Result<Config> {
         let mut c = Config::default();
@@ -322,9 +325,12 @@ impl Tuning {
                 Some(ring) if r < ring => {
                     bail!("--max-ring ({r}) must be at least --ring ({ring})")
                 }
-                // A ceiling below the default first size lowers that too.
-                _ if r < 2 => bail!("--max-ring must be at least 2"),
-                _ => c.ring_buffers = c.ring_buffers.min(r),
+                // A sender whose ceiling is below the default first size starts at the
+                // ceiling ([`Config::sending_ring`]); a receiver's ring is `--ring`'s.
+                _ if !(2..=MAX_RING).contains(&r) => {
+                    bail!("--max-ring must be from 2 to {MAX_RING}, not {r}")
+                }
+                _ => {}
             }
             c.ring_max = r;
         }
