@@ -107,12 +107,15 @@ link_up() {
 
 # Prints "bytes queue_drops kernel_drops" of the a->b direction so far; bytes are the frames
 # that entered the link: forwarded ones plus those lost on the way (at the mean frame size).
+# Bytes print with %.0f: mawk's %d stops at 2^31 - 1, which the counters pass after 2 GB (a
+# 2 GiB run, or a 1 GiB run after another tool's on the same link), and the wire column then
+# read 1.000 or less.
 link_counters() {
     local line
     line=$("$WAN" stats "$LINK" 2>&1 | grep 'a->b' | tail -n 1 || true)
     if [ -z "$line" ]; then echo "0 0 0"; return; fi
     sed -E 's/.*fwd_pkts=([0-9]+).*fwd_bytes=([0-9]+).*loss_drops=([0-9]+).*queue_drops=([0-9]+).*kernel_drops=([0-9]+).*/\1 \2 \3 \4 \5/' <<<"$line" |
-        awk '{ printf "%d %d %d\n", $2 + ($1 > 0 ? $3 * $2 / $1 : 0), $4, $5 }'
+        awk '{ printf "%.0f %d %d\n", $2 + ($1 > 0 ? $3 * $2 / $1 : 0), $4, $5 }'
 }
 
 # row NAME SECONDS|"" NOTE: one table line from the emulator's counters.
