@@ -58,10 +58,10 @@ impl RingGrowth {
     }
 
     /// Called every tick with the bytes handed to the network so far, the smoothed RTT and the
-    /// lanes open; returns the ring's limit.
-    pub(crate) fn tick(&mut self, sent: u64, rtt: std::time::Duration, lanes: usize) -> usize {
+    /// lanes open.
+    pub(crate) fn tick(&mut self, sent: u64, rtt: std::time::Duration, lanes: usize) {
         if !self.active {
-            return self.pool.limit();
+            return;
         }
         let now = std::time::Instant::now();
         self.history.push_back((now, sent));
@@ -76,7 +76,7 @@ impl RingGrowth {
         let &(t0, s0) = self.history.front().expect("just pushed");
         let span = now.duration_since(t0).as_secs_f64();
         if span < 0.05 {
-            return self.pool.limit();
+            return;
         }
         let rate = sent.saturating_sub(s0) as f64 / span;
         let bdp = rate * rtt.as_secs_f64();
@@ -90,7 +90,6 @@ impl RingGrowth {
                 rtt
             );
         }
-        now_limit
     }
 }
 

@@ -307,7 +307,8 @@ async fn transfer(
                 let path = link.path();
                 let left = path.udp_tx_bytes;
                 progress.set_path(path);
-                if stall.stalled(progress.snapshot().bytes_sent, left) {
+                let sent = progress.snapshot().bytes_sent;
+                if stall.stalled(sent, left) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
                         "no block handed to the network and under 1 MiB sent for {} s: {open_streams} data streams, {} blocks queued, reader {}; {}",
@@ -325,7 +326,7 @@ async fn transfer(
                 }
                 if reading {
                     lanes.grow(&mut open_streams, first, config.max_streams.max(first), &mut streams);
-                    ring.tick(progress.snapshot().bytes_sent, path.rtt, open_streams);
+                    ring.tick(sent, path.rtt, open_streams);
                 }
             }
             msg = control.recv() => {
