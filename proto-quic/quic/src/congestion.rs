@@ -143,11 +143,17 @@ const QUEUED_SHARE: f64 = 0.1;
 /// PROBE_RTT, milder). A flow that starts beside another finds a queue already standing and
 /// takes it for part of the path: its base RTT, and so its window, stays too high for good, and
 /// it keeps the larger share (in a fluid model of two flows, 0.65 of the newcomer's share for
-/// the first flow). Costs half a round's rate every 10 s: 0.5 % at 100 ms, 1.5 % at 300 ms.
+/// the first flow). Costs half a round's rate every 10 s at 100 ms (0.5 %), less on longer paths
+/// ([`SETTLE_DRAIN`]).
 const SETTLE_EVERY: Duration = Duration::from_secs(10);
-/// The settling round's gain: half the bandwidth-delay product, enough to empty the standing
-/// queue of two flows through it (one flow's half is a quarter of the path).
+/// The settling round's gain at most: half the bandwidth-delay product, enough to empty the
+/// standing queue of two flows through it (one flow's half is a quarter of the path).
 const SETTLE_GAIN: f64 = 0.5;
+/// What a settling round holds back, in time at the flow's rate, on paths long enough that
+/// [`SETTLE_GAIN`] would hold back more: as much as half a 100 ms round, so the queue drains
+/// as far as it does there, while at 300 ms the round costs a sixth of its rate, not a half
+/// (1.5 % of the whole transfer's time became 0.5 %).
+const SETTLE_DRAIN: Duration = Duration::from_millis(50);
 /// The cycle position of the settling round: halfway between two probes.
 const SETTLE_POSITION: usize = 4;
 /// The loss estimate used for window compensation is capped: past it, the rate is probed for,
@@ -841,7 +847,9 @@ impl Model {
             // so a round looks slower than the path): probe harder.
             Phase::Cruise(0) if self.thin => 2.0,
             Phase::Cruise(0) | Phase::ProbeUp => self.probe_gain,
-            Phase::Cruise(_) if self.settle => SETTLE_GAIN,
+            Phase::Cruise(_) if self.settle => {
+                SETTLE_GAIN.max(1.0 - SETTLE_DRAIN.as_secs_f64() / base.as_secs_f64().max(1e-6))
+            }
             Phase::Cruise(i) => CYCLE[i],
         };
         let compensation = self.loss_compensation();

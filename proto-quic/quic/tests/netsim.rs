@@ -499,6 +499,22 @@ fn two_sluice_flows_share_a_short_path() {
     );
 }
 
+/// A long path, 200 Mbit/s at 300 ms RTT, the second flow 10 s later. The settling round holds
+/// back 50 ms of a flow's rate here (a sixth of the round): measured, every 5 s window from 45 s
+/// on within 0.73–0.98, 0.507 / 0.441 over 40–150 s. When it held back half the round, the
+/// shares were 0.64 / 0.28 over 40–45 s and 0.555 / 0.384 over 40–150 s.
+#[test]
+fn two_sluice_flows_share_a_long_path() {
+    two_sluice_flows(
+        "two_sluice_flows_share_a_long_path",
+        200_000_000,
+        150 * MS,
+        Duration::from_secs(10),
+        Duration::from_secs(45),
+        Duration::from_secs(150),
+    );
+}
+
 /// A loss-based flow (quinn's cubic, standing in for TCP's) and a Sluice flow on the same
 /// 200 Mbit/s, 100 ms bottleneck, each starting first: cubic keeps at least a third of the link
 /// over 40–60 s, and together they fill it. The cubic flow has the same windows and streams as
