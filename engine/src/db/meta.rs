@@ -52,6 +52,7 @@ impl Meta {
             },
             key: self.key(),
             meta: serde_json::to_string(self).expect("a plain structure serialises"),
+            after: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod catalog;
 mod conn;
 pub mod digest;
 pub mod meta;
+pub mod postdata;
 mod sink;
 mod source;
 
@@ -86,9 +87,11 @@ impl Plan {
         self.tables.iter().map(|(_, r)| r.len()).sum()
     }
 
-    /// The units to send, phase by phase: the schema before the rows, then indexes,
-    /// constraints and sequences, then the materialized views' refresh, then the check.
-    pub fn phases(&self, verify: bool) -> Vec<Vec<Unit>> {
+    /// The units to send, phase by phase: the schema before the rows; the rows, each table's
+    /// indexes and key constraints as soon as its rows are in, for the tables in `cut` (see
+    /// [`postdata`]); the rest of the post-data section and the sequences; the materialized
+    /// views' refresh; the check.
+    pub fn phases(&self, verify: bool, cut: &std::collections::BTreeSet<String>) -> Vec<Vec<Unit>> {
         let sql = |step: &str| {
             Meta::Sql {
                 step: step.to_string(),
@@ -111,6 +114,12 @@ impl Plan {
                     }
                     unit = meta.unit();
                 }
+                rows.push(unit);
+            }
+            if cut.contains(&table.qualified()) {
+                // Right after the table's last range: the first unit ready once its rows are.
+                let mut unit = sql(&postdata::step(table));
+                unit.after = Some(table.display());
                 rows.push(unit);
             }
         }
@@ -212,8 +221,9 @@ pub fn send(
         source.give_back(planner).await;
         let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
         source.lock(&planned).await?;
+        let cut = source.cut_post_data(&planned).await?;
         progress.set_totals(plan.ranges() as u64, plan.bytes());
-        let phases = plan.phases(options.verify);
+        let phases = plan.phases(options.verify, &cut);
         source.set_resume(source::Resume {
             consistent: options.consistent,
             keys: phases.iter().flatten().map(|u| u.key.clone()).collect(),

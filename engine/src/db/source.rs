@@ -13,6 +13,7 @@ use super::catalog::{self, Table};
 use super::conn::{full, Database};
 use super::digest::RowHasher;
 use super::meta::Meta;
+use super::postdata::{self, PostData};
 use crate::error::{Error, Result};
 use crate::transport::Fut;
 use crate::unit::{Unit, UnitReader, UnitSource};
@@ -27,6 +28,8 @@ pub struct PgSource {
     holder: Client,
     /// What a destination holding an interrupted run may hold, once planned.
     resume: std::sync::OnceLock<Resume>,
+    /// The post-data section cut by table, once [`PgSource::cut_post_data`] has run.
+    post_data: std::sync::OnceLock<PostData>,
 }
 
 /// The rules for going on from an interrupted run.
@@ -68,6 +71,7 @@ impl PgSource {
             idle: Idle::default(),
             holder,
             resume: std::sync::OnceLock::new(),
+            post_data: std::sync::OnceLock::new(),
         };
         let planner = source.client().await?;
         Ok((source, planner))
@@ -131,6 +135,61 @@ impl PgSource {
                 what: "running pg_dump".into(),
                 detail: e.to_string(),
             })?
+    }
+
+    /// Dumps the post-data section and cuts it by table (see [`postdata`]): the indexes and key
+    /// constraints of each of `tables` become a unit of their own. Returns the tables that got
+    /// one, by [`Table::qualified`].
+    pub(crate) async fn cut_post_data(
+        &self,
+        tables: &[Table],
+    ) -> Result<std::collections::BTreeSet<String>> {
+        let dump = self.schema("post-data").await?;
+        let dump = String::from_utf8(dump).map_err(|_| Error::Database {
+            what: format!("pg_dump --section=post-data of {}", self.db.shown),
+            detail: "the SQL is not UTF-8".into(),
+        })?;
+        let client = self.client().await?;
+        // What each header could name: an index by its name, a key constraint by its table's
+        // name and its own; a tag two tables could claim is left to the rest.
+        let rows = client
+            .query(
+                "SELECT 'INDEX', n.nspname, i.relname, n.nspname, t.relname                  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid                  JOIN pg_namespace n ON n.oid = i.relnamespace                  JOIN pg_class t ON t.oid = x.indrelid                  WHERE t.relkind = 'r' AND t.relnamespace = i.relnamespace                  UNION ALL                  SELECT 'CONSTRAINT', n.nspname, t.relname || ' ' || c.conname, n.nspname, t.relname                  FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid                  JOIN pg_namespace n ON n.oid = t.relnamespace                  WHERE c.contype IN ('p', 'u', 'x') AND t.relkind = 'r'",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::Database {
+                what: "reading which table each index belongs to".into(),
+                detail: full(&e),
+            })?;
+        self.give_back(client).await;
+        let mut owners: std::collections::HashMap<(String, String, String), Option<String>> =
+            Default::default();
+        for r in rows {
+            let (schema, name): (String, String) = (r.get(3), r.get(4));
+            let table = tables
+                .iter()
+                .find(|t| t.schema == schema && t.name == name)
+                .map(Table::qualified);
+            let key = (r.get::<_, String>(0), r.get(1), r.get(2));
+            owners
+                .entry(key)
+                .and_modify(|o| {
+                    if *o != table {
+                        *o = None;
+                    }
+                })
+                .or_insert(table);
+        }
+        let cut = postdata::split(&dump, |e| {
+            owners
+                .get(&(e.kind.to_string(), e.schema.to_string(), e.tag.to_string()))
+                .cloned()
+                .flatten()
+        });
+        let names = cut.tables.keys().cloned().collect();
+        let _ = self.post_data.set(cut);
+        Ok(names)
     }
 
     /// `setval` for every sequence that has been used.
@@ -346,6 +405,24 @@ impl UnitSource for PgSource {
                     let sql = match step.as_str() {
                         "sequences" => self.sequences().await?,
                         "views" => self.views().await?,
+                        "post-data" if self.post_data.get().is_some() => self
+                            .post_data
+                            .get()
+                            .map(|p| p.rest.clone())
+                            .unwrap_or_default()
+                            .into_bytes(),
+                        s if s.starts_with("post-data ") => {
+                            let table = &s["post-data ".len()..];
+                            self.post_data
+                                .get()
+                                .and_then(|p| p.tables.get(table))
+                                .cloned()
+                                .ok_or_else(|| Error::Database {
+                                    what: "the schema's post-data section".into(),
+                                    detail: format!("no part was cut for {table}"),
+                                })?
+                                .into_bytes()
+                        }
                         _ => self.schema(&step).await?,
                     };
                     Box::new(Fixed(Bytes::from(sql)))

@@ -61,6 +61,9 @@ pub struct Unit {
     pub meta: String,
     /// What the unit is part of, for progress (a table for a range); empty for none.
     pub group: String,
+    /// A group every unit of which must be committed before this unit starts (a table's
+    /// indexes wait for its rows); it must be in this unit's phase or an earlier one.
+    pub after: Option<String>,
 }
 
 /// Where units come from.
@@ -531,7 +534,13 @@ async fn push(
             // receiver's commit: a job starts its next unit without waiting a round trip and
             // the commit (on a long path that wait would idle the job once per unit).
             while writing.len() < jobs && flying.len() < 2 * jobs {
-                let Some((unit, attempts)) = queue.pop_front() else {
+                // The first unit in order whose group to wait for is all committed.
+                let ready = queue.iter().position(|(u, _)| {
+                    u.after
+                        .as_ref()
+                        .is_none_or(|g| groups.get(g).is_none_or(|&(done, total)| done >= total))
+                });
+                let Some((unit, attempts)) = ready.and_then(|i| queue.remove(i)) else {
                     break;
                 };
                 let id = next_id;
@@ -543,6 +552,18 @@ async fn push(
                 writing.spawn(async move {
                     send_unit(&link, id, &unit, &*source, &pool, &progress, packing).await
                 });
+            }
+            if writing.is_empty() && flying.is_empty() && !queue.is_empty() {
+                // Waiting on a group that failed (or was never in this run): nothing more
+                // can start.
+                if failures.is_empty() {
+                    let (unit, _) = &queue[0];
+                    return Err(err(&format!(
+                        "{} waits for {:?}, which is not in this run",
+                        unit.key, unit.after
+                    )));
+                }
+                break;
             }
             tokio::select! {
                 Some(done) = writing.join_next() => match done {
@@ -700,4 +721,165 @@ pub fn copy<T>(
         move |server, stop| UnitServer(server).run_until(sink, Arc::new(Progress::default()), stop),
         send,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Each unit's bytes are its key, repeated.
+    struct Keys;
+
+    struct KeyReader(Option<Bytes>);
+
+    impl UnitSource for Keys {
+        fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
+            let bytes = Bytes::from(unit.key.repeat(1000));
+            Box::pin(async move { Ok(Box::new(KeyReader(Some(bytes))) as Box<dyn UnitReader>) })
+        }
+    }
+
+    impl UnitReader for KeyReader {
+        fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Fut<'a, Result<usize>> {
+            Box::pin(async move {
+                let Some(b) = self.0.as_mut() else {
+                    return Ok(0);
+                };
+                let n = b.len().min(buf.len());
+                buf[..n].copy_from_slice(&b.split_to(n));
+                if b.is_empty() {
+                    self.0 = None;
+                }
+                Ok(n)
+            })
+        }
+        fn trailer(&mut self) -> Fut<'_, Result<Vec<u8>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// Records when each unit opened and committed; units named `slow…` take 300 ms to commit.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<(String, &'static str, Instant)>>);
+
+    struct LogSink(Arc<Log>);
+
+    struct LogWriter(Arc<Log>, String);
+
+    impl UnitSink for LogSink {
+        fn held(&self) -> Fut<'_, Result<Vec<String>>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn open<'a>(&'a self, meta: &'a str) -> Fut<'a, Result<Box<dyn UnitWriter>>> {
+            Box::pin(async move {
+                let log = self.0.clone();
+                log.0
+                    .lock()
+                    .unwrap()
+                    .push((meta.to_string(), "open", Instant::now()));
+                Ok(Box::new(LogWriter(log, meta.to_string())) as Box<dyn UnitWriter>)
+            })
+        }
+    }
+
+    impl UnitWriter for LogWriter {
+        fn put(&mut self, _data: Bytes) -> Fut<'_, Result<()>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn commit(self: Box<Self>, _bytes: u64, _trailer: Vec<u8>) -> Fut<'static, Result<()>> {
+            Box::pin(async move {
+                if self.1.starts_with("slow") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                self.0
+                     .0
+                    .lock()
+                    .unwrap()
+                    .push((self.1, "commit", Instant::now()));
+                Ok(())
+            })
+        }
+    }
+
+    fn unit(key: &str, group: &str, after: Option<&str>) -> Unit {
+        Unit {
+            key: key.into(),
+            meta: key.into(),
+            group: group.into(),
+            after: after.map(str::to_string),
+        }
+    }
+
+    /// A unit that waits for a group starts as soon as the group's last unit is committed,
+    /// ahead of the units after it in its phase, and its slow commit (a table's index build)
+    /// runs beside them; the next phase waits for all of it.
+    #[test]
+    fn a_unit_after_a_group_starts_once_the_group_is_in_and_runs_beside_the_rest() {
+        let log = Arc::new(Log::default());
+        let phases = vec![
+            vec![
+                unit("a1", "a", None),
+                unit("a2", "a", None),
+                unit("slow-a", "", Some("a")),
+                unit("b1", "b", None),
+                unit("b2", "b", None),
+                unit("b3", "b", None),
+                unit("b4", "b", None),
+                unit("b5", "b", None),
+                unit("slow-b", "", Some("b")),
+            ],
+            vec![unit("last", "", None)],
+        ];
+        let summary = copy(
+            &Config::default(),
+            Arc::new(LogSink(log.clone())),
+            |ticket| {
+                send(
+                    &Config::default(),
+                    ticket,
+                    phases,
+                    Arc::new(Keys),
+                    2,
+                    Arc::new(Progress::default()),
+                )
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.units, 10);
+        let log = log.0.lock().unwrap().clone();
+        let at = |key: &str, what: &str| {
+            log.iter()
+                .find(|(k, w, _)| k == key && *w == what)
+                .map(|(_, _, t)| *t)
+                .unwrap_or_else(|| panic!("no {what} of {key}: {log:?}"))
+        };
+        for (after, group) in [
+            ("slow-a", ["a1", "a2"].as_slice()),
+            ("slow-b", &["b1", "b2", "b3", "b4", "b5"]),
+        ] {
+            for g in group {
+                assert!(
+                    at(g, "commit") <= at(after, "open"),
+                    "{after} before {g}: {log:?}"
+                );
+            }
+        }
+        // b's units went on while a's slow commit ran.
+        let (open, done) = (at("slow-a", "open"), at("slow-a", "commit"));
+        let beside = ["b1", "b2", "b3", "b4", "b5"]
+            .iter()
+            .filter(|b| (open..done).contains(&at(b, "commit")))
+            .count();
+        assert!(
+            beside >= 2,
+            "{beside} of b's units committed beside slow-a: {log:?}"
+        );
+        assert!(
+            at("slow-a", "commit") <= at("last", "open")
+                && at("slow-b", "commit") <= at("last", "open")
+        );
+    }
 }

@@ -72,3 +72,9 @@ INSERT INTO no_columns DEFAULT VALUES;
 INSERT INTO no_columns DEFAULT VALUES;
 CREATE TABLE refs (id int PRIMARY KEY, r regclass, t regtype, rs regclass[]);
 INSERT INTO refs VALUES (1, 'kinds', 'mood', ARRAY['orders', 'kinds']::regclass[]);
+-- Indexes and key constraints built as soon as their table's rows are in, under odd names; an
+-- index the table is clustered on, and one with a comment (which must wait for the index).
+CREATE UNIQUE INDEX "Odd ""Index"" x" ON "Odd Schema"."Mixed Case ""Table""" ("x y", "Some Col");
+ALTER TABLE "Odd Schema"."Mixed Case ""Table""" ADD CONSTRAINT "odd unique" UNIQUE ("Some Col", "x y");
+ALTER TABLE orders CLUSTER ON orders_note;
+COMMENT ON INDEX orders_note IS 'notes, for the clerks';
