@@ -58,6 +58,7 @@ A="host=$WORK/a port=5432 user=postgres"
 B="host=$WORK/b port=5432 user=postgres"
 psql -d "$A dbname=postgres" -c "CREATE DATABASE src"
 dbdata_load "$A dbname=src" "$SCALE" "$WIDE_MB"
+dbdata_settle "$A dbname=src" "$B dbname=postgres"
 BYTES=$(dbdata_bytes "$A dbname=src" sum)
 printf 'tables: %.2f GB; link %s Mbit/s, %s ms RTT, %s loss; jobs %s\n' \
     "$(echo "$BYTES / 1000000000" | bc -l)" "$RATE" "$RTT" "$LOSS" "$JOBS"

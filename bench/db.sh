@@ -43,6 +43,8 @@ A="host=$WORK/a port=5432 user=postgres"
 B="host=$WORK/b port=5432 user=postgres"
 psql -d "$A dbname=postgres" -c "CREATE DATABASE src"
 dbdata_load "$A dbname=src" "$SCALE" "$WIDE_MB"
+# The first tool must not pay for the load (hint bits, dirty pages) or for the target's first WAL.
+dbdata_settle "$A dbname=src" "$B dbname=postgres"
 BYTES=$(dbdata_bytes "$A dbname=src" sum)
 LARGEST=$(dbdata_bytes "$A dbname=src" max)
 GB=$(echo "$BYTES / 1000000000" | bc -l)

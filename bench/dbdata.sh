@@ -10,6 +10,11 @@
 #                                with a compressible note) into the database at URL
 #   dbdata_bytes URL sum|max     the tables' bytes on disk, in all or of the largest
 #   dbdata_same SRC DST          the same row count in every table of both, or fails
+#   dbdata_settle SRC DST_ADMIN  leaves both clusters as every tool after the first finds them:
+#                                the source's rows frozen and written out, and the target
+#                                holding WAL segments to recycle (a new cluster creates and
+#                                zero-fills each segment it first writes: 2 GB of WAL was
+#                                ~15 s more for whichever tool ran first)
 
 dbdata_init() {
     DBDATA_WORK=$1
@@ -53,4 +58,15 @@ dbdata_bytes() {
 dbdata_same() {
     local q="SELECT string_agg(c, ',' ORDER BY c) FROM (SELECT relname || '=' || (xpath('/row/n/text()', query_to_xml('SELECT count(*) AS n FROM public.' || quote_ident(relname), false, true, '')))[1]::text AS c FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace) t"
     [ "$(psql -tA -d "$1" -c "$q")" = "$(psql -tA -d "$2" -c "$q")" ]
+}
+
+dbdata_settle() {
+    echo "settling: freezing the source, giving the target WAL segments to recycle" >&2
+    psql -d "$1" -c "VACUUM (FREEZE, ANALYZE)" -c "CHECKPOINT"
+    local bytes
+    bytes=$(psql -tA -d "$1" -c "SELECT sum(pg_table_size(oid)) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace")
+    psql -d "$2" -c "SET client_min_messages = warning" -c "DROP TABLE IF EXISTS sluice_warm" \
+        -c "CREATE TABLE sluice_warm AS SELECT g, repeat('w', 900) AS p FROM generate_series(1, $((bytes / 1000 + 1))) g" \
+        -c "DROP TABLE sluice_warm" -c "CHECKPOINT"
+    sync
 }
