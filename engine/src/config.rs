@@ -211,7 +211,8 @@ impl Config {
     /// The QUIC transport tuning for a connection with `peer` (`None`: not known yet, so the
     /// settings that are safe on any path).
     pub fn transport_to(&self, peer: Option<std::net::IpAddr>) -> TransportTuning {
-        let loopback = peer.is_some_and(|ip| ip.is_loopback());
+        // An IPv4 address seen through a dual-stack socket (::ffff:127.0.0.1) is loopback too.
+        let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
         let congestion = self.congestion.unwrap_or(if loopback {
             Congestion::Cubic
         } else {
@@ -309,6 +310,11 @@ mod tests {
         assert_eq!(near.connection_window, LOOPBACK_WINDOW.min(c.window));
         assert_eq!(near.stream_window, near.connection_window);
         assert_eq!(near.congestion, Congestion::Cubic);
+        let mapped = c.transport_to(Some("::ffff:127.0.0.1".parse().unwrap()));
+        assert_eq!(mapped.connection_window, near.connection_window);
+        assert_eq!(mapped.congestion, Congestion::Cubic);
+        let mapped_far = c.transport_to(Some("::ffff:192.0.2.7".parse().unwrap()));
+        assert_eq!(mapped_far.congestion, Congestion::Sluice);
         assert_eq!(
             far.rate.ack_every,
             Some(c.ack_every),

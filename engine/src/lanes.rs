@@ -53,7 +53,7 @@ impl RingGrowth {
             pool,
             block: f64::from(block_size.max(1)),
             history: std::collections::VecDeque::new(),
-            active: link.kind() != Kind::Tcp && !link.peer().ip().is_loopback(),
+            active: link.kind() != Kind::Tcp && !link.peer().ip().to_canonical().is_loopback(),
         }
     }
 

@@ -226,7 +226,7 @@ async fn transfer(
                     packer: std::cell::RefCell::new(Packer::new(
                         config.compress,
                         config.compress_level,
-                        peer.ip().is_loopback(),
+                        peer.ip().to_canonical().is_loopback(),
                     )),
                 };
                 if let Err(e) = reader.run(&input) {

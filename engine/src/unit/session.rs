@@ -640,7 +640,11 @@ async fn send_unit(
     (compress, level): (crate::pack::Compress, i32),
 ) -> Result<()> {
     let err = transport::conn_error(link.peer());
-    let mut packer = crate::pack::Packer::new(compress, level, link.peer().ip().is_loopback());
+    let mut packer = crate::pack::Packer::new(
+        compress,
+        level,
+        link.peer().ip().to_canonical().is_loopback(),
+    );
     let mut reader = source.open(unit).await?;
     let mut lane = open_lane(link).await?;
     let mut open = [Bytes::from(frames::encode_open(id, &unit.meta))];
