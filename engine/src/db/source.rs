@@ -154,7 +154,16 @@ impl PgSource {
         // name and its own; a tag two tables could claim is left to the rest.
         let rows = client
             .query(
-                "SELECT 'INDEX', n.nspname, i.relname, n.nspname, t.relname                  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid                  JOIN pg_namespace n ON n.oid = i.relnamespace                  JOIN pg_class t ON t.oid = x.indrelid                  WHERE t.relkind = 'r' AND t.relnamespace = i.relnamespace                  UNION ALL                  SELECT 'CONSTRAINT', n.nspname, t.relname || ' ' || c.conname, n.nspname, t.relname                  FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid                  JOIN pg_namespace n ON n.oid = t.relnamespace                  WHERE c.contype IN ('p', 'u', 'x') AND t.relkind = 'r'",
+                "SELECT 'INDEX', n.nspname, i.relname, t.relname \
+                 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid \
+                 JOIN pg_class t ON t.oid = x.indrelid \
+                 JOIN pg_namespace n ON n.oid = t.relnamespace \
+                 WHERE t.relkind = 'r' \
+                 UNION ALL \
+                 SELECT 'CONSTRAINT', n.nspname, t.relname || ' ' || c.conname, t.relname \
+                 FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid \
+                 JOIN pg_namespace n ON n.oid = t.relnamespace \
+                 WHERE c.contype IN ('p', 'u', 'x') AND t.relkind = 'r'",
                 &[],
             )
             .await
@@ -166,12 +175,13 @@ impl PgSource {
         let mut owners: std::collections::HashMap<(String, String, String), Option<String>> =
             Default::default();
         for r in rows {
-            let (schema, name): (String, String) = (r.get(3), r.get(4));
+            // An index lives in its table's schema, and a constraint's header names that too.
+            let (schema, name): (String, String) = (r.get(1), r.get(3));
             let table = tables
                 .iter()
                 .find(|t| t.schema == schema && t.name == name)
                 .map(Table::qualified);
-            let key = (r.get::<_, String>(0), r.get(1), r.get(2));
+            let key = (r.get::<_, String>(0), schema, r.get(2));
             owners
                 .entry(key)
                 .and_modify(|o| {
@@ -408,22 +418,20 @@ impl UnitSource for PgSource {
                         "post-data" if self.post_data.get().is_some() => self
                             .post_data
                             .get()
-                            .map(|p| p.rest.clone())
-                            .unwrap_or_default()
-                            .into_bytes(),
-                        s if s.starts_with("post-data ") => {
-                            let table = &s["post-data ".len()..];
-                            self.post_data
+                            .map_or_else(Vec::new, |p| p.rest.clone().into_bytes()),
+                        s => match s.strip_prefix("post-data ") {
+                            Some(table) => self
+                                .post_data
                                 .get()
                                 .and_then(|p| p.tables.get(table))
-                                .cloned()
                                 .ok_or_else(|| Error::Database {
                                     what: "the schema's post-data section".into(),
                                     detail: format!("no part was cut for {table}"),
                                 })?
-                                .into_bytes()
-                        }
-                        _ => self.schema(&step).await?,
+                                .clone()
+                                .into_bytes(),
+                            None => self.schema(s).await?,
+                        },
                     };
                     Box::new(Fixed(Bytes::from(sql)))
                 }

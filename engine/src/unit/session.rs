@@ -554,13 +554,14 @@ async fn push(
                 });
             }
             if writing.is_empty() && flying.is_empty() && !queue.is_empty() {
-                // Waiting on a group that failed (or was never in this run): nothing more
-                // can start.
+                // What is left waits on a group that failed, or (a caller's mistake) on one
+                // whose units come in a later phase: nothing more can start.
                 if failures.is_empty() {
                     let (unit, _) = &queue[0];
                     return Err(err(&format!(
-                        "{} waits for {:?}, which is not in this run",
-                        unit.key, unit.after
+                        "{} waits for the group {:?}, whose units come in a later phase",
+                        unit.key,
+                        unit.after.as_deref().unwrap_or_default()
                     )));
                 }
                 break;

@@ -73,6 +73,20 @@ fn sluice_scenario(forward: Link, back: Link, flows: Vec<Flow>, limit: Duration)
     }
 }
 
+/// One Sluice flow of `bytes` over `forward` / `back` (30 s at most), run under `name`; the
+/// flow must end without an error.
+fn one_sluice_flow(name: &str, forward: Link, back: Link, bytes: u64) -> Report {
+    let s = sluice_scenario(
+        forward,
+        back,
+        vec![sluice_flow(bytes, Duration::ZERO)],
+        Duration::from_secs(30),
+    );
+    let report = run(name, &s);
+    assert_eq!(report.flows[0].error, None, "{name}");
+    report
+}
+
 /// Each flow's goodput over `[from, to)` as a share of `rate_bps`.
 fn shares(report: &Report, rate_bps: u64, from: Duration, to: Duration) -> Vec<f64> {
     report
@@ -403,15 +417,9 @@ fn random_loss_keeps_the_link_full() {
     let rate = 200_000_000;
     for (loss, min_share) in [(0.01, 0.87), (0.05, 0.80)] {
         let (forward, back) = path(rate, 50 * MS, loss);
-        let s = sluice_scenario(
-            forward,
-            back,
-            vec![sluice_flow(128 * MIB, Duration::ZERO)],
-            Duration::from_secs(30),
-        );
-        let report = run(&format!("random_loss_keeps_the_link_full ({loss})"), &s);
+        let name = format!("random_loss_keeps_the_link_full ({loss})");
+        let report = one_sluice_flow(&name, forward, back, 128 * MIB);
         let flow = &report.flows[0];
-        assert_eq!(flow.error, None, "at {loss} loss");
         let end = flow.finished.expect("finished");
         let share = flow.goodput_bps(Duration::from_secs(3), end) / rate as f64;
         eprintln!(
@@ -438,15 +446,9 @@ fn a_path_of_a_few_dozen_packets_is_not_overrun() {
         let (mut forward, mut back) = path(rate, 5 * MS, loss);
         forward.queue = 10 * MS;
         back.queue = 10 * MS;
-        let s = sluice_scenario(
-            forward,
-            back,
-            vec![sluice_flow(16 * MIB, Duration::ZERO)],
-            Duration::from_secs(30),
-        );
-        let report = run(&format!("a_path_of_a_few_dozen_packets ({loss})"), &s);
+        let name = format!("a_path_of_a_few_dozen_packets ({loss})");
+        let report = one_sluice_flow(&name, forward, back, 16 * MIB);
         let flow = &report.flows[0];
-        assert_eq!(flow.error, None, "at {loss} loss");
         let end = flow.finished.expect("finished");
         let share = flow.goodput_bps(Duration::ZERO, end) / rate as f64;
         let wire = flow.udp_tx_bytes as f64 / flow.delivered as f64;
@@ -607,17 +609,8 @@ fn queueing_delay_stays_under_half_the_base_rtt() {
     for queue_ms in [50u32, 200] {
         let (mut forward, back) = path(200_000_000, base_rtt / 2, 0.0);
         forward.queue = queue_ms * MS;
-        let s = sluice_scenario(
-            forward,
-            back,
-            vec![sluice_flow(256 * MIB, Duration::ZERO)],
-            Duration::from_secs(30),
-        );
-        let report = run(
-            &format!("queueing_delay_stays_under_half_the_base_rtt ({queue_ms} ms queue)"),
-            &s,
-        );
-        assert_eq!(report.flows[0].error, None);
+        let name = format!("queueing_delay_stays_under_half_the_base_rtt ({queue_ms} ms queue)");
+        let report = one_sluice_flow(&name, forward, back, 256 * MIB);
         assert!(report.flows[0].finished.is_some());
         let fwd = &report.forward;
         assert!(
