@@ -140,6 +140,44 @@ fn read_full(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<usi
     Ok(total)
 }
 
+/// Whether bytes `offset..offset + len` of `file` lie in a hole: no data from `offset` on
+/// before their end (`SEEK_DATA`). False where the filesystem cannot say.
+pub(crate) fn in_hole(file: &File, offset: u64, len: usize) -> bool {
+    use rustix::fs::{seek, SeekFrom};
+    match seek(file, SeekFrom::Data(offset)) {
+        Ok(data) => data >= offset + len as u64,
+        Err(e) => e == rustix::io::Errno::NXIO,
+    }
+}
+
+/// Whether every byte of `data` is zero; stops at the first 64 bytes that are not, so data that
+/// is not zeros costs next to nothing.
+pub(crate) fn all_zero(data: &[u8]) -> bool {
+    let mut chunks = data.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Deallocates `len` bytes at `offset` of `f`, leaving a hole that reads as zeros (the file's
+/// length is set when it is sealed). False where the filesystem cannot (vfat, some network
+/// filesystems): the zeros are then written.
+pub(crate) fn punch_hole(f: &File, offset: u64, len: usize) -> bool {
+    use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
+    // Already a hole (a new part file, or past its end): nothing to change on disk.
+    match seek(f, SeekFrom::Data(offset)) {
+        Ok(data) if data >= offset + len as u64 => return true,
+        Err(rustix::io::Errno::NXIO) => return true,
+        _ => {}
+    }
+    fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len as u64,
+    )
+    .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

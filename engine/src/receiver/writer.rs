@@ -595,7 +595,7 @@ pub(super) fn write_blocks(
                 }
                 // A block of zeros becomes a hole where the filesystem can make one (whatever
                 // the part file held there before); it counts as written, as a write would.
-                if header.zero && punch_hole(&handles.0, header.offset, len) {
+                if header.zero && blockio::punch_hole(&handles.0, header.offset, len) {
                     finished.push(Completion {
                         req: Request {
                             op: Op::Write,
@@ -655,26 +655,6 @@ pub(super) fn write_blocks(
     if let Some(t) = sealer {
         let _ = t.join();
     }
-}
-
-/// Deallocates `len` bytes at `offset` of `f`, leaving a hole that reads as zeros (the file's
-/// length is set when it is sealed). False where the filesystem cannot (vfat, some network
-/// filesystems): the zeros are then written.
-fn punch_hole(f: &File, offset: u64, len: usize) -> bool {
-    use rustix::fs::{fallocate, seek, FallocateFlags, SeekFrom};
-    // Already a hole (a new part file, or past its end): nothing to change on disk.
-    match seek(f, SeekFrom::Data(offset)) {
-        Ok(data) if data >= offset + len as u64 => return true,
-        Err(rustix::io::Errno::NXIO) => return true,
-        _ => {}
-    }
-    fallocate(
-        f,
-        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-        offset,
-        len as u64,
-    )
-    .is_ok()
 }
 
 /// Files waiting for the sealing thread, each with a handle open.
@@ -943,18 +923,42 @@ fn copy_blocks(
                 "the transfer ended",
             )));
         }
+        // A hole of the older version stays a hole: a one-byte change to a sparse disk image
+        // must not fill in every hole of it (it wrote the whole 512 MiB of a 2 MiB image).
+        if blockio::in_hole(&from, offset, len) && blockio::punch_hole(&to, offset, len) {
+            continue;
+        }
         let data = &mut buf[..len];
         from.read_exact_at(data, offset)
             .map_err(Error::file("reading", base))?;
-        let aligned = offset % ALIGN as u64 == 0 && len % ALIGN == 0;
-        match &to_direct {
-            Some(d) if aligned => d.write_all_at(data, offset),
-            _ => to.write_all_at(data, offset),
+        let mut at = 0;
+        while at < len {
+            // Stretches of zeros (holes that read as data on a filesystem that cannot say, or
+            // zeros written out) become holes too, where the filesystem can make them.
+            let zero = blockio::all_zero(&data[at..(at + ZERO_PIECE).min(len)]);
+            let mut end = (at + ZERO_PIECE).min(len);
+            while end < len && blockio::all_zero(&data[end..(end + ZERO_PIECE).min(len)]) == zero {
+                end = (end + ZERO_PIECE).min(len);
+            }
+            let piece_at = offset + at as u64;
+            if !(zero && blockio::punch_hole(&to, piece_at, end - at)) {
+                let piece = &data[at..end];
+                let aligned = piece_at % ALIGN as u64 == 0 && piece.len() % ALIGN == 0;
+                match &to_direct {
+                    Some(d) if aligned => d.write_all_at(piece, piece_at),
+                    _ => to.write_all_at(piece, piece_at),
+                }
+                .map_err(Error::file("writing", part))?;
+            }
+            at = end;
         }
-        .map_err(Error::file("writing", part))?;
     }
     Ok(())
 }
+
+/// [`copy_blocks`] looks for zeros in pieces of this size (a multiple of 4 KiB, so the pieces
+/// it writes stay aligned for `O_DIRECT`).
+const ZERO_PIECE: usize = 64 << 10;
 
 /// Byte ranges `(offset, len)` merged where adjacent and cut into pieces of at most `max`
 /// bytes (a block may be larger than `max`: blocks go up to 16 MiB).

@@ -398,24 +398,6 @@ async fn transfer(
     Ok(summary)
 }
 
-/// Whether bytes `offset..offset + len` of `file` lie in a hole: no data from `offset` on
-/// before their end (`SEEK_DATA`). False where the filesystem cannot say.
-fn in_hole(file: &File, offset: u64, len: usize) -> bool {
-    use rustix::fs::{seek, SeekFrom};
-    match seek(file, SeekFrom::Data(offset)) {
-        Ok(data) => data >= offset + len as u64,
-        Err(e) => e == rustix::io::Errno::NXIO,
-    }
-}
-
-/// Whether every byte of `data` is zero; stops at the first 64 bytes that are not, so data that
-/// is not zeros costs next to nothing.
-fn all_zero(data: &[u8]) -> bool {
-    let mut chunks = data.chunks_exact(64);
-    chunks.all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
-        && chunks.remainder().iter().all(|&b| b == 0)
-}
-
 fn files_in(manifest: &[SourceEntry]) -> u64 {
     manifest
         .iter()
@@ -638,7 +620,7 @@ impl Reader<'_> {
                     len,
                     tag: (fi, index),
                 };
-                if sparse && in_hole(&file, offset, len) {
+                if sparse && blockio::in_hole(&file, offset, len) {
                     // Reading a hole would fill the page cache with zero pages (a 100 GiB
                     // sparse file: 100 GiB of them); the zeros are known without it.
                     req.buf.as_mut_slice()[..len].fill(0);
@@ -829,7 +811,7 @@ impl Reader<'_> {
     fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
         let carries = payload.len() as u64;
         let mut packer = self.packer.borrow_mut();
-        if !header.patch && all_zero(&payload) {
+        if !header.patch && blockio::all_zero(&payload) {
             // A sparse file's hole, or zeros written out: the header alone says it.
             header.zero = true;
             payload = Bytes::new();

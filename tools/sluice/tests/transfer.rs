@@ -333,6 +333,21 @@ over_both! {
             let got = allocated(&dest.join("src/zeros.bin"));
             assert!(got <= BLOCK, "{got} bytes allocated for a file of zeros");
         }
+        // A change of one byte: the older version's blocks are laid into the part file, and
+        // its holes must stay holes (they were written out as zeros: 256 blocks for one).
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&sparse)
+            .unwrap()
+            .write_all_at(b"x", 100 * BLOCK + 9)
+            .unwrap();
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(b3(&dest.join("src/sparse.img")), b3(&sparse));
+        if allocated(&sparse) < 8 * BLOCK {
+            let got = allocated(&dest.join("src/sparse.img"));
+            assert!(got <= 8 * BLOCK, "{got} bytes allocated after a delta of one byte");
+        }
     }
 }
 
