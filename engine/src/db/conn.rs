@@ -156,31 +156,87 @@ pub(crate) fn full(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// `conn` with any password replaced by `***`.
+/// `conn` with any password replaced by `***`: the URI's user information and its `password`
+/// parameter, or a `password=` word of the key/value form (quoted values included).
 fn hide_password(conn: &str) -> String {
     if let Some(rest) = conn
         .strip_prefix("postgres://")
         .or_else(|| conn.strip_prefix("postgresql://"))
     {
         let scheme = &conn[..conn.len() - rest.len()];
-        if let Some(at) = rest.find('@') {
-            let (auth, tail) = rest.split_at(at);
-            if let Some(colon) = auth.find(':') {
-                return format!("{scheme}{}:***{tail}", &auth[..colon]);
+        let (before_query, query) = match rest.find('?') {
+            Some(q) => rest.split_at(q),
+            None => (rest, ""),
+        };
+        let authority_end = before_query.find('/').unwrap_or(before_query.len());
+        let mut out = String::from(scheme);
+        match before_query[..authority_end].rfind('@') {
+            Some(at) => {
+                let auth = &before_query[..at];
+                match auth.find(':') {
+                    Some(colon) => {
+                        out.push_str(&auth[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(auth),
+                }
+                out.push_str(&before_query[at..]);
             }
+            None => out.push_str(before_query),
         }
-        return conn.to_string();
+        if let Some(params) = query.strip_prefix('?') {
+            let params: Vec<&str> = params
+                .split('&')
+                .map(|p| {
+                    if p.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            out.push('?');
+            out.push_str(&params.join("&"));
+        }
+        return out;
     }
-    conn.split_whitespace()
-        .map(|w| {
-            if w.starts_with("password=") {
-                "password=***"
-            } else {
-                w
+    // Key/value form: `password=` up to the next unquoted space (a quoted value may hold
+    // spaces, and `\'` inside it).
+    let mut out = String::new();
+    let mut rest = conn;
+    while let Some(at) = rest.find("password") {
+        let word_start = at == 0 || rest[..at].ends_with(char::is_whitespace);
+        let after = rest[at + "password".len()..].trim_start();
+        let Some(value) = after.strip_prefix('=').filter(|_| word_start) else {
+            out.push_str(&rest[..at + "password".len()]);
+            rest = &rest[at + "password".len()..];
+            continue;
+        };
+        let value = value.trim_start();
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let mut end = quoted.len();
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
             }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+            1 + end
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str(&rest[..at]);
+        out.push_str("password=***");
+        rest = &value[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The password for `config` from the password file, as libpq reads it: lines
@@ -244,6 +300,22 @@ mod tests {
         assert_eq!(
             hide_password("host=db password=s3cret dbname=app"),
             "host=db password=*** dbname=app"
+        );
+        assert_eq!(
+            hide_password("postgres://u:hunter2@localhost/x?password=hunter3&sslmode=off"),
+            "postgres://u:***@localhost/x?password=***&sslmode=off"
+        );
+        assert_eq!(
+            hide_password("postgresql://localhost/x?user=u&password=hunter3"),
+            "postgresql://localhost/x?user=u&password=***"
+        );
+        assert_eq!(
+            hide_password("host=db password = 'a b\\'c' dbname=app"),
+            "host=db password=*** dbname=app"
+        );
+        assert_eq!(
+            hide_password("host=db mypassword=x"),
+            "host=db mypassword=x"
         );
     }
 

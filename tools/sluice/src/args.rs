@@ -1,9 +1,29 @@
 //! Command-line flags.
 
+/// A mistake in the command line found after clap parsed it (a value out of range, a malformed
+/// ticket): exit code 2, as clap's own errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns a [`Usage`] error: `usage!("--ring must be at least 2")`.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err(anyhow::Error::new($crate::args::Usage(format!($($t)*))))
+    };
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use sluice_engine::Config;
 
@@ -267,7 +287,7 @@ pub struct Tuning {
     #[arg(long, global = true, value_parser = ["sluice", "cubic", "bbr", "bbr-capped"])]
     pub congestion: Option<String>,
     /// Never send faster than this, in bits per second: 500M, 1G, 2.5G (decimal units, as link
-    /// rates are written).
+    /// rates are written); with an upper-case B, bytes per second (60MB/s is 480M).
     #[arg(long, global = true, value_parser = parse_rate)]
     pub max_rate: Option<u64>,
     /// Path hint: the expected round-trip time (100ms, 0.3s); with --rate it sizes the first
@@ -309,13 +329,13 @@ impl Tuning {
         let mut c = Config::default();
         if let Some(bs) = self.block_size {
             if !bs.is_power_of_two() || !(1024..=16 << 20).contains(&bs) {
-                bail!("--block-size must be a power of two from 1K to 16M, not {bs}");
+                usage!("--block-size must be a power of two from 1K to 16M, not {bs}");
             }
             c.block_size = bs as u32;
         }
         if let Some(r) = self.ring {
-            if r < 2 {
-                bail!("--ring must be at least 2");
+            if !(2..=MAX_RING).contains(&r) {
+                usage!("--ring must be from 2 to {MAX_RING}, not {r}");
             }
             c.ring_buffers = r;
             c.ring_max = c.ring_max.max(r);
@@ -323,12 +343,12 @@ impl Tuning {
         if let Some(r) = self.max_ring {
             match self.ring {
                 Some(ring) if r < ring => {
-                    bail!("--max-ring ({r}) must be at least --ring ({ring})")
+                    usage!("--max-ring ({r}) must be at least --ring ({ring})")
                 }
                 // A sender whose ceiling is below the default first size starts at the
                 // ceiling ([`Config::sending_ring`]); a receiver's ring is `--ring`'s.
                 _ if !(2..=MAX_RING).contains(&r) => {
-                    bail!("--max-ring must be from 2 to {MAX_RING}, not {r}")
+                    usage!("--max-ring must be from 2 to {MAX_RING}, not {r}")
                 }
                 _ => {}
             }
@@ -336,11 +356,16 @@ impl Tuning {
         }
         if let Some(s) = self.streams {
             if !(1..=256).contains(&s) {
-                bail!("--streams must be 1..=256");
+                usage!("--streams must be 1..=256");
             }
             c.streams = s;
         }
         if let Some(w) = self.window {
+            // A window smaller than a block stalls every stream for good.
+            let least = (2 * u64::from(c.block_size)).max(1 << 20);
+            if !(least..=1 << 32).contains(&w) {
+                usage!("--window must be from {}M to 4G, not {w}", least >> 20);
+            }
             c.window = w;
         }
         if let Some(a) = self.ack_every {
@@ -349,7 +374,7 @@ impl Tuning {
         c.io_uring = !self.no_uring;
         if let Some(s) = self.max_streams {
             if !(1..=256).contains(&s) {
-                bail!("--max-streams must be 1..=256");
+                usage!("--max-streams must be 1..=256");
             }
             c.max_streams = s;
         }
@@ -371,7 +396,7 @@ impl Tuning {
         }
         if let Some(d) = self.datagram_size {
             if d != 0 && !(1200..=16_000).contains(&d) {
-                bail!("--datagram-size must be 0 (discovery) or 1200..=16000, not {d}");
+                usage!("--datagram-size must be 0 (discovery) or 1200..=16000, not {d}");
             }
             c.datagram_size = Some(d);
         }
@@ -382,13 +407,13 @@ impl Tuning {
         c.delete = self.delete;
         if let Some(t) = self.idle_timeout {
             if t == 0 {
-                bail!("--idle-timeout must be at least 1 second");
+                usage!("--idle-timeout must be at least 1 second");
             }
             c.idle_timeout = std::time::Duration::from_secs(t);
         }
         if let Some(t) = self.stall_timeout {
             if t == 0 {
-                bail!("--stall-timeout must be at least 1 second");
+                usage!("--stall-timeout must be at least 1 second");
             }
             c.stall_timeout = std::time::Duration::from_secs(t);
         }
@@ -407,29 +432,45 @@ fn decimal_and_unit(s: &str) -> Option<(f64, &str)> {
 }
 
 /// Parses a rate in bits per second: `800000`, `500K`, `200M`, `2.5G` (decimal multiples, as
-/// link rates are written; `Mbit`, `Mbps` and `M` are the same).
+/// link rates are written; `Mbit`, `Mbps` and `M` are the same), or with an upper-case `B` in
+/// bytes per second (`50MB/s`, `1GiB/s`).
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let (n, unit) = decimal_and_unit(s)
         .ok_or_else(|| format!("{s:?} is not a rate like 500M or 1G (bits per second)"))?;
-    let unit = unit.to_ascii_lowercase();
+    // "/s" and "ps" say "per second" either way; an upper-case B means bytes (50MB/s is
+    // 400 Mbit/s), a lower-case b or "bit" means bits, and no letter means bits.
+    let unit = unit.trim();
     let unit = unit
-        .trim_end_matches("ps")
-        .trim_end_matches("/s")
-        .trim_end_matches("bit")
-        .trim_end_matches('b');
-    let mult = match unit {
-        "" => 1e0,
-        "k" => 1e3,
-        "m" => 1e6,
-        "g" => 1e9,
-        "t" => 1e12,
+        .strip_suffix("/s")
+        .or_else(|| unit.strip_suffix("ps"))
+        .or_else(|| unit.strip_suffix("PS"))
+        .unwrap_or(unit);
+    let (prefix, bits_per_unit) = if let Some(p) = unit.strip_suffix('B') {
+        (p, 8.0)
+    } else {
+        let p = unit
+            .strip_suffix("bit")
+            .or_else(|| unit.strip_suffix("Bit"));
+        (p.or_else(|| unit.strip_suffix('b')).unwrap_or(unit), 1.0)
+    };
+    let mult = match prefix {
+        "" => 1.0,
+        "k" | "K" => 1e3,
+        "m" | "M" => 1e6,
+        "g" | "G" => 1e9,
+        "t" | "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         _ => {
             return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use K, M or G bits per second)"
+                "{s:?}: unknown unit {unit:?} (use 500M or 1G for bits per second, 50MB for \
+                 bytes per second)"
             ))
         }
     };
-    let bits = n * mult;
+    let bits = n * mult * bits_per_unit;
     if !(8.0..=1e13).contains(&bits) {
         return Err(format!("{s:?} is outside 8 bit/s to 10 Tbit/s"));
     }
@@ -487,6 +528,14 @@ mod tests {
         assert_eq!(parse_rate("2.5G"), Ok(2_500_000_000));
         assert_eq!(parse_rate("200Mbit"), Ok(200_000_000));
         assert_eq!(parse_rate("100mbps"), Ok(100_000_000));
+        // An upper-case B is bytes.
+        assert_eq!(parse_rate("50MB/s"), Ok(400_000_000));
+        assert_eq!(parse_rate("50MB"), Ok(400_000_000));
+        assert_eq!(parse_rate("50MBps"), Ok(400_000_000));
+        assert_eq!(parse_rate("1GiB/s"), Ok(8 * (1 << 30)));
+        assert_eq!(parse_rate("400Mbps"), Ok(400_000_000));
+        assert_eq!(parse_rate("400Mbit/s"), Ok(400_000_000));
+        assert!(parse_rate("5 furlongs").is_err());
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0").is_err());
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));

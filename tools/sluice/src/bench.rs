@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sluice_engine::bench::{self, Amount, BenchServer, BenchSummary};
 use sluice_engine::{Config, PathStats, Progress, Ticket};
 
@@ -14,7 +14,7 @@ use crate::render;
 
 pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     if !(o.interval > 0.0 && o.interval.is_finite()) {
-        bail!("--interval must be a positive number of seconds");
+        usage!("--interval must be a positive number of seconds");
     }
     // A source file is checked now, and sent once unless an amount is given.
     let from_len = match &o.from {
@@ -30,12 +30,12 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
         std::fs::File::create(path).with_context(|| format!("--to {}", path.display()))?;
     }
     let amount = match (o.size, o.time) {
-        (Some(0), _) => bail!("--size must be more than 0"),
+        (Some(0), _) => usage!("--size must be more than 0"),
         (Some(n), _) => Amount::Bytes(n),
         (None, Some(t)) if t > 0.0 && t.is_finite() && t <= 86_400.0 => {
             Amount::Time(Duration::from_secs_f64(t))
         }
-        (None, Some(t)) => bail!("--time must be a number of seconds from 0 to 86400, not {t}"),
+        (None, Some(t)) => usage!("--time must be more than 0 and at most 86400 seconds, not {t}"),
         (None, None) => match from_len {
             Some(n) => Amount::Bytes(n),
             None => Amount::Time(Duration::from_secs(10)),
@@ -74,9 +74,13 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     let p = progress.clone();
     let summary = match o.ticket {
         Some(t) => {
-            let ticket: Ticket = t
-                .parse()
-                .context("the argument must be the ticket printed by `sluice bench --serve`")?;
+            let ticket: Ticket = match t.parse() {
+                Ok(t) => t,
+                Err(e) => usage!(
+                    "{}: {e:#}",
+                    "the argument must be the ticket printed by `sluice bench --serve`"
+                ),
+            };
             watch(interval, json, &progress, Side::Sending, move || {
                 bench::send(&config, amount, ends.from.as_deref(), &ticket, p)
                     .with_context(|| format!("benchmarking against {}", ticket.addr))

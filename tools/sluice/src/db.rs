@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sluice_engine::db::{self, Database, Options, Plan};
 use sluice_engine::unit::session::UnitServer;
 use sluice_engine::unit::UnitsSummary;
@@ -17,10 +17,10 @@ use crate::render;
 fn options(o: &DbOptions) -> Result<Options> {
     let most = sluice_engine::unit::session::MAX_LANES;
     if o.jobs == 0 || o.jobs > most {
-        bail!("--jobs must be from 1 to {most}, not {}", o.jobs);
+        usage!("--jobs must be from 1 to {most}, not {}", o.jobs);
     }
     if o.range_size.is_some_and(|n| n < 1 << 20) {
-        bail!("--range-size must be at least 1M");
+        usage!("--range-size must be at least 1M");
     }
     Ok(Options {
         tables: o.tables.iter().filter(|t| !t.is_empty()).cloned().collect(),
@@ -61,9 +61,13 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             options: o,
         } => {
             let (src, o) = (database(&src)?, options(&o)?);
-            let ticket: Ticket = ticket
-                .parse()
-                .context("the last argument must be the ticket printed by `sluice db recv`")?;
+            let ticket: Ticket = match ticket.parse() {
+                Ok(t) => t,
+                Err(e) => usage!(
+                    "{}: {e:#}",
+                    "the last argument must be the ticket printed by `sluice db recv`"
+                ),
+            };
             watch(json, move |p| {
                 db::send(&config, &src, &ticket, &o, p)
                     .with_context(|| format!("sending {} to {}", src.shown, ticket.addr))

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+#[macro_use]
 mod args;
 mod bench;
 mod db;
@@ -43,7 +44,12 @@ fn main() {
             }));
         }
         eprintln!("sluice: error: {}", render::clean(&message));
-        std::process::exit(kind.map_or(1, ErrorKind::exit_code));
+        let usage = e.chain().any(|c| c.is::<args::Usage>());
+        std::process::exit(if usage {
+            2
+        } else {
+            kind.map_or(1, ErrorKind::exit_code)
+        });
     }
 }
 
@@ -178,10 +184,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Send { args } => {
             let (sources, ticket) = split_sources(&args, "TICKET");
-            let ticket: Ticket = ticket
-                .to_string_lossy()
-                .parse()
-                .context("the last argument must be the ticket printed by `sluice recv`")?;
+            let ticket: Ticket = match ticket.to_string_lossy().parse() {
+                Ok(t) => t,
+                Err(e) => {
+                    usage!("the last argument must be the ticket printed by `sluice recv`: {e:#}")
+                }
+            };
             let sources = sources.to_vec();
             render::run(json, move |p| {
                 Sender::new(config)
@@ -205,19 +213,19 @@ fn run(cli: Cli) -> Result<()> {
             config.allow_inplace = allow_inplace;
             if let Some(n) = max_entries {
                 if n == 0 {
-                    anyhow::bail!("--max-entries must be at least 1");
+                    usage!("--max-entries must be at least 1");
                 }
                 config.max_entries = n;
             }
             if let Some(n) = max_depth {
                 if n == 0 {
-                    anyhow::bail!("--max-depth must be at least 1");
+                    usage!("--max-depth must be at least 1");
                 }
                 config.max_depth = n;
             }
             if let Some(n) = max_control_queue {
                 if n < 64 << 10 {
-                    anyhow::bail!("--max-control-queue must be at least 64K (one answer is ~2K)");
+                    usage!("--max-control-queue must be at least 64K (one answer is ~2K)");
                 }
                 config.control_queue = n as usize;
             }

@@ -71,7 +71,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         took,
         Expect {
             what: "mistyped ticket",
-            code: 1,
+            code: 2,
             says: &["ticket"],
         },
     );
@@ -124,8 +124,31 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         took,
         Expect {
             what: "bad block size",
-            code: 1,
+            code: 2,
             says: &["--block-size", "power of two"],
+        },
+    );
+
+    // A window smaller than a block stalled every stream for good (`--window 1` ran until
+    // killed); a rate in bytes was read as bits (`50MB/s` sent at 6.25 MB/s).
+    let (out, took) = run(&["copy", "--window", "1", &p("file"), &p("d")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "a window smaller than a block",
+            code: 2,
+            says: &["--window must be from"],
+        },
+    );
+    let (out, took) = run(&["copy", "--max-rate", "5 furlongs", &p("file"), &p("d")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "a rate in unknown units",
+            code: 2,
+            says: &["unknown unit", "50MB"],
         },
     );
 
@@ -143,7 +166,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         took,
         Expect {
             what: "a ring ceiling below its first size",
-            code: 1,
+            code: 2,
             says: &["--max-ring (4)", "--ring (8)"],
         },
     );
