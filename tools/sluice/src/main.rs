@@ -32,7 +32,16 @@ fn main() {
         .with_writer(|| render::CleanWriter(std::io::stderr()))
         .init();
     let json = cli.json;
+    close_on_signals(json);
     if let Err(e) = run(cli) {
+        let sig = STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst);
+        if sig != 0 {
+            // The signal's thread closed the connections, which ended the run with an error;
+            // it exits once the closes are on the wire (exiting here could cut them off).
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            eprintln!("\nsluice: {}", signal_name(sig));
+            std::process::exit(128 + sig);
+        }
         let kind = e
             .chain()
             .find_map(|c| c.downcast_ref::<sluice_engine::Error>())
@@ -50,6 +59,48 @@ fn main() {
         } else {
             kind.map_or(1, ErrorKind::exit_code)
         });
+    }
+}
+
+/// On Ctrl-C, SIGTERM or SIGHUP: tells every peer over QUIC that this side stopped (a peer
+/// over TCP hears it from the kernel), then exits with 128 + the signal's number, as a shell
+/// does. Without the close a peer waited for its idle timeout (30 s) to notice. Nothing is
+/// left under a final name: part files and their journals stay for a resume.
+fn close_on_signals(json: bool) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                STOPPED_BY.store(sig, std::sync::atomic::Ordering::SeqCst);
+                let name = signal_name(sig);
+                sluice_engine::transport::quic::interrupt(&format!(
+                    "the other side's sluice was stopped ({name}); run the same command again \
+                     to resume"
+                ));
+                if json {
+                    render::json_line(&serde_json::json!({
+                        "event": "error", "message": name, "kind": "Interrupted",
+                    }));
+                }
+                eprintln!("\nsluice: {name}");
+                std::process::exit(128 + sig);
+            }
+        });
+}
+
+/// The signal that stopped this run (0: none): the error the closed connections then cause
+/// on the main thread is reported as the signal, not as a lost connection.
+static STOPPED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGINT => "interrupted",
+        signal_hook::consts::SIGTERM => "terminated",
+        _ => "hung up",
     }
 }
 

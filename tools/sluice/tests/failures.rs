@@ -16,12 +16,18 @@ const BLOCK: u64 = 1 << 20;
 /// Starts sending 512 MiB to a fresh receiver and returns once 64 MiB have reached its part
 /// file.
 fn sending_big_file(d: &std::path::Path) -> (Recv, std::process::Child) {
+    sending_big_file_with(d, &[])
+}
+
+/// [`sending_big_file`] with more options for `send`.
+fn sending_big_file_with(d: &std::path::Path, options: &[&str]) -> (Recv, std::process::Child) {
     let src = d.join("big.bin");
     random_file(&src, 512 * BLOCK, 3);
     let dest = d.join("dest");
     let recv = Recv::start(&dest);
     let send = sluice()
         .args(["send", "--idle-timeout", "2"])
+        .args(options)
         .arg(&src)
         .arg(&recv.ticket)
         .stdout(Stdio::null())
@@ -88,6 +94,57 @@ over_both! {
             err.contains("127.0.0.1") && (err.contains("timed out") || err.contains("was cut")),
             "sender said: {err}"
         );
+        assert!(!d.path().join("dest/big.bin").exists());
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+over_both! {
+    /// Ctrl-C or SIGTERM on one side: the other hears of it at once, not after its idle
+    /// timeout (30 s over QUIC before the close on signals), and says the peer was stopped;
+    /// the stopped side exits with 128 + the signal, as a shell reports it, and keeps its part
+    /// file for a resume. At a rate the receiver keeps up with: a receiver whose socket buffer
+    /// overflows (the sender at full speed on loopback) may lose the one close packet, and
+    /// then waits for its idle timeout, as for a peer that vanished.
+    fn a_side_stopped_by_a_signal_tells_the_other_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file_with(d.path(), &["--max-rate", "800M"]);
+        signal(send.id(), "-TERM");
+        let out = send.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
+        assert!(stderr(&out).contains("terminated"), "{}", stderr(&out));
+        let started = Instant::now();
+        let out = recv.wait();
+        assert!(started.elapsed() < Duration::from_secs(10), "the receiver waited on");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        if transport() != sluice_engine::transport::Choice::Tcp {
+            assert!(err.contains("stopped (terminated)"), "receiver said: {err}");
+        }
+        assert!(d.path().join("dest/.big.bin.sluice-part").exists());
+        assert!(!d.path().join("dest/big.bin").exists());
+
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file_with(d.path(), &["--max-rate", "800M"]);
+        signal(recv.pid(), "-INT");
+        let started = Instant::now();
+        let out = send.wait_with_output().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "the sender waited on");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        if transport() != sluice_engine::transport::Choice::Tcp {
+            assert!(err.contains("stopped (interrupted)"), "sender said: {err}");
+        }
+        let out = recv.wait();
+        assert_eq!(out.status.code(), Some(128 + 2), "{}", stderr(&out));
         assert!(!d.path().join("dest/big.bin").exists());
     }
 }
