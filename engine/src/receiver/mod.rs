@@ -632,9 +632,9 @@ async fn receive(
                             }
                             EntryKind::Symlink => symlinks.push(entry),
                             EntryKind::File => {
-                                let (restart, inplace) = {
+                                let (restart, inplace, rehash) = {
                                     let s = shared.lock().map_err(|_| poisoned())?;
-                                    (s.session.restart(), s.session.inplace())
+                                    (s.session.restart(), s.session.inplace(), s.session.rehash())
                                 };
                                 // A file that cannot be placed (a file or directory in the way, a
                                 // path past PATH_MAX, another entry's file under a name that
@@ -672,7 +672,9 @@ async fn receive(
                                 let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
                                 let key = journal::Key { block_size, size: entry.size, version: entry.version };
                                 // Decided once, here: the scanner vouches only if Holding said so.
-                                let vouching = prepared.resume && journal::vouches(&prepared.journal, &prepared.part, &key);
+                                // `--rehash`: the part file is read whole, its journal believed for nothing.
+                                let trusted = prepared.resume && !rehash;
+                                let vouching = trusted && journal::vouches(&prepared.journal, &prepared.part, &key);
                                 if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
                                     control.send(&Message::Holding { id: entry.id, len, vouching }).await?;
                                 }
@@ -707,7 +709,7 @@ async fn receive(
                                     let _ = scan_tx.send(ScanJob {
                                         id: entry.id,
                                         path: prepared.existing.clone(),
-                                        journal: prepared.resume.then(|| prepared.journal.clone()),
+                                        journal: trusted.then(|| prepared.journal.clone()),
                                         size: entry.size,
                                         block_size,
                                         version: entry.version,

@@ -24,7 +24,7 @@ use sluice_proto::codec::encode_block_header;
 use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{
     group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
-    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
+    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_REHASH, HELLO_RESTART,
 };
 use sluice_proto::session::{SenderEvent, SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
@@ -159,7 +159,8 @@ async fn transfer(
     let flags = if config.restart { HELLO_RESTART } else { 0 }
         | if config.inplace { HELLO_INPLACE } else { 0 }
         | if config.delete { HELLO_DELETE } else { 0 }
-        | if config.dry_run { HELLO_DRY_RUN } else { 0 };
+        | if config.dry_run { HELLO_DRY_RUN } else { 0 }
+        | if config.rehash { HELLO_REHASH } else { 0 };
     // The manifest follows the Hello without waiting for the Welcome: a round trip less before
     // the first block (0.3 s at 300 ms). The receiver reads nothing past a Hello it refuses.
     control.queue(&SenderSession::hello(

@@ -51,6 +51,10 @@ pub const HELLO_DELETE: u8 = 4;
 /// FileDone with FileVerified (identical) or FileFailed (what differs), and writes nothing; the
 /// sender sends no blocks (`sluice verify SRC TICKET`).
 pub const HELLO_DRY_RUN: u8 = 8;
+/// [`Message::Hello`] flag: when resuming, the receiver reads and hashes the whole part file
+/// instead of trusting its resume journal (`--rehash`: a part file changed by another program
+/// between two runs is then repaired, not installed).
+pub const HELLO_REHASH: u8 = 16;
 
 /// What kind of filesystem object a manifest entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +149,8 @@ pub enum Message {
         secret: [u8; 32],
         /// Block size in bytes: a power of two from 1 KiB to 16 MiB.
         block_size: u32,
-        /// Bit set of [`HELLO_RESTART`], [`HELLO_INPLACE`], [`HELLO_DELETE`] and [`HELLO_DRY_RUN`];
+        /// Bit set of [`HELLO_RESTART`], [`HELLO_INPLACE`], [`HELLO_DELETE`], [`HELLO_DRY_RUN`]
+        /// and [`HELLO_REHASH`];
         /// other bits must be 0.
         flags: u8,
     },

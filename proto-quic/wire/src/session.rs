@@ -30,7 +30,7 @@
 use crate::geometry::Geometry;
 use crate::message::{
     BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, PieceHash, GROUP_BLOCKS,
-    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_RESTART,
+    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_REHASH, HELLO_RESTART,
 };
 use crate::path::{self, PathError};
 use crate::PROTOCOL_VERSION;
@@ -323,6 +323,7 @@ pub struct ReceiverSession {
     inplace: bool,
     delete: bool,
     dry_run: bool,
+    rehash: bool,
     entries: Vec<Entry>,
     done: Vec<bool>,
 }
@@ -345,6 +346,7 @@ impl ReceiverSession {
             inplace: false,
             delete: false,
             dry_run: false,
+            rehash: false,
             entries: Vec::new(),
             done: Vec::new(),
         }
@@ -373,6 +375,12 @@ impl ReceiverSession {
     /// Whether the sender only compares (writes nothing at the receiver).
     pub fn dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    /// Whether the sender asked for part files to be hashed whole, not taken on their
+    /// journal's word.
+    pub fn rehash(&self) -> bool {
+        self.rehash
     }
 
     /// The manifest received so far.
@@ -413,7 +421,9 @@ impl ReceiverSession {
                 {
                     return Err(SessionError::BlockSize(block_size));
                 }
-                if flags & !(HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE | HELLO_DRY_RUN) != 0 {
+                let known =
+                    HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE | HELLO_DRY_RUN | HELLO_REHASH;
+                if flags & !known != 0 {
                     return Err(SessionError::Flags(flags));
                 }
                 let dry_run = flags & HELLO_DRY_RUN != 0;
@@ -433,6 +443,7 @@ impl ReceiverSession {
                 self.inplace = flags & HELLO_INPLACE != 0;
                 self.delete = flags & HELLO_DELETE != 0;
                 self.dry_run = flags & HELLO_DRY_RUN != 0;
+                self.rehash = flags & HELLO_REHASH != 0;
                 self.block_size = block_size;
                 self.state = RecvState::AwaitManifest;
                 Ok(ReceiverEvent::Reply(Message::Welcome {

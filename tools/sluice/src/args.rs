@@ -253,10 +253,12 @@ pub struct Tuning {
     /// resuming them (the sender's choice, carried in its Hello).
     #[arg(long, global = true)]
     pub restart: bool,
-    /// send/copy: when resuming, read and hash at the source the blocks the receiver already
-    /// verified too. By default they are taken on the word of the receiver's resume journal if
-    /// the source file is unchanged since the interrupted run (same inode, size, modification
-    /// and change times).
+    /// send/copy: when resuming, read and hash every block at both ends: at the source the
+    /// blocks the receiver already verified too, and at the receiver its partial files whole.
+    /// By default the blocks a resume journal records are taken on its word if the source file
+    /// is unchanged since the interrupted run (same inode, size, modification and change
+    /// times); a partial file changed by another program in between is repaired only with
+    /// --rehash.
     #[arg(long, global = true)]
     pub rehash: bool,
     /// send/copy: update existing destination files in place: only changed blocks are written, no second

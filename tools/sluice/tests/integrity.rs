@@ -289,7 +289,8 @@ fn read_up_to(f: &mut fs::File, buf: &mut [u8]) -> usize {
 enum Then {
     /// Runs again as it was: the receiver's journal vouches for what it kept.
     Resume,
-    /// Runs again with `--rehash`: the sender reads and hashes the kept part too.
+    /// Damages the part file, then runs again with `--rehash`: the sender reads and hashes the
+    /// kept part too, and the receiver its part file, not trusting its journal.
     Rehash,
     /// Overwrites 4 KiB of the source inside the part already sent, then runs again: the
     /// journal must vouch for nothing (the source changed), and the edit must arrive.
@@ -372,6 +373,12 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
         // 3 s in which a changed file is not vouched for anyway, so the version must differ.
         edit(src, 100, &[0x5a; 4096]);
         std::thread::sleep(Duration::from_secs(3));
+    }
+    if then == Then::Rehash {
+        // Another program damages a journaled block of the part file between the runs: the
+        // journal would vouch for it, so without `--rehash` the damage reached the final name.
+        // With it, the receiver reads its part file whole and the block is sent again.
+        edit(&part, 1000, b"CORRUPT");
     }
     let missing = missing_bytes(src, &part);
     assert!(missing < size, "nothing was kept");
