@@ -86,6 +86,11 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// 300 ms path draining lasts longer than this, long after the close has left.
 const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a QUIC handshake may take before the sender gives up: a stale ticket or a receiver
+/// busy with another sender never answers, and waiting for the idle timeout took 30 s. Ten
+/// seconds hold a handshake at 300 ms RTT with its first flights lost several times over.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects to the receiver named by `ticket`.
 pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
     let peer = ticket.addr;
@@ -97,11 +102,20 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
         None,
         tuning.datagram_size,
     )?;
-    let conn = endpoint
+    let connecting = endpoint
         .connect_with(client, peer, tls::SERVER_NAME)
-        .map_err(|e| err(&e))?
-        .await
         .map_err(|e| err(&e))?;
+    let conn = match tokio::time::timeout(ANSWER_WITHIN, connecting).await {
+        Ok(r) => r.map_err(|e| err(&e))?,
+        Err(_) => {
+            return Err(err(&format!(
+                "no answer over QUIC in {} s: is `sluice recv` still running there, is this its \
+                 latest ticket, and is it not busy with another sender? (a receiver answers one \
+                 sender at a time)",
+                ANSWER_WITHIN.as_secs()
+            )))
+        }
+    };
     tracing::debug!("connected over QUIC");
     Ok(Arc::new(QuicLink::new(conn, endpoint)))
 }
