@@ -106,6 +106,12 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
         .connect_with(client, peer, tls::SERVER_NAME)
         .map_err(|e| err(&e))?;
     let conn = match tokio::time::timeout(ANSWER_WITHIN, connecting).await {
+        Ok(Err(quinn::ConnectionError::TransportError(t)))
+            if (0x100..0x200).contains(&u64::from(t.code)) =>
+        {
+            // A TLS alert: the pinned certificate did not match (or no common protocol).
+            return Err(Error::Tls(tls::TlsError::Handshake(t.to_string())));
+        }
         Ok(r) => r.map_err(|e| err(&e))?,
         Err(_) => {
             return Err(err(&format!(

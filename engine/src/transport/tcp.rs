@@ -247,7 +247,15 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
     let err = conn_error(peer);
     let tuning = Tuning::new(config, peer);
     let connector = tokio_rustls::TlsConnector::from(tls::tcp_client_config(ticket.fingerprint)?);
-    let (mut tls, raw) = dial(peer, &connector, &tuning).await.map_err(|e| err(&e))?;
+    let (mut tls, raw) = dial(peer, &connector, &tuning).await.map_err(|e| {
+        // rustls refused the handshake (the pinned certificate did not match): a refusal,
+        // not an unreachable peer.
+        if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            Error::Tls(tls::TlsError::Handshake(e.to_string()))
+        } else {
+            err(&e)
+        }
+    })?;
     let mut preamble = MAGIC.to_vec();
     preamble.push(ROLE_CONTROL);
     let mut answer = [0u8; 17];

@@ -46,9 +46,10 @@ pub(crate) fn bind_error(
             }
             _ => "",
         };
-        Error::Connection {
-            peer: addr.to_string(),
-            detail: format!("cannot listen on {proto} port {}: {e}{hint}", addr.port()),
+        // A local failure (exit 5), not an unreachable peer.
+        Error::Io {
+            what: proto,
+            source: std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}{hint}")),
         }
     }
 }

@@ -37,6 +37,10 @@ pub enum TlsError {
     /// quinn refused the rustls configuration.
     #[error("QUIC TLS configuration: {0}")]
     Quic(String),
+    /// The TLS handshake with the receiver failed: most often its certificate is not the one
+    /// the ticket pins (another receiver now listens there, or the ticket was mistyped).
+    #[error("the TLS handshake with the receiver failed: {0}")]
+    Handshake(String),
 }
 
 /// A receiver's certificate and key.

@@ -102,7 +102,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         took,
         Expect {
             what: "port in use",
-            code: 3,
+            code: 5,
             says: &[&listen, "in use"],
         },
     );
