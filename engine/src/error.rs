@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use sluice_proto::codec::DecodeError;
+use sluice_proto::message::ErrorCode;
 use sluice_proto::session::SessionError;
 use sluice_quic::tls::TlsError;
 
@@ -150,6 +151,11 @@ impl Error {
             Error::Destination { .. } => ErrorKind::Destination,
             Error::Verify { .. } => ErrorKind::Verification,
             Error::FilesFailed { kind, .. } => *kind,
+            // The receiver's destination filled up: the sender's run failed for that.
+            Error::Session(SessionError::Peer {
+                code: ErrorCode::NoSpace,
+                ..
+            }) => ErrorKind::NoSpace,
             Error::Session(_) | Error::Decode(_) | Error::Tls(_) => ErrorKind::Refused,
             Error::Connection { .. } => ErrorKind::Connection,
         }

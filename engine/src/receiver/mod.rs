@@ -918,6 +918,7 @@ async fn receive(
             Error::Session(SessionError::Peer { .. }) | Error::Connection { .. } => None,
             Error::Session(s) => Some(s.code()),
             Error::Decode(_) => Some(ErrorCode::Protocol),
+            e if e.kind() == ErrorKind::NoSpace => Some(ErrorCode::NoSpace),
             _ => Some(ErrorCode::Io),
         };
         if let Some(code) = code {

@@ -123,6 +123,8 @@ pub enum ErrorCode {
     Io = 4,
     /// The transfer was cancelled by the user.
     Cancelled = 5,
+    /// The peer's destination is full (its own exit code 6, and the sender's).
+    NoSpace = 6,
 }
 
 impl ErrorCode {
@@ -132,6 +134,7 @@ impl ErrorCode {
             2 => Self::Auth,
             3 => Self::Protocol,
             4 => Self::Io,
+            6 => Self::NoSpace,
             _ => Self::Cancelled,
         }
     }

@@ -269,6 +269,23 @@ fn full_destination_is_a_clear_error_and_leaves_no_final_file() {
         !mnt.join("big.bin").exists(),
         "no unverified file under the final name"
     );
+    // Over the network the sender says so too (6), not "the peer refused" (4).
+    let recv = Recv::start(&mnt);
+    let out = sluice()
+        .arg("send")
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "the sender's exit code for the receiver's full disk: {err}"
+    );
+    assert!(err.contains("No space left on device"), "said: {err}");
+    drop(recv);
+    assert!(!mnt.join("big.bin").exists());
     // Space freed (the filesystem grown), the same command completes from what was kept.
     let grown = Command::new("mount")
         .args(["-o", "remount,size=64m"])
