@@ -54,6 +54,9 @@ pub struct Destination {
     umask: u32,
     claims: Claims,
     dirs: KnownDirs,
+    /// Whether an entry of another type under a name the manifest gives is removed (`--delete`,
+    /// as rsync replaces a directory by a file of the same name) instead of failing the entry.
+    replace: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Directories of the destination already checked in this run (a directory, not a symlink), and
@@ -91,7 +94,21 @@ impl Destination {
             umask: process_umask(),
             claims: Claims::default(),
             dirs: KnownDirs::default(),
+            replace: Arc::default(),
         })
+    }
+
+    /// With `on`, an entry of another type in the way of a manifest entry is removed (a file
+    /// where a directory is to be, a directory or symlink where a file, link or directory is
+    /// to be), as `rsync --delete` does; without, the entry fails naming what is in the way.
+    /// Never through a symlink: a link in the way is removed itself, and a directory is removed
+    /// with what it holds, links inside it not followed.
+    pub fn replace_in_the_way(&self, on: bool) {
+        self.replace.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn replacing(&self) -> bool {
+        self.replace.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Which file of this run each written inode belongs to (see [`Claims`]).
@@ -153,13 +170,22 @@ impl Destination {
                 self.dirs.insert(at, false);
                 Ok(())
             }
+            Ok(_) if self.replacing() => {
+                // A file or symlink where the manifest has a directory (`--delete`): the entry
+                // itself goes, never what a link points to.
+                fs::remove_file(at).map_err(Error::file("replacing", at))?;
+                self.ensure_dir(at, rel)
+            }
             Ok(m) if m.file_type().is_symlink() => Err(Error::Destination {
                 path: rel.to_owned(),
                 why: format!("{} is a symlink; it will not be followed", at.display()),
             }),
             Ok(_) => Err(Error::Destination {
                 path: rel.to_owned(),
-                why: format!("{} exists and is not a directory", at.display()),
+                why: format!(
+                    "{} exists and is not a directory (--delete replaces it)",
+                    at.display()
+                ),
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(at) {
                 Ok(()) => {
@@ -220,10 +246,15 @@ impl Destination {
         }
         let final_meta = fs::symlink_metadata(&final_path).ok();
         if final_meta.as_ref().is_some_and(|m| m.is_dir()) {
-            return Err(Error::Destination {
-                path: entry.path.clone(),
-                why: "a directory of that name is in the way".into(),
-            });
+            if !self.replacing() {
+                return Err(Error::Destination {
+                    path: entry.path.clone(),
+                    why: "a directory of that name is in the way (--delete replaces it)".into(),
+                });
+            }
+            // remove_dir_all does not follow symlinks inside the tree it removes.
+            fs::remove_dir_all(&final_path).map_err(Error::file("replacing", &final_path))?;
+            return self.prepare_file(entry, restart);
         }
         let part_meta = fs::symlink_metadata(&part).ok();
         // A part file with a second link is not one Sluice made: writing into it would write
@@ -346,10 +377,13 @@ impl Destination {
     pub fn create_symlink(&self, entry: &Entry) -> Result<()> {
         let at = self.resolve(&entry.path)?;
         match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() && self.replacing() => {
+                fs::remove_dir_all(&at).map_err(Error::file("replacing", &at))?
+            }
             Ok(m) if m.is_dir() => {
                 return Err(Error::Destination {
                     path: entry.path.clone(),
-                    why: "a directory of that name is in the way".into(),
+                    why: "a directory of that name is in the way (--delete replaces it)".into(),
                 })
             }
             Ok(_) => fs::remove_file(&at).map_err(Error::file("replacing", &at))?,

@@ -598,6 +598,8 @@ async fn receive(
                         ReceiverEvent::Reply(m) => {
                             block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
                             dry_run = shared.lock().map_err(|_| poisoned())?.session.dry_run();
+                            // `--delete` also replaces an entry whose type changed (as rsync).
+                            dest.replace_in_the_way(shared.lock().map_err(|_| poisoned())?.session.delete() && !dry_run);
                             control.send(&m).await?;
                             tracing::debug!("hello answered");
                             progress.push(Event::Connected { peer: peer.to_string() });

@@ -363,10 +363,10 @@ impl Tuning {
             c.streams = s;
         }
         if let Some(w) = self.window {
-            // A window smaller than a block stalls every stream for good.
-            let least = (2 * u64::from(c.block_size)).max(1 << 20);
+            // Below 64K nothing was tried: `--window 1` stalled for good, 0 failed at the Hello.
+            let least = 64 << 10;
             if !(least..=1 << 32).contains(&w) {
-                usage!("--window must be from {}M to 4G, not {w}", least >> 20);
+                usage!("--window must be from {}K to 4G, not {w}", least >> 10);
             }
             c.window = w;
         }

@@ -626,6 +626,41 @@ over_both! {
             "nothing outside the transferred directories is touched"
         );
         assert_same_tree(&src, &dest.join("tree"));
+
+        // Entries whose type changed at the source: a directory became a file, a file a
+        // directory, a file a symlink. Without --delete each fails, naming what is in the way
+        // (exit 7); with it they are replaced, as rsync --delete does, and a symlink at the
+        // destination is removed itself, never followed.
+        fs::write(src.join("sub/deeper-file"), b"d").unwrap();
+        fs::create_dir(src.join("sub/becomes-file")).unwrap();
+        fs::write(src.join("sub/becomes-file/inner"), b"i").unwrap();
+        fs::write(src.join("sub/becomes-dir"), b"f").unwrap();
+        copy_json(&src, &dest);
+        fs::remove_dir_all(src.join("sub/becomes-file")).unwrap();
+        fs::write(src.join("sub/becomes-file"), b"now a file").unwrap();
+        fs::remove_file(src.join("sub/becomes-dir")).unwrap();
+        fs::create_dir(src.join("sub/becomes-dir")).unwrap();
+        fs::write(src.join("sub/becomes-dir/y"), b"y").unwrap();
+        fs::remove_file(src.join("keep")).unwrap();
+        std::os::unix::fs::symlink("sub/deeper-file", src.join("keep")).unwrap();
+        let target = d.path().join("outside-target");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("precious"), b"p").unwrap();
+        std::os::unix::fs::symlink(&target, dest.join("tree/sub/link-in-the-way")).unwrap();
+        fs::write(src.join("sub/link-in-the-way"), b"l").unwrap();
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+        assert!(stderr(&out).contains("--delete replaces it"), "{}", stderr(&out));
+        json_summary(
+            &sluice()
+                .args(["--json", "copy", "--delete"])
+                .arg(&src)
+                .arg(&dest)
+                .output()
+                .unwrap(),
+        );
+        assert_same_tree(&src, &dest.join("tree"));
+        assert!(target.join("precious").exists(), "a link in the way was followed");
     }
 }
 
