@@ -111,6 +111,16 @@ impl Destination {
         self.replace.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether this process may create files in the destination directory (`access(2)` with
+    /// write and search permission).
+    pub fn writable(&self) -> io::Result<()> {
+        rustix::fs::access(
+            &self.root,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(io::Error::from)
+    }
+
     /// Which file of this run each written inode belongs to (see [`Claims`]).
     pub fn claims(&self) -> &Claims {
         &self.claims
@@ -390,7 +400,26 @@ impl Destination {
             Err(_) => {}
         }
         std::os::unix::fs::symlink(&entry.link_target, &at)
-            .map_err(Error::file("creating symlink", &at))
+            .map_err(Error::file("creating symlink", &at))?;
+        // The link's own mtime, set on the link and not on what it points to (as `rsync -a`).
+        // A filesystem that cannot keep it does not fail the transfer.
+        let t = rustix::fs::Timespec {
+            tv_sec: entry.mtime_sec,
+            tv_nsec: entry.mtime_nsec.into(),
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        if let Err(e) = rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &at,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            tracing::debug!(path = %at.display(), "cannot set the symlink's mtime ({e})");
+        }
+        Ok(())
     }
 
     /// Removes what the manifest's directories hold beyond what the manifest names (as

@@ -285,6 +285,15 @@ impl Receiver {
         config: Config,
     ) -> Result<Self> {
         let dest = Destination::new(dest)?;
+        // Said before the ticket is handed out, not when a sender has connected: a transfer
+        // into it will fail, comparing (`sluice verify`) will not.
+        if let Err(e) = dest.writable() {
+            tracing::warn!(
+                "cannot write into {} ({e}): a transfer there will fail; only `sluice verify` \
+                 against this ticket will work",
+                dest.root().display()
+            );
+        }
         let (rt, listener) = crate::endpoint::listening(listen, advertise, &config)?;
         Ok(Self {
             config,

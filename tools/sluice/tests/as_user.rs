@@ -6,6 +6,8 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -48,4 +50,48 @@ fn an_unprivileged_user_resyncs_read_only_and_private_files() {
         b"blob 6\0hello!"
     );
     assert_eq!(mode("object"), 0o444);
+}
+
+/// `sluice recv` into a directory its user cannot write says so before a sender connects (it
+/// used to print its ticket and fail only when the sender arrived), and still serves: a
+/// `sluice verify` against it needs no write.
+#[test]
+fn a_receiver_warns_at_once_of_a_destination_it_cannot_write() {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipped: needs root to run as another user");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().join("not-yours");
+    fs::create_dir(&dest).unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).unwrap();
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(["recv", "--listen", "127.0.0.1:0"])
+        .arg(&dest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("skipped: no setpriv");
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write into") && err.contains("not-yours"),
+        "recv said: {err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("sluice1-"),
+        "it still serves (for `sluice verify`)"
+    );
 }

@@ -82,6 +82,13 @@ over_both! {
         random_file(&src.join("a/b/c/deep.bin"), 2 * BLOCK + 5, 7);
         std::os::unix::fs::symlink("a/b/c/deep.bin", src.join("link")).unwrap();
         std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
+        // A link's own time, older than its target's: kept on the link, as `rsync -a` does.
+        let touched = std::process::Command::new("touch")
+            .args(["-h", "-d", "2003-02-01 12:00:00"])
+            .arg(src.join("link"))
+            .status()
+            .unwrap();
+        assert!(touched.success());
         let dest = d.path().join("dest");
         let recv = Recv::start(&dest);
         let out = sluice()
@@ -95,6 +102,12 @@ over_both! {
         assert!(r.status.success(), "recv failed: {}", stderr(&r));
         assert_same_tree(&src, &dest.join("tree"));
         assert!(part_files(&dest).is_empty());
+        let link_mtime = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().modified().unwrap();
+        assert_eq!(
+            link_mtime(&dest.join("tree/link")),
+            link_mtime(&src.join("link")),
+            "the link's own mtime"
+        );
     }
 }
 
