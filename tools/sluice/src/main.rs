@@ -308,13 +308,40 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Db(command) => db::run(config, command, json),
         Command::Hash { files } => {
-            for f in files {
-                let file =
-                    std::fs::File::open(&f).with_context(|| format!("opening {}", f.display()))?;
-                let mut h = blake3::Hasher::new();
-                h.update_reader(file)
-                    .with_context(|| format!("reading {}", f.display()))?;
-                println!("{}  {}", h.finalize().to_hex(), f.display());
+            // As b3sum: every argument is tried, `-` is standard input, a name holding a
+            // newline or backslash is printed escaped behind a leading backslash, and any
+            // failure makes the exit code 1 once all are done.
+            let mut failed = 0;
+            for f in &files {
+                let hashed = if f.as_os_str() == "-" {
+                    blake3::Hasher::new()
+                        .update_reader(std::io::stdin().lock())
+                        .map(|h| h.finalize())
+                } else {
+                    std::fs::File::open(f).and_then(|file| {
+                        blake3::Hasher::new()
+                            .update_reader(file)
+                            .map(|h| h.finalize())
+                    })
+                };
+                match hashed {
+                    Ok(hash) => {
+                        let name = f.to_string_lossy();
+                        if name.contains(['\n', '\\']) {
+                            let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");
+                            println!("\\{}  {escaped}", hash.to_hex());
+                        } else {
+                            println!("{}  {name}", hash.to_hex());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("sluice: {}: {e}", f.display());
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -62,6 +62,31 @@ over_both! {
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(want.to_hex().as_str()));
+        // As b3sum: a bad argument is named and the others are still hashed (exit 1), `-` is
+        // standard input, and a name with a newline is escaped behind a backslash.
+        let odd = d.path().join("two\nlines");
+        fs::write(&odd, b"x").unwrap();
+        let mut child = sluice()
+            .arg("hash")
+            .arg(d.path())
+            .arg("-")
+            .arg(&odd)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(b"x").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&d.path().display().to_string()), "{}", stderr(&out));
+        let x = blake3::hash(b"x").to_hex().to_string();
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(printed.contains(&format!("{x}  -\n")), "{printed}");
+        assert!(printed.contains(&format!("\\{x}  ")) && printed.contains("two\\nlines"), "{printed}");
     }
 }
 
