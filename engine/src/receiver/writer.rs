@@ -931,26 +931,27 @@ fn copy_blocks(
         let data = &mut buf[..len];
         from.read_exact_at(data, offset)
             .map_err(Error::file("reading", base))?;
-        let mut at = 0;
-        while at < len {
-            // Stretches of zeros (holes that read as data on a filesystem that cannot say, or
-            // zeros written out) become holes too, where the filesystem can make them.
-            let zero = blockio::all_zero(&data[at..(at + ZERO_PIECE).min(len)]);
-            let mut end = (at + ZERO_PIECE).min(len);
-            while end < len && blockio::all_zero(&data[end..(end + ZERO_PIECE).min(len)]) == zero {
-                end = (end + ZERO_PIECE).min(len);
+        // Stretches of zeros (holes that read as data on a filesystem that cannot say, or zeros
+        // written out) become holes too, where the filesystem can make them: each piece is
+        // classified once, and runs of pieces alike are punched or written together.
+        let pieces: Vec<(usize, bool)> = (0..len)
+            .step_by(ZERO_PIECE)
+            .map(|at| (at, blockio::all_zero(&data[at..(at + ZERO_PIECE).min(len)])))
+            .collect();
+        for stretch in pieces.chunk_by(|a, b| a.1 == b.1) {
+            let (start, zero) = stretch[0];
+            let end = (stretch[stretch.len() - 1].0 + ZERO_PIECE).min(len);
+            let piece_at = offset + start as u64;
+            if zero && blockio::punch_hole(&to, piece_at, end - start) {
+                continue;
             }
-            let piece_at = offset + at as u64;
-            if !(zero && blockio::punch_hole(&to, piece_at, end - at)) {
-                let piece = &data[at..end];
-                let aligned = piece_at % ALIGN as u64 == 0 && piece.len() % ALIGN == 0;
-                match &to_direct {
-                    Some(d) if aligned => d.write_all_at(piece, piece_at),
-                    _ => to.write_all_at(piece, piece_at),
-                }
-                .map_err(Error::file("writing", part))?;
+            let piece = &data[start..end];
+            let aligned = piece_at % ALIGN as u64 == 0 && piece.len() % ALIGN == 0;
+            match &to_direct {
+                Some(d) if aligned => d.write_all_at(piece, piece_at),
+                _ => to.write_all_at(piece, piece_at),
             }
-            at = end;
+            .map_err(Error::file("writing", part))?;
         }
     }
     Ok(())
