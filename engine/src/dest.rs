@@ -12,12 +12,15 @@
 use std::collections::HashMap;
 use std::fs::{self, File, FileTimes};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sluice_proto::message::Entry;
+
+use crate::manifest::{local_name, wire_name};
 use sluice_proto::path;
 
 use crate::error::{Error, Result};
@@ -150,10 +153,10 @@ impl Destination {
             why: "empty path".into(),
         })?;
         for part in parents {
-            at.push(part);
+            at.push(local_name(part));
             self.ensure_dir(&at, rel)?;
         }
-        at.push(last);
+        at.push(local_name(last));
         // Linux refuses a path of PATH_MAX bytes or more (its part and journal names are
         // longer still): said here, in words, rather than by the first call that fails.
         const PATH_MAX: usize = 4096;
@@ -307,7 +310,7 @@ impl Destination {
         })?;
         let mut at = self.root.clone();
         for (i, part) in parts.iter().enumerate() {
-            at.push(part);
+            at.push(local_name(part));
             let Ok(m) = fs::symlink_metadata(&at) else {
                 return Ok(None);
             };
@@ -399,7 +402,7 @@ impl Destination {
             Ok(_) => fs::remove_file(&at).map_err(Error::file("replacing", &at))?,
             Err(_) => {}
         }
-        std::os::unix::fs::symlink(&entry.link_target, &at)
+        std::os::unix::fs::symlink(local_name(&entry.link_target), &at)
             .map_err(Error::file("creating symlink", &at))?;
         // The link's own mtime, set on the link and not on what it points to (as `rsync -a`).
         // A filesystem that cannot keep it does not fail the transfer.
@@ -439,8 +442,7 @@ impl Destination {
             }
             for child in fs::read_dir(&at).map_err(Error::file("listing", &at))? {
                 let child = child.map_err(Error::file("listing", &at))?;
-                let name = child.file_name();
-                let Some(name) = name.to_str() else { continue };
+                let name = wire_name(&child.file_name());
                 if named.contains(format!("{}/{name}", dir.path).as_str()) {
                     continue;
                 }
@@ -464,7 +466,7 @@ impl Destination {
     pub fn sync_dirs(&self, entries: &[Entry]) -> Result<()> {
         let mut dirs = std::collections::BTreeSet::new();
         for e in entries {
-            let at = self.root.join(&e.path);
+            let at = self.root.join(local_name(&e.path));
             if let Some(parent) = at.parent() {
                 dirs.insert(parent.to_path_buf());
             }
@@ -582,20 +584,25 @@ fn remove_if_present(p: &Path) -> io::Result<()> {
 /// other, and two long names that share their start still get two part files.
 fn hidden_sibling(path: &Path, suffix: &str) -> PathBuf {
     const NAME_MAX: usize = 255;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(OsStrExt::as_bytes).unwrap_or_default();
+    let hidden = |kept: &[u8], tag: &str| {
+        let mut n = Vec::with_capacity(NAME_MAX);
+        n.push(b'.');
+        n.extend_from_slice(kept);
+        n.extend_from_slice(tag.as_bytes());
+        n.extend_from_slice(suffix.as_bytes());
+        path.with_file_name(std::ffi::OsStr::from_bytes(&n))
+    };
     if 1 + name.len() + suffix.len() <= NAME_MAX {
-        return path.with_file_name(format!(".{name}{suffix}"));
+        return hidden(name, "");
     }
-    let tag = &blake3::hash(name.as_bytes()).to_hex()[..16];
-    let room = NAME_MAX - 1 - 1 - tag.len() - suffix.len();
-    let mut cut = room.min(name.len());
-    while !name.is_char_boundary(cut) {
+    let tag = format!("~{}", &blake3::hash(name).to_hex()[..16]);
+    let mut cut = (NAME_MAX - 1 - tag.len() - suffix.len()).min(name.len());
+    // A UTF-8 name is cut between characters (continuation bytes are 0b10xxxxxx).
+    while cut > 0 && cut < name.len() && name[cut] & 0xC0 == 0x80 {
         cut -= 1;
     }
-    path.with_file_name(format!(".{}~{tag}{suffix}", &name[..cut]))
+    hidden(&name[..cut], &tag)
 }
 
 fn mtime(entry: &Entry) -> SystemTime {

@@ -6,13 +6,27 @@
 //! contents; symlinks are sent as links and never followed; sockets, FIFOs and devices are
 //! skipped with a warning. Ids are assigned in walk order.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sluice_proto::message::{Entry, EntryKind, SourceVersion};
 
 use crate::error::{Error, Result};
+
+/// The manifest's text for a local name, path or link target: any bytes, UTF-8 or not
+/// ([`sluice_proto::path::name_from_bytes`]).
+pub fn wire_name(local: &OsStr) -> String {
+    sluice_proto::path::name_from_bytes(local.as_bytes()).into_owned()
+}
+
+/// The local name, path or link target a manifest's text stands for: the inverse of
+/// [`wire_name`].
+pub fn local_name(wire: &str) -> OsString {
+    OsString::from_vec(sluice_proto::path::name_to_bytes(wire).into_owned())
+}
 
 /// A manifest entry and where its bytes come from on the sender.
 #[derive(Debug, Clone)]
@@ -32,12 +46,12 @@ pub fn file_target(sources: &[PathBuf], dest: &Path) -> Option<(PathBuf, String)
     if fs::symlink_metadata(src).ok()?.is_dir() || !fs::metadata(dest).ok()?.is_file() {
         return None;
     }
-    let name = dest.file_name()?.to_str()?;
+    let name = wire_name(dest.file_name()?);
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    Some((parent, name.to_owned()))
+    Some((parent, name))
 }
 
 /// The manifest of one source sent under another top-level name (see [`file_target`]).
@@ -60,17 +74,14 @@ pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
                 path: src.clone(),
                 why: "it has no file name (is it the root directory?)",
             })?;
-        let name = name.to_str().ok_or(Error::Source {
-            path: src.clone(),
-            why: "its name is not valid UTF-8",
-        })?;
-        if !top_names.insert(name.to_owned()) {
+        let name = wire_name(&name);
+        if !top_names.insert(name.clone()) {
             return Err(Error::Source {
                 path: src.clone(),
                 why: "another source has the same name",
             });
         }
-        walk(src, name.to_owned(), &mut out)?;
+        walk(src, name, &mut out)?;
     }
     Ok(out)
 }
@@ -158,14 +169,7 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
             (EntryKind::Dir, 0, String::new())
         } else if ft.is_symlink() {
             let target = fs::read_link(&local).map_err(Error::file("reading link", &local))?;
-            let target = target
-                .into_os_string()
-                .into_string()
-                .map_err(|_| Error::Source {
-                    path: local.clone(),
-                    why: "its link target is not valid UTF-8",
-                })?;
-            (EntryKind::Symlink, 0, target)
+            (EntryKind::Symlink, 0, wire_name(target.as_os_str()))
         } else {
             tracing::warn!(path = %local.display(), "skipping: not a file, directory or symlink");
             continue;
@@ -221,16 +225,12 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
             let mut children = Vec::new();
             for child in fs::read_dir(&local).map_err(Error::file("listing", &local))? {
                 let child = child.map_err(Error::file("listing", &local))?;
-                let name = child.file_name().into_string().map_err(|_| Error::Source {
-                    path: child.path(),
-                    why: "its name is not valid UTF-8",
-                })?;
-                children.push(name);
+                children.push((wire_name(&child.file_name()), child.path()));
             }
             // Reverse order on the stack pops them in name order.
-            children.sort_unstable_by(|a, b| b.cmp(a));
-            for name in children {
-                stack.push((local.join(&name), format!("{rel}/{name}")));
+            children.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            for (name, path) in children {
+                stack.push((path, format!("{rel}/{name}")));
             }
         }
     }

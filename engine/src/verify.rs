@@ -62,7 +62,7 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
     let mut b = vec![0u8; block_size as usize];
     for e in &manifest {
         let path = e.entry.path.clone();
-        let there = dest.join(&path);
+        let there = dest.join(crate::manifest::local_name(&path));
         let Ok(meta) = fs::symlink_metadata(&there) else {
             report.differences.push(Difference::Missing(path));
             continue;
@@ -79,7 +79,7 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
         match e.entry.kind {
             EntryKind::Symlink => {
                 let target = fs::read_link(&there).map_err(Error::file("reading link", &there))?;
-                if target.as_os_str() != e.entry.link_target.as_str() {
+                if target.as_os_str() != crate::manifest::local_name(&e.entry.link_target) {
                     report.differences.push(Difference::LinkTarget(path));
                 }
             }

@@ -678,7 +678,7 @@ fn open_claimed(dest: &Destination, file: u32, path: &std::path::Path) -> Result
     let meta = f.metadata().map_err(Error::file("inspecting", path))?;
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(crate::manifest::wire_name)
         .unwrap_or_default();
     dest.claims().claim(file, &name, &meta)?;
     Ok(f)

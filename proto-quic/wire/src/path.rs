@@ -6,8 +6,71 @@
 //! under a destination directory it can only name something inside that directory — provided no
 //! component on the way is a symlink, which the receiver checks as it creates directories.
 //! Names of the receiver's own files ([`is_reserved`]) are refused too.
+//!
+//! A Unix name is any bytes but `/` and NUL, while a path on the wire is UTF-8 text. Names that
+//! are not valid UTF-8 (Latin-1 from an old system, say) cross as text through
+//! [`name_from_bytes`] and become their own bytes again at the receiver through
+//! [`name_to_bytes`]: see there.
+
+use std::borrow::Cow;
 
 use crate::codec::MAX_STRING_LEN;
+
+/// The characters U+F780..=U+F7FF (Unicode's private use area) stand on the wire for the single
+/// bytes 0x80..=0xFF of a name: a byte that is not part of valid UTF-8, or a byte of one of
+/// these characters themselves where a name holds one.
+const BYTE_BASE: u32 = 0xF700;
+
+fn stands_for_a_byte(c: char) -> bool {
+    (BYTE_BASE + 0x80..=BYTE_BASE + 0xFF).contains(&(c as u32))
+}
+
+/// The wire text of a name (or path, or link target) of bytes `raw`: valid UTF-8 as it is,
+/// except that each byte of invalid UTF-8, and each byte of a character U+F780..=U+F7FF, becomes
+/// the character U+F700 + byte. [`name_to_bytes`] gives `raw` back for every input, so any Unix
+/// name arrives as it was; the bytes made this way are all 0x80 or more, never `/`, `.` or NUL,
+/// so [`validate`] judges the text as it would the bytes. This is MirBSD's OPTU-8 idea; rsync
+/// and scp send bytes, but Sluice's manifest is text so that logs and `--json` can show it.
+pub fn name_from_bytes(raw: &[u8]) -> Cow<'_, str> {
+    if let Ok(s) = std::str::from_utf8(raw) {
+        if !s.chars().any(stands_for_a_byte) {
+            return Cow::Borrowed(s);
+        }
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    let escape = |bytes: &[u8], out: &mut String| {
+        for &b in bytes {
+            out.push(char::from_u32(BYTE_BASE + u32::from(b)).unwrap_or('?'));
+        }
+    };
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if stands_for_a_byte(c) {
+                escape(c.encode_utf8(&mut [0; 4]).as_bytes(), &mut out);
+            } else {
+                out.push(c);
+            }
+        }
+        escape(chunk.invalid(), &mut out);
+    }
+    Cow::Owned(out)
+}
+
+/// The bytes a wire name stands for: the inverse of [`name_from_bytes`].
+pub fn name_to_bytes(text: &str) -> Cow<'_, [u8]> {
+    if !text.chars().any(stands_for_a_byte) {
+        return Cow::Borrowed(text.as_bytes());
+    }
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if stands_for_a_byte(c) {
+            out.push((c as u32 - BYTE_BASE) as u8);
+        } else {
+            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Suffix of the receiver's in-progress files: `.NAME.sluice-part` beside `NAME`.
 pub const PART_SUFFIX: &str = ".sluice-part";
@@ -77,6 +140,55 @@ pub fn validate(path: &str) -> Result<Vec<&str>, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_bytes_cross_as_text_and_come_back() {
+        let cases: [&[u8]; 8] = [
+            b"plain.txt",
+            "caf\u{e9}".as_bytes(),
+            b"caf\xe9",
+            b"\xff\xfe/\x80",
+            b"cut \xe2\x82",
+            "\u{f780}\u{f7ff}\u{f77f}".as_bytes(),
+            b"\xef\x9e\x80",
+            b"",
+        ];
+        for raw in cases {
+            let text = name_from_bytes(raw);
+            assert_eq!(&*name_to_bytes(&text), raw, "{text:?}");
+        }
+        assert!(matches!(
+            name_from_bytes(b"d/f.txt"),
+            Cow::Borrowed("d/f.txt")
+        ));
+        assert_eq!(name_from_bytes(b"a\xe9"), "a\u{f7e9}");
+        // Two names that differ only in their invalid bytes stay two names.
+        assert_ne!(name_from_bytes(b"\xe9"), name_from_bytes(b"\xe8"));
+        // A real U+F7E9 and the invalid byte 0xE9 stay apart.
+        assert_ne!(
+            name_from_bytes("\u{f7e9}".as_bytes()),
+            name_from_bytes(b"\xe9")
+        );
+        // Escaped bytes are never separators or dots.
+        assert!(validate(&name_from_bytes(b"\xff/\x2e\xff")).is_ok());
+    }
+
+    #[test]
+    fn exhaustively_over_short_byte_strings() {
+        let mut seen = std::collections::HashSet::new();
+        for a in 0..=255u8 {
+            for b in [
+                0x00, 0x2f, 0x41, 0x80, 0x9e, 0xbf, 0xc3, 0xe2, 0xef, 0xf0, 0xff,
+            ] {
+                for c in [0x80, 0x9f, 0xbf, 0x41] {
+                    let raw = [a, b, c];
+                    let text = name_from_bytes(&raw).into_owned();
+                    assert_eq!(&*name_to_bytes(&text), raw);
+                    assert!(seen.insert(text));
+                }
+            }
+        }
+    }
 
     #[test]
     fn accepts_plain_relative_paths() {

@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -605,6 +606,9 @@ over_both! {
         fs::remove_dir_all(src.join("sub/deeper")).unwrap();
         let outside = dest.join("not-from-this-transfer");
         fs::write(&outside, b"mine").unwrap();
+        // A name that is not UTF-8 is judged like any other.
+        let latin1 = dest.join(std::ffi::OsStr::from_bytes(b"tree/sub/extra \xe9"));
+        fs::write(&latin1, b"extra").unwrap();
 
         copy_json(&src, &dest);
         assert!(dest.join("tree/gone").exists(), "left alone by default");
@@ -620,6 +624,7 @@ over_both! {
         );
         assert!(!dest.join("tree/gone").exists());
         assert!(!dest.join("tree/sub/deeper").exists());
+        assert!(!latin1.exists());
         assert!(dest.join("tree/keep").exists());
         assert!(
             outside.exists(),

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 
 use common::*;
@@ -107,6 +108,19 @@ over_both! {
         random_file(&src.join("a/b/c/deep.bin"), 2 * BLOCK + 5, 7);
         std::os::unix::fs::symlink("a/b/c/deep.bin", src.join("link")).unwrap();
         std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
+        // Names as Unix allows them, not only UTF-8: Latin-1 bytes, a cut UTF-8 sequence, a
+        // real character of the private use area the wire uses for such bytes, a name long
+        // enough that its part file's name is shortened, and a link to a Latin-1 name.
+        let raw = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_owned();
+        fs::create_dir(src.join(raw(b"r\xe9pertoire"))).unwrap();
+        fs::write(src.join(raw(b"r\xe9pertoire/caf\xe9")), b"latin-1").unwrap();
+        fs::write(src.join(raw(b"r\xe9pertoire/caf\xe8")), b"another").unwrap();
+        fs::write(src.join(raw(b"cut \xe2\x82")), b"cut").unwrap();
+        fs::write(src.join("private \u{f7e9}"), b"pua").unwrap();
+        let mut long = vec![b'n'; 200];
+        long.extend_from_slice(&[0xff; 50]);
+        random_file(&src.join(raw(&long)), BLOCK + 3, 9);
+        std::os::unix::fs::symlink(raw(b"r\xe9pertoire/caf\xe9"), src.join(raw(b"lien\xe9"))).unwrap();
         // A link's own time, older than its target's: kept on the link, as `rsync -a` does.
         let touched = std::process::Command::new("touch")
             .args(["-h", "-d", "2003-02-01 12:00:00"])
@@ -127,6 +141,8 @@ over_both! {
         assert!(r.status.success(), "recv failed: {}", stderr(&r));
         assert_same_tree(&src, &dest.join("tree"));
         assert!(part_files(&dest).is_empty());
+        let verified = sluice().arg("verify").arg(&src).arg(&dest).output().unwrap();
+        assert!(verified.status.success(), "verify: {}", stderr(&verified));
         let link_mtime = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().modified().unwrap();
         assert_eq!(
             link_mtime(&dest.join("tree/link")),

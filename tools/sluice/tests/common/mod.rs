@@ -142,6 +142,7 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     assert_eq!(la, lb, "trees differ in names or kinds");
     for (rel, kind) in la {
         let (pa, pb) = (a.join(&rel), b.join(&rel));
+        let rel = rel.display();
         match kind {
             'f' => {
                 assert_eq!(b3(&pa), b3(&pb), "{rel}: content differs");
@@ -167,16 +168,11 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, char)>) {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, char)>) {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let ft = e.file_type().unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
         let kind = if ft.is_symlink() {
             'l'
         } else if ft.is_dir() {
