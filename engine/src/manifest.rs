@@ -170,6 +170,12 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
         } else if ft.is_symlink() {
             let target = fs::read_link(&local).map_err(Error::file("reading link", &local))?;
             (EntryKind::Symlink, 0, wire_name(target.as_os_str()))
+        } else if local == root {
+            // Named on the command line: said, as scp says it, rather than "0 files" and exit 0.
+            return Err(Error::Source {
+                path: local,
+                why: "it is not a regular file, directory or symlink (a FIFO, socket or device)",
+            });
         } else {
             tracing::warn!(path = %local.display(), "skipping: not a file, directory or symlink");
             continue;

@@ -125,9 +125,21 @@ fn verify_remote(
     let mut out = std::io::stdout().lock();
     let (mut files, mut differ) = (0u64, 0u64);
     let mut ranged = std::collections::HashSet::new();
-    for e in progress.take_events() {
+    let events = progress.take_events();
+    // A file missing there also "differs" in all its bytes: it is listed once, as missing.
+    let missing: std::collections::HashSet<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            sluice_engine::Event::FileFailed { path, reason } if reason.starts_with("missing") => {
+                Some(path.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    for e in events {
         match e {
             sluice_engine::Event::FileVerified { .. } => files += 1,
+            sluice_engine::Event::Differs { path, .. } if missing.contains(&path) => {}
             sluice_engine::Event::Differs { path, ranges } => {
                 let shown: Vec<String> = ranges
                     .iter()

@@ -702,6 +702,7 @@ over_both! {
             "{text}"
         );
         assert!(text.contains("missing: data/new"), "{text}");
+        assert_eq!(text.matches("data/new").count(), 1, "listed once: {text}");
         assert!(!text.contains("data/same"), "{text}");
         // Nothing was written at the receiver.
         assert_eq!(b3(&dest.join("data/a")), before);

@@ -65,6 +65,26 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         },
     );
 
+    // A FIFO (or a device) named as a source: skipped inside a directory, refused here.
+    let fifo = p("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for source in [fifo.as_str(), "/dev/null"] {
+        let (out, took) = run(&["copy", source, &p("dest")]);
+        check(
+            out,
+            took,
+            Expect {
+                what: "a FIFO or device as the source",
+                code: 5,
+                says: &[source, "not a regular file, directory or symlink"],
+            },
+        );
+    }
+
     let (out, took) = run(&["send", &p("file"), "sluice1-not-a-ticket"]);
     check(
         out,
