@@ -29,6 +29,7 @@
 
 pub mod bench;
 pub mod blockio;
+mod burst;
 pub mod config;
 mod control;
 pub mod db;

@@ -35,6 +35,7 @@ use sluice_proto::ticket::Ticket;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::burst::{self, Burst};
 use crate::config::Config;
 use crate::control::Control;
 use crate::dest::Destination;
@@ -459,7 +460,7 @@ async fn receive(
         claimed: HashMap::new(),
     }));
     let (ready_tx, ready_rx) = watch::channel(false);
-    let (job_tx, job_rx) = std_mpsc::channel::<Job>();
+    let (job_tx, job_rx) = burst::channel::<Job>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<Written>>();
     let (scan_tx, scan_rx) = std_mpsc::channel::<ScanJob>();
     let (scanned_tx, mut scanned_rx) = mpsc::unbounded_channel::<Scanned>();
@@ -1088,7 +1089,7 @@ fn report_local(
 fn fail_file(
     id: u32,
     files: &mut HashMap<u32, Incoming>,
-    jobs: &std_mpsc::Sender<Job>,
+    jobs: &Burst<Job>,
     reason: String,
     kind: ErrorKind,
 ) -> Outcome {
@@ -1103,7 +1104,7 @@ fn fail_file(
         vec![f.part.clone(), Destination::journal_path(&f.final_path)]
     };
     if let Err(std::sync::mpsc::SendError(Job::Close { remove, .. })) =
-        jobs.send(Job::Close { file: id, remove })
+        jobs.send_now(Job::Close { file: id, remove })
     {
         for p in remove {
             let _ = std::fs::remove_file(p);
@@ -1127,7 +1128,7 @@ fn try_finish(
     shared: &Mutex<Shared>,
     dest: &Destination,
     block_size: u32,
-    jobs: &std_mpsc::Sender<Job>,
+    jobs: &Burst<Job>,
 ) -> Result<Outcome> {
     let Some(f) = files.get(&id) else {
         return Ok(Outcome::Pending);
@@ -1241,7 +1242,7 @@ fn start_base_copy(
     id: u32,
     files: &HashMap<u32, Incoming>,
     shared: &Mutex<Shared>,
-    jobs: &std_mpsc::Sender<Job>,
+    jobs: &Burst<Job>,
 ) -> Result<()> {
     if files.get(&id).is_some_and(|f| f.base.is_some()) {
         let file_len = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
@@ -1258,7 +1259,7 @@ fn commit(
     files: &mut HashMap<u32, Incoming>,
     shared: &Mutex<Shared>,
     dest: &Destination,
-    jobs: &std_mpsc::Sender<Job>,
+    jobs: &Burst<Job>,
     unchanged: bool,
 ) -> Result<Outcome> {
     let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
@@ -1362,7 +1363,7 @@ async fn read_stream(
     shared: Arc<Mutex<Shared>>,
     pool: Arc<BufferPool>,
     mut ready: watch::Receiver<bool>,
-    jobs: std_mpsc::Sender<Job>,
+    jobs: Burst<Job>,
 ) -> Result<()> {
     ready
         .wait_for(|r| *r)
@@ -1377,7 +1378,7 @@ async fn read_block(
     stream: &mut LaneRx,
     shared: &Mutex<Shared>,
     pool: &Arc<BufferPool>,
-    jobs: &std_mpsc::Sender<Job>,
+    jobs: &Burst<Job>,
     peer: SocketAddr,
 ) -> Result<bool> {
     let conn_err = transport::conn_error(peer);
@@ -1461,6 +1462,16 @@ async fn read_block(
             carried: header.len,
         }
     };
-    let _ = jobs.send(job);
+    // A large block goes at once (with what is pending before it): held for the rest of the
+    // runtime's turn it would hold its ring buffer, and 64 of them are the whole ring. Small
+    // blocks — small files, last blocks — go in bursts.
+    if header.len >= BURST_BELOW {
+        let _ = jobs.send_now(job);
+    } else {
+        let _ = jobs.send(job);
+    }
     Ok(true)
 }
+
+/// Blocks shorter than this reach the writer in bursts ([`Burst`]); longer ones at once.
+const BURST_BELOW: u32 = 64 << 10;

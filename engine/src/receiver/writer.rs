@@ -17,6 +17,7 @@ use sluice_proto::message::{BlockHeader, Digest, Entry};
 use tokio::sync::mpsc;
 
 use crate::blockio::{self, Completion, Op, Request};
+use crate::burst::Jobs;
 use crate::config::Config;
 use crate::dest::Destination;
 use crate::error::{Error, Result};
@@ -121,6 +122,30 @@ pub(super) struct Outbox {
 /// The control task is gone.
 pub(super) struct Gone;
 
+/// Where a worker thread takes its jobs from.
+trait Queue<T> {
+    fn try_recv(&mut self) -> std::result::Result<T, std_mpsc::TryRecvError>;
+    fn recv(&mut self) -> Option<T>;
+}
+
+impl<T> Queue<T> for std_mpsc::Receiver<T> {
+    fn try_recv(&mut self) -> std::result::Result<T, std_mpsc::TryRecvError> {
+        std_mpsc::Receiver::try_recv(self)
+    }
+    fn recv(&mut self) -> Option<T> {
+        std_mpsc::Receiver::recv(self).ok()
+    }
+}
+
+impl<T> Queue<T> for Jobs<T> {
+    fn try_recv(&mut self) -> std::result::Result<T, std_mpsc::TryRecvError> {
+        Jobs::try_recv(self)
+    }
+    fn recv(&mut self) -> Option<T> {
+        Jobs::recv(self)
+    }
+}
+
 impl Outbox {
     const BURST: usize = 64;
 
@@ -146,12 +171,12 @@ impl Outbox {
 
     /// The next job of `jobs`: one already queued at once, else (after handing over what is
     /// pending, since this thread may now sleep) the next to come; `None` once `jobs` is closed.
-    fn next<T>(&self, jobs: &std_mpsc::Receiver<T>) -> Option<T> {
+    fn next<T>(&self, jobs: &mut impl Queue<T>) -> Option<T> {
         match jobs.try_recv() {
             Ok(job) => Some(job),
             Err(std_mpsc::TryRecvError::Empty) => {
                 let _ = self.flush();
-                jobs.recv().ok()
+                jobs.recv()
             }
             Err(std_mpsc::TryRecvError::Disconnected) => None,
         }
@@ -176,7 +201,7 @@ impl Drop for Outbox {
 pub(super) fn write_blocks(
     config: &Config,
     dest: &Destination,
-    jobs: std_mpsc::Receiver<Job>,
+    mut jobs: Jobs<Job>,
     done_tx: mpsc::UnboundedSender<Vec<Written>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -280,7 +305,7 @@ pub(super) fn write_blocks(
     };
     loop {
         let job = if io.in_flight() == 0 {
-            match done.next(&jobs) {
+            match done.next(&mut jobs) {
                 Some(j) => j,
                 None => break,
             }
@@ -744,7 +769,7 @@ const SEAL_BATCH: usize = 64;
 /// sync succeeded.
 fn seal_files(
     dest: &Destination,
-    jobs: std_mpsc::Receiver<Seal>,
+    mut jobs: std_mpsc::Receiver<Seal>,
     done: mpsc::UnboundedSender<Vec<Written>>,
     uring: bool,
 ) {
@@ -754,7 +779,7 @@ fn seal_files(
     } else {
         None
     };
-    while let Some(first) = done.next(&jobs) {
+    while let Some(first) = done.next(&mut jobs) {
         let mut batch = vec![first];
         while batch.len() < SEAL_BATCH {
             match jobs.try_recv() {
@@ -1003,7 +1028,7 @@ mod tests {
         let blocks = 12u64;
         let file_len = bs * blocks;
         let pool = BufferPool::new(blocks as usize, bs as usize).unwrap();
-        let (job_tx, job_rx) = std_mpsc::channel();
+        let (job_tx, job_rx) = crate::burst::channel();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel();
         let part = d.path().join(".f.sluice-part");
         job_tx

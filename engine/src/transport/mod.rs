@@ -467,6 +467,7 @@ impl Silence {
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_park(crate::burst::before_park)
         .build()
         .map_err(Error::io("starting async runtime"))
 }
