@@ -11,8 +11,14 @@
 //! On a thread whose runtime has not yet been seen going to sleep (another thread, a test, the
 //! runtime's first turn) every job goes at once, as through a plain channel: a job can never be
 //! held by a thread that will not flush it.
+//!
+//! A plain thread that holds work back the same way (the sender's reader, [`Held`]) registers
+//! it with [`hold_on_this_thread`]; whatever it is about to block on ([`hand_over_held`], called
+//! by the ring and the sender's answer board before they wait) gets the held work first, so that
+//! nothing waits for work that is sitting in the waiting thread's own hands.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, Weak};
@@ -26,6 +32,37 @@ thread_local! {
     static HOOKS: RefCell<Vec<Weak<dyn Flush>>> = const { RefCell::new(Vec::new()) };
     /// Whether this thread's runtime runs [`before_park`].
     static PARKS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Work a plain thread holds back to hand over in bursts.
+pub(crate) trait Held {
+    /// Whether anything is held.
+    fn holds(&self) -> bool;
+    /// Hands everything held over.
+    fn hand_over(&self);
+}
+
+thread_local! {
+    static HELD: RefCell<Option<Rc<dyn Held>>> = const { RefCell::new(None) };
+}
+
+/// Registers what this thread holds back (`None`: nothing any more).
+pub(crate) fn hold_on_this_thread(held: Option<Rc<dyn Held>>) {
+    HELD.set(held);
+}
+
+/// Whether this thread holds work back that must go before it blocks.
+pub(crate) fn holding() -> bool {
+    HELD.with_borrow(|h| h.as_ref().is_some_and(|h| h.holds()))
+}
+
+/// Hands over what this thread holds back, before it blocks. Call it with no lock held that
+/// the receiving side may need.
+pub(crate) fn hand_over_held() {
+    let held = HELD.with_borrow(|h| h.clone());
+    if let Some(h) = held {
+        h.hand_over();
+    }
 }
 
 /// Run by a network runtime just before its thread sleeps: hands over every pending burst.

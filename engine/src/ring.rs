@@ -38,6 +38,9 @@ pub struct BufferPool {
     /// Wakes threads blocked in [`BufferPool::take_blocking`].
     lock: Mutex<()>,
     cond: Condvar,
+    /// Threads in [`BufferPool::take_blocking`]: a returned buffer wakes the condition variable
+    /// (a system call) only when one may be waiting on it.
+    blocked: AtomicUsize,
     /// Wakes tasks waiting in [`BufferPool::take`].
     notify: Notify,
 }
@@ -79,6 +82,7 @@ impl BufferPool {
             limit: AtomicUsize::new(count),
             lock: Mutex::new(()),
             cond: Condvar::new(),
+            blocked: AtomicUsize::new(0),
             notify: Notify::new(),
         };
         let _ = pool.free.push(pool.map()?);
@@ -159,12 +163,20 @@ impl BufferPool {
             if let Some(b) = self.try_take() {
                 return b;
             }
+            // Blocks this thread holds back may be what frees a buffer.
+            if crate::burst::holding() {
+                crate::burst::hand_over_held();
+                continue;
+            }
+            self.blocked.fetch_add(1, Ordering::SeqCst);
             let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(b) = self.try_take() {
+                self.blocked.fetch_sub(1, Ordering::SeqCst);
                 return b;
             }
             // The timeout covers a return that raced between the check and the wait.
             let _ = self.cond.wait_timeout(guard, Duration::from_millis(5));
+            self.blocked.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -188,8 +200,11 @@ impl BufferPool {
         // Cannot fail: only buffers this pool made come back, and at most its ceiling exist.
         let _ = self.free.push(data);
         self.notify.notify_one();
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.cond.notify_one();
+        // A thread that counted itself after this load finds the buffer in its own check.
+        if self.blocked.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.cond.notify_one();
+        }
     }
 }
 

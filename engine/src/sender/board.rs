@@ -13,6 +13,9 @@ use sluice_proto::message::{Digest, PieceHash, GROUP_BLOCKS};
 pub(super) struct HaveBoard {
     files: std::sync::Mutex<std::collections::HashMap<u32, HaveState>>,
     cond: std::sync::Condvar,
+    /// Threads waiting on `cond` (counted while `files` is held): an answer wakes it (a system
+    /// call) only when someone waits, not for every file.
+    waiting: std::sync::atomic::AtomicUsize,
     closed: std::sync::atomic::AtomicBool,
     /// Files the reader is done with: late messages for them are dropped, not stored. Locked
     /// only while `files` is held.
@@ -69,6 +72,26 @@ impl HaveBoard {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits on `cond` with `files` held, counted in `waiting`.
+    fn wait<'a>(
+        &self,
+        files: std::sync::MutexGuard<'a, std::collections::HashMap<u32, HaveState>>,
+    ) -> std::sync::MutexGuard<'a, std::collections::HashMap<u32, HaveState>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.waiting.fetch_add(1, SeqCst);
+        let files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+        self.waiting.fetch_sub(1, SeqCst);
+        files
+    }
+
+    /// Wakes the waiters after a change made with `files` held (or just released): one that
+    /// counted itself after it saw the change before it waited.
+    fn wake(&self) {
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.cond.notify_all();
+        }
+    }
+
     /// Block hashes: a trailing partial group, or the answer to a `WantDetail`.
     pub(super) fn add(&self, id: u32, first: u64, cvs: Vec<Digest>) {
         let mut files = self.lock();
@@ -84,7 +107,7 @@ impl HaveBoard {
             st.cvs[first as usize + i] = (cv != [0; 32]).then_some(cv);
         }
         st.detail.insert(first / GROUP_BLOCKS);
-        self.cond.notify_all();
+        self.wake();
     }
 
     pub(super) fn add_groups(&self, id: u32, first: u64, digests: Vec<Digest>) {
@@ -96,7 +119,7 @@ impl HaveBoard {
         if st.groups.len() as u64 == first {
             st.groups.extend(digests);
         }
-        self.cond.notify_all();
+        self.wake();
     }
 
     pub(super) fn holding(&self, id: u32, len: u64, vouching: bool) {
@@ -106,7 +129,7 @@ impl HaveBoard {
             st.vouching = vouching;
         }
         drop(files);
-        self.cond.notify_all();
+        self.wake();
     }
 
     /// Block hashes the receiver's resume journal vouches for.
@@ -145,7 +168,15 @@ impl HaveBoard {
             if self.is_closed() {
                 return None;
             }
-            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+            // The reader's held blocks go first, without this lock (the network thread takes
+            // it to record answers): an answer may wait for them.
+            if crate::burst::holding() {
+                drop(files);
+                crate::burst::hand_over_held();
+                files = self.lock();
+                continue;
+            }
+            files = self.wait(files);
         }
     }
 
@@ -155,7 +186,7 @@ impl HaveBoard {
             st.done = true;
         }
         drop(files);
-        self.cond.notify_all();
+        self.wake();
     }
 
     /// Releases every waiter: the transfer is ending.
@@ -179,7 +210,15 @@ impl HaveBoard {
             if self.is_closed() {
                 return Held::Block(None);
             }
-            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+            // The reader's held blocks go first, without this lock (the network thread takes
+            // it to record answers): an answer may wait for them.
+            if crate::burst::holding() {
+                drop(files);
+                crate::burst::hand_over_held();
+                files = self.lock();
+                continue;
+            }
+            files = self.wait(files);
         }
     }
 
@@ -210,7 +249,7 @@ impl HaveBoard {
             }
         }
         drop(files);
-        self.cond.notify_all();
+        self.wake();
     }
 
     /// Waits for the piece hashes of a block asked for with `WantPieces`; empty if the
@@ -224,7 +263,15 @@ impl HaveBoard {
             if self.is_closed() {
                 return Vec::new();
             }
-            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+            // The reader's held blocks go first, without this lock (the network thread takes
+            // it to record answers): an answer may wait for them.
+            if crate::burst::holding() {
+                drop(files);
+                crate::burst::hand_over_held();
+                files = self.lock();
+                continue;
+            }
+            files = self.wait(files);
         }
     }
 
@@ -267,7 +314,15 @@ impl HaveBoard {
             if self.is_closed() {
                 return Vec::new();
             }
-            files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
+            // The reader's held blocks go first, without this lock (the network thread takes
+            // it to record answers): an answer may wait for them.
+            if crate::burst::holding() {
+                drop(files);
+                crate::burst::hand_over_held();
+                files = self.lock();
+                continue;
+            }
+            files = self.wait(files);
         }
     }
 

@@ -224,6 +224,7 @@ async fn transfer(
                     progress: &progress,
                     board: None,
                     finishing: Default::default(),
+                    deferred: std::rc::Rc::new(Deferred::new(block_tx.clone(), event_tx.clone())),
                     packer: std::cell::RefCell::new(Packer::new(
                         config.compress,
                         config.compress_level,
@@ -449,6 +450,68 @@ struct Reader<'a> {
     finishing: std::cell::RefCell<Vec<usize>>,
     /// Packs blocks with zstd where that pays (`--compress`).
     packer: std::cell::RefCell<Packer>,
+    /// Short blocks and the `FileDone`s behind them, handed to the network thread in bursts.
+    deferred: std::rc::Rc<Deferred>,
+}
+
+/// Short blocks (small files, last blocks) held back by the reader with the `FileDone` events
+/// that follow them, and handed to the network thread together: one wake-up of it for up to
+/// [`Deferred::MAX`] small files instead of two per file (a block, then its `FileDone`). They go
+/// before the reader blocks on anything (`crate::burst`), before any other event, and with the
+/// next full block.
+struct Deferred {
+    blocks: std::cell::RefCell<Vec<Block>>,
+    events: std::cell::RefCell<Vec<ReadEvent>>,
+    block_tx: mpsc::Sender<Block>,
+    event_tx: mpsc::UnboundedSender<ReadEvent>,
+}
+
+impl Deferred {
+    /// Most short blocks held.
+    const MAX: usize = 32;
+    /// Blocks shorter than this (and than a whole block) are held.
+    const BELOW: usize = 64 << 10;
+
+    fn new(block_tx: mpsc::Sender<Block>, event_tx: mpsc::UnboundedSender<ReadEvent>) -> Self {
+        Self {
+            blocks: Default::default(),
+            events: Default::default(),
+            block_tx,
+            event_tx,
+        }
+    }
+
+    /// Hands over everything held: the blocks, then the events behind them.
+    fn flush(&self) -> Result<()> {
+        let blocks = std::mem::take(&mut *self.blocks.borrow_mut());
+        let events = std::mem::take(&mut *self.events.borrow_mut());
+        for block in blocks {
+            self.block_tx
+                .blocking_send(block)
+                .map_err(|_| network_stopped())?;
+        }
+        for e in events {
+            let _ = self.event_tx.send(e);
+        }
+        Ok(())
+    }
+}
+
+impl crate::burst::Held for Deferred {
+    fn holds(&self) -> bool {
+        !self.blocks.borrow().is_empty() || !self.events.borrow().is_empty()
+    }
+
+    fn hand_over(&self) {
+        let _ = self.flush();
+    }
+}
+
+fn network_stopped() -> Error {
+    Error::Connection {
+        peer: "receiver".into(),
+        detail: "network task stopped".into(),
+    }
 }
 
 /// How long [`Reader::finish_file`] may wait for the receiver's answers.
@@ -470,6 +533,29 @@ type Tag = (usize, u64);
 
 impl Reader<'_> {
     fn run(&mut self, input: &ReaderInput) -> Result<()> {
+        crate::burst::hold_on_this_thread(Some(self.deferred.clone()));
+        let result = self.read_all(input);
+        crate::burst::hold_on_this_thread(None);
+        result
+    }
+
+    /// Sends `e` after everything held back.
+    fn event(&self, e: ReadEvent) -> Result<()> {
+        self.deferred.flush()?;
+        let _ = self.events.send(e);
+        Ok(())
+    }
+
+    /// A file's `FileDone`: behind its short block if that is held back, else at once.
+    fn file_done(&self, e: ReadEvent) {
+        if self.deferred.blocks.borrow().is_empty() {
+            let _ = self.events.send(e);
+        } else {
+            self.deferred.events.borrow_mut().push(e);
+        }
+    }
+
+    fn read_all(&mut self, input: &ReaderInput) -> Result<()> {
         let (mut io, _) = blockio::open::<Tag>(self.config.io_uring, self.config.read_depth);
         let mut state: Vec<Option<Reading>> = self.files.iter().map(|_| None).collect();
         let mut done = Vec::new();
@@ -510,7 +596,7 @@ impl Reader<'_> {
             let geometry = Geometry::new(size, self.config.block_size);
             let count = geometry.blocks();
             if count == 0 {
-                let _ = self.events.send(ReadEvent::FileDone {
+                self.file_done(ReadEvent::FileDone {
                     id: src.entry.id,
                     root: *blake3::hash(&[]).as_bytes(),
                     sent: 0,
@@ -655,10 +741,11 @@ impl Reader<'_> {
         self.drain(&mut *io, &mut done, &mut state)?;
         self.finish_files(&mut state, true)?;
         tracing::debug!("every block read");
-        let _ = self.events.send(ReadEvent::AllRead);
+        self.event(ReadEvent::AllRead)?;
         // Re-send requests can come until every file is verified; the control task hangs up then.
         while let Ok((id, offset)) = input.resend.recv() {
             self.resend(&by_id, id, offset)?;
+            self.deferred.flush()?;
         }
         Ok(())
     }
@@ -834,12 +921,18 @@ impl Reader<'_> {
             payload,
             carries,
         };
+        if (carries as usize) < Deferred::BELOW.min(self.config.block_size as usize) {
+            let full = {
+                let mut held = self.deferred.blocks.borrow_mut();
+                held.push(block);
+                held.len() >= Deferred::MAX
+            };
+            return if full { self.deferred.flush() } else { Ok(()) };
+        }
+        self.deferred.flush()?;
         self.blocks
             .blocking_send(block)
-            .map_err(|_| Error::Connection {
-                peer: "receiver".into(),
-                detail: "network task stopped".into(),
-            })
+            .map_err(|_| network_stopped())
     }
 
     /// Whether the receiver has reported block `index` of `src` yet: checking it now would not
@@ -974,7 +1067,7 @@ impl Reader<'_> {
             false
         } else if their.is_some() && self.patchable(len) {
             st.patches.push(index);
-            let _ = self.events.send(ReadEvent::WantPieces { id, index });
+            let _ = self.event(ReadEvent::WantPieces { id, index });
             false
         } else {
             true
@@ -1043,7 +1136,7 @@ impl Reader<'_> {
                     self.progress.add_kept(self.bytes_of(&range, size));
                 } else {
                     st.pending.push(group);
-                    let _ = self.events.send(ReadEvent::WantDetail {
+                    let _ = self.event(ReadEvent::WantDetail {
                         id: src.entry.id,
                         group,
                     });
@@ -1158,7 +1251,7 @@ impl Reader<'_> {
         if let Some(b) = &self.board {
             b.forget(src.entry.id);
         }
-        let _ = self.events.send(ReadEvent::FileDone {
+        self.file_done(ReadEvent::FileDone {
             id: src.entry.id,
             root,
             sent,
