@@ -62,6 +62,33 @@ pub use receiver::{Receiver, Stopper};
 pub use sender::Sender;
 pub use sluice_proto::ticket::Ticket;
 
+/// Whether `path` (which need not exist yet) is `dir` or inside it, symlinks resolved.
+fn inside(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    // The deepest part of `path` that exists, resolved, with the rest as written.
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let full = rest.iter().rev().fold(real, |p: PathBuf, c| p.join(c));
+            return full.starts_with(&dir);
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                existing = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// Copies `sources` into `dest` through a sender and a receiver in this process, over loopback
 /// (on `config.transport`): the same code path as `send`/`recv` on two hosts.
 pub fn copy(
@@ -89,6 +116,12 @@ pub fn copy(
         }
     }
     let dir = target.as_ref().map_or(dest, |(dir, _)| dir.as_path());
+    if let Some(src) = sources.iter().find(|s| s.is_dir() && inside(dir, s)) {
+        return Err(Error::Source {
+            path: src.clone(),
+            why: "the destination is this directory or inside it: it cannot be copied into itself",
+        });
+    }
     let rx = Receiver::bind(
         dir,
         "127.0.0.1:0".parse().expect("literal address"),

@@ -85,6 +85,39 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         );
     }
 
+    // A directory copied into itself (cp refuses it too), and a bench that would write over its
+    // own source file: refused before anything is made or emptied.
+    fs::create_dir_all(p("tree/sub")).unwrap();
+    fs::write(p("tree/sub/f"), b"keep").unwrap();
+    for dest in [p("tree"), p("tree/sub/new")] {
+        let (out, took) = run(&["copy", &p("tree"), &dest]);
+        check(
+            out,
+            took,
+            Expect {
+                what: "a directory copied into itself",
+                code: 5,
+                says: &["tree", "cannot be copied into itself"],
+            },
+        );
+    }
+    assert!(!d.path().join("tree/tree").exists() && !d.path().join("tree/sub/new").exists());
+    let (out, took) = run(&["bench", "--from", &p("file"), "--to", &p("file")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "bench writing over its source",
+            code: 2,
+            says: &["--from file itself"],
+        },
+    );
+    assert_eq!(
+        fs::read(p("file")).unwrap(),
+        b"hello",
+        "the source was emptied"
+    );
+
     let (out, took) = run(&["send", &p("file"), "sluice1-not-a-ticket"]);
     check(
         out,
