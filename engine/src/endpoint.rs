@@ -82,7 +82,7 @@ impl OneSender {
             let (link, control) = tokio::select! {
                 proven = crate::receiver::proven_sender(&mut listener, &config) => proven?,
                 _ = stop.notified() => {
-                    return Err(Error::io("waiting for a sender")(std::io::Error::other(
+                    return Err(Error::io(WAITING)(std::io::Error::other(
                         "stopped before a sender came",
                     )))
                 }
@@ -128,6 +128,9 @@ where
     result.map(|t| (t, link))
 }
 
+/// What a receiving end stopped before any sender came was doing.
+const WAITING: &str = "waiting for a sender";
+
 /// Both ends in this process over loopback: `serve` (given a receiving end on 127.0.0.1 and a
 /// stop signal) on a thread of its own, `send` (given its ticket) on this one. A sender that
 /// fails before it connects stops the receiving end's wait.
@@ -165,6 +168,16 @@ where
     });
     match (sent, served) {
         (Ok(s), Ok(_)) => Ok(s),
+        // The sender saw the link end because the receiving end failed on its own account (its
+        // target refused it, say): that failure is the cause, and says what to fix.
+        (Err(Error::Connection { .. }), Err(served))
+            if !matches!(
+                served,
+                Error::Connection { .. } | Error::Io { what: WAITING, .. }
+            ) =>
+        {
+            Err(served)
+        }
         (Err(e), _) | (Ok(_), Err(e)) => Err(e),
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use sluice_proto::codec::DecodeError;
-use sluice_proto::message::ErrorCode;
+use sluice_proto::message::{ErrorCode, FailCause};
 use sluice_proto::session::SessionError;
 use sluice_quic::tls::TlsError;
 
@@ -121,6 +121,28 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// How a receiver tells its sender that a file or unit failed for this reason.
+    pub fn cause(self) -> FailCause {
+        match self {
+            ErrorKind::Verification | ErrorKind::Refused => FailCause::Verification,
+            ErrorKind::Local => FailCause::Local,
+            ErrorKind::NoSpace => FailCause::NoSpace,
+            ErrorKind::Destination => FailCause::Destination,
+            ErrorKind::Connection => FailCause::Lost,
+        }
+    }
+
+    /// The kind of failure the receiver reported as `cause`.
+    pub fn of_cause(cause: FailCause) -> Self {
+        match cause {
+            FailCause::Verification => ErrorKind::Verification,
+            FailCause::Local => ErrorKind::Local,
+            FailCause::NoSpace => ErrorKind::NoSpace,
+            FailCause::Destination => ErrorKind::Destination,
+            FailCause::Lost => ErrorKind::Connection,
+        }
+    }
+
     /// The command line's exit code: 3 connection, 4 refused, 5 local, 6 no space,
     /// 7 destination, 8 verification (1 stays "differences found", 2 "bad usage").
     pub fn exit_code(self) -> i32 {

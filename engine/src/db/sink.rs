@@ -41,6 +41,61 @@ impl PgSink {
         }
     }
 
+    /// Connects to the target and checks that a copy can go there: the database is empty of
+    /// tables, views and sequences, or holds the bookkeeping of an interrupted copy (a resume).
+    /// A target that holds tables of its own would fail on the schema's first `CREATE` (or,
+    /// with matching tables, take rows twice): said now, as pgcopydb refuses a target that is
+    /// not empty, and before `sluice db recv` prints its ticket.
+    pub async fn check(&self) -> Result<()> {
+        let client = self.client().await?;
+        let resuming: bool = client
+            .query_one(
+                &format!("SELECT to_regnamespace('{BOOKKEEPING}') IS NOT NULL"),
+                &[],
+            )
+            .await
+            .map_err(db_err(format!("inspecting {}", self.db.shown)))?
+            .get(0);
+        if !resuming {
+            let held = client
+                .query(
+                    &format!(
+                        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+                         AND n.nspname NOT IN ('pg_catalog', 'information_schema', '{BOOKKEEPING}') \
+                         AND n.nspname NOT LIKE 'pg\\_%' \
+                         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                                         AND d.objid = c.oid AND d.deptype = 'e') \
+                         ORDER BY 1 LIMIT 4"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db_err(format!("inspecting {}", self.db.shown)))?;
+            if !held.is_empty() {
+                let mut names: Vec<String> = held.iter().take(3).map(|r| r.get(0)).collect();
+                if held.len() > 3 {
+                    names.push("…".into());
+                }
+                return Err(Error::Database {
+                    what: format!("copying into {}", self.db.shown),
+                    detail: format!(
+                        "it already holds tables of its own ({}) and no interrupted copy to \
+                         resume: sluice db fills an empty database, as pg_restore does a new \
+                         one; create a new database (createdb), or drop what is there",
+                        names.join(", ")
+                    ),
+                });
+            }
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client);
+        Ok(())
+    }
+
     async fn client(&self) -> Result<Client> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match idle {
@@ -60,6 +115,7 @@ fn db_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 impl UnitSink for PgSink {
     fn held(&self) -> Fut<'_, Result<Vec<String>>> {
         Box::pin(async move {
+            self.check().await?;
             let client = self.client().await?;
             client
                 .batch_execute(&format!(

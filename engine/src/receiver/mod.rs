@@ -1042,7 +1042,11 @@ async fn report(
                 path,
                 reason: reason.clone(),
             });
-            control.queue(&Message::FileFailed { id, reason });
+            control.queue(&Message::FileFailed {
+                id,
+                reason,
+                cause: kind.cause(),
+            });
             Ok(())
         }
     }

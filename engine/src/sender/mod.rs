@@ -266,6 +266,8 @@ async fn transfer(
     let mut reading = true;
     let mut roots = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
+    // What the first failure was, as the receiver said.
+    let mut first_kind = crate::error::ErrorKind::Verification;
     let total_files = files_in(&manifest);
     let summary = loop {
         // What the last turn queued (FileDone of many small files) goes out in one write.
@@ -356,7 +358,10 @@ async fn transfer(
                         let root = roots.remove(&id).unwrap_or_default();
                         progress.push(Event::FileVerified { path: e.path.clone(), size: e.size, root });
                     }
-                    SenderEvent::Failed { id, reason } => {
+                    SenderEvent::Failed { id, reason, cause } => {
+                        if failures.is_empty() {
+                            first_kind = crate::error::ErrorKind::of_cause(cause);
+                        }
                         let path = manifest[id as usize].entry.path.clone();
                         failures.push(format!("{path}: {reason}"));
                         progress.push(Event::FileFailed { path, reason });
@@ -394,7 +399,7 @@ async fn transfer(
             failed: failures.len(),
             total: total_files as usize,
             first: first.clone(),
-            kind: crate::error::ErrorKind::Verification,
+            kind: first_kind,
         });
     }
     Ok(summary)

@@ -25,7 +25,7 @@ use sluice_proto::codec::{
     decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG, PACKED_TAG,
 };
 use sluice_proto::message::{BlockHeader, ErrorCode, Message};
-use sluice_proto::session::SenderSession;
+use sluice_proto::session::{SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::unit::{self as frames, CLOSE_PREFIX, OPEN_PREFIX, UNIT_CLOSE_TAG};
 use sluice_proto::PROTOCOL_VERSION;
@@ -216,8 +216,8 @@ impl UnitServer {
 enum Landed {
     /// Committed, with this many bytes.
     Committed(u32, u64),
-    /// Refused by verification or the sink; the lane was read to its end.
-    Failed(u32, String),
+    /// Refused by verification or the sink, and why; the lane was read to its end.
+    Failed(u32, String, ErrorKind),
 }
 
 async fn serve(
@@ -272,9 +272,10 @@ async fn serve(
                     summary.bytes += bytes;
                     control.send(&Message::FileVerified { id }).await?;
                 }
-                Ok(Ok(Landed::Failed(id, reason))) => {
+                Ok(Ok(Landed::Failed(id, reason, kind))) => {
                     tracing::warn!("unit {id} failed: {reason}");
-                    control.send(&Message::FileFailed { id, reason }).await?;
+                    let cause = kind.cause();
+                    control.send(&Message::FileFailed { id, reason, cause }).await?;
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(err(&e)),
@@ -313,10 +314,10 @@ async fn receive_unit(
         Ok(w) => Some(w),
         Err(e) => {
             drain(&mut lane, peer).await?;
-            return Ok(Landed::Failed(id, e.to_string()));
+            return Ok(Landed::Failed(id, e.to_string(), e.kind()));
         }
     };
-    let mut failure: Option<String> = None;
+    let mut failure: Option<(String, ErrorKind)> = None;
     let mut unpacker: Option<zstd::bulk::Decompressor<'static>> = None;
     // A packed block's bytes, one buffer for the lane (at most a block).
     let mut packed: Vec<u8> = Vec::new();
@@ -338,19 +339,20 @@ async fn receive_unit(
             if lane.read(&mut extra).await.map_err(|e| err(&e))? != 0 {
                 return Err(err(&format!("unit {id}: bytes after its closing frame")));
             }
-            if let Some(reason) = failure {
-                return Ok(Landed::Failed(id, reason));
+            if let Some((reason, kind)) = failure {
+                return Ok(Landed::Failed(id, reason, kind));
             }
             if bytes != offset {
                 return Ok(Landed::Failed(
                     id,
                     format!("the sender counted {bytes} bytes, {offset} arrived"),
+                    ErrorKind::Verification,
                 ));
             }
             let writer = writer.take().expect("the writer is kept until the close");
             return Ok(match writer.commit(bytes, trailer).await {
                 Ok(()) => Landed::Committed(id, bytes),
-                Err(e) => Landed::Failed(id, e.to_string()),
+                Err(e) => Landed::Failed(id, e.to_string(), e.kind()),
             });
         }
         let mut raw = [0u8; BLOCK_HEADER_LEN];
@@ -380,7 +382,10 @@ async fn receive_unit(
                     .insert(zstd::bulk::Decompressor::new().map_err(Error::io("starting zstd"))?),
             };
             if let Err(e) = crate::pack::unpack(unpacker, &packed, &mut buf.as_mut_slice()[..len]) {
-                failure.get_or_insert(format!("the block at {offset}: {e}"));
+                failure.get_or_insert((
+                    format!("the block at {offset}: {e}"),
+                    ErrorKind::Verification,
+                ));
                 writer = None;
             }
         } else {
@@ -393,9 +398,9 @@ async fn receive_unit(
             continue;
         }
         if merkle::block_cv(&buf.as_slice()[..len], header.offset, ENDLESS) != header.hash {
-            failure = Some(format!(
-                "the block at {} does not match its hash",
-                header.offset
+            failure = Some((
+                format!("the block at {} does not match its hash", header.offset),
+                ErrorKind::Verification,
             ));
             writer = None;
             continue;
@@ -403,7 +408,7 @@ async fn receive_unit(
         progress.add_verified(len as u64);
         let w = writer.as_mut().expect("kept while no failure");
         if let Err(e) = w.put(buf.freeze(len)).await {
-            failure = Some(e.to_string());
+            failure = Some((e.to_string(), e.kind()));
             writer = None;
         }
     }
@@ -477,7 +482,10 @@ async fn push(
         .await?;
     match control.recv().await? {
         Some(Message::Welcome { .. }) => {}
-        Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
+        // Refused (a wrong secret, another version): exit 4, as for files.
+        Some(Message::Error { code, message }) => {
+            return Err(Error::Session(SessionError::Peer { code, message }))
+        }
         other => return Err(err(&format!("expected Welcome, got {other:?}"))),
     }
     // What a receiver may name is bounded by what this run sends (plus leftovers of other
@@ -517,6 +525,7 @@ async fn push(
     let mut summary = UnitsSummary::default();
     let mut next_id = 0u32;
     let mut failures: Vec<String> = Vec::new();
+    let mut first_kind = ErrorKind::Verification;
     for phase in phases {
         let mut queue: VecDeque<(Unit, u32)> = VecDeque::new();
         for unit in phase {
@@ -588,7 +597,7 @@ async fn push(
                             group_total: g.1,
                         });
                     }
-                    Some(Message::FileFailed { id, reason }) => {
+                    Some(Message::FileFailed { id, reason, cause }) => {
                         let Some((unit, attempts)) = flying.remove(&id) else {
                             return Err(err(&format!("the receiver failed unit {id}, which is not in flight")));
                         };
@@ -597,6 +606,9 @@ async fn push(
                             summary.retried += 1;
                             queue.push_back((unit, attempts));
                         } else {
+                            if failures.is_empty() {
+                                first_kind = ErrorKind::of_cause(cause);
+                            }
                             failures.push(format!("{}: {reason}", unit.key));
                         }
                     }
@@ -624,7 +636,7 @@ async fn push(
             failed: failures.len(),
             total: total as usize,
             first: first.clone(),
-            kind: ErrorKind::Verification,
+            kind: first_kind,
         });
     }
     Ok(summary)

@@ -9,7 +9,7 @@
 //! is indexed without a check, and every failure is a [`DecodeError`] saying what was wrong.
 //! [`FrameDecoder`] reassembles frames from arbitrary pieces of a stream.
 
-use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, Message, PieceHash};
+use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, FailCause, Message, PieceHash};
 
 /// The largest control frame accepted, type byte and body included. Control messages are small
 /// (a manifest entry is at most two strings of [`MAX_STRING_LEN`]); the bound keeps a hostile
@@ -197,10 +197,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.push(T_FILE_VERIFIED);
             out.extend_from_slice(&id.to_le_bytes());
         }
-        Message::FileFailed { id, reason } => {
+        Message::FileFailed { id, reason, cause } => {
             out.push(T_FILE_FAILED);
             out.extend_from_slice(&id.to_le_bytes());
             put_str(out, reason);
+            out.push(*cause as u8);
         }
         Message::Finish => out.push(T_FINISH),
         Message::Summary { entries, bytes } => {
@@ -356,6 +357,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         T_FILE_FAILED => Message::FileFailed {
             id: r.u32("id")?,
             reason: r.string("reason")?,
+            cause: FailCause::from_u8(r.u8("cause")?),
         },
         T_FINISH => Message::Finish,
         T_SUMMARY => Message::Summary {
@@ -640,8 +642,11 @@ mod tests {
             (any::<u32>(), any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(id, root, sent)| Message::FileDone { id, root, sent }),
             any::<u32>().prop_map(|id| Message::FileVerified { id }),
-            (any::<u32>(), arb_string())
-                .prop_map(|(id, reason)| Message::FileFailed { id, reason }),
+            (any::<u32>(), arb_string()).prop_map(|(id, reason)| Message::FileFailed {
+                id,
+                reason,
+                cause: FailCause::Local
+            }),
             Just(Message::Finish),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(entries, bytes)| Message::Summary { entries, bytes }),

@@ -140,6 +140,36 @@ impl ErrorCode {
     }
 }
 
+/// Why a file or unit failed at the receiver ([`Message::FileFailed`]): what the sender's user
+/// can do about it, and so the sender's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailCause {
+    /// Its data failed verification (or, in a dry run, differs), or no other cause fits.
+    Verification = 0,
+    /// A local failure at the receiver: a file or system call, a database statement.
+    Local = 1,
+    /// The receiver's destination is full.
+    NoSpace = 2,
+    /// The receiver's destination refused the path.
+    Destination = 3,
+    /// The receiver lost what it writes into (a database server went away): the same command
+    /// resumes.
+    Lost = 4,
+}
+
+impl FailCause {
+    /// The cause of wire value `v`; an unknown value is [`FailCause::Verification`].
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Local,
+            2 => Self::NoSpace,
+            3 => Self::Destination,
+            4 => Self::Lost,
+            _ => Self::Verification,
+        }
+    }
+}
+
 /// A control-stream message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -283,6 +313,8 @@ pub enum Message {
         id: u32,
         /// What went wrong, for the user.
         reason: String,
+        /// What kind of failure it was.
+        cause: FailCause,
     },
     /// Sender → receiver: no more files will be announced as done.
     Finish,

@@ -674,6 +674,8 @@ pub enum SenderEvent {
         id: u32,
         /// The receiver's reason.
         reason: String,
+        /// What kind of failure.
+        cause: crate::message::FailCause,
     },
     /// The transfer is complete.
     Summary {
@@ -816,9 +818,9 @@ impl SenderSession {
                 self.answer(id)?;
                 Ok(SenderEvent::Verified(id))
             }
-            Message::FileFailed { id, reason } if self.welcomed && !self.finished => {
+            Message::FileFailed { id, reason, cause } if self.welcomed && !self.finished => {
                 self.answer(id)?;
-                Ok(SenderEvent::Failed { id, reason })
+                Ok(SenderEvent::Failed { id, reason, cause })
             }
             Message::Summary { entries, bytes } if self.welcomed && !self.finished => {
                 let unanswered = self

@@ -79,6 +79,11 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             advertise,
         } => {
             let dst = database(&dst)?;
+            // The target is reached and judged before a ticket sends anyone here.
+            let sink = Arc::new(db::PgSink::new(dst.clone()));
+            sluice_engine::transport::runtime()?
+                .block_on(sink.check())
+                .with_context(|| format!("receiving into {}", dst.shown))?;
             let server = UnitServer::bind(listen, advertise, config)
                 .with_context(|| format!("listening on {listen}"))?;
             let ticket = server.ticket().to_string();
@@ -89,7 +94,6 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                 let _ = std::io::stdout().flush();
                 eprintln!("sluice: waiting for one sender; run: sluice db send SRC {ticket}");
             }
-            let sink = Arc::new(db::PgSink::new(dst.clone()));
             let summary = server
                 .run(sink, Arc::new(Progress::default()))
                 .with_context(|| format!("receiving into {}", dst.shown))?;

@@ -613,6 +613,59 @@ fn large_objects_are_refused_by_name_unless_left_behind() {
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM docs"), "1");
 }
 
+/// What a pg_restore user gets wrong about the target is said before any row moves, with the
+/// exit code of its kind: a target that already holds tables (a second copy into the same
+/// database) exits 5 and leaves no bookkeeping behind; `db recv` into a database that does not
+/// exist fails before printing a ticket; a ticket with a wrong secret is refused (4), as for files.
+#[test]
+fn target_mistakes_are_named_before_any_data_moves() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    assert!(out.status.success(), "copy: {}", stderr(&out));
+
+    let started = Instant::now();
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        stderr(&out).contains("already holds tables of its own (public.t)"),
+        "{}",
+        stderr(&out)
+    );
+    let bookkeeping = "SELECT count(*) FROM pg_namespace WHERE nspname = '_sluice'";
+    assert_eq!(pg.sql("dst", bookkeeping), "0");
+    assert_eq!(pg.sql("dst", "SELECT count(*) FROM t"), "1000");
+
+    let missing = pg.url("no_such_db");
+    let out = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(["db", "recv", "--listen", "127.0.0.1:0", &missing])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "printed a ticket");
+    assert!(stderr(&out).contains("no_such_db"), "{}", stderr(&out));
+
+    pg.sql("postgres", "CREATE DATABASE dst2");
+    let recv = DbRecv::start(&[&pg.url("dst2")]);
+    // The secret is the ticket's third dash-separated field: one character changed.
+    let mut fields: Vec<String> = recv.ticket.split('-').map(str::to_owned).collect();
+    let first = if fields[2].starts_with('0') { "1" } else { "0" };
+    fields[2] = format!("{first}{}", &fields[2][1..]);
+    let wrong = fields.join("-");
+    let out = sluice_db(&["db", "send", &src, &wrong]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrong secret"), "{}", stderr(&out));
+    recv.kill();
+}
+
 /// No server where the connection string points: a clear error naming it, in seconds.
 #[test]
 fn a_database_that_is_not_there_is_named_at_once() {
