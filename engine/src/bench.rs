@@ -139,6 +139,7 @@ impl BenchServer {
         let to = self.to;
         let (bytes, link, started) = self.server.serve(
             stop,
+            sluice_proto::message::HELLO_BENCH,
             "nothing was kept",
             |config, secret, link, control| async move {
                 serve(&config, secret, &link, control, &progress, to.as_deref()).await
@@ -166,7 +167,13 @@ async fn serve(
 ) -> Result<u64> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let block_size = crate::unit::session::welcome(&mut control, secret, peer).await?;
+    let block_size = crate::unit::session::welcome(
+        &mut control,
+        secret,
+        peer,
+        sluice_proto::message::HELLO_BENCH,
+    )
+    .await?;
     let (pool, allowed) = receiving_ring(config, block_size)?;
     link.allow_lanes(allowed);
     let mut sink: Box<dyn BlockSink> = match to {
@@ -336,11 +343,20 @@ async fn push(
     let err = transport::conn_error(peer);
     let mut control = Control::new(link.open_control().await?, peer.to_string());
     control
-        .send(&SenderSession::hello(ticket.secret, config.block_size, 0))
+        .send(&SenderSession::hello(
+            ticket.secret,
+            config.block_size,
+            sluice_proto::message::HELLO_BENCH,
+        ))
         .await?;
     match control.recv().await? {
         Some(Message::Welcome { .. }) => {}
-        Some(Message::Error { message, .. }) => return Err(err(&format!("refused: {message}"))),
+        Some(Message::Error { code, message }) => {
+            return Err(Error::Session(sluice_proto::session::SessionError::Peer {
+                code,
+                message,
+            }))
+        }
         other => return Err(err(&format!("expected Welcome, got {other:?}"))),
     }
     let (ring_first, ring_ceiling) = config.sending_ring();

@@ -62,10 +62,12 @@ impl OneSender {
     /// `stop` is notified); once a sender is proven nobody else is let in. Runs `work` on its
     /// link and control channel, explains a failure (`resume`: what the user can do about it)
     /// and closes the link, after the sender has closed it when all went well. Returns what
-    /// `work` made, the link, and when the sender was proven.
+    /// `work` made, the link, and when the sender was proven. `kind`: the session kind this end
+    /// takes (`HELLO_KIND` bits); a sender of another kind is refused by name.
     pub(crate) fn serve<T, F, Fut>(
         self,
         stop: Arc<Notify>,
+        kind: u8,
         resume: &'static str,
         work: F,
     ) -> Result<(T, Arc<dyn Link>, Instant)>
@@ -80,7 +82,7 @@ impl OneSender {
         } = self;
         rt.block_on(async move {
             let (link, control) = tokio::select! {
-                proven = crate::receiver::proven_sender(&mut listener, &config) => proven?,
+                proven = crate::receiver::proven_sender(&mut listener, &config, kind) => proven?,
                 _ = stop.notified() => {
                     return Err(Error::io(WAITING)(std::io::Error::other(
                         "stopped before a sender came",

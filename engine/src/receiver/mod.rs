@@ -330,7 +330,7 @@ impl Receiver {
         rt.block_on(async move {
             let secret = listener.ticket().secret;
             let (link, control) = tokio::select! {
-                proven = proven_sender(&mut listener, &config) => proven?,
+                proven = proven_sender(&mut listener, &config, 0) => proven?,
                 _ = stop.notified() => {
                     return Err(Error::Connection {
                         peer: "none".into(),
@@ -389,6 +389,7 @@ const MAX_UNPROVEN: u32 = 16;
 pub(crate) async fn proven_sender(
     listener: &mut Listener,
     config: &Config,
+    kind: u8,
 ) -> Result<(Arc<dyn Link>, Control)> {
     let secret = listener.ticket().secret;
     let mut failed = 0;
@@ -398,16 +399,13 @@ pub(crate) async fn proven_sender(
         let mut control = Control::new(channel, peer.to_string());
         let first = tokio::time::timeout(transport::HELLO_DEADLINE, control.recv()).await;
         let refused = match first {
-            Ok(Ok(Some(hello))) => {
-                match ReceiverSession::with_policy(secret, policy(config)).on_message(hello.clone())
-                {
-                    Ok(_) => {
-                        control.unread(hello);
-                        return Ok((link, control));
-                    }
-                    Err(e) => Error::from(e),
+            Ok(Ok(Some(hello))) => match hello_for(&hello, kind, secret, config) {
+                Ok(()) => {
+                    control.unread(hello);
+                    return Ok((link, control));
                 }
-            }
+                Err(e) => Error::from(e),
+            },
             Ok(Ok(None)) => transport::conn_error(peer)(&"closed before its Hello"),
             Ok(Err(e)) => e,
             Err(_) => transport::conn_error(peer)(&format!(
@@ -432,6 +430,43 @@ pub(crate) async fn proven_sender(
             return Err(refused);
         }
     }
+}
+
+/// Checks a first message as a file receiver would (version, secret, block size, flags), with
+/// the session-kind flags (`HELLO_KIND`) set aside and required to be `kind`'s: a receiver of
+/// one kind refuses another's sender by name, once the sender has shown the ticket's secret.
+fn hello_for(
+    hello: &Message,
+    kind: u8,
+    secret: [u8; 32],
+    config: &Config,
+) -> std::result::Result<(), sluice_proto::session::SessionError> {
+    use sluice_proto::message::HELLO_KIND;
+    let (flags, plain) = match hello {
+        Message::Hello {
+            version,
+            secret,
+            block_size,
+            flags,
+        } => (
+            *flags,
+            Message::Hello {
+                version: *version,
+                secret: *secret,
+                block_size: *block_size,
+                flags: flags & !HELLO_KIND,
+            },
+        ),
+        other => (kind, other.clone()),
+    };
+    ReceiverSession::with_policy(secret, policy(config)).on_message(plain)?;
+    if flags & HELLO_KIND != kind {
+        return Err(sluice_proto::session::SessionError::WrongKind {
+            ours: kind,
+            theirs: flags,
+        });
+    }
+    Ok(())
 }
 
 fn policy(config: &Config) -> sluice_proto::session::Policy {

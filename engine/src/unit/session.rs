@@ -24,7 +24,7 @@ use bytes::Bytes;
 use sluice_proto::codec::{
     decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG, PACKED_TAG,
 };
-use sluice_proto::message::{BlockHeader, ErrorCode, Message};
+use sluice_proto::message::{BlockHeader, ErrorCode, Message, HELLO_KIND, HELLO_UNITS};
 use sluice_proto::session::{SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::unit::{self as frames, CLOSE_PREFIX, OPEN_PREFIX, UNIT_CLOSE_TAG};
@@ -125,6 +125,7 @@ pub(crate) async fn welcome(
     control: &mut Control,
     secret: [u8; 32],
     peer: SocketAddr,
+    kind: u8,
 ) -> Result<u32> {
     let err = transport::conn_error(peer);
     let block_size = match control.recv().await? {
@@ -132,7 +133,7 @@ pub(crate) async fn welcome(
             version,
             secret: theirs,
             block_size,
-            ..
+            flags,
         }) => {
             let refusal = if version != PROTOCOL_VERSION {
                 Some((
@@ -144,6 +145,12 @@ pub(crate) async fn welcome(
                     ErrorCode::Auth,
                     "wrong secret: the sender does not hold this ticket".into(),
                 ))
+            } else if flags & HELLO_KIND != kind {
+                let wrong = SessionError::WrongKind {
+                    ours: kind,
+                    theirs: flags,
+                };
+                Some((ErrorCode::Protocol, wrong.to_string()))
             } else if !block_size.is_power_of_two() || !(1024..=16 << 20).contains(&block_size) {
                 Some((
                     ErrorCode::Protocol,
@@ -202,11 +209,14 @@ impl UnitServer {
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<UnitsSummary> {
         let resume = "units committed so far are kept; run the same command again";
-        let (mut summary, _, started) =
-            self.0
-                .serve(stop, resume, |config, secret, link, control| async move {
-                    serve(&config, secret, &link, control, sink, &progress).await
-                })?;
+        let (mut summary, _, started) = self.0.serve(
+            stop,
+            HELLO_UNITS,
+            resume,
+            |config, secret, link, control| async move {
+                serve(&config, secret, &link, control, sink, &progress).await
+            },
+        )?;
         summary.elapsed = started.elapsed();
         Ok(summary)
     }
@@ -230,7 +240,7 @@ async fn serve(
 ) -> Result<UnitsSummary> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let block_size = welcome(&mut control, secret, peer).await?;
+    let block_size = welcome(&mut control, secret, peer, HELLO_UNITS).await?;
     for key in sink.held().await? {
         control.queue(&Message::Held { key });
     }
@@ -478,7 +488,11 @@ async fn push(
     let err = transport::conn_error(peer);
     let mut control = Control::new(link.open_control().await?, peer.to_string());
     control
-        .send(&SenderSession::hello(ticket.secret, config.block_size, 0))
+        .send(&SenderSession::hello(
+            ticket.secret,
+            config.block_size,
+            HELLO_UNITS,
+        ))
         .await?;
     match control.recv().await? {
         Some(Message::Welcome { .. }) => {}

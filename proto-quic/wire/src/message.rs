@@ -55,6 +55,23 @@ pub const HELLO_DRY_RUN: u8 = 8;
 /// instead of trusting its resume journal (`--rehash`: a part file changed by another program
 /// between two runs is then repaired, not installed).
 pub const HELLO_REHASH: u8 = 16;
+/// [`Message::Hello`] flag: the session carries database units (`sluice db send`), not files.
+pub const HELLO_UNITS: u8 = 32;
+/// [`Message::Hello`] flag: the session is a benchmark (`sluice bench`), not files.
+pub const HELLO_BENCH: u8 = 64;
+/// The [`Message::Hello`] flags that say what a session carries; none of them: files. A
+/// receiver of another kind refuses the Hello at once, naming both kinds.
+pub const HELLO_KIND: u8 = HELLO_UNITS | HELLO_BENCH;
+
+/// What a session whose Hello has `flags` carries, and the command that receives it.
+pub fn session_kind(flags: u8) -> (&'static str, &'static str) {
+    match flags & HELLO_KIND {
+        0 => ("files", "sluice recv"),
+        HELLO_UNITS => ("a database", "sluice db recv"),
+        HELLO_BENCH => ("a benchmark", "sluice bench --serve"),
+        _ => ("an unknown kind of session", "another version of sluice"),
+    }
+}
 
 /// What kind of filesystem object a manifest entry describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

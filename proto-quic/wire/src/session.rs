@@ -160,6 +160,21 @@ pub enum SessionError {
     /// Hello carried flags this build does not know.
     #[error("unknown Hello flags {0:#04x}")]
     Flags(u8),
+    /// The sender sends another kind of session than this receiver takes (a database to a
+    /// file receiver, say): the wrong ticket.
+    #[error(
+        "this receiver (`{}`) takes {}, but the sender sends {}: give the sender the ticket that `{}` prints",
+        crate::message::session_kind(*ours).1,
+        crate::message::session_kind(*ours).0,
+        crate::message::session_kind(*theirs).0,
+        crate::message::session_kind(*theirs).1
+    )]
+    WrongKind {
+        /// This receiver's kind ([`crate::message::HELLO_KIND`] bits).
+        ours: u8,
+        /// The sender's Hello flags.
+        theirs: u8,
+    },
     /// A block index or count was outside the file.
     #[error("file {id}: block {index} is outside the file")]
     BlockRange {
@@ -420,6 +435,12 @@ impl ReceiverSession {
                     || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
                 {
                     return Err(SessionError::BlockSize(block_size));
+                }
+                if flags & crate::message::HELLO_KIND != 0 {
+                    return Err(SessionError::WrongKind {
+                        ours: 0,
+                        theirs: flags,
+                    });
                 }
                 let known =
                     HELLO_RESTART | HELLO_INPLACE | HELLO_DELETE | HELLO_DRY_RUN | HELLO_REHASH;
@@ -1241,6 +1262,16 @@ mod v2_tests {
             r.on_message(SenderSession::hello([1; 32], 1024, 0x80)),
             Err(SessionError::Flags(0x80))
         );
+        let mut r = ReceiverSession::new([1; 32]);
+        let err = r
+            .on_message(SenderSession::hello(
+                [1; 32],
+                1024,
+                crate::message::HELLO_UNITS,
+            ))
+            .unwrap_err();
+        assert!(matches!(err, SessionError::WrongKind { ours: 0, .. }));
+        assert!(err.to_string().contains("`sluice db recv` prints"), "{err}");
         let mut r = ReceiverSession::new([1; 32]);
         r.on_message(SenderSession::hello([1; 32], 1024, HELLO_RESTART))
             .unwrap();

@@ -180,3 +180,49 @@ fn bench_refuses_a_wrong_secret_and_bad_flags() {
         assert!(stderr(&out).contains(flag), "{arg}: {}", stderr(&out));
     }
 }
+
+over_both! {
+    /// A ticket of another kind of receiver is refused at once, naming the receiver whose ticket
+    /// the sender needs (a benchmark sent to `sluice recv` showed 0 MB/s for 120 s, and files
+    /// sent to `bench --serve` ended in a debug dump of the first entry).
+    fn a_ticket_of_another_kind_of_receiver_is_refused_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let recv = Recv::start(&d.path().join("dest"));
+        let started = std::time::Instant::now();
+        let out = sluice()
+            .args(["bench", "--time", "2", &recv.ticket])
+            .output()
+            .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("give the sender the ticket that `sluice bench --serve` prints"),
+            "{}",
+            stderr(&out)
+        );
+        drop(recv);
+
+        let mut server = sluice()
+            .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(server.stdout.take().unwrap());
+        let mut ticket = String::new();
+        out.read_line(&mut ticket).unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let started = std::time::Instant::now();
+        let sent = sluice().arg("send").arg(&file).arg(ticket.trim()).output().unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(sent.status.code(), Some(4), "{}", stderr(&sent));
+        assert!(
+            stderr(&sent).contains("takes a benchmark, but the sender sends files"),
+            "{}",
+            stderr(&sent)
+        );
+    }
+}

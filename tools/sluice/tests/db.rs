@@ -664,6 +664,19 @@ fn target_mistakes_are_named_before_any_data_moves() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("wrong secret"), "{}", stderr(&out));
     recv.kill();
+
+    // The ticket of a file receiver: refused at once (it used to stall for 120 s).
+    let d = tempfile::tempdir().unwrap();
+    let files = Recv::start(&d.path().join("files"));
+    let started = Instant::now();
+    let out = sluice_db(&["db", "send", &src, &files.ticket]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the ticket that `sluice db recv` prints"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// No server where the connection string points: a clear error naming it, in seconds.
