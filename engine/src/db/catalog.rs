@@ -197,7 +197,10 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
                     (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
-                    c.reltuples::int8, pg_indexes_size(c.oid)::int8 \
+                    c.reltuples::int8, pg_indexes_size(c.oid)::int8, \
+                    (SELECT rn.nspname || '.' || rc.relname FROM pg_class rc \
+                     JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+                     WHERE rc.oid = pg_partition_root(c.oid) AND rc.oid <> c.oid) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind = 'r' \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
@@ -213,11 +216,16 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
     for row in rows {
         let oid: u32 = row.get(0);
         let (schema, name): (String, String) = (row.get(1), row.get(2));
-        if !include.is_empty()
-            && !include
-                .iter()
-                .any(|p| glob(p, &format!("{schema}.{name}")) || glob(p, &name))
-        {
+        // A partition is chosen by its own name or by its partitioned table's.
+        let root: Option<String> = row.get(7);
+        let chosen = |p: &String| {
+            glob(p, &format!("{schema}.{name}"))
+                || glob(p, &name)
+                || root.as_deref().is_some_and(|r| {
+                    glob(p, r) || r.split_once('.').is_some_and(|(_, n)| glob(p, n))
+                })
+        };
+        if !include.is_empty() && !include.iter().any(chosen) {
             continue;
         }
         let cols = client

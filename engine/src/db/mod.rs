@@ -145,6 +145,18 @@ pub fn auto_range_bytes(largest_table: u64, jobs: usize) -> u64 {
 async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
     let mut plan = Plan::default();
     let tables = catalog::tables(client, &options.tables).await?;
+    if tables.is_empty() && !options.tables.is_empty() {
+        // As pg_dump -t says "no matching tables were found", rather than copying nothing.
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: format!(
+                "no table matches --tables {}: patterns are shell patterns on schema.table or \
+                 table (public.orders, 'orders_*'); a partitioned table's name takes its \
+                 partitions",
+                options.tables.join(",")
+            ),
+        });
+    }
     let largest = tables
         .iter()
         .map(|t| t.bytes.max(0) as u64)
@@ -183,7 +195,8 @@ async fn refuse_large_objects(client: &Client, src: &Database, options: &Options
         what: format!("copying {}", src.shown),
         detail: format!(
             "it holds {n} large object{}, which sluice db does not copy yet: move them with \
-             `pg_dump --data-only --large-objects` and pass --skip-large-objects",
+             `pg_dump --data-only --blobs` (--large-objects from PostgreSQL 16 on) and pass \
+             --skip-large-objects",
             if n == 1 { "" } else { "s" }
         ),
     })
@@ -252,7 +265,7 @@ pub fn copy(
 ) -> Result<(Plan, UnitsSummary)> {
     if src.libpq() == dst.libpq() {
         return Err(Error::Database {
-            what: format!("copying {} to {}", src.shown, dst.shown),
+            what: "checking the target".into(),
             detail: "the source and the target are the same database".into(),
         });
     }

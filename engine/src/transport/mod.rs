@@ -181,7 +181,8 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
                             Ok(r) => r,
                             Err(_) => Err(conn_error(ticket.addr)(&format!(
                                 "no receiver answers: nothing over QUIC for {} s, and TCP: {}; \
-                                 is `sluice recv` still running there, and is this its latest ticket?",
+                                 is the receiving sluice (`recv`, `db recv`, `bench --serve`) still running there, \
+                                 and is this its latest ticket?",
                                 2 * FALLBACK_AFTER.as_secs(),
                                 tcp_reason(&e)
                             ))),

@@ -115,7 +115,8 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
         Ok(r) => r.map_err(|e| err(&e))?,
         Err(_) => {
             return Err(err(&format!(
-                "no answer over QUIC in {} s: is `sluice recv` still running there, is this its \
+                "no answer over QUIC in {} s: is the receiving sluice (`recv`, `db recv`, `bench \
+                 --serve`) still running there, is this its \
                  latest ticket, and is it not busy with another sender? (a receiver answers one \
                  sender at a time)",
                 ANSWER_WITHIN.as_secs()

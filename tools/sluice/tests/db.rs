@@ -627,6 +627,22 @@ fn target_mistakes_are_named_before_any_data_moves() {
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
+    // A --tables pattern that matches nothing is said, as pg_dump -t says it, not a copy of
+    // nothing (with the whole schema) and exit 0.
+    let out = sluice_db(&["db", "copy", "--tables", "nomatch*", &src, &dst]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no table matches --tables nomatch*"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        pg.sql(
+            "dst",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 't'"
+        ),
+        "0"
+    );
     let out = sluice_db(&["db", "copy", &src, &dst]);
     assert!(out.status.success(), "copy: {}", stderr(&out));
 
