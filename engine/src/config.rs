@@ -156,7 +156,7 @@ impl Default for Config {
             max_rate: None,
             rtt_hint: None,
             rate_hint: None,
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             io_uring: true,
             read_depth: 2,
             write_depth: 16,

@@ -146,7 +146,7 @@ impl Default for TransportTuning {
             connection_window: 128 << 20,
             send_window: 128 << 20,
             max_uni_streams: 8,
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             ack_eliciting_threshold: 16,
             max_ack_delay: Duration::from_millis(25),
             congestion: Congestion::Sluice,

@@ -270,7 +270,7 @@ pub struct Tuning {
     /// longer has (as rsync --delete); without it they are left alone.
     #[arg(long, global = true)]
     pub delete: bool,
-    /// Seconds without a packet from the peer before it is declared gone (default 10).
+    /// Seconds without a packet from the peer before it is declared gone (default 30).
     #[arg(long, global = true)]
     pub idle_timeout: Option<u64>,
     /// Seconds without progress (no block verified, sent or kept, no message) before a

@@ -64,7 +64,7 @@ fn main() {
 
 /// On Ctrl-C, SIGTERM or SIGHUP: tells every peer over QUIC that this side stopped (a peer
 /// over TCP hears it from the kernel), then exits with 128 + the signal's number, as a shell
-/// does. Without the close a peer waited for its idle timeout (10 s by default) to notice. Nothing is
+/// does. Without the close a peer waited for its idle timeout (30 s by default) to notice. Nothing is
 /// left under a final name: part files and their journals stay for a resume.
 fn close_on_signals(json: bool) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};

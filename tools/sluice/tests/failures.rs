@@ -16,15 +16,19 @@ const BLOCK: u64 = 1 << 20;
 /// Starts sending 512 MiB to a fresh receiver (the sender with `--idle-timeout 2`) and returns
 /// once 64 MiB have reached its part file.
 fn sending_big_file(d: &std::path::Path) -> (Recv, std::process::Child) {
-    sending_big_file_with(d, &["--idle-timeout", "2"])
+    sending_big_file_with(d, &["--idle-timeout", "2"], &[])
 }
 
-/// [`sending_big_file`] with more options for `send`.
-fn sending_big_file_with(d: &std::path::Path, options: &[&str]) -> (Recv, std::process::Child) {
+/// [`sending_big_file`] with more options for `send`, and global options for `recv`.
+fn sending_big_file_with(
+    d: &std::path::Path,
+    options: &[&str],
+    recv_options: &[&str],
+) -> (Recv, std::process::Child) {
     let src = d.join("big.bin");
     random_file(&src, 512 * BLOCK, 3);
     let dest = d.join("dest");
-    let recv = Recv::start(&dest);
+    let recv = Recv::start_with(&dest, recv_options);
     let send = sluice()
         .arg("send")
         .args(options)
@@ -76,18 +80,18 @@ over_both! {
 }
 
 over_both! {
-    /// kill -9, with the default idle timeout (10 s): over QUIC the survivor sees only silence
-    /// (it waited 30 s before the default was lowered); over TCP the dead side's kernel resets
-    /// the connections.
+    /// kill -9: over QUIC the survivor sees only silence, for its idle timeout (3 s here; 30 s
+    /// by default, so that a 20 s outage of the path is waited out, `wan.rs`); over TCP the dead
+    /// side's kernel resets the connections.
     fn sender_reports_a_receiver_that_vanished() {
         let d = tempfile::tempdir().unwrap();
-        let (recv, send) = sending_big_file_with(d.path(), &[]);
+        let (recv, send) = sending_big_file_with(d.path(), &["--idle-timeout", "3"], &[]);
         drop(recv);
         let started = Instant::now();
         let out = send.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(3), "exit code for a lost connection");
         assert!(
-            started.elapsed() < Duration::from_secs(13),
+            started.elapsed() < Duration::from_secs(8),
             "the sender waited {:?}",
             started.elapsed()
         );
@@ -101,15 +105,16 @@ over_both! {
 }
 
 over_both! {
+    /// The other way round: the receiver's idle timeout (3 s here) ends its wait.
     fn receiver_reports_a_sender_that_vanished() {
         let d = tempfile::tempdir().unwrap();
-        let (recv, mut send) = sending_big_file_with(d.path(), &[]);
+        let (recv, mut send) = sending_big_file_with(d.path(), &[], &["--idle-timeout", "3"]);
         send.kill().unwrap();
         send.wait().unwrap();
         let started = Instant::now();
         let out = recv.wait();
         assert!(
-            started.elapsed() < Duration::from_secs(13),
+            started.elapsed() < Duration::from_secs(8),
             "the receiver waited {:?}",
             started.elapsed()
         );
@@ -140,7 +145,7 @@ over_both! {
     fn a_side_stopped_by_a_signal_tells_the_other_at_once() {
         let d = tempfile::tempdir().unwrap();
         let (recv, send) =
-            sending_big_file_with(d.path(), &["--idle-timeout", "2", "--max-rate", "800M"]);
+            sending_big_file_with(d.path(), &["--idle-timeout", "2", "--max-rate", "800M"], &[]);
         signal(send.id(), "-TERM");
         let out = send.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(128 + 15), "{}", stderr(&out));
@@ -158,7 +163,7 @@ over_both! {
 
         let d = tempfile::tempdir().unwrap();
         let (recv, send) =
-            sending_big_file_with(d.path(), &["--idle-timeout", "2", "--max-rate", "800M"]);
+            sending_big_file_with(d.path(), &["--idle-timeout", "2", "--max-rate", "800M"], &[]);
         signal(recv.pid(), "-INT");
         let started = Instant::now();
         let out = send.wait_with_output().unwrap();
