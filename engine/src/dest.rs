@@ -91,6 +91,15 @@ impl Destination {
     /// Opens (creating if needed) the destination directory.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
+        if fs::metadata(&root).is_ok_and(|m| !m.is_dir()) {
+            // As cp says it ("not a directory"), rather than mkdir's "File exists".
+            return Err(Error::Destination {
+                path: root.display().to_string(),
+                why: "it is a file, not a directory to copy into (one source file may be \
+                      copied onto an existing file; several need a directory)"
+                    .into(),
+            });
+        }
         fs::create_dir_all(&root).map_err(Error::file("creating destination", &root))?;
         Ok(Self {
             root,

@@ -98,9 +98,12 @@ pub fn copy(
     progress: Arc<Progress>,
 ) -> Result<Summary> {
     // One user owns both ends: what the sender asks for, the receiver allows.
+    // The depth limit guards a receiver against a hostile sender's manifest; here the tree is
+    // the user's own (a tree deeper than 256 levels failed part-way, its directories made).
     let receiving = Config {
         allow_delete: config.allow_delete || config.delete,
         allow_inplace: config.allow_inplace || config.inplace,
+        max_depth: u32::MAX,
         ..config.clone()
     };
     // One file to a name that is not a directory arrives as that name (`cp a.bin b.bin`).

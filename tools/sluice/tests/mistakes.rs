@@ -118,6 +118,39 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         "the source was emptied"
     );
 
+    // Several sources onto an existing file: cp's "not a directory", not mkdir's "File exists".
+    fs::write(p("other"), b"o").unwrap();
+    let (out, took) = run(&["copy", &p("file"), &p("other"), &p("file2")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = took;
+    fs::write(p("plain"), b"p").unwrap();
+    let (out, took) = run(&["copy", &p("file"), &p("other"), &p("plain")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "several sources onto a file",
+            code: 7,
+            says: &["plain", "not a directory"],
+        },
+    );
+    assert_eq!(fs::read(p("plain")).unwrap(), b"p");
+
+    // A tree deeper than a receiver's --max-depth (256) is the user's own under copy.
+    let mut deep = d.path().join("deep");
+    for _ in 0..300 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"b").unwrap();
+    let (out, _) = run(&["copy", &p("deep"), &p("deep-copy")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copied = d
+        .path()
+        .join("deep-copy")
+        .join(deep.strip_prefix(d.path()).unwrap());
+    assert_eq!(fs::read(copied.join("bottom")).unwrap(), b"b");
+
     let (out, took) = run(&["send", &p("file"), "sluice1-not-a-ticket"]);
     check(
         out,
