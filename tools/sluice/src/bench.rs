@@ -166,13 +166,15 @@ fn line(json: bool, t: f64, bytes: u64, rate: f64, path: &PathStats) {
     if json {
         render::json_line(&serde_json::json!({
             "event": "interval", "seconds": t, "bytes": bytes, "mb_per_s": rate / 1e6,
+            "mbit_per_s": rate * 8.0 / 1e6,
             "rtt_ms": path.rtt.as_secs_f64() * 1e3, "cwnd": path.cwnd,
             "loss": path.loss(), "retransmitted_bytes": path.lost_bytes,
         }));
     } else {
         println!(
-            "[{t:6.1} s] {:9.1} MB/s  RTT {:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
+            "[{t:6.1} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
             rate / 1e6,
+            rate * 8.0 / 1e6,
             path.rtt.as_secs_f64() * 1e3,
             path.cwnd,
             path.loss() * 100.0,
@@ -186,15 +188,17 @@ fn report(s: &BenchSummary, json: bool, what: &str) {
     if json {
         render::json_line(&serde_json::json!({
             "event": "summary", "bytes": s.bytes, "seconds": secs, "mb_per_s": s.rate() / 1e6,
+            "mbit_per_s": s.rate() * 8.0 / 1e6,
             "transport": s.transport.to_string(), "rtt_ms": s.path.rtt.as_secs_f64() * 1e3,
             "loss": s.path.loss(), "retransmitted_bytes": s.path.lost_bytes,
             "wire_bytes": s.path.udp_tx_bytes + s.path.udp_rx_bytes,
         }));
     } else {
         println!(
-            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s over {}; RTT {:.2} ms, {:.2} % of packets lost ({} bytes sent again)",
+            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s ({:.1} Mbit/s, as iperf3 counts) over {}; RTT {:.2} ms, {:.2} % of packets lost ({} bytes sent again)",
             s.bytes,
             s.rate() / 1e6,
+            s.rate() * 8.0 / 1e6,
             s.transport,
             s.path.rtt.as_secs_f64() * 1e3,
             s.path.loss() * 100.0,

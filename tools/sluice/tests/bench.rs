@@ -26,7 +26,7 @@ over_both! {
         assert!(summary["wire_bytes"].as_u64().unwrap() >= 96 << 20, "{summary}");
         for l in &lines[..lines.len() - 1] {
             assert_eq!(l["event"], "interval", "{l}");
-            for key in ["mb_per_s", "rtt_ms", "cwnd", "loss", "retransmitted_bytes"] {
+            for key in ["mb_per_s", "mbit_per_s", "rtt_ms", "cwnd", "loss", "retransmitted_bytes"] {
                 assert!(l.get(key).is_some(), "{key} missing: {l}");
             }
         }
