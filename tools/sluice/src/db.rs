@@ -225,11 +225,16 @@ where
 fn report(s: &UnitsSummary, plan: Option<&Plan>, json: bool) {
     let secs = s.elapsed.as_secs_f64();
     if json {
-        render::json_line(&serde_json::json!({
+        let mut line = serde_json::json!({
             "event": "summary", "units": s.units, "held": s.held, "retried": s.retried,
             "bytes": s.bytes, "seconds": secs,
-            "tables": plan.map(|p| p.tables.len()), "ranges": plan.map(Plan::ranges),
-        }));
+        });
+        // The receiving end has no plan: it leaves the fields out rather than giving nulls.
+        if let Some(p) = plan {
+            line["tables"] = p.tables.len().into();
+            line["ranges"] = p.ranges().into();
+        }
+        render::json_line(&line);
         return;
     }
     let tables = plan.map_or(String::new(), |p| {
