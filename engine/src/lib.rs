@@ -119,6 +119,8 @@ pub fn copy(
         }
     }
     let dir = target.as_ref().map_or(dest, |(dir, _)| dir.as_path());
+    // A missing or twice-named source is said before the destination is made.
+    manifest::top_names(sources)?;
     if let Some(src) = sources.iter().find(|s| s.is_dir() && inside(dir, s)) {
         return Err(Error::Source {
             path: src.clone(),

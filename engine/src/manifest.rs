@@ -64,8 +64,20 @@ pub fn build_as(src: &Path, name: &str) -> Result<Vec<SourceEntry>> {
 /// Walks `sources` and returns the manifest, ids in order.
 pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
     let mut out = Vec::new();
+    for (src, name) in sources.iter().zip(top_names(sources)?) {
+        walk(src, name, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The names `sources` take at the top of the destination, once each is known to exist; the
+/// first that is missing, unnamed or named twice is an error. Cheap: `copy` asks it before it
+/// makes the destination, so that a mistyped source leaves nothing behind.
+pub fn top_names(sources: &[PathBuf]) -> Result<Vec<String>> {
+    let mut names = Vec::with_capacity(sources.len());
     let mut top_names = std::collections::HashSet::new();
     for src in sources {
+        fs::symlink_metadata(src).map_err(Error::file("reading metadata of", src))?;
         let name = src
             .file_name()
             .map(ToOwned::to_owned)
@@ -81,9 +93,9 @@ pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
                 why: "another source has the same name",
             });
         }
-        walk(src, name, &mut out)?;
+        names.push(name);
     }
-    Ok(out)
+    Ok(names)
 }
 
 /// The [`Entry::version`] of a file with metadata `meta`: a BLAKE3 hash (in a context of its

@@ -195,6 +195,21 @@ fn a_missing_source_is_named_at_once() {
     assert!(started.elapsed() < Duration::from_secs(10), "copy hung");
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-file"), "{}", stderr(&out));
+    assert!(!d.path().join("dest").exists(), "the destination was made");
+    // Two sources of one name: refused, and nothing made either.
+    for sub in ["a/x", "b/x"] {
+        std::fs::create_dir_all(d.path().join(sub)).unwrap();
+    }
+    let out = sluice()
+        .arg("copy")
+        .arg(d.path().join("a/x"))
+        .arg(d.path().join("b/x"))
+        .arg(d.path().join("dest"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("same name"), "{}", stderr(&out));
+    assert!(!d.path().join("dest").exists(), "the destination was made");
     let recv = Recv::start(&d.path().join("dest2"));
     let out = sluice()
         .arg("send")
