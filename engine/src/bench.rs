@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::codec::encode_block_header;
 use sluice_proto::message::{BlockHeader, Message};
-use sluice_proto::session::SenderSession;
 use sluice_proto::ticket::Ticket;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -167,13 +166,7 @@ async fn serve(
 ) -> Result<u64> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let block_size = crate::unit::session::welcome(
-        &mut control,
-        secret,
-        peer,
-        sluice_proto::message::HELLO_BENCH,
-    )
-    .await?;
+    let block_size = crate::unit::session::welcome(&mut control, secret, peer).await?;
     let (pool, allowed) = receiving_ring(config, block_size)?;
     link.allow_lanes(allowed);
     let mut sink: Box<dyn BlockSink> = match to {
@@ -341,24 +334,13 @@ async fn push(
 ) -> Result<u64> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let mut control = Control::new(link.open_control().await?, peer.to_string());
-    control
-        .send(&SenderSession::hello(
-            ticket.secret,
-            config.block_size,
-            sluice_proto::message::HELLO_BENCH,
-        ))
-        .await?;
-    match control.recv().await? {
-        Some(Message::Welcome { .. }) => {}
-        Some(Message::Error { code, message }) => {
-            return Err(Error::Session(sluice_proto::session::SessionError::Peer {
-                code,
-                message,
-            }))
-        }
-        other => return Err(err(&format!("expected Welcome, got {other:?}"))),
-    }
+    let mut control = crate::unit::session::greet(
+        link,
+        ticket.secret,
+        config.block_size,
+        sluice_proto::message::HELLO_BENCH,
+    )
+    .await?;
     let (ring_first, ring_ceiling) = config.sending_ring();
     let pool = BufferPool::growable(ring_first, ring_ceiling, config.block_size as usize)
         .map_err(Error::io("allocating the buffer ring"))?;

@@ -158,6 +158,17 @@ impl<T: Send + 'static> Burst<T> {
 
     /// Queues `job`; the job back if the worker is gone.
     pub(crate) fn send(&self, job: T) -> Result<(), std_mpsc::SendError<T>> {
+        self.queue_job(job, false)
+    }
+
+    /// Queues `job` and hands over everything pending now; the job back if the worker is gone.
+    pub(crate) fn send_now(&self, job: T) -> Result<(), std_mpsc::SendError<T>> {
+        self.queue_job(job, true)
+    }
+
+    /// Queues `job`, and hands the pending jobs over if `now`, if they make a full burst, or if
+    /// this thread's runtime is not known to flush before it sleeps.
+    fn queue_job(&self, job: T, now: bool) -> Result<(), std_mpsc::SendError<T>> {
         if self.queue.gone.load(Ordering::Relaxed) {
             return Err(std_mpsc::SendError(job));
         }
@@ -166,27 +177,13 @@ impl<T: Send + 'static> Burst<T> {
             p.push(job);
             p.len() >= Self::MAX
         };
-        if full || !PARKS.get() {
+        if now || full || !PARKS.get() {
+            // The batch handed back ends with `job`: this thread queued it last.
             self.queue.hand_over().map_err(|mut batch| {
                 std_mpsc::SendError(batch.pop().expect("the job just queued"))
             })?;
         }
         Ok(())
-    }
-
-    /// Queues `job` and hands over everything pending now; the job back if the worker is gone.
-    pub(crate) fn send_now(&self, job: T) -> Result<(), std_mpsc::SendError<T>> {
-        if self.queue.gone.load(Ordering::Relaxed) {
-            return Err(std_mpsc::SendError(job));
-        }
-        self.queue
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job);
-        self.queue
-            .hand_over()
-            .map_err(|mut batch| std_mpsc::SendError(batch.pop().expect("the job just queued")))
     }
 }
 

@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 /// Schemas never copied: the system's, and the target's bookkeeping.
 pub(crate) const BOOKKEEPING: &str = "_sluice";
 
+/// The SQL condition, on `pg_class c` joined to `pg_namespace n`, that a relation is the user's:
+/// not in a system schema or the bookkeeping ([`BOOKKEEPING`]), not an extension's.
+pub(crate) const USERS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                     AND d.objid = c.oid AND d.deptype = 'e')";
+
 /// The `reg*` types: their binary form is an object's number, which names another object (or
 /// none) in another database; their text form is the object's name.
 const NAMED_BY_OID: [u32; 11] = [
@@ -195,19 +202,17 @@ fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Table>> {
     let rows = client
         .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
-                    (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
-                    c.reltuples::int8, pg_indexes_size(c.oid)::int8, \
-                    (SELECT rn.nspname || '.' || rc.relname FROM pg_class rc \
-                     JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
-                     WHERE rc.oid = pg_partition_root(c.oid) AND rc.oid <> c.oid) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
-               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                               AND d.objid = c.oid AND d.deptype = 'e') \
-             ORDER BY 4 DESC, 2, 3",
+            &format!(
+                "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
+                        (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
+                        c.reltuples::int8, pg_indexes_size(c.oid)::int8, \
+                        (SELECT rn.nspname || '.' || rc.relname FROM pg_class rc \
+                         JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
+                         WHERE rc.oid = pg_partition_root(c.oid) AND rc.oid <> c.oid) \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind = 'r' AND {USERS} \
+                 ORDER BY 4 DESC, 2, 3"
+            ),
             &[],
         )
         .await

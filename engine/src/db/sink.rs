@@ -62,12 +62,9 @@ impl PgSink {
                     &format!(
                         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
                          JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
-                         AND n.nspname NOT IN ('pg_catalog', 'information_schema', '{BOOKKEEPING}') \
-                         AND n.nspname NOT LIKE 'pg\\_%' \
-                         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                                         AND d.objid = c.oid AND d.deptype = 'e') \
-                         ORDER BY 1 LIMIT 4"
+                         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {} \
+                         ORDER BY 1 LIMIT 4",
+                        catalog::USERS
                     ),
                     &[],
                 )

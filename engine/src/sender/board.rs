@@ -72,12 +72,20 @@ impl HaveBoard {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits on `cond` with `files` held, counted in `waiting`.
+    /// Waits on `cond` with `files` held, counted in `waiting`; the caller checks again
+    /// whatever it waits for. If the reader (this thread) holds blocks back, it hands them
+    /// over instead, without this lock (the network thread takes it to record answers), and
+    /// returns at once: an answer may wait for those blocks.
     fn wait<'a>(
-        &self,
+        &'a self,
         files: std::sync::MutexGuard<'a, std::collections::HashMap<u32, HaveState>>,
     ) -> std::sync::MutexGuard<'a, std::collections::HashMap<u32, HaveState>> {
         use std::sync::atomic::Ordering::SeqCst;
+        if crate::burst::holding() {
+            drop(files);
+            crate::burst::hand_over_held();
+            return self.lock();
+        }
         self.waiting.fetch_add(1, SeqCst);
         let files = self.cond.wait(files).unwrap_or_else(|p| p.into_inner());
         self.waiting.fetch_sub(1, SeqCst);
@@ -168,14 +176,6 @@ impl HaveBoard {
             if self.is_closed() {
                 return None;
             }
-            // The reader's held blocks go first, without this lock (the network thread takes
-            // it to record answers): an answer may wait for them.
-            if crate::burst::holding() {
-                drop(files);
-                crate::burst::hand_over_held();
-                files = self.lock();
-                continue;
-            }
             files = self.wait(files);
         }
     }
@@ -209,14 +209,6 @@ impl HaveBoard {
             }
             if self.is_closed() {
                 return Held::Block(None);
-            }
-            // The reader's held blocks go first, without this lock (the network thread takes
-            // it to record answers): an answer may wait for them.
-            if crate::burst::holding() {
-                drop(files);
-                crate::burst::hand_over_held();
-                files = self.lock();
-                continue;
             }
             files = self.wait(files);
         }
@@ -263,14 +255,6 @@ impl HaveBoard {
             if self.is_closed() {
                 return Vec::new();
             }
-            // The reader's held blocks go first, without this lock (the network thread takes
-            // it to record answers): an answer may wait for them.
-            if crate::burst::holding() {
-                drop(files);
-                crate::burst::hand_over_held();
-                files = self.lock();
-                continue;
-            }
             files = self.wait(files);
         }
     }
@@ -313,14 +297,6 @@ impl HaveBoard {
             }
             if self.is_closed() {
                 return Vec::new();
-            }
-            // The reader's held blocks go first, without this lock (the network thread takes
-            // it to record answers): an answer may wait for them.
-            if crate::burst::holding() {
-                drop(files);
-                crate::burst::hand_over_held();
-                files = self.lock();
-                continue;
             }
             files = self.wait(files);
         }

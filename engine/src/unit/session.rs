@@ -24,7 +24,7 @@ use bytes::Bytes;
 use sluice_proto::codec::{
     decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG, PACKED_TAG,
 };
-use sluice_proto::message::{BlockHeader, ErrorCode, Message, HELLO_KIND, HELLO_UNITS};
+use sluice_proto::message::{BlockHeader, ErrorCode, Message, HELLO_UNITS};
 use sluice_proto::session::{SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::unit::{self as frames, CLOSE_PREFIX, OPEN_PREFIX, UNIT_CLOSE_TAG};
@@ -119,13 +119,38 @@ pub struct UnitsSummary {
     pub elapsed: Duration,
 }
 
+/// The sender's side of [`welcome`]: opens the control channel, says `Hello` with the session
+/// kind `kind` (`HELLO_UNITS`, `HELLO_BENCH`) and waits for `Welcome`. A refusal (a wrong
+/// secret, another version or kind of receiver) is the peer's error, exit 4 as for files.
+pub(crate) async fn greet(
+    link: &Arc<dyn Link>,
+    secret: [u8; 32],
+    block_size: u32,
+    kind: u8,
+) -> Result<Control> {
+    let peer = link.peer();
+    let mut control = Control::new(link.open_control().await?, peer.to_string());
+    control
+        .send(&SenderSession::hello(secret, block_size, kind))
+        .await?;
+    match control.recv().await? {
+        Some(Message::Welcome { .. }) => Ok(control),
+        Some(Message::Error { code, message }) => {
+            Err(Error::Session(SessionError::Peer { code, message }))
+        }
+        other => Err(transport::conn_error(peer)(&format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}
+
 /// The receiver's answer to `Hello`, shared by every session that is not a file transfer:
-/// checks the version and the secret, answers `Welcome`, and returns the block size.
+/// checks the version and the secret, answers `Welcome`, and returns the block size. (The
+/// session kind was checked before, when the sender was proven: `receiver::proven_sender`.)
 pub(crate) async fn welcome(
     control: &mut Control,
     secret: [u8; 32],
     peer: SocketAddr,
-    kind: u8,
 ) -> Result<u32> {
     let err = transport::conn_error(peer);
     let block_size = match control.recv().await? {
@@ -133,7 +158,7 @@ pub(crate) async fn welcome(
             version,
             secret: theirs,
             block_size,
-            flags,
+            ..
         }) => {
             let refusal = if version != PROTOCOL_VERSION {
                 Some((
@@ -145,12 +170,6 @@ pub(crate) async fn welcome(
                     ErrorCode::Auth,
                     "wrong secret: the sender does not hold this ticket".into(),
                 ))
-            } else if flags & HELLO_KIND != kind {
-                let wrong = SessionError::WrongKind {
-                    ours: kind,
-                    theirs: flags,
-                };
-                Some((ErrorCode::Protocol, wrong.to_string()))
             } else if !block_size.is_power_of_two() || !(1024..=16 << 20).contains(&block_size) {
                 Some((
                     ErrorCode::Protocol,
@@ -240,7 +259,7 @@ async fn serve(
 ) -> Result<UnitsSummary> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let block_size = welcome(&mut control, secret, peer, HELLO_UNITS).await?;
+    let block_size = welcome(&mut control, secret, peer).await?;
     for key in sink.held().await? {
         control.queue(&Message::Held { key });
     }
@@ -486,22 +505,7 @@ async fn push(
 ) -> Result<UnitsSummary> {
     let peer = link.peer();
     let err = transport::conn_error(peer);
-    let mut control = Control::new(link.open_control().await?, peer.to_string());
-    control
-        .send(&SenderSession::hello(
-            ticket.secret,
-            config.block_size,
-            HELLO_UNITS,
-        ))
-        .await?;
-    match control.recv().await? {
-        Some(Message::Welcome { .. }) => {}
-        // Refused (a wrong secret, another version): exit 4, as for files.
-        Some(Message::Error { code, message }) => {
-            return Err(Error::Session(SessionError::Peer { code, message }))
-        }
-        other => return Err(err(&format!("expected Welcome, got {other:?}"))),
-    }
+    let mut control = greet(link, ticket.secret, config.block_size, HELLO_UNITS).await?;
     // What a receiver may name is bounded by what this run sends (plus leftovers of other
     // runs, which the source judges), so a receiver cannot grow this side without end.
     let most_held = phases.iter().map(Vec::len).sum::<usize>() + 1024;

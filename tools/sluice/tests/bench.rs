@@ -8,6 +8,27 @@ use std::process::Stdio;
 
 use common::*;
 
+/// A `sluice bench --serve` on loopback: the process, the rest of its standard output, and the
+/// ticket it printed first.
+fn bench_server() -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut server = sluice()
+        .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut ticket = String::new();
+    out.read_line(&mut ticket).unwrap();
+    let ticket = ticket.trim().to_owned();
+    assert!(ticket.starts_with("sluice1-"), "{ticket}");
+    (server, out, ticket)
+}
+
 over_both! {
     fn bench_moves_verifies_and_reports_every_byte() {
         let out = sluice()
@@ -35,17 +56,7 @@ over_both! {
 
 over_both! {
     fn bench_against_a_server_in_another_process() {
-        let mut server = sluice()
-            .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(server.stdout.take().unwrap());
-        let mut ticket = String::new();
-        out.read_line(&mut ticket).unwrap();
-        let ticket = ticket.trim().to_owned();
-        assert!(ticket.starts_with("sluice1-"), "{ticket}");
+        let (mut server, mut out, ticket) = bench_server();
         let client = sluice()
             .args(["bench", "--time", "1", &ticket])
             .output()
@@ -142,17 +153,9 @@ fn bench_names_a_missing_source_and_an_unwritable_destination() {
 
 #[test]
 fn bench_refuses_a_wrong_secret_and_bad_flags() {
-    let mut server = sluice()
-        .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut ticket = String::new();
-    out.read_line(&mut ticket).unwrap();
+    let (mut server, _out, ticket) = bench_server();
     // Flip one hex digit of the secret (the second field).
-    let (head, addr) = ticket.trim().split_once('@').unwrap();
+    let (head, addr) = ticket.split_once('@').unwrap();
     let mut fields: Vec<String> = head.split('-').map(str::to_owned).collect();
     let secret = fields.last_mut().unwrap();
     let flipped = if secret.starts_with('0') { "1" } else { "0" };
@@ -166,7 +169,7 @@ fn bench_refuses_a_wrong_secret_and_bad_flags() {
     assert!(stderr(&client).contains("secret"), "{}", stderr(&client));
     // The server refused that client and serves the one holding the ticket.
     let good = sluice()
-        .args(["bench", "--size", "1M", ticket.trim()])
+        .args(["bench", "--size", "1M", &ticket])
         .output()
         .unwrap();
     assert!(good.status.success(), "{}", stderr(&good));
@@ -202,19 +205,11 @@ over_both! {
         );
         drop(recv);
 
-        let mut server = sluice()
-            .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(server.stdout.take().unwrap());
-        let mut ticket = String::new();
-        out.read_line(&mut ticket).unwrap();
+        let (mut server, _out, ticket) = bench_server();
         let file = d.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         let started = std::time::Instant::now();
-        let sent = sluice().arg("send").arg(&file).arg(ticket.trim()).output().unwrap();
+        let sent = sluice().arg("send").arg(&file).arg(&ticket).output().unwrap();
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
         let _ = server.kill();
         let _ = server.wait();

@@ -614,14 +614,7 @@ over_both! {
         assert!(dest.join("tree/gone").exists(), "left alone by default");
         assert!(dest.join("tree/sub/deeper/x").exists());
 
-        json_summary(
-            &sluice()
-                .args(["--json", "copy", "--delete"])
-                .arg(&src)
-                .arg(&dest)
-                .output()
-                .unwrap(),
-        );
+        copy_json_with(&src, &dest, &["--delete"]);
         assert!(!dest.join("tree/gone").exists());
         assert!(!dest.join("tree/sub/deeper").exists());
         assert!(!latin1.exists());
@@ -656,14 +649,7 @@ over_both! {
         let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
         assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
         assert!(stderr(&out).contains("--delete replaces it"), "{}", stderr(&out));
-        json_summary(
-            &sluice()
-                .args(["--json", "copy", "--delete"])
-                .arg(&src)
-                .arg(&dest)
-                .output()
-                .unwrap(),
-        );
+        copy_json_with(&src, &dest, &["--delete"]);
         assert_same_tree(&src, &dest.join("tree"));
         assert!(target.join("precious").exists(), "a link in the way was followed");
     }
