@@ -62,6 +62,14 @@ pub use receiver::{Receiver, Stopper};
 pub use sender::Sender;
 pub use sluice_proto::ticket::Ticket;
 
+/// Whether `a` and `b` both exist and are one file (the same device and inode: a hard link or
+/// another path to it counts).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Whether `path` (which need not exist yet) is `dir` or inside it, symlinks resolved.
 fn inside(path: &Path, dir: &Path) -> bool {
     let Ok(dir) = dir.canonicalize() else {
@@ -108,15 +116,11 @@ pub fn copy(
     };
     // One file to a name that is not a directory arrives as that name (`cp a.bin b.bin`).
     let target = manifest::file_target(sources, dest);
-    if target.is_some() {
-        use std::os::unix::fs::MetadataExt;
-        let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-        if matches!((id(&sources[0]), id(dest)), (Some(a), Some(b)) if a == b) {
-            return Err(Error::Source {
-                path: sources[0].clone(),
-                why: "it is the destination itself (source and destination are the same file)",
-            });
-        }
+    if target.is_some() && same_file(&sources[0], dest) {
+        return Err(Error::Source {
+            path: sources[0].clone(),
+            why: "it is the destination itself (source and destination are the same file)",
+        });
     }
     let dir = target.as_ref().map_or(dest, |(dir, _)| dir.as_path());
     // A missing or twice-named source is said before the destination is made.

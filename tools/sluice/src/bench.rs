@@ -28,15 +28,14 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     // So is the file to write: a typo is said before any waiting. Never the source itself,
     // which creating it would empty.
     if let Some(path) = &o.to {
-        use std::os::unix::fs::MetadataExt;
-        let id = |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-        if let (Some(from), Some(to)) = (o.from.as_deref().and_then(id), id(path)) {
-            if from == to {
-                usage!(
-                    "--to {} is the --from file itself: writing it would empty it first",
-                    path.display()
-                );
-            }
+        if o.from
+            .as_deref()
+            .is_some_and(|from| sluice_engine::same_file(from, path))
+        {
+            usage!(
+                "--to {} is the --from file itself: writing it would empty it first",
+                path.display()
+            );
         }
         std::fs::File::create(path).with_context(|| format!("--to {}", path.display()))?;
     }
