@@ -52,6 +52,8 @@ pub struct Control {
     limit: Arc<AtomicUsize>,
     /// A message read and given back ([`Control::unread`]), returned by the next `recv`.
     unread: Option<Message>,
+    /// Turns [`Control::flush_unless`] let pass without writing.
+    held_turns: u32,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -104,6 +106,7 @@ impl Control {
             drained,
             limit,
             unread: None,
+            held_turns: 0,
         }
     }
 
@@ -139,6 +142,27 @@ impl Control {
     pub fn queue(&mut self, msg: &Message) {
         encode_message(msg, &mut self.out);
     }
+
+    /// Whether [`Control::recv`] has a message (or a decoding error) in hand, without reading.
+    pub fn ready(&self) -> bool {
+        self.unread.is_some() || self.dec.has_frame()
+    }
+
+    /// Hands what was queued to the writer task, unless `busy`: more work is already waiting in
+    /// this turn (so its answers can share the write and the packet), and neither what is
+    /// queued nor the turns held back reached [`Control::COALESCE`]. Answers wait for no timer:
+    /// a caller passes `busy` only when it will come back here without sleeping.
+    pub async fn flush_unless(&mut self, busy: bool) -> Result<()> {
+        if busy && self.out.len() < Self::COALESCE.0 && self.held_turns < Self::COALESCE.1 {
+            self.held_turns += 1;
+            return Ok(());
+        }
+        self.held_turns = 0;
+        self.flush().await
+    }
+
+    /// Queued bytes and turns past which [`Control::flush_unless`] writes even while busy.
+    const COALESCE: (usize, u32) = (16 << 10, 64);
 
     /// Hands everything queued to the writer task; does not wait for it to be written.
     pub async fn flush(&mut self) -> Result<()> {

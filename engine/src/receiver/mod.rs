@@ -545,9 +545,11 @@ async fn receive(
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result: Result<Summary> = async {
         loop {
-            // What the last turn queued goes out in one write: per-file answers (FileVerified,
-            // HaveDone) of many small files share packets instead of taking one each.
-            control.flush().await?;
+            // What the last turns queued goes out in one write: per-file answers (FileVerified,
+            // HaveDone) of many small files share packets instead of taking one each. Messages,
+            // scans and writer reports already waiting are taken first.
+            let busy = control.ready() || !done_rx.is_empty() || !scanned_rx.is_empty();
+            control.flush_unless(busy).await?;
             // Every file answered, and every scan done (so every HaveDone is sent).
             if finished && files.is_empty() && scans_pending == 0 {
                 let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
@@ -870,7 +872,6 @@ async fn receive(
                     } else if done {
                         control.queue(&Message::HaveDone { id });
                     }
-                    control.flush().await?;
                     if !done {
                         continue;
                     }

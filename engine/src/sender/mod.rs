@@ -270,8 +270,9 @@ async fn transfer(
     let mut first_kind = crate::error::ErrorKind::Verification;
     let total_files = files_in(&manifest);
     let summary = loop {
-        // What the last turn queued (FileDone of many small files) goes out in one write.
-        control.flush().await?;
+        // What the last turns queued (FileDone of many small files) goes out in one write, once
+        // the reader's events waiting now are taken.
+        control.flush_unless(!event_rx.is_empty()).await?;
         tokio::select! {
             ev = event_rx.recv(), if reading => match ev {
                 Some(ReadEvent::FileDone { id, root, sent }) => {

@@ -552,6 +552,17 @@ impl FrameDecoder {
         Ok(Some(msg))
     }
 
+    /// Whether [`FrameDecoder::next_message`] would return at once with a message or an error,
+    /// without more bytes.
+    pub fn has_frame(&self) -> bool {
+        let rest = &self.buf[self.start..];
+        let Some(prefix) = rest.first_chunk::<4>() else {
+            return false;
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        len == 0 || len > MAX_FRAME_LEN || rest.len() >= 4 + len
+    }
+
     /// Bytes received but not yet consumed as messages.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
