@@ -840,6 +840,13 @@ async fn receive(
                                 None => control.send(&Message::Pieces { id, index, hashes: Vec::new() }).await?,
                             }
                         }
+                        ReceiverEvent::Abandoned { id, reason } => {
+                            tracing::info!(id, %reason, "the sender gave a file up");
+                            // Its blocks still on the way are read off their streams and dropped.
+                            shared.lock().map_err(|_| poisoned())?.claimed.insert(id, Claimed::Closed);
+                            let outcome = fail_file(id, &mut files, &job_tx, reason, ErrorKind::Local);
+                            report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                        }
                         ReceiverEvent::Finish => finished = true,
                     }
                 }

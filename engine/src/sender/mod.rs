@@ -48,9 +48,24 @@ use board::{HaveBoard, Held};
 
 /// What the reader tells the control task.
 enum ReadEvent {
-    FileDone { id: u32, root: Digest, sent: u64 },
-    WantDetail { id: u32, group: u64 },
-    WantPieces { id: u32, index: u64 },
+    FileDone {
+        id: u32,
+        root: Digest,
+        sent: u64,
+    },
+    /// The file will not be sent: its source vanished or changed (see [`Reader::abandon`]).
+    Abandoned {
+        id: u32,
+        reason: String,
+    },
+    WantDetail {
+        id: u32,
+        group: u64,
+    },
+    WantPieces {
+        id: u32,
+        index: u64,
+    },
     Failed(Error),
     AllRead,
 }
@@ -224,6 +239,7 @@ async fn transfer(
                     progress: &progress,
                     board: None,
                     finishing: Default::default(),
+                    abandoned: Default::default(),
                     deferred: std::rc::Rc::new(Deferred::new(block_tx.clone(), event_tx.clone())),
                     packer: std::cell::RefCell::new(Packer::new(
                         config.compress,
@@ -279,6 +295,8 @@ async fn transfer(
                     roots.insert(id, root);
                     control.queue(&Message::FileDone { id, root, sent });
                 }
+                // The receiver answers FileFailed, which counts it as failed here.
+                Some(ReadEvent::Abandoned { id, reason }) => control.queue(&Message::Abandon { id, reason }),
                 Some(ReadEvent::WantDetail { id, group }) => {
                     control.send(&Message::WantDetail { id, group }).await?;
                 }
@@ -406,6 +424,11 @@ async fn transfer(
     Ok(summary)
 }
 
+/// Why a file was abandoned when its source changed: `detail`, what was seen.
+fn changed_while_sent(detail: &str) -> String {
+    format!("changed while being sent: {detail}; send it again when it is quiet")
+}
+
 fn files_in(manifest: &[SourceEntry]) -> u64 {
     manifest
         .iter()
@@ -454,6 +477,8 @@ struct Reader<'a> {
     /// Files whose blocks are all read, waiting for the receiver's answers before their last
     /// blocks and FileDone go out.
     finishing: std::cell::RefCell<Vec<usize>>,
+    /// Files given up because their source changed or vanished ([`Reader::abandon`]), by id.
+    abandoned: std::cell::RefCell<std::collections::HashSet<u32>>,
     /// Packs blocks with zstd where that pays (`--compress`).
     packer: std::cell::RefCell<Packer>,
     /// Short blocks and the `FileDone`s behind them, handed to the network thread in bursts.
@@ -545,6 +570,24 @@ impl Reader<'_> {
         result
     }
 
+    /// Gives file `fi` up: its source vanished, could not be opened, or changed (`why`). The
+    /// receiver is told (`Abandon`) and drops what it holds of it; reads still in flight for it
+    /// are dropped as they complete; the other files go on. At most once per file.
+    fn abandon(&self, fi: usize, why: String, state: &mut [Option<Reading>]) -> Result<()> {
+        let src = &self.files[fi];
+        let id = src.entry.id;
+        if !self.abandoned.borrow_mut().insert(id) {
+            return Ok(());
+        }
+        tracing::info!(path = %src.local.display(), "{why}; not sent");
+        state[fi] = None;
+        self.finishing.borrow_mut().retain(|&f| f != fi);
+        if let Some(board) = &self.board {
+            board.forget(id);
+        }
+        self.event(ReadEvent::Abandoned { id, reason: why })
+    }
+
     /// Sends `e` after everything held back.
     fn event(&self, e: ReadEvent) -> Result<()> {
         self.deferred.flush()?;
@@ -578,26 +621,34 @@ impl Reader<'_> {
             self.serve_resends(input, &by_id)?;
             let waiting = self.finishing.borrow().len();
             self.finish_files(&mut state, waiting >= MAX_FINISHING)?;
-            let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
             let size = src.entry.size;
-            let meta = file
-                .metadata()
-                .map_err(Error::file("reading metadata of", &src.local))?;
+            let opened = File::open(&src.local).and_then(|f| f.metadata().map(|m| (f, m)));
+            let (file, meta) = match opened {
+                Ok(opened) => opened,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.abandon(fi, "vanished before it was sent".into(), &mut state)?;
+                    continue;
+                }
+                Err(e) => {
+                    self.abandon(fi, format!("cannot be read: {e}"), &mut state)?;
+                    continue;
+                }
+            };
             // The file opened must be the one listed: its data may be journaled at the
             // receiver under the listed version, and vouched for by a later run.
-            if src.entry.version != [0; 16] && manifest::source_version(&meta) != src.entry.version
-            {
-                return Err(Error::SourceChanged {
-                    path: src.local.clone(),
-                    detail: "replaced or written to since it was listed".into(),
-                });
-            }
             let now = meta.len();
-            if now != size {
-                return Err(Error::SourceChanged {
-                    path: src.local.clone(),
-                    detail: format!("size was {size} bytes when listed, {now} now"),
-                });
+            let changed = if now != size {
+                Some(format!("size was {size} bytes when listed, {now} now"))
+            } else if src.entry.version != [0; 16]
+                && manifest::source_version(&meta) != src.entry.version
+            {
+                Some("replaced or written to since it was listed".to_string())
+            } else {
+                None
+            };
+            if let Some(detail) = changed {
+                self.abandon(fi, changed_while_sent(&detail), &mut state)?;
+                continue;
             }
             let geometry = Geometry::new(size, self.config.block_size);
             let count = geometry.blocks();
@@ -660,7 +711,7 @@ impl Reader<'_> {
             // that matches never needs a ring buffer.
             let mut checked = 0;
             let mut next_missing = held_blocks;
-            while next_missing < count || checked < held_blocks {
+            while (next_missing < count || checked < held_blocks) && state[fi].is_some() {
                 // As soon as the receiver has reported it, or when nothing else is left.
                 if vouching
                     && checked < held_blocks
@@ -737,11 +788,11 @@ impl Reader<'_> {
             let after = file
                 .metadata()
                 .map_err(Error::file("reading metadata of", &src.local))?;
-            if manifest::source_version(&after) != manifest::source_version(&meta) {
-                return Err(Error::SourceChanged {
-                    path: src.local.clone(),
-                    detail: "written to while it was being sent".into(),
-                });
+            if manifest::source_version(&after) != manifest::source_version(&meta)
+                && !self.abandoned.borrow().contains(&src.entry.id)
+            {
+                let why = changed_while_sent("written to while it was being sent");
+                self.abandon(fi, why, &mut state)?;
             }
         }
         self.drain(&mut *io, &mut done, &mut state)?;
@@ -801,6 +852,9 @@ impl Reader<'_> {
         let Some(src) = by_id.get(&id).map(|&i| &self.files[i]) else {
             return Ok(());
         };
+        if self.abandoned.borrow().contains(&id) {
+            return Ok(());
+        }
         self.send_again(src, offset)
     }
 
@@ -997,13 +1051,15 @@ impl Reader<'_> {
     ) -> Result<()> {
         let src = &self.files[fi];
         let size = src.entry.size;
+        if state[fi].is_none() {
+            // Abandoned while this read was in flight.
+            return Ok(());
+        }
         if n != len {
-            return Err(Error::SourceChanged {
-                path: src.local.clone(),
-                detail: format!(
-                    "read {n} of {len} bytes at offset {offset}: the file is shorter than when the transfer started"
-                ),
-            });
+            let why = changed_while_sent(&format!(
+                "read {n} of {len} bytes at offset {offset}: the file is shorter than when the transfer started"
+            ));
+            return self.abandon(fi, why, state);
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
         let Some(st) = state[fi].as_mut() else {

@@ -54,6 +54,7 @@ const T_WANT_PIECES: u8 = 17;
 const T_PIECES: u8 = 18;
 const T_VOUCHED: u8 = 19;
 const T_HELD: u8 = 20;
+const T_ABANDON: u8 = 21;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +203,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.to_le_bytes());
             put_str(out, reason);
             out.push(*cause as u8);
+        }
+        Message::Abandon { id, reason } => {
+            out.push(T_ABANDON);
+            out.extend_from_slice(&id.to_le_bytes());
+            put_str(out, reason);
         }
         Message::Finish => out.push(T_FINISH),
         Message::Summary { entries, bytes } => {
@@ -358,6 +364,10 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             id: r.u32("id")?,
             reason: r.string("reason")?,
             cause: FailCause::from_u8(r.u8("cause")?),
+        },
+        T_ABANDON => Message::Abandon {
+            id: r.u32("id")?,
+            reason: r.string("reason")?,
         },
         T_FINISH => Message::Finish,
         T_SUMMARY => Message::Summary {
@@ -658,6 +668,7 @@ mod tests {
                 reason,
                 cause: FailCause::Local
             }),
+            (any::<u32>(), arb_string()).prop_map(|(id, reason)| Message::Abandon { id, reason }),
             Just(Message::Finish),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(entries, bytes)| Message::Summary { entries, bytes }),

@@ -333,6 +333,16 @@ pub enum Message {
         /// What kind of failure it was.
         cause: FailCause,
     },
+    /// Sender → receiver, instead of `FileDone`: file `id` will not be sent, because its source
+    /// changed, vanished or could not be read while the transfer ran (as rsync's "file has
+    /// vanished" and tar's "file changed as we read it"). The receiver drops what it holds of
+    /// it and answers `FileFailed`; the other files go on.
+    Abandon {
+        /// The file's entry id.
+        id: u32,
+        /// What the sender saw, for the user.
+        reason: String,
+    },
     /// Sender → receiver: no more files will be announced as done.
     Finish,
     /// Receiver → sender: the transfer is complete and every entry is in place.

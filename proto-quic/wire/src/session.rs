@@ -223,6 +223,7 @@ fn name(msg: &Message) -> &'static str {
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
+        Message::Abandon { .. } => "Abandon",
         Message::Finish => "Finish",
         Message::Summary { .. } => "Summary",
         Message::Held { .. } => "Held",
@@ -294,6 +295,14 @@ pub enum ReceiverEvent {
         id: u32,
         /// The block index.
         index: u64,
+    },
+    /// The sender will not send this file (its source changed or vanished); what the receiver
+    /// holds of it goes, and it counts as failed.
+    Abandoned {
+        /// The file id.
+        id: u32,
+        /// What the sender saw.
+        reason: String,
     },
     /// The sender has announced every file.
     Finish,
@@ -544,6 +553,15 @@ impl ReceiverSession {
                 }
                 *done = true;
                 Ok(ReceiverEvent::FileDone { id, root, sent })
+            }
+            (RecvState::Transfer, Message::Abandon { id, reason }) => {
+                self.file(id)?;
+                let done = &mut self.done[id as usize];
+                if *done {
+                    return Err(SessionError::Duplicate(id));
+                }
+                *done = true;
+                Ok(ReceiverEvent::Abandoned { id, reason })
             }
             (RecvState::Transfer | RecvState::Finished, Message::WantDetail { id, group }) => {
                 let size = self.file(id)?.size;
@@ -1026,6 +1044,36 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::Version);
+    }
+
+    #[test]
+    fn an_abandoned_file_is_done_once() {
+        let mut s = ready(3000);
+        let abandon = Message::Abandon {
+            id: 0,
+            reason: "vanished".into(),
+        };
+        assert_eq!(
+            s.on_message(abandon.clone()),
+            Ok(ReceiverEvent::Abandoned {
+                id: 0,
+                reason: "vanished".into()
+            })
+        );
+        assert_eq!(s.on_message(abandon), Err(SessionError::Duplicate(0)));
+        let done = Message::FileDone {
+            id: 0,
+            root: [1; 32],
+            sent: 3,
+        };
+        assert_eq!(s.on_message(done), Err(SessionError::Duplicate(0)));
+        assert_eq!(s.on_message(Message::Finish), Ok(ReceiverEvent::Finish));
+        let mut s = ready(3000);
+        let unknown = Message::Abandon {
+            id: 5,
+            reason: String::new(),
+        };
+        assert_eq!(s.on_message(unknown), Err(SessionError::UnknownFile(5)));
     }
 
     #[test]

@@ -381,6 +381,98 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     assert_eq!(b3(&dest.join("growing.log")), b3(&src));
 }
 
+/// In a tree, a file that grows and a file that vanishes while the copy runs are given up and
+/// named; the rest of the tree is copied and verified (as rsync and tar go on past such files),
+/// the exit says that files failed, and nothing of the two is left at the destination. Run again,
+/// the grown file arrives whole.
+#[test]
+fn a_file_that_changes_or_vanishes_in_a_tree_fails_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    std::fs::create_dir_all(src.join("m")).unwrap();
+    random_file(&src.join("a.bin"), 48 * BLOCK, 4);
+    std::fs::write(src.join("m/vanishes.txt"), b"here when listed").unwrap();
+    std::fs::write(src.join("z.log"), b"first line\n").unwrap();
+    let dest = d.path().join("dest");
+    // Paced, and a small ring keeps the reader near the network: the tree is listed and a.bin
+    // under way well before z.log is read.
+    let copy = sluice()
+        .args(["--ring", "4", "copy", "--max-rate", "200M"])
+        .arg(&src)
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = dest.join("tree/.a.bin.sluice-part");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while part.metadata().map_or(0, |m| m.len()) < 4 * BLOCK {
+        assert!(Instant::now() < deadline, "the copy did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("z.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut log, b"a line appended during the copy\n").unwrap();
+    drop(log);
+    std::fs::remove_file(src.join("m/vanishes.txt")).unwrap();
+    let out = wait_with_deadline(copy, Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("z.log") && err.contains("changed while being sent"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vanishes.txt") && err.contains("vanished"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 of 3 files failed") || err.contains("2 of 3"),
+        "{err}"
+    );
+    assert_eq!(b3(&dest.join("tree/a.bin")), b3(&src.join("a.bin")));
+    let left: Vec<_> = walkdir(&dest)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "a.bin"))
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "rerun: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read(dest.join("tree/z.log")).unwrap(),
+        b"first line\na line appended during the copy\n"
+    );
+}
+
+/// Waits for `child` to end, killing it after `limit`.
+fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every path under `dir`, depth first.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
 fn nix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
