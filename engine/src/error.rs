@@ -71,8 +71,10 @@ pub enum Error {
         detail: String,
     },
     /// Some files failed at the receiver.
-    #[error("{failed} of {total} files failed at the receiver; first: {first}")]
+    #[error("{failed} of {total} {items} failed at the receiver; first: {first}")]
     FilesFailed {
+        /// What failed: "files", or "units" (table ranges, schema parts).
+        items: &'static str,
         /// Files failed.
         failed: usize,
         /// Files sent.
@@ -89,6 +91,15 @@ pub enum Error {
         /// What was being done.
         what: String,
         /// What the server or tool said.
+        detail: String,
+    },
+    /// The connection to a database server failed or was lost (the server stopped, restarted or
+    /// is unreachable): the same command, run again, resumes.
+    #[error("{what}: the database server cannot be reached: {detail}")]
+    DatabaseLost {
+        /// What was being done.
+        what: String,
+        /// What the client library said.
         detail: String,
     },
     /// Another local I/O failure (sockets, io_uring setup, threads).
@@ -179,7 +190,7 @@ impl Error {
                 ..
             }) => ErrorKind::NoSpace,
             Error::Session(_) | Error::Decode(_) | Error::Tls(_) => ErrorKind::Refused,
-            Error::Connection { .. } => ErrorKind::Connection,
+            Error::Connection { .. } | Error::DatabaseLost { .. } => ErrorKind::Connection,
         }
     }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
-use super::conn::full;
+use super::conn::pg_error;
 use crate::error::{Error, Result};
 
 /// Schemas never copied: the system's, and the target's bookkeeping.
@@ -191,10 +191,7 @@ impl Range {
 }
 
 fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
-    move |e| Error::Database {
-        what: what.to_string(),
-        detail: full(&e),
-    }
+    move |e| pg_error(what.to_string(), &e)
 }
 
 /// The tables of the database `client` is connected to, largest first, with `include`

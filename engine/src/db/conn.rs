@@ -119,14 +119,11 @@ impl Database {
 
     /// Opens a connection; its driver runs on the current runtime until the client is dropped.
     pub(crate) async fn connect(&self) -> Result<Client> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|e| Error::Database {
-                    what: format!("connecting to {}", self.shown),
-                    detail: full(&e),
-                })?;
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| pg_error(format!("connecting to {}", self.shown), &e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("database connection ended: {e}");
@@ -137,6 +134,28 @@ impl Database {
 }
 
 /// A PostgreSQL error with the server's own message and detail when it sent one.
+/// The error for `e`, met while doing `what`: [`Error::DatabaseLost`] when the connection to
+/// the server failed or was lost (it closed, an I/O error, or the server said it is shutting
+/// down or cannot accept connections now: SQLSTATE class 08, 57P01–57P03), so the command's
+/// exit says that running it again resumes; otherwise [`Error::Database`].
+pub(crate) fn pg_error(what: String, e: &tokio_postgres::Error) -> Error {
+    let detail = full(e);
+    let lost = match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    };
+    if lost {
+        Error::DatabaseLost { what, detail }
+    } else {
+        Error::Database { what, detail }
+    }
+}
+
 pub(crate) fn full(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {

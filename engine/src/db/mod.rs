@@ -180,10 +180,7 @@ async fn refuse_large_objects(client: &Client, src: &Database, options: &Options
     let n: i64 = client
         .query_one("SELECT count(*) FROM pg_largeobject_metadata", &[])
         .await
-        .map_err(|e| Error::Database {
-            what: format!("reading {}", src.shown),
-            detail: conn::full(&e),
-        })?
+        .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?
         .get(0);
     if n == 0 || options.skip_large_objects {
         if n > 0 {
@@ -210,10 +207,7 @@ pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
         client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
-            .map_err(|e| Error::Database {
-                what: format!("reading {}", src.shown),
-                detail: conn::full(&e),
-            })?;
+            .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
         plan_in(&client, options).await
     })
 }
@@ -295,10 +289,7 @@ pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<(usize, V
         for (c, db) in [(&ca, a), (&cb, b)] {
             c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
-                .map_err(|e| Error::Database {
-                    what: format!("reading {}", db.shown),
-                    detail: conn::full(&e),
-                })?;
+                .map_err(|e| conn::pg_error(format!("reading {}", db.shown), &e))?;
         }
         let plan = plan_in(&ca, options).await?;
         let theirs = catalog::tables(&cb, &options.tables).await?;

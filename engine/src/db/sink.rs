@@ -103,10 +103,7 @@ impl PgSink {
 }
 
 fn db_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
-    move |e| Error::Database {
-        what,
-        detail: full(&e),
-    }
+    move |e| super::conn::pg_error(what, &e)
 }
 
 impl UnitSink for PgSink {

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
 use super::catalog::{self, Table};
-use super::conn::{full, Database};
+use super::conn::{pg_error, Database};
 use super::digest::RowHasher;
 use super::meta::Meta;
 use super::postdata::{self, PostData};
@@ -52,10 +52,7 @@ impl PgSource {
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_export_snapshot()",
             )
             .await
-            .map_err(|e| Error::Database {
-                what: format!("exporting a snapshot of {}", db.shown),
-                detail: full(&e),
-            })?
+            .map_err(|e| pg_error(format!("exporting a snapshot of {}", db.shown), &e))?
             .into_iter()
             .find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
@@ -88,10 +85,7 @@ impl PgSource {
                     names.join(", ")
                 ))
                 .await
-                .map_err(|e| Error::Database {
-                    what: "locking the tables to copy".into(),
-                    detail: full(&e),
-                })?;
+                .map_err(|e| pg_error("locking the tables to copy".into(), &e))?;
         }
         Ok(())
     }
@@ -114,10 +108,7 @@ impl PgSource {
                 self.snapshot
             ))
             .await
-            .map_err(|e| Error::Database {
-                what: format!("joining the source snapshot {}", self.snapshot),
-                detail: full(&e),
-            })?;
+            .map_err(|e| pg_error(format!("joining the source snapshot {}", self.snapshot), &e))?;
         Ok(client)
     }
 
@@ -167,10 +158,7 @@ impl PgSource {
                 &[],
             )
             .await
-            .map_err(|e| Error::Database {
-                what: "reading which table each index belongs to".into(),
-                detail: full(&e),
-            })?;
+            .map_err(|e| pg_error("reading which table each index belongs to".into(), &e))?;
         self.give_back(client).await;
         let mut owners: std::collections::HashMap<(String, String, String), Option<String>> =
             Default::default();
@@ -213,10 +201,7 @@ impl PgSource {
                 &[],
             )
             .await
-            .map_err(|e| Error::Database {
-                what: "reading sequence values".into(),
-                detail: full(&e),
-            })?;
+            .map_err(|e| pg_error("reading sequence values".into(), &e))?;
         self.give_back(client).await;
         let mut sql = String::new();
         for r in rows {
@@ -232,10 +217,7 @@ impl PgSource {
     /// it reads from (pg_dump leaves these to its data section, which Sluice does not run).
     async fn views(&self) -> Result<Vec<u8>> {
         let client = self.client().await?;
-        let err = |e: tokio_postgres::Error| Error::Database {
-            what: "reading materialized views".into(),
-            detail: full(&e),
-        };
+        let err = |e: tokio_postgres::Error| pg_error("reading materialized views".into(), &e);
         let views = client
             .query(
                 "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
@@ -446,13 +428,10 @@ impl UnitSource for PgSource {
                     let stream = client
                         .copy_out(table.copy_out(&range).as_str())
                         .await
-                        .map_err(|e| Error::Database {
-                            what: format!(
-                                "reading {} ({})",
-                                table.display(),
-                                range.display(&table)
-                            ),
-                            detail: full(&e),
+                        .map_err(|e| {
+                            let what =
+                                format!("reading {} ({})", table.display(), range.display(&table));
+                            pg_error(what, &e)
                         })?;
                     Box::new(RowsReader {
                         what: format!("{} ({})", table.display(), range.display(&table)),
@@ -544,12 +523,7 @@ impl UnitReader for RowsReader {
                             }
                             self.chunk = chunk;
                         }
-                        Some(Err(e)) => {
-                            return Err(Error::Database {
-                                what: format!("reading {}", self.what),
-                                detail: full(&e),
-                            })
-                        }
+                        Some(Err(e)) => return Err(pg_error(format!("reading {}", self.what), &e)),
                         None => {
                             self.done = true;
                             break;

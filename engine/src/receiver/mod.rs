@@ -596,6 +596,7 @@ async fn receive(
                     // The sender was told file by file; the receiver's exit says it too.
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
                     return Err(Error::FilesFailed {
+                        items: "files",
                         failed: failures as usize,
                         total: summary.files as usize + failures as usize,
                         first,

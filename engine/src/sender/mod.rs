@@ -415,6 +415,7 @@ async fn transfer(
     let _ = reader.join();
     if let Some(first) = failures.first() {
         return Err(Error::FilesFailed {
+            items: "files",
             failed: failures.len(),
             total: total_files as usize,
             first: first.clone(),

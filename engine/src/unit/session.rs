@@ -651,6 +651,7 @@ async fn push(
     summary.bytes = bytes;
     if let Some(first) = failures.first() {
         return Err(Error::FilesFailed {
+            items: "units",
             failed: failures.len(),
             total: total as usize,
             first: first.clone(),

@@ -193,8 +193,9 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
+impl Cluster {
+    /// Stops the server at once (as a crash would), without a shutdown checkpoint.
+    fn stop_now(&self) {
         let _ = unprivileged(&self.bin.join("pg_ctl"))
             .args([
                 "-D",
@@ -208,6 +209,53 @@ impl Drop for Cluster {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The target's server stopping in the middle of a copy ends it within seconds with the exit
+/// code of a lost connection (3: the same command resumes), naming the server, not as a local
+/// failure.
+#[test]
+fn a_target_server_that_stops_mid_copy_is_a_lost_connection() {
+    let Some(bin) = pg_bin() else { return };
+    let src_pg = Cluster::with_src_and_dst(&bin);
+    let dst_pg = Cluster::start(&bin);
+    dst_pg.sql("postgres", "CREATE DATABASE dst");
+    src_pg.sql(
+        "src",
+        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
+         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 8), 'hex') \
+         FROM generate_series(1, 400000) i;",
+    );
+    // Its warnings go to a file: a pipe nobody reads while it runs would fill and stall it.
+    let log = dst_pg.dir.path().join("copy.err");
+    let mut copy = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
+    copy.args(["db", "copy", &src_pg.url("src"), &dst_pg.url("dst")])
+        .args(["--range-size", "1M", "--jobs", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut copy = copy.spawn().unwrap();
+    wait_for_units(&dst_pg, "dst", 2, Duration::from_secs(60));
+    dst_pg.stop_now();
+    let stopped = Instant::now();
+    while copy.try_wait().unwrap().is_none() {
+        if stopped.elapsed() > Duration::from_secs(30) {
+            let _ = copy.kill();
+            panic!("still running 30 s after the target's server stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = copy.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("database server cannot be reached"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// `sluice ARGS`, unprivileged when the test is root.
