@@ -235,6 +235,24 @@ fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> (&'a [PathBuf], &'a Pat
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // The file options would be taken and do nothing: said, not ignored.
+    let command = match &cli.command {
+        Command::Db(_) => Some("sluice db"),
+        Command::Bench(_) => Some("sluice bench"),
+        _ => None,
+    };
+    if let Some(command) = command {
+        let t = &cli.tuning;
+        let given = [
+            ("--restart", t.restart),
+            ("--rehash", t.rehash),
+            ("--inplace", t.inplace),
+            ("--delete", t.delete),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, on)| *on) {
+            usage!("{flag} applies to file transfers (send, copy), not to {command}");
+        }
+    }
     let config = cli.tuning.config()?;
     let json = cli.json;
     match cli.command {

@@ -227,6 +227,23 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             says: &["--window must be from"],
         },
     );
+    // File options given to the database and benchmark commands would do nothing there.
+    for args in [
+        vec!["db", "copy", "--delete", "dbname=a", "dbname=b"],
+        vec!["--inplace", "db", "plan", "dbname=a"],
+        vec!["bench", "--restart", "--time", "1"],
+    ] {
+        let (out, took) = run(&args);
+        check(
+            out,
+            took,
+            Expect {
+                what: "a file option given to db or bench",
+                code: 2,
+                says: &["applies to file transfers"],
+            },
+        );
+    }
     let (out, took) = run(&["copy", "--max-rate", "5 furlongs", &p("file"), &p("d")]);
     check(
         out,
