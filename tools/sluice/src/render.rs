@@ -92,6 +92,7 @@ where
             ProgressStyle::with_template(
                 "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
             )
+            .map(|s| s.with_key("eta", eta))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
@@ -204,6 +205,17 @@ fn path_json(p: &PathStats) -> serde_json::Value {
         "loss": p.loss(), "retransmitted_bytes": p.lost_bytes,
         "udp_tx_bytes": p.udp_tx_bytes, "udp_rx_bytes": p.udp_rx_bytes,
     })
+}
+
+/// The bar's time left: "--" until there is a rate to judge it by (two seconds and some bytes
+/// in), instead of the years an estimate from the first near-zero rate says while a transfer
+/// is still being set up (a database's schema, a long round trip's start-up).
+fn eta(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    if state.pos() == 0 || state.elapsed() < Duration::from_secs(2) {
+        let _ = w.write_str("--");
+    } else {
+        let _ = write!(w, "{:#}", indicatif::HumanDuration(state.eta()));
+    }
 }
 
 fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
