@@ -430,12 +430,8 @@ fn a_file_that_changes_or_vanishes_in_a_tree_fails_alone() {
     );
     assert!(err.contains("2 of 3 files failed"), "{err}");
     assert_eq!(b3(&dest.join("tree/a.bin")), b3(&src.join("a.bin")));
-    let left: Vec<_> = walkdir(&dest)
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n != "a.bin"))
-        .filter(|p| p.is_file())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let files = files_below(&dest);
+    assert_eq!(files, [std::path::Path::new("tree/a.bin")], "left behind");
     let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
     assert!(out.status.success(), "rerun: {}", stderr(&out));
     assert_eq!(
@@ -455,19 +451,6 @@ fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> std::p
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
-}
-
-/// Every path under `dir`, depth first.
-fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walkdir(&p));
-        }
-        out.push(p);
-    }
-    out
 }
 
 fn nix_is_root() -> bool {

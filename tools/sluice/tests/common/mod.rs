@@ -190,16 +190,24 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, char)>) {
 /// Every file whose name marks it as in-progress state (a part file or its resume journal),
 /// anywhere below `root`.
 pub fn part_files(root: &Path) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    walk(root, root, &mut Vec::new());
+    files_below(root)
+        .into_iter()
+        .filter(|rel| {
+            let name = rel.to_string_lossy();
+            name.ends_with(".sluice-part") || name.ends_with(".sluice-journal")
+        })
+        .map(|rel| root.join(rel))
+        .collect()
+}
+
+/// Every regular file below `root`, as a path relative to it.
+pub fn files_below(root: &Path) -> Vec<PathBuf> {
     let mut all = Vec::new();
     walk(root, root, &mut all);
-    for (rel, _) in all {
-        if rel.ends_with(".sluice-part") || rel.ends_with(".sluice-journal") {
-            v.push(root.join(rel));
-        }
-    }
-    v
+    all.into_iter()
+        .filter(|(_, kind)| *kind == 'f')
+        .map(|(rel, _)| rel)
+        .collect()
 }
 
 /// A `sluice recv` process and the ticket it printed.
