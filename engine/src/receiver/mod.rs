@@ -547,8 +547,11 @@ async fn receive(
         loop {
             // What the last turns queued goes out in one write: per-file answers (FileVerified,
             // HaveDone) of many small files share packets instead of taking one each. Messages,
-            // scans and writer reports already waiting are taken first.
-            let busy = control.ready() || !done_rx.is_empty() || !scanned_rx.is_empty();
+            // scans and writer reports already waiting are taken first (a message only if the
+            // loop will read it now: not while the backlog holds reading back).
+            let busy = (control.ready() && !control.over_backlog())
+                || !done_rx.is_empty()
+                || !scanned_rx.is_empty();
             control.flush_unless(busy).await?;
             // Every file answered, and every scan done (so every HaveDone is sent).
             if finished && files.is_empty() && scans_pending == 0 {
