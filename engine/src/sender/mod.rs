@@ -856,15 +856,40 @@ impl Reader<'_> {
         if self.abandoned.borrow().contains(&id) {
             return Ok(());
         }
-        self.send_again(src, offset)
+        self.send_again(src, offset, None)
     }
 
-    fn send_again(&self, src: &SourceEntry, offset: u64) -> Result<()> {
+    /// Reads the block at `offset` of `src` again and sends it; with `expected`, the hash it
+    /// had when first read, a block that no longer has it is an error (the source changed).
+    fn send_again(&self, src: &SourceEntry, offset: u64, expected: Option<Digest>) -> Result<()> {
         let size = src.entry.size;
         let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
         let block = self.read_again(src, offset, len)?;
         let cv = merkle::block_cv(&block, offset, size);
+        if expected.is_some_and(|e| e != cv) {
+            return Err(Error::SourceChanged {
+                path: src.local.clone(),
+                detail: format!("the block at offset {offset} changed while it was being sent"),
+            });
+        }
         self.send_block(src.entry.id, offset, cv, block)
+    }
+
+    /// `e`, met while finishing file `fi`, if it does not mean that its source vanished or
+    /// changed; if it does, the file is abandoned ([`Reader::abandon`]) and the others go on.
+    fn abandon_on(&self, fi: usize, e: Error, state: &mut [Option<Reading>]) -> Result<bool> {
+        let why = match &e {
+            Error::SourceChanged { detail, .. } => changed_while_sent(detail),
+            Error::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                "vanished while it was being sent".into()
+            }
+            Error::File { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                changed_while_sent("it is shorter than when it was read")
+            }
+            _ => return Err(e),
+        };
+        self.abandon(fi, why, state)?;
+        Ok(true)
     }
 
     /// Reads `len` bytes at `offset` of `src` again, into a ring buffer if one is free, else into
@@ -1028,9 +1053,18 @@ impl Reader<'_> {
     fn handle(&self, done: &mut Vec<Completion<Tag>>, state: &mut [Option<Reading>]) -> Result<()> {
         for c in done.drain(..) {
             let (fi, index) = c.req.tag;
-            let n = c
-                .result
-                .map_err(Error::file("reading", &self.files[fi].local))?;
+            if state[fi].is_none() {
+                // Abandoned while this read was in flight.
+                continue;
+            }
+            let n = match c.result {
+                Ok(n) => n,
+                Err(e) => {
+                    // As rsync and tar: a source that cannot be read fails alone.
+                    self.abandon(fi, format!("cannot be read: {e}"), state)?;
+                    continue;
+                }
+            };
             let (offset, len) = (c.req.offset, c.req.len);
             self.settle(fi, index, offset, len, n, Data::Ring(c.req.buf), state)?;
         }
@@ -1278,7 +1312,9 @@ impl Reader<'_> {
                 }
                 let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
                 if self.decide(st, id, i, their, cv, len) {
-                    self.send_again(src, geometry.offset(i))?;
+                    if let Err(e) = self.send_again(src, geometry.offset(i), Some(cv)) {
+                        return self.abandon_on(fi, e, state);
+                    }
                 }
             }
         }
@@ -1291,7 +1327,9 @@ impl Reader<'_> {
             return Ok(false);
         }
         for i in std::mem::take(&mut st.patches) {
-            self.send_patch(src, i, st.cvs[i as usize])?;
+            if let Err(e) = self.send_patch(src, i, st.cvs[i as usize]) {
+                return self.abandon_on(fi, e, state);
+            }
         }
         let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
         if !st.differs.is_empty() {
