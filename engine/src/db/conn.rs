@@ -133,20 +133,41 @@ impl Database {
     }
 }
 
-/// A PostgreSQL error with the server's own message and detail when it sent one.
 /// The error for `e`, met while doing `what`: [`Error::DatabaseLost`] when the connection to
-/// the server failed or was lost (it closed, an I/O error, or the server said it is shutting
-/// down or cannot accept connections now: SQLSTATE class 08, 57P01–57P03), so the command's
-/// exit says that running it again resumes; otherwise [`Error::Database`].
+/// the server failed or was lost, so the command's exit says that running it again resumes;
+/// otherwise [`Error::Database`]. Lost: the connection closed; a socket error that means the
+/// server is not there or went away (refused, reset, aborted, a broken pipe, no such socket
+/// file, timed out, unreachable); or the server saying it is shutting down or cannot accept
+/// connections now (SQLSTATE 08000, 08001, 08003, 08004, 08006, 57P01-57P03). Not an I/O error
+/// of another kind: tokio-postgres also reports encoding, parsing and authentication failures
+/// with an `io::Error` inside, and running those again does not help.
 pub(crate) fn pg_error(what: String, e: &tokio_postgres::Error) -> Error {
+    use std::io::ErrorKind::*;
     let detail = full(e);
     let lost = match e.as_db_error() {
-        Some(db) => {
-            let code = db.code().code();
-            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
-        }
+        Some(db) => matches!(
+            db.code().code(),
+            "08000" | "08001" | "08003" | "08004" | "08006" | "57P01" | "57P02" | "57P03"
+        ),
         None => {
-            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            e.is_closed()
+                || std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            ConnectionRefused
+                                | ConnectionReset
+                                | ConnectionAborted
+                                | BrokenPipe
+                                | NotFound
+                                | TimedOut
+                                | NotConnected
+                                | AddrNotAvailable
+                                | HostUnreachable
+                                | NetworkUnreachable
+                        )
+                    })
         }
     };
     if lost {
@@ -156,6 +177,7 @@ pub(crate) fn pg_error(what: String, e: &tokio_postgres::Error) -> Error {
     }
 }
 
+/// A PostgreSQL error with the server's own message and detail when it sent one.
 pub(crate) fn full(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
