@@ -27,10 +27,11 @@ const STARTUP_GAIN: f64 = 2.89;
 /// Window gain once the pipe is full: half a bandwidth-delay product may queue (1.25 starved
 /// the window on wan-emu, see the module notes).
 const STEADY_GAIN: f64 = 1.5;
-/// The cap never goes below this many packets. The peer is asked to acknowledge every 16
-/// packets, or after 25 ms: a window of 16 (the floor this had) held every round for that timer
-/// where the round trip is far shorter, which on loopback meant ~10 MB/s (a 1 GiB copy did not
-/// finish in 60 s). Twice that keeps ACKs on the count, as the sluice controller's floor does.
+/// The cap never goes below this many packets, nor below twice the peer's ACK count
+/// ([`CappedBbrConfig::ack_every`]). The peer is asked to acknowledge every 16 packets, or
+/// after 25 ms: a window of 16 (the floor this had) held every round for that timer where the
+/// round trip is far shorter, which on loopback meant ~10 MB/s (a 1 GiB copy did not finish in
+/// 60 s). Twice the count keeps ACKs on it, as the sluice controller's floor does.
 const MIN_WINDOW_PACKETS: u64 = 32;
 /// Rounds without 25 % growth of the delivery rate after which the pipe counts as full.
 const FULL_AFTER: u32 = 3;
@@ -97,6 +98,8 @@ pub struct CappedBbr {
     cap: WindowCap,
     min_rtt: Duration,
     mtu: u64,
+    /// The fewest packets the cap allows.
+    floor_packets: u64,
 }
 
 impl Controller for CappedBbr {
@@ -146,7 +149,7 @@ impl Controller for CappedBbr {
 
     fn window(&self) -> u64 {
         let window = self.inner.window();
-        match self.cap.cap(self.min_rtt, MIN_WINDOW_PACKETS * self.mtu) {
+        match self.cap.cap(self.min_rtt, self.floor_packets * self.mtu) {
             Some(cap) => window.min(cap),
             None => window,
         }
@@ -158,6 +161,7 @@ impl Controller for CappedBbr {
             cap: self.cap.clone(),
             min_rtt: self.min_rtt,
             mtu: self.mtu,
+            floor_packets: self.floor_packets,
         })
     }
 
@@ -172,15 +176,27 @@ impl Controller for CappedBbr {
 
 /// Builds [`CappedBbr`] controllers from a [`BbrConfig`].
 #[derive(Debug)]
-pub struct CappedBbrConfig(pub Arc<BbrConfig>);
+pub struct CappedBbrConfig {
+    /// quinn's BBR under the cap.
+    pub bbr: Arc<BbrConfig>,
+    /// The packets after which the peer acknowledges at once (`--ack-every`; 0: quinn's
+    /// default of 2). The cap never goes below twice that, nor below [`MIN_WINDOW_PACKETS`].
+    pub ack_every: u32,
+}
 
 impl ControllerFactory for CappedBbrConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let threshold = if self.ack_every == 0 {
+            2
+        } else {
+            u64::from(self.ack_every)
+        };
         Box::new(CappedBbr {
-            inner: self.0.clone().build(now, current_mtu),
+            inner: self.bbr.clone().build(now, current_mtu),
             cap: WindowCap::default(),
             min_rtt: Duration::ZERO,
             mtu: current_mtu.into(),
+            floor_packets: MIN_WINDOW_PACKETS.max(2 * threshold),
         })
     }
 }

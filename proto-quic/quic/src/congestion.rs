@@ -178,8 +178,20 @@ pub struct RateConfig {
 }
 
 impl RateConfig {
+    /// The fewest packets a window holds: [`MIN_WINDOW_PACKETS`], or twice the packets the peer
+    /// acknowledges at once if that is more (`--ack-every 64`): a window under that count
+    /// waits for the peer's ACK timer every round.
+    fn floor_packets(&self) -> u64 {
+        let threshold = match self.ack_every {
+            Some(0) => 2,
+            Some(n) => u64::from(n),
+            None => ACK_EVERY,
+        };
+        MIN_WINDOW_PACKETS.max(2 * threshold)
+    }
+
     fn first_window(&self, mtu: u64) -> u64 {
-        let floor = MIN_WINDOW_PACKETS * mtu;
+        let floor = self.floor_packets() * mtu;
         let hinted = match (self.rate_hint, self.rtt_hint) {
             (Some(rate), Some(rtt)) => Some(bdp(self.cap_rate(rate as f64), rtt)),
             _ => None,
@@ -404,7 +416,7 @@ impl Model {
     }
 
     fn floor(&self) -> u64 {
-        MIN_WINDOW_PACKETS * self.mtu
+        self.config.floor_packets() * self.mtu
     }
 
     /// Packets an ACK frame sent at once acknowledges ([`RateConfig::ack_every`]).

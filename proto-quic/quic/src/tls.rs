@@ -200,9 +200,10 @@ impl TransportTuning {
                     cc.initial_window(w);
                 }
                 if self.congestion == Congestion::BbrCapped {
-                    t.congestion_controller_factory(Arc::new(crate::cap::CappedBbrConfig(
-                        Arc::new(cc),
-                    )));
+                    t.congestion_controller_factory(Arc::new(crate::cap::CappedBbrConfig {
+                        bbr: Arc::new(cc),
+                        ack_every: self.ack_eliciting_threshold,
+                    }));
                 } else {
                     t.congestion_controller_factory(Arc::new(cc));
                 }

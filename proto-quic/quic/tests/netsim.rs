@@ -632,9 +632,16 @@ fn queueing_delay_stays_under_half_the_base_rtt() {
 /// `--congestion bbr-capped` on a path of a few hundred microseconds (loopback's kind): the
 /// cap's floor of 16 packets never reached the 16 packets after which the peer acknowledges, so
 /// every round waited for its 25 ms ACK timer (a 1 GiB loopback copy ran over 60 s). With a
-/// floor of 32 the 64 MiB cross at most of the link's rate.
+/// floor of twice the ACK count (at least 32) the 64 MiB cross at most of the link's rate, also
+/// when the user asks for ACKs every 64 packets.
 #[test]
 fn bbr_capped_is_not_held_by_the_ack_timer_on_a_short_path() {
+    for ack_every in [16, 64] {
+        bbr_capped_on_a_short_path(ack_every);
+    }
+}
+
+fn bbr_capped_on_a_short_path(ack_every: u32) {
     let rate = 1_000_000_000;
     let (forward, back) = path(rate, Duration::from_micros(50), 0.0);
     let bytes = 64 * MIB;
@@ -642,7 +649,10 @@ fn bbr_capped_is_not_held_by_the_ack_timer_on_a_short_path() {
         forward,
         back,
         vec![Flow {
-            tuning: tuning(Congestion::BbrCapped, 8 * MIB),
+            tuning: TransportTuning {
+                ack_eliciting_threshold: ack_every,
+                ..tuning(Congestion::BbrCapped, 8 * MIB)
+            },
             bytes,
             streams: 4,
             start: Duration::ZERO,
@@ -663,7 +673,7 @@ fn bbr_capped_is_not_held_by_the_ack_timer_on_a_short_path() {
     let goodput = bytes as f64 * 8.0 / secs;
     assert!(
         goodput >= 0.5 * rate as f64,
-        "{:.1} Mbit/s is under half the link",
+        "ACKs every {ack_every}: {:.1} Mbit/s is under half the link",
         goodput / 1e6
     );
 }
