@@ -235,10 +235,12 @@ fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> (&'a [PathBuf], &'a Pat
 }
 
 fn run(cli: Cli) -> Result<()> {
-    // The file options would be taken and do nothing: said, not ignored.
+    // The sender's file options would be taken and do nothing elsewhere: said, not ignored.
     let command = match &cli.command {
         Command::Db(_) => Some("sluice db"),
         Command::Bench(_) => Some("sluice bench"),
+        Command::Recv { .. } => Some("sluice recv"),
+        Command::Hash { .. } => Some("sluice hash"),
         _ => None,
     };
     if let Some(command) = command {
@@ -250,7 +252,17 @@ fn run(cli: Cli) -> Result<()> {
             ("--delete", t.delete),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, on)| *on) {
-            usage!("{flag} applies to file transfers (send, copy), not to {command}");
+            let hint = match (command, *flag) {
+                ("sluice recv", "--delete" | "--inplace") => {
+                    format!(
+                        ": the sender asks for it; a receiver allows it with --allow-{}",
+                        &flag[2..]
+                    )
+                }
+                ("sluice recv", _) => ": the sender asks for it".to_string(),
+                _ => String::new(),
+            };
+            usage!("{flag} applies to sending files (send, copy), not to {command}{hint}");
         }
     }
     let config = cli.tuning.config()?;

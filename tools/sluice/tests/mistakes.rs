@@ -232,6 +232,8 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         vec!["db", "copy", "--delete", "dbname=a", "dbname=b"],
         vec!["--inplace", "db", "plan", "dbname=a"],
         vec!["bench", "--restart", "--time", "1"],
+        vec!["recv", "--delete", "/nonexistent/d"],
+        vec!["hash", "--rehash", "/nonexistent/f"],
     ] {
         let (out, took) = run(&args);
         check(
@@ -240,7 +242,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             Expect {
                 what: "a file option given to db or bench",
                 code: 2,
-                says: &["applies to file transfers"],
+                says: &["applies to sending files"],
             },
         );
     }
