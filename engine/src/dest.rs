@@ -395,22 +395,45 @@ impl Destination {
         Ok(())
     }
 
+    /// Makes `entry`, a [`EntryKind::HardLink`], a second name of the file its `link_target`
+    /// names (in place by now), replacing what holds its name unless that already is this file.
+    pub fn create_hard_link(&self, entry: &Entry) -> Result<()> {
+        let at = self.resolve(&entry.path)?;
+        let target = self.resolve(&entry.link_target)?;
+        let file = fs::symlink_metadata(&target).map_err(Error::file("linking to", &target))?;
+        if !file.is_file() {
+            return Err(Error::Destination {
+                path: entry.path.clone(),
+                why: format!("{} is not a file here; not linked", entry.link_target),
+            });
+        }
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.dev() == file.dev() && m.ino() == file.ino() => return Ok(()),
+            _ => self.clear_for_link(entry, &at)?,
+        }
+        fs::hard_link(&target, &at).map_err(Error::file("creating hard link", &at))
+    }
+
+    /// Removes what holds `at`, the name of link `entry`: a file or symlink, or a directory if
+    /// entries whose type changed are replaced (`--delete`).
+    fn clear_for_link(&self, entry: &Entry, at: &Path) -> Result<()> {
+        match fs::symlink_metadata(at) {
+            Ok(m) if m.is_dir() && self.replacing() => {
+                fs::remove_dir_all(at).map_err(Error::file("replacing", at))
+            }
+            Ok(m) if m.is_dir() => Err(Error::Destination {
+                path: entry.path.clone(),
+                why: "a directory of that name is in the way (--delete replaces it)".into(),
+            }),
+            Ok(_) => fs::remove_file(at).map_err(Error::file("replacing", at)),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Creates a symlink entry, replacing a file or link of the same name.
     pub fn create_symlink(&self, entry: &Entry) -> Result<()> {
         let at = self.resolve(&entry.path)?;
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.is_dir() && self.replacing() => {
-                fs::remove_dir_all(&at).map_err(Error::file("replacing", &at))?
-            }
-            Ok(m) if m.is_dir() => {
-                return Err(Error::Destination {
-                    path: entry.path.clone(),
-                    why: "a directory of that name is in the way (--delete replaces it)".into(),
-                })
-            }
-            Ok(_) => fs::remove_file(&at).map_err(Error::file("replacing", &at))?,
-            Err(_) => {}
-        }
+        self.clear_for_link(entry, &at)?;
         std::os::unix::fs::symlink(local_name(&entry.link_target), &at)
             .map_err(Error::file("creating symlink", &at))?;
         // The link's own mtime, set on the link and not on what it points to (as `rsync -a`).

@@ -57,15 +57,16 @@ pub fn file_target(sources: &[PathBuf], dest: &Path) -> Option<(PathBuf, String)
 /// The manifest of one source sent under another top-level name (see [`file_target`]).
 pub fn build_as(src: &Path, name: &str) -> Result<Vec<SourceEntry>> {
     let mut out = Vec::new();
-    walk(src, name.to_owned(), &mut out)?;
+    walk(src, name.to_owned(), &mut out, &mut Default::default())?;
     Ok(out)
 }
 
 /// Walks `sources` and returns the manifest, ids in order.
 pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
     let mut out = Vec::new();
+    let mut links = Default::default();
     for (src, name) in sources.iter().zip(top_names(sources)?) {
-        walk(src, name, &mut out)?;
+        walk(src, name, &mut out, &mut links)?;
     }
     Ok(out)
 }
@@ -168,14 +169,28 @@ pub fn keeps_change_times(file: &fs::File) -> bool {
         || rustix::fs::fstatfs(file).is_ok_and(|s| TRUSTED.contains(&(s.f_type as u32)))
 }
 
-fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()> {
+/// The first path listed for each file of several names (device, inode), so that its other
+/// names go as [`EntryKind::HardLink`]s to it.
+type FirstNames = std::collections::HashMap<(u64, u64), String>;
+
+fn walk(
+    root: &Path,
+    root_name: String,
+    out: &mut Vec<SourceEntry>,
+    links: &mut FirstNames,
+) -> Result<()> {
     let listed_at = std::time::SystemTime::now();
     let mut stack = vec![(root.to_path_buf(), root_name)];
     while let Some((local, rel)) = stack.pop() {
         let meta =
             fs::symlink_metadata(&local).map_err(Error::file("reading metadata of", &local))?;
         let ft = meta.file_type();
-        let (kind, size, link_target) = if ft.is_file() {
+        let (kind, size, link_target) = if ft.is_file() && meta.nlink() > 1 {
+            match links.get(&(meta.dev(), meta.ino())) {
+                Some(first) => (EntryKind::HardLink, 0, first.clone()),
+                None => (EntryKind::File, meta.len(), String::new()),
+            }
+        } else if ft.is_file() {
             (EntryKind::File, meta.len(), String::new())
         } else if ft.is_dir() {
             (EntryKind::Dir, 0, String::new())
@@ -214,6 +229,9 @@ fn walk(root: &Path, root_name: String, out: &mut Vec<SourceEntry>) -> Result<()
                     why: e.to_string(),
                 })
             }
+        }
+        if kind == EntryKind::File && meta.nlink() > 1 {
+            links.insert((meta.dev(), meta.ino()), rel.clone());
         }
         let id = u32::try_from(out.len()).map_err(|_| Error::Source {
             path: local.clone(),

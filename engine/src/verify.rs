@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use sluice_proto::geometry::Geometry;
@@ -24,7 +24,7 @@ pub enum Difference {
     Missing(String),
     /// Something of another kind (file, directory, symlink) is there.
     Kind(String),
-    /// A symlink points elsewhere.
+    /// A symlink points elsewhere, or a hard link is not the same file as the name it links to.
     LinkTarget(String),
     /// A regular file differs: its sizes, and the byte ranges (whole blocks) that differ.
     Content {
@@ -68,7 +68,7 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
             continue;
         };
         let same_kind = match e.entry.kind {
-            EntryKind::File => meta.is_file(),
+            EntryKind::File | EntryKind::HardLink => meta.is_file(),
             EntryKind::Dir => meta.is_dir(),
             EntryKind::Symlink => meta.file_type().is_symlink(),
         };
@@ -93,6 +93,15 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
                         dest_size: meta.len(),
                         ranges,
                     });
+                }
+            }
+            EntryKind::HardLink => {
+                // The same file as the one its target names there, not a copy of it.
+                let target = dest.join(crate::manifest::local_name(&e.entry.link_target));
+                let same = fs::symlink_metadata(&target)
+                    .is_ok_and(|t| t.dev() == meta.dev() && t.ino() == meta.ino());
+                if !same {
+                    report.differences.push(Difference::LinkTarget(path));
                 }
             }
             EntryKind::Dir => {}

@@ -557,7 +557,15 @@ async fn receive(
             if finished && files.is_empty() && scans_pending == 0 {
                 let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
                 for e in symlinks.iter().filter(|_| !dry_run) {
-                    dest.create_symlink(e)?;
+                    match e.kind {
+                        // Only once every file arrived: a failed file would be linked in its
+                        // older version, if any. The run fails anyway; the rerun links.
+                        EntryKind::HardLink if failures > 0 => {
+                            tracing::warn!(path = %e.path, "not linked: files failed");
+                        }
+                        EntryKind::HardLink => dest.create_hard_link(e)?,
+                        _ => dest.create_symlink(e)?,
+                    }
                 }
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
                     let removed = dest.delete_extraneous(&entries)?;
@@ -683,7 +691,8 @@ async fn receive(
                                     report_local(Outcome::failed(entry.id, &entry.path, &e), progress, &mut failures, &mut first_failure);
                                 }
                             }
-                            EntryKind::Symlink => symlinks.push(entry),
+                            // Made at the end, a hard link once the file it names is in place.
+                            EntryKind::Symlink | EntryKind::HardLink => symlinks.push(entry),
                             EntryKind::File => {
                                 let (restart, inplace, rehash) = {
                                     let s = shared.lock().map_err(|_| poisoned())?;

@@ -82,6 +82,10 @@ pub enum EntryKind {
     Dir = 1,
     /// A symbolic link; recreated as a link with the same target, never followed.
     Symlink = 2,
+    /// A second name of a file listed earlier in the manifest (a hard link; since version 8):
+    /// `link_target` is that file's path. No payload; the receiver links the name to the file
+    /// once it is in place, as `cp -a`, tar and `rsync -H` keep hard links.
+    HardLink = 3,
 }
 
 impl EntryKind {
@@ -90,6 +94,7 @@ impl EntryKind {
             0 => Some(Self::File),
             1 => Some(Self::Dir),
             2 => Some(Self::Symlink),
+            3 => Some(Self::HardLink),
             _ => None,
         }
     }

@@ -157,6 +157,14 @@ pub enum SessionError {
         /// The path both name.
         path: String,
     },
+    /// A hard-link entry did not name an earlier file of the manifest.
+    #[error("manifest entry {id} is a hard link to {target:?}, which is no earlier file of the manifest")]
+    HardLink {
+        /// The link's entry.
+        id: u32,
+        /// The path it named.
+        target: String,
+    },
     /// Hello carried flags this build does not know.
     #[error("unknown Hello flags {0:#04x}")]
     Flags(u8),
@@ -515,6 +523,25 @@ impl ReceiverSession {
                         id: entry.id,
                         path: entry.path,
                     });
+                }
+                if entry.kind == EntryKind::HardLink {
+                    // The name of an earlier file of this manifest, nothing else: a link can
+                    // only reach what the transfer itself puts in place.
+                    let target = u128::from_le_bytes(
+                        blake3::hash(entry.link_target.as_bytes()).as_bytes()[..16]
+                            .try_into()
+                            .expect("16 bytes"),
+                    );
+                    let names_a_file = self.paths.get(&target).is_some_and(|&t| {
+                        let e = &self.entries[t as usize];
+                        e.kind == EntryKind::File && e.path == entry.link_target
+                    });
+                    if !names_a_file {
+                        return Err(SessionError::HardLink {
+                            id: entry.id,
+                            target: entry.link_target,
+                        });
+                    }
                 }
                 self.paths.insert(key, entry.id);
                 let mut entry = entry;
@@ -1044,6 +1071,55 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::Version);
+    }
+
+    #[test]
+    fn a_hard_link_names_an_earlier_file_only() {
+        let link = |id: u32, path: &str, target: &str| {
+            Message::Entry(Entry {
+                kind: EntryKind::HardLink,
+                link_target: target.into(),
+                ..match file(id, path, 0) {
+                    Message::Entry(e) => e,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        let fresh = || {
+            let mut s = ReceiverSession::new([7; 32]);
+            s.on_message(SenderSession::hello([7; 32], 1024, 0))
+                .unwrap();
+            s.on_message(file(0, "a", 10)).unwrap();
+            s.on_message(Message::Entry(Entry {
+                kind: EntryKind::Dir,
+                ..match file(1, "d", 0) {
+                    Message::Entry(e) => e,
+                    _ => unreachable!(),
+                }
+            }))
+            .unwrap();
+            assert!(matches!(
+                s.on_message(link(2, "b", "a")),
+                Ok(ReceiverEvent::Entry(_))
+            ));
+            s
+        };
+        for (target, why) in [
+            ("d", "a directory"),
+            ("nothing", "no entry"),
+            ("b", "a link"),
+            ("c", "itself or later"),
+        ] {
+            let mut t = fresh();
+            assert_eq!(
+                t.on_message(link(3, "c", target)),
+                Err(SessionError::HardLink {
+                    id: 3,
+                    target: target.into()
+                }),
+                "{why}"
+            );
+        }
     }
 
     #[test]

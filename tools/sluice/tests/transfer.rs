@@ -13,6 +13,50 @@ use common::*;
 const BLOCK: u64 = 1 << 20;
 
 over_both! {
+    /// A file with several names arrives once and keeps them as hard links (as cp -a, tar and
+    /// rsync -H), also into a destination that already holds separate copies; `verify` notices a
+    /// name that is a copy instead of a link.
+    fn hard_links_arrive_as_one_file_with_its_names() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("tree");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        random_file(&src.join("a.bin"), 3 * BLOCK + 5, 1);
+        fs::hard_link(src.join("a.bin"), src.join("sub/also.bin")).unwrap();
+        fs::hard_link(src.join("a.bin"), src.join("z.bin")).unwrap();
+        random_file(&src.join("other.bin"), 1000, 2);
+        let dest = d.path().join("dest");
+        // An earlier, separate copy sits under one of the names.
+        fs::create_dir_all(dest.join("tree")).unwrap();
+        random_file(&dest.join("tree/z.bin"), 10, 3);
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let ino = |p: &str| {
+            let m = fs::metadata(dest.join(p)).unwrap();
+            (m.ino(), m.nlink())
+        };
+        let (a, links) = ino("tree/a.bin");
+        assert_eq!(links, 3, "three names for one file");
+        assert_eq!(ino("tree/sub/also.bin").0, a);
+        assert_eq!(ino("tree/z.bin").0, a);
+        assert_ne!(ino("tree/other.bin").0, a);
+        assert_eq!(b3(&dest.join("tree/z.bin")), b3(&src.join("a.bin")));
+        let out = sluice().arg("verify").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "verify: {}", stderr(&out));
+        // A name that is a copy, not a link, is a difference.
+        fs::remove_file(dest.join("tree/z.bin")).unwrap();
+        fs::copy(src.join("a.bin"), dest.join("tree/z.bin")).unwrap();
+        let out = sluice().arg("verify").arg(&src).arg(&dest).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "verify: {}", stderr(&out));
+        // Run again, it is a link again; nothing else changes.
+        let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(ino("tree/z.bin").0, a);
+        assert_eq!(ino("tree/a.bin").1, 3);
+    }
+}
+
+over_both! {
     fn copy_edge_sizes_byte_for_byte() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("edges");
