@@ -70,8 +70,8 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
-    /// Some files failed at the receiver.
-    #[error("{failed} of {total} {items} failed at the receiver; first: {first}")]
+    /// Some files (or units) failed: at the receiver, or given up by the sender (`Abandon`).
+    #[error("{failed} of {total} {items} failed; first: {first}")]
     FilesFailed {
         /// What failed: "files", or "units" (table ranges, schema parts).
         items: &'static str,
