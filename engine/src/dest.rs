@@ -407,17 +407,26 @@ impl Destination {
                 why: format!("{} is not a file here; not linked", entry.link_target),
             });
         }
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.dev() == file.dev() && m.ino() == file.ino() => return Ok(()),
-            _ => self.clear_for_link(entry, &at)?,
+        let there = fs::symlink_metadata(&at);
+        if there
+            .as_ref()
+            .is_ok_and(|m| m.dev() == file.dev() && m.ino() == file.ino())
+        {
+            return Ok(());
         }
+        self.clear_for_link(entry, &at, there)?;
         fs::hard_link(&target, &at).map_err(Error::file("creating hard link", &at))
     }
 
-    /// Removes what holds `at`, the name of link `entry`: a file or symlink, or a directory if
-    /// entries whose type changed are replaced (`--delete`).
-    fn clear_for_link(&self, entry: &Entry, at: &Path) -> Result<()> {
-        match fs::symlink_metadata(at) {
+    /// Removes what holds `at` (`there`: its metadata), the name of link `entry`: a file or
+    /// symlink, or a directory if entries whose type changed are replaced (`--delete`).
+    fn clear_for_link(
+        &self,
+        entry: &Entry,
+        at: &Path,
+        there: std::io::Result<fs::Metadata>,
+    ) -> Result<()> {
+        match there {
             Ok(m) if m.is_dir() && self.replacing() => {
                 fs::remove_dir_all(at).map_err(Error::file("replacing", at))
             }
@@ -433,7 +442,7 @@ impl Destination {
     /// Creates a symlink entry, replacing a file or link of the same name.
     pub fn create_symlink(&self, entry: &Entry) -> Result<()> {
         let at = self.resolve(&entry.path)?;
-        self.clear_for_link(entry, &at)?;
+        self.clear_for_link(entry, &at, fs::symlink_metadata(&at))?;
         std::os::unix::fs::symlink(local_name(&entry.link_target), &at)
             .map_err(Error::file("creating symlink", &at))?;
         // The link's own mtime, set on the link and not on what it points to (as `rsync -a`).

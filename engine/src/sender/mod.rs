@@ -789,9 +789,8 @@ impl Reader<'_> {
             let after = file
                 .metadata()
                 .map_err(Error::file("reading metadata of", &src.local))?;
-            if manifest::source_version(&after) != manifest::source_version(&meta)
-                && !self.abandoned.borrow().contains(&src.entry.id)
-            {
+            // (A file already abandoned stays so: `abandon` acts once per file.)
+            if manifest::source_version(&after) != manifest::source_version(&meta) {
                 let why = changed_while_sent("written to while it was being sent");
                 self.abandon(fi, why, &mut state)?;
             }
@@ -1086,10 +1085,6 @@ impl Reader<'_> {
     ) -> Result<()> {
         let src = &self.files[fi];
         let size = src.entry.size;
-        if state[fi].is_none() {
-            // Abandoned while this read was in flight.
-            return Ok(());
-        }
         if n != len {
             let why = changed_while_sent(&format!(
                 "read {n} of {len} bytes at offset {offset}: the file is shorter than when the transfer started"
