@@ -239,6 +239,12 @@ fn name(msg: &Message) -> &'static str {
     }
 }
 
+/// The key a manifest path is remembered by (the first 128 bits of its BLAKE3 hash).
+fn path_key(path: &str) -> u128 {
+    let hash = blake3::hash(path.as_bytes());
+    u128::from_le_bytes(hash.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
 fn peer_error(msg: Message) -> SessionError {
     match msg {
         Message::Error { code, message } => SessionError::Peer { code, message },
@@ -512,11 +518,7 @@ impl ReceiverSession {
                         max: self.policy.max_depth,
                     });
                 }
-                let key = u128::from_le_bytes(
-                    blake3::hash(entry.path.as_bytes()).as_bytes()[..16]
-                        .try_into()
-                        .expect("16 bytes"),
-                );
+                let key = path_key(&entry.path);
                 if let Some(&first) = self.paths.get(&key) {
                     return Err(SessionError::DuplicatePath {
                         first,
@@ -527,15 +529,11 @@ impl ReceiverSession {
                 if entry.kind == EntryKind::HardLink {
                     // The name of an earlier file of this manifest, nothing else: a link can
                     // only reach what the transfer itself puts in place.
-                    let target = u128::from_le_bytes(
-                        blake3::hash(entry.link_target.as_bytes()).as_bytes()[..16]
-                            .try_into()
-                            .expect("16 bytes"),
-                    );
-                    let names_a_file = self.paths.get(&target).is_some_and(|&t| {
-                        let e = &self.entries[t as usize];
-                        e.kind == EntryKind::File && e.path == entry.link_target
-                    });
+                    let names_a_file = self
+                        .paths
+                        .get(&path_key(&entry.link_target))
+                        .and_then(|&t| self.entries.get(t as usize))
+                        .is_some_and(|e| e.kind == EntryKind::File && e.path == entry.link_target);
                     if !names_a_file {
                         return Err(SessionError::HardLink {
                             id: entry.id,
