@@ -27,12 +27,6 @@ const STARTUP_GAIN: f64 = 2.89;
 /// Window gain once the pipe is full: half a bandwidth-delay product may queue (1.25 starved
 /// the window on wan-emu, see the module notes).
 const STEADY_GAIN: f64 = 1.5;
-/// The cap never goes below this many packets, nor below twice the peer's ACK count
-/// ([`CappedBbrConfig::ack_every`]). The peer is asked to acknowledge every 16 packets, or
-/// after 25 ms: a window of 16 (the floor this had) held every round for that timer where the
-/// round trip is far shorter, which on loopback meant ~10 MB/s (a 1 GiB copy did not finish in
-/// 60 s). Twice the count keeps ACKs on it, as the sluice controller's floor does.
-const MIN_WINDOW_PACKETS: u64 = 32;
 /// Rounds without 25 % growth of the delivery rate after which the pipe counts as full.
 const FULL_AFTER: u32 = 3;
 
@@ -180,7 +174,11 @@ pub struct CappedBbrConfig {
     /// quinn's BBR under the cap.
     pub bbr: Arc<BbrConfig>,
     /// The packets after which the peer acknowledges at once (`--ack-every`; 0: quinn's
-    /// default of 2). The cap never goes below twice that, nor below [`MIN_WINDOW_PACKETS`].
+    /// default of 2). The cap never goes below the sluice controller's floor for that count
+    /// ([`crate::congestion::floor_packets`]: 32 packets, or twice the count). The peer is
+    /// asked to acknowledge every 16 packets, or after 25 ms: a floor of 16 (what the cap had)
+    /// held every round for that timer where the round trip is far shorter, which on loopback
+    /// meant ~10 MB/s (a 1 GiB copy did not finish in 60 s).
     pub ack_every: u32,
 }
 
@@ -196,7 +194,7 @@ impl ControllerFactory for CappedBbrConfig {
             cap: WindowCap::default(),
             min_rtt: Duration::ZERO,
             mtu: current_mtu.into(),
-            floor_packets: MIN_WINDOW_PACKETS.max(2 * threshold),
+            floor_packets: crate::congestion::floor_packets(threshold),
         })
     }
 }

@@ -177,21 +177,26 @@ pub struct RateConfig {
     pub ack_every: Option<u32>,
 }
 
+/// The fewest packets a window holds when the peer acknowledges every `ack_threshold` packets:
+/// [`MIN_WINDOW_PACKETS`], or twice the threshold if that is more (`--ack-every 64`). A window
+/// under the count waits for the peer's ACK timer every round. Also the floor of
+/// [`crate::cap::CappedBbr`].
+pub(crate) fn floor_packets(ack_threshold: u64) -> u64 {
+    MIN_WINDOW_PACKETS.max(2 * ack_threshold)
+}
+
 impl RateConfig {
-    /// The fewest packets a window holds: [`MIN_WINDOW_PACKETS`], or twice the packets the peer
-    /// acknowledges at once if that is more (`--ack-every 64`): a window under that count
-    /// waits for the peer's ACK timer every round.
-    fn floor_packets(&self) -> u64 {
-        let threshold = match self.ack_every {
+    /// Packets an ACK frame sent at once acknowledges ([`RateConfig::ack_every`]).
+    fn ack_threshold(&self) -> u64 {
+        match self.ack_every {
             Some(0) => 2,
             Some(n) => u64::from(n),
             None => ACK_EVERY,
-        };
-        MIN_WINDOW_PACKETS.max(2 * threshold)
+        }
     }
 
     fn first_window(&self, mtu: u64) -> u64 {
-        let floor = self.floor_packets() * mtu;
+        let floor = floor_packets(self.ack_threshold()) * mtu;
         let hinted = match (self.rate_hint, self.rtt_hint) {
             (Some(rate), Some(rtt)) => Some(bdp(self.cap_rate(rate as f64), rtt)),
             _ => None,
@@ -416,16 +421,12 @@ impl Model {
     }
 
     fn floor(&self) -> u64 {
-        self.config.floor_packets() * self.mtu
+        floor_packets(self.ack_threshold()) * self.mtu
     }
 
     /// Packets an ACK frame sent at once acknowledges ([`RateConfig::ack_every`]).
     fn ack_threshold(&self) -> u64 {
-        match self.config.ack_every {
-            Some(0) => 2,
-            Some(n) => u64::from(n),
-            None => ACK_EVERY,
-        }
+        self.config.ack_threshold()
     }
 
     /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
