@@ -240,18 +240,15 @@ fn a_target_server_that_stops_mid_copy_is_a_lost_connection() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    let mut copy = copy.spawn().unwrap();
+    let copy = copy.spawn().unwrap();
     wait_for_units(&dst_pg, "dst", 2, Duration::from_secs(60));
     dst_pg.stop_now();
-    let stopped = Instant::now();
-    while copy.try_wait().unwrap().is_none() {
-        if stopped.elapsed() > Duration::from_secs(30) {
-            let _ = copy.kill();
-            panic!("still running 30 s after the target's server stopped");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = copy.wait().unwrap();
+    let status = wait_or_kill(
+        copy,
+        Duration::from_secs(30),
+        "still running 30 s after the target's server stopped",
+    )
+    .status;
     let err = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(err.contains("database server cannot be reached"), "{err}");

@@ -359,12 +359,7 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     f.write_all_at(b"an edit in the middle of the transfer", 250 * BLOCK)
         .unwrap();
     drop(f);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while send.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the sender did not end");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = send.wait_with_output().unwrap();
+    let out = wait_or_kill(send, Duration::from_secs(30), "the sender did not end");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
@@ -417,7 +412,7 @@ fn a_file_that_changes_or_vanishes_in_a_tree_fails_alone() {
     std::io::Write::write_all(&mut log, b"a line appended during the copy\n").unwrap();
     drop(log);
     std::fs::remove_file(src.join("m/vanishes.txt")).unwrap();
-    let out = wait_with_deadline(copy, Duration::from_secs(60));
+    let out = wait_or_kill(copy, Duration::from_secs(60), "the copy did not end");
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(5), "{err}");
     assert!(
@@ -438,19 +433,6 @@ fn a_file_that_changes_or_vanishes_in_a_tree_fails_alone() {
         std::fs::read(dest.join("tree/z.log")).unwrap(),
         b"first line\na line appended during the copy\n"
     );
-}
-
-/// Waits for `child` to end, killing it after `limit`.
-fn wait_with_deadline(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn nix_is_root() -> bool {

@@ -210,6 +210,21 @@ pub fn files_below(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Waits for `child` to end and returns what it printed; past `limit` kills it and fails the
+/// test with `what`. Output not sent to a pipe (a file, null) comes back empty.
+pub fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} (after {limit:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A `sluice recv` process and the ticket it printed.
 pub struct Recv {
     child: Option<Child>,
