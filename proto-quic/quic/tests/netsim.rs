@@ -472,8 +472,31 @@ fn two_sluice_flows(
     settled: Duration,
     end: Duration,
 ) {
+    let (late, windows) = two_sluice_flows_seeded(name, rate, one_way, later, settled, end, 1);
+    assert!(late.iter().sum::<f64>() >= 0.9, "shares {late:.3?}");
+    for (t, s) in windows {
+        let fairness = s[0].min(s[1]) / s[0].max(s[1]);
+        assert!(
+            fairness >= 0.7,
+            "shares {s:.2?} from {t:?} to {:?}: min/max {fairness:.2}",
+            t + Duration::from_secs(5)
+        );
+    }
+}
+
+/// Runs the two flows of [`two_sluice_flows`] with `seed`; returns their shares over
+/// `[settled, end)` and over each 5 s window of it.
+fn two_sluice_flows_seeded(
+    name: &str,
+    rate: u64,
+    one_way: Duration,
+    later: Duration,
+    settled: Duration,
+    end: Duration,
+    seed: u64,
+) -> (Vec<f64>, Vec<(Duration, Vec<f64>)>) {
     let (forward, back) = path(rate, one_way, 0.0);
-    let s = sluice_scenario(
+    let mut s = sluice_scenario(
         forward,
         back,
         vec![
@@ -482,25 +505,21 @@ fn two_sluice_flows(
         ],
         end,
     );
-    let report = run(name, &s);
+    s.seed = seed;
+    let report = run(&format!("{name} (seed {seed})"), &s);
     let step = Duration::from_secs(5);
     print_shares(&report, rate, step);
     assert!(report.flows.iter().all(|f| f.error.is_none()));
     let late = shares(&report, rate, settled, end);
     let fairness = late[0].min(late[1]) / late[0].max(late[1]);
     eprintln!("  shares from {settled:?} to {end:?}: {late:.3?}, min/max {fairness:.2}");
-    assert!(late.iter().sum::<f64>() >= 0.9, "shares {late:.3?}");
+    let mut windows = Vec::new();
     let mut t = settled;
     while t < end {
-        let s = shares(&report, rate, t, t + step);
-        let fairness = s[0].min(s[1]) / s[0].max(s[1]);
-        assert!(
-            fairness >= 0.7,
-            "shares {s:.2?} from {t:?} to {:?}: min/max {fairness:.2}",
-            t + step
-        );
+        windows.push((t, shares(&report, rate, t, t + step)));
         t += step;
     }
+    (late, windows)
 }
 
 /// 200 Mbit/s, 100 ms RTT, the second flow 5 s after the first.
@@ -535,20 +554,39 @@ fn two_sluice_flows_share_a_short_path() {
     );
 }
 
-/// A long path, 200 Mbit/s at 300 ms RTT, the second flow 10 s later. The settling round holds
-/// back 50 ms of a flow's rate here (a sixth of the round): measured, every 5 s window from 45 s
-/// on within 0.73–0.98, 0.507 / 0.441 over 40–150 s. When it held back half the round, the
-/// shares were 0.64 / 0.28 over 40–45 s and 0.555 / 0.384 over 40–150 s.
+/// A long path, 200 Mbit/s at 300 ms RTT, the second flow 10 s later, with three seeds: over
+/// 45–150 s each seed's shares are within 30 % of each other and fill the link.
+///
+/// Here convergence is slow and its course depends on the seed (which flow's packets a probe's
+/// overflow drops), so single 5 s windows are not asserted. Measured over seeds 1–13 (2026-12-05,
+/// with and without start-up's doubled first window, which changed nothing beyond the seed's
+/// spread): min/max over 45–150 s 0.77–0.98, mean 0.89 both ways; the last 5 s window below
+/// 0.7 ended at 35–130 s, median 55–60 s. (Seed 1 alone, once asserted window by window from
+/// 45 s, passed by luck: 8 of the 13 seeds had a window below 0.7 after 45 s.) The settling
+/// round holds back 50 ms of a flow's rate here (a sixth of the round); when it held back half
+/// the round, seed 1's shares were 0.555 / 0.384 over 40–150 s.
 #[test]
 fn two_sluice_flows_share_a_long_path() {
-    two_sluice_flows(
-        "two_sluice_flows_share_a_long_path",
-        200_000_000,
-        150 * MS,
-        Duration::from_secs(10),
-        Duration::from_secs(45),
-        Duration::from_secs(150),
-    );
+    for seed in 1..=3 {
+        let (late, _) = two_sluice_flows_seeded(
+            "two_sluice_flows_share_a_long_path",
+            200_000_000,
+            150 * MS,
+            Duration::from_secs(10),
+            Duration::from_secs(45),
+            Duration::from_secs(150),
+            seed,
+        );
+        let fairness = late[0].min(late[1]) / late[0].max(late[1]);
+        assert!(
+            late.iter().sum::<f64>() >= 0.9,
+            "seed {seed}: shares {late:.3?}"
+        );
+        assert!(
+            fairness >= 0.7,
+            "seed {seed}: shares {late:.3?} over 45–150 s, min/max {fairness:.2}"
+        );
+    }
 }
 
 /// A loss-based flow (quinn's cubic, standing in for TCP's) and a Sluice flow on the same
@@ -675,5 +713,39 @@ fn bbr_capped_on_a_short_path(ack_every: u32) {
         goodput >= 0.5 * rate as f64,
         "ACKs every {ack_every}: {:.1} Mbit/s is under half the link",
         goodput / 1e6
+    );
+}
+
+/// Start-up doubles the window every round from the first one. The first rounds carried the
+/// handshake and little else, and the rate they measured capped the window at its first size
+/// for a second round: one round trip lost, 0.3 s at 300 ms (wan-emu's trace: 32, then 31,
+/// then 60 packets per round). Measured here at 200 Mbit/s and 300 ms RTT, 80 % of the link in
+/// a round trip was first reached 3.78 s after the start with the cap (bytes delivered in the
+/// rounds after the handshake's: 34 K, 35 K, 54 K, 137 K, ...), 3.48 s now (34 K, 70 K, 119 K,
+/// 230 K, ...).
+#[test]
+fn start_up_doubles_from_its_first_window() {
+    let rate = 200_000_000;
+    let (forward, back) = path(rate, 150 * MS, 0.0);
+    let report = one_sluice_flow("start_up_doubles", forward, back, 64 * MIB);
+    let flow = &report.flows[0];
+    let rtt = 300 * MS;
+    let mut t = Duration::ZERO;
+    let full = loop {
+        if flow.goodput_bps(t, t + rtt) >= 0.8 * rate as f64 {
+            break t + rtt;
+        }
+        t += 10 * MS;
+        assert!(t < Duration::from_secs(10), "never at 80 % of the link");
+    };
+    let rounds: Vec<u64> = (1..=6)
+        .map(|i| {
+            flow.delivered_at(i * rtt + 300 * MS) - flow.delivered_at((i - 1) * rtt + 300 * MS)
+        })
+        .collect();
+    eprintln!("  80 % of the link in a round trip by {full:?}; bytes per round {rounds:?}");
+    assert!(
+        full <= Duration::from_millis(3600),
+        "80 % of the link only by {full:?}"
     );
 }
