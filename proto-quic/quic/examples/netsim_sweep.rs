@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p sluice-quic --example netsim_sweep -- [sluice|bbr|cubic|bbr-capped]
 //!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N] [--flows N] [--streams N]
+//!  [--jitter-ms N [--reorder]]
 //!  [--stream-window-kib N] [--window-mib N]`
 
 use std::time::Duration;
@@ -25,6 +26,8 @@ fn main() {
     let mut losses = vec![0.0, 0.001, 0.01, 0.05, 0.1];
     let mut queue_ms = 50u64;
     let mut burst = None;
+    let mut jitter_ms = 0u64;
+    let mut reorder = false;
     let mut flows = 1usize;
     let mut streams = 32usize;
     let mut stream_window = TransportTuning::default().stream_window;
@@ -46,6 +49,8 @@ fn main() {
                     .collect()
             }
             "--queue-ms" => queue_ms = it.next().expect("--queue-ms N").parse().expect("ms"),
+            "--jitter-ms" => jitter_ms = it.next().expect("--jitter-ms N").parse().expect("ms"),
+            "--reorder" => reorder = true,
             "--burst" => burst = Some(it.next().expect("--burst N").parse().expect("frames")),
             "--flows" => flows = it.next().expect("--flows N").parse().expect("count"),
             "--streams" => streams = it.next().expect("--streams N").parse().expect("count"),
@@ -89,6 +94,8 @@ fn main() {
                 loss,
                 loss_burst: burst,
                 queue: Duration::from_millis(queue_ms),
+                jitter: Duration::from_millis(jitter_ms),
+                reorder,
                 ..Link::new(rate_mbit * 1_000_000, Duration::from_millis(d))
             };
             let tuning = TransportTuning {

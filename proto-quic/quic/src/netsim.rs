@@ -100,6 +100,13 @@ pub struct Link {
     /// Mean length of a loss burst in datagrams (Gilbert-Elliott: the bad state loses
     /// everything, and the long-run loss is still `loss`); `None` for independent losses.
     pub loss_burst: Option<f64>,
+    /// Each datagram's delay is uniform in `delay ± jitter` (never below zero), as wan-emu's
+    /// `--jitter-ms`.
+    pub jitter: Duration,
+    /// Whether jitter may reorder datagrams (wan-emu's `--reorder`). Without it a datagram
+    /// never overtakes the one before it: it waits for it, as behind a link-layer retransmission,
+    /// so under load most datagrams take nearly the longest delay.
+    pub reorder: bool,
 }
 
 impl Link {
@@ -111,6 +118,8 @@ impl Link {
             queue: Duration::from_millis(50),
             loss: 0.0,
             loss_burst: None,
+            jitter: Duration::ZERO,
+            reorder: false,
         }
     }
 }
@@ -375,7 +384,7 @@ struct Wire {
     bad: bool,
     /// When the bottleneck will have serialized everything it accepted.
     busy_until: Duration,
-    /// In arrival order: departures are in order and the delay is fixed.
+    /// In arrival order (a datagram that jitter lets overtake others is put in its place).
     in_flight: VecDeque<Datagram>,
     stats: LinkReport,
     queued: u64,
@@ -425,12 +434,31 @@ impl Wire {
             self.stats.loss_drops += 1;
             return;
         }
-        self.in_flight.push_back(Datagram {
+        let mut arrival = departure + self.delay();
+        let datagram = |arrival| Datagram {
             flow,
-            arrival: departure + self.link.delay,
+            arrival,
             ecn,
             data: BytesMut::from(data),
-        });
+        };
+        let last = self.in_flight.back().map(|d| d.arrival);
+        if self.link.reorder {
+            let at = self.in_flight.partition_point(|d| d.arrival <= arrival);
+            self.in_flight.insert(at, datagram(arrival));
+        } else {
+            arrival = arrival.max(last.unwrap_or_default());
+            self.in_flight.push_back(datagram(arrival));
+        }
+    }
+
+    /// This datagram's one-way delay: the link's, give or take its jitter.
+    fn delay(&mut self) -> Duration {
+        let jitter = self.link.jitter.as_secs_f64();
+        if jitter == 0.0 {
+            return self.link.delay;
+        }
+        let d = self.link.delay.as_secs_f64() + (2.0 * self.rng.unit() - 1.0) * jitter;
+        Duration::from_secs_f64(d.max(0.0))
     }
 
     fn lose(&mut self) -> bool {
@@ -965,6 +993,47 @@ mod tests {
         // Once drained, the queue takes datagrams again.
         w.send(5 * MS, 0, None, &[0; 1000]);
         assert_eq!(w.in_flight.len(), 6);
+    }
+
+    #[test]
+    fn jitter_spreads_delays_and_reorders_only_when_asked() {
+        let arrivals = |reorder| {
+            let link = Link {
+                jitter: 5 * MS,
+                reorder,
+                ..Link::new(0, 50 * MS)
+            };
+            let mut w = wire(link);
+            for i in 0..1000u64 {
+                w.send(Duration::from_micros(100 * i), 0, None, &i.to_le_bytes());
+            }
+            // (index, arrival, delay) in arrival order.
+            w.in_flight
+                .iter()
+                .map(|d| {
+                    let i = u64::from_le_bytes(d.data[..8].try_into().unwrap());
+                    (i, d.arrival, d.arrival - Duration::from_micros(100 * i))
+                })
+                .collect::<Vec<_>>()
+        };
+        let fifo = arrivals(false);
+        assert!(
+            fifo.windows(2).all(|p| p[0].0 < p[1].0 && p[0].1 <= p[1].1),
+            "in order"
+        );
+        // Datagrams 0.1 ms apart behind a ±5 ms jitter: each waits for the slowest before it,
+        // so almost all take more than the mean delay plus two thirds of the jitter.
+        let late = fifo.iter().filter(|d| d.2 >= 52 * MS).count();
+        assert!(late > 950, "{late} of 1000 near the longest delay");
+        let mixed = arrivals(true);
+        assert!(
+            mixed.windows(2).all(|p| p[0].1 <= p[1].1),
+            "kept in arrival order"
+        );
+        assert!(mixed.windows(2).any(|p| p[0].0 > p[1].0), "some overtaken");
+        assert!(mixed.iter().all(|d| d.2 >= 45 * MS && d.2 <= 55 * MS));
+        let short = mixed.iter().filter(|d| d.2 < 47 * MS).count();
+        assert!((150..=450).contains(&short), "{short} of 1000 under 47 ms");
     }
 
     #[test]
