@@ -60,6 +60,9 @@ use quinn_proto::RttEstimator;
 pub const RATE_ROUNDS: usize = 10;
 /// Rounds whose RTT spread [`Model::window_rtt`] takes the least of.
 const LOADED_ROUNDS: usize = 8;
+/// A round's least RTT must exceed the base by more than this many times the path's typical
+/// spread ([`Model::typical_spread`]) to count as a queue.
+const JITTER_QUEUE: u32 = 4;
 /// A round whose most bytes in flight stayed under this share of the model's bandwidth-delay
 /// product was held back by the sender; its delivery rate does not lower the model's.
 const HELD_BACK: f64 = 0.75;
@@ -440,6 +443,14 @@ impl Model {
     /// lower, the next window smaller: on wan-emu at 200 Mbit/s and 100 ms RTT with ±20 ms of
     /// jitter, 256 MiB had not arrived after 120 s. A queue raises a round's least sample as
     /// much as its mean, so it does not widen the window that keeps it.
+    /// The median of the last rounds' RTT spreads (see [`Model::window_rtt`]): how much the
+    /// path's own delay varies within a round.
+    fn typical_spread(&self) -> Duration {
+        let mut spreads: Vec<Duration> = self.spreads.iter().copied().collect();
+        spreads.sort();
+        spreads.get(spreads.len() / 2).copied().unwrap_or_default()
+    }
+
     fn window_rtt(&self, base: Duration) -> Duration {
         let jitter = self.spreads.iter().min().copied().unwrap_or_default();
         base + jitter.min(base)
@@ -663,7 +674,14 @@ impl Model {
             Some(m) if clean => m.saturating_sub(base),
             _ => Duration::ZERO,
         };
-        let queued = queue > base / 4 && queue > Duration::from_millis(2);
+        // A round whose least RTT is no further above the base than the path's own jitter
+        // makes it is no evidence of a queue: where packets never overtake each other, a
+        // loaded round's least sample sits up to twice the jitter above a base measured while
+        // the flow was thin, round after round, and read as a standing queue it lowered the
+        // rate every three rounds (wan-emu, ±20 ms at 100 ms RTT: 6 % of the link).
+        let queued = queue > base / 4
+            && queue > Duration::from_millis(2)
+            && queue > JITTER_QUEUE * self.typical_spread();
         let sent = round.acked + round.lost;
         let round_loss = if sent == 0 {
             0.0
@@ -1270,6 +1288,56 @@ mod tests {
             late_queue <= Duration::from_millis(30),
             "queue {late_queue:?}"
         );
+    }
+
+    /// Rounds of 2 MB over `floor + spread` on average, their samples alternating between
+    /// `floor` and `floor + 2 × spread`; returns the backoffs they caused.
+    fn rounds_over(m: &mut Model, t: &mut Instant, floor: Duration, spread: Duration) -> u64 {
+        let before = m.backoffs();
+        for _ in 0..40 {
+            let rtt = floor + spread;
+            let packets = 2_000_000 / 1_400;
+            let step = rtt / packets as u32;
+            for i in 0..packets {
+                *t += step;
+                m.on_sent(2_000_000);
+                let sample = if i % 2 == 0 {
+                    floor
+                } else {
+                    floor + 2 * spread
+                };
+                m.on_ack(*t, *t - sample, 1_400, false);
+                if i % 16 == 15 {
+                    m.on_ack_frame();
+                }
+            }
+        }
+        m.backoffs() - before
+    }
+
+    /// A loaded round's least RTT 30 ms above a 100 ms base: a standing queue when every sample
+    /// of the round is that high, the path's own delay when the round's samples spread 10 ms
+    /// around it (jitter, where packets never overtake each other: wan-emu `--jitter-ms 20`
+    /// lost its rate to backoffs every three rounds).
+    #[test]
+    fn a_jittered_floor_is_not_a_standing_queue() {
+        for (spread, expect_backoffs) in
+            [(Duration::ZERO, true), (Duration::from_millis(10), false)]
+        {
+            let mut path = Path::wan(0.0);
+            let mut m = model(RateConfig::default());
+            for _ in 0..40 {
+                path.round(&mut m, 1_250_000);
+            }
+            assert!(matches!(m.phase(), Phase::Cruise(_)), "{:?}", m.phase());
+            let floor = path.base + Duration::from_millis(30);
+            let backoffs = rounds_over(&mut m, &mut path.t, floor, spread);
+            assert_eq!(
+                backoffs > 0,
+                expect_backoffs,
+                "{backoffs} backoffs at spread {spread:?}"
+            );
+        }
     }
 
     #[test]
