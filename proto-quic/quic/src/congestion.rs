@@ -443,6 +443,12 @@ impl Model {
     /// lower, the next window smaller: on wan-emu at 200 Mbit/s and 100 ms RTT with ±20 ms of
     /// jitter, 256 MiB had not arrived after 120 s. A queue raises a round's least sample as
     /// much as its mean, so it does not widen the window that keeps it.
+    /// The path's jitter as start-up knows it: the least spread of the rounds so far. Not the
+    /// round under way: a queue building in it spreads its samples too.
+    fn jitter_now(&self) -> Duration {
+        self.spreads.iter().min().copied().unwrap_or_default()
+    }
+
     /// The median of the last rounds' RTT spreads (see [`Model::window_rtt`]): how much the
     /// path's own delay varies within a round.
     fn typical_spread(&self) -> Duration {
@@ -547,7 +553,10 @@ impl Model {
             self.queued_frames = 0;
             return;
         }
-        if min > base + startup_queue_limit(base) {
+        // Jitter the path shows is no queue (see [`JITTER_QUEUE`]): with ±20 ms at 100 ms RTT
+        // start-up otherwise ended at a few per cent of the link.
+        let limit = startup_queue_limit(base).max(JITTER_QUEUE * self.jitter_now());
+        if min > base + limit {
             self.queued_frames += 1;
         } else {
             self.queued_frames = 0;
