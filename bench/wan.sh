@@ -11,8 +11,10 @@
 # --data log sends a web-server access log (bench/genlog.py) instead of random bytes: Sluice
 # runs with its default --compress auto and again with --compress off, scp with -C and rsync
 # with -z.
-# --extra adds bursty loss (1 %, mean burst 10 frames), a shallow 10 ms queue (1 % loss) and an
-# asymmetric link (the return path at a tenth of the rate), each at 100 ms RTT.
+# --extra adds bursty loss (1 %, mean burst 10 frames), a shallow 10 ms queue (1 % loss), an
+# asymmetric link (the return path at a tenth of the rate), and jitter of ±5 and ±20 ms (frames
+# never overtake each other) and ±5 ms that reorders, each at 100 ms RTT; Sluice over
+# `--transport tcp` runs the reordering one too.
 # scp and rsync run twice, with TCP cubic and with TCP BBR (set in side a's namespace); qcp uses
 # its BBR and is given the link's rate and RTT. sluice-tcp is Sluice's TCP transport
 # (`--transport tcp`, which asks the kernel for BBR). A run past --timeout is "did not finish".
@@ -245,5 +247,12 @@ if [ "$EXTRA" = 1 ]; then
     SCEN="100 ms, 1 % loss, 10 ms queue"; link_up 50 0.01 --queue-ms 10; run_sluice
     "$WAN" down "$LINK" >/dev/null 2>&1 || true
     SCEN="100 ms, return path at a tenth"; link_up 50 0 --ba-rate-mbit $((RATE / 10)); run_sluice
+    "$WAN" down "$LINK" >/dev/null 2>&1 || true
+    for j in 5 20; do
+        SCEN="100 ms, jitter ±$j ms"; link_up 50 0 --jitter-ms "$j"; run_sluice
+        "$WAN" down "$LINK" >/dev/null 2>&1 || true
+    done
+    SCEN="100 ms, jitter ±5 ms, reordering"; link_up 50 0 --jitter-ms 5 --reorder
+    run_sluice; run_sluice "sluice --transport tcp" "--transport tcp"
     "$WAN" down "$LINK" >/dev/null 2>&1 || true
 fi
