@@ -175,7 +175,7 @@ pub struct CappedBbrConfig {
     pub bbr: Arc<BbrConfig>,
     /// The packets after which the peer acknowledges at once (`--ack-every`; 0: quinn's
     /// default of 2). The cap never goes below the sluice controller's floor for that count
-    /// ([`crate::congestion::floor_packets`]: 32 packets, or twice the count). The peer is
+    /// (`congestion::floor_packets`: 32 packets, or twice the count). The peer is
     /// asked to acknowledge every 16 packets, or after 25 ms: a floor of 16 (what the cap had)
     /// held every round for that timer where the round trip is far shorter, which on loopback
     /// meant ~10 MB/s (a 1 GiB copy did not finish in 60 s).

@@ -307,7 +307,6 @@ pub struct Model {
     /// How much each of the last [`LOADED_ROUNDS`] clean rounds' mean RTT sample exceeded its
     /// least: the path's jitter (a queue raises both alike).
     spreads: VecDeque<Duration>,
-
     /// The rate start-up last grew past, and rounds since.
     full_rate: f64,
     flat_rounds: u32,
@@ -369,7 +368,6 @@ impl Model {
             round: None,
             rates: VecDeque::with_capacity(RATE_ROUNDS + 1),
             spreads: VecDeque::with_capacity(LOADED_ROUNDS + 1),
-
             full_rate: 0.0,
             flat_rounds: 0,
             losses: VecDeque::with_capacity(LOSS_ROUNDS + 1),
@@ -443,9 +441,14 @@ impl Model {
     /// lower, the next window smaller: on wan-emu at 200 Mbit/s and 100 ms RTT with ±20 ms of
     /// jitter, 256 MiB had not arrived after 120 s. A queue raises a round's least sample as
     /// much as its mean, so it does not widen the window that keeps it.
-    /// The path's jitter as start-up knows it: the least spread of the rounds so far. Not the
-    /// round under way: a queue building in it spreads its samples too.
-    fn jitter_now(&self) -> Duration {
+    fn window_rtt(&self, base: Duration) -> Duration {
+        base + self.least_spread().min(base)
+    }
+
+    /// The least RTT spread of the last rounds: the path's jitter as far as every one of them
+    /// shows it. Start-up's delay rule takes this too, and not the round under way: a queue
+    /// building in it spreads its samples as well.
+    fn least_spread(&self) -> Duration {
         self.spreads.iter().min().copied().unwrap_or_default()
     }
 
@@ -455,11 +458,6 @@ impl Model {
         let mut spreads: Vec<Duration> = self.spreads.iter().copied().collect();
         spreads.sort();
         spreads.get(spreads.len() / 2).copied().unwrap_or_default()
-    }
-
-    fn window_rtt(&self, base: Duration) -> Duration {
-        let jitter = self.spreads.iter().min().copied().unwrap_or_default();
-        base + jitter.min(base)
     }
 
     fn floor(&self) -> u64 {
@@ -555,7 +553,7 @@ impl Model {
         }
         // Jitter the path shows is no queue (see [`JITTER_QUEUE`]): with ±20 ms at 100 ms RTT
         // start-up otherwise ended at a few per cent of the link.
-        let limit = startup_queue_limit(base).max(JITTER_QUEUE * self.jitter_now());
+        let limit = startup_queue_limit(base).max(JITTER_QUEUE * self.least_spread());
         if min > base + limit {
             self.queued_frames += 1;
         } else {
@@ -851,9 +849,9 @@ impl Model {
                 } else if queued && !probing && clean {
                     self.queued_rounds += 1;
                     if self.queued_rounds >= STANDING_ROUNDS {
-                        self.queued_rounds = 0;
                         self.backoffs += 1;
                         self.set_rate(rate.max(STANDING_CUT * self.rate()));
+                        self.queued_rounds = 0;
                     }
                 } else {
                     self.queued_rounds = 0;
@@ -908,7 +906,7 @@ impl Model {
 
     /// How much more than `rate × base RTT` must be in flight to send at the path's rate: the
     /// measured rate counts only delivered bytes (`1 − loss` of those sent), and a lost packet
-    /// stays in flight a quarter of an RTT longer than a delivered one ([`TIME_THRESHOLD`])
+    /// stays in flight an eighth of an RTT longer than a delivered one (quinn's time threshold)
     /// until it is declared lost.
     fn loss_compensation(&self) -> f64 {
         let loss = self.loss.min(MAX_LOSS_COMPENSATION);

@@ -441,12 +441,13 @@ impl Wire {
             ecn,
             data: BytesMut::from(data),
         };
-        let last = self.in_flight.back().map(|d| d.arrival);
         if self.link.reorder {
             let at = self.in_flight.partition_point(|d| d.arrival <= arrival);
             self.in_flight.insert(at, datagram(arrival));
         } else {
-            arrival = arrival.max(last.unwrap_or_default());
+            if let Some(last) = self.in_flight.back() {
+                arrival = arrival.max(last.arrival);
+            }
             self.in_flight.push_back(datagram(arrival));
         }
     }

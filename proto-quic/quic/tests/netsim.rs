@@ -461,32 +461,28 @@ fn a_path_of_a_few_dozen_packets_is_not_overrun() {
     }
 }
 
-/// Two Sluice flows through one bottleneck, the second `later` after the first, for `end`:
-/// from `settled` on, every 5 s window has them within 30 % of each other (issue 9's fairness
-/// target), and together they keep the link full.
-fn two_sluice_flows(
-    name: &str,
-    rate: u64,
-    one_way: Duration,
-    later: Duration,
-    settled: Duration,
-    end: Duration,
-) {
-    let (late, windows) = two_sluice_flows_seeded(name, rate, one_way, later, settled, end, 1);
+/// The smaller of two flows' shares over the larger.
+fn min_over_max(s: &[f64]) -> f64 {
+    s[0].min(s[1]) / s[0].max(s[1])
+}
+
+/// The shares of [`two_sluice_flows`]: together they keep the link full, and every 5 s window
+/// has them within 30 % of each other (issue 9's fairness target).
+fn assert_shared_every_window(late: &[f64], windows: &[(Duration, Vec<f64>)]) {
     assert!(late.iter().sum::<f64>() >= 0.9, "shares {late:.3?}");
     for (t, s) in windows {
-        let fairness = s[0].min(s[1]) / s[0].max(s[1]);
+        let fairness = min_over_max(s);
         assert!(
             fairness >= 0.7,
             "shares {s:.2?} from {t:?} to {:?}: min/max {fairness:.2}",
-            t + Duration::from_secs(5)
+            *t + Duration::from_secs(5)
         );
     }
 }
 
-/// Runs the two flows of [`two_sluice_flows`] with `seed`; returns their shares over
-/// `[settled, end)` and over each 5 s window of it.
-fn two_sluice_flows_seeded(
+/// Two Sluice flows through one bottleneck, the second `later` after the first, for `end`,
+/// with `seed`; returns their shares over `[settled, end)` and over each 5 s window of it.
+fn two_sluice_flows(
     name: &str,
     rate: u64,
     one_way: Duration,
@@ -511,7 +507,7 @@ fn two_sluice_flows_seeded(
     print_shares(&report, rate, step);
     assert!(report.flows.iter().all(|f| f.error.is_none()));
     let late = shares(&report, rate, settled, end);
-    let fairness = late[0].min(late[1]) / late[0].max(late[1]);
+    let fairness = min_over_max(&late);
     eprintln!("  shares from {settled:?} to {end:?}: {late:.3?}, min/max {fairness:.2}");
     let mut windows = Vec::new();
     let mut t = settled;
@@ -530,28 +526,32 @@ fn two_sluice_flows_seeded(
 /// 0.494 and 0.453 of the link over 40–150 s.
 #[test]
 fn two_sluice_flows_share_the_link() {
-    two_sluice_flows(
+    let (late, windows) = two_sluice_flows(
         "two_sluice_flows_share_the_link",
         200_000_000,
         50 * MS,
         Duration::from_secs(5),
         Duration::from_secs(15),
         Duration::from_secs(150),
+        1,
     );
+    assert_shared_every_window(&late, &windows);
 }
 
 /// A shorter path, 50 Mbit/s at 20 ms RTT, the second flow 2 s later: before, the shares stayed
 /// at 0.73 / 0.18 for 150 s.
 #[test]
 fn two_sluice_flows_share_a_short_path() {
-    two_sluice_flows(
+    let (late, windows) = two_sluice_flows(
         "two_sluice_flows_share_a_short_path",
         50_000_000,
         10 * MS,
         Duration::from_secs(2),
         Duration::from_secs(15),
         Duration::from_secs(60),
+        1,
     );
+    assert_shared_every_window(&late, &windows);
 }
 
 /// A long path, 200 Mbit/s at 300 ms RTT, the second flow 10 s later, with three seeds: over
@@ -568,7 +568,7 @@ fn two_sluice_flows_share_a_short_path() {
 #[test]
 fn two_sluice_flows_share_a_long_path() {
     for seed in 1..=3 {
-        let (late, _) = two_sluice_flows_seeded(
+        let (late, _) = two_sluice_flows(
             "two_sluice_flows_share_a_long_path",
             200_000_000,
             150 * MS,
@@ -577,7 +577,7 @@ fn two_sluice_flows_share_a_long_path() {
             Duration::from_secs(150),
             seed,
         );
-        let fairness = late[0].min(late[1]) / late[0].max(late[1]);
+        let fairness = min_over_max(&late);
         assert!(
             late.iter().sum::<f64>() >= 0.9,
             "seed {seed}: shares {late:.3?}"
