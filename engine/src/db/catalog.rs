@@ -293,6 +293,83 @@ pub(crate) async fn key_extent(client: &Client, table: &Table) -> Result<Option<
     })
 }
 
+/// What a copy of some tables (`--tables`) leaves out of the schema, as `pg_dump -t` would,
+/// while keeping what the chosen tables need (schemas, types, functions, the partitioned tables
+/// above a chosen partition).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LeftOut {
+    /// The relations left out: the other tables, views and materialized views that read
+    /// them, and sequences they own; as `pg_dump --exclude-table` patterns (exact names).
+    pub(crate) patterns: Vec<String>,
+    /// The same relations by number, for the catalog queries of later steps.
+    pub(crate) oids: Vec<u32>,
+}
+
+/// The relations a copy of `chosen` leaves out. A chosen table that keeps a foreign key to one
+/// left out is refused: its constraint could not be made at the target.
+pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOut> {
+    let names: Vec<String> = chosen.iter().map(Table::qualified).collect();
+    let gone = format!(
+        "WITH RECURSIVE chosen AS (SELECT unnest($1::text[])::regclass::oid AS oid), \
+           kept AS (SELECT oid FROM chosen UNION \
+             SELECT a.relid FROM chosen, pg_partition_ancestors(chosen.oid) a), \
+           gone(oid) AS ( \
+             SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p', 'f') AND {USERS} \
+               AND c.oid NOT IN (SELECT oid FROM kept) \
+             UNION \
+             SELECT r.ev_class FROM gone g \
+             JOIN pg_depend d ON d.refobjid = g.oid AND d.classid = 'pg_rewrite'::regclass \
+             JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> g.oid), \
+           owned AS (SELECT d.objid AS oid FROM pg_depend d JOIN gone g ON g.oid = d.refobjid \
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')), \
+           omitted AS (SELECT oid FROM gone UNION SELECT oid FROM owned) "
+    );
+    let keys = client
+        .query(
+            &format!(
+                "{gone} SELECT con.conrelid::regclass::text, con.conname::text, \
+                        con.confrelid::regclass::text \
+                 FROM pg_constraint con \
+                 WHERE con.contype = 'f' AND con.confrelid IN (SELECT oid FROM gone) \
+                   AND con.conrelid NOT IN (SELECT oid FROM gone) \
+                   AND con.conrelid IN (SELECT oid FROM kept) LIMIT 3"
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(db_err("finding what --tables leaves out"))?;
+    if let Some(k) = keys.first() {
+        let (from, name, to): (String, String, String) = (k.get(0), k.get(1), k.get(2));
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: format!(
+                "{from} has a foreign key ({name}) to {to}, which --tables leaves out: add \
+                 {to} to --tables, or drop the constraint at the source"
+            ),
+        });
+    }
+    let rows = client
+        .query(
+            &format!(
+                "{gone} SELECT c.oid, n.nspname::text, c.relname::text FROM omitted e \
+                 JOIN pg_class c ON c.oid = e.oid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 2, 3"
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(db_err("finding what --tables leaves out"))?;
+    Ok(LeftOut {
+        patterns: rows
+            .iter()
+            .map(|r| format!("{}.{}", quote(r.get(1)), quote(r.get(2))))
+            .collect(),
+        oids: rows.iter().map(|r| r.get(0)).collect(),
+    })
+}
+
 /// Shell-style match: `*` any run, `?` one character.
 pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());

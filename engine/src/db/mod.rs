@@ -225,8 +225,11 @@ pub fn send(
         let (source, planner) = PgSource::open(src).await?;
         refuse_large_objects(&planner, src, options).await?;
         let plan = plan_in(&planner, options).await?;
-        source.give_back(planner).await;
         let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+        if !options.tables.is_empty() {
+            source.leave_out(catalog::left_out(&planner, &planned).await?);
+        }
+        source.give_back(planner).await;
         source.lock(&planned).await?;
         let cut = source.cut_post_data(&planned).await?;
         progress.set_totals(plan.ranges() as u64, plan.bytes());

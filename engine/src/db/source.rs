@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
-use super::catalog::{self, Table};
+use super::catalog::{self, LeftOut, Table};
 use super::conn::{pg_error, Database};
 use super::digest::RowHasher;
 use super::meta::Meta;
@@ -30,6 +30,8 @@ pub struct PgSource {
     resume: std::sync::OnceLock<Resume>,
     /// The post-data section cut by table, once [`PgSource::cut_post_data`] has run.
     post_data: std::sync::OnceLock<PostData>,
+    /// What the schema leaves out when only some tables are copied (`--tables`).
+    left_out: std::sync::OnceLock<LeftOut>,
 }
 
 /// The rules for going on from an interrupted run.
@@ -69,6 +71,7 @@ impl PgSource {
             holder,
             resume: std::sync::OnceLock::new(),
             post_data: std::sync::OnceLock::new(),
+            left_out: std::sync::OnceLock::new(),
         };
         let planner = source.client().await?;
         Ok((source, planner))
@@ -88,6 +91,19 @@ impl PgSource {
                 .map_err(|e| pg_error("locking the tables to copy".into(), &e))?;
         }
         Ok(())
+    }
+
+    /// Leaves `left_out` out of the schema and the later steps; before the schema is read.
+    pub(crate) fn leave_out(&self, left_out: LeftOut) {
+        let _ = self.left_out.set(left_out);
+    }
+
+    /// The relations left out, by number (none unless `--tables` chose some).
+    fn left_out_oids(&self) -> Vec<u32> {
+        self.left_out
+            .get()
+            .map(|l| l.oids.clone())
+            .unwrap_or_default()
     }
 
     /// Sets the rules for a destination that holds an interrupted run.
@@ -120,7 +136,12 @@ impl PgSource {
     /// `pg_dump`'s schema section `step` (`pre-data`, `post-data`) in the shared snapshot.
     async fn schema(&self, step: &str) -> Result<Vec<u8>> {
         let (db, snapshot, step) = (self.db.clone(), self.snapshot.clone(), step.to_string());
-        tokio::task::spawn_blocking(move || pg_dump(&db, &snapshot, &step))
+        let exclude = self
+            .left_out
+            .get()
+            .map(|l| l.patterns.clone())
+            .unwrap_or_default();
+        tokio::task::spawn_blocking(move || pg_dump(&db, &snapshot, &step, &exclude))
             .await
             .map_err(|e| Error::Database {
                 what: "running pg_dump".into(),
@@ -197,8 +218,9 @@ impl PgSource {
             .query(
                 "SELECT format('SELECT pg_catalog.setval(%L, %s, true);', \
                         quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value) \
-                 FROM pg_sequences WHERE last_value IS NOT NULL AND schemaname <> '_sluice'",
-                &[],
+                 FROM pg_sequences WHERE last_value IS NOT NULL AND schemaname <> '_sluice' \
+                   AND format('%I.%I', schemaname, sequencename)::regclass::oid <> ALL ($1)",
+                &[&self.left_out_oids()],
             )
             .await
             .map_err(|e| pg_error("reading sequence values".into(), &e))?;
@@ -223,8 +245,9 @@ impl PgSource {
                 "SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind = 'm' AND c.relispopulated AND n.nspname <> '_sluice' \
+                   AND c.oid <> ALL ($1) \
                  ORDER BY c.oid",
-                &[],
+                &[&self.left_out_oids()],
             )
             .await
             .map_err(err)?;
@@ -304,8 +327,11 @@ pub(crate) fn pg_tool(name: &str) -> Result<std::path::PathBuf> {
         })
 }
 
-fn pg_dump(db: &Database, snapshot: &str, step: &str) -> Result<Vec<u8>> {
+fn pg_dump(db: &Database, snapshot: &str, step: &str, exclude: &[String]) -> Result<Vec<u8>> {
     let mut cmd = Command::new(pg_tool("pg_dump")?);
+    for pattern in exclude {
+        cmd.arg(format!("--exclude-table={pattern}"));
+    }
     cmd.arg("--schema-only")
         .arg(format!("--section={step}"))
         .arg(format!("--snapshot={snapshot}"))

@@ -658,6 +658,75 @@ fn large_objects_are_refused_by_name_unless_left_behind() {
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM docs"), "1");
 }
 
+/// `--tables` cuts the schema as `pg_dump -t` cuts it, without its trap: the chosen tables
+/// arrive with their indexes, sequences and the views over them, and with what they need (their
+/// schema, types, domains, the partitioned table above a chosen partition); other tables, the
+/// views that read them and the sequences they own do not. A chosen table's foreign key to a
+/// table left out is refused by name before anything reaches the target.
+#[test]
+fn tables_take_their_schema_and_leave_the_rest() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE SCHEMA \"Sales Dept\"; \
+         CREATE TYPE mood AS ENUM ('ok', 'sad'); \
+         CREATE DOMAIN posint AS int CHECK (VALUE > 0); \
+         CREATE TABLE customers (id serial PRIMARY KEY, name text); \
+         CREATE TABLE \"Sales Dept\".\"Orders\" (id bigserial PRIMARY KEY, m mood, q posint, \
+             note text); \
+         CREATE INDEX ON \"Sales Dept\".\"Orders\" (note); \
+         CREATE TABLE other (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, x text); \
+         CREATE TABLE linked (id int PRIMARY KEY, c int REFERENCES customers (id)); \
+         CREATE VIEW v_other AS SELECT * FROM other; \
+         CREATE VIEW v_orders AS SELECT * FROM \"Sales Dept\".\"Orders\"; \
+         CREATE MATERIALIZED VIEW mv_other AS SELECT count(*) FROM other; \
+         CREATE TABLE events (id int, at date) PARTITION BY RANGE (at); \
+         CREATE TABLE events_2024 PARTITION OF events \
+             FOR VALUES FROM ('2024-01-01') TO ('2025-01-01'); \
+         CREATE TABLE events_2025 PARTITION OF events \
+             FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); \
+         INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 100) g; \
+         INSERT INTO \"Sales Dept\".\"Orders\" (m, q, note) \
+             SELECT 'ok', g, 'n' || g FROM generate_series(1, 1000) g; \
+         INSERT INTO other (x) SELECT 'x' FROM generate_series(1, 10); \
+         INSERT INTO events VALUES (1, '2024-05-01'), (2, '2025-05-01')",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let relations = "SELECT string_agg(n.nspname || '.' || c.relname, ' ' \
+         ORDER BY n.nspname COLLATE \"C\", c.relname COLLATE \"C\") \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname IN ('public', 'Sales Dept')";
+
+    let out = sluice_db(&["db", "copy", "--tables", "linked", &src, &dst]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("linked has a foreign key (linked_c_fkey) to customers"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg.sql("dst", relations), "");
+
+    let out = sluice_db(&["db", "copy", "--tables", "Orders,events_2024", &src, &dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        pg.sql("dst", relations),
+        "Sales Dept.Orders Sales Dept.Orders_id_seq Sales Dept.Orders_note_idx \
+         Sales Dept.Orders_pkey public.events public.events_2024 public.v_orders"
+    );
+    assert_eq!(
+        pg.sql(
+            "dst",
+            "SELECT count(*) || ' ' || max(q) || ' ' || \
+             (SELECT last_value FROM \"Sales Dept\".\"Orders_id_seq\") FROM v_orders"
+        ),
+        "1000 1000 1000"
+    );
+    assert_eq!(pg.sql("dst", "SELECT id FROM events"), "1");
+    let out = sluice_db(&["db", "verify", "--tables", "Orders,events_2024", &src, &dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// What a pg_restore user gets wrong about the target is said before any row moves, with the
 /// exit code of its kind: a target that already holds tables (a second copy into the same
 /// database) exits 5 and leaves no bookkeeping behind; `db recv` into a database that does not
