@@ -57,6 +57,8 @@ pub struct Destination {
     umask: u32,
     claims: Claims,
     dirs: KnownDirs,
+    /// Directories whose names were checked for being exact (see [`Destination::names_exact`]).
+    exact: KnownDirs,
     /// Whether an entry of another type under a name the manifest gives is removed (`--delete`,
     /// as rsync replaces a directory by a file of the same name) instead of failing the entry.
     replace: Arc<std::sync::atomic::AtomicBool>,
@@ -106,6 +108,7 @@ impl Destination {
             umask: process_umask(),
             claims: Claims::default(),
             dirs: KnownDirs::default(),
+            exact: KnownDirs::default(),
             replace: Arc::default(),
         })
     }
@@ -136,6 +139,22 @@ impl Destination {
     /// Which file of this run each written inode belongs to (see [`Claims`]).
     pub fn claims(&self) -> &Claims {
         &self.claims
+    }
+
+    /// Whether the directory `dir` names files by their exact bytes, so that two entries'
+    /// names can never reach one file there and [`Claims`] need not look at its files: a
+    /// filesystem that never folds case or normalises names (ext2–4, XFS, Btrfs, F2FS, tmpfs)
+    /// and a directory without the casefold attribute (`chattr +F`, which ext4, F2FS and tmpfs
+    /// offer). Anything else, or a check that fails, is taken as folding. Checked once per
+    /// directory; each check costs a `statfs`, an `open` and an `ioctl`, against a `statx` per
+    /// file saved twice over.
+    pub fn names_exact(&self, dir: &Path) -> bool {
+        if let Some(exact) = self.exact.get(dir) {
+            return exact;
+        }
+        let exact = names_exact(dir);
+        self.exact.insert(dir, exact);
+        exact
     }
 
     /// The permission bits a manifest `mode` becomes here: setuid and setgid dropped, the
@@ -535,6 +554,33 @@ impl Destination {
     }
 }
 
+/// See [`Destination::names_exact`].
+fn names_exact(dir: &Path) -> bool {
+    const EXT: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const F2FS: i64 = 0xF2F5_2010;
+    const TMPFS: i64 = 0x0102_1994;
+    // FS_CASEFOLD_FL (linux/fs.h), which rustix does not name.
+    const CASEFOLD: u32 = 0x4000_0000;
+    let Ok(fs) = rustix::fs::statfs(dir) else {
+        return false;
+    };
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.f_type as i64;
+    if ![EXT, XFS, BTRFS, F2FS, TMPFS].contains(&kind) {
+        return false;
+    }
+    let Ok(d) = File::open(dir) else {
+        return false;
+    };
+    match rustix::fs::ioctl_getflags(&d) {
+        Ok(flags) => flags.bits() & CASEFOLD == 0,
+        // A tmpfs without inode attributes (before Linux 6.0) has no casefold either.
+        Err(e) => kind == TMPFS && e == rustix::io::Errno::NOTTY,
+    }
+}
+
 /// Which manifest entry each inode written in this run belongs to. Two entries must never reach
 /// one file: a hostile manifest can try, and an honest one does where the destination folds
 /// case (`xt_DSCP.h` and `xt_dscp.h` on exFAT, vfat or casefolded ext4) or normalises Unicode.
@@ -709,6 +755,21 @@ mod tests {
         // Released (its part file removed), the inode is free again.
         claims.release(1, &fs::metadata(&upper).unwrap());
         assert!(claims.check_free(2, "xt_dscp.h", &lower).is_ok());
+    }
+
+    /// Names are exact on tmpfs (without casefold) and taken as folding on a filesystem not
+    /// known to keep them exact (procfs stands for vfat, exFAT, CIFS, …): there inodes are
+    /// claimed as before.
+    #[test]
+    #[allow(clippy::unnecessary_cast)]
+    fn names_are_exact_only_where_the_filesystem_is_known() {
+        assert!(!names_exact(Path::new("/proc")));
+        assert!(!names_exact(Path::new("/no/such/directory")));
+        let shm = Path::new("/dev/shm");
+        let tmpfs = rustix::fs::statfs(shm).is_ok_and(|s| s.f_type as i64 == 0x0102_1994);
+        if tmpfs {
+            assert!(names_exact(shm));
+        }
     }
 
     /// Modes asked for by the sender lose setuid/setgid and what the receiver's umask clears.

@@ -709,7 +709,7 @@ async fn receive(
                                 // replaced by a new one, as without --inplace. A file written in
                                 // place is claimed now; a part file when the writer opens it.
                                 let placed = dest.prepare_file(&entry, restart).and_then(|p| {
-                                    if !p.fresh {
+                                    if !p.fresh && !p.final_path.parent().is_some_and(|d| dest.names_exact(d)) {
                                         dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
                                     }
                                     let single_link = p.existing.as_ref().and_then(|e| std::fs::symlink_metadata(e).ok()).filter(|m| {
@@ -754,6 +754,7 @@ async fn receive(
                                     base: base.clone(),
                                     journal: journaled.then(|| prepared.journal.clone()),
                                     key,
+                                    fresh: prepared.fresh && !inplace,
                                 });
                                 let mut incoming = Incoming {
                                     held_at: prepared.existing.clone(),

@@ -58,6 +58,8 @@ pub(super) enum Job {
         journal: Option<PathBuf>,
         /// What the journal is for.
         key: journal::Key,
+        /// The part file is new, in a directory this run made: empty until written.
+        fresh: bool,
     },
     /// The sender found file `file` changed: copy its older version into the part file now,
     /// while the comparison goes on (see [`Job::Seal`]).
@@ -239,6 +241,10 @@ pub(super) fn write_blocks(
     // Per file: the older version of a delta, and whether it was copied into the part file.
     let mut bases: HashMap<u32, PathBuf> = HashMap::new();
     let mut copied: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    // Files whose part file is new (see `Job::Open`), and those of them written whole by one
+    // write: their length is right already, and sealing skips setting it.
+    let mut fresh_parts: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut whole: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<Completion<(u32, u64, Digest, u32)>>,
                   paths: &HashMap<u32, PathBuf>,
@@ -370,8 +376,12 @@ pub(super) fn write_blocks(
                 base,
                 journal,
                 key,
+                fresh,
             } => {
                 paths.insert(file, path);
+                if fresh {
+                    fresh_parts.insert(file);
+                }
                 if let Some(h) = held_at {
                     held.insert(file, h);
                 }
@@ -391,6 +401,8 @@ pub(super) fn write_blocks(
                 bases.remove(&file);
                 open.remove(&file);
                 paths.remove(&file);
+                fresh_parts.remove(&file);
+                whole.remove(&file);
                 // Later jobs for this file (a late CopyBase) must not touch it again.
                 copied.insert(file);
                 for p in remove {
@@ -468,6 +480,10 @@ pub(super) fn write_blocks(
                     Some((buffered, _)) => Ok(buffered),
                     None => open_claimed(dest, file, &target).map(Arc::new),
                 };
+                // A new part file holds its length already if one write filled it, or if it is
+                // to stay empty.
+                let sized = whole.remove(&file) || (fresh_parts.contains(&file) && entry.size == 0);
+                fresh_parts.remove(&file);
                 let job = match sealed.and(handle) {
                     Ok(f) => Seal {
                         file,
@@ -475,6 +491,7 @@ pub(super) fn write_blocks(
                         path: target,
                         entry,
                         rename,
+                        sized,
                     },
                     Err(error) => {
                         let _ = done.send(Written::Failed { file, error });
@@ -604,6 +621,9 @@ pub(super) fn write_blocks(
                         .0
                         .write_all_at(&buf.as_slice()[..len], 0)
                         .map(|()| len);
+                    if result.is_ok() && fresh_parts.contains(&file) {
+                        whole.insert(file);
+                    }
                     finished.push(Completion {
                         req: Request {
                             op: Op::Write,
@@ -693,6 +713,8 @@ struct Seal {
     path: PathBuf,
     entry: Entry,
     rename: Option<(PathBuf, bool)>,
+    /// The file's length is right already (see `Job::Open`'s `fresh`).
+    sized: bool,
 }
 
 /// Opens (creating if needed) the part file of entry `file` at `path` and claims its inode for
@@ -700,6 +722,9 @@ struct Seal {
 /// destination) is refused instead of shared.
 fn open_claimed(dest: &Destination, file: u32, path: &std::path::Path) -> Result<File> {
     let f = Destination::open_part(path).map_err(Error::file("opening", path))?;
+    if path.parent().is_some_and(|d| dest.names_exact(d)) {
+        return Ok(f);
+    }
     let meta = f.metadata().map_err(Error::file("inspecting", path))?;
     let name = path
         .file_name()
@@ -723,10 +748,12 @@ fn seal(dest: &Destination, job: Seal) -> Written {
 
 /// A verified file's length, mode and mtime.
 fn prepare_seal(dest: &Destination, job: &Seal) -> Result<()> {
-    job.f
-        .set_len(job.entry.size)
-        .map_err(Error::file("setting length of", &job.path))
-        .and_then(|()| dest.set_metadata(&job.f, &job.entry, &job.path))
+    if !job.sized {
+        job.f
+            .set_len(job.entry.size)
+            .map_err(Error::file("setting length of", &job.path))?;
+    }
+    dest.set_metadata(&job.f, &job.entry, &job.path)
 }
 
 /// Renames a file made durable (`prepared` is how that went) into place, and reports it.
@@ -742,7 +769,13 @@ fn finish_seal(dest: &Destination, job: Seal, prepared: Result<()>) -> Written {
     // per file, which counts with many small files).
     let sealed = prepared.and_then(|()| match rename {
         Some((final_path, journaled)) => {
-            if let Err(e) = dest.claims().check_free(file, &entry.path, &final_path) {
+            let exact = final_path.parent().is_some_and(|d| dest.names_exact(d));
+            let free = if exact {
+                Ok(())
+            } else {
+                dest.claims().check_free(file, &entry.path, &final_path)
+            };
+            if let Err(e) = free {
                 // Another entry of this run already took this final name (a case-insensitive
                 // destination): its file stays, this one's part file and journal go.
                 let _ = Destination::remove_part(&final_path);
@@ -1043,6 +1076,7 @@ mod tests {
                     size: file_len,
                     version: Default::default(),
                 },
+                fresh: false,
             })
             .unwrap();
         for index in 0..blocks {
