@@ -224,6 +224,20 @@ impl Incoming {
     }
 }
 
+/// Files prepared and not yet finished, at most (see `prepare_pending` in [`receive`]).
+const PREPARED_AHEAD: usize = 4096;
+
+/// The file an event from the sender is about, if it needs that file prepared.
+fn names_file(event: &ReceiverEvent) -> Option<u32> {
+    match event {
+        ReceiverEvent::FileDone { id, .. }
+        | ReceiverEvent::WantDetail { id, .. }
+        | ReceiverEvent::WantPieces { id, .. }
+        | ReceiverEvent::Abandoned { id, .. } => Some(*id),
+        _ => None,
+    }
+}
+
 /// Compare only: whether the file here is the sender's, from how many blocks the sender found
 /// different and the lengths.
 fn compare_verdict(id: u32, f: Incoming, size: u64, root: Digest, differing: u64) -> Outcome {
@@ -543,7 +557,111 @@ async fn receive(
     let mut silence = transport::Silence::new();
     let mut watch_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: std::collections::VecDeque<u32> = Default::default();
     let result: Result<Summary> = async {
+        // Files are prepared (their part file's place found, what is held here scanned and
+        // announced) in manifest order, at most PREPARED_AHEAD ahead of those finished, so that
+        // what a run holds per file follows the files in flight, not the manifest's length; and
+        // at once up to a file the sender names before its turn (an empty file's FileDone, a
+        // file it gave up).
+        macro_rules! prepare_pending {
+            ($upto:expr) => {
+                while let Some(&id) = pending.front() {
+                    if files.len() >= PREPARED_AHEAD && $upto.is_none_or(|n: u32| id > n) {
+                        break;
+                    }
+                    pending.pop_front();
+                    let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
+                let (restart, inplace, rehash) = {
+                    let s = shared.lock().map_err(|_| poisoned())?;
+                    (s.session.restart(), s.session.inplace(), s.session.rehash())
+                };
+                // A file that cannot be placed (a file or directory in the way, a
+                // path past PATH_MAX, another entry's file under a name that
+                // differs only in case) fails alone; the sender is told and
+                // sends nothing for it.
+                // In place: write straight into the existing file (a partial file
+                // of an earlier run still takes precedence), but never through a
+                // file with a second link: that would change the other name's
+                // content too, perhaps outside the destination. Such a file is
+                // replaced by a new one, as without --inplace. A file written in
+                // place is claimed now; a part file when the writer opens it.
+                let placed = dest.prepare_file(&entry, restart).and_then(|p| {
+                    if !p.fresh && !p.final_path.parent().is_some_and(|d| dest.names_exact(d)) {
+                        dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
+                    }
+                    let single_link = p.existing.as_ref().and_then(|e| std::fs::symlink_metadata(e).ok()).filter(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.nlink() == 1
+                    });
+                    let inplace = inplace && !p.resume && single_link.is_some();
+                    if let (true, Some(meta)) = (inplace, &single_link) {
+                        dest.claims().claim(entry.id, &entry.path, meta)?;
+                    }
+                    Ok((p, inplace))
+                });
+                let (prepared, inplace) = match placed {
+                    Ok(placed) => placed,
+                    Err(e) if e.kind() == ErrorKind::NoSpace => return Err(e),
+                    Err(e) => {
+                        report(Outcome::failed(entry.id, &entry.path, &e), &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
+                        hold_nothing(&scan_tx, &entry, block_size, &mut scans_pending);
+                        continue;
+                    }
+                };
+                let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
+                let key = journal::Key { block_size, size: entry.size, version: entry.version };
+                // Decided once, here: the scanner vouches only if Holding said so.
+                // `--rehash`: the part file is read whole, its journal believed for nothing.
+                let trusted = prepared.resume && !rehash;
+                let vouching = trusted && journal::vouches(&prepared.journal, &prepared.part, &key);
+                if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
+                    control.send(&Message::Holding { id: entry.id, len, vouching }).await?;
+                }
+                tracing::debug!(id = entry.id, "file prepared");
+                let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
+                let geometry = Geometry::new(entry.size, block_size);
+                // A journal pays from its first batch of blocks on; a fresh
+                // file shorter than that has none (a resumed one keeps its own,
+                // whose records must be superseded).
+                let journaled = !inplace && (prepared.resume || geometry.blocks() >= journal::BATCH as u64);
+                let _ = job_tx.send(Job::Open {
+                    file: entry.id,
+                    path: target,
+                    held_at: prepared.existing.clone(),
+                    base: base.clone(),
+                    journal: journaled.then(|| prepared.journal.clone()),
+                    key,
+                    fresh: prepared.fresh && !inplace,
+                });
+                let mut incoming = Incoming {
+                    held_at: prepared.existing.clone(),
+                    base,
+                    inplace,
+                    journaled,
+                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, geometry)
+                };
+                if prepared.existing.is_none() && scans_pending == 0 {
+                    // Nothing here to scan, and no earlier file's scan to wait
+                    // for (HaveDone goes in manifest order): answered now, not
+                    // by a round trip through the scanner.
+                    announce_scan(&mut control, entry.id, &mut incoming, 0, Vec::new(), true);
+                } else {
+                    let _ = scan_tx.send(ScanJob {
+                        id: entry.id,
+                        path: prepared.existing.clone(),
+                        journal: trusted.then(|| prepared.journal.clone()),
+                        size: entry.size,
+                        block_size,
+                        version: entry.version,
+                        vouch: vouching,
+                    });
+                    scans_pending += 1;
+                }
+                files.insert(entry.id, incoming);
+                }
+            };
+        }
         loop {
             // What the last turns queued goes out in one write: per-file answers (FileVerified,
             // HaveDone) of many small files share packets instead of taking one each. Messages,
@@ -554,7 +672,8 @@ async fn receive(
                 || !scanned_rx.is_empty();
             control.flush_unless(busy).await?;
             // Every file answered, and every scan done (so every HaveDone is sent).
-            if finished && files.is_empty() && scans_pending == 0 {
+            prepare_pending!(None);
+            if finished && files.is_empty() && scans_pending == 0 && pending.is_empty() {
                 let entries = shared.lock().map_err(|_| poisoned())?.session.entries().to_vec();
                 for e in symlinks.iter().filter(|_| !dry_run) {
                     match e.kind {
@@ -653,6 +772,9 @@ async fn receive(
                     };
                     stall.touch();
                     let event = shared.lock().map_err(|_| poisoned())?.session.on_message(msg)?;
+                    if let Some(id) = names_file(&event) {
+                        prepare_pending!(Some(id));
+                    }
                     match event {
                         ReceiverEvent::Reply(m) => {
                             block_size = shared.lock().map_err(|_| poisoned())?.session.block_size();
@@ -693,95 +815,7 @@ async fn receive(
                             }
                             // Made at the end, a hard link once the file it names is in place.
                             EntryKind::Symlink | EntryKind::HardLink => symlinks.push(entry),
-                            EntryKind::File => {
-                                let (restart, inplace, rehash) = {
-                                    let s = shared.lock().map_err(|_| poisoned())?;
-                                    (s.session.restart(), s.session.inplace(), s.session.rehash())
-                                };
-                                // A file that cannot be placed (a file or directory in the way, a
-                                // path past PATH_MAX, another entry's file under a name that
-                                // differs only in case) fails alone; the sender is told and
-                                // sends nothing for it.
-                                // In place: write straight into the existing file (a partial file
-                                // of an earlier run still takes precedence), but never through a
-                                // file with a second link: that would change the other name's
-                                // content too, perhaps outside the destination. Such a file is
-                                // replaced by a new one, as without --inplace. A file written in
-                                // place is claimed now; a part file when the writer opens it.
-                                let placed = dest.prepare_file(&entry, restart).and_then(|p| {
-                                    if !p.fresh && !p.final_path.parent().is_some_and(|d| dest.names_exact(d)) {
-                                        dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
-                                    }
-                                    let single_link = p.existing.as_ref().and_then(|e| std::fs::symlink_metadata(e).ok()).filter(|m| {
-                                        use std::os::unix::fs::MetadataExt;
-                                        m.nlink() == 1
-                                    });
-                                    let inplace = inplace && !p.resume && single_link.is_some();
-                                    if let (true, Some(meta)) = (inplace, &single_link) {
-                                        dest.claims().claim(entry.id, &entry.path, meta)?;
-                                    }
-                                    Ok((p, inplace))
-                                });
-                                let (prepared, inplace) = match placed {
-                                    Ok(placed) => placed,
-                                    Err(e) if e.kind() == ErrorKind::NoSpace => return Err(e),
-                                    Err(e) => {
-                                        report(Outcome::failed(entry.id, &entry.path, &e), &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
-                                        hold_nothing(&scan_tx, &entry, block_size, &mut scans_pending);
-                                        continue;
-                                    }
-                                };
-                                let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
-                                let key = journal::Key { block_size, size: entry.size, version: entry.version };
-                                // Decided once, here: the scanner vouches only if Holding said so.
-                                // `--rehash`: the part file is read whole, its journal believed for nothing.
-                                let trusted = prepared.resume && !rehash;
-                                let vouching = trusted && journal::vouches(&prepared.journal, &prepared.part, &key);
-                                if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
-                                    control.send(&Message::Holding { id: entry.id, len, vouching }).await?;
-                                }
-                                tracing::debug!(id = entry.id, "file prepared");
-                                let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
-                                let geometry = Geometry::new(entry.size, block_size);
-                                // A journal pays from its first batch of blocks on; a fresh
-                                // file shorter than that has none (a resumed one keeps its own,
-                                // whose records must be superseded).
-                                let journaled = !inplace && (prepared.resume || geometry.blocks() >= journal::BATCH as u64);
-                                let _ = job_tx.send(Job::Open {
-                                    file: entry.id,
-                                    path: target,
-                                    held_at: prepared.existing.clone(),
-                                    base: base.clone(),
-                                    journal: journaled.then(|| prepared.journal.clone()),
-                                    key,
-                                    fresh: prepared.fresh && !inplace,
-                                });
-                                let mut incoming = Incoming {
-                                    held_at: prepared.existing.clone(),
-                                    base,
-                                    inplace,
-                                    journaled,
-                                    ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, geometry)
-                                };
-                                if prepared.existing.is_none() && scans_pending == 0 {
-                                    // Nothing here to scan, and no earlier file's scan to wait
-                                    // for (HaveDone goes in manifest order): answered now, not
-                                    // by a round trip through the scanner.
-                                    announce_scan(&mut control, entry.id, &mut incoming, 0, Vec::new(), true);
-                                } else {
-                                    let _ = scan_tx.send(ScanJob {
-                                        id: entry.id,
-                                        path: prepared.existing.clone(),
-                                        journal: trusted.then(|| prepared.journal.clone()),
-                                        size: entry.size,
-                                        block_size,
-                                        version: entry.version,
-                                        vouch: vouching,
-                                    });
-                                    scans_pending += 1;
-                                }
-                                files.insert(entry.id, incoming);
-                            }
+                            EntryKind::File => pending.push_back(entry.id),
                         },
                         ReceiverEvent::ManifestComplete => {
                             let s = shared.lock().map_err(|_| poisoned())?;

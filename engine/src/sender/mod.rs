@@ -437,6 +437,11 @@ fn files_in(manifest: &[SourceEntry]) -> u64 {
         .count() as u64
 }
 
+/// The files being read, by their place in the manifest: only those between their first block
+/// and their FileDone, so memory follows the files in flight, not the manifest's length.
+#[derive(Default)]
+struct Readings(std::collections::HashMap<usize, Reading>);
+
 /// Per-file state while its blocks are being read.
 struct Reading {
     cvs: Vec<Digest>,
@@ -574,14 +579,14 @@ impl Reader<'_> {
     /// Gives file `fi` up: its source vanished, could not be opened, or changed (`why`). The
     /// receiver is told (`Abandon`) and drops what it holds of it; reads still in flight for it
     /// are dropped as they complete; the other files go on. At most once per file.
-    fn abandon(&self, fi: usize, why: String, state: &mut [Option<Reading>]) -> Result<()> {
+    fn abandon(&self, fi: usize, why: String, state: &mut Readings) -> Result<()> {
         let src = &self.files[fi];
         let id = src.entry.id;
         if !self.abandoned.borrow_mut().insert(id) {
             return Ok(());
         }
         tracing::info!(path = %src.local.display(), "{why}; not sent");
-        state[fi] = None;
+        state.0.remove(&fi);
         self.finishing.borrow_mut().retain(|&f| f != fi);
         if let Some(board) = &self.board {
             board.forget(id);
@@ -607,7 +612,7 @@ impl Reader<'_> {
 
     fn read_all(&mut self, input: &ReaderInput) -> Result<()> {
         let (mut io, _) = blockio::open::<Tag>(self.config.io_uring, self.config.read_depth);
-        let mut state: Vec<Option<Reading>> = self.files.iter().map(|_| None).collect();
+        let mut state = Readings::default();
         let mut done = Vec::new();
         let mut spare = Vec::new();
         self.board = Some(input.have.clone());
@@ -654,6 +659,12 @@ impl Reader<'_> {
             let geometry = Geometry::new(size, self.config.block_size);
             let count = geometry.blocks();
             if count == 0 {
+                // Not before the receiver has taken the file up (its HaveDone): it takes files
+                // up a window at a time, and a run of empty files must not outrun it.
+                if let Some(board) = &self.board {
+                    let _ = board.wait_held(src.entry.id);
+                    board.forget(src.entry.id);
+                }
                 self.file_done(ReadEvent::FileDone {
                     id: src.entry.id,
                     root: *blake3::hash(&[]).as_bytes(),
@@ -661,23 +672,26 @@ impl Reader<'_> {
                 });
                 continue;
             }
-            state[fi] = Some(Reading {
-                cvs: vec![[0; 32]; count as usize],
-                remaining: count,
-                sent: 0,
-                group_left: (0..geometry.groups())
-                    .map(|g| {
-                        let blocks = geometry.group_blocks(g);
-                        (blocks.end - blocks.start) as u32
-                    })
-                    .collect(),
-                group_digests: std::collections::HashMap::new(),
-                pending: Vec::new(),
-                differs: Vec::new(),
-                patches: Vec::new(),
-                vouched: Default::default(),
-                spot: Default::default(),
-            });
+            state.0.insert(
+                fi,
+                Reading {
+                    cvs: vec![[0; 32]; count as usize],
+                    remaining: count,
+                    sent: 0,
+                    group_left: (0..geometry.groups())
+                        .map(|g| {
+                            let blocks = geometry.group_blocks(g);
+                            (blocks.end - blocks.start) as u32
+                        })
+                        .collect(),
+                    group_digests: std::collections::HashMap::new(),
+                    pending: Vec::new(),
+                    differs: Vec::new(),
+                    patches: Vec::new(),
+                    vouched: Default::default(),
+                    spot: Default::default(),
+                },
+            );
             // Fewer bytes allocated than the length: the file has holes.
             let sparse = {
                 use std::os::unix::fs::MetadataExt;
@@ -712,7 +726,7 @@ impl Reader<'_> {
             // that matches never needs a ring buffer.
             let mut checked = 0;
             let mut next_missing = held_blocks;
-            while (next_missing < count || checked < held_blocks) && state[fi].is_some() {
+            while (next_missing < count || checked < held_blocks) && state.0.contains_key(&fi) {
                 // As soon as the receiver has reported it, or when nothing else is left.
                 if vouching
                     && checked < held_blocks
@@ -821,7 +835,7 @@ impl Reader<'_> {
         &self,
         io: &mut dyn blockio::BlockIo<Tag>,
         done: &mut Vec<Completion<Tag>>,
-        state: &mut [Option<Reading>],
+        state: &mut Readings,
     ) -> Result<()> {
         while io.in_flight() > 0 {
             io.wait(io.in_flight(), done)
@@ -876,7 +890,7 @@ impl Reader<'_> {
 
     /// `e`, met while finishing file `fi`, if it does not mean that its source vanished or
     /// changed; if it does, the file is abandoned ([`Reader::abandon`]) and the others go on.
-    fn abandon_on(&self, fi: usize, e: Error, state: &mut [Option<Reading>]) -> Result<bool> {
+    fn abandon_on(&self, fi: usize, e: Error, state: &mut Readings) -> Result<bool> {
         let why = match &e {
             Error::SourceChanged { detail, .. } => changed_while_sent(detail),
             Error::File { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -1039,7 +1053,7 @@ impl Reader<'_> {
         file: &File,
         index: u64,
         spare: &mut Vec<u8>,
-        state: &mut [Option<Reading>],
+        state: &mut Readings,
     ) -> Result<()> {
         let src = &self.files[fi];
         let geometry = Geometry::new(src.entry.size, self.config.block_size);
@@ -1049,10 +1063,10 @@ impl Reader<'_> {
         self.settle(fi, index, offset, len, n, Data::Spare(spare), state)
     }
 
-    fn handle(&self, done: &mut Vec<Completion<Tag>>, state: &mut [Option<Reading>]) -> Result<()> {
+    fn handle(&self, done: &mut Vec<Completion<Tag>>, state: &mut Readings) -> Result<()> {
         for c in done.drain(..) {
             let (fi, index) = c.req.tag;
-            if state[fi].is_none() {
+            if !state.0.contains_key(&fi) {
                 // Abandoned while this read was in flight.
                 continue;
             }
@@ -1081,7 +1095,7 @@ impl Reader<'_> {
         len: usize,
         n: usize,
         data: Data<'_>,
-        state: &mut [Option<Reading>],
+        state: &mut Readings,
     ) -> Result<()> {
         let src = &self.files[fi];
         let size = src.entry.size;
@@ -1092,7 +1106,7 @@ impl Reader<'_> {
             return self.abandon(fi, why, state);
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
-        let Some(st) = state[fi].as_mut() else {
+        let Some(st) = state.0.get_mut(&fi) else {
             return Ok(());
         };
         if st.spot.remove(&index).is_some_and(|vouched| vouched != cv) {
@@ -1169,7 +1183,7 @@ impl Reader<'_> {
     /// Settles held block `index` of file `fi` without reading it, on the word of the
     /// receiver's resume journal, if it vouched for the block and its report of the block
     /// agrees; waits for that report. `false`: the block is to be read as usual.
-    fn take_vouched(&self, fi: usize, index: u64, state: &mut [Option<Reading>]) -> Result<bool> {
+    fn take_vouched(&self, fi: usize, index: u64, state: &mut Readings) -> Result<bool> {
         let src = &self.files[fi];
         let Some(board) = &self.board else {
             return Ok(false);
@@ -1181,7 +1195,7 @@ impl Reader<'_> {
         let Some(cv) = board.take_vouched(src.entry.id, index) else {
             return Ok(false);
         };
-        let Some(st) = state[fi].as_mut() else {
+        let Some(st) = state.0.get_mut(&fi) else {
             return Ok(false);
         };
         let held_blocks = board
@@ -1210,11 +1224,11 @@ impl Reader<'_> {
     /// Records the hash of block `index` of file `fi`, settled: compares its group with the
     /// receiver's once the whole group is known, and queues the file for finishing after its
     /// last block.
-    fn account(&self, fi: usize, index: u64, cv: Digest, state: &mut [Option<Reading>]) {
+    fn account(&self, fi: usize, index: u64, cv: Digest, state: &mut Readings) {
         let src = &self.files[fi];
         let size = src.entry.size;
         let group = index / GROUP_BLOCKS;
-        let Some(st) = state[fi].as_mut() else {
+        let Some(st) = state.0.get_mut(&fi) else {
             return;
         };
         st.cvs[index as usize] = cv;
@@ -1245,7 +1259,7 @@ impl Reader<'_> {
 
     /// Finishes the files whose blocks are all read, as far as the receiver's answers allow
     /// (`wait`: waiting for them, until every such file is finished).
-    fn finish_files(&self, state: &mut [Option<Reading>], wait: bool) -> Result<()> {
+    fn finish_files(&self, state: &mut Readings, wait: bool) -> Result<()> {
         let mut list = std::mem::take(&mut *self.finishing.borrow_mut());
         if wait {
             // Every file's group answers first, which sends every WantPieces, then every
@@ -1274,10 +1288,10 @@ impl Reader<'_> {
     /// Sends what is left of file `fi` once its blocks are all read — blocks of groups that
     /// differ, patches — then its FileDone. Unless `wait` allows waiting, returns `false` (and does nothing
     /// more) while an answer it needs from the receiver is still to come.
-    fn finish_file(&self, fi: usize, state: &mut [Option<Reading>], wait: Wait) -> Result<bool> {
+    fn finish_file(&self, fi: usize, state: &mut Readings, wait: Wait) -> Result<bool> {
         let src = &self.files[fi];
         let size = src.entry.size;
-        let Some(st) = state[fi].as_mut() else {
+        let Some(st) = state.0.get_mut(&fi) else {
             return Ok(true);
         };
         // Groups that differ: send the blocks whose hashes differ.
@@ -1343,7 +1357,7 @@ impl Reader<'_> {
             });
         }
         let sent = st.sent;
-        state[fi] = None;
+        state.0.remove(&fi);
         if let Some(b) = &self.board {
             b.forget(src.entry.id);
         }
