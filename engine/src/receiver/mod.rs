@@ -224,8 +224,11 @@ impl Incoming {
     }
 }
 
-/// Files prepared and not yet finished, at most (see `prepare_pending` in [`receive`]).
-const PREPARED_AHEAD: usize = 4096;
+/// Files prepared and not yet finished, at most (see `prepare_pending` in [`receive`]). Enough
+/// for the files in flight on a long path: 4,096 cost 13 % at 300 ms RTT (20,000 files of 4 KiB
+/// over 200 Mbit/s: 7.42 s against 6.57), where the sender's HaveDone waits covered less than
+/// what its buffers held; 16,384 took 6.57–6.63 s.
+const PREPARED_AHEAD: usize = 16384;
 
 /// The file an event from the sender is about, if it needs that file prepared.
 fn names_file(event: &ReceiverEvent) -> Option<u32> {

@@ -293,12 +293,12 @@ over_both! {
     fn resync_of_many_files_through_a_small_window_does_not_deadlock() {
         // Each side writes more control data than the other's flow-control window holds before it
         // reads (the manifest one way, Holding/HaveGroups/HaveDone for every file the other way).
-        // More files than the receiver takes up at once (4,096), a third of them empty (whose
-        // FileDone needs no block), so both runs go through its window more than once.
+        // More files than the receiver takes up at once (16,384), a third of them empty (whose
+        // FileDone needs no block), so both runs go through its window.
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("many");
         fs::create_dir(&src).unwrap();
-        for i in 0..9000u32 {
+        for i in 0..18_000u32 {
             let body = if i % 3 == 0 { String::new() } else { format!("{i}") };
             fs::write(src.join(format!("file-with-a-longish-name-{i:05}")), body).unwrap();
         }
@@ -307,7 +307,7 @@ over_both! {
         assert!(out.status.success(), "{}", stderr(&out));
         assert_same_tree(&src, &dest.join("many"));
         // Some files changed since: the re-sync sends them and keeps the rest.
-        for i in (0..9000u32).step_by(997) {
+        for i in (0..18_000u32).step_by(997) {
             fs::write(src.join(format!("file-with-a-longish-name-{i:05}")), "changed").unwrap();
         }
         let mut child = sluice()
