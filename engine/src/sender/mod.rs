@@ -214,10 +214,13 @@ async fn transfer(
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let board = Arc::new(HaveBoard::default());
     let (resend_tx, resend_rx) = std::sync::mpsc::channel();
-    let files: Vec<SourceEntry> = manifest
+    // The reader works through the files by their place in the manifest, which it shares.
+    let manifest = Arc::new(manifest);
+    let file_ids: Vec<u32> = manifest
         .iter()
-        .filter(|e| e.entry.kind == EntryKind::File)
-        .cloned()
+        .enumerate()
+        .filter(|(_, e)| e.entry.kind == EntryKind::File)
+        .map(|(i, _)| i as u32)
         .collect();
     let reader = {
         let config = config.clone();
@@ -227,12 +230,16 @@ async fn transfer(
             have: board.clone(),
             resend: resend_rx,
         };
+        let manifest = manifest.clone();
         std::thread::Builder::new()
             .name("sluice-read".into())
             .spawn(move || {
                 let mut reader = Reader {
                     config: &config,
-                    files: &files,
+                    files: FileList {
+                        all: &manifest,
+                        files: &file_ids,
+                    },
                     pool: &pool,
                     blocks: &block_tx,
                     events: &event_tx,
@@ -470,11 +477,34 @@ struct Reading {
 /// mixing two versions. It costs 1/64 of the reading that vouching saves.
 const SPOT_CHECK: u64 = 64;
 
+/// The manifest's files in order, read through the manifest itself (no second copy of every
+/// entry: 200,000 files held 50 MB more at the sender with one).
+#[derive(Clone, Copy)]
+struct FileList<'a> {
+    all: &'a [SourceEntry],
+    /// The files' places in `all`.
+    files: &'a [u32],
+}
+
+impl<'a> FileList<'a> {
+    fn iter(self) -> impl Iterator<Item = &'a SourceEntry> {
+        self.files.iter().map(move |&i| &self.all[i as usize])
+    }
+}
+
+impl std::ops::Index<usize> for FileList<'_> {
+    type Output = SourceEntry;
+
+    fn index(&self, fi: usize) -> &SourceEntry {
+        &self.all[self.files[fi] as usize]
+    }
+}
+
 /// The storage thread: reads every block of every file through the ring, hashes it, and passes
 /// on the blocks the receiver lacks; then serves re-send requests until the transfer ends.
 struct Reader<'a> {
     config: &'a Config,
-    files: &'a [SourceEntry],
+    files: FileList<'a>,
     pool: &'a Arc<BufferPool>,
     blocks: &'a mpsc::Sender<Block>,
     events: &'a mpsc::UnboundedSender<ReadEvent>,
