@@ -188,6 +188,88 @@ impl Range {
     pub fn display(&self, table: &Table) -> String {
         table.condition(self).unwrap_or_else(|| "all rows".into())
     }
+
+    /// The range of `table` whose condition is `condition` ([`Table::condition`], or `all`),
+    /// if it is one.
+    pub(crate) fn parse(table: &Table, by_key: bool, condition: &str) -> Option<Range> {
+        if condition == "all" {
+            return Some(Range::whole(by_key));
+        }
+        let mut range = Range::whole(by_key);
+        for part in condition.split(" AND ") {
+            let (_, value) = part.rsplit_once(' ')?;
+            let value = if by_key {
+                value.parse().ok()?
+            } else {
+                value
+                    .strip_prefix("'(")?
+                    .strip_suffix(",0)'::tid")?
+                    .parse()
+                    .ok()?
+            };
+            if part.contains(" >= ") {
+                range.lo = Some(value);
+            } else {
+                range.hi = Some(value);
+            }
+        }
+        // Only what this run would have written itself.
+        (table.condition(&range).as_deref() == Some(condition)).then_some(range)
+    }
+
+    /// The rows both ranges cover, if any.
+    pub(crate) fn intersect(&self, other: &Range) -> Option<Range> {
+        let lo = match (self.lo, other.lo) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let hi = match (self.hi, other.hi) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let empty = matches!((lo, hi), (Some(l), Some(h)) if l >= h);
+        (!empty).then_some(Range {
+            by_key: self.by_key,
+            lo,
+            hi,
+        })
+    }
+
+    /// What `held` (ranges already copied) leaves of the whole key space, in order; `None` if
+    /// two of them overlap.
+    pub(crate) fn gaps(held: &[Range]) -> Option<Vec<Range>> {
+        let mut held = held.to_vec();
+        // Unbounded below first.
+        held.sort_by_key(|r| r.lo.map_or(i128::MIN, i128::from));
+        let mut gaps = Vec::new();
+        let mut at: Option<Option<i64>> = Some(None); // Some(None): from −∞; None: past +∞.
+        for r in &held {
+            let from = at?;
+            match (from, r.lo) {
+                (Some(f), Some(l)) if f > l => return None,
+                (Some(_), None) => return None,
+                (None, Some(_)) | (Some(_), Some(_)) => {
+                    if from != r.lo {
+                        gaps.push(Range {
+                            by_key: r.by_key,
+                            lo: from,
+                            hi: r.lo,
+                        });
+                    }
+                }
+                (None, None) => {}
+            }
+            at = r.hi.map(Some);
+        }
+        if let Some(from) = at {
+            gaps.push(Range {
+                by_key: held.first().is_none_or(|r| r.by_key),
+                lo: from,
+                hi: None,
+            });
+        }
+        Some(gaps)
+    }
 }
 
 fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
@@ -409,6 +491,56 @@ mod tests {
             rows: None,
             index_bytes: 0,
         }
+    }
+
+    /// A table that grew past its old end between two runs: the old run's ranges are read back
+    /// from their conditions, the gaps they leave are what the new run's ranges are cut to, and
+    /// together they cover every key once.
+    #[test]
+    fn held_ranges_are_read_back_and_leave_gaps() {
+        let t = table(true, 10 << 20, 1280);
+        let old = t.ranges(4 << 20, Some((1, 1000)));
+        let held: Vec<Range> = old[..2]
+            .iter()
+            .map(|r| {
+                let c = t.condition(r).unwrap_or_else(|| "all".into());
+                Range::parse(&t, true, &c).unwrap()
+            })
+            .collect();
+        assert_eq!(held, old[..2]);
+        assert_eq!(Range::parse(&t, true, "all"), Some(Range::whole(true)));
+        assert_eq!(
+            Range::parse(&t, true, "\"id\" >= 3 AND \"other\" < 9"),
+            None
+        );
+        assert_eq!(Range::parse(&t, true, "\"id\" >= x"), None);
+        let gaps = Range::gaps(&held).unwrap();
+        assert_eq!(gaps.len(), 1);
+        assert_eq!((gaps[0].lo, gaps[0].hi), (old[1].hi, None));
+        // The new run, cut after the table grew to 5,000: its ranges within the gap.
+        let new = t.ranges(4 << 20, Some((1, 5000)));
+        let pieces: Vec<Range> = new.iter().filter_map(|r| r.intersect(&gaps[0])).collect();
+        let mut all: Vec<Range> = held.iter().chain(&pieces).copied().collect();
+        all.sort_by_key(|r| r.lo.map_or(i128::MIN, i128::from));
+        for k in [-10, 0, 1, 333, 334, 667, 668, 999, 1000, 4999, 5000, 9999] {
+            let inside = |r: &Range| r.lo.is_none_or(|l| k >= l) && r.hi.is_none_or(|h| k < h);
+            assert_eq!(all.iter().filter(|r| inside(r)).count(), 1, "key {k}");
+        }
+        // Overlapping held ranges cannot be fitted.
+        let overlapping = [
+            Range {
+                by_key: true,
+                lo: None,
+                hi: Some(10),
+            },
+            Range {
+                by_key: true,
+                lo: Some(5),
+                hi: None,
+            },
+        ];
+        assert_eq!(Range::gaps(&overlapping), None);
+        assert_eq!(Range::gaps(&[]).unwrap(), vec![Range::whole(true)]);
     }
 
     #[test]

@@ -101,20 +101,7 @@ impl Plan {
         let mut rows: Vec<Unit> = Vec::new();
         for (table, ranges) in &self.tables {
             for range in ranges {
-                let mut meta = Meta::Rows {
-                    table: table.clone(),
-                    range: *range,
-                };
-                let mut unit = meta.unit();
-                if unit.meta.len() > sluice_proto::codec::MAX_STRING_LEN {
-                    // A table too wide to list: the source reads its columns itself and the
-                    // target takes them in the table's order.
-                    if let Meta::Rows { table, .. } = &mut meta {
-                        table.columns.clear();
-                    }
-                    unit = meta.unit();
-                }
-                rows.push(unit);
+                rows.push(rows_unit(table, *range));
             }
             if cut.contains(&table.qualified()) {
                 // Right after the table's last range: the first unit ready once its rows are.
@@ -131,6 +118,24 @@ impl Plan {
             vec![Meta::Finish { verify }.unit()],
         ]
     }
+}
+
+/// The unit of `range`'s rows of `table`.
+pub(crate) fn rows_unit(table: &Table, range: Range) -> Unit {
+    let mut meta = Meta::Rows {
+        table: table.clone(),
+        range,
+    };
+    let unit = meta.unit();
+    if unit.meta.len() <= sluice_proto::codec::MAX_STRING_LEN {
+        return unit;
+    }
+    // A table too wide to list: the source reads its columns itself and the target takes them
+    // in the table's order.
+    if let Meta::Rows { table, .. } = &mut meta {
+        table.columns.clear();
+    }
+    meta.unit()
 }
 
 /// The range size when the user sets none: small enough that the ranges in flight (two per

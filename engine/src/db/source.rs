@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
-use super::catalog::{self, LeftOut, Table};
+use super::catalog::{self, LeftOut, Range, Table};
 use super::conn::{pg_error, Database};
 use super::digest::RowHasher;
 use super::meta::Meta;
@@ -369,9 +369,9 @@ fn plain_sql(dump: &[u8]) -> Vec<u8> {
 }
 
 impl UnitSource for PgSource {
-    fn check_held(&self, held: &HashSet<String>) -> Result<()> {
+    fn resume(&self, held: &HashSet<String>, phases: Vec<Vec<Unit>>) -> Result<Vec<Vec<Unit>>> {
         let Some(resume) = self.resume.get() else {
-            return Ok(());
+            return Ok(phases);
         };
         if resume.consistent && !held.is_empty() {
             return Err(Error::Database {
@@ -384,36 +384,47 @@ impl UnitSource for PgSource {
                 ),
             });
         }
-        if let Some(stale) = held
-            .iter()
-            .find(|k| k.starts_with("rows ") && !resume.keys.contains(*k))
-        {
+        let stale = |k: &&String| k.starts_with("rows ") && !resume.keys.contains(*k);
+        let mut recut: Vec<Recut> = Vec::new();
+        for table in &resume.tables {
+            let prefix = format!("rows {} ", table.qualified());
+            if !held.iter().filter(stale).any(|k| k.starts_with(&prefix)) {
+                continue;
+            }
+            // The source changed since the interrupted run (rows added past the end, or the
+            // table grew or shrank): its ranges are cut again around the ones committed.
+            match held_ranges(table, &prefix, held) {
+                Some(r) => recut.push(r),
+                None => {
+                    return Err(Error::Database {
+                        what: format!("resuming {}", table.display()),
+                        detail: "the table changed since the interrupted run, and the \
+                                 ranges it committed cannot be kept (they are by page, or the \
+                                 last one reaches the table's end, where rows added since would \
+                                 be lost); empty the target and run again"
+                            .into(),
+                    })
+                }
+            }
+        }
+        if let Some(other) = held.iter().filter(stale).find(|k| {
+            !recut
+                .iter()
+                .any(|r| k.starts_with(&format!("rows {} ", r.table.qualified())))
+        }) {
             return Err(Error::Database {
                 what: "resuming".into(),
                 detail: format!(
-                    "the target holds a range this run would not copy ({stale}): the tables \
+                    "the target holds a range this run would not copy ({other}): the tables \
                      chosen or the source changed since the interrupted run; run it with the same \
                      --tables, or empty the target and run again"
                 ),
             });
         }
-        for table in &resume.tables {
-            let prefix = format!("rows {} ", table.qualified());
-            if let Some(stale) = held
-                .iter()
-                .find(|k| k.starts_with(&prefix) && !resume.keys.contains(*k))
-            {
-                return Err(Error::Database {
-                    what: format!("resuming {}", table.display()),
-                    detail: format!(
-                        "the target holds a range the source is no longer cut into ({stale}): \
-                         the table changed since the interrupted run; empty the target and run \
-                         again"
-                    ),
-                });
-            }
-        }
-        Ok(())
+        Ok(phases
+            .into_iter()
+            .map(|phase| recut_phase(phase, &recut))
+            .collect())
     }
 
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
@@ -582,4 +593,76 @@ impl UnitReader for RowsReader {
             Ok(digest.to_bytes())
         })
     }
+}
+
+/// What an interrupted run committed of one table, and what it leaves of the key space.
+struct Recut {
+    table: Table,
+    held: Vec<Range>,
+    gaps: Vec<Range>,
+}
+
+/// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
+/// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
+/// cut (by pages, or on another key), two of them overlap, or one reaches past the end of the
+/// key space: rows added since at the end of the table (where new keys go) would fall into it
+/// and never be copied.
+fn held_ranges(table: &Table, prefix: &str, held: &HashSet<String>) -> Option<Recut> {
+    table.key.as_ref()?;
+    let mut kept = Vec::new();
+    for key in held.iter().filter(|k| k.starts_with(prefix)) {
+        let range = Range::parse(table, true, &key[prefix.len()..])?;
+        range.hi?;
+        kept.push(range);
+    }
+    let gaps = Range::gaps(&kept)?;
+    Some(Recut {
+        table: table.clone(),
+        held: kept,
+        gaps,
+    })
+}
+
+/// `phase` with the row units of each re-cut table replaced, where its first one stood, by the
+/// held ranges (skipped as held) and this run's planned ranges cut to the gaps between them.
+fn recut_phase(phase: Vec<Unit>, recut: &[Recut]) -> Vec<Unit> {
+    if recut.is_empty() {
+        return phase;
+    }
+    let prefixes: Vec<String> = recut
+        .iter()
+        .map(|r| format!("rows {} ", r.table.qualified()))
+        .collect();
+    let mut out = Vec::with_capacity(phase.len());
+    // Per re-cut table: this run's planned ranges, and where its units go.
+    let mut planned: Vec<(Vec<Range>, Option<usize>)> = vec![(Vec::new(), None); recut.len()];
+    for unit in phase {
+        let Some(t) = prefixes.iter().position(|p| unit.key.starts_with(p)) else {
+            out.push(unit);
+            continue;
+        };
+        if let Ok(Meta::Rows { range, .. }) = Meta::parse(&unit.meta) {
+            planned[t].0.push(range);
+        }
+        planned[t].1.get_or_insert(out.len());
+    }
+    // From the last place back, so that earlier places stay where they were.
+    let mut order: Vec<usize> = (0..recut.len())
+        .filter(|&t| planned[t].1.is_some())
+        .collect();
+    order.sort_by_key(|&t| std::cmp::Reverse(planned[t].1));
+    for t in order {
+        let Recut { table, held, gaps } = &recut[t];
+        let (plan, at) = (&planned[t].0, planned[t].1.unwrap_or(out.len()));
+        let mut units: Vec<Unit> = held.iter().map(|r| super::rows_unit(table, *r)).collect();
+        for gap in gaps {
+            units.extend(
+                plan.iter()
+                    .filter_map(|p| p.intersect(gap))
+                    .map(|piece| super::rows_unit(table, piece)),
+            );
+        }
+        out.splice(at..at, units);
+    }
+    out
 }

@@ -71,10 +71,11 @@ pub trait UnitSource: Send + Sync {
     /// Starts reading `unit`.
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>>;
 
-    /// Whether the source can go on from what the destination already `held` (the keys of
-    /// units an interrupted run committed); an error ends the session before anything is sent.
-    fn check_held(&self, _held: &HashSet<String>) -> Result<()> {
-        Ok(())
+    /// The units to send given what the destination already `held` (the keys of units an
+    /// interrupted run committed): `phases` as planned, or re-cut around what is held; an error
+    /// ends the session before anything is sent.
+    fn resume(&self, _held: &HashSet<String>, phases: Vec<Vec<Unit>>) -> Result<Vec<Vec<Unit>>> {
+        Ok(phases)
     }
 }
 
@@ -524,7 +525,7 @@ async fn push(
             other => return Err(err(&format!("expected Held, got {other:?}"))),
         }
     }
-    source.check_held(&held)?;
+    let phases = source.resume(&held, phases)?;
     // A unit's reader fills one buffer while the one before is on its way.
     let pool = BufferPool::new(2 * jobs + 2, config.block_size as usize)
         .map_err(Error::io("allocating the buffer ring"))?;
