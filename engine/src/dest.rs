@@ -143,18 +143,34 @@ impl Destination {
 
     /// Whether the directory `dir` names files by their exact bytes, so that two entries'
     /// names can never reach one file there and [`Claims`] need not look at its files: a
-    /// filesystem that never folds case or normalises names (ext2–4, XFS, Btrfs, F2FS, tmpfs)
-    /// and a directory without the casefold attribute (`chattr +F`, which ext4, F2FS and tmpfs
-    /// offer). Anything else, or a check that fails, is taken as folding. Checked once per
-    /// directory; each check costs a `statfs`, an `open` and an `ioctl`, against a `statx` per
-    /// file saved twice over.
+    /// filesystem that never folds case or normalises names (ext2–4, Btrfs, F2FS, tmpfs; not
+    /// XFS, which can be made case-insensitive as a whole) and no casefold attribute (`chattr
+    /// +F`, which ext4, F2FS and tmpfs offer) on it or on any directory between it and the
+    /// destination (a folding parent makes `Sub` and `sub` one directory). Anything else, or a
+    /// check that fails, is taken as folding. Checked once per directory; each check costs a
+    /// `statfs`, an `open` and an `ioctl`, against a `statx` per file saved twice over.
     pub fn names_exact(&self, dir: &Path) -> bool {
         if let Some(exact) = self.exact.get(dir) {
             return exact;
         }
-        let exact = names_exact(dir);
+        let mut exact = names_exact(dir);
+        if exact && dir != self.root {
+            exact = dir
+                .parent()
+                .is_some_and(|p| p.starts_with(&self.root) && self.names_exact(p));
+        }
         self.exact.insert(dir, exact);
         exact
+    }
+
+    /// Whether the part file `part`'s claim may be skipped: its directory's names are exact
+    /// ([`Destination::names_exact`]) and its name is one no other name shares. A name too long
+    /// for a part name of its own is shortened with a hash ([`Destination::part_path`]), which
+    /// another name could be made to match: those keep their claims.
+    pub fn unclaimed(&self, part: &Path) -> bool {
+        const SHORTENED: usize = 240;
+        part.file_name().is_some_and(|n| n.len() < SHORTENED)
+            && part.parent().is_some_and(|d| self.names_exact(d))
     }
 
     /// The permission bits a manifest `mode` becomes here: setuid and setgid dropped, the
@@ -557,7 +573,6 @@ impl Destination {
 /// See [`Destination::names_exact`].
 fn names_exact(dir: &Path) -> bool {
     const EXT: i64 = 0xEF53;
-    const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683E;
     const F2FS: i64 = 0xF2F5_2010;
     const TMPFS: i64 = 0x0102_1994;
@@ -568,7 +583,7 @@ fn names_exact(dir: &Path) -> bool {
     };
     #[allow(clippy::unnecessary_cast)]
     let kind = fs.f_type as i64;
-    if ![EXT, XFS, BTRFS, F2FS, TMPFS].contains(&kind) {
+    if ![EXT, BTRFS, F2FS, TMPFS].contains(&kind) {
         return false;
     }
     let Ok(d) = File::open(dir) else {

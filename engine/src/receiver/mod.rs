@@ -590,7 +590,7 @@ async fn receive(
                 // replaced by a new one, as without --inplace. A file written in
                 // place is claimed now; a part file when the writer opens it.
                 let placed = dest.prepare_file(&entry, restart).and_then(|p| {
-                    if !p.fresh && !p.final_path.parent().is_some_and(|d| dest.names_exact(d)) {
+                    if !p.fresh && !dest.unclaimed(&p.part) {
                         dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
                     }
                     let single_link = p.existing.as_ref().and_then(|e| std::fs::symlink_metadata(e).ok()).filter(|m| {

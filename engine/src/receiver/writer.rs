@@ -722,7 +722,7 @@ struct Seal {
 /// destination) is refused instead of shared.
 fn open_claimed(dest: &Destination, file: u32, path: &std::path::Path) -> Result<File> {
     let f = Destination::open_part(path).map_err(Error::file("opening", path))?;
-    if path.parent().is_some_and(|d| dest.names_exact(d)) {
+    if dest.unclaimed(path) {
         return Ok(f);
     }
     let meta = f.metadata().map_err(Error::file("inspecting", path))?;
@@ -769,8 +769,7 @@ fn finish_seal(dest: &Destination, job: Seal, prepared: Result<()>) -> Written {
     // per file, which counts with many small files).
     let sealed = prepared.and_then(|()| match rename {
         Some((final_path, journaled)) => {
-            let exact = final_path.parent().is_some_and(|d| dest.names_exact(d));
-            let free = if exact {
+            let free = if dest.unclaimed(&path) {
                 Ok(())
             } else {
                 dest.claims().check_free(file, &entry.path, &final_path)
