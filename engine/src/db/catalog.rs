@@ -393,8 +393,8 @@ pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOu
     let names: Vec<String> = chosen.iter().map(Table::qualified).collect();
     let gone = format!(
         "WITH RECURSIVE chosen AS (SELECT unnest($1::text[])::regclass::oid AS oid), \
-           kept AS (SELECT oid FROM chosen UNION \
-             SELECT a.relid FROM chosen, pg_partition_ancestors(chosen.oid) a), \
+           kept(oid) AS (SELECT oid FROM chosen UNION \
+             SELECT i.inhparent FROM pg_inherits i JOIN kept k ON i.inhrelid = k.oid), \
            gone(oid) AS ( \
              SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p', 'f') AND {USERS} \
@@ -402,10 +402,14 @@ pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOu
              UNION \
              SELECT r.ev_class FROM gone g \
              JOIN pg_depend d ON d.refobjid = g.oid AND d.classid = 'pg_rewrite'::regclass \
-             JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> g.oid), \
+             JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> g.oid \
+             JOIN pg_class v ON v.oid = r.ev_class AND v.relkind IN ('v', 'm')), \
            owned AS (SELECT d.objid AS oid FROM pg_depend d JOIN gone g ON g.oid = d.refobjid \
              JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
-             WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')), \
+             WHERE d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend u \
+                 JOIN pg_attrdef ad ON u.classid = 'pg_attrdef'::regclass AND u.objid = ad.oid \
+                 WHERE u.refobjid = d.objid AND ad.adrelid IN (SELECT oid FROM kept))), \
            omitted AS (SELECT oid FROM gone UNION SELECT oid FROM owned) "
     );
     let keys = client
@@ -429,6 +433,31 @@ pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOu
             detail: format!(
                 "{from} has a foreign key ({name}) to {to}, which --tables leaves out: add \
                  {to} to --tables, or drop the constraint at the source"
+            ),
+        });
+    }
+    // A rule on a chosen table that reads or writes one left out could not be made either.
+    let rules = client
+        .query(
+            &format!(
+                "{gone} SELECT r.ev_class::regclass::text, r.rulename::text, \
+                        d.refobjid::regclass::text \
+                 FROM pg_rewrite r JOIN pg_depend d \
+                   ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                 WHERE r.ev_class IN (SELECT oid FROM kept) \
+                   AND d.refobjid IN (SELECT oid FROM gone) AND d.refobjid <> r.ev_class LIMIT 1"
+            ),
+            &[&names],
+        )
+        .await
+        .map_err(db_err("finding what --tables leaves out"))?;
+    if let Some(r) = rules.first() {
+        let (on, name, to): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: format!(
+                "{on} has a rule ({name}) that uses {to}, which --tables leaves out: add {to} \
+                 to --tables, or drop the rule at the source"
             ),
         });
     }

@@ -393,7 +393,16 @@ impl UnitSource for PgSource {
             }
             // The source changed since the interrupted run (rows added past the end, or the
             // table grew or shrank): its ranges are cut again around the ones committed.
-            match held_ranges(table, &prefix, held) {
+            let planned: Vec<Range> = phases
+                .iter()
+                .flatten()
+                .filter(|u| u.key.starts_with(&prefix))
+                .filter_map(|u| match Meta::parse(&u.meta) {
+                    Ok(Meta::Rows { range, .. }) => Some(range),
+                    _ => None,
+                })
+                .collect();
+            match held_ranges(table, &prefix, held, &planned) {
                 Some(r) => recut.push(r),
                 None => {
                     return Err(Error::Database {
@@ -604,16 +613,35 @@ struct Recut {
 
 /// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
 /// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
-/// cut (by pages, or on another key), two of them overlap, or one reaches past the end of the
-/// key space: rows added since at the end of the table (where new keys go) would fall into it
-/// and never be copied.
-fn held_ranges(table: &Table, prefix: &str, held: &HashSet<String>) -> Option<Recut> {
+/// cut (by pages, or on another key), two of them overlap, or one is open towards keys the
+/// source may hold now and did not then: the last range (open above, where new keys go), or
+/// the first (open below) when this run's plan (`planned`) starts below where that run's did.
+/// Rows added there would fall into a range taken as copied.
+fn held_ranges(
+    table: &Table,
+    prefix: &str,
+    held: &HashSet<String>,
+    planned: &[Range],
+) -> Option<Recut> {
     table.key.as_ref()?;
     let mut kept = Vec::new();
     for key in held.iter().filter(|k| k.starts_with(prefix)) {
         let range = Range::parse(table, true, &key[prefix.len()..])?;
         range.hi?;
         kept.push(range);
+    }
+    if let Some(first) = kept.iter().find(|r| r.lo.is_none()) {
+        // `Table::ranges` cuts steps of one width from the key's least value, the first range
+        // ending one step above it: each run's least key is its first range's end less a step.
+        let least = |ranges: &[Range], first_hi: Option<i64>| {
+            let step = ranges.iter().find_map(|r| Some(r.hi? - r.lo?))?;
+            Some(first_hi? - step)
+        };
+        let then = least(&kept, first.hi)?;
+        let now = least(planned, planned.iter().find(|r| r.lo.is_none())?.hi)?;
+        if now < then {
+            return None;
+        }
     }
     let gaps = Range::gaps(&kept)?;
     Some(Recut {
@@ -665,4 +693,58 @@ fn recut_phase(phase: Vec<Unit>, recut: &[Recut]) -> Vec<Unit> {
         out.splice(at..at, units);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Table {
+        Table {
+            schema: "public".into(),
+            name: "big".into(),
+            columns: vec!["id".into()],
+            binary: true,
+            key: Some("id".into()),
+            bytes: 10 << 20,
+            pages: 1280,
+            rows: None,
+            index_bytes: 0,
+        }
+    }
+
+    fn held_of(t: &Table, ranges: &[Range]) -> HashSet<String> {
+        ranges
+            .iter()
+            .map(|r| super::super::rows_unit(t, *r).key)
+            .collect()
+    }
+
+    /// A resume keeps what an interrupted run committed only where no row the source holds
+    /// now can fall into it unseen: rows added past the old end go to the gaps; a committed
+    /// last range (open above), or a committed first range when keys now start lower, is
+    /// refused.
+    #[test]
+    fn held_ranges_are_kept_only_where_new_rows_cannot_hide() {
+        let t = table();
+        let prefix = format!("rows {} ", t.qualified());
+        let old = t.ranges(4 << 20, Some((100, 1000)));
+        assert_eq!(old.len(), 3);
+        // The table grew past its end: the first two ranges are kept, the rest is a gap.
+        let grown = t.ranges(4 << 20, Some((100, 5000)));
+        let recut = held_ranges(&t, &prefix, &held_of(&t, &old[..2]), &grown).unwrap();
+        assert_eq!(recut.held.len(), 2);
+        assert_eq!(recut.gaps.len(), 1);
+        assert_eq!((recut.gaps[0].lo, recut.gaps[0].hi), (old[1].hi, None));
+        // Its last range was committed: rows added past the end would fall into it.
+        assert!(held_ranges(&t, &prefix, &held_of(&t, &old), &grown).is_none());
+        // Keys now start lower than they did: they would fall into the committed first range.
+        let lower = t.ranges(4 << 20, Some((-50, 1000)));
+        assert!(held_ranges(&t, &prefix, &held_of(&t, &old[..2]), &lower).is_none());
+        // Without a bounded range to measure the old step, the first range alone is not kept.
+        assert!(held_ranges(&t, &prefix, &held_of(&t, &old[..1]), &grown).is_none());
+        // A middle range alone is kept whatever the ends did.
+        let recut = held_ranges(&t, &prefix, &held_of(&t, &old[1..2]), &lower).unwrap();
+        assert_eq!(recut.gaps.len(), 2);
+    }
 }

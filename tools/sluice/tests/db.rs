@@ -744,7 +744,15 @@ fn tables_take_their_schema_and_leave_the_rest() {
          INSERT INTO \"Sales Dept\".\"Orders\" (m, q, note) \
              SELECT 'ok', g, 'n' || g FROM generate_series(1, 1000) g; \
          INSERT INTO other (x) SELECT 'x' FROM generate_series(1, 10); \
-         INSERT INTO events VALUES (1, '2024-05-01'), (2, '2025-05-01')",
+         INSERT INTO events VALUES (1, '2024-05-01'), (2, '2025-05-01'); \
+         CREATE TABLE parent_t (id int, note text); \
+         CREATE TABLE child_t (extra int) INHERITS (parent_t); \
+         INSERT INTO child_t VALUES (1, 'c', 7); \
+         CREATE TABLE seq_owner (id serial PRIMARY KEY); \
+         CREATE TABLE seq_sharer (id int DEFAULT nextval('seq_owner_id_seq'), v text); \
+         INSERT INTO seq_sharer (v) VALUES ('a'), ('b'); \
+         CREATE TABLE ruled (id int); \
+         CREATE RULE log_to_other AS ON INSERT TO ruled DO ALSO INSERT INTO other (x) VALUES ('r')",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let relations = "SELECT string_agg(n.nspname || '.' || c.relname, ' ' \
@@ -777,6 +785,35 @@ fn tables_take_their_schema_and_leave_the_rest() {
         "1000 1000 1000"
     );
     assert_eq!(pg.sql("dst", "SELECT id FROM events"), "1");
+
+    // A plain inheritance child takes its parent along (empty); a sequence a chosen table's
+    // default uses stays though another table owns it; a rule that writes to a table left out
+    // is refused by name.
+    pg.sql("postgres", "CREATE DATABASE dst2");
+    let dst2 = pg.url("dst2");
+    let out = sluice_db(&["db", "copy", "--tables", "child_t,seq_sharer", &src, &dst2]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        pg.sql("dst2", "SELECT count(*) || ' ' || max(extra) FROM child_t"),
+        "1 7"
+    );
+    assert_eq!(pg.sql("dst2", "SELECT count(*) FROM ONLY parent_t"), "0");
+    assert_eq!(pg.sql("dst2", "SELECT nextval('seq_owner_id_seq')"), "3");
+    assert_eq!(
+        pg.sql(
+            "dst2",
+            "SELECT count(*) FROM pg_class WHERE relname = 'seq_owner'"
+        ),
+        "0"
+    );
+    pg.sql("postgres", "CREATE DATABASE dst3");
+    let out = sluice_db(&["db", "copy", "--tables", "ruled", &src, &pg.url("dst3")]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ruled has a rule (log_to_other) that uses other"),
+        "{}",
+        stderr(&out)
+    );
     let out = sluice_db(&["db", "verify", "--tables", "Orders,events_2024", &src, &dst]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
