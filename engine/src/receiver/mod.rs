@@ -61,6 +61,9 @@ struct Shared {
     /// A file's set is dropped once the file is verified or failed ([`Shared::close_done`]):
     /// what a run holds is bounded by the files in progress, not by every block of the run.
     claimed: HashMap<u32, Claimed>,
+    /// Files are taken up in manifest order: every file entry before this one has been (the
+    /// sender may send a file's blocks only after its `HaveDone`).
+    taken_up: u32,
 }
 
 /// The blocks of one file that streams have taken.
@@ -510,6 +513,7 @@ async fn receive(
     let shared = Arc::new(Mutex::new(Shared {
         session: ReceiverSession::with_policy(secret, policy(config)),
         claimed: HashMap::new(),
+        taken_up: 0,
     }));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (job_tx, job_rx) = burst::channel::<Job>();
@@ -574,7 +578,11 @@ async fn receive(
                         break;
                     }
                     pending.pop_front();
-                    let entry = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].clone();
+                    let entry = {
+                        let mut s = shared.lock().map_err(|_| poisoned())?;
+                        s.taken_up = id + 1;
+                        s.session.entries()[id as usize].clone()
+                    };
                 let (restart, inplace, rehash) = {
                     let s = shared.lock().map_err(|_| poisoned())?;
                     (s.session.restart(), s.session.inplace(), s.session.rehash())
@@ -1492,6 +1500,17 @@ async fn read_block(
                 offset: header.offset,
                 len: header.len,
                 why: "data in a compare-only run",
+            }
+            .into());
+        }
+        if header.file >= s.taken_up {
+            // Against the protocol: the writer would have nowhere to put it, and the file
+            // would never finish.
+            return Err(sluice_proto::session::SessionError::BadBlock {
+                file: header.file,
+                offset: header.offset,
+                len: header.len,
+                why: "a block before the file's HaveDone",
             }
             .into());
         }

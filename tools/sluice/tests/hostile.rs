@@ -184,6 +184,8 @@ over_both! {
         let started = Instant::now();
         let mut c = Crafted::connect(&recv.ticket);
         c.send(&[file_entry(0, "f", 4 << 20), Message::ManifestEnd { count: 1 }]);
+        // As a sender does, after the receiver has taken the file up (its HaveDone).
+        c.idle(Duration::from_millis(500));
         c.half_block(1 << 20, 1000);
         // The receiver ends within the stall timeout and a few ticks; the link is still alive.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -195,6 +197,36 @@ over_both! {
         c.close();
         assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
         assert!(stderr(&r).contains("no progress for 3 s"), "{}", stderr(&r));
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
+
+over_both! {
+    /// A block for a file the receiver has not taken up yet (it takes files up 16,384 ahead of
+    /// those finished, and answers each with HaveDone) is refused at once, naming it, rather
+    /// than dropped: the file would never finish and the run would end on the stall timeout.
+    fn a_block_before_its_files_have_done_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let started = Instant::now();
+        let mut c = Crafted::connect(&recv.ticket);
+        let count = 17_000u32;
+        let mut manifest: Vec<Message> =
+            (0..count).map(|i| file_entry(i, &format!("f{i}"), 4 << 20)).collect();
+        manifest.push(Message::ManifestEnd { count });
+        c.send(&manifest);
+        c.idle(Duration::from_millis(500));
+        c.block_header(count - 1, 1 << 20);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fs::read_to_string(format!("/proc/{}/stat", recv.pid())).is_ok_and(|s| s.contains(") Z")) {
+            assert!(Instant::now() < deadline, "the receiver still waits");
+            c.idle(Duration::from_millis(200));
+        }
+        let r = recv.wait();
+        c.close();
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains("a block before the file's HaveDone"), "{}", stderr(&r));
         assert!(started.elapsed() < Duration::from_secs(15));
     }
 }

@@ -106,6 +106,27 @@ impl Crafted {
 }
 
 impl Crafted {
+    /// Opens a data lane and sends the header of block 0 of file `file` (`len` bytes), and
+    /// nothing more.
+    pub fn block_header(&mut self, file: u32, len: u32) {
+        use sluice_proto::message::BlockHeader;
+        let link = self.link.clone();
+        self.rt.block_on(async move {
+            let mut lane = link.open_lane().await.unwrap().expect("a lane");
+            let header = sluice_proto::codec::encode_block_header(&BlockHeader {
+                file,
+                offset: 0,
+                len,
+                hash: [7; 32],
+                patch: false,
+                packed: 0,
+                zero: false,
+            });
+            lane.write(&mut [header.to_vec().into()]).await.unwrap();
+            std::mem::forget(lane);
+        });
+    }
+
     /// Opens a data lane and sends the header of block 0 of file 0 (`len` bytes) and only
     /// `part` bytes of its payload, then nothing more.
     pub fn half_block(&mut self, len: u32, part: usize) {
