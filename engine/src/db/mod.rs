@@ -244,15 +244,22 @@ pub fn send(
             keys: phases.iter().flatten().map(|u| u.key.clone()).collect(),
             tables: plan.tables.iter().map(|(t, _)| t.clone()).collect(),
         });
+        let source = Arc::new(source);
         let summary = unit::session::send_on(
             config,
             ticket,
             phases,
-            Arc::new(source),
+            source.clone(),
             options.jobs,
             progress,
         )
         .await?;
+        let mut plan = plan;
+        for (name, ranges) in source.recut() {
+            if let Some(t) = plan.tables.iter_mut().find(|(t, _)| t.qualified() == name) {
+                t.1 = ranges;
+            }
+        }
         Ok((plan, summary))
     })
 }

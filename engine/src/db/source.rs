@@ -32,6 +32,8 @@ pub struct PgSource {
     post_data: std::sync::OnceLock<PostData>,
     /// What the schema leaves out when only some tables are copied (`--tables`).
     left_out: std::sync::OnceLock<LeftOut>,
+    /// Tables whose ranges a resume cut again, with their new ranges.
+    ranges: Mutex<Vec<(String, Vec<Range>)>>,
 }
 
 /// The rules for going on from an interrupted run.
@@ -72,6 +74,7 @@ impl PgSource {
             resume: std::sync::OnceLock::new(),
             post_data: std::sync::OnceLock::new(),
             left_out: std::sync::OnceLock::new(),
+            ranges: Mutex::default(),
         };
         let planner = source.client().await?;
         Ok((source, planner))
@@ -91,6 +94,15 @@ impl PgSource {
                 .map_err(|e| pg_error("locking the tables to copy".into(), &e))?;
         }
         Ok(())
+    }
+
+    /// The tables whose ranges a resume cut again ([`UnitSource::resume`]), with their new
+    /// ranges, by [`Table::qualified`].
+    pub(crate) fn recut(&self) -> Vec<(String, Vec<Range>)> {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Leaves `left_out` out of the schema and the later steps; before the schema is read.
@@ -430,10 +442,26 @@ impl UnitSource for PgSource {
                 ),
             });
         }
-        Ok(phases
+        let phases: Vec<Vec<Unit>> = phases
             .into_iter()
             .map(|phase| recut_phase(phase, &recut))
-            .collect())
+            .collect();
+        // The ranges the run moves now, for its summary.
+        let mut ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        for r in &recut {
+            let prefix = format!("rows {} ", r.table.qualified());
+            let cut = phases
+                .iter()
+                .flatten()
+                .filter(|u| u.key.starts_with(&prefix))
+                .filter_map(|u| match Meta::parse(&u.meta) {
+                    Ok(Meta::Rows { range, .. }) => Some(range),
+                    _ => None,
+                })
+                .collect();
+            ranges.push((r.table.qualified(), cut));
+        }
+        Ok(phases)
     }
 
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
