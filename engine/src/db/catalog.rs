@@ -189,24 +189,16 @@ impl Range {
         table.condition(self).unwrap_or_else(|| "all rows".into())
     }
 
-    /// The range of `table` whose condition is `condition` ([`Table::condition`], or `all`),
-    /// if it is one.
-    pub(crate) fn parse(table: &Table, by_key: bool, condition: &str) -> Option<Range> {
+    /// The key range of `table` whose condition is `condition` ([`Table::condition`], or
+    /// `all`), if it is one.
+    pub(crate) fn parse(table: &Table, condition: &str) -> Option<Range> {
         if condition == "all" {
-            return Some(Range::whole(by_key));
+            return Some(Range::whole(true));
         }
-        let mut range = Range::whole(by_key);
+        let mut range = Range::whole(true);
         for part in condition.split(" AND ") {
             let (_, value) = part.rsplit_once(' ')?;
-            let value = if by_key {
-                value.parse().ok()?
-            } else {
-                value
-                    .strip_prefix("'(")?
-                    .strip_suffix(",0)'::tid")?
-                    .parse()
-                    .ok()?
-            };
+            let value = value.parse().ok()?;
             if part.contains(" >= ") {
                 range.lo = Some(value);
             } else {
@@ -388,7 +380,7 @@ pub(crate) struct LeftOut {
 }
 
 /// The relations a copy of `chosen` leaves out. A chosen table that keeps a foreign key to one
-/// left out is refused: its constraint could not be made at the target.
+/// left out, or a rule that uses one, is refused: the target could not make it.
 pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOut> {
     let names: Vec<String> = chosen.iter().map(Table::qualified).collect();
     let gone = format!(
@@ -412,52 +404,37 @@ pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOu
                  WHERE u.refobjid = d.objid AND ad.adrelid IN (SELECT oid FROM kept))), \
            omitted AS (SELECT oid FROM gone UNION SELECT oid FROM owned) "
     );
-    let keys = client
+    // What the target could not make: a chosen table's foreign key to a table left out, or a
+    // rule on it that reads or writes one.
+    let blocked = client
         .query(
             &format!(
-                "{gone} SELECT con.conrelid::regclass::text, con.conname::text, \
-                        con.confrelid::regclass::text \
+                "{gone} SELECT con.conrelid::regclass::text, 'a foreign key', con.conname::text, \
+                        'to', con.confrelid::regclass::text, 'constraint' \
                  FROM pg_constraint con \
                  WHERE con.contype = 'f' AND con.confrelid IN (SELECT oid FROM gone) \
                    AND con.conrelid NOT IN (SELECT oid FROM gone) \
-                   AND con.conrelid IN (SELECT oid FROM kept) LIMIT 3"
-            ),
-            &[&names],
-        )
-        .await
-        .map_err(db_err("finding what --tables leaves out"))?;
-    if let Some(k) = keys.first() {
-        let (from, name, to): (String, String, String) = (k.get(0), k.get(1), k.get(2));
-        return Err(Error::Database {
-            what: "choosing tables".into(),
-            detail: format!(
-                "{from} has a foreign key ({name}) to {to}, which --tables leaves out: add \
-                 {to} to --tables, or drop the constraint at the source"
-            ),
-        });
-    }
-    // A rule on a chosen table that reads or writes one left out could not be made either.
-    let rules = client
-        .query(
-            &format!(
-                "{gone} SELECT r.ev_class::regclass::text, r.rulename::text, \
-                        d.refobjid::regclass::text \
+                   AND con.conrelid IN (SELECT oid FROM kept) \
+                 UNION ALL \
+                 SELECT r.ev_class::regclass::text, 'a rule', r.rulename::text, 'that uses', \
+                        d.refobjid::regclass::text, 'rule' \
                  FROM pg_rewrite r JOIN pg_depend d \
                    ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
                  WHERE r.ev_class IN (SELECT oid FROM kept) \
-                   AND d.refobjid IN (SELECT oid FROM gone) AND d.refobjid <> r.ev_class LIMIT 1"
+                   AND d.refobjid IN (SELECT oid FROM gone) AND d.refobjid <> r.ev_class \
+                 LIMIT 1"
             ),
             &[&names],
         )
         .await
         .map_err(db_err("finding what --tables leaves out"))?;
-    if let Some(r) = rules.first() {
-        let (on, name, to): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    if let Some(r) = blocked.first() {
+        let [on, what, name, how, to, object]: [String; 6] = std::array::from_fn(|i| r.get(i));
         return Err(Error::Database {
             what: "choosing tables".into(),
             detail: format!(
-                "{on} has a rule ({name}) that uses {to}, which --tables leaves out: add {to} \
-                 to --tables, or drop the rule at the source"
+                "{on} has {what} ({name}) {how} {to}, which --tables leaves out: add {to} to \
+                 --tables, or drop the {object} at the source"
             ),
         });
     }
@@ -533,16 +510,13 @@ mod tests {
             .iter()
             .map(|r| {
                 let c = t.condition(r).unwrap_or_else(|| "all".into());
-                Range::parse(&t, true, &c).unwrap()
+                Range::parse(&t, &c).unwrap()
             })
             .collect();
         assert_eq!(held, old[..2]);
-        assert_eq!(Range::parse(&t, true, "all"), Some(Range::whole(true)));
-        assert_eq!(
-            Range::parse(&t, true, "\"id\" >= 3 AND \"other\" < 9"),
-            None
-        );
-        assert_eq!(Range::parse(&t, true, "\"id\" >= x"), None);
+        assert_eq!(Range::parse(&t, "all"), Some(Range::whole(true)));
+        assert_eq!(Range::parse(&t, "\"id\" >= 3 AND \"other\" < 9"), None);
+        assert_eq!(Range::parse(&t, "\"id\" >= x"), None);
         let gaps = Range::gaps(&held).unwrap();
         assert_eq!(gaps.len(), 1);
         assert_eq!((gaps[0].lo, gaps[0].hi), (old[1].hi, None));

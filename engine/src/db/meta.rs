@@ -29,14 +29,19 @@ pub enum Meta {
     },
 }
 
+/// The start of the key of every unit of `table`'s rows ([`Meta::key`]).
+pub(crate) fn rows_prefix(table: &Table) -> String {
+    format!("rows {} ", table.qualified())
+}
+
 impl Meta {
     /// The key the target remembers a committed unit by.
     pub fn key(&self) -> String {
         match self {
             Meta::Sql { step } => format!("sql {step}"),
             Meta::Rows { table, range } => format!(
-                "rows {} {}",
-                table.qualified(),
+                "{}{}",
+                rows_prefix(table),
                 table.condition(range).unwrap_or_else(|| "all".into())
             ),
             Meta::Finish { .. } => "finish".into(),

@@ -557,7 +557,7 @@ async fn forget(client: &Client, table: &Table, range: &Range) -> bool {
         range: *range,
     }
     .key();
-    let prefix = format!("rows {} ", table.qualified());
+    let prefix = super::meta::rows_prefix(table);
     let work = async {
         client.batch_execute("BEGIN").await?;
         client

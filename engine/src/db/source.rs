@@ -12,7 +12,7 @@ use tokio_postgres::{Client, CopyOutStream};
 use super::catalog::{self, LeftOut, Range, Table};
 use super::conn::{pg_error, Database};
 use super::digest::RowHasher;
-use super::meta::Meta;
+use super::meta::{rows_prefix, Meta};
 use super::postdata::{self, PostData};
 use crate::error::{Error, Result};
 use crate::transport::Fut;
@@ -399,7 +399,7 @@ impl UnitSource for PgSource {
         let stale = |k: &&String| k.starts_with("rows ") && !resume.keys.contains(*k);
         let mut recut: Vec<Recut> = Vec::new();
         for table in &resume.tables {
-            let prefix = format!("rows {} ", table.qualified());
+            let prefix = rows_prefix(table);
             if !held.iter().filter(stale).any(|k| k.starts_with(&prefix)) {
                 continue;
             }
@@ -414,25 +414,25 @@ impl UnitSource for PgSource {
                     _ => None,
                 })
                 .collect();
-            match held_ranges(table, &prefix, held, &planned) {
+            match Recut::new(table, &prefix, held, planned) {
                 Some(r) => recut.push(r),
                 None => {
                     return Err(Error::Database {
                         what: format!("resuming {}", table.display()),
                         detail: "the table changed since the interrupted run, and the \
-                                 ranges it committed cannot be kept (they are by page, or the \
-                                 last one reaches the table's end, where rows added since would \
-                                 be lost); empty the target and run again"
+                                 ranges it committed cannot be kept (they are by page, or an \
+                                 end one is open to rows added since, which would be lost); \
+                                 empty the target and run again"
                             .into(),
                     })
                 }
             }
         }
-        if let Some(other) = held.iter().filter(stale).find(|k| {
-            !recut
-                .iter()
-                .any(|r| k.starts_with(&format!("rows {} ", r.table.qualified())))
-        }) {
+        if let Some(other) = held
+            .iter()
+            .filter(stale)
+            .find(|k| !recut.iter().any(|r| k.starts_with(&r.prefix)))
+        {
             return Err(Error::Database {
                 what: "resuming".into(),
                 detail: format!(
@@ -442,26 +442,15 @@ impl UnitSource for PgSource {
                 ),
             });
         }
-        let phases: Vec<Vec<Unit>> = phases
+        // The ranges the run moves now, for its summary.
+        self.ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(recut.iter().map(|r| (r.table.qualified(), r.ranges())));
+        Ok(phases
             .into_iter()
             .map(|phase| recut_phase(phase, &recut))
-            .collect();
-        // The ranges the run moves now, for its summary.
-        let mut ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
-        for r in &recut {
-            let prefix = format!("rows {} ", r.table.qualified());
-            let cut = phases
-                .iter()
-                .flatten()
-                .filter(|u| u.key.starts_with(&prefix))
-                .filter_map(|u| match Meta::parse(&u.meta) {
-                    Ok(Meta::Rows { range, .. }) => Some(range),
-                    _ => None,
-                })
-                .collect();
-            ranges.push((r.table.qualified(), cut));
-        }
-        Ok(phases)
+            .collect())
     }
 
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
@@ -632,92 +621,99 @@ impl UnitReader for RowsReader {
     }
 }
 
-/// What an interrupted run committed of one table, and what it leaves of the key space.
+/// A table whose ranges a resume cuts again: what an interrupted run committed of it, the
+/// gaps that leaves of the key space, and this run's planned ranges.
 struct Recut {
     table: Table,
+    /// [`rows_prefix`] of the table.
+    prefix: String,
     held: Vec<Range>,
     gaps: Vec<Range>,
+    planned: Vec<Range>,
 }
 
-/// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
-/// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
-/// cut (by pages, or on another key), two of them overlap, or one is open towards keys the
-/// source may hold now and did not then: the last range (open above, where new keys go), or
-/// the first (open below) when this run's plan (`planned`) starts below where that run's did.
-/// Rows added there would fall into a range taken as copied.
-fn held_ranges(
-    table: &Table,
-    prefix: &str,
-    held: &HashSet<String>,
-    planned: &[Range],
-) -> Option<Recut> {
-    table.key.as_ref()?;
-    let mut kept = Vec::new();
-    for key in held.iter().filter(|k| k.starts_with(prefix)) {
-        let range = Range::parse(table, true, &key[prefix.len()..])?;
-        range.hi?;
-        kept.push(range);
-    }
-    if let Some(first) = kept.iter().find(|r| r.lo.is_none()) {
-        // `Table::ranges` cuts steps of one width from the key's least value, the first range
-        // ending one step above it: each run's least key is its first range's end less a step.
-        let least = |ranges: &[Range], first_hi: Option<i64>| {
-            let step = ranges.iter().find_map(|r| Some(r.hi? - r.lo?))?;
-            Some(first_hi? - step)
-        };
-        let then = least(&kept, first.hi)?;
-        let now = least(planned, planned.iter().find(|r| r.lo.is_none())?.hi)?;
-        if now < then {
-            return None;
+impl Recut {
+    /// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
+    /// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
+    /// cut (by pages, or on another key), two of them overlap, or one is open towards keys the
+    /// source may hold now and did not then: the last range (open above, where new keys go), or
+    /// the first (open below) when this run's plan (`planned`) starts below where that run's
+    /// did. Rows added there would fall into a range taken as copied.
+    fn new(
+        table: &Table,
+        prefix: &str,
+        held: &HashSet<String>,
+        planned: Vec<Range>,
+    ) -> Option<Recut> {
+        table.key.as_ref()?;
+        let mut kept = Vec::new();
+        for key in held.iter().filter(|k| k.starts_with(prefix)) {
+            let range = Range::parse(table, &key[prefix.len()..])?;
+            range.hi?;
+            kept.push(range);
         }
+        if let Some(first) = kept.iter().find(|r| r.lo.is_none()) {
+            // `Table::ranges` cuts steps of one width from the key's least value, the first
+            // range ending one step above it: each run's least key is its first range's end
+            // less a step. (The held keys came from the receiver: no overflow on their values.)
+            let least = |ranges: &[Range], first_hi: Option<i64>| {
+                let step = ranges.iter().find_map(|r| r.hi?.checked_sub(r.lo?))?;
+                first_hi?.checked_sub(step)
+            };
+            let then = least(&kept, first.hi)?;
+            let now = least(&planned, planned.iter().find(|r| r.lo.is_none())?.hi)?;
+            if now < then {
+                return None;
+            }
+        }
+        let gaps = Range::gaps(&kept)?;
+        Some(Recut {
+            table: table.clone(),
+            prefix: prefix.to_string(),
+            held: kept,
+            gaps,
+            planned,
+        })
     }
-    let gaps = Range::gaps(&kept)?;
-    Some(Recut {
-        table: table.clone(),
-        held: kept,
-        gaps,
-    })
+
+    /// The table's ranges in this run: the held ones (sent as held), then the planned ones cut
+    /// to the gaps between them.
+    fn ranges(&self) -> Vec<Range> {
+        let cut = self
+            .gaps
+            .iter()
+            .flat_map(|gap| self.planned.iter().filter_map(|p| p.intersect(gap)));
+        self.held.iter().copied().chain(cut).collect()
+    }
 }
 
-/// `phase` with the row units of each re-cut table replaced, where its first one stood, by the
-/// held ranges (skipped as held) and this run's planned ranges cut to the gaps between them.
+/// `phase` with the row units of each re-cut table replaced, where its first one stood, by its
+/// ranges in this run ([`Recut::ranges`]).
 fn recut_phase(phase: Vec<Unit>, recut: &[Recut]) -> Vec<Unit> {
-    if recut.is_empty() {
-        return phase;
-    }
-    let prefixes: Vec<String> = recut
-        .iter()
-        .map(|r| format!("rows {} ", r.table.qualified()))
-        .collect();
     let mut out = Vec::with_capacity(phase.len());
-    // Per re-cut table: this run's planned ranges, and where its units go.
-    let mut planned: Vec<(Vec<Range>, Option<usize>)> = vec![(Vec::new(), None); recut.len()];
+    // Where each re-cut table's units go.
+    let mut at: Vec<Option<usize>> = vec![None; recut.len()];
     for unit in phase {
-        let Some(t) = prefixes.iter().position(|p| unit.key.starts_with(p)) else {
-            out.push(unit);
-            continue;
-        };
-        if let Ok(Meta::Rows { range, .. }) = Meta::parse(&unit.meta) {
-            planned[t].0.push(range);
+        match recut.iter().position(|r| unit.key.starts_with(&r.prefix)) {
+            Some(t) => {
+                at[t].get_or_insert(out.len());
+            }
+            None => out.push(unit),
         }
-        planned[t].1.get_or_insert(out.len());
     }
     // From the last place back, so that earlier places stay where they were.
-    let mut order: Vec<usize> = (0..recut.len())
-        .filter(|&t| planned[t].1.is_some())
+    let mut order: Vec<(usize, usize)> = at
+        .iter()
+        .enumerate()
+        .filter_map(|(t, at)| Some((t, (*at)?)))
         .collect();
-    order.sort_by_key(|&t| std::cmp::Reverse(planned[t].1));
-    for t in order {
-        let Recut { table, held, gaps } = &recut[t];
-        let (plan, at) = (&planned[t].0, planned[t].1.unwrap_or(out.len()));
-        let mut units: Vec<Unit> = held.iter().map(|r| super::rows_unit(table, *r)).collect();
-        for gap in gaps {
-            units.extend(
-                plan.iter()
-                    .filter_map(|p| p.intersect(gap))
-                    .map(|piece| super::rows_unit(table, piece)),
-            );
-        }
+    order.sort_by_key(|&(_, at)| std::cmp::Reverse(at));
+    for (t, at) in order {
+        let r = &recut[t];
+        let units = r
+            .ranges()
+            .into_iter()
+            .map(|range| super::rows_unit(&r.table, range));
         out.splice(at..at, units);
     }
     out
@@ -755,24 +751,38 @@ mod tests {
     #[test]
     fn held_ranges_are_kept_only_where_new_rows_cannot_hide() {
         let t = table();
-        let prefix = format!("rows {} ", t.qualified());
+        let prefix = rows_prefix(&t);
         let old = t.ranges(4 << 20, Some((100, 1000)));
         assert_eq!(old.len(), 3);
         // The table grew past its end: the first two ranges are kept, the rest is a gap.
         let grown = t.ranges(4 << 20, Some((100, 5000)));
-        let recut = held_ranges(&t, &prefix, &held_of(&t, &old[..2]), &grown).unwrap();
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), grown.clone()).unwrap();
         assert_eq!(recut.held.len(), 2);
         assert_eq!(recut.gaps.len(), 1);
         assert_eq!((recut.gaps[0].lo, recut.gaps[0].hi), (old[1].hi, None));
         // Its last range was committed: rows added past the end would fall into it.
-        assert!(held_ranges(&t, &prefix, &held_of(&t, &old), &grown).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone()).is_none());
         // Keys now start lower than they did: they would fall into the committed first range.
         let lower = t.ranges(4 << 20, Some((-50, 1000)));
-        assert!(held_ranges(&t, &prefix, &held_of(&t, &old[..2]), &lower).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone()).is_none());
         // Without a bounded range to measure the old step, the first range alone is not kept.
-        assert!(held_ranges(&t, &prefix, &held_of(&t, &old[..1]), &grown).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..1]), grown.clone()).is_none());
+        // Bounds a hostile receiver names, whose step overflows: refused, not a panic.
+        let wide = [
+            Range {
+                by_key: true,
+                lo: None,
+                hi: Some(i64::MIN + 1),
+            },
+            Range {
+                by_key: true,
+                lo: Some(i64::MIN + 1),
+                hi: Some(i64::MAX),
+            },
+        ];
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone()).is_none());
         // A middle range alone is kept whatever the ends did.
-        let recut = held_ranges(&t, &prefix, &held_of(&t, &old[1..2]), &lower).unwrap();
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), lower.clone()).unwrap();
         assert_eq!(recut.gaps.len(), 2);
     }
 }

@@ -444,10 +444,9 @@ fn files_in(manifest: &[SourceEntry]) -> u64 {
         .count() as u64
 }
 
-/// The files being read, by their place in the manifest: only those between their first block
+/// The files being read, by their place in the file list: only those between their first block
 /// and their FileDone, so memory follows the files in flight, not the manifest's length.
-#[derive(Default)]
-struct Readings(std::collections::HashMap<usize, Reading>);
+type Readings = std::collections::HashMap<usize, Reading>;
 
 /// Per-file state while its blocks are being read.
 struct Reading {
@@ -616,7 +615,7 @@ impl Reader<'_> {
             return Ok(());
         }
         tracing::info!(path = %src.local.display(), "{why}; not sent");
-        state.0.remove(&fi);
+        state.remove(&fi);
         self.finishing.borrow_mut().retain(|&f| f != fi);
         if let Some(board) = &self.board {
             board.forget(id);
@@ -702,7 +701,7 @@ impl Reader<'_> {
                 });
                 continue;
             }
-            state.0.insert(
+            state.insert(
                 fi,
                 Reading {
                     cvs: vec![[0; 32]; count as usize],
@@ -756,7 +755,7 @@ impl Reader<'_> {
             // that matches never needs a ring buffer.
             let mut checked = 0;
             let mut next_missing = held_blocks;
-            while (next_missing < count || checked < held_blocks) && state.0.contains_key(&fi) {
+            while (next_missing < count || checked < held_blocks) && state.contains_key(&fi) {
                 // As soon as the receiver has reported it, or when nothing else is left.
                 if vouching
                     && checked < held_blocks
@@ -1096,7 +1095,7 @@ impl Reader<'_> {
     fn handle(&self, done: &mut Vec<Completion<Tag>>, state: &mut Readings) -> Result<()> {
         for c in done.drain(..) {
             let (fi, index) = c.req.tag;
-            if !state.0.contains_key(&fi) {
+            if !state.contains_key(&fi) {
                 // Abandoned while this read was in flight.
                 continue;
             }
@@ -1136,7 +1135,7 @@ impl Reader<'_> {
             return self.abandon(fi, why, state);
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
-        let Some(st) = state.0.get_mut(&fi) else {
+        let Some(st) = state.get_mut(&fi) else {
             return Ok(());
         };
         if st.spot.remove(&index).is_some_and(|vouched| vouched != cv) {
@@ -1225,7 +1224,7 @@ impl Reader<'_> {
         let Some(cv) = board.take_vouched(src.entry.id, index) else {
             return Ok(false);
         };
-        let Some(st) = state.0.get_mut(&fi) else {
+        let Some(st) = state.get_mut(&fi) else {
             return Ok(false);
         };
         let held_blocks = board
@@ -1258,7 +1257,7 @@ impl Reader<'_> {
         let src = &self.files[fi];
         let size = src.entry.size;
         let group = index / GROUP_BLOCKS;
-        let Some(st) = state.0.get_mut(&fi) else {
+        let Some(st) = state.get_mut(&fi) else {
             return;
         };
         st.cvs[index as usize] = cv;
@@ -1321,7 +1320,7 @@ impl Reader<'_> {
     fn finish_file(&self, fi: usize, state: &mut Readings, wait: Wait) -> Result<bool> {
         let src = &self.files[fi];
         let size = src.entry.size;
-        let Some(st) = state.0.get_mut(&fi) else {
+        let Some(st) = state.get_mut(&fi) else {
             return Ok(true);
         };
         // Groups that differ: send the blocks whose hashes differ.
@@ -1387,7 +1386,7 @@ impl Reader<'_> {
             });
         }
         let sent = st.sent;
-        state.0.remove(&fi);
+        state.remove(&fi);
         if let Some(b) = &self.board {
             b.forget(src.entry.id);
         }

@@ -262,6 +262,18 @@ fn sluice_db(args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// `sluice db send SRC TICKET OPTIONS` started as the unprivileged user, its output piped.
+fn db_send(src: &str, ticket: &str, options: &[&str]) -> std::process::Child {
+    unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(["db", "send", src, ticket])
+        .args(options)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pg_types.sql")
 }
@@ -533,14 +545,8 @@ fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
     let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
     let start_pair = || {
         let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-        let mut send = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
-        send.args(["db", "send", &src, &recv.ticket])
-            .args(opts)
-            .arg("--json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        (recv, send.spawn().unwrap())
+        let send = db_send(&src, &recv.ticket, &[&opts[..], &["--json"]].concat());
+        (recv, send)
     };
 
     // First run: the sender dies.
@@ -643,14 +649,7 @@ fn rows_added_between_runs_are_copied_around_the_committed_ranges() {
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
     let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let mut send = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
-        .args(["db", "send", &src, &recv.ticket])
-        .args(opts)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut send = db_send(&src, &recv.ticket, &opts);
     wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
     send.kill().unwrap();
     send.wait().unwrap();

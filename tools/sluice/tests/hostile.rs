@@ -174,6 +174,17 @@ over_both! {
     }
 }
 
+/// Keeps the crafted sender's link alive until the receiver has exited (a zombie waiting to be
+/// reaped), for at most 20 s.
+fn until_exited(recv: &Recv, c: &Crafted) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(format!("/proc/{}/stat", recv.pid())).is_ok_and(|s| s.contains(") Z"))
+    {
+        assert!(Instant::now() < deadline, "the receiver still waits");
+        c.idle(Duration::from_millis(200));
+    }
+}
+
 over_both! {
     /// A sender that stops in the middle of a block while its connection stays alive
     /// (keep-alives, pings) is dropped after the stall timeout, with the reason named.
@@ -188,11 +199,7 @@ over_both! {
         c.idle(Duration::from_millis(500));
         c.half_block(1 << 20, 1000);
         // The receiver ends within the stall timeout and a few ticks; the link is still alive.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !fs::read_to_string(format!("/proc/{}/stat", recv.pid())).is_ok_and(|s| s.contains(") Z")) {
-            assert!(Instant::now() < deadline, "the receiver still waits");
-            c.idle(Duration::from_millis(200));
-        }
+        until_exited(&recv, &c);
         let r = recv.wait();
         c.close();
         assert_eq!(r.status.code(), Some(3), "{}", stderr(&r));
@@ -218,11 +225,7 @@ over_both! {
         c.send(&manifest);
         c.idle(Duration::from_millis(500));
         c.block_header(count - 1, 1 << 20);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !fs::read_to_string(format!("/proc/{}/stat", recv.pid())).is_ok_and(|s| s.contains(") Z")) {
-            assert!(Instant::now() < deadline, "the receiver still waits");
-            c.idle(Duration::from_millis(200));
-        }
+        until_exited(&recv, &c);
         let r = recv.wait();
         c.close();
         assert!(!r.status.success());

@@ -109,6 +109,19 @@ impl Crafted {
     /// Opens a data lane and sends the header of block 0 of file `file` (`len` bytes), and
     /// nothing more.
     pub fn block_header(&mut self, file: u32, len: u32) {
+        self.part_of_block(file, len, 0);
+    }
+
+    /// Opens a data lane and sends the header of block 0 of file 0 (`len` bytes) and only
+    /// `part` bytes of its payload, then nothing more.
+    pub fn half_block(&mut self, len: u32, part: usize) {
+        self.part_of_block(0, len, part);
+    }
+
+    /// The header of block 0 of file `file` (`len` bytes) and the first `part` bytes of its
+    /// payload on a lane of its own, which stays open, the block unfinished, for as long as the
+    /// link lives.
+    fn part_of_block(&mut self, file: u32, len: u32, part: usize) {
         use sluice_proto::message::BlockHeader;
         let link = self.link.clone();
         self.rt.block_on(async move {
@@ -122,31 +135,9 @@ impl Crafted {
                 packed: 0,
                 zero: false,
             });
-            lane.write(&mut [header.to_vec().into()]).await.unwrap();
-            std::mem::forget(lane);
-        });
-    }
-
-    /// Opens a data lane and sends the header of block 0 of file 0 (`len` bytes) and only
-    /// `part` bytes of its payload, then nothing more.
-    pub fn half_block(&mut self, len: u32, part: usize) {
-        use sluice_proto::message::BlockHeader;
-        let link = self.link.clone();
-        self.rt.block_on(async move {
-            let mut lane = link.open_lane().await.unwrap().expect("a lane");
-            let header = sluice_proto::codec::encode_block_header(&BlockHeader {
-                file: 0,
-                offset: 0,
-                len,
-                hash: [7; 32],
-                patch: false,
-                packed: 0,
-                zero: false,
-            });
             let mut wire = header.to_vec();
             wire.extend(std::iter::repeat_n(0x5a, part));
             lane.write(&mut [wire.into()]).await.unwrap();
-            // The lane stays open, half a block sent, for as long as the link lives.
             std::mem::forget(lane);
         });
     }
