@@ -1,8 +1,11 @@
 //! The receiver's scanner thread: hashes, block by block, what the destination already holds of
 //! each file — a part file of an interrupted run, or an older version under the final name — and
 //! streams the hashes to the control task, which turns them into `HaveGroups`/`Have`/`HaveDone`
-//! for the sender. Files are scanned one at a time, in manifest order. Blocks of a part file that
-//! its resume journal records (see [`crate::journal`]) are reported without being read.
+//! for the sender. Files are scanned one at a time, in manifest order. Every block is read, those
+//! of a part file that its resume journal records (see [`crate::journal`]) too: the journal may
+//! vouch for them to the sender, which then need not read its source again, but what the
+//! receiver reports and finally verifies is what its part file holds now (another program may
+//! have changed it between the runs).
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -20,7 +23,7 @@ use crate::merkle;
 pub(super) struct ScanJob {
     pub(super) id: u32,
     pub(super) path: Option<PathBuf>,
-    /// The resume journal of `path` (a part file), whose blocks need not be read again.
+    /// The resume journal of `path` (a part file), whose blocks may be vouched for.
     pub(super) journal: Option<PathBuf>,
     pub(super) size: u64,
     pub(super) block_size: u32,
@@ -148,13 +151,15 @@ fn scan_one(
         if offset + len > have {
             break;
         }
-        if let Some(cv) = journaled.get(&i) {
-            run.push(Some(*cv));
-        } else {
-            let data = &mut buf[..len as usize];
-            file.read_exact_at(data, offset)?;
-            run.push(Some(merkle::block_cv(data, offset, job.size)));
+        let data = &mut buf[..len as usize];
+        file.read_exact_at(data, offset)?;
+        let cv = merkle::block_cv(data, offset, job.size);
+        if journaled.get(&i).is_some_and(|&j| j != cv) {
+            // The sender takes a vouched block only where this report agrees, so it is sent
+            // again.
+            tracing::warn!(path = %path.display(), block = i, "the part file changed since its resume journal recorded the block; it is sent again");
         }
+        run.push(Some(cv));
         if run.len() == MAX_HAVE {
             let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
             let _ = out.send(Scanned {

@@ -253,12 +253,11 @@ pub struct Tuning {
     /// resuming them (the sender's choice, carried in its Hello).
     #[arg(long, global = true)]
     pub restart: bool,
-    /// send/copy: when resuming, read and hash every block at both ends: at the source the
-    /// blocks the receiver already verified too, and at the receiver its partial files whole.
-    /// By default the blocks a resume journal records are taken on its word if the source file
-    /// is unchanged since the interrupted run (same inode, size, modification and change
-    /// times); a partial file changed by another program in between is repaired only with
-    /// --rehash.
+    /// send/copy: when resuming, read and hash at the source the blocks the receiver already
+    /// holds too. By default the sender takes the receiver's resume journal's word for them if
+    /// the source file is unchanged since the interrupted run (same inode, size, modification
+    /// and change times) and the receiver's new reading of its partial file agrees with the
+    /// journal (the receiver always reads its partial files whole).
     #[arg(long, global = true)]
     pub rehash: bool,
     /// send/copy: update existing destination files in place: only changed blocks are written, no second

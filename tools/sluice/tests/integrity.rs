@@ -293,6 +293,10 @@ enum Then {
     /// Damages the part file, then runs again with `--rehash`: the sender reads and hashes the
     /// kept part too, and the receiver its part file, not trusting its journal.
     Rehash,
+    /// Damages a journaled block of the part file, then runs again as it was: the receiver
+    /// reads its part file, so its report of the block disagrees with the journal's vouch and
+    /// the block is sent again; the rest is still vouched for.
+    DamagePart,
     /// Overwrites 4 KiB of the source inside the part already sent, then runs again: the
     /// journal must vouch for nothing (the source changed), and the edit must arrive.
     EditSource,
@@ -375,10 +379,9 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
         edit(src, 100, &[0x5a; 4096]);
         std::thread::sleep(Duration::from_secs(3));
     }
-    if then == Then::Rehash {
-        // Another program damages a journaled block of the part file between the runs: the
-        // journal would vouch for it, so without `--rehash` the damage reached the final name.
-        // With it, the receiver reads its part file whole and the block is sent again.
+    if matches!(then, Then::Rehash | Then::DamagePart) {
+        // Another program damages a journaled block of the part file between the runs (once
+        // this reached the final name, the journal's record taken for the bytes).
         edit(&part, 1000, b"CORRUPT");
     }
     let missing = missing_bytes(src, &part);
@@ -453,6 +456,7 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
             );
         }
         Then::Rehash | Then::EditSource => assert_eq!(vouched, 0, "{case}"),
+        Then::DamagePart => assert!(vouched < size - missing, "{case}"),
         Then::SwapSource => unreachable!("returned above"),
     }
     assert!(!part.exists());
@@ -478,6 +482,7 @@ fn resume_after_sender_or_receiver_is_killed() {
         kill_and_resume(&src, fraction, i % 2 == 0, Then::Resume);
     }
     kill_and_resume(&src, 0.5, true, Then::Rehash);
+    kill_and_resume(&src, 0.5, false, Then::DamagePart);
     // Last: they change the source.
     kill_and_resume(&src, 0.5, false, Then::EditSource);
     kill_and_resume(&src, 0.5, true, Then::SwapSource);
