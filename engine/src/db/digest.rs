@@ -77,6 +77,86 @@ pub struct RowHasher {
     in_row: bool,
     digest: RowsDigest,
     bad: Option<String>,
+    /// Accounts per key range as well ([`RowHasher::routed`]).
+    route: Option<KeyRoute>,
+    /// The field the state machine is in (counted from 0 within its row).
+    field_at: u16,
+    /// The current row's key field: its length (-1 for NULL) and up to 8 of its bytes.
+    key: (i32, [u8; 8]),
+}
+
+/// Rows sorted into key ranges by an integer key field (binary format: 2, 4 or 8 bytes, big
+/// endian), each range with its own [`RowsDigest`]: how one scan of a table checks all its
+/// ranges at once.
+#[derive(Debug, Clone)]
+pub struct KeyRoute {
+    field: u16,
+    /// `lo..hi` of each range, sorted by `lo` (`None`: unbounded), not overlapping.
+    bounds: Vec<(Option<i64>, Option<i64>)>,
+    /// Per range (in the order given to [`KeyRoute::new`]), what was seen.
+    pub sums: Vec<RowsDigest>,
+    /// Rows whose key is in no range (or is not an integer).
+    pub outside: RowsDigest,
+    /// The given order of each sorted range.
+    order: Vec<usize>,
+}
+
+impl KeyRoute {
+    /// Ranges `lo..hi` of the key in field `field` (counted from 0).
+    pub fn new(field: u16, ranges: &[(Option<i64>, Option<i64>)]) -> Self {
+        let mut order: Vec<usize> = (0..ranges.len()).collect();
+        order.sort_by_key(|&i| ranges[i].0.map_or(i128::MIN, i128::from));
+        Self {
+            field,
+            bounds: order.iter().map(|&i| ranges[i]).collect(),
+            sums: vec![RowsDigest::default(); ranges.len()],
+            outside: RowsDigest::default(),
+            order,
+        }
+    }
+
+    fn add(&mut self, key: Option<i64>, h: u128) {
+        let one = RowsDigest { rows: 1, sum: h };
+        let Some(k) = key else {
+            return self.outside.add(one);
+        };
+        let after = self
+            .bounds
+            .partition_point(|(lo, _)| lo.is_none_or(|lo| lo <= k));
+        match after.checked_sub(1).map(|i| (i, self.bounds[i].1)) {
+            Some((i, hi)) if hi.is_none_or(|hi| k < hi) => self.sums[self.order[i]].add(one),
+            _ => self.outside.add(one),
+        }
+    }
+
+    /// The same ranges with nothing seen yet.
+    pub fn clone_empty(&self) -> Self {
+        Self {
+            sums: vec![RowsDigest::default(); self.sums.len()],
+            outside: RowsDigest::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Adds what another scan of the same ranges saw.
+    pub fn merge(&mut self, other: &KeyRoute) {
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            a.add(*b);
+        }
+        self.outside.add(other.outside);
+    }
+}
+
+/// A binary integer field's value, `None` if it is NULL or not 2, 4 or 8 bytes.
+fn int_key(len: i32, bytes: &[u8; 8]) -> Option<i64> {
+    match len {
+        2 => Some(i64::from(i16::from_be_bytes([bytes[0], bytes[1]]))),
+        4 => Some(i64::from(i32::from_be_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ]))),
+        8 => Some(i64::from_be_bytes(*bytes)),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for RowHasher {
@@ -104,6 +184,18 @@ impl RowHasher {
             in_row: false,
             digest: RowsDigest::default(),
             bad: None,
+            route: None,
+            field_at: 0,
+            key: (-1, [0; 8]),
+        }
+    }
+
+    /// For a binary stream whose rows are also accounted per key range ([`KeyRoute`]), read
+    /// back with [`RowHasher::finish_routed`].
+    pub fn routed(route: KeyRoute) -> Self {
+        Self {
+            route: Some(route),
+            ..Self::new(true)
         }
     }
 
@@ -117,6 +209,33 @@ impl RowHasher {
     fn add_row(&mut self, h: u128) {
         self.digest.rows += 1;
         self.digest.sum = self.digest.sum.wrapping_add(h);
+        if let Some(route) = &mut self.route {
+            route.add(int_key(self.key.0, &self.key.1), h);
+        }
+    }
+
+    /// Notes the key field of a whole binary row (`row`, framing checked).
+    fn key_of(&mut self, row: &[u8]) {
+        let Some(field) = self.route.as_ref().map(|r| r.field) else {
+            return;
+        };
+        self.key = (-1, [0; 8]);
+        let mut at = 2;
+        for i in 0..=field {
+            let Some(len) = row.get(at..at + 4) else {
+                return;
+            };
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            at += 4;
+            if i == field {
+                self.key.0 = len;
+                if (0..=8).contains(&len) {
+                    self.key.1[..len as usize].copy_from_slice(&row[at..at + len as usize]);
+                }
+                return;
+            }
+            at += len.max(0) as usize;
+        }
     }
 
     /// Takes the next bytes of the stream. Whole rows in `data` are hashed in one call each
@@ -127,6 +246,7 @@ impl RowHasher {
             match self.state {
                 State::Count { got: 0, .. } => match whole_binary_row(data) {
                     Some(Ok(n)) => {
+                        self.key_of(&data[..n]);
                         self.add_row(xxh3_128(&data[..n]));
                         data = &data[n..];
                         continue;
@@ -218,6 +338,8 @@ impl RowHasher {
                         } else {
                             self.row.update(&buf[..]);
                             self.in_row = true;
+                            self.field_at = 0;
+                            self.key = (-1, [0; 8]);
                             if count == 0 {
                                 self.end_row();
                                 self.state = State::Count {
@@ -242,6 +364,13 @@ impl RowHasher {
                         let left = *left;
                         let len = i32::from_be_bytes(*buf);
                         self.row.update(&buf[..]);
+                        if self
+                            .route
+                            .as_ref()
+                            .is_some_and(|r| r.field == self.field_at)
+                        {
+                            self.key.0 = len;
+                        }
                         if len < -1 {
                             self.bad = Some(format!("field of length {len}"));
                         } else if len <= 0 {
@@ -257,6 +386,16 @@ impl RowHasher {
                 State::Field { bytes, left } => {
                     let n = (*bytes as usize).min(data.len());
                     self.row.update(&data[..n]);
+                    if self
+                        .route
+                        .as_ref()
+                        .is_some_and(|r| r.field == self.field_at)
+                        && (0..=8).contains(&self.key.0)
+                    {
+                        // Where this piece starts in the field, and its part of the key's bytes.
+                        let from = self.key.0 as usize - *bytes as usize;
+                        self.key.1[from..from + n].copy_from_slice(&data[..n]);
+                    }
                     *bytes -= n as u32;
                     data = &data[n..];
                     if *bytes == 0 {
@@ -273,6 +412,7 @@ impl RowHasher {
     }
 
     fn after_field(&mut self, left: u16) {
+        self.field_at = self.field_at.wrapping_add(1);
         if left == 0 {
             self.end_row();
             self.state = State::Count {
@@ -302,6 +442,14 @@ impl RowHasher {
             State::Header { got: 0, .. } => Ok(self.digest),
             _ => Err("the rows end in the middle of a row".into()),
         }
+    }
+
+    /// Like [`RowHasher::finish`], for a stream made with [`RowHasher::routed`]: what each
+    /// range (and no range) holds.
+    pub fn finish_routed(mut self) -> Result<KeyRoute, String> {
+        let route = self.route.take();
+        self.finish()?;
+        route.ok_or_else(|| "the rows were not routed by key".into())
     }
 }
 
@@ -408,5 +556,72 @@ mod tests {
         assert_eq!(d, e);
         assert_eq!(d.rows, 2);
         assert_eq!(RowsDigest::from_bytes(&d.to_bytes()), Some(d));
+    }
+
+    #[test]
+    fn one_scan_accounts_each_key_range_as_its_own_read_would() {
+        // Rows keyed by an int8 in field 1 (field 0 an int4, field 2 text), out of key order.
+        let keys: [i64; 9] = [5, -3, 100, 0, 41, 7, i64::MIN, 99, 40];
+        let fields: Vec<[Vec<u8>; 3]> = keys
+            .iter()
+            .map(|&k| {
+                [
+                    (k as i32).to_be_bytes().to_vec(),
+                    k.to_be_bytes().to_vec(),
+                    format!("row {k}").into_bytes(),
+                ]
+            })
+            .collect();
+        let rows: Vec<Vec<Option<&[u8]>>> = fields
+            .iter()
+            .map(|f| f.iter().map(|b| Some(b.as_slice())).collect())
+            .collect();
+        let all: Vec<&[Option<&[u8]>]> = rows.iter().map(|r| r.as_slice()).collect();
+        // Given out of order, with a gap (100 is in no range).
+        let ranges = [
+            (Some(7), Some(41)),
+            (None, Some(0)),
+            (Some(41), Some(100)),
+            (Some(0), Some(7)),
+        ];
+        let within = |(lo, hi): (Option<i64>, Option<i64>), k: i64| {
+            lo.is_none_or(|lo| lo <= k) && hi.is_none_or(|hi| k < hi)
+        };
+        for piece in [1, 2, 3, 7, 50, 10_000] {
+            for field in [0u16, 1] {
+                let bytes = binary(&all);
+                let mut h = RowHasher::routed(KeyRoute::new(field, &ranges));
+                for chunk in bytes.chunks(piece) {
+                    h.feed(chunk);
+                }
+                let route = h.finish_routed().unwrap();
+                for (i, &r) in ranges.iter().enumerate() {
+                    let key = |k: i64| if field == 0 { i64::from(k as i32) } else { k };
+                    let mine: Vec<&[Option<&[u8]>]> = keys
+                        .iter()
+                        .zip(&all)
+                        .filter(|(&k, _)| within(r, key(k)))
+                        .map(|(_, row)| *row)
+                        .collect();
+                    let alone = digest_in_pieces(&binary(&mine), true, 4).unwrap();
+                    assert_eq!(
+                        route.sums[i], alone,
+                        "range {r:?}, field {field}, pieces of {piece}"
+                    );
+                }
+                // 100 in both readings; i64::MIN only as an int8 (as an int4 it is 0).
+                assert_eq!(route.outside.rows, 1);
+                let mut merged = KeyRoute::new(field, &ranges);
+                merged.merge(&route);
+                merged.merge(&route);
+                assert_eq!(merged.outside.rows, 2);
+            }
+        }
+        // A NULL or a key of another width is in no range.
+        let odd = binary(&[&[None], &[Some(b"abc")]]);
+        let mut h = RowHasher::routed(KeyRoute::new(0, &[(None, None)]));
+        h.feed(&odd);
+        let route = h.finish_routed().unwrap();
+        assert_eq!((route.sums[0].rows, route.outside.rows), (0, 2));
     }
 }

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use super::catalog::{self, Range, Table, BOOKKEEPING};
 use super::conn::{full, Database};
-use super::digest::{RowHasher, RowsDigest};
+use super::digest::{KeyRoute, RowHasher, RowsDigest};
 use super::meta::Meta;
 use crate::error::{Error, Result};
 use crate::transport::Fut;
@@ -390,6 +390,30 @@ impl UnitWriter for FinishWriter {
     }
 }
 
+/// One read of the re-read at the end.
+enum Check {
+    /// One range by its own bounds, or a page-ranged table whole (pages differ between two
+    /// copies, so only the table's sum can be compared).
+    Range {
+        /// Of the tables read by range.
+        at: usize,
+        range: Range,
+        expected: RowsDigest,
+    },
+    /// Heap pages `pages` of key-ranged table `at` of the scanned ones: a sequential read whose
+    /// rows are sorted into the table's ranges by key.
+    Pages { at: usize, pages: Range },
+}
+
+/// A key-ranged table re-read by page scans rather than by one index scan per range (which
+/// costs the target's server about twice as much per row).
+struct Scanned {
+    table: Table,
+    target: Table,
+    ranges: Vec<(Range, RowsDigest)>,
+    seen: Mutex<KeyRoute>,
+}
+
 /// Re-reads every committed range (or, for a table ranged by page, the whole table: pages
 /// differ between two copies) and compares it with the digest the source computed. A range that
 /// differs is removed with its bookkeeping row, so that the same command run again copies it
@@ -418,20 +442,83 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
             .1
             .push((range, digest));
     }
-    let mut checks: std::collections::VecDeque<(Table, Table, Range, RowsDigest)> =
-        Default::default();
-    for (table, ranges) in tables.values() {
-        let target = target_table(client, table).await?;
-        if ranges.iter().all(|(r, _)| r.by_key) {
-            for (range, expected) in ranges {
-                checks.push_back((table.clone(), target.clone(), *range, *expected));
+    // TID range scans (PostgreSQL 14) make a page range a sequential read; before them a
+    // table is scanned whole.
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(db_err("reading the server's version".into()))?
+        .get(0);
+    let mut checks: std::collections::VecDeque<Check> = Default::default();
+    let mut scanned: Vec<Scanned> = Vec::new();
+    // Tables read by range: the source's description and the target's.
+    let mut by_range: Vec<(Table, Table)> = Vec::new();
+    for (table, ranges) in tables.into_values() {
+        let target = target_table(client, &table).await?;
+        let field = target
+            .columns
+            .iter()
+            .position(|c| Some(c) == target.key.as_ref())
+            .and_then(|f| u16::try_from(f).ok());
+        match field {
+            Some(field) if target.binary && ranges.iter().all(|(r, _)| r.by_key) => {
+                let pages: i64 = client
+                    .query_one(
+                        "SELECT pg_relation_size($1::text::regclass) \
+                         / current_setting('block_size')::bigint",
+                        &[&target.qualified()],
+                    )
+                    .await
+                    .map_err(db_err(format!("measuring {}", target.display())))?
+                    .get(0);
+                // A scan per two ranges' worth of pages, so that the readers share a large
+                // table, each scan a sequential read.
+                let scans = if version >= 140_000 && pages > 1 {
+                    ((ranges.len() as i64 + 1) / 2).clamp(1, pages)
+                } else {
+                    1
+                };
+                let per = (pages + scans - 1) / scans;
+                let at = scanned.len();
+                for i in 0..scans {
+                    let pages = Range {
+                        by_key: false,
+                        lo: (i > 0).then(|| i * per),
+                        hi: (i + 1 < scans).then(|| (i + 1) * per),
+                    };
+                    checks.push_back(Check::Pages { at, pages });
+                }
+                let bounds: Vec<_> = ranges.iter().map(|(r, _)| (r.lo, r.hi)).collect();
+                scanned.push(Scanned {
+                    seen: Mutex::new(KeyRoute::new(field, &bounds)),
+                    table,
+                    target,
+                    ranges,
+                });
             }
-        } else {
-            let mut sum = RowsDigest::default();
-            for (_, d) in ranges {
-                sum.add(*d);
+            _ if ranges.iter().all(|(r, _)| r.by_key) => {
+                for (range, expected) in ranges {
+                    let at = by_range.len();
+                    checks.push_back(Check::Range {
+                        at,
+                        range,
+                        expected,
+                    });
+                }
+                by_range.push((table, target));
             }
-            checks.push_back((table.clone(), target, Range::whole(false), sum));
+            _ => {
+                let mut sum = RowsDigest::default();
+                for (_, d) in &ranges {
+                    sum.add(*d);
+                }
+                checks.push_back(Check::Range {
+                    at: by_range.len(),
+                    range: Range::whole(false),
+                    expected: sum,
+                });
+                by_range.push((table, target));
+            }
         }
     }
     // As many readers as the copy had writers: the target's server does the reading.
@@ -440,45 +527,87 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
     for _ in 1..jobs.clamp(1, crate::unit::session::MAX_LANES) {
         readers.push(sink.client().await.map(Reader::Own)?);
     }
-    let wrong = Mutex::new(Vec::new());
+    let wrong: Mutex<Vec<Wrong>> = Mutex::new(Vec::new());
+    let differs = |table: &Table, target: &Table, range: &Range, expected, got| {
+        wrong.lock().unwrap_or_else(|p| p.into_inner()).push(Wrong {
+            what: difference(table, range, expected, got),
+            remove: Some((target.clone(), *range)),
+        });
+    };
     let work = readers.iter().map(|reader| async {
         loop {
             let next = checks.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-            let Some((table, target, range, expected)) = next else {
-                return Ok::<(), Error>(());
-            };
-            let got = digest_of(reader.get(), &target, &range).await?;
-            if got != expected {
-                wrong.lock().unwrap_or_else(|p| p.into_inner()).push((
-                    format!(
-                        "{} ({}): source {} rows, digest {}; target {} rows, digest {}",
-                        table.display(),
-                        range.display(&table),
-                        expected.rows,
-                        expected.hex(),
-                        got.rows,
-                        got.hex()
-                    ),
-                    target,
+            match next {
+                None => return Ok::<(), Error>(()),
+                Some(Check::Range {
+                    at,
                     range,
-                ));
+                    expected,
+                }) => {
+                    let (table, target) = &by_range[at];
+                    let got = digest_of(reader.get(), target, &range).await?;
+                    if got != expected {
+                        differs(table, target, &range, expected, got);
+                    }
+                }
+                Some(Check::Pages { at, pages }) => {
+                    let s = &scanned[at];
+                    let empty = s
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone_empty();
+                    let rows = RowHasher::routed(empty);
+                    let what = format!(
+                        "reading {} ({})",
+                        s.target.display(),
+                        pages.display(&s.target)
+                    );
+                    let got = read_rows(reader.get(), &s.target, &pages, rows, &what)
+                        .await?
+                        .finish_routed()
+                        .map_err(|why| Error::Verify {
+                            path: what,
+                            detail: why,
+                        })?;
+                    s.seen.lock().unwrap_or_else(|p| p.into_inner()).merge(&got);
+                }
             }
         }
     });
     for r in futures_util::future::join_all(work).await {
         r?;
     }
+    for s in scanned {
+        let seen = s.seen.into_inner().unwrap_or_else(|p| p.into_inner());
+        for ((range, expected), got) in s.ranges.iter().zip(&seen.sums) {
+            if got != expected {
+                differs(&s.table, &s.target, range, *expected, *got);
+            }
+        }
+        if seen.outside.rows > 0 {
+            wrong.lock().unwrap_or_else(|p| p.into_inner()).push(Wrong {
+                what: format!(
+                    "{}: the target holds {} row(s) in no range that was copied",
+                    s.table.display(),
+                    seen.outside.rows
+                ),
+                remove: None,
+            });
+        }
+    }
     let wrong = wrong.into_inner().unwrap_or_else(|p| p.into_inner());
     let mut kept = 0;
     let mut said = Vec::new();
-    for (what, target, range) in wrong {
-        if forget(client, &target, &range).await {
-            said.push(what);
-        } else {
-            kept += 1;
-            said.push(format!(
-                "{what} (could not be removed: fix it by hand or empty the target)"
-            ));
+    for Wrong { what, remove } in wrong {
+        match remove {
+            Some((target, range)) if forget(client, &target, &range).await => said.push(what),
+            _ => {
+                kept += 1;
+                said.push(format!(
+                    "{what} (could not be removed: fix it by hand or empty the target)"
+                ));
+            }
         }
     }
     let wrong = said;
@@ -494,6 +623,26 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
         path: format!("{} range(s)", wrong.len()),
         detail: format!("{}; {then}", wrong.join("; ")),
     })
+}
+
+/// A difference the re-read found: what to say, and the range to remove so that a rerun copies
+/// it again (if there is one).
+struct Wrong {
+    what: String,
+    remove: Option<(Table, Range)>,
+}
+
+/// What a user reads of one range that differs.
+fn difference(table: &Table, range: &Range, expected: RowsDigest, got: RowsDigest) -> String {
+    format!(
+        "{} ({}): source {} rows, digest {}; target {} rows, digest {}",
+        table.display(),
+        range.display(table),
+        expected.rows,
+        expected.hex(),
+        got.rows,
+        got.hex()
+    )
 }
 
 /// A connection to read with: the caller's, or one of the sink's own.
@@ -531,21 +680,35 @@ async fn target_table(client: &Client, table: &Table) -> Result<Table> {
 
 /// The digest of `range` of `table` as `client`'s database holds it.
 pub(crate) async fn digest_of(client: &Client, table: &Table, range: &Range) -> Result<RowsDigest> {
-    use futures_util::StreamExt;
     let what = format!("reading {} ({})", table.display(), range.display(table));
+    let rows = RowHasher::new(table.binary);
+    read_rows(client, table, range, rows, &what)
+        .await?
+        .finish()
+        .map_err(|why| Error::Verify {
+            path: what,
+            detail: why,
+        })
+}
+
+/// Feeds `range` of `table` as `client`'s database holds it to `rows`.
+async fn read_rows(
+    client: &Client,
+    table: &Table,
+    range: &Range,
+    mut rows: RowHasher,
+    what: &str,
+) -> Result<RowHasher> {
+    use futures_util::StreamExt;
     let stream = client
         .copy_out(table.copy_out(range).as_str())
         .await
-        .map_err(db_err(what.clone()))?;
+        .map_err(db_err(what.to_string()))?;
     let mut stream = Box::pin(stream);
-    let mut rows = RowHasher::new(table.binary);
     while let Some(chunk) = stream.next().await {
-        rows.feed(&chunk.map_err(db_err(what.clone()))?);
+        rows.feed(&chunk.map_err(db_err(what.to_string()))?);
     }
-    rows.finish().map_err(|why| Error::Verify {
-        path: what,
-        detail: why,
-    })
+    Ok(rows)
 }
 
 /// Removes a range that failed verification, with its bookkeeping, so a rerun copies it again;
