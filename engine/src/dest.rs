@@ -562,11 +562,13 @@ impl Destination {
         if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
-        fs::set_permissions(&at, fs::Permissions::from_mode(self.mode(entry.mode)))
-            .map_err(Error::file("setting permissions of", &at))?;
+        // Times first: a mode without read permission (0o000, 0o311) would keep its owner from
+        // opening it afterwards.
         let d = File::open(&at).map_err(Error::file("opening", &at))?;
         d.set_times(FileTimes::new().set_modified(mtime(entry)))
-            .map_err(Error::file("setting mtime of", &at))
+            .map_err(Error::file("setting mtime of", &at))?;
+        fs::set_permissions(&at, fs::Permissions::from_mode(self.mode(entry.mode)))
+            .map_err(Error::file("setting permissions of", &at))
     }
 }
 

@@ -177,6 +177,11 @@ pub fn copy(
         {
             Err(send_err)
         }
+        // Files failed at both ends: the sender's count also holds what it could not list.
+        (
+            Err(send_err @ Error::FilesFailed { failed: sent, .. }),
+            Err(Error::FilesFailed { failed: got, .. }),
+        ) if sent > got => Err(send_err),
         (Err(send_err), Err(recv_err)) => {
             tracing::debug!(%send_err, "sender also failed");
             Err(recv_err)

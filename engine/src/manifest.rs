@@ -56,19 +56,48 @@ pub fn file_target(sources: &[PathBuf], dest: &Path) -> Option<(PathBuf, String)
 
 /// The manifest of one source sent under another top-level name (see [`file_target`]).
 pub fn build_as(src: &Path, name: &str) -> Result<Vec<SourceEntry>> {
-    let mut out = Vec::new();
-    walk(src, name.to_owned(), &mut out, &mut Default::default())?;
-    Ok(out)
+    strict(listed_as(src, name)?)
 }
 
 /// Walks `sources` and returns the manifest, ids in order.
 pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
-    let mut out = Vec::new();
+    strict(listed(sources)?)
+}
+
+/// A manifest, and what below the sources could not be read into it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The entries, ids in order.
+    pub entries: Vec<SourceEntry>,
+    /// Entries below a source that could not be listed or read (a directory without read
+    /// permission, a vanished file, a path too long for the system): left out, each an error
+    /// naming it, as `cp -a` and `rsync` go on past them. The sources themselves are never here.
+    pub unread: Vec<Error>,
+}
+
+/// Like [`build_as`], going on past what cannot be read below `src`.
+pub fn listed_as(src: &Path, name: &str) -> Result<Listing> {
+    let mut out = Listing::default();
+    walk(src, name.to_owned(), &mut out, &mut Default::default())?;
+    Ok(out)
+}
+
+/// Like [`build`], going on past what cannot be read below the sources.
+pub fn listed(sources: &[PathBuf]) -> Result<Listing> {
+    let mut out = Listing::default();
     let mut links = Default::default();
     for (src, name) in sources.iter().zip(top_names(sources)?) {
         walk(src, name, &mut out, &mut links)?;
     }
     Ok(out)
+}
+
+/// The entries of `listing`, or the first thing it could not read.
+fn strict(listing: Listing) -> Result<Vec<SourceEntry>> {
+    match listing.unread.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(listing.entries),
+    }
 }
 
 /// The names `sources` take at the top of the destination, once each is known to exist; the
@@ -176,14 +205,32 @@ type FirstNames = std::collections::HashMap<(u64, u64), String>;
 fn walk(
     root: &Path,
     root_name: String,
-    out: &mut Vec<SourceEntry>,
+    listing: &mut Listing,
     links: &mut FirstNames,
 ) -> Result<()> {
     let listed_at = std::time::SystemTime::now();
     let mut stack = vec![(root.to_path_buf(), root_name)];
+    let Listing {
+        entries: out,
+        unread,
+    } = listing;
+    // Below the source, what cannot be read is noted and left out; the source itself must be.
+    let mut unreadable = |e: Error, local: &Path| {
+        if local == root {
+            return Err(e);
+        }
+        tracing::warn!("skipping: {e}");
+        unread.push(e);
+        Ok(())
+    };
     while let Some((local, rel)) = stack.pop() {
-        let meta =
-            fs::symlink_metadata(&local).map_err(Error::file("reading metadata of", &local))?;
+        let meta = match fs::symlink_metadata(&local) {
+            Ok(meta) => meta,
+            Err(e) => {
+                unreadable(Error::file("reading metadata of", &local)(e), &local)?;
+                continue;
+            }
+        };
         let ft = meta.file_type();
         let (kind, size, link_target) = if ft.is_file() && meta.nlink() > 1 {
             match links.get(&(meta.dev(), meta.ino())) {
@@ -195,8 +242,13 @@ fn walk(
         } else if ft.is_dir() {
             (EntryKind::Dir, 0, String::new())
         } else if ft.is_symlink() {
-            let target = fs::read_link(&local).map_err(Error::file("reading link", &local))?;
-            (EntryKind::Symlink, 0, wire_name(target.as_os_str()))
+            match fs::read_link(&local) {
+                Ok(target) => (EntryKind::Symlink, 0, wire_name(target.as_os_str())),
+                Err(e) => {
+                    unreadable(Error::file("reading link", &local)(e), &local)?;
+                    continue;
+                }
+            }
         } else if local == root {
             // Named on the command line: said, as scp says it, rather than "0 files" and exit 0.
             return Err(Error::Source {
@@ -259,9 +311,14 @@ fn walk(
         });
         if kind == EntryKind::Dir {
             let mut children = Vec::new();
-            for child in fs::read_dir(&local).map_err(Error::file("listing", &local))? {
-                let child = child.map_err(Error::file("listing", &local))?;
-                children.push((wire_name(&child.file_name()), child.path()));
+            // A directory that cannot be listed still arrives, empty.
+            let read = fs::read_dir(&local).and_then(|dir| {
+                dir.map(|child| child.map(|c| (wire_name(&c.file_name()), c.path())))
+                    .collect::<std::io::Result<Vec<_>>>()
+            });
+            match read {
+                Ok(read) => children = read,
+                Err(e) => unreadable(Error::file("listing", &local)(e), &local)?,
             }
             // Reverse order on the stack pops them in name order.
             children.sort_unstable_by(|a, b| b.0.cmp(&a.0));

@@ -551,7 +551,7 @@ async fn receive(
     let mut symlinks: Vec<Entry> = Vec::new();
     let mut finished = false;
     let mut failures = 0u64;
-    let mut first_failure: Option<(String, ErrorKind)> = None;
+    let mut first_failure = Failed::default();
     let mut verified_bytes = 0u64;
     let mut block_size = 0u32;
     let mut dry_run = false;
@@ -690,8 +690,8 @@ async fn receive(
                     match e.kind {
                         // Only once every file arrived: a failed file would be linked in its
                         // older version, if any. The run fails anyway; the rerun links.
-                        EntryKind::HardLink if failures > 0 => {
-                            tracing::warn!(path = %e.path, "not linked: files failed");
+                        EntryKind::HardLink if first_failure.paths.contains(&e.link_target) => {
+                            tracing::warn!(path = %e.path, target = %e.link_target, "not linked: the file it names failed");
                         }
                         EntryKind::HardLink => dest.create_hard_link(e)?,
                         _ => dest.create_symlink(e)?,
@@ -733,7 +733,7 @@ async fn receive(
                     })
                     .await?;
                 control.finish();
-                if let Some((first, kind)) = first_failure.take().filter(|_| !dry_run) {
+                if let Some((first, kind)) = first_failure.first.take().filter(|_| !dry_run) {
                     // The sender was told file by file; the receiver's exit says it too.
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
                     return Err(Error::FilesFailed {
@@ -1113,7 +1113,7 @@ async fn report(
     control: &mut Control,
     progress: &Progress,
     failures: &mut u64,
-    first_failure: &mut Option<(String, ErrorKind)>,
+    first_failure: &mut Failed,
     verified_bytes: &mut u64,
 ) -> Result<()> {
     match outcome {
@@ -1138,7 +1138,7 @@ async fn report(
             kind,
         } => {
             *failures += 1;
-            first_failure.get_or_insert_with(|| (format!("{path}: {reason}"), kind));
+            first_failure.add(&path, &reason, kind);
             tracing::error!(%path, %reason, "file failed");
             progress.push(Event::FileFailed {
                 path,
@@ -1175,18 +1175,33 @@ fn hold_nothing(
 }
 
 /// Counts a failure of an entry the sender is not told about (a directory) and shows it.
+/// The files that failed in this run: the first one's words and kind, and every one's path.
+#[derive(Debug, Default)]
+struct Failed {
+    first: Option<(String, ErrorKind)>,
+    paths: std::collections::HashSet<String>,
+}
+
+impl Failed {
+    fn add(&mut self, path: &str, reason: &str, kind: ErrorKind) {
+        self.first
+            .get_or_insert_with(|| (format!("{path}: {reason}"), kind));
+        self.paths.insert(path.to_owned());
+    }
+}
+
 fn report_local(
     outcome: Outcome,
     progress: &Progress,
     failures: &mut u64,
-    first_failure: &mut Option<(String, ErrorKind)>,
+    first_failure: &mut Failed,
 ) {
     if let Outcome::Failed {
         path, reason, kind, ..
     } = outcome
     {
         *failures += 1;
-        first_failure.get_or_insert_with(|| (format!("{path}: {reason}"), kind));
+        first_failure.add(&path, &reason, kind);
         tracing::error!(%path, %reason, "entry failed");
         progress.push(Event::FileFailed { path, reason });
     }

@@ -98,7 +98,7 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        self.send_manifest(manifest::build(sources)?, ticket, progress)
+        self.send_listing(manifest::listed(sources)?, ticket, progress)
     }
 
     /// Sends the one file or tree `source` as `name` at the top of the receiver's directory
@@ -110,22 +110,58 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        self.send_manifest(manifest::build_as(source, name)?, ticket, progress)
+        self.send_listing(manifest::listed_as(source, name)?, ticket, progress)
     }
 
-    fn send_manifest(
+    /// Sends what could be listed; what could not (below the sources) fails the run once the
+    /// rest has arrived, as with `cp -a` or `rsync`, and holds `--delete` back.
+    fn send_listing(
         &self,
-        manifest: Vec<SourceEntry>,
+        listing: manifest::Listing,
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
+        let manifest::Listing {
+            entries: manifest,
+            unread,
+        } = listing;
+        let mut config = self.config.clone();
+        if config.delete && !unread.is_empty() {
+            tracing::warn!("deleting nothing at the destination: part of the source could not be read, and what is missing from the listing is not missing from the source");
+            config.delete = false;
+        }
+        for e in &unread {
+            progress.push(Event::FileFailed {
+                path: match e {
+                    Error::File { path, .. } => path.display().to_string(),
+                    _ => String::new(),
+                },
+                reason: e.to_string(),
+            });
+        }
         let files = manifest.iter().filter(|e| e.entry.kind == EntryKind::File);
         progress.set_totals(
             files.clone().count() as u64,
             files.map(|e| e.entry.size).sum(),
         );
+        let total = files_in(&manifest) as usize;
         let rt = transport::runtime()?;
-        rt.block_on(run(&self.config, manifest, ticket, progress))
+        let result = rt.block_on(run(&config, manifest, ticket, progress));
+        let Some(first) = unread.first() else {
+            return result;
+        };
+        let (failed, total) = match &result {
+            Ok(_) => (0, total),
+            Err(Error::FilesFailed { failed, total, .. }) => (*failed, *total),
+            Err(_) => return result,
+        };
+        Err(Error::FilesFailed {
+            items: "files",
+            failed: failed + unread.len(),
+            total: total + unread.len(),
+            first: first.to_string(),
+            kind: first.kind(),
+        })
     }
 }
 

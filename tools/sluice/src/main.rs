@@ -367,6 +367,17 @@ fn run(cli: Cli) -> Result<()> {
                     })
                 };
                 match hashed {
+                    Ok(hash) if json => render::json_line(&serde_json::json!({
+                        "event": "hash", "path": f.to_string_lossy(), "blake3": hash.to_hex().as_str()
+                    })),
+                    Err(e) if json => {
+                        render::json_line(&serde_json::json!({
+                            "event": "error", "path": f.to_string_lossy(), "kind": "Local",
+                            "message": format!("{}: {e}", f.display()),
+                        }));
+                        eprintln!("sluice: {}: {e}", f.display());
+                        failed += 1;
+                    }
                     Ok(hash) => {
                         let name = f.to_string_lossy();
                         if name.contains(['\n', '\\']) {

@@ -95,3 +95,64 @@ fn a_receiver_warns_at_once_of_a_destination_it_cannot_write() {
         "it still serves (for `sluice verify`)"
     );
 }
+
+/// What the user cannot read inside a tree (a directory and a file without read permission)
+/// fails alone, as with `cp -a` or `rsync`: everything else arrives (a second name of a file
+/// too), the run exits non-zero naming both, and `--delete` deletes nothing, since the listing
+/// of the source is incomplete. (Once, one unreadable directory ended the run before anything
+/// moved, and one failed file kept every hard link from being made.)
+#[test]
+fn what_cannot_be_read_fails_alone_and_holds_back_delete() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("open")).unwrap();
+    fs::write(src.join("a"), b"first name").unwrap();
+    fs::hard_link(src.join("a"), src.join("a2")).unwrap();
+    fs::write(src.join("open/x"), b"x").unwrap();
+    fs::write(src.join("gone"), b"removed at the source later").unwrap();
+    let dest = d.path().join("dest");
+    let Some(out) = sluice_as_user(&[Path::new("copy"), &src, &dest]) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    assert!(out.status.success(), "first run: {}", stderr(&out));
+    fs::remove_file(src.join("gone")).unwrap();
+    fs::create_dir(src.join("closed")).unwrap();
+    fs::write(src.join("closed/inside"), b"unseen").unwrap();
+    fs::write(src.join("secret"), b"unreadable").unwrap();
+    fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::remove_dir_all(dest.join("tree/open")).unwrap();
+    fs::remove_file(dest.join("tree/a2")).unwrap();
+    let out = sluice_as_user(&[Path::new("copy"), Path::new("--delete"), &src, &dest]).unwrap();
+    let err = stderr(&out);
+    if out.status.success() {
+        // The tests run as root without a way to switch user: nothing is unreadable.
+        eprintln!("skipped: every file was readable to this user");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("2 of ") && err.contains("failed"), "{err}");
+    assert!(
+        err.contains("closed") && err.contains("deleting nothing"),
+        "{err}"
+    );
+    let got = dest.join("tree");
+    assert_eq!(fs::read(got.join("open/x")).unwrap(), b"x");
+    assert_eq!(
+        fs::metadata(got.join("a2")).unwrap().ino(),
+        fs::metadata(got.join("a")).unwrap().ino(),
+        "the second name is a link to the first"
+    );
+    assert!(
+        got.join("closed").is_dir(),
+        "an unlistable directory arrives empty"
+    );
+    assert!(!got.join("secret").exists());
+    assert!(
+        got.join("gone").exists(),
+        "--delete deleted from an incomplete listing"
+    );
+    fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o755)).unwrap();
+}

@@ -132,6 +132,16 @@ over_both! {
         let printed = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(printed.contains(&format!("{x}  -\n")), "{printed}");
         assert!(printed.contains(&format!("\\{x}  ")) && printed.contains("two\\nlines"), "{printed}");
+        // With --json, a line per file as every other command prints.
+        let out = sluice().args(["--json", "hash"]).arg(&odd).arg(d.path().join("none")).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["blake3"], x.as_str());
+        assert_eq!(lines[0]["path"], odd.to_string_lossy().as_ref());
+        assert_eq!(lines[1]["event"], "error");
     }
 }
 
