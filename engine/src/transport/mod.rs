@@ -217,7 +217,8 @@ impl Listener {
     /// Listens on `listen` (UDP for QUIC and TCP at one port number, or the one transport
     /// `config.transport` names) with a fresh certificate and secret; must be called inside the
     /// tokio runtime. `advertise`, if given, is the address written into the ticket (needed
-    /// when `listen` is a wildcard; without it a wildcard is advertised as loopback).
+    /// when `listen` is a wildcard; without it a wildcard is advertised as the address of
+    /// this host's route out, or loopback where there is none).
     pub fn bind(
         listen: SocketAddr,
         advertise: Option<SocketAddr>,
@@ -237,11 +238,11 @@ impl Listener {
         if let Some(a) = advertise {
             addr = a;
         } else if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
+            let ip = outward_ip(addr.is_ipv4());
+            if ip.is_loopback() {
+                tracing::warn!("this host has no route out: the ticket names {ip}, which only a sender on this host can reach (give --advertise ADDR:PORT)");
+            }
+            addr.set_ip(ip);
         }
         Ok(Self {
             quic,
@@ -283,6 +284,37 @@ impl Listener {
 /// Binds what `config.transport` asks for. Both transports share one port number, so one
 /// ticket names both: with port 0, a UDP port whose TCP twin is taken is given back and another
 /// is tried.
+/// The address this host's traffic to the outside leaves from (the default route's source),
+/// for a ticket of a receiver listening on every address: what another host can reach, where
+/// loopback is reachable only from here. Loopback when there is no route out. Connecting a UDP
+/// socket only looks up the route; nothing is sent.
+fn outward_ip(v4: bool) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+    // Documentation addresses (RFC 5737, RFC 3849): routed by the default route, never used.
+    let (any, out, local): (IpAddr, IpAddr, IpAddr) = if v4 {
+        (
+            Ipv4Addr::UNSPECIFIED.into(),
+            Ipv4Addr::new(192, 0, 2, 1).into(),
+            Ipv4Addr::LOCALHOST.into(),
+        )
+    } else {
+        (
+            Ipv6Addr::UNSPECIFIED.into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        )
+    };
+    UdpSocket::bind((any, 0))
+        .and_then(|s| {
+            s.connect((out, 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(local)
+}
+
 fn listen_on(
     listen: SocketAddr,
     identity: &Identity,
@@ -524,5 +556,20 @@ pub(crate) fn conn_error(peer: SocketAddr) -> impl Fn(&dyn fmt::Display) -> Erro
     move |e| Error::Connection {
         peer: peer.to_string(),
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wildcard receiver's ticket names an address of this host of the same family: its
+    /// route out where there is one (an address bound to a local interface), else loopback.
+    #[test]
+    fn a_wildcard_is_advertised_as_an_address_of_this_host() {
+        let ip = outward_ip(true);
+        assert!(ip.is_ipv4() && !ip.is_unspecified(), "{ip}");
+        std::net::UdpSocket::bind((ip, 0)).expect("an address of this host");
+        assert!(outward_ip(false).is_ipv6());
     }
 }

@@ -63,7 +63,7 @@ pub enum Command {
         /// Address to listen on (UDP and TCP, see --transport).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
-        /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
+        /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
         #[arg(long)]
         advertise: Option<SocketAddr>,
         /// Let the sender remove what its directories no longer hold (its --delete). Without
@@ -145,7 +145,7 @@ pub enum DbCommand {
         /// Address to listen on (UDP and TCP, see --transport).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
-        /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
+        /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
         #[arg(long)]
         advertise: Option<SocketAddr>,
     },
@@ -206,7 +206,7 @@ pub struct BenchArgs {
     /// Address to listen on with --serve (UDP and TCP, see --transport).
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: SocketAddr,
-    /// Address to put in the ticket when --listen is a wildcard (default: 127.0.0.1).
+    /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
     #[arg(long)]
     pub advertise: Option<SocketAddr>,
     /// Bytes to send, e.g. 4G (default: send for --time).
