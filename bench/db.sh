@@ -5,8 +5,10 @@
 # again, to count what the interruption cost.
 #
 #   bench/db.sh [--scale 100] [--wide-mb 1000] [--jobs 2] [--only sluice,dir,pipe,pgcopydb,kill]
-#               [--no-build]
+#               [--no-build] [--baseline PATH]
 #
+# --baseline PATH: also run another build of sluice (e.g. the last release) right after this
+# one, on the same clusters, as the row "sluice baseline".
 # Data: `pgbench -i -s SCALE` plus a table `wide` (bigint key, 128 bytes of bytea that do not
 # compress, jsonb with a compressible note) of about WIDE_MB MB.
 # Both clusters run with fsync off and the same settings for every tool. Each line: wall time,
@@ -15,7 +17,7 @@
 # clusters run as nobody), PostgreSQL's server and client, pgbench and pgcopydb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SCALE=100 WIDE_MB=1000 JOBS=2 ONLY=sluice,dir,pipe,pgcopydb,kill BUILD=1
+SCALE=100 WIDE_MB=1000 JOBS=2 ONLY=sluice,dir,pipe,pgcopydb,kill BUILD=1 BASELINE=
 while [ $# -gt 0 ]; do
     case $1 in
         --scale) SCALE=$2; shift ;;
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
         --jobs) JOBS=$2; shift ;;
         --only) ONLY=$2; shift ;;
         --no-build) BUILD=0 ;;
+        --baseline) BASELINE=$2; shift ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -78,6 +81,13 @@ if wants sluice; then
     check sluice
     report "sluice db copy" "$WORK/t1"
     tail -1 "$WORK/sluice.log"
+    if [ -n "$BASELINE" ]; then
+        fresh
+        T "$WORK/t1" "$BASELINE" db copy "$A dbname=src" "$B dbname=dst" --jobs "$JOBS" 2>"$WORK/sluice.log" \
+            || { cat "$WORK/sluice.log" >&2; exit 1; }
+        check baseline
+        report "sluice baseline" "$WORK/t1"
+    fi
 fi
 if wants dir; then
     fresh
