@@ -371,7 +371,7 @@ impl Receiver {
                 &*link,
                 "sender",
                 config.idle_timeout,
-                "partial files are kept, the same send resumes",
+                "partial files are kept: the same files sent to a new `sluice recv` into this directory resume",
             )
             .await;
             if let Err(e) = &result {
@@ -753,15 +753,18 @@ async fn receive(
                     let arrived = link.path().udp_rx_bytes;
                     if !finished && stall.stalled(s.bytes_verified + s.bytes_kept, arrived) {
                         tracing::warn!(
-                            "no block verified and under 1 MiB received for {} s: {} data streams read, {} of the ring's buffers free, {} files open; {}",
-                            StallWatch::AFTER.as_secs(),
+                            "nothing arrived for {} s: waiting for the sender",
+                            StallWatch::AFTER.as_secs()
+                        );
+                        tracing::debug!(
+                            "stalled: {} data streams read, {} of the ring's buffers free, {} files open; {}",
                             streams.len(),
                             pool.as_ref().map_or(0, |p| p.available()),
                             files.len(),
                             link.flow_figures()
                         );
                     }
-                    silence.check(&**link, config.idle_timeout, "sender", "partial files are kept, the same send resumes")?;
+                    silence.check(&**link, config.idle_timeout, "sender", "partial files are kept: the same files sent to a new `sluice recv` into this directory resume")?;
                     // Keep-alives keep the link up; they do not move the transfer on. A sender
                     // stalled in the middle of a block would otherwise hold both ends forever.
                     if !finished && stall.quiet_for() >= config.stall_timeout {

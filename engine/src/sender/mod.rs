@@ -179,7 +179,7 @@ async fn run(
         &*link,
         "receiver",
         config.idle_timeout,
-        "it stopped or the network failed (run the same command again to resume)",
+        "it stopped or the network failed (partial files are kept at the receiver: send again to resume, to a new `sluice recv` into the same directory if this one stopped)",
     )
     .await;
     tracing::debug!("transfer ended");
@@ -377,14 +377,17 @@ async fn transfer(
                 if stall.stalled(sent, left) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
-                        "no block handed to the network and under 1 MiB sent for {} s: {open_streams} data streams, {} blocks queued, reader {}; {}",
-                        StallWatch::AFTER.as_secs(),
+                        "nothing moved for {} s: waiting for the receiver",
+                        StallWatch::AFTER.as_secs()
+                    );
+                    tracing::debug!(
+                        "stalled: {open_streams} data streams, {} blocks queued, reader {}; {}",
                         waiting,
                         if reading { "running" } else { "done" },
                         link.flow_figures()
                     );
                 }
-                silence.check(&**link, config.idle_timeout, "receiver", "partial files are kept at the receiver, the same send resumes")?;
+                silence.check(&**link, config.idle_timeout, "receiver", "partial files are kept at the receiver: send again to resume, to a new `sluice recv` into the same directory if this one stopped")?;
                 // Keep-alives keep the link up; they do not move the transfer on. While blocks
                 // remain to be sent, a receiver that takes none and says nothing is stalled.
                 if reading && stall.quiet_for() >= config.stall_timeout {
