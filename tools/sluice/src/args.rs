@@ -370,6 +370,10 @@ impl Tuning {
             c.window = w;
         }
         if let Some(a) = self.ack_every {
+            // The window's floor is two ACKs' worth of packets: a large N is a burst that size.
+            if a > 1024 {
+                usage!("--ack-every must be 0 (QUIC's own rule) to 1024, not {a}");
+            }
             c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
@@ -407,14 +411,14 @@ impl Tuning {
         c.inplace = self.inplace;
         c.delete = self.delete;
         if let Some(t) = self.idle_timeout {
-            if t == 0 {
-                usage!("--idle-timeout must be at least 1 second");
+            if !(1..=86_400).contains(&t) {
+                usage!("--idle-timeout must be 1 to 86400 seconds, not {t}");
             }
             c.idle_timeout = std::time::Duration::from_secs(t);
         }
         if let Some(t) = self.stall_timeout {
-            if t == 0 {
-                usage!("--stall-timeout must be at least 1 second");
+            if !(1..=604_800).contains(&t) {
+                usage!("--stall-timeout must be 1 to 604800 seconds (a week), not {t}");
             }
             c.stall_timeout = std::time::Duration::from_secs(t);
         }

@@ -246,6 +246,25 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             },
         );
     }
+    // Numbers past any use: a timeout of three thousand years, an ACK every 4 billion packets.
+    for (args, says) in [
+        (
+            ["--idle-timeout", "99999999999"],
+            "--idle-timeout must be 1 to 86400",
+        ),
+        (["--ack-every", "4000000000"], "--ack-every must be 0"),
+    ] {
+        let (out, took) = run(&["copy", args[0], args[1], &p("file"), &p("d")]);
+        check(
+            out,
+            took,
+            Expect {
+                what: "a number out of range",
+                code: 2,
+                says: &[says],
+            },
+        );
+    }
     let (out, took) = run(&["copy", "--max-rate", "5 furlongs", &p("file"), &p("d")]);
     check(
         out,
