@@ -540,14 +540,16 @@ impl Destination {
     /// Flushes to disk the directories that hold `entries` (each once), so renames and new
     /// names in them survive a crash.
     pub fn sync_dirs(&self, entries: &[Entry]) -> Result<()> {
-        let mut dirs = std::collections::BTreeSet::new();
-        for e in entries {
-            let at = self.root.join(local_name(&e.path));
-            if let Some(parent) = at.parent() {
-                dirs.insert(parent.to_path_buf());
-            }
-        }
-        for dir in dirs {
+        // Each directory once, by its name on the wire (no path built per entry).
+        let parents: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .map(|e| e.path.rsplit_once('/').map_or("", |(parent, _)| parent))
+            .collect();
+        for parent in parents {
+            let dir = match parent {
+                "" => self.root.clone(),
+                p => self.root.join(local_name(p)),
+            };
             // A directory that failed to be made has nothing to flush.
             let Ok(d) = File::open(&dir) else { continue };
             d.sync_all()

@@ -99,7 +99,7 @@ impl Bits {
 
 impl Shared {
     /// Forgets the blocks of files no longer in progress (not in `files`).
-    fn close_done(&mut self, files: &HashMap<u32, Incoming>) {
+    fn close_done(&mut self, files: &HashMap<u32, Box<Incoming>>) {
         for (id, c) in self.claimed.iter_mut() {
             if matches!(c, Claimed::Open(_)) && !files.contains_key(id) {
                 *c = Claimed::Closed;
@@ -547,7 +547,7 @@ async fn receive(
         .map_err(Error::io("starting scanner thread"))?;
 
     let mut streams = tokio::task::JoinSet::new();
-    let mut files: HashMap<u32, Incoming> = HashMap::new();
+    let mut files: HashMap<u32, Box<Incoming>> = HashMap::new();
     let mut symlinks: Vec<Entry> = Vec::new();
     let mut finished = false;
     let mut failures = 0u64;
@@ -669,7 +669,7 @@ async fn receive(
                     });
                     scans_pending += 1;
                 }
-                files.insert(entry.id, incoming);
+                files.insert(entry.id, Box::new(incoming));
                 }
             };
         }
@@ -812,7 +812,7 @@ async fn receive(
                                 }
                                 let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size, version: entry.version, vouch: false });
                                 scans_pending += 1;
-                                files.insert(entry.id, Incoming::compare_only(&entry, existing, local_len, block_size));
+                                files.insert(entry.id, Box::new(Incoming::compare_only(&entry, existing, local_len, block_size)));
                             }
                         }
                         ReceiverEvent::Entry(entry) => match entry.kind {
@@ -844,7 +844,7 @@ async fn receive(
                         ReceiverEvent::FileDone { id, root, sent } if dry_run => {
                             let size = shared.lock().map_err(|_| poisoned())?.session.entries()[id as usize].size;
                             let outcome = match files.remove(&id) {
-                                Some(f) => compare_verdict(id, f, size, root, sent),
+                                Some(f) => compare_verdict(id, *f, size, root, sent),
                                 None => Outcome::Pending,
                             };
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
@@ -1212,7 +1212,7 @@ fn report_local(
 
 fn fail_file(
     id: u32,
-    files: &mut HashMap<u32, Incoming>,
+    files: &mut HashMap<u32, Box<Incoming>>,
     jobs: &Burst<Job>,
     reason: String,
     kind: ErrorKind,
@@ -1248,7 +1248,7 @@ fn fail_file(
 /// file is put in place at once.
 fn try_finish(
     id: u32,
-    files: &mut HashMap<u32, Incoming>,
+    files: &mut HashMap<u32, Box<Incoming>>,
     shared: &Mutex<Shared>,
     dest: &Destination,
     block_size: u32,
@@ -1364,7 +1364,7 @@ fn try_finish(
 /// version, have the writer copy that version into the part file now.
 fn start_base_copy(
     id: u32,
-    files: &HashMap<u32, Incoming>,
+    files: &HashMap<u32, Box<Incoming>>,
     shared: &Mutex<Shared>,
     jobs: &Burst<Job>,
 ) -> Result<()> {
@@ -1380,7 +1380,7 @@ fn start_base_copy(
 /// file already held every block): updates its mode and mtime.
 fn commit(
     id: u32,
-    files: &mut HashMap<u32, Incoming>,
+    files: &mut HashMap<u32, Box<Incoming>>,
     shared: &Mutex<Shared>,
     dest: &Destination,
     jobs: &Burst<Job>,
