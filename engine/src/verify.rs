@@ -37,6 +37,13 @@ pub enum Difference {
         /// Differing byte ranges, adjacent blocks merged.
         ranges: Vec<Range<u64>>,
     },
+    /// Could not be compared: the source or the destination could not be read there.
+    Unreadable {
+        /// The entry's path (the local path, for what the source's listing could not read).
+        path: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// The outcome of a comparison.
@@ -50,14 +57,26 @@ pub struct Report {
 
 /// Compares `sources` (as `sluice send` would name them) with what `dest` holds.
 pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Result<Report> {
-    let (manifest, dest) = match manifest::file_target(sources, dest) {
-        Some((dir, name)) => (manifest::build_as(&sources[0], &name)?, dir),
-        None => (manifest::build(sources)?, dest.to_path_buf()),
+    let (listing, dest) = match manifest::file_target(sources, dest) {
+        Some((dir, name)) => (manifest::listed_as(&sources[0], &name)?, dir),
+        None => (manifest::listed(sources)?, dest.to_path_buf()),
     };
+    let manifest = listing.entries;
     let mut report = Report {
-        entries: manifest.len() as u64,
+        entries: (manifest.len() + listing.unread.len()) as u64,
         differences: Vec::new(),
     };
+    // What could not be read cannot be said to be the same: listed, not the end of the check.
+    for e in listing.unread {
+        let path = match &e {
+            Error::File { path, .. } => path.display().to_string(),
+            _ => String::new(),
+        };
+        report.differences.push(Difference::Unreadable {
+            path,
+            reason: e.to_string(),
+        });
+    }
     let mut a = vec![0u8; block_size as usize];
     let mut b = vec![0u8; block_size as usize];
     for e in &manifest {
@@ -84,8 +103,24 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
                 }
             }
             EntryKind::File => {
-                let ranges =
-                    differing_ranges(&e.local, &there, e.entry.size, block_size, &mut a, &mut b)?;
+                let ranges = match differing_ranges(
+                    &e.local,
+                    &there,
+                    e.entry.size,
+                    block_size,
+                    &mut a,
+                    &mut b,
+                ) {
+                    Ok(ranges) => ranges,
+                    Err(e @ Error::File { .. }) => {
+                        report.differences.push(Difference::Unreadable {
+                            path,
+                            reason: e.to_string(),
+                        });
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if !ranges.is_empty() || meta.len() != e.entry.size {
                     report.differences.push(Difference::Content {
                         path,

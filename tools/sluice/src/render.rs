@@ -265,6 +265,9 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             Difference::Missing(p) => ("missing", p, serde_json::Value::Null),
             Difference::Kind(p) => ("kind", p, serde_json::Value::Null),
             Difference::LinkTarget(p) => ("link_target", p, serde_json::Value::Null),
+            Difference::Unreadable { path, reason } => {
+                ("unreadable", path, serde_json::json!({ "reason": reason }))
+            }
             Difference::Content {
                 path,
                 source_size,
@@ -306,6 +309,8 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
                 clean(path),
                 shown.join(", ")
             );
+        } else if let Difference::Unreadable { reason, .. } = d {
+            let _ = writeln!(out, "unreadable: {}", clean(reason));
         } else {
             let _ = writeln!(out, "{kind}: {}", clean(path));
         }

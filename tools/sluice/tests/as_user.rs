@@ -154,5 +154,21 @@ fn what_cannot_be_read_fails_alone_and_holds_back_delete() {
         got.join("gone").exists(),
         "--delete deleted from an incomplete listing"
     );
+    // `verify` lists what it could not read among the differences (exit 1) and compares the
+    // rest, rather than stopping at the first.
+    fs::set_permissions(src.join("open/x"), fs::Permissions::from_mode(0o000)).unwrap();
+    let out = sluice_as_user(&[Path::new("verify"), &src, &dest]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}{}", stderr(&out));
+    assert!(
+        said.contains("unreadable: listing") && said.contains("closed"),
+        "{said}"
+    );
+    assert!(
+        said.contains("unreadable: opening") && said.contains("open/x"),
+        "{said}"
+    );
+    assert!(said.contains("missing: tree/secret"), "{said}");
+    assert!(said.contains("3 differ"), "{said}");
     fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o755)).unwrap();
 }
