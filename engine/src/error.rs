@@ -172,6 +172,14 @@ impl ErrorKind {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The file a [`Error::File`] names, as text; empty for other errors.
+    pub fn file_path(&self) -> String {
+        match self {
+            Error::File { path, .. } => path.display().to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         let full = |e: &io::Error| e.kind() == io::ErrorKind::StorageFull;

@@ -68,12 +68,8 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
     };
     // What could not be read cannot be said to be the same: listed, not the end of the check.
     for e in listing.unread {
-        let path = match &e {
-            Error::File { path, .. } => path.display().to_string(),
-            _ => String::new(),
-        };
         report.differences.push(Difference::Unreadable {
-            path,
+            path: e.file_path(),
             reason: e.to_string(),
         });
     }

@@ -147,6 +147,11 @@ impl KeyRoute {
     }
 }
 
+/// Whether field `field_at` of a row is the key of a routed stream (`route`).
+fn in_key(route: &Option<KeyRoute>, field_at: u16) -> bool {
+    route.as_ref().is_some_and(|r| r.field == field_at)
+}
+
 /// A binary integer field's value, `None` if it is NULL or not 2, 4 or 8 bytes.
 fn int_key(len: i32, bytes: &[u8; 8]) -> Option<i64> {
     match len {
@@ -364,11 +369,7 @@ impl RowHasher {
                         let left = *left;
                         let len = i32::from_be_bytes(*buf);
                         self.row.update(&buf[..]);
-                        if self
-                            .route
-                            .as_ref()
-                            .is_some_and(|r| r.field == self.field_at)
-                        {
+                        if in_key(&self.route, self.field_at) {
                             self.key.0 = len;
                         }
                         if len < -1 {
@@ -386,12 +387,7 @@ impl RowHasher {
                 State::Field { bytes, left } => {
                     let n = (*bytes as usize).min(data.len());
                     self.row.update(&data[..n]);
-                    if self
-                        .route
-                        .as_ref()
-                        .is_some_and(|r| r.field == self.field_at)
-                        && (0..=8).contains(&self.key.0)
-                    {
+                    if in_key(&self.route, self.field_at) && (0..=8).contains(&self.key.0) {
                         // Where this piece starts in the field, and its part of the key's bytes.
                         let from = self.key.0 as usize - *bytes as usize;
                         self.key.1[from..from + n].copy_from_slice(&data[..n]);

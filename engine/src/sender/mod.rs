@@ -132,19 +132,20 @@ impl Sender {
         }
         for e in &unread {
             progress.push(Event::FileFailed {
-                path: match e {
-                    Error::File { path, .. } => path.display().to_string(),
-                    _ => String::new(),
-                },
+                path: e.file_path(),
                 reason: e.to_string(),
             });
         }
-        let files = manifest.iter().filter(|e| e.entry.kind == EntryKind::File);
+        let total = files_in(&manifest);
         progress.set_totals(
-            files.clone().count() as u64,
-            files.map(|e| e.entry.size).sum(),
+            total,
+            manifest
+                .iter()
+                .filter(|e| e.entry.kind == EntryKind::File)
+                .map(|e| e.entry.size)
+                .sum(),
         );
-        let total = files_in(&manifest) as usize;
+        let total = total as usize;
         let rt = transport::runtime()?;
         let result = rt.block_on(run(&config, manifest, ticket, progress));
         let Some(first) = unread.first() else {

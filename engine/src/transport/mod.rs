@@ -281,9 +281,6 @@ impl Listener {
     }
 }
 
-/// Binds what `config.transport` asks for. Both transports share one port number, so one
-/// ticket names both: with port 0, a UDP port whose TCP twin is taken is given back and another
-/// is tried.
 /// The address this host's traffic to the outside leaves from (the default route's source),
 /// for a ticket of a receiver listening on every address: what another host can reach, where
 /// loopback is reachable only from here. Loopback when there is no route out. Connecting a UDP
@@ -315,6 +312,9 @@ fn outward_ip(v4: bool) -> std::net::IpAddr {
         .unwrap_or(local)
 }
 
+/// Binds what `config.transport` asks for. Both transports share one port number, so one
+/// ticket names both: with port 0, a UDP port whose TCP twin is taken is given back and another
+/// is tried.
 fn listen_on(
     listen: SocketAddr,
     identity: &Identity,
