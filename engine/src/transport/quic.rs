@@ -2,7 +2,9 @@
 //! stream, each data lane a unidirectional stream.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_proto::ticket::Ticket;
@@ -20,16 +22,98 @@ pub struct QuicLink {
     conn: quinn::Connection,
     /// Kept so the endpoint's driver outlives every use of the connection.
     _endpoint: quinn::Endpoint,
+    /// Set by [`watch_peer`] when the peer's host said its port is closed.
+    gone: Arc<AtomicBool>,
 }
 
 impl QuicLink {
+    /// Must be called inside the tokio runtime that drives `conn`.
     fn new(conn: quinn::Connection, endpoint: quinn::Endpoint) -> Self {
         live().push((conn.clone(), endpoint.clone()));
+        let gone = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch_peer(conn.clone(), gone.clone()));
         Self {
             conn,
             _endpoint: endpoint,
+            gone,
         }
     }
+}
+
+/// How long the peer must have sent nothing before [`watch_peer`] asks its host.
+const SILENT_BEFORE_PROBE: Duration = Duration::from_secs(1);
+
+/// How often [`watch_peer`] looks, and how long it waits for the answer to a probe.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Ends `conn` soon after the peer's process has: a killed peer closes nothing, and its host
+/// drops our packets in silence to quinn's socket (an unconnected UDP socket is told of no
+/// ICMP error), so the connection used to wait out its idle timeout (30 s). While the peer
+/// has sent nothing for [`SILENT_BEFORE_PROBE`], a socket of our own, connected to the peer's
+/// address, sends it one byte every [`PROBE_EVERY`]; a live peer's endpoint drops it as no
+/// QUIC packet, a closed port comes back as "connection refused" (ICMP port unreachable); two
+/// refusals in a row end the connection. A path that is down, or a host that says nothing,
+/// still waits for the idle timeout.
+async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
+    let peer = conn.remote_address();
+    let mut heard = conn.stats().udp_rx.datagrams;
+    let mut silent_since = Instant::now();
+    let mut probe: Option<tokio::net::UdpSocket> = None;
+    let mut refusals = 0;
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        let now = conn.stats().udp_rx.datagrams;
+        if now != heard {
+            heard = now;
+            silent_since = Instant::now();
+            refusals = 0;
+            continue;
+        }
+        if silent_since.elapsed() < SILENT_BEFORE_PROBE {
+            continue;
+        }
+        if probe.is_none() {
+            probe = probe_socket(peer).await;
+        }
+        let Some(socket) = &probe else { return };
+        if !refused(socket).await {
+            refusals = 0;
+            continue;
+        }
+        refusals += 1;
+        if refusals == 2 {
+            tracing::debug!(%peer, "the peer's port is closed");
+            gone.store(true, Ordering::SeqCst);
+            conn.close(0u32.into(), b"");
+            return;
+        }
+    }
+}
+
+/// A UDP socket connected to `peer`, so that the kernel reports its ICMP errors; `None` if
+/// none can be made (then the idle timeout decides, as before).
+async fn probe_socket(peer: SocketAddr) -> Option<tokio::net::UdpSocket> {
+    let socket = tokio::net::UdpSocket::bind(udp::any_addr_for(peer))
+        .await
+        .ok()?;
+    socket.connect(peer).await.ok()?;
+    Some(socket)
+}
+
+/// Sends one probe and waits [`PROBE_EVERY`] for a refusal.
+async fn refused(socket: &tokio::net::UdpSocket) -> bool {
+    let is_refusal = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+    if let Err(e) = socket.send(&[0]).await {
+        return is_refusal(&e);
+    }
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(PROBE_EVERY, socket.recv(&mut buf)).await,
+        Ok(Err(e)) if is_refusal(&e)
+    )
 }
 
 impl Drop for QuicLink {
@@ -54,7 +138,7 @@ fn live() -> std::sync::MutexGuard<'static, Vec<(quinn::Connection, quinn::Endpo
 /// timeout ran out (30 s); TCP's peers learn from the kernel. Called from any thread, also
 /// while the connections' runtime is busy.
 pub fn interrupt(reason: &str) {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let live = live().clone();
     for (c, _) in &live {
         c.close(1u32.into(), reason.as_bytes());
@@ -78,18 +162,18 @@ pub fn interrupt(reason: &str) {
 }
 
 /// Whether [`interrupt`] closed this process's connections.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// The longest [`interrupt`] waits. Its closes leave at the connection driver's next turn,
 /// which on a busy sender came after 100 ms and more at times (the peer then waited out its
 /// idle timeout); on loopback the endpoints are idle within a hundred milliseconds, on a
 /// 300 ms path draining lasts longer than this, long after the close has left.
-const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a QUIC handshake may take before the sender gives up: a stale ticket or a receiver
 /// busy with another sender never answers, and waiting for the idle timeout took 30 s. Ten
 /// seconds hold a handshake at 300 ms RTT with its first flights lost several times over.
-const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Connects to the receiver named by `ticket`.
 pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
@@ -298,7 +382,7 @@ impl Link for QuicLink {
 
     fn close<'a>(&'a self, code: u32, reason: &'a [u8]) -> Fut<'a, ()> {
         Box::pin(async move {
-            if !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+            if !INTERRUPTED.load(Ordering::SeqCst) {
                 udp::close(&self.conn, code, reason).await;
                 return;
             }
@@ -316,7 +400,13 @@ impl Link for QuicLink {
     }
 
     fn ended(&self) -> Option<Ended> {
-        Some(match self.conn.close_reason()? {
+        let reason = self.conn.close_reason()?;
+        if self.gone.load(Ordering::SeqCst) {
+            return Some(Ended::Lost(
+                "its port is closed: the sluice there has stopped".into(),
+            ));
+        }
+        Some(match reason {
             quinn::ConnectionError::TimedOut => Ended::TimedOut,
             quinn::ConnectionError::ApplicationClosed(c) => Ended::ByPeer {
                 code: u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX),

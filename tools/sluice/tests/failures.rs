@@ -80,9 +80,10 @@ over_both! {
 }
 
 over_both! {
-    /// kill -9: over QUIC the survivor sees only silence, for its idle timeout (3 s here; 30 s
-    /// by default, so that a 20 s outage of the path is waited out, `wan.rs`); over TCP the dead
-    /// side's kernel resets the connections.
+    /// kill -9 with a short idle timeout (3 s here; 30 s by default, so that a 20 s outage of
+    /// the path is waited out, `wan.rs`): the survivor notices at the latest when that runs
+    /// out (over QUIC sooner, when the dead side's host answers a probe for the closed port;
+    /// over TCP the dead side's kernel resets the connections).
     fn sender_reports_a_receiver_that_vanished() {
         let d = tempfile::tempdir().unwrap();
         let (recv, send) = sending_big_file_with(d.path(), &["--idle-timeout", "3"], &[]);
@@ -121,6 +122,46 @@ over_both! {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{err}");
         assert!(err.contains("127.0.0.1"), "receiver said: {err}");
+        assert!(d.path().join("dest/.big.bin.sluice-part").exists());
+        assert!(!d.path().join("dest/big.bin").exists());
+    }
+}
+
+over_both! {
+    /// kill -9 with the default idle timeout (30 s): the survivor still hears of it within
+    /// seconds, and says the other side stopped. Over QUIC the dead side's host answers a probe
+    /// with "port unreachable"; over TCP its kernel resets the connections.
+    fn a_killed_peer_is_noticed_within_seconds() {
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file_with(d.path(), &["--max-rate", "400M"], &[]);
+        let out = recv.kill();
+        assert_eq!(out.status.code(), None, "the receiver was not killed");
+        let started = Instant::now();
+        let out = send.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the sender waited {:?}: {err}",
+            started.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("127.0.0.1") && err.contains("was cut"), "sender said: {err}");
+        assert!(!d.path().join("dest/big.bin").exists());
+
+        let d = tempfile::tempdir().unwrap();
+        let (recv, mut send) = sending_big_file_with(d.path(), &["--max-rate", "400M"], &[]);
+        send.kill().unwrap();
+        send.wait().unwrap();
+        let started = Instant::now();
+        let out = recv.wait();
+        let err = stderr(&out);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the receiver waited {:?}: {err}",
+            started.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(err.contains("127.0.0.1") && err.contains("was cut"), "receiver said: {err}");
         assert!(d.path().join("dest/.big.bin.sluice-part").exists());
         assert!(!d.path().join("dest/big.bin").exists());
     }

@@ -384,7 +384,13 @@ fn an_outage_is_waited_out_and_a_longer_one_is_resumed_after() {
     let noticed = cut.elapsed();
     signal_link(&link, "-CONT");
     let r = wait_bounded(recv, Duration::from_secs(10));
-    assert!(stderr(&r).contains("timed out"), "receiver: {}", stderr(&r));
+    // The receiver times out too, or, if the link came back before its own timeout ran out,
+    // learns from the sender's host that the sender has exited.
+    let said = stderr(&r);
+    assert!(
+        said.contains("timed out") || said.contains("sender's connection was cut"),
+        "receiver: {said}"
+    );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
     assert!(
