@@ -128,7 +128,7 @@ interrupted() { # a run into $WORK/resume killed once half the part file is on d
 fulls=(); seconds=(); payloads=(); rehashes=(); rpayloads=()
 for _ in 1 2 3 4 5; do
     rm -rf "$WORK/full"
-    t0=$(now); "$SLUICE" copy "$WORK/src/data.bin" "$WORK/full" > /dev/null; t1=$(now)
+    t0=$(now); "$SLUICE" copy "$WORK/src/data.bin" "$WORK/full/" > /dev/null; t1=$(now)
     fulls+=("$(echo "$t1 - $t0" | bc -l)")
     for opts in "" "--rehash"; do
         interrupted

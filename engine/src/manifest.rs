@@ -37,14 +37,26 @@ pub struct SourceEntry {
     pub local: PathBuf,
 }
 
-/// Where `copy SRC DEST` and `verify SRC DEST` put one file whose `DEST` is an existing file:
-/// onto it, as `cp` and `rsync` do (it is updated by delta and replaced once verified). A `DEST`
-/// that does not exist is the directory to create and copy into, as documented for `DEST_DIR`.
-/// Returns `DEST`'s directory and name; `None` when `DEST` is the directory to copy into.
+/// Where `copy SRC DEST` and `verify SRC DEST` put one source that is not a directory, as `cp`
+/// and `rsync` do: onto `DEST` when it is an existing file (updated by delta and replaced once
+/// verified), and as `DEST` when nothing has that name and it does not end in `/` (`cp a.bin
+/// b.bin`; its directory is made if missing). Returns `DEST`'s directory and name; `None` when
+/// `DEST` is the directory to copy into (an existing directory, several sources, a directory
+/// source, or a name ending in `/`).
 pub fn file_target(sources: &[PathBuf], dest: &Path) -> Option<(PathBuf, String)> {
     let [src] = sources else { return None };
-    if fs::symlink_metadata(src).ok()?.is_dir() || !fs::metadata(dest).ok()?.is_file() {
+    if fs::symlink_metadata(src).ok()?.is_dir() {
         return None;
+    }
+    match fs::metadata(dest) {
+        Ok(m) if m.is_file() => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A dangling symlink is not nothing: its target is left to the directory rule.
+            if fs::symlink_metadata(dest).is_ok() || dest.as_os_str().as_bytes().ends_with(b"/") {
+                return None;
+            }
+        }
+        _ => return None,
     }
     let name = wire_name(dest.file_name()?);
     let parent = match dest.parent() {

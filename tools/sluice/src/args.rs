@@ -43,10 +43,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Copy SRC... into DEST_DIR through a sender and a receiver in this process (over loopback).
-    /// DEST_DIR is created if missing. One file onto an existing file replaces it, as cp does:
-    /// only the blocks that differ cross, and the file is replaced once verified.
+    /// DEST_DIR is created if missing. One file (not a directory) is copied as cp does: onto an
+    /// existing file, which is replaced once verified after only the blocks that differ cross,
+    /// and to a name that does not exist as a file of that name (end it with / for a directory).
     Copy {
-        /// One or more sources, then the destination directory (or, for one file, an existing file to update).
+        /// One or more sources, then the destination directory (or, for one file, the file to write or update).
         #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR")]
         paths: Vec<PathBuf>,
     },

@@ -377,6 +377,7 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     let src = d.path().join("growing.log");
     random_file(&src, 256 * BLOCK, 9);
     let dest = d.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
     // A small ring keeps the reader a few blocks ahead of what the receiver has written, so an
     // edit far ahead of the part file's end lands before those blocks are read.
     let mut send = sluice()

@@ -89,7 +89,7 @@ over_both! {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("f.bin");
         random_file(&src, 256 * BLOCK, 9);
-        let dest = d.path().join("dest");
+        let dest = d.path().join("dest/");
         let out = sluice()
             .args(["--json", "copy"])
             .arg(&src)
@@ -109,7 +109,7 @@ over_both! {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("access.log");
         log_file(&log, 40 * BLOCK + 12_345, 3);
-        let dest = d.path().join("dest");
+        let dest = d.path().join("dest/");
         let out = sluice()
             .args(["--json", "copy", "--compress", "zstd"])
             .arg(&log)
@@ -133,7 +133,7 @@ over_both! {
         assert_eq!(s["packed_bytes"], 0, "{s}");
 
         // auto never packs towards a loopback address: the link is memory.
-        let s = copy_json(&log, &d.path().join("again"));
+        let s = copy_json(&log, &d.path().join("again/"));
         assert_eq!(s["packed_bytes"], 0, "{s}");
         assert_eq!(b3(&d.path().join("again/access.log")), b3(&log));
     }
@@ -150,7 +150,7 @@ over_both! {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("big.bin");
         random_file(&src, GIB, 11);
-        let dest = d.path().join("dest");
+        let dest = d.path().join("dest/");
         let first = copy_json(&src, &dest);
         assert_eq!(first["payload_bytes"], GIB);
 
@@ -195,7 +195,7 @@ over_both! {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("f.bin");
         random_file(&src, 40 * BLOCK, 23);
-        let dest = d.path().join("dest");
+        let dest = d.path().join("dest/");
         let big = |src: &Path, dest: &Path| copy_json_with(src, dest, &["--block-size", "16M"]);
         big(&src, &dest);
         let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
@@ -574,7 +574,7 @@ over_both! {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("f.bin");
         random_file(&src, 64 * BLOCK, 21);
-        let dest = d.path().join("dest");
+        let dest = d.path().join("dest/");
         copy_json(&src, &dest);
         let inode = fs::metadata(dest.join("f.bin")).unwrap().ino();
         for i in 0..3u64 {

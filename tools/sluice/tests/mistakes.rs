@@ -296,7 +296,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
     );
 
     // A ceiling below the default first size: the sender starts at it, the copy runs.
-    let (out, _) = run(&["copy", "--max-ring", "4", &p("file"), &p("small-ring")]);
+    let (out, _) = run(&["copy", "--max-ring", "4", &p("file"), &p("small-ring/")]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(fs::read(p("small-ring/file")).unwrap(), b"hello");
 

@@ -93,7 +93,7 @@ over_both! {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("big.bin");
         random_file(&src, 1 << 30, 42);
-        let dest = d.path().join("dest");
+        let dest = d.path().join("dest/");
         let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let want = b3(&src);
@@ -235,7 +235,7 @@ over_both! {
 
 over_both! {
     /// As with cp and rsync: one file onto an existing file replaces it (only the blocks that
-    /// differ cross), and options may follow the paths.
+    /// differ cross), one file to a new name takes that name, and options may follow the paths.
     fn one_file_onto_an_existing_file_updates_it_by_delta() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("new.img");
@@ -267,11 +267,22 @@ over_both! {
         assert!(stderr(&out).contains("same file"), "{}", stderr(&out));
         assert_eq!(b3(&src), b3(&old));
 
-        // A destination that does not exist is a directory to create, as documented.
-        let dir = d.path().join("fresh");
+        // A name that does not exist is the file's new name, as with cp and rsync, in a
+        // directory made if missing; the same name ending in `/` is a directory to create.
+        for name in ["fresh.img", "deeper/still/fresh.img"] {
+            let file = d.path().join(name);
+            let out = sluice().arg("copy").arg(&src).arg(&file).arg("--json").output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(file.is_file(), "{name} is not a file");
+            assert_eq!(b3(&file), b3(&src));
+            let out = sluice().arg("verify").arg(&src).arg(&file).output().unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let mut dir = d.path().join("fresh").into_os_string();
+        dir.push("/");
         let out = sluice().arg("copy").arg(&src).arg(&dir).arg("--json").output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(b3(&dir.join("new.img")), b3(&src));
+        assert_eq!(b3(&d.path().join("fresh/new.img")), b3(&src));
         let out = sluice().arg("verify").arg(&src).arg(&old).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
@@ -496,7 +507,7 @@ over_both! {
         let out = sluice()
             .args(["--max-rate", "40M", "copy"])
             .arg(&src)
-            .arg(d.path().join("dest"))
+            .arg(d.path().join("dest/"))
             .output()
             .unwrap();
         let took = started.elapsed();
