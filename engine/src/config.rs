@@ -118,6 +118,10 @@ pub struct Config {
     /// it an in-place request is refused: a crash in the middle leaves a final name holding
     /// mixed content, which only the receiver's owner may choose to risk.
     pub allow_inplace: bool,
+    /// Receiver: give entries the sender's permission bits as they are (setuid and setgid
+    /// still dropped), not under this process's umask. `copy` sets it: one user owns both ends,
+    /// and `cp -a` and `rsync -a` keep modes exactly.
+    pub exact_modes: bool,
     /// Receiver: the most manifest entries one sender may announce (`--max-entries`). The
     /// receiver keeps a record of a few hundred bytes per entry for the whole transfer, so this
     /// bounds the memory a sender can make it spend.
@@ -171,6 +175,7 @@ impl Default for Config {
             delete: false,
             allow_delete: false,
             allow_inplace: false,
+            exact_modes: false,
             max_entries: 2_000_000,
             max_depth: 256,
             control_queue: crate::control::BACKLOG_LIMIT,

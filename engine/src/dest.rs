@@ -173,6 +173,12 @@ impl Destination {
             && part.parent().is_some_and(|d| self.names_exact(d))
     }
 
+    /// Gives entries the sender's permission bits without this process's umask (setuid and
+    /// setgid are still dropped): for `copy`, whose one user owns both ends.
+    pub fn exact_modes(&mut self) {
+        self.umask = 0;
+    }
+
     /// The permission bits a manifest `mode` becomes here: setuid and setgid dropped, the
     /// receiver's umask applied.
     fn mode(&self, mode: u32) -> u32 {
@@ -802,6 +808,9 @@ mod tests {
         assert_eq!(dest.mode(0o1777), 0o1755);
         dest.umask = 0o077;
         assert_eq!(dest.mode(0o644), 0o600);
+        dest.exact_modes();
+        assert_eq!(dest.mode(0o6775), 0o775);
+        assert_eq!(dest.mode(0o1777), 0o1777);
     }
 
     #[test]

@@ -112,6 +112,7 @@ pub fn copy(
         allow_delete: config.allow_delete || config.delete,
         allow_inplace: config.allow_inplace || config.inplace,
         max_depth: u32::MAX,
+        exact_modes: true,
         ..config.clone()
     };
     // One file to a name that is not a directory arrives as that name (`cp a.bin b.bin`).

@@ -305,7 +305,10 @@ impl Receiver {
         advertise: Option<SocketAddr>,
         config: Config,
     ) -> Result<Self> {
-        let dest = Destination::new(dest)?;
+        let mut dest = Destination::new(dest)?;
+        if config.exact_modes {
+            dest.exact_modes();
+        }
         // Said before the ticket is handed out, not when a sender has connected: a transfer
         // into it will fail, comparing (`sluice verify`) will not.
         if let Err(e) = dest.writable() {

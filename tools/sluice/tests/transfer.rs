@@ -519,3 +519,49 @@ over_both! {
         assert_eq!(b3(&d.path().join("dest/f")), b3(&src));
     }
 }
+
+/// `copy` keeps modes exactly, as `cp -a` and `rsync -a` do, whatever its umask: one user owns
+/// both ends. Setuid and setgid are never set by a receiver.
+#[test]
+fn copy_keeps_modes_exactly_under_any_umask() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    let modes = [
+        ("shared", 0o2775, true),
+        ("shared/group.txt", 0o664, false),
+        ("shared/run.sh", 0o4775, false),
+        ("private", 0o700, true),
+        ("private/notes", 0o640, false),
+        ("open.txt", 0o666, false),
+    ];
+    for (name, _, dir) in modes {
+        let p = src.join(name);
+        if dir {
+            fs::create_dir_all(&p).unwrap();
+        } else {
+            fs::write(&p, name).unwrap();
+        }
+    }
+    // Deepest first, so a directory's mode does not keep its own entries from being set.
+    for (name, mode, _) in modes.iter().rev() {
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    let dest = d.path().join("dest");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" copy \"$1\" \"$2\"")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, mode, _) in modes {
+        let got = fs::metadata(dest.join("tree").join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(got, mode & 0o1777, "{name}: {got:o}");
+    }
+}
