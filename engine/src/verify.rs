@@ -7,6 +7,7 @@
 
 use std::fs::{self, File};
 use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,10 @@ pub enum Difference {
         /// Differing byte ranges, adjacent blocks merged.
         ranges: Vec<Range<u64>>,
     },
+    /// At the destination, inside a directory the source has, but not at the source (what
+    /// `--delete` would remove). Part files and journals of interrupted transfers are not
+    /// counted: the entry they are for is reported missing or different already.
+    Extra(String),
     /// Could not be compared: the source or the destination could not be read there.
     Unreadable {
         /// The entry's path (the local path, for what the source's listing could not read).
@@ -73,6 +78,8 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
             reason: e.to_string(),
         });
     }
+    let names: std::collections::HashSet<&str> =
+        manifest.iter().map(|e| e.entry.path.as_str()).collect();
     let mut a = vec![0u8; block_size as usize];
     let mut b = vec![0u8; block_size as usize];
     for e in &manifest {
@@ -135,10 +142,47 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
                     report.differences.push(Difference::LinkTarget(path));
                 }
             }
-            EntryKind::Dir => {}
+            EntryKind::Dir => extras(&e.local, &there, &path, &names, &mut report.differences),
         }
     }
     Ok(report)
+}
+
+/// Reports what directory `there` (entry `path` of the manifest, read from `local`) holds that
+/// the manifest, whose entries' paths are `names`, does not.
+fn extras(
+    local: &Path,
+    there: &Path,
+    path: &str,
+    names: &std::collections::HashSet<&str>,
+    differences: &mut Vec<Difference>,
+) {
+    let listing = match fs::read_dir(there) {
+        Ok(l) => l,
+        // What the source's directory holds is unknown too, and said already.
+        Err(_) if fs::read_dir(local).is_err() => return,
+        Err(e) => {
+            differences.push(Difference::Unreadable {
+                path: path.to_string(),
+                reason: format!("listing {}: {e}", there.display()),
+            });
+            return;
+        }
+    };
+    let mut found: Vec<String> = listing
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| {
+            let n = n.as_bytes();
+            !(n.starts_with(b".")
+                && (n.ends_with(crate::dest::PART_SUFFIX.as_bytes())
+                    || n.ends_with(crate::dest::JOURNAL_SUFFIX.as_bytes())))
+        })
+        .map(|n| format!("{path}/{}", manifest::wire_name(&n)))
+        .filter(|p| !names.contains(p.as_str()))
+        .collect();
+    found.sort();
+    differences.extend(found.into_iter().map(Difference::Extra));
 }
 
 fn differing_ranges(
@@ -196,11 +240,15 @@ mod tests {
         let mut changed = data.clone();
         changed[5000] ^= 1;
         fs::write(dest.join("s/f"), &changed).unwrap();
+        fs::write(dest.join("s/new"), b"y").unwrap();
+        fs::write(dest.join("s/.gone.sluice-part"), b"").unwrap();
+        fs::write(dest.join("beside"), b"not the source's").unwrap();
         let r = compare_local(&[src], &dest, 1024).unwrap();
         assert_eq!(r.entries, 3);
         assert_eq!(
             r.differences,
             [
+                Difference::Extra("s/new".into()),
                 Difference::Content {
                     path: "s/f".into(),
                     source_size: 10_000,

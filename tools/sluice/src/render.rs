@@ -264,6 +264,7 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
         let (kind, path, detail) = match d {
             Difference::Missing(p) => ("missing", p, serde_json::Value::Null),
             Difference::Kind(p) => ("kind", p, serde_json::Value::Null),
+            Difference::Extra(p) => ("extra", p, serde_json::Value::Null),
             Difference::LinkTarget(p) => ("link_target", p, serde_json::Value::Null),
             Difference::Unreadable { path, reason } => {
                 ("unreadable", path, serde_json::json!({ "reason": reason }))

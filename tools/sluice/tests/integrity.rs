@@ -548,6 +548,7 @@ over_both! {
         );
         edit(&dest.join("data/a"), 2 * BLOCK + 5, b"changed");
         fs::write(src.join("new"), b"only at the source").unwrap();
+        fs::write(dest.join("data/stray"), b"only at the destination").unwrap();
         let out = sluice()
             .arg("verify")
             .arg(&src)
@@ -566,6 +567,7 @@ over_both! {
             "{text}"
         );
         assert!(text.contains("missing: data/new"), "{text}");
+        assert!(text.contains("extra: data/stray"), "{text}");
     }
 }
 
