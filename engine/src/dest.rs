@@ -387,6 +387,35 @@ impl Destination {
             .open(part)
     }
 
+    /// Claims the part file at `part` for this process until the returned handle is closed,
+    /// creating it (empty, as [`Destination::open_part`]) if missing; the flag says whether it was
+    /// made. Two transfers writing one destination file at once (two `copy` commands, or a
+    /// second `recv` into the same directory) would otherwise write one part file together and
+    /// rename a mix of both under the final name, each verified against its own hashes. The
+    /// claim is an exclusive `flock`, taken before anything reads the part file and given up
+    /// once it is renamed into place or removed; the second transfer's file fails at once.
+    pub fn lock_part(part: &Path) -> Result<(File, bool)> {
+        let made = fs::symlink_metadata(part).is_err();
+        let f = Self::open_part(part).map_err(Error::file("opening", part))?;
+        Self::lock(&f, part)?;
+        Ok((f, made))
+    }
+
+    /// Takes the exclusive claim of [`Destination::lock_part`] on the open part file `f`.
+    pub fn lock(f: &File, part: &Path) -> Result<()> {
+        match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Destination {
+                path: part.display().to_string(),
+                why: "another sluice is writing this file now (its part file is locked): \
+                      run again once that transfer has ended"
+                    .into(),
+            }),
+            // A filesystem without locks: the claim is only a safeguard.
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Opens a part file for `O_DIRECT` writes of aligned blocks, or `None` where the
     /// filesystem refuses direct I/O.
     pub fn open_part_direct(part: &Path) -> Option<File> {

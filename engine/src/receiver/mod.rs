@@ -154,6 +154,9 @@ struct Incoming {
     kept_bytes: u64,
     /// Compare only: the length of the file here, or `None` if there is none.
     compare_only: Option<Option<u64>>,
+    /// This transfer's claim of the part file ([`Destination::lock_part`]), and whether the
+    /// claim made it; held until the file is renamed into place or its part file removed.
+    lock: Option<(std::fs::File, bool)>,
 }
 
 impl Incoming {
@@ -182,6 +185,7 @@ impl Incoming {
             sealing: false,
             kept_bytes: 0,
             compare_only: None,
+            lock: None,
         }
     }
 
@@ -612,9 +616,12 @@ async fn receive(
                     if let (true, Some(meta)) = (inplace, &single_link) {
                         dest.claims().claim(entry.id, &entry.path, meta)?;
                     }
-                    Ok((p, inplace))
+                    // Another transfer may be at this file: a part file to resume is claimed
+                    // before it is scanned; any other, by the writer as it opens it.
+                    let lock = (p.resume && !inplace).then(|| Destination::lock_part(&p.part)).transpose()?;
+                    Ok((p, inplace, lock))
                 });
-                let (prepared, inplace) = match placed {
+                let (prepared, inplace, lock) = match placed {
                     Ok(placed) => placed,
                     Err(e) if e.kind() == ErrorKind::NoSpace => return Err(e),
                     Err(e) => {
@@ -647,12 +654,14 @@ async fn receive(
                     journal: journaled.then(|| prepared.journal.clone()),
                     key,
                     fresh: prepared.fresh && !inplace,
+                    claim: lock.is_none() && !inplace,
                 });
                 let mut incoming = Incoming {
                     held_at: prepared.existing.clone(),
                     base,
                     inplace,
                     journaled,
+                    lock,
                     ..Incoming::new(entry.path.clone(), prepared.final_path, prepared.part, geometry)
                 };
                 if prepared.existing.is_none() && scans_pending == 0 {
@@ -1230,9 +1239,14 @@ fn fail_file(
     } else {
         vec![f.part.clone(), Destination::journal_path(&f.final_path)]
     };
-    if let Err(std::sync::mpsc::SendError(Job::Close { remove, .. })) =
-        jobs.send_now(Job::Close { file: id, remove })
-    {
+    // The claim is given up once they are gone, not before: another transfer must not take
+    // up a part file about to be removed.
+    let lock = f.lock.map(|(l, _)| l);
+    if let Err(std::sync::mpsc::SendError(Job::Close { remove, .. })) = jobs.send_now(Job::Close {
+        file: id,
+        remove,
+        lock,
+    }) {
         for p in remove {
             let _ = std::fs::remove_file(p);
         }
@@ -1393,11 +1407,18 @@ fn commit(
     let Some(f) = files.remove(&id) else {
         return Ok(Outcome::Pending);
     };
-    // A sealed part file: the writer let go of it at the seal, and the sealer renamed it.
+    // A sealed part file: the writer let go of it at the seal, and the sealer renamed it. An
+    // unchanged file's part file, if its claim made one, goes.
     if unchanged || f.inplace {
+        let made = f.lock.as_ref().is_some_and(|(_, made)| *made);
         let _ = jobs.send(Job::Close {
             file: id,
-            remove: Vec::new(),
+            remove: if made {
+                vec![f.part.clone()]
+            } else {
+                Vec::new()
+            },
+            lock: f.lock.map(|(l, _)| l),
         });
     }
     let kept = f.kept_bytes;

@@ -60,6 +60,10 @@ pub(super) enum Job {
         key: journal::Key,
         /// The part file is new, in a directory this run made: empty until written.
         fresh: bool,
+        /// The writer takes this transfer's claim of the part file when it first opens it for
+        /// writing ([`Destination::lock_part`]): the receiver holds none for it (it holds one
+        /// for a part file it resumes, taken before the scan).
+        claim: bool,
     },
     /// The sender found file `file` changed: copy its older version into the part file now,
     /// while the comparison goes on (see [`Job::Seal`]).
@@ -85,7 +89,12 @@ pub(super) enum Job {
     },
     /// The file is done with (verified, or failed): forget it, and remove these files once
     /// every earlier job has run (so none of them re-creates what was removed).
-    Close { file: u32, remove: Vec<PathBuf> },
+    Close {
+        file: u32,
+        remove: Vec<PathBuf>,
+        /// The receiver's claim of the part file, given up once `remove` is done.
+        lock: Option<File>,
+    },
 }
 
 /// What the writer thread reports back.
@@ -244,6 +253,10 @@ pub(super) fn write_blocks(
     // Files whose part file is new (see `Job::Open`), and those of them written whole by one
     // write: their length is right already, and sealing skips setting it.
     let mut fresh_parts: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    // Files whose part file this writer claims on its first open (see `Job::Open`'s `claim`).
+    let mut to_claim: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    // Claims taken by a handle that is not kept for writing (the copy of a delta's base).
+    let mut claims: HashMap<u32, File> = HashMap::new();
     let mut whole: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<Completion<(u32, u64, Digest, u32)>>,
@@ -377,10 +390,14 @@ pub(super) fn write_blocks(
                 journal,
                 key,
                 fresh,
+                claim,
             } => {
                 paths.insert(file, path);
                 if fresh {
                     fresh_parts.insert(file);
+                }
+                if claim {
+                    to_claim.insert(file);
                 }
                 if let Some(h) = held_at {
                     held.insert(file, h);
@@ -392,20 +409,26 @@ pub(super) fn write_blocks(
                     journal_at.insert(file, (j, key));
                 }
             }
-            Job::Close { file, remove } => {
+            Job::Close { file, remove, lock } => {
                 // Verified and sealed, or failed (its part file and journal go): what is not
                 // journaled yet no longer matters.
                 journals.remove(&file);
                 journal_at.remove(&file);
                 held.remove(&file);
                 bases.remove(&file);
-                open.remove(&file);
+                // Closed after the removals: the handle may hold this transfer's claim.
+                let handles = open.remove(&file);
                 paths.remove(&file);
                 fresh_parts.remove(&file);
+                to_claim.remove(&file);
                 whole.remove(&file);
                 // Later jobs for this file (a late CopyBase) must not touch it again.
                 copied.insert(file);
-                for p in remove {
+                // Only a part file this transfer claimed: one it could not claim is another
+                // transfer's.
+                let claim = claims.remove(&file);
+                let claimed = lock.is_some() || handles.is_some() || claim.is_some();
+                for p in remove.into_iter().filter(|_| claimed) {
                     // Never a file another entry holds (two names for one file on a
                     // case-insensitive destination): that entry's part file stays its own.
                     if let Ok(meta) = std::fs::symlink_metadata(&p) {
@@ -415,6 +438,9 @@ pub(super) fn write_blocks(
                         }
                     }
                 }
+                drop(handles);
+                drop(claim);
+                drop(lock);
             }
             Job::CopyBase { file, file_len } => {
                 // A long copy: what is already written is reported first.
@@ -422,12 +448,14 @@ pub(super) fn write_blocks(
                 if let Err(error) = copy_base(
                     file,
                     file_len,
-                    &bases,
+                    (&bases, &paths),
                     &mut copied,
-                    &paths,
+                    (&mut to_claim, &mut claims),
                     (config, dest),
                     &stop,
                 ) {
+                    // Nothing more is written for it (its part file may be another's).
+                    paths.remove(&file);
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
@@ -478,7 +506,7 @@ pub(super) fn write_blocks(
                 bases.remove(&file);
                 let handle = match open.remove(&file) {
                     Some((buffered, _)) => Ok(buffered),
-                    None => open_claimed(dest, file, &target).map(Arc::new),
+                    None => open_claimed(dest, file, &target, to_claim.remove(&file)).map(Arc::new),
                 };
                 // A new part file holds its length already if one write filled it, or if it is
                 // to stay empty.
@@ -492,6 +520,7 @@ pub(super) fn write_blocks(
                         entry,
                         rename,
                         sized,
+                        _claim: claims.remove(&file),
                     },
                     Err(error) => {
                         let _ = done.send(Written::Failed { file, error });
@@ -557,12 +586,13 @@ pub(super) fn write_blocks(
                 if let Err(error) = copy_base(
                     file,
                     file_len,
-                    &bases,
+                    (&bases, &paths),
                     &mut copied,
-                    &paths,
+                    (&mut to_claim, &mut claims),
                     (config, dest),
                     &stop,
                 ) {
+                    paths.remove(&file);
                     let _ = done.send(Written::Failed { file, error });
                     continue;
                 }
@@ -576,7 +606,7 @@ pub(super) fn write_blocks(
                         let Some(path) = paths.get(&file) else {
                             continue;
                         };
-                        match open_claimed(dest, file, path) {
+                        match open_claimed(dest, file, path, to_claim.remove(&file)) {
                             Ok(f) => {
                                 let direct = (config.direct_io && !whole_file)
                                     .then(|| Destination::open_part_direct(path))
@@ -598,6 +628,9 @@ pub(super) fn write_blocks(
                                 h
                             }
                             Err(error) => {
+                                // Nothing more is written for it (its part file may be another
+                                // transfer's).
+                                paths.remove(&file);
                                 let _ = done.send(Written::Failed { file, error });
                                 continue;
                             }
@@ -715,13 +748,29 @@ struct Seal {
     rename: Option<(PathBuf, bool)>,
     /// The file's length is right already (see `Job::Open`'s `fresh`).
     sized: bool,
+    /// This transfer's claim of the part file when `f` does not hold it: kept (never read)
+    /// until the job is dropped, after the rename.
+    _claim: Option<File>,
 }
 
 /// Opens (creating if needed) the part file of entry `file` at `path` and claims its inode for
 /// that entry: another entry's file under a name that only differs in case (a case-insensitive
 /// destination) is refused instead of shared.
-fn open_claimed(dest: &Destination, file: u32, path: &std::path::Path) -> Result<File> {
+///
+/// `claim`: also take this transfer's claim of the part file ([`Destination::lock_part`]),
+/// held by this handle, which goes to the sealer, until it is closed after the rename (or the
+/// part file's removal); where the receiver resumes a part file it took the claim itself, before
+/// the file's scan.
+fn open_claimed(
+    dest: &Destination,
+    file: u32,
+    path: &std::path::Path,
+    claim: bool,
+) -> Result<File> {
     let f = Destination::open_part(path).map_err(Error::file("opening", path))?;
+    if claim {
+        Destination::lock(&f, path)?;
+    }
     if dest.unclaimed(path) {
         return Ok(f);
     }
@@ -930,9 +979,9 @@ const COPY_RUN: usize = 8 << 20;
 fn copy_base(
     file: u32,
     file_len: u64,
-    bases: &HashMap<u32, PathBuf>,
+    (bases, paths): (&HashMap<u32, PathBuf>, &HashMap<u32, PathBuf>),
     copied: &mut std::collections::HashSet<u32>,
-    paths: &HashMap<u32, PathBuf>,
+    (to_claim, claims): (&mut std::collections::HashSet<u32>, &mut HashMap<u32, File>),
     (config, dest): (&Config, &Destination),
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -946,7 +995,12 @@ fn copy_base(
     };
     let keep = std::fs::metadata(base).map_or(0, |m| m.len()).min(file_len);
     let whole = [(0, keep as usize)];
-    open_claimed(dest, file, part)?;
+    // The claim is taken before anything is written, and held until the seal or the close.
+    let claim = to_claim.remove(&file);
+    let f = open_claimed(dest, file, part, claim)?;
+    if claim {
+        claims.insert(file, f);
+    }
     let started = std::time::Instant::now();
     let r = copy_blocks(base, part, &whole, config.direct_io, stop);
     tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
@@ -1076,6 +1130,7 @@ mod tests {
                     version: Default::default(),
                 },
                 fresh: false,
+                claim: true,
             })
             .unwrap();
         for index in 0..blocks {

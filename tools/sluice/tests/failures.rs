@@ -482,3 +482,61 @@ fn nix_is_root() -> bool {
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
 }
+
+/// Two transfers writing one destination file at once (two `copy` commands; two receivers in
+/// one directory are the same code): the second to reach it fails at once, saying so, and the
+/// file under the final name is one source whole, never a mix of both reported as verified. In
+/// an existing directory, and in one that both runs make.
+#[test]
+fn two_transfers_to_one_file_never_mix() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("a/t"), d.path().join("b/t"));
+    for (dir, seed) in [(&a, 1), (&b, 2)] {
+        std::fs::create_dir_all(dir).unwrap();
+        random_file(&dir.join("f"), 48 * BLOCK, seed);
+    }
+    let hashes = [b3(&a.join("f")), b3(&b.join("f"))];
+    for (round, existing) in [(0, true), (1, false)] {
+        let dest = d.path().join(format!("dest{round}"));
+        if existing {
+            std::fs::create_dir(&dest).unwrap();
+        }
+        let mut into = dest.clone().into_os_string();
+        into.push("/");
+        let start = |src: &std::path::Path| {
+            sluice()
+                .args(["copy", "--max-rate", "300M"])
+                .arg(src)
+                .arg(&into)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (one, two) = (start(&a), start(&b));
+        let outs = [
+            wait_or_kill(one, Duration::from_secs(60), "the first copy hung"),
+            wait_or_kill(two, Duration::from_secs(60), "the second copy hung"),
+        ];
+        let got = b3(&dest.join("t/f"));
+        let won: Vec<usize> = (0..2).filter(|&i| outs[i].status.success()).collect();
+        assert!(!won.is_empty(), "neither finished: {}", stderr(&outs[0]));
+        assert!(
+            hashes.contains(&got),
+            "round {round}: the file is a mix of both sources"
+        );
+        if let [i] = won[..] {
+            assert_eq!(
+                got, hashes[i],
+                "round {round}: the file is not the source verified"
+            );
+            let lost = stderr(&outs[1 - i]);
+            assert_eq!(outs[1 - i].status.code(), Some(7), "{lost}");
+            assert!(lost.contains("another sluice is writing"), "{lost}");
+        }
+        assert!(
+            part_files(&dest).is_empty(),
+            "round {round}: a part file was left"
+        );
+    }
+}

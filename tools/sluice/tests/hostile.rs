@@ -51,7 +51,8 @@ over_both! {
 
 /// Modes arrive under the receiver's umask (no world-writable file because a sender asked),
 /// and an in-place update never writes through a file with a second link: the other name,
-/// here outside the destination, keeps its content.
+/// here outside the destination, keeps its content. (`copy`, whose one user owns both ends,
+/// keeps modes exactly: `transfer.rs`.)
 #[test]
 fn modes_follow_the_umask_and_inplace_never_writes_through_a_hard_link() {
     let d = tempfile::tempdir().unwrap();
@@ -69,16 +70,16 @@ fn modes_follow_the_umask_and_inplace_never_writes_through_a_hard_link() {
     let outside = d.path().join("outside");
     fs::hard_link(dest.join("src/linked"), &outside).unwrap();
     let before = b3(&outside);
-    let bin = sluice().get_program().to_owned();
-    let out = std::process::Command::new("sh")
-        .args(["-c", "umask 027 && exec \"$0\" \"$@\""])
-        .arg(bin)
-        .args(["copy", "--inplace"])
+    let recv = Recv::start_under_umask(&dest, "027", &["--allow-inplace"]);
+    let out = sluice()
+        .args(["send", "--inplace"])
         .arg(&src)
-        .arg(&dest)
+        .arg(&recv.ticket)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    let r = recv.wait();
+    assert!(r.status.success(), "{}", stderr(&r));
     let mode = |p: &str| fs::metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode("src/open-dir/open"), 0o640);
     assert_eq!(mode("src/open-dir"), 0o750);

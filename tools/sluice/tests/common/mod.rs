@@ -248,8 +248,28 @@ impl Recv {
         Self::start_full(dest, &[], recv_options)
     }
 
+    /// [`Recv::start_recv`] with the receiver's umask set to `umask` (octal).
+    pub fn start_under_umask(dest: &Path, umask: &str, recv_options: &[&str]) -> Recv {
+        let base = sluice();
+        let mut c = Command::new("sh");
+        c.stdin(Stdio::null())
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(base.get_program());
+        for (k, v) in base.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        Self::spawn(c, dest, &[], recv_options)
+    }
+
     fn start_full(dest: &Path, options: &[&str], recv_options: &[&str]) -> Recv {
-        let mut child = sluice()
+        Self::spawn(sluice(), dest, options, recv_options)
+    }
+
+    fn spawn(mut command: Command, dest: &Path, options: &[&str], recv_options: &[&str]) -> Recv {
+        let mut child = command
             .args(options)
             .args(["recv", "--listen", "127.0.0.1:0"])
             .args(recv_options)
