@@ -151,12 +151,40 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
         Choice::Quic => quic::connect(config, ticket).await,
         Choice::Tcp => tcp::connect(config, ticket).await,
         Choice::Auto => {
-            let quic = quic::connect(config, ticket);
+            let quic = quic::try_connect(config, ticket);
             tokio::pin!(quic);
             tokio::select! {
-                r = &mut quic => return r,
+                r = &mut quic => match r {
+                    Ok(r) => return r,
+                    // Nothing on the UDP port: TCP at once (a receiver that listens on TCP
+                    // alone), else the sender gives up now.
+                    Err(quic::Refused) => {
+                        tracing::warn!(
+                            "QUIC refused by {} (its UDP port is closed): trying TCP",
+                            ticket.addr
+                        );
+                        let linked = tcp::connect(config, ticket).await;
+                        if linked.is_ok() {
+                            tracing::warn!("connected to {} over TCP", ticket.addr);
+                        }
+                        return linked.map_err(|e| {
+                            conn_error(ticket.addr)(&format!(
+                                "no receiver answers: its host says nothing listens on the UDP \
+                                 port, and TCP: {}; is the receiving sluice (`recv`, `db recv`, \
+                                 `bench --serve`) still running there, and is this its latest ticket?",
+                                tcp_reason(&e)
+                            ))
+                        });
+                    }
+                },
                 _ = tokio::time::sleep(FALLBACK_AFTER) => {}
             }
+            let quic = async {
+                quic.await.unwrap_or_else(|quic::Refused| {
+                    Err(conn_error(ticket.addr)(&"its UDP port is closed"))
+                })
+            };
+            tokio::pin!(quic);
             tracing::warn!(
                 "no QUIC answer from {} in {} s (UDP blocked?): trying TCP as well",
                 ticket.addr,

@@ -175,8 +175,51 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
 /// seconds hold a handshake at 300 ms RTT with its first flights lost several times over.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// The receiver's host said nothing listens on its UDP port (ICMP port unreachable).
+pub(crate) struct Refused;
+
 /// Connects to the receiver named by `ticket`.
 pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
+    match try_connect(config, ticket).await {
+        Ok(r) => r,
+        Err(Refused) => Err(conn_error(ticket.addr)(
+            &"nothing listens there over QUIC (the host says its UDP port is closed): is the \
+              receiving sluice (`recv`, `db recv`, `bench --serve`) still running, and is this \
+              its latest ticket?",
+        )),
+    }
+}
+
+/// [`connect`], or `Err(Refused)` as soon as the receiver's host answers a probe (see
+/// [`watch_peer`]) with "port unreachable" twice: a stale ticket fails in about a second
+/// instead of [`ANSWER_WITHIN`].
+pub(crate) async fn try_connect(
+    config: &Config,
+    ticket: &Ticket,
+) -> std::result::Result<Result<Arc<dyn Link>>, Refused> {
+    let refusal = async {
+        let Some(socket) = probe_socket(ticket.addr).await else {
+            return std::future::pending().await;
+        };
+        let mut refusals = 0;
+        loop {
+            if refused(&socket).await {
+                refusals += 1;
+                if refusals == 2 {
+                    return Refused;
+                }
+            } else {
+                refusals = 0;
+            }
+        }
+    };
+    tokio::select! {
+        r = handshake(config, ticket) => Ok(r),
+        refused = refusal => Err(refused),
+    }
+}
+
+async fn handshake(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
     let peer = ticket.addr;
     let err = conn_error(peer);
     let tuning = config.transport_to(Some(peer.ip()));

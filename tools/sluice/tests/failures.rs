@@ -262,8 +262,9 @@ fn a_missing_source_is_named_at_once() {
     assert!(stderr(&out).contains("no-such-file"), "{}", stderr(&out));
 }
 
-/// A ticket whose receiver has exited: nothing answers over UDP and TCP is refused, so the
-/// sender says so within seconds instead of waiting out the idle timeout.
+/// A ticket whose receiver has exited: its host says the UDP port is closed and refuses TCP,
+/// so the sender says so at once (it waited 6 s, 10 s over QUIC alone, and before that the idle
+/// timeout).
 #[test]
 fn a_sender_gives_up_on_a_receiver_that_is_gone_within_seconds() {
     let d = tempfile::tempdir().unwrap();
@@ -272,11 +273,10 @@ fn a_sender_gives_up_on_a_receiver_that_is_gone_within_seconds() {
     let recv = Recv::start(&d.path().join("dest"));
     let ticket = recv.ticket.clone();
     drop(recv);
-    // Auto: QUIC, then TCP too. QUIC alone: no TCP to try, and no answer is all there is (it
-    // took the 30 s idle timeout and said "timed out").
+    // Auto: QUIC, then TCP too. QUIC alone: no TCP to try.
     for (transport, says) in [
         ("auto", "no receiver answers"),
-        ("quic", "no answer over QUIC"),
+        ("quic", "nothing listens there over QUIC"),
     ] {
         let started = Instant::now();
         let out = sluice()
@@ -286,8 +286,9 @@ fn a_sender_gives_up_on_a_receiver_that_is_gone_within_seconds() {
             .output()
             .unwrap();
         assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the sender waited ({transport})"
+            started.elapsed() < Duration::from_secs(5),
+            "the sender waited {:?} ({transport})",
+            started.elapsed()
         );
         assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
         assert!(stderr(&out).contains(says), "{}", stderr(&out));
