@@ -1071,7 +1071,7 @@ async fn receive(
     drop(scan_tx);
     drop(piece_tx);
     if let Err(e) = &result {
-        tracing::warn!("transfer ended: {e}");
+        tracing::debug!("transfer ended: {e}");
     }
     // Joined off this thread: the QUIC connection lives on it and must keep answering (and
     // carry the error message above to the sender) while the threads finish. Joining here
@@ -1154,7 +1154,8 @@ async fn report(
         } => {
             *failures += 1;
             first_failure.add(&path, &reason, kind);
-            tracing::error!(%path, %reason, "file failed");
+            // Said to the user through the event (the command line prints it once).
+            tracing::debug!(%path, %reason, "file failed");
             progress.push(Event::FileFailed {
                 path,
                 reason: reason.clone(),
