@@ -230,6 +230,15 @@ impl Destination {
         }
         match fs::symlink_metadata(at) {
             Ok(m) if m.file_type().is_dir() => {
+                // A directory of ours that its last copy left read-only (0555, as a Go module
+                // cache is), or closed (000): opened up for the owner while this run writes into
+                // it, as rsync does; its mode is set again with the other directory metadata at
+                // the end. Root needs no such permission.
+                let owner = rustix::process::geteuid();
+                if m.mode() & 0o700 != 0o700 && !owner.is_root() && m.uid() == owner.as_raw() {
+                    fs::set_permissions(at, fs::Permissions::from_mode(m.mode() | 0o700))
+                        .map_err(Error::file("opening up", at))?;
+                }
                 self.dirs.insert(at, false);
                 Ok(())
             }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// A tree with a read-only file (as `.git/objects` holds) and an owner-only file, copied as an
-/// unprivileged user and then copied again unchanged: both runs succeed, and modes arrive as
-/// they left.
+/// A tree with a read-only file (as `.git/objects` holds), an owner-only file and a read-only
+/// directory, copied as an unprivileged user, copied again unchanged, and again changed: every
+/// run succeeds, and modes arrive as they left.
 #[test]
 fn an_unprivileged_user_resyncs_read_only_and_private_files() {
     let d = tempfile::tempdir().unwrap();
@@ -24,6 +24,11 @@ fn an_unprivileged_user_resyncs_read_only_and_private_files() {
     fs::set_permissions(src.join("object"), fs::Permissions::from_mode(0o444)).unwrap();
     random_file(&src.join("private.key"), 3 << 20, 4);
     fs::set_permissions(src.join("private.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    // A read-only directory (as a Go module cache keeps them) with a read-only file in it.
+    fs::create_dir(src.join("ro")).unwrap();
+    fs::write(src.join("ro/mod"), b"v1").unwrap();
+    fs::set_permissions(src.join("ro/mod"), fs::Permissions::from_mode(0o444)).unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     let dest = d.path().join("dest");
     for run in 1..=2 {
         let Some(out) = sluice_as_user(&[Path::new("copy"), &src, &dest]) else {
@@ -39,10 +44,16 @@ fn an_unprivileged_user_resyncs_read_only_and_private_files() {
         b3(&dest.join("src/private.key")),
         b3(&src.join("private.key"))
     );
-    // And once more after the read-only file changed at the source.
+    // And once more after the read-only files changed at the source: the destination's
+    // read-only directory is opened up for the run, as rsync does, and closed again after.
     fs::set_permissions(src.join("object"), fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(src.join("object"), b"blob 6\0hello!").unwrap();
     fs::set_permissions(src.join("object"), fs::Permissions::from_mode(0o444)).unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(src.join("ro/mod"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(src.join("ro/mod"), b"v2").unwrap();
+    fs::set_permissions(src.join("ro/mod"), fs::Permissions::from_mode(0o444)).unwrap();
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     let out = sluice_as_user(&[Path::new("copy"), &src, &dest]).unwrap();
     assert!(out.status.success(), "changed: {}", stderr(&out));
     assert_eq!(
@@ -50,6 +61,9 @@ fn an_unprivileged_user_resyncs_read_only_and_private_files() {
         b"blob 6\0hello!"
     );
     assert_eq!(mode("object"), 0o444);
+    assert_eq!(fs::read(dest.join("src/ro/mod")).unwrap(), b"v2");
+    assert_eq!(mode("ro"), 0o555);
+    assert_eq!(mode("ro/mod"), 0o444);
 }
 
 /// `sluice recv` into a directory its user cannot write says so before a sender connects (it
