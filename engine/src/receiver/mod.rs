@@ -317,8 +317,8 @@ impl Receiver {
         // into it will fail, comparing (`sluice verify`) will not.
         if let Err(e) = dest.writable() {
             tracing::warn!(
-                "cannot write into {} ({e}): a transfer there will fail; only `sluice verify` \
-                 against this ticket will work",
+                "cannot write into {} ({e}): a transfer there will fail (comparing with \
+                 `sluice verify` needs no write)",
                 dest.root().display()
             );
         }

@@ -170,8 +170,7 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
                         return linked.map_err(|e| {
                             conn_error(ticket.addr)(&format!(
                                 "no receiver answers: its host says nothing listens on the UDP \
-                                 port, and TCP: {}; is the receiving sluice (`recv`, `db recv`, \
-                                 `bench --serve`) still running there, and is this its latest ticket?",
+                                 port, and TCP: {}",
                                 tcp_reason(&e)
                             ))
                         });
@@ -208,11 +207,15 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
                         match tokio::time::timeout(FALLBACK_AFTER, quic).await {
                             Ok(r) => r,
                             Err(_) => Err(conn_error(ticket.addr)(&format!(
-                                "no receiver answers: nothing over QUIC for {} s, and TCP: {}; \
-                                 is the receiving sluice (`recv`, `db recv`, `bench --serve`) still running there, \
-                                 and is this its latest ticket?",
+                                "no receiver answers: nothing over QUIC for {} s, and TCP: {}{}",
                                 2 * FALLBACK_AFTER.as_secs(),
-                                tcp_reason(&e)
+                                tcp_reason(&e),
+                                if matches!(&e, Error::Connection { detail, .. } if detail.contains("latest ticket")) {
+                                    ""
+                                } else {
+                                    "; is the receiving sluice (`recv`, `db recv`, `bench --serve`) \
+                                     still running there, and is this its latest ticket?"
+                                }
                             ))),
                         }
                     }

@@ -252,6 +252,11 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
         // not an unreachable peer.
         if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
             Error::Tls(tls::TlsError::Handshake(e.to_string()))
+        } else if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            err(&format!(
+                "nothing listens there over TCP ({e}): is the receiving sluice still running, \
+                 and is this its latest ticket?"
+            ))
         } else {
             err(&e)
         }

@@ -322,8 +322,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 config.control_queue = n as usize;
             }
+            // The destination's errors name it, the sockets' their address.
             let rx = Receiver::bind(&dest, listen, advertise, config)
-                .with_context(|| format!("listening on {listen}"))?;
+                .with_context(|| format!("receiving into {}", dest.display()))?;
             let ticket = rx.ticket().to_string();
             if json {
                 render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
