@@ -336,6 +336,10 @@ impl Destination {
             .is_some_and(|m| !m.is_file() || m.nlink() > 1);
         let resume = !restart && !foreign && part_meta.is_some();
         if restart || foreign {
+            // Not a part file another transfer is writing now (`--restart` beside it).
+            let _claim = (restart && !foreign && part_meta.is_some())
+                .then(|| Self::lock_part(&part))
+                .transpose()?;
             Self::remove_part(&final_path).map_err(Error::file("removing stale", &part))?;
         } else if !resume {
             // A journal without its part file (removed by hand, say) must not vouch for a new
@@ -781,6 +785,43 @@ mod tests {
         assert_eq!(dest.resolve("ok/x").unwrap(), dest.root().join("ok/x"));
         assert!(dest.root().join("ok").is_dir());
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    /// A part file another transfer has claimed is neither resumed nor, with `--restart`,
+    /// removed from under it: the file fails, saying so.
+    #[test]
+    fn a_claimed_part_file_is_left_to_its_transfer() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = Destination::new(d.path()).unwrap();
+        let entry = Entry {
+            id: 0,
+            kind: sluice_proto::message::EntryKind::File,
+            path: "f".into(),
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size: 10,
+            link_target: String::new(),
+            version: [0; 16],
+        };
+        let part = Destination::part_path(&d.path().join("f"));
+        fs::write(&part, b"other's").unwrap();
+        let (held, made) = Destination::lock_part(&part).unwrap();
+        assert!(!made);
+        // Another open file description: as another process's claim would be.
+        for restart in [false, true] {
+            let p = dest.prepare_file(&entry, restart).map(|p| p.resume);
+            let claimed = p.and_then(|resume| {
+                assert!(resume, "the part file is there to resume");
+                Destination::lock_part(&part)
+            });
+            let err = claimed.unwrap_err().to_string();
+            assert!(err.contains("another sluice is writing"), "{err}");
+            assert_eq!(fs::read(&part).unwrap(), b"other's");
+        }
+        drop(held);
+        assert!(dest.prepare_file(&entry, true).is_ok());
+        assert!(!part.exists(), "--restart removes an unclaimed part file");
     }
 
     /// Two entries that reach one file (as `xt_DSCP.h` and `xt_dscp.h` do on a case-insensitive
