@@ -414,14 +414,27 @@ impl Destination {
         Ok((f, made))
     }
 
+    /// The claim of [`Destination::lock_part`] on a file written in place (`--inplace`): its
+    /// final name, opened read-only (the owner of a 0444 file may claim it too).
+    pub fn lock_in_place(path: &Path) -> Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(Error::file("opening", path))?;
+        Self::lock(&f, path)?;
+        Ok(f)
+    }
+
     /// Takes the exclusive claim of [`Destination::lock_part`] on the open part file `f`.
     pub fn lock(f: &File, part: &Path) -> Result<()> {
         match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(()),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Destination {
                 path: part.display().to_string(),
-                why: "another sluice is writing this file now (its part file is locked): \
-                      run again once that transfer has ended"
+                why: "another sluice is writing this file now (it holds a lock on it): run \
+                      again once that transfer has ended"
                     .into(),
             }),
             // A filesystem without locks: the claim is only a safeguard.

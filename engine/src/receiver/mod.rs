@@ -617,8 +617,13 @@ async fn receive(
                         dest.claims().claim(entry.id, &entry.path, meta)?;
                     }
                     // Another transfer may be at this file: a part file to resume is claimed
-                    // before it is scanned; any other, by the writer as it opens it.
-                    let lock = (p.resume && !inplace).then(|| Destination::lock_part(&p.part)).transpose()?;
+                    // before it is scanned, a file written in place before anything is written
+                    // into it; any other part file by the writer as it opens it.
+                    let lock = if inplace {
+                        Some((Destination::lock_in_place(&p.final_path)?, false))
+                    } else {
+                        p.resume.then(|| Destination::lock_part(&p.part)).transpose()?
+                    };
                     Ok((p, inplace, lock))
                 });
                 let (prepared, inplace, lock) = match placed {

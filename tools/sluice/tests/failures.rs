@@ -487,7 +487,7 @@ fn nix_is_root() -> bool {
 /// Two transfers writing one destination file at once (two `copy` commands; two receivers in
 /// one directory are the same code): the second to reach it fails at once, saying so, and the
 /// file under the final name is one source whole, never a mix of both reported as verified. In
-/// an existing directory, and in one that both runs make.
+/// an existing directory, in one that both runs make, and in place (`--inplace`).
 #[test]
 fn two_transfers_to_one_file_never_mix() {
     let d = tempfile::tempdir().unwrap();
@@ -497,16 +497,22 @@ fn two_transfers_to_one_file_never_mix() {
         random_file(&dir.join("f"), 48 * BLOCK, seed);
     }
     let hashes = [b3(&a.join("f")), b3(&b.join("f"))];
-    for (round, existing) in [(0, true), (1, false)] {
+    // Into an existing directory, into one both make, and in place over an older version.
+    for (round, existing, inplace) in [(0, true, false), (1, false, false), (2, true, true)] {
         let dest = d.path().join(format!("dest{round}"));
         if existing {
             std::fs::create_dir(&dest).unwrap();
+        }
+        if inplace {
+            std::fs::create_dir(dest.join("t")).unwrap();
+            random_file(&dest.join("t/f"), 48 * BLOCK, 3);
         }
         let mut into = dest.clone().into_os_string();
         into.push("/");
         let start = |src: &std::path::Path| {
             sluice()
                 .args(["copy", "--max-rate", "300M"])
+                .args(inplace.then_some("--inplace"))
                 .arg(src)
                 .arg(&into)
                 .stdout(Stdio::piped())
