@@ -338,7 +338,7 @@ impl Destination {
         if restart || foreign {
             // Not a part file another transfer is writing now (`--restart` beside it).
             let _claim = (restart && !foreign && part_meta.is_some())
-                .then(|| Self::lock_part(&part))
+                .then(|| Self::claim(&part))
                 .transpose()?;
             Self::remove_part(&final_path).map_err(Error::file("removing stale", &part))?;
         } else if !resume {
@@ -400,23 +400,15 @@ impl Destination {
             .open(part)
     }
 
-    /// Claims the part file at `part` for this process until the returned handle is closed,
-    /// creating it (empty, as [`Destination::open_part`]) if missing; the flag says whether it was
-    /// made. Two transfers writing one destination file at once (two `copy` commands, or a
-    /// second `recv` into the same directory) would otherwise write one part file together and
-    /// rename a mix of both under the final name, each verified against its own hashes. The
-    /// claim is an exclusive `flock`, taken before anything reads the part file and given up
-    /// once it is renamed into place or removed; the second transfer's file fails at once.
-    pub fn lock_part(part: &Path) -> Result<(File, bool)> {
-        let made = fs::symlink_metadata(part).is_err();
-        let f = Self::open_part(part).map_err(Error::file("opening", part))?;
-        Self::lock(&f, part)?;
-        Ok((f, made))
-    }
-
-    /// The claim of [`Destination::lock_part`] on a file written in place (`--inplace`): its
-    /// final name, opened read-only (the owner of a 0444 file may claim it too).
-    pub fn lock_in_place(path: &Path) -> Result<File> {
+    /// Claims the existing file at `path` (a part file, or a file written in place) for this
+    /// process until the returned handle is closed. Two transfers writing one destination file
+    /// at once (two `copy` commands, or a second `recv` into the same directory) would otherwise
+    /// write one part file together and rename a mix of both under the final name, each
+    /// verified against its own hashes. The claim is an exclusive `flock`, taken before anything
+    /// reads or writes the file and given up once it is renamed into place or removed; the
+    /// second transfer's file fails at once. Opened read-only: the owner of a 0444 file written
+    /// in place may claim it too.
+    pub fn claim(path: &Path) -> Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         let f = File::options()
             .read(true)
@@ -427,7 +419,7 @@ impl Destination {
         Ok(f)
     }
 
-    /// Takes the exclusive claim of [`Destination::lock_part`] on the open part file `f`.
+    /// Takes the exclusive claim of [`Destination::claim`] on the open file `f`.
     pub fn lock(f: &File, part: &Path) -> Result<()> {
         match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(()),
@@ -819,14 +811,13 @@ mod tests {
         };
         let part = Destination::part_path(&d.path().join("f"));
         fs::write(&part, b"other's").unwrap();
-        let (held, made) = Destination::lock_part(&part).unwrap();
-        assert!(!made);
+        let held = Destination::claim(&part).unwrap();
         // Another open file description: as another process's claim would be.
         for restart in [false, true] {
             let p = dest.prepare_file(&entry, restart).map(|p| p.resume);
             let claimed = p.and_then(|resume| {
                 assert!(resume, "the part file is there to resume");
-                Destination::lock_part(&part)
+                Destination::claim(&part)
             });
             let err = claimed.unwrap_err().to_string();
             assert!(err.contains("another sluice is writing"), "{err}");

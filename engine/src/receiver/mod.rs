@@ -154,9 +154,10 @@ struct Incoming {
     kept_bytes: u64,
     /// Compare only: the length of the file here, or `None` if there is none.
     compare_only: Option<Option<u64>>,
-    /// This transfer's claim of the part file ([`Destination::lock_part`]), and whether the
-    /// claim made it; held until the file is renamed into place or its part file removed.
-    lock: Option<(std::fs::File, bool)>,
+    /// This transfer's claim of the part file it resumes, or of the file it writes in place
+    /// ([`Destination::claim`]); held until the file is renamed into place or its part file
+    /// removed.
+    lock: Option<std::fs::File>,
 }
 
 impl Incoming {
@@ -619,11 +620,8 @@ async fn receive(
                     // Another transfer may be at this file: a part file to resume is claimed
                     // before it is scanned, a file written in place before anything is written
                     // into it; any other part file by the writer as it opens it.
-                    let lock = if inplace {
-                        Some((Destination::lock_in_place(&p.final_path)?, false))
-                    } else {
-                        p.resume.then(|| Destination::lock_part(&p.part)).transpose()?
-                    };
+                    let claimed = if inplace { Some(&p.final_path) } else { p.resume.then_some(&p.part) };
+                    let lock = claimed.map(|at| Destination::claim(at)).transpose()?;
                     Ok((p, inplace, lock))
                 });
                 let (prepared, inplace, lock) = match placed {
@@ -1247,7 +1245,7 @@ fn fail_file(
     };
     // The claim is given up once they are gone, not before: another transfer must not take
     // up a part file about to be removed.
-    let lock = f.lock.map(|(l, _)| l);
+    let lock = f.lock;
     if let Err(std::sync::mpsc::SendError(Job::Close { remove, .. })) = jobs.send_now(Job::Close {
         file: id,
         remove,
@@ -1413,18 +1411,12 @@ fn commit(
     let Some(f) = files.remove(&id) else {
         return Ok(Outcome::Pending);
     };
-    // A sealed part file: the writer let go of it at the seal, and the sealer renamed it. An
-    // unchanged file's part file, if its claim made one, goes.
+    // A sealed part file: the writer let go of it at the seal, and the sealer renamed it.
     if unchanged || f.inplace {
-        let made = f.lock.as_ref().is_some_and(|(_, made)| *made);
         let _ = jobs.send(Job::Close {
             file: id,
-            remove: if made {
-                vec![f.part.clone()]
-            } else {
-                Vec::new()
-            },
-            lock: f.lock.map(|(l, _)| l),
+            remove: Vec::new(),
+            lock: f.lock,
         });
     }
     let kept = f.kept_bytes;

@@ -61,7 +61,7 @@ pub(super) enum Job {
         /// The part file is new, in a directory this run made: empty until written.
         fresh: bool,
         /// The writer takes this transfer's claim of the part file when it first opens it for
-        /// writing ([`Destination::lock_part`]): the receiver holds none for it (it holds one
+        /// writing ([`Destination::claim`]): the receiver holds none for it (it holds one
         /// for a part file it resumes, taken before the scan).
         claim: bool,
     },
@@ -757,7 +757,7 @@ struct Seal {
 /// that entry: another entry's file under a name that only differs in case (a case-insensitive
 /// destination) is refused instead of shared.
 ///
-/// `claim`: also take this transfer's claim of the part file ([`Destination::lock_part`]),
+/// `claim`: also take this transfer's claim of the part file ([`Destination::claim`]),
 /// held by this handle, which goes to the sealer, until it is closed after the rename (or the
 /// part file's removal); where the receiver resumes a part file it took the claim itself, before
 /// the file's scan.
