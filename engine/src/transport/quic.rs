@@ -59,7 +59,6 @@ async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
     let mut heard = conn.stats().udp_rx.datagrams;
     let mut silent_since = Instant::now();
     let mut probe: Option<tokio::net::UdpSocket> = None;
-    let mut refusals = 0;
     loop {
         tokio::select! {
             _ = conn.closed() => return,
@@ -69,7 +68,6 @@ async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
         if now != heard {
             heard = now;
             silent_since = Instant::now();
-            refusals = 0;
             continue;
         }
         if silent_since.elapsed() < SILENT_BEFORE_PROBE {
@@ -79,12 +77,7 @@ async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
             probe = probe_socket(peer).await;
         }
         let Some(socket) = &probe else { return };
-        if !refused(socket).await {
-            refusals = 0;
-            continue;
-        }
-        refusals += 1;
-        if refusals == 2 {
+        if port_closed(socket).await {
             tracing::debug!(%peer, "the peer's port is closed");
             gone.store(true, Ordering::SeqCst);
             conn.close(0u32.into(), b"");
@@ -103,11 +96,22 @@ async fn probe_socket(peer: SocketAddr) -> Option<tokio::net::UdpSocket> {
     Some(socket)
 }
 
+/// Whether two probes in a row are refused: the peer's host says nothing listens there.
+async fn port_closed(socket: &tokio::net::UdpSocket) -> bool {
+    refused(socket).await && refused(socket).await
+}
+
 /// Sends one probe and waits [`PROBE_EVERY`] for a refusal.
 async fn refused(socket: &tokio::net::UdpSocket) -> bool {
     let is_refusal = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
     if let Err(e) = socket.send(&[0]).await {
-        return is_refusal(&e);
+        if is_refusal(&e) {
+            return true;
+        }
+        // Another error (no route, say) comes back at once: the probe's pace stays the same,
+        // so that a caller looping on it never spins.
+        tokio::time::sleep(PROBE_EVERY).await;
+        return false;
     }
     let mut buf = [0u8; 1];
     matches!(
@@ -201,17 +205,8 @@ pub(crate) async fn try_connect(
         let Some(socket) = probe_socket(ticket.addr).await else {
             return std::future::pending().await;
         };
-        let mut refusals = 0;
-        loop {
-            if refused(&socket).await {
-                refusals += 1;
-                if refusals == 2 {
-                    return Refused;
-                }
-            } else {
-                refusals = 0;
-            }
-        }
+        while !port_closed(&socket).await {}
+        Refused
     };
     tokio::select! {
         r = handshake(config, ticket) => Ok(r),
