@@ -2,12 +2,14 @@
 # bench/delta.sh — Sluice against rsync on the cases where the destination already holds an
 # older version, plus resume after an interruption. One run, loopback, page-cache-hot files.
 #
-#   bench/delta.sh [--size 1G] [--no-build] [--resume-only]
+#   bench/delta.sh [--size 1G] [--no-build] [--resume-only] [--cases "insert delete"] [--no-resume]
 #
 # Cases (each starts from a destination holding the original file):
 #   edit10    10 scattered 4 KiB edits in place
 #   append    1 MiB appended
 #   unchanged nothing changed
+#   insert    8 KiB inserted at 1 % of the file (every later block shifts)
+#   delete    100,000 bytes deleted in the middle
 # Tools: rsync over ssh (default delta algorithm, against an sshd this script starts on
 # 127.0.0.1 and stops), `sluice copy` at the default 1 MiB blocks, at --block-size 64K, and at
 # 1 MiB and 64K with --inplace (rsync's default builds a new file, like Sluice's default).
@@ -24,12 +26,16 @@ REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 SIZE=1G
 BUILD=1
 DELTA=1
+CASES=""
+RESUME=1
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --resume-only) DELTA=0; shift ;;
-        *) echo "usage: $0 [--size 1G] [--no-build] [--resume-only]" >&2; exit 2 ;;
+        --cases) CASES=$2; shift 2 ;;
+        --no-resume) RESUME=0; shift ;;
+        *) echo "usage: $0 [--size 1G] [--no-build] [--resume-only] [--cases LIST] [--no-resume]" >&2; exit 2 ;;
     esac
 done
 SLUICE=${SLUICE:-$REPO/target/release/sluice}
@@ -63,6 +69,13 @@ make_case() { # $1 case: builds $WORK/src/data.bin from the original
                     seek=$(( (i * bytes / 10 + 12345) / 4096 )) conv=notrunc status=none
             done ;;
         append) head -c 1048576 /dev/urandom >> "$WORK/src/data.bin" ;;
+        insert) # 8 KiB put in at 1 % of the file: every later byte shifts
+            { head -c $(( bytes / 100 + 17 )) "$WORK/orig/data.bin"
+              head -c 8192 /dev/urandom
+              tail -c +$(( bytes / 100 + 18 )) "$WORK/orig/data.bin"; } > "$WORK/src/data.bin" ;;
+        delete) # 100,000 bytes taken out in the middle
+            { head -c $(( bytes / 2 + 5 )) "$WORK/orig/data.bin"
+              tail -c +$(( bytes / 2 + 100006 )) "$WORK/orig/data.bin"; } > "$WORK/src/data.bin" ;;
         unchanged) ;;
     esac
     touch -d '2020-01-01' "$WORK/src/data.bin"
@@ -75,7 +88,9 @@ fresh_dest() { # $1 dir: holds the original version, on disk (not dirty in the p
 
 now() { date +%s.%N; }
 
-cases=(edit10 append unchanged)
+cases=(edit10 append unchanged insert delete)
+# shellcheck disable=SC2206
+[ -n "$CASES" ] && cases=($CASES)
 [ "$DELTA" = 1 ] || cases=()
 for c in "${cases[@]}"; do
     make_case "$c"
@@ -108,6 +123,7 @@ done
 # kill-and-resume with --rehash (the sender reads and hashes the kept half too), interleaved so
 # that drift on this VM hits all three alike; medians (the first round is often the slowest, and
 # runs of the same thing vary by ±15 % here).
+[ "$RESUME" = 1 ] || exit 0
 median() { sort -n | sed -n 3p; }
 cp "$WORK/orig/data.bin" "$WORK/src/data.bin"
 # A file changed within 3 s of being listed is never vouched for (docs/protocol.md, section 7);

@@ -32,6 +32,7 @@ fn codec(c: &mut Criterion) {
         patch: false,
         packed: 0,
         zero: false,
+        moved: false,
     };
     c.bench_function("block_header_round_trip", |b| {
         b.iter(|| decode_block_header(&encode_block_header(black_box(&h))))

@@ -448,6 +448,7 @@ fn generate(
             len: len as u32,
             packed: 0,
             zero: false,
+            moved: false,
             hash,
             patch: false,
         });

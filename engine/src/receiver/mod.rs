@@ -25,6 +25,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use sluice_proto::anchor::NO_ANCHOR;
 use sluice_proto::codec::MAX_HAVE;
 use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{
@@ -143,6 +144,10 @@ struct Incoming {
     local: Option<Vec<Option<Digest>>>,
     /// The scan's results so far.
     local_partial: Option<Vec<Option<Digest>>>,
+    /// The [`sluice_proto::anchor::anchor`] of each block scanned of an older version (a delta,
+    /// not in place): sent before each `Have` of its blocks, so the sender can find them at other
+    /// offsets. Empty otherwise.
+    anchors: Vec<u64>,
     /// Whole groups announced to the sender so far.
     groups_sent: u64,
     root: Option<Digest>,
@@ -179,6 +184,7 @@ impl Incoming {
             got: 0,
             local: None,
             local_partial: None,
+            anchors: Vec::new(),
             groups_sent: 0,
             root: None,
             sent: None,
@@ -188,6 +194,21 @@ impl Incoming {
             compare_only: None,
             lock: None,
         }
+    }
+
+    /// The anchors of blocks `blocks` of the older version, if any of them has one (only a
+    /// delta's older version has anchors, and only a file of more than one block sends them: a
+    /// single block has nowhere else to be).
+    fn anchors_of(&self, blocks: std::ops::Range<u64>) -> Option<Vec<u64>> {
+        if self.geometry.blocks() < 2 {
+            return None;
+        }
+        let end = (blocks.end as usize).min(self.anchors.len());
+        let found = self.anchors.get(blocks.start as usize..end)?;
+        found
+            .iter()
+            .any(|&a| a != NO_ANCHOR)
+            .then(|| found.to_vec())
     }
 
     /// Counts one more received block of group `group` (called once per block) and folds the
@@ -671,7 +692,7 @@ async fn receive(
                     // Nothing here to scan, and no earlier file's scan to wait
                     // for (HaveDone goes in manifest order): answered now, not
                     // by a round trip through the scanner.
-                    announce_scan(&mut control, entry.id, &mut incoming, 0, Vec::new(), true);
+                    announce_scan(&mut control, entry.id, &mut incoming, 0, (Vec::new(), Vec::new()), true);
                 } else {
                     let _ = scan_tx.send(ScanJob {
                         id: entry.id,
@@ -878,6 +899,9 @@ async fn receive(
                             let start = group * GROUP_BLOCKS;
                             let cvs: Vec<Digest> = match files.get(&id) {
                                 Some(f) => {
+                                    if let Some(anchors) = f.anchors_of(f.geometry.group_blocks(group)) {
+                                        control.queue(&Message::Anchors { id, first: start, anchors });
+                                    }
                                     let local = f.local.as_ref().or(f.local_partial.as_ref());
                                     f.geometry.group_blocks(group)
                                         .map(|i| local.and_then(|l| l.get(i as usize).copied().flatten()).unwrap_or([0; 32]))
@@ -940,7 +964,7 @@ async fn receive(
                         return Err(Error::io("scanner thread")(std::io::Error::other("stopped before the transfer ended")));
                     };
                     stall.touch();
-                    let Scanned { id, first, cvs, done, vouched } = scanned;
+                    let Scanned { id, first, cvs, anchors, done, vouched } = scanned;
                     if vouched {
                         let cvs = cvs.into_iter().flatten().collect();
                         control.send(&Message::Vouched { id, first, cvs }).await?;
@@ -952,7 +976,7 @@ async fn receive(
                     // Tell the sender what we hold as soon as it is known: a digest per whole
                     // group of blocks, block hashes for a trailing partial group.
                     if let Some(f) = files.get_mut(&id) {
-                        announce_scan(&mut control, id, f, first, cvs, done);
+                        announce_scan(&mut control, id, f, first, (cvs, anchors), done);
                     } else if done {
                         control.queue(&Message::HaveDone { id });
                     }
@@ -1446,10 +1470,17 @@ fn announce_scan(
     id: u32,
     f: &mut Incoming,
     first: u64,
-    cvs: Vec<Option<Digest>>,
+    (cvs, anchors): (Vec<Option<Digest>>, Vec<u64>),
     done: bool,
 ) {
     let geometry = f.geometry;
+    if f.base.is_some() && anchors.len() == cvs.len() && !anchors.is_empty() {
+        let end = first as usize + anchors.len();
+        if f.anchors.len() < end {
+            f.anchors.resize(end, NO_ANCHOR);
+        }
+        f.anchors[first as usize..end].copy_from_slice(&anchors);
+    }
     let local = f.local_partial.get_or_insert_with(Vec::new);
     let end = first as usize + cvs.len();
     if local.len() < end {
@@ -1486,6 +1517,13 @@ fn announce_scan(
                 .iter()
                 .map(|c| c.unwrap_or_default())
                 .collect();
+            if let Some(anchors) = f.anchors_of(start..scanned) {
+                control.queue(&Message::Anchors {
+                    id,
+                    first: start,
+                    anchors,
+                });
+            }
             control.queue(&Message::Have {
                 id,
                 first: start,
@@ -1578,6 +1616,28 @@ async fn read_block(
             Claimed::Closed => (index, file_len, block_size, true),
         }
     };
+    if header.moved {
+        // Only an offset crosses: the writer takes the block from the older version.
+        let mut from = [0u8; sluice_proto::codec::MOVED_LEN];
+        stream
+            .read_exact(&mut from)
+            .await
+            .map_err(|e| conn_err(&e))?;
+        if drop_it {
+            return Ok(true);
+        }
+        let job = Job::Patch {
+            file: header.file,
+            index,
+            header,
+            file_len,
+            block_size,
+            buf: pool.take().await,
+            from: Some(u64::from_le_bytes(from)),
+        };
+        let _ = jobs.send(job);
+        return Ok(true);
+    }
     let mut buf = pool.take().await;
     // A packed block arrives at the buffer's start, for the writer to unpack; a patch lands
     // where its bytes sit in the block, and the writer fills in the rest.
@@ -1608,6 +1668,7 @@ async fn read_block(
             file_len,
             block_size,
             buf,
+            from: None,
         }
     } else {
         Job::Write {

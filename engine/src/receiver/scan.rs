@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 
+use sluice_proto::anchor::anchor;
 use sluice_proto::codec::MAX_HAVE;
 use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{piece_hash, Digest, PieceHash, SourceVersion};
@@ -61,6 +62,8 @@ pub(super) struct Scanned {
     pub(super) id: u32,
     pub(super) first: u64,
     pub(super) cvs: Vec<Option<Digest>>,
+    /// The [`anchor`] of each block of `cvs` (empty for a vouched run).
+    pub(super) anchors: Vec<u64>,
     pub(super) done: bool,
     pub(super) vouched: bool,
 }
@@ -109,6 +112,7 @@ pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::Unbounded
             id: job.id,
             first: 0,
             cvs: Vec::new(),
+            anchors: Vec::new(),
             done: true,
             vouched: false,
         };
@@ -145,6 +149,7 @@ fn scan_one(
     let journaled = journaled.blocks;
     buf.resize(job.block_size as usize, 0);
     let mut run = Vec::with_capacity(MAX_HAVE);
+    let mut anchors = Vec::with_capacity(MAX_HAVE);
     let mut first = 0;
     for i in 0..count {
         let (offset, len) = (geometry.offset(i), geometry.block_len(i));
@@ -160,12 +165,15 @@ fn scan_one(
             tracing::warn!(path = %path.display(), block = i, "the part file changed since its resume journal recorded the block; it is sent again");
         }
         run.push(Some(cv));
+        anchors.push(anchor(data));
         if run.len() == MAX_HAVE {
             let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
+            let anchors = std::mem::replace(&mut anchors, Vec::with_capacity(MAX_HAVE));
             let _ = out.send(Scanned {
                 id: job.id,
                 first,
                 cvs,
+                anchors,
                 done: false,
                 vouched: false,
             });
@@ -177,6 +185,7 @@ fn scan_one(
             id: job.id,
             first,
             cvs: run,
+            anchors,
             done: false,
             vouched: false,
         });
@@ -211,6 +220,7 @@ fn announce_vouched(
             id: job.id,
             first,
             cvs,
+            anchors: Vec::new(),
             done: false,
             vouched: true,
         });

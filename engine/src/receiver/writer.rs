@@ -38,6 +38,7 @@ pub(super) enum Job {
     },
     /// Bytes of one block (a patch, at their place in `buf`): the rest of the block comes from
     /// the file the receiver reported holding, then it is verified and written like a block.
+    /// A moved block (`from`): all of it comes from that file, from offset `from`.
     Patch {
         file: u32,
         index: u64,
@@ -45,6 +46,7 @@ pub(super) enum Job {
         file_len: u64,
         block_size: u64,
         buf: Buffer,
+        from: Option<u64>,
     },
     Open {
         file: u32,
@@ -353,14 +355,23 @@ pub(super) fn write_blocks(
                 file_len,
                 block_size,
                 buf,
-            } => match complete_patch(held.get(&file), index, &header, file_len, block_size, buf) {
+                from,
+            } => match complete_patch(
+                held.get(&file),
+                index,
+                (&header, from),
+                file_len,
+                block_size,
+                buf,
+            ) {
                 Ok((whole, buf)) => Job::Write {
                     file,
                     index,
                     header: whole,
                     file_len,
                     buf,
-                    carried: header.len,
+                    // A moved block's bytes did not cross.
+                    carried: if from.is_some() { 0 } else { header.len },
                 },
                 // The receiver's copy could not be read: as a block damaged on the way, it is
                 // asked for again (whole).
@@ -368,7 +379,7 @@ pub(super) fn write_blocks(
                     tracing::info!(
                         file,
                         index,
-                        "cannot complete a patch ({e}); asking for the block"
+                        "cannot complete a patch or moved block ({e}); asking for the block"
                     );
                     let _ = done.send(Written::Corrupt {
                         file,
@@ -920,7 +931,7 @@ fn seal_batch(
 fn complete_patch(
     held_at: Option<&PathBuf>,
     index: u64,
-    header: &BlockHeader,
+    (header, from): (&BlockHeader, Option<u64>),
     file_len: u64,
     block_size: u64,
     mut buf: Buffer,
@@ -931,18 +942,25 @@ fn complete_patch(
     let geometry = Geometry::new(file_len, block_size as u32);
     let start = geometry.offset(index);
     let block_len = geometry.block_len(index) as usize;
-    let at = (header.offset - start) as usize;
-    let end = at + header.len as usize;
     let copy = File::open(path)?;
     let data = buf.as_mut_slice();
-    copy.read_exact_at(&mut data[..at], start)?;
-    copy.read_exact_at(&mut data[end..block_len], start + end as u64)?;
+    match from {
+        // Past the end of the copy: `read_exact_at` fails, and the block is asked for.
+        Some(from) => copy.read_exact_at(&mut data[..block_len], from)?,
+        None => {
+            let at = (header.offset - start) as usize;
+            let end = at + header.len as usize;
+            copy.read_exact_at(&mut data[..at], start)?;
+            copy.read_exact_at(&mut data[end..block_len], start + end as u64)?;
+        }
+    }
     let whole = BlockHeader {
         offset: start,
         len: block_len as u32,
         patch: false,
         packed: 0,
         zero: false,
+        moved: false,
         ..*header
     };
     Ok((whole, buf))
@@ -1099,6 +1117,55 @@ mod tests {
     use super::*;
     use crate::ring::BufferPool;
 
+    /// A moved block is taken from the older version at the offset the sender named; one that
+    /// names bytes the older version does not have, or a file with no older version, is not
+    /// completed (the block is asked for again), whatever the sender says.
+    #[test]
+    fn a_moved_block_comes_from_the_older_version_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("f");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 256) as u8).collect();
+        std::fs::write(&old, &bytes).unwrap();
+        let pool = BufferPool::new(2, 4096).unwrap();
+        let header = BlockHeader {
+            file: 0,
+            offset: 4096,
+            len: 4096,
+            hash: [0; 32],
+            patch: false,
+            packed: 0,
+            zero: false,
+            moved: true,
+        };
+        let (whole, buf) = complete_patch(
+            Some(&old),
+            1,
+            (&header, Some(777)),
+            8192,
+            4096,
+            pool.take_blocking(),
+        )
+        .unwrap();
+        assert_eq!(&buf.as_slice()[..4096], &bytes[777..777 + 4096]);
+        assert!(!whole.moved && whole.offset == 4096 && whole.len == 4096);
+        drop(buf);
+        for (held, from) in [
+            (Some(&old), 10_000 - 4095),
+            (Some(&old), u64::MAX - 10),
+            (None, 0),
+        ] {
+            let r = complete_patch(
+                held,
+                1,
+                (&header, Some(from)),
+                8192,
+                4096,
+                pool.take_blocking(),
+            );
+            assert!(r.is_err(), "from {from}");
+        }
+    }
+
     /// A file sealed while writes of its blocks are still in flight: every one of them is
     /// reported before the seal is, so no write can land after the file's root was checked and
     /// the file renamed.
@@ -1150,6 +1217,7 @@ mod tests {
                         patch: false,
                         packed: 0,
                         zero: false,
+                        moved: false,
                     },
                     file_len,
                     buf,

@@ -48,6 +48,9 @@ struct HaveDetail {
     groups: Vec<Digest>,
     /// Block hashes vouched for and not yet taken by the reader.
     vouched: std::collections::HashMap<u64, Digest>,
+    /// Anchors of the receiver's older version ([`sluice_proto::anchor`]), `(block, anchor)`
+    /// in the order they arrived; the reader takes those it has not seen yet.
+    anchors: Vec<(u64, u64)>,
     /// Piece hashes of blocks asked for with `WantPieces`, by block index.
     pieces: std::collections::HashMap<u64, Vec<PieceHash>>,
     /// Blocks asked for with `WantPieces` and not answered yet; other answers are dropped.
@@ -126,6 +129,28 @@ impl HaveBoard {
         }
         st.detail.insert(first / GROUP_BLOCKS);
         self.wake();
+    }
+
+    /// Anchors of an older version's blocks, before the `Have` that reports those blocks.
+    pub(super) fn add_anchors(&self, id: u32, first: u64, anchors: Vec<u64>) {
+        let mut files = self.lock();
+        let Some(st) = self.state(&mut files, id) else {
+            return;
+        };
+        let found = (first..)
+            .zip(anchors)
+            .filter(|&(_, a)| a != sluice_proto::anchor::NO_ANCHOR);
+        st.more().anchors.extend(found);
+    }
+
+    /// The anchors of file `id` that arrived after the first `seen`.
+    pub(super) fn anchors_since(&self, id: u32, seen: usize) -> Vec<(u64, u64)> {
+        self.lock()
+            .get(&id)
+            .and_then(|st| st.more.as_ref())
+            .and_then(|st| st.anchors.get(seen..))
+            .map(<[_]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub(super) fn add_groups(&self, id: u32, first: u64, digests: Vec<Digest>) {

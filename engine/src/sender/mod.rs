@@ -43,6 +43,7 @@ use crate::ring::BufferPool;
 use crate::transport::{self, Link};
 
 mod board;
+mod moves;
 
 use board::{HaveBoard, Held};
 
@@ -285,6 +286,7 @@ async fn transfer(
                     finishing: Default::default(),
                     abandoned: Default::default(),
                     deferred: std::rc::Rc::new(Deferred::new(block_tx.clone(), event_tx.clone())),
+                    search: Default::default(),
                     packer: std::cell::RefCell::new(Packer::new(
                         config.compress,
                         config.compress_level,
@@ -408,6 +410,7 @@ async fn transfer(
                     SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
+                    SenderEvent::Anchors { id, first, anchors } => board.add_anchors(id, first, anchors),
                     SenderEvent::Holding { id, len, vouching } => board.holding(id, len, vouching),
                     SenderEvent::Vouched { id, first, cvs } if !config.rehash => board.add_vouched(id, first, cvs),
                     SenderEvent::Vouched { .. } => {}
@@ -508,6 +511,9 @@ struct Reading {
     vouched: std::collections::HashSet<u64>,
     /// Blocks vouched for that are read all the same, as a spot check, with the hash vouched.
     spot: std::collections::HashMap<u64, Digest>,
+    /// The receiver's older version, once it reported anchors of it: where a differing block
+    /// may be found shifted.
+    moves: Option<Box<moves::Moves>>,
 }
 
 /// One held block in this many the receiver's journal vouches for is read and checked all the
@@ -558,6 +564,8 @@ struct Reader<'a> {
     packer: std::cell::RefCell<Packer>,
     /// Short blocks and the `FileDone`s behind them, handed to the network thread in bursts.
     deferred: std::rc::Rc<Deferred>,
+    /// A block and the bytes after it, looked through for the receiver's anchors.
+    search: std::cell::RefCell<Vec<u8>>,
 }
 
 /// Short blocks (small files, last blocks) held back by the reader with the `FileDone` events
@@ -759,6 +767,7 @@ impl Reader<'_> {
                     patches: Vec::new(),
                     vouched: Default::default(),
                     spot: Default::default(),
+                    moves: None,
                 },
             );
             // Fewer bytes allocated than the length: the file has holes.
@@ -1044,9 +1053,85 @@ impl Reader<'_> {
                 patch: range.len() < len,
                 packed: 0,
                 zero: false,
+                moved: false,
             },
             payload,
         )
+    }
+
+    /// Sends block `index` of `src` (hash `cv`; `block`, its bytes, if at hand) as moved, if
+    /// the receiver's older version holds it at another offset ([`moves`]): `true` if it was.
+    fn send_moved(
+        &self,
+        st: &mut Reading,
+        src: &SourceEntry,
+        index: u64,
+        cv: Digest,
+        block: Option<&[u8]>,
+    ) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let Some(board) = self.board.as_ref().filter(|_| !self.config.dry_run) else {
+            return Ok(false);
+        };
+        let id = src.entry.id;
+        let fresh = board.anchors_since(id, st.moves.as_ref().map_or(0, |m| m.seen));
+        if st.moves.is_none() && !fresh.is_empty() {
+            // Holding came before the anchors: this does not wait.
+            if let Some(old_len) = board.wait_held(id) {
+                st.moves = Some(Box::new(moves::Moves::new(self.config.block_size, old_len)));
+            }
+        }
+        let Some(moves) = st.moves.as_mut() else {
+            return Ok(false);
+        };
+        moves.add(&fresh);
+        let size = src.entry.size;
+        let geometry = Geometry::new(size, self.config.block_size);
+        let (offset, len) = (geometry.offset(index), geometry.block_len(index) as usize);
+        if !moves.looks_at(offset) {
+            return Ok(false);
+        }
+        // The block and the bytes after it, where an anchor starting in its last bytes ends.
+        let end = (offset + len as u64 + sluice_proto::anchor::ANCHOR_LEN as u64 - 1).min(size);
+        let mut data = self.search.borrow_mut();
+        data.clear();
+        let from_file = match block {
+            Some(b) => {
+                data.extend_from_slice(b);
+                offset + len as u64
+            }
+            None => offset,
+        };
+        let have = data.len();
+        data.resize(have + (end - from_file) as usize, 0);
+        let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
+        file.read_exact_at(&mut data[have..], from_file)
+            .map_err(Error::file("reading", &src.local))?;
+        let Some(from) = moves.find(&data, offset, len) else {
+            return Ok(false);
+        };
+        tracing::trace!(
+            id,
+            index,
+            from,
+            "block found at another offset of the older version"
+        );
+        st.sent += 1;
+        self.progress.add_kept(len as u64);
+        self.send_frame(
+            BlockHeader {
+                file: id,
+                offset,
+                len: len as u32,
+                hash: cv,
+                patch: false,
+                packed: 0,
+                zero: false,
+                moved: true,
+            },
+            Bytes::copy_from_slice(&from.to_le_bytes()),
+        )?;
+        Ok(true)
     }
 
     fn send_block(&self, file: u32, offset: u64, hash: Digest, payload: Bytes) -> Result<()> {
@@ -1059,6 +1144,7 @@ impl Reader<'_> {
                 patch: false,
                 packed: 0,
                 zero: false,
+                moved: false,
             },
             payload,
         )
@@ -1067,7 +1153,9 @@ impl Reader<'_> {
     fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
         let carries = payload.len() as u64;
         let mut packer = self.packer.borrow_mut();
-        if !header.patch && blockio::all_zero(&payload) {
+        if header.moved {
+            // An offset, not the block: neither a hole nor worth packing.
+        } else if !header.patch && blockio::all_zero(&payload) {
             // A sparse file's hole, or zeros written out: the header alone says it.
             header.zero = true;
             payload = Bytes::new();
@@ -1192,7 +1280,23 @@ impl Reader<'_> {
             Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
             None => Held::Block(None),
         };
+        // A block that differs may lie in the receiver's older version at another offset.
+        let moved = match &held {
+            Held::Block(their) if *their != Some(cv) => {
+                self.send_moved(st, src, index, cv, Some(&data.as_slice()[..n]))
+            }
+            _ => Ok(false),
+        };
+        let moved = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                drop(data);
+                self.abandon_on(fi, e, state)?;
+                return Ok(());
+            }
+        };
         let whole = match held {
+            _ if moved => false,
             Held::Block(their) => self.decide(st, src.entry.id, index, their, cv, n),
             // Decided when the whole group is hashed; a differing block is read again then.
             Held::Group(d) => {
@@ -1389,6 +1493,13 @@ impl Reader<'_> {
                     }));
                 }
                 let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
+                if their != Some(cv) {
+                    match self.send_moved(st, src, i, cv, None) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return self.abandon_on(fi, e, state),
+                    }
+                }
                 if self.decide(st, id, i, their, cv, len) {
                     if let Err(e) = self.send_again(src, geometry.offset(i), Some(cv)) {
                         return self.abandon_on(fi, e, state);

@@ -706,6 +706,7 @@ async fn send_unit(
                 len: n as u32,
                 packed: packed.as_ref().map_or(0, |p| p.len() as u32),
                 zero: false,
+                moved: false,
                 hash,
                 patch: false,
             });

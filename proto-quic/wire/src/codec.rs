@@ -31,6 +31,11 @@ pub const PACKED_TAG: u8 = 0xB3;
 /// First byte of a zero block's header ([`BlockHeader::zero`]): `len` zero bytes, none on the
 /// wire.
 pub const ZERO_TAG: u8 = 0xB4;
+/// First byte of a moved block's header ([`BlockHeader::moved`]): an 8-byte offset follows,
+/// not the block.
+pub const MOVED_TAG: u8 = 0xB5;
+/// Payload of a moved block: the offset of its bytes in the receiver's older version.
+pub const MOVED_LEN: usize = 8;
 /// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
 pub const MAX_PIECES: usize = 256;
 
@@ -55,6 +60,7 @@ const T_PIECES: u8 = 18;
 const T_VOUCHED: u8 = 19;
 const T_HELD: u8 = 20;
 const T_ABANDON: u8 = 21;
+const T_ANCHORS: u8 = 22;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,7 +104,7 @@ pub enum DecodeError {
         value: u64,
     },
     /// A block header did not start with a block tag.
-    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}: data stream out of frame")]
+    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}, {MOVED_TAG:#04x}: data stream out of frame")]
     BadBlockTag(u8),
 }
 
@@ -168,6 +174,13 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&first.to_le_bytes());
             put_digests(out, cvs);
+        }
+        Message::Anchors { id, first, anchors } => {
+            out.push(T_ANCHORS);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&first.to_le_bytes());
+            let words: Vec<[u8; 8]> = anchors.iter().map(|a| a.to_le_bytes()).collect();
+            put_hashes(out, &words, MAX_HAVE);
         }
         Message::WantDetail { id, group } => {
             out.push(T_WANT_DETAIL);
@@ -341,6 +354,15 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             first: r.u64("first")?,
             cvs: r.digests("cvs")?,
         },
+        T_ANCHORS => Message::Anchors {
+            id: r.u32("id")?,
+            first: r.u64("first")?,
+            anchors: r
+                .hashes::<8>("anchors", MAX_HAVE)?
+                .into_iter()
+                .map(u64::from_le_bytes)
+                .collect(),
+        },
         T_WANT_DETAIL => Message::WantDetail {
             id: r.u32("id")?,
             group: r.u64("group")?,
@@ -396,6 +418,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
 pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
     out[0] = match (h.patch, h.zero, h.packed) {
+        _ if h.moved => MOVED_TAG,
         (true, _, _) => PATCH_TAG,
         (false, true, _) => ZERO_TAG,
         (false, false, 0) => BLOCK_TAG,
@@ -418,7 +441,10 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         msg_type: BLOCK_TAG,
     };
     let tag = r.u8("tag")?;
-    if !matches!(tag, BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG) {
+    if !matches!(
+        tag,
+        BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG | MOVED_TAG
+    ) {
         return Err(DecodeError::BadBlockTag(tag));
     }
     let h = BlockHeader {
@@ -429,6 +455,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         hash: r.array("hash")?,
         patch: tag == PATCH_TAG,
         zero: tag == ZERO_TAG,
+        moved: tag == MOVED_TAG,
     };
     if (tag == PACKED_TAG) != (h.packed != 0) {
         return Err(DecodeError::BadValue {
@@ -631,6 +658,16 @@ mod tests {
                 proptest::collection::vec(any::<[u8; 32]>(), 0..8)
             )
                 .prop_map(|(id, first, cvs)| Message::Vouched { id, first, cvs }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u64>(), 0..MAX_HAVE)
+            )
+                .prop_map(|(id, first, anchors)| Message::Anchors {
+                    id,
+                    first,
+                    anchors
+                }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (
@@ -700,15 +737,16 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..4, packed in 1..=u32::MAX) {
-            // One of: a block, a patch, a packed block, a zero block.
-            let (patch, zero, packed) = match kind {
-                0 => (false, false, 0),
-                1 => (true, false, 0),
-                2 => (false, false, packed),
-                _ => (false, true, 0),
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..5, packed in 1..=u32::MAX) {
+            // One of: a block, a patch, a packed block, a zero block, a moved block.
+            let (patch, zero, packed, moved) = match kind {
+                0 => (false, false, 0, false),
+                1 => (true, false, 0, false),
+                2 => (false, false, packed, false),
+                3 => (false, true, 0, false),
+                _ => (false, false, 0, true),
             };
-            let h = BlockHeader { file, offset, len, hash, patch, packed, zero };
+            let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
         }
 
@@ -761,6 +799,7 @@ mod tests {
             hash: [4; 32],
             packed: 0,
             zero: false,
+            moved: false,
         });
         b[0] = 0;
         assert_eq!(decode_block_header(&b), Err(DecodeError::BadBlockTag(0)));
@@ -776,6 +815,7 @@ mod tests {
             hash: [4; 32],
             packed: 5000,
             zero: false,
+            moved: false,
         };
         let mut b = encode_block_header(&h);
         assert_eq!(b[0], PACKED_TAG);

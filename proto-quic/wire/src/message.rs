@@ -274,6 +274,19 @@ pub enum Message {
         /// Block hashes, at most [`crate::codec::MAX_HAVE`].
         cvs: Vec<Digest>,
     },
+    /// Receiver → sender, just before the `Have` that reports the same blocks of an older
+    /// version (not a part file, and not for an in-place run): the [`crate::anchor::anchor`] of
+    /// each of those blocks, [`crate::anchor::NO_ANCHOR`] where there is none. The sender looks
+    /// for them at other offsets of its file and may send a block as moved
+    /// ([`BlockHeader::moved`]). Since version 9.
+    Anchors {
+        /// The file's entry id.
+        id: u32,
+        /// Index of the block `anchors[0]` describes.
+        first: u64,
+        /// Anchors, at most [`crate::codec::MAX_HAVE`].
+        anchors: Vec<u64>,
+    },
     /// Sender → receiver: send the block hashes of this group (as a `Have`); it differs.
     WantDetail {
         /// The file's entry id.
@@ -399,4 +412,9 @@ pub struct BlockHeader {
     /// checks `hash` against `len` zero bytes and leaves a hole in the file where its
     /// filesystem can (a sparse source's holes stay holes, and cross as 53 bytes a block).
     pub zero: bool,
+    /// A moved block (tag [`crate::codec::MOVED_TAG`]; since version 9): its payload is an
+    /// 8-byte offset (`u64 LE`) into the older version the receiver holds, where the block's `len`
+    /// bytes are to be taken from; `hash` is checked on them as for a block that crossed. Only a
+    /// whole block moves.
+    pub moved: bool,
 }

@@ -17,9 +17,11 @@
 //!                                         vouching} if the destination holds some of it, then,
 //!                                         as its scan proceeds, Vouched{id, first, cvs}* (from a
 //!                                         resume journal of this source version),
-//!                                         HaveGroups{id, first, digests}* Have{tail}? HaveDone{id}
+//!                                         HaveGroups{id, first, digests}* (Anchors? Have){tail}?
+//!                                         HaveDone{id}
 //!   WantDetail{id, group}              -> (a group's digest differs)
-//!                                      <- Have{id, first, cvs}   (that group's block hashes)
+//!                                      <- Anchors{id, first, anchors}? (an older version)
+//!                                         Have{id, first, cvs}   (that group's block hashes)
 //!   FileDone{id, root, sent} × files   ->   (data streams carry the missing blocks meanwhile)
 //!                                      <- Resend{id, offset}  (a block failed verification)
 //!                                      <- FileVerified{id} | FileFailed{id, reason}
@@ -228,6 +230,7 @@ fn name(msg: &Message) -> &'static str {
         Message::Pieces { .. } => "Pieces",
         Message::Holding { .. } => "Holding",
         Message::Vouched { .. } => "Vouched",
+        Message::Anchors { .. } => "Anchors",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
@@ -712,6 +715,15 @@ pub enum SenderEvent {
         /// The recorded block hashes.
         cvs: Vec<Digest>,
     },
+    /// Anchors of blocks of an older version the receiver holds ([`crate::anchor`]).
+    Anchors {
+        /// The file id.
+        id: u32,
+        /// Index of the first block described.
+        first: u64,
+        /// The anchors.
+        anchors: Vec<u64>,
+    },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
     /// Piece hashes of the receiver's copy of a block.
@@ -836,6 +848,15 @@ impl SenderSession {
                     return Err(SessionError::BlockRange { id, index: end });
                 }
                 Ok(SenderEvent::HaveGroups { id, first, digests })
+            }
+            Message::Anchors { id, first, anchors } if self.welcomed && !self.finished => {
+                // As a Have, which it precedes.
+                let blocks = self.blocks(id)?;
+                let end = first.saturating_add(anchors.len() as u64);
+                if end > blocks {
+                    return Err(SessionError::BlockRange { id, index: end });
+                }
+                Ok(SenderEvent::Anchors { id, first, anchors })
             }
             Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
                 // A Have may also answer a WantDetail after HaveDone.
@@ -1207,6 +1228,7 @@ mod tests {
             patch: false,
             packed: 0,
             zero: false,
+            moved: false,
         };
         assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
         assert_eq!(
@@ -1247,6 +1269,7 @@ mod tests {
             patch: true,
             packed: 0,
             zero: false,
+            moved: false,
         };
         assert_eq!(s.check_block(&p(100, 50)), Ok(0));
         assert_eq!(s.check_block(&p(1024, 1024)), Ok(1));

@@ -188,6 +188,65 @@ over_both! {
     }
 }
 
+/// `path` with `bytes` put in at `at` (or, with `remove`, that many bytes taken out there).
+fn splice(path: &Path, at: usize, bytes: &[u8], remove: usize) {
+    let mut data = fs::read(path).unwrap();
+    data.splice(at..at + remove, bytes.iter().copied());
+    fs::write(path, data).unwrap();
+}
+
+over_both! {
+    fn an_insertion_or_a_deletion_costs_about_its_own_bytes() {
+        // Blocks compared at the same offsets all differ after an insertion: the receiver's
+        // anchors let the sender find them shifted in the older version, and only an offset
+        // crosses for each. A file of two groups (a `WantDetail` per group) and one of a single
+        // partial group (its `Have` straight from the scan), by copy and by send + recv.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let (big, small) = (src.join("big.bin"), src.join("small.bin"));
+        random_file(&big, 100 * BLOCK + 4321, 31);
+        random_file(&small, 12 * BLOCK + 99, 32);
+        let dest = d.path().join("dest");
+        copy_json(&src, &dest);
+        let payload = |s: &serde_json::Value| s["payload_bytes"].as_u64().unwrap();
+
+        // 3,000 bytes in near the start of each.
+        splice(&big, (5 * BLOCK + 123) as usize, &[0xa5; 3000], 0);
+        splice(&small, 700_001, &[0x5a; 3000], 0);
+        let s = copy_json(&src, &dest);
+        assert_same_tree(&src, &dest.join("src"));
+        assert!(payload(&s) <= 4 * BLOCK, "{s}");
+        assert!(s["wire_bytes"].as_u64().unwrap() <= 5 * BLOCK, "{s}");
+
+        // 10,000 bytes out of the middle, through separate processes.
+        splice(&big, (40 * BLOCK + 77) as usize, &[], 10_000);
+        splice(&small, (6 * BLOCK) as usize, &[], 10_000);
+        let s = send_recv_json(&src, &dest);
+        assert_same_tree(&src, &dest.join("src"));
+        assert!(payload(&s) <= 4 * BLOCK, "{s}");
+
+        // A long insertion (5 MiB and 3 bytes): found again within as many blocks again.
+        let long: Vec<u8> = (0..5 * BLOCK as usize + 3).map(|i| (i * 7 % 251) as u8).collect();
+        splice(&big, (20 * BLOCK) as usize + 5, &long, 0);
+        let s = copy_json(&src, &dest);
+        assert_same_tree(&src, &dest.join("src"));
+        assert!(payload(&s) <= 16 * BLOCK, "{s}");
+
+        // A rewritten file still arrives whole and right.
+        random_file(&big, 100 * BLOCK + 4321, 33);
+        let s = copy_json(&src, &dest);
+        assert_same_tree(&src, &dest.join("src"));
+        assert!(payload(&s) >= 100 * BLOCK, "{s}");
+
+        // In place, nothing moves (the older version is being overwritten), and all is right.
+        splice(&small, 10, b"in place", 0);
+        copy_json_with(&src, &dest, &["--inplace"]);
+        assert_same_tree(&src, &dest.join("src"));
+        assert!(part_files(&dest).is_empty());
+    }
+}
+
 over_both! {
     fn truncated_file_with_blocks_larger_than_the_copy_buffer() {
         // 16 MiB blocks are larger than the 8 MiB runs kept blocks are copied in; the new version

@@ -134,6 +134,7 @@ impl Crafted {
                 patch: false,
                 packed: 0,
                 zero: false,
+                moved: false,
             });
             let mut wire = header.to_vec();
             wire.extend(std::iter::repeat_n(0x5a, part));
