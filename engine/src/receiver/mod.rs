@@ -1617,10 +1617,16 @@ async fn read_block(
         }
     };
     if header.moved {
-        // Only an offset crosses: the writer takes the block from the older version.
+        // An offset and the block's literal prefix cross: the writer takes the rest from the
+        // older version.
         let mut from = [0u8; sluice_proto::codec::MOVED_LEN];
         stream
             .read_exact(&mut from)
+            .await
+            .map_err(|e| conn_err(&e))?;
+        let mut buf = pool.take().await;
+        stream
+            .read_exact(&mut buf.as_mut_slice()[..header.packed as usize])
             .await
             .map_err(|e| conn_err(&e))?;
         if drop_it {
@@ -1632,7 +1638,7 @@ async fn read_block(
             header,
             file_len,
             block_size,
-            buf: pool.take().await,
+            buf,
             from: Some(u64::from_le_bytes(from)),
         };
         let _ = jobs.send(job);

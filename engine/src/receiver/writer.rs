@@ -38,7 +38,8 @@ pub(super) enum Job {
     },
     /// Bytes of one block (a patch, at their place in `buf`): the rest of the block comes from
     /// the file the receiver reported holding, then it is verified and written like a block.
-    /// A moved block (`from`): all of it comes from that file, from offset `from`.
+    /// A moved block (`from`): its literal prefix is at the start of `buf` (`header.packed`
+    /// bytes), and the rest comes from that file, from offset `from`.
     Patch {
         file: u32,
         index: u64,
@@ -371,7 +372,11 @@ pub(super) fn write_blocks(
                     file_len,
                     buf,
                     // A moved block's bytes did not cross.
-                    carried: if from.is_some() { 0 } else { header.len },
+                    carried: if from.is_some() {
+                        header.packed
+                    } else {
+                        header.len
+                    },
                 },
                 // The receiver's copy could not be read: as a block damaged on the way, it is
                 // asked for again (whole).
@@ -946,7 +951,7 @@ fn complete_patch(
     let data = buf.as_mut_slice();
     match from {
         // Past the end of the copy: `read_exact_at` fails, and the block is asked for.
-        Some(from) => copy.read_exact_at(&mut data[..block_len], from)?,
+        Some(from) => copy.read_exact_at(&mut data[header.packed as usize..block_len], from)?,
         None => {
             let at = (header.offset - start) as usize;
             let end = at + header.len as usize;
@@ -1148,6 +1153,20 @@ mod tests {
         .unwrap();
         assert_eq!(&buf.as_slice()[..4096], &bytes[777..777 + 4096]);
         assert!(!whole.moved && whole.offset == 4096 && whole.len == 4096);
+        drop(buf);
+        // With a literal prefix: the block's first 100 bytes came with it, the rest is the
+        // older version's from `from` on.
+        let mut buf = pool.take_blocking();
+        buf.as_mut_slice()[..100].fill(0xee);
+        let prefixed = BlockHeader {
+            packed: 100,
+            ..header
+        };
+        let (whole, buf) =
+            complete_patch(Some(&old), 1, (&prefixed, Some(777)), 8192, 4096, buf).unwrap();
+        assert!(buf.as_slice()[..100].iter().all(|&b| b == 0xee));
+        assert_eq!(&buf.as_slice()[100..4096], &bytes[777..777 + 3996]);
+        assert_eq!(whole.packed, 0);
         drop(buf);
         for (held, from) in [
             (Some(&old), 10_000 - 4095),

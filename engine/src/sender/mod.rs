@@ -1107,17 +1107,23 @@ impl Reader<'_> {
         let file = File::open(&src.local).map_err(Error::file("opening", &src.local))?;
         file.read_exact_at(&mut data[have..], from_file)
             .map_err(Error::file("reading", &src.local))?;
-        let Some(from) = moves.find(&data, offset, len) else {
+        let Some((from, prefix)) = moves.find(&data, offset, len) else {
             return Ok(false);
         };
         tracing::trace!(
             id,
             index,
             from,
-            "block found at another offset of the older version"
+            prefix,
+            "block found in the older version, shifted"
         );
         st.sent += 1;
-        self.progress.add_kept(len as u64);
+        self.progress.add_kept((len - prefix) as u64);
+        // The offset, then the block's first bytes as they are.
+        let mut payload = Vec::with_capacity(sluice_proto::codec::MOVED_LEN + prefix);
+        payload.extend_from_slice(&from.to_le_bytes());
+        payload.extend_from_slice(&data[..prefix]);
+        drop(data);
         self.send_frame(
             BlockHeader {
                 file: id,
@@ -1125,11 +1131,11 @@ impl Reader<'_> {
                 len: len as u32,
                 hash: cv,
                 patch: false,
-                packed: 0,
+                packed: prefix as u32,
                 zero: false,
                 moved: true,
             },
-            Bytes::copy_from_slice(&from.to_le_bytes()),
+            Bytes::from(payload),
         )?;
         Ok(true)
     }

@@ -39,6 +39,8 @@ pub(super) struct Moves {
     next_roll: u64,
     /// Blocks rolled along so far.
     pub(super) rolled: u64,
+    /// The last block found.
+    found: Option<u64>,
 }
 
 const FILTER_BITS: u32 = 20;
@@ -56,6 +58,7 @@ impl Moves {
             fruitless: 0,
             next_roll: 0,
             rolled: 0,
+            found: None,
         }
     }
 
@@ -85,13 +88,20 @@ impl Moves {
     }
 
     /// Where in the older version the block of `len` bytes at `offset` of the new file may be
-    /// found, if anywhere: its offset there. `data` holds the block and, where the file goes on,
-    /// up to [`ANCHOR_LEN`] − 1 bytes after it (an anchor may start in the block's last bytes).
-    pub(super) fn find(&mut self, data: &[u8], offset: u64, len: usize) -> Option<u64> {
-        if let Some(from) = self.shift.and_then(|d| self.confirm(data, offset, len, d)) {
-            return Some(from);
-        }
+    /// found, if anywhere: `(from, prefix)`, the block being its first `prefix` bytes as they
+    /// are (sent along) and then the older version's bytes from `from` on. `data` holds the block
+    /// and, where the file goes on, up to [`ANCHOR_LEN`] − 1 bytes after it (an anchor may start
+    /// in the block's last bytes).
+    ///
+    /// An anchor found at `p` says where the older version's bytes go on from there, not what
+    /// comes before: the edit that shifted them may lie in the block's first `p` bytes, which
+    /// therefore cross as they are. A block found by a shift already known has no prefix.
+    pub(super) fn find(&mut self, data: &[u8], offset: u64, len: usize) -> Option<(u64, usize)> {
         let index = offset / self.block_size;
+        if let Some(from) = self.shift.and_then(|d| self.confirm(data, index, len, d)) {
+            self.found = Some(index);
+            return Some((from, 0));
+        }
         if index < self.next_roll || data.len() < ANCHOR_LEN {
             return None;
         }
@@ -111,16 +121,20 @@ impl Moves {
                 continue;
             };
             // The receiver's block `block` starts at `offset + p` here.
-            let Some(from) = (block * self.block_size).checked_sub(p as u64) else {
-                continue;
-            };
-            if from == offset || from + len as u64 > self.old_len {
+            let from = block * self.block_size;
+            let at = offset + p as u64;
+            if from == at {
                 continue;
             }
-            self.shift = Some(offset as i64 - from as i64);
+            if from + (len - p) as u64 > self.old_len {
+                continue;
+            }
+            // The block's byte `p` is the older version's byte `from`.
+            self.shift = Some(at as i64 - from as i64);
             self.fruitless = 0;
             self.next_roll = 0;
-            return Some(from);
+            self.found = Some(index);
+            return Some((from, p));
         }
         self.shift = None;
         self.fruitless += 1;
@@ -130,19 +144,26 @@ impl Moves {
         None
     }
 
-    /// The old offset of the block at `offset` under shift `d`, if an anchor of the older
+    /// The old offset of block `index` (`len` bytes) under shift `d`, if an anchor of the older
     /// version confirms it: the first old block starting inside the range must start with the
-    /// bytes found at its shifted place here.
-    fn confirm(&self, data: &[u8], offset: u64, len: usize, d: i64) -> Option<u64> {
+    /// bytes found at its shifted place here. Where there is no such anchor to check (the older
+    /// version's last block, or anchors not received yet), a block right after one found keeps
+    /// the run going unchecked: the receiver's hash check has the last word.
+    fn confirm(&self, data: &[u8], index: u64, len: usize, d: i64) -> Option<u64> {
+        let offset = index * self.block_size;
         let from = u64::try_from(offset as i64 - d).ok()?;
         if from == offset || from + len as u64 > self.old_len {
             return None;
         }
         let block = from.div_ceil(self.block_size);
         let at = usize::try_from(block * self.block_size - from).ok()?;
-        let anchor = *self.by_block.get(&block)?;
-        let window = data.get(at..at + ANCHOR_LEN)?;
-        (at < len && sluice_proto::anchor::anchor(window) == anchor).then_some(from)
+        let window = data.get(at..at + ANCHOR_LEN).filter(|_| at < len);
+        match (self.by_block.get(&block), window) {
+            (Some(&anchor), Some(window)) => {
+                (sluice_proto::anchor::anchor(window) == anchor).then_some(from)
+            }
+            _ => (index > 0 && self.found == Some(index - 1)).then_some(from),
+        }
     }
 }
 
@@ -171,10 +192,11 @@ mod tests {
             .collect()
     }
 
-    /// For each block of `new`, where `Moves` rightly says it is in `old` (checked against the
-    /// bytes, as the receiver checks the hash). At most one guess may be wrong: the block the
-    /// edit is in, taken for shifted by the anchor after the edit.
-    fn moved(old: &[u8], new: &[u8], bs: usize) -> Vec<Option<u64>> {
+    /// For each block of `new`, where `Moves` rightly says it is in `old` (its prefix and the
+    /// older bytes after it checked against the block, as the receiver checks the hash). No
+    /// guess may be wrong after a single edit: the block the edit is in crosses its bytes up to
+    /// the anchor after the edit.
+    fn moved(old: &[u8], new: &[u8], bs: usize) -> Vec<Option<(u64, usize)>> {
         let mut m = Moves::new(bs as u32, old.len() as u64);
         m.add(&anchors_of(old, bs));
         let mut wrong = 0;
@@ -189,15 +211,16 @@ mod tests {
                 } else {
                     m.find(data, offset as u64, len)
                 };
-                from.filter(|&from| {
+                from.filter(|&(from, prefix)| {
+                    let from = from as usize;
                     let right =
-                        old[from as usize..from as usize + len] == new[offset..offset + len];
+                        old[from..from + len - prefix] == new[offset + prefix..offset + len];
                     wrong += usize::from(!right);
                     right
                 })
             })
             .collect();
-        assert!(wrong <= 1, "{wrong} wrong guesses");
+        assert_eq!(wrong, 0, "wrong guesses");
         found
     }
 
@@ -210,10 +233,10 @@ mod tests {
             new.extend(bytes(inserted, 9));
             new.extend_from_slice(&old[10 * bs + 5..]);
             let found = moved(&old, &new, bs);
-            // Blocks 0..10 are unchanged; the one with the insertion and those wholly made of
-            // it cannot move. After a long insertion, rolling has thinned out and finds the
-            // shift again within as many blocks as the insertion spans; from there on, every
-            // whole block is found.
+            // Blocks 0..10 are unchanged; those wholly made of the insertion cannot move (the
+            // one it ends in moves with a prefix). After a long insertion, rolling has thinned
+            // out and finds the shift again within as many blocks as the insertion spans; from
+            // there on, every whole block is found.
             let after = (10 * bs + 5 + inserted).div_ceil(bs);
             let spans = inserted.div_ceil(bs);
             let first_after = if spans + 1 >= FRUITLESS as usize {
@@ -224,6 +247,12 @@ mod tests {
             let whole = new.len() / bs;
             for (i, f) in found.iter().enumerate().take(whole).skip(first_after) {
                 assert!(f.is_some(), "inserted {inserted}: block {i} not found");
+            }
+            if inserted < bs {
+                // The block after the one the insertion starts in: its bytes up to the first
+                // anchor (the older version's block 11) cross as they are.
+                let (_, prefix) = found[11].expect("the block after the insertion");
+                assert_eq!(prefix, inserted);
             }
             assert!(found[..10].iter().all(Option::is_none));
         }
@@ -236,10 +265,13 @@ mod tests {
         let mut new = old[..20 * bs + 300].to_vec();
         new.extend_from_slice(&old[20 * bs + 1000..]);
         let found = moved(&old, &new, bs);
-        // The old file's last block has no successor to confirm the shift against.
-        let whole = new.len() / bs;
-        for (i, f) in found.iter().enumerate().take(whole - 1).skip(21) {
-            assert!(f.is_some(), "block {i} not found");
+        // The block the deletion is in moves too, its bytes up to the next older block's anchor
+        // crossing as they are; every later block moves whole, the last ones (past the older
+        // version's last anchor) as the run goes on.
+        let (_, prefix) = found[20].expect("the block with the deletion");
+        assert_eq!(prefix, bs - 700);
+        for (i, f) in found.iter().enumerate().skip(21) {
+            assert!(f.is_some_and(|(_, p)| p == 0), "block {i}: {f:?}");
         }
     }
 

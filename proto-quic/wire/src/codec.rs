@@ -31,8 +31,8 @@ pub const PACKED_TAG: u8 = 0xB3;
 /// First byte of a zero block's header ([`BlockHeader::zero`]): `len` zero bytes, none on the
 /// wire.
 pub const ZERO_TAG: u8 = 0xB4;
-/// First byte of a moved block's header ([`BlockHeader::moved`]): an 8-byte offset follows,
-/// not the block.
+/// First byte of a moved block's header ([`BlockHeader::moved`]): an 8-byte offset and the
+/// block's literal prefix follow, not the block.
 pub const MOVED_TAG: u8 = 0xB5;
 /// Payload of a moved block: the offset of its bytes in the receiver's older version.
 pub const MOVED_LEN: usize = 8;
@@ -457,7 +457,8 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         zero: tag == ZERO_TAG,
         moved: tag == MOVED_TAG,
     };
-    if (tag == PACKED_TAG) != (h.packed != 0) {
+    // A moved block's `packed` is the length of its literal prefix, which may be 0.
+    if tag != MOVED_TAG && (tag == PACKED_TAG) != (h.packed != 0) {
         return Err(DecodeError::BadValue {
             field: "packed",
             value: u64::from(h.packed),
@@ -744,7 +745,7 @@ mod tests {
                 1 => (true, false, 0, false),
                 2 => (false, false, packed, false),
                 3 => (false, true, 0, false),
-                _ => (false, false, 0, true),
+                _ => (false, false, packed % 4096, true),
             };
             let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);

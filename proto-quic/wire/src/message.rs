@@ -413,8 +413,9 @@ pub struct BlockHeader {
     /// filesystem can (a sparse source's holes stay holes, and cross as 53 bytes a block).
     pub zero: bool,
     /// A moved block (tag [`crate::codec::MOVED_TAG`]; since version 9): its payload is an
-    /// 8-byte offset (`u64 LE`) into the older version the receiver holds, where the block's `len`
-    /// bytes are to be taken from; `hash` is checked on them as for a block that crossed. Only a
-    /// whole block moves.
+    /// 8-byte offset `from` (`u64 LE`) into the older version the receiver holds, then the
+    /// block's first `packed` bytes as they are (its literal prefix, `packed < len`); the rest of
+    /// the block, `len − packed` bytes, is the older version's from `from` on. `hash` is checked
+    /// on the whole block as for one that crossed. Only a whole block moves.
     pub moved: bool,
 }

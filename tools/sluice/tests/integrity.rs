@@ -218,13 +218,17 @@ over_both! {
         assert_same_tree(&src, &dest.join("src"));
         assert!(payload(&s) <= 4 * BLOCK, "{s}");
         assert!(s["wire_bytes"].as_u64().unwrap() <= 5 * BLOCK, "{s}");
+        // No guess was wrong: the block after each insertion moved whole.
+        assert_eq!(s["resent_blocks"], 0, "{s}");
 
         // 10,000 bytes out of the middle, through separate processes.
         splice(&big, (40 * BLOCK + 77) as usize, &[], 10_000);
         splice(&small, (6 * BLOCK) as usize, &[], 10_000);
         let s = send_recv_json(&src, &dest);
         assert_same_tree(&src, &dest.join("src"));
-        assert!(payload(&s) <= 4 * BLOCK, "{s}");
+        // The block each deletion is in moves too, with its bytes before the next anchor.
+        assert!(payload(&s) <= 3 * BLOCK, "{s}");
+        assert_eq!(s["resent_blocks"], 0, "{s}");
 
         // A long insertion (5 MiB and 3 bytes): found again within as many blocks again.
         let long: Vec<u8> = (0..5 * BLOCK as usize + 3).map(|i| (i * 7 % 251) as u8).collect();
