@@ -122,6 +122,9 @@ struct Incoming {
     /// The file the scan read (the part file of a resume, or the older version): patches are
     /// completed from it.
     held_at: Option<PathBuf>,
+    /// The older version under the final name (a delta, or a part file resumed beside one; not
+    /// in place): its anchors go to the sender, and moved blocks are read from it.
+    older: Option<PathBuf>,
     /// Blocks whose piece hashes the sender asked for (once each).
     pieces_asked: std::collections::HashSet<u64>,
     /// Blocks are written into the existing final file, where the kept ones already are.
@@ -144,9 +147,9 @@ struct Incoming {
     local: Option<Vec<Option<Digest>>>,
     /// The scan's results so far.
     local_partial: Option<Vec<Option<Digest>>>,
-    /// The [`sluice_proto::anchor::anchor`] of each block scanned of an older version (a delta,
-    /// not in place): sent before each `Have` of its blocks, so the sender can find them at other
-    /// offsets. Empty otherwise.
+    /// The [`sluice_proto::anchor::anchor`] of each block of the older version (`older`), as far
+    /// as the scan went: sent before each `Have` of those blocks, so the sender can find them at
+    /// other offsets. Empty otherwise.
     anchors: Vec<u64>,
     /// Whole groups announced to the sender so far.
     groups_sent: u64,
@@ -174,6 +177,7 @@ impl Incoming {
             part,
             base: None,
             held_at: None,
+            older: None,
             pieces_asked: Default::default(),
             inplace: false,
             journaled: true,
@@ -665,6 +669,15 @@ async fn receive(
                 }
                 tracing::debug!(id = entry.id, "file prepared");
                 let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
+                // Where moved blocks come from: the older version under the final name, also when
+                // a part file is resumed beside it (an interrupted delta), never in place.
+                let older = match (&base, prepared.resume && !inplace) {
+                    (Some(b), _) => Some(b.clone()),
+                    (None, true) => std::fs::symlink_metadata(&prepared.final_path)
+                        .is_ok_and(|m| m.is_file())
+                        .then(|| prepared.final_path.clone()),
+                    (None, false) => None,
+                };
                 let geometry = Geometry::new(entry.size, block_size);
                 // A journal pays from its first batch of blocks on; a fresh
                 // file shorter than that has none (a resumed one keeps its own,
@@ -675,6 +688,7 @@ async fn receive(
                     path: target,
                     held_at: prepared.existing.clone(),
                     base: base.clone(),
+                    older: older.clone(),
                     journal: journaled.then(|| prepared.journal.clone()),
                     key,
                     fresh: prepared.fresh && !inplace,
@@ -682,6 +696,7 @@ async fn receive(
                 });
                 let mut incoming = Incoming {
                     held_at: prepared.existing.clone(),
+                    older: older.clone(),
                     base,
                     inplace,
                     journaled,
@@ -702,6 +717,7 @@ async fn receive(
                         block_size,
                         version: entry.version,
                         vouch: vouching,
+                        anchors_from: older,
                     });
                     scans_pending += 1;
                 }
@@ -846,7 +862,7 @@ async fn receive(
                                 if let Some(len) = local_len {
                                     control.send(&Message::Holding { id: entry.id, len, vouching: false }).await?;
                                 }
-                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size, version: entry.version, vouch: false });
+                                let _ = scan_tx.send(ScanJob { id: entry.id, path: existing.clone(), journal: None, size: entry.size, block_size, version: entry.version, vouch: false, anchors_from: None });
                                 scans_pending += 1;
                                 files.insert(entry.id, Box::new(Incoming::compare_only(&entry, existing, local_len, block_size)));
                             }
@@ -1213,6 +1229,7 @@ fn hold_nothing(
         block_size,
         version: entry.version,
         vouch: false,
+        anchors_from: None,
     });
     *pending += 1;
 }
@@ -1474,7 +1491,7 @@ fn announce_scan(
     done: bool,
 ) {
     let geometry = f.geometry;
-    if f.base.is_some() && anchors.len() == cvs.len() && !anchors.is_empty() {
+    if f.older.is_some() && anchors.len() == cvs.len() && !anchors.is_empty() {
         let end = first as usize + anchors.len();
         if f.anchors.len() < end {
             f.anchors.resize(end, NO_ANCHOR);

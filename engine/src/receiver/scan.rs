@@ -33,6 +33,9 @@ pub(super) struct ScanJob {
     pub(super) version: SourceVersion,
     /// `Holding` told the sender the journal would vouch: only then may it.
     pub(super) vouch: bool,
+    /// The older version whose blocks' anchors are reported: `path` itself for a delta, the
+    /// final file beside a resumed part file, or none.
+    pub(super) anchors_from: Option<PathBuf>,
 }
 
 /// A request to hash the pieces of one block the destination holds (the sender's
@@ -147,6 +150,23 @@ fn scan_one(
         announce_vouched(job, &journaled.blocks, have, out);
     }
     let journaled = journaled.blocks;
+    // The older version's anchors: from the blocks read here (a delta), or read apart, 64
+    // bytes a block, from the final file beside a resumed part file.
+    let other = match &job.anchors_from {
+        Some(from) if from.as_path() != path => File::open(from).ok(),
+        _ => None,
+    };
+    let anchor_at = |i: u64, data: &[u8]| -> u64 {
+        match (&other, &job.anchors_from) {
+            (Some(f), _) => {
+                let mut start = [0u8; sluice_proto::anchor::ANCHOR_LEN];
+                f.read_exact_at(&mut start, geometry.offset(i))
+                    .map_or(sluice_proto::anchor::NO_ANCHOR, |()| anchor(&start))
+            }
+            (None, Some(_)) => anchor(data),
+            (None, None) => sluice_proto::anchor::NO_ANCHOR,
+        }
+    };
     buf.resize(job.block_size as usize, 0);
     let mut run = Vec::with_capacity(MAX_HAVE);
     let mut anchors = Vec::with_capacity(MAX_HAVE);
@@ -165,7 +185,7 @@ fn scan_one(
             tracing::warn!(path = %path.display(), block = i, "the part file changed since its resume journal recorded the block; it is sent again");
         }
         run.push(Some(cv));
-        anchors.push(anchor(data));
+        anchors.push(anchor_at(i, data));
         if run.len() == MAX_HAVE {
             let cvs = std::mem::replace(&mut run, Vec::with_capacity(MAX_HAVE));
             let anchors = std::mem::replace(&mut anchors, Vec::with_capacity(MAX_HAVE));

@@ -57,6 +57,9 @@ pub(super) enum Job {
         /// The older version a delta keeps blocks of: copied whole into the part file before
         /// the file's first block is written (see [`Job::Seal`]).
         base: Option<PathBuf>,
+        /// The older version moved blocks are read from (`base`, or the final file beside a
+        /// resumed part file).
+        older: Option<PathBuf>,
         /// Where to journal the blocks written, for a part file (not in place).
         journal: Option<PathBuf>,
         /// What the journal is for.
@@ -250,6 +253,8 @@ pub(super) fn write_blocks(
     let mut journals: HashMap<u32, JournalWriter> = HashMap::new();
     // Per file: where the receiver's copy of its blocks is (for patches).
     let mut held: HashMap<u32, PathBuf> = HashMap::new();
+    // The older version each file's moved blocks are read from.
+    let mut olders: HashMap<u32, PathBuf> = HashMap::new();
     // Per file: the older version of a delta, and whether it was copied into the part file.
     let mut bases: HashMap<u32, PathBuf> = HashMap::new();
     let mut copied: std::collections::HashSet<u32> = std::collections::HashSet::new();
@@ -358,7 +363,11 @@ pub(super) fn write_blocks(
                 buf,
                 from,
             } => match complete_patch(
-                held.get(&file),
+                if from.is_some() {
+                    olders.get(&file)
+                } else {
+                    held.get(&file)
+                },
                 index,
                 (&header, from),
                 file_len,
@@ -403,11 +412,15 @@ pub(super) fn write_blocks(
                 path,
                 held_at,
                 base,
+                older,
                 journal,
                 key,
                 fresh,
                 claim,
             } => {
+                if let Some(o) = older {
+                    olders.insert(file, o);
+                }
                 paths.insert(file, path);
                 if fresh {
                     fresh_parts.insert(file);
@@ -431,6 +444,7 @@ pub(super) fn write_blocks(
                 journals.remove(&file);
                 journal_at.remove(&file);
                 held.remove(&file);
+                olders.remove(&file);
                 bases.remove(&file);
                 // Closed after the removals: the handle may hold this transfer's claim.
                 let handles = open.remove(&file);
@@ -519,6 +533,7 @@ pub(super) fn write_blocks(
                 journals.remove(&file);
                 journal_at.remove(&file);
                 held.remove(&file);
+                olders.remove(&file);
                 bases.remove(&file);
                 let handle = match open.remove(&file) {
                     Some((buffered, _)) => Ok(buffered),
@@ -1209,6 +1224,7 @@ mod tests {
                 path: part.clone(),
                 held_at: None,
                 base: None,
+                older: None,
                 journal: None,
                 key: journal::Key {
                     block_size: bs as u32,

@@ -143,6 +143,14 @@ impl HaveBoard {
         st.more().anchors.extend(found);
     }
 
+    /// Whether the receiver reported anchors of file `id`'s older version.
+    pub(super) fn has_anchors(&self, id: u32) -> bool {
+        self.lock()
+            .get(&id)
+            .and_then(|st| st.more.as_ref())
+            .is_some_and(|st| !st.anchors.is_empty())
+    }
+
     /// The anchors of file `id` that arrived after the first `seen`.
     pub(super) fn anchors_since(&self, id: u32, seen: usize) -> Vec<(u64, u64)> {
         self.lock()

@@ -514,6 +514,9 @@ struct Reading {
     /// The receiver's older version, once it reported anchors of it: where a differing block
     /// may be found shifted.
     moves: Option<Box<moves::Moves>>,
+    /// Blocks that differ, read while the receiver's anchors of earlier groups were still to
+    /// come (those groups differ too): looked for again, and sent, once they are in.
+    later: Vec<(u64, Option<Digest>)>,
 }
 
 /// One held block in this many the receiver's journal vouches for is read and checked all the
@@ -768,6 +771,7 @@ impl Reader<'_> {
                     vouched: Default::default(),
                     spot: Default::default(),
                     moves: None,
+                    later: Vec::new(),
                 },
             );
             // Fewer bytes allocated than the length: the file has holes.
@@ -1286,8 +1290,20 @@ impl Reader<'_> {
             Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
             None => Held::Block(None),
         };
-        // A block that differs may lie in the receiver's older version at another offset.
+        // A block that differs may lie in the receiver's older version at another offset. Where
+        // groups before it differ too, whose anchors are still to come, it waits for them.
+        let wait_anchors = |st: &Reading| {
+            (!st.pending.is_empty() || !st.group_digests.is_empty())
+                && self
+                    .board
+                    .as_ref()
+                    .is_some_and(|b| b.has_anchors(src.entry.id))
+        };
         let moved = match &held {
+            Held::Block(their) if *their != Some(cv) && wait_anchors(st) => {
+                st.later.push((index, *their));
+                Ok(true)
+            }
             Held::Block(their) if *their != Some(cv) => {
                 self.send_moved(st, src, index, cv, Some(&data.as_slice()[..n]))
             }
@@ -1484,12 +1500,21 @@ impl Reader<'_> {
         {
             return Ok(false);
         }
-        for group in std::mem::take(&mut st.pending) {
+        // Every differing group's answer first: each brings the anchors of its older blocks,
+        // where any block of the file may be found shifted.
+        let answers: Vec<(u64, Vec<Option<Digest>>)> = std::mem::take(&mut st.pending)
+            .into_iter()
+            .map(|group| {
+                let range = self.group_range(group, size);
+                let theirs = match &self.board {
+                    Some(b) => b.wait_detail(src.entry.id, group, range),
+                    None => Vec::new(),
+                };
+                (group, theirs)
+            })
+            .collect();
+        for (group, theirs) in answers {
             let range = self.group_range(group, size);
-            let theirs = match &self.board {
-                Some(b) => b.wait_detail(src.entry.id, group, range.clone()),
-                None => Vec::new(),
-            };
             for i in range.clone() {
                 let their = theirs.get((i - range.start) as usize).copied().flatten();
                 if their != Some(st.cvs[i as usize]) && st.vouched.contains(&i) {
@@ -1510,6 +1535,20 @@ impl Reader<'_> {
                     if let Err(e) = self.send_again(src, geometry.offset(i), Some(cv)) {
                         return self.abandon_on(fi, e, state);
                     }
+                }
+            }
+        }
+        // Blocks of the last group that waited for the anchors above.
+        for (i, their) in std::mem::take(&mut st.later) {
+            let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
+            match self.send_moved(st, src, i, cv, None) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return self.abandon_on(fi, e, state),
+            }
+            if self.decide(st, id, i, their, cv, len) {
+                if let Err(e) = self.send_again(src, geometry.offset(i), Some(cv)) {
+                    return self.abandon_on(fi, e, state);
                 }
             }
         }

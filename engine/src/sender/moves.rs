@@ -5,17 +5,21 @@
 //! Per file, [`Moves`] holds the anchors known so far and the last shift found. For a block that
 //! differs from the receiver's at the same offset it first tries that shift again, confirmed by
 //! one anchor (a few dozen bytes hashed); only if that fails does it roll the hash along the
-//! whole block. After [`FRUITLESS`] blocks in a row that turn up nothing, it rolls only every
-//! second block, then every fourth, and so on (a rewritten file of n blocks costs about
-//! log2(n) blocks' rolling, not a second pass over all of it; a long insertion costs at most as
-//! many blocks again as it spans before the blocks after it are found). Whatever it proposes,
-//! the receiver checks against the block's hash.
+//! whole block. After [`FRUITLESS_BYTES`] rolled in a row that turn up nothing (at least
+//! [`FRUITLESS`] blocks), it rolls only every second block, then every fourth, and so on (a
+//! rewritten file of n blocks costs 32 MiB and about log2(n) blocks' rolling, not a second pass
+//! over all of it; an insertion longer than that costs at most as many blocks again as it spans
+//! before the blocks after it are found). Whatever it proposes, the receiver checks against the
+//! block's hash.
 
 use std::collections::HashMap;
 
 use sluice_proto::anchor::{Roller, ANCHOR_LEN, NO_ANCHOR};
 
-/// Blocks in a row rolled in vain after which the blocks rolled thin out.
+/// Bytes rolled in vain after which the blocks rolled thin out: an insertion up to this long is
+/// rolled through (at about a millisecond per MiB), and the blocks after it found at once.
+pub(super) const FRUITLESS_BYTES: u64 = 32 << 20;
+/// The fewest blocks rolled in vain before the blocks rolled thin out.
 pub(super) const FRUITLESS: u32 = 4;
 
 /// What the sender knows of one file's older version at the receiver, for finding moved blocks.
@@ -35,6 +39,8 @@ pub(super) struct Moves {
     /// The last shift found (new offset − old offset).
     shift: Option<i64>,
     fruitless: u32,
+    /// Blocks rolled in vain before rolling thins out.
+    patience: u32,
     /// Once rolling thins out: the next block to roll along.
     next_roll: u64,
     /// Blocks rolled along so far.
@@ -56,6 +62,8 @@ impl Moves {
             seen: 0,
             shift: None,
             fruitless: 0,
+            patience: (FRUITLESS_BYTES / u64::from(block_size)).clamp(u64::from(FRUITLESS), 1 << 20)
+                as u32,
             next_roll: 0,
             rolled: 0,
             found: None,
@@ -138,8 +146,8 @@ impl Moves {
         }
         self.shift = None;
         self.fruitless += 1;
-        if self.fruitless >= FRUITLESS {
-            self.next_roll = index + (1 << (self.fruitless - FRUITLESS + 1).min(32));
+        if self.fruitless >= self.patience {
+            self.next_roll = index + (1 << (self.fruitless - self.patience + 1).min(32));
         }
         None
     }
@@ -234,18 +242,11 @@ mod tests {
             new.extend_from_slice(&old[10 * bs + 5..]);
             let found = moved(&old, &new, bs);
             // Blocks 0..10 are unchanged; those wholly made of the insertion cannot move (the
-            // one it ends in moves with a prefix). After a long insertion, rolling has thinned
-            // out and finds the shift again within as many blocks as the insertion spans; from
-            // there on, every whole block is found.
+            // one it ends in moves with a prefix); every whole block after it is found (rolling
+            // goes on through 32 MiB in vain before it thins out).
             let after = (10 * bs + 5 + inserted).div_ceil(bs);
-            let spans = inserted.div_ceil(bs);
-            let first_after = if spans + 1 >= FRUITLESS as usize {
-                after + spans
-            } else {
-                after
-            };
             let whole = new.len() / bs;
-            for (i, f) in found.iter().enumerate().take(whole).skip(first_after) {
+            for (i, f) in found.iter().enumerate().take(whole).skip(after) {
                 assert!(f.is_some(), "inserted {inserted}: block {i} not found");
             }
             if inserted < bs {
@@ -281,6 +282,9 @@ mod tests {
         let old = bytes(1024 * bs, 3);
         let new = bytes(1024 * bs, 4);
         let mut m = Moves::new(bs as u32, old.len() as u64);
+        assert_eq!(m.patience, 8192, "32 MiB of 4 KiB blocks");
+        // As if its blocks were 8 MiB: 4 of them rolled in vain, then fewer and fewer.
+        m.patience = FRUITLESS;
         m.add(&anchors_of(&old, bs));
         for offset in (0..new.len()).step_by(bs) {
             let end = (offset + bs + ANCHOR_LEN - 1).min(new.len());

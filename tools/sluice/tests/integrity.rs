@@ -235,6 +235,8 @@ over_both! {
         splice(&big, (20 * BLOCK) as usize + 5, &long, 0);
         let s = copy_json(&src, &dest);
         assert_same_tree(&src, &dest.join("src"));
+        // (Blocks past the older version's end are decided as they are read, before its
+        // anchors may have come: up to the insertion's length again.)
         assert!(payload(&s) <= 16 * BLOCK, "{s}");
 
         // A rewritten file still arrives whole and right.
@@ -248,6 +250,33 @@ over_both! {
         copy_json_with(&src, &dest, &["--inplace"]);
         assert_same_tree(&src, &dest.join("src"));
         assert!(part_files(&dest).is_empty());
+    }
+}
+
+over_both! {
+    fn an_interrupted_delta_of_a_shifted_file_resumes_as_a_delta() {
+        // What an interrupted delta leaves: the older version still under the final name, and
+        // a part file that holds the older version's bytes (copied in first) with the new
+        // version's first 20 blocks written over them. The rerun resumes the part file and finds
+        // the shifted blocks in the older version beside it, instead of sending them all.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("big.bin");
+        random_file(&src, 40 * BLOCK + 777, 41);
+        let old = fs::read(&src).unwrap();
+        let dest = d.path().join("dest/");
+        copy_json(&src, &dest);
+        splice(&src, (3 * BLOCK + 5) as usize, &[0x77; 5000], 0);
+        let new = fs::read(&src).unwrap();
+        let half = 20 * BLOCK as usize;
+        let mut part = new[..half].to_vec();
+        part.extend_from_slice(&old[half..]);
+        fs::write(dest.join(".big.bin.sluice-part"), part).unwrap();
+        let s = copy_json(&src, &dest);
+        assert_eq!(b3(&dest.join("big.bin")), b3(&src));
+        assert!(part_files(&dest).is_empty());
+        // The 20 blocks after the part file's new ones are found shifted: about a block crosses,
+        // not 20.
+        assert!(s["payload_bytes"].as_u64().unwrap() <= 2 * BLOCK, "{s}");
     }
 }
 
