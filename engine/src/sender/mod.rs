@@ -1301,6 +1301,7 @@ impl Reader<'_> {
         };
         let moved = match &held {
             Held::Block(their) if *their != Some(cv) && wait_anchors(st) => {
+                tracing::trace!(index, "waits for the anchors of the groups before it");
                 st.later.push((index, *their));
                 Ok(true)
             }
