@@ -1633,39 +1633,23 @@ async fn read_block(
             Claimed::Closed => (index, file_len, block_size, true),
         }
     };
-    if header.moved {
-        // An offset and the block's literal prefix cross: the writer takes the rest from the
-        // older version.
+    // A moved block's offset in the older version comes first, then its literal prefix.
+    let from = if header.moved {
         let mut from = [0u8; sluice_proto::codec::MOVED_LEN];
         stream
             .read_exact(&mut from)
             .await
             .map_err(|e| conn_err(&e))?;
-        let mut buf = pool.take().await;
-        stream
-            .read_exact(&mut buf.as_mut_slice()[..header.packed as usize])
-            .await
-            .map_err(|e| conn_err(&e))?;
-        if drop_it {
-            return Ok(true);
-        }
-        let job = Job::Patch {
-            file: header.file,
-            index,
-            header,
-            file_len,
-            block_size,
-            buf,
-            from: Some(u64::from_le_bytes(from)),
-        };
-        let _ = jobs.send(job);
-        return Ok(true);
-    }
+        Some(u64::from_le_bytes(from))
+    } else {
+        None
+    };
     let mut buf = pool.take().await;
     // A packed block arrives at the buffer's start, for the writer to unpack; a patch lands
-    // where its bytes sit in the block, and the writer fills in the rest.
+    // where its bytes sit in the block, and the writer fills in the rest; a moved block's
+    // prefix (`packed` bytes, maybe none) is the block's start.
     let (at, len) = match header.packed {
-        0 => (
+        0 if !header.moved => (
             (header.offset - index * block_size) as usize,
             header.len as usize,
         ),
@@ -1683,7 +1667,7 @@ async fn read_block(
     if drop_it {
         return Ok(true);
     }
-    let job = if header.patch {
+    let job = if header.patch || header.moved {
         Job::Patch {
             file: header.file,
             index,
@@ -1691,7 +1675,7 @@ async fn read_block(
             file_len,
             block_size,
             buf,
-            from: None,
+            from,
         }
     } else {
         Job::Write {

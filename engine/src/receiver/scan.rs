@@ -152,19 +152,23 @@ fn scan_one(
     let journaled = journaled.blocks;
     // The older version's anchors: from the blocks read here (a delta), or read apart, 64
     // bytes a block, from the final file beside a resumed part file.
-    let other = match &job.anchors_from {
-        Some(from) if from.as_path() != path => File::open(from).ok(),
-        _ => None,
+    // `None`: no anchors; `Some(None)`: from the blocks read here; `Some(Some(f))`: from `f`.
+    // A final file that cannot be opened gives none (not the part file's, which moved blocks
+    // are not read from).
+    let source: Option<Option<File>> = match &job.anchors_from {
+        Some(from) if from.as_path() == path => Some(None),
+        Some(from) => File::open(from).ok().map(Some),
+        None => None,
     };
     let anchor_at = |i: u64, data: &[u8]| -> u64 {
-        match (&other, &job.anchors_from) {
-            (Some(f), _) => {
+        match &source {
+            Some(Some(f)) => {
                 let mut start = [0u8; sluice_proto::anchor::ANCHOR_LEN];
                 f.read_exact_at(&mut start, geometry.offset(i))
                     .map_or(sluice_proto::anchor::NO_ANCHOR, |()| anchor(&start))
             }
-            (None, Some(_)) => anchor(data),
-            (None, None) => sluice_proto::anchor::NO_ANCHOR,
+            Some(None) => anchor(data),
+            None => sluice_proto::anchor::NO_ANCHOR,
         }
     };
     buf.resize(job.block_size as usize, 0);

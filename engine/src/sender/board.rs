@@ -51,6 +51,9 @@ struct HaveDetail {
     /// Anchors of the receiver's older version ([`sluice_proto::anchor`]), `(block, anchor)`
     /// in the order they arrived; the reader takes those it has not seen yet.
     anchors: Vec<(u64, u64)>,
+    /// Blocks named in `anchors`: a block's anchor is taken once, so what a receiver's repeated
+    /// `Anchors` can make this hold is bounded by the file's blocks.
+    anchored: std::collections::HashSet<u64>,
     /// Piece hashes of blocks asked for with `WantPieces`, by block index.
     pieces: std::collections::HashMap<u64, Vec<PieceHash>>,
     /// Blocks asked for with `WantPieces` and not answered yet; other answers are dropped.
@@ -137,10 +140,12 @@ impl HaveBoard {
         let Some(st) = self.state(&mut files, id) else {
             return;
         };
-        let found = (first..)
-            .zip(anchors)
-            .filter(|&(_, a)| a != sluice_proto::anchor::NO_ANCHOR);
-        st.more().anchors.extend(found);
+        let st = st.more();
+        for (block, anchor) in (first..).zip(anchors) {
+            if anchor != sluice_proto::anchor::NO_ANCHOR && st.anchored.insert(block) {
+                st.anchors.push((block, anchor));
+            }
+        }
     }
 
     /// Whether the receiver reported anchors of file `id`'s older version.
@@ -389,6 +394,20 @@ impl HaveState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocks_anchor_is_taken_once_however_often_it_comes() {
+        let b = HaveBoard::default();
+        assert!(!b.has_anchors(1));
+        for _ in 0..1000 {
+            b.add_anchors(1, 4, vec![7, sluice_proto::anchor::NO_ANCHOR, 9]);
+        }
+        assert!(b.has_anchors(1));
+        assert_eq!(b.anchors_since(1, 0), vec![(4, 7), (6, 9)]);
+        assert_eq!(b.anchors_since(1, 2), vec![]);
+        b.add_anchors(1, 5, vec![8, 10]);
+        assert_eq!(b.anchors_since(1, 2), vec![(5, 8)]);
+    }
 
     #[test]
     fn vouched_hashes_are_kept_only_after_a_vouching_holding_and_taken_once() {

@@ -1063,6 +1063,28 @@ impl Reader<'_> {
         )
     }
 
+    /// Settles block `i` of `src`, hashed in the first pass, against the receiver's hash of it,
+    /// `their`, once the file is read: kept if equal; else sent as moved where the older version
+    /// holds it shifted, or as [`Reader::decide`] says (read again and sent whole, or queued for
+    /// a patch).
+    fn settle_read(
+        &self,
+        st: &mut Reading,
+        src: &SourceEntry,
+        i: u64,
+        their: Option<Digest>,
+    ) -> Result<()> {
+        let geometry = Geometry::new(src.entry.size, self.config.block_size);
+        let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
+        if their != Some(cv) && self.send_moved(st, src, i, cv, None)? {
+            return Ok(());
+        }
+        if self.decide(st, src.entry.id, i, their, cv, len) {
+            self.send_again(src, geometry.offset(i), Some(cv))?;
+        }
+        Ok(())
+    }
+
     /// Sends block `index` of `src` (hash `cv`; `block`, its bytes, if at hand) as moved, if
     /// the receiver's older version holds it at another offset ([`moves`]): `true` if it was.
     fn send_moved(
@@ -1524,33 +1546,15 @@ impl Reader<'_> {
                         got: "Have",
                     }));
                 }
-                let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
-                if their != Some(cv) {
-                    match self.send_moved(st, src, i, cv, None) {
-                        Ok(true) => continue,
-                        Ok(false) => {}
-                        Err(e) => return self.abandon_on(fi, e, state),
-                    }
-                }
-                if self.decide(st, id, i, their, cv, len) {
-                    if let Err(e) = self.send_again(src, geometry.offset(i), Some(cv)) {
-                        return self.abandon_on(fi, e, state);
-                    }
+                if let Err(e) = self.settle_read(st, src, i, their) {
+                    return self.abandon_on(fi, e, state);
                 }
             }
         }
         // Blocks of the last group that waited for the anchors above.
         for (i, their) in std::mem::take(&mut st.later) {
-            let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
-            match self.send_moved(st, src, i, cv, None) {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => return self.abandon_on(fi, e, state),
-            }
-            if self.decide(st, id, i, their, cv, len) {
-                if let Err(e) = self.send_again(src, geometry.offset(i), Some(cv)) {
-                    return self.abandon_on(fi, e, state);
-                }
+            if let Err(e) = self.settle_read(st, src, i, their) {
+                return self.abandon_on(fi, e, state);
             }
         }
         if wait != Wait::All

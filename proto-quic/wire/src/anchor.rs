@@ -44,16 +44,7 @@ pub fn anchor(start: &[u8]) -> u64 {
     if window.iter().all(|&b| b == window[0]) {
         return NO_ANCHOR;
     }
-    let mut h = 0u64;
-    for &b in window {
-        h = h.rotate_left(1) ^ TABLE[usize::from(b)];
-    }
-    // NO_ANCHOR means none; a window that happens to hash to it is given another value.
-    if h == NO_ANCHOR {
-        1
-    } else {
-        h
-    }
+    Roller::new(window).hash()
 }
 
 /// The anchor hash of a window of [`ANCHOR_LEN`] bytes sliding along a buffer.
@@ -80,8 +71,8 @@ impl Roller {
         self.h = self.h.rotate_left(1) ^ TABLE[usize::from(out)] ^ TABLE[usize::from(into)];
     }
 
-    /// The window's hash, comparable with [`anchor`] (which maps the hash 0 to 1 and windows of
-    /// one repeated byte to [`NO_ANCHOR`]; callers skip those).
+    /// The window's hash, comparable with [`anchor`] (which gives windows of one repeated byte
+    /// [`NO_ANCHOR`]). [`NO_ANCHOR`] means none, so a window that hashes to it is given 1.
     #[inline]
     pub fn hash(&self) -> u64 {
         if self.h == NO_ANCHOR {
