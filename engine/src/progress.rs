@@ -36,6 +36,21 @@ pub enum Event {
         /// Differing byte ranges, adjacent blocks merged.
         ranges: Vec<std::ops::Range<u64>>,
     },
+    /// Before a unit session sends anything: a group of units (a table's ranges), once, in the
+    /// order the group's first unit is due.
+    GroupPlanned {
+        /// The group (a table), as its source names it.
+        group: String,
+        /// Units in the group.
+        units: u64,
+        /// Of those, units the destination already holds (an interrupted run committed them).
+        units_done: u64,
+        /// Bytes the source expects the group's units to hold (0: unknown; for a table, its
+        /// size on disk, which its `COPY` bytes only approach).
+        bytes_hint: u64,
+        /// Records the source expects (rows: the server's estimate; 0: unknown).
+        items_hint: u64,
+    },
     /// A unit that is not a file (a table range, a schema step) was committed at the receiver.
     UnitCommitted {
         /// The unit's key.
@@ -46,6 +61,12 @@ pub enum Event {
         group_done: u64,
         /// Units in the group.
         group_total: u64,
+        /// Bytes the unit held.
+        bytes: u64,
+        /// Records it held (rows of a table range; 0 for a unit without records).
+        items: u64,
+        /// Its share of the group's [`Event::GroupPlanned::bytes_hint`].
+        bytes_hint: u64,
     },
     /// A file failed; nothing was put in its place.
     FileFailed {

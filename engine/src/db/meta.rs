@@ -58,6 +58,7 @@ impl Meta {
             key: self.key(),
             meta: serde_json::to_string(self).expect("a plain structure serialises"),
             after: None,
+            hint: Default::default(),
         }
     }
 

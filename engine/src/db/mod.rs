@@ -100,8 +100,8 @@ impl Plan {
         };
         let mut rows: Vec<Unit> = Vec::new();
         for (table, ranges) in &self.tables {
-            for range in ranges {
-                rows.push(rows_unit(table, *range));
+            for (i, range) in ranges.iter().enumerate() {
+                rows.push(rows_unit(table, *range, (i, ranges.len())));
             }
             if cut.contains(&table.qualified()) {
                 // Right after the table's last range: the first unit ready once its rows are.
@@ -120,22 +120,32 @@ impl Plan {
     }
 }
 
-/// The unit of `range`'s rows of `table`.
-pub(crate) fn rows_unit(table: &Table, range: Range) -> Unit {
+/// The unit of `range`'s rows of `table`, range `i` of the `n` it is cut into (for its part of
+/// the table's estimates).
+pub(crate) fn rows_unit(table: &Table, range: Range, (i, n): (usize, usize)) -> Unit {
+    let part = |total: i64| {
+        let (total, i, n) = (total.max(0) as u128, i as u128, n.max(1) as u128);
+        (total * (i + 1) / n - total * i / n) as u64
+    };
+    let hint = crate::unit::Hint {
+        bytes: part(table.bytes),
+        items: part(table.rows.unwrap_or(0)),
+    };
     let mut meta = Meta::Rows {
         table: table.clone(),
         range,
     };
-    let unit = meta.unit();
-    if unit.meta.len() <= sluice_proto::codec::MAX_STRING_LEN {
-        return unit;
+    let mut unit = meta.unit();
+    if unit.meta.len() > sluice_proto::codec::MAX_STRING_LEN {
+        // A table too wide to list: the source reads its columns itself and the target takes
+        // them in the table's order.
+        if let Meta::Rows { table, .. } = &mut meta {
+            table.columns.clear();
+        }
+        unit = meta.unit();
     }
-    // A table too wide to list: the source reads its columns itself and the target takes them
-    // in the table's order.
-    if let Meta::Rows { table, .. } = &mut meta {
-        table.columns.clear();
-    }
-    meta.unit()
+    unit.hint = hint;
+    unit
 }
 
 /// The range size when the user sets none: small enough that the ranges in flight (two per

@@ -504,6 +504,7 @@ impl UnitSource for PgSource {
                         client: Some(client),
                         idle: self.idle.clone(),
                         done: false,
+                        items: 0,
                     })
                 }
             };
@@ -568,6 +569,8 @@ struct RowsReader {
     /// Where the client goes back to.
     idle: Idle,
     done: bool,
+    /// Rows the range held, once its trailer is made.
+    items: u64,
 }
 
 impl UnitReader for RowsReader {
@@ -616,8 +619,13 @@ impl UnitReader for RowsReader {
             if let Some(client) = self.client.take() {
                 self.idle.give_back(client).await;
             }
+            self.items = digest.rows;
             Ok(digest.to_bytes())
         })
+    }
+
+    fn items(&self) -> u64 {
+        self.items
     }
 }
 
@@ -710,10 +718,12 @@ fn recut_phase(phase: Vec<Unit>, recut: &[Recut]) -> Vec<Unit> {
     order.sort_by_key(|&(_, at)| std::cmp::Reverse(at));
     for (t, at) in order {
         let r = &recut[t];
-        let units = r
-            .ranges()
+        let ranges = r.ranges();
+        let n = ranges.len() + r.held.len();
+        let units = ranges
             .into_iter()
-            .map(|range| super::rows_unit(&r.table, range));
+            .enumerate()
+            .map(|(i, range)| super::rows_unit(&r.table, range, (i, n)));
         out.splice(at..at, units);
     }
     out
@@ -740,7 +750,7 @@ mod tests {
     fn held_of(t: &Table, ranges: &[Range]) -> HashSet<String> {
         ranges
             .iter()
-            .map(|r| super::super::rows_unit(t, *r).key)
+            .map(|r| super::super::rows_unit(t, *r, (0, 1)).key)
             .collect()
     }
 

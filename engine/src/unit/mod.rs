@@ -16,7 +16,7 @@
 
 pub mod session;
 
-pub use session::{Unit, UnitReader, UnitSink, UnitSource, UnitWriter, UnitsSummary};
+pub use session::{Hint, Unit, UnitReader, UnitSink, UnitSource, UnitWriter, UnitsSummary};
 
 use std::io;
 

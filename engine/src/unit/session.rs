@@ -17,6 +17,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,19 @@ pub struct Unit {
     /// A group every unit of which must be committed before this unit starts (a table's
     /// indexes wait for its rows); it must be in this unit's phase or an earlier one.
     pub after: Option<String>,
+    /// What the source expects the unit to hold, for progress and estimates.
+    pub hint: Hint,
+}
+
+/// What a unit is expected to hold before it is read: for progress and estimates only, never
+/// checked. 0 where unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hint {
+    /// Bytes (for a table range: its share of the table's size on disk, which its `COPY` bytes
+    /// only approach).
+    pub bytes: u64,
+    /// Records (rows of a table range: its share of the server's estimate).
+    pub items: u64,
 }
 
 /// Where units come from.
@@ -86,6 +100,11 @@ pub trait UnitReader: Send {
     /// After the end: the source's account of the unit, checked by the sink's commit (at most
     /// [`sluice_proto::unit::MAX_TRAILER`] bytes).
     fn trailer(&mut self) -> Fut<'_, Result<Vec<u8>>>;
+    /// After the trailer: how many records the unit held (rows of a table range), for
+    /// progress; 0 for a unit without records.
+    fn items(&self) -> u64 {
+        0
+    }
 }
 
 /// Where units go.
@@ -534,12 +553,34 @@ async fn push(
 
     // Progress by group: units in each, and committed so far (by earlier runs too).
     let mut groups: std::collections::HashMap<String, (u64, u64)> = Default::default();
+    // Each named group once, in the order its first unit comes, with what it is expected to
+    // hold: the order a front end estimates each group's end in.
+    let mut planned: Vec<(String, Hint)> = Vec::new();
     for unit in phases.iter().flatten() {
         let g = groups.entry(unit.group.clone()).or_default();
         g.1 += 1;
         if held.contains(&unit.key) {
             g.0 += 1;
         }
+        if !unit.group.is_empty() {
+            match planned.iter_mut().find(|(name, _)| *name == unit.group) {
+                Some((_, hint)) => {
+                    hint.bytes += unit.hint.bytes;
+                    hint.items += unit.hint.items;
+                }
+                None => planned.push((unit.group.clone(), unit.hint)),
+            }
+        }
+    }
+    for (group, hint) in planned {
+        let (done, total) = groups[&group];
+        progress.push(crate::progress::Event::GroupPlanned {
+            group,
+            units: total,
+            units_done: done,
+            bytes_hint: hint.bytes,
+            items_hint: hint.items,
+        });
     }
     let mut summary = UnitsSummary::default();
     let mut next_id = 0u32;
@@ -554,8 +595,9 @@ async fn push(
                 queue.push_back((unit, 0));
             }
         }
-        // In flight: id → (unit, attempts so far, lane still being written).
-        let mut flying: std::collections::HashMap<u32, (Unit, u32)> = Default::default();
+        // In flight: id → (unit, attempts so far, what its reader counted).
+        let mut flying: std::collections::HashMap<u32, (Unit, u32, Arc<Flight>)> =
+            Default::default();
         let mut writing = tokio::task::JoinSet::new();
         while !queue.is_empty() || !flying.is_empty() {
             // `jobs` units being written, and as many more written and waiting for the
@@ -573,12 +615,16 @@ async fn push(
                 };
                 let id = next_id;
                 next_id = next_id.wrapping_add(1);
-                flying.insert(id, (unit.clone(), attempts + 1));
+                let flight = Arc::new(Flight {
+                    id,
+                    ..Flight::default()
+                });
+                flying.insert(id, (unit.clone(), attempts + 1, flight.clone()));
                 let (link, source, pool, progress) =
                     (link.clone(), source.clone(), pool.clone(), progress.clone());
                 let packing = (config.compress, config.compress_level);
                 writing.spawn(async move {
-                    send_unit(&link, id, &unit, &*source, &pool, &progress, packing).await
+                    send_unit(&link, &flight, &unit, &*source, &pool, &progress, packing).await
                 });
             }
             if writing.is_empty() && flying.is_empty() && !queue.is_empty() {
@@ -602,7 +648,7 @@ async fn push(
                 },
                 msg = control.recv() => match msg? {
                     Some(Message::FileVerified { id }) => {
-                        let Some((unit, _)) = flying.remove(&id) else {
+                        let Some((unit, _, flight)) = flying.remove(&id) else {
                             return Err(err(&format!("the receiver committed unit {id}, which is not in flight")));
                         };
                         summary.units += 1;
@@ -614,10 +660,13 @@ async fn push(
                             group: unit.group,
                             group_done: g.0,
                             group_total: g.1,
+                            bytes: flight.bytes.load(Relaxed),
+                            items: flight.items.load(Relaxed),
+                            bytes_hint: unit.hint.bytes,
                         });
                     }
                     Some(Message::FileFailed { id, reason, cause }) => {
-                        let Some((unit, attempts)) = flying.remove(&id) else {
+                        let Some((unit, attempts, _)) = flying.remove(&id) else {
                             return Err(err(&format!("the receiver failed unit {id}, which is not in flight")));
                         };
                         tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
@@ -665,13 +714,14 @@ async fn push(
 /// Sends one unit on a lane of its own.
 async fn send_unit(
     link: &Arc<dyn Link>,
-    id: u32,
+    flight: &Flight,
     unit: &Unit,
     source: &dyn UnitSource,
     pool: &Arc<BufferPool>,
     progress: &Progress,
     (compress, level): (crate::pack::Compress, i32),
 ) -> Result<()> {
+    let id = flight.id;
     let err = transport::conn_error(link.peer());
     let mut packer = crate::pack::Packer::new(
         compress,
@@ -724,10 +774,21 @@ async fn send_unit(
         }
     }
     let trailer = reader.trailer().await?;
+    // Before the close: the receiver cannot commit the unit before it is counted.
+    flight.bytes.store(offset, Relaxed);
+    flight.items.store(reader.items(), Relaxed);
     let mut close = [Bytes::from(frames::encode_close(offset, &trailer))];
     lane.write(&mut close).await.map_err(|e| err(&e))?;
     lane.finish().await;
     Ok(())
+}
+
+/// One sending of a unit: its id on the wire, and what its reader held, counted as it went.
+#[derive(Debug, Default)]
+struct Flight {
+    id: u32,
+    bytes: AtomicU64,
+    items: AtomicU64,
 }
 
 /// Opens a lane, waiting while the receiver has every lane it allows busy (a unit's lane is
@@ -848,6 +909,7 @@ mod tests {
             meta: key.into(),
             group: group.into(),
             after: after.map(str::to_string),
+            hint: Hint::default(),
         }
     }
 

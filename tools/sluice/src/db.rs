@@ -148,61 +148,103 @@ where
             })?
     };
     let started = Instant::now();
-    // Tables with ranges still to commit: (done, total).
-    let mut tables: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut tables = Tables::default();
     let mut finished = false;
     while !finished {
         finished = !matches!(
             done_rx.recv_timeout(Duration::from_secs(1)),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout)
         );
+        let s = progress.snapshot();
+        let secs = started.elapsed().as_secs_f64();
+        let rate = s.bytes_sent as f64 / secs.max(1e-9);
         for e in progress.take_events() {
-            let Event::UnitCommitted {
-                group,
-                group_done,
-                group_total,
-                ..
-            } = e
-            else {
-                continue;
-            };
-            if group.is_empty() {
-                continue;
-            }
-            if json {
-                render::json_line(&serde_json::json!({
-                    "event": "table", "table": group, "ranges_done": group_done,
-                    "ranges_total": group_total,
-                }));
-            }
-            if group_done >= group_total {
-                tables.remove(&group);
-                if !json {
-                    eprintln!("sluice: {group}: all {group_total} ranges committed");
+            match e {
+                Event::GroupPlanned {
+                    group,
+                    units,
+                    units_done,
+                    bytes_hint,
+                    items_hint,
+                } => tables.plan(group, units, units_done, bytes_hint, items_hint),
+                Event::UnitCommitted {
+                    group,
+                    group_done,
+                    group_total,
+                    bytes,
+                    items,
+                    bytes_hint,
+                    ..
+                } if !group.is_empty() => {
+                    let i =
+                        tables.commit(&group, group_done, group_total, bytes, items, bytes_hint);
+                    let t = &tables.list[i];
+                    let eta = tables.eta(i, rate);
+                    if json {
+                        render::json_line(&serde_json::json!({
+                            "event": "table", "table": group, "ranges_done": group_done,
+                            "ranges_total": group_total, "rows": t.items, "bytes": t.bytes,
+                            "rows_estimate": t.items_hint, "eta_seconds": eta,
+                        }));
+                    } else if group_done >= group_total {
+                        let ranges = match group_total {
+                            1 => "its range".to_string(),
+                            n => format!("all {n} ranges"),
+                        };
+                        eprintln!(
+                            "sluice: {group}: {ranges} committed (this run: {} rows, {})",
+                            count(t.items),
+                            human(t.bytes)
+                        );
+                    }
                 }
-            } else {
-                tables.insert(group, (group_done, group_total));
+                _ => {}
             }
         }
         if finished {
             break;
         }
-        let s = progress.snapshot();
-        let secs = started.elapsed().as_secs_f64();
-        let rate = s.bytes_sent as f64 / secs.max(1e-9);
-        // Table bytes on disk approximate the COPY bytes still to come.
-        let eta = (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / rate.max(1.0)).round();
+        let busy = tables.busy();
+        // Until the first range is in, the tables' size on disk stands for their COPY bytes.
+        let eta = match tables.list.is_empty() {
+            true => (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / rate.max(1.0)).round(),
+            false => tables.eta(tables.list.len() - 1, rate),
+        };
         if json {
+            let busy: Vec<serde_json::Value> = busy
+                .iter()
+                .map(|&i| {
+                    let t = &tables.list[i];
+                    serde_json::json!({
+                        "table": t.name, "ranges_done": t.units_done, "ranges_total": t.units,
+                        "rows": t.items, "bytes": t.bytes, "rows_estimate": t.items_hint,
+                        "eta_seconds": tables.eta(i, rate),
+                    })
+                })
+                .collect();
             render::json_line(&serde_json::json!({
                 "event": "progress", "seconds": secs, "bytes_sent": s.bytes_sent,
                 "units_done": s.files_verified, "units_total": s.files_total,
-                "table_bytes": s.bytes_total, "eta_seconds": eta,
+                "table_bytes": s.bytes_total, "eta_seconds": eta, "tables": busy,
             }));
         } else {
-            let busy: Vec<String> = tables
+            let busy: Vec<String> = busy
                 .iter()
                 .take(3)
-                .map(|(t, (d, n))| format!("{t} {d}/{n}"))
+                .map(|&i| {
+                    let t = &tables.list[i];
+                    let rows = match t.items_hint {
+                        0 => format!("{} rows", count(t.items)),
+                        n => format!("{}/~{} rows", count(t.items), count(n)),
+                    };
+                    format!(
+                        "{} {}/{} ranges {rows} ETA {:.0} s",
+                        t.name,
+                        t.units_done,
+                        t.units,
+                        tables.eta(i, rate)
+                    )
+                })
                 .collect();
             eprintln!(
                 "sluice: {:7.1} s  {:>10} sent  {:>9}/s  {}/{} units  ETA {eta:.0} s  {}",
@@ -220,6 +262,117 @@ where
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))?;
     report(&summary, Some(&plan), json);
     Ok(())
+}
+
+/// Progress by table, in the order the tables' ranges are due: what each holds and an
+/// estimate of when its last range is in.
+#[derive(Default)]
+struct Tables {
+    list: Vec<TableProgress>,
+}
+
+#[derive(Default)]
+struct TableProgress {
+    name: String,
+    /// Ranges in all, and committed (this run and interrupted ones before it).
+    units: u64,
+    units_done: u64,
+    /// What the source expects the table to hold: bytes on disk, rows (0: unknown).
+    bytes_hint: u64,
+    items_hint: u64,
+    /// Committed by this run: ranges, their `COPY` bytes and rows, and their share of
+    /// `bytes_hint`.
+    run_units: u64,
+    bytes: u64,
+    items: u64,
+    hint_done: u64,
+}
+
+impl Tables {
+    fn plan(
+        &mut self,
+        name: String,
+        units: u64,
+        units_done: u64,
+        bytes_hint: u64,
+        items_hint: u64,
+    ) {
+        self.list.push(TableProgress {
+            name,
+            units,
+            units_done,
+            bytes_hint,
+            items_hint,
+            ..TableProgress::default()
+        });
+    }
+
+    /// Counts one committed range of `name`; returns the table's place.
+    fn commit(
+        &mut self,
+        name: &str,
+        done: u64,
+        total: u64,
+        bytes: u64,
+        items: u64,
+        hint: u64,
+    ) -> usize {
+        let i = match self.list.iter().position(|t| t.name == name) {
+            Some(i) => i,
+            None => {
+                self.plan(name.to_string(), total, 0, 0, 0);
+                self.list.len() - 1
+            }
+        };
+        let t = &mut self.list[i];
+        t.units_done = done;
+        t.units = total;
+        t.run_units += 1;
+        t.bytes += bytes;
+        t.items += items;
+        t.hint_done += hint;
+        i
+    }
+
+    /// `COPY` bytes still to come for table `i`: its remaining ranges at the size of those
+    /// it committed, or its size on disk scaled as the committed ranges of all tables scaled.
+    fn remaining(&self, i: usize) -> f64 {
+        let t = &self.list[i];
+        let left = t.units.saturating_sub(t.units_done) as f64;
+        if t.run_units > 0 {
+            return left * t.bytes as f64 / t.run_units as f64;
+        }
+        let (bytes, hint) = self
+            .list
+            .iter()
+            .fold((0u64, 0u64), |(b, h), t| (b + t.bytes, h + t.hint_done));
+        let scale = if hint > 0 {
+            bytes as f64 / hint as f64
+        } else {
+            1.0
+        };
+        left / t.units.max(1) as f64 * t.bytes_hint as f64 * scale
+    }
+
+    /// Seconds until table `i`'s last range is in, at `rate` bytes a second: ranges are taken
+    /// from one queue in table order, so it ends once it and the tables before it are sent.
+    fn eta(&self, i: usize, rate: f64) -> f64 {
+        if self.list[i].units_done >= self.list[i].units {
+            return 0.0;
+        }
+        let left: f64 = (0..=i).map(|j| self.remaining(j)).sum();
+        (left / rate.max(1.0)).round()
+    }
+
+    /// Tables begun and not yet all in, in order.
+    fn busy(&self) -> Vec<usize> {
+        (0..self.list.len())
+            .filter(|&i| {
+                let t = &self.list[i];
+                t.units_done > 0 && t.units_done < t.units
+            })
+            .collect()
+    }
 }
 
 fn report(s: &UnitsSummary, plan: Option<&Plan>, json: bool) {
@@ -340,5 +493,33 @@ fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tables;
+
+    /// A table's end is estimated from the ranges it committed, and one not begun from its size
+    /// on disk scaled as the committed ranges scaled; a table ends after the ones before it.
+    #[test]
+    fn a_tables_eta_counts_the_tables_before_it() {
+        let mut t = Tables::default();
+        t.plan("big".into(), 10, 0, 1000, 100);
+        t.plan("small".into(), 2, 0, 100, 10);
+        // Before anything is in: sizes on disk, as they are.
+        assert_eq!(t.eta(0, 10.0), 100.0);
+        assert_eq!(t.eta(1, 10.0), 110.0);
+        // Two ranges of big in, of 200 `COPY` bytes each where 100 were expected on disk.
+        t.commit("big", 1, 10, 200, 10, 100);
+        t.commit("big", 2, 10, 200, 10, 100);
+        assert_eq!(t.eta(0, 10.0), 160.0, "8 ranges left at 200 bytes");
+        assert_eq!(t.eta(1, 10.0), 180.0, "small: 100 on disk, twice that in COPY bytes");
+        assert_eq!(t.busy(), vec![0]);
+        // An interrupted run's ranges count as done, not as rows or bytes.
+        t.plan("resumed".into(), 3, 2, 30, 3);
+        t.commit("resumed", 3, 3, 5, 1, 10);
+        assert_eq!(t.eta(2, 10.0), 0.0);
+        assert_eq!((t.list[2].items, t.list[2].bytes), (1, 5));
     }
 }

@@ -176,8 +176,9 @@ fn verify_remote(
                     );
                 }
             }
-            sluice_engine::Event::Connected { .. } | sluice_engine::Event::UnitCommitted { .. } => {
-            }
+            sluice_engine::Event::Connected { .. }
+            | sluice_engine::Event::UnitCommitted { .. }
+            | sluice_engine::Event::GroupPlanned { .. } => {}
         }
     }
     if json {

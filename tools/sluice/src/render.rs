@@ -242,7 +242,7 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
                     content_difference_json(&path, &ranges);
                 }
             }
-            Event::UnitCommitted { .. } => {}
+            Event::UnitCommitted { .. } | Event::GroupPlanned { .. } => {}
             Event::FileFailed { path, reason } => {
                 if json {
                     json_line(

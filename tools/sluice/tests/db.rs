@@ -327,6 +327,7 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
 
     // Blocks packed with zstd (as `auto` packs them on a slow link), three ranges at a time.
     let out = sluice_db(&[
+        "--json",
         "db",
         "copy",
         &src,
@@ -339,6 +340,30 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
         "zstd",
     ]);
     assert!(out.status.success(), "copy: {}", stderr(&out));
+    // Progress per table: ranges, rows and bytes as they commit, the server's row estimate,
+    // and an estimate of the table's end that reaches 0 with its last range.
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let kinds: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|v| v["event"] == "table" && v["table"] == "public.kinds")
+        .collect();
+    assert!(kinds.len() >= 2, "kinds takes several ranges: {events:?}");
+    let rows: Vec<u64> = kinds.iter().map(|v| v["rows"].as_u64().unwrap()).collect();
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
+    let last = kinds.last().unwrap();
+    assert_eq!(last["ranges_done"], last["ranges_total"], "{last}");
+    assert_eq!(last["rows"], 20_000, "{last}");
+    assert!(last["rows_estimate"].as_u64().unwrap() >= 20_000, "{last}");
+    assert!(last["bytes"].as_u64().unwrap() > 20_000 * 8, "{last}");
+    assert_eq!(last["eta_seconds"], 0.0, "{last}");
+    assert!(
+        kinds[0]["eta_seconds"].as_f64().unwrap() >= 0.0,
+        "{}",
+        kinds[0]
+    );
 
     let out = sluice_db(&["db", "verify", &src, &dst, "--range-size", "1M"]);
     assert!(out.status.success(), "verify: {}", stderr(&out));
@@ -777,6 +802,14 @@ fn tables_take_their_schema_and_leave_the_rest() {
 
     let out = sluice_db(&["db", "copy", "--tables", "Orders,events_2024", &src, &dst]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Each table's end is reported with its rows.
+    assert!(
+        stderr(&out).lines().any(
+            |l| l.contains("Orders") && l.contains("its range committed (this run: 1,000 rows")
+        ),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         pg.sql("dst", relations),
         "Sales Dept.Orders Sales Dept.Orders_id_seq Sales Dept.Orders_note_idx \
