@@ -6,8 +6,12 @@
 #
 #   bench/wan.sh [--size 1G] [--rate-mbit 200] [--rtts 50,100,300] [--losses 0,0.001,0.01,0.05,0.1]
 #                [--peers sluice-tcp,scp,rsync,qcp] [--peer-rtts 100] [--peer-losses 0,0.01] [--peer-ccs cubic,bbr]
-#                [--extra] [--timeout 300] [--sluice-args "..."] [--data random|log] [--no-build]
+#                [--extra] [--warm] [--timeout 300] [--sluice-args "..."] [--data random|log] [--no-build]
 #
+# Every scenario starts Sluice cold: a fresh cache directory, so no figures of an earlier run
+# to the same address (`~/.cache/sluice/paths`) are used. --warm runs Sluice a second time on
+# each grid link, starting from what the first run measured (careful resume), as a repeated
+# transfer between the same two hosts does.
 # --data log sends a web-server access log (bench/genlog.py) instead of random bytes: Sluice
 # runs with its default --compress auto and again with --compress off, scp with -C and rsync
 # with -z.
@@ -22,7 +26,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd)
 SIZE=1G RATE=200 RTTS=50,100,300 LOSSES=0,0.001,0.01,0.05,0.1 PEERS=sluice-tcp,scp,rsync,qcp
-PEER_RTTS=100 PEER_LOSSES=0,0.01 PEER_CCS=cubic,bbr EXTRA=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS="" DATA=random
+PEER_RTTS=100 PEER_LOSSES=0,0.01 PEER_CCS=cubic,bbr EXTRA=0 WARM=0 TIMEOUT=300 BUILD=1 SLUICE_ARGS="" DATA=random
 while [ $# -gt 0 ]; do
     case $1 in
         --size) SIZE=$2; shift 2 ;;
@@ -34,11 +38,12 @@ while [ $# -gt 0 ]; do
         --peer-losses) PEER_LOSSES=$2; shift 2 ;;
         --peer-ccs) PEER_CCS=$2; shift 2 ;;
         --extra) EXTRA=1; shift ;;
+        --warm) WARM=1; shift ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --sluice-args) SLUICE_ARGS=$2; shift 2 ;;
         --data) DATA=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+        *) sed -n '2,21p' "$0" >&2; exit 2 ;;
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces, sshd)" >&2; exit 2; }
@@ -104,7 +109,7 @@ link_up() {
     local delay=$1 loss=$2; shift 2
     # The emulator stops forwarding after --max-seconds: long enough for Sluice and every peer.
     "$WAN" up "$LINK" --delay-ms "$delay" --loss "$loss" --rate-mbit "$RATE" --max-seconds $((TIMEOUT * 8 + 600)) "$@" >/dev/null
-    rm -rf "$WORK/dest" && mkdir -p "$WORK/dest"
+    rm -rf "$WORK/dest" "$WORK/cache" && mkdir -p "$WORK/dest" "$WORK/cache"
 }
 
 # Prints "bytes queue_drops kernel_drops" of the a->b direction so far; bytes are the frames
@@ -157,7 +162,7 @@ run_sluice() {
     mark
     t0=$(now)
     # shellcheck disable=SC2086
-    if timeout "$TIMEOUT" "$WAN" exec "$LINK" a "$SLUICE" --json send $SLUICE_ARGS $args "$WORK/data.bin" "$ticket" \
+    if XDG_CACHE_HOME="$WORK/cache" timeout "$TIMEOUT" "$WAN" exec "$LINK" a "$SLUICE" --json send $SLUICE_ARGS $args "$WORK/data.bin" "$ticket" \
         >"$WORK/send.json" 2>"$WORK/send.err"; then
         t1=$(now)
         cmp -s "$WORK/data.bin" "$WORK/dest/data.bin" || { echo "sluice: content differs" >&2; exit 1; }
@@ -221,7 +226,7 @@ run_peers() {
     fi
 }
 
-echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES --peer-ccs $PEER_CCS --data $DATA$([ "$EXTRA" = 1 ] && echo ' --extra')\`  "
+echo "Command: \`bench/wan.sh --size $SIZE --rate-mbit $RATE --rtts $RTTS --losses $LOSSES --peers $PEERS --peer-rtts $PEER_RTTS --peer-losses $PEER_LOSSES --peer-ccs $PEER_CCS --data $DATA$([ "$EXTRA" = 1 ] && echo ' --extra')$([ "$WARM" = 1 ] && echo ' --warm')\`  "
 echo "Link: ${RATE} Mbit/s each way, 50 ms drop-tail queue unless said; loss each way; kernel $(uname -r); $(git -C "$REPO" rev-parse --short HEAD); $(date -u '+%Y-%m-%d %H:%M UTC')  "
 echo "Goodput: file bytes × 8 ÷ wall time of the whole command (connection and verification included) ÷ link rate. Wire: bytes of the frames a→b that left the bottleneck (those lost after it included) ÷ file bytes."
 echo
@@ -234,6 +239,7 @@ for rtt in "${rtts[@]}"; do
         SCEN="${rtt} ms, ${loss} loss"
         link_up $((rtt / 2)) "$loss"
         run_sluice
+        [ "$WARM" = 1 ] && run_sluice "sluice, second run"
         [ "$DATA" = log ] && run_sluice "sluice --compress off" "--compress off"
         if in_list "$rtt" "$PEER_RTTS" && in_list "$loss" "$PEER_LOSSES"; then
             run_peers "$rtt"

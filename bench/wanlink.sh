@@ -17,6 +17,9 @@ wanlink_setup() {
             --target-dir "$WANLINK_WORK/wan-target" >&2
         export WAN_EMU_BIN=$WANLINK_WORK/wan-target/release/wan-emu
     fi
+    # Sluice keeps what a transfer measured of the path for the next one to the same address
+    # (~/.cache/sluice/paths): a benchmark's runs start cold, from a cache of their own.
+    export XDG_CACHE_HOME=$WANLINK_WORK/cache
     WANLINK_ALLOWED=$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control)
     sysctl -qw net.ipv4.tcp_allowed_congestion_control="$WANLINK_ALLOWED cubic"
     trap wanlink_cleanup EXIT

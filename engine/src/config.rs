@@ -146,6 +146,11 @@ pub struct Config {
     /// QUIC, TLS over TCP, or (the default) QUIC with TCP as the fallback where UDP gets no
     /// answer: see [`crate::transport`].
     pub transport: Transport,
+    /// Sender: the file where each host's last measured path is kept, so that a QUIC connection
+    /// to a host sent to before starts from half its last rate (see
+    /// [`crate::transport::memory`]); `None` keeps nothing and always starts up afresh
+    /// (`--fresh-start`). Not used with path hints (`--rtt`, `--rate`), which say it instead.
+    pub path_memory: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -184,6 +189,7 @@ impl Default for Config {
             compress: Compress::Auto,
             compress_level: crate::pack::DEFAULT_LEVEL,
             transport: Transport::Auto,
+            path_memory: None,
         }
     }
 }
@@ -253,8 +259,8 @@ impl Config {
                 max_rate: self.max_rate,
                 rtt_hint: self.rtt_hint,
                 rate_hint: self.rate_hint,
-                initial_window: None,
                 ack_every: Some(self.ack_every),
+                ..RateConfig::default()
             },
             initial_rtt: self.rtt_hint,
             datagram_size,

@@ -14,6 +14,7 @@
 //! A receiver listens on both (the same port number, UDP and TCP); a sender tries QUIC and, if
 //! nothing answers within [`FALLBACK_AFTER`], TCP as well ([`connect`]).
 
+pub mod memory;
 pub mod quic;
 pub mod tcp;
 pub mod udp;

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_proto::ticket::Ticket;
-use sluice_quic::tls::{self, Identity};
+use sluice_quic::congestion::PathMemo;
+use sluice_quic::tls::{self, Congestion, Identity};
 
-use super::udp;
 use super::{conn_error, ControlChannel, ControlRx, Ended, Fut, Kind, LaneRx, LaneTx, Link};
+use super::{memory, udp};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::progress::PathStats;
@@ -24,6 +25,9 @@ pub struct QuicLink {
     _endpoint: quinn::Endpoint,
     /// Set by [`watch_peer`] when the peer's host said its port is closed.
     gone: Arc<AtomicBool>,
+    /// A sender's: where its controller leaves what it measures of the path, and the file to
+    /// keep that in when the transfer ends well (see [`super::memory`]).
+    memo: Option<(Arc<PathMemo>, std::path::PathBuf)>,
 }
 
 impl QuicLink {
@@ -36,6 +40,26 @@ impl QuicLink {
             conn,
             _endpoint: endpoint,
             gone,
+            memo: None,
+        }
+    }
+
+    /// Keeps what the controller measured of the path for the next connection to this host,
+    /// if it measured enough.
+    fn remember_path(&self) {
+        let Some((memo, file)) = &self.memo else {
+            return;
+        };
+        let Some(figures) = memo.figures().filter(|f| f.rounds >= memory::MIN_ROUNDS) else {
+            return;
+        };
+        let peer = self.conn.remote_address().ip();
+        match memory::remember(file, peer, figures, std::time::SystemTime::now()) {
+            Ok(()) => tracing::debug!(?figures, "kept the path's figures"),
+            Err(e) => tracing::debug!(
+                "could not keep the path's figures in {}: {e}",
+                file.display()
+            ),
         }
     }
 }
@@ -217,7 +241,20 @@ pub(crate) async fn try_connect(
 async fn handshake(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
     let peer = ticket.addr;
     let err = conn_error(peer);
-    let tuning = config.transport_to(Some(peer.ip()));
+    let mut tuning = config.transport_to(Some(peer.ip()));
+    // Sluice's controller towards another host keeps what it measures, and starts from what
+    // the last transfer there measured unless the user gave hints.
+    let memo = match &config.path_memory {
+        Some(file) if tuning.congestion == Congestion::Sluice => {
+            if config.rtt_hint.is_none() && config.rate_hint.is_none() {
+                tuning.rate.resume = memory::recall(file, peer.ip(), std::time::SystemTime::now());
+            }
+            let memo = Arc::new(PathMemo::default());
+            tuning.rate.memo = Some(memo.clone());
+            Some((memo, file.clone()))
+        }
+        _ => None,
+    };
     let client = tls::client_config(ticket.fingerprint, &tuning)?;
     let endpoint = udp::endpoint(
         udp::udp_socket(udp::any_addr_for(peer), config)?,
@@ -246,7 +283,9 @@ async fn handshake(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
         }
     };
     tracing::debug!("connected over QUIC");
-    Ok(Arc::new(QuicLink::new(conn, endpoint)))
+    let mut link = QuicLink::new(conn, endpoint);
+    link.memo = memo;
+    Ok(Arc::new(link))
 }
 
 /// The receiver's QUIC side: an endpoint serving the receiver's certificate.
@@ -420,6 +459,9 @@ impl Link for QuicLink {
 
     fn close<'a>(&'a self, code: u32, reason: &'a [u8]) -> Fut<'a, ()> {
         Box::pin(async move {
+            if code == 0 {
+                self.remember_path();
+            }
             if !INTERRUPTED.load(Ordering::SeqCst) {
                 udp::close(&self.conn, code, reason).await;
                 return;

@@ -47,6 +47,14 @@
 //!
 //! A user's ceiling (`max_rate`) caps the rate; path hints (`rtt_hint`, `rate_hint`) size the
 //! first window before anything is measured.
+//!
+//! A connection may also start from what an earlier one to the same host measured
+//! ([`RateConfig::resume`], careful resume as in draft-ietf-tsvwg-careful-resume): once the
+//! first RTT sample (the handshake's) shows a round trip within [`RESUME_RTT_BAND`] of the one
+//! measured then, the window jumps to [`RESUME_SHARE`] of the bandwidth-delay product measured
+//! then, and start-up goes on doubling from there, with its usual exits. A path that has less
+//! room now overflows its queue in that round and start-up ends at what it delivered, as after
+//! any overrun. What a connection measures as it cruises goes to its [`PathMemo`].
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -180,6 +188,48 @@ pub struct RateConfig {
     /// `Some(0)`: quinn's default of every second packet; `None`: [`ACK_EVERY`]). Only ACK frames
     /// that acknowledged this many packets show the queue (see [`Model::on_ack_frame`]).
     pub ack_every: Option<u32>,
+    /// What an earlier connection to this host measured, to start from (see the module
+    /// documentation).
+    pub resume: Option<PathFigures>,
+    /// Where the controller leaves what it measures.
+    pub memo: Option<Arc<PathMemo>>,
+}
+
+/// Of the bandwidth-delay product an earlier connection measured, the share a resumed start
+/// jumps to (careful resume's half: the path may be shared now).
+pub const RESUME_SHARE: f64 = 0.5;
+/// A resumed start needs the first RTT sample within this factor of the one measured then, either
+/// way: otherwise the path is taken as another one.
+pub const RESUME_RTT_BAND: f64 = 1.5;
+
+/// What a connection measured of its path: the bottleneck rate (bytes per second), the base RTT,
+/// and how many rounds past start-up measured them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathFigures {
+    /// Bytes per second.
+    pub rate: f64,
+    /// The least RTT.
+    pub rtt: Duration,
+    /// Rounds past start-up that measured them (0 in a figure given to start from).
+    pub rounds: u32,
+}
+
+/// Where a controller leaves its latest [`PathFigures`], for whoever made the connection to keep
+/// for the next one.
+#[derive(Debug, Default)]
+pub struct PathMemo(std::sync::Mutex<Option<PathFigures>>);
+
+impl PathMemo {
+    fn record(&self, rate: f64, rtt: Duration) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let rounds = m.map_or(0, |f| f.rounds).saturating_add(1);
+        *m = Some(PathFigures { rate, rtt, rounds });
+    }
+
+    /// The latest figures, if a round past start-up measured any.
+    pub fn figures(&self) -> Option<PathFigures> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The fewest packets a window holds when the peer acknowledges every `ack_threshold` packets:
@@ -348,6 +398,9 @@ pub struct Model {
     /// In start-up, `acked_total` at the end of each of the last [`ACK_LOG`] ACK frames: the
     /// rate ACKs come back at while a queue forms (see [`Model::queue_rate`]).
     ack_log: VecDeque<(Instant, u64)>,
+    /// The window a resumed start jumped to ([`RateConfig::resume`]), once the first RTT
+    /// sample matched.
+    resumed: Option<u64>,
     /// Which controller this is, for the trace of its rounds (several connections share a log).
     id: u32,
 }
@@ -390,6 +443,7 @@ impl Model {
             acked_total: 0,
             last_ack: None,
             ack_log: VecDeque::with_capacity(ACK_LOG + 1),
+            resumed: None,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -470,7 +524,42 @@ impl Model {
     /// the window stayed at its first size for a second round (on wan-emu at 300 ms RTT, 31
     /// packets in the round where 64 were due: 0.3 s lost to start-up).
     fn startup_floor(&self) -> u64 {
-        2 * self.config.first_window(self.mtu).max(self.floor())
+        let first = 2 * self.config.first_window(self.mtu).max(self.floor());
+        self.resumed.map_or(first, |w| w.max(first))
+    }
+
+    /// The first RTT sample came: if it matches the path an earlier connection measured
+    /// ([`RateConfig::resume`]), jump to [`RESUME_SHARE`] of that path's bandwidth-delay product.
+    fn resume(&mut self, sample: Duration) {
+        let Some(then) = self.config.resume else {
+            return;
+        };
+        if self.phase != Phase::Startup || then.rate <= 0.0 || then.rtt.is_zero() {
+            return;
+        }
+        let ratio = sample.as_secs_f64() / then.rtt.as_secs_f64();
+        if !(1.0 / RESUME_RTT_BAND..=RESUME_RTT_BAND).contains(&ratio) {
+            tracing::debug!(
+                id = self.id,
+                ?sample,
+                then = ?then.rtt,
+                "the round trip differs from the path's last figures: a fresh start-up"
+            );
+            return;
+        }
+        let window = bdp(
+            self.config.cap_rate(RESUME_SHARE * then.rate),
+            then.rtt.min(sample),
+        );
+        tracing::debug!(
+            id = self.id,
+            rate = then.rate,
+            rtt = ?then.rtt,
+            window,
+            "starting from the path's last figures"
+        );
+        self.resumed = Some(window);
+        self.window = self.window.max(window);
     }
 
     /// Packets an ACK frame sent at once acknowledges ([`RateConfig::ack_every`]).
@@ -482,7 +571,11 @@ impl Model {
     pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool) {
         let sample = now.saturating_duration_since(sent);
         if !sample.is_zero() {
+            let first = self.base_rtt.is_none();
             self.base_rtt = Some(self.base_rtt.map_or(sample, |b| b.min(sample)));
+            if first {
+                self.resume(sample);
+            }
         }
         if self.phase == Phase::Startup {
             // Slow start: every acknowledged byte lets two more out, but never more than
@@ -632,6 +725,7 @@ impl Model {
     /// window, keeping the base RTT.
     pub fn on_persistent_congestion(&mut self) {
         self.phase = Phase::Startup;
+        self.resumed = None;
         self.settle = false;
         self.window = self.config.first_window(self.mtu).min(self.window);
         self.rates.clear();
@@ -767,6 +861,9 @@ impl Model {
             self.loss = sorted[sorted.len() / 2];
         }
 
+        if let (Some(memo), Phase::Cruise(_) | Phase::ProbeUp) = (&self.config.memo, self.phase) {
+            memo.record(self.rate(), base);
+        }
         match self.phase {
             Phase::Startup => {
                 let best = self.rate();
@@ -1258,8 +1355,7 @@ mod tests {
             max_rate: Some(5_000_000),
             rtt_hint: Some(Duration::from_millis(100)),
             rate_hint: Some(25_000_000),
-            initial_window: None,
-            ack_every: None,
+            ..RateConfig::default()
         };
         let m = model(config.clone());
         // The hint sizes the first window, the ceiling caps it: 5 MB/s × 100 ms.
@@ -1271,6 +1367,66 @@ mod tests {
         }
         assert!(m.rate() <= 5e6, "rate {}", m.rate());
         assert!(m.window() <= 700_000, "window {}", m.window());
+    }
+
+    /// A start from the path's last figures jumps to half their bandwidth-delay product once
+    /// the first sample's round trip matches them, and not on another path; figures too high
+    /// for the path now end start-up at what it delivers; a cruising controller leaves its own.
+    #[test]
+    fn a_resumed_start_jumps_only_on_the_same_path_and_survives_stale_figures() {
+        let then = |rate: f64| PathFigures {
+            rate,
+            rtt: Duration::from_millis(100),
+            rounds: 0,
+        };
+        let config = |rate: f64| RateConfig {
+            resume: Some(then(rate)),
+            memo: Some(Arc::new(PathMemo::default())),
+            ..RateConfig::default()
+        };
+        let t = Instant::now();
+        let mut m = model(config(25e6));
+        let first = m.window();
+        m.on_ack(t + Duration::from_millis(110), t, 1_400, false);
+        assert_eq!(
+            m.window(),
+            1_250_000 + 1_400,
+            "half of 25 MB/s × 100 ms, and the ACK"
+        );
+        let mut other = model(config(25e6));
+        other.on_ack(t + Duration::from_millis(300), t, 1_400, false);
+        assert_eq!(
+            other.window(),
+            first + 1_400,
+            "a 300 ms path is not the 100 ms one"
+        );
+
+        for (rate, what) in [(25e6, "the same path"), (125e6, "five times the path")] {
+            let config = config(rate);
+            let memo = config.memo.clone().unwrap();
+            let mut path = Path::wan(0.0);
+            let mut m = model(config);
+            let mut delivered = Vec::new();
+            for _ in 0..40 {
+                delivered.push(path.round(&mut m, 1_250_000).0);
+            }
+            assert!(
+                matches!(m.phase(), Phase::Cruise(_) | Phase::ProbeUp),
+                "{what}: {:?}",
+                m.phase()
+            );
+            assert!(
+                (22e6..=26e6).contains(&m.rate()),
+                "{what}: rate {}",
+                m.rate()
+            );
+            // The first rounds carry at least the half the figures promise.
+            assert!(delivered[1] >= 1_250_000, "{what}: {delivered:?}");
+            let kept = memo.figures().expect("figures of a cruising controller");
+            assert!((22e6..=26e6).contains(&kept.rate), "{what}: {kept:?}");
+            assert_eq!(kept.rtt, Duration::from_millis(100), "{what}");
+            assert!(kept.rounds > 20, "{what}: {kept:?}");
+        }
     }
 
     #[test]

@@ -775,3 +775,50 @@ fn jitter_does_not_shrink_the_rate() {
         assert!(share >= min_share, "{share:.3} of the link at ±{jitter:?}");
     }
 }
+
+/// The time from the start until `flow` first delivered 80 % of `rate_bps` over a round trip.
+fn time_to_fill(flow: &netsim::FlowReport, rate_bps: u64, rtt: Duration) -> Duration {
+    let mut t = Duration::ZERO;
+    loop {
+        if flow.goodput_bps(t, t + rtt) >= 0.8 * rate_bps as f64 {
+            return t + rtt;
+        }
+        t += 10 * MS;
+        assert!(t < Duration::from_secs(20), "never at 80 % of the link");
+    }
+}
+
+/// A connection that starts from what the last one to the same host measured (careful
+/// resume): at 200 Mbit/s and 300 ms RTT it fills the link rounds sooner than a fresh start-up
+/// (`start_up_doubles_from_its_first_window`: 3.48 s); figures five times what the path
+/// carries now cost one overrun of the queue, and the flow goes on at the path's rate.
+#[test]
+fn a_start_from_the_last_figures_fills_a_long_path_sooner() {
+    let rate = 200_000_000;
+    let rtt = 300 * MS;
+    let mut took = Vec::new();
+    for (figures, what) in [(25e6, "the path's figures"), (125e6, "five times the path")] {
+        let (forward, back) = path(rate, 150 * MS, 0.0);
+        let mut flow = sluice_flow(96 * MIB, Duration::ZERO);
+        flow.tuning.rate.resume = Some(sluice_quic::congestion::PathFigures {
+            rate: figures,
+            rtt,
+            rounds: 0,
+        });
+        let s = sluice_scenario(forward, back, vec![flow], Duration::from_secs(30));
+        let report = run(&format!("a_start_from_the_last_figures ({what})"), &s);
+        let flow = &report.flows[0];
+        assert_eq!(flow.error, None, "{what}");
+        let full = time_to_fill(flow, rate, rtt);
+        let wire = flow.udp_tx_bytes as f64 / flow.delivered as f64;
+        let end = flow.finished.expect("finished");
+        let share = flow.goodput_bps(Duration::from_secs(3), end) / rate as f64;
+        eprintln!("  {what}: 80 % of the link by {full:?}, {wire:.3} bytes sent per byte, {share:.3} of the link from 3 s on");
+        took.push((full, wire, share));
+    }
+    let (fresh_fill, _, _) = (Duration::from_millis(3480), 0.0, 0.0);
+    assert!(took[0].0 <= fresh_fill / 2, "{took:?}");
+    assert!(took[0].1 <= 1.08, "{took:?}");
+    assert!(took[1].1 <= 1.3, "{took:?}");
+    assert!(took[1].2 >= 0.85, "{took:?}");
+}

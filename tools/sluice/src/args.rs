@@ -321,6 +321,11 @@ pub struct Tuning {
     /// discovery.
     #[arg(long, global = true)]
     pub datagram_size: Option<u16>,
+    /// send, db send: start up from a few packets, not from half the rate the last transfer to
+    /// this host measured (kept a day in ~/.cache/sluice/paths, or under $XDG_CACHE_HOME), and
+    /// keep nothing of this one
+    #[arg(long, global = true)]
+    pub fresh_start: bool,
 }
 
 /// The most buffers `--max-ring` may name (the ring's free list is allocated at this size).
@@ -387,6 +392,9 @@ impl Tuning {
         c.max_rate = self.max_rate.map(|bits| bits / 8);
         c.rate_hint = self.rate.map(|bits| bits / 8);
         c.rtt_hint = self.rtt;
+        if !self.fresh_start {
+            c.path_memory = sluice_engine::transport::memory::default_file();
+        }
         match self.congestion.as_deref() {
             Some("sluice") => c.congestion = Some(sluice_engine::config::Congestion::Sluice),
             Some("bbr") => c.congestion = Some(sluice_engine::config::Congestion::Bbr),

@@ -514,7 +514,11 @@ mod tests {
         t.commit("big", 1, 10, 200, 10, 100);
         t.commit("big", 2, 10, 200, 10, 100);
         assert_eq!(t.eta(0, 10.0), 160.0, "8 ranges left at 200 bytes");
-        assert_eq!(t.eta(1, 10.0), 180.0, "small: 100 on disk, twice that in COPY bytes");
+        assert_eq!(
+            t.eta(1, 10.0),
+            180.0,
+            "small: 100 on disk, twice that in COPY bytes"
+        );
         assert_eq!(t.busy(), vec![0]);
         // An interrupted run's ranges count as done, not as rows or bytes.
         t.plan("resumed".into(), 3, 2, 30, 3);

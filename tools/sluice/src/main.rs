@@ -336,7 +336,15 @@ fn run(cli: Cli) -> Result<()> {
             }
             render::run(json, move |p| rx.run(p).context("receive failed"))
         }
-        Command::Bench(options) => bench::run(config, options, json),
+        // A measurement starts cold every time, as iperf3's does.
+        Command::Bench(options) => bench::run(
+            sluice_engine::Config {
+                path_memory: None,
+                ..config
+            },
+            options,
+            json,
+        ),
         Command::Verify { paths } => {
             let (sources, dest) = split_sources(&paths, "DEST_DIR or TICKET");
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {

@@ -66,6 +66,8 @@ struct Link {
     wan: PathBuf,
     name: String,
     bin: PathBuf,
+    /// The senders' `XDG_CACHE_HOME`: what a transfer keeps of the path stays with this link.
+    cache: tempfile::TempDir,
 }
 
 impl Link {
@@ -75,6 +77,7 @@ impl Link {
             wan: wan.to_owned(),
             name,
             bin: bin.to_owned(),
+            cache: tempfile::tempdir().unwrap(),
         };
         let out = link
             .wan()
@@ -99,7 +102,8 @@ impl Link {
     /// `sluice ARGS...` on side `a` or `b`.
     fn sluice(&self, side: &str) -> Command {
         let mut c = self.wan();
-        c.args(["exec", &self.name, side, env!("CARGO_BIN_EXE_sluice")]);
+        c.args(["exec", &self.name, side, env!("CARGO_BIN_EXE_sluice")])
+            .env("XDG_CACHE_HOME", self.cache.path());
         c
     }
 
@@ -429,4 +433,68 @@ fn an_outage_is_waited_out_and_a_longer_one_is_resumed_after() {
         summary["kept_bytes"].as_u64().unwrap_or(0) > 0,
         "the rerun resumed nothing: {summary}"
     );
+}
+
+/// A second send to the same host starts from half the rate the first one measured (careful
+/// resume), which the first kept in the user's cache; `--fresh-start` neither uses nor keeps
+/// it. How much sooner the link fills is measured by the simulator's test
+/// (`a_start_from_the_last_figures_fills_a_long_path_sooner`) and `bench/wan.sh --warm`.
+#[test]
+fn a_second_send_starts_from_what_the_first_measured() {
+    let Some((wan, bin, _one)) = emulated() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 48 << 20, 5);
+    let link = Link::up(&wan, &bin, &["--delay-ms", "50", "--rate-mbit", "200"]);
+    let kept = link.cache.path().join("sluice/paths");
+    let send = |options: &[&str]| {
+        let dest = d.path().join("dest");
+        let _ = std::fs::remove_dir_all(&dest);
+        let (mut recv, ticket) = recv_on_b(&link, &dest, &[]);
+        let out = link
+            .sluice("a")
+            .env("SLUICE_LOG", "sluice_quic=debug")
+            .args(options)
+            .arg("send")
+            .arg(&src)
+            .arg(&ticket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_bounded(out, Duration::from_secs(90));
+        let _ = recv.kill();
+        let _ = recv.wait();
+        assert!(out.status.success(), "send {options:?}: {}", stderr(&out));
+        assert_eq!(b3(&dest.join("big.bin")), b3(&src), "content differs");
+        stderr(&out)
+    };
+    let resumed = "starting from the path's last figures";
+
+    let said = send(&["--fresh-start"]);
+    assert!(!said.contains(resumed), "{said}");
+    assert!(!kept.exists(), "--fresh-start keeps nothing");
+
+    let said = send(&[]);
+    assert!(!said.contains(resumed), "nothing was kept before: {said}");
+    let text = std::fs::read_to_string(&kept).expect("the first send kept the path's figures");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("10.201.0.2 "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let fields: Vec<f64> = line
+        .split(' ')
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // 200 Mbit/s is 25 MB/s less headers; the round trip 100 ms.
+    assert!((15e6..=26e6).contains(&fields[0]), "{line}");
+    assert!((99_000.0..=130_000.0).contains(&fields[1]), "{line}");
+
+    let said = send(&[]);
+    assert!(said.contains(resumed), "{said}");
+    let said = send(&["--fresh-start"]);
+    assert!(!said.contains(resumed), "{said}");
 }
