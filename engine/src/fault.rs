@@ -58,3 +58,19 @@ pub(crate) fn db_lose_row(table: &str) -> bool {
 pub(crate) fn db_lose_row(_table: &str) -> bool {
     false
 }
+
+/// From `SLUICE_FAULT_SLOW_COPY=MS` in the receiver's environment: each run of the older
+/// version's copy into a delta's part file (8 MiB) takes `MS` milliseconds longer, as on a slow
+/// disk, so that the tests can show a copy outlasting the stall timeout without a file of
+/// hundreds of GiB.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn slow_copy() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var("SLUICE_FAULT_SLOW_COPY").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
+/// Without the feature: copies go at the disk's pace.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn slow_copy() -> Option<std::time::Duration> {
+    None
+}

@@ -1045,6 +1045,12 @@ async fn receive(
                                 Outcome::Pending
                             }
                         }
+                        Written::Working { file, done } => {
+                            // The sender hears of it as progress (its stall timeout), as this
+                            // loop did above.
+                            control.queue(&Message::Working { id: file, done });
+                            continue;
+                        }
                         Written::Sealed { file } => {
                             tracing::debug!(file, "sealed");
                             commit(file, &mut files, &shared, dest, &job_tx, false)?

@@ -126,6 +126,28 @@ pub(super) enum Written {
     Sealed {
         file: u32,
     },
+    /// Still copying the older version into the file's part file: `done` bytes so far (about
+    /// once every [`WORKING_EVERY`]).
+    Working {
+        file: u32,
+        done: u64,
+    },
+}
+
+/// How often a long copy of an older version says it is still going.
+pub(super) const WORKING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a long copy for `file` calls as it goes: a [`Written::Working`], handed over at once,
+/// about once every [`WORKING_EVERY`].
+fn working(out: &Outbox, file: u32) -> impl FnMut(u64) + '_ {
+    let mut last = std::time::Instant::now();
+    move |done| {
+        if last.elapsed() >= WORKING_EVERY {
+            last = std::time::Instant::now();
+            let _ = out.send(Written::Working { file, done });
+            let _ = out.flush();
+        }
+    }
 }
 
 /// Reports to the control task, handed over in bursts: a thread that finishes many small files
@@ -482,7 +504,7 @@ pub(super) fn write_blocks(
                     &mut copied,
                     (&mut to_claim, &mut claims),
                     (config, dest),
-                    &stop,
+                    (&stop, &mut working(&done, file)),
                 ) {
                     // Nothing more is written for it (its part file may be another's).
                     paths.remove(&file);
@@ -523,7 +545,8 @@ pub(super) fn write_blocks(
                     // Not if the whole older version is there already (or blocks were written
                     // over it).
                     if copied.insert(file) {
-                        sealed = copy_blocks(&base, &target, &blocks, config.direct_io, &stop);
+                        let copying = (&*stop, &mut working(&done, file) as &mut dyn FnMut(u64));
+                        sealed = copy_blocks(&base, &target, &blocks, config.direct_io, copying);
                     }
                 }
                 copied.insert(file);
@@ -621,7 +644,7 @@ pub(super) fn write_blocks(
                     &mut copied,
                     (&mut to_claim, &mut claims),
                     (config, dest),
-                    &stop,
+                    (&stop, &mut working(&done, file)),
                 ) {
                     paths.remove(&file);
                     let _ = done.send(Written::Failed { file, error });
@@ -1021,7 +1044,7 @@ fn copy_base(
     copied: &mut std::collections::HashSet<u32>,
     (to_claim, claims): (&mut std::collections::HashSet<u32>, &mut HashMap<u32, File>),
     (config, dest): (&Config, &Destination),
-    stop: &AtomicBool,
+    copying: (&AtomicBool, &mut dyn FnMut(u64)),
 ) -> Result<()> {
     // Once anything was written into the part file (a block, the kept blocks) or the file was
     // closed, the older version must never be laid over it again.
@@ -1040,7 +1063,7 @@ fn copy_base(
         claims.insert(file, f);
     }
     let started = std::time::Instant::now();
-    let r = copy_blocks(base, part, &whole, config.direct_io, stop);
+    let r = copy_blocks(base, part, &whole, config.direct_io, copying);
     tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
     r
 }
@@ -1055,7 +1078,7 @@ fn copy_blocks(
     part: &std::path::Path,
     blocks: &[(u64, usize)],
     direct: bool,
-    stop: &AtomicBool,
+    (stop, tick): (&AtomicBool, &mut dyn FnMut(u64)),
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let from = File::open(base).map_err(Error::file("opening", base))?;
@@ -1066,7 +1089,14 @@ fn copy_blocks(
     // Page-aligned, as O_DIRECT needs.
     let mut buf =
         memmap2::MmapMut::map_anon(COPY_RUN).map_err(Error::io("allocating a copy buffer"))?;
+    let slow = crate::fault::slow_copy();
+    let mut done = 0u64;
     for (offset, len) in runs(blocks, COPY_RUN) {
+        tick(done);
+        done += len as u64;
+        if let Some(pause) = slow {
+            std::thread::sleep(pause);
+        }
         if stop.load(Ordering::Relaxed) {
             return Err(Error::io("copying kept blocks")(std::io::Error::other(
                 "the transfer ended",
@@ -1292,6 +1322,7 @@ mod tests {
                         written += 1;
                     }
                     Written::Sealed { .. } => sealed = true,
+                    Written::Working { .. } => {}
                     Written::Corrupt { index, .. } => panic!("block {index} corrupt"),
                     Written::Failed { error, .. } => panic!("{error}"),
                 }

@@ -410,6 +410,8 @@ async fn transfer(
                     SenderEvent::Have { id, first, cvs } => board.add(id, first, cvs),
                     SenderEvent::HaveGroups { id, first, digests } => board.add_groups(id, first, digests),
                     SenderEvent::HaveDone(id) => board.done(id),
+                    // Progress of the receiver's own (counted above as any message is).
+                    SenderEvent::Working { id, done } => tracing::debug!(id, done, "the receiver copies the older version"),
                     SenderEvent::Anchors { id, first, anchors } => board.add_anchors(id, first, anchors),
                     SenderEvent::Holding { id, len, vouching } => board.holding(id, len, vouching),
                     SenderEvent::Vouched { id, first, cvs } if !config.rehash => board.add_vouched(id, first, cvs),

@@ -61,6 +61,7 @@ const T_VOUCHED: u8 = 19;
 const T_HELD: u8 = 20;
 const T_ABANDON: u8 = 21;
 const T_ANCHORS: u8 = 22;
+const T_WORKING: u8 = 23;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +182,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&first.to_le_bytes());
             let words: Vec<[u8; 8]> = anchors.iter().map(|a| a.to_le_bytes()).collect();
             put_hashes(out, &words, MAX_HAVE);
+        }
+        Message::Working { id, done } => {
+            out.push(T_WORKING);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&done.to_le_bytes());
         }
         Message::WantDetail { id, group } => {
             out.push(T_WANT_DETAIL);
@@ -353,6 +359,10 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             id: r.u32("id")?,
             first: r.u64("first")?,
             cvs: r.digests("cvs")?,
+        },
+        T_WORKING => Message::Working {
+            id: r.u32("id")?,
+            done: r.u64("done")?,
         },
         T_ANCHORS => Message::Anchors {
             id: r.u32("id")?,
@@ -670,6 +680,7 @@ mod tests {
                     anchors
                 }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, done)| Message::Working { id, done }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (
                 any::<u32>(),

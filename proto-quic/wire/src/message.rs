@@ -287,6 +287,17 @@ pub enum Message {
         /// Anchors, at most [`crate::codec::MAX_HAVE`].
         anchors: Vec<u64>,
     },
+    /// Receiver → sender: the receiver is busy with work of its own for file `id` (copying the
+    /// older version into the part file of a delta), `done` bytes of it so far. Sent about once
+    /// a second while the work lasts, which can be minutes for a large file: the sender counts
+    /// it as progress, as it counts a verified block, so its stall timeout does not end the
+    /// transfer meanwhile. Since version 10.
+    Working {
+        /// The file's entry id.
+        id: u32,
+        /// Bytes of the work done so far.
+        done: u64,
+    },
     /// Sender → receiver: send the block hashes of this group (as a `Have`); it differs.
     WantDetail {
         /// The file's entry id.

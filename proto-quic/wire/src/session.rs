@@ -231,6 +231,7 @@ fn name(msg: &Message) -> &'static str {
         Message::Holding { .. } => "Holding",
         Message::Vouched { .. } => "Vouched",
         Message::Anchors { .. } => "Anchors",
+        Message::Working { .. } => "Working",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
@@ -724,6 +725,13 @@ pub enum SenderEvent {
         /// The anchors.
         anchors: Vec<u64>,
     },
+    /// The receiver is busy with file `id`'s own work, `done` bytes of it so far.
+    Working {
+        /// The file id.
+        id: u32,
+        /// Bytes done.
+        done: u64,
+    },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
     /// Piece hashes of the receiver's copy of a block.
@@ -857,6 +865,10 @@ impl SenderSession {
                     return Err(SessionError::BlockRange { id, index: end });
                 }
                 Ok(SenderEvent::Anchors { id, first, anchors })
+            }
+            Message::Working { id, done } if self.welcomed && !self.finished => {
+                self.blocks(id)?;
+                Ok(SenderEvent::Working { id, done })
             }
             Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
                 // A Have may also answer a WantDetail after HaveDone.

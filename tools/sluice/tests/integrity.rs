@@ -254,6 +254,33 @@ over_both! {
 }
 
 over_both! {
+    fn a_long_copy_of_the_older_version_is_progress_not_a_stall() {
+        // A delta lays the older version into the part file first; for a file of hundreds of
+        // GiB that takes minutes, while the sender has sent its few blocks and waits. It used
+        // to end the transfer with "no progress for N s" (a new user's 3 GiB delta with
+        // --stall-timeout 2). Here each 8 MiB of the copy takes 0.7 s longer: 4 s for 48 MiB.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f.bin");
+        random_file(&src, 48 * BLOCK, 41);
+        let dest = d.path().join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        fs::copy(&src, dest.join("f.bin")).unwrap();
+        splice(&src, (30 * BLOCK + 5) as usize, b"an edit", 0);
+        let out = sluice()
+            .args(["--json", "copy", "--stall-timeout", "2"])
+            .arg(&src)
+            .arg(&dest)
+            .env("SLUICE_FAULT_SLOW_COPY", "700")
+            .output()
+            .unwrap();
+        let s = json_summary(&out);
+        assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+        assert!(s["payload_bytes"].as_u64().unwrap() <= 3 * BLOCK, "{s}");
+        assert!(s["seconds"].as_f64().unwrap() >= 4.0, "the copy was slowed: {s}");
+    }
+}
+
+over_both! {
     fn an_interrupted_delta_of_a_shifted_file_resumes_as_a_delta() {
         // What an interrupted delta leaves: the older version still under the final name, and
         // a part file that holds the older version's bytes (copied in first) with the new
