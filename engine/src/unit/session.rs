@@ -556,6 +556,7 @@ async fn push(
     // Each named group once, in the order its first unit comes, with what it is expected to
     // hold: the order a front end estimates each group's end in.
     let mut planned: Vec<(String, Hint)> = Vec::new();
+    let mut place: std::collections::HashMap<&str, usize> = Default::default();
     for unit in phases.iter().flatten() {
         let g = groups.entry(unit.group.clone()).or_default();
         g.1 += 1;
@@ -563,13 +564,12 @@ async fn push(
             g.0 += 1;
         }
         if !unit.group.is_empty() {
-            match planned.iter_mut().find(|(name, _)| *name == unit.group) {
-                Some((_, hint)) => {
-                    hint.bytes += unit.hint.bytes;
-                    hint.items += unit.hint.items;
-                }
-                None => planned.push((unit.group.clone(), unit.hint)),
-            }
+            let i = *place.entry(&unit.group).or_insert_with(|| {
+                planned.push((unit.group.clone(), Hint::default()));
+                planned.len() - 1
+            });
+            planned[i].1.bytes += unit.hint.bytes;
+            planned[i].1.items += unit.hint.items;
         }
     }
     for (group, hint) in planned {

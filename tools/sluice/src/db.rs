@@ -269,6 +269,11 @@ where
 #[derive(Default)]
 struct Tables {
     list: Vec<TableProgress>,
+    /// Each table's place in `list`.
+    place: std::collections::HashMap<String, usize>,
+    /// All tables' `bytes` and `hint_done`.
+    bytes: u64,
+    hint_done: u64,
 }
 
 #[derive(Default)]
@@ -297,6 +302,7 @@ impl Tables {
         bytes_hint: u64,
         items_hint: u64,
     ) {
+        self.place.insert(name.clone(), self.list.len());
         self.list.push(TableProgress {
             name,
             units,
@@ -317,8 +323,8 @@ impl Tables {
         items: u64,
         hint: u64,
     ) -> usize {
-        let i = match self.list.iter().position(|t| t.name == name) {
-            Some(i) => i,
+        let i = match self.place.get(name) {
+            Some(&i) => i,
             None => {
                 self.plan(name.to_string(), total, 0, 0, 0);
                 self.list.len() - 1
@@ -331,6 +337,8 @@ impl Tables {
         t.bytes += bytes;
         t.items += items;
         t.hint_done += hint;
+        self.bytes += bytes;
+        self.hint_done += hint;
         i
     }
 
@@ -342,12 +350,8 @@ impl Tables {
         if t.run_units > 0 {
             return left * t.bytes as f64 / t.run_units as f64;
         }
-        let (bytes, hint) = self
-            .list
-            .iter()
-            .fold((0u64, 0u64), |(b, h), t| (b + t.bytes, h + t.hint_done));
-        let scale = if hint > 0 {
-            bytes as f64 / hint as f64
+        let scale = if self.hint_done > 0 {
+            self.bytes as f64 / self.hint_done as f64
         } else {
             1.0
         };
