@@ -74,3 +74,18 @@ pub(crate) fn slow_copy() -> Option<std::time::Duration> {
 pub(crate) fn slow_copy() -> Option<std::time::Duration> {
     None
 }
+
+/// From `SLUICE_FAULT_SLOW_READ=MS` in the sender's environment: each block the sender reads
+/// takes `MS` milliseconds longer, as from a slow disk, so that the tests can show a sender
+/// that reads for long without sending anything (a large unchanged file).
+#[cfg(feature = "fault-injection")]
+pub(crate) fn slow_read() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var("SLUICE_FAULT_SLOW_READ").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
+/// Without the feature: reads go at the disk's pace.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn slow_read() -> Option<std::time::Duration> {
+    None
+}

@@ -351,6 +351,11 @@ impl StallWatch {
     }
 }
 
+/// How often a side busy with long work of its own that the other side cannot see (the
+/// receiver copying an older version, the sender reading a large unchanged file) says so with a
+/// `Working` message, which the other side counts as progress.
+pub(crate) const WORKING_EVERY: Duration = Duration::from_secs(1);
+
 /// The error that ends a transfer in which nothing moved for `timeout` while the peer `peer`
 /// still answered keep-alives: a peer stalled in the middle of a block, a disk that hangs.
 pub(crate) fn stalled_error(peer: &str, timeout: Duration, side: &str) -> crate::error::Error {

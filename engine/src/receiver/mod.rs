@@ -965,6 +965,8 @@ async fn receive(
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::Finish => finished = true,
+                        // Counted as progress above, as every message is.
+                        ReceiverEvent::Working { id, done } => tracing::debug!(id, done, "the sender reads blocks held here"),
                     }
                 }
                 answer = pieces_in.recv() => {

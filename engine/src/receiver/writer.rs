@@ -134,8 +134,7 @@ pub(super) enum Written {
     },
 }
 
-/// How often a long copy of an older version says it is still going.
-pub(super) const WORKING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::progress::WORKING_EVERY;
 
 /// What a long copy for `file` calls as it goes: a [`Written::Working`], handed over at once,
 /// about once every [`WORKING_EVERY`].

@@ -20,6 +20,8 @@ pub(super) struct HaveBoard {
     /// Files the reader is done with: late messages for them are dropped, not stored. Locked
     /// only while `files` is held.
     finished: std::sync::Mutex<std::collections::HashSet<u32>>,
+    /// The file the reader last began, plus one (0: none yet): what a `Working` names.
+    reading: std::sync::atomic::AtomicU32,
 }
 
 /// What the board knows of one file. Most files of a large tree are new at the receiver
@@ -69,6 +71,19 @@ pub(super) enum Held {
 }
 
 impl HaveBoard {
+    /// The reader begins file `id`.
+    pub(super) fn set_reading(&self, id: u32) {
+        self.reading
+            .store(id.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The file the reader last began, if any.
+    pub(super) fn reading(&self) -> Option<u32> {
+        self.reading
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .checked_sub(1)
+    }
+
     /// The state of a file still being read, created on first mention; `None` once the reader
     /// has finished the file.
     fn state<'a>(

@@ -326,6 +326,9 @@ async fn transfer(
     }
     let _closer = CloseBoard(&board);
     let mut reading = true;
+    // Until the reader has read everything: what it had found held when the receiver last
+    // heard that this side is at work (see `Working` below).
+    let mut working = Some((0u64, std::time::Instant::now()));
     let mut roots = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
     // What the first failure was, as the receiver said.
@@ -351,7 +354,10 @@ async fn transfer(
                     board.ask_pieces(id, index);
                     control.send(&Message::WantPieces { id, index }).await?;
                 }
-                Some(ReadEvent::AllRead) => control.send(&Message::Finish).await?,
+                Some(ReadEvent::AllRead) => {
+                    working = None;
+                    control.send(&Message::Finish).await?
+                }
                 Some(ReadEvent::Failed(e)) => {
                     let _ = control
                         .send(&Message::Error {
@@ -376,8 +382,12 @@ async fn transfer(
                 let path = link.path();
                 let left = path.udp_tx_bytes;
                 progress.set_path(path);
-                let sent = progress.snapshot().bytes_sent;
-                if stall.stalled(sent, left) {
+                let snapshot = progress.snapshot();
+                let sent = snapshot.bytes_sent;
+                // Blocks found held move the transfer on as blocks sent do: a large unchanged
+                // file is read for minutes with nothing to send. The receiver, which then hears
+                // nothing, is told about once a second.
+                if stall.stalled(sent + snapshot.bytes_kept, left) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
                         "nothing moved for {} s: waiting for the receiver",
@@ -389,6 +399,12 @@ async fn transfer(
                         if reading { "running" } else { "done" },
                         link.flow_figures()
                     );
+                }
+                if let (Some((kept, at)), Some(id)) = (working, board.reading()) {
+                    if snapshot.bytes_kept != kept && at.elapsed() >= crate::progress::WORKING_EVERY {
+                        control.send(&Message::Working { id, done: snapshot.bytes_kept }).await?;
+                        working = Some((snapshot.bytes_kept, std::time::Instant::now()));
+                    }
                 }
                 silence.check(&**link, config.idle_timeout, "receiver", "partial files are kept at the receiver: send again to resume, to a new `sluice recv` into the same directory if this one stopped")?;
                 // Keep-alives keep the link up; they do not move the transfer on. While blocks
@@ -784,6 +800,9 @@ impl Reader<'_> {
             let file = Arc::new(file);
             // Blocks from the one holding byte `len` on are (almost all) missing for certain: read
             // and send them first, while the receiver is still scanning the part it holds.
+            if let Some(b) = &self.board {
+                b.set_reading(src.entry.id);
+            }
             let held_blocks = self
                 .board
                 .as_ref()
@@ -1295,6 +1314,9 @@ impl Reader<'_> {
                 "read {n} of {len} bytes at offset {offset}: the file is shorter than when the transfer started"
             ));
             return self.abandon(fi, why, state);
+        }
+        if let Some(pause) = crate::fault::slow_read() {
+            std::thread::sleep(pause);
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
         let Some(st) = state.get_mut(&fi) else {

@@ -287,11 +287,12 @@ pub enum Message {
         /// Anchors, at most [`crate::codec::MAX_HAVE`].
         anchors: Vec<u64>,
     },
-    /// Receiver → sender: the receiver is busy with work of its own for file `id` (copying the
-    /// older version into the part file of a delta), `done` bytes of it so far. Sent about once
-    /// a second while the work lasts, which can be minutes for a large file: the sender counts
-    /// it as progress, as it counts a verified block, so its stall timeout does not end the
-    /// transfer meanwhile. Since version 10.
+    /// Either way: this side is busy with work of its own for file `id` that the other cannot
+    /// see, `done` bytes of it so far: the receiver copying the older version into the part file
+    /// of a delta, the sender reading blocks the receiver already holds (a large unchanged
+    /// file). Sent about once a second while the work lasts, which can be minutes for a large
+    /// file: the other side counts it as progress, as it counts a verified block, so its stall
+    /// timeout does not end the transfer meanwhile. Since version 10.
     Working {
         /// The file's entry id.
         id: u32,

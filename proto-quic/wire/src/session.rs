@@ -322,6 +322,13 @@ pub enum ReceiverEvent {
         /// What the sender saw.
         reason: String,
     },
+    /// The sender is busy reading file `id` (blocks the receiver holds, so nothing crosses).
+    Working {
+        /// The file id.
+        id: u32,
+        /// Bytes done.
+        done: u64,
+    },
     /// The sender has announced every file.
     Finish,
 }
@@ -598,6 +605,10 @@ impl ReceiverSession {
                     return Err(SessionError::BlockRange { id, index: group });
                 }
                 Ok(ReceiverEvent::WantDetail { id, group })
+            }
+            (RecvState::Transfer | RecvState::Finished, Message::Working { id, done }) => {
+                self.file(id)?;
+                Ok(ReceiverEvent::Working { id, done })
             }
             (RecvState::Transfer | RecvState::Finished, Message::WantPieces { id, index }) => {
                 let size = self.file(id)?.size;
@@ -966,6 +977,49 @@ impl SenderSession {
 
 #[cfg(test)]
 mod tests {
+    /// `Working` names a file of the manifest, before the receiver's `Summary` one way and once
+    /// the manifest is complete the other; an id outside the manifest is a protocol error.
+    #[test]
+    fn working_names_a_file_of_the_manifest() {
+        let file = Message::Entry(Entry {
+            id: 0,
+            kind: EntryKind::File,
+            path: "f".into(),
+            mode: 0o644,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+            size: 5 << 20,
+            link_target: String::new(),
+            version: [0; 16],
+        });
+        let mut r = ReceiverSession::new([7; 32]);
+        r.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
+            .unwrap();
+        r.on_message(file).unwrap();
+        let working = |id| Message::Working { id, done: 3 };
+        assert!(
+            r.on_message(working(0)).is_err(),
+            "before the manifest's end"
+        );
+        r.on_message(Message::ManifestEnd { count: 1 }).unwrap();
+        assert_eq!(
+            r.on_message(working(0)),
+            Ok(ReceiverEvent::Working { id: 0, done: 3 })
+        );
+        assert_eq!(r.on_message(working(1)), Err(SessionError::UnknownFile(1)));
+
+        let mut s = SenderSession::new(vec![Some(5 << 20)], 1 << 20);
+        s.on_message(Message::Welcome {
+            version: crate::PROTOCOL_VERSION,
+        })
+        .unwrap();
+        assert_eq!(
+            s.on_message(working(0)),
+            Ok(SenderEvent::Working { id: 0, done: 3 })
+        );
+        assert_eq!(s.on_message(working(9)), Err(SessionError::UnknownFile(9)));
+    }
+
     /// What a receiver does not allow is refused at Hello, naming the flag that allows it;
     /// a compare-only run asks for nothing and may carry the flags.
     #[test]

@@ -281,6 +281,36 @@ over_both! {
 }
 
 over_both! {
+    fn a_long_read_of_an_unchanged_file_is_progress_not_a_stall() {
+        // The receiver has scanned its copy of an unchanged file and waits while the sender,
+        // on a slower disk, reads and hashes its own: nothing crosses until the file's
+        // FileDone. For a file of hundreds of GiB that is minutes. Here 64 KiB blocks (groups
+        // of 4 MiB) each take 30 ms longer to read: 6 s for 12 MiB, with --stall-timeout 2 at
+        // both ends.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f.bin");
+        random_file(&src, 12 * BLOCK, 43);
+        let dest = d.path().join("dest");
+        fs::create_dir_all(&dest).unwrap();
+        fs::copy(&src, dest.join("f.bin")).unwrap();
+        let recv = Recv::start_with(&dest, &["--json", "--stall-timeout", "2"]);
+        let out = sluice()
+            .env("SLUICE_FAULT_SLOW_READ", "30")
+            .args(["--json", "send", "--stall-timeout", "2", "--block-size", "64K"])
+            .arg(&src)
+            .arg(&recv.ticket)
+            .output()
+            .unwrap();
+        let r = recv.wait();
+        let s = json_summary(&out);
+        json_summary(&r);
+        assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+        assert_eq!(s["payload_bytes"], 0, "{s}");
+        assert!(s["seconds"].as_f64().unwrap() >= 5.0, "the reads were slowed: {s}");
+    }
+}
+
+over_both! {
     fn an_interrupted_delta_of_a_shifted_file_resumes_as_a_delta() {
         // What an interrupted delta leaves: the older version still under the final name, and
         // a part file that holds the older version's bytes (copied in first) with the new
