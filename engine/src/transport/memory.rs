@@ -35,7 +35,8 @@ const HEADER: &str = "# sluice: each host's last measured path: address, bytes p
 /// The file for this user: `$XDG_CACHE_HOME/sluice/paths`, else `$HOME/.cache/sluice/paths`;
 /// `None` without either.
 pub fn default_file() -> Option<PathBuf> {
-    let dir = match std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+    // A relative XDG_CACHE_HOME is to be ignored (the XDG base directory specification).
+    let dir = match std::env::var_os("XDG_CACHE_HOME").filter(|d| Path::new(d).is_absolute()) {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?).join(".cache"),
     };

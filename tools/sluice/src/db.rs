@@ -183,8 +183,9 @@ where
                     if json {
                         render::json_line(&serde_json::json!({
                             "event": "table", "table": group, "ranges_done": group_done,
-                            "ranges_total": group_total, "rows": t.items, "bytes": t.bytes,
-                            "rows_estimate": t.items_hint, "eta_seconds": eta,
+                            "ranges_total": group_total, "ranges_before": t.units_before,
+                            "rows": t.items, "bytes": t.bytes, "rows_estimate": t.items_hint,
+                            "eta_seconds": eta,
                         }));
                     } else if group_done >= group_total {
                         let ranges = match group_total {
@@ -217,7 +218,8 @@ where
                     let t = &tables.list[i];
                     serde_json::json!({
                         "table": t.name, "ranges_done": t.units_done, "ranges_total": t.units,
-                        "rows": t.items, "bytes": t.bytes, "rows_estimate": t.items_hint,
+                        "ranges_before": t.units_before, "rows": t.items, "bytes": t.bytes,
+                        "rows_estimate": t.items_hint,
                         "eta_seconds": tables.eta(i, rate),
                     })
                 })
@@ -233,9 +235,11 @@ where
                 .take(3)
                 .map(|&i| {
                     let t = &tables.list[i];
-                    let rows = match t.items_hint {
-                        0 => format!("{} rows", count(t.items)),
-                        n => format!("{}/~{} rows", count(t.items), count(n)),
+                    let rows = match (t.items_hint, t.units_before) {
+                        (0, _) => format!("{} rows", count(t.items)),
+                        (n, 0) => format!("{}/~{} rows", count(t.items), count(n)),
+                        // Rows are this run's; the ranges before it held the rest.
+                        (_, b) => format!("({b} before this run) {} rows this run", count(t.items)),
                     };
                     format!(
                         "{} {}/{} ranges {rows} ETA {:.0} s",
@@ -282,6 +286,9 @@ struct TableProgress {
     /// Ranges in all, and committed (this run and interrupted ones before it).
     units: u64,
     units_done: u64,
+    /// Of those, ranges an interrupted run committed: in `units_done`, not in the rows and
+    /// bytes below.
+    units_before: u64,
     /// What the source expects the table to hold: bytes on disk, rows (0: unknown).
     bytes_hint: u64,
     items_hint: u64,
@@ -307,6 +314,7 @@ impl Tables {
             name,
             units,
             units_done,
+            units_before: units_done,
             bytes_hint,
             items_hint,
             ..TableProgress::default()
@@ -365,7 +373,8 @@ impl Tables {
             return 0.0;
         }
         let left: f64 = (0..=i).map(|j| self.remaining(j)).sum();
-        (left / rate.max(1.0)).round()
+        // Up, and a second at least: a table still under way is not due "in 0 s".
+        (left / rate.max(1.0)).ceil().max(1.0)
     }
 
     /// Tables begun and not yet all in, in order.
@@ -529,5 +538,8 @@ mod tests {
         t.commit("resumed", 3, 3, 5, 1, 10);
         assert_eq!(t.eta(2, 10.0), 0.0);
         assert_eq!((t.list[2].items, t.list[2].bytes), (1, 5));
+        assert_eq!(t.list[2].units_before, 2);
+        // A table still under way is never due in 0 s, however fast the run.
+        assert_eq!(t.eta(0, 1e12), 1.0);
     }
 }
