@@ -27,6 +27,11 @@ const MOST_HOSTS: usize = 256;
 /// The most of the file that is read.
 const MOST_BYTES: u64 = 64 << 10;
 
+/// The most a line may say, beyond which it is taken as damaged: a rate of 100 GB/s (800
+/// Gbit/s) and a round trip of a minute. Larger figures would make a first window of exabytes.
+const MOST_RATE: f64 = 1e11;
+const MOST_RTT: Duration = Duration::from_secs(60);
+
 /// Rounds past start-up a connection must have measured for its figures to be kept.
 pub const MIN_ROUNDS: u32 = 8;
 
@@ -60,11 +65,11 @@ fn parse(line: &str) -> Option<Entry> {
             .next()?
             .parse()
             .ok()
-            .filter(|r: &f64| r.is_finite() && *r > 0.0)?,
+            .filter(|r: &f64| *r > 0.0 && *r <= MOST_RATE)?,
         rtt: Duration::from_micros(f.next()?.parse().ok().filter(|&us: &u64| us > 0)?),
         at: f.next()?.parse().ok()?,
     };
-    f.next().is_none().then_some(entry)
+    (f.next().is_none() && entry.rtt <= MOST_RTT).then_some(entry)
 }
 
 fn read(file: &Path) -> Vec<Entry> {
@@ -199,11 +204,21 @@ mod tests {
         assert_eq!(text.lines().count(), 3, "{text}");
         std::fs::write(
             &file,
-            format!("{text}garbage\n192.0.2.9 -5 100 1\n192.0.2.9 5 0 1\n192.0.2.9 5 100 1 x\n"),
+            format!(
+                "{text}garbage\n192.0.2.9 -5 100 {at}\n192.0.2.9 5 0 {at}\n\
+                 192.0.2.9 5 100 {at} x\n192.0.2.9 1e300 100 {at}\n192.0.2.9 NaN 100 {at}\n\
+                 192.0.2.9 inf 100 {at}\n192.0.2.9 5 99000000000 {at}\n192.0.2.10 5 100 {at}\n",
+                at = unix(t)
+            ),
         )
         .unwrap();
         assert_eq!(recall(&file, a, later), Some(got));
         assert_eq!(recall(&file, "192.0.2.9".parse().unwrap(), later), None);
+        // The same line with sane figures, as fresh, is taken.
+        assert_eq!(
+            recall(&file, "192.0.2.10".parse().unwrap(), later).map(|f| f.rate),
+            Some(5.0)
+        );
     }
 
     /// The file keeps the latest hosts only, and an unwritable place is an error the caller
