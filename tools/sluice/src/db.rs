@@ -179,14 +179,10 @@ where
                     let i =
                         tables.commit(&group, group_done, group_total, bytes, items, bytes_hint);
                     let t = &tables.list[i];
-                    let eta = tables.eta(i, rate);
                     if json {
-                        render::json_line(&serde_json::json!({
-                            "event": "table", "table": group, "ranges_done": group_done,
-                            "ranges_total": group_total, "ranges_before": t.units_before,
-                            "rows": t.items, "bytes": t.bytes, "rows_estimate": t.items_hint,
-                            "eta_seconds": eta,
-                        }));
+                        let mut line = tables.json(i, rate);
+                        line["event"] = "table".into();
+                        render::json_line(&line);
                     } else if group_done >= group_total {
                         let ranges = match group_total {
                             1 => "its range".to_string(),
@@ -209,21 +205,10 @@ where
         // Until the first range is in, the tables' size on disk stands for their COPY bytes.
         let eta = match tables.list.is_empty() {
             true => (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / rate.max(1.0)).round(),
-            false => tables.eta(tables.list.len() - 1, rate),
+            false => tables.eta_through(tables.list.len() - 1, rate),
         };
         if json {
-            let busy: Vec<serde_json::Value> = busy
-                .iter()
-                .map(|&i| {
-                    let t = &tables.list[i];
-                    serde_json::json!({
-                        "table": t.name, "ranges_done": t.units_done, "ranges_total": t.units,
-                        "ranges_before": t.units_before, "rows": t.items, "bytes": t.bytes,
-                        "rows_estimate": t.items_hint,
-                        "eta_seconds": tables.eta(i, rate),
-                    })
-                })
-                .collect();
+            let busy: Vec<serde_json::Value> = busy.iter().map(|&i| tables.json(i, rate)).collect();
             render::json_line(&serde_json::json!({
                 "event": "progress", "seconds": secs, "bytes_sent": s.bytes_sent,
                 "units_done": s.files_verified, "units_total": s.files_total,
@@ -369,12 +354,34 @@ impl Tables {
     /// Seconds until table `i`'s last range is in, at `rate` bytes a second: ranges are taken
     /// from one queue in table order, so it ends once it and the tables before it are sent.
     fn eta(&self, i: usize, rate: f64) -> f64 {
-        if self.list[i].units_done >= self.list[i].units {
+        let t = &self.list[i];
+        if t.units_done >= t.units {
             return 0.0;
         }
-        let left: f64 = (0..=i).map(|j| self.remaining(j)).sum();
+        self.eta_through(i, rate)
+    }
+
+    /// Seconds until every table up to `last` is in, at `rate` bytes a second; 0 once they
+    /// are. The run's ETA is that of its last table: a small table last in the queue may be
+    /// in before a large one ahead of it.
+    fn eta_through(&self, last: usize, rate: f64) -> f64 {
+        let tables = &self.list[..=last];
+        if tables.iter().all(|t| t.units_done >= t.units) {
+            return 0.0;
+        }
+        let left: f64 = (0..=last).map(|j| self.remaining(j)).sum();
         // Up, and a second at least: a table still under way is not due "in 0 s".
         (left / rate.max(1.0)).ceil().max(1.0)
+    }
+
+    /// Table `i` as the JSON `table` events and the `progress` events' `tables` show it.
+    fn json(&self, i: usize, rate: f64) -> serde_json::Value {
+        let t = &self.list[i];
+        serde_json::json!({
+            "table": t.name, "ranges_done": t.units_done, "ranges_total": t.units,
+            "ranges_before": t.units_before, "rows": t.items, "bytes": t.bytes,
+            "rows_estimate": t.items_hint, "eta_seconds": self.eta(i, rate),
+        })
     }
 
     /// Tables begun and not yet all in, in order.
@@ -539,6 +546,8 @@ mod tests {
         assert_eq!(t.eta(2, 10.0), 0.0);
         assert_eq!((t.list[2].items, t.list[2].bytes), (1, 5));
         assert_eq!(t.list[2].units_before, 2);
+        // The run is not due before its first tables, though its last is in.
+        assert_eq!(t.eta_through(2, 10.0), 180.0);
         // A table still under way is never due in 0 s, however fast the run.
         assert_eq!(t.eta(0, 1e12), 1.0);
     }
