@@ -65,8 +65,7 @@ pub(crate) fn db_lose_row(_table: &str) -> bool {
 /// hundreds of GiB.
 #[cfg(feature = "fault-injection")]
 pub(crate) fn slow_copy() -> Option<std::time::Duration> {
-    let ms: u64 = std::env::var("SLUICE_FAULT_SLOW_COPY").ok()?.parse().ok()?;
-    Some(std::time::Duration::from_millis(ms))
+    millis("SLUICE_FAULT_SLOW_COPY")
 }
 
 /// Without the feature: copies go at the disk's pace.
@@ -78,9 +77,17 @@ pub(crate) fn slow_copy() -> Option<std::time::Duration> {
 /// From `SLUICE_FAULT_SLOW_READ=MS` in the sender's environment: each block the sender reads
 /// takes `MS` milliseconds longer, as from a slow disk, so that the tests can show a sender
 /// that reads for long without sending anything (a large unchanged file).
+/// Asked for every block read, so the variable is read once.
 #[cfg(feature = "fault-injection")]
 pub(crate) fn slow_read() -> Option<std::time::Duration> {
-    let ms: u64 = std::env::var("SLUICE_FAULT_SLOW_READ").ok()?.parse().ok()?;
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *PAUSE.get_or_init(|| millis("SLUICE_FAULT_SLOW_READ"))
+}
+
+/// The milliseconds environment variable `name` holds, if it holds a number.
+#[cfg(feature = "fault-injection")]
+fn millis(name: &str) -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var(name).ok()?.parse().ok()?;
     Some(std::time::Duration::from_millis(ms))
 }
 
