@@ -280,8 +280,11 @@ async fn serve(
     let peer = link.peer();
     let err = transport::conn_error(peer);
     let block_size = welcome(&mut control, secret, peer).await?;
+    let mut summary = UnitsSummary::default();
     for key in sink.held().await? {
         control.queue(&Message::Held { key });
+        // Committed by an earlier run: the sender skips those its plan still has.
+        summary.held += 1;
     }
     control.send(&Message::Held { key: String::new() }).await?;
     // Each lane's reader holds a buffer while its block arrives and until the sink has taken
@@ -292,7 +295,6 @@ async fn serve(
         .map_err(Error::io("allocating the buffer ring"))?;
     link.allow_lanes((count as usize / 2).max(1));
 
-    let mut summary = UnitsSummary::default();
     let mut lanes = tokio::task::JoinSet::new();
     let mut finished = false;
     loop {
@@ -319,6 +321,7 @@ async fn serve(
                 Ok(Ok(Landed::Committed(id, bytes))) => {
                     summary.units += 1;
                     summary.bytes += bytes;
+                    progress.add_unit_done();
                     control.send(&Message::FileVerified { id }).await?;
                 }
                 Ok(Ok(Landed::Failed(id, reason, kind))) => {
@@ -550,6 +553,8 @@ async fn push(
         .map_err(Error::io("allocating the buffer ring"))?;
     let total: u64 = phases.iter().map(|p| p.len() as u64).sum();
     progress.set_totals(total, progress.snapshot().bytes_total);
+    // The user's ceiling, shared by every unit's lane as the file sender's lanes share it.
+    let pace = crate::lanes::Pace::new(config.max_rate);
 
     // Progress by group: units in each, and committed so far (by earlier runs too).
     let mut groups: std::collections::HashMap<String, (u64, u64)> = Default::default();
@@ -620,11 +625,23 @@ async fn push(
                     ..Flight::default()
                 });
                 flying.insert(id, (unit.clone(), attempts + 1, flight.clone()));
-                let (link, source, pool, progress) =
-                    (link.clone(), source.clone(), pool.clone(), progress.clone());
+                let (link, source, pool, progress, pace) = (
+                    link.clone(),
+                    source.clone(),
+                    pool.clone(),
+                    progress.clone(),
+                    pace.clone(),
+                );
                 let packing = (config.compress, config.compress_level);
                 writing.spawn(async move {
-                    send_unit(&link, &flight, &unit, &*source, &pool, &progress, packing).await
+                    let out = Outlet {
+                        link: &link,
+                        pool: &pool,
+                        progress: &progress,
+                        pace: pace.as_deref(),
+                        packing,
+                    };
+                    send_unit(&out, &flight, &unit, &*source).await
                 });
             }
             if writing.is_empty() && flying.is_empty() && !queue.is_empty() {
@@ -711,16 +728,31 @@ async fn push(
     Ok(summary)
 }
 
+/// What every unit's sending shares: the link, the buffers, the counters, the user's ceiling
+/// and how to pack.
+#[derive(Clone, Copy)]
+struct Outlet<'a> {
+    link: &'a Arc<dyn Link>,
+    pool: &'a Arc<BufferPool>,
+    progress: &'a Progress,
+    pace: Option<&'a crate::lanes::Pace>,
+    packing: (crate::pack::Compress, i32),
+}
+
 /// Sends one unit on a lane of its own.
 async fn send_unit(
-    link: &Arc<dyn Link>,
+    out: &Outlet<'_>,
     flight: &Flight,
     unit: &Unit,
     source: &dyn UnitSource,
-    pool: &Arc<BufferPool>,
-    progress: &Progress,
-    (compress, level): (crate::pack::Compress, i32),
 ) -> Result<()> {
+    let Outlet {
+        link,
+        pool,
+        progress,
+        pace,
+        packing: (compress, level),
+    } = *out;
     let id = flight.id;
     let err = transport::conn_error(link.peer());
     let mut packer = crate::pack::Packer::new(
@@ -764,6 +796,9 @@ async fn send_unit(
                 progress.add_packed(n as u64, p.len() as u64);
             }
             let payload = packed.unwrap_or_else(|| buf.freeze(n));
+            if let Some(pace) = pace {
+                pace.take((header.len() + payload.len()) as u64).await;
+            }
             let mut chunks = [Bytes::copy_from_slice(&header), payload];
             lane.write(&mut chunks).await.map_err(|e| err(&e))?;
             progress.add_sent(n as u64);

@@ -94,9 +94,8 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                 let _ = std::io::stdout().flush();
                 eprintln!("sluice: waiting for one sender; run: sluice db send SRC {ticket}");
             }
-            let summary = server
-                .run(sink, Arc::new(Progress::default()))
-                .with_context(|| format!("receiving into {}", dst.shown))?;
+            let what = format!("receiving into {}", dst.shown);
+            let summary = watch_receiving(json, move |p| server.run(sink, p).context(what))?;
             report(&summary, None, json);
             Ok(())
         }
@@ -131,22 +130,38 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
     }
 }
 
+/// Starts `work` on a thread of its own with a fresh [`Progress`]; the channel closes when
+/// it ends.
+#[allow(clippy::type_complexity)]
+fn on_worker<T, F>(
+    work: F,
+) -> Result<(
+    Arc<Progress>,
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<Result<T>>,
+)>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Progress>) -> Result<T> + Send + 'static,
+{
+    let progress = Arc::new(Progress::default());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let p = progress.clone();
+    let worker = std::thread::Builder::new()
+        .name("sluice-db".into())
+        .spawn(move || {
+            let _done = done_tx;
+            work(p)
+        })?;
+    Ok((progress, done_rx, worker))
+}
+
 /// Runs `work` on a thread of its own, printing progress every second, then the summary.
 fn watch<F>(json: bool, work: F) -> Result<()>
 where
     F: FnOnce(Arc<Progress>) -> Result<(Plan, UnitsSummary)> + Send + 'static,
 {
-    let progress = Arc::new(Progress::default());
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let worker = {
-        let p = progress.clone();
-        std::thread::Builder::new()
-            .name("sluice-db".into())
-            .spawn(move || {
-                let _done = done_tx;
-                work(p)
-            })?
-    };
+    let (progress, done_rx, worker) = on_worker(work)?;
     let started = Instant::now();
     let mut tables = Tables::default();
     let mut finished = false;
@@ -251,6 +266,48 @@ where
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))?;
     report(&summary, Some(&plan), json);
     Ok(())
+}
+
+/// Runs the receiving end on a thread of its own, printing each second, once a sender has
+/// come, what has been committed (the sender alone knows the plan and its tables).
+fn watch_receiving<F>(json: bool, work: F) -> Result<UnitsSummary>
+where
+    F: FnOnce(Arc<Progress>) -> Result<UnitsSummary> + Send + 'static,
+{
+    let (progress, done_rx, worker) = on_worker(work)?;
+    // Counted from the first byte, not from the ticket: the wait for a sender is the user's.
+    let mut started: Option<Instant> = None;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        done_rx.recv_timeout(Duration::from_secs(1))
+    {
+        let s = progress.snapshot();
+        if s.bytes_verified == 0 && s.files_verified == 0 {
+            continue;
+        }
+        // What the first line shows arrived within the last second.
+        let first = || Instant::now().checked_sub(Duration::from_secs(1));
+        let secs = started
+            .get_or_insert_with(|| first().unwrap_or_else(Instant::now))
+            .elapsed()
+            .as_secs_f64();
+        let rate = s.bytes_verified as f64 / secs.max(1.0);
+        if json {
+            render::json_line(&serde_json::json!({
+                "event": "progress", "seconds": secs, "bytes_received": s.bytes_verified,
+                "units_done": s.files_verified,
+            }));
+        } else {
+            eprintln!(
+                "sluice: {secs:7.1} s  {:>10} received  {:>9}/s  {} units committed",
+                human(s.bytes_verified),
+                human(rate as u64),
+                s.files_verified,
+            );
+        }
+    }
+    worker
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
 }
 
 /// Progress by table, in the order the tables' ranges are due: what each holds and an
