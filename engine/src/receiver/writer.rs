@@ -266,56 +266,35 @@ pub(super) fn write_blocks(
     // Packed blocks: the packed bytes are copied out of the block's buffer and unpacked into it.
     let mut unpacker = zstd::bulk::Decompressor::new().ok();
     let mut packed_copy = Vec::new();
-    let mut paths: HashMap<u32, PathBuf> = HashMap::new();
-    // Per file: the page-cache handle, and an O_DIRECT one for aligned whole blocks.
-    let mut open: HashMap<u32, (Arc<File>, Option<Arc<File>>)> = HashMap::new();
-    // Per file: where its journal goes, and, once the part file is open, the journal itself.
-    let mut journal_at: HashMap<u32, (PathBuf, journal::Key)> = HashMap::new();
-    let mut journals: HashMap<u32, JournalWriter> = HashMap::new();
-    // Per file: where the receiver's copy of its blocks is (for patches).
-    let mut held: HashMap<u32, PathBuf> = HashMap::new();
-    // The older version each file's moved blocks are read from.
-    let mut olders: HashMap<u32, PathBuf> = HashMap::new();
-    // Per file: the older version of a delta, and whether it was copied into the part file.
-    let mut bases: HashMap<u32, PathBuf> = HashMap::new();
-    let mut copied: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    // Files whose part file is new (see `Job::Open`), and those of them written whole by one
-    // write: their length is right already, and sealing skips setting it.
-    let mut fresh_parts: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    // Files whose part file this writer claims on its first open (see `Job::Open`'s `claim`).
-    let mut to_claim: std::collections::HashSet<u32> = std::collections::HashSet::new();
-    // Claims taken by a handle that is not kept for writing (the copy of a delta's base).
-    let mut claims: HashMap<u32, File> = HashMap::new();
-    let mut whole: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    // What the writer knows of each file it has been told of, until it is sealed or closed.
+    let mut targets: HashMap<u32, Target> = HashMap::new();
     let mut finished = Vec::new();
     let report = |finished: &mut Vec<Completion<(u32, u64, Digest, u32)>>,
-                  paths: &HashMap<u32, PathBuf>,
-                  journals: &mut HashMap<u32, JournalWriter>,
-                  open: &HashMap<u32, (Arc<File>, Option<Arc<File>>)>| {
+                  targets: &mut HashMap<u32, Target>| {
         for c in finished.drain(..) {
             let (file, index, cv, carried) = c.req.tag;
+            let target = targets.get_mut(&file);
             // A short write (the device took part of the block, typically a full disk): write
             // the rest through the page cache, which either completes it or names the error.
-            let result = match c.result {
-                Ok(n) if n < c.req.len => {
+            let result = match (c.result, target.as_ref().and_then(|t| t.handles.as_ref())) {
+                (Ok(n), Some((buffered, _))) if n < c.req.len => {
                     use std::os::unix::fs::FileExt;
                     let rest = &c.req.buf.as_slice()[n..c.req.len];
-                    match open.get(&file) {
-                        Some((buffered, _)) => buffered
-                            .write_all_at(rest, c.req.offset + n as u64)
-                            .map(|()| c.req.len),
-                        None => Ok(n),
-                    }
+                    buffered
+                        .write_all_at(rest, c.req.offset + n as u64)
+                        .map(|()| c.req.len)
                 }
-                other => other,
+                (other, _) => other,
             };
             let msg = match result {
                 Ok(n) if n == c.req.len => {
-                    if let Some(j) = journals.get_mut(&file) {
-                        j.record(index, cv);
-                        if j.wants_flush() {
-                            if let Some(error) = flush_journal(file, j, open, paths) {
-                                let _ = done.send(Written::Failed { file, error });
+                    if let Some(t) = target {
+                        if let Some(j) = t.journal.as_mut() {
+                            j.record(index, cv);
+                            if j.wants_flush() {
+                                if let Some(error) = t.flush_journal() {
+                                    let _ = done.send(Written::Failed { file, error });
+                                }
                             }
                         }
                     }
@@ -327,7 +306,7 @@ pub(super) fn write_blocks(
                     }
                 }
                 other => {
-                    let path = paths.get(&file).cloned().unwrap_or_default();
+                    let path = target.and_then(|t| t.path.clone()).unwrap_or_default();
                     let source = match other {
                         Err(e) => e,
                         Ok(n) => std::io::Error::new(
@@ -368,7 +347,7 @@ pub(super) fn write_blocks(
                         tracing::error!("io_uring wait failed: {e}");
                         return;
                     }
-                    report(&mut finished, &paths, &mut journals, &open);
+                    report(&mut finished, &mut targets);
                     continue;
                 }
                 Err(std_mpsc::TryRecvError::Disconnected) => break,
@@ -384,11 +363,10 @@ pub(super) fn write_blocks(
                 buf,
                 from,
             } => match complete_patch(
-                if from.is_some() {
-                    olders.get(&file)
-                } else {
-                    held.get(&file)
-                },
+                targets.get(&file).and_then(|t| match from {
+                    Some(_) => t.older.as_ref(),
+                    None => t.held_at.as_ref(),
+                }),
                 index,
                 (&header, from),
                 file_len,
@@ -439,45 +417,29 @@ pub(super) fn write_blocks(
                 fresh,
                 claim,
             } => {
-                if let Some(o) = older {
-                    olders.insert(file, o);
-                }
-                paths.insert(file, path);
-                if fresh {
-                    fresh_parts.insert(file);
-                }
-                if claim {
-                    to_claim.insert(file);
-                }
-                if let Some(h) = held_at {
-                    held.insert(file, h);
-                }
-                if let Some(b) = base {
-                    bases.insert(file, b);
-                }
-                if let Some(j) = journal {
-                    journal_at.insert(file, (j, key));
-                }
+                targets.insert(
+                    file,
+                    Target {
+                        path: Some(path),
+                        held_at,
+                        base,
+                        older,
+                        journal_at: journal.map(|j| (j, key)),
+                        fresh,
+                        to_claim: claim,
+                        ..Target::default()
+                    },
+                );
             }
             Job::Close { file, remove, lock } => {
                 // Verified and sealed, or failed (its part file and journal go): what is not
-                // journaled yet no longer matters.
-                journals.remove(&file);
-                journal_at.remove(&file);
-                held.remove(&file);
-                olders.remove(&file);
-                bases.remove(&file);
+                // journaled yet no longer matters, and later jobs for the file (a late
+                // CopyBase) find nothing to touch.
+                let target = targets.remove(&file).unwrap_or_default();
                 // Closed after the removals: the handle may hold this transfer's claim.
-                let handles = open.remove(&file);
-                paths.remove(&file);
-                fresh_parts.remove(&file);
-                to_claim.remove(&file);
-                whole.remove(&file);
-                // Later jobs for this file (a late CopyBase) must not touch it again.
-                copied.insert(file);
+                let (handles, claim) = (target.handles, target.claim);
                 // Only a part file this transfer claimed: one it could not claim is another
                 // transfer's.
-                let claim = claims.remove(&file);
                 let claimed = lock.is_some() || handles.is_some() || claim.is_some();
                 for p in remove.into_iter().filter(|_| claimed) {
                     // Never a file another entry holds (two names for one file on a
@@ -496,17 +458,17 @@ pub(super) fn write_blocks(
             Job::CopyBase { file, file_len } => {
                 // A long copy: what is already written is reported first.
                 let _ = done.flush();
-                if let Err(error) = copy_base(
+                let Some(t) = targets.get_mut(&file) else {
+                    continue;
+                };
+                if let Err(error) = t.copy_base(
                     file,
                     file_len,
-                    (&bases, &paths),
-                    &mut copied,
-                    (&mut to_claim, &mut claims),
                     (config, dest),
                     (&stop, &mut working(&done, file)),
                 ) {
                     // Nothing more is written for it (its part file may be another's).
-                    paths.remove(&file);
+                    t.path = None;
                     let _ = done.send(Written::Failed { file, error });
                 }
             }
@@ -524,12 +486,18 @@ pub(super) fn write_blocks(
                         tracing::error!("io_uring wait failed: {e}");
                         return;
                     }
-                    report(&mut finished, &paths, &mut journals, &open);
+                    report(&mut finished, &mut targets);
                 }
-                // The file is verified: this thread is done with it. Forgetting its path also
-                // drops any block a sender might still send for it (against the protocol),
-                // which must not land after the seal.
-                let Some(target) = paths.remove(&file) else {
+                // The file is verified: this thread is done with it. Forgetting it also drops
+                // any block a sender might still send for it (against the protocol), which must
+                // not land after the seal; its journal's records no longer matter (it is about
+                // to be renamed, and the journal removed).
+                let Some((mut t, target)) = targets
+                    .get_mut(&file)
+                    .and_then(|t| t.path.take())
+                    .and_then(|p| Some((targets.remove(&file)?, p)))
+                else {
+                    // (Failed before: what it holds stays until its close.)
                     let _ = done.send(Written::Failed {
                         file,
                         error: Error::Io {
@@ -543,28 +511,20 @@ pub(super) fn write_blocks(
                 if let Some((base, blocks)) = keep {
                     // Not if the whole older version is there already (or blocks were written
                     // over it).
-                    if copied.insert(file) {
+                    if !t.copied {
                         let copying = (&*stop, &mut working(&done, file) as &mut dyn FnMut(u64));
                         sealed = copy_blocks(&base, &target, &blocks, config.direct_io, copying);
                     }
                 }
-                copied.insert(file);
-                // Its journal's records no longer matter (it is about to be renamed, and the
-                // journal removed). The handle the blocks were written through goes to the
-                // sealer: a write-back error is reported on it, and only once.
-                journals.remove(&file);
-                journal_at.remove(&file);
-                held.remove(&file);
-                olders.remove(&file);
-                bases.remove(&file);
-                let handle = match open.remove(&file) {
+                // The handle the blocks were written through goes to the sealer: a write-back
+                // error is reported on it, and only once.
+                let handle = match t.handles.take() {
                     Some((buffered, _)) => Ok(buffered),
-                    None => open_claimed(dest, file, &target, to_claim.remove(&file)).map(Arc::new),
+                    None => open_claimed(dest, file, &target, t.to_claim).map(Arc::new),
                 };
                 // A new part file holds its length already if one write filled it, or if it is
                 // to stay empty.
-                let sized = whole.remove(&file) || (fresh_parts.contains(&file) && entry.size == 0);
-                fresh_parts.remove(&file);
+                let sized = t.whole || (t.fresh && entry.size == 0);
                 let job = match sealed.and(handle) {
                     Ok(f) => Seal {
                         file,
@@ -573,9 +533,19 @@ pub(super) fn write_blocks(
                         entry,
                         rename,
                         sized,
-                        _claim: claims.remove(&file),
+                        _claim: t.claim.take(),
                     },
                     Err(error) => {
+                        // A claim the base's copy took is kept until the close removes the
+                        // part file.
+                        let claim = t.claim.take();
+                        targets.insert(
+                            file,
+                            Target {
+                                claim,
+                                ..Target::default()
+                            },
+                        );
                         let _ = done.send(Written::Failed { file, error });
                         continue;
                     }
@@ -634,18 +604,19 @@ pub(super) fn write_blocks(
                     });
                     continue;
                 }
+                // A file sealed, failed or never announced: nothing is written for it.
+                let Some(t) = targets.get_mut(&file).filter(|t| t.path.is_some()) else {
+                    continue;
+                };
                 // The first changed block of a delta: lay the old version down first, so this
                 // and later blocks overwrite it (the writer runs jobs in order).
-                if let Err(error) = copy_base(
+                if let Err(error) = t.copy_base(
                     file,
                     file_len,
-                    (&bases, &paths),
-                    &mut copied,
-                    (&mut to_claim, &mut claims),
                     (config, dest),
                     (&stop, &mut working(&done, file)),
                 ) {
-                    paths.remove(&file);
+                    t.path = None;
                     let _ = done.send(Written::Failed { file, error });
                     continue;
                 }
@@ -653,22 +624,22 @@ pub(super) fn write_blocks(
                 // second (O_DIRECT) handle or a trip through io_uring's workers: for many
                 // small files those cost more than the write.
                 let whole_file = header.offset == 0 && u64::from(header.len) == file_len;
-                let handles = match open.get(&file) {
+                let handles = match &t.handles {
                     Some(h) => h.clone(),
                     None => {
-                        let Some(path) = paths.get(&file) else {
+                        let Some(path) = &t.path else {
                             continue;
                         };
-                        match open_claimed(dest, file, path, to_claim.remove(&file)) {
+                        match open_claimed(dest, file, path, std::mem::take(&mut t.to_claim)) {
                             Ok(f) => {
                                 let direct = (config.direct_io && !whole_file)
                                     .then(|| Destination::open_part_direct(path))
                                     .flatten()
                                     .map(Arc::new);
-                                if let Some((at, key)) = journal_at.get(&file) {
+                                if let Some((at, key)) = &t.journal_at {
                                     match JournalWriter::open(at, &f, key) {
                                         Ok(j) => {
-                                            journals.insert(file, j);
+                                            t.journal = Some(j);
                                         }
                                         Err(e) => tracing::warn!(
                                             path = %at.display(),
@@ -677,26 +648,26 @@ pub(super) fn write_blocks(
                                     }
                                 }
                                 let h = (Arc::new(f), direct);
-                                open.insert(file, h.clone());
+                                t.handles = Some(h.clone());
                                 h
                             }
                             Err(error) => {
                                 // Nothing more is written for it (its part file may be another
                                 // transfer's).
-                                paths.remove(&file);
+                                t.path = None;
                                 let _ = done.send(Written::Failed { file, error });
                                 continue;
                             }
                         }
                     }
                 };
-                if let Some(j) = journals.get_mut(&file) {
+                if let Some(j) = t.journal.as_mut() {
                     if let Err(e) = j.before_write(index) {
                         // Without the tombstone an old record could vouch for this block after
                         // an interruption: stop journaling this file.
                         tracing::warn!(file, "cannot update the resume journal ({e})");
-                        journals.remove(&file);
-                        if let Some((at, _)) = journal_at.get(&file) {
+                        t.journal = None;
+                        if let Some((at, _)) = &t.journal_at {
                             let _ = std::fs::remove_file(at);
                         }
                     }
@@ -707,8 +678,8 @@ pub(super) fn write_blocks(
                         .0
                         .write_all_at(&buf.as_slice()[..len], 0)
                         .map(|()| len);
-                    if result.is_ok() && fresh_parts.contains(&file) {
-                        whole.insert(file);
+                    if result.is_ok() && t.fresh {
+                        t.whole = true;
                     }
                     finished.push(Completion {
                         req: Request {
@@ -721,7 +692,7 @@ pub(super) fn write_blocks(
                         },
                         result,
                     });
-                    report(&mut finished, &paths, &mut journals, &open);
+                    report(&mut finished, &mut targets);
                     continue;
                 }
                 // A block of zeros becomes a hole where the filesystem can make one (whatever
@@ -738,7 +709,7 @@ pub(super) fn write_blocks(
                         },
                         result: Ok(len),
                     });
-                    report(&mut finished, &paths, &mut journals, &open);
+                    report(&mut finished, &mut targets);
                     continue;
                 }
                 // O_DIRECT takes whole 4 KiB pages at 4 KiB offsets (ring buffers are aligned).
@@ -756,7 +727,7 @@ pub(super) fn write_blocks(
                     tag: (file, index, cv, carried),
                 };
                 if let Err(source) = io.submit(req, &mut finished) {
-                    let path = paths.get(&file).cloned().unwrap_or_default();
+                    let path = t.path.clone().unwrap_or_default();
                     let _ = done.send(Written::Failed {
                         file,
                         error: Error::File {
@@ -766,7 +737,7 @@ pub(super) fn write_blocks(
                         },
                     });
                 }
-                report(&mut finished, &paths, &mut journals, &open);
+                report(&mut finished, &mut targets);
             }
         }
     }
@@ -774,17 +745,97 @@ pub(super) fn write_blocks(
         if io.wait(io.in_flight(), &mut finished).is_err() {
             break;
         }
-        report(&mut finished, &paths, &mut journals, &open);
+        report(&mut finished, &mut targets);
     }
     // The transfer is ending (done, or interrupted): journal what is on disk.
-    for (file, j) in &mut journals {
-        if let Some(e) = flush_journal(*file, j, &open, &paths) {
+    for t in targets.values_mut() {
+        if let Some(e) = t.flush_journal() {
             tracing::warn!("{e}; its blocks are not journaled");
         }
     }
     drop(seal_tx);
     if let Some(t) = sealer {
         let _ = t.join();
+    }
+}
+
+/// What the writer knows of one file, from its [`Job::Open`] until its seal or close.
+#[derive(Default)]
+struct Target {
+    /// The file its blocks are written into (part file, or the final file in place); `None` once
+    /// nothing more may be written to it (it failed, or its part file is another transfer's).
+    path: Option<PathBuf>,
+    /// Once opened: the page-cache handle, and an `O_DIRECT` one for aligned whole blocks.
+    handles: Option<(Arc<File>, Option<Arc<File>>)>,
+    /// Where its journal goes, and what for; the journal itself once the part file is open.
+    journal_at: Option<(PathBuf, journal::Key)>,
+    journal: Option<JournalWriter>,
+    /// Where the receiver's copy of its blocks is (patches complete from it).
+    held_at: Option<PathBuf>,
+    /// The older version its moved blocks are read from.
+    older: Option<PathBuf>,
+    /// The older version of a delta, copied whole into the part file once (`copied`).
+    base: Option<PathBuf>,
+    copied: bool,
+    /// The part file is new (see `Job::Open`), and, if so, whether one write filled it: its
+    /// length is right already, and sealing skips setting it.
+    fresh: bool,
+    whole: bool,
+    /// This writer takes the part file's claim on its first open (see `Job::Open`'s `claim`).
+    to_claim: bool,
+    /// A claim taken by a handle that is not kept for writing (the copy of a delta's base).
+    claim: Option<File>,
+}
+
+impl Target {
+    /// Makes the written blocks durable and journals them. A failure to make the part file's
+    /// data durable is the file's (returned: its written blocks may be lost, and the error is
+    /// reported only once, here); one to append to the journal only costs a re-scan after an
+    /// interruption.
+    fn flush_journal(&mut self) -> Option<Error> {
+        let (part, _) = self.handles.as_ref()?;
+        let journal = self.journal.as_mut()?;
+        if !journal.is_pending() {
+            return None;
+        }
+        let path = self.path.clone().unwrap_or_default();
+        if let Err(e) = part.sync_data() {
+            journal.abandon();
+            return Some(Error::file("flushing to disk", &path)(e));
+        }
+        if let Err(e) = journal.append() {
+            tracing::warn!(path = %path.display(), "cannot journal written blocks ({e})");
+        }
+        None
+    }
+
+    /// Copies the older version of a delta whole into the part file, once: never again once
+    /// anything was written into the part file (a block, the kept blocks).
+    fn copy_base(
+        &mut self,
+        file: u32,
+        file_len: u64,
+        (config, dest): (&Config, &Destination),
+        copying: (&AtomicBool, &mut dyn FnMut(u64)),
+    ) -> Result<()> {
+        if std::mem::replace(&mut self.copied, true) {
+            return Ok(());
+        }
+        let (Some(base), Some(part)) = (&self.base, &self.path) else {
+            return Ok(());
+        };
+        let keep = std::fs::metadata(base).map_or(0, |m| m.len()).min(file_len);
+        let whole = [(0, keep as usize)];
+        // The claim is taken before anything is written, and held until the seal or the close.
+        let claim = std::mem::take(&mut self.to_claim);
+        let f = open_claimed(dest, file, part, claim)?;
+        if claim {
+            self.claim = Some(f);
+        }
+        let started = std::time::Instant::now();
+        let r = copy_blocks(base, part, &whole, config.direct_io, copying);
+        tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
+        r
     }
 }
 
@@ -1008,64 +1059,8 @@ fn complete_patch(
     Ok((whole, buf))
 }
 
-/// Makes file `file`'s written blocks durable and journals them. A failure to make the part file's data durable is the file's (returned: its written blocks
-/// may be lost, and the error is reported only once, here); one to append to the journal only
-/// costs a re-scan after an interruption.
-fn flush_journal(
-    file: u32,
-    journal: &mut JournalWriter,
-    open: &HashMap<u32, (Arc<File>, Option<Arc<File>>)>,
-    paths: &HashMap<u32, PathBuf>,
-) -> Option<Error> {
-    let (part, _) = open.get(&file)?;
-    if !journal.is_pending() {
-        return None;
-    }
-    let path = paths.get(&file).cloned().unwrap_or_default();
-    if let Err(e) = part.sync_data() {
-        journal.abandon();
-        return Some(Error::file("flushing to disk", &path)(e));
-    }
-    if let Err(e) = journal.append() {
-        tracing::warn!(path = %path.display(), "cannot journal written blocks ({e})");
-    }
-    None
-}
-
 /// The most bytes [`copy_blocks`] moves per read and write.
 const COPY_RUN: usize = 8 << 20;
-
-/// Copies the older version of delta file `file` whole into its part file, once.
-fn copy_base(
-    file: u32,
-    file_len: u64,
-    (bases, paths): (&HashMap<u32, PathBuf>, &HashMap<u32, PathBuf>),
-    copied: &mut std::collections::HashSet<u32>,
-    (to_claim, claims): (&mut std::collections::HashSet<u32>, &mut HashMap<u32, File>),
-    (config, dest): (&Config, &Destination),
-    copying: (&AtomicBool, &mut dyn FnMut(u64)),
-) -> Result<()> {
-    // Once anything was written into the part file (a block, the kept blocks) or the file was
-    // closed, the older version must never be laid over it again.
-    if !copied.insert(file) {
-        return Ok(());
-    }
-    let (Some(base), Some(part)) = (bases.get(&file), paths.get(&file)) else {
-        return Ok(());
-    };
-    let keep = std::fs::metadata(base).map_or(0, |m| m.len()).min(file_len);
-    let whole = [(0, keep as usize)];
-    // The claim is taken before anything is written, and held until the seal or the close.
-    let claim = to_claim.remove(&file);
-    let f = open_claimed(dest, file, part, claim)?;
-    if claim {
-        claims.insert(file, f);
-    }
-    let started = std::time::Instant::now();
-    let r = copy_blocks(base, part, &whole, config.direct_io, copying);
-    tracing::debug!(file, bytes = keep, elapsed = ?started.elapsed(), "copied the older version");
-    r
-}
 
 /// Copies kept blocks of the old version of a file into its part file, at the same offsets:
 /// adjacent blocks in runs of up to 8 MiB, read through the page cache (the scan just read them)
