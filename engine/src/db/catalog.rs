@@ -601,3 +601,63 @@ mod tests {
         assert!(glob("*o*s", "orders"));
     }
 }
+
+/// One sequence's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SequenceState {
+    /// Its name, schema-qualified and quoted as an identifier.
+    pub(crate) name: String,
+    /// The same as an SQL string literal (quoted by the server).
+    pub(crate) literal: String,
+    pub(crate) last_value: i64,
+    /// Whether `last_value` was handed out: if not, it is the next value.
+    pub(crate) is_called: bool,
+}
+
+/// Every user sequence but those of `left_out` (oids), by name. Each is read itself:
+/// `pg_sequences.last_value` is null for a sequence whose next value is its last (restarted,
+/// or `setval(…, false)`), and a copy that left such a sequence at its start would hand out
+/// keys already in the table.
+pub(crate) async fn sequences(client: &Client, left_out: &[u32]) -> Result<Vec<SequenceState>> {
+    let names = client
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename), \
+                    quote_literal(format('%I.%I', schemaname, sequencename)) \
+             FROM pg_sequences WHERE schemaname <> '_sluice' \
+               AND format('%I.%I', schemaname, sequencename)::regclass::oid <> ALL ($1) \
+             ORDER BY 1",
+            &[&left_out],
+        )
+        .await
+        .map_err(db_err("listing sequences"))?;
+    let names: Vec<(String, String)> = names.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut states = Vec::with_capacity(names.len());
+    // A few hundred to a statement.
+    for chunk in names.chunks(256) {
+        let query = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| format!("SELECT {i}, last_value, is_called FROM {name}"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = client
+            .query(query.as_str(), &[])
+            .await
+            .map_err(db_err("reading sequence values"))?;
+        let mut read: Vec<(i32, i64, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        read.sort();
+        for (i, last_value, is_called) in read {
+            let (name, literal) = chunk[i as usize].clone();
+            states.push(SequenceState {
+                name,
+                literal,
+                last_value,
+                is_called,
+            });
+        }
+    }
+    Ok(states)
+}

@@ -10,6 +10,10 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::error::{Error, Result};
 
+/// How long a connection may take to be ready when the connection string sets no
+/// `connect_timeout`.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A database as the user named it, ready to connect.
 #[derive(Debug, Clone)]
 pub struct Database {
@@ -119,10 +123,25 @@ impl Database {
 
     /// Opens a connection; its driver runs on the current runtime until the client is dropped.
     pub(crate) async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
+        // libpq waits for ever by default; a server that takes the connection and never answers
+        // (a stopped process, a proxy with nothing behind it) would hang the command. The
+        // limit covers the whole start-up (TLS-less handshake and authentication), not only
+        // the socket's connect as `connect_timeout` does.
+        let limit = self
             .config
-            .connect(NoTls)
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
+        let (client, connection) = tokio::time::timeout(limit, self.config.connect(NoTls))
             .await
+            .map_err(|_| Error::DatabaseLost {
+                what: format!("connecting to {}", self.shown),
+                detail: format!(
+                    "no answer from the server within {} s (connect_timeout= in the \
+                     connection string sets the limit)",
+                    limit.as_secs()
+                ),
+            })?
             .map_err(|e| pg_error(format!("connecting to {}", self.shown), &e))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -22,6 +22,7 @@ pub mod postdata;
 mod sink;
 mod source;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio_postgres::Client;
@@ -253,6 +254,7 @@ pub fn send(
             consistent: options.consistent,
             keys: phases.iter().flatten().map(|u| u.key.clone()).collect(),
             tables: plan.tables.iter().map(|(t, _)| t.clone()).collect(),
+            verify: options.verify,
         });
         let source = Arc::new(source);
         let summary = unit::session::send_on(
@@ -345,7 +347,14 @@ pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<(usize, V
                 });
                 continue;
             };
-            if other.columns != table.columns {
+            // Each side is read by the source's column names, so only the names must agree,
+            // not their order (an inherited child's columns follow its parent's in a dump).
+            let sorted = |t: &Table| {
+                let mut c = t.columns.clone();
+                c.sort();
+                c
+            };
+            if sorted(other) != sorted(table) {
                 differences.push(Difference {
                     table: table.display(),
                     range: "all rows".into(),
@@ -384,6 +393,48 @@ pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<(usize, V
                         ),
                     });
                 }
+            }
+        }
+        // Sequences: where each will hand out its next value. A copy that left one behind
+        // would hand out keys already in its table.
+        let left = if options.tables.is_empty() {
+            Vec::new()
+        } else {
+            let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+            catalog::left_out(&ca, &planned).await?.oids
+        };
+        let ours = catalog::sequences(&ca, &left).await?;
+        let theirs: BTreeMap<String, catalog::SequenceState> = catalog::sequences(&cb, &[])
+            .await?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let state = |s: &catalog::SequenceState| match s.is_called {
+            true => format!("last value {}", s.last_value),
+            false => format!("next value {} (none handed out)", s.last_value),
+        };
+        for s in &ours {
+            let detail = match theirs.get(&s.name) {
+                None => format!("missing in {}", b.shown),
+                Some(t) if t == s => continue,
+                Some(t) => format!("{} against {}", state(s), state(t)),
+            };
+            differences.push(Difference {
+                table: s.name.clone(),
+                range: "sequence".into(),
+                detail,
+            });
+        }
+        if options.tables.is_empty() {
+            for name in theirs
+                .keys()
+                .filter(|n| !ours.iter().any(|s| &s.name == *n))
+            {
+                differences.push(Difference {
+                    table: name.clone(),
+                    range: "sequence".into(),
+                    detail: format!("only in {}", b.shown),
+                });
             }
         }
         Ok((checked, differences))

@@ -158,6 +158,7 @@ impl UnitSink for PgSink {
                 Meta::Finish { verify } => Box::new(FinishWriter {
                     sink: self.clone(),
                     verify,
+                    rechecked: Vec::new(),
                 }),
                 Meta::Rows { table, range } => {
                     let what = format!("{} ({})", table.display(), range.display(&table));
@@ -340,35 +341,53 @@ impl UnitWriter for SqlWriter {
 struct FinishWriter {
     sink: PgSink,
     verify: bool,
+    /// The source's digests, in this run's snapshot, of the ranges an interrupted run committed
+    /// ([`super::source::Rechecked`], as JSON).
+    rechecked: Vec<u8>,
 }
 
 impl UnitWriter for FinishWriter {
-    fn put(&mut self, _data: Bytes) -> Fut<'_, Result<()>> {
+    fn put(&mut self, data: Bytes) -> Fut<'_, Result<()>> {
         Box::pin(async move {
-            Err(Error::Database {
-                what: "finishing".into(),
-                detail: "the last unit carries no bytes".into(),
-            })
+            if !self.verify || self.rechecked.len() + data.len() > MAX_SQL {
+                return Err(Error::Database {
+                    what: "finishing".into(),
+                    detail: "the last unit carries more than the source's digests".into(),
+                });
+            }
+            self.rechecked.extend_from_slice(&data);
+            Ok(())
         })
     }
 
     fn commit(self: Box<Self>, _bytes: u64, _trailer: Vec<u8>) -> Fut<'static, Result<()>> {
         Box::pin(async move {
             let client = self.sink.db.connect().await?;
+            // Found by an earlier attempt of this unit: the same error again, naming them.
             let failed = client
                 .query_opt(
-                    &format!("SELECT 1 FROM {BOOKKEEPING}.units WHERE key = $1"),
+                    &format!("SELECT digest FROM {BOOKKEEPING}.units WHERE key = $1"),
                     &[&VERIFY_FAILED],
                 )
                 .await
                 .map_err(db_err("reading bookkeeping".into()))?;
-            if failed.is_some() {
-                return Err(Error::Verify {
-                    path: "the target".into(),
-                    detail: "ranges failed verification in this run and were removed; run the \
-                             same command again to copy them anew"
-                        .into(),
+            if let Some(row) = failed {
+                let said: String = row.get(0);
+                return Err(match said.split_once('\n') {
+                    Some((path, detail)) => Error::Verify {
+                        path: path.into(),
+                        detail: detail.into(),
+                    },
+                    None => Error::Verify {
+                        path: "the target".into(),
+                        detail: "ranges failed verification in this run and were removed; run \
+                                 the same command again to copy them anew"
+                            .into(),
+                    },
                 });
+            }
+            if self.verify && !self.rechecked.is_empty() {
+                take_rechecked(&client, &self.rechecked).await?;
             }
             if self.verify {
                 let jobs = self
@@ -388,6 +407,36 @@ impl UnitWriter for FinishWriter {
             Ok(())
         })
     }
+}
+
+/// Records the source's digests of the ranges an interrupted run committed, as it holds them
+/// now, in place of those recorded then: the re-read compares the target with these.
+async fn take_rechecked(client: &Client, json: &[u8]) -> Result<()> {
+    let what = "taking the source's digests of the ranges committed before";
+    let rechecked: Vec<super::source::Rechecked> =
+        serde_json::from_slice(json).map_err(|e| Error::Database {
+            what: what.into(),
+            detail: e.to_string(),
+        })?;
+    let update = client
+        .prepare(&format!(
+            "UPDATE {BOOKKEEPING}.units SET rows = $2, digest = $3 WHERE key = $1"
+        ))
+        .await
+        .map_err(db_err(what.into()))?;
+    for r in rechecked {
+        let n = client
+            .execute(&update, &[&r.key, &(r.rows as i64), &r.digest])
+            .await
+            .map_err(db_err(what.into()))?;
+        if n != 1 {
+            return Err(Error::Database {
+                what: what.into(),
+                detail: format!("the target has no record of {}", r.key),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One read of the re-read at the end.
@@ -619,10 +668,16 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
     } else {
         "removed at the target: run the same command again to copy them anew"
     };
-    Err(Error::Verify {
-        path: format!("{} range(s)", wrong.len()),
-        detail: format!("{}; {then}", wrong.join("; ")),
-    })
+    let path = format!("{} range(s)", wrong.len());
+    let detail = format!("{}; {then}", wrong.join("; "));
+    // Kept with the mark, so that a second attempt of the last unit says the same.
+    let _ = client
+        .execute(
+            &format!("UPDATE {BOOKKEEPING}.units SET digest = $2 WHERE key = $1"),
+            &[&VERIFY_FAILED, &format!("{path}\n{detail}")],
+        )
+        .await;
+    Err(Error::Verify { path, detail })
 }
 
 /// A difference the re-read found: what to say, and the range to remove so that a rerun copies

@@ -34,6 +34,9 @@ pub struct PgSource {
     left_out: std::sync::OnceLock<LeftOut>,
     /// Tables whose ranges a resume cut again, with their new ranges.
     ranges: Mutex<Vec<(String, Vec<Range>)>>,
+    /// The ranges an interrupted run committed that this run keeps: read again at the end
+    /// (see [`PgSource::recheck`]).
+    held_rows: std::sync::OnceLock<Vec<(Table, Range)>>,
 }
 
 /// The rules for going on from an interrupted run.
@@ -44,6 +47,9 @@ pub(crate) struct Resume {
     /// The keys of this run's units, and the tables they cover.
     pub(crate) keys: HashSet<String>,
     pub(crate) tables: Vec<Table>,
+    /// The run checks what it committed at the end (not `--no-verify`): the ranges an
+    /// interrupted run committed are read again at the source then ([`PgSource::recheck`]).
+    pub(crate) verify: bool,
 }
 
 impl PgSource {
@@ -75,6 +81,7 @@ impl PgSource {
             post_data: std::sync::OnceLock::new(),
             left_out: std::sync::OnceLock::new(),
             ranges: Mutex::default(),
+            held_rows: std::sync::OnceLock::new(),
         };
         let planner = source.client().await?;
         Ok((source, planner))
@@ -223,24 +230,18 @@ impl PgSource {
         Ok(names)
     }
 
-    /// `setval` for every sequence that has been used.
+    /// `setval` for every sequence, as pg_dump gives it: its last value and whether that was
+    /// handed out (see [`catalog::sequences`]).
     async fn sequences(&self) -> Result<Vec<u8>> {
         let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT format('SELECT pg_catalog.setval(%L, %s, true);', \
-                        quote_ident(schemaname) || '.' || quote_ident(sequencename), last_value) \
-                 FROM pg_sequences WHERE last_value IS NOT NULL AND schemaname <> '_sluice' \
-                   AND format('%I.%I', schemaname, sequencename)::regclass::oid <> ALL ($1)",
-                &[&self.left_out_oids()],
-            )
-            .await
-            .map_err(|e| pg_error("reading sequence values".into(), &e))?;
+        let states = catalog::sequences(&client, &self.left_out_oids()).await?;
         self.give_back(client).await;
         let mut sql = String::new();
-        for r in rows {
-            sql.push_str(r.get::<_, &str>(0));
-            sql.push('\n');
+        for s in states {
+            sql.push_str(&format!(
+                "SELECT pg_catalog.setval({}, {}, {});\n",
+                s.literal, s.last_value, s.is_called
+            ));
         }
         Ok(sql.into_bytes())
     }
@@ -414,15 +415,15 @@ impl UnitSource for PgSource {
                     _ => None,
                 })
                 .collect();
-            match Recut::new(table, &prefix, held, planned) {
+            match Recut::new(table, &prefix, held, planned, resume.verify) {
                 Some(r) => recut.push(r),
                 None => {
                     return Err(Error::Database {
                         what: format!("resuming {}", table.display()),
                         detail: "the table changed since the interrupted run, and the \
                                  ranges it committed cannot be kept (they are by page, or an \
-                                 end one is open to rows added since, which would be lost); \
-                                 empty the target and run again"
+                                 end one is open to rows added since, which --no-verify would \
+                                 not find); empty the target and run again"
                             .into(),
                     })
                 }
@@ -447,10 +448,21 @@ impl UnitSource for PgSource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(recut.iter().map(|r| (r.table.qualified(), r.ranges())));
-        Ok(phases
+        let phases: Vec<Vec<Unit>> = phases
             .into_iter()
             .map(|phase| recut_phase(phase, &recut))
-            .collect())
+            .collect();
+        let kept = phases
+            .iter()
+            .flatten()
+            .filter(|u| held.contains(&u.key))
+            .filter_map(|u| match Meta::parse(&u.meta) {
+                Ok(Meta::Rows { table, range }) => Some((table, range)),
+                _ => None,
+            })
+            .collect();
+        let _ = self.held_rows.set(kept);
+        Ok(phases)
     }
 
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
@@ -480,7 +492,10 @@ impl UnitSource for PgSource {
                     };
                     Box::new(Fixed(Bytes::from(sql)))
                 }
-                Meta::Finish { .. } => Box::new(Fixed(Bytes::new())),
+                Meta::Finish { verify: false } => Box::new(Fixed(Bytes::new())),
+                Meta::Finish { verify: true } => {
+                    Box::new(Fixed(Bytes::from(self.recheck().await?)))
+                }
                 Meta::Rows { table, range } => {
                     let client = self.client().await?;
                     let table = if table.columns.is_empty() {
@@ -514,6 +529,36 @@ impl UnitSource for PgSource {
 }
 
 impl PgSource {
+    /// The source's digest, in this run's snapshot, of each range an interrupted run committed
+    /// and this run keeps (JSON: [`Rechecked`] for each). The target's check at the end
+    /// compares its rows with these rather than with the digests recorded back then, so rows
+    /// changed at the source between the runs are found, named and removed (run again to copy
+    /// them), where before they were kept as they were and the run ended well. A few ranges are
+    /// read at once, each on a connection of its own.
+    async fn recheck(&self) -> Result<Vec<u8>> {
+        use futures_util::StreamExt;
+        let held = self.held_rows.get().map_or(&[][..], Vec::as_slice);
+        let read = |(table, range): (Table, Range)| async move {
+            let client = self.client().await?;
+            let digest = super::sink::digest_of(&client, &table, &range).await;
+            self.give_back(client).await;
+            let digest = digest?;
+            Ok::<_, Error>(Rechecked {
+                key: Meta::Rows { table, range }.key(),
+                rows: digest.rows,
+                digest: digest.hex(),
+            })
+        };
+        let mut all = Vec::with_capacity(held.len());
+        let mut reads = futures_util::stream::iter(held.iter().cloned())
+            .map(read)
+            .buffer_unordered(RECHECKS);
+        while let Some(r) = reads.next().await {
+            all.push(r?);
+        }
+        Ok(serde_json::to_vec(&all).expect("plain records serialise"))
+    }
+
     async fn columns_of(&self, client: &Client, table: Table) -> Result<Table> {
         let all = catalog::tables(client, &[format!("{}.{}", table.schema, table.name)]).await?;
         all.into_iter()
@@ -539,6 +584,19 @@ impl Idle {
                 .push(client);
         }
     }
+}
+
+/// Ranges read at once by [`PgSource::recheck`].
+const RECHECKS: usize = 4;
+
+/// A committed range as the source holds it now (see [`PgSource::recheck`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Rechecked {
+    /// Its unit's key at the target.
+    pub(crate) key: String,
+    pub(crate) rows: u64,
+    /// [`RowsDigest::hex`](super::digest::RowsDigest::hex).
+    pub(crate) digest: String,
 }
 
 /// Bytes known in advance.
@@ -647,20 +705,27 @@ impl Recut {
     /// source may hold now and did not then: the last range (open above, where new keys go), or
     /// the first (open below) when this run's plan (`planned`) starts below where that run's
     /// did. Rows added there would fall into a range taken as copied.
+    ///
+    /// `checked`: the ranges kept are read again at the source at the end of this run and
+    /// compared with the target ([`PgSource::recheck`]), so rows that fell into one are found
+    /// (and the range removed, for the next run to copy): an open range is kept too.
     fn new(
         table: &Table,
         prefix: &str,
         held: &HashSet<String>,
         planned: Vec<Range>,
+        checked: bool,
     ) -> Option<Recut> {
         table.key.as_ref()?;
         let mut kept = Vec::new();
         for key in held.iter().filter(|k| k.starts_with(prefix)) {
             let range = Range::parse(table, &key[prefix.len()..])?;
-            range.hi?;
+            if !checked {
+                range.hi?;
+            }
             kept.push(range);
         }
-        if let Some(first) = kept.iter().find(|r| r.lo.is_none()) {
+        if let Some(first) = kept.iter().find(|r| r.lo.is_none()).filter(|_| !checked) {
             // `Table::ranges` cuts steps of one width from the key's least value, the first
             // range ending one step above it: each run's least key is its first range's end
             // less a step. (The held keys came from the receiver: no overflow on their values.)
@@ -766,17 +831,17 @@ mod tests {
         assert_eq!(old.len(), 3);
         // The table grew past its end: the first two ranges are kept, the rest is a gap.
         let grown = t.ranges(4 << 20, Some((100, 5000)));
-        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), grown.clone()).unwrap();
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), grown.clone(), false).unwrap();
         assert_eq!(recut.held.len(), 2);
         assert_eq!(recut.gaps.len(), 1);
         assert_eq!((recut.gaps[0].lo, recut.gaps[0].hi), (old[1].hi, None));
         // Its last range was committed: rows added past the end would fall into it.
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone()).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone(), false).is_none());
         // Keys now start lower than they did: they would fall into the committed first range.
         let lower = t.ranges(4 << 20, Some((-50, 1000)));
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone()).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone(), false).is_none());
         // Without a bounded range to measure the old step, the first range alone is not kept.
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..1]), grown.clone()).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..1]), grown.clone(), false).is_none());
         // Bounds a hostile receiver names, whose step overflows: refused, not a panic.
         let wide = [
             Range {
@@ -790,9 +855,17 @@ mod tests {
                 hi: Some(i64::MAX),
             },
         ];
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone()).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone(), false).is_none());
         // A middle range alone is kept whatever the ends did.
-        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), lower.clone()).unwrap();
+        let recut =
+            Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), lower.clone(), false).unwrap();
         assert_eq!(recut.gaps.len(), 2);
+        // Checked at the end (not --no-verify): open ranges are kept too; rows that fell into
+        // them are found by the check.
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone(), true).unwrap();
+        assert_eq!((recut.held.len(), recut.gaps.len()), (3, 0));
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone(), true).unwrap();
+        assert_eq!((recut.held.len(), recut.gaps.len()), (2, 1));
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone(), true).is_some());
     }
 }

@@ -70,9 +70,9 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
         if json {
             render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
         } else {
-            println!("{ticket}");
+            outln!("{ticket}");
             let _ = std::io::stdout().flush();
-            eprintln!("sluice: waiting for one sender; run: sluice bench {ticket}");
+            errln!("sluice: waiting for one sender; run: sluice bench {ticket}");
         }
         let p = progress.clone();
         let summary = watch(interval, json, &progress, Side::Receiving, move || {
@@ -170,7 +170,7 @@ fn line(json: bool, t: f64, bytes: u64, rate: f64, path: &PathStats) {
             "loss": path.loss(), "retransmitted_bytes": path.lost_bytes,
         }));
     } else {
-        println!(
+        outln!(
             "[{t:6.1} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
             rate / 1e6,
             rate * 8.0 / 1e6,
@@ -193,7 +193,7 @@ fn report(s: &BenchSummary, json: bool, what: &str) {
             "wire_bytes": s.path.udp_tx_bytes + s.path.udp_rx_bytes,
         }));
     } else {
-        println!(
+        outln!(
             "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s ({:.1} Mbit/s, as iperf3 counts) over {}; RTT {:.2} ms, {:.2} % of packets lost ({} bytes sent again)",
             s.bytes,
             s.rate() / 1e6,

@@ -90,9 +90,9 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             if json {
                 render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
             } else {
-                println!("{ticket}");
+                outln!("{ticket}");
                 let _ = std::io::stdout().flush();
-                eprintln!("sluice: waiting for one sender; run: sluice db send SRC {ticket}");
+                errln!("sluice: waiting for one sender; run: sluice db send SRC {ticket}");
             }
             let what = format!("receiving into {}", dst.shown);
             let summary = watch_receiving(json, move |p| server.run(sink, p).context(what))?;
@@ -109,7 +109,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                         "event": "difference", "table": d.table, "range": d.range, "detail": d.detail,
                     }));
                 } else {
-                    println!("{}: {}: {}", d.table, d.range, d.detail);
+                    outln!("{}: {}: {}", d.table, d.range, d.detail);
                 }
             }
             if json {
@@ -117,7 +117,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                     "event": "summary", "ranges": checked, "differences": differences.len(),
                 }));
             } else {
-                eprintln!(
+                errln!(
                     "sluice: {checked} ranges compared, {} differ",
                     differences.len()
                 );
@@ -203,7 +203,7 @@ where
                             1 => "its range".to_string(),
                             n => format!("all {n} ranges"),
                         };
-                        eprintln!(
+                        errln!(
                             "sluice: {group}: {ranges} committed (this run: {} rows, {})",
                             count(t.items),
                             human(t.bytes)
@@ -250,7 +250,7 @@ where
                     )
                 })
                 .collect();
-            eprintln!(
+            errln!(
                 "sluice: {:7.1} s  {:>10} sent  {:>9}/s  {}/{} units  ETA {eta:.0} s  {}",
                 secs,
                 human(s.bytes_sent),
@@ -297,7 +297,7 @@ where
                 "units_done": s.files_verified,
             }));
         } else {
-            eprintln!(
+            errln!(
                 "sluice: {secs:7.1} s  {:>10} received  {:>9}/s  {} units committed",
                 human(s.bytes_verified),
                 human(rate as u64),
@@ -470,7 +470,7 @@ fn report(s: &UnitsSummary, plan: Option<&Plan>, json: bool) {
     let tables = plan.map_or(String::new(), |p| {
         format!("{} tables in {} ranges; ", p.tables.len(), p.ranges())
     });
-    eprintln!(
+    errln!(
         "sluice: {tables}{} units committed ({} already there, {} sent again), {} of rows in \
          {secs:.1} s ({}/s)",
         s.units,
@@ -496,7 +496,7 @@ fn print_plan(plan: &Plan, json: bool) {
                 "conditions": ranges.iter().map(|r| r.display(table)).collect::<Vec<_>>(),
             }));
         } else {
-            println!(
+            outln!(
                 "{:<40} {:>10} {:>12} {:>10} {:>5} ranges ({by}, {} format)",
                 table.display(),
                 human(table.bytes.max(0) as u64),
@@ -533,7 +533,7 @@ fn print_plan(plan: &Plan, json: bool) {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "{} tables, {} ranges, {} on disk: about {} rows{unknown} to copy, then {} of \
              indexes to build",
             plan.tables.len(),

@@ -5,6 +5,17 @@
 
 #![forbid(unsafe_code)]
 
+/// `println!` for what the command prints: a reader that has gone (`sluice hash … | head`)
+/// ends the command quietly, as `SIGPIPE` ends other tools, where `println!` panics.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::render::out_line(format_args!($($t)*)) };
+}
+
+/// `eprintln!` for messages and progress: a closed standard error is not worth a panic.
+macro_rules! errln {
+    ($($t:tt)*) => { $crate::render::err_line(format_args!($($t)*)) };
+}
+
 #[macro_use]
 mod args;
 mod bench;
@@ -39,7 +50,7 @@ fn main() {
             // The signal's thread closed the connections, which ended the run with an error;
             // it exits once the closes are on the wire (exiting here could cut them off).
             std::thread::sleep(std::time::Duration::from_secs(2));
-            eprintln!("\nsluice: {}", signal_name(sig));
+            errln!("\nsluice: {}", signal_name(sig));
             std::process::exit(128 + sig);
         }
         let kind = e
@@ -52,7 +63,7 @@ fn main() {
                 "event": "error", "message": message, "kind": kind.map(|k| format!("{k:?}")),
             }));
         }
-        eprintln!("sluice: error: {}", render::clean(&message));
+        errln!("sluice: error: {}", render::clean(&message));
         let usage = e.chain().any(|c| c.is::<args::Usage>());
         std::process::exit(if usage {
             2
@@ -86,7 +97,7 @@ fn close_on_signals(json: bool) {
                         "event": "error", "message": name, "kind": "Interrupted",
                     }));
                 }
-                eprintln!("\nsluice: {name}");
+                errln!("\nsluice: {name}");
                 std::process::exit(128 + sig);
             }
         });
@@ -330,9 +341,9 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
             } else {
-                println!("{ticket}");
+                outln!("{ticket}");
                 let _ = std::io::stdout().flush();
-                eprintln!("sluice: waiting for one sender; run: sluice send SRC... {ticket}");
+                errln!("sluice: waiting for one sender; run: sluice send SRC... {ticket}");
             }
             render::run(json, move |p| rx.run(p).context("receive failed"))
         }
@@ -385,20 +396,20 @@ fn run(cli: Cli) -> Result<()> {
                             "event": "error", "path": f.to_string_lossy(), "kind": "Local",
                             "message": format!("{}: {e}", f.display()),
                         }));
-                        eprintln!("sluice: {}: {e}", f.display());
+                        errln!("sluice: {}: {e}", f.display());
                         failed += 1;
                     }
                     Ok(hash) => {
                         let name = f.to_string_lossy();
                         if name.contains(['\n', '\\']) {
                             let escaped = name.replace('\\', "\\\\").replace('\n', "\\n");
-                            println!("\\{}  {escaped}", hash.to_hex());
+                            outln!("\\{}  {escaped}", hash.to_hex());
                         } else {
-                            println!("{}  {name}", hash.to_hex());
+                            outln!("{}  {name}", hash.to_hex());
                         }
                     }
                     Err(e) => {
-                        eprintln!("sluice: {}: {e}", f.display());
+                        errln!("sluice: {}: {e}", f.display());
                         failed += 1;
                     }
                 }

@@ -63,9 +63,26 @@ impl<W: Write> Write for CleanWriter<W> {
 
 /// Prints one JSON object as a line on stdout.
 pub fn json_line(v: &serde_json::Value) {
+    out_line(format_args!("{v}"));
+}
+
+/// One line on standard output, flushed (see `outln!`). If the reader has gone, the command
+/// ends here with 141, the status a shell gives a command `SIGPIPE` ended.
+pub fn out_line(line: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        std::process::exit(141);
+    }
+}
+
+/// One line on standard error (see `errln!`); an error writing it is ignored.
+pub fn err_line(line: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(line).and_then(|()| err.write_all(b"\n"));
 }
 
 /// Runs `work` on a worker thread while rendering its progress on this one.
@@ -249,7 +266,7 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
                         &serde_json::json!({"event": "file_failed", "path": path, "reason": reason}),
                     );
                 } else {
-                    eprintln!("sluice: {}: {}", clean(&path), clean(&reason));
+                    errln!("sluice: {}: {}", clean(&path), clean(&reason));
                 }
             }
         }

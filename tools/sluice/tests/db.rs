@@ -402,7 +402,12 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
     assert_eq!(out.status.code(), Some(1), "verify: {}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     let lines: Vec<&str> = said.lines().collect();
-    assert_eq!(lines.len(), 2, "{said}");
+    // Two ranges, and the sequence this test moved on at the target with `nextval`.
+    assert_eq!(lines.len(), 3, "{said}");
+    assert!(
+        lines.contains(&"public.orders_id_seq: sequence: last value 5000 against last value 5001"),
+        "{said}"
+    );
     assert!(
         lines
             .iter()
@@ -794,6 +799,53 @@ fn max_rate_is_a_ceiling_for_rows_too() {
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM big"), "100000");
 }
 
+/// Rows changed at the source between an interrupted run and the next, inside ranges the first
+/// run committed: the next run reads those ranges again at the source and its check at the end
+/// finds them, names them and removes them (exit 8); the run after that copies them, to
+/// identical databases. (They were kept as they were, and the run ended well.) Keys moved past
+/// the end make the table's ranges cut again around an open last range, kept now that it is
+/// checked.
+#[test]
+fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
+         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
+         FROM generate_series(1, 200000) i;",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
+    let mut send = db_send(&src, &recv.ticket, &opts);
+    wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
+    send.kill().unwrap();
+    send.wait().unwrap();
+    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
+    assert!(settled_units(&pg, "dst") >= 4);
+
+    // A row in every range changes; ten keys move past the end.
+    pg.sql(
+        "src",
+        "UPDATE big SET payload = '\\x00' WHERE id % 5000 = 0; \
+         UPDATE big SET id = id + 1000000 WHERE id <= 10;",
+    );
+    let mut args = vec!["db", "copy", &src, &dst];
+    args.extend(&opts[..4]);
+    let out = sluice_db(&args);
+    // 8: verification failed.
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("public.big (\"id\" "), "{err}");
+    assert!(err.contains("run the same command again"), "{err}");
+    let out = sluice_db(&args);
+    assert!(out.status.success(), "second resume: {}", stderr(&out));
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+}
+
 /// Large objects are not copied yet: a source that holds any is refused, naming them and the
 /// way around, unless the user says to leave them behind.
 #[test]
@@ -1057,5 +1109,94 @@ fn a_database_that_is_not_there_is_named_at_once() {
         stderr(&out).contains("connection string"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// A server that takes the connection and never answers (a stopped process, a proxy with
+/// nothing behind it) is named within the connection's limit: libpq's default would wait for
+/// ever. Here the string sets 2 s; without one the limit is 15 s.
+#[test]
+fn a_server_that_never_answers_is_named_within_the_limit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Takes connections and holds them, saying nothing, until the test ends.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(8) {
+            held.push(c);
+        }
+    });
+    let conn = format!("host=127.0.0.1 port={port} user=u dbname=d connect_timeout=2");
+    let start = Instant::now();
+    let out = sluice().args(["db", "plan", &conn]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no answer from the server within 2 s"),
+        "{err}"
+    );
+}
+
+/// Sequences arrive where the source's stand, also one whose next value is its last (an
+/// identity restarted, `setval(…, false)`): such a sequence was left at its start, and the
+/// target's next insert failed on a key already there. `verify` compares sequences and names
+/// one that moved. An inherited table whose columns are in another order than its parent's
+/// (a dump lists them in the parent's) verifies as equal.
+#[test]
+fn sequences_arrive_where_they_stand_and_verify_compares_them() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE t (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text); \
+         INSERT INTO t (v) VALUES ('a'), ('b'); \
+         ALTER TABLE t ALTER COLUMN id RESTART WITH 500; \
+         CREATE SEQUENCE later; SELECT setval('later', 50, false); \
+         CREATE SEQUENCE down INCREMENT -1; SELECT nextval('down'), nextval('down'); \
+         CREATE SEQUENCE \"Odd 'name'\"; SELECT nextval('\"Odd ''name''\"'); \
+         CREATE TABLE parent (x int, y int, z int); \
+         CREATE TABLE child (y int, z int, x int); ALTER TABLE child INHERIT parent; \
+         INSERT INTO child VALUES (1, 2, 3);",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert!(
+        out.status.success(),
+        "verify: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        pg.sql("dst", "INSERT INTO t (v) VALUES ('c') RETURNING id"),
+        "500"
+    );
+    assert_eq!(pg.sql("dst", "SELECT nextval('later')"), "50");
+    assert_eq!(pg.sql("dst", "SELECT nextval('down')"), "-3");
+    assert_eq!(pg.sql("dst", "SELECT nextval('\"Odd ''name''\"')"), "2");
+    // The target's sequences moved on (and t gained a row): each is named.
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = stdout(&out);
+    for name in [
+        "public.t_id_seq",
+        "public.later",
+        "public.down",
+        "public.\"Odd 'name'\"",
+    ] {
+        assert!(
+            said.contains(&format!("{name}: sequence: ")),
+            "{name}: {said}"
+        );
+    }
+    assert!(
+        said.contains("next value 500 (none handed out) against last value 500"),
+        "{said}"
     );
 }

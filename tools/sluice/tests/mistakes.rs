@@ -367,3 +367,37 @@ fn an_unprivileged_users_mistakes_are_named() {
         },
     );
 }
+
+/// A reader that goes before the output is written (`sluice hash … | head -1`, `sluice db plan
+/// … | true`) ends the command quietly with 141, as `SIGPIPE` ends other tools: the output
+/// macros panicked ("failed printing to stdout: Broken pipe", exit 101).
+#[test]
+fn a_reader_that_goes_ends_the_command_quietly() {
+    let d = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    // More lines than a pipe holds: the writer meets the closed end whenever it closes.
+    for i in 0..2000 {
+        let p = d.path().join(format!("f{i}"));
+        std::fs::write(&p, format!("{i}")).unwrap();
+        names.push(p);
+    }
+    for json in [false, true] {
+        let mut c = sluice();
+        if json {
+            c.arg("--json");
+        }
+        let mut child = c
+            .arg("hash")
+            .args(&names)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The read end closes before the first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(141), "{err}");
+    }
+}

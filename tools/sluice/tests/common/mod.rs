@@ -379,3 +379,8 @@ pub fn sluice_as_user(args: &[&Path]) -> Option<Output> {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+#[allow(dead_code)]
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
