@@ -271,6 +271,15 @@ fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 /// The tables of the database `client` is connected to, largest first, with `include`
 /// (shell-style patterns on `schema.table` or `table`; empty: all) applied.
 pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Table>> {
+    Ok(tables_matching(client, include).await?.0)
+}
+
+/// [`tables`], and for each pattern of `include` whether it chose any table.
+pub(crate) async fn tables_matching(
+    client: &Client,
+    include: &[String],
+) -> Result<(Vec<Table>, Vec<bool>)> {
+    let mut matched = vec![false; include.len()];
     let rows = client
         .query(
             &format!(
@@ -301,7 +310,13 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
                     glob(p, r) || r.split_once('.').is_some_and(|(_, n)| glob(p, n))
                 })
         };
-        if !include.is_empty() && !include.iter().any(chosen) {
+        let mut any = false;
+        for (p, m) in include.iter().zip(&mut matched) {
+            if chosen(p) {
+                (*m, any) = (true, true);
+            }
+        }
+        if !include.is_empty() && !any {
             continue;
         }
         let cols = client
@@ -342,7 +357,7 @@ pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Ta
             index_bytes: row.get(6),
         });
     }
-    Ok(out)
+    Ok((out, matched))
 }
 
 /// The extent of `table`'s key, `None` when it is empty or has no key.

@@ -35,10 +35,14 @@ impl Database {
         } else {
             conn.to_string()
         };
-        let mut config = Config::from_str(&words).map_err(|e| Error::Database {
+        let bad = |detail: String| Error::Database {
             what: format!("connection string {:?}", hide_password(conn)),
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let (words, passfile) = libpq_only(&words).map_err(bad)?;
+        // The parser's own error says only "invalid connection string"; its cause names the
+        // option or the value.
+        let mut config = Config::from_str(&words).map_err(|e| bad(full(&e)))?;
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if config.get_hosts().is_empty() {
             match env("PGHOST") {
@@ -63,7 +67,7 @@ impl Database {
             config.dbname(db);
         }
         if config.get_password().is_none() {
-            if let Some(p) = env("PGPASSWORD").or_else(|| from_passfile(&config)) {
+            if let Some(p) = env("PGPASSWORD").or_else(|| from_passfile(&config, passfile)) {
                 config.password(p);
             }
         }
@@ -189,6 +193,14 @@ pub(crate) fn pg_error(what: String, e: &tokio_postgres::Error) -> Error {
                     })
         }
     };
+    // Out of connection slots (too_many_connections): each job holds a connection at each end.
+    let detail = match e.as_db_error().map(|db| db.code().code()) {
+        Some("53300") => format!(
+            "{detail}; each of --jobs holds a connection to each server, and a few more are \
+             used for the schema and the checks: lower --jobs or raise max_connections"
+        ),
+        _ => detail,
+    };
     if lost {
         Error::DatabaseLost { what, detail }
     } else {
@@ -214,6 +226,169 @@ pub(crate) fn full(e: &tokio_postgres::Error) -> String {
             s
         }
     }
+}
+
+/// `conn` (key/value words or a URI) without the options libpq takes and the driver does not,
+/// and the password file it names (`passfile`). `client_encoding` goes (the driver speaks UTF8;
+/// rows travel as `COPY` bytes either way), as do `gssencmode` short of `require` and the TLS
+/// options that only tune it; one that asks for what Sluice cannot do (`service`, a GSS or TLS
+/// requirement, certificates) is an error naming it. Any other unknown option is left for the
+/// driver, whose error names it.
+fn libpq_only(conn: &str) -> std::result::Result<(String, Option<std::path::PathBuf>), String> {
+    let mut passfile = None;
+    let mut judge = |key: &str, value: &str| -> std::result::Result<bool, String> {
+        Ok(match key {
+            "passfile" => {
+                passfile = Some(std::path::PathBuf::from(value));
+                false
+            }
+            "client_encoding"
+            | "sslcompression"
+            | "sslsni"
+            | "ssl_min_protocol_version"
+            | "ssl_max_protocol_version" => false,
+            "gssencmode" if value != "require" => false,
+            "gssencmode" => {
+                return Err("gssencmode=require: GSS encryption is not supported".into())
+            }
+            "service" => {
+                return Err(format!(
+                    "service={value}: connection services (pg_service.conf) are not supported; \
+                     name host, port, dbname and user instead"
+                ))
+            }
+            "sslrootcert" | "sslcert" | "sslkey" | "sslcrl" | "sslcrldir" | "sslpassword"
+            | "requiressl" => {
+                return Err(format!(
+                    "{key}=: TLS to the database server is not supported yet; reach the server \
+                     over a Unix socket or a private network"
+                ))
+            }
+            _ => true,
+        })
+    };
+    if let Some(q) = conn
+        .starts_with("postgres://")
+        .then_some(conn)
+        .or_else(|| conn.starts_with("postgresql://").then_some(conn))
+        .and_then(|c| c.find('?'))
+    {
+        let mut kept = Vec::new();
+        for param in conn[q + 1..].split('&') {
+            let (k, v) = param.split_once('=').unwrap_or((param, ""));
+            if judge(k, &percent_decode(v))? {
+                kept.push(param);
+            }
+        }
+        let base = &conn[..q];
+        return Ok(match kept.is_empty() {
+            true => (base.to_string(), passfile),
+            false => (format!("{base}?{}", kept.join("&")), passfile),
+        });
+    }
+    if conn.contains("://") {
+        return Ok((conn.to_string(), passfile));
+    }
+    let mut kept = Vec::new();
+    for (key, value, raw) in words(conn).ok_or("unbalanced quotes")? {
+        if judge(&key, &value)? {
+            kept.push(raw);
+        }
+    }
+    Ok((kept.join(" "), passfile))
+}
+
+/// The `key=value` words of a libpq connection string, each with its text as written: spaces
+/// may stand around `=`, and a value may be single-quoted, with `\'` and `\\` escaped.
+/// `None` when a quote is left open.
+fn words(conn: &str) -> Option<Vec<(String, String, &str)>> {
+    let b = conn.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let space = |c: u8| c.is_ascii_whitespace();
+    loop {
+        while i < b.len() && space(b[i]) {
+            i += 1;
+        }
+        if i == b.len() {
+            return Some(out);
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && !space(b[i]) {
+            i += 1;
+        }
+        let key = conn[start..i].to_string();
+        while i < b.len() && space(b[i]) {
+            i += 1;
+        }
+        if i == b.len() || b[i] != b'=' {
+            // Not a key=value word: left to the driver to name.
+            out.push((key, String::new(), &conn[start..i]));
+            continue;
+        }
+        i += 1;
+        while i < b.len() && space(b[i]) {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        if i < b.len() && b[i] == b'\'' {
+            i += 1;
+            loop {
+                match b.get(i)? {
+                    b'\'' => {
+                        i += 1;
+                        break;
+                    }
+                    b'\\' => {
+                        value.push(*b.get(i + 1)?);
+                        i += 2;
+                    }
+                    &c => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < b.len() && !space(b[i]) {
+                if b[i] == b'\\' && i + 1 < b.len() {
+                    i += 1;
+                }
+                value.push(b[i]);
+                i += 1;
+            }
+        }
+        out.push((
+            key,
+            String::from_utf8_lossy(&value).into_owned(),
+            &conn[start..i],
+        ));
+    }
+}
+
+/// `%XX` escapes of a URI's query value decoded (`+` stays: libpq does not take it as a space).
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `conn` with any password replaced by `***`: the URI's user information and its `password`
@@ -301,10 +476,21 @@ fn hide_password(conn: &str) -> String {
 
 /// The password for `config` from the password file, as libpq reads it: lines
 /// `host:port:database:user:password`, `*` matching anything, `\` escaping `:` and `\`.
-fn from_passfile(config: &Config) -> Option<String> {
-    let path = std::env::var_os("PGPASSFILE")
-        .map(std::path::PathBuf::from)
+fn from_passfile(config: &Config, named: Option<std::path::PathBuf>) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = named
+        .or_else(|| std::env::var_os("PGPASSFILE").map(std::path::PathBuf::from))
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    // As libpq: a password file others may read is not used.
+    let mode = std::fs::metadata(&path).ok()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "password file {} has group or world access; permissions should be u=rw (0600) or \
+             less: not used",
+            path.display()
+        );
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     let host = match config.get_hosts().first()? {
         Host::Tcp(h) => h.clone(),
@@ -350,6 +536,55 @@ fn passfile_match(line: &str, want: &[&str; 4]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// libpq's options the driver does not know: a password file is taken, what only tunes a
+    /// connection Sluice does not make goes, and what Sluice cannot honour is named.
+    #[test]
+    fn libpq_options_the_driver_lacks_are_taken_or_named() {
+        let (words, passfile) =
+            libpq_only("host=/tmp passfile = '/x y/.pgpass' client_encoding=LATIN1 dbname=d")
+                .unwrap();
+        assert_eq!(words, "host=/tmp dbname=d");
+        assert_eq!(passfile, Some("/x y/.pgpass".into()));
+        let (uri, passfile) =
+            libpq_only("postgres://h/db?passfile=%2Ftmp%2Fp&sslmode=disable").unwrap();
+        assert_eq!(uri, "postgres://h/db?sslmode=disable");
+        assert_eq!(passfile, Some("/tmp/p".into()));
+        assert_eq!(
+            libpq_only("postgresql://h/db?gssencmode=prefer").unwrap().0,
+            "postgresql://h/db"
+        );
+        for (conn, named) in [
+            ("service=prod", "service=prod"),
+            ("host=h sslrootcert=/ca.pem", "sslrootcert="),
+            ("postgres://h/db?gssencmode=require", "gssencmode=require"),
+        ] {
+            let e = libpq_only(conn).unwrap_err();
+            assert!(e.contains(named), "{conn}: {e}");
+        }
+        assert!(libpq_only("host='open").is_err());
+        // What neither knows is the driver's to name, with the option.
+        let e = Database::parse("hots=db dbname=d").unwrap_err().to_string();
+        assert!(e.contains("hots"), "{e}");
+    }
+
+    /// As libpq, a password file that others may read is not used.
+    #[test]
+    fn a_password_file_others_may_read_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("pgpass");
+        std::fs::write(&file, "db:5432:app:ann:s3cret\n").unwrap();
+        let config = Config::from_str("host=db port=5432 user=ann dbname=app").unwrap();
+        for (mode, found) in [(0o600, Some("s3cret".to_string())), (0o644, None)] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(
+                from_passfile(&config, Some(file.clone())),
+                found,
+                "{mode:o}"
+            );
+        }
+    }
 
     #[test]
     fn passwords_never_show() {

@@ -160,7 +160,33 @@ pub fn auto_range_bytes(largest_table: u64, jobs: usize) -> u64 {
 /// Plans the migration of the database `client` looks at (inside the source's snapshot).
 async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
     let mut plan = Plan::default();
-    let tables = catalog::tables(client, &options.tables).await?;
+    if options.tables.iter().any(|p| p.trim().is_empty()) {
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: "an empty --tables pattern (leave --tables out to copy every table)".into(),
+        });
+    }
+    let (tables, matched) = catalog::tables_matching(client, &options.tables).await?;
+    // Each pattern must choose a table (pg_dump's --strict-names): a misspelt name among
+    // others would otherwise leave its table behind without a word.
+    let unmatched: Vec<&str> = options
+        .tables
+        .iter()
+        .zip(&matched)
+        .filter(|(_, m)| !**m)
+        .map(|(p, _)| p.as_str())
+        .collect();
+    if !tables.is_empty() && !unmatched.is_empty() {
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: format!(
+                "no table matches --tables {}: patterns are shell patterns on schema.table or \
+                 table (public.orders, 'orders_*'); a partitioned table's name takes its \
+                 partitions",
+                unmatched.join(",")
+            ),
+        });
+    }
     if tables.is_empty() && !options.tables.is_empty() {
         // As pg_dump -t says "no matching tables were found", rather than copying nothing.
         return Err(Error::Database {

@@ -60,7 +60,10 @@ impl PgSink {
             let held = client
                 .query(
                     &format!(
-                        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                        "SELECT format('%I.%I', n.nspname, c.relname) || CASE c.relkind \
+                                WHEN 'v' THEN ' (view)' WHEN 'm' THEN ' (materialized view)' \
+                                WHEN 'S' THEN ' (sequence)' WHEN 'f' THEN ' (foreign table)' \
+                                ELSE '' END FROM pg_class c \
                          JOIN pg_namespace n ON n.oid = c.relnamespace \
                          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {} \
                          ORDER BY 1 LIMIT 4",
@@ -78,7 +81,8 @@ impl PgSink {
                 return Err(Error::Database {
                     what: format!("copying into {}", self.db.shown),
                     detail: format!(
-                        "it already holds tables of its own ({}) and no interrupted copy to \
+                        "it already holds tables, views or sequences of its own ({}) and no \
+                         interrupted copy to \
                          resume: sluice db fills an empty database, as pg_restore does a new \
                          one; create a new database (createdb), or drop what is there",
                         names.join(", ")

@@ -22,8 +22,13 @@ fn options(o: &DbOptions) -> Result<Options> {
     if o.range_size.is_some_and(|n| n < 1 << 20) {
         usage!("--range-size must be at least 1M");
     }
+    // An empty entry of a list (`a,`) is nothing; `--tables ''` alone chose every table.
+    let tables: Vec<String> = o.tables.iter().filter(|t| !t.is_empty()).cloned().collect();
+    if tables.is_empty() && !o.tables.is_empty() {
+        usage!("an empty --tables pattern: leave --tables out to copy every table");
+    }
     Ok(Options {
-        tables: o.tables.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        tables,
         jobs: o.jobs,
         range_bytes: o.range_size.unwrap_or(0),
         verify: !o.no_verify,

@@ -1015,6 +1015,18 @@ fn target_mistakes_are_named_before_any_data_moves() {
         "{}",
         stderr(&out)
     );
+    // So is one among others (a misspelt name would leave its table behind unsaid), and an
+    // empty one (which chose every table).
+    for (tables, said) in [
+        ("t,nomatch*", "no table matches --tables nomatch*"),
+        ("", "an empty --tables pattern"),
+    ] {
+        let out = sluice_db(&["db", "copy", "--tables", tables, &src, &dst]);
+        // 5: refused by the database's content; 2: bad usage.
+        let code = if tables.is_empty() { 2 } else { 5 };
+        assert_eq!(out.status.code(), Some(code), "{tables}: {}", stderr(&out));
+        assert!(stderr(&out).contains(said), "{tables}: {}", stderr(&out));
+    }
     assert_eq!(
         pg.sql(
             "dst",
@@ -1030,7 +1042,7 @@ fn target_mistakes_are_named_before_any_data_moves() {
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(
-        stderr(&out).contains("already holds tables of its own (public.t)"),
+        stderr(&out).contains("already holds tables, views or sequences of its own (public.t)"),
         "{}",
         stderr(&out)
     );
