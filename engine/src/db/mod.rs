@@ -210,7 +210,16 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
     };
     for table in tables {
         let extent = catalog::key_extent(client, &table).await?;
-        let ranges = table.ranges(range_bytes, extent);
+        let n = table.range_count(range_bytes);
+        // Cut where the rows are; evenly by value where a sample finds none.
+        let cuts = match extent {
+            Some(_) => catalog::key_cuts(client, &table, n).await?,
+            None => Vec::new(),
+        };
+        let ranges = match cuts.is_empty() {
+            true => table.ranges(range_bytes, extent),
+            false => table.ranges_at(&cuts),
+        };
         plan.tables.push((table, ranges));
     }
     Ok(plan)

@@ -701,10 +701,9 @@ struct Recut {
 impl Recut {
     /// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
     /// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
-    /// cut (by pages, or on another key), two of them overlap, or one is open towards keys the
-    /// source may hold now and did not then: the last range (open above, where new keys go), or
-    /// the first (open below) when this run's plan (`planned`) starts below where that run's
-    /// did. Rows added there would fall into a range taken as copied.
+    /// cut (by pages, or on another key), two of them overlap, or one is open at an end (the
+    /// first, the last) unless `checked`: rows added there since would fall into a range taken
+    /// as copied.
     ///
     /// `checked`: the ranges kept are read again at the source at the end of this run and
     /// compared with the target ([`PgSource::recheck`]), so rows that fell into one are found
@@ -720,24 +719,11 @@ impl Recut {
         let mut kept = Vec::new();
         for key in held.iter().filter(|k| k.starts_with(prefix)) {
             let range = Range::parse(table, &key[prefix.len()..])?;
-            if !checked {
-                range.hi?;
-            }
-            kept.push(range);
-        }
-        if let Some(first) = kept.iter().find(|r| r.lo.is_none()).filter(|_| !checked) {
-            // `Table::ranges` cuts steps of one width from the key's least value, the first
-            // range ending one step above it: each run's least key is its first range's end
-            // less a step. (The held keys came from the receiver: no overflow on their values.)
-            let least = |ranges: &[Range], first_hi: Option<i64>| {
-                let step = ranges.iter().find_map(|r| r.hi?.checked_sub(r.lo?))?;
-                first_hi?.checked_sub(step)
-            };
-            let then = least(&kept, first.hi)?;
-            let now = least(&planned, planned.iter().find(|r| r.lo.is_none())?.hi)?;
-            if now < then {
+            // Unchecked, a range open at an end could hold rows added there since, unseen.
+            if !checked && (range.lo.is_none() || range.hi.is_none()) {
                 return None;
             }
+            kept.push(range);
         }
         let gaps = Range::gaps(&kept)?;
         Some(Recut {
@@ -819,30 +805,27 @@ mod tests {
             .collect()
     }
 
-    /// A resume keeps what an interrupted run committed only where no row the source holds
-    /// now can fall into it unseen: rows added past the old end go to the gaps; a committed
-    /// last range (open above), or a committed first range when keys now start lower, is
-    /// refused.
+    /// Unchecked (`--no-verify`), a resume keeps what an interrupted run committed only where no
+    /// row the source holds now can fall into it unseen: rows added past the old end go to the
+    /// gaps; a committed range open at an end (the first, the last) is refused.
     #[test]
     fn held_ranges_are_kept_only_where_new_rows_cannot_hide() {
         let t = table();
         let prefix = rows_prefix(&t);
         let old = t.ranges(4 << 20, Some((100, 1000)));
         assert_eq!(old.len(), 3);
-        // The table grew past its end: the first two ranges are kept, the rest is a gap.
+        // The table grew past its end: the middle range is kept, the rest are gaps.
         let grown = t.ranges(4 << 20, Some((100, 5000)));
-        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), grown.clone(), false).unwrap();
-        assert_eq!(recut.held.len(), 2);
-        assert_eq!(recut.gaps.len(), 1);
-        assert_eq!((recut.gaps[0].lo, recut.gaps[0].hi), (old[1].hi, None));
-        // Its last range was committed: rows added past the end would fall into it.
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone(), false).is_none());
-        // Keys now start lower than they did: they would fall into the committed first range.
-        let lower = t.ranges(4 << 20, Some((-50, 1000)));
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone(), false).is_none());
-        // Without a bounded range to measure the old step, the first range alone is not kept.
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..1]), grown.clone(), false).is_none());
-        // Bounds a hostile receiver names, whose step overflows: refused, not a panic.
+        let recut =
+            Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), grown.clone(), false).unwrap();
+        assert_eq!(recut.held.len(), 1);
+        assert_eq!(recut.gaps.len(), 2);
+        assert_eq!((recut.gaps[1].lo, recut.gaps[1].hi), (old[1].hi, None));
+        // Its last range was committed: rows added past the end would fall into it; its first:
+        // keys below the old least would.
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[1..]), grown.clone(), false).is_none());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), grown.clone(), false).is_none());
+        // Bounds a hostile receiver names: refused, not a panic.
         let wide = [
             Range {
                 by_key: true,
@@ -856,10 +839,7 @@ mod tests {
             },
         ];
         assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone(), false).is_none());
-        // A middle range alone is kept whatever the ends did.
-        let recut =
-            Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), lower.clone(), false).unwrap();
-        assert_eq!(recut.gaps.len(), 2);
+        let lower = t.ranges(4 << 20, Some((-50, 1000)));
         // Checked at the end (not --no-verify): open ranges are kept too; rows that fell into
         // them are found by the check.
         let recut = Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone(), true).unwrap();

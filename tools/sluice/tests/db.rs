@@ -846,6 +846,48 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
     assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
 }
 
+/// A key with a few values far above the rest is cut where its rows are, not evenly by value
+/// (which put every row but ten into one range of eleven): no range holds more than twice its
+/// share, and the copy is exact.
+#[test]
+fn a_skewed_key_is_cut_where_the_rows_are() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE sk (id bigint PRIMARY KEY, p bytea); \
+         INSERT INTO sk SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
+         FROM generate_series(1, 150000) i; \
+         INSERT INTO sk SELECT 1000000000 + i, 'x' FROM generate_series(1, 10) i;",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let out = sluice_db(&["--json", "db", "plan", &src, "--range-size", "2M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table: serde_json::Value = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "table")
+        .expect("the table's plan");
+    let conditions: Vec<&str> = table["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(conditions.len() >= 5, "{table}");
+    let share = 150_010 / conditions.len() as u64;
+    for c in &conditions {
+        let n: u64 = pg
+            .sql("src", &format!("SELECT count(*) FROM sk WHERE {c}"))
+            .parse()
+            .unwrap();
+        assert!(n <= 2 * share, "{c}: {n} rows, a share is {share}: {table}");
+    }
+    let out = sluice_db(&["db", "copy", &src, &dst, "--range-size", "2M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+}
+
 /// Large objects are not copied yet: a source that holds any is refused, naming them and the
 /// way around, unless the user says to leave them behind.
 #[test]
