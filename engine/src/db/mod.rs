@@ -34,7 +34,7 @@ pub use sink::PgSink;
 pub use source::PgSource;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::unit::{self, Unit, UnitsSummary};
 
@@ -325,10 +325,24 @@ pub fn copy(
             detail: "the source and the target are the same database".into(),
         });
     }
-    let sink = Arc::new(PgSink::new(dst.clone()));
-    unit::session::copy(config, sink, |ticket| {
-        send(config, src, ticket, options, progress)
-    })
+    let run = || {
+        let sink = Arc::new(PgSink::new(dst.clone()));
+        unit::session::copy(config, sink, |ticket| {
+            send(config, src, ticket, options, progress.clone())
+        })
+    };
+    match run() {
+        // The check at the end removed ranges that differ from the source (rows changed at
+        // the source since an interrupted run committed them, or lost at the target): both
+        // ends are here, so the rerun it asks for is made at once, once. It copies what was
+        // removed, in a new snapshot, and checks everything again.
+        Err(e) if e.kind() == ErrorKind::Verification && e.to_string().contains(sink::RECOPY) => {
+            tracing::warn!("{e}");
+            tracing::warn!("copying the removed ranges again");
+            run()
+        }
+        other => other,
+    }
 }
 
 /// One difference `verify` found.

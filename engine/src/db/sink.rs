@@ -22,6 +22,11 @@ use crate::unit::{UnitSink, UnitWriter};
 /// the run must not end well, and the next run (which clears it) copies them anew.
 const VERIFY_FAILED: &str = "verify failed";
 
+/// What the check at the end says of the ranges it removed for another run to copy
+/// ([`super::copy`] runs once more by itself when it reads it).
+pub(crate) const RECOPY: &str =
+    "removed at the target: run the same command again to copy them anew";
+
 /// The most SQL one schema unit may carry (the schema, not the data, travels this way).
 const MAX_SQL: usize = 256 << 20;
 
@@ -670,7 +675,7 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
     let then = if kept == wrong.len() {
         "the same command run again will not repair them"
     } else {
-        "removed at the target: run the same command again to copy them anew"
+        RECOPY
     };
     let path = format!("{} range(s)", wrong.len());
     let detail = format!("{}; {then}", wrong.join("; "));

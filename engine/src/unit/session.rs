@@ -269,6 +269,12 @@ enum Landed {
     Failed(u32, String, ErrorKind),
 }
 
+/// How one lane's unit ended, with the unit's description (the same for each sending of it).
+struct Outcome {
+    meta: String,
+    landed: Landed,
+}
+
 async fn serve(
     config: &Config,
     secret: [u8; 32],
@@ -297,6 +303,9 @@ async fn serve(
 
     let mut lanes = tokio::task::JoinSet::new();
     let mut finished = false;
+    // Units refused and not committed since (a sender sends a failed unit again), by their
+    // description: what the receiving end failed to take when the session ends.
+    let mut failed: std::collections::HashMap<String, (String, ErrorKind)> = Default::default();
     loop {
         if finished && lanes.is_empty() {
             break;
@@ -318,14 +327,17 @@ async fn serve(
                 None => return Err(err(&"the sender closed the control channel before finishing")),
             },
             Some(done) = lanes.join_next() => match done {
-                Ok(Ok(Landed::Committed(id, bytes))) => {
+                Ok(Ok(Outcome { meta, landed: Landed::Committed(id, bytes) })) => {
+                    // Sent again and committed: no longer a failure of this session.
+                    failed.remove(&meta);
                     summary.units += 1;
                     summary.bytes += bytes;
                     progress.add_unit_done();
                     control.send(&Message::FileVerified { id }).await?;
                 }
-                Ok(Ok(Landed::Failed(id, reason, kind))) => {
+                Ok(Ok(Outcome { meta, landed: Landed::Failed(id, reason, kind) })) => {
                     tracing::warn!("unit {id} failed: {reason}");
+                    failed.insert(meta, (reason.clone(), kind));
                     let cause = kind.cause();
                     control.send(&Message::FileFailed { id, reason, cause }).await?;
                 }
@@ -341,6 +353,16 @@ async fn serve(
         })
         .await?;
     control.finish();
+    // The sender ends with these failures too; this end must not say all went well.
+    if let Some((first, kind)) = failed.values().next().cloned() {
+        return Err(Error::FilesFailed {
+            items: "units",
+            failed: failed.len(),
+            total: summary.units as usize + failed.len(),
+            first,
+            kind,
+        });
+    }
     Ok(summary)
 }
 
@@ -354,7 +376,7 @@ async fn receive_unit(
     block_size: u32,
     peer: SocketAddr,
     progress: &Progress,
-) -> Result<Landed> {
+) -> Result<Outcome> {
     let err = transport::conn_error(peer);
     let mut prefix = [0u8; OPEN_PREFIX];
     lane.read_exact(&mut prefix).await.map_err(|e| err(&e))?;
@@ -362,10 +384,32 @@ async fn receive_unit(
     let mut meta = vec![0u8; meta_len];
     lane.read_exact(&mut meta).await.map_err(|e| err(&e))?;
     let meta = frames::decode_meta(&meta)?;
-    let mut writer = match sink.open(&meta).await {
+    let landed = land(
+        &mut lane,
+        (pool, sink),
+        (id, &meta),
+        block_size,
+        peer,
+        progress,
+    )
+    .await?;
+    Ok(Outcome { meta, landed })
+}
+
+/// The rest of [`receive_unit`], once unit `id`'s description `meta` is read.
+async fn land(
+    lane: &mut LaneRx,
+    (pool, sink): (&Arc<BufferPool>, &dyn UnitSink),
+    (id, meta): (u32, &str),
+    block_size: u32,
+    peer: SocketAddr,
+    progress: &Progress,
+) -> Result<Landed> {
+    let err = transport::conn_error(peer);
+    let mut writer = match sink.open(meta).await {
         Ok(w) => Some(w),
         Err(e) => {
-            drain(&mut lane, peer).await?;
+            drain(lane, peer).await?;
             return Ok(Landed::Failed(id, e.to_string(), e.kind()));
         }
     };
