@@ -224,12 +224,16 @@ impl Range {
     /// `all`), if it is one.
     pub(crate) fn parse(table: &Table, condition: &str) -> Option<Range> {
         if condition == "all" {
-            return Some(Range::whole(true));
+            return Some(Range::whole(table.key.is_some()));
         }
-        let mut range = Range::whole(true);
+        let mut range = Range::whole(table.key.is_some());
         for part in condition.split(" AND ") {
             let (_, value) = part.rsplit_once(' ')?;
-            let value = value.parse().ok()?;
+            // A key's value, or a page as `'(p,0)'::tid`.
+            let value = match value.strip_prefix("'(") {
+                Some(tid) => tid.strip_suffix(",0)'::tid")?.parse().ok()?,
+                None => value.parse().ok()?,
+            };
             if part.contains(" >= ") {
                 range.lo = Some(value);
             } else {

@@ -420,10 +420,11 @@ impl UnitSource for PgSource {
                 None => {
                     return Err(Error::Database {
                         what: format!("resuming {}", table.display()),
-                        detail: "the table changed since the interrupted run, and the \
-                                 ranges it committed cannot be kept (they are by page, or an \
-                                 end one is open to rows added since, which --no-verify would \
-                                 not find); empty the target and run again"
+                        detail: "the table is cut into other ranges than in the \
+                                 interrupted run (it changed, or --range-size or --jobs did), \
+                                 and with --no-verify the ranges it committed cannot be kept \
+                                 (rows may have moved into them unseen); run as the interrupted \
+                                 run did, without --no-verify, or empty the target and run again"
                             .into(),
                     })
                 }
@@ -701,9 +702,9 @@ struct Recut {
 impl Recut {
     /// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
     /// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
-    /// cut (by pages, or on another key), two of them overlap, or one is open at an end (the
-    /// first, the last) unless `checked`: rows added there since would fall into a range taken
-    /// as copied.
+    /// cut (on another key), two of them overlap, or, unless `checked`, one is open at an end
+    /// (the first, the last: rows added there since would fall into a range taken as copied)
+    /// or the table is cut by pages (rows move between pages when they are updated).
     ///
     /// `checked`: the ranges kept are read again at the source at the end of this run and
     /// compared with the target ([`PgSource::recheck`]), so rows that fell into one are found
@@ -715,7 +716,11 @@ impl Recut {
         planned: Vec<Range>,
         checked: bool,
     ) -> Option<Recut> {
-        table.key.as_ref()?;
+        // Pages: rows move between pages when updated, so a committed page range may have
+        // gained or lost rows since; only the check at the end can tell.
+        if table.key.is_none() && !checked {
+            return None;
+        }
         let mut kept = Vec::new();
         for key in held.iter().filter(|k| k.starts_with(prefix)) {
             let range = Range::parse(table, &key[prefix.len()..])?;
@@ -847,5 +852,31 @@ mod tests {
         let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone(), true).unwrap();
         assert_eq!((recut.held.len(), recut.gaps.len()), (2, 1));
         assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone(), true).is_some());
+    }
+
+    /// A table cut by pages resumes around what was committed when the run checks it at the end
+    /// (rows move between pages when updated, and the check finds it); unchecked, it does not.
+    #[test]
+    fn page_ranges_resume_around_the_committed_ones_when_checked() {
+        let t = Table {
+            key: None,
+            ..table()
+        };
+        let prefix = rows_prefix(&t);
+        // Cut at 4 MiB, then planned again at 2 MiB (another --range-size).
+        let old = t.ranges(4 << 20, None);
+        assert_eq!(old.len(), 3);
+        let now = t.ranges(2 << 20, None);
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), now.clone(), false).is_none());
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), now, true).unwrap();
+        let mut held = recut.held.clone();
+        held.sort_by_key(|r| r.lo);
+        assert_eq!(held, old[..2].to_vec());
+        let ranges = recut.ranges();
+        // The held two, then the planned ones cut to what is left above them.
+        assert!(ranges[2..].iter().all(|r| !r.by_key && r.lo >= old[1].hi));
+        assert_eq!(ranges.last().unwrap().hi, None);
+        let parsed = Range::parse(&t, &t.condition(&old[1]).unwrap());
+        assert_eq!(parsed, Some(old[1]));
     }
 }
