@@ -277,6 +277,17 @@ fn run(cli: Cli) -> Result<()> {
             usage!("{flag} applies to sending files (send, copy), not to {command}{hint}");
         }
     }
+    // A receiving end sends acknowledgements, not data: a ceiling there would do nothing.
+    let receiving = match &cli.command {
+        Command::Recv { .. } => Some("sluice recv"),
+        Command::Db(args::DbCommand::Recv { .. }) => Some("sluice db recv"),
+        _ => None,
+    };
+    if let (Some(command), Some(_)) = (receiving, cli.tuning.max_rate) {
+        usage!(
+            "--max-rate caps what the sending end sends: give it to the sender, not to {command}"
+        );
+    }
     let config = cli.tuning.config()?;
     let json = cli.json;
     match cli.command {

@@ -246,6 +246,22 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             },
         );
     }
+    // A ceiling on a receiving end, which sends no data: it did nothing, said nothing.
+    for args in [
+        vec!["recv", "--max-rate", "16M", "/nonexistent/d"],
+        vec!["--max-rate", "16M", "db", "recv", "dbname=nothing"],
+    ] {
+        let (out, took) = run(&args);
+        check(
+            out,
+            took,
+            Expect {
+                what: "--max-rate given to a receiving end",
+                code: 2,
+                says: &["--max-rate caps what the sending end sends"],
+            },
+        );
+    }
     // Numbers past any use: a timeout of three thousand years, an ACK every 4 billion packets.
     for (args, says) in [
         (
