@@ -13,6 +13,11 @@ pub enum Meta {
     Sql {
         /// Which.
         step: String,
+        /// For the schema before the rows: a digest of the tables this run copies and their
+        /// columns, so that a target holding an interrupted copy of other tables (another
+        /// `--tables`, or a source whose tables changed since) is told apart by its key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        of: Option<String>,
     },
     /// The rows of one range of one table, as `COPY` bytes.
     Rows {
@@ -38,7 +43,8 @@ impl Meta {
     /// The key the target remembers a committed unit by.
     pub fn key(&self) -> String {
         match self {
-            Meta::Sql { step } => format!("sql {step}"),
+            Meta::Sql { step, of: None } => format!("sql {step}"),
+            Meta::Sql { step, of: Some(of) } => format!("sql {step} of {of}"),
             Meta::Rows { table, range } => format!(
                 "{}{}",
                 rows_prefix(table),

@@ -96,9 +96,15 @@ impl Plan {
         let sql = |step: &str| {
             Meta::Sql {
                 step: step.to_string(),
+                of: None,
             }
             .unit()
         };
+        let pre_data = Meta::Sql {
+            step: "pre-data".into(),
+            of: Some(self.signature()),
+        }
+        .unit();
         let mut rows: Vec<Unit> = Vec::new();
         for (table, ranges) in &self.tables {
             for (i, range) in ranges.iter().enumerate() {
@@ -112,12 +118,27 @@ impl Plan {
             }
         }
         vec![
-            vec![sql("pre-data")],
+            vec![pre_data],
             rows,
             vec![sql("post-data"), sql("sequences")],
             vec![sql("views")],
             vec![Meta::Finish { verify }.unit()],
         ]
+    }
+}
+
+impl Plan {
+    /// The tables this plan copies and their columns, as a short digest (see `Meta::Sql`'s
+    /// `of`).
+    pub(crate) fn signature(&self) -> String {
+        let mut names: Vec<String> = self
+            .tables
+            .iter()
+            .map(|(t, _)| format!("{}({})", t.qualified(), t.columns.join(",")))
+            .collect();
+        names.sort();
+        let digest = blake3::hash(names.join("\n").as_bytes());
+        digest.to_hex()[..16].to_string()
     }
 }
 

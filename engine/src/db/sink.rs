@@ -158,7 +158,7 @@ impl UnitSink for PgSink {
             let parsed = Meta::parse(meta)?;
             let key = parsed.key();
             let writer: Box<dyn UnitWriter> = match parsed {
-                Meta::Sql { step } => Box::new(SqlWriter {
+                Meta::Sql { step, .. } => Box::new(SqlWriter {
                     sink: self.clone(),
                     key,
                     step,

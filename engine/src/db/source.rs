@@ -397,6 +397,22 @@ impl UnitSource for PgSource {
                 ),
             });
         }
+        // The schema an interrupted run laid down is of its tables and columns: another set
+        // (another --tables, or tables and columns that changed at the source since) would
+        // meet it in raw SQL errors, or leave tables of the other set empty.
+        if held
+            .iter()
+            .any(|k| k.starts_with("sql pre-data") && !resume.keys.contains(k))
+        {
+            return Err(Error::Database {
+                what: "resuming".into(),
+                detail: "the target holds an interrupted copy of other tables or columns than \
+                         this run's (the source's tables or columns changed since, or --tables \
+                         differs): run it with the same --tables as before, or empty the \
+                         target and run again"
+                    .into(),
+            });
+        }
         let stale = |k: &&String| k.starts_with("rows ") && !resume.keys.contains(*k);
         let mut recut: Vec<Recut> = Vec::new();
         for table in &resume.tables {
@@ -469,7 +485,7 @@ impl UnitSource for PgSource {
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
         Box::pin(async move {
             let reader: Box<dyn UnitReader> = match Meta::parse(&unit.meta)? {
-                Meta::Sql { step } => {
+                Meta::Sql { step, .. } => {
                     let sql = match step.as_str() {
                         "sequences" => self.sequences().await?,
                         "views" => self.views().await?,
