@@ -310,7 +310,6 @@ pub fn send(
             consistent: options.consistent,
             keys: phases.iter().flatten().map(|u| u.key.clone()).collect(),
             tables: plan.tables.iter().map(|(t, _)| t.clone()).collect(),
-            verify: options.verify,
         });
         let source = Arc::new(source);
         let summary = unit::session::send_on(

@@ -358,7 +358,7 @@ struct FinishWriter {
 impl UnitWriter for FinishWriter {
     fn put(&mut self, data: Bytes) -> Fut<'_, Result<()>> {
         Box::pin(async move {
-            if !self.verify || self.rechecked.len() + data.len() > MAX_SQL {
+            if self.rechecked.len() + data.len() > MAX_SQL {
                 return Err(Error::Database {
                     what: "finishing".into(),
                     detail: "the last unit carries more than the source's digests".into(),
@@ -395,8 +395,12 @@ impl UnitWriter for FinishWriter {
                     },
                 });
             }
-            if self.verify && !self.rechecked.is_empty() {
-                take_rechecked(&client, &self.rechecked).await?;
+            match (self.verify, self.rechecked.is_empty()) {
+                (_, true) => {}
+                (true, false) => take_rechecked(&client, &self.rechecked).await?,
+                // Without the re-read, the ranges committed before are still compared with the
+                // source as it is now: their digests, read again there, against those recorded.
+                (false, false) => compare_rechecked(&client, &self.rechecked).await?,
             }
             if self.verify {
                 let jobs = self
@@ -446,6 +450,56 @@ async fn take_rechecked(client: &Client, json: &[u8]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Compares the source's digests of the ranges an interrupted run committed, as it holds them
+/// now, with those recorded when they were copied (`--no-verify`: the target is not read again);
+/// a range that changed at the source since is removed, for the next run to copy.
+async fn compare_rechecked(client: &Client, json: &[u8]) -> Result<()> {
+    let what = "comparing the ranges committed before with the source";
+    let rechecked: Vec<super::source::Rechecked> =
+        serde_json::from_slice(json).map_err(|e| Error::Database {
+            what: what.into(),
+            detail: e.to_string(),
+        })?;
+    let mut wrong = Vec::new();
+    for r in rechecked {
+        let row = client
+            .query_opt(
+                &format!("SELECT rows, digest, meta FROM {BOOKKEEPING}.units WHERE key = $1"),
+                &[&r.key],
+            )
+            .await
+            .map_err(db_err(what.into()))?;
+        let Some(row) = row else { continue };
+        let recorded = RowsDigest {
+            rows: row.get::<_, i64>(0) as u64,
+            sum: u128::from_str_radix(row.get(1), 16).unwrap_or(0),
+        };
+        if r.rows == recorded.rows && r.digest == recorded.hex() {
+            continue;
+        }
+        let Meta::Rows { table, range } = Meta::parse(row.get(2))? else {
+            continue;
+        };
+        let now = RowsDigest {
+            rows: r.rows,
+            sum: u128::from_str_radix(&r.digest, 16).unwrap_or(0),
+        };
+        // Pages differ between two copies of a table: a page range is removed with its table.
+        let remove = match range.by_key {
+            true => range,
+            false => Range::whole(false),
+        };
+        wrong.push(Wrong {
+            what: format!(
+                "{} (changed at the source since it was copied)",
+                difference(&table, &range, now, recorded)
+            ),
+            remove: Some((table, remove)),
+        });
+    }
+    remove_wrong(client, wrong).await
 }
 
 /// One read of the re-read at the end.
@@ -654,7 +708,16 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
             });
         }
     }
-    let wrong = wrong.into_inner().unwrap_or_else(|p| p.into_inner());
+    remove_wrong(
+        client,
+        wrong.into_inner().unwrap_or_else(|p| p.into_inner()),
+    )
+    .await
+}
+
+/// Removes each range of `wrong` at the target (with its bookkeeping row, so that a rerun copies
+/// it again) and fails naming them all; `Ok` when there are none.
+async fn remove_wrong(client: &Client, wrong: Vec<Wrong>) -> Result<()> {
     let mut kept = 0;
     let mut said = Vec::new();
     for Wrong { what, remove } in wrong {

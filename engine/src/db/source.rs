@@ -47,9 +47,6 @@ pub(crate) struct Resume {
     /// The keys of this run's units, and the tables they cover.
     pub(crate) keys: HashSet<String>,
     pub(crate) tables: Vec<Table>,
-    /// The run checks what it committed at the end (not `--no-verify`): the ranges an
-    /// interrupted run committed are read again at the source then ([`PgSource::recheck`]).
-    pub(crate) verify: bool,
 }
 
 impl PgSource {
@@ -431,16 +428,14 @@ impl UnitSource for PgSource {
                     _ => None,
                 })
                 .collect();
-            match Recut::new(table, &prefix, held, planned, resume.verify) {
+            match Recut::new(table, &prefix, held, planned) {
                 Some(r) => recut.push(r),
                 None => {
                     return Err(Error::Database {
                         what: format!("resuming {}", table.display()),
-                        detail: "the table is cut into other ranges than in the \
-                                 interrupted run (it changed, or --range-size or --jobs did), \
-                                 and with --no-verify the ranges it committed cannot be kept \
-                                 (rows may have moved into them unseen); run as the interrupted \
-                                 run did, without --no-verify, or empty the target and run again"
+                        detail: "the ranges the interrupted run committed of it overlap, or \
+                                 are cut on another key than this run's; empty the target and \
+                                 run again"
                             .into(),
                     })
                 }
@@ -509,10 +504,9 @@ impl UnitSource for PgSource {
                     };
                     Box::new(Fixed(Bytes::from(sql)))
                 }
-                Meta::Finish { verify: false } => Box::new(Fixed(Bytes::new())),
-                Meta::Finish { verify: true } => {
-                    Box::new(Fixed(Bytes::from(self.recheck().await?)))
-                }
+                // With or without the re-read at the end: the ranges committed before are
+                // compared with the source as it is now either way.
+                Meta::Finish { .. } => Box::new(Fixed(Bytes::from(self.recheck().await?))),
                 Meta::Rows { table, range } => {
                     let client = self.client().await?;
                     let table = if table.columns.is_empty() {
@@ -716,35 +710,23 @@ struct Recut {
 }
 
 impl Recut {
-    /// The ranges of key-ranged `table` an interrupted run committed (held keys starting with
-    /// `prefix`), and the gaps they leave. `None` when a held range is not one this code would
-    /// cut (on another key), two of them overlap, or, unless `checked`, one is open at an end
-    /// (the first, the last: rows added there since would fall into a range taken as copied)
-    /// or the table is cut by pages (rows move between pages when they are updated).
+    /// The ranges of `table` an interrupted run committed (held keys starting with `prefix`),
+    /// and the gaps they leave. `None` when a held range is not one this code would cut (on
+    /// another key), or two of them overlap.
     ///
-    /// `checked`: the ranges kept are read again at the source at the end of this run and
-    /// compared with the target ([`PgSource::recheck`]), so rows that fell into one are found
-    /// (and the range removed, for the next run to copy): an open range is kept too.
+    /// A range open at an end (rows added there since fall into it) and a page range (an update
+    /// moves a row to another page, maybe into or out of it) are kept too: the ranges kept are
+    /// read again at the source at the end of the run and compared with what the target holds
+    /// ([`PgSource::recheck`]), and one that differs is removed for the next run to copy.
     fn new(
         table: &Table,
         prefix: &str,
         held: &HashSet<String>,
         planned: Vec<Range>,
-        checked: bool,
     ) -> Option<Recut> {
-        // Pages: rows move between pages when updated, so a committed page range may have
-        // gained or lost rows since; only the check at the end can tell.
-        if table.key.is_none() && !checked {
-            return None;
-        }
         let mut kept = Vec::new();
         for key in held.iter().filter(|k| k.starts_with(prefix)) {
-            let range = Range::parse(table, &key[prefix.len()..])?;
-            // Unchecked, a range open at an end could hold rows added there since, unseen.
-            if !checked && (range.lo.is_none() || range.hi.is_none()) {
-                return None;
-            }
-            kept.push(range);
+            kept.push(Range::parse(table, &key[prefix.len()..])?);
         }
         let gaps = Range::gaps(&kept)?;
         Some(Recut {
@@ -826,27 +808,25 @@ mod tests {
             .collect()
     }
 
-    /// Unchecked (`--no-verify`), a resume keeps what an interrupted run committed only where no
-    /// row the source holds now can fall into it unseen: rows added past the old end go to the
-    /// gaps; a committed range open at an end (the first, the last) is refused.
+    /// A resume keeps what an interrupted run committed and cuts this run's ranges to the gaps,
+    /// open ends included (the check at the end finds rows that fell into them); overlapping
+    /// ranges, or bounds a hostile receiver names, are refused, not a panic.
     #[test]
-    fn held_ranges_are_kept_only_where_new_rows_cannot_hide() {
+    fn held_ranges_are_kept_and_the_rest_cut_to_the_gaps() {
         let t = table();
         let prefix = rows_prefix(&t);
         let old = t.ranges(4 << 20, Some((100, 1000)));
         assert_eq!(old.len(), 3);
         // The table grew past its end: the middle range is kept, the rest are gaps.
         let grown = t.ranges(4 << 20, Some((100, 5000)));
-        let recut =
-            Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), grown.clone(), false).unwrap();
-        assert_eq!(recut.held.len(), 1);
-        assert_eq!(recut.gaps.len(), 2);
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[1..2]), grown.clone()).unwrap();
+        assert_eq!((recut.held.len(), recut.gaps.len()), (1, 2));
         assert_eq!((recut.gaps[1].lo, recut.gaps[1].hi), (old[1].hi, None));
-        // Its last range was committed: rows added past the end would fall into it; its first:
-        // keys below the old least would.
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[1..]), grown.clone(), false).is_none());
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), grown.clone(), false).is_none());
-        // Bounds a hostile receiver names: refused, not a panic.
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone()).unwrap();
+        assert_eq!((recut.held.len(), recut.gaps.len()), (3, 0));
+        let lower = t.ranges(4 << 20, Some((-50, 1000)));
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower).unwrap();
+        assert_eq!((recut.held.len(), recut.gaps.len()), (2, 1));
         let wide = [
             Range {
                 by_key: true,
@@ -859,21 +839,21 @@ mod tests {
                 hi: Some(i64::MAX),
             },
         ];
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone(), false).is_none());
-        let lower = t.ranges(4 << 20, Some((-50, 1000)));
-        // Checked at the end (not --no-verify): open ranges are kept too; rows that fell into
-        // them are found by the check.
-        let recut = Recut::new(&t, &prefix, &held_of(&t, &old), grown.clone(), true).unwrap();
-        assert_eq!((recut.held.len(), recut.gaps.len()), (3, 0));
-        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), lower.clone(), true).unwrap();
-        assert_eq!((recut.held.len(), recut.gaps.len()), (2, 1));
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone(), true).is_some());
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &wide), grown.clone()).is_some());
+        let overlapping = [
+            old[0],
+            Range {
+                lo: Some(150),
+                ..old[1]
+            },
+        ];
+        assert!(Recut::new(&t, &prefix, &held_of(&t, &overlapping), grown).is_none());
     }
 
-    /// A table cut by pages resumes around what was committed when the run checks it at the end
-    /// (rows move between pages when updated, and the check finds it); unchecked, it does not.
+    /// A table cut by pages resumes around the committed page ranges (rows move between pages
+    /// when updated; the check at the end finds it).
     #[test]
-    fn page_ranges_resume_around_the_committed_ones_when_checked() {
+    fn page_ranges_resume_around_the_committed_ones() {
         let t = Table {
             key: None,
             ..table()
@@ -883,8 +863,7 @@ mod tests {
         let old = t.ranges(4 << 20, None);
         assert_eq!(old.len(), 3);
         let now = t.ranges(2 << 20, None);
-        assert!(Recut::new(&t, &prefix, &held_of(&t, &old[..2]), now.clone(), false).is_none());
-        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), now, true).unwrap();
+        let recut = Recut::new(&t, &prefix, &held_of(&t, &old[..2]), now).unwrap();
         let mut held = recut.held.clone();
         held.sort_by_key(|r| r.lo);
         assert_eq!(held, old[..2].to_vec());
