@@ -426,11 +426,7 @@ impl UnitWriter for FinishWriter {
 /// now, in place of those recorded then: the re-read compares the target with these.
 async fn take_rechecked(client: &Client, json: &[u8]) -> Result<()> {
     let what = "taking the source's digests of the ranges committed before";
-    let rechecked: Vec<super::source::Rechecked> =
-        serde_json::from_slice(json).map_err(|e| Error::Database {
-            what: what.into(),
-            detail: e.to_string(),
-        })?;
+    let rechecked = parse_rechecked(json, what)?;
     let update = client
         .prepare(&format!(
             "UPDATE {BOOKKEEPING}.units SET rows = $2, digest = $3 WHERE key = $1"
@@ -452,16 +448,31 @@ async fn take_rechecked(client: &Client, json: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The source's digests of the ranges committed before, as the last unit carried them (from the
+/// sender: each digest must be what [`RowsDigest::hex`] writes, 32 hex digits, before it is
+/// recorded or compared).
+fn parse_rechecked(json: &[u8], what: &str) -> Result<Vec<super::source::Rechecked>> {
+    let bad = |detail: String| Error::Database {
+        what: what.into(),
+        detail,
+    };
+    let rechecked: Vec<super::source::Rechecked> =
+        serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    if let Some(r) = rechecked
+        .iter()
+        .find(|r| r.digest.len() != 32 || u128::from_str_radix(&r.digest, 16).is_err())
+    {
+        return Err(bad(format!("{}: {:?} is not a digest", r.key, r.digest)));
+    }
+    Ok(rechecked)
+}
+
 /// Compares the source's digests of the ranges an interrupted run committed, as it holds them
 /// now, with those recorded when they were copied (`--no-verify`: the target is not read again);
 /// a range that changed at the source since is removed, for the next run to copy.
 async fn compare_rechecked(client: &Client, json: &[u8]) -> Result<()> {
     let what = "comparing the ranges committed before with the source";
-    let rechecked: Vec<super::source::Rechecked> =
-        serde_json::from_slice(json).map_err(|e| Error::Database {
-            what: what.into(),
-            detail: e.to_string(),
-        })?;
+    let rechecked = parse_rechecked(json, what)?;
     let mut wrong = Vec::new();
     for r in rechecked {
         let row = client
@@ -484,7 +495,7 @@ async fn compare_rechecked(client: &Client, json: &[u8]) -> Result<()> {
         };
         let now = RowsDigest {
             rows: r.rows,
-            sum: u128::from_str_radix(&r.digest, 16).unwrap_or(0),
+            sum: u128::from_str_radix(&r.digest, 16).expect("checked by parse_rechecked"),
         };
         // Pages differ between two copies of a table: a page range is removed with its table.
         let remove = match range.by_key {
@@ -887,5 +898,29 @@ async fn forget(client: &Client, table: &Table, range: &Range) -> bool {
             let _ = client.batch_execute("ROLLBACK").await;
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digests the last unit carries come from the sender: one that is not 32 hex digits
+    /// is refused by name before it is recorded or compared.
+    #[test]
+    fn rechecked_digests_are_checked_before_use() {
+        let good = format!(
+            r#"[{{"key":"rows a","rows":3,"digest":"{}"}}]"#,
+            "0f".repeat(16)
+        );
+        assert_eq!(parse_rechecked(good.as_bytes(), "t").unwrap().len(), 1);
+        for digest in ["zz", "", &"0".repeat(33), &"g".repeat(32)] {
+            let bad = format!(r#"[{{"key":"rows a","rows":3,"digest":"{digest}"}}]"#);
+            let e = parse_rechecked(bad.as_bytes(), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("rows a") && e.contains("is not a digest"), "{e}");
+        }
+        assert!(parse_rechecked(b"{", "t").is_err());
     }
 }
