@@ -170,9 +170,7 @@ impl Table {
         }
         out
     }
-}
 
-impl Table {
     /// How many ranges of about `range_bytes` the table makes.
     pub fn range_count(&self, range_bytes: u64) -> u64 {
         (self.bytes.max(0) as u64)

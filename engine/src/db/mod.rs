@@ -125,9 +125,7 @@ impl Plan {
             vec![Meta::Finish { verify }.unit()],
         ]
     }
-}
 
-impl Plan {
     /// The tables this plan copies and their columns, as a short digest (see `Meta::Sql`'s
     /// `of`).
     pub(crate) fn signature(&self) -> String {
@@ -189,7 +187,8 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
     }
     let (tables, matched) = catalog::tables_matching(client, &options.tables).await?;
     // Each pattern must choose a table (pg_dump's --strict-names): a misspelt name among
-    // others would otherwise leave its table behind without a word.
+    // others would otherwise leave its table behind without a word, and patterns that choose
+    // nothing at all would copy nothing (pg_dump -t says "no matching tables were found").
     let unmatched: Vec<&str> = options
         .tables
         .iter()
@@ -197,7 +196,7 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
         .filter(|(_, m)| !**m)
         .map(|(p, _)| p.as_str())
         .collect();
-    if !tables.is_empty() && !unmatched.is_empty() {
+    if !unmatched.is_empty() {
         return Err(Error::Database {
             what: "choosing tables".into(),
             detail: format!(
@@ -205,18 +204,6 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
                  table (public.orders, 'orders_*'); a partitioned table's name takes its \
                  partitions",
                 unmatched.join(",")
-            ),
-        });
-    }
-    if tables.is_empty() && !options.tables.is_empty() {
-        // As pg_dump -t says "no matching tables were found", rather than copying nothing.
-        return Err(Error::Database {
-            what: "choosing tables".into(),
-            detail: format!(
-                "no table matches --tables {}: patterns are shell patterns on schema.table or \
-                 table (public.orders, 'orders_*'); a partitioned table's name takes its \
-                 partitions",
-                options.tables.join(",")
             ),
         });
     }
@@ -495,10 +482,9 @@ pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<(usize, V
             });
         }
         if options.tables.is_empty() {
-            for name in theirs
-                .keys()
-                .filter(|n| !ours.iter().any(|s| &s.name == *n))
-            {
+            let known: std::collections::HashSet<&str> =
+                ours.iter().map(|s| s.name.as_str()).collect();
+            for name in theirs.keys().filter(|n| !known.contains(n.as_str())) {
                 differences.push(Difference {
                     table: name.clone(),
                     range: "sequence".into(),

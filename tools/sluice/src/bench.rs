@@ -1,7 +1,6 @@
 //! `sluice bench`: runs the engine's benchmark on a worker thread and prints its figures every
 //! interval, as iperf3 does.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +70,6 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
             render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
         } else {
             outln!("{ticket}");
-            let _ = std::io::stdout().flush();
             errln!("sluice: waiting for one sender; run: sluice bench {ticket}");
         }
         let p = progress.clone();

@@ -1,7 +1,6 @@
 //! `sluice db`: a PostgreSQL database through the unit engine, with a line of progress a second
 //! (or JSON events) and a summary.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,7 +95,6 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                 render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
             } else {
                 outln!("{ticket}");
-                let _ = std::io::stdout().flush();
                 errln!("sluice: waiting for one sender; run: sluice db send SRC {ticket}");
             }
             let what = format!("receiving into {}", dst.shown);

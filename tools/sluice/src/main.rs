@@ -22,7 +22,6 @@ mod bench;
 mod db;
 mod render;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -353,7 +352,6 @@ fn run(cli: Cli) -> Result<()> {
                 render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
             } else {
                 outln!("{ticket}");
-                let _ = std::io::stdout().flush();
                 errln!("sluice: waiting for one sender; run: sluice send SRC... {ticket}");
             }
             render::run(json, move |p| rx.run(p).context("receive failed"))
