@@ -539,6 +539,26 @@ fn a_row_lost_at_the_target_is_caught_at_the_end_and_copied_again() {
     }
 }
 
+/// One table of 200,000 keyed rows (about 27 MB), for copies to interrupt.
+const BIG: &str = "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
+     INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
+     FROM generate_series(1, 200000) i;";
+
+/// `db send SRC` with `options` to a `db recv` into `dst` over TCP, killed once database `dst`
+/// has committed four units; the receiver must notice. Returns the units it kept.
+fn send_interrupted(pg: &Cluster, src: &str, dst: &str, options: &[&str]) -> u64 {
+    let recv = DbRecv::start(&[dst, "--transport", "tcp"]);
+    let mut send = db_send(src, &recv.ticket, options);
+    wait_for_units(pg, "dst", 4, Duration::from_secs(60));
+    send.kill().unwrap();
+    send.wait().unwrap();
+    assert!(
+        !recv.wait_limit(Duration::from_secs(20)).success(),
+        "the receiver must notice its sender died"
+    );
+    settled_units(pg, "dst")
+}
+
 /// Waits until the target has committed at least `n` units of an interrupted copy.
 fn wait_for_units(pg: &Cluster, db: &str, n: u64, limit: Duration) -> u64 {
     let start = Instant::now();
@@ -710,21 +730,10 @@ fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
 fn rows_added_between_runs_are_copied_around_the_committed_ranges() {
     let Some(bin) = pg_bin() else { return };
     let pg = Cluster::with_src_and_dst(&bin);
-    pg.sql(
-        "src",
-        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
-         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
-         FROM generate_series(1, 200000) i;",
-    );
+    pg.sql("src", BIG);
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
-    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let mut send = db_send(&src, &recv.ticket, &opts);
-    wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
-    send.kill().unwrap();
-    send.wait().unwrap();
-    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
-    let held = settled_units(&pg, "dst");
+    let held = send_interrupted(&pg, &src, &dst, &opts);
     assert!(held >= 4);
 
     pg.sql(
@@ -808,21 +817,10 @@ fn max_rate_is_a_ceiling_for_rows_too() {
 fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
     let Some(bin) = pg_bin() else { return };
     let pg = Cluster::with_src_and_dst(&bin);
-    pg.sql(
-        "src",
-        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
-         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
-         FROM generate_series(1, 200000) i;",
-    );
+    pg.sql("src", BIG);
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
-    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let mut send = db_send(&src, &recv.ticket, &opts);
-    wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
-    send.kill().unwrap();
-    send.wait().unwrap();
-    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
-    assert!(settled_units(&pg, "dst") >= 4);
+    assert!(send_interrupted(&pg, &src, &dst, &opts) >= 4);
 
     // A row in every range changes; ten keys move past the end. The receiving end is
     // elsewhere: `db send` exits 8 naming the ranges it removed.
@@ -874,16 +872,12 @@ fn a_table_without_a_key_resumes_under_another_cut() {
          FROM generate_series(1, 200000) i;",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let mut send = db_send(
+    send_interrupted(
+        &pg,
         &src,
-        &recv.ticket,
+        &dst,
         &["--range-size", "2M", "--jobs", "2", "--transport", "tcp"],
     );
-    wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
-    send.kill().unwrap();
-    send.wait().unwrap();
-    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
     pg.sql("src", "UPDATE heap SET t = 'moved' WHERE i % 20000 = 1");
     let out = sluice_db(&[
         "db",
@@ -909,26 +903,14 @@ fn a_table_without_a_key_resumes_under_another_cut() {
 fn a_resume_of_other_tables_or_columns_is_refused_by_name() {
     let Some(bin) = pg_bin() else { return };
     let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql("src", BIG);
     pg.sql(
         "src",
-        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
-         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
-         FROM generate_series(1, 200000) i; \
-         CREATE TABLE other AS SELECT i FROM generate_series(1, 1000) i;",
+        "CREATE TABLE other AS SELECT i FROM generate_series(1, 1000) i",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
-    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let mut send = db_send(
-        &src,
-        &recv.ticket,
-        &[&opts[..], &["--tables", "big"]].concat(),
-    );
-    wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
-    send.kill().unwrap();
-    send.wait().unwrap();
-    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
-    let held = settled_units(&pg, "dst");
+    let held = send_interrupted(&pg, &src, &dst, &[&opts[..], &["--tables", "big"]].concat());
 
     let refused = |args: &[&str]| {
         let out = sluice_db(args);
@@ -955,12 +937,7 @@ fn a_resume_of_other_tables_or_columns_is_refused_by_name() {
 fn a_no_verify_resume_still_finds_rows_changed_since() {
     let Some(bin) = pg_bin() else { return };
     let pg = Cluster::with_src_and_dst(&bin);
-    pg.sql(
-        "src",
-        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
-         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
-         FROM generate_series(1, 200000) i;",
-    );
+    pg.sql("src", BIG);
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let opts = [
         "--range-size",
@@ -971,12 +948,7 @@ fn a_no_verify_resume_still_finds_rows_changed_since() {
         "tcp",
         "--no-verify",
     ];
-    let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let mut send = db_send(&src, &recv.ticket, &opts);
-    wait_for_units(&pg, "dst", 4, Duration::from_secs(60));
-    send.kill().unwrap();
-    send.wait().unwrap();
-    assert!(!recv.wait_limit(Duration::from_secs(20)).success());
+    send_interrupted(&pg, &src, &dst, &opts);
     pg.sql(
         "src",
         "UPDATE big SET payload = '\\x00' WHERE id % 5000 = 0",
