@@ -68,6 +68,7 @@ pub fn endpoint(
     let runtime =
         quinn::default_runtime().ok_or_else(|| err(std::io::Error::other("no async runtime")))?;
     let mut config = quinn::EndpointConfig::default();
+    sluice_quic::tls::without_connection_ids(&mut config);
     config
         .max_udp_payload_size(LOOPBACK_DATAGRAM)
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;

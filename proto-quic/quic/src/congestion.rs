@@ -22,8 +22,9 @@
 //! delivered bytes, and lost packets occupy the window until they are declared lost. quinn
 //! paces from the same number; see [`RateController`] for how the two are kept apart.
 //!
-//! States: **start-up** doubles the window each round (slow start, at most 4 × what the last
-//! rounds delivered) and leaves when three ACK frames in a row show a queue of a sixteenth of
+//! States: **start-up** opens [`START_RATE`] × the handshake's round trip (at least 32
+//! packets), then doubles the window each round (slow start, at most 4 × what the last rounds
+//! delivered) and leaves when three ACK frames in a row show a queue of a sixteenth of
 //! the base RTT (HyStart's delay rule, per ACK rather than per round, so the doubling window
 //! stops before it overruns the queue), when the rate stops growing by 25 % for three rounds, or
 //! when a round loses a fifth of its bytes; random loss alone does not end it. **Drain** (gain
@@ -198,6 +199,17 @@ pub struct RateConfig {
 /// Of the bandwidth-delay product an earlier connection measured, the share a resumed start
 /// jumps to (careful resume's half: the path may be shared now).
 pub const RESUME_SHARE: f64 = 0.5;
+/// A fresh start-up's first window lets out at least this rate (bytes per second, 10 Mbit/s)
+/// over the handshake's round trip: 32 packets are 1.2 Mbit/s at 300 ms, and doubling from there
+/// to a 200 Mbit/s path's 7.5 MB took nine round trips (2.7 s). The least path Sluice is for
+/// carries this much; a slower one overruns its queue in the first round, and start-up ends
+/// there at what it delivered.
+pub const START_RATE: f64 = 1.25e6;
+/// A start-up round that lost more than this share of its bytes overran the queue: start-up
+/// ends (random loss alone does not end it).
+const STARTUP_LOSS_EXIT: f64 = 0.2;
+/// The most packets [`START_RATE`]'s first window holds, whatever the round trip.
+const START_MAX_PACKETS: u64 = 512;
 /// A resumed start needs the first RTT sample within this factor of the one measured then, either
 /// way: otherwise the path is taken as another one.
 pub const RESUME_RTT_BAND: f64 = 1.5;
@@ -317,6 +329,8 @@ struct Round {
     min_sample: Option<Duration>,
     /// The largest of the ACK frames' freshest samples: how high the queue got this round.
     max_fresh: Option<Duration>,
+    /// The round's largest RTT sample, the peer's ACK delay included.
+    max_sample: Option<Duration>,
     app_limited: bool,
     /// The most bytes in flight after a send this round.
     max_in_flight: u64,
@@ -334,6 +348,7 @@ impl Round {
             packets: 0,
             min_sample: None,
             max_fresh: None,
+            max_sample: None,
             app_limited: false,
             max_in_flight: 0,
             sample_sum: Duration::ZERO,
@@ -398,8 +413,8 @@ pub struct Model {
     /// In start-up, `acked_total` at the end of each of the last [`ACK_LOG`] ACK frames: the
     /// rate ACKs come back at while a queue forms (see [`Model::queue_rate`]).
     ack_log: VecDeque<(Instant, u64)>,
-    /// The window a resumed start jumped to ([`RateConfig::resume`]), once the first RTT
-    /// sample matched.
+    /// The window start-up jumped to at the first RTT sample: a resumed start's
+    /// ([`RateConfig::resume`]) or the round trip's at [`START_RATE`].
     resumed: Option<u64>,
     /// Which controller this is, for the trace of its rounds (several connections share a log).
     id: u32,
@@ -528,14 +543,40 @@ impl Model {
         self.resumed.map_or(first, |w| w.max(first))
     }
 
-    /// The first RTT sample came: if it matches the path an earlier connection measured
-    /// ([`RateConfig::resume`]), jump to [`RESUME_SHARE`] of that path's bandwidth-delay product.
-    fn resume(&mut self, sample: Duration) {
+    /// The first RTT sample came (the handshake's): start from the path an earlier connection
+    /// measured if it is this one, else from [`START_RATE`] over this round trip.
+    fn first_sample(&mut self, sample: Duration) {
+        if self.phase != Phase::Startup || self.resume(sample) {
+            return;
+        }
+        let hinted = self.config.rate_hint.is_some() && self.config.rtt_hint.is_some();
+        if hinted || self.config.initial_window.is_some() {
+            return;
+        }
+        let window = bdp(self.config.cap_rate(START_RATE), sample)
+            .min(START_MAX_PACKETS * self.mtu)
+            .max(self.floor());
+        if window > self.window {
+            tracing::debug!(
+                id = self.id,
+                ?sample,
+                window,
+                "a first window for the round trip"
+            );
+            self.resumed = Some(window);
+            self.window = window;
+        }
+    }
+
+    /// If the first RTT sample matches the path an earlier connection measured
+    /// ([`RateConfig::resume`]), jump to [`RESUME_SHARE`] of that path's bandwidth-delay product
+    /// and say so.
+    fn resume(&mut self, sample: Duration) -> bool {
         let Some(then) = self.config.resume else {
-            return;
+            return false;
         };
-        if self.phase != Phase::Startup || then.rate <= 0.0 || then.rtt.is_zero() {
-            return;
+        if then.rate <= 0.0 || then.rtt.is_zero() {
+            return false;
         }
         let ratio = sample.as_secs_f64() / then.rtt.as_secs_f64();
         if !(1.0 / RESUME_RTT_BAND..=RESUME_RTT_BAND).contains(&ratio) {
@@ -545,7 +586,7 @@ impl Model {
                 then = ?then.rtt,
                 "the round trip differs from the path's last figures: a fresh start-up"
             );
-            return;
+            return false;
         }
         let window = bdp(
             self.config.cap_rate(RESUME_SHARE * then.rate),
@@ -560,6 +601,7 @@ impl Model {
         );
         self.resumed = Some(window);
         self.window = self.window.max(window);
+        true
     }
 
     /// Packets an ACK frame sent at once acknowledges ([`RateConfig::ack_every`]).
@@ -574,7 +616,7 @@ impl Model {
             let first = self.base_rtt.is_none();
             self.base_rtt = Some(self.base_rtt.map_or(sample, |b| b.min(sample)));
             if first {
-                self.resume(sample);
+                self.first_sample(sample);
             }
         }
         if self.phase == Phase::Startup {
@@ -598,6 +640,7 @@ impl Model {
         round.app_limited |= app_limited;
         if !sample.is_zero() {
             round.min_sample = Some(round.min_sample.map_or(sample, |m| m.min(sample)));
+            round.max_sample = Some(round.max_sample.map_or(sample, |m| m.max(sample)));
             round.sample_sum += sample;
             round.samples += 1;
         }
@@ -794,9 +837,18 @@ impl Model {
         // that share explains (beyond chance) lost them to a full queue.
         // A full queue is also a high RTT: random loss in bursts (which no count of losses
         // tells from overflow) comes with an empty queue.
-        let queue_peak = round
-            .max_fresh
-            .map_or(Duration::ZERO, |m| m.saturating_sub(base));
+        // Where every ACK frame waits for the peer's timer (below 16 packets per 25 ms, about
+        // 9 Mbit/s), no frame is fresh: there the largest sample less the longest the peer may
+        // wait is the least the queue reached. Without it no loss was ever congestive on such a
+        // path, the queue's overflow was taken for random loss, and the window grew with it
+        // (simulator, 2 Mbit/s, 600 ms: 30 % loss, 1.61 bytes on the wire per payload byte).
+        let queue_peak = match round.max_fresh {
+            Some(m) => m.saturating_sub(base),
+            None if clean => round
+                .max_sample
+                .map_or(Duration::ZERO, |m| m.saturating_sub(base + ACK_TIMER)),
+            None => Duration::ZERO,
+        };
         let congestive = clean
             && self.losses.len() >= LOSS_ROUNDS / 4
             && queue_peak > overflow_evidence()
@@ -851,14 +903,23 @@ impl Model {
         // queue's overflow (a smoothed loss average did that: 31 % loss at a 10 ms queue). But
         // losses that stay beyond chance while every such round lowers the rate are the path's
         // own: after a few in a row they count, so an estimate that started low catches up.
-        if clean && (!congestive || frequent) {
+        // Nor is start-up's overrun of a queue: a first window sized for the round trip
+        // ([`START_RATE`]) on a slower path lost 40 % of its first round, and taken for random
+        // loss that sized every later window for it (simulator, 10 Mbit/s, 200 ms: 1.49 bytes on
+        // the wire per payload byte).
+        let overrun = matches!(self.phase, Phase::Startup | Phase::Drain)
+            && round.lost > 0
+            && (queue_peak > overflow_evidence() || round_loss > STARTUP_LOSS_EXIT);
+        if clean && !overrun && (!congestive || frequent) {
             self.losses.push_back(round_loss);
             if self.losses.len() > LOSS_ROUNDS {
                 self.losses.pop_front();
             }
             let mut sorted: Vec<f64> = self.losses.iter().copied().collect();
             sorted.sort_by(f64::total_cmp);
-            self.loss = sorted[sorted.len() / 2];
+            // The lower median: of two rounds, the one that lost less (a path's first lossy
+            // round, an overrun, made the estimate at once).
+            self.loss = sorted[(sorted.len() - 1) / 2];
         }
 
         if let (Some(memo), Phase::Cruise(_) | Phase::ProbeUp) = (&self.config.memo, self.phase) {
@@ -873,13 +934,15 @@ impl Model {
                 } else if !round.app_limited {
                     self.flat_rounds += 1;
                 }
-                let full = self.flat_rounds >= FLAT_ROUNDS || (clean && queued) || round_loss > 0.2;
+                let full = self.flat_rounds >= FLAT_ROUNDS
+                    || (clean && queued)
+                    || round_loss > STARTUP_LOSS_EXIT;
                 if full {
-                    if round_loss > 0.2 || queued {
+                    if round_loss > STARTUP_LOSS_EXIT || queued {
                         // The queue was overrun or is building: take what was delivered, not
                         // the best round, as the rate.
                         self.set_rate(rate);
-                        if queued && round_loss <= 0.2 {
+                        if queued && round_loss <= STARTUP_LOSS_EXIT {
                             self.leave_startup_queued(base);
                         }
                     }
@@ -1369,6 +1432,74 @@ mod tests {
         assert!(m.window() <= 700_000, "window {}", m.window());
     }
 
+    /// A fresh start opens [`START_RATE`] × the handshake's round trip, within the user's
+    /// ceiling and never below the floor, and not at all where hints size the first window.
+    #[test]
+    fn a_fresh_start_opens_the_round_trip_at_the_start_rate() {
+        let t = Instant::now();
+        let opened = |config: RateConfig, rtt_ms: u64| {
+            let mut m = model(config);
+            m.on_ack(t + Duration::from_millis(rtt_ms), t, 1_400, false);
+            m.window() - 1_400
+        };
+        let floor = model(RateConfig::default()).window();
+        assert_eq!(
+            opened(RateConfig::default(), 300),
+            375_000,
+            "10 Mbit/s × 300 ms"
+        );
+        assert_eq!(
+            opened(RateConfig::default(), 1),
+            floor,
+            "a LAN keeps the floor"
+        );
+        assert_eq!(
+            opened(RateConfig::default(), 5_000),
+            START_MAX_PACKETS * 1_400,
+            "a path of seconds opens at most {START_MAX_PACKETS} packets"
+        );
+        let capped = RateConfig {
+            max_rate: Some(500_000),
+            ..RateConfig::default()
+        };
+        assert_eq!(opened(capped, 300), floor.max(150_000), "--max-rate 4M");
+        let hinted = RateConfig {
+            rate_hint: Some(1_000_000),
+            rtt_hint: Some(Duration::from_millis(300)),
+            ..RateConfig::default()
+        };
+        assert_eq!(opened(hinted, 300), 300_000, "the hints' window stands");
+    }
+
+    /// A start-up that overruns the queue (a first window larger than a slow path carries)
+    /// loses much of its first round; that is not the path's random loss, which stays 0 and
+    /// leaves later windows unpadded.
+    #[test]
+    fn start_up_overrun_is_not_random_loss() {
+        let mut path = Path {
+            t: Instant::now(),
+            rate: 625_000.0,
+            base: Duration::from_millis(300),
+            loss: 0.0,
+        };
+        let mut m = model(RateConfig::default());
+        m.on_ack(path.t + Duration::from_millis(300), path.t, 1_400, false);
+        path.t += Duration::from_millis(300);
+        assert!(m.window() > 2 * bdp(path.rate, path.base), "{}", m.window());
+        let queue = 31_000;
+        for round in 0..30 {
+            path.round(&mut m, queue);
+            assert_eq!(m.loss(), 0.0, "random loss after round {round}");
+        }
+        assert_ne!(m.phase(), Phase::Startup);
+        let pipe = bdp(path.rate, path.base) + queue;
+        assert!(
+            m.window() <= pipe,
+            "window {} beyond the path's {pipe}",
+            m.window()
+        );
+    }
+
     /// A start from the path's last figures jumps to half their bandwidth-delay product once
     /// the first sample's round trip matches them, and not on another path; figures too high
     /// for the path now end start-up at what it delivers; a cruising controller leaves its own.
@@ -1397,8 +1528,8 @@ mod tests {
         other.on_ack(t + Duration::from_millis(300), t, 1_400, false);
         assert_eq!(
             other.window(),
-            first + 1_400,
-            "a 300 ms path is not the 100 ms one"
+            bdp(START_RATE, Duration::from_millis(300)).max(first) + 1_400,
+            "a 300 ms path is not the 100 ms one: a fresh start-up"
         );
 
         for (rate, what) in [(25e6, "the same path"), (125e6, "five times the path")] {

@@ -528,6 +528,7 @@ impl Host {
     fn new(addr: SocketAddr, server: Option<Arc<ServerConfig>>, seed: [u8; 32]) -> Self {
         let mut config = EndpointConfig::default();
         config.rng_seed(Some(seed));
+        crate::tls::without_connection_ids(&mut config);
         Self {
             endpoint: Endpoint::new(Arc::new(config), server, true, None),
             addr,

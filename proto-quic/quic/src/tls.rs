@@ -360,3 +360,31 @@ impl ServerCertVerifier for PinnedVerifier {
             .supported_schemes()
     }
 }
+
+/// Connection IDs of no bytes: a Sluice endpoint carries one connection (a receiver answers one
+/// sender at a time, and a sender's endpoint makes one connection), so packets are routed by
+/// address, and the 8 bytes quinn puts in every short header by default are 0.5 % of a
+/// 1,452-byte packet (simulator, 200 Mbit/s, 100 ms RTT: 1.024 → 1.018 bytes on the wire per
+/// payload byte). The cost: a peer whose address changes mid-transfer (a NAT that rebinds) is
+/// not followed to its new address.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoConnectionIds;
+
+impl quinn::ConnectionIdGenerator for NoConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&[])
+    }
+
+    fn cid_len(&self) -> usize {
+        0
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// Makes `config`'s endpoint use [`NoConnectionIds`].
+pub fn without_connection_ids(config: &mut quinn::EndpointConfig) {
+    config.cid_generator(|| Box::new(NoConnectionIds));
+}
