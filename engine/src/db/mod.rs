@@ -343,13 +343,32 @@ pub fn copy(
         // the source since an interrupted run committed them, or lost at the target): both
         // ends are here, so the rerun it asks for is made at once, once. It copies what was
         // removed, in a new snapshot, and checks everything again.
-        Err(e) if e.kind() == ErrorKind::Verification && e.to_string().contains(sink::RECOPY) => {
+        Err(e) if removed_ranges(&e) => {
             tracing::warn!("{e}");
             tracing::warn!("copying the removed ranges again");
-            run()
+            match run() {
+                // Ranges changed at the source again while the first ones were copied anew: it
+                // is being written to, and every rerun would find others.
+                Err(again) if removed_ranges(&again) => Err(Error::Verify {
+                    path: "the source".into(),
+                    detail: format!(
+                        "{again}. Rows changed at the source again while the removed ranges \
+                         were copied anew: it is being written to, and a copy resumed after an \
+                         interruption cannot hold one moment of it. Copy in a quiet moment, or \
+                         into an empty target in one run (one snapshot, one moment of the \
+                         source)"
+                    ),
+                }),
+                other => other,
+            }
         }
         other => other,
     }
+}
+
+/// Whether `e` is the check at the end having removed ranges for a rerun to copy again.
+fn removed_ranges(e: &Error) -> bool {
+    e.kind() == ErrorKind::Verification && e.to_string().contains(sink::RECOPY)
 }
 
 /// One difference `verify` found.

@@ -8,7 +8,8 @@
 //! again. Units go in phases (a database's schema before its rows, its indexes after them);
 //! within a phase up to `jobs` units are in flight, each on its own lane (see
 //! [`sluice_proto::unit`]). The receiver answers each unit with `FileVerified` once committed or
-//! `FileFailed` with its reason; a failed unit is sent again, up to [`ATTEMPTS`] times. `Finish`
+//! `FileFailed` with its reason; a failed unit is sent again, up to [`ATTEMPTS`] times, unless
+//! what failed was a check (the same check would fail again). `Finish`
 //! → `Summary`.
 //!
 //! Every block is checked against the sender's BLAKE3 hash before the sink sees it, and the
@@ -730,8 +731,17 @@ async fn push(
                         let Some((unit, attempts, _)) = flying.remove(&id) else {
                             return Err(err(&format!("the receiver failed unit {id}, which is not in flight")));
                         };
-                        tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
-                        if attempts < ATTEMPTS {
+                        // A check that failed fails the same way again (the same snapshot
+                        // read again, the same target checked again): only other failures
+                        // (a lost connection, a deadlock) are worth another attempt. The check
+                        // at the end of a copy failed three times over with the same message.
+                        let checked = ErrorKind::of_cause(cause) == ErrorKind::Verification;
+                        if checked {
+                            tracing::warn!("{}: {reason}", unit.key);
+                        } else {
+                            tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
+                        }
+                        if attempts < ATTEMPTS && !checked {
                             summary.retried += 1;
                             queue.push_back((unit, attempts));
                         } else {

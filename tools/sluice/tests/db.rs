@@ -857,6 +857,58 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
     assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
 }
 
+/// A source written to all along: a resumed `db copy` finds rows changed in the ranges the
+/// interrupted run committed, copies them anew, and finds others changed by then. It names the
+/// cause (the source is being written to, a resumed copy cannot hold one moment of it) and what
+/// to do, instead of asking for yet another rerun that would end the same way.
+#[test]
+fn a_source_written_to_all_along_is_named_after_the_second_try() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql("src", BIG);
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    assert!(send_interrupted(&pg, &src, &dst, &opts) >= 4);
+
+    // Changed before the rerun starts (its snapshot sees this), and all along while it runs
+    // (the second try's snapshot sees more).
+    pg.sql(
+        "src",
+        "UPDATE big SET payload = '\\x00' WHERE id % 4000 = 0",
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            // A row of every range changes every few tens of milliseconds; at most a minute.
+            let start = Instant::now();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && start.elapsed() < Duration::from_secs(60)
+            {
+                n += 1;
+                pg.sql(
+                    "src",
+                    &format!("UPDATE big SET payload = '\\x{n:08x}' WHERE id % 4000 = 0"),
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            n
+        });
+        let mut args = vec!["db", "copy", &src, &dst];
+        args.extend(&opts[..4]);
+        let out = sluice_db(&args);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 1, "the writer never ran");
+        out
+    });
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("copying the removed ranges again"), "{err}");
+    assert!(err.contains("public.big (\"id\" "), "{err}");
+    assert!(err.contains("it is being written to"), "{err}");
+    assert!(err.contains("into an empty target in one run"), "{err}");
+}
+
 /// A table without a key (cut by pages) resumes around the ranges an interrupted run
 /// committed, also when the rerun cuts it otherwise (another `--range-size`) and rows were
 /// updated in between (an update moves a row to another page, maybe into a committed range):
