@@ -531,9 +531,7 @@ fn a_row_lost_at_the_target_is_caught_at_the_end_and_copied_again() {
         let err = stderr(&out);
         assert!(err.contains(says), "{table}: {err}");
         assert!(err.contains("copying the removed ranges again"), "{err}");
-        assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
-        let out = sluice_db(&["db", "verify", &src, &dst]);
-        assert!(out.status.success(), "verify: {}", stderr(&out));
+        assert_identical(&pg, &src, &dst);
         pg.sql("postgres", "DROP DATABASE dst");
         pg.sql("postgres", "CREATE DATABASE dst");
     }
@@ -543,6 +541,17 @@ fn a_row_lost_at_the_target_is_caught_at_the_end_and_copied_again() {
 const BIG: &str = "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
      INSERT INTO big SELECT i, decode(repeat(md5(i::text), 6), 'hex') \
      FROM generate_series(1, 200000) i;";
+
+/// The options of the resume tests: ranges small enough that an interrupted [`BIG`] leaves
+/// several committed and several to go, two jobs, TCP.
+const RESUME_OPTS: [&str; 6] = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+
+/// `sluice db verify SRC DST` exits 0, and an independent `pg_dump --data-only` of both agrees.
+fn assert_identical(pg: &Cluster, src: &str, dst: &str) {
+    let out = sluice_db(&["db", "verify", src, dst]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+}
 
 /// `db send SRC` with `options` to a `db recv` into `dst` over TCP, killed once database `dst`
 /// has committed four units; the receiver must notice. Returns the units it kept.
@@ -615,7 +624,7 @@ fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
          CREATE TABLE heap_only AS SELECT i, md5(i::text) AS h FROM generate_series(1, 100000) i;",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let opts = RESUME_OPTS;
     let start_pair = || {
         let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
         let send = db_send(&src, &recv.ticket, &[&opts[..], &["--json"]].concat());
@@ -717,9 +726,7 @@ fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
         ranges + 6,
         "{summary}"
     );
-    let out = sluice_db(&["db", "verify", &src, &dst]);
-    assert!(out.status.success(), "verify: {}", stderr(&out));
-    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+    assert_identical(&pg, &src, &dst);
 }
 
 /// The source is written to between an interrupted run and the next (rows past the old end, so
@@ -732,7 +739,7 @@ fn rows_added_between_runs_are_copied_around_the_committed_ranges() {
     let pg = Cluster::with_src_and_dst(&bin);
     pg.sql("src", BIG);
     let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let opts = RESUME_OPTS;
     let held = send_interrupted(&pg, &src, &dst, &opts);
     assert!(held >= 4);
 
@@ -759,10 +766,8 @@ fn rows_added_between_runs_are_copied_around_the_committed_ranges() {
         summary["ranges"].as_u64().unwrap() + 6,
         "{summary}"
     );
-    let out = sluice_db(&["db", "verify", &src, &dst]);
-    assert!(out.status.success(), "verify: {}", stderr(&out));
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM big"), "259999");
-    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+    assert_identical(&pg, &src, &dst);
 }
 
 /// `--max-rate` holds for rows as it does for files (it was ignored by `db copy` and `db send`,
@@ -819,7 +824,7 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
     let pg = Cluster::with_src_and_dst(&bin);
     pg.sql("src", BIG);
     let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let opts = RESUME_OPTS;
     assert!(send_interrupted(&pg, &src, &dst, &opts) >= 4);
 
     // A row in every range changes; ten keys move past the end. The receiving end is
@@ -852,9 +857,7 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
         "{}",
         stderr(&out)
     );
-    let out = sluice_db(&["db", "verify", &src, &dst]);
-    assert!(out.status.success(), "verify: {}", stderr(&out));
-    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+    assert_identical(&pg, &src, &dst);
 }
 
 /// A source written to all along: a resumed `db copy` finds rows changed in the ranges the
@@ -867,7 +870,7 @@ fn a_source_written_to_all_along_is_named_after_the_second_try() {
     let pg = Cluster::with_src_and_dst(&bin);
     pg.sql("src", BIG);
     let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let opts = RESUME_OPTS;
     assert!(send_interrupted(&pg, &src, &dst, &opts) >= 4);
 
     // Changed before the rerun starts (its snapshot sees this), and all along while it runs
@@ -942,9 +945,7 @@ fn a_table_without_a_key_resumes_under_another_cut() {
         "2",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = sluice_db(&["db", "verify", &src, &dst]);
-    assert!(out.status.success(), "verify: {}", stderr(&out));
-    assert_eq!(pg.dump("src", "--data-only"), pg.dump("dst", "--data-only"));
+    assert_identical(&pg, &src, &dst);
 }
 
 /// A rerun of an interrupted copy for other tables (another `--tables`) or after the source's
@@ -961,7 +962,7 @@ fn a_resume_of_other_tables_or_columns_is_refused_by_name() {
         "CREATE TABLE other AS SELECT i FROM generate_series(1, 1000) i",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
+    let opts = RESUME_OPTS;
     let held = send_interrupted(&pg, &src, &dst, &[&opts[..], &["--tables", "big"]].concat());
 
     let refused = |args: &[&str]| {
