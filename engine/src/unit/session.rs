@@ -735,13 +735,10 @@ async fn push(
                         // read again, the same target checked again): only other failures
                         // (a lost connection, a deadlock) are worth another attempt. The check
                         // at the end of a copy failed three times over with the same message.
-                        let checked = ErrorKind::of_cause(cause) == ErrorKind::Verification;
-                        if checked {
-                            tracing::warn!("{}: {reason}", unit.key);
-                        } else {
-                            tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
-                        }
-                        if attempts < ATTEMPTS && !checked {
+                        let again = attempts < ATTEMPTS
+                            && ErrorKind::of_cause(cause) != ErrorKind::Verification;
+                        tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
+                        if again {
                             summary.retried += 1;
                             queue.push_back((unit, attempts));
                         } else {

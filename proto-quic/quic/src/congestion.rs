@@ -413,9 +413,9 @@ pub struct Model {
     /// In start-up, `acked_total` at the end of each of the last [`ACK_LOG`] ACK frames: the
     /// rate ACKs come back at while a queue forms (see [`Model::queue_rate`]).
     ack_log: VecDeque<(Instant, u64)>,
-    /// The window start-up jumped to at the first RTT sample: a resumed start's
+    /// The window start-up opened at the first RTT sample: a resumed start's
     /// ([`RateConfig::resume`]) or the round trip's at [`START_RATE`].
-    resumed: Option<u64>,
+    opened: Option<u64>,
     /// Which controller this is, for the trace of its rounds (several connections share a log).
     id: u32,
 }
@@ -458,7 +458,7 @@ impl Model {
             acked_total: 0,
             last_ack: None,
             ack_log: VecDeque::with_capacity(ACK_LOG + 1),
-            resumed: None,
+            opened: None,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -540,7 +540,7 @@ impl Model {
     /// packets in the round where 64 were due: 0.3 s lost to start-up).
     fn startup_floor(&self) -> u64 {
         let first = 2 * self.config.first_window(self.mtu).max(self.floor());
-        self.resumed.map_or(first, |w| w.max(first))
+        self.opened.map_or(first, |w| w.max(first))
     }
 
     /// The first RTT sample came (the handshake's): start from the path an earlier connection
@@ -563,7 +563,7 @@ impl Model {
                 window,
                 "a first window for the round trip"
             );
-            self.resumed = Some(window);
+            self.opened = Some(window);
             self.window = window;
         }
     }
@@ -599,7 +599,7 @@ impl Model {
             window,
             "starting from the path's last figures"
         );
-        self.resumed = Some(window);
+        self.opened = Some(window);
         self.window = self.window.max(window);
         true
     }
@@ -768,7 +768,7 @@ impl Model {
     /// window, keeping the base RTT.
     pub fn on_persistent_congestion(&mut self) {
         self.phase = Phase::Startup;
-        self.resumed = None;
+        self.opened = None;
         self.settle = false;
         self.window = self.config.first_window(self.mtu).min(self.window);
         self.rates.clear();
