@@ -24,7 +24,8 @@
 //!
 //! States: **start-up** opens [`START_RATE`] × the handshake's round trip (at least 32
 //! packets), then doubles the window each round (slow start, at most 4 × what the last rounds
-//! delivered) and leaves when three ACK frames in a row show a queue of a sixteenth of
+//! delivered; the first window doubles before its round is measured unless its ACKs show a
+//! queue) and leaves when three ACK frames in a row show a queue of a sixteenth of
 //! the base RTT (HyStart's delay rule, per ACK rather than per round, so the doubling window
 //! stops before it overruns the queue), when the rate stops growing by 25 % for three rounds, or
 //! when a round loses a fifth of its bytes; random loss alone does not end it. **Drain** (gain
@@ -208,6 +209,10 @@ pub const START_RATE: f64 = 1.25e6;
 /// A start-up round that lost more than this share of its bytes overran the queue: start-up
 /// ends (random loss alone does not end it).
 const STARTUP_LOSS_EXIT: f64 = 0.2;
+/// The most of what start-up sent that may be lost for a fresh start's first window to double
+/// before its round is measured (see `Model::startup_floor`): above random loss of 10 %, below
+/// the share a path of half [`START_RATE`] loses of it.
+const OPEN_LOSS: f64 = 0.15;
 /// The most packets [`START_RATE`]'s first window holds, whatever the round trip.
 const START_MAX_PACKETS: u64 = 512;
 /// A resumed start needs the first RTT sample within this factor of the one measured then, either
@@ -416,6 +421,13 @@ pub struct Model {
     /// The window start-up opened at the first RTT sample: a resumed start's
     /// ([`RateConfig::resume`]) or the round trip's at [`START_RATE`].
     opened: Option<u64>,
+    /// Whether start-up may double [`Model::opened`] before its first round is measured: a
+    /// fresh start's window (not a resumed one, whose figures may be stale) whose ACKs
+    /// showed no queue and lost at most [`OPEN_LOSS`] of what it sent. `None` until the first
+    /// ACK frame sent at once tells.
+    opened_doubles: Option<bool>,
+    /// Bytes declared lost in start-up.
+    startup_lost: u64,
     /// Which controller this is, for the trace of its rounds (several connections share a log).
     id: u32,
 }
@@ -459,6 +471,8 @@ impl Model {
             last_ack: None,
             ack_log: VecDeque::with_capacity(ACK_LOG + 1),
             opened: None,
+            opened_doubles: Some(false),
+            startup_lost: 0,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
@@ -538,9 +552,27 @@ impl Model {
     /// control messages, so the rate they measured says nothing of the path; capped by it,
     /// the window stayed at its first size for a second round (on wan-emu at 300 ms RTT, 31
     /// packets in the round where 64 were due: 0.3 s lost to start-up).
+    ///
+    /// A fresh start's first window ([`START_RATE`] × the round trip) doubles too: held at its
+    /// size until the round that carried it was measured, the second flight was no larger than
+    /// the first (simulator and wan-emu at 300 ms: 375 KB acknowledged in two rounds running, a
+    /// round trip lost to start-up). Not where its ACKs showed a queue or it lost more than
+    /// random loss does (a slower path, whose queue the first window fills already), nor a
+    /// resumed start's window, which may be stale.
     fn startup_floor(&self) -> u64 {
         let first = 2 * self.config.first_window(self.mtu).max(self.floor());
-        self.opened.map_or(first, |w| w.max(first))
+        match self.opened {
+            Some(w)
+                if self.opened_doubles == Some(true)
+                    && self.startup_lost as f64
+                        <= OPEN_LOSS
+                            * self.acked_total.saturating_add(self.startup_lost) as f64 =>
+            {
+                w.saturating_mul(2).max(first)
+            }
+            Some(w) => w.max(first),
+            None => first,
+        }
     }
 
     /// The first RTT sample came (the handshake's): start from the path an earlier connection
@@ -564,6 +596,7 @@ impl Model {
                 "a first window for the round trip"
             );
             self.opened = Some(window);
+            self.opened_doubles = None;
             self.window = window;
         }
     }
@@ -672,6 +705,12 @@ impl Model {
         // with fewer waited for the peer's 25 ms timer, and its freshest sample carries that
         // wait as if it were a queue.
         let fresh = packets >= self.ack_threshold();
+        if fresh && self.opened_doubles != Some(false) {
+            // The first such frame decides, and any later one can revoke: with jitter (its
+            // first samples spread as a queue would) the window stays as it was, where a
+            // doubled second flight sent the simulator's ±20 ms path into its slow mode.
+            self.opened_doubles = Some(min <= base + startup_queue_limit(base));
+        }
         if let Some(round) = self.round.as_mut().filter(|_| fresh) {
             round.max_fresh = Some(round.max_fresh.map_or(min, |m| m.max(min)));
         }
@@ -758,6 +797,9 @@ impl Model {
     /// leaving start-up, they are not counted again as congestion of the rounds they are
     /// detected in (in the simulator at 300 ms they cut the rate four times in 2 s).
     pub fn on_loss(&mut self, now: Instant, sent: Instant, bytes: u64) {
+        if self.phase == Phase::Startup {
+            self.startup_lost = self.startup_lost.saturating_add(bytes);
+        }
         if self.startup_end.is_some_and(|end| sent <= end) {
             return;
         }
@@ -769,6 +811,7 @@ impl Model {
     pub fn on_persistent_congestion(&mut self) {
         self.phase = Phase::Startup;
         self.opened = None;
+        self.opened_doubles = Some(false);
         self.settle = false;
         self.window = self.config.first_window(self.mtu).min(self.window);
         self.rates.clear();
@@ -1469,6 +1512,53 @@ mod tests {
             ..RateConfig::default()
         };
         assert_eq!(opened(hinted, 300), 300_000, "the hints' window stands");
+    }
+
+    /// A fresh start's first window doubles as its ACKs come, before the round that carried it
+    /// is measured, but not where those ACKs show a queue or lose more than random loss does
+    /// (a slower path, whose queue it fills already). Held at its size, the second flight was
+    /// no larger than the first: a round trip lost at 300 ms.
+    #[test]
+    fn a_fresh_first_window_doubles_unless_the_path_is_slower() {
+        let rtt = Duration::from_millis(300);
+        // The window after the first window's ACKs, each `queue` late, every `lose`-th lost.
+        let after_first_flight = |queue: Duration, lose: u64| {
+            let t = Instant::now();
+            let mut m = model(RateConfig::default());
+            m.on_ack(t + rtt, t, 1_400, false);
+            // The transfer's first control messages: a round that measured next to nothing.
+            m.on_ack(t + 2 * rtt, t + rtt, 1_400, false);
+            let opened = m.opened.expect("a first window");
+            let mut now = t + 2 * rtt;
+            for n in 1..=opened / 1_400 {
+                now += Duration::from_micros(500);
+                m.on_sent(m.window());
+                if n % lose == 0 {
+                    m.on_loss(now, now - rtt, 1_400);
+                } else {
+                    m.on_ack(now, now - rtt - queue, 1_400, false);
+                }
+                if n % 16 == 0 {
+                    m.on_ack_frame();
+                }
+            }
+            assert_eq!(m.phase(), Phase::Startup);
+            m.window() as f64 / opened as f64
+        };
+        let clear = after_first_flight(Duration::ZERO, u64::MAX);
+        assert!(clear > 1.9, "a clear path: {clear:.2} × the first window");
+        let lossy = after_first_flight(Duration::ZERO, 20);
+        assert!(
+            lossy > 1.8,
+            "5 % random loss: {lossy:.2} × the first window"
+        );
+        let queued = after_first_flight(Duration::from_millis(20), u64::MAX);
+        assert!(queued < 1.1, "a queue: {queued:.2} × the first window");
+        let overrun = after_first_flight(Duration::ZERO, 4);
+        assert!(
+            overrun < 1.1,
+            "a quarter lost: {overrun:.2} × the first window"
+        );
     }
 
     /// A start-up that overruns the queue (a first window larger than a slow path carries)
