@@ -745,8 +745,8 @@ async fn receive(
                         EntryKind::HardLink if first_failure.paths.contains(&e.link_target) => {
                             tracing::warn!(path = %e.path, target = %e.link_target, "not linked: the file it names failed");
                         }
-                        EntryKind::HardLink => dest.create_hard_link(e)?,
-                        _ => dest.create_symlink(e)?,
+                        EntryKind::HardLink => made_or_failed(dest.create_hard_link(e), e, progress, &mut failures, &mut first_failure)?,
+                        _ => made_or_failed(dest.create_symlink(e), e, progress, &mut failures, &mut first_failure)?,
                     }
                 }
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
@@ -756,16 +756,25 @@ async fn receive(
                     }
                 }
                 for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir && !dry_run) {
-                    dest.finish_dir(e)?;
+                    // A directory that could not be made has failed already.
+                    if !first_failure.paths.contains(&e.path) {
+                        made_or_failed(dest.finish_dir(e), e, progress, &mut failures, &mut first_failure)?;
+                    }
                 }
                 // The renames are on disk before the sender hears that they happened: without
                 // this a crash could undo a rename the summary reported.
                 if !dry_run {
                     dest.sync_dirs(&entries)?;
                 }
+                let file_count = entries.iter().filter(|e| e.kind == EntryKind::File).count();
+                let failed_files = entries
+                    .iter()
+                    .filter(|e| e.kind == EntryKind::File && first_failure.paths.contains(&e.path))
+                    .count()
+                    .min(file_count);
                 let summary = Summary {
                     entries: (entries.len() as u64).saturating_sub(failures),
-                    files: (entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64).saturating_sub(failures),
+                    files: (file_count - failed_files) as u64,
                     bytes: verified_bytes,
                     payload_bytes: progress.snapshot().bytes_verified,
                     kept_bytes: progress.snapshot().bytes_kept,
@@ -788,10 +797,16 @@ async fn receive(
                 if let Some((first, kind)) = first_failure.first.take().filter(|_| !dry_run) {
                     // The sender was told file by file; the receiver's exit says it too.
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
+                    // Directories and links that failed count among entries, not files.
+                    let (items, total) = if failed_files as u64 == failures {
+                        ("files", file_count)
+                    } else {
+                        ("entries", entries.len())
+                    };
                     return Err(Error::FilesFailed {
-                        items: "files",
+                        items,
                         failed: failures as usize,
-                        total: summary.files as usize + failures as usize,
+                        total,
                         first,
                         kind,
                     });
@@ -1255,6 +1270,31 @@ impl Failed {
         self.first
             .get_or_insert_with(|| (format!("{path}: {reason}"), kind));
         self.paths.insert(path.to_owned());
+    }
+}
+
+/// A link made, or a directory's mode and times set, at the end of the run: one that fails
+/// (a path the destination refuses, a permission) fails that entry, not the transfer; a full
+/// disk still ends it.
+fn made_or_failed(
+    made: Result<()>,
+    entry: &Entry,
+    progress: &Progress,
+    failures: &mut u64,
+    first_failure: &mut Failed,
+) -> Result<()> {
+    match made {
+        Err(e) if e.kind() == ErrorKind::NoSpace => Err(e),
+        Err(e) => {
+            report_local(
+                Outcome::failed(entry.id, &entry.path, &e),
+                progress,
+                failures,
+                first_failure,
+            );
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 

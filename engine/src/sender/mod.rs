@@ -308,6 +308,7 @@ async fn transfer(
         stream_window: config.transport_to(Some(peer.ip())).stream_window,
         queue: queue_probe.clone(),
         pace: crate::lanes::Pace::new(config.max_rate),
+        until: None,
     };
     let mut open_streams = 0;
     let first = config.streams.max(1);
@@ -331,6 +332,8 @@ async fn transfer(
     let mut working = Some((0u64, std::time::Instant::now()));
     let mut roots = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
+    // Entries short in the receiver's summary: directories or links it could not make.
+    let short;
     // What the first failure was, as the receiver said.
     let mut first_kind = crate::error::ErrorKind::Verification;
     let total_files = files_in(&manifest);
@@ -454,10 +457,21 @@ async fn transfer(
                         progress.push(Event::FileFailed { path, reason });
                     }
                     SenderEvent::Summary { entries, bytes } => {
+                        // The receiver names only files that failed; a directory or link it
+                        // could not make shows as an entry short of the manifest.
+                        let expected = manifest.len().saturating_sub(failures.len()) as u64;
+                        short = expected.saturating_sub(u64::from(entries)) as usize;
+                        if short > 0 {
+                            if failures.is_empty() {
+                                first_kind = crate::error::ErrorKind::Destination;
+                            }
+                            let what = if short == 1 { "directory or link" } else { "directories or links" };
+                            failures.push(format!("{short} {what} could not be made at the receiver (its messages say which)"));
+                        }
                         let s = progress.snapshot();
                         break Summary {
                             entries: u64::from(entries),
-                            files: total_files - failures.len() as u64,
+                            files: total_files.saturating_sub(failures.len() as u64),
                             bytes,
                             payload_bytes: s.bytes_sent,
                             kept_bytes: s.bytes_kept,
@@ -482,10 +496,16 @@ async fn transfer(
     board.close();
     let _ = reader.join();
     if let Some(first) = failures.first() {
+        // Directories and links that failed count among entries, not files.
+        let (items, failed, total) = if short > 0 {
+            ("entries", failures.len() - 1 + short, manifest.len())
+        } else {
+            ("files", failures.len(), total_files as usize)
+        };
         return Err(Error::FilesFailed {
-            items: "files",
-            failed: failures.len(),
-            total: total_files as usize,
+            items,
+            failed,
+            total,
             first: first.clone(),
             kind: first_kind,
         });

@@ -297,3 +297,33 @@ over_both! {
         assert_eq!(r.status.code(), Some(4), "{}", stderr(&r));
     }
 }
+
+over_both! {
+    /// A directory or link the receiver will not make (a symlink in the destination stands where
+    /// a source directory goes, which is never followed) fails that entry, not the transfer:
+    /// the other files arrive, both ends exit 7 (a refused path) naming how many entries failed,
+    /// and nothing is written where the symlink points.
+    fn a_directory_the_receiver_refuses_fails_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("sub/deep")).unwrap();
+        fs::write(src.join("a.txt"), b"arrives").unwrap();
+        std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
+        let outside = d.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        let dest = d.path().join("dest");
+        fs::create_dir_all(dest.join("src")).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("src/sub")).unwrap();
+        let recv = Recv::start(&dest);
+        let out = sluice().arg("send").arg(&src).arg(&recv.ticket).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(7), "sender: {err}");
+        assert!(err.contains("could not be made at the receiver"), "{err}");
+        let r = recv.wait();
+        assert_eq!(r.status.code(), Some(7), "receiver: {}", stderr(&r));
+        assert!(stderr(&r).contains("src/sub/deep"), "{}", stderr(&r));
+        assert_eq!(fs::read(dest.join("src/a.txt")).unwrap(), b"arrives");
+        assert_eq!(fs::read_link(dest.join("src/link")).unwrap(), std::path::Path::new("a.txt"));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "written through the symlink");
+    }
+}
