@@ -579,6 +579,7 @@ impl Destination {
         let named: std::collections::HashSet<&str> =
             entries.iter().map(|e| e.path.as_str()).collect();
         let mut removed = 0;
+        let mut failed = Vec::new();
         for dir in entries
             .iter()
             .filter(|e| e.kind == sluice_proto::message::EntryKind::Dir)
@@ -601,11 +602,26 @@ impl Destination {
                 } else {
                     fs::remove_file(&path)
                 };
-                r.map_err(Error::file("deleting", &path))?;
-                removed += 1;
+                // One that cannot be deleted (a permission) does not keep the others: as
+                // rsync, delete what can be, then name what could not.
+                match r {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "not deleted");
+                        failed.push((path, e));
+                    }
+                }
             }
         }
-        Ok(removed)
+        let more = failed.len().saturating_sub(1);
+        match failed.into_iter().next() {
+            None => Ok(removed),
+            Some((path, e)) if more == 0 => Err(Error::file("deleting", &path)(e)),
+            Some((path, e)) => Err(Error::file("deleting", &path)(io::Error::new(
+                e.kind(),
+                format!("{e} (and {more} more entries could not be deleted)"),
+            ))),
+        }
     }
 
     /// Flushes to disk the directories that hold `entries` (each once), so renames and new

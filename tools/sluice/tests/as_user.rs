@@ -188,3 +188,47 @@ fn what_cannot_be_read_fails_alone_and_holds_back_delete() {
     assert!(said.contains("4 differ"), "{said}");
     fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// `--delete` deletes what it can and then names what it could not, as rsync does: an entry
+/// the user may not remove (a read-only directory with a file in it) no longer keeps the
+/// others in place.
+#[test]
+fn delete_removes_what_it_can_and_names_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("x")).unwrap();
+    fs::write(src.join("x/kept"), b"kept").unwrap();
+    let dest = d.path().join("dest");
+    let Some(out) = sluice_as_user(&[Path::new("copy"), &src, &dest]) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    // What the source does not have, owned by the user: a read-only directory holding a file
+    // (its file cannot be removed), and a file that can.
+    let x = dest.join("src/x");
+    let uid = fs::metadata(&x).unwrap().uid();
+    let gid = fs::metadata(&x).unwrap().gid();
+    fs::create_dir(x.join("olddir")).unwrap();
+    fs::write(x.join("olddir/inner"), b"old").unwrap();
+    fs::write(x.join("extra"), b"extra").unwrap();
+    for p in ["olddir", "olddir/inner", "extra"] {
+        std::os::unix::fs::chown(x.join(p), Some(uid), Some(gid)).unwrap();
+    }
+    fs::set_permissions(x.join("olddir"), fs::Permissions::from_mode(0o555)).unwrap();
+    let out = sluice_as_user(&[Path::new("copy"), Path::new("--delete"), &src, &dest]).unwrap();
+    let err = stderr(&out);
+    fs::set_permissions(x.join("olddir"), fs::Permissions::from_mode(0o755)).unwrap();
+    if uid == 0 {
+        // Not switched after all (root removes anything): nothing to show.
+        return;
+    }
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("olddir") && err.contains("deleting"), "{err}");
+    assert!(
+        !x.join("extra").exists(),
+        "what could be deleted stayed: {err}"
+    );
+    assert_eq!(fs::read(x.join("kept")).unwrap(), b"kept");
+}
