@@ -363,6 +363,10 @@ async fn push(
         stream_window: config.transport_to(Some(peer.ip())).stream_window,
         queue,
         pace: crate::lanes::Pace::new(config.max_rate),
+        until: match amount {
+            Amount::Time(t) => Some(tokio::time::Instant::now() + t),
+            Amount::Bytes(_) => None,
+        },
     };
     let mut streams = tokio::task::JoinSet::new();
     let first = config.streams.max(1);
@@ -400,6 +404,13 @@ async fn push(
             },
         }
     };
+    // What is still queued will not be sent (the time is up): a generator waiting to queue
+    // more, or for a buffer, is let go.
+    {
+        let mut rx = lanes.blocks.lock().await;
+        rx.close();
+        while rx.try_recv().is_ok() {}
+    }
     match generator.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Error::io("reading the benchmark's source")(e)),

@@ -137,6 +137,10 @@ pub(crate) struct Lanes {
     /// The user's ceiling (`--max-rate`), kept here whatever the transport and congestion
     /// controller: on loopback or over TCP no controller knows of it.
     pub(crate) pace: Option<Arc<Pace>>,
+    /// When the lanes stop taking blocks (`sluice bench --time`): a block waiting for its turn
+    /// under `pace` is dropped, not sent, so a slow ceiling does not stretch the run by what was
+    /// queued (`--time 1 --max-rate 1M` ran for minutes).
+    pub(crate) until: Option<tokio::time::Instant>,
 }
 
 /// A ceiling on the bytes handed to the lanes per second: each block waits for its turn on a
@@ -159,15 +163,24 @@ impl Pace {
         })
     }
 
-    /// Waits until `len` more bytes may go.
-    pub(crate) async fn take(&self, len: u64) {
+    /// Waits until `len` more bytes may go, or until `until`; false if that came first.
+    pub(crate) async fn take(&self, len: u64, until: Option<tokio::time::Instant>) -> bool {
         let start = {
             let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let start = (*next).max(tokio::time::Instant::now());
             *next = start + std::time::Duration::from_secs_f64(len as f64 / self.rate);
             start
         };
-        tokio::time::sleep_until(start).await;
+        match until {
+            Some(until) if until < start => {
+                tokio::time::sleep_until(until).await;
+                false
+            }
+            _ => {
+                tokio::time::sleep_until(start).await;
+                true
+            }
+        }
     }
 }
 
@@ -235,6 +248,7 @@ impl Lanes {
         let rx = self.blocks.clone();
         let progress = self.progress.clone();
         let pace = self.pace.clone();
+        let until = self.until;
         let conn_err = transport::conn_error(self.link.peer());
         set.spawn(async move {
             let Some(mut stream) = link.open_lane().await? else {
@@ -242,12 +256,17 @@ impl Lanes {
                 return Ok(());
             };
             loop {
+                if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                    break;
+                }
                 let next = rx.lock().await.recv().await;
                 let Some(block) = next else { break };
                 let n = block.carries;
                 if let Some(pace) = &pace {
-                    pace.take((block.header.len() + block.payload.len()) as u64)
-                        .await;
+                    let len = (block.header.len() + block.payload.len()) as u64;
+                    if !pace.take(len, until).await {
+                        break;
+                    }
                 }
                 let mut chunks = [block.header, block.payload];
                 stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;

@@ -848,7 +848,7 @@ async fn send_unit(
             }
             let payload = packed.unwrap_or_else(|| buf.freeze(n));
             if let Some(pace) = pace {
-                pace.take((header.len() + payload.len()) as u64).await;
+                pace.take((header.len() + payload.len()) as u64, None).await;
             }
             let mut chunks = [Bytes::copy_from_slice(&header), payload];
             lane.write(&mut chunks).await.map_err(|e| err(&e))?;

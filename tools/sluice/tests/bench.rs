@@ -221,3 +221,32 @@ over_both! {
         );
     }
 }
+
+/// `--time` ends the run on time under a slow `--max-rate` too: what was queued (a ring of
+/// 1 MiB blocks) is dropped, not drained at the ceiling (`--time 1 --max-rate 1M` ran for
+/// minutes). The bytes it reports were sent and verified.
+#[test]
+fn bench_time_holds_under_a_slow_ceiling() {
+    let started = std::time::Instant::now();
+    let child = sluice()
+        .args(["--json", "bench", "--time", "1", "--max-rate", "2M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_or_kill(
+        child,
+        std::time::Duration::from_secs(30),
+        "bench --time 1 --max-rate 2M",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .expect("a summary line");
+    let bytes = summary["bytes"].as_u64().expect("bytes");
+    assert!(bytes > 0 && bytes <= 4 << 20, "{summary}");
+}
