@@ -320,7 +320,7 @@ pub struct Tuning {
     /// 0: path-MTU discovery (at most 1452). Default: 16000 towards a loopback address, else
     /// discovery.
     #[arg(long, global = true)]
-    pub datagram_size: Option<u16>,
+    pub datagram_size: Option<u32>,
     /// send, db send: start up from a few packets, not from half the rate the last transfer to
     /// this host measured (kept a day in ~/.cache/sluice/paths, or under $XDG_CACHE_HOME), and
     /// keep nothing of this one
@@ -412,7 +412,7 @@ impl Tuning {
             if d != 0 && !(1200..=16_000).contains(&d) {
                 usage!("--datagram-size must be 0 (discovery) or 1200..=16000, not {d}");
             }
-            c.datagram_size = Some(d);
+            c.datagram_size = Some(d as u16);
         }
         c.direct_io = !self.no_direct;
         c.restart = self.restart;

@@ -43,7 +43,15 @@ fn main() {
         .init();
     let json = cli.json;
     close_on_signals(json);
-    if let Err(e) = run(cli) {
+    let result = run(cli).and_then(|()| match render::stdout_error() {
+        Some(source) => Err(sluice_engine::Error::Io {
+            what: "writing to standard output",
+            source,
+        }
+        .into()),
+        None => Ok(()),
+    });
+    if let Err(e) = result {
         let sig = STOPPED_BY.load(std::sync::atomic::Ordering::SeqCst);
         if sig != 0 {
             // The signal's thread closed the connections, which ended the run with an error;
@@ -122,7 +130,6 @@ fn verify_remote(
     mut config: sluice_engine::Config,
     json: bool,
 ) -> Result<()> {
-    use std::io::Write as _;
     config.dry_run = true;
     // Comparing must change nothing at the receiver.
     config.delete = false;
@@ -132,7 +139,6 @@ fn verify_remote(
         Ok(_) | Err(sluice_engine::Error::FilesFailed { .. }) => {}
         Err(e) => return Err(e).with_context(|| format!("verifying against {}", ticket.addr)),
     }
-    let mut out = std::io::stdout().lock();
     let (mut files, mut differ) = (0u64, 0u64);
     let mut ranged = std::collections::HashSet::new();
     let events = progress.take_events();
@@ -159,8 +165,7 @@ fn verify_remote(
                 if json {
                     render::content_difference_json(&path, &ranges);
                 } else {
-                    let _ = writeln!(
-                        out,
+                    outln!(
                         "differs: {}: ranges {}",
                         render::clean(&path),
                         shown.join(", ")
@@ -176,10 +181,9 @@ fn verify_remote(
                         &serde_json::json!({"event": "difference", "kind": "file", "path": path, "reason": reason}),
                     );
                 } else if reason.starts_with("missing") {
-                    let _ = writeln!(out, "missing: {}", render::clean(&path));
+                    outln!("missing: {}", render::clean(&path));
                 } else if !ranged.contains(&path) || reason.contains("bytes here") {
-                    let _ = writeln!(
-                        out,
+                    outln!(
                         "differs: {}: {}",
                         render::clean(&path),
                         render::clean(&reason)
@@ -196,8 +200,7 @@ fn verify_remote(
             &serde_json::json!({"event": "summary", "files": files, "differences": differ}),
         );
     } else {
-        let _ = writeln!(
-            out,
+        outln!(
             "sluice verify: {files} files compared at {}, {differ} differ",
             ticket.addr
         );

@@ -66,6 +66,19 @@ pub fn json_line(v: &serde_json::Value) {
     out_line(format_args!("{v}"));
 }
 
+/// The first error writing standard output other than a reader gone (a full disk): the
+/// command still finishes its work, then fails for it (`main`), so `sluice hash f > sums` on a
+/// full disk does not exit 0 with the sums lost.
+static STDOUT_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Why writing standard output failed, if it did: a local error (exit 5), whatever its cause
+/// (a full disk here is not the destination's).
+pub fn stdout_error() -> Option<std::io::Error> {
+    STDOUT_ERROR
+        .get()
+        .map(|text| std::io::Error::other(text.clone()))
+}
+
 /// One line on standard output, flushed (see `outln!`). If the reader has gone, the command
 /// ends here with 141, the status a shell gives a command `SIGPIPE` ended.
 pub fn out_line(line: std::fmt::Arguments<'_>) {
@@ -74,8 +87,12 @@ pub fn out_line(line: std::fmt::Arguments<'_>) {
         .write_fmt(line)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
-    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
-        std::process::exit(141);
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => {
+            let _ = STDOUT_ERROR.set(e.to_string());
+        }
+        Ok(()) => {}
     }
 }
 
@@ -202,8 +219,7 @@ where
         if summary.resent_blocks > 0 {
             extra += &format!("; {} damaged blocks re-sent", summary.resent_blocks);
         }
-        let _ = writeln!(
-            std::io::stdout(),
+        outln!(
             "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}{extra}",
             summary.files,
             summary.entries,
@@ -276,7 +292,6 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
 /// Prints what `sluice verify` found.
 pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
     use sluice_engine::verify::Difference;
-    let mut out = std::io::stdout().lock();
     for d in &report.differences {
         let (kind, path, detail) = match d {
             Difference::Missing(p) => ("missing", p, serde_json::Value::Null),
@@ -321,16 +336,15 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             } else {
                 String::new()
             };
-            let _ = writeln!(
-                out,
+            outln!(
                 "differs: {}: {source_size} vs {dest_size} bytes; ranges {}{more}",
                 clean(path),
                 shown.join(", ")
             );
         } else if let Difference::Unreadable { reason, .. } = d {
-            let _ = writeln!(out, "unreadable: {}", clean(reason));
+            outln!("unreadable: {}", clean(reason));
         } else {
-            let _ = writeln!(out, "{kind}: {}", clean(path));
+            outln!("{kind}: {}", clean(path));
         }
     }
     if json {
@@ -338,8 +352,7 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             &serde_json::json!({"event": "summary", "entries": report.entries, "differences": report.differences.len()}),
         );
     } else {
-        let _ = writeln!(
-            out,
+        outln!(
             "sluice verify: {} entries compared, {} differ",
             report.entries,
             report.differences.len()

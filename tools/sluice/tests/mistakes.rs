@@ -417,3 +417,32 @@ fn a_reader_that_goes_ends_the_command_quietly() {
         assert_eq!(out.status.code(), Some(141), "{err}");
     }
 }
+
+/// Output that cannot be written (standard output on a full disk, here `/dev/full`) fails the
+/// command after its work, exit 5, naming it: `sluice hash f > sums` exited 0 with the sums lost.
+#[test]
+fn output_that_cannot_be_written_fails_the_command() {
+    let Ok(full) = fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("no /dev/full here; skipped");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("f");
+    fs::write(&f, b"some bytes").unwrap();
+    for json in [false, true] {
+        let mut c = sluice();
+        if json {
+            c.arg("--json");
+        }
+        let out = c
+            .arg("hash")
+            .arg(&f)
+            .stdout(full.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{err}");
+        assert!(err.contains("writing to standard output"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
