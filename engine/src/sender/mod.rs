@@ -446,6 +446,9 @@ async fn transfer(
                     SenderEvent::Verified(id) => {
                         let e = &manifest[id as usize].entry;
                         let root = roots.remove(&id).unwrap_or_default();
+                        // The sender's count of verified bytes is whole files the receiver
+                        // verified (`--json`'s `bytes_verified` stayed 0 here).
+                        progress.add_verified(e.size);
                         progress.push(Event::FileVerified { path: e.path.clone(), size: e.size, root });
                     }
                     SenderEvent::Failed { id, reason, cause } => {

@@ -566,3 +566,38 @@ fn copy_keeps_modes_exactly_under_any_umask() {
         assert_eq!(got, mode & 0o1777, "{name}: {got:o}");
     }
 }
+
+/// `--json` progress at the sender counts the bytes of files the receiver verified (it stayed
+/// 0 while `files_verified` grew).
+#[test]
+fn json_progress_counts_verified_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    random_file(&src.join("a"), BLOCK, 1);
+    random_file(&src.join("b"), 12 * BLOCK, 2);
+    // About 2.5 s at 40 Mbit/s: progress lines come every second.
+    let out = sluice()
+        .args(["--json", "--max-rate", "40M", "copy"])
+        .arg(&src)
+        .arg(d.path().join("dest"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "progress")
+        .collect();
+    assert!(!progress.is_empty(), "no progress line in a 2.5 s copy");
+    let counted = progress.iter().any(|p| {
+        p["files_verified"].as_u64() >= Some(1) && p["bytes_verified"].as_u64() >= Some(BLOCK)
+    });
+    assert!(counted, "{progress:?}");
+    for p in &progress {
+        assert!(
+            p["bytes_verified"].as_u64() <= p["bytes_total"].as_u64(),
+            "{p}"
+        );
+    }
+}
