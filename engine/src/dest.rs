@@ -93,7 +93,18 @@ impl Destination {
     /// Opens (creating if needed) the destination directory.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        if fs::metadata(&root).is_ok_and(|m| !m.is_dir()) {
+        // Without a trailing slash: `ef/` naming a file said "File exists" (mkdir's words).
+        let plain: PathBuf = root.components().collect();
+        if let (Err(_), Ok(target)) = (fs::metadata(&plain), fs::read_link(&plain)) {
+            return Err(Error::Destination {
+                path: root.display().to_string(),
+                why: format!(
+                    "it is a symlink to {}, which does not exist: name the directory it should be",
+                    target.display()
+                ),
+            });
+        }
+        if fs::metadata(&plain).is_ok_and(|m| !m.is_dir()) {
             // As cp says it ("not a directory"), rather than mkdir's "File exists".
             return Err(Error::Destination {
                 path: root.display().to_string(),

@@ -65,6 +65,31 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         },
     );
 
+    // A destination that is a file named with a slash, or a dangling symlink: said so, not
+    // mkdir's "File exists".
+    fs::write(p("plain"), b"x").unwrap();
+    let (out, took) = run(&["copy", &p("file"), &format!("{}/", p("plain"))]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "a file named as a directory",
+            code: 7,
+            says: &["plain/", "is a file, not a directory"],
+        },
+    );
+    std::os::unix::fs::symlink("nowhere", p("dangling")).unwrap();
+    let (out, took) = run(&["copy", &p("file"), &p("dangling")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "a dangling symlink as the destination",
+            code: 7,
+            says: &["dangling", "symlink to nowhere, which does not exist"],
+        },
+    );
+
     // A FIFO (or a device) named as a source: skipped inside a directory, refused here.
     let fifo = p("fifo");
     assert!(std::process::Command::new("mkfifo")
