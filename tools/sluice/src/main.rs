@@ -226,7 +226,7 @@ fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
         message.push_str(&text);
     }
     if kind == Some(ErrorKind::NoSpace) {
-        message.push_str(" (free space at the destination and run the same command again: the partial file is kept and the transfer resumes)");
+        message.push_str(" (free space at the destination and run the same command again: the partial file is kept and the transfer resumes; a file that replaces an older one needs room for both until it is verified, and --inplace updates the older one where it lies instead)");
     }
     message
 }
