@@ -411,6 +411,11 @@ async fn push(
         rx.close();
         while rx.try_recv().is_ok() {}
     }
+    // Waited for without blocking this thread: a generator waiting for a buffer gets it back
+    // only as this runtime takes the peer's ACKs (a blocking join here hung the run for good).
+    while !generator.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     match generator.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Error::io("reading the benchmark's source")(e)),
