@@ -335,6 +335,8 @@ impl Receiver {
         advertise: Option<SocketAddr>,
         config: Config,
     ) -> Result<Self> {
+        // The address first: a port in use must not leave a new, empty destination behind.
+        let (rt, listener) = crate::endpoint::listening(listen, advertise, &config)?;
         let mut dest = Destination::new(dest)?;
         if config.exact_modes {
             dest.exact_modes();
@@ -348,7 +350,6 @@ impl Receiver {
                 dest.root().display()
             );
         }
-        let (rt, listener) = crate::endpoint::listening(listen, advertise, &config)?;
         Ok(Self {
             config,
             dest,

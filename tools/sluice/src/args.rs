@@ -14,6 +14,20 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 /// Returns a [`Usage`] error: `usage!("--ring must be at least 2")`.
+/// An address for the ticket (`--advertise`): one a sender can connect to, so neither a
+/// wildcard nor port 0 (a ticket naming 0.0.0.0:0 was printed, and no sender could use it).
+fn advertised(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|e| format!("{e}: give ADDR:PORT, e.g. 192.0.2.10:7000"))?;
+    if a.ip().is_unspecified() || a.port() == 0 {
+        return Err(format!(
+            "{a} cannot be connected to: give this host's address as senders reach it, and the port it listens on"
+        ));
+    }
+    Ok(a)
+}
+
 macro_rules! usage {
     ($($t:tt)*) => {
         return Err(anyhow::Error::new($crate::args::Usage(format!($($t)*))))
@@ -65,7 +79,7 @@ pub enum Command {
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
         /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
-        #[arg(long)]
+        #[arg(long, value_parser = advertised)]
         advertise: Option<SocketAddr>,
         /// Let the sender remove what its directories no longer hold (its --delete). Without
         /// it a sender asking for --delete is refused: a ticket lets it add and replace files,
@@ -147,7 +161,7 @@ pub enum DbCommand {
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
         /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
-        #[arg(long)]
+        #[arg(long, value_parser = advertised)]
         advertise: Option<SocketAddr>,
     },
     /// Compare two databases table by table and range by range (row counts and digests);
@@ -208,7 +222,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: SocketAddr,
     /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
-    #[arg(long)]
+    #[arg(long, value_parser = advertised)]
     pub advertise: Option<SocketAddr>,
     /// Bytes to send, e.g. 4G (default: send for --time).
     #[arg(long, value_parser = parse_size, conflicts_with = "time")]

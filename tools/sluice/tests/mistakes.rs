@@ -207,7 +207,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
     let port = udp.local_addr().unwrap().port();
     let _tcp = std::net::TcpListener::bind(("127.0.0.1", port));
     let listen = format!("127.0.0.1:{port}");
-    let (out, took) = run(&["recv", "--listen", &listen, &p("dest")]);
+    let (out, took) = run(&["recv", "--listen", &listen, &p("new-dest")]);
     check(
         out,
         took,
@@ -215,6 +215,22 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             what: "port in use",
             code: 5,
             says: &[&listen, "in use"],
+        },
+    );
+    assert!(
+        !d.path().join("new-dest").exists(),
+        "a destination made for nothing"
+    );
+
+    // A ticket no sender could use.
+    let (out, took) = run(&["recv", "--advertise", "0.0.0.0:0", &p("new-dest")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "an address no sender can connect to",
+            code: 2,
+            says: &["0.0.0.0:0", "cannot be connected to"],
         },
     );
 
