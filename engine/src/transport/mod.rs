@@ -572,8 +572,10 @@ pub async fn explain<T>(
         Some(Ended::ByPeer { code, reason }) if code != 0 || !reason.is_empty() => {
             format!("{who} aborted: {reason}")
         }
+        // QUIC's idle timeout is the shorter of the two sides' (`--idle-timeout` at either).
         Some(Ended::TimedOut) => format!(
-            "timed out: no packet from the {who} for {} s; {resume}",
+            "timed out: no packet from the {who} within the idle timeout ({} s here, or the \
+             {who}'s own if shorter); {resume}",
             idle_timeout.as_secs()
         ),
         Some(Ended::Lost(why)) if why.contains("reset") || why.contains("closed") => {
