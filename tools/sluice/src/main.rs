@@ -401,11 +401,11 @@ fn run(cli: Cli) -> Result<()> {
                 };
                 match hashed {
                     Ok(hash) if json => render::json_line(&serde_json::json!({
-                        "event": "hash", "path": f.to_string_lossy(), "blake3": hash.to_hex().as_str()
+                        "event": "hash", "path": sluice_engine::manifest::wire_name(f.as_os_str()), "blake3": hash.to_hex().as_str()
                     })),
                     Err(e) if json => {
                         render::json_line(&serde_json::json!({
-                            "event": "error", "path": f.to_string_lossy(), "kind": "Local",
+                            "event": "error", "path": sluice_engine::manifest::wire_name(f.as_os_str()), "kind": "Local",
                             "message": format!("{}: {e}", f.display()),
                         }));
                         errln!("sluice: {}: {e}", f.display());

@@ -142,6 +142,18 @@ over_both! {
         assert_eq!(lines[0]["blake3"], x.as_str());
         assert_eq!(lines[0]["path"], odd.to_string_lossy().as_ref());
         assert_eq!(lines[1]["event"], "error");
+        // A name that is not UTF-8 is written as every other command writes it (the
+        // manifest's text, which maps back to the bytes), not with U+FFFD in place of them.
+        use std::os::unix::ffi::OsStrExt as _;
+        let raw = d.path().join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+        fs::write(&raw, b"x").unwrap();
+        let out = sluice().args(["--json", "hash"]).arg(&raw).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+        let wire = sluice_proto::path::name_from_bytes(raw.as_os_str().as_bytes());
+        assert_eq!(line["path"], wire.as_ref());
+        assert!(!wire.contains('\u{fffd}'), "{wire}");
     }
 }
 
