@@ -411,15 +411,12 @@ async fn push(
         rx.close();
         while rx.try_recv().is_ok() {}
     }
-    // Waited for without blocking this thread: a generator waiting for a buffer gets it back
-    // only as this runtime takes the peer's ACKs (a blocking join here hung the run for good).
-    while !generator.is_finished() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    match generator.join() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(Error::io("reading the benchmark's source")(e)),
-        Err(_) => return Err(err(&"the generating thread panicked")),
+    // Joined off this thread: a generator waiting for a buffer gets it back only as this
+    // runtime takes the peer's ACKs (a blocking join here hung the run for good).
+    match tokio::task::spawn_blocking(move || generator.join()).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(Error::io("reading the benchmark's source")(e)),
+        Ok(Err(_)) | Err(_) => return Err(err(&"the generating thread panicked")),
     }
     control
         .send(&Message::FileDone {

@@ -771,8 +771,7 @@ async fn receive(
                 let failed_files = entries
                     .iter()
                     .filter(|e| e.kind == EntryKind::File && first_failure.paths.contains(&e.path))
-                    .count()
-                    .min(file_count);
+                    .count();
                 let summary = Summary {
                     entries: (entries.len() as u64).saturating_sub(failures),
                     files: (file_count - failed_files) as u64,

@@ -464,17 +464,13 @@ async fn transfer(
                         // could not make shows as an entry short of the manifest.
                         let expected = manifest.len().saturating_sub(failures.len()) as u64;
                         short = expected.saturating_sub(u64::from(entries)) as usize;
-                        if short > 0 {
-                            if failures.is_empty() {
-                                first_kind = crate::error::ErrorKind::Destination;
-                            }
-                            let what = if short == 1 { "directory or link" } else { "directories or links" };
-                            failures.push(format!("{short} {what} could not be made at the receiver (its messages say which)"));
+                        if short > 0 && failures.is_empty() {
+                            first_kind = crate::error::ErrorKind::Destination;
                         }
                         let s = progress.snapshot();
                         break Summary {
                             entries: u64::from(entries),
-                            files: total_files.saturating_sub(failures.len() as u64),
+                            files: total_files - failures.len() as u64,
                             bytes,
                             payload_bytes: s.bytes_sent,
                             kept_bytes: s.bytes_kept,
@@ -498,18 +494,26 @@ async fn transfer(
     drop(resend_tx);
     board.close();
     let _ = reader.join();
-    if let Some(first) = failures.first() {
+    if !failures.is_empty() || short > 0 {
         // Directories and links that failed count among entries, not files.
-        let (items, failed, total) = if short > 0 {
-            ("entries", failures.len() - 1 + short, manifest.len())
+        let (items, total) = if short > 0 {
+            ("entries", manifest.len())
         } else {
-            ("files", failures.len(), total_files as usize)
+            ("files", total_files as usize)
         };
+        let first = failures.first().cloned().unwrap_or_else(|| {
+            let what = if short == 1 {
+                "directory or link"
+            } else {
+                "directories or links"
+            };
+            format!("{short} {what} could not be made at the receiver (its messages say which)")
+        });
         return Err(Error::FilesFailed {
             items,
-            failed,
+            failed: failures.len() + short,
             total,
-            first: first.clone(),
+            first,
             kind: first_kind,
         });
     }

@@ -14,6 +14,19 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 /// Returns a [`Usage`] error: `usage!("--ring must be at least 2")`.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        return Err(anyhow::Error::new($crate::args::Usage(format!($($t)*))))
+    };
+}
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use sluice_engine::Config;
+
 /// An address for the ticket (`--advertise`): one a sender can connect to, so neither a
 /// wildcard nor port 0 (a ticket naming 0.0.0.0:0 was printed, and no sender could use it).
 fn advertised(s: &str) -> Result<SocketAddr, String> {
@@ -27,19 +40,6 @@ fn advertised(s: &str) -> Result<SocketAddr, String> {
     }
     Ok(a)
 }
-
-macro_rules! usage {
-    ($($t:tt)*) => {
-        return Err(anyhow::Error::new($crate::args::Usage(format!($($t)*))))
-    };
-}
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
-use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
-use sluice_engine::Config;
 
 /// Move files and directory trees over QUIC (or TLS over TCP), every byte verified with BLAKE3.
 #[derive(Debug, Parser)]

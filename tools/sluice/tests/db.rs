@@ -546,6 +546,18 @@ const BIG: &str = "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
 /// several committed and several to go, two jobs, TCP.
 const RESUME_OPTS: [&str; 6] = ["--range-size", "2M", "--jobs", "2", "--transport", "tcp"];
 
+/// A cluster whose `src` holds `BIG`, and a `db send` of it into `dst` (with [`RESUME_OPTS`])
+/// killed once it committed four units, as the resume tests start: the cluster, both URLs and
+/// the units held. `None` without PostgreSQL.
+fn big_copy_interrupted() -> Option<(Cluster, String, String, u64)> {
+    let bin = pg_bin()?;
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql("src", BIG);
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let held = send_interrupted(&pg, &src, &dst, &RESUME_OPTS);
+    Some((pg, src, dst, held))
+}
+
 /// `sluice db verify SRC DST` exits 0, and an independent `pg_dump --data-only` of both agrees.
 fn assert_identical(pg: &Cluster, src: &str, dst: &str) {
     let out = sluice_db(&["db", "verify", src, dst]);
@@ -735,12 +747,9 @@ fn killed_sender_then_killed_receiver_resume_to_identical_databases() {
 /// resume was refused: "the table changed since the interrupted run".)
 #[test]
 fn rows_added_between_runs_are_copied_around_the_committed_ranges() {
-    let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::with_src_and_dst(&bin);
-    pg.sql("src", BIG);
-    let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = RESUME_OPTS;
-    let held = send_interrupted(&pg, &src, &dst, &opts);
+    let Some((pg, src, dst, held)) = big_copy_interrupted() else {
+        return;
+    };
     assert!(held >= 4);
 
     pg.sql(
@@ -750,7 +759,7 @@ fn rows_added_between_runs_are_copied_around_the_committed_ranges() {
          DELETE FROM big WHERE id = 199999",
     );
     let mut args = vec!["db", "copy", &src, &dst, "--json"];
-    args.extend(&opts[..4]);
+    args.extend(&RESUME_OPTS[..4]);
     let out = sluice_db(&args);
     assert!(out.status.success(), "resume: {}", stderr(&out));
     let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
@@ -820,12 +829,10 @@ fn max_rate_is_a_ceiling_for_rows_too() {
 /// last range, kept now that it is checked.
 #[test]
 fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
-    let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::with_src_and_dst(&bin);
-    pg.sql("src", BIG);
-    let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = RESUME_OPTS;
-    assert!(send_interrupted(&pg, &src, &dst, &opts) >= 4);
+    let Some((pg, src, dst, held)) = big_copy_interrupted() else {
+        return;
+    };
+    assert!(held >= 4);
 
     // A row in every range changes; ten keys move past the end. The receiving end is
     // elsewhere: `db send` exits 8 naming the ranges it removed.
@@ -835,7 +842,7 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
          UPDATE big SET id = id + 1000000 WHERE id <= 10;",
     );
     let recv = DbRecv::start(&[&dst, "--transport", "tcp"]);
-    let out = db_send(&src, &recv.ticket, &opts)
+    let out = db_send(&src, &recv.ticket, &RESUME_OPTS)
         .wait_with_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
@@ -849,7 +856,7 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
         "UPDATE big SET payload = '\\x01' WHERE id % 7000 = 0",
     );
     let mut args = vec!["db", "copy", &src, &dst];
-    args.extend(&opts[..4]);
+    args.extend(&RESUME_OPTS[..4]);
     let out = sluice_db(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -866,12 +873,10 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
 /// to do, instead of asking for yet another rerun that would end the same way.
 #[test]
 fn a_source_written_to_all_along_is_named_after_the_second_try() {
-    let Some(bin) = pg_bin() else { return };
-    let pg = Cluster::with_src_and_dst(&bin);
-    pg.sql("src", BIG);
-    let (src, dst) = (pg.url("src"), pg.url("dst"));
-    let opts = RESUME_OPTS;
-    assert!(send_interrupted(&pg, &src, &dst, &opts) >= 4);
+    let Some((pg, src, dst, held)) = big_copy_interrupted() else {
+        return;
+    };
+    assert!(held >= 4);
 
     // Changed before the rerun starts (its snapshot sees this), and all along while it runs
     // (the second try's snapshot sees more).
@@ -898,7 +903,7 @@ fn a_source_written_to_all_along_is_named_after_the_second_try() {
             n
         });
         let mut args = vec!["db", "copy", &src, &dst];
-        args.extend(&opts[..4]);
+        args.extend(&RESUME_OPTS[..4]);
         let out = sluice_db(&args);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(writer.join().unwrap() > 1, "the writer never ran");
