@@ -126,6 +126,9 @@ pub struct Progress {
     bytes_packed: AtomicU64,
     packed_wire: AtomicU64,
     bytes_zero: AtomicU64,
+    /// Payload bytes the sender has read and hashed, sent or not: its own work, which the
+    /// receiver hears of in `Working` (not in [`Snapshot`]).
+    bytes_read: AtomicU64,
     events: Mutex<VecDeque<Event>>,
 }
 
@@ -186,6 +189,15 @@ impl Progress {
 
     pub(crate) fn add_zero(&self, n: u64) {
         self.bytes_zero.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn add_read(&self, n: u64) {
+        self.bytes_read.fetch_add(n, Relaxed);
+    }
+
+    /// Payload bytes the sender has read and hashed so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Relaxed)
     }
 
     pub(crate) fn add_kept(&self, n: u64) {

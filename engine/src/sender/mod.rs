@@ -327,8 +327,8 @@ async fn transfer(
     }
     let _closer = CloseBoard(&board);
     let mut reading = true;
-    // Until the reader has read everything: what it had found held when the receiver last
-    // heard that this side is at work (see `Working` below).
+    // Until the reader has read everything: what it had read when the receiver last heard
+    // that this side is at work (see `Working` below).
     let mut working = Some((0u64, std::time::Instant::now()));
     let mut roots = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
@@ -390,7 +390,7 @@ async fn transfer(
                 // Blocks found held move the transfer on as blocks sent do: a large unchanged
                 // file is read for minutes with nothing to send. The receiver, which then hears
                 // nothing, is told about once a second.
-                if stall.stalled(sent + snapshot.bytes_kept, left) {
+                if stall.stalled(sent + snapshot.bytes_kept + progress.bytes_read(), left) {
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
                         "nothing moved for {} s: waiting for the receiver",
@@ -403,10 +403,13 @@ async fn transfer(
                         link.flow_figures()
                     );
                 }
-                if let (Some((kept, at)), Some(id)) = (working, board.reading()) {
-                    if snapshot.bytes_kept != kept && at.elapsed() >= crate::progress::WORKING_EVERY {
-                        control.send(&Message::Working { id, done: snapshot.bytes_kept }).await?;
-                        working = Some((snapshot.bytes_kept, std::time::Instant::now()));
+                // Per block read, not per group found held: a group of 64 blocks on a slow
+                // disk can take longer than the receiver's stall timeout.
+                let read = progress.bytes_read();
+                if let (Some((before, at)), Some(id)) = (working, board.reading()) {
+                    if read != before && at.elapsed() >= crate::progress::WORKING_EVERY {
+                        control.send(&Message::Working { id, done: read }).await?;
+                        working = Some((read, std::time::Instant::now()));
                     }
                 }
                 silence.check(&**link, config.idle_timeout, "receiver", "partial files are kept at the receiver: send again to resume, to a new `sluice recv` into the same directory if this one stopped")?;
@@ -1346,6 +1349,7 @@ impl Reader<'_> {
             std::thread::sleep(pause);
         }
         let cv = merkle::block_cv(&data.as_slice()[..n], offset, size);
+        self.progress.add_read(n as u64);
         let Some(st) = state.get_mut(&fi) else {
             return Ok(());
         };
