@@ -462,6 +462,7 @@ fn generate(
             packed: 0,
             zero: false,
             moved: false,
+            early: false,
             hash,
             patch: false,
         });

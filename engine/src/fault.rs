@@ -96,3 +96,18 @@ fn millis(name: &str) -> Option<std::time::Duration> {
 pub(crate) fn slow_read() -> Option<std::time::Duration> {
     None
 }
+
+/// From `SLUICE_FAULT_EARLY=N` in the sender's environment: the first file's first `N` blocks go
+/// before the receiver's answer whatever the round trip, and all of them even if the answer
+/// comes first, so that the tests can show on loopback both what a receiver holding nothing
+/// keeps of them and what one holding the file drops.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn early_blocks() -> Option<u64> {
+    std::env::var("SLUICE_FAULT_EARLY").ok()?.parse().ok()
+}
+
+/// Without the feature: early blocks go by the round trip.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn early_blocks() -> Option<u64> {
+    None
+}

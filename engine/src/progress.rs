@@ -129,6 +129,8 @@ pub struct Progress {
     /// Payload bytes the sender has read and hashed, sent or not: its own work, which the
     /// receiver hears of in `Working` (not in [`Snapshot`]).
     bytes_read: AtomicU64,
+    /// Of `bytes_sent`, bytes the receiver dropped unread ([`Progress::take_back_sent`]).
+    sent_taken_back: AtomicU64,
     events: Mutex<VecDeque<Event>>,
 }
 
@@ -180,6 +182,12 @@ impl Progress {
 
     pub(crate) fn add_sent(&self, n: u64) {
         self.bytes_sent.fetch_add(n, Relaxed);
+    }
+
+    /// Takes back `n` bytes counted as sent, or still to be counted so by the network thread,
+    /// that the receiver dropped unread (early blocks of a file it holds something of).
+    pub(crate) fn take_back_sent(&self, n: u64) {
+        self.sent_taken_back.fetch_add(n, Relaxed);
     }
 
     pub(crate) fn add_packed(&self, raw: u64, packed: u64) {
@@ -241,7 +249,10 @@ impl Progress {
         Snapshot {
             bytes_total: self.bytes_total.load(Relaxed),
             files_total: self.files_total.load(Relaxed),
-            bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_sent: self
+                .bytes_sent
+                .load(Relaxed)
+                .saturating_sub(self.sent_taken_back.load(Relaxed)),
             bytes_verified: self.bytes_verified.load(Relaxed),
             files_verified: self.files_verified.load(Relaxed),
             bytes_kept: self.bytes_kept.load(Relaxed),

@@ -63,8 +63,13 @@ struct Shared {
     /// what a run holds is bounded by the files in progress, not by every block of the run.
     claimed: HashMap<u32, Claimed>,
     /// Files are taken up in manifest order: every file entry before this one has been (the
-    /// sender may send a file's blocks only after its `HaveDone`).
+    /// sender may send a file's blocks only after its `HaveDone`, but for the first file's
+    /// early blocks, and that file is taken up as its entry arrives).
     taken_up: u32,
+    /// Whether this side sent a `Holding` for the manifest's first file: then that file's early
+    /// blocks (sent before the sender knew what is held here) are read and dropped, and the
+    /// sender, which learns the same from the `Holding`, sends what is missing again.
+    first_held: bool,
 }
 
 /// The blocks of one file that streams have taken.
@@ -548,6 +553,7 @@ async fn receive(
         session: ReceiverSession::with_policy(secret, policy(config)),
         claimed: HashMap::new(),
         taken_up: 0,
+        first_held: false,
     }));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (job_tx, job_rx) = burst::channel::<Job>();
@@ -612,10 +618,11 @@ async fn receive(
                         break;
                     }
                     pending.pop_front();
-                    let entry = {
+                    let (entry, first) = {
                         let mut s = shared.lock().map_err(|_| poisoned())?;
+                        let first = s.taken_up == 0;
                         s.taken_up = id + 1;
-                        s.session.entries()[id as usize].clone()
+                        (s.session.entries()[id as usize].clone(), first)
                     };
                 let (restart, inplace, rehash) = {
                     let s = shared.lock().map_err(|_| poisoned())?;
@@ -666,6 +673,10 @@ async fn receive(
                 let trusted = prepared.resume && !rehash;
                 let vouching = trusted && journal::vouches(&prepared.journal, &prepared.part, &key);
                 if let Some(len) = prepared.existing.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()) {
+                    // Before the manifest ends, so before any data stream is read.
+                    if first {
+                        shared.lock().map_err(|_| poisoned())?.first_held = true;
+                    }
                     control.send(&Message::Holding { id: entry.id, len, vouching }).await?;
                 }
                 tracing::debug!(id = entry.id, "file prepared");
@@ -1659,26 +1670,32 @@ async fn read_block(
         }
         let file_len = s.session.entries()[header.file as usize].size;
         let block_size = u64::from(s.session.block_size());
-        let taken = s
-            .claimed
-            .entry(header.file)
-            .or_insert_with(|| Claimed::Open(Default::default()));
-        match taken {
-            Claimed::Open(blocks) => {
-                if !blocks.insert(index) {
-                    return Err(sluice_proto::session::SessionError::BadBlock {
-                        file: header.file,
-                        offset: header.offset,
-                        len: header.len,
-                        why: "block sent twice",
+        if header.early && s.first_held {
+            // Sent before our Holding reached the sender, which sends the block again if the
+            // file needs it: read and dropped, not claimed.
+            (index, file_len, block_size, true)
+        } else {
+            let taken = s
+                .claimed
+                .entry(header.file)
+                .or_insert_with(|| Claimed::Open(Default::default()));
+            match taken {
+                Claimed::Open(blocks) => {
+                    if !blocks.insert(index) {
+                        return Err(sluice_proto::session::SessionError::BadBlock {
+                            file: header.file,
+                            offset: header.offset,
+                            len: header.len,
+                            why: "block sent twice",
+                        }
+                        .into());
                     }
-                    .into());
+                    (index, file_len, block_size, false)
                 }
-                (index, file_len, block_size, false)
+                // The file failed here before the sender knew (or, against the protocol, was
+                // already verified): the block is read and dropped.
+                Claimed::Closed => (index, file_len, block_size, true),
             }
-            // The file failed here before the sender knew (or, against the protocol, was
-            // already verified): the block is read and dropped.
-            Claimed::Closed => (index, file_len, block_size, true),
         }
     };
     // A moved block's offset in the older version comes first, then its literal prefix.

@@ -1054,6 +1054,7 @@ fn complete_patch(
         packed: 0,
         zero: false,
         moved: false,
+        early: false,
         ..*header
     };
     Ok((whole, buf))
@@ -1180,6 +1181,7 @@ mod tests {
             packed: 0,
             zero: false,
             moved: true,
+            early: false,
         };
         let (whole, buf) = complete_patch(
             Some(&old),
@@ -1277,6 +1279,7 @@ mod tests {
                         packed: 0,
                         zero: false,
                         moved: false,
+                        early: false,
                     },
                     file_len,
                     buf,

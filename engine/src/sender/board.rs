@@ -245,6 +245,14 @@ impl HaveBoard {
         }
     }
 
+    /// Whether the receiver has said how much of file `id` it holds ([`HaveBoard::wait_held`]
+    /// would not wait).
+    pub(super) fn answered(&self, id: u32) -> bool {
+        self.lock()
+            .get(&id)
+            .is_some_and(|st| st.held.is_some() || st.done)
+    }
+
     pub(super) fn done(&self, id: u32) {
         let mut files = self.lock();
         if let Some(st) = self.state(&mut files, id) {

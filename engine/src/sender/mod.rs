@@ -228,17 +228,8 @@ async fn transfer(
         count: manifest.len() as u32,
     });
     control.flush().await?;
-    match control.recv().await? {
-        Some(msg) => session.on_message(msg)?,
-        None => {
-            return Err(conn_err(
-                &"receiver closed the control stream before Welcome",
-            ))
-        }
-    };
-    progress.push(Event::Connected {
-        peer: peer.to_string(),
-    });
+    // Nor does the reader wait for it: the first file's first blocks fill the round trip
+    // (`Reader::send_early`). The Welcome is the first message the loop below reads.
 
     // Blocks flow reader → stream tasks; the channel holds at most the ring's worth.
     let (ring_first, ring_ceiling) = config.sending_ring();
@@ -264,6 +255,9 @@ async fn transfer(
         let config = config.clone();
         let pool = pool.clone();
         let progress = progress.clone();
+        // The handshake's round trip: on a LAN or loopback the receiver's answer comes before
+        // a block could be read.
+        let early = link.path().rtt >= EARLY_MIN_RTT;
         let input = ReaderInput {
             have: board.clone(),
             resend: resend_rx,
@@ -287,6 +281,7 @@ async fn transfer(
                     abandoned: Default::default(),
                     deferred: std::rc::Rc::new(Deferred::new(block_tx.clone(), event_tx.clone())),
                     search: Default::default(),
+                    early,
                     packer: std::cell::RefCell::new(Packer::new(
                         config.compress,
                         config.compress_level,
@@ -487,7 +482,9 @@ async fn transfer(
                             elapsed: Default::default(),
                         };
                     }
-                    SenderEvent::Welcomed => {}
+                    SenderEvent::Welcomed => progress.push(Event::Connected {
+                        peer: peer.to_string(),
+                    }),
                 }
             }
         }
@@ -573,6 +570,15 @@ struct Reading {
 /// mixing two versions. It costs 1/64 of the reading that vouching saves.
 const SPOT_CHECK: u64 = 64;
 
+/// The most bytes of the first file sent before the receiver says what it holds of it (at least
+/// one block): more than a fresh start's first window ([`sluice_quic::congestion::START_RATE`]
+/// × the round trip: 375 KB at 300 ms), which is all that can leave in that round trip, and
+/// all that is wasted when the receiver holds the file already.
+const EARLY_BYTES: u64 = 1 << 20;
+
+/// The shortest handshake round trip at which [`EARLY_BYTES`] go early.
+const EARLY_MIN_RTT: std::time::Duration = std::time::Duration::from_millis(4);
+
 /// The manifest's files in order, read through the manifest itself (no second copy of every
 /// entry: 200,000 files held 50 MB more at the sender with one).
 #[derive(Clone, Copy)]
@@ -617,6 +623,9 @@ struct Reader<'a> {
     deferred: std::rc::Rc<Deferred>,
     /// A block and the bytes after it, looked through for the receiver's anchors.
     search: std::cell::RefCell<Vec<u8>>,
+    /// Whether the first file's first blocks go before the receiver's answer
+    /// ([`Reader::send_early`]): only where the round trip is long enough to matter.
+    early: bool,
 }
 
 /// Short blocks (small files, last blocks) held back by the reader with the `FileDone` events
@@ -833,11 +842,31 @@ impl Reader<'_> {
             if let Some(b) = &self.board {
                 b.set_reading(src.entry.id);
             }
-            let held_blocks = self
-                .board
-                .as_ref()
-                .and_then(|b| b.wait_held(src.entry.id))
-                .map_or(0, |len| (len / geometry.block_size()).min(count));
+            // The manifest's first file does not wait for the receiver's answer to start: its
+            // first blocks fill the round trip that answer takes.
+            let early = if fi == 0 {
+                self.send_early(fi, &file)?
+            } else {
+                Vec::new()
+            };
+            let holding = self.board.as_ref().and_then(|b| b.wait_held(src.entry.id));
+            let held_blocks = holding.map_or(0, |len| (len / geometry.block_size()).min(count));
+            // A receiver that holds something of the file (it sent a Holding) dropped them; one
+            // that holds nothing took them as any other blocks.
+            let early_taken = if holding.is_some() {
+                let dropped: u64 = early.iter().map(|&(i, _)| geometry.block_len(i)).sum();
+                self.progress.take_back_sent(dropped);
+                0
+            } else {
+                let st = state
+                    .get_mut(&fi)
+                    .ok_or_else(|| Error::io("reader")(std::io::Error::other("lost its file")))?;
+                st.sent += early.len() as u64;
+                for &(index, cv) in &early {
+                    self.account(fi, index, cv, &mut state);
+                }
+                early.len() as u64
+            };
             tracing::debug!(
                 id = src.entry.id,
                 held_blocks,
@@ -858,7 +887,7 @@ impl Reader<'_> {
             // the reader checks held blocks meanwhile, into a buffer of its own: a held block
             // that matches never needs a ring buffer.
             let mut checked = 0;
-            let mut next_missing = held_blocks;
+            let mut next_missing = held_blocks.max(early_taken);
             while (next_missing < count || checked < held_blocks) && state.contains_key(&fi) {
                 // As soon as the receiver has reported it, or when nothing else is left.
                 if vouching
@@ -1109,6 +1138,7 @@ impl Reader<'_> {
                 packed: 0,
                 zero: false,
                 moved: false,
+                early: false,
             },
             payload,
         )
@@ -1211,6 +1241,7 @@ impl Reader<'_> {
                 packed: prefix as u32,
                 zero: false,
                 moved: true,
+                early: false,
             },
             Bytes::from(payload),
         )?;
@@ -1228,16 +1259,77 @@ impl Reader<'_> {
                 packed: 0,
                 zero: false,
                 moved: false,
+                early: false,
             },
             payload,
         )
     }
 
+    /// Sends the first blocks of file `fi` (the manifest's first), up to [`EARLY_BYTES`], before
+    /// the receiver has said what it holds of it: at a long round trip the first window would
+    /// otherwise leave empty while that answer crosses. Stops once the answer is in. Returns
+    /// each block sent, with its hash.
+    fn send_early(&self, fi: usize, file: &File) -> Result<Vec<(u64, Digest)>> {
+        let src = &self.files[fi];
+        let id = src.entry.id;
+        let forced = crate::fault::early_blocks();
+        let Some(board) = self
+            .board
+            .as_ref()
+            .filter(|_| (self.early || forced.is_some()) && !self.config.dry_run)
+        else {
+            return Ok(Vec::new());
+        };
+        let geometry = Geometry::new(src.entry.size, self.config.block_size);
+        let blocks = geometry
+            .blocks()
+            .min(forced.unwrap_or((EARLY_BYTES / geometry.block_size()).max(1)));
+        let mut sent = Vec::new();
+        for index in 0..blocks {
+            if forced.is_none() && board.answered(id) {
+                break;
+            }
+            let (offset, len) = (geometry.offset(index), geometry.block_len(index) as usize);
+            let mut buf = self.pool.take_blocking();
+            let n = read_full_at(file, &mut buf.as_mut_slice()[..len], offset)
+                .map_err(Error::file("reading", &src.local))?;
+            if n != len {
+                // Shorter than listed: the usual reading says so.
+                break;
+            }
+            let cv = merkle::block_cv(&buf.as_slice()[..n], offset, src.entry.size);
+            self.progress.add_read(n as u64);
+            self.send_frame(
+                BlockHeader {
+                    file: id,
+                    offset,
+                    len: n as u32,
+                    hash: cv,
+                    patch: false,
+                    packed: 0,
+                    zero: false,
+                    moved: false,
+                    early: true,
+                },
+                buf.freeze(n),
+            )?;
+            sent.push((index, cv));
+        }
+        // A small block would wait for company.
+        self.deferred.flush()?;
+        if !sent.is_empty() {
+            tracing::debug!(id, blocks = sent.len(), "sent before the receiver's answer");
+        }
+        Ok(sent)
+    }
+
     fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
         let carries = payload.len() as u64;
         let mut packer = self.packer.borrow_mut();
-        if header.moved {
-            // An offset, not the block: neither a hole nor worth packing.
+        if header.moved || header.early {
+            // An early block goes as it is, so that the receiver can tell it: not as zeros,
+            // not packed. A moved block is an offset, not the block: neither a hole nor worth
+            // packing.
         } else if !header.patch && blockio::all_zero(&payload) {
             // A sparse file's hole, or zeros written out: the header alone says it.
             header.zero = true;

@@ -840,6 +840,7 @@ async fn send_unit(
                 packed: packed.as_ref().map_or(0, |p| p.len() as u32),
                 zero: false,
                 moved: false,
+                early: false,
                 hash,
                 patch: false,
             });

@@ -36,6 +36,9 @@ pub const ZERO_TAG: u8 = 0xB4;
 pub const MOVED_TAG: u8 = 0xB5;
 /// Payload of a moved block: the offset of its bytes in the receiver's older version.
 pub const MOVED_LEN: usize = 8;
+/// First byte of an early block's header ([`BlockHeader::early`]; since version 11): a block
+/// as [`BLOCK_TAG`]'s, sent before the receiver said what it holds of the file.
+pub const EARLY_TAG: u8 = 0xB6;
 /// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
 pub const MAX_PIECES: usize = 256;
 
@@ -105,7 +108,7 @@ pub enum DecodeError {
         value: u64,
     },
     /// A block header did not start with a block tag.
-    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}, {MOVED_TAG:#04x}: data stream out of frame")]
+    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}, {MOVED_TAG:#04x}, {EARLY_TAG:#04x}: data stream out of frame")]
     BadBlockTag(u8),
 }
 
@@ -429,6 +432,7 @@ pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
     out[0] = match (h.patch, h.zero, h.packed) {
         _ if h.moved => MOVED_TAG,
+        (false, false, 0) if h.early => EARLY_TAG,
         (true, _, _) => PATCH_TAG,
         (false, true, _) => ZERO_TAG,
         (false, false, 0) => BLOCK_TAG,
@@ -453,7 +457,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
     let tag = r.u8("tag")?;
     if !matches!(
         tag,
-        BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG | MOVED_TAG
+        BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG | MOVED_TAG | EARLY_TAG
     ) {
         return Err(DecodeError::BadBlockTag(tag));
     }
@@ -466,6 +470,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         patch: tag == PATCH_TAG,
         zero: tag == ZERO_TAG,
         moved: tag == MOVED_TAG,
+        early: tag == EARLY_TAG,
     };
     // A moved block's `packed` is the length of its literal prefix, which may be 0.
     if tag != MOVED_TAG && (tag == PACKED_TAG) != (h.packed != 0) {
@@ -749,16 +754,18 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..5, packed in 1..=u32::MAX) {
-            // One of: a block, a patch, a packed block, a zero block, a moved block.
-            let (patch, zero, packed, moved) = match kind {
-                0 => (false, false, 0, false),
-                1 => (true, false, 0, false),
-                2 => (false, false, packed, false),
-                3 => (false, true, 0, false),
-                _ => (false, false, packed % 4096, true),
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..6, packed in 1..=u32::MAX) {
+            // One of: a block, a patch, a packed block, a zero block, a moved block, an early
+            // block.
+            let (patch, zero, packed, moved, early) = match kind {
+                0 => (false, false, 0, false, false),
+                1 => (true, false, 0, false, false),
+                2 => (false, false, packed, false, false),
+                3 => (false, true, 0, false, false),
+                4 => (false, false, packed % 4096, true, false),
+                _ => (false, false, 0, false, true),
             };
-            let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved };
+            let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved, early };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
         }
 
@@ -812,6 +819,7 @@ mod tests {
             packed: 0,
             zero: false,
             moved: false,
+            early: false,
         });
         b[0] = 0;
         assert_eq!(decode_block_header(&b), Err(DecodeError::BadBlockTag(0)));
@@ -828,6 +836,7 @@ mod tests {
             packed: 5000,
             zero: false,
             moved: false,
+            early: false,
         };
         let mut b = encode_block_header(&h);
         assert_eq!(b[0], PACKED_TAG);

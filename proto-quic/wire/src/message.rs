@@ -430,4 +430,10 @@ pub struct BlockHeader {
     /// the block, `len − packed` bytes, is the older version's from `from` on. `hash` is checked
     /// on the whole block as for one that crossed. Only a whole block moves.
     pub moved: bool,
+    /// An early block (tag [`crate::codec::EARLY_TAG`]; since version 11): a plain block of
+    /// the manifest's first file, sent before the receiver's `Holding` or `HaveDone` for it so
+    /// that the first round trip carries data. The receiver drops it if it sent a `Holding` for
+    /// the file (it holds something of it, and the sender then sends the block again if
+    /// needed); otherwise it is a block like any other. Never patched, packed, zero or moved.
+    pub early: bool,
 }

@@ -654,6 +654,17 @@ impl ReceiverSession {
         }
         let entry = self.file(h.file)?;
         let bs = u64::from(self.block_size);
+        if h.early
+            && self
+                .entries
+                .iter()
+                .find(|e| e.kind == EntryKind::File)
+                .is_none_or(|e| e.id != h.file)
+        {
+            return Err(bad(
+                "an early block of a file other than the manifest's first",
+            ));
+        }
         if h.packed != 0 && h.packed >= h.len {
             return Err(bad("packed payload is not smaller than the block"));
         }
@@ -1295,6 +1306,7 @@ mod tests {
             packed: 0,
             zero: false,
             moved: false,
+            early: false,
         };
         assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
         assert_eq!(
@@ -1336,6 +1348,7 @@ mod tests {
             packed: 0,
             zero: false,
             moved: false,
+            early: false,
         };
         assert_eq!(s.check_block(&p(100, 50)), Ok(0));
         assert_eq!(s.check_block(&p(1024, 1024)), Ok(1));

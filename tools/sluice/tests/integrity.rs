@@ -417,6 +417,44 @@ over_both! {
     }
 }
 
+over_both! {
+    fn blocks_sent_before_the_receivers_answer_are_kept_or_dropped_as_it_holds() {
+        // At a long round trip the first file's first blocks go before the receiver has said
+        // what it holds. SLUICE_FAULT_EARLY makes them go on loopback too, three of them,
+        // however soon the answer comes.
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("tree");
+        fs::create_dir_all(&src).unwrap();
+        let k = 64 << 10;
+        random_file(&src.join("a.bin"), 20 * k + 5, 61);
+        random_file(&src.join("b.bin"), 3 * k + 1, 62);
+        fs::write(src.join("c.txt"), "small").unwrap();
+        let dest = d.path().join("dest");
+        let early = [("SLUICE_FAULT_EARLY", "3")];
+        let options = ["--block-size", "64K"];
+        // A receiver that holds nothing keeps them: every byte crosses once.
+        let (s, r) = send_recv_summaries(&src, &dest, &options, &early);
+        assert_eq!(s["payload_bytes"], 23 * k + 11, "{s}");
+        assert_eq!(r["payload_bytes"], s["payload_bytes"], "{r}");
+        assert_same_tree(&src, &dest.join("tree"));
+        // One that holds the files drops them unread, and they are not counted as sent.
+        let (s, r) = send_recv_summaries(&src, &dest, &options, &early);
+        assert_eq!(s["payload_bytes"], 0, "{s}");
+        assert_eq!(r["payload_bytes"], 0, "{r}");
+        assert_same_tree(&src, &dest.join("tree"));
+        // A change among the early blocks and one after them: both blocks are sent again the
+        // usual way, as patches.
+        edit(&src.join("a.bin"), k + 10, b"early");
+        edit(&src.join("a.bin"), 10 * k + 3, b"later");
+        let (s, r) = send_recv_summaries(&src, &dest, &options, &early);
+        let sent = s["payload_bytes"].as_u64().unwrap();
+        assert!(sent > 0 && sent <= 2 * k, "{s}");
+        assert_eq!(r["payload_bytes"], s["payload_bytes"], "{r}");
+        assert_same_tree(&src, &dest.join("tree"));
+        assert!(part_files(&dest.join("tree")).is_empty());
+    }
+}
+
 /// Bytes of `part` that do not already equal the source, counted in whole blocks.
 fn missing_bytes(src: &Path, part: &Path) -> u64 {
     let (mut a, mut b) = (fs::File::open(src).unwrap(), fs::File::open(part).unwrap());

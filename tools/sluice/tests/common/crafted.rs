@@ -135,6 +135,7 @@ impl Crafted {
                 packed: 0,
                 zero: false,
                 moved: false,
+                early: false,
             });
             let mut wire = header.to_vec();
             wire.extend(std::iter::repeat_n(0x5a, part));
