@@ -372,6 +372,15 @@ async fn transfer(
             Some(res) = streams.join_next() => {
                 match res {
                     Ok(Ok(())) => {}
+                    // Data streams open before the Welcome: a receiver that refuses this
+                    // session closes them too, and why is on the control stream.
+                    Ok(Err(e)) if !session.welcomed() => {
+                        let said = tokio::time::timeout(std::time::Duration::from_secs(1), control.recv()).await;
+                        if let Ok(Ok(Some(msg))) = said {
+                            session.on_message(msg)?;
+                        }
+                        return Err(e);
+                    }
                     Ok(Err(e)) => return Err(e),
                     Err(e) => return Err(conn_err(&e)),
                 }

@@ -838,6 +838,11 @@ impl SenderSession {
         }
     }
 
+    /// Whether the receiver's `Welcome` has arrived.
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
     /// Handles one control message from the receiver.
     pub fn on_message(&mut self, msg: Message) -> Result<SenderEvent, SessionError> {
         let state = if !self.welcomed {
