@@ -111,3 +111,17 @@ pub(crate) fn early_blocks() -> Option<u64> {
 pub(crate) fn early_blocks() -> Option<u64> {
     None
 }
+
+/// From `SLUICE_FAULT_DB_DIE_AFTER=STEP` in the receiver's environment: the process ends at once
+/// (exit 137, as if killed) after the schema step `STEP` (`sequences`, `views`, …) has committed,
+/// so that the tests can interrupt a copy at that exact point.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn db_die_after(step: &str) -> bool {
+    std::env::var("SLUICE_FAULT_DB_DIE_AFTER").is_ok_and(|s| s == step)
+}
+
+/// Without the feature: nothing ends early.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn db_die_after(_step: &str) -> bool {
+    false
+}

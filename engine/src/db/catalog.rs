@@ -743,3 +743,56 @@ pub(crate) async fn sequences(client: &Client, left_out: &[u32]) -> Result<Vec<S
     }
     Ok(states)
 }
+
+/// A digest of the schema around the tables a copy moves: their indexes, constraints and
+/// triggers, and, when every table is copied (`all`), the views, functions, types and schemas
+/// too — what `pg_dump`'s sections carry besides the tables' columns. A resumed copy compares
+/// it with the interrupted run's: the schema steps that run committed are not applied again, so
+/// an index, a constraint or a view added at the source since would otherwise be missing at the
+/// target while the copy reported success.
+pub(crate) async fn schema_digest(client: &Client, all: bool, tables: &[Table]) -> Result<String> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let query = format!(
+        "WITH chosen AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE {USERS} AND ($1 OR (n.nspname, c.relname) IN \
+                               (SELECT * FROM unnest($2::text[], $3::text[])))), \
+              users AS (SELECT n.oid FROM pg_namespace n \
+                        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
+                          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%') \
+         SELECT coalesce(md5(string_agg(d, E'\\n' ORDER BY d)), '') FROM ( \
+           SELECT 'index ' || i.indrelid::regclass::text || ' ' || pg_get_indexdef(i.indexrelid) \
+             FROM pg_index i WHERE i.indrelid IN (SELECT oid FROM chosen) \
+           UNION ALL \
+           SELECT 'constraint ' || co.conrelid::regclass::text || ' ' || co.conname || ' ' \
+                  || pg_get_constraintdef(co.oid) \
+             FROM pg_constraint co WHERE co.conrelid IN (SELECT oid FROM chosen) \
+           UNION ALL \
+           SELECT 'trigger ' || t.tgrelid::regclass::text || ' ' || pg_get_triggerdef(t.oid) \
+             FROM pg_trigger t WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM chosen) \
+           UNION ALL \
+           SELECT 'view ' || c.oid::regclass::text || ' ' || pg_get_viewdef(c.oid) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE $1 AND c.relkind IN ('v', 'm') AND {USERS} \
+           UNION ALL \
+           SELECT 'function ' || p.oid::regprocedure::text || ' ' || md5(coalesce(p.prosrc, '')) \
+             FROM pg_proc p WHERE $1 AND p.pronamespace IN (SELECT oid FROM users) \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
+                               AND d.objid = p.oid AND d.deptype = 'e') \
+           UNION ALL \
+           SELECT 'type ' || t.oid::regtype::text || ' ' || t.typtype::text \
+                  || coalesce(' ' || (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) \
+                                      FROM pg_enum e WHERE e.enumtypid = t.oid), '') \
+             FROM pg_type t WHERE $1 AND t.typnamespace IN (SELECT oid FROM users) \
+               AND t.typtype IN ('e', 'd', 'r') \
+           UNION ALL \
+           SELECT 'schema ' || n.nspname FROM pg_namespace n \
+             WHERE $1 AND n.oid IN (SELECT oid FROM users) AND n.nspname <> 'public' \
+         ) s(d)"
+    );
+    let row = client
+        .query_one(query.as_str(), &[&all, &schemas, &names])
+        .await
+        .map_err(db_err("reading the schema"))?;
+    Ok(row.get(0))
+}

@@ -75,6 +75,16 @@ impl Default for Options {
 pub struct Plan {
     /// Each table with its ranges, largest table first.
     pub tables: Vec<(Table, Vec<Range>)>,
+    /// A digest of the schema around them ([`catalog::schema_digest`]).
+    pub schema: String,
+}
+
+/// A name for this run, different from any earlier run's: the time and the process.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("run-{nanos:x}-{:x}", std::process::id())
 }
 
 impl Plan {
@@ -117,17 +127,28 @@ impl Plan {
                 rows.push(unit);
             }
         }
+        // Sequence values and materialized views' contents are of this run's snapshot: a
+        // resumed run sets and refreshes them again, whatever an interrupted one committed (the
+        // source's sequences move on between runs; kept, they left the target's behind while
+        // the copy reported success). Their keys name the run, so none is found held.
+        let this_run = |step: &str| {
+            Meta::Sql {
+                step: step.to_string(),
+                of: Some(run_id()),
+            }
+            .unit()
+        };
         vec![
             vec![pre_data],
             rows,
-            vec![sql("post-data"), sql("sequences")],
-            vec![sql("views")],
+            vec![sql("post-data"), this_run("sequences")],
+            vec![this_run("views")],
             vec![Meta::Finish { verify }.unit()],
         ]
     }
 
-    /// The tables this plan copies and their columns, as a short digest (see `Meta::Sql`'s
-    /// `of`).
+    /// The tables this plan copies, their columns and the schema around them, as a short digest
+    /// (see `Meta::Sql`'s `of`).
     pub(crate) fn signature(&self) -> String {
         let mut names: Vec<String> = self
             .tables
@@ -135,6 +156,7 @@ impl Plan {
             .map(|(t, _)| format!("{}({})", t.qualified(), t.columns.join(",")))
             .collect();
         names.sort();
+        names.push(format!("schema {}", self.schema));
         let digest = blake3::hash(names.join("\n").as_bytes());
         digest.to_hex()[..16].to_string()
     }
@@ -230,6 +252,8 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
         };
         plan.tables.push((table, ranges));
     }
+    let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+    plan.schema = catalog::schema_digest(client, options.tables.is_empty(), &planned).await?;
     Ok(plan)
 }
 

@@ -340,6 +340,9 @@ impl UnitWriter for SqlWriter {
                 .await
                 .map_err(db_err(what.clone()))?;
             client.batch_execute("COMMIT").await.map_err(db_err(what))?;
+            if crate::fault::db_die_after(&self.step) {
+                std::process::exit(137);
+            }
             Ok(())
         })
     }

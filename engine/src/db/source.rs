@@ -394,19 +394,20 @@ impl UnitSource for PgSource {
                 ),
             });
         }
-        // The schema an interrupted run laid down is of its tables and columns: another set
-        // (another --tables, or tables and columns that changed at the source since) would
-        // meet it in raw SQL errors, or leave tables of the other set empty.
+        // The schema an interrupted run laid down is of its tables, columns, indexes,
+        // constraints, views, functions and types: another set (another --tables, or a schema
+        // that changed at the source since) would meet it in raw SQL errors, leave tables of
+        // the other set empty, or leave what was added at the source missing at the target.
         if held
             .iter()
             .any(|k| k.starts_with("sql pre-data") && !resume.keys.contains(k))
         {
             return Err(Error::Database {
                 what: "resuming".into(),
-                detail: "the target holds an interrupted copy of other tables or columns than \
-                         this run's (the source's tables or columns changed since, or --tables \
-                         differs): run it with the same --tables as before, or empty the \
-                         target and run again"
+                detail: "the target holds an interrupted copy of another schema than this \
+                         run's (the source's tables, columns, indexes, constraints, triggers, \
+                         views, functions or types changed since, or --tables differs): run it \
+                         with the same --tables as before, or empty the target and run again"
                     .into(),
             });
         }

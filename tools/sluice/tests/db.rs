@@ -974,7 +974,7 @@ fn a_resume_of_other_tables_or_columns_is_refused_by_name() {
         let out = sluice_db(args);
         assert_eq!(out.status.code(), Some(5), "{args:?}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("other tables or columns"), "{err}");
+        assert!(err.contains("another schema than this run's"), "{err}");
         assert_eq!(settled_units(&pg, "dst"), held);
     };
     refused(&["db", "copy", &src, &dst]);
@@ -1431,4 +1431,85 @@ fn sequences_arrive_where_they_stand_and_verify_compares_them() {
         said.contains("next value 500 (none handed out) against last value 500"),
         "{said}"
     );
+}
+
+/// A copy interrupted after its sequences were set, and resumed after the source's sequences
+/// moved on: the resumed run sets them again from its own snapshot (it used to keep the first
+/// run's values and report success), and refreshes the materialized views again too.
+#[test]
+fn a_resumed_copy_sets_the_sequences_of_its_own_snapshot() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE t (id serial PRIMARY KEY, v text); \
+         INSERT INTO t (v) SELECT md5(i::text) FROM generate_series(1, 1000) i; \
+         CREATE SEQUENCE counter; SELECT setval('counter', 5); \
+         CREATE MATERIALIZED VIEW n AS SELECT count(*) AS rows FROM t;",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let out = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .env("SLUICE_FAULT_DB_DIE_AFTER", "sequences")
+        .args(["db", "copy", &src, &dst])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the copy was to die: {}",
+        stderr(&out)
+    );
+    assert_eq!(pg.sql("dst", "SELECT last_value FROM counter"), "5");
+    pg.sql(
+        "src",
+        "SELECT setval('counter', 1000); SELECT nextval('t_id_seq'); \
+         INSERT INTO t (v) VALUES ('later'); REFRESH MATERIALIZED VIEW n;",
+    );
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert_eq!(pg.sql("dst", "SELECT last_value FROM counter"), "1000");
+    assert_eq!(
+        pg.sql("dst", "SELECT last_value FROM t_id_seq"),
+        pg.sql("src", "SELECT last_value FROM t_id_seq")
+    );
+    assert_eq!(pg.sql("dst", "SELECT rows FROM n"), "1001");
+    assert_identical(&pg, &src, &dst);
+}
+
+/// An index added at the source between an interrupted copy and its rerun: the rerun refuses,
+/// naming the change, instead of finishing without it (the interrupted run's schema steps are
+/// not applied again); with the schema as it was, it resumes.
+#[test]
+fn a_schema_changed_since_the_interrupted_copy_is_refused() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 1000) i;",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let out = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .env("SLUICE_FAULT_DB_DIE_AFTER", "pre-data")
+        .args(["db", "copy", &src, &dst])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the copy was to die: {}",
+        stderr(&out)
+    );
+    pg.sql("src", "CREATE INDEX t_v ON t (v);");
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another schema than this run's"),
+        "{}",
+        stderr(&out)
+    );
+    pg.sql("src", "DROP INDEX t_v;");
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert_identical(&pg, &src, &dst);
 }
