@@ -55,6 +55,10 @@ pub struct Options {
     /// Copy a source that holds large objects, leaving them behind (they are not copied yet;
     /// without this such a source is refused).
     pub skip_large_objects: bool,
+    /// Leave the owners out of the schema (`pg_dump --no-owner`).
+    pub no_owner: bool,
+    /// Leave the access privileges out of the schema (`pg_dump --no-privileges`).
+    pub no_privileges: bool,
 }
 
 impl Default for Options {
@@ -66,6 +70,8 @@ impl Default for Options {
             verify: true,
             consistent: false,
             skip_large_objects: false,
+            no_owner: false,
+            no_privileges: false,
         }
     }
 }
@@ -308,6 +314,7 @@ pub fn send(
         let (source, planner) = PgSource::open(src).await?;
         refuse_large_objects(&planner, src, options).await?;
         let plan = plan_in(&planner, options).await?;
+        source.dump_options(options.no_owner, options.no_privileges);
         let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
         if !options.tables.is_empty() {
             source.leave_out(catalog::left_out(&planner, &planned).await?);

@@ -32,6 +32,9 @@ pub struct PgSource {
     post_data: std::sync::OnceLock<PostData>,
     /// What the schema leaves out when only some tables are copied (`--tables`).
     left_out: std::sync::OnceLock<LeftOut>,
+    /// `pg_dump`'s options for what the schema leaves out besides (`--no-owner`,
+    /// `--no-privileges`).
+    dump_options: std::sync::OnceLock<Vec<&'static str>>,
     /// Tables whose ranges a resume cut again, with their new ranges.
     ranges: Mutex<Vec<(String, Vec<Range>)>>,
     /// The ranges an interrupted run committed that this run keeps: read again at the end
@@ -77,6 +80,7 @@ impl PgSource {
             resume: std::sync::OnceLock::new(),
             post_data: std::sync::OnceLock::new(),
             left_out: std::sync::OnceLock::new(),
+            dump_options: std::sync::OnceLock::new(),
             ranges: Mutex::default(),
             held_rows: std::sync::OnceLock::new(),
         };
@@ -112,6 +116,18 @@ impl PgSource {
     /// Leaves `left_out` out of the schema and the later steps; before the schema is read.
     pub(crate) fn leave_out(&self, left_out: LeftOut) {
         let _ = self.left_out.set(left_out);
+    }
+
+    /// Leaves owners (`no_owner`) or access privileges (`no_privileges`) out of the schema.
+    pub(crate) fn dump_options(&self, no_owner: bool, no_privileges: bool) {
+        let options = [(no_owner, "--no-owner"), (no_privileges, "--no-privileges")];
+        let _ = self.dump_options.set(
+            options
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|&(_, o)| o)
+                .collect(),
+        );
     }
 
     /// The relations left out, by number (none unless `--tables` chose some).
@@ -157,7 +173,8 @@ impl PgSource {
             .get()
             .map(|l| l.patterns.clone())
             .unwrap_or_default();
-        tokio::task::spawn_blocking(move || pg_dump(&db, &snapshot, &step, &exclude))
+        let options = self.dump_options.get().cloned().unwrap_or_default();
+        tokio::task::spawn_blocking(move || pg_dump(&db, &snapshot, &step, &exclude, &options))
             .await
             .map_err(|e| Error::Database {
                 what: "running pg_dump".into(),
@@ -337,11 +354,18 @@ pub(crate) fn pg_tool(name: &str) -> Result<std::path::PathBuf> {
         })
 }
 
-fn pg_dump(db: &Database, snapshot: &str, step: &str, exclude: &[String]) -> Result<Vec<u8>> {
+fn pg_dump(
+    db: &Database,
+    snapshot: &str,
+    step: &str,
+    exclude: &[String],
+    options: &[&str],
+) -> Result<Vec<u8>> {
     let mut cmd = Command::new(pg_tool("pg_dump")?);
     for pattern in exclude {
         cmd.arg(format!("--exclude-table={pattern}"));
     }
+    cmd.args(options);
     cmd.arg("--schema-only")
         .arg(format!("--section={step}"))
         .arg(format!("--snapshot={snapshot}"))

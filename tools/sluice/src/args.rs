@@ -208,6 +208,15 @@ pub struct DbOptions {
     /// without this flag such a source is refused).
     #[arg(long)]
     pub skip_large_objects: bool,
+    /// Leave out the source's owners (`ALTER … OWNER TO`), as `pg_restore --no-owner`: what is
+    /// made belongs to the target's user, who need not be a superuser or a member of the
+    /// source's roles (managed PostgreSQL gives none).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Leave out the source's access privileges (`GRANT`, `REVOKE`), as `pg_restore
+    /// --no-privileges`: for a target whose roles differ.
+    #[arg(long, alias = "no-acl")]
+    pub no_privileges: bool,
 }
 
 /// `sluice bench`'s flags.

@@ -33,6 +33,8 @@ fn options(o: &DbOptions) -> Result<Options> {
         verify: !o.no_verify,
         consistent: o.consistent,
         skip_large_objects: o.skip_large_objects,
+        no_owner: o.no_owner,
+        no_privileges: o.no_privileges,
     })
 }
 

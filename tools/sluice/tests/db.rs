@@ -1513,3 +1513,43 @@ fn a_schema_changed_since_the_interrupted_copy_is_refused() {
     assert!(out.status.success(), "resume: {}", stderr(&out));
     assert_identical(&pg, &src, &dst);
 }
+
+/// Into a database its owner, a role without superuser rights, can write to: the source's
+/// owners (`ALTER … OWNER TO postgres`) fail there, as with pg_restore; `--no-owner` and
+/// `--no-privileges` leave them out, as pg_restore's `-O -x`, and the objects belong to the
+/// target's user.
+#[test]
+fn no_owner_restores_as_a_user_who_is_no_superuser() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE ROLE reader; \
+         CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 1000) i; \
+         GRANT SELECT ON t TO reader; \
+         CREATE VIEW tv AS SELECT id FROM t;",
+    );
+    pg.sql("postgres", "CREATE ROLE owner1 LOGIN");
+    pg.sql("postgres", "CREATE DATABASE mine OWNER owner1");
+    let src = pg.url("src");
+    let mine = pg.url("mine").replace("user=postgres", "user=owner1");
+    let out = sluice_db(&["db", "copy", &src, &mine]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("must be"), "{}", stderr(&out));
+    pg.sql("postgres", "DROP DATABASE mine");
+    pg.sql("postgres", "CREATE DATABASE mine OWNER owner1");
+    let out = sluice_db(&["db", "copy", "--no-owner", "--no-privileges", &src, &mine]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        pg.sql(
+            "mine",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 't'"
+        ),
+        "owner1"
+    );
+    assert_eq!(pg.sql("mine", "SELECT count(*) FROM t"), "1000");
+    assert_eq!(pg.sql("mine", "SELECT count(*) FROM tv"), "1000");
+    let out = sluice_db(&["db", "verify", &src, &mine]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+}
