@@ -99,6 +99,12 @@ impl Database {
             .map(|p| String::from_utf8_lossy(p).into_owned())
     }
 
+    /// Whether `other` names the same database the same way (same server, port, user and
+    /// name).
+    pub fn same_as(&self, other: &Database) -> bool {
+        self.libpq() == other.libpq()
+    }
+
     /// A connection string for libpq tools (`pg_dump`), without the password.
     pub(crate) fn libpq(&self) -> String {
         let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));

@@ -56,6 +56,12 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             options: o,
         } => {
             let (src, dst, o) = (database(&src)?, database(&dst)?, options(&o)?);
+            if src.same_as(&dst) {
+                usage!(
+                    "the source and the target are the same database ({}): name another target",
+                    src.shown
+                );
+            }
             let what = format!("copying {} to {}", src.shown, dst.shown);
             watch(json, move |p| {
                 db::copy(&config, &src, &dst, &o, p).context(what)

@@ -1333,6 +1333,12 @@ fn a_database_that_is_not_there_is_named_at_once() {
         "{}",
         stderr(&same)
     );
+    assert_eq!(
+        same.status.code(),
+        Some(2),
+        "a usage error: {}",
+        stderr(&same)
+    );
     let out = sluice()
         .args(["db", "plan", "postgres://[::1"])
         .output()
