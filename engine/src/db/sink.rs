@@ -755,7 +755,15 @@ async fn remove_wrong(client: &Client, wrong: Vec<Wrong>) -> Result<()> {
         RECOPY
     };
     let path = format!("{} range(s)", wrong.len());
-    let detail = format!("{}; {then}", wrong.join("; "));
+    // A few named, the rest counted: the message crosses the link in a frame of at most 4 KiB,
+    // and cut there it lost what to do (and `copy` no longer knew to copy them again) once a
+    // source written to all along had dozens of ranges differ.
+    let listed: Vec<&str> = wrong.iter().take(LISTED).map(String::as_str).collect();
+    let more = match wrong.len().saturating_sub(LISTED) {
+        0 => String::new(),
+        n => format!("; and {n} more"),
+    };
+    let detail = format!("{then}: {}{more}", listed.join("; "));
     // Kept with the mark, so that a second attempt of the last unit says the same.
     let _ = client
         .execute(
@@ -765,6 +773,9 @@ async fn remove_wrong(client: &Client, wrong: Vec<Wrong>) -> Result<()> {
         .await;
     Err(Error::Verify { path, detail })
 }
+
+/// The most ranges a failed check names; it counts the others.
+const LISTED: usize = 8;
 
 /// A difference the re-read found: what to say, and the range to remove so that a rerun copies
 /// it again (if there is one).

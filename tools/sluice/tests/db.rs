@@ -1559,3 +1559,43 @@ fn no_owner_restores_as_a_user_who_is_no_superuser() {
     let out = sluice_db(&["db", "verify", &src, &mine]);
     assert!(out.status.success(), "verify: {}", stderr(&out));
 }
+
+/// Every range of an interrupted copy changed at the source before the rerun: its check at the
+/// end removes them all and `db copy` copies them again by itself. With dozens of ranges the
+/// message naming them was cut at the link's 4 KiB frame, with it what to do, and the rerun
+/// ended in exit 8 instead (a new user's report).
+#[test]
+fn dozens_of_ranges_changed_since_an_interrupted_copy_are_copied_again() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql("src", BIG);
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let out = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .env("SLUICE_FAULT_DB_DIE_AFTER", "post-data")
+        .args(["db", "copy", "--range-size", "1M", &src, &dst])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the copy was to die: {}",
+        stderr(&out)
+    );
+    let ranges: u64 = pg
+        .sql(
+            "dst",
+            "SELECT count(*) FROM _sluice.units WHERE key LIKE 'rows %'",
+        )
+        .parse()
+        .unwrap();
+    assert!(ranges >= 25, "{ranges} ranges");
+    pg.sql("src", "UPDATE big SET payload = payload || '\\x00'::bytea");
+    let out = sluice_db(&["db", "copy", "--range-size", "1M", &src, &dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("copying the removed ranges again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_identical(&pg, &src, &dst);
+}
