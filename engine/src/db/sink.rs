@@ -47,7 +47,7 @@ impl PgSink {
     }
 
     /// Connects to the target and checks that a copy can go there: the database is empty of
-    /// tables, views and sequences, or holds the bookkeeping of an interrupted copy (a resume).
+    /// tables, views, sequences, types, functions and schemas, or holds the bookkeeping of an interrupted copy (a resume).
     /// A target that holds tables of its own would fail on the schema's first `CREATE` (or,
     /// with matching tables, take rows twice): said now, as pgcopydb refuses a target that is
     /// not empty, and before `sluice db recv` prints its ticket.
@@ -65,14 +65,37 @@ impl PgSink {
             let held = client
                 .query(
                     &format!(
-                        "SELECT format('%I.%I', n.nspname, c.relname) || CASE c.relkind \
-                                WHEN 'v' THEN ' (view)' WHEN 'm' THEN ' (materialized view)' \
-                                WHEN 'S' THEN ' (sequence)' WHEN 'f' THEN ' (foreign table)' \
-                                ELSE '' END FROM pg_class c \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {} \
-                         ORDER BY 1 LIMIT 4",
-                        catalog::USERS
+                        "SELECT * FROM ( \
+                           SELECT format('%I.%I', n.nspname, c.relname) || CASE c.relkind \
+                                  WHEN 'v' THEN ' (view)' WHEN 'm' THEN ' (materialized view)' \
+                                  WHEN 'S' THEN ' (sequence)' WHEN 'f' THEN ' (foreign table)' \
+                                  ELSE '' END FROM pg_class c \
+                           JOIN pg_namespace n ON n.oid = c.relnamespace \
+                           WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {users} \
+                           UNION ALL \
+                           SELECT format('%I.%I', n.nspname, t.typname) || ' (type)' FROM pg_type t \
+                           JOIN pg_namespace n ON n.oid = t.typnamespace \
+                           WHERE (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND \
+                                  (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) \
+                             AND {spaces} AND NOT EXISTS (SELECT 1 FROM pg_depend d \
+                               WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid \
+                                 AND d.deptype = 'e') \
+                           UNION ALL \
+                           SELECT p.oid::regprocedure::text || ' (function)' FROM pg_proc p \
+                           JOIN pg_namespace n ON n.oid = p.pronamespace \
+                           WHERE {spaces} AND NOT EXISTS (SELECT 1 FROM pg_depend d \
+                               WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid \
+                                 AND d.deptype = 'e') \
+                           UNION ALL \
+                           SELECT format('%I', n.nspname) || ' (schema)' FROM pg_namespace n \
+                           WHERE {spaces} AND n.nspname <> 'public' AND NOT EXISTS ( \
+                               SELECT 1 FROM pg_depend d WHERE d.classid = \
+                                 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e') \
+                         ) held(name) ORDER BY 1 LIMIT 4",
+                        users = catalog::USERS,
+                        spaces = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
+                                  AND n.nspname NOT LIKE 'pg\\_toast%' \
+                                  AND n.nspname NOT LIKE 'pg\\_temp%'",
                     ),
                     &[],
                 )
@@ -86,8 +109,8 @@ impl PgSink {
                 return Err(Error::Database {
                     what: format!("copying into {}", self.db.shown),
                     detail: format!(
-                        "it already holds tables, views or sequences of its own ({}) and no \
-                         interrupted copy to \
+                        "it already holds tables, views, sequences, types, functions or \
+                         schemas of its own ({}) and no interrupted copy to \
                          resume: sluice db fills an empty database, as pg_restore does a new \
                          one; create a new database (createdb), or drop what is there",
                         names.join(", ")

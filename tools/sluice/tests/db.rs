@@ -1257,16 +1257,35 @@ fn target_mistakes_are_named_before_any_data_moves() {
     let out = sluice_db(&["db", "copy", &src, &dst]);
     assert!(out.status.success(), "copy: {}", stderr(&out));
 
+    let bookkeeping = "SELECT count(*) FROM pg_namespace WHERE nspname = '_sluice'";
     let started = Instant::now();
     let out = sluice_db(&["db", "copy", &src, &dst]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(
-        stderr(&out).contains("already holds tables, views or sequences of its own (public.t)"),
+        stderr(&out).contains(
+            "already holds tables, views, sequences, types, functions or schemas of its own \
+             (public.t)"
+        ),
         "{}",
         stderr(&out)
     );
-    let bookkeeping = "SELECT count(*) FROM pg_namespace WHERE nspname = '_sluice'";
+    // Nor a target holding no table but a schema and a type of the source's names: the
+    // schema's CREATE would fail on them, three times over (a new user's report).
+    pg.sql("postgres", "CREATE DATABASE typed");
+    pg.sql(
+        "typed",
+        "CREATE SCHEMA app; CREATE TYPE app.mood AS ENUM ('x'); \
+         CREATE FUNCTION app.one() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    );
+    let out = sluice_db(&["db", "copy", &src, &pg.url("typed")]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(app (schema), app.mood (type), app.one() (function))"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(pg.sql("typed", bookkeeping), "0");
     assert_eq!(pg.sql("dst", bookkeeping), "0");
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM t"), "1000");
 
