@@ -11,12 +11,25 @@ use crate::error::{Error, Result};
 /// Schemas never copied: the system's, and the target's bookkeeping.
 pub(crate) const BOOKKEEPING: &str = "_sluice";
 
+/// The SQL condition, on `pg_namespace n`, that a schema is the user's: not the system's nor
+/// the bookkeeping ([`BOOKKEEPING`]).
+macro_rules! user_schemas {
+    () => {
+        "n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
+         AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+    };
+}
+
+/// `user_schemas!` as a constant, for objects other than relations.
+pub(crate) const USER_SCHEMAS: &str = user_schemas!();
+
 /// The SQL condition, on `pg_class c` joined to `pg_namespace n`, that a relation is the user's:
-/// not in a system schema or the bookkeeping ([`BOOKKEEPING`]), not an extension's.
-pub(crate) const USERS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
-     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                     AND d.objid = c.oid AND d.deptype = 'e')";
+/// in a schema of the user's ([`USER_SCHEMAS`]), not an extension's.
+pub(crate) const USERS: &str = concat!(
+    user_schemas!(),
+    " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                     AND d.objid = c.oid AND d.deptype = 'e')"
+);
 
 /// The `reg*` types: their binary form is an object's number, which names another object (or
 /// none) in another database; their text form is the object's name.
@@ -757,9 +770,7 @@ pub(crate) async fn schema_digest(client: &Client, all: bool, tables: &[Table]) 
         "WITH chosen AS (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                          WHERE {USERS} AND ($1 OR (n.nspname, c.relname) IN \
                                (SELECT * FROM unnest($2::text[], $3::text[])))), \
-              users AS (SELECT n.oid FROM pg_namespace n \
-                        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
-                          AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%') \
+              users AS (SELECT n.oid FROM pg_namespace n WHERE {USER_SCHEMAS}) \
          SELECT coalesce(md5(string_agg(d, E'\\n' ORDER BY d)), '') FROM ( \
            SELECT 'index ' || i.indrelid::regclass::text || ' ' || pg_get_indexdef(i.indexrelid) \
              FROM pg_index i WHERE i.indrelid IN (SELECT oid FROM chosen) \

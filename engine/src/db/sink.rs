@@ -47,7 +47,8 @@ impl PgSink {
     }
 
     /// Connects to the target and checks that a copy can go there: the database is empty of
-    /// tables, views, sequences, types, functions and schemas, or holds the bookkeeping of an interrupted copy (a resume).
+    /// tables, views, sequences, types, functions and schemas, or holds the bookkeeping of an
+    /// interrupted copy (a resume).
     /// A target that holds tables of its own would fail on the schema's first `CREATE` (or,
     /// with matching tables, take rows twice): said now, as pgcopydb refuses a target that is
     /// not empty, and before `sluice db recv` prints its ticket.
@@ -93,9 +94,7 @@ impl PgSink {
                                  'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e') \
                          ) held(name) ORDER BY 1 LIMIT 4",
                         users = catalog::USERS,
-                        spaces = "n.nspname NOT IN ('pg_catalog', 'information_schema', '_sluice') \
-                                  AND n.nspname NOT LIKE 'pg\\_toast%' \
-                                  AND n.nspname NOT LIKE 'pg\\_temp%'",
+                        spaces = catalog::USER_SCHEMAS,
                     ),
                     &[],
                 )

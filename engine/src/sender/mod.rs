@@ -1258,6 +1258,18 @@ impl Reader<'_> {
     }
 
     fn send_block(&self, file: u32, offset: u64, hash: Digest, payload: Bytes) -> Result<()> {
+        self.send_whole(file, offset, hash, payload, false)
+    }
+
+    /// Sends a whole block, as an early block ([`Reader::send_early`]) if `early`.
+    fn send_whole(
+        &self,
+        file: u32,
+        offset: u64,
+        hash: Digest,
+        payload: Bytes,
+        early: bool,
+    ) -> Result<()> {
         self.send_frame(
             BlockHeader {
                 file,
@@ -1268,7 +1280,7 @@ impl Reader<'_> {
                 packed: 0,
                 zero: false,
                 moved: false,
-                early: false,
+                early,
             },
             payload,
         )
@@ -1308,20 +1320,7 @@ impl Reader<'_> {
             }
             let cv = merkle::block_cv(&buf.as_slice()[..n], offset, src.entry.size);
             self.progress.add_read(n as u64);
-            self.send_frame(
-                BlockHeader {
-                    file: id,
-                    offset,
-                    len: n as u32,
-                    hash: cv,
-                    patch: false,
-                    packed: 0,
-                    zero: false,
-                    moved: false,
-                    early: true,
-                },
-                buf.freeze(n),
-            )?;
+            self.send_whole(id, offset, cv, buf.freeze(n), true)?;
             sent.push((index, cv));
         }
         // A small block would wait for company.
