@@ -255,9 +255,10 @@ async fn transfer(
         let config = config.clone();
         let pool = pool.clone();
         let progress = progress.clone();
-        // The handshake's round trip: on a LAN or loopback the receiver's answer comes before
-        // a block could be read.
-        let early = link.path().rtt >= EARLY_MIN_RTT;
+        // The handshake's round trip: on a LAN the receiver's answer comes before a block could
+        // be read. Never towards loopback, whatever the round trip (a loaded host's handshake
+        // took more than 4 ms there): early blocks go neither packed nor as holes.
+        let early = !peer.ip().to_canonical().is_loopback() && link.path().rtt >= EARLY_MIN_RTT;
         let input = ReaderInput {
             have: board.clone(),
             resend: resend_rx,
