@@ -102,6 +102,16 @@ pub enum Error {
         /// What the client library said.
         detail: String,
     },
+    /// A database server failed a statement for a reason that passes (a deadlock, a
+    /// serialization failure, a connection cut while the server still takes new ones): the
+    /// unit is worth sending again, where every other database error is not.
+    #[error("{what}: {detail}")]
+    DatabaseTransient {
+        /// What was being done.
+        what: String,
+        /// What the server or the client library said.
+        detail: String,
+    },
     /// Another local I/O failure (sockets, io_uring setup, threads).
     #[error("{what}: {source}")]
     Io {
@@ -198,8 +208,17 @@ impl Error {
                 ..
             }) => ErrorKind::NoSpace,
             Error::Session(_) | Error::Decode(_) | Error::Tls(_) => ErrorKind::Refused,
-            Error::Connection { .. } | Error::DatabaseLost { .. } => ErrorKind::Connection,
+            // Still there after every attempt: running the same command again resumes.
+            Error::Connection { .. }
+            | Error::DatabaseLost { .. }
+            | Error::DatabaseTransient { .. } => ErrorKind::Connection,
         }
+    }
+
+    /// Whether the failure passes, so that doing the same again may succeed (see
+    /// [`Error::DatabaseTransient`]); a unit that failed otherwise is not sent again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::DatabaseTransient { .. })
     }
 
     pub(crate) fn file(

@@ -131,6 +131,42 @@ impl Database {
         words.join(" ")
     }
 
+    /// `e`, met at this database, naming it (a copy has two, and "the database server cannot be
+    /// reached" said neither), and judged: a lost connection is a failure that passes
+    /// ([`Error::DatabaseTransient`], worth sending the unit again) when the server still takes
+    /// a new one; otherwise the server is gone or refuses, and the run ends with `e`.
+    pub(crate) async fn judge(&self, e: Error) -> Error {
+        let named = |what: String| match what.contains(&self.shown) {
+            true => what,
+            false => format!("{what} at {}", self.shown),
+        };
+        match e {
+            Error::DatabaseLost { what, detail } => {
+                let probe = tokio::time::timeout(PROBE_TIMEOUT, self.config.connect(NoTls));
+                match probe.await {
+                    // Dropped at once: only the answer mattered.
+                    Ok(Ok(_)) => Error::DatabaseTransient {
+                        what: named(what),
+                        detail: format!("{detail} (the server still takes connections)"),
+                    },
+                    _ => Error::DatabaseLost {
+                        what: named(what),
+                        detail,
+                    },
+                }
+            }
+            Error::Database { what, detail } => Error::Database {
+                what: named(what),
+                detail,
+            },
+            Error::DatabaseTransient { what, detail } => Error::DatabaseTransient {
+                what: named(what),
+                detail,
+            },
+            other => other,
+        }
+    }
+
     /// Opens a connection; its driver runs on the current runtime until the client is dropped.
     pub(crate) async fn connect(&self) -> Result<Client> {
         // libpq waits for ever by default; a server that takes the connection and never answers
@@ -162,9 +198,11 @@ impl Database {
     }
 }
 
-/// The error for `e`, met while doing `what`: [`Error::DatabaseLost`] when the connection to
-/// the server failed or was lost, so the command's exit says that running it again resumes;
-/// otherwise [`Error::Database`]. Lost: the connection closed; a socket error that means the
+/// The error for `e`, met while doing `what`: [`Error::DatabaseTransient`] for a failure that
+/// passes (a serialization failure, a deadlock: SQLSTATE 40001, 40P01), worth another attempt;
+/// [`Error::DatabaseLost`] when the connection to the server failed or was lost, so the
+/// command's exit says that running it again resumes (whether the server is gone or only
+/// this connection, [`Database::judge`] finds out); otherwise [`Error::Database`]. Lost: the connection closed; a socket error that means the
 /// server is not there or went away (refused, reset, aborted, a broken pipe, no such socket
 /// file, timed out, unreachable); or the server saying it is shutting down or cannot accept
 /// connections now (SQLSTATE 08000, 08001, 08003, 08004, 08006, 57P01-57P03). Not an I/O error
@@ -207,12 +245,40 @@ pub(crate) fn pg_error(what: String, e: &tokio_postgres::Error) -> Error {
         ),
         _ => detail,
     };
-    if lost {
+    let passing = e
+        .as_db_error()
+        .is_some_and(|db| matches!(db.code().code(), "40001" | "40P01"));
+    if passing {
+        Error::DatabaseTransient { what, detail }
+    } else if lost {
         Error::DatabaseLost { what, detail }
     } else {
         Error::Database { what, detail }
     }
 }
+
+/// `work`, its error judged at `db` ([`Database::judge`]): named, and taken for a failure that
+/// passes if the server still takes connections.
+pub(crate) async fn judged<T>(
+    db: &Database,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match work.await {
+        Err(e) => Err(db.judge(e).await),
+        done => done,
+    }
+}
+
+/// [`judged`] for a future that must own what it uses (a commit).
+pub(crate) async fn judged_owned<T>(
+    db: Database,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    judged(&db, work).await
+}
+
+/// How long [`Database::judge`] waits for a new connection before it takes the server for gone.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A PostgreSQL error with the server's own message and detail when it sent one.
 pub(crate) fn full(e: &tokio_postgres::Error) -> String {

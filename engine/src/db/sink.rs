@@ -11,7 +11,7 @@ use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
 use super::catalog::{self, Range, Table, BOOKKEEPING};
-use super::conn::{full, Database};
+use super::conn::{full, judged, judged_owned, Database};
 use super::digest::{KeyRoute, RowHasher, RowsDigest};
 use super::meta::Meta;
 use crate::error::{Error, Result};
@@ -176,7 +176,7 @@ impl UnitSink for PgSink {
     }
 
     fn open<'a>(&'a self, meta: &'a str) -> Fut<'a, Result<Box<dyn UnitWriter>>> {
-        Box::pin(async move {
+        Box::pin(judged(&self.db, async move {
             let parsed = Meta::parse(meta)?;
             let key = parsed.key();
             let writer: Box<dyn UnitWriter> = match parsed {
@@ -214,7 +214,7 @@ impl UnitSink for PgSink {
                 }
             };
             Ok(writer)
-        })
+        }))
     }
 }
 
@@ -232,15 +232,18 @@ struct RowsWriter {
 impl UnitWriter for RowsWriter {
     fn put(&mut self, data: Bytes) -> Fut<'_, Result<()>> {
         Box::pin(async move {
-            self.copy
-                .send(data)
-                .await
-                .map_err(db_err(format!("writing {}", self.what)))
+            let sent = self.copy.send(data).await;
+            judged(
+                &self.sink.db,
+                std::future::ready(sent.map_err(db_err(format!("writing {}", self.what)))),
+            )
+            .await
         })
     }
 
     fn commit(self: Box<Self>, bytes: u64, trailer: Vec<u8>) -> Fut<'static, Result<()>> {
-        Box::pin(async move {
+        let db = self.sink.db.clone();
+        Box::pin(judged_owned(db, async move {
             let Self {
                 sink,
                 table,
@@ -308,7 +311,7 @@ impl UnitWriter for RowsWriter {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(client);
             Ok(())
-        })
+        }))
     }
 }
 
@@ -335,7 +338,8 @@ impl UnitWriter for SqlWriter {
     }
 
     fn commit(self: Box<Self>, bytes: u64, _trailer: Vec<u8>) -> Fut<'static, Result<()>> {
-        Box::pin(async move {
+        let db = self.sink.db.clone();
+        Box::pin(judged_owned(db, async move {
             let what = format!("applying the schema's {}", self.step);
             let sql = String::from_utf8(self.sql).map_err(|_| Error::Database {
                 what: what.clone(),
@@ -366,7 +370,7 @@ impl UnitWriter for SqlWriter {
                 std::process::exit(137);
             }
             Ok(())
-        })
+        }))
     }
 }
 
@@ -395,7 +399,8 @@ impl UnitWriter for FinishWriter {
     }
 
     fn commit(self: Box<Self>, _bytes: u64, _trailer: Vec<u8>) -> Fut<'static, Result<()>> {
-        Box::pin(async move {
+        let db = self.sink.db.clone();
+        Box::pin(judged_owned(db, async move {
             let client = self.sink.db.connect().await?;
             // Found by an earlier attempt of this unit: the same error again, naming them.
             let failed = client
@@ -443,7 +448,7 @@ impl UnitWriter for FinishWriter {
                 .await
                 .map_err(db_err("dropping the bookkeeping".into()))?;
             Ok(())
-        })
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tokio_postgres::{Client, CopyOutStream};
 
 use super::catalog::{self, LeftOut, Range, Table};
-use super::conn::{pg_error, Database};
+use super::conn::{judged, pg_error, Database};
 use super::digest::RowHasher;
 use super::meta::{rows_prefix, Meta};
 use super::postdata::{self, PostData};
@@ -503,7 +503,8 @@ impl UnitSource for PgSource {
     }
 
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
-        Box::pin(async move {
+        // Named at the source: a copy's error could be either end's.
+        Box::pin(judged(&self.db, async move {
             let reader: Box<dyn UnitReader> = match Meta::parse(&unit.meta)? {
                 Meta::Sql { step, .. } => {
                     let sql = match step.as_str() {
@@ -548,7 +549,12 @@ impl UnitSource for PgSource {
                             pg_error(what, &e)
                         })?;
                     Box::new(RowsReader {
-                        what: format!("{} ({})", table.display(), range.display(&table)),
+                        what: format!(
+                            "{} ({}) at {}",
+                            table.display(),
+                            range.display(&table),
+                            self.db.shown
+                        ),
                         stream: Box::pin(stream),
                         chunk: Bytes::new(),
                         rows: Some(RowHasher::new(table.binary)),
@@ -560,7 +566,7 @@ impl UnitSource for PgSource {
                 }
             };
             Ok(reader)
-        })
+        }))
     }
 }
 

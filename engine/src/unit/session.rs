@@ -8,9 +8,12 @@
 //! again. Units go in phases (a database's schema before its rows, its indexes after them);
 //! within a phase up to `jobs` units are in flight, each on its own lane (see
 //! [`sluice_proto::unit`]). The receiver answers each unit with `FileVerified` once committed or
-//! `FileFailed` with its reason; a failed unit is sent again, up to [`ATTEMPTS`] times, unless
-//! what failed was a check (the same check would fail again). `Finish`
-//! → `Summary`.
+//! `FileFailed` with its reason. A unit that failed for a reason that passes (a deadlock, a
+//! connection cut while its server still takes new ones: [`Error::is_transient`]) is sent again,
+//! up to [`ATTEMPTS`] times; one that failed a check is not (the same check would fail again),
+//! and the others go on. Any other failure (a server gone, a permission, a missing table) would
+//! fail every attempt and every unit after it the same way: the receiving end says it and ends
+//! the session, and the run ends with that one error. `Finish` → `Summary`.
 //!
 //! Every block is checked against the sender's BLAKE3 hash before the sink sees it, and the
 //! closing frame's byte count and trailer (the source's own account: rows and a digest for a
@@ -26,7 +29,7 @@ use bytes::Bytes;
 use sluice_proto::codec::{
     decode_block_header, encode_block_header, BLOCK_HEADER_LEN, BLOCK_TAG, PACKED_TAG,
 };
-use sluice_proto::message::{BlockHeader, ErrorCode, Message, HELLO_UNITS};
+use sluice_proto::message::{BlockHeader, ErrorCode, FailCause, Message, HELLO_UNITS};
 use sluice_proto::session::{SenderSession, SessionError};
 use sluice_proto::ticket::Ticket;
 use sluice_proto::unit::{self as frames, CLOSE_PREFIX, OPEN_PREFIX, UNIT_CLOSE_TAG};
@@ -266,8 +269,18 @@ impl UnitServer {
 enum Landed {
     /// Committed, with this many bytes.
     Committed(u32, u64),
-    /// Refused by verification or the sink, and why; the lane was read to its end.
+    /// Refused by verification, or by the sink for a reason that passes, and why; the lane was
+    /// read to its end.
     Failed(u32, String, ErrorKind),
+    /// Refused by the sink for a reason that another attempt would meet again (see
+    /// [`ends_the_session`]).
+    Refused(u32, Error),
+}
+
+/// Whether the sink's failure `e` ends the session: not a check that failed (the sender is told
+/// and goes on with the other units), nor a failure that passes (the unit is sent again).
+fn ends_the_session(e: &Error) -> bool {
+    !e.is_transient() && e.kind() != ErrorKind::Verification
 }
 
 /// How one lane's unit ended, with the unit's description (the same for each sending of it).
@@ -335,6 +348,17 @@ async fn serve(
                     summary.bytes += bytes;
                     progress.add_unit_done();
                     control.send(&Message::FileVerified { id }).await?;
+                }
+                Ok(Ok(Outcome { landed: Landed::Refused(id, e), .. })) => {
+                    // One error, at once, rather than three attempts of every unit left, each
+                    // warned of at both ends. A lost server's error reaches the sender with the
+                    // link's end; any other's as this unit's failure, for the sender's exit code.
+                    if e.kind() != ErrorKind::Connection {
+                        let (reason, cause) = (e.to_string(), e.kind().cause());
+                        control.send(&Message::FileFailed { id, reason, cause }).await?;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), control.sync()).await;
+                    }
+                    return Err(e);
                 }
                 Ok(Ok(Outcome { meta, landed: Landed::Failed(id, reason, kind) })) => {
                     tracing::warn!("unit {id} failed: {reason}");
@@ -409,6 +433,7 @@ async fn land(
     let err = transport::conn_error(peer);
     let mut writer = match sink.open(meta).await {
         Ok(w) => Some(w),
+        Err(e) if ends_the_session(&e) => return Ok(Landed::Refused(id, e)),
         Err(e) => {
             drain(lane, peer).await?;
             return Ok(Landed::Failed(id, e.to_string(), e.kind()));
@@ -449,6 +474,7 @@ async fn land(
             let writer = writer.take().expect("the writer is kept until the close");
             return Ok(match writer.commit(bytes, trailer).await {
                 Ok(()) => Landed::Committed(id, bytes),
+                Err(e) if ends_the_session(&e) => Landed::Refused(id, e),
                 Err(e) => Landed::Failed(id, e.to_string(), e.kind()),
             });
         }
@@ -505,6 +531,9 @@ async fn land(
         progress.add_verified(len as u64);
         let w = writer.as_mut().expect("kept while no failure");
         if let Err(e) = w.put(buf.freeze(len)).await {
+            if ends_the_session(&e) {
+                return Ok(Landed::Refused(id, e));
+            }
             failure = Some((e.to_string(), e.kind()));
             writer = None;
         }
@@ -732,11 +761,24 @@ async fn push(
                             return Err(err(&format!("the receiver failed unit {id}, which is not in flight")));
                         };
                         // A check that failed fails the same way again (the same snapshot
-                        // read again, the same target checked again): only other failures
-                        // (a lost connection, a deadlock) are worth another attempt. The check
-                        // at the end of a copy failed three times over with the same message.
-                        let again = attempts < ATTEMPTS
-                            && ErrorKind::of_cause(cause) != ErrorKind::Verification;
+                        // read again, the same target checked again): only a failure that
+                        // passes (a deadlock, a connection cut while the server still takes
+                        // new ones) is worth another attempt. The check at the end of a copy
+                        // failed three times over with the same message.
+                        let again = attempts < ATTEMPTS && cause == FailCause::Lost;
+                        if !matches!(cause, FailCause::Lost | FailCause::Verification) {
+                            // Refused for good, and the receiving end has ended its session:
+                            // every unit left would be refused the same way (a server stopped
+                            // mid-copy was tried three times over for every range, hundreds
+                            // of warnings before the one error).
+                            return Err(Error::FilesFailed {
+                                items: "units",
+                                failed: failures.len() + 1,
+                                total: total as usize,
+                                first: format!("{}: {reason}", unit.key),
+                                kind: ErrorKind::of_cause(cause),
+                            });
+                        }
                         tracing::warn!("{}: {reason} (attempt {attempts} of {ATTEMPTS})", unit.key);
                         if again {
                             summary.retried += 1;
