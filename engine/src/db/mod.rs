@@ -297,7 +297,14 @@ pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
-        plan_in(&client, options).await
+        let plan = plan_in(&client, options).await?;
+        // What a copy of these tables would refuse (a foreign key to a table left out), the
+        // plan refuses too, in the same words: a plan that looked fine was no promise.
+        if !options.tables.is_empty() {
+            let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+            catalog::left_out(&client, &planned).await?;
+        }
+        Ok(plan)
     })
 }
 

@@ -1312,6 +1312,49 @@ fn tables_take_their_schema_and_leave_the_rest() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// `db plan --tables` refuses what `db copy --tables` refuses, in the same words and with the
+/// same exit code: a chosen table's foreign key to a table left out (the plan listed the table
+/// as if the copy would go, a new user's report). Nothing reaches the target either way.
+#[test]
+fn plan_refuses_a_foreign_key_to_a_table_left_out_as_copy_does() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE customers (id int PRIMARY KEY); \
+         CREATE TABLE linked (id int PRIMARY KEY, c int REFERENCES customers (id)); \
+         INSERT INTO customers VALUES (1); INSERT INTO linked VALUES (1, 1);",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let said = |out: &Output| {
+        let err = stderr(out);
+        let at = err.find("linked has a foreign key").expect(&err);
+        err[at..].trim_end().to_string()
+    };
+    let copy = sluice_db(&["db", "copy", "--tables", "linked", &src, &dst]);
+    assert_eq!(copy.status.code(), Some(5), "{}", stderr(&copy));
+    let plan = sluice_db(&["db", "plan", "--tables", "linked", &src]);
+    assert_eq!(plan.status.code(), Some(5), "{}", stderr(&plan));
+    assert_eq!(said(&plan), said(&copy));
+    assert!(
+        said(&plan).contains("linked has a foreign key (linked_c_fkey) to customers"),
+        "{}",
+        said(&plan)
+    );
+    assert!(stdout(&plan).is_empty(), "{}", stdout(&plan));
+    assert_eq!(
+        pg.sql(
+            "dst",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+    // With the table it needs, both go.
+    let plan = sluice_db(&["db", "plan", "--tables", "linked,customers", &src]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    assert!(stdout(&plan).contains("public.linked"), "{}", stdout(&plan));
+}
+
 /// What a pg_restore user gets wrong about the target is said before any row moves, with the
 /// exit code of its kind: a target that already holds tables (a second copy into the same
 /// database) exits 5 and leaves no bookkeeping behind; `db recv` into a database that does not
