@@ -420,9 +420,30 @@ pub struct Difference {
     pub detail: String,
 }
 
+impl Difference {
+    /// Whether this is a sequence's difference (not a table's or a range's).
+    pub fn is_sequence(&self) -> bool {
+        self.range == SEQUENCE
+    }
+}
+
+/// What [`Difference::range`] says of a sequence.
+const SEQUENCE: &str = "sequence";
+
+/// What `verify` compared, and what it found.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    /// Ranges of rows compared (a table without a key is compared whole, as one).
+    pub ranges: usize,
+    /// Sequences compared: the first database's, and any only the second holds.
+    pub sequences: usize,
+    /// What differs, tables and ranges first, then sequences.
+    pub differences: Vec<Difference>,
+}
+
 /// Compares every table of `a` with `b`, range by range (by key where the table has one),
-/// by row count and digest; returns the ranges checked and the differences.
-pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<(usize, Vec<Difference>)> {
+/// by row count and digest, then every sequence's state.
+pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<Verified> {
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
         let (ca, cb) = (a.connect().await?, b.connect().await?);
@@ -534,21 +555,27 @@ pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<(usize, V
             };
             differences.push(Difference {
                 table: s.name.clone(),
-                range: "sequence".into(),
+                range: SEQUENCE.into(),
                 detail,
             });
         }
+        let mut sequences = ours.len();
         if options.tables.is_empty() {
             let known: std::collections::HashSet<&str> =
                 ours.iter().map(|s| s.name.as_str()).collect();
             for name in theirs.keys().filter(|n| !known.contains(n.as_str())) {
+                sequences += 1;
                 differences.push(Difference {
                     table: name.clone(),
-                    range: "sequence".into(),
+                    range: SEQUENCE.into(),
                     detail: format!("only in {}", b.shown),
                 });
             }
         }
-        Ok((checked, differences))
+        Ok(Verified {
+            ranges: checked,
+            sequences,
+            differences,
+        })
     })
 }

@@ -112,9 +112,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
         }
         DbCommand::Verify { a, b, options: o } => {
             let (a, b, o) = (database(&a)?, database(&b)?, options(&o)?);
-            let (checked, differences) = db::verify(&a, &b, &o)
+            let verified = db::verify(&a, &b, &o)
                 .with_context(|| format!("comparing {} with {}", a.shown, b.shown))?;
-            for d in &differences {
+            let differences = &verified.differences;
+            for d in differences {
                 if json {
                     render::json_line(&serde_json::json!({
                         "event": "difference", "table": d.table, "range": d.range, "detail": d.detail,
@@ -123,13 +124,30 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                     outln!("{}: {}: {}", d.table, d.range, d.detail);
                 }
             }
+            // Sequences are counted apart from ranges: a sequence is no range of rows, and the
+            // summary counted a moved one as a range that differed.
+            let sequences_differing = differences.iter().filter(|d| d.is_sequence()).count();
+            let ranges_differing = differences.len() - sequences_differing;
             if json {
                 render::json_line(&serde_json::json!({
-                    "event": "summary", "ranges": checked, "differences": differences.len(),
+                    "event": "summary", "ranges": verified.ranges,
+                    "sequences": verified.sequences, "differences": differences.len(),
+                    "ranges_differing": ranges_differing,
+                    "sequences_differing": sequences_differing,
                 }));
             } else {
+                let split = match differences.len() {
+                    0 => String::new(),
+                    _ => format!(
+                        " ({}, {})",
+                        plural(ranges_differing, "range"),
+                        plural(sequences_differing, "sequence")
+                    ),
+                };
                 errln!(
-                    "sluice: {checked} ranges compared, {} differ",
+                    "sluice: {}, {} compared, {} differ{split}",
+                    plural(verified.ranges, "range"),
+                    plural(verified.sequences, "sequence"),
                     differences.len()
                 );
             }
@@ -553,6 +571,14 @@ fn print_plan(plan: &Plan, json: bool) {
             count(rows),
             human(index_bytes)
         );
+    }
+}
+
+/// `n thing`, or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
     }
 }
 

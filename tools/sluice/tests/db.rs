@@ -1573,6 +1573,12 @@ fn sequences_arrive_where_they_stand_and_verify_compares_them() {
         stdout(&out),
         stderr(&out)
     );
+    // Sequences are counted as sequences, not as ranges (t, parent and child: three ranges).
+    assert!(
+        stderr(&out).contains("sluice: 3 ranges, 4 sequences compared, 0 differ"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         pg.sql("dst", "INSERT INTO t (v) VALUES ('c') RETURNING id"),
         "500"
@@ -1598,6 +1604,30 @@ fn sequences_arrive_where_they_stand_and_verify_compares_them() {
     assert!(
         said.contains("next value 500 (none handed out) against last value 500"),
         "{said}"
+    );
+    assert!(
+        stderr(&out)
+            .contains("sluice: 3 ranges, 4 sequences compared, 5 differ (1 range, 4 sequences)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice_db(&["--json", "db", "verify", &src, &dst]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let summary = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "summary")
+        .unwrap();
+    assert_eq!(
+        (
+            &summary["ranges"],
+            &summary["sequences"],
+            &summary["differences"],
+            &summary["ranges_differing"],
+            &summary["sequences_differing"]
+        ),
+        (&3.into(), &4.into(), &5.into(), &1.into(), &4.into()),
+        "{summary}"
     );
 }
 
