@@ -315,7 +315,7 @@ fn db_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 }
 
 /// The tables of the database `client` is connected to, largest first, with `include`
-/// (shell-style patterns on `schema.table` or `table`; empty: all) applied.
+/// (patterns as `pg_dump -t` takes them, see [`TablePattern`]; empty: all) applied.
 pub(crate) async fn tables(client: &Client, include: &[String]) -> Result<Vec<Table>> {
     Ok(tables_matching(client, include).await?.0)
 }
@@ -325,6 +325,15 @@ pub(crate) async fn tables_matching(
     client: &Client,
     include: &[String],
 ) -> Result<(Vec<Table>, Vec<bool>)> {
+    let patterns = include
+        .iter()
+        .map(|p| {
+            TablePattern::parse(p).map_err(|detail| Error::Database {
+                what: "choosing tables".into(),
+                detail,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut matched = vec![false; include.len()];
     let rows = client
         .query(
@@ -332,10 +341,11 @@ pub(crate) async fn tables_matching(
                 "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
                         (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
                         c.reltuples::int8, pg_indexes_size(c.oid)::int8, \
-                        (SELECT rn.nspname || '.' || rc.relname FROM pg_class rc \
-                         JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
-                         WHERE rc.oid = pg_partition_root(c.oid) AND rc.oid <> c.oid) \
+                        pg_table_is_visible(c.oid), rn.nspname::text, rc.relname::text, \
+                        pg_table_is_visible(rc.oid) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 LEFT JOIN pg_class rc ON rc.oid = pg_partition_root(c.oid) AND rc.oid <> c.oid \
+                 LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
                  WHERE c.relkind = 'r' AND {USERS} \
                  ORDER BY 4 DESC, 2, 3"
             ),
@@ -348,16 +358,17 @@ pub(crate) async fn tables_matching(
         let oid: u32 = row.get(0);
         let (schema, name): (String, String) = (row.get(1), row.get(2));
         // A partition is chosen by its own name or by its partitioned table's.
-        let root: Option<String> = row.get(7);
-        let chosen = |p: &String| {
-            glob(p, &format!("{schema}.{name}"))
-                || glob(p, &name)
-                || root.as_deref().is_some_and(|r| {
-                    glob(p, r) || r.split_once('.').is_some_and(|(_, n)| glob(p, n))
-                })
+        let visible: bool = row.get(7);
+        let root: Option<(String, String, bool)> = match (row.get(8), row.get(9), row.get(10)) {
+            (Some(s), Some(n), Some(v)) => Some((s, n, v)),
+            _ => None,
+        };
+        let chosen = |p: &TablePattern| {
+            p.matches(&schema, &name, visible)
+                || root.as_ref().is_some_and(|(s, n, v)| p.matches(s, n, *v))
         };
         let mut any = false;
-        for (p, m) in include.iter().zip(&mut matched) {
+        for (p, m) in patterns.iter().zip(&mut matched) {
             if chosen(p) {
                 (*m, any) = (true, true);
             }
@@ -553,27 +564,97 @@ pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOu
     })
 }
 
-/// Shell-style match: `*` any run, `?` one character.
-pub(crate) fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+/// A `--tables` pattern, read as `pg_dump -t` (psql's `\d`) reads one: `schema.table` or
+/// `table`; outside double quotes a name folds to lower case, `*` matches any run of
+/// characters and `?` one, and `.` separates the schema from the table; inside them every
+/// character stands for itself (`.`, spaces, capitals, `*`) and `""` is a quote. A pattern
+/// without a schema chooses only tables the search path shows, as it does for pg_dump. Unlike
+/// psql's, other characters are never regular-expression syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePattern {
+    schema: Option<Vec<Piece>>,
+    name: Vec<Piece>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// `*`: any run of characters.
+    Any,
+    /// `?`: any one character.
+    One,
+    Char(char),
+}
+
+impl TablePattern {
+    /// Reads `pattern`; an error says what is wrong with it.
+    pub fn parse(pattern: &str) -> std::result::Result<Self, String> {
+        let mut parts: Vec<Vec<Piece>> = vec![Vec::new()];
+        let mut quoted = false;
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            let part = parts.last_mut().expect("one part at least");
+            match c {
+                '"' if quoted && chars.peek() == Some(&'"') => {
+                    chars.next();
+                    part.push(Piece::Char('"'));
+                }
+                '"' => quoted = !quoted,
+                _ if quoted => part.push(Piece::Char(c)),
+                '.' => parts.push(Vec::new()),
+                '*' => part.push(Piece::Any),
+                '?' => part.push(Piece::One),
+                // As psql folds: ASCII letters only.
+                c => part.push(Piece::Char(c.to_ascii_lowercase())),
+            }
+        }
+        let mut parts = parts.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(name), None, _) => Ok(Self { schema: None, name }),
+            (Some(schema), Some(name), None) => Ok(Self {
+                schema: Some(schema),
+                name,
+            }),
+            _ => Err(format!(
+                "--tables {pattern}: too many dotted names (schema.table at most; write a dot \
+                 that is part of a name inside double quotes: '\"my.schema\".orders')"
+            )),
+        }
+    }
+
+    /// Whether the table `schema.name` is chosen; `visible`: whether the search path shows it.
+    pub fn matches(&self, schema: &str, name: &str, visible: bool) -> bool {
+        let part = |pieces: &[Piece], text: &str| matches_pieces(pieces, text);
+        match &self.schema {
+            Some(s) => part(s, schema) && part(&self.name, name),
+            None => visible && part(&self.name, name),
+        }
+    }
+}
+
+/// Whether `text` is matched by `pieces` whole.
+fn matches_pieces(pattern: &[Piece], text: &str) -> bool {
+    let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
+        match pattern.get(pi) {
+            Some(Piece::One) => (pi, ti) = (pi + 1, ti + 1),
+            Some(Piece::Char(c)) if *c == t[ti] => (pi, ti) = (pi + 1, ti + 1),
+            Some(Piece::Any) => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    pattern[pi..].iter().all(|&p| p == Piece::Any)
 }
 
 #[cfg(test)]
@@ -687,13 +768,57 @@ mod tests {
         );
     }
 
+    /// As `pg_dump -t` reads a pattern: folded to lower case outside double quotes, kept as
+    /// written inside them (dots and spaces too), `schema.table`, `*` and `?`.
     #[test]
-    fn patterns_match_as_a_shell_does() {
-        assert!(glob("public.*", "public.orders"));
-        assert!(glob("ord?rs", "orders"));
-        assert!(glob("*", ""));
-        assert!(!glob("public.*", "sales.orders"));
-        assert!(glob("*o*s", "orders"));
+    fn patterns_match_as_pg_dump_reads_them() {
+        let m = |p: &str, schema: &str, name: &str, visible: bool| {
+            TablePattern::parse(p)
+                .unwrap()
+                .matches(schema, name, visible)
+        };
+        assert!(m("public.*", "public", "orders", false));
+        assert!(m("ord?rs", "public", "orders", true));
+        assert!(
+            !m("ord?rs", "sales", "orders", false),
+            "not on the search path"
+        );
+        assert!(!m("public.*", "sales", "orders", true));
+        assert!(m("*o*s", "public", "orders", true));
+        assert!(m("Public.ORDERS", "public", "orders", true));
+        assert!(!m("Orders", "public", "Orders", true), "folded to orders");
+        assert!(m("\"Orders\"", "public", "Orders", true));
+        assert!(m(
+            "\"Sales Dept\".\"Order Items\"",
+            "Sales Dept",
+            "Order Items",
+            false
+        ));
+        assert!(m(
+            "\"Sales Dept\".\"Order *\"",
+            "Sales Dept",
+            "Order *",
+            false
+        ));
+        assert!(!m(
+            "\"Sales Dept\".\"Order *\"",
+            "Sales Dept",
+            "Order Items",
+            false
+        ));
+        assert!(m(
+            "\"Sales Dept\".\"Order \"*",
+            "Sales Dept",
+            "Order Items",
+            false
+        ));
+        assert!(m("\"a.b\".\"say \"\"hi\"\"\"", "a.b", "say \"hi\"", false));
+        assert!(m("sales*.*items", "sales dept", "order items", false));
+        assert!(
+            !m("public.", "public", "orders", true),
+            "an empty name matches none"
+        );
+        assert!(TablePattern::parse("db.public.orders").is_err());
     }
 }
 

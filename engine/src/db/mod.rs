@@ -41,7 +41,8 @@ use crate::unit::{self, Unit, UnitsSummary};
 /// How a migration is cut and run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Shell-style patterns on `schema.table` or `table`; empty: every table.
+    /// Patterns on `schema.table` or `table`, as `pg_dump -t` reads them
+    /// ([`catalog::TablePattern`]); empty: every table.
     pub tables: Vec<String>,
     /// Ranges in flight at once (each holds a connection at both ends).
     pub jobs: usize,
@@ -228,8 +229,10 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
         return Err(Error::Database {
             what: "choosing tables".into(),
             detail: format!(
-                "no table matches --tables {}: patterns are shell patterns on schema.table or \
-                 table (public.orders, 'orders_*'); a partitioned table's name takes its \
+                "no table matches --tables {}: patterns are read as pg_dump -t reads them \
+                 (public.orders, 'orders_*'; a name without a schema is looked for on the \
+                 search path; unquoted names fold to lower case, so write '\"Order Items\"' \
+                 for a name with capitals or spaces); a partitioned table's name takes its \
                  partitions",
                 unmatched.join(",")
             ),

@@ -841,7 +841,7 @@ impl Reader<'_> {
 
 /// `table` as the target has it (its own column list), read in the source's format.
 async fn target_table(client: &Client, table: &Table) -> Result<Table> {
-    let found = catalog::tables(client, &[format!("{}.{}", table.schema, table.name)]).await?;
+    let found = catalog::tables(client, &[table.qualified()]).await?;
     let mut t = found
         .into_iter()
         .find(|t| t.schema == table.schema && t.name == table.name)

@@ -602,7 +602,7 @@ impl PgSource {
     }
 
     async fn columns_of(&self, client: &Client, table: Table) -> Result<Table> {
-        let all = catalog::tables(client, &[format!("{}.{}", table.schema, table.name)]).await?;
+        let all = catalog::tables(client, &[table.qualified()]).await?;
         all.into_iter()
             .find(|t| t.schema == table.schema && t.name == table.name)
             .ok_or_else(|| Error::Database {

@@ -186,9 +186,11 @@ pub enum DbCommand {
 /// How a database is cut and moved.
 #[derive(Debug, Args)]
 pub struct DbOptions {
-    /// Only tables matching these patterns (`schema.table` or `table`, `*` and `?` as in a
-    /// shell); repeat or separate with commas. Default: every table.
-    #[arg(long = "tables", value_delimiter = ',')]
+    /// Only tables matching these patterns, read as `pg_dump -t` reads them: `schema.table` or
+    /// `table` (on the search path), unquoted names in lower case, "Mixed Case" or "a.b" in
+    /// double quotes, `*` and `?` as in a shell; repeat or separate with commas (outside
+    /// double quotes). Default: every table.
+    #[arg(long = "tables")]
     pub tables: Vec<String>,
     /// Ranges in flight at once; each holds a connection at both ends. Default 4.
     #[arg(long, default_value_t = 4)]

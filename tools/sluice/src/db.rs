@@ -22,9 +22,19 @@ fn options(o: &DbOptions) -> Result<Options> {
         usage!("--range-size must be at least 1M");
     }
     // An empty entry of a list (`a,`) is nothing; `--tables ''` alone chose every table.
-    let tables: Vec<String> = o.tables.iter().filter(|t| !t.is_empty()).cloned().collect();
+    let tables: Vec<String> = o
+        .tables
+        .iter()
+        .flat_map(|t| split_patterns(t))
+        .filter(|t| !t.is_empty())
+        .collect();
     if tables.is_empty() && !o.tables.is_empty() {
         usage!("an empty --tables pattern: leave --tables out to copy every table");
+    }
+    for t in &tables {
+        if let Err(e) = db::catalog::TablePattern::parse(t) {
+            usage!("{e}");
+        }
     }
     Ok(Options {
         tables,
@@ -36,6 +46,25 @@ fn options(o: &DbOptions) -> Result<Options> {
         no_owner: o.no_owner,
         no_privileges: o.no_privileges,
     })
+}
+
+/// `--tables`' list split at its commas, but not at one inside double quotes (part of a name,
+/// as `"a,b"`).
+fn split_patterns(list: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    for c in list.chars() {
+        match c {
+            ',' if !quoted => out.push(String::new()),
+            c => {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                out.last_mut().expect("one at least").push(c);
+            }
+        }
+    }
+    out
 }
 
 fn database(conn: &str) -> Result<Database> {

@@ -1255,7 +1255,8 @@ fn tables_take_their_schema_and_leave_the_rest() {
     );
     assert_eq!(pg.sql("dst", relations), "");
 
-    let out = sluice_db(&["db", "copy", "--tables", "Orders,events_2024", &src, &dst]);
+    let chosen = "\"Sales Dept\".\"Orders\",events_2024";
+    let out = sluice_db(&["db", "copy", "--tables", chosen, &src, &dst]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Each table's end is reported with its rows.
     assert!(
@@ -1308,7 +1309,7 @@ fn tables_take_their_schema_and_leave_the_rest() {
         "{}",
         stderr(&out)
     );
-    let out = sluice_db(&["db", "verify", "--tables", "Orders,events_2024", &src, &dst]);
+    let out = sluice_db(&["db", "verify", "--tables", chosen, &src, &dst]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -1353,6 +1354,93 @@ fn plan_refuses_a_foreign_key_to_a_table_left_out_as_copy_does() {
     let plan = sluice_db(&["db", "plan", "--tables", "linked,customers", &src]);
     assert!(plan.status.success(), "{}", stderr(&plan));
     assert!(stdout(&plan).contains("public.linked"), "{}", stdout(&plan));
+}
+
+/// `--tables` reads its patterns as `pg_dump -t` does: an unquoted name folds to lower case, a
+/// double-quoted part keeps its capitals, spaces and dots, `schema.table` qualifies, `*` and `?`
+/// match outside quotes, and a name without a schema is looked for on the search path. Patterns
+/// were matched as written, on the name or `schema.name` in any schema: `'Order Items'` chose
+/// `"Order Items"` and `'"Order Items"'` nothing, where pg_dump does the opposite.
+#[test]
+fn tables_patterns_are_read_as_pg_dump_reads_them() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE \"Order Items\" (id int PRIMARY KEY, v text); \
+         CREATE TABLE orders (id int PRIMARY KEY); \
+         CREATE TABLE \"Orders\" (id int PRIMARY KEY); \
+         CREATE SCHEMA \"Sales Dept\"; \
+         CREATE TABLE \"Sales Dept\".\"Orders\" (id int PRIMARY KEY); \
+         CREATE TABLE \"Sales Dept\".\"a.b\" (id int PRIMARY KEY); \
+         INSERT INTO \"Order Items\" SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let planned = |tables: &str| -> Result<Vec<String>, String> {
+        let out = sluice_db(&["--json", "db", "plan", "--tables", tables, &src]);
+        if !out.status.success() {
+            return Err(format!("{:?}: {}", out.status.code(), stderr(&out)));
+        }
+        let mut names: Vec<String> = stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == "table")
+            .map(|v| v["table"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    for (pattern, want) in [
+        ("\"Order Items\"", vec!["public.Order Items"]),
+        ("public.\"Order Items\"", vec!["public.Order Items"]),
+        ("\"Order\"?\"Items\"", vec!["public.Order Items"]),
+        ("\"Order \"*", vec!["public.Order Items"]),
+        // Mixed case, unquoted: folded, as pg_dump folds it.
+        ("ORDERS", vec!["public.orders"]),
+        ("Public.Orders", vec!["public.orders"]),
+        ("\"Orders\"", vec!["public.Orders"]),
+        // Not on the search path: only by its schema.
+        ("\"Sales Dept\".\"Orders\"", vec!["Sales Dept.Orders"]),
+        (
+            "\"Sales Dept\".*",
+            vec!["Sales Dept.Orders", "Sales Dept.a.b"],
+        ),
+        ("\"Sales Dept\".\"a.b\"", vec!["Sales Dept.a.b"]),
+        ("*.\"Orders\"", vec!["Sales Dept.Orders", "public.Orders"]),
+        // A comma inside quotes is part of the name; outside, it separates patterns.
+        (
+            "\"Order Items\",orders",
+            vec!["public.Order Items", "public.orders"],
+        ),
+    ] {
+        let mut want: Vec<String> = want.into_iter().map(String::from).collect();
+        want.sort();
+        assert_eq!(planned(pattern), Ok(want), "--tables {pattern}");
+    }
+    // Unquoted, a name with capitals and a space is folded and matches nothing (as pg_dump's
+    // "no matching tables"), and nothing moves.
+    for pattern in ["Order Items", "Orders_none", "\"orders\".orders"] {
+        let e = planned(pattern).unwrap_err();
+        assert!(
+            e.starts_with("Some(5)") && e.contains("no table matches --tables"),
+            "{pattern}: {e}"
+        );
+    }
+    let e = planned("db.public.orders").unwrap_err();
+    assert!(
+        e.starts_with("Some(2)") && e.contains("too many dotted names"),
+        "{e}"
+    );
+    // And the copy takes what the plan shows.
+    let out = sluice_db(&["db", "copy", "--tables", "\"Order Items\"", &src, &dst]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(pg.sql("dst", "SELECT count(*) FROM \"Order Items\""), "100");
+    assert_eq!(
+        pg.sql("dst", "SELECT count(*) FROM pg_tables WHERE schemaname <> 'pg_catalog' AND schemaname <> 'information_schema'"),
+        "1"
+    );
+    let out = sluice_db(&["db", "verify", "--tables", "\"Order Items\"", &src, &dst]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
 }
 
 /// What a pg_restore user gets wrong about the target is said before any row moves, with the
