@@ -50,6 +50,9 @@ pub struct Cli {
     /// Print machine-readable events, one JSON object per line, instead of a progress bar.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Tuning given before the command's name (`sluice --ring 4 copy …`); each file command
+    /// takes the same flags after its name, and the database commands the few that do
+    /// something for them ([`Link`]).
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -64,12 +67,16 @@ pub enum Command {
         /// One or more sources, then the destination directory (or, for one file, the file to write or update).
         #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Send SRC... to the receiver named by TICKET (printed by `sluice recv`).
     Send {
         /// One or more sources, then the ticket.
         #[arg(required = true, num_args = 1.., value_name = "SRC... TICKET")]
         args: Vec<PathBuf>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Print a ticket, wait for one sender, and receive its files into DEST_DIR.
     Recv {
@@ -103,6 +110,8 @@ pub enum Command {
         /// 8M. Default 8M.
         #[arg(long, value_parser = parse_size)]
         max_control_queue: Option<u64>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Measure the data path as iperf3 measures a link: generated data, cut into blocks and
     /// hashed, sent on the transport's lanes, verified and discarded at the other end (no disk).
@@ -117,6 +126,8 @@ pub enum Command {
         /// One or more sources, then the destination directory or a ticket.
         #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR|TICKET")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
     /// Move a PostgreSQL database: schema, rows in verified ranges, indexes and sequences;
     /// resumable, checked row by row at both ends.
@@ -127,6 +138,8 @@ pub enum Command {
         /// Files to hash.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        tuning: Tuning,
     },
 }
 
@@ -143,6 +156,8 @@ pub enum DbCommand {
         dst: String,
         #[command(flatten)]
         options: DbOptions,
+        #[command(flatten)]
+        link: Link,
     },
     /// Send SRC to the receiver named by TICKET (printed by `sluice db recv`).
     Send {
@@ -152,6 +167,8 @@ pub enum DbCommand {
         ticket: String,
         #[command(flatten)]
         options: DbOptions,
+        #[command(flatten)]
+        link: Link,
     },
     /// Print a ticket, wait for one `sluice db send`, and write what it sends into DST.
     Recv {
@@ -163,6 +180,8 @@ pub enum DbCommand {
         /// Address to put in the ticket when --listen is a wildcard (default: the address of this host's route out, or 127.0.0.1 without one).
         #[arg(long, value_parser = advertised)]
         advertise: Option<SocketAddr>,
+        #[command(flatten)]
+        link: Link,
     },
     /// Compare two databases table by table and range by range (row counts and digests);
     /// exits 0 when identical, 1 naming each differing table and range.
@@ -181,6 +200,29 @@ pub enum DbCommand {
         #[command(flatten)]
         options: DbOptions,
     },
+}
+
+impl DbCommand {
+    /// The command as the user wrote it, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DbCommand::Copy { .. } => "sluice db copy",
+            DbCommand::Send { .. } => "sluice db send",
+            DbCommand::Recv { .. } => "sluice db recv",
+            DbCommand::Verify { .. } => "sluice db verify",
+            DbCommand::Plan { .. } => "sluice db plan",
+        }
+    }
+
+    /// The link's tuning, for the commands that move data over one.
+    pub fn link(&self) -> Option<&Link> {
+        match self {
+            DbCommand::Copy { link, .. }
+            | DbCommand::Send { link, .. }
+            | DbCommand::Recv { link, .. } => Some(link),
+            DbCommand::Verify { .. } | DbCommand::Plan { .. } => None,
+        }
+    }
 }
 
 /// How a database is cut and moved.
@@ -252,120 +294,172 @@ pub struct BenchArgs {
     /// of discarding them: at the receiving end (--serve, or both ends in this process).
     #[arg(long, conflicts_with = "ticket")]
     pub to: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tuning: Tuning,
 }
 
-/// Data-path tuning; defaults are `sluice_engine::Config::default()`.
-#[derive(Debug, Args)]
+/// Data-path tuning; defaults are `sluice_engine::Config::default()`. The file commands take
+/// all of it; the database commands only [`Link`], since the rest tunes reading and writing
+/// files (a flag that does nothing is refused, not ignored).
+#[derive(Debug, Args, Clone, Default)]
 pub struct Tuning {
-    /// Block size (power of two, 1K..16M): the unit of hashing, verifying and repair.
-    #[arg(long, global = true, value_parser = parse_size)]
-    pub block_size: Option<u64>,
-    /// Buffers in each side's ring (memory = ring × block size); a sender's ring starts here.
-    #[arg(long, global = true)]
-    pub ring: Option<usize>,
+    #[command(flatten)]
+    pub link: Link,
     /// The most buffers a sender's ring grows to on a long fat QUIC path (192).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub max_ring: Option<usize>,
-    /// Parallel QUIC data streams.
-    #[arg(long, global = true)]
-    pub streams: Option<usize>,
-    /// QUIC flow-control window (cover the bandwidth-delay product), e.g. 64M.
-    #[arg(long, global = true, value_parser = parse_size)]
-    pub window: Option<u64>,
-    /// Ask the peer to acknowledge every N packets (QUIC ACK-frequency extension).
-    #[arg(long, global = true)]
-    pub ack_every: Option<u32>,
     /// send/copy: have the receiver throw away partial files of interrupted runs instead of
     /// resuming them (the sender's choice, carried in its Hello).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub restart: bool,
     /// send/copy: when resuming, read and hash at the source the blocks the receiver already
     /// holds too. By default the sender takes the receiver's resume journal's word for them if
     /// the source file is unchanged since the interrupted run (same inode, size, modification
     /// and change times) and the receiver's new reading of its partial file agrees with the
     /// journal (the receiver always reads its partial files whole).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub rehash: bool,
     /// send/copy: update existing destination files in place: only changed blocks are written, no second
     /// copy on disk. If interrupted, a file holds old and new blocks mixed until the transfer
     /// is run again.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub inplace: bool,
     /// send/copy: remove files and directories of the transferred directories that the source no
     /// longer has (as rsync --delete); without it they are left alone.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub delete: bool,
-    /// Seconds without a packet from the peer before it is declared gone (default 30).
-    #[arg(long, global = true)]
-    pub idle_timeout: Option<u64>,
     /// Seconds without progress (no block verified, sent or kept, no message) before a
     /// transfer ends with an error, even while the peer still answers keep-alives (default
     /// 120).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub stall_timeout: Option<u64>,
     /// Write through the page cache instead of O_DIRECT at the receiver.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub no_direct: bool,
+    /// Use pread/pwrite instead of io_uring.
+    #[arg(long)]
+    pub no_uring: bool,
+}
+
+/// The tuning of the link itself: blocks, lanes, windows, pacing, packing and the transport,
+/// which a database transfer's units go through as files do.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Link {
+    /// Block size (power of two, 1K..16M): the unit of hashing, verifying and repair.
+    #[arg(long, value_parser = parse_size)]
+    pub block_size: Option<u64>,
+    /// Buffers in each side's ring (memory = ring × block size); a sender's ring starts here.
+    #[arg(long)]
+    pub ring: Option<usize>,
+    /// Parallel QUIC data streams.
+    #[arg(long)]
+    pub streams: Option<usize>,
+    /// QUIC flow-control window (cover the bandwidth-delay product), e.g. 64M.
+    #[arg(long, value_parser = parse_size)]
+    pub window: Option<u64>,
+    /// Ask the peer to acknowledge every N packets (QUIC ACK-frequency extension).
+    #[arg(long)]
+    pub ack_every: Option<u32>,
+    /// Seconds without a packet from the peer before it is declared gone (default 30).
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
     /// Congestion controller: sluice (Sluice's own: paces at the measured bottleneck rate,
     /// ignores random loss, backs off when the queue grows or losses cluster), cubic
     /// (loss-based, like TCP), bbr (quinn's experimental BBR) or bbr-capped (BBR with its window
     /// held near the bandwidth-delay product). Default: sluice, except cubic towards a loopback
     /// address.
-    #[arg(long, global = true, value_parser = ["sluice", "cubic", "bbr", "bbr-capped"])]
+    #[arg(long, value_parser = ["sluice", "cubic", "bbr", "bbr-capped"])]
     pub congestion: Option<String>,
     /// Never send faster than this, in bits per second: 500M, 1G, 2.5G (decimal units, as link
     /// rates are written); with an upper-case B, bytes per second (60MB/s is 480M).
-    #[arg(long, global = true, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_rate)]
     pub max_rate: Option<u64>,
     /// Path hint: the expected round-trip time (100ms, 0.3s); with --rate it sizes the first
     /// window before anything is measured.
-    #[arg(long, global = true, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     pub rtt: Option<std::time::Duration>,
     /// Path hint: the expected bottleneck rate in bits per second (200M, 1G).
-    #[arg(long, global = true, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_rate)]
     pub rate: Option<u64>,
     /// The most parallel data streams the sender opens as the measured bandwidth-delay product
     /// grows (and a receiver allows), 1..=256; default 64.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub max_streams: Option<usize>,
     /// Pack blocks with zstd: auto (where the link, not the CPU, limits the rate and the data
     /// shrinks; never towards a loopback address), zstd (every block that shrinks) or off.
     /// Blocks are verified on their unpacked bytes. Default: auto.
-    #[arg(long, global = true, value_parser = ["auto", "zstd", "off"])]
+    #[arg(long, value_parser = ["auto", "zstd", "off"])]
     pub compress: Option<String>,
     /// quic, tcp (TLS 1.3 over TCP, for sites where UDP is blocked or throttled) or auto: a
     /// sender tries QUIC and, with no answer in 3 s, TCP as well; a receiver listens on both
-    /// (UDP and TCP, same port). Default: auto.
-    #[arg(long, global = true, env = "SLUICE_TRANSPORT", value_parser = ["auto", "quic", "tcp"])]
+    /// (UDP and TCP, same port). Default: $SLUICE_TRANSPORT, else auto.
+    #[arg(long, value_parser = ["auto", "quic", "tcp"])]
     pub transport: Option<String>,
-    /// Use pread/pwrite instead of io_uring.
-    #[arg(long, global = true)]
-    pub no_uring: bool,
     /// UDP payload bytes per QUIC packet, fixed (1200..=16000), for a path known to carry them;
     /// 0: path-MTU discovery (at most 1452). Default: 16000 towards a loopback address, else
     /// discovery.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub datagram_size: Option<u32>,
     /// send, db send: start up from a few packets, not from half the rate the last transfer to
     /// this host measured (kept a day in ~/.cache/sluice/paths, or under $XDG_CACHE_HOME), and
     /// keep nothing of this one
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub fresh_start: bool,
+}
+
+impl Link {
+    /// These flags, with `before`'s where these leave one out (see [`Tuning::or`]).
+    pub fn or(&self, before: &Link) -> Link {
+        let before = before.clone();
+        Link {
+            block_size: self.block_size.or(before.block_size),
+            ring: self.ring.or(before.ring),
+            streams: self.streams.or(before.streams),
+            window: self.window.or(before.window),
+            ack_every: self.ack_every.or(before.ack_every),
+            idle_timeout: self.idle_timeout.or(before.idle_timeout),
+            congestion: self.congestion.clone().or(before.congestion),
+            max_rate: self.max_rate.or(before.max_rate),
+            rtt: self.rtt.or(before.rtt),
+            rate: self.rate.or(before.rate),
+            max_streams: self.max_streams.or(before.max_streams),
+            compress: self.compress.clone().or(before.compress),
+            transport: self.transport.clone().or(before.transport),
+            datagram_size: self.datagram_size.or(before.datagram_size),
+            fresh_start: self.fresh_start || before.fresh_start,
+        }
+    }
 }
 
 /// The most buffers `--max-ring` may name (the ring's free list is allocated at this size).
 const MAX_RING: usize = 1 << 16;
 
 impl Tuning {
+    /// These flags (given after the command's name), with `before`'s (given before it) where
+    /// these leave one out.
+    pub fn or(&self, before: &Tuning) -> Tuning {
+        Tuning {
+            link: self.link.or(&before.link),
+            max_ring: self.max_ring.or(before.max_ring),
+            restart: self.restart || before.restart,
+            rehash: self.rehash || before.rehash,
+            inplace: self.inplace || before.inplace,
+            delete: self.delete || before.delete,
+            stall_timeout: self.stall_timeout.or(before.stall_timeout),
+            no_direct: self.no_direct || before.no_direct,
+            no_uring: self.no_uring || before.no_uring,
+        }
+    }
+
     pub fn config(&self) -> Result<Config> {
         let mut c = Config::default();
-        if let Some(bs) = self.block_size {
+        if let Some(bs) = self.link.block_size {
             if !bs.is_power_of_two() || !(1024..=16 << 20).contains(&bs) {
                 usage!("--block-size must be a power of two from 1K to 16M, not {bs}");
             }
             c.block_size = bs as u32;
         }
-        if let Some(r) = self.ring {
+        if let Some(r) = self.link.ring {
             if !(2..=MAX_RING).contains(&r) {
                 usage!("--ring must be from 2 to {MAX_RING}, not {r}");
             }
@@ -373,7 +467,7 @@ impl Tuning {
             c.ring_max = c.ring_max.max(r);
         }
         if let Some(r) = self.max_ring {
-            match self.ring {
+            match self.link.ring {
                 Some(ring) if r < ring => {
                     usage!("--max-ring ({r}) must be at least --ring ({ring})")
                 }
@@ -386,13 +480,13 @@ impl Tuning {
             }
             c.ring_max = r;
         }
-        if let Some(s) = self.streams {
+        if let Some(s) = self.link.streams {
             if !(1..=256).contains(&s) {
                 usage!("--streams must be 1..=256");
             }
             c.streams = s;
         }
-        if let Some(w) = self.window {
+        if let Some(w) = self.link.window {
             // Below 64K nothing was tried: `--window 1` stalled for good, 0 failed at the Hello.
             let least = 64 << 10;
             if !(least..=1 << 32).contains(&w) {
@@ -400,7 +494,7 @@ impl Tuning {
             }
             c.window = w;
         }
-        if let Some(a) = self.ack_every {
+        if let Some(a) = self.link.ack_every {
             // The window's floor is two ACKs' worth of packets: a large N is a burst that size.
             if a > 1024 {
                 usage!("--ack-every must be 0 (QUIC's own rule) to 1024, not {a}");
@@ -408,32 +502,41 @@ impl Tuning {
             c.ack_every = a;
         }
         c.io_uring = !self.no_uring;
-        if let Some(s) = self.max_streams {
+        if let Some(s) = self.link.max_streams {
             if !(1..=256).contains(&s) {
                 usage!("--max-streams must be 1..=256");
             }
             c.max_streams = s;
         }
-        c.max_rate = self.max_rate.map(|bits| bits / 8);
-        c.rate_hint = self.rate.map(|bits| bits / 8);
-        c.rtt_hint = self.rtt;
-        if !self.fresh_start {
+        c.max_rate = self.link.max_rate.map(|bits| bits / 8);
+        c.rate_hint = self.link.rate.map(|bits| bits / 8);
+        c.rtt_hint = self.link.rtt;
+        if !self.link.fresh_start {
             c.path_memory = sluice_engine::transport::memory::default_file();
         }
-        match self.congestion.as_deref() {
+        match self.link.congestion.as_deref() {
             Some("sluice") => c.congestion = Some(sluice_engine::config::Congestion::Sluice),
             Some("bbr") => c.congestion = Some(sluice_engine::config::Congestion::Bbr),
             Some("bbr-capped") => c.congestion = Some(sluice_engine::config::Congestion::BbrCapped),
             Some("cubic") => c.congestion = Some(sluice_engine::config::Congestion::Cubic),
             _ => {}
         }
-        if let Some(z) = self.compress.as_deref() {
+        if let Some(z) = self.link.compress.as_deref() {
             c.compress = z.parse().map_err(anyhow::Error::msg)?;
         }
-        if let Some(t) = self.transport.as_deref() {
-            c.transport = t.parse().map_err(anyhow::Error::msg)?;
+        // The environment's choice is read here, not by clap: with the flag before the command's
+        // name and after it both possible, an `env` on each would let the environment's value
+        // after it override the flag given before it.
+        let from_env = std::env::var("SLUICE_TRANSPORT")
+            .ok()
+            .filter(|t| !t.is_empty());
+        if let Some(t) = self.link.transport.clone().or(from_env) {
+            match t.parse() {
+                Ok(t) => c.transport = t,
+                Err(e) => usage!("--transport (or SLUICE_TRANSPORT): {e}"),
+            }
         }
-        if let Some(d) = self.datagram_size {
+        if let Some(d) = self.link.datagram_size {
             if d != 0 && !(1200..=16_000).contains(&d) {
                 usage!("--datagram-size must be 0 (discovery) or 1200..=16000, not {d}");
             }
@@ -444,7 +547,7 @@ impl Tuning {
         c.rehash = self.rehash;
         c.inplace = self.inplace;
         c.delete = self.delete;
-        if let Some(t) = self.idle_timeout {
+        if let Some(t) = self.link.idle_timeout {
             if !(1..=86_400).contains(&t) {
                 usage!("--idle-timeout must be 1 to 86400 seconds, not {t}");
             }

@@ -83,6 +83,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             src,
             dst,
             options: o,
+            ..
         } => {
             let (src, dst, o) = (database(&src)?, database(&dst)?, options(&o)?);
             if src.same_as(&dst) {
@@ -100,6 +101,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             src,
             ticket,
             options: o,
+            ..
         } => {
             let (src, o) = (database(&src)?, options(&o)?);
             let ticket: Ticket = match ticket.parse() {
@@ -118,6 +120,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             dst,
             listen,
             advertise,
+            ..
         } => {
             let dst = database(&dst)?;
             // The target is reached and judged before a ticket sends anyone here.

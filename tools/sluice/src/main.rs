@@ -26,13 +26,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use sluice_engine::{ErrorKind, Receiver, Sender, Ticket};
 
-use args::{Cli, Command};
+use args::{Cli, Command, Tuning};
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let before = given_before(&matches);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -43,7 +45,7 @@ fn main() {
         .init();
     let json = cli.json;
     close_on_signals(json);
-    let result = run(cli).and_then(|()| match render::stdout_error() {
+    let result = run(cli, &before).and_then(|()| match render::stdout_error() {
         Some(source) => Err(sluice_engine::Error::Io {
             what: "writing to standard output",
             source,
@@ -236,29 +238,79 @@ fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
 fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> (&'a [PathBuf], &'a PathBuf) {
     match args.split_last() {
         Some((last_arg, sources)) if !sources.is_empty() => (sources, last_arg),
-        _ => {
-            use clap::CommandFactory;
-            Cli::command()
-                .error(
-                    clap::error::ErrorKind::TooFewValues,
-                    format!("give at least one source (SRC...) before {last}"),
-                )
-                .exit()
-        }
+        _ => Cli::command()
+            .error(
+                clap::error::ErrorKind::TooFewValues,
+                format!("give at least one source (SRC...) before {last}"),
+            )
+            .exit(),
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The tuning flags given before the command's name (`sluice --ring 4 copy …`): their ids and
+/// how they are written.
+fn given_before(matches: &clap::ArgMatches) -> Vec<(String, String)> {
+    Cli::command()
+        .get_arguments()
+        .filter(|a| a.get_id() != "json")
+        .filter(|a| {
+            matches.value_source(a.get_id().as_str())
+                == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .filter_map(|a| Some((a.get_id().to_string(), format!("--{}", a.get_long()?))))
+        .collect()
+}
+
+/// The tuning of a database command: its link's flags, given after its name or before it. A
+/// flag that does nothing for it (one of the file commands', or any for a command that moves
+/// nothing over a link) is a usage error naming it; after the name clap refuses it itself.
+fn db_tuning(
+    command: &args::DbCommand,
+    top: &Tuning,
+    before: &[(String, String)],
+) -> Result<Tuning> {
+    use clap::Args;
+    let link_ids: Vec<String> = args::Link::augment_args(clap::Command::new("link"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    let name = command.name();
+    for (id, flag) in before {
+        match (link_ids.contains(id), command.link()) {
+            (true, Some(_)) => {}
+            (true, None) => usage!(
+                "{flag} tunes the link a transfer's data crosses (sluice db copy, send, recv); \
+                 {name} moves no data over one"
+            ),
+            (false, _) => usage!("{flag} applies to file transfers, not to {name}"),
+        }
+    }
+    Ok(Tuning {
+        link: command.link().cloned().unwrap_or_default().or(&top.link),
+        ..Tuning::default()
+    })
+}
+
+fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
+    let top = &cli.tuning;
+    let tuning = match &cli.command {
+        Command::Copy { tuning, .. }
+        | Command::Send { tuning, .. }
+        | Command::Recv { tuning, .. }
+        | Command::Verify { tuning, .. }
+        | Command::Hash { tuning, .. } => tuning.or(top),
+        Command::Bench(b) => b.tuning.or(top),
+        Command::Db(command) => db_tuning(command, top, before)?,
+    };
     // The sender's file options would be taken and do nothing elsewhere: said, not ignored.
     let command = match &cli.command {
-        Command::Db(_) => Some("sluice db"),
         Command::Bench(_) => Some("sluice bench"),
         Command::Recv { .. } => Some("sluice recv"),
         Command::Hash { .. } => Some("sluice hash"),
         _ => None,
     };
     if let Some(command) = command {
-        let t = &cli.tuning;
+        let t = &tuning;
         let given = [
             ("--restart", t.restart),
             ("--rehash", t.rehash),
@@ -285,22 +337,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Db(args::DbCommand::Recv { .. }) => Some("sluice db recv"),
         _ => None,
     };
-    if let (Some(command), Some(_)) = (receiving, cli.tuning.max_rate) {
+    if let (Some(command), Some(_)) = (receiving, tuning.link.max_rate) {
         usage!(
             "--max-rate caps what the sending end sends: give it to the sender, not to {command}"
         );
     }
-    let config = cli.tuning.config()?;
+    let config = tuning.config()?;
     let json = cli.json;
     match cli.command {
-        Command::Copy { paths } => {
+        Command::Copy { paths, .. } => {
             let (sources, dest) = split_sources(&paths, "DEST_DIR");
             let (sources, dest) = (sources.to_vec(), dest.clone());
             render::run(json, move |p| {
                 sluice_engine::copy(&sources, &dest, &config, p).context("copy failed")
             })
         }
-        Command::Send { args } => {
+        Command::Send { args, .. } => {
             let (sources, ticket) = split_sources(&args, "TICKET");
             let ticket: Ticket = match ticket.to_string_lossy().parse() {
                 Ok(t) => t,
@@ -324,6 +376,7 @@ fn run(cli: Cli) -> Result<()> {
             max_entries,
             max_depth,
             max_control_queue,
+            ..
         } => {
             let listen: SocketAddr = listen;
             let mut config = config;
@@ -368,7 +421,7 @@ fn run(cli: Cli) -> Result<()> {
             options,
             json,
         ),
-        Command::Verify { paths } => {
+        Command::Verify { paths, .. } => {
             let (sources, dest) = split_sources(&paths, "DEST_DIR or TICKET");
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {
                 return verify_remote(sources, &ticket, config, json);
@@ -382,7 +435,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Db(command) => db::run(config, command, json),
-        Command::Hash { files } => {
+        Command::Hash { files, .. } => {
             // As b3sum: every argument is tried, `-` is standard input, a name holding a
             // newline or backslash is printed escaped behind a leading backslash, and any
             // failure makes the exit code 1 once all are done.

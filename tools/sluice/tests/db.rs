@@ -1443,6 +1443,86 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
     assert!(out.status.success(), "verify: {}", stderr(&out));
 }
 
+/// The database commands show and take only the flags that do something for them: the file
+/// commands' own (`--inplace`, `--no-direct`, …) are neither listed by `--help` nor accepted,
+/// and a command that moves nothing over a link (`plan`, `verify`) takes no link tuning. A flag
+/// given where it does nothing is a usage error (2) naming it, before or after the command's
+/// name; the file commands keep every flag.
+#[test]
+fn db_commands_show_and_take_only_their_own_flags() {
+    let help = |args: &[&str]| {
+        let out = sluice_db(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let file_only = [
+        "--inplace",
+        "--delete",
+        "--restart",
+        "--rehash",
+        "--no-direct",
+        "--no-uring",
+        "--max-ring",
+        "--stall-timeout",
+    ];
+    let link = ["--max-rate", "--transport", "--block-size", "--compress"];
+    let db = help(&["db", "--help"]);
+    for flag in file_only.iter().chain(&link) {
+        assert!(!db.contains(flag), "db --help lists {flag}: {db}");
+    }
+    for command in ["copy", "send", "recv"] {
+        let said = help(&["db", command, "--help"]);
+        for flag in file_only {
+            assert!(
+                !said.contains(flag),
+                "db {command} --help lists {flag}: {said}"
+            );
+        }
+        for flag in link {
+            assert!(
+                said.contains(flag),
+                "db {command} --help lacks {flag}: {said}"
+            );
+        }
+    }
+    for command in ["plan", "verify"] {
+        let said = help(&["db", command, "--help"]);
+        assert!(said.contains("--tables"), "{said}");
+        for flag in file_only.iter().chain(&link) {
+            assert!(
+                !said.contains(flag),
+                "db {command} --help lists {flag}: {said}"
+            );
+        }
+    }
+    let files = help(&["copy", "--help"]);
+    for flag in file_only.iter().chain(&link) {
+        assert!(files.contains(flag), "copy --help lacks {flag}: {files}");
+    }
+    // Refused by name, before any connection (these strings name no server).
+    for args in [
+        vec!["db", "copy", "a", "b", "--inplace"],
+        vec!["db", "send", "a", "ticket", "--no-direct"],
+        vec!["db", "recv", "b", "--stall-timeout", "5"],
+        vec!["db", "plan", "a", "--max-rate", "1G"],
+        vec!["db", "verify", "a", "b", "--transport", "tcp"],
+        vec!["--inplace", "db", "copy", "a", "b"],
+        vec!["--max-ring", "8", "db", "send", "a", "ticket"],
+        vec!["--max-rate", "1G", "db", "plan", "a"],
+    ] {
+        let out = sluice_db(&args);
+        let flag = args.iter().find(|a| a.starts_with("--")).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(flag), "{args:?}: {}", stderr(&out));
+    }
+    let out = sluice_db(&["--inplace", "db", "copy", "a", "b"]);
+    assert!(
+        stderr(&out).contains("--inplace applies to file transfers, not to sluice db copy"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// What a pg_restore user gets wrong about the target is said before any row moves, with the
 /// exit code of its kind: a target that already holds tables (a second copy into the same
 /// database) exits 5 and leaves no bookkeeping behind; `db recv` into a database that does not

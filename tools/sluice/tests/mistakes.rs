@@ -268,10 +268,30 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             says: &["--window must be from"],
         },
     );
-    // File options given to the database and benchmark commands would do nothing there.
+    // File options given to the database and benchmark commands would do nothing there. The
+    // database commands do not take them at all (clap names the flag after the command's name).
+    for (args, says) in [
+        (
+            vec!["db", "copy", "--delete", "dbname=a", "dbname=b"],
+            "'--delete'",
+        ),
+        (
+            vec!["--inplace", "db", "plan", "dbname=a"],
+            "--inplace applies to file transfers, not to sluice db plan",
+        ),
+    ] {
+        let (out, took) = run(&args);
+        check(
+            out,
+            took,
+            Expect {
+                what: "a file option given to db",
+                code: 2,
+                says: &[says],
+            },
+        );
+    }
     for args in [
-        vec!["db", "copy", "--delete", "dbname=a", "dbname=b"],
-        vec!["--inplace", "db", "plan", "dbname=a"],
         vec!["bench", "--restart", "--time", "1"],
         vec!["recv", "--delete", "/nonexistent/d"],
         vec!["hash", "--rehash", "/nonexistent/f"],
@@ -281,7 +301,7 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             out,
             took,
             Expect {
-                what: "a file option given to db or bench",
+                what: "a file option given to bench, recv or hash",
                 code: 2,
                 says: &["applies to sending files"],
             },
