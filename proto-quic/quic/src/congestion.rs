@@ -100,6 +100,8 @@ const ACK_TIMER: Duration = Duration::from_millis(25);
 /// that doubles each round is 4 × the rate last measured; the delay rule, not this cap, ends
 /// start-up, and the cap bounds what a path without a queue signal can be sent.
 const STARTUP_CAP: f64 = 4.0;
+/// Acknowledged packets [`Model::on_loss`] looks back over.
+const MET_LOG: usize = 4096;
 /// ACK frames start-up remembers for [`Model::queue_rate`].
 const ACK_LOG: usize = 64;
 /// The fewest ACK frames [`Model::queue_rate`] measures over.
@@ -120,12 +122,6 @@ const MIN_WINDOW_PACKETS: u64 = 32;
 /// Clean rounds whose loss shares are kept; their median is the random loss. The least of them
 /// (tried first) reads 0 when rounds are small: 22 % of 150-packet rounds lose nothing at 1 %.
 const LOSS_ROUNDS: usize = 16;
-/// When more than this many of the last [`LOSS_ROUNDS`] clean rounds were congestive, each
-/// having lowered the rate, their loss is taken as the path's own (an estimate that started low,
-/// or loss in bursts that happens to meet a busy queue), not the queue's: a real queue stops
-/// overflowing once the rate is lowered. On wan-emu with 1 % loss in bursts of 10, counting only
-/// rounds in a row let the rate ratchet down to a tenth of the link.
-const ACCEPT_AFTER_ROUNDS: usize = 4;
 /// A congestive round loses at least this share more than the random loss (and more packets
 /// than chance explains, see `Model::beyond_chance`).
 const CONGESTIVE_EXCESS: f64 = 0.005;
@@ -330,6 +326,10 @@ struct Round {
     start: Instant,
     acked: u64,
     lost: u64,
+    /// Bytes acknowledged that met no more queue than [`Model::full_queue`], and bytes lost
+    /// where the packets sent next to them did: what random loss is measured over.
+    acked_low: u64,
+    lost_low: u64,
     packets: u64,
     min_sample: Option<Duration>,
     /// The largest of the ACK frames' freshest samples: how high the queue got this round.
@@ -350,6 +350,8 @@ impl Round {
             start,
             acked: 0,
             lost: 0,
+            acked_low: 0,
+            lost_low: 0,
             packets: 0,
             min_sample: None,
             max_fresh: None,
@@ -384,8 +386,6 @@ pub struct Model {
     losses: VecDeque<f64>,
     /// The random loss the path shows: the median of `losses` (see [`Model::loss`]).
     loss: f64,
-    /// Whether each of the last clean rounds had congestive loss.
-    congestive_history: VecDeque<bool>,
     /// The gain of the next probe round: lowered when probing overflows the queue.
     probe_gain: f64,
     /// The model's rate when the last probe began.
@@ -401,6 +401,15 @@ pub struct Model {
     frame_min: Option<Duration>,
     /// Packets the current ACK frame acknowledged so far.
     frame_packets: u64,
+    /// The current ACK frame's packets: when each was sent, its RTT sample and size.
+    frame: Vec<(Instant, Duration, u64)>,
+    /// The last packets acknowledged: when each was sent and the queue it met at the
+    /// bottleneck (see [`Model::note_queue_met`]).
+    met: VecDeque<(Instant, Duration)>,
+    /// The queue the packets of this round met, and of each of the last [`LOADED_ROUNDS`]
+    /// rounds the least and the most of it (the 10th and 90th percentiles).
+    round_mets: Vec<Duration>,
+    met_spans: VecDeque<(Duration, Duration)>,
     /// When start-up last ended (the last acknowledgement before it did).
     startup_end: Option<Instant>,
     /// ACK frames in a row whose freshest sample showed a queue (start-up only).
@@ -452,7 +461,6 @@ impl Model {
             flat_rounds: 0,
             losses: VecDeque::with_capacity(LOSS_ROUNDS + 1),
             loss: 0.0,
-            congestive_history: VecDeque::with_capacity(LOSS_ROUNDS + 1),
             probe_gain: CYCLE[0],
             cycle_congested: false,
             probe_from: 0.0,
@@ -461,6 +469,10 @@ impl Model {
             thin: true,
             frame_min: None,
             frame_packets: 0,
+            frame: Vec::new(),
+            met: VecDeque::with_capacity(MET_LOG + 1),
+            round_mets: Vec::new(),
+            met_spans: VecDeque::with_capacity(LOADED_ROUNDS + 1),
             startup_end: None,
             queued_frames: 0,
             queued_rounds: 0,
@@ -678,6 +690,7 @@ impl Model {
             round.samples += 1;
         }
         self.frame_packets += 1;
+        self.frame.push((sent, sample, bytes));
         if !sample.is_zero() {
             self.frame_min = Some(self.frame_min.map_or(sample, |m| m.min(sample)));
         }
@@ -697,6 +710,10 @@ impl Model {
     /// ACK rather than per round, so a doubling window stops before it overruns the queue).
     pub fn on_ack_frame(&mut self) {
         let packets = std::mem::take(&mut self.frame_packets);
+        let mut frame = std::mem::take(&mut self.frame);
+        self.note_queue_met(&frame);
+        frame.clear();
+        self.frame = frame;
         let Some(min) = self.frame_min.take() else {
             return;
         };
@@ -740,6 +757,53 @@ impl Model {
             self.phase = Phase::Drain;
             self.window = self.target_window(base);
         }
+    }
+
+    /// The queue each packet of an ACK frame met at the bottleneck: its RTT sample less the
+    /// base RTT and less the time the packets after it in the frame took to cross the
+    /// bottleneck at the model's rate (the peer answered when the frame's last packet came,
+    /// so every packet before it waited that long for the answer). Exact where the packets
+    /// were queued back to back, as they are where a queue overflows; an upper bound where
+    /// they were not.
+    fn note_queue_met(&mut self, frame: &[(Instant, Duration, u64)]) {
+        let (Some(base), rate) = (self.base_rtt, self.rate()) else {
+            return;
+        };
+        if rate <= 0.0 {
+            return;
+        }
+        let full = self.full_queue();
+        let mut after: u64 = frame.iter().map(|p| p.2).sum();
+        for &(sent, sample, bytes) in frame {
+            after -= bytes;
+            let behind = Duration::from_secs_f64(after as f64 / rate);
+            let met = sample.saturating_sub(base + behind);
+            self.met.push_back((sent, met));
+            if let Some(round) = self.round.as_mut() {
+                self.round_mets.push(met);
+                if full.is_none_or(|f| met <= f) {
+                    round.acked_low += bytes;
+                }
+            }
+        }
+        while self.met.len() > MET_LOG {
+            self.met.pop_front();
+        }
+    }
+
+    /// The queue above which a loss is taken for the queue's overflow, not random loss: three
+    /// quarters of the way from the least queue the last rounds' packets met to the most
+    /// (medians over [`LOADED_ROUNDS`] of each round's 10th and 90th percentile), and at least
+    /// [`overflow_evidence`]. A drop-tail queue loses packets only when it is full, at the top
+    /// of that span; random loss strikes anywhere in it. `None` before a round measured it.
+    fn full_queue(&self) -> Option<Duration> {
+        let mut most: Vec<Duration> = self.met_spans.iter().map(|s| s.1).collect();
+        let mut least: Vec<Duration> = self.met_spans.iter().map(|s| s.0).collect();
+        most.sort();
+        least.sort();
+        let most = *most.get(most.len() / 2)?;
+        let least = least[least.len() / 2].min(most);
+        Some((least + (most - least) * 3 / 4).max(overflow_evidence()))
     }
 
     /// Start-up saw a queue form. The rate of its last round is that of the window a round
@@ -803,7 +867,27 @@ impl Model {
         if self.startup_end.is_some_and(|end| sent <= end) {
             return;
         }
-        self.round.get_or_insert(Round::new(now)).lost += bytes;
+        // The queue the lost packets met: about what the packets sent just before and after
+        // them did (quinn names the last lost packet's send time). Where the queue overflowed,
+        // the one before met it full; the one after may come after a pause in sending and
+        // meet it partly drained (on a 10 ms queue at 20 Mbit/s the one before met 8.9 ms,
+        // the one after 5–7).
+        let after = self.met.partition_point(|(at, _)| *at <= sent);
+        let met = [after.checked_sub(1), Some(after)]
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.met.get(i))
+            .map(|&(_, met)| met)
+            .max();
+        let low = match (met, self.full_queue()) {
+            (Some(met), Some(full)) => met <= full,
+            _ => true,
+        };
+        let round = self.round.get_or_insert(Round::new(now));
+        round.lost += bytes;
+        if low {
+            round.lost_low += bytes;
+        }
     }
 
     /// No acknowledgement for several probe timeouts (an outage): start over from a small
@@ -842,6 +926,19 @@ impl Model {
             return;
         }
         self.round = Some(Round::new(now));
+        let mets = &mut self.round_mets;
+        if round.packets >= CLEAN_ROUND_PACKETS && mets.len() as u64 >= CLEAN_ROUND_PACKETS {
+            // Percentiles, not the least and most: one packet of a frame the peer sent by its
+            // 25 ms timer met no such queue.
+            let n = mets.len();
+            let least = *mets.select_nth_unstable(n / 10).1;
+            let most = *mets.select_nth_unstable(n - 1 - n / 10).1;
+            self.met_spans.push_back((least, most));
+            if self.met_spans.len() > LOADED_ROUNDS {
+                self.met_spans.pop_front();
+            }
+        }
+        self.round_mets.clear();
         self.close_round(round, elapsed, base);
     }
 
@@ -893,7 +990,6 @@ impl Model {
             None => Duration::ZERO,
         };
         let congestive = clean
-            && self.losses.len() >= LOSS_ROUNDS / 4
             && queue_peak > overflow_evidence()
             && self.beyond_chance(round.acked, round.lost, round_loss);
         // Lost bytes beyond the random share, in a round that shows no queue, were a burst of
@@ -918,8 +1014,9 @@ impl Model {
             // Start-up's losses are its own overrun of the queue, however they look.
             0
         } else {
-            let expected = (self.loss * sent as f64) as u64;
-            round.lost.saturating_sub(expected)
+            // Only what was lost with the queue below full: an overflow is lost with it full.
+            let expected = (self.loss * (round.acked_low + round.lost_low) as f64) as u64;
+            round.lost_low.saturating_sub(expected)
         };
         let rate = rate + burst as f64 / elapsed.as_secs_f64();
         if !(round.app_limited || held_back) || rate > best {
@@ -935,26 +1032,25 @@ impl Model {
                 self.spreads.pop_front();
             }
         }
-        if clean {
-            self.congestive_history.push_back(congestive);
-            if self.congestive_history.len() > LOSS_ROUNDS {
-                self.congestive_history.pop_front();
-            }
-        }
-        let frequent = self.congestive_history.iter().filter(|&&c| c).count() > ACCEPT_AFTER_ROUNDS;
-        // A congestive round's loss is not random loss, or the window would grow with the
-        // queue's overflow (a smoothed loss average did that: 31 % loss at a 10 ms queue). But
-        // losses that stay beyond chance while every such round lowers the rate are the path's
-        // own: after a few in a row they count, so an estimate that started low catches up.
-        // Nor is start-up's overrun of a queue: a first window sized for the round trip
-        // ([`START_RATE`]) on a slower path lost 40 % of its first round, and taken for random
-        // loss that sized every later window for it (simulator, 10 Mbit/s, 200 ms: 1.49 bytes on
-        // the wire per payload byte).
+        // Random loss is measured over the packets that met the queue below full
+        // ([`Model::full_queue`]): those a full queue lost are its overflow, and counted as
+        // random loss they sized the window for them, which overflowed the queue more. With the
+        // loss of whole rounds (a median of 16), less those judged congestive, the estimate
+        // ratcheted up on paths whose queue is shallow (20 Mbit/s, 50 ms, 10 ms queue: 0 → 33 %
+        // with no loss on the path, 1.48 bytes on the wire per payload byte) and every round
+        // overflowed.
+        // Nor is start-up's overrun of a queue random loss: a first window sized for the round
+        // trip ([`START_RATE`]) on a slower path lost 40 % of its first round, and taken for
+        // random loss that sized every later window for it (simulator, 10 Mbit/s, 200 ms: 1.49
+        // bytes on the wire per payload byte).
         let overrun = matches!(self.phase, Phase::Startup | Phase::Drain)
             && round.lost > 0
             && (queue_peak > overflow_evidence() || round_loss > STARTUP_LOSS_EXIT);
-        if clean && !overrun && (!congestive || frequent) {
-            self.losses.push_back(round_loss);
+        let sent_low = round.acked_low + round.lost_low;
+        let take = sent_low >= CLEAN_ROUND_PACKETS / 2 * self.mtu;
+        let sample = round.lost_low as f64 / sent_low.max(1) as f64;
+        if clean && !overrun && take {
+            self.losses.push_back(sample);
             if self.losses.len() > LOSS_ROUNDS {
                 self.losses.pop_front();
             }
@@ -1082,6 +1178,7 @@ impl Model {
             elapsed = ?elapsed,
             acked = round.acked,
             lost = round.lost,
+            lost_low = round.lost_low,
             packets = round.packets,
             queue = ?queue,
             peak = ?round.max_fresh.map(|m| m.saturating_sub(base)),
@@ -1335,6 +1432,22 @@ mod tests {
         /// One round: the model's window (capped by the path's rate × RTT plus a queue of
         /// `queue_limit` bytes) is acknowledged in 1,400-byte packets spread over the RTT.
         fn round(&mut self, m: &mut Model, queue_limit: u64) -> (u64, Duration) {
+            self.round_acked(m, queue_limit, 1)
+        }
+
+        /// [`Path::round`] with the peer's ACK frames as they are: it answers every 16th
+        /// packet, so the frame's packets are acknowledged at one instant, and a lost packet was
+        /// sent a round trip before its loss is seen.
+        fn round_framed(&mut self, m: &mut Model, queue_limit: u64) -> (u64, Duration) {
+            self.round_acked(m, queue_limit, 16)
+        }
+
+        fn round_acked(
+            &mut self,
+            m: &mut Model,
+            queue_limit: u64,
+            per_ack: usize,
+        ) -> (u64, Duration) {
             let pipe = bdp(self.rate, self.base);
             let inflight = m.window();
             let queued = inflight.saturating_sub(pipe).min(queue_limit);
@@ -1345,19 +1458,31 @@ mod tests {
             let step = rtt / packets as u32;
             let mut lost_random = 0.0;
             let mut acks = 0u64;
-            for _ in 0..packets {
+            let mut frame = Vec::with_capacity(per_ack);
+            for i in 0..packets {
                 self.t += step;
                 // The sender keeps its window in flight: each ACK lets the next packet out.
                 m.on_sent(inflight);
                 lost_random += self.loss;
+                let sent = if per_ack > 1 { self.t - rtt } else { self.t };
                 if lost_random >= 1.0 {
                     lost_random -= 1.0;
-                    m.on_loss(self.t, self.t, 1_400);
+                    m.on_loss(self.t, sent, 1_400);
                 } else {
-                    m.on_ack(self.t, self.t - rtt, 1_400, false);
+                    frame.push(self.t - rtt);
                 }
-                acks += 1;
-                if acks % 16 == 0 {
+                if per_ack == 1 {
+                    for sent in frame.drain(..) {
+                        m.on_ack(self.t, sent, 1_400, false);
+                    }
+                    acks += 1;
+                    if acks % 16 == 0 {
+                        m.on_ack_frame();
+                    }
+                } else if frame.len() >= per_ack || i + 1 == packets {
+                    for sent in frame.drain(..) {
+                        m.on_ack(self.t, sent, 1_400, false);
+                    }
                     m.on_ack_frame();
                 }
             }
@@ -1438,12 +1563,12 @@ mod tests {
         let mut path = Path::wan(0.05);
         let mut m = model(RateConfig::default());
         for _ in 0..20 {
-            path.round(&mut m, 1_250_000);
+            path.round_framed(&mut m, 1_250_000);
         }
         // Start-up may overrun the queue once; from then on only random loss.
         let settled = m.backoffs();
         for _ in 0..60 {
-            path.round(&mut m, 1_250_000);
+            path.round_framed(&mut m, 1_250_000);
         }
         assert!(
             (0.03..0.07).contains(&m.loss()),
