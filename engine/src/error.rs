@@ -93,6 +93,16 @@ pub enum Error {
         /// What the server or tool said.
         detail: String,
     },
+    /// A statement gave up waiting for a lock another session holds (`lock_timeout`, set by
+    /// `--lock-wait-timeout`). [`crate::db::Database`] turns it into [`Error::Database`] naming
+    /// the session that holds the lock.
+    #[error("{what}: {detail}")]
+    DatabaseLocked {
+        /// What was being done.
+        what: String,
+        /// What the server said.
+        detail: String,
+    },
     /// The connection to a database server failed or was lost (the server stopped, restarted or
     /// is unreachable): the same command, run again, resumes.
     #[error("{what}: the database server cannot be reached: {detail}")]
@@ -198,7 +208,9 @@ impl Error {
                 ErrorKind::NoSpace
             }
             Error::File { .. } | Error::Io { .. } | Error::Source { .. } => ErrorKind::Local,
-            Error::SourceChanged { .. } | Error::Database { .. } => ErrorKind::Local,
+            Error::SourceChanged { .. } | Error::Database { .. } | Error::DatabaseLocked { .. } => {
+                ErrorKind::Local
+            }
             Error::Destination { .. } => ErrorKind::Destination,
             Error::Verify { .. } => ErrorKind::Verification,
             Error::FilesFailed { kind, .. } => *kind,

@@ -4,6 +4,7 @@
 //! server on the same host or a private network, next to the sender or receiver.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
@@ -12,7 +13,7 @@ use crate::error::{Error, Result};
 
 /// How long a connection may take to be ready when the connection string sets no
 /// `connect_timeout`.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A database as the user named it, ready to connect.
 #[derive(Debug, Clone)]
@@ -20,6 +21,9 @@ pub struct Database {
     /// What the user typed, without any password, for messages.
     pub shown: String,
     pub(crate) config: Config,
+    /// How long a statement waits for a lock before it gives up (`lock_timeout`); `None`:
+    /// for ever. See [`Database::lock_wait_timeout`].
+    pub(crate) lock_wait: Option<Duration>,
 }
 
 impl Database {
@@ -84,7 +88,26 @@ impl Database {
         Ok(Self {
             shown: hide_password(conn),
             config,
+            lock_wait: None,
         })
+    }
+
+    /// Every statement on this database gives up waiting for a lock after `limit`
+    /// (PostgreSQL's `lock_timeout`; `pg_dump --lock-wait-timeout`), with an error naming what
+    /// holds it; `None`: waits for ever, as pg_dump does by default. A table another session
+    /// holds in `ACCESS EXCLUSIVE` mode (an `ALTER TABLE` left open in a transaction) stalled
+    /// a copy at its start without a word.
+    pub fn lock_wait_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.lock_wait = limit;
+        if let Some(limit) = limit {
+            let ms = limit.as_millis().max(1);
+            let options = match self.config.get_options() {
+                Some(theirs) => format!("{theirs} -c lock_timeout={ms}"),
+                None => format!("-c lock_timeout={ms}"),
+            };
+            self.config.options(options);
+        }
+        self
     }
 
     /// The database name.
@@ -163,7 +186,75 @@ impl Database {
                 what: named(what),
                 detail,
             },
+            locked @ Error::DatabaseLocked { .. } => self.name_lock_holders(locked).await,
             other => other,
+        }
+    }
+
+    /// `e`, if a statement here gave up waiting for a lock ([`Error::DatabaseLocked`]), as an
+    /// error that names who has the lock: the sessions that hold, or wait for, a relation of
+    /// this database in `ACCESS EXCLUSIVE` mode (`pg_locks`), read over a new connection;
+    /// otherwise `e` as it is.
+    pub(crate) async fn name_lock_holders(&self, e: Error) -> Error {
+        let Error::DatabaseLocked { what, detail } = e else {
+            return e;
+        };
+        let waited = match self.lock_wait {
+            Some(t) if t >= Duration::from_secs(1) => format!(" {} s", t.as_secs_f64()),
+            Some(t) => format!(" {} ms", t.as_millis()),
+            None => String::new(),
+        };
+        let holders = async {
+            let client = self.connect().await?;
+            let rows = client
+                .query(
+                    "SELECT n.nspname || '.' || c.relname, a.pid, coalesce(a.usename, ''), \
+                            l.granted, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', \
+                            'g'), 80) \
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                       JOIN pg_class c ON c.oid = l.relation \
+                       JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' \
+                       AND l.database = (SELECT oid FROM pg_database \
+                                         WHERE datname = current_database()) \
+                       AND a.pid <> pg_backend_pid() \
+                     ORDER BY l.granted DESC, a.pid",
+                    &[],
+                )
+                .await
+                .map_err(|e| pg_error("reading pg_locks".into(), &e))?;
+            Ok::<_, Error>(
+                rows.iter()
+                    .map(|r| {
+                        let (table, pid, user, granted, query): (
+                            String,
+                            i32,
+                            String,
+                            bool,
+                            String,
+                        ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                        let how = if granted { "holds" } else { "waits for" };
+                        format!("{table}: session {pid} (user {user}) {how} it: {query}")
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+        .await;
+        let who = match holders {
+            Ok(h) if !h.is_empty() => format!(
+                "; another session has a table in ACCESS EXCLUSIVE mode: {}. End that \
+                 session's transaction (or pg_terminate_backend(pid)) and run the same \
+                 command again",
+                h.join("; ")
+            ),
+            _ => "; another session holds a lock it needs".into(),
+        };
+        Error::Database {
+            what: match what.contains(&self.shown) {
+                true => what,
+                false => format!("{what} at {}", self.shown),
+            },
+            detail: format!("{detail} (waited{waited}, --lock-wait-timeout){who}"),
         }
     }
 
@@ -248,7 +339,13 @@ pub(crate) fn pg_error(what: String, e: &tokio_postgres::Error) -> Error {
     let passing = e
         .as_db_error()
         .is_some_and(|db| matches!(db.code().code(), "40001" | "40P01"));
-    if passing {
+    // lock_not_available: --lock-wait-timeout ran out.
+    let locked = e
+        .as_db_error()
+        .is_some_and(|db| db.code().code() == "55P03");
+    if locked {
+        Error::DatabaseLocked { what, detail }
+    } else if passing {
         Error::DatabaseTransient { what, detail }
     } else if lost {
         Error::DatabaseLost { what, detail }

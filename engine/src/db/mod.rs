@@ -300,14 +300,20 @@ pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
-        let plan = plan_in(&client, options).await?;
-        // What a copy of these tables would refuse (a foreign key to a table left out), the
-        // plan refuses too, in the same words: a plan that looked fine was no promise.
-        if !options.tables.is_empty() {
-            let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
-            catalog::left_out(&client, &planned).await?;
+        let planned = async {
+            let plan = plan_in(&client, options).await?;
+            // What a copy of these tables would refuse (a foreign key to a table left out), the
+            // plan refuses too, in the same words: a plan that looked fine was no promise.
+            if !options.tables.is_empty() {
+                let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+                catalog::left_out(&client, &planned).await?;
+            }
+            Ok(plan)
+        };
+        match planned.await {
+            Err(e) => Err(src.name_lock_holders(e).await),
+            ok => ok,
         }
-        Ok(plan)
     })
 }
 
@@ -321,17 +327,26 @@ pub fn send(
 ) -> Result<(Plan, UnitsSummary)> {
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
-        let (source, planner) = PgSource::open(src).await?;
-        refuse_large_objects(&planner, src, options).await?;
-        let plan = plan_in(&planner, options).await?;
-        source.dump_options(options.no_owner, options.no_privileges);
-        let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
-        if !options.tables.is_empty() {
-            source.leave_out(catalog::left_out(&planner, &planned).await?);
-        }
-        source.give_back(planner).await;
-        source.lock(&planned).await?;
-        let cut = source.cut_post_data(&planned).await?;
+        // Until the rows flow, a statement that waited too long for a lock (an `ALTER TABLE`
+        // left open in another session) is named with the session that holds it.
+        let prepared = async {
+            let (source, planner) = PgSource::open(src).await?;
+            refuse_large_objects(&planner, src, options).await?;
+            let plan = plan_in(&planner, options).await?;
+            source.dump_options(options.no_owner, options.no_privileges);
+            let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+            if !options.tables.is_empty() {
+                source.leave_out(catalog::left_out(&planner, &planned).await?);
+            }
+            source.give_back(planner).await;
+            source.lock(&planned).await?;
+            let cut = source.cut_post_data(&planned).await?;
+            Ok::<_, Error>((source, plan, cut))
+        };
+        let (source, plan, cut) = match prepared.await {
+            Ok(prepared) => prepared,
+            Err(e) => return Err(src.name_lock_holders(e).await),
+        };
         progress.set_totals(plan.ranges() as u64, plan.bytes());
         let phases = plan.phases(options.verify, &cut);
         source.set_resume(source::Resume {

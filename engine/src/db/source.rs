@@ -370,9 +370,14 @@ fn pg_dump(
         .arg(format!("--section={step}"))
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!("--exclude-schema={}", catalog::BOOKKEEPING))
-        .arg("--no-sync")
-        .arg("--dbname")
-        .arg(db.libpq());
+        .arg("--no-sync");
+    if let Some(limit) = db.lock_wait {
+        cmd.arg(format!(
+            "--lock-wait-timeout={}ms",
+            limit.as_millis().max(1)
+        ));
+    }
+    cmd.arg("--dbname").arg(db.libpq());
     if let Some(pw) = db.password() {
         cmd.env("PGPASSWORD", pw);
     }

@@ -181,6 +181,8 @@ pub enum DbCommand {
         #[arg(long, value_parser = advertised)]
         advertise: Option<SocketAddr>,
         #[command(flatten)]
+        lock_wait: LockWait,
+        #[command(flatten)]
         link: Link,
     },
     /// Compare two databases table by table and range by range (row counts and digests);
@@ -261,6 +263,17 @@ pub struct DbOptions {
     /// --no-privileges`: for a target whose roles differ.
     #[arg(long, alias = "no-acl")]
     pub no_privileges: bool,
+    #[command(flatten)]
+    pub lock_wait: LockWait,
+}
+
+/// How long a database command waits for a lock another session holds.
+#[derive(Debug, Args)]
+pub struct LockWait {
+    /// Give up waiting for a lock another session holds after this long, naming the table and
+    /// the session (as `pg_dump --lock-wait-timeout`), e.g. 30s, 2min, 500ms; 0 waits for ever.
+    #[arg(long, value_parser = parse_wait, default_value = "30s")]
+    pub lock_wait_timeout: std::time::Duration,
 }
 
 /// `sluice bench`'s flags.
@@ -631,6 +644,28 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     };
     if !(1e-6..=60.0).contains(&secs) {
         return Err(format!("{s:?} is outside 1 µs to 60 s"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Parses how long to wait: `30s`, `2min`, `1h`, `500ms`, `0` (for ever); a bare number is
+/// seconds.
+pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) =
+        decimal_and_unit(s).ok_or_else(|| format!("{s:?} is not a duration like 30s or 2min"))?;
+    let secs = match unit.to_ascii_lowercase().as_str() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, min or h)"
+            ))
+        }
+    };
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s:?} is outside 0 to 24 h"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }

@@ -10,7 +10,7 @@ use sluice_engine::unit::session::UnitServer;
 use sluice_engine::unit::UnitsSummary;
 use sluice_engine::{Config, Event, Progress, Ticket};
 
-use crate::args::{DbCommand, DbOptions};
+use crate::args::{DbCommand, DbOptions, LockWait};
 use crate::render;
 
 fn options(o: &DbOptions) -> Result<Options> {
@@ -67,14 +67,15 @@ fn split_patterns(list: &str) -> Vec<String> {
     out
 }
 
-fn database(conn: &str) -> Result<Database> {
-    Ok(Database::parse(conn)?)
+fn database(conn: &str, wait: &LockWait) -> Result<Database> {
+    let limit = Some(wait.lock_wait_timeout).filter(|t| !t.is_zero());
+    Ok(Database::parse(conn)?.lock_wait_timeout(limit))
 }
 
 pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
     match command {
         DbCommand::Plan { src, options: o } => {
-            let (src, o) = (database(&src)?, options(&o)?);
+            let (src, o) = (database(&src, &o.lock_wait)?, options(&o)?);
             let plan = db::plan(&src, &o).with_context(|| format!("planning {}", src.shown))?;
             print_plan(&plan, json);
             Ok(())
@@ -85,7 +86,8 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             options: o,
             ..
         } => {
-            let (src, dst, o) = (database(&src)?, database(&dst)?, options(&o)?);
+            let (src, dst) = (database(&src, &o.lock_wait)?, database(&dst, &o.lock_wait)?);
+            let o = options(&o)?;
             if src.same_as(&dst) {
                 usage!(
                     "the source and the target are the same database ({}): name another target",
@@ -103,7 +105,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             options: o,
             ..
         } => {
-            let (src, o) = (database(&src)?, options(&o)?);
+            let (src, o) = (database(&src, &o.lock_wait)?, options(&o)?);
             let ticket: Ticket = match ticket.parse() {
                 Ok(t) => t,
                 Err(e) => usage!(
@@ -120,9 +122,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             dst,
             listen,
             advertise,
+            lock_wait,
             ..
         } => {
-            let dst = database(&dst)?;
+            let dst = database(&dst, &lock_wait)?;
             // The target is reached and judged before a ticket sends anyone here.
             let sink = Arc::new(db::PgSink::new(dst.clone()));
             sluice_engine::transport::runtime()?
@@ -143,7 +146,8 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             Ok(())
         }
         DbCommand::Verify { a, b, options: o } => {
-            let (a, b, o) = (database(&a)?, database(&b)?, options(&o)?);
+            let (a, b) = (database(&a, &o.lock_wait)?, database(&b, &o.lock_wait)?);
+            let o = options(&o)?;
             let verified = db::verify(&a, &b, &o)
                 .with_context(|| format!("comparing {} with {}", a.shown, b.shown))?;
             let differences = &verified.differences;

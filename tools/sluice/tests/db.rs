@@ -351,6 +351,66 @@ fn a_connection_cut_while_the_server_still_answers_is_tried_again() {
     assert!(out.status.success(), "verify: {}", stderr(&out));
 }
 
+/// A table another session holds in `ACCESS EXCLUSIVE` mode (an `ALTER TABLE` left open in a
+/// transaction) stalled a copy at its start, without a word, for as long as that session lived.
+/// The copy now gives up after `--lock-wait-timeout`, naming the table and the session; once
+/// that session's transaction ends, the same command copies.
+#[test]
+fn a_table_locked_by_another_session_is_named_within_the_lock_wait_timeout() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE held (id int PRIMARY KEY, v text); \
+         INSERT INTO held SELECT i, md5(i::text) FROM generate_series(1, 1000) i; \
+         CREATE TABLE free (id int PRIMARY KEY); INSERT INTO free VALUES (1);",
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let mut holder = Command::new(bin.join("psql"))
+        .args(["-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-d", &src])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to_holder = holder.stdin.take().unwrap();
+    writeln!(
+        to_holder,
+        "BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE; SELECT pg_backend_pid();"
+    )
+    .unwrap();
+    let mut pid = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut pid)
+        .unwrap();
+    let pid = pid.trim().to_string();
+    assert!(pid.parse::<u32>().is_ok(), "the holder said {pid:?}");
+
+    let started = Instant::now();
+    let out = sluice_db(&["db", "copy", &src, &dst, "--lock-wait-timeout", "2s"]);
+    let took = started.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(took < Duration::from_secs(20), "{took:?}: {err}");
+    for needed in [
+        "public.held",
+        &format!("session {pid}"),
+        "--lock-wait-timeout",
+    ] {
+        assert!(err.contains(needed), "{needed:?} not in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+
+    // The holder's transaction ends: the same command copies.
+    writeln!(to_holder, "ROLLBACK;").unwrap();
+    drop(to_holder);
+    holder.wait().unwrap();
+    let out = sluice_db(&["db", "copy", &src, &dst, "--lock-wait-timeout", "2s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(pg.sql("dst", "SELECT count(*) FROM held"), "1000");
+}
+
 /// `sluice ARGS`, unprivileged when the test is root.
 fn sluice_db(args: &[&str]) -> Output {
     let mut c = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
