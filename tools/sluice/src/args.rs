@@ -464,7 +464,10 @@ impl Tuning {
         }
     }
 
-    pub fn config(&self) -> Result<Config> {
+    /// The engine's configuration. `over_a_link`: the command moves data between two ends
+    /// (only then is `SLUICE_TRANSPORT` read: a stale or mistyped value failed `sluice hash`
+    /// and `sluice db plan`, which open no link).
+    pub fn config(&self, over_a_link: bool) -> Result<Config> {
         let mut c = Config::default();
         if let Some(bs) = self.link.block_size {
             if !bs.is_power_of_two() || !(1024..=16 << 20).contains(&bs) {
@@ -542,7 +545,7 @@ impl Tuning {
         // after it override the flag given before it.
         let from_env = std::env::var("SLUICE_TRANSPORT")
             .ok()
-            .filter(|t| !t.is_empty());
+            .filter(|t| over_a_link && !t.is_empty());
         if let Some(t) = self.link.transport.clone().or(from_env) {
             match t.parse() {
                 Ok(t) => c.transport = t,

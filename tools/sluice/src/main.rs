@@ -342,7 +342,12 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
             "--max-rate caps what the sending end sends: give it to the sender, not to {command}"
         );
     }
-    let config = tuning.config()?;
+    let over_a_link = !matches!(
+        &cli.command,
+        Command::Hash { .. }
+            | Command::Db(args::DbCommand::Plan { .. } | args::DbCommand::Verify { .. })
+    );
+    let config = tuning.config(over_a_link)?;
     let json = cli.json;
     match cli.command {
         Command::Copy { paths, .. } => {

@@ -507,3 +507,37 @@ fn output_that_cannot_be_written_fails_the_command() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A mistyped `SLUICE_TRANSPORT` fails the commands that open a link, naming the variable, and
+/// no other: it failed `sluice hash`, which opens none.
+#[test]
+fn a_mistyped_transport_variable_fails_only_commands_that_open_a_link() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("f");
+    fs::write(&file, b"hello").unwrap();
+    let hash = sluice()
+        .env("SLUICE_TRANSPORT", "bogus")
+        .arg("hash")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        hash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hash.stderr)
+    );
+    let copy = sluice()
+        .env("SLUICE_TRANSPORT", "bogus")
+        .arg("copy")
+        .arg(&file)
+        .arg(d.path().join("dest"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&copy.stderr);
+    assert_eq!(copy.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("SLUICE_TRANSPORT") && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(!d.path().join("dest").exists(), "copied despite the error");
+}
