@@ -426,6 +426,22 @@ fn libpq_only(conn: &str) -> std::result::Result<(String, Option<std::path::Path
                      name host, port, dbname and user instead"
                 ))
             }
+            // Without TLS, `allow` is what the driver's default (`prefer`) does.
+            "sslmode" if matches!(value, "disable" | "prefer") => true,
+            "sslmode" if value == "allow" => false,
+            "sslmode" if matches!(value, "require" | "verify-ca" | "verify-full") => {
+                return Err(format!(
+                    "sslmode={value}: TLS to the database server is not supported yet; reach \
+                     the server over a Unix socket or a private network, with sslmode=disable \
+                     or prefer"
+                ))
+            }
+            "sslmode" => {
+                return Err(format!(
+                    "sslmode={value}: not a mode libpq knows (disable, allow, prefer, require, \
+                     verify-ca, verify-full)"
+                ))
+            }
             "sslrootcert" | "sslcert" | "sslkey" | "sslcrl" | "sslcrldir" | "sslpassword"
             | "requiressl" => {
                 return Err(format!(
@@ -455,7 +471,13 @@ fn libpq_only(conn: &str) -> std::result::Result<(String, Option<std::path::Path
             false => (format!("{base}?{}", kept.join("&")), passfile),
         });
     }
-    if conn.contains("://") {
+    if let Some((scheme, _)) = conn.split_once("://") {
+        // The driver's own word for any other scheme was "unexpected EOF".
+        if scheme != "postgres" && scheme != "postgresql" {
+            return Err(format!(
+                "{scheme}://: a connection URI starts with postgresql:// or postgres://"
+            ));
+        }
         return Ok((conn.to_string(), passfile));
     }
     let mut kept = Vec::new();
@@ -731,6 +753,22 @@ mod tests {
             let e = libpq_only(conn).unwrap_err();
             assert!(e.contains(named), "{conn}: {e}");
         }
+        // A scheme the driver does not know, and a TLS mode Sluice cannot meet, are named
+        // (the driver said "unexpected EOF" and "invalid value for option `sslmode`").
+        for (conn, named) in [
+            ("postgress://h/db", "postgress://"),
+            ("host=h sslmode=verify-full", "TLS to the database server"),
+            ("postgresql://h/db?sslmode=require", "sslmode=require"),
+            ("host=h sslmode=requre", "not a mode libpq knows"),
+        ] {
+            let e = Database::parse(conn).unwrap_err().to_string();
+            assert!(e.contains(named), "{conn}: {e}");
+        }
+        assert_eq!(libpq_only("host=h sslmode=allow").unwrap().0, "host=h");
+        assert_eq!(
+            libpq_only("host=h sslmode=disable").unwrap().0,
+            "host=h sslmode=disable"
+        );
         assert!(libpq_only("host='open").is_err());
         // What neither knows is the driver's to name, with the option.
         let e = Database::parse("hots=db dbname=d").unwrap_err().to_string();
