@@ -301,6 +301,8 @@ pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
             .await
             .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
         let planned = async {
+            // A source a copy would refuse, the plan refuses in the same words.
+            refuse_large_objects(&client, src, options).await?;
             let plan = plan_in(&client, options).await?;
             // What a copy of these tables would refuse (a foreign key to a table left out), the
             // plan refuses too, in the same words: a plan that looked fine was no promise.

@@ -1238,6 +1238,16 @@ fn large_objects_are_refused_by_name_unless_left_behind() {
          INSERT INTO docs VALUES (1, lo_from_bytea(0, 'a large object'));",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
+    // The plan refuses what the copy would, and plans once they are to be left behind.
+    let plan = sluice_db(&["db", "plan", &src]);
+    assert_eq!(plan.status.code(), Some(5), "{}", stderr(&plan));
+    assert!(
+        stderr(&plan).contains("1 large object"),
+        "{}",
+        stderr(&plan)
+    );
+    let plan = sluice_db(&["db", "plan", &src, "--skip-large-objects"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
     let out = sluice_db(&["db", "copy", &src, &dst]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("1 large object"), "{}", stderr(&out));
