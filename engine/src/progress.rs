@@ -339,13 +339,18 @@ impl StallWatch {
     }
 
     /// Bytes the link must have carried in [`StallWatch::AFTER`] for a standing counter to be
-    /// let be: at a long round trip's start-up every stream fills its first block at once, and
-    /// none completes for seconds while data arrives at the link's pace.
-    const FLOWING: u64 = 1 << 20;
+    /// let be, and for the transfer to count as moving: at a long round trip's start-up every
+    /// stream fills its first block at once, and none completes for seconds while data arrives
+    /// at the link's pace; on a slow link (0.5 Mbit/s, 800 ms, 5 % loss) no block of 1 MiB
+    /// completed for minutes while data flowed, and the transfer was ended as stalled after
+    /// `--stall-timeout`. 16 KiB in 5 s (26 kbit/s) is far above what keep-alives and their
+    /// acknowledgements carry (about 1 KB in 5 s each way).
+    const FLOWING: u64 = 16 << 10;
 
     /// Whether `value` has not changed for another [`StallWatch::AFTER`] while the link's byte
     /// counter `flow` moved less than [`StallWatch::FLOWING`]: nothing is arriving either, worth
-    /// a warning. Call it often.
+    /// a warning. Data flowing counts as the transfer moving ([`StallWatch::quiet_for`]). Call
+    /// it often.
     pub(crate) fn stalled(&mut self, value: u64, flow: u64) -> bool {
         if value != self.last {
             self.last = value;
@@ -357,7 +362,11 @@ impl StallWatch {
         if self.since.elapsed() >= Self::AFTER {
             self.since = std::time::Instant::now();
             let mark = std::mem::replace(&mut self.flow_mark, flow);
-            return flow.saturating_sub(mark) < Self::FLOWING;
+            if flow.saturating_sub(mark) >= Self::FLOWING {
+                self.moved = self.since;
+                return false;
+            }
+            return true;
         }
         false
     }
@@ -410,13 +419,47 @@ mod tests {
             assert!(!watch.stalled(7, flow), "data was flowing");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Data flowing is the transfer moving, however slowly no block completes.
+        assert!(
+            watch.quiet_for() < step,
+            "quiet for {:?} while data flowed",
+            watch.quiet_for()
+        );
+        // The first check after the flow stops still counts what flowed before it: the warning
+        // comes at the second.
         let mut warned = false;
-        while started.elapsed() < 2 * step + Duration::from_millis(100) && !warned {
+        while started.elapsed() < 3 * step + Duration::from_millis(100) && !warned {
             flow += 100; // keep-alives
             warned = watch.stalled(7, flow);
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(warned, "nothing moved for {:?}", started.elapsed());
+        assert!(
+            watch.quiet_for() >= StallWatch::AFTER,
+            "{:?}",
+            watch.quiet_for()
+        );
+    }
+
+    /// A slow link (2 KiB every 50 ms: 330 kbit/s) on which no block completes for longer than
+    /// `--stall-timeout` is no stall: it was ended as one at 0.5 Mbit/s, 800 ms and 5 % loss.
+    #[test]
+    fn a_slow_link_that_carries_data_is_no_stall() {
+        let mut watch = StallWatch::new();
+        let step = StallWatch::AFTER + Duration::from_millis(200);
+        assert!(!watch.stalled(7, 0));
+        let started = std::time::Instant::now();
+        let mut flow = 0;
+        while started.elapsed() < step {
+            flow += 2 << 10;
+            assert!(!watch.stalled(7, flow), "data was flowing");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            watch.quiet_for() < Duration::from_secs(1),
+            "quiet for {:?} while data flowed",
+            watch.quiet_for()
+        );
     }
 
     #[test]
