@@ -410,6 +410,9 @@ pub struct Model {
     /// rounds the least and the most of it (the 10th and 90th percentiles).
     round_mets: Vec<Duration>,
     met_spans: VecDeque<(Duration, Duration)>,
+    /// [`Model::full_queue`] of `met_spans`, worked out when a round adds to them (it is read
+    /// for every ACK frame and every loss).
+    full: Option<Duration>,
     /// When start-up last ended (the last acknowledgement before it did).
     startup_end: Option<Instant>,
     /// ACK frames in a row whose freshest sample showed a queue (start-up only).
@@ -473,6 +476,7 @@ impl Model {
             met: VecDeque::with_capacity(MET_LOG + 1),
             round_mets: Vec::new(),
             met_spans: VecDeque::with_capacity(LOADED_ROUNDS + 1),
+            full: None,
             startup_end: None,
             queued_frames: 0,
             queued_rounds: 0,
@@ -772,7 +776,7 @@ impl Model {
         if rate <= 0.0 {
             return;
         }
-        let full = self.full_queue();
+        let full = self.full;
         let mut after: u64 = frame.iter().map(|p| p.2).sum();
         for &(sent, sample, bytes) in frame {
             after -= bytes;
@@ -796,9 +800,9 @@ impl Model {
     /// (medians over [`LOADED_ROUNDS`] of each round's 10th and 90th percentile), and at least
     /// [`overflow_evidence`]. A drop-tail queue loses packets only when it is full, at the top
     /// of that span; random loss strikes anywhere in it. `None` before a round measured it.
-    fn full_queue(&self) -> Option<Duration> {
-        let mut most: Vec<Duration> = self.met_spans.iter().map(|s| s.1).collect();
-        let mut least: Vec<Duration> = self.met_spans.iter().map(|s| s.0).collect();
+    fn full_queue(spans: &VecDeque<(Duration, Duration)>) -> Option<Duration> {
+        let mut most: Vec<Duration> = spans.iter().map(|s| s.1).collect();
+        let mut least: Vec<Duration> = spans.iter().map(|s| s.0).collect();
         most.sort();
         least.sort();
         let most = *most.get(most.len() / 2)?;
@@ -879,7 +883,7 @@ impl Model {
             .filter_map(|i| self.met.get(i))
             .map(|&(_, met)| met)
             .max();
-        let low = match (met, self.full_queue()) {
+        let low = match (met, self.full) {
             (Some(met), Some(full)) => met <= full,
             _ => true,
         };
@@ -937,6 +941,7 @@ impl Model {
             if self.met_spans.len() > LOADED_ROUNDS {
                 self.met_spans.pop_front();
             }
+            self.full = Self::full_queue(&self.met_spans);
         }
         self.round_mets.clear();
         self.close_round(round, elapsed, base);
