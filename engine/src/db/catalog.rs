@@ -623,10 +623,9 @@ impl TablePattern {
 
     /// Whether the table `schema.name` is chosen; `visible`: whether the search path shows it.
     pub fn matches(&self, schema: &str, name: &str, visible: bool) -> bool {
-        let part = |pieces: &[Piece], text: &str| matches_pieces(pieces, text);
         match &self.schema {
-            Some(s) => part(s, schema) && part(&self.name, name),
-            None => visible && part(&self.name, name),
+            Some(s) => matches_pieces(s, schema) && matches_pieces(&self.name, name),
+            None => visible && matches_pieces(&self.name, name),
         }
     }
 }

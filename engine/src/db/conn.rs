@@ -159,35 +159,39 @@ impl Database {
     /// ([`Error::DatabaseTransient`], worth sending the unit again) when the server still takes
     /// a new one; otherwise the server is gone or refuses, and the run ends with `e`.
     pub(crate) async fn judge(&self, e: Error) -> Error {
-        let named = |what: String| match what.contains(&self.shown) {
-            true => what,
-            false => format!("{what} at {}", self.shown),
-        };
         match e {
             Error::DatabaseLost { what, detail } => {
                 let probe = tokio::time::timeout(PROBE_TIMEOUT, self.config.connect(NoTls));
                 match probe.await {
                     // Dropped at once: only the answer mattered.
                     Ok(Ok(_)) => Error::DatabaseTransient {
-                        what: named(what),
+                        what: self.named(what),
                         detail: format!("{detail} (the server still takes connections)"),
                     },
                     _ => Error::DatabaseLost {
-                        what: named(what),
+                        what: self.named(what),
                         detail,
                     },
                 }
             }
             Error::Database { what, detail } => Error::Database {
-                what: named(what),
+                what: self.named(what),
                 detail,
             },
             Error::DatabaseTransient { what, detail } => Error::DatabaseTransient {
-                what: named(what),
+                what: self.named(what),
                 detail,
             },
             locked @ Error::DatabaseLocked { .. } => self.name_lock_holders(locked).await,
             other => other,
+        }
+    }
+
+    /// `what` was done at this database: said so, unless it already names it.
+    fn named(&self, what: String) -> String {
+        match what.contains(&self.shown) {
+            true => what,
+            false => format!("{what} at {}", self.shown),
         }
     }
 
@@ -250,10 +254,7 @@ impl Database {
             _ => "; another session holds a lock it needs".into(),
         };
         Error::Database {
-            what: match what.contains(&self.shown) {
-                true => what,
-                false => format!("{what} at {}", self.shown),
-            },
+            what: self.named(what),
             detail: format!("{detail} (waited{waited}, --lock-wait-timeout){who}"),
         }
     }
