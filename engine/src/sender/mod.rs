@@ -283,6 +283,7 @@ async fn transfer(
                     deferred: std::rc::Rc::new(Deferred::new(block_tx.clone(), event_tx.clone())),
                     search: Default::default(),
                     early,
+                    in_memory: Default::default(),
                     packer: std::cell::RefCell::new(Packer::new(
                         config.compress,
                         config.compress_level,
@@ -586,6 +587,10 @@ const SPOT_CHECK: u64 = 64;
 /// all that is wasted when the receiver holds the file already.
 const EARLY_BYTES: u64 = 1 << 20;
 
+/// Reads of at most this many bytes from a file in memory are done at once on the reader
+/// thread rather than queued ([`Reader::in_memory`]).
+const SHORT_READ: usize = 64 << 10;
+
 /// The shortest handshake round trip at which [`EARLY_BYTES`] go early.
 const EARLY_MIN_RTT: std::time::Duration = std::time::Duration::from_millis(4);
 
@@ -636,6 +641,8 @@ struct Reader<'a> {
     /// Whether the first file's first blocks go before the receiver's answer
     /// ([`Reader::send_early`]): only where the round trip is long enough to matter.
     early: bool,
+    /// Devices whose files live in memory (tmpfs, ramfs), by `st_dev` ([`Reader::in_memory`]).
+    in_memory: std::cell::RefCell<std::collections::HashMap<u64, bool>>,
 }
 
 /// Short blocks (small files, last blocks) held back by the reader with the `FileDone` events
@@ -959,6 +966,13 @@ impl Reader<'_> {
                         req,
                         result: Ok(len),
                     });
+                } else if len <= SHORT_READ && self.in_memory(&file, &meta) {
+                    // io_uring cannot read tmpfs without blocking and hands each such read
+                    // to a worker thread; for a short read that hand-off costs more than the
+                    // copy (`docs/decisions.md`, "Short reads of files in memory").
+                    let result =
+                        blockio::read_now(&req.file, &mut req.buf.as_mut_slice()[..len], offset);
+                    done.push(Completion { req, result });
                 } else {
                     io.submit(req, &mut done)
                         .map_err(Error::file("reading", &src.local))?;
@@ -991,6 +1005,17 @@ impl Reader<'_> {
             self.deferred.flush()?;
         }
         Ok(())
+    }
+
+    /// Whether the file of `meta` lives in memory (tmpfs, ramfs): its reads never wait for a
+    /// device. Asked of the filesystem once per device.
+    fn in_memory(&self, file: &File, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        *self
+            .in_memory
+            .borrow_mut()
+            .entry(meta.dev())
+            .or_insert_with(|| blockio::in_memory(file))
     }
 
     /// The block indices of `group` in a file of `size` bytes.

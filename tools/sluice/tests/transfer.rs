@@ -88,6 +88,54 @@ over_both! {
     }
 }
 
+/// Files on tmpfs are read at once by the reader thread where the read is short (io_uring
+/// hands every tmpfs read to a worker): every size around that limit and the block size
+/// arrives byte for byte.
+#[test]
+fn a_tree_in_memory_arrives_byte_for_byte() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipped: no /dev/shm on this machine");
+        return;
+    }
+    let d = tempfile::tempdir_in(shm).unwrap();
+    let src = d.path().join("shm");
+    fs::create_dir(&src).unwrap();
+    let sizes = [
+        0,
+        1,
+        4096,
+        (64 << 10) - 1,
+        64 << 10,
+        (64 << 10) + 1,
+        BLOCK - 1,
+        BLOCK + 1,
+        2 * BLOCK + (64 << 10),
+    ];
+    for (i, len) in sizes.into_iter().enumerate() {
+        random_file(&src.join(format!("f{len}")), len, i as u8);
+    }
+    for i in 0..300u64 {
+        random_file(&src.join(format!("small{i}")), 1 + i * 37, (i % 200) as u8);
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let out = sluice()
+        .arg("copy")
+        .arg(&src)
+        .arg(dest.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_tree(&src, &dest.path().join("shm"));
+    let out = sluice()
+        .arg("verify")
+        .arg(&src)
+        .arg(dest.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+}
+
 over_both! {
     fn copy_one_gib_and_report_its_root() {
         let d = tempfile::tempdir().unwrap();
