@@ -573,6 +573,10 @@ struct Reading {
     /// Blocks that differ, read while the receiver's anchors of earlier groups were still to
     /// come (those groups differ too): looked for again, and sent, once they are in.
     later: Vec<(u64, Option<Digest>)>,
+    /// The file being read, and its version when opened: looked at again once every block is
+    /// read, to tell a file written to meanwhile ([`Reader::account`]).
+    file: Arc<File>,
+    version: sluice_proto::message::SourceVersion,
 }
 
 /// One held block in this many the receiver's journal vouches for is read and checked all the
@@ -826,9 +830,12 @@ impl Reader<'_> {
                 });
                 continue;
             }
+            let file = Arc::new(file);
             state.insert(
                 fi,
                 Reading {
+                    file: file.clone(),
+                    version: manifest::source_version(&meta),
                     cvs: vec![[0; 32]; count as usize],
                     remaining: count,
                     sent: 0,
@@ -853,7 +860,6 @@ impl Reader<'_> {
                 use std::os::unix::fs::MetadataExt;
                 meta.blocks().saturating_mul(512) < size
             };
-            let file = Arc::new(file);
             // Blocks from the one holding byte `len` on are (almost all) missing for certain: read
             // and send them first, while the receiver is still scanning the part it holds.
             if let Some(b) = &self.board {
@@ -880,7 +886,7 @@ impl Reader<'_> {
                     .ok_or_else(|| Error::io("reader")(std::io::Error::other("lost its file")))?;
                 st.sent += early.len() as u64;
                 for &(index, cv) in &early {
-                    self.account(fi, index, cv, &mut state);
+                    self.account(fi, index, cv, &mut state)?;
                 }
                 early.len() as u64
             };
@@ -982,17 +988,6 @@ impl Reader<'_> {
                     io.wait(1, &mut done).map_err(Error::io("io_uring"))?;
                     self.handle(&mut done, &mut state)?;
                 }
-            }
-            // Written to while it was read: the blocks sent may mix two versions, each block
-            // verified but the whole matching neither. Stopped here, named, like rsync's
-            // "file has vanished" and tar's "file changed as we read it".
-            let after = file
-                .metadata()
-                .map_err(Error::file("reading metadata of", &src.local))?;
-            // (A file already abandoned stays so: `abandon` acts once per file.)
-            if manifest::source_version(&after) != manifest::source_version(&meta) {
-                let why = changed_while_sent("written to while it was being sent");
-                self.abandon(fi, why, &mut state)?;
             }
         }
         self.drain(&mut *io, &mut done, &mut state)?;
@@ -1545,7 +1540,7 @@ impl Reader<'_> {
             // need one.
             drop(data);
         }
-        self.account(fi, index, cv, state);
+        self.account(fi, index, cv, state)?;
         Ok(())
     }
 
@@ -1616,19 +1611,19 @@ impl Reader<'_> {
         }
         st.vouched.insert(index);
         self.progress.add_vouched(len);
-        self.account(fi, index, cv, state);
+        self.account(fi, index, cv, state)?;
         Ok(true)
     }
 
     /// Records the hash of block `index` of file `fi`, settled: compares its group with the
     /// receiver's once the whole group is known, and queues the file for finishing after its
     /// last block.
-    fn account(&self, fi: usize, index: u64, cv: Digest, state: &mut Readings) {
+    fn account(&self, fi: usize, index: u64, cv: Digest, state: &mut Readings) -> Result<()> {
         let src = &self.files[fi];
         let size = src.entry.size;
         let group = index / GROUP_BLOCKS;
         let Some(st) = state.get_mut(&fi) else {
-            return;
+            return Ok(());
         };
         st.cvs[index as usize] = cv;
         st.remaining -= 1;
@@ -1649,11 +1644,24 @@ impl Reader<'_> {
             }
         }
         if st.remaining == 0 {
+            // Written to while it was read (the last read has completed: not merely been
+            // queued): the blocks sent may mix two versions, each block verified but the whole
+            // matching neither. Stopped here, named, like rsync's "file has vanished" and tar's
+            // "file changed as we read it".
+            let after = st
+                .file
+                .metadata()
+                .map_err(Error::file("reading metadata of", &src.local))?;
+            if manifest::source_version(&after) != st.version {
+                let why = changed_while_sent("written to while it was being sent");
+                return self.abandon(fi, why, state);
+            }
             // Finished when the receiver's answers about it are in (finish_files), so the
             // reader goes on with the next file meanwhile: on a long link a round trip per
             // changed file would add up.
             self.finishing.borrow_mut().push(fi);
         }
+        Ok(())
     }
 
     /// Finishes the files whose blocks are all read, as far as the receiver's answers allow
