@@ -13,7 +13,8 @@ use sluice_quic::netsim::{self, Flow, Link, Scenario};
 use sluice_quic::tls::{Congestion, TransportTuning};
 
 fn main() {
-    // `SLUICE_LOG=sluice_quic::congestion=trace` prints the controller's rounds.
+    // `SLUICE_LOG=sluice_quic::congestion=trace` prints the controller's rounds; `TIMELINE=1`
+    // the first flow's in-order goodput per 300 ms (its first 6 s and last 3 s).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("SLUICE_LOG"))
         .with_writer(std::io::stderr)
@@ -136,6 +137,26 @@ fn main() {
                     eprintln!("  {:>5.0} s: {s:.2?}", t.as_secs_f64());
                     t += step;
                 }
+            }
+            if std::env::var_os("TIMELINE").is_some() {
+                let f = &r.flows[0];
+                let step = Duration::from_millis(300);
+                let mut t = Duration::ZERO;
+                let end = f.finished.unwrap_or(r.end);
+                let mut line = String::new();
+                while t < end {
+                    let g = f.goodput_bps(t, (t + step).min(end)) / (rate_mbit as f64 * 1e6);
+                    line += &format!("{:.0} ", 100.0 * g);
+                    t += step;
+                    if t > Duration::from_secs(6) && end > t + Duration::from_secs(3) {
+                        line += "… ";
+                        t = end - Duration::from_secs(3);
+                    }
+                }
+                eprintln!(
+                    "timeline (per 300 ms, % of link): {line} end {:.2} s",
+                    end.as_secs_f64()
+                );
             }
             for f in &r.flows {
                 let secs = f.duration().map_or(f64::NAN, |t| t.as_secs_f64());
