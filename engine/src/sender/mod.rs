@@ -43,6 +43,7 @@ use crate::ring::BufferPool;
 use crate::transport::{self, Link};
 
 mod board;
+mod hashes;
 mod moves;
 
 use board::{HaveBoard, Held};
@@ -549,7 +550,7 @@ type Readings = std::collections::HashMap<usize, Reading>;
 
 /// Per-file state while its blocks are being read.
 struct Reading {
-    cvs: Vec<Digest>,
+    cvs: hashes::BlockHashes,
     remaining: u64,
     sent: u64,
     /// Per group, blocks not hashed yet.
@@ -836,7 +837,7 @@ impl Reader<'_> {
                 Reading {
                     file: file.clone(),
                     version: manifest::source_version(&meta),
-                    cvs: vec![[0; 32]; count as usize],
+                    cvs: hashes::BlockHashes::new(geometry),
                     remaining: count,
                     sent: 0,
                     group_left: (0..geometry.groups())
@@ -1186,7 +1187,7 @@ impl Reader<'_> {
         their: Option<Digest>,
     ) -> Result<()> {
         let geometry = Geometry::new(src.entry.size, self.config.block_size);
-        let (cv, len) = (st.cvs[i as usize], geometry.block_len(i) as usize);
+        let (cv, len) = (st.cvs.get(i), geometry.block_len(i) as usize);
         if their != Some(cv) && self.send_moved(st, src, i, cv, None)? {
             return Ok(());
         }
@@ -1595,7 +1596,7 @@ impl Reader<'_> {
         let held_blocks = board
             .wait_held(src.entry.id)
             .map_or(0, |l| l / geometry.block_size())
-            .min(st.cvs.len() as u64);
+            .min(geometry.blocks());
         if index % SPOT_CHECK == 0 || index + 1 == held_blocks {
             // Read as usual, and checked against the vouched hash (`settle`).
             st.spot.insert(index, cv);
@@ -1625,13 +1626,13 @@ impl Reader<'_> {
         let Some(st) = state.get_mut(&fi) else {
             return Ok(());
         };
-        st.cvs[index as usize] = cv;
+        st.cvs.set(index, cv);
         st.remaining -= 1;
         st.group_left[group as usize] -= 1;
         if st.group_left[group as usize] == 0 {
             if let Some(theirs) = st.group_digests.remove(&group) {
                 let range = self.group_range(group, size);
-                let ours = group_digest(&st.cvs[range.start as usize..range.end as usize]);
+                let ours = group_digest(st.cvs.group(group));
                 if ours == theirs {
                     self.progress.add_kept(self.bytes_of(&range, size));
                 } else {
@@ -1641,6 +1642,15 @@ impl Reader<'_> {
                         group,
                     });
                 }
+            }
+            // Its block hashes are looked at again only where the group differs from the
+            // receiver's, or one of its blocks waits for a patch or for anchors.
+            let in_play = |i: &u64| i / GROUP_BLOCKS == group;
+            if !st.pending.contains(&group)
+                && !st.patches.iter().any(in_play)
+                && !st.later.iter().any(|(i, _)| in_play(i))
+            {
+                st.cvs.fold(group);
             }
         }
         if st.remaining == 0 {
@@ -1729,7 +1739,7 @@ impl Reader<'_> {
             let range = self.group_range(group, size);
             for i in range.clone() {
                 let their = theirs.get((i - range.start) as usize).copied().flatten();
-                if their != Some(st.cvs[i as usize]) && st.vouched.contains(&i) {
+                if their != Some(st.cvs.get(i)) && st.vouched.contains(&i) {
                     return Err(Error::Session(SessionError::Unexpected {
                         state: "the receiver vouched for this block with another hash",
                         got: "Have",
@@ -1755,11 +1765,11 @@ impl Reader<'_> {
             return Ok(false);
         }
         for i in std::mem::take(&mut st.patches) {
-            if let Err(e) = self.send_patch(src, i, st.cvs[i as usize]) {
+            if let Err(e) = self.send_patch(src, i, st.cvs.get(i)) {
                 return self.abandon_on(fi, e, state);
             }
         }
-        let root = merkle::root_from_cvs(&st.cvs, size, self.config.block_size);
+        let root = st.cvs.root();
         if !st.differs.is_empty() {
             st.differs.sort_unstable();
             let mut ranges: Vec<Range<u64>> = Vec::new();
