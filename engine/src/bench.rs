@@ -192,6 +192,11 @@ async fn serve(
         {
             break Ok(());
         }
+        // The verifier stops early only on a failure (a block that does not match its hash, a
+        // sink that cannot write): its error is the run's.
+        if verifier.is_finished() {
+            break Ok(());
+        }
         tokio::select! {
             lane = link.accept_lane() => match lane {
                 Some(lane) => {
@@ -211,8 +216,8 @@ async fn serve(
                 Ok(Err(e)) => break Err(e),
                 Err(e) => break Err(err(&e)),
             },
-            // Re-check the end condition as the verifier catches up.
-            _ = tokio::time::sleep(Duration::from_millis(20)), if finished => {}
+            // Re-check the end condition as the verifier catches up, and whether it failed.
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     };
     lanes.shutdown().await;
@@ -285,7 +290,7 @@ fn verify(
             });
         }
         sink.put(a.offset, data)
-            .map_err(Error::io("discarding a block"))?;
+            .map_err(Error::io("writing a verified block"))?;
         bytes += a.len as u64;
         progress.add_verified(a.len as u64);
     }

@@ -216,6 +216,14 @@ impl Progress {
         self.bytes_vouched.fetch_add(n, Relaxed);
     }
 
+    /// Takes back `n` bytes counted as vouched for that turned out to differ at the receiver
+    /// (and are sent after all).
+    pub(crate) fn take_back_vouched(&self, n: u64) {
+        let _ = self
+            .bytes_vouched
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
     pub(crate) fn add_resent(&self) {
         self.blocks_resent.fetch_add(1, Relaxed);
     }

@@ -26,7 +26,7 @@ use sluice_proto::message::{
     group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
     HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_REHASH, HELLO_RESTART,
 };
-use sluice_proto::session::{SenderEvent, SenderSession, SessionError};
+use sluice_proto::session::{SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
 use tokio::sync::mpsc;
 
@@ -578,6 +578,9 @@ struct Reading {
     /// read, to tell a file written to meanwhile ([`Reader::account`]).
     file: Arc<File>,
     version: sluice_proto::message::SourceVersion,
+    /// Blocks were read again while finishing (groups that differ, patches): the version is
+    /// looked at once more before the FileDone.
+    reread: bool,
 }
 
 /// One held block in this many the receiver's journal vouches for is read and checked all the
@@ -837,6 +840,7 @@ impl Reader<'_> {
                 Reading {
                     file: file.clone(),
                     version: manifest::source_version(&meta),
+                    reread: false,
                     cvs: hashes::BlockHashes::new(geometry),
                     remaining: count,
                     sent: 0,
@@ -1722,6 +1726,7 @@ impl Reader<'_> {
         {
             return Ok(false);
         }
+        st.reread |= !st.pending.is_empty() || !st.later.is_empty() || !st.patches.is_empty();
         // Every differing group's answer first: each brings the anchors of its older blocks,
         // where any block of the file may be found shifted.
         let answers: Vec<(u64, Vec<Option<Digest>>)> = std::mem::take(&mut st.pending)
@@ -1739,11 +1744,16 @@ impl Reader<'_> {
             let range = self.group_range(group, size);
             for i in range.clone() {
                 let their = theirs.get((i - range.start) as usize).copied().flatten();
-                if their != Some(st.cvs.get(i)) && st.vouched.contains(&i) {
-                    return Err(Error::Session(SessionError::Unexpected {
-                        state: "the receiver vouched for this block with another hash",
-                        got: "Have",
-                    }));
+                if their != Some(st.cvs.get(i)) && st.vouched.remove(&i) {
+                    // The receiver's journal vouched for this block of its part file, and its
+                    // scan of the part file now finds other bytes there (changed since, or
+                    // damaged): it is read and sent as any block the receiver lacks.
+                    tracing::warn!(
+                        path = %src.local.display(),
+                        block = i,
+                        "the receiver's copy of a block its journal vouched for differs; sending it"
+                    );
+                    self.progress.take_back_vouched(geometry.block_len(i));
                 }
                 if let Err(e) = self.settle_read(st, src, i, their) {
                     return self.abandon_on(fi, e, state);
@@ -1767,6 +1777,19 @@ impl Reader<'_> {
         for i in std::mem::take(&mut st.patches) {
             if let Err(e) = self.send_patch(src, i, st.cvs.get(i)) {
                 return self.abandon_on(fi, e, state);
+            }
+        }
+        if st.reread {
+            // Blocks were read again just now: written to since the first pass, the file may
+            // mix versions in what was sent (rsync's and tar's "file changed as we read it").
+            let after = st
+                .file
+                .metadata()
+                .map_err(Error::file("reading metadata of", &src.local))?;
+            if manifest::source_version(&after) != st.version {
+                let why = changed_while_sent("written to while it was being sent");
+                self.abandon(fi, why, state)?;
+                return Ok(true);
             }
         }
         let root = st.cvs.root();

@@ -116,6 +116,13 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `path`, which must be a regular, non-empty file.
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
+        // Not opened unless it is a regular file: opening a FIFO waits for a writer.
+        if !std::fs::metadata(path)?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file with something in it",
+            ));
+        }
         let file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() || meta.len() == 0 {

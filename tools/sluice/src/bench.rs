@@ -12,8 +12,11 @@ use crate::args::BenchArgs;
 use crate::render;
 
 pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
-    if !(o.interval > 0.0 && o.interval.is_finite()) {
-        usage!("--interval must be a positive number of seconds");
+    if !(0.1..=3600.0).contains(&o.interval) {
+        usage!(
+            "--interval must be from 0.1 to 3600 seconds, not {}",
+            o.interval
+        );
     }
     // A source file is checked now, and sent once unless an amount is given.
     let from_len = match &o.from {

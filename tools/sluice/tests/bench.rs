@@ -176,7 +176,7 @@ fn bench_refuses_a_wrong_secret_and_bad_flags() {
     let status = server.wait().unwrap();
     assert!(status.success());
 
-    for arg in ["--time=-1", "--size=0", "--interval=0"] {
+    for arg in ["--time=-1", "--size=0", "--interval=0", "--interval=0.001"] {
         let out = sluice().args(["bench", arg]).output().unwrap();
         assert!(!out.status.success(), "{arg}");
         let flag = arg.split('=').next().unwrap();
@@ -220,6 +220,59 @@ over_both! {
             stderr(&sent)
         );
     }
+}
+
+/// A destination that cannot be written (`--to` on a full disk) ends the run within seconds
+/// with the disk's error (it printed 0 MB/s lines for ever), and a FIFO given to `--from` is
+/// refused at once, not opened (which waits for a writer for ever).
+#[test]
+fn bench_ends_on_a_full_destination_and_refuses_a_fifo() {
+    let full = std::path::Path::new("/dev/full");
+    if full.exists() {
+        let started = std::time::Instant::now();
+        let child = sluice()
+            .args(["bench", "--size", "64M", "--to"])
+            .arg(full)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = wait_or_kill(
+            child,
+            std::time::Duration::from_secs(30),
+            "bench --to /dev/full",
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(15));
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let started = std::time::Instant::now();
+    let child = sluice()
+        .args(["bench", "--time", "1", "--from"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_or_kill(
+        child,
+        std::time::Duration::from_secs(30),
+        "bench --from FIFO",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// `--time` ends the run on time under a slow `--max-rate` too: what was queued (a ring of

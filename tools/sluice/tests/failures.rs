@@ -419,6 +419,60 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     assert_eq!(b3(&dest.join("growing.log")), b3(&src));
 }
 
+/// A source written to while the blocks that differ from the destination's older version
+/// cross (after the sender's first pass over the file, which compared them) is caught too: the
+/// older version stays as it was, and a run once the source is quiet brings the new one.
+#[test]
+fn a_source_written_to_during_a_delta_update_is_reported() {
+    use std::io::BufRead;
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("image.bin");
+    random_file(&src, 48 * BLOCK, 21);
+    let dest = d.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let old = dest.join("image.bin");
+    random_file(&old, 48 * BLOCK, 22);
+    let before = b3(&old);
+    // Paced, and a small ring: the 48 differing blocks are read again and cross over about
+    // four seconds (with the default ring they would all be read again at once).
+    let mut copy = sluice()
+        .args(["--ring", "4", "--json", "copy", "--max-rate", "100M"])
+        .arg(&src)
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let progress = std::io::BufReader::new(copy.stdout.take().unwrap());
+    let mut lines = progress.lines();
+    loop {
+        let line = lines
+            .next()
+            .expect("the copy ended before its blocks crossed")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "progress" && v["bytes_sent"].as_u64().unwrap() >= 8 * BLOCK {
+            break;
+        }
+    }
+    // The first block has been read again and sent by now.
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(b"an edit of a block already sent", 10)
+        .unwrap();
+    drop(f);
+    std::thread::spawn(move || lines.for_each(drop));
+    let out = wait_or_kill(copy, Duration::from_secs(30), "the copy did not end");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("written to while it was being sent"), "{err}");
+    assert_eq!(b3(&old), before, "the older version was replaced");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "rerun: {}", stderr(&out));
+    assert_eq!(b3(&old), b3(&src));
+}
+
 /// In a tree, a file that grows and a file that vanishes while the copy runs are given up and
 /// named; the rest of the tree is copied and verified (as rsync and tar go on past such files),
 /// the exit says that files failed, and nothing of the two is left at the destination. Run again,

@@ -580,9 +580,12 @@ fn kill_and_resume(src: &Path, fraction: f64, kill_sender_first: bool, then: The
         std::thread::sleep(Duration::from_secs(3));
     }
     if matches!(then, Then::Rehash | Then::DamagePart) {
-        // Another program damages a journaled block of the part file between the runs (once
-        // this reached the final name, the journal's record taken for the bytes).
+        // Another program damages journaled blocks of the part file between the runs (once
+        // this reached the final name, the journal's record taken for the bytes): the first
+        // block, which the sender reads anyway as a spot check, and one it takes unread on
+        // the journal's word.
         edit(&part, 1000, b"CORRUPT");
+        edit(&part, 5 * BLOCK + 1000, b"CORRUPT");
     }
     let missing = missing_bytes(src, &part);
     assert!(missing < size, "nothing was kept");
