@@ -97,7 +97,9 @@ impl OneSender {
             let result = transport::explain(result, &*link, "sender", idle, resume).await;
             match &result {
                 Ok(_) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), link.closed()).await;
+                    // The sender closes once it has read the summary (see `receiver`).
+                    let wait = idle.max(Duration::from_secs(5));
+                    let _ = tokio::time::timeout(wait, link.closed()).await;
                     link.close(0, b"").await;
                 }
                 Err(e) => link.close(1, e.to_string().as_bytes()).await,

@@ -143,9 +143,10 @@ pub(crate) struct Lanes {
     pub(crate) until: Option<tokio::time::Instant>,
 }
 
-/// A ceiling on the bytes handed to the lanes per second: each block waits for its turn on a
-/// virtual clock that advances by `len / rate` per block, so the average never passes the rate
-/// and no burst exceeds one block per lane.
+/// A ceiling on the bytes handed to the lanes per second: each block takes its turn on a
+/// virtual clock that advances by `len / rate` per block, and goes out in pieces
+/// ([`Pace::piece`]) spread over its turn, so the average never passes the rate and no burst
+/// exceeds one piece.
 #[derive(Debug)]
 pub(crate) struct Pace {
     rate: f64,
@@ -163,24 +164,48 @@ impl Pace {
         })
     }
 
-    /// Waits until `len` more bytes may go, or until `until`; false if that came first.
+    /// The bytes handed over at once: 10 ms at the rate, from 1 KiB to 64 KiB, so that no
+    /// burst outruns the ceiling by more than that.
+    pub(crate) fn piece(&self) -> usize {
+        ((self.rate / 100.0) as usize).clamp(1 << 10, 64 << 10)
+    }
+
+    /// Takes the next `len` bytes' time on the clock and returns when it starts, or `None` if
+    /// it would start after `until` (the block is then not sent).
+    pub(crate) fn reserve(
+        &self,
+        len: u64,
+        until: Option<tokio::time::Instant>,
+    ) -> Option<tokio::time::Instant> {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (*next).max(tokio::time::Instant::now());
+        if until.is_some_and(|u| u < start) {
+            return None;
+        }
+        *next = start + std::time::Duration::from_secs_f64(len as f64 / self.rate);
+        Some(start)
+    }
+
+    /// Waits until `len` more bytes may go (their turn's start), or until `until`; false if
+    /// that came first.
     pub(crate) async fn take(&self, len: u64, until: Option<tokio::time::Instant>) -> bool {
-        let start = {
-            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-            let start = (*next).max(tokio::time::Instant::now());
-            *next = start + std::time::Duration::from_secs_f64(len as f64 / self.rate);
-            start
-        };
-        match until {
-            Some(until) if until < start => {
-                tokio::time::sleep_until(until).await;
-                false
-            }
-            _ => {
+        match self.reserve(len, until) {
+            Some(start) => {
                 tokio::time::sleep_until(start).await;
                 true
             }
+            None => {
+                if let Some(until) = until {
+                    tokio::time::sleep_until(until).await;
+                }
+                false
+            }
         }
+    }
+
+    /// When the bytes of a reservation starting at `start` may go after `done` of them went.
+    pub(crate) fn after(&self, start: tokio::time::Instant, done: u64) -> tokio::time::Instant {
+        start + std::time::Duration::from_secs_f64(done as f64 / self.rate)
     }
 }
 
@@ -237,13 +262,15 @@ impl Lanes {
             self.wanted(*open).clamp(first, max)
         };
         while *open < want {
-            self.spawn(set);
+            self.spawn(set, *open == 0);
             *open += 1;
         }
     }
 
-    /// One more data stream taking blocks until the reader is done.
-    pub(crate) fn spawn(&self, set: &mut tokio::task::JoinSet<Result<()>>) {
+    /// One more data stream taking blocks until the reader is done. Only the `first` one must
+    /// open: a later one that cannot (over TCP, its handshake may wait behind a return path
+    /// full of acknowledgements) leaves the blocks to the lanes that did.
+    pub(crate) fn spawn(&self, set: &mut tokio::task::JoinSet<Result<()>>, first: bool) {
         let link = self.link.clone();
         let rx = self.blocks.clone();
         let progress = self.progress.clone();
@@ -251,7 +278,16 @@ impl Lanes {
         let until = self.until;
         let conn_err = transport::conn_error(self.link.peer());
         set.spawn(async move {
-            let Some(mut stream) = link.open_lane().await? else {
+            let opened = match link.open_lane().await {
+                Err(e) if !first && link.ended().is_none() => {
+                    tracing::warn!(
+                        "a further lane could not be opened ({e}); going on with the others"
+                    );
+                    return Ok(());
+                }
+                opened => opened?,
+            };
+            let Some(mut stream) = opened else {
                 tracing::debug!("the receiver allows no more lanes");
                 return Ok(());
             };
@@ -262,14 +298,37 @@ impl Lanes {
                 let next = rx.lock().await.recv().await;
                 let Some(block) = next else { break };
                 let n = block.carries;
-                if let Some(pace) = &pace {
-                    let len = (block.header.len() + block.payload.len()) as u64;
-                    if !pace.take(len, until).await {
-                        break;
+                match &pace {
+                    Some(pace) => {
+                        // The block's time under the ceiling is taken at once, and its pieces
+                        // go out spread over it: a block of 16 MiB (or a whole small file)
+                        // must not cross at line rate under a ceiling of 1 MB/s.
+                        let len = (block.header.len() + block.payload.len()) as u64;
+                        let Some(start) = pace.reserve(len, until) else {
+                            if let Some(until) = until {
+                                tokio::time::sleep_until(until).await;
+                            }
+                            break;
+                        };
+                        let (mut header, mut payload) = (Some(block.header), block.payload);
+                        let mut done = 0u64;
+                        loop {
+                            let part = payload.split_to(payload.len().min(pace.piece()));
+                            tokio::time::sleep_until(pace.after(start, done)).await;
+                            done += (header.as_ref().map_or(0, Bytes::len) + part.len()) as u64;
+                            let mut chunks: Vec<Bytes> =
+                                header.take().into_iter().chain([part]).collect();
+                            stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
+                            if payload.is_empty() {
+                                break;
+                            }
+                        }
+                    }
+                    None => {
+                        let mut chunks = [block.header, block.payload];
+                        stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
                     }
                 }
-                let mut chunks = [block.header, block.payload];
-                stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
                 progress.add_sent(n);
             }
             stream.finish().await;

@@ -331,6 +331,8 @@ pub(crate) struct StallWatch {
     moved: std::time::Instant,
     /// The link's byte counter when `since` was last set.
     flow_mark: u64,
+    /// The bytes received from the peer, and when that count last moved ([`StallWatch::heard`]).
+    heard: (u64, std::time::Instant),
 }
 
 impl StallWatch {
@@ -343,7 +345,22 @@ impl StallWatch {
             since: std::time::Instant::now(),
             moved: std::time::Instant::now(),
             flow_mark: 0,
+            heard: (0, std::time::Instant::now()),
         }
+    }
+
+    /// Records the count of bytes received from the peer; whether it moved since the last call.
+    pub(crate) fn heard(&mut self, received: u64) -> bool {
+        if received == self.heard.0 {
+            return false;
+        }
+        self.heard = (received, std::time::Instant::now());
+        true
+    }
+
+    /// Whether the peer sent anything within the last [`StallWatch::AFTER`].
+    pub(crate) fn answering(&self) -> bool {
+        self.heard.1.elapsed() < Self::AFTER
     }
 
     /// Bytes the link must have carried in [`StallWatch::AFTER`] for a standing counter to be
@@ -398,12 +415,25 @@ pub(crate) const WORKING_EVERY: Duration = Duration::from_secs(1);
 
 /// The error that ends a transfer in which nothing moved for `timeout` while the peer `peer`
 /// still answered keep-alives: a peer stalled in the middle of a block, a disk that hangs.
-pub(crate) fn stalled_error(peer: &str, timeout: Duration, side: &str) -> crate::error::Error {
+pub(crate) fn stalled_error(
+    peer: &str,
+    timeout: Duration,
+    side: &str,
+    answering: bool,
+) -> crate::error::Error {
+    let how = if answering {
+        format!("although the {side} still answers")
+    } else {
+        format!(
+            "and nothing came from the {side} for the last {} s",
+            StallWatch::AFTER.as_secs()
+        )
+    };
     crate::error::Error::Connection {
         peer: peer.to_owned(),
         detail: format!(
-            "no progress for {} s although the {side} still answers (raise --stall-timeout if \
-             this is expected); partial files are kept, the same command resumes",
+            "no progress for {} s {how} (raise --stall-timeout if this is expected); partial \
+             files are kept, the same command resumes",
             timeout.as_secs()
         ),
     }

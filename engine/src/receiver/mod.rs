@@ -426,9 +426,11 @@ impl Receiver {
                     }
                 }
             } else {
-                // The sender closes once it has read the summary; bounded wait.
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
+                // The sender closes once it has read the summary. Closing first would cut
+                // what is still queued for it (over TCP a reset drops the summary), which over
+                // a slow return path takes a while: bounded by the idle timeout.
+                let wait = config.idle_timeout.max(std::time::Duration::from_secs(5));
+                let _ = tokio::time::timeout(wait, link.closed()).await;
             }
             link.close(0, b"").await;
             transport::finish_summary(result, started, &*link)
@@ -807,7 +809,8 @@ async fn receive(
                 control.finish();
                 if let Some((first, kind)) = first_failure.first.take().filter(|_| !dry_run) {
                     // The sender was told file by file; the receiver's exit says it too.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), link.closed()).await;
+                    let wait = config.idle_timeout.max(std::time::Duration::from_secs(5));
+                    let _ = tokio::time::timeout(wait, link.closed()).await;
                     // Directories and links that failed count among entries, not files.
                     let (items, total) = if failed_files as u64 == failures {
                         ("files", file_count)
@@ -829,6 +832,7 @@ async fn receive(
                     shared.lock().map_err(|_| poisoned())?.close_done(&files);
                     let s = progress.snapshot();
                     let arrived = link.path().udp_rx_bytes;
+                    stall.heard(arrived);
                     if !finished && stall.stalled(s.bytes_verified + s.bytes_kept, arrived) {
                         tracing::warn!(
                             "nothing arrived for {} s: waiting for the sender",
@@ -846,7 +850,7 @@ async fn receive(
                     // Keep-alives keep the link up; they do not move the transfer on. A sender
                     // stalled in the middle of a block would otherwise hold both ends forever.
                     if !finished && stall.quiet_for() >= config.stall_timeout {
-                        return Err(crate::progress::stalled_error(&peer.to_string(), config.stall_timeout, "sender"));
+                        return Err(crate::progress::stalled_error(&peer.to_string(), config.stall_timeout, "sender", stall.answering()));
                     }
                 }
                 stream = link.accept_lane(), if accepting && pool.is_some() => match (stream, &pool) {

@@ -312,6 +312,7 @@ async fn transfer(
     let first = config.streams.max(1);
     lanes.grow(&mut open_streams, first, first, &mut streams);
     let mut stall = StallWatch::new();
+    let (mut answered_flow, mut last_tx) = (0u64, 0u64);
     let mut silence = transport::Silence::new();
     let mut grow = tokio::time::interval(std::time::Duration::from_millis(100));
     grow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -390,7 +391,13 @@ async fn transfer(
             }
             _ = grow.tick() => {
                 let path = link.path();
-                let left = path.udp_tx_bytes;
+                // What this end sends counts as data flowing only while the receiver answers:
+                // to a stopped receiver, retransmissions and probes go on for many seconds.
+                if stall.heard(path.udp_rx_bytes) {
+                    answered_flow += path.udp_tx_bytes.saturating_sub(last_tx);
+                }
+                last_tx = path.udp_tx_bytes;
+                let left = answered_flow;
                 progress.set_path(path);
                 let snapshot = progress.snapshot();
                 let sent = snapshot.bytes_sent;
@@ -423,7 +430,7 @@ async fn transfer(
                 // Keep-alives keep the link up; they do not move the transfer on. While blocks
                 // remain to be sent, a receiver that takes none and says nothing is stalled.
                 if reading && stall.quiet_for() >= config.stall_timeout {
-                    return Err(crate::progress::stalled_error(&peer.to_string(), config.stall_timeout, "receiver"));
+                    return Err(crate::progress::stalled_error(&peer.to_string(), config.stall_timeout, "receiver", stall.answering()));
                 }
                 if reading {
                     lanes.grow(&mut open_streams, first, config.max_streams.max(first), &mut streams);

@@ -21,8 +21,11 @@
 //! A silent peer: each side sends [`PING`] every [`KEEP_ALIVE`] and declares the link timed out
 //! when its control connection brings nothing for the idle timeout (a stopped process's kernel
 //! still acknowledges TCP, so only the application can tell). Every socket also has
-//! `TCP_USER_TIMEOUT` set to the idle timeout, so data that the peer's host stops
-//! acknowledging fails the link as well.
+//! `TCP_USER_TIMEOUT` set to the longer of the idle and stall timeouts, so data that the peer's
+//! host stops acknowledging fails the link as well, but not sooner than those: after an outage
+//! of 15–20 s one lane of eight could stay in the kernel's retransmission back-off for another
+//! half minute while the others ran, and a user timeout of the idle timeout (30 s) then ended a
+//! transfer that the link carried again.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -159,6 +162,8 @@ pub struct TcpLink {
 #[derive(Debug, Clone, Copy)]
 struct Tuning {
     idle_timeout: Duration,
+    /// `TCP_USER_TIMEOUT`: the longer of the idle and stall timeouts.
+    user_timeout: Duration,
     /// Ask the kernel for BBR (best effort: it may not offer it to this user).
     bbr: bool,
 }
@@ -169,6 +174,7 @@ impl Tuning {
         let cubic = config.congestion == Some(crate::config::Congestion::Cubic);
         Self {
             idle_timeout: config.idle_timeout,
+            user_timeout: config.idle_timeout.max(config.stall_timeout),
             bbr: !loopback && !cubic,
         }
     }
@@ -180,7 +186,7 @@ impl Tuning {
             .with_time(Duration::from_secs(1))
             .with_interval(Duration::from_secs(1));
         let _ = sock.set_tcp_keepalive(&keepalive);
-        let ms = u32::try_from(self.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+        let ms = u32::try_from(self.user_timeout.as_millis()).unwrap_or(u32::MAX);
         let _ = rustix::net::sockopt::set_tcp_user_timeout(stream, ms);
         if self.bbr {
             if let Err(e) = rustix::net::sockopt::set_tcp_congestion(stream, "bbr") {

@@ -80,6 +80,32 @@ over_both! {
 }
 
 over_both! {
+    /// A stopped receiver under a stall timeout shorter than the idle timeout: the stall is
+    /// named within about the stall timeout (over QUIC the sender's own probes and
+    /// retransmissions counted as data flowing and held it off 16 s longer), and the message
+    /// says the receiver went quiet, not that it still answers.
+    fn a_stopped_receiver_is_a_stall_within_the_stall_timeout() {
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file_with(d.path(), &["--stall-timeout", "5"], &[]);
+        recv.pause();
+        let started = Instant::now();
+        let out = send.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(14),
+            "the sender took {:?}: {err}",
+            started.elapsed()
+        );
+        assert!(
+            err.contains("no progress for 5 s") && err.contains("nothing came from the receiver"),
+            "{err}"
+        );
+        drop(recv);
+    }
+}
+
+over_both! {
     /// kill -9 with a short idle timeout (3 s here; 30 s by default, so that a 20 s outage of
     /// the path is waited out, `wan.rs`): the survivor notices at the latest when that runs
     /// out (over QUIC sooner, when the dead side's host answers a probe for the closed port;

@@ -559,8 +559,26 @@ over_both! {
 over_both! {
     /// `--max-rate` is a ceiling whatever the transport and controller, loopback included
     /// (where no congestion controller would ever reach it): 8 MiB at 40 Mbit/s take 1.7 s, of
-    /// which the first block goes at once, so 1.47 s at least.
+    /// which the first piece goes at once. Also for one block of a whole file: 4 MiB in one
+    /// block of 4 MiB at 16 Mbit/s take 2.1 s (it crossed at once, at line rate).
     fn max_rate_is_a_ceiling_on_any_path() {
+        let d = tempfile::tempdir().unwrap();
+        let one = d.path().join("one");
+        random_file(&one, 4 << 20, 22);
+        let started = std::time::Instant::now();
+        let out = sluice()
+            .args(["--max-rate", "16M", "--block-size", "4M", "copy"])
+            .arg(&one)
+            .arg(d.path().join("dest/"))
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            took >= std::time::Duration::from_millis(1_900),
+            "one block of 4 MiB at 16 Mbit/s in {took:?}"
+        );
+
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("f");
         random_file(&src, 8 << 20, 21);
