@@ -212,6 +212,14 @@ impl Progress {
         self.bytes_kept.fetch_add(n, Relaxed);
     }
 
+    /// Takes back `n` bytes counted as kept that are sent after all (a moved block whose older
+    /// bytes were not all the block's).
+    pub(crate) fn take_back_kept(&self, n: u64) {
+        let _ = self
+            .bytes_kept
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
     pub(crate) fn add_vouched(&self, n: u64) {
         self.bytes_vouched.fetch_add(n, Relaxed);
     }

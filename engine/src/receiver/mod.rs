@@ -1058,6 +1058,19 @@ async fn receive(
                             progress.add_verified(u64::from(carried).min(len));
                             try_finish(file, &mut files, &shared, dest, block_size, &job_tx)?
                         }
+                        Written::MovedPieces { file, index, from, prefix, hashes } => {
+                            // Not damage on the way: the older version's bytes were not all the
+                            // block's. The sender sends the pieces that differ.
+                            let Some(f) = files.get_mut(&file) else { continue };
+                            let tries = f.retries.entry(index).or_insert(0);
+                            *tries += 1;
+                            if let Some(Claimed::Open(c)) = shared.lock().map_err(|_| poisoned())?.claimed.get_mut(&file) {
+                                c.remove(index);
+                            }
+                            tracing::debug!(file, index, from, "moved block differs from the older version's bytes; asking for the pieces that differ");
+                            control.send(&Message::MovedPieces { id: file, index, from, prefix, hashes }).await?;
+                            Outcome::Pending
+                        }
                         Written::Corrupt { file, index, offset } => {
                             let Some(f) = files.get_mut(&file) else { continue };
                             let tries = f.retries.entry(index).or_insert(0);
@@ -1716,22 +1729,28 @@ async fn read_block(
     let mut buf = pool.take().await;
     // A packed block arrives at the buffer's start, for the writer to unpack; a patch lands
     // where its bytes sit in the block, and the writer fills in the rest; a moved block's
-    // prefix (`packed` bytes, maybe none) is the block's start.
-    let (at, len) = match header.packed {
-        0 if !header.moved => (
-            (header.offset - index * block_size) as usize,
-            header.len as usize,
-        ),
+    // prefix (`packed` bytes, maybe none) is the block's start, and a moved patch's bytes
+    // follow it, at their place in the block.
+    let within = (header.offset - index * block_size) as usize;
+    let mut parts = [(0, 0); 2];
+    parts[0] = match header.packed {
+        0 if !header.moved => (within, header.len as usize),
         n => (0, n as usize),
     };
+    if header.moved && header.patch {
+        parts[1] = (within, header.len as usize);
+    }
     if header.zero {
         // Nothing on the wire: the writer checks the hash on these zeros.
-        buf.as_mut_slice()[..len].fill(0);
+        let (at, len) = parts[0];
+        buf.as_mut_slice()[at..at + len].fill(0);
     } else {
-        stream
-            .read_exact(&mut buf.as_mut_slice()[at..at + len])
-            .await
-            .map_err(|e| conn_err(&e))?;
+        for (at, len) in parts {
+            stream
+                .read_exact(&mut buf.as_mut_slice()[at..at + len])
+                .await
+                .map_err(|e| conn_err(&e))?;
+        }
     }
     if drop_it {
         return Ok(true);
@@ -1754,6 +1773,7 @@ async fn read_block(
             file_len,
             buf,
             carried: header.len,
+            moved: None,
         }
     };
     // A large block goes at once (with what is pending before it): held for the rest of the

@@ -13,7 +13,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 
 use sluice_proto::geometry::Geometry;
-use sluice_proto::message::{BlockHeader, Digest, Entry};
+use sluice_proto::message::{piece_hash, piece_size, BlockHeader, Digest, Entry, PieceHash};
 use tokio::sync::mpsc;
 
 use crate::blockio::{self, Completion, Op, Request};
@@ -35,6 +35,10 @@ pub(super) enum Job {
         buf: Buffer,
         /// Bytes of it that came over the wire.
         carried: u32,
+        /// A moved block (not a moved patch), as it came: the older version's offset, its
+        /// prefix's length and the piece size. If it fails verification, the sender hears which
+        /// of its pieces the receiver holds ([`Written::MovedPieces`]), not merely that it failed.
+        moved: Option<Moved>,
     },
     /// Bytes of one block (a patch, at their place in `buf`): the rest of the block comes from
     /// the file the receiver reported holding, then it is verified and written like a block.
@@ -103,6 +107,14 @@ pub(super) enum Job {
     },
 }
 
+/// A moved block as the sender named it ([`Job::Write`]).
+#[derive(Clone, Copy)]
+pub(super) struct Moved {
+    pub(super) from: u64,
+    pub(super) prefix: u32,
+    pub(super) piece: usize,
+}
+
 /// What the writer thread reports back.
 pub(super) enum Written {
     /// Verified and written; `carried` of its bytes came over the wire (less than the block for
@@ -117,6 +129,16 @@ pub(super) enum Written {
         file: u32,
         index: u64,
         offset: u64,
+    },
+    /// A moved block failed verification: the older version's bytes are not all the block's.
+    /// The piece hashes of the block as put together, for the sender to send the pieces that
+    /// differ.
+    MovedPieces {
+        file: u32,
+        index: u64,
+        from: u64,
+        prefix: u32,
+        hashes: Vec<PieceHash>,
     },
     Failed {
         file: u32,
@@ -379,12 +401,18 @@ pub(super) fn write_blocks(
                     header: whole,
                     file_len,
                     buf,
-                    // A moved block's bytes did not cross.
-                    carried: if from.is_some() {
-                        header.packed
-                    } else {
-                        header.len
+                    // A moved block's bytes did not cross, but for its prefix (and a moved
+                    // patch's bytes).
+                    carried: match from {
+                        Some(_) if header.patch => header.packed + header.len,
+                        Some(_) => header.packed,
+                        None => header.len,
                     },
+                    moved: from.filter(|_| !header.patch).map(|from| Moved {
+                        from,
+                        prefix: header.packed,
+                        piece: piece_size(block_size as u32) as usize,
+                    }),
                 },
                 // The receiver's copy could not be read: as a block damaged on the way, it is
                 // asked for again (whole).
@@ -567,6 +595,7 @@ pub(super) fn write_blocks(
                 file_len,
                 mut buf,
                 carried,
+                moved,
             } => {
                 let len = header.len as usize;
                 if header.packed != 0 {
@@ -596,6 +625,22 @@ pub(super) fn write_blocks(
                     buf.as_mut_slice()[len / 2] ^= 0x55;
                 }
                 let cv = merkle::block_cv(&buf.as_slice()[..len], header.offset, file_len);
+                if let Some(m) = moved.filter(|_| cv != header.hash) {
+                    // Its anchor matched, but an edit lies further in: the sender sends the
+                    // pieces that differ from what was put together here.
+                    let hashes = buf.as_slice()[..len]
+                        .chunks(m.piece)
+                        .map(piece_hash)
+                        .collect();
+                    let _ = done.send(Written::MovedPieces {
+                        file,
+                        index,
+                        from: m.from,
+                        prefix: m.prefix,
+                        hashes,
+                    });
+                    continue;
+                }
                 if cv != header.hash {
                     let _ = done.send(Written::Corrupt {
                         file,
@@ -1038,6 +1083,20 @@ fn complete_patch(
     let copy = File::open(path)?;
     let data = buf.as_mut_slice();
     match from {
+        // A moved patch: its bytes are in place; the older version's fill in around them.
+        Some(from) if header.patch => {
+            let prefix = header.packed as usize;
+            let at = (header.offset - start) as usize;
+            let end = at + header.len as usize;
+            if at < prefix || end > block_len {
+                return Err(std::io::Error::other("a moved patch outside its block"));
+            }
+            copy.read_exact_at(&mut data[prefix..at], from)?;
+            let after = from
+                .checked_add((end - prefix) as u64)
+                .ok_or_else(|| std::io::Error::other("a moved patch past any file's end"))?;
+            copy.read_exact_at(&mut data[end..block_len], after)?;
+        }
         // Past the end of the copy: `read_exact_at` fails, and the block is asked for.
         Some(from) => copy.read_exact_at(&mut data[header.packed as usize..block_len], from)?,
         None => {
@@ -1209,6 +1268,26 @@ mod tests {
         assert_eq!(&buf.as_slice()[100..4096], &bytes[777..777 + 3996]);
         assert_eq!(whole.packed, 0);
         drop(buf);
+        // A moved patch: the prefix and the patch's bytes came with it, the older version's
+        // bytes fill in around the patch.
+        let mut buf = pool.take_blocking();
+        buf.as_mut_slice()[..100].fill(0xee);
+        buf.as_mut_slice()[1000..1200].fill(0xdd);
+        let patched = BlockHeader {
+            offset: 4096 + 1000,
+            len: 200,
+            patch: true,
+            packed: 100,
+            ..header
+        };
+        let (whole, buf) =
+            complete_patch(Some(&old), 1, (&patched, Some(777)), 8192, 4096, buf).unwrap();
+        assert!(buf.as_slice()[..100].iter().all(|&b| b == 0xee));
+        assert_eq!(&buf.as_slice()[100..1000], &bytes[777..777 + 900]);
+        assert!(buf.as_slice()[1000..1200].iter().all(|&b| b == 0xdd));
+        assert_eq!(&buf.as_slice()[1200..4096], &bytes[777 + 1100..777 + 3996]);
+        assert!(!whole.moved && !whole.patch && whole.offset == 4096 && whole.len == 4096);
+        drop(buf);
         for (held, from) in [
             (Some(&old), 10_000 - 4095),
             (Some(&old), u64::MAX - 10),
@@ -1284,6 +1363,7 @@ mod tests {
                     file_len,
                     buf,
                     carried: bs as u32,
+                    moved: None,
                 })
                 .unwrap();
         }
@@ -1320,7 +1400,9 @@ mod tests {
                     }
                     Written::Sealed { .. } => sealed = true,
                     Written::Working { .. } => {}
-                    Written::Corrupt { index, .. } => panic!("block {index} corrupt"),
+                    Written::Corrupt { index, .. } | Written::MovedPieces { index, .. } => {
+                        panic!("block {index} corrupt")
+                    }
                     Written::Failed { error, .. } => panic!("{error}"),
                 }
             }

@@ -76,8 +76,18 @@ enum ReadEvent {
 struct ReaderInput {
     /// What the receiver holds.
     have: Arc<HaveBoard>,
-    /// Blocks to send again: (file id, offset).
-    resend: std::sync::mpsc::Receiver<(u32, u64)>,
+    /// Blocks to send again.
+    resend: std::sync::mpsc::Receiver<Again>,
+}
+
+/// A block the receiver asks for again.
+struct Again {
+    id: u32,
+    offset: u64,
+    /// A moved block that failed verification: its offset in the older version, its prefix's
+    /// length, and the piece hashes of what the receiver put together
+    /// ([`Message::MovedPieces`]).
+    moved: Option<(u64, u32, Vec<sluice_proto::message::PieceHash>)>,
 }
 
 /// Sends files and directory trees to a receiver.
@@ -458,7 +468,12 @@ async fn transfer(
                     }
                     SenderEvent::Resend { id, offset } => {
                         progress.add_resent();
-                        let _ = resend_tx.send((id, offset));
+                        let _ = resend_tx.send(Again { id, offset, moved: None });
+                    }
+                    SenderEvent::MovedPieces { id, index, from, prefix, hashes } => {
+                        // Not damage: the older version's bytes differ somewhere in the block.
+                        let offset = index * u64::from(config.block_size);
+                        let _ = resend_tx.send(Again { id, offset, moved: Some((from, prefix, hashes)) });
                     }
                     SenderEvent::Verified(id) => {
                         let e = &manifest[id as usize].entry;
@@ -1007,8 +1022,8 @@ impl Reader<'_> {
         tracing::debug!("every block read");
         self.event(ReadEvent::AllRead)?;
         // Re-send requests can come until every file is verified; the control task hangs up then.
-        while let Ok((id, offset)) = input.resend.recv() {
-            self.resend(&by_id, id, offset)?;
+        while let Ok(again) = input.resend.recv() {
+            self.resend(&by_id, again)?;
             self.deferred.flush()?;
         }
         Ok(())
@@ -1054,26 +1069,94 @@ impl Reader<'_> {
         input: &ReaderInput,
         by_id: &std::collections::HashMap<u32, usize>,
     ) -> Result<()> {
-        while let Ok((id, offset)) = input.resend.try_recv() {
-            self.resend(by_id, id, offset)?;
+        while let Ok(again) = input.resend.try_recv() {
+            self.resend(by_id, again)?;
         }
         Ok(())
     }
 
-    /// Reads one block again, synchronously, and sends it.
-    fn resend(
-        &self,
-        by_id: &std::collections::HashMap<u32, usize>,
-        id: u32,
-        offset: u64,
-    ) -> Result<()> {
+    /// Reads one block again, synchronously, and sends it (a moved block that failed, as a
+    /// moved patch).
+    fn resend(&self, by_id: &std::collections::HashMap<u32, usize>, again: Again) -> Result<()> {
+        let Again { id, offset, moved } = again;
         let Some(src) = by_id.get(&id).map(|&i| &self.files[i]) else {
             return Ok(());
         };
         if self.abandoned.borrow().contains(&id) {
             return Ok(());
         }
-        self.send_again(src, offset, None)
+        match moved {
+            Some((from, prefix, theirs)) => {
+                self.send_moved_patch(src, offset, from, prefix, &theirs)
+            }
+            None => self.send_again(src, offset, None),
+        }
+    }
+
+    /// Sends the block at `offset` of `src` again after the receiver found it, sent as moved
+    /// (from `from`, its first `prefix` bytes literal), to differ from what it put together,
+    /// whose piece hashes are `theirs`: as a moved patch carrying the bytes from the first
+    /// differing piece to the last (the whole block if the receiver's pieces do not fit it).
+    fn send_moved_patch(
+        &self,
+        src: &SourceEntry,
+        offset: u64,
+        from: u64,
+        prefix: u32,
+        theirs: &[sluice_proto::message::PieceHash],
+    ) -> Result<()> {
+        let size = src.entry.size;
+        let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
+        let block = self.read_again(src, offset, len)?;
+        let cv = merkle::block_cv(&block, offset, size);
+        let piece = piece_size(self.config.block_size) as usize;
+        let ours: Vec<_> = block.chunks(piece).map(piece_hash).collect();
+        let differs = |i: &usize| theirs.get(*i) != Some(&ours[*i]);
+        let prefix_len = prefix as usize;
+        let range = match (
+            (0..ours.len()).find(differs),
+            (0..ours.len()).rev().find(differs),
+        ) {
+            (Some(first), Some(last)) if theirs.len() == ours.len() && prefix_len < len => {
+                (first * piece).max(prefix_len)..((last + 1) * piece).min(len)
+            }
+            _ => 0..0,
+        };
+        tracing::debug!(
+            id = src.entry.id,
+            offset,
+            from,
+            patch = ?range,
+            "moved block differs at the receiver; sending the bytes that differ"
+        );
+        if range.is_empty() {
+            // As any block sent again: its bytes cross twice where they once were kept.
+            self.progress.take_back_kept(len as u64);
+            return self.send_block(src.entry.id, offset, cv, block);
+        }
+        // Counted kept when it was sent as moved: these bytes cross after all (and the prefix
+        // again).
+        self.progress
+            .take_back_kept((range.len() + prefix_len) as u64);
+        let mut payload =
+            Vec::with_capacity(sluice_proto::codec::MOVED_LEN + prefix_len + range.len());
+        payload.extend_from_slice(&from.to_le_bytes());
+        payload.extend_from_slice(&block[..prefix_len]);
+        payload.extend_from_slice(&block[range.clone()]);
+        self.send_frame(
+            BlockHeader {
+                file: src.entry.id,
+                offset: offset + range.start as u64,
+                len: range.len() as u32,
+                hash: cv,
+                patch: true,
+                packed: prefix,
+                zero: false,
+                moved: true,
+                early: false,
+            },
+            Bytes::from(payload),
+        )
     }
 
     /// Reads the block at `offset` of `src` again and sends it; with `expected`, the hash it
@@ -1365,7 +1448,13 @@ impl Reader<'_> {
     }
 
     fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
-        let carries = payload.len() as u64;
+        // A moved block's offset in the older version is no byte of the file: as its header,
+        // not counted as payload.
+        let carries = if header.moved {
+            payload.len().saturating_sub(sluice_proto::codec::MOVED_LEN)
+        } else {
+            payload.len()
+        } as u64;
         let mut packer = self.packer.borrow_mut();
         if header.moved || header.early {
             // An early block goes as it is, so that the receiver can tell it: not as zeros,

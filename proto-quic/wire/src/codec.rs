@@ -39,6 +39,11 @@ pub const MOVED_LEN: usize = 8;
 /// First byte of an early block's header ([`BlockHeader::early`]; since version 11): a block
 /// as [`BLOCK_TAG`]'s, sent before the receiver said what it holds of the file.
 pub const EARLY_TAG: u8 = 0xB6;
+/// First byte of a moved patch's header ([`BlockHeader::moved`] and [`BlockHeader::patch`];
+/// since version 12): a moved block whose bytes at `offset..offset + len` (inside the block, past
+/// its prefix) differ from the older version's. The 8-byte offset, the prefix (`packed` bytes)
+/// and those `len` bytes follow.
+pub const MOVED_PATCH_TAG: u8 = 0xB7;
 /// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
 pub const MAX_PIECES: usize = 256;
 
@@ -65,6 +70,7 @@ const T_HELD: u8 = 20;
 const T_ABANDON: u8 = 21;
 const T_ANCHORS: u8 = 22;
 const T_WORKING: u8 = 23;
+const T_MOVED_PIECES: u8 = 24;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +216,20 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
         Message::HaveDone { id } => {
             out.push(T_HAVE_DONE);
             out.extend_from_slice(&id.to_le_bytes());
+        }
+        Message::MovedPieces {
+            id,
+            index,
+            from,
+            prefix,
+            hashes,
+        } => {
+            out.push(T_MOVED_PIECES);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(&from.to_le_bytes());
+            out.extend_from_slice(&prefix.to_le_bytes());
+            put_hashes(out, hashes, MAX_PIECES);
         }
         Message::Resend { id, offset } => {
             out.push(T_RESEND);
@@ -390,6 +410,13 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             hashes: r.pieces("hashes")?,
         },
         T_HAVE_DONE => Message::HaveDone { id: r.u32("id")? },
+        T_MOVED_PIECES => Message::MovedPieces {
+            id: r.u32("id")?,
+            index: r.u64("index")?,
+            from: r.u64("from")?,
+            prefix: r.u32("prefix")?,
+            hashes: r.pieces("hashes")?,
+        },
         T_RESEND => Message::Resend {
             id: r.u32("id")?,
             offset: r.u64("offset")?,
@@ -431,6 +458,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
 pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
     out[0] = match (h.patch, h.zero, h.packed) {
+        _ if h.moved && h.patch => MOVED_PATCH_TAG,
         _ if h.moved => MOVED_TAG,
         (false, false, 0) if h.early => EARLY_TAG,
         (true, _, _) => PATCH_TAG,
@@ -457,7 +485,7 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
     let tag = r.u8("tag")?;
     if !matches!(
         tag,
-        BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG | MOVED_TAG | EARLY_TAG
+        BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG | MOVED_TAG | EARLY_TAG | MOVED_PATCH_TAG
     ) {
         return Err(DecodeError::BadBlockTag(tag));
     }
@@ -467,13 +495,13 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         len: r.u32("len")?,
         packed: r.u32("packed")?,
         hash: r.array("hash")?,
-        patch: tag == PATCH_TAG,
+        patch: tag == PATCH_TAG || tag == MOVED_PATCH_TAG,
         zero: tag == ZERO_TAG,
-        moved: tag == MOVED_TAG,
+        moved: tag == MOVED_TAG || tag == MOVED_PATCH_TAG,
         early: tag == EARLY_TAG,
     };
     // A moved block's `packed` is the length of its literal prefix, which may be 0.
-    if tag != MOVED_TAG && (tag == PACKED_TAG) != (h.packed != 0) {
+    if !h.moved && (tag == PACKED_TAG) != (h.packed != 0) {
         return Err(DecodeError::BadValue {
             field: "packed",
             value: u64::from(h.packed),
@@ -684,6 +712,20 @@ mod tests {
                     first,
                     anchors
                 }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(any::<[u8; 16]>(), 0..=MAX_PIECES)
+            )
+                .prop_map(|(id, index, from, prefix, hashes)| Message::MovedPieces {
+                    id,
+                    index,
+                    from,
+                    prefix,
+                    hashes
+                }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, done)| Message::Working { id, done }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
@@ -754,16 +796,17 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..6, packed in 1..=u32::MAX) {
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..7, packed in 1..=u32::MAX) {
             // One of: a block, a patch, a packed block, a zero block, a moved block, an early
-            // block.
+            // block, a moved patch.
             let (patch, zero, packed, moved, early) = match kind {
                 0 => (false, false, 0, false, false),
                 1 => (true, false, 0, false, false),
                 2 => (false, false, packed, false, false),
                 3 => (false, true, 0, false, false),
                 4 => (false, false, packed % 4096, true, false),
-                _ => (false, false, 0, false, true),
+                5 => (false, false, 0, false, true),
+                _ => (true, false, packed % 4096, true, false),
             };
             let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved, early };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);

@@ -342,6 +342,24 @@ pub enum Message {
         /// Blocks sent on data streams (not counting re-sends).
         sent: u64,
     },
+    /// Receiver → sender: the moved block `index` of file `id` ([`BlockHeader::moved`], its
+    /// first `prefix` bytes literal and the rest from offset `from` of the older version) failed
+    /// verification: the older version's bytes there are not all the block's (an edit the
+    /// anchors could not show). `hashes` are the [`PieceHash`]es of the block as the receiver put
+    /// it together; the sender sends it again as a moved patch, carrying only the pieces that
+    /// differ. Since version 12.
+    MovedPieces {
+        /// The file's entry id.
+        id: u32,
+        /// The block index.
+        index: u64,
+        /// The moved block's offset in the older version.
+        from: u64,
+        /// Its literal prefix's length.
+        prefix: u32,
+        /// Piece hashes, at most [`crate::codec::MAX_PIECES`].
+        hashes: Vec<PieceHash>,
+    },
     /// Receiver → sender: the block of file `id` at `offset` failed verification; send it again.
     Resend {
         /// The file's entry id.

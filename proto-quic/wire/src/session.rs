@@ -24,6 +24,8 @@
 //!                                         Have{id, first, cvs}   (that group's block hashes)
 //!   FileDone{id, root, sent} × files   ->   (data streams carry the missing blocks meanwhile)
 //!                                      <- Resend{id, offset}  (a block failed verification)
+//!                                      <- MovedPieces{id, index, from, prefix, hashes}
+//!                                         (a moved block failed verification)
 //!                                      <- FileVerified{id} | FileFailed{id, reason}
 //!   Finish                             ->
 //!                                      <- Summary{entries, bytes}
@@ -232,6 +234,7 @@ fn name(msg: &Message) -> &'static str {
         Message::Vouched { .. } => "Vouched",
         Message::Anchors { .. } => "Anchors",
         Message::Working { .. } => "Working",
+        Message::MovedPieces { .. } => "MovedPieces",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
         Message::FileFailed { .. } => "FileFailed",
@@ -665,6 +668,19 @@ impl ReceiverSession {
                 "an early block of a file other than the manifest's first",
             ));
         }
+        if h.moved && h.patch {
+            // A moved patch: its bytes lie inside one block, past the literal prefix.
+            let end = h.offset.checked_add(u64::from(h.len));
+            let start = h.offset % bs;
+            return match end {
+                _ if h.len == 0 => Err(bad("empty patch")),
+                _ if u64::from(h.packed) > start => Err(bad("moved patch inside its prefix")),
+                Some(end) if end <= entry.size && (end - 1) / bs == h.offset / bs => {
+                    Ok(h.offset / bs)
+                }
+                _ => Err(bad("patch is not inside one block of the file")),
+            };
+        }
         if h.packed != 0 && h.packed >= h.len {
             return Err(bad("packed payload is not smaller than the block"));
         }
@@ -763,6 +779,20 @@ pub enum SenderEvent {
         /// The block index.
         index: u64,
         /// One per piece; empty if the receiver could not read its copy.
+        hashes: Vec<PieceHash>,
+    },
+    /// A moved block failed verification at the receiver: these are the piece hashes of what it
+    /// put together ([`Message::MovedPieces`]).
+    MovedPieces {
+        /// The file id.
+        id: u32,
+        /// The block index.
+        index: u64,
+        /// The moved block's offset in the older version.
+        from: u64,
+        /// Its literal prefix's length.
+        prefix: u32,
+        /// One per piece.
         hashes: Vec<PieceHash>,
     },
     /// The receiver asks for a block again.
@@ -926,6 +956,24 @@ impl SenderSession {
                     return Err(SessionError::BlockRange { id, index });
                 }
                 Ok(SenderEvent::Pieces { id, index, hashes })
+            }
+            Message::MovedPieces {
+                id,
+                index,
+                from,
+                prefix,
+                hashes,
+            } if self.welcomed && !self.finished => {
+                if index >= self.blocks(id)? {
+                    return Err(SessionError::BlockRange { id, index });
+                }
+                Ok(SenderEvent::MovedPieces {
+                    id,
+                    index,
+                    from,
+                    prefix,
+                    hashes,
+                })
             }
             Message::Resend { id, offset } if self.welcomed && !self.finished => {
                 let blocks = self.blocks(id)?;
@@ -1362,6 +1410,29 @@ mod tests {
         assert!(s.check_block(&p(2400, 101)).is_err(), "past the end");
         assert!(s.check_block(&p(10, 0)).is_err(), "empty");
         assert!(s.check_block(&p(u64::MAX, 10)).is_err(), "overflow");
+    }
+
+    #[test]
+    fn moved_patches_stay_inside_one_block_past_their_prefix() {
+        let s = ready(2500);
+        let p = |offset, len, prefix| BlockHeader {
+            file: 0,
+            offset,
+            len,
+            hash: [0; 32],
+            patch: true,
+            packed: prefix,
+            zero: false,
+            moved: true,
+            early: false,
+        };
+        assert_eq!(s.check_block(&p(100, 50, 0)), Ok(0));
+        assert_eq!(s.check_block(&p(1124, 900, 100)), Ok(1));
+        assert!(s.check_block(&p(1124, 900, 101)).is_err(), "in the prefix");
+        assert!(s.check_block(&p(1000, 48, 0)).is_err(), "spans two blocks");
+        assert!(s.check_block(&p(2400, 101, 0)).is_err(), "past the end");
+        assert!(s.check_block(&p(10, 0, 0)).is_err(), "empty");
+        assert!(s.check_block(&p(u64::MAX, 10, 0)).is_err(), "overflow");
     }
 
     #[test]

@@ -254,6 +254,52 @@ over_both! {
 }
 
 over_both! {
+    fn an_edit_after_an_insertion_or_a_deletion_is_patched_not_resent() {
+        // An insertion or a deletion shifts the blocks after it, which are found in the older
+        // version by their anchors; a small change further on lies in one of those blocks, past
+        // the anchor that found it. That block used to fail verification at the receiver and
+        // cross again whole, as if damaged (1 MiB for 7 bytes), its bytes counted both kept and
+        // sent. Now only the pieces that differ cross, and kept + sent is the file's size.
+        let d = tempfile::tempdir().unwrap();
+        let (old, new) = (d.path().join("old"), d.path().join("new"));
+        let dest = d.path().join("dest");
+        for (size, seed) in [(4 * BLOCK, 51u8), (9 * BLOCK + 12_345, 52)] {
+            random_file(&old, size, seed);
+            let before = fs::read(&old).unwrap();
+            let edit_at = (BLOCK - 48_576) as usize;
+            let last = size as usize - 1000;
+            // Changes: in the block after the edit (which moves with a literal prefix), in the
+            // middle of a later one, across a block boundary, and near the end.
+            for change_at in [BLOCK as usize + 300_000, 2 * BLOCK as usize + 502_848, 3 * BLOCK as usize - 3, last - 20] {
+                for (inserted, removed) in [(1000usize, 0usize), (0, 1000)] {
+                    let mut after = before[..edit_at].to_vec();
+                    after.extend(std::iter::repeat_n(b'I', inserted));
+                    after.extend_from_slice(&before[edit_at + removed..]);
+                    after[change_at..change_at + 7].copy_from_slice(b"CHANGED");
+                    fs::write(&new, &after).unwrap();
+                    fs::copy(&old, &dest).unwrap();
+                    let s = copy_json(&new, &dest);
+                    let case = format!("size {size}, +{inserted} -{removed}, change at {change_at}: {s}");
+                    assert_eq!(b3(&dest), b3(&new), "{case}");
+                    assert_eq!(s["resent_blocks"], 0, "{case}");
+                    let (payload, kept) = (
+                        s["payload_bytes"].as_u64().unwrap(),
+                        s["kept_bytes"].as_u64().unwrap(),
+                    );
+                    // An insertion: its block from the edit on (48 KiB), the prefix of the block
+                    // after it, the last block (past the older version's end), the change's
+                    // pieces. A deletion's block crosses up to the next anchor, most of a block
+                    // (as in `an_insertion_or_a_deletion_costs_about_its_own_bytes`).
+                    let most = if removed > 0 { BLOCK + (128 << 10) } else { 128 << 10 };
+                    assert!(payload <= most, "{case}");
+                    assert_eq!(kept + payload, after.len() as u64, "{case}");
+                }
+            }
+        }
+    }
+}
+
+over_both! {
     fn a_long_copy_of_the_older_version_is_progress_not_a_stall() {
         // A delta lays the older version into the part file first; for a file of hundreds of
         // GiB that takes minutes, while the sender has sent its few blocks and waits. It used
