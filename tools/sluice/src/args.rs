@@ -341,7 +341,7 @@ pub struct Tuning {
     /// longer has (as rsync --delete); without it they are left alone.
     #[arg(long)]
     pub delete: bool,
-    /// Seconds without progress (no block verified, sent or kept, no message) before a
+    /// Whole seconds without progress (no block verified, sent or kept, no message) before a
     /// transfer ends with an error, even while the peer still answers keep-alives (default
     /// 120).
     #[arg(long)]
@@ -373,7 +373,7 @@ pub struct Link {
     /// Ask the peer to acknowledge every N packets (QUIC ACK-frequency extension).
     #[arg(long)]
     pub ack_every: Option<u32>,
-    /// Seconds without a packet from the peer before it is declared gone (default 30).
+    /// Whole seconds without a packet from the peer before it is declared gone (default 30).
     #[arg(long)]
     pub idle_timeout: Option<u64>,
     /// Congestion controller: sluice (Sluice's own: paces at the measured bottleneck rate,
@@ -387,8 +387,8 @@ pub struct Link {
     /// rates are written); with an upper-case B, bytes per second (60MB/s is 480M).
     #[arg(long, value_parser = parse_rate)]
     pub max_rate: Option<u64>,
-    /// Path hint: the expected round-trip time (100ms, 0.3s); with --rate it sizes the first
-    /// window before anything is measured.
+    /// Path hint: the expected round-trip time (100ms, 0.3s; a bare number is milliseconds);
+    /// with --rate it sizes the first window before anything is measured.
     #[arg(long, value_parser = parse_duration)]
     pub rtt: Option<std::time::Duration>,
     /// Path hint: the expected bottleneck rate in bits per second (200M, 1G).
