@@ -236,6 +236,12 @@ impl Incoming {
         }
         self.group_got.remove(&group);
         let cvs: Vec<Digest> = blocks.filter_map(|i| self.received.remove(&i)).collect();
+        // Blocks of many groups can be unfolded at once (headers of zero blocks are 53 bytes,
+        // so a stream's window holds tens of thousands of them, and the streams are read
+        // unevenly); a map never gives back what it grew to unless asked.
+        if self.received.capacity() > 4096 && self.received.len() * 4 < self.received.capacity() {
+            self.received.shrink_to(self.received.len() * 2);
+        }
         debug_assert_eq!(cvs.len() as u64, size, "a folded group lacks a block");
         self.folded.insert(
             group,
@@ -1789,3 +1795,35 @@ async fn read_block(
 
 /// Blocks shorter than this reach the writer in bursts ([`Burst`]); longer ones at once.
 const BURST_BELOW: u32 = 64 << 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks of many groups held unfolded at once (zero blocks' headers, read unevenly from
+    /// the streams) do not keep their map's memory once the groups fold.
+    #[test]
+    fn folded_groups_give_their_memory_back() {
+        let blocks = 64 * 1024u64;
+        let g = Geometry::new(blocks * 1024, 1024);
+        let mut f = Incoming::new("f".into(), "f".into(), ".f.part".into(), g);
+        // Every group but its last block, then the last blocks.
+        for index in (0..blocks).filter(|i| i % 64 != 63) {
+            f.received.insert(index, [1; 32]);
+            f.fold(Geometry::group_of(index));
+        }
+        let grown = f.received.capacity();
+        assert!(grown >= 60_000, "{grown}");
+        for index in (0..blocks).filter(|i| i % 64 == 63) {
+            f.received.insert(index, [1; 32]);
+            f.fold(Geometry::group_of(index));
+        }
+        assert!(f.received.is_empty());
+        assert!(
+            f.received.capacity() < grown / 8,
+            "{}",
+            f.received.capacity()
+        );
+        assert_eq!(f.folded.len() as u64, g.groups());
+    }
+}
