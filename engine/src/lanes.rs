@@ -316,9 +316,11 @@ impl Lanes {
                             let part = payload.split_to(payload.len().min(pace.piece()));
                             tokio::time::sleep_until(pace.after(start, done)).await;
                             done += (header.as_ref().map_or(0, Bytes::len) + part.len()) as u64;
-                            let mut chunks: Vec<Bytes> =
-                                header.take().into_iter().chain([part]).collect();
-                            stream.write(&mut chunks).await.map_err(|e| conn_err(&e))?;
+                            let written = match header.take() {
+                                Some(h) => stream.write(&mut [h, part]).await,
+                                None => stream.write(&mut [part]).await,
+                            };
+                            written.map_err(|e| conn_err(&e))?;
                             if payload.is_empty() {
                                 break;
                             }

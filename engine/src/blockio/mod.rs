@@ -123,11 +123,6 @@ impl<T> BlockIo<T> for SyncIo<T> {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset` now, short only at end of file.
-pub(crate) fn read_now(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    read_full(file, buf, offset)
-}
-
 /// Whether `file` lives in memory (tmpfs, ramfs): reading it never waits for a device, and
 /// io_uring, which cannot read such files without blocking, hands every read to a worker.
 pub(crate) fn in_memory(file: &File) -> bool {
@@ -139,7 +134,8 @@ pub(crate) fn in_memory(file: &File) -> bool {
     })
 }
 
-fn read_full(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
+/// Reads `buf.len()` bytes at `offset` now, short only at end of file.
+pub(crate) fn read_full(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
     let mut total = 0;
     while !buf.is_empty() {
         match file.read_at(buf, offset) {

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use sluice_proto::codec::encode_block_header;
 use sluice_proto::geometry::Geometry;
 use sluice_proto::message::{
-    group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, GROUP_BLOCKS,
-    HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_REHASH, HELLO_RESTART,
+    group_digest, piece_hash, piece_size, BlockHeader, Digest, EntryKind, Message, PieceHash,
+    GROUP_BLOCKS, HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_REHASH, HELLO_RESTART,
 };
 use sluice_proto::session::{SenderEvent, SenderSession};
 use sluice_proto::ticket::Ticket;
@@ -605,6 +605,17 @@ struct Reading {
     reread: bool,
 }
 
+impl Reading {
+    /// Whether the file, open as `path`, is another version than when it was opened.
+    fn changed(&self, path: &std::path::Path) -> Result<bool> {
+        let now = self
+            .file
+            .metadata()
+            .map_err(Error::file("reading metadata of", path))?;
+        Ok(manifest::source_version(&now) != self.version)
+    }
+}
+
 /// One held block in this many the receiver's journal vouches for is read and checked all the
 /// same (and the last one held): a source that is not the version the journal was written for,
 /// although its tag says so (a filesystem whose change times lie), fails the transfer instead of
@@ -1004,7 +1015,7 @@ impl Reader<'_> {
                     // to a worker thread; for a short read that hand-off costs more than the
                     // copy (`docs/decisions.md`, "Short reads of files in memory").
                     let result =
-                        blockio::read_now(&req.file, &mut req.buf.as_mut_slice()[..len], offset);
+                        blockio::read_full(&req.file, &mut req.buf.as_mut_slice()[..len], offset);
                     done.push(Completion { req, result });
                 } else {
                     io.submit(req, &mut done)
@@ -1103,23 +1114,15 @@ impl Reader<'_> {
         offset: u64,
         from: u64,
         prefix: u32,
-        theirs: &[sluice_proto::message::PieceHash],
+        theirs: &[PieceHash],
     ) -> Result<()> {
         let size = src.entry.size;
-        let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
+        let len = Geometry::new(size, self.config.block_size).len_at(offset) as usize;
         let block = self.read_again(src, offset, len)?;
         let cv = merkle::block_cv(&block, offset, size);
-        let piece = piece_size(self.config.block_size) as usize;
-        let ours: Vec<_> = block.chunks(piece).map(piece_hash).collect();
-        let differs = |i: &usize| theirs.get(*i) != Some(&ours[*i]);
         let prefix_len = prefix as usize;
-        let range = match (
-            (0..ours.len()).find(differs),
-            (0..ours.len()).rev().find(differs),
-        ) {
-            (Some(first), Some(last)) if theirs.len() == ours.len() && prefix_len < len => {
-                (first * piece).max(prefix_len)..((last + 1) * piece).min(len)
-            }
+        let range = match self.differing_span(&block, theirs) {
+            Some(span) if prefix_len < len => span.start.max(prefix_len)..span.end,
             _ => 0..0,
         };
         tracing::debug!(
@@ -1163,7 +1166,7 @@ impl Reader<'_> {
     /// had when first read, a block that no longer has it is an error (the source changed).
     fn send_again(&self, src: &SourceEntry, offset: u64, expected: Option<Digest>) -> Result<()> {
         let size = src.entry.size;
-        let len = (size.saturating_sub(offset)).min(u64::from(self.config.block_size)) as usize;
+        let len = Geometry::new(size, self.config.block_size).len_at(offset) as usize;
         let block = self.read_again(src, offset, len)?;
         let cv = merkle::block_cv(&block, offset, size);
         if expected.is_some_and(|e| e != cv) {
@@ -1215,6 +1218,21 @@ impl Reader<'_> {
         }
     }
 
+    /// The bytes of `block` from the first piece whose hash differs from the receiver's,
+    /// `theirs`, to the end of the last; `None` if nothing differs or `theirs` does not have
+    /// one hash per piece of the block.
+    fn differing_span(&self, block: &[u8], theirs: &[PieceHash]) -> Option<Range<usize>> {
+        let piece = piece_size(self.config.block_size) as usize;
+        let ours: Vec<_> = block.chunks(piece).map(piece_hash).collect();
+        if theirs.len() != ours.len() {
+            return None;
+        }
+        let differs = |i: &usize| theirs[*i] != ours[*i];
+        let first = (0..ours.len()).find(differs)?;
+        let last = (0..ours.len()).rev().find(differs)?;
+        Some(first * piece..((last + 1) * piece).min(block.len()))
+    }
+
     /// Whether a differing block of `len` bytes is worth a piece-hash round trip: it must have
     /// at least two pieces.
     fn patchable(&self, len: usize) -> bool {
@@ -1239,18 +1257,7 @@ impl Reader<'_> {
                 detail: format!("the block at offset {offset} changed while it was being sent"),
             });
         }
-        let piece = piece_size(self.config.block_size) as usize;
-        let ours: Vec<_> = block.chunks(piece).map(piece_hash).collect();
-        let differs = |i: &usize| theirs.get(*i) != Some(&ours[*i]);
-        let range = match (
-            (0..ours.len()).find(differs),
-            (0..ours.len()).rev().find(differs),
-        ) {
-            (Some(first), Some(last)) if theirs.len() == ours.len() => {
-                first * piece..((last + 1) * piece).min(len)
-            }
-            _ => 0..len,
-        };
+        let range = self.differing_span(&block, &theirs).unwrap_or(0..len);
         let payload = block.slice(range.clone());
         self.progress.add_kept((len - payload.len()) as u64);
         self.send_frame(
@@ -1758,11 +1765,7 @@ impl Reader<'_> {
             // queued): the blocks sent may mix two versions, each block verified but the whole
             // matching neither. Stopped here, named, like rsync's "file has vanished" and tar's
             // "file changed as we read it".
-            let after = st
-                .file
-                .metadata()
-                .map_err(Error::file("reading metadata of", &src.local))?;
-            if manifest::source_version(&after) != st.version {
+            if st.changed(&src.local)? {
                 let why = changed_while_sent("written to while it was being sent");
                 return self.abandon(fi, why, state);
             }
@@ -1875,18 +1878,12 @@ impl Reader<'_> {
                 return self.abandon_on(fi, e, state);
             }
         }
-        if st.reread {
-            // Blocks were read again just now: written to since the first pass, the file may
-            // mix versions in what was sent (rsync's and tar's "file changed as we read it").
-            let after = st
-                .file
-                .metadata()
-                .map_err(Error::file("reading metadata of", &src.local))?;
-            if manifest::source_version(&after) != st.version {
-                let why = changed_while_sent("written to while it was being sent");
-                self.abandon(fi, why, state)?;
-                return Ok(true);
-            }
+        // Blocks were read again just now: written to since the first pass, the file may mix
+        // versions in what was sent (rsync's and tar's "file changed as we read it").
+        if st.reread && st.changed(&src.local)? {
+            let why = changed_while_sent("written to while it was being sent");
+            self.abandon(fi, why, state)?;
+            return Ok(true);
         }
         let root = st.cvs.root();
         if !st.differs.is_empty() {

@@ -227,22 +227,25 @@ over_both! {
 /// refused at once, not opened (which waits for a writer for ever).
 #[test]
 fn bench_ends_on_a_full_destination_and_refuses_a_fifo() {
-    let full = std::path::Path::new("/dev/full");
-    if full.exists() {
+    // `sluice bench ARGS… PATH`, killed after 30 s: its output and how long it ran.
+    let bench = |args: &[&str], path: &std::path::Path| {
         let started = std::time::Instant::now();
         let child = sluice()
-            .args(["bench", "--size", "64M", "--to"])
-            .arg(full)
+            .arg("bench")
+            .args(args)
+            .arg(path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let out = wait_or_kill(
-            child,
-            std::time::Duration::from_secs(30),
-            "bench --to /dev/full",
-        );
-        assert!(started.elapsed() < std::time::Duration::from_secs(15));
+        let what = format!("bench {args:?} {}", path.display());
+        let out = wait_or_kill(child, std::time::Duration::from_secs(30), &what);
+        (out, started.elapsed())
+    };
+    let full = std::path::Path::new("/dev/full");
+    if full.exists() {
+        let (out, took) = bench(&["--size", "64M", "--to"], full);
+        assert!(took < std::time::Duration::from_secs(15));
         assert!(!out.status.success());
         assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
     }
@@ -253,20 +256,8 @@ fn bench_ends_on_a_full_destination_and_refuses_a_fifo() {
         .status()
         .unwrap()
         .success());
-    let started = std::time::Instant::now();
-    let child = sluice()
-        .args(["bench", "--time", "1", "--from"])
-        .arg(&fifo)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_or_kill(
-        child,
-        std::time::Duration::from_secs(30),
-        "bench --from FIFO",
-    );
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (out, took) = bench(&["--time", "1", "--from"], &fifo);
+    assert!(took < std::time::Duration::from_secs(10));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("not a regular file"),

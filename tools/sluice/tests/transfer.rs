@@ -563,34 +563,31 @@ over_both! {
     /// block of 4 MiB at 16 Mbit/s take 2.1 s (it crossed at once, at line rate).
     fn max_rate_is_a_ceiling_on_any_path() {
         let d = tempfile::tempdir().unwrap();
+        // `sluice OPTIONS copy SRC d/dest/`: its wall time once it succeeded.
+        let timed_copy = |options: &[&str], src: &std::path::Path| {
+            let started = std::time::Instant::now();
+            let out = sluice()
+                .args(options)
+                .arg("copy")
+                .arg(src)
+                .arg(d.path().join("dest/"))
+                .output()
+                .unwrap();
+            let took = started.elapsed();
+            assert!(out.status.success(), "{}", stderr(&out));
+            took
+        };
         let one = d.path().join("one");
         random_file(&one, 4 << 20, 22);
-        let started = std::time::Instant::now();
-        let out = sluice()
-            .args(["--max-rate", "16M", "--block-size", "4M", "copy"])
-            .arg(&one)
-            .arg(d.path().join("dest/"))
-            .output()
-            .unwrap();
-        let took = started.elapsed();
-        assert!(out.status.success(), "{}", stderr(&out));
+        let took = timed_copy(&["--max-rate", "16M", "--block-size", "4M"], &one);
         assert!(
             took >= std::time::Duration::from_millis(1_900),
             "one block of 4 MiB at 16 Mbit/s in {took:?}"
         );
 
-        let d = tempfile::tempdir().unwrap();
         let src = d.path().join("f");
         random_file(&src, 8 << 20, 21);
-        let started = std::time::Instant::now();
-        let out = sluice()
-            .args(["--max-rate", "40M", "copy"])
-            .arg(&src)
-            .arg(d.path().join("dest/"))
-            .output()
-            .unwrap();
-        let took = started.elapsed();
-        assert!(out.status.success(), "{}", stderr(&out));
+        let took = timed_copy(&["--max-rate", "40M"], &src);
         assert!(
             took >= std::time::Duration::from_millis(1_400),
             "8 MiB at 40 Mbit/s in {took:?}"
