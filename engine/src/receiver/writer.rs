@@ -717,6 +717,28 @@ pub(super) fn write_blocks(
                         }
                     }
                 }
+                // Runs of zeros inside a block become holes, as whole blocks of zeros do below:
+                // a disk image or a database file with scattered pages must not arrive filled
+                // in. Written at once (a few calls), not through io_uring.
+                if !header.zero && has_hole(&buf.as_slice()[..len]) {
+                    let data = &buf.as_slice()[..len];
+                    let result =
+                        write_sparse(&handles.0, handles.1.as_deref(), data, header.offset)
+                            .map(|()| len);
+                    finished.push(Completion {
+                        req: Request {
+                            op: Op::Write,
+                            file: handles.0.clone(),
+                            offset: header.offset,
+                            buf,
+                            len,
+                            tag: (file, index, cv, carried),
+                        },
+                        result,
+                    });
+                    report(&mut finished, &mut targets);
+                    continue;
+                }
                 if whole_file && !header.zero {
                     use std::os::unix::fs::FileExt;
                     let result = handles
@@ -1165,34 +1187,80 @@ fn copy_blocks(
         from.read_exact_at(data, offset)
             .map_err(Error::file("reading", base))?;
         // Stretches of zeros (holes that read as data on a filesystem that cannot say, or zeros
-        // written out) become holes too, where the filesystem can make them: each piece is
-        // classified once, and runs of pieces alike are punched or written together.
-        let pieces: Vec<(usize, bool)> = (0..len)
-            .step_by(ZERO_PIECE)
-            .map(|at| (at, blockio::all_zero(&data[at..(at + ZERO_PIECE).min(len)])))
-            .collect();
-        for stretch in pieces.chunk_by(|a, b| a.1 == b.1) {
-            let (start, zero) = stretch[0];
-            let end = (stretch[stretch.len() - 1].0 + ZERO_PIECE).min(len);
-            let piece_at = offset + start as u64;
-            if zero && blockio::punch_hole(&to, piece_at, end - start) {
-                continue;
-            }
-            let piece = &data[start..end];
-            let aligned = piece_at % ALIGN as u64 == 0 && piece.len() % ALIGN == 0;
-            match &to_direct {
-                Some(d) if aligned => d.write_all_at(piece, piece_at),
-                _ => to.write_all_at(piece, piece_at),
-            }
+        // written out) become holes too, where the filesystem can make them.
+        write_sparse(&to, to_direct.as_ref(), data, offset)
             .map_err(Error::file("writing", part))?;
-        }
     }
     Ok(())
 }
 
-/// [`copy_blocks`] looks for zeros in pieces of this size (a multiple of 4 KiB, so the pieces
-/// it writes stay aligned for `O_DIRECT`).
-const ZERO_PIECE: usize = 64 << 10;
+/// The least run of zeros [`write_sparse`] leaves as a hole: four 4 KiB pages, so that a block
+/// whose pages alternate between data and zeros costs a few calls, not one per page.
+const HOLE_MIN: usize = 4 * ALIGN;
+
+/// Whether `data` holds a run of at least [`HOLE_MIN`] zeros on page boundaries (pages counted
+/// from its start). Data that is not zeros costs one 64-byte look per page.
+fn has_hole(data: &[u8]) -> bool {
+    data.len() >= HOLE_MIN
+        && data
+            .chunks(ALIGN)
+            .scan(0usize, |run, page| {
+                *run = if blockio::all_zero(page) {
+                    *run + page.len()
+                } else {
+                    0
+                };
+                Some(*run)
+            })
+            .any(|run| run >= HOLE_MIN)
+}
+
+/// The stretches of `data` in order, `(start, end, zero)`: runs of whole zero pages of at least
+/// [`HOLE_MIN`] bytes, and the data between them (shorter runs of zeros included).
+fn stretches(data: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut out: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, page) in data.chunks(ALIGN).enumerate() {
+        let (start, end, zero) = (i * ALIGN, i * ALIGN + page.len(), blockio::all_zero(page));
+        match out.last_mut() {
+            Some(last) if last.2 == zero => last.1 = end,
+            _ => out.push((start, end, zero)),
+        }
+    }
+    // A short run of zeros is written with the data around it.
+    let mut merged: Vec<(usize, usize, bool)> = Vec::with_capacity(out.len());
+    for (start, end, zero) in out {
+        let zero = zero && end - start >= HOLE_MIN;
+        match merged.last_mut() {
+            Some(last) if last.2 == zero => last.1 = end,
+            _ => merged.push((start, end, zero)),
+        }
+    }
+    merged
+}
+
+/// Writes `data` at `at` of `to`, leaving its runs of zeros (see [`stretches`]) as holes where
+/// the filesystem can make them — whatever `to` held there before, so it serves a new part file,
+/// a resumed one and a file written in place alike — and writing the rest (through `direct`,
+/// an `O_DIRECT` handle, where offset, length and memory allow). The caller sets the file's
+/// length: a hole at its end does not extend it.
+fn write_sparse(to: &File, direct: Option<&File>, data: &[u8], at: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    for (start, end, zero) in stretches(data) {
+        let piece_at = at + start as u64;
+        if zero && blockio::punch_hole(to, piece_at, end - start) {
+            continue;
+        }
+        let piece = &data[start..end];
+        let aligned = piece_at % ALIGN as u64 == 0
+            && piece.len() % ALIGN == 0
+            && piece.as_ptr() as usize % ALIGN == 0;
+        match direct {
+            Some(d) if aligned => d.write_all_at(piece, piece_at),
+            _ => to.write_all_at(piece, piece_at),
+        }?;
+    }
+    Ok(())
+}
 
 /// Byte ranges `(offset, len)` merged where adjacent and cut into pieces of at most `max`
 /// bytes (a block may be larger than `max`: blocks go up to 16 MiB).
@@ -1224,6 +1292,30 @@ mod tests {
     /// A moved block is taken from the older version at the offset the sender named; one that
     /// names bytes the older version does not have, or a file with no older version, is not
     /// completed (the block is asked for again), whatever the sender says.
+    #[test]
+    fn runs_of_zero_pages_are_holes_and_short_ones_stay_data() {
+        let page = ALIGN;
+        let mut data = vec![0u8; 40 * page + 100];
+        data[0] = 1; // page 0: data
+        data[3 * page] = 1; // pages 1-2: two zero pages, too short for a hole
+        data[20 * page + 5] = 1; // pages 4-19: a hole of 16 pages
+        // pages 21-39 and the last 100 bytes: a hole to the end
+        assert!(has_hole(&data));
+        assert_eq!(
+            stretches(&data),
+            vec![
+                (0, 4 * page, false),
+                (4 * page, 20 * page, true),
+                (20 * page, 21 * page, false),
+                (21 * page, 40 * page + 100, true),
+            ]
+        );
+        assert!(!has_hole(&data[..4 * page]));
+        let noise: Vec<u8> = (0..64 * page).map(|i| (i % 251) as u8 | 1).collect();
+        assert!(!has_hole(&noise));
+        assert_eq!(stretches(&noise), vec![(0, 64 * page, false)]);
+    }
+
     #[test]
     fn a_moved_block_comes_from_the_older_version_or_not_at_all() {
         let d = tempfile::tempdir().unwrap();

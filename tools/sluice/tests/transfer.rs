@@ -535,6 +535,63 @@ over_both! {
     }
 }
 
+/// Runs of zeros inside a block arrive as holes too, as `cp --sparse=always` leaves them: a
+/// disk image with one page written per block took the whole block at the destination
+/// (256 times its size). Whatever the destination held there before: a fresh copy, a delta
+/// over a file of other bytes, and `--inplace` give the source's bytes.
+#[test]
+fn runs_of_zeros_inside_blocks_arrive_as_holes() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let comb = src.join("comb.img");
+    let size = 8 * BLOCK - 5000;
+    {
+        let f = fs::File::create(&comb).unwrap();
+        f.set_len(size).unwrap();
+        let data = d.path().join("data");
+        random_file(&data, 4096, 5);
+        let page = fs::read(&data).unwrap();
+        for b in 0..8 {
+            f.write_all_at(b"x", b * BLOCK).unwrap();
+            f.write_all_at(&page, b * BLOCK + BLOCK / 2 + 100).unwrap();
+        }
+    }
+    let allocated = |p: &std::path::Path| fs::metadata(p).unwrap().blocks() * 512;
+    let sparse_here = allocated(&comb) < 2 * BLOCK;
+    let check = |dest: &std::path::Path, what: &str| {
+        assert_eq!(b3(&dest.join("src/comb.img")), b3(&comb), "{what}");
+        assert_eq!(fs::metadata(dest.join("src/comb.img")).unwrap().len(), size);
+        if sparse_here {
+            let got = allocated(&dest.join("src/comb.img"));
+            assert!(
+                got <= 8 * (64 << 10),
+                "{what}: {got} bytes allocated for 24 pages"
+            );
+        }
+    };
+    let dest = d.path().join("dest");
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    check(&dest, "a fresh copy");
+    // Over other bytes: every block differs, and its zeros must replace what was there.
+    for (flag, name) in [(None, "dest-delta"), (Some("--inplace"), "dest-inplace")] {
+        let dest = d.path().join(name);
+        fs::create_dir_all(dest.join("src")).unwrap();
+        random_file(&dest.join("src/comb.img"), size, 6);
+        let out = sluice()
+            .arg("copy")
+            .args(flag)
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        check(&dest, name);
+    }
+}
+
 over_both! {
     /// Names up to the filesystem's limit of 255 bytes arrive: the part file and journal of a
     /// long name are shortened instead of failing with "File name too long".
