@@ -1299,7 +1299,7 @@ mod tests {
         data[0] = 1; // page 0: data
         data[3 * page] = 1; // pages 1-2: two zero pages, too short for a hole
         data[20 * page + 5] = 1; // pages 4-19: a hole of 16 pages
-        // pages 21-39 and the last 100 bytes: a hole to the end
+                                 // pages 21-39 and the last 100 bytes: a hole to the end
         assert!(has_hole(&data));
         assert_eq!(
             stretches(&data),

@@ -25,7 +25,8 @@
 //! host stops acknowledging fails the link as well, but not sooner than those: after an outage
 //! of 15–20 s one lane of eight could stay in the kernel's retransmission back-off for another
 //! half minute while the others ran, and a user timeout of the idle timeout (30 s) then ended a
-//! transfer that the link carried again.
+//! transfer that the link carried again. Each socket also caps the kernel's retransmission
+//! back-off ([`RTO_MAX`]), so a lane stuck in it tries again within seconds of the link's return.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -188,11 +189,44 @@ impl Tuning {
         let _ = sock.set_tcp_keepalive(&keepalive);
         let ms = u32::try_from(self.user_timeout.as_millis()).unwrap_or(u32::MAX);
         let _ = rustix::net::sockopt::set_tcp_user_timeout(stream, ms);
+        set_rto_max(stream, RTO_MAX);
         if self.bbr {
             if let Err(e) = rustix::net::sockopt::set_tcp_congestion(stream, "bbr") {
                 tracing::debug!(%e, "no TCP BBR; the kernel's default congestion control runs");
             }
         }
+    }
+}
+
+/// The longest the kernel may wait before it sends unacknowledged data again. It doubles that
+/// wait each time nothing comes back, up to 120 s by default: after an outage of 15–20 s one
+/// lane of eight was still waiting for its next try half a minute after the link came back,
+/// and the transfer with it, while the other lanes had long finished (wan-emu, 200 Mbit/s,
+/// 100 ms). Capped, every lane tries again within this of the link's return. Above the
+/// retransmission timeout of any path Sluice is for (about the round trip plus four times its
+/// spread: 2.2 s on a 2 s path), so that a slow path is not sent everything twice.
+const RTO_MAX: Duration = Duration::from_secs(4);
+
+/// Sets `TCP_RTO_MAX_MS` (Linux 6.15 and later; an older kernel refuses it and keeps 120 s).
+fn set_rto_max(stream: &TcpStream, max: Duration) {
+    /// From `linux/tcp.h`; not in the libc crate yet.
+    const TCP_RTO_MAX_MS: libc::c_int = 44;
+    let ms = libc::c_int::try_from(max.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: an int option read by the kernel from a pointer to a live int of that size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_RTO_MAX_MS,
+            (&ms as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(
+            "no cap on TCP's retransmission back-off ({}): an outage's stuck lane may wait up to 120 s",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -916,5 +950,47 @@ async fn greet(
             Ok(None)
         }
         other => Err(err(&format!("unknown TCP role {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads an int option of `IPPROTO_TCP`.
+    fn tcp_int(stream: &TcpStream, name: libc::c_int) -> Option<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the kernel writes at most `len` bytes into `v`.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(v)
+    }
+
+    /// Every socket of a link gets the user timeout and, where the kernel has it, the cap on
+    /// retransmission back-off that lets a lane stuck after an outage try again within seconds.
+    #[tokio::test]
+    async fn sockets_cap_the_retransmission_back_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (client, _server) = (client.unwrap(), server.unwrap());
+        let config = Config::default();
+        Tuning::new(&config, addr).apply(&client);
+        let user = tcp_int(&client, libc::TCP_USER_TIMEOUT).unwrap();
+        let want = config.idle_timeout.max(config.stall_timeout).as_millis();
+        assert_eq!(user as u128, want);
+        // 44 is TCP_RTO_MAX_MS; a kernel before 6.15 does not know it.
+        match tcp_int(&client, 44) {
+            Some(ms) => assert_eq!(ms as u128, RTO_MAX.as_millis()),
+            None => eprintln!("this kernel has no TCP_RTO_MAX_MS"),
+        }
     }
 }
