@@ -228,7 +228,11 @@ async fn serve(
     result?;
     let bytes = verified?;
     control
-        .send(&Message::Summary { entries: 0, bytes })
+        .send(&Message::Summary {
+            entries: 0,
+            bytes,
+            deleted: 0,
+        })
         .await?;
     control.finish();
     Ok(bytes)
