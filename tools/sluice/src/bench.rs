@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sluice_engine::bench::{self, Amount, BenchServer, BenchSummary};
-use sluice_engine::{Config, PathStats, Progress, Ticket};
+use sluice_engine::{Config, Event, PathStats, Progress, Ticket};
 
 use crate::args::BenchArgs;
 use crate::render;
@@ -76,7 +76,7 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
             errln!("sluice: waiting for one sender; run: sluice bench {ticket}");
         }
         let p = progress.clone();
-        let summary = watch(interval, json, &progress, Side::Receiving, move || {
+        let summary = watch(interval, json, &progress, move || {
             server.run(p).context("benchmark failed")
         })?;
         report(&summary, json, kept);
@@ -92,12 +92,12 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
                     "the argument must be the ticket printed by `sluice bench --serve`"
                 ),
             };
-            watch(interval, json, &progress, Side::Sending, move || {
+            watch(interval, json, &progress, move || {
                 bench::send(&config, amount, ends.from.as_deref(), &ticket, p)
                     .with_context(|| format!("benchmarking against {}", ticket.addr))
             })?
         }
-        None => watch(interval, json, &progress, Side::Sending, move || {
+        None => watch(interval, json, &progress, move || {
             bench::run_local(&config, amount, &ends, p).context("benchmark failed")
         })?,
     };
@@ -105,64 +105,63 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Side {
-    Sending,
-    Receiving,
-}
-
-/// Runs `work` on a worker thread and prints one line per interval until it ends.
+/// Runs `work` on a worker thread and prints one line per interval until it ends, then the
+/// last, shorter interval up to the run's end (unless under a tenth of an interval, as iperf3
+/// leaves it out). Each line counts the bytes verified at the receiving end in it (the sender
+/// hears of them from that end): what crossed, so the lines add up to the summary. Counting the
+/// bytes handed to the transport instead read above a 200 Mbit/s link's rate, and near zero
+/// while the window they had filled drained. The clock starts with the run (the engine's
+/// `Connected`), as the summary's does: a serving end waits for its sender first.
 fn watch(
     interval: Duration,
     json: bool,
     progress: &Progress,
-    side: Side,
     work: impl FnOnce() -> Result<BenchSummary> + Send + 'static,
 ) -> Result<BenchSummary> {
     let worker = std::thread::Builder::new()
         .name("sluice-main".into())
         .spawn(work)
         .context("starting the worker thread")?;
-    let started = Instant::now();
-    let mut next = started + interval;
-    let mut last = 0u64;
-    let mut last_at = started;
-    let mut last_path = PathStats::default();
+    let mut started: Option<Instant> = None;
+    let mut next = interval;
+    // The last line's end: time into the run, bytes verified, the path's counters.
+    let mut last = (Duration::ZERO, 0u64, PathStats::default());
     while !worker.is_finished() {
         std::thread::sleep(Duration::from_millis(20).min(interval));
-        let now = Instant::now();
-        if now < next {
+        let Some(start) = started else {
+            let events = progress.take_events();
+            if events.iter().any(|e| matches!(e, Event::Connected { .. })) {
+                started = Some(Instant::now());
+            }
+            continue;
+        };
+        let at = start.elapsed();
+        if at < next {
             continue;
         }
         next += interval;
         let s = progress.snapshot();
-        let bytes = match side {
-            Side::Sending => s.bytes_sent,
-            Side::Receiving => s.bytes_verified,
-        };
-        let rate = (bytes - last) as f64 / (now - last_at).as_secs_f64();
-        // Losses within this interval, as iperf3 counts its retransmits.
-        let mut path = s.path;
-        path.sent_packets = path.sent_packets.saturating_sub(last_path.sent_packets);
-        path.lost_packets = path.lost_packets.saturating_sub(last_path.lost_packets);
-        path.lost_bytes = path.lost_bytes.saturating_sub(last_path.lost_bytes);
-        line(
-            json,
-            (now - started).as_secs_f64(),
-            bytes - last,
-            rate,
-            &path,
-        );
-        last = bytes;
-        last_at = now;
-        last_path = s.path;
+        line(json, last, (at, s.bytes_verified, s.path));
+        last = (at, s.bytes_verified, s.path);
     }
-    worker
+    let summary = worker
         .join()
-        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+    if summary.bytes > last.1 && summary.elapsed.saturating_sub(last.0) >= interval / 10 {
+        line(json, last, (summary.elapsed, summary.bytes, summary.path));
+    }
+    Ok(summary)
 }
 
-fn line(json: bool, t: f64, bytes: u64, rate: f64, path: &PathStats) {
+/// Prints the interval from `from` to `to` (time into the run, bytes verified, path counters).
+fn line(json: bool, from: (Duration, u64, PathStats), to: (Duration, u64, PathStats)) {
+    let (t, bytes) = (to.0.as_secs_f64(), to.1.saturating_sub(from.1));
+    let rate = bytes as f64 / (to.0 - from.0).as_secs_f64().max(1e-9);
+    // Losses within this interval, as iperf3 counts its retransmits.
+    let mut path = to.2;
+    path.sent_packets = path.sent_packets.saturating_sub(from.2.sent_packets);
+    path.lost_packets = path.lost_packets.saturating_sub(from.2.lost_packets);
+    path.lost_bytes = path.lost_bytes.saturating_sub(from.2.lost_bytes);
     if json {
         render::json_line(&serde_json::json!({
             "event": "interval", "seconds": t, "bytes": bytes, "mb_per_s": rate / 1e6,
