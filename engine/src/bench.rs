@@ -45,7 +45,8 @@ use crate::transport::{self, Kind, LaneRx, Link};
 use crate::unit::session::ENDLESS;
 use crate::unit::{BlockSink, BlockSource, Discard, FileSink, FileSource, Generated};
 
-/// How often the receiving end tells the sender the bytes it has verified: often enough that an interval of 0.1 s (`--interval`'s least) sees a few
+/// How often the receiving end tells the sender the bytes it has verified (and samples its
+/// path's figures): often enough that an interval of 0.1 s (`--interval`'s least) sees a few
 /// reports, and a message of 13 bytes 20 times a second costs nothing.
 pub const REPORT_EVERY: Duration = Duration::from_millis(50);
 
@@ -236,6 +237,7 @@ async fn serve(
             // Re-check the end condition as the verifier catches up, and whether it failed.
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             _ = report.tick() => {
+                progress.set_path(link.path());
                 let verified = progress.snapshot().bytes_verified;
                 if verified != reported {
                     reported = verified;

@@ -76,10 +76,10 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
             errln!("sluice: waiting for one sender; run: sluice bench {ticket}");
         }
         let p = progress.clone();
-        let summary = watch(interval, json, &progress, move || {
+        let summary = watch(interval, json, &progress, Side::Receiving, move || {
             server.run(p).context("benchmark failed")
         })?;
-        report(&summary, json, kept);
+        report(&summary, json, Side::Receiving, kept);
         return Ok(());
     }
     let p = progress.clone();
@@ -92,17 +92,30 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
                     "the argument must be the ticket printed by `sluice bench --serve`"
                 ),
             };
-            watch(interval, json, &progress, move || {
+            watch(interval, json, &progress, Side::Sending, move || {
                 bench::send(&config, amount, ends.from.as_deref(), &ticket, p)
                     .with_context(|| format!("benchmarking against {}", ticket.addr))
             })?
         }
-        None => watch(interval, json, &progress, move || {
+        None => watch(interval, json, &progress, Side::Sending, move || {
             bench::run_local(&config, amount, &ends, p).context("benchmark failed")
         })?,
     };
-    report(&summary, json, "sent, verified at the other end");
+    report(
+        &summary,
+        json,
+        Side::Sending,
+        "sent, verified at the other end",
+    );
     Ok(())
+}
+
+/// Which end of the benchmark this is. The receiving end's transport sends only
+/// acknowledgements: its congestion window and losses say nothing of the data, and are left out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Sending,
+    Receiving,
 }
 
 /// Runs `work` on a worker thread and prints one line per interval until it ends, then the
@@ -116,6 +129,7 @@ fn watch(
     interval: Duration,
     json: bool,
     progress: &Progress,
+    side: Side,
     work: impl FnOnce() -> Result<BenchSummary> + Send + 'static,
 ) -> Result<BenchSummary> {
     let worker = std::thread::Builder::new()
@@ -141,20 +155,25 @@ fn watch(
         }
         next += interval;
         let s = progress.snapshot();
-        line(json, last, (at, s.bytes_verified, s.path));
+        line(json, side, last, (at, s.bytes_verified, s.path));
         last = (at, s.bytes_verified, s.path);
     }
     let summary = worker
         .join()
         .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
     if summary.bytes > last.1 && summary.elapsed.saturating_sub(last.0) >= interval / 10 {
-        line(json, last, (summary.elapsed, summary.bytes, summary.path));
+        line(
+            json,
+            side,
+            last,
+            (summary.elapsed, summary.bytes, summary.path),
+        );
     }
     Ok(summary)
 }
 
 /// Prints the interval from `from` to `to` (time into the run, bytes verified, path counters).
-fn line(json: bool, from: (Duration, u64, PathStats), to: (Duration, u64, PathStats)) {
+fn line(json: bool, side: Side, from: (Duration, u64, PathStats), to: (Duration, u64, PathStats)) {
     let (t, bytes) = (to.0.as_secs_f64(), to.1.saturating_sub(from.1));
     let rate = bytes as f64 / (to.0 - from.0).as_secs_f64().max(1e-9);
     // Losses within this interval, as iperf3 counts its retransmits.
@@ -162,46 +181,66 @@ fn line(json: bool, from: (Duration, u64, PathStats), to: (Duration, u64, PathSt
     path.sent_packets = path.sent_packets.saturating_sub(from.2.sent_packets);
     path.lost_packets = path.lost_packets.saturating_sub(from.2.lost_packets);
     path.lost_bytes = path.lost_bytes.saturating_sub(from.2.lost_bytes);
+    let rtt_ms = path.rtt.as_secs_f64() * 1e3;
     if json {
-        render::json_line(&serde_json::json!({
+        let mut v = serde_json::json!({
             "event": "interval", "seconds": t, "bytes": bytes, "mb_per_s": rate / 1e6,
-            "mbit_per_s": rate * 8.0 / 1e6,
-            "rtt_ms": path.rtt.as_secs_f64() * 1e3, "cwnd": path.cwnd,
-            "loss": path.loss(), "retransmitted_bytes": path.lost_bytes,
-        }));
-    } else {
+            "mbit_per_s": rate * 8.0 / 1e6, "rtt_ms": rtt_ms,
+        });
+        if side == Side::Sending {
+            v["cwnd"] = path.cwnd.into();
+            v["loss"] = path.loss().into();
+            v["retransmitted_bytes"] = path.lost_bytes.into();
+        }
+        render::json_line(&v);
+    } else if side == Side::Sending {
         outln!(
-            "[{t:6.1} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
+            "[{t:7.2} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {rtt_ms:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
             rate / 1e6,
             rate * 8.0 / 1e6,
-            path.rtt.as_secs_f64() * 1e3,
             path.cwnd,
             path.loss() * 100.0,
             path.lost_bytes
         );
+    } else {
+        outln!(
+            "[{t:7.2} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {rtt_ms:7.2} ms",
+            rate / 1e6,
+            rate * 8.0 / 1e6,
+        );
     }
 }
 
-fn report(s: &BenchSummary, json: bool, what: &str) {
+fn report(s: &BenchSummary, json: bool, side: Side, what: &str) {
     let secs = s.elapsed.as_secs_f64();
+    let rtt_ms = s.path.rtt.as_secs_f64() * 1e3;
     if json {
-        render::json_line(&serde_json::json!({
+        let mut v = serde_json::json!({
             "event": "summary", "bytes": s.bytes, "seconds": secs, "mb_per_s": s.rate() / 1e6,
             "mbit_per_s": s.rate() * 8.0 / 1e6,
-            "transport": s.transport.to_string(), "rtt_ms": s.path.rtt.as_secs_f64() * 1e3,
-            "loss": s.path.loss(), "retransmitted_bytes": s.path.lost_bytes,
+            "transport": s.transport.to_string(), "rtt_ms": rtt_ms,
             "wire_bytes": s.path.udp_tx_bytes + s.path.udp_rx_bytes,
-        }));
+        });
+        if side == Side::Sending {
+            v["loss"] = s.path.loss().into();
+            v["retransmitted_bytes"] = s.path.lost_bytes.into();
+        }
+        render::json_line(&v);
     } else {
+        let losses = match side {
+            Side::Sending => format!(
+                ", {:.2} % of packets lost ({} bytes sent again)",
+                s.path.loss() * 100.0,
+                s.path.lost_bytes
+            ),
+            Side::Receiving => String::new(),
+        };
         outln!(
-            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s ({:.1} Mbit/s, as iperf3 counts) over {}; RTT {:.2} ms, {:.2} % of packets lost ({} bytes sent again)",
+            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s ({:.1} Mbit/s, as iperf3 counts) over {}; RTT {rtt_ms:.2} ms{losses}",
             s.bytes,
             s.rate() / 1e6,
             s.rate() * 8.0 / 1e6,
             s.transport,
-            s.path.rtt.as_secs_f64() * 1e3,
-            s.path.loss() * 100.0,
-            s.path.lost_bytes
         );
     }
 }

@@ -15,17 +15,34 @@ fn bench_server() -> (
     BufReader<std::process::ChildStdout>,
     String,
 ) {
+    bench_server_with(&[])
+}
+
+/// [`bench_server`] with options before `bench` (`--json`).
+fn bench_server_with(
+    options: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
     let mut server = sluice()
+        .args(options)
         .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut ticket = String::new();
-    out.read_line(&mut ticket).unwrap();
-    let ticket = ticket.trim().to_owned();
-    assert!(ticket.starts_with("sluice1-"), "{ticket}");
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let ticket = if options.contains(&"--json") {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["ticket"].as_str().unwrap_or_default().to_owned()
+    } else {
+        line.trim().to_owned()
+    };
+    assert!(ticket.starts_with("sluice1-"), "{line}");
     (server, out, ticket)
 }
 
@@ -95,6 +112,40 @@ over_both! {
             assert!(l["mb_per_s"].as_f64().unwrap() <= 1.3 * rate, "above the run's {rate} MB/s: {l}");
             assert!(l["seconds"].as_f64().unwrap() <= seconds, "past the run's end: {l}");
         }
+    }
+}
+
+over_both! {
+    /// The serving end shows its own connection's round-trip time and leaves out what it cannot
+    /// know (its transport sends only acknowledgements: no congestion window or losses of the
+    /// data), and its clock starts with the run, not while it waits for a sender: it printed
+    /// RTT 0.00, cwnd 0 and an interval at 3.0 s of a 2.14 s run.
+    fn the_serving_end_shows_its_own_figures_within_the_run() {
+        let (mut server, mut out, ticket) = bench_server_with(&["--json"]);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let client = sluice()
+            .args(["bench", "--time", "2", &ticket])
+            .output()
+            .unwrap();
+        assert!(client.status.success(), "{}", stderr(&client));
+        let status = server.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(status.success(), "server: {rest}");
+        let (intervals, summary) = intervals_and_summary(&rest);
+        assert!(intervals.len() >= 2, "{rest}");
+        let seconds = summary["seconds"].as_f64().unwrap();
+        for l in &intervals {
+            assert!(l["rtt_ms"].as_f64().unwrap() > 0.0, "{l}");
+            for unknown in ["cwnd", "loss", "retransmitted_bytes"] {
+                assert!(l.get(unknown).is_none(), "{unknown} at the serving end: {l}");
+            }
+            assert!(l["seconds"].as_f64().unwrap() <= seconds, "past the run's {seconds} s: {l}");
+        }
+        assert!(summary.get("loss").is_none(), "{summary}");
+        let total = summary["bytes"].as_u64().unwrap();
+        let sum = interval_bytes(&intervals);
+        assert!(sum.abs_diff(total) <= total / 10, "lines add up to {sum}, the summary says {total}: {rest}");
     }
 }
 
