@@ -585,8 +585,14 @@ impl Destination {
 
     /// Removes what the manifest's directories hold beyond what the manifest names (as
     /// `rsync --delete`); only inside directories the manifest names, never through a symlink.
-    /// Returns how many entries were removed.
-    pub fn delete_extraneous(&self, entries: &[Entry]) -> Result<u64> {
+    /// `removed_one` hears of each entry as it goes (its path as the manifest would name it, and
+    /// whether it was a directory, removed with what it held), also when another could not be
+    /// removed and the call fails. Returns how many entries were removed.
+    pub fn delete_extraneous(
+        &self,
+        entries: &[Entry],
+        mut removed_one: impl FnMut(String, bool),
+    ) -> Result<u64> {
         let named: std::collections::HashSet<&str> =
             entries.iter().map(|e| e.path.as_str()).collect();
         let mut removed = 0;
@@ -602,7 +608,8 @@ impl Destination {
             for child in fs::read_dir(&at).map_err(Error::file("listing", &at))? {
                 let child = child.map_err(Error::file("listing", &at))?;
                 let name = wire_name(&child.file_name());
-                if named.contains(format!("{}/{name}", dir.path).as_str()) {
+                let rel = format!("{}/{name}", dir.path);
+                if named.contains(rel.as_str()) {
                     continue;
                 }
                 let path = child.path();
@@ -616,7 +623,10 @@ impl Destination {
                 // One that cannot be deleted (a permission) does not keep the others: as
                 // rsync, delete what can be, then name what could not.
                 match r {
-                    Ok(()) => removed += 1,
+                    Ok(()) => {
+                        removed += 1;
+                        removed_one(rel, is_dir);
+                    }
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "not deleted");
                         failed.push((path, e));

@@ -84,6 +84,21 @@ pub(crate) fn slow_read() -> Option<std::time::Duration> {
     *PAUSE.get_or_init(|| millis("SLUICE_FAULT_SLOW_READ"))
 }
 
+/// From `SLUICE_FAULT_SLOW_SINK=MS` in the environment of `sluice bench`'s receiving end: each
+/// block it verifies takes `MS` milliseconds longer, as a slow disk behind `--to` would, so that
+/// the tests can show on loopback what a slow link shows: the sender's bytes handed to the
+/// network running a window ahead of those that crossed.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn slow_sink() -> Option<std::time::Duration> {
+    millis("SLUICE_FAULT_SLOW_SINK")
+}
+
+/// Without the feature: blocks go at the sink's pace.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn slow_sink() -> Option<std::time::Duration> {
+    None
+}
+
 /// The milliseconds environment variable `name` holds, if it holds a number.
 #[cfg(feature = "fault-injection")]
 fn millis(name: &str) -> Option<std::time::Duration> {

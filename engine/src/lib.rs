@@ -141,14 +141,17 @@ pub fn copy(
     let ticket = rx.ticket().clone();
     let stopper = rx.stopper();
     let recv_progress = Arc::new(Progress::default());
-    let receiver = std::thread::Builder::new()
-        .name("sluice-recv".into())
-        .spawn(move || rx.run(recv_progress))
-        .map_err(Error::io("starting receiver thread"))?;
+    let receiver = {
+        let p = recv_progress.clone();
+        std::thread::Builder::new()
+            .name("sluice-recv".into())
+            .spawn(move || rx.run(p))
+            .map_err(Error::io("starting receiver thread"))?
+    };
     let sender = Sender::new(config.clone());
     let sent = match &target {
-        Some((_, name)) => sender.send_as(&sources[0], name, &ticket, progress),
-        None => sender.send(sources, &ticket, progress),
+        Some((_, name)) => sender.send_as(&sources[0], name, &ticket, progress.clone()),
+        None => sender.send(sources, &ticket, progress.clone()),
     };
     if sent.is_err() {
         // A sender that failed before it connected (a missing source) leaves the receiver
@@ -160,6 +163,12 @@ pub fn copy(
             "panicked",
         )))
     });
+    // What `--delete` removed only the receiver knows by name; the sender's summary has the count.
+    for e in recv_progress.take_events() {
+        if let Event::Deleted { .. } = e {
+            progress.push(e);
+        }
+    }
     // The receiver's error is the more specific one when both fail, unless it was stopped
     // waiting for the sender.
     match (sent, received) {

@@ -68,6 +68,14 @@ pub enum Event {
         /// Its share of the group's [`Event::GroupPlanned::bytes_hint`].
         bytes_hint: u64,
     },
+    /// `--delete`, at the receiver: an entry of a transferred directory that the source no
+    /// longer has was removed (a directory with everything below it, as one event).
+    Deleted {
+        /// The path relative to the destination.
+        path: String,
+        /// It was a directory.
+        dir: bool,
+    },
     /// A file failed; nothing was put in its place.
     FileFailed {
         /// The path relative to the destination.
@@ -312,6 +320,8 @@ pub struct Summary {
     pub vouched_bytes: u64,
     /// Blocks sent again after failing verification.
     pub resent_blocks: u64,
+    /// Entries `--delete` removed at the receiver (a directory with what it held counts once).
+    pub deleted: u64,
     /// Of `payload_bytes`, bytes sent packed with zstd (sender; 0 at the receiver).
     pub packed_bytes: u64,
     /// What `packed_bytes` took on the wire, packed.

@@ -769,10 +769,11 @@ async fn receive(
                         _ => made_or_failed(dest.create_symlink(e), e, progress, &mut failures, &mut first_failure)?,
                     }
                 }
+                let mut deleted = 0;
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
-                    let removed = dest.delete_extraneous(&entries)?;
-                    if removed > 0 {
-                        tracing::info!(removed, "removed entries the source no longer has");
+                    deleted = dest.delete_extraneous(&entries, |path, dir| progress.push(Event::Deleted { path, dir }))?;
+                    if deleted > 0 {
+                        tracing::info!(deleted, "removed entries the source no longer has");
                     }
                 }
                 for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir && !dry_run) {
@@ -799,6 +800,7 @@ async fn receive(
                     kept_bytes: progress.snapshot().bytes_kept,
                     vouched_bytes: 0,
                     resent_blocks: progress.snapshot().blocks_resent,
+                    deleted,
                     packed_bytes: 0,
                     zero_bytes: 0,
                     packed_wire_bytes: 0,
@@ -810,6 +812,7 @@ async fn receive(
                     .send(&Message::Summary {
                         entries: summary.entries as u32,
                         bytes: summary.bytes,
+                        deleted,
                     })
                     .await?;
                 control.finish();

@@ -491,7 +491,7 @@ async fn transfer(
                         failures.push(format!("{path}: {reason}"));
                         progress.push(Event::FileFailed { path, reason });
                     }
-                    SenderEvent::Summary { entries, bytes } => {
+                    SenderEvent::Summary { entries, bytes, deleted } => {
                         // The receiver names only files that failed; a directory or link it
                         // could not make shows as an entry short of the manifest.
                         let expected = manifest.len().saturating_sub(failures.len()) as u64;
@@ -508,6 +508,7 @@ async fn transfer(
                             kept_bytes: s.bytes_kept,
                             vouched_bytes: s.bytes_vouched,
                             resent_blocks: s.blocks_resent,
+                            deleted,
                             packed_bytes: s.bytes_packed,
                             zero_bytes: s.bytes_zero,
                             packed_wire_bytes: s.packed_wire,

@@ -375,6 +375,7 @@ async fn serve(
         .send(&Message::Summary {
             entries: summary.units.min(u64::from(u32::MAX)) as u32,
             bytes: summary.bytes,
+            deleted: 0,
         })
         .await?;
     control.finish();

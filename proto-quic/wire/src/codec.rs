@@ -252,10 +252,15 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             put_str(out, reason);
         }
         Message::Finish => out.push(T_FINISH),
-        Message::Summary { entries, bytes } => {
+        Message::Summary {
+            entries,
+            bytes,
+            deleted,
+        } => {
             out.push(T_SUMMARY);
             out.extend_from_slice(&entries.to_le_bytes());
             out.extend_from_slice(&bytes.to_le_bytes());
+            out.extend_from_slice(&deleted.to_le_bytes());
         }
         Message::Held { key } => {
             out.push(T_HELD);
@@ -435,6 +440,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         T_SUMMARY => Message::Summary {
             entries: r.u32("entries")?,
             bytes: r.u64("bytes")?,
+            deleted: r.u64("deleted")?,
         },
         T_HELD => Message::Held {
             key: r.string("key")?,
@@ -766,8 +772,13 @@ mod tests {
             }),
             (any::<u32>(), arb_string()).prop_map(|(id, reason)| Message::Abandon { id, reason }),
             Just(Message::Finish),
-            (any::<u32>(), any::<u64>())
-                .prop_map(|(entries, bytes)| Message::Summary { entries, bytes }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(entries, bytes, deleted)| {
+                Message::Summary {
+                    entries,
+                    bytes,
+                    deleted,
+                }
+            }),
             arb_string().prop_map(|key| Message::Held { key }),
             (1u16..6, arb_string()).prop_map(|(c, message)| Message::Error {
                 code: ErrorCode::from_u16(c),

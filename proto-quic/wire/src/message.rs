@@ -399,6 +399,9 @@ pub enum Message {
         entries: u32,
         /// Payload bytes verified and written.
         bytes: u64,
+        /// Entries removed under `HELLO_DELETE` (a directory with what it held counts once).
+        /// Since version 13.
+        deleted: u64,
     },
     /// Receiver → sender, in a unit session (see [`crate::unit`]): the destination already holds
     /// the unit named `key` (committed by an earlier, interrupted run), so the sender need not

@@ -28,7 +28,7 @@
 //!                                         (a moved block failed verification)
 //!                                      <- FileVerified{id} | FileFailed{id, reason}
 //!   Finish                             ->
-//!                                      <- Summary{entries, bytes}
+//!                                      <- Summary{entries, bytes, deleted}
 //! ```
 
 use crate::geometry::Geometry;
@@ -819,6 +819,8 @@ pub enum SenderEvent {
         entries: u32,
         /// Bytes verified.
         bytes: u64,
+        /// Entries the receiver removed (`--delete`).
+        deleted: u64,
     },
 }
 
@@ -994,7 +996,11 @@ impl SenderSession {
                 self.answer(id)?;
                 Ok(SenderEvent::Failed { id, reason, cause })
             }
-            Message::Summary { entries, bytes } if self.welcomed && !self.finished => {
+            Message::Summary {
+                entries,
+                bytes,
+                deleted,
+            } if self.welcomed && !self.finished => {
                 let unanswered = self
                     .files
                     .iter()
@@ -1005,7 +1011,11 @@ impl SenderSession {
                     return Err(SessionError::Incomplete(unanswered));
                 }
                 self.finished = true;
-                Ok(SenderEvent::Summary { entries, bytes })
+                Ok(SenderEvent::Summary {
+                    entries,
+                    bytes,
+                    deleted,
+                })
             }
             other => Err(SessionError::Unexpected {
                 state,
@@ -1480,7 +1490,8 @@ mod tests {
         assert_eq!(
             s.on_message(Message::Summary {
                 entries: 2,
-                bytes: 0
+                bytes: 0,
+                deleted: 0,
             }),
             Err(SessionError::Incomplete(1))
         );

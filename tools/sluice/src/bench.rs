@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sluice_engine::bench::{self, Amount, BenchServer, BenchSummary};
-use sluice_engine::{Config, PathStats, Progress, Ticket};
+use sluice_engine::{Config, Event, PathStats, Progress, Ticket};
 
 use crate::args::BenchArgs;
 use crate::render;
@@ -79,7 +79,7 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
         let summary = watch(interval, json, &progress, Side::Receiving, move || {
             server.run(p).context("benchmark failed")
         })?;
-        report(&summary, json, kept);
+        report(&summary, json, Side::Receiving, kept);
         return Ok(());
     }
     let p = progress.clone();
@@ -101,17 +101,30 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
             bench::run_local(&config, amount, &ends, p).context("benchmark failed")
         })?,
     };
-    report(&summary, json, "sent, verified at the other end");
+    report(
+        &summary,
+        json,
+        Side::Sending,
+        "sent, verified at the other end",
+    );
     Ok(())
 }
 
-#[derive(Clone, Copy)]
+/// Which end of the benchmark this is. The receiving end's transport sends only
+/// acknowledgements: its congestion window and losses say nothing of the data, and are left out.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Sending,
     Receiving,
 }
 
-/// Runs `work` on a worker thread and prints one line per interval until it ends.
+/// Runs `work` on a worker thread and prints one line per interval until it ends, then the
+/// last, shorter interval up to the run's end (unless under a tenth of an interval, as iperf3
+/// leaves it out). Each line counts the bytes verified at the receiving end in it (the sender
+/// hears of them from that end): what crossed, so the lines add up to the summary. Counting the
+/// bytes handed to the transport instead read above a 200 Mbit/s link's rate, and near zero
+/// while the window they had filled drained. The clock starts with the run (the engine's
+/// `Connected`), as the summary's does: a serving end waits for its sender first.
 fn watch(
     interval: Duration,
     json: bool,
@@ -123,86 +136,111 @@ fn watch(
         .name("sluice-main".into())
         .spawn(work)
         .context("starting the worker thread")?;
-    let started = Instant::now();
-    let mut next = started + interval;
-    let mut last = 0u64;
-    let mut last_at = started;
-    let mut last_path = PathStats::default();
+    let mut started: Option<Instant> = None;
+    let mut next = interval;
+    // The last line's end: time into the run, bytes verified, the path's counters.
+    let mut last = (Duration::ZERO, 0u64, PathStats::default());
     while !worker.is_finished() {
         std::thread::sleep(Duration::from_millis(20).min(interval));
-        let now = Instant::now();
-        if now < next {
+        let Some(start) = started else {
+            let events = progress.take_events();
+            if events.iter().any(|e| matches!(e, Event::Connected { .. })) {
+                started = Some(Instant::now());
+            }
+            continue;
+        };
+        let at = start.elapsed();
+        if at < next {
             continue;
         }
         next += interval;
         let s = progress.snapshot();
-        let bytes = match side {
-            Side::Sending => s.bytes_sent,
-            Side::Receiving => s.bytes_verified,
-        };
-        let rate = (bytes - last) as f64 / (now - last_at).as_secs_f64();
-        // Losses within this interval, as iperf3 counts its retransmits.
-        let mut path = s.path;
-        path.sent_packets = path.sent_packets.saturating_sub(last_path.sent_packets);
-        path.lost_packets = path.lost_packets.saturating_sub(last_path.lost_packets);
-        path.lost_bytes = path.lost_bytes.saturating_sub(last_path.lost_bytes);
+        line(json, side, last, (at, s.bytes_verified, s.path));
+        last = (at, s.bytes_verified, s.path);
+    }
+    let summary = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+    if summary.bytes > last.1 && summary.elapsed.saturating_sub(last.0) >= interval / 10 {
         line(
             json,
-            (now - started).as_secs_f64(),
-            bytes - last,
-            rate,
-            &path,
+            side,
+            last,
+            (summary.elapsed, summary.bytes, summary.path),
         );
-        last = bytes;
-        last_at = now;
-        last_path = s.path;
     }
-    worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?
+    Ok(summary)
 }
 
-fn line(json: bool, t: f64, bytes: u64, rate: f64, path: &PathStats) {
+/// Prints the interval from `from` to `to` (time into the run, bytes verified, path counters).
+fn line(json: bool, side: Side, from: (Duration, u64, PathStats), to: (Duration, u64, PathStats)) {
+    let (t, bytes) = (to.0.as_secs_f64(), to.1.saturating_sub(from.1));
+    let rate = bytes as f64 / (to.0 - from.0).as_secs_f64().max(1e-9);
+    // Losses within this interval, as iperf3 counts its retransmits.
+    let mut path = to.2;
+    path.sent_packets = path.sent_packets.saturating_sub(from.2.sent_packets);
+    path.lost_packets = path.lost_packets.saturating_sub(from.2.lost_packets);
+    path.lost_bytes = path.lost_bytes.saturating_sub(from.2.lost_bytes);
+    let rtt_ms = path.rtt.as_secs_f64() * 1e3;
     if json {
-        render::json_line(&serde_json::json!({
+        let mut v = serde_json::json!({
             "event": "interval", "seconds": t, "bytes": bytes, "mb_per_s": rate / 1e6,
-            "mbit_per_s": rate * 8.0 / 1e6,
-            "rtt_ms": path.rtt.as_secs_f64() * 1e3, "cwnd": path.cwnd,
-            "loss": path.loss(), "retransmitted_bytes": path.lost_bytes,
-        }));
-    } else {
+            "mbit_per_s": rate * 8.0 / 1e6, "rtt_ms": rtt_ms,
+        });
+        if side == Side::Sending {
+            v["cwnd"] = path.cwnd.into();
+            v["loss"] = path.loss().into();
+            v["retransmitted_bytes"] = path.lost_bytes.into();
+        }
+        render::json_line(&v);
+    } else if side == Side::Sending {
         outln!(
-            "[{t:6.1} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
+            "[{t:7.2} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {rtt_ms:7.2} ms  cwnd {:>9}  lost {:5.2} %  sent again {:>9} bytes",
             rate / 1e6,
             rate * 8.0 / 1e6,
-            path.rtt.as_secs_f64() * 1e3,
             path.cwnd,
             path.loss() * 100.0,
             path.lost_bytes
         );
+    } else {
+        outln!(
+            "[{t:7.2} s] {:9.1} MB/s {:9.1} Mbit/s  RTT {rtt_ms:7.2} ms",
+            rate / 1e6,
+            rate * 8.0 / 1e6,
+        );
     }
 }
 
-fn report(s: &BenchSummary, json: bool, what: &str) {
+fn report(s: &BenchSummary, json: bool, side: Side, what: &str) {
     let secs = s.elapsed.as_secs_f64();
+    let rtt_ms = s.path.rtt.as_secs_f64() * 1e3;
     if json {
-        render::json_line(&serde_json::json!({
+        let mut v = serde_json::json!({
             "event": "summary", "bytes": s.bytes, "seconds": secs, "mb_per_s": s.rate() / 1e6,
             "mbit_per_s": s.rate() * 8.0 / 1e6,
-            "transport": s.transport.to_string(), "rtt_ms": s.path.rtt.as_secs_f64() * 1e3,
-            "loss": s.path.loss(), "retransmitted_bytes": s.path.lost_bytes,
+            "transport": s.transport.to_string(), "rtt_ms": rtt_ms,
             "wire_bytes": s.path.udp_tx_bytes + s.path.udp_rx_bytes,
-        }));
+        });
+        if side == Side::Sending {
+            v["loss"] = s.path.loss().into();
+            v["retransmitted_bytes"] = s.path.lost_bytes.into();
+        }
+        render::json_line(&v);
     } else {
+        let losses = match side {
+            Side::Sending => format!(
+                ", {:.2} % of packets lost ({} bytes sent again)",
+                s.path.loss() * 100.0,
+                s.path.lost_bytes
+            ),
+            Side::Receiving => String::new(),
+        };
         outln!(
-            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s ({:.1} Mbit/s, as iperf3 counts) over {}; RTT {:.2} ms, {:.2} % of packets lost ({} bytes sent again)",
+            "sluice bench: {} bytes {what} in {secs:.2} s, {:.1} MB/s ({:.1} Mbit/s, as iperf3 counts) over {}; RTT {rtt_ms:.2} ms{losses}",
             s.bytes,
             s.rate() / 1e6,
             s.rate() * 8.0 / 1e6,
             s.transport,
-            s.path.rtt.as_secs_f64() * 1e3,
-            s.path.loss() * 100.0,
-            s.path.lost_bytes
         );
     }
 }

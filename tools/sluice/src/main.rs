@@ -193,6 +193,7 @@ fn verify_remote(
                 }
             }
             sluice_engine::Event::Connected { .. }
+            | sluice_engine::Event::Deleted { .. }
             | sluice_engine::Event::UnitCommitted { .. }
             | sluice_engine::Event::GroupPlanned { .. } => {}
         }

@@ -178,7 +178,7 @@ where
             "event": "summary", "entries": summary.entries, "files": summary.files,
             "bytes": summary.bytes, "payload_bytes": summary.payload_bytes,
             "kept_bytes": summary.kept_bytes, "vouched_bytes": summary.vouched_bytes,
-            "resent_blocks": summary.resent_blocks,
+            "resent_blocks": summary.resent_blocks, "deleted": summary.deleted,
             "packed_bytes": summary.packed_bytes, "packed_wire_bytes": summary.packed_wire_bytes,
             "zero_bytes": summary.zero_bytes,
             "wire_bytes": summary.wire_bytes,
@@ -218,6 +218,17 @@ where
         }
         if summary.resent_blocks > 0 {
             extra += &format!("; {} damaged blocks re-sent", summary.resent_blocks);
+        }
+        if summary.deleted > 0 {
+            let entries = if summary.deleted == 1 {
+                "entry"
+            } else {
+                "entries"
+            };
+            extra += &format!(
+                "; deleted {} {entries} the source no longer has",
+                summary.deleted
+            );
         }
         outln!(
             "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}{extra}",
@@ -276,6 +287,15 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
                 }
             }
             Event::UnitCommitted { .. } | Event::GroupPlanned { .. } => {}
+            // Few, and not to be missed: listed without --json too, as rsync -v lists them.
+            Event::Deleted { path, dir } => {
+                if json {
+                    json_line(&serde_json::json!({"event": "deleted", "path": path, "dir": dir}));
+                } else {
+                    let slash = if dir { "/" } else { "" };
+                    outln!("deleted: {}{slash}", clean(&path));
+                }
+            }
             Event::FileFailed { path, reason } => {
                 if json {
                     json_line(

@@ -911,6 +911,74 @@ over_both! {
     }
 }
 
+/// The `event` lines of a `--json` run's standard output.
+fn json_events(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The paths (a directory's ending in `/`) of its `deleted` events, sorted.
+fn deleted_paths(events: &[serde_json::Value]) -> Vec<String> {
+    let mut paths: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "deleted")
+        .map(|e| {
+            let slash = if e["dir"] == true { "/" } else { "" };
+            format!("{}{slash}", e["path"].as_str().unwrap())
+        })
+        .collect();
+    paths.sort();
+    paths
+}
+
+over_both! {
+    /// What `--delete` removes is said, not done silently: each entry as a `deleted` event (a
+    /// line without `--json`) where the receiver's events are shown (`copy`, `recv`), and the
+    /// count in both ends' summaries, the sender's from the receiver's `Summary`.
+    fn delete_names_what_it_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("dl");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("a"), b"a").unwrap();
+        let dest = d.path().join("dest");
+        let extras = |dest: &Path| {
+            fs::create_dir_all(dest.join("dl/old/deeper")).unwrap();
+            fs::write(dest.join("dl/extra"), b"e").unwrap();
+            fs::write(dest.join("dl/old/deeper/x"), b"x").unwrap();
+        };
+        extras(&dest);
+
+        let out = sluice().args(["--json", "copy", "--delete"]).arg(&src).arg(&dest).output().unwrap();
+        let s = json_summary(&out);
+        assert_eq!(deleted_paths(&json_events(&out)), ["dl/extra", "dl/old/"]);
+        assert_eq!(s["deleted"], 2, "{s}");
+        assert!(!dest.join("dl/extra").exists() && !dest.join("dl/old").exists());
+
+        // Nothing to remove: no events, and a count of 0.
+        let out = sluice().args(["--json", "copy", "--delete"]).arg(&src).arg(&dest).output().unwrap();
+        assert_eq!(json_summary(&out)["deleted"], 0);
+        assert!(deleted_paths(&json_events(&out)).is_empty());
+
+        fs::write(dest.join("dl/extra"), b"e").unwrap();
+        let out = sluice().args(["copy", "--delete"]).arg(&src).arg(&dest).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("deleted: dl/extra\n"), "{text}");
+        assert!(text.contains("; deleted 1 entry the source no longer has"), "{text}");
+
+        extras(&dest);
+        let recv = Recv::start_full(&dest, &["--json"], &["--allow-delete"]);
+        let out = sluice().args(["--json", "send", "--delete"]).arg(&src).arg(&recv.ticket).output().unwrap();
+        assert_eq!(json_summary(&out)["deleted"], 2);
+        let r = recv.wait();
+        assert_eq!(json_summary(&r)["deleted"], 2);
+        assert_eq!(deleted_paths(&json_events(&r)), ["dl/extra", "dl/old/"]);
+        assert_same_tree(&src, &dest.join("dl"));
+    }
+}
+
 over_both! {
     fn verify_against_a_receiver_moves_no_data_and_writes_nothing() {
         let d = tempfile::tempdir().unwrap();

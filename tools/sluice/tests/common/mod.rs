@@ -264,7 +264,8 @@ impl Recv {
         Self::spawn(c, dest, &[], recv_options)
     }
 
-    fn start_full(dest: &Path, options: &[&str], recv_options: &[&str]) -> Recv {
+    /// [`Recv::start`] with global options (`--json`) and options of `recv` itself.
+    pub fn start_full(dest: &Path, options: &[&str], recv_options: &[&str]) -> Recv {
         Self::spawn(sluice(), dest, options, recv_options)
     }
 
