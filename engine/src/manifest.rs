@@ -268,7 +268,20 @@ fn walk(
                 why: "it is not a regular file, directory or symlink (a FIFO, socket or device)",
             });
         } else {
-            tracing::warn!(path = %local.display(), "skipping: not a file, directory or symlink");
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() {
+                "a block device"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else {
+                "not a regular file, directory or symlink"
+            };
+            // As rsync says "skipping non-regular file": the rest of the tree goes.
+            tracing::warn!("skipping {}: {kind}", local.display());
             continue;
         };
         match sluice_proto::path::validate(&rel) {

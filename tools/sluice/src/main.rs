@@ -35,14 +35,18 @@ fn main() {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let before = given_before(&matches);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+    let log = tracing_subscriber::fmt()
         .with_ansi(false)
-        .with_writer(|| render::CleanWriter(std::io::stderr()))
-        .init();
+        .with_writer(|| render::CleanWriter(std::io::stderr()));
+    match tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
+        // Asked for a log: timestamps, levels and sources, for whoever reads it.
+        Ok(filter) => log.with_env_filter(filter).init(),
+        // Otherwise a warning is a message to the user, worded as the others are.
+        Err(_) => log
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            .event_format(render::Plain)
+            .init(),
+    }
     let json = cli.json;
     close_on_signals(json);
     let result = run(cli, &before).and_then(|()| match render::stdout_error() {

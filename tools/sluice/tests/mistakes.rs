@@ -110,6 +110,23 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         );
     }
 
+    // Inside a directory the FIFO is skipped, as rsync skips a non-regular file, and the user
+    // is told so in words, not in a log line with a timestamp and a module path.
+    fs::create_dir_all(p("withfifo")).unwrap();
+    fs::write(p("withfifo/f"), b"data").unwrap();
+    fs::rename(&fifo, p("withfifo/pipe")).unwrap();
+    let (out, _) = run(&["copy", &p("withfifo"), &p("dest-fifo")]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("sluice: warning: skipping ")
+            && said.contains("withfifo/pipe: a FIFO")
+            && !said.contains("WARN"),
+        "{said}"
+    );
+    assert_eq!(fs::read(p("dest-fifo/withfifo/f")).unwrap(), b"data");
+    assert!(!Path::new(&p("dest-fifo/withfifo/pipe")).exists());
+
     // A directory copied into itself (cp refuses it too), and a bench that would write over its
     // own source file: refused before anything is made or emptied.
     fs::create_dir_all(p("tree/sub")).unwrap();
