@@ -881,12 +881,19 @@ pub(crate) async fn sequences(client: &Client, left_out: &[u32]) -> Result<Vec<S
     Ok(states)
 }
 
-/// A digest of the schema around the tables a copy moves: their indexes, constraints and
-/// triggers, and, when every table is copied (`all`), the views, functions, types and schemas
-/// too — what `pg_dump`'s sections carry besides the tables' columns. A resumed copy compares
+/// A digest of the schema around the tables a copy moves: their columns (types, `NOT NULL`,
+/// defaults, identity, collation, statistics targets, privileges, comments), indexes,
+/// constraints, triggers, policies, owned sequences' options, and the tables' owners,
+/// privileges, options and comments; and, when every table is copied (`all`), the views,
+/// functions, types and schemas too — what `pg_dump`'s sections carry. A resumed copy compares
 /// it with the interrupted run's: the schema steps that run committed are not applied again, so
 /// an index, a constraint or a view added at the source since would otherwise be missing at the
-/// target while the copy reported success.
+/// target while the copy reported success. Column types, `NOT NULL`, defaults, comments and
+/// grants changed between the runs went unnoticed that way (a new user's report): the copy
+/// exited 0 with the older schema, or failed on every rerun with "incorrect binary data
+/// format" where a column's type had changed. Privileges are compared as they act: a table
+/// granted and revoked again holds its owner's default privileges written out, which are the
+/// same as none written.
 pub(crate) async fn schema_digest(client: &Client, all: bool, tables: &[Table]) -> Result<String> {
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
@@ -898,6 +905,43 @@ pub(crate) async fn schema_digest(client: &Client, all: bool, tables: &[Table]) 
          SELECT coalesce(md5(string_agg(d, E'\\n' ORDER BY d)), '') FROM ( \
            SELECT 'index ' || i.indrelid::regclass::text || ' ' || pg_get_indexdef(i.indexrelid) \
              FROM pg_index i WHERE i.indrelid IN (SELECT oid FROM chosen) \
+           UNION ALL \
+           SELECT 'column ' || a.attrelid::regclass::text || ' ' || quote_ident(a.attname) || ' ' \
+                  || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull::text || ' ' \
+                  || a.attidentity::text || '/' || a.attgenerated::text || ' ' \
+                  || coalesce(a.attstattarget::text, '') || ' ' || coalesce(co.collname, '') || ' ' \
+                  || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '') || ' ' \
+                  || coalesce(nullif(a.attacl::text, '{{}}'), '') || ' ' \
+                  || coalesce(col_description(a.attrelid, a.attnum), '') \
+             FROM pg_attribute a \
+             LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
+             LEFT JOIN pg_collation co ON co.oid = a.attcollation \
+             WHERE a.attrelid IN (SELECT oid FROM chosen) AND a.attnum > 0 AND NOT a.attisdropped \
+           UNION ALL \
+           SELECT 'relation ' || c.oid::regclass::text || ' ' || c.relkind::text \
+                  || c.relpersistence::text || ' ' || pg_get_userbyid(c.relowner) || ' ' \
+                  || coalesce(c.relacl, acldefault(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::\"char\", \
+                                                   c.relowner))::text || ' ' \
+                  || coalesce(c.reloptions::text, '') || ' ' || c.relrowsecurity::text \
+                  || c.relforcerowsecurity::text || ' ' \
+                  || coalesce(obj_description(c.oid, 'pg_class'), '') \
+             FROM pg_class c WHERE c.oid IN (SELECT oid FROM chosen) \
+           UNION ALL \
+           SELECT 'sequence ' || s.seqrelid::regclass::text || ' ' || format_type(s.seqtypid, NULL) \
+                  || ' ' || s.seqstart || ' ' || s.seqincrement || ' ' || s.seqmax || ' ' \
+                  || s.seqmin || ' ' || s.seqcache || ' ' || s.seqcycle::text \
+             FROM pg_sequence s WHERE s.seqrelid IN (SELECT oid FROM chosen) \
+               OR s.seqrelid IN (SELECT d.objid FROM pg_depend d \
+                                 WHERE d.classid = 'pg_class'::regclass \
+                                   AND d.refclassid = 'pg_class'::regclass \
+                                   AND d.refobjid IN (SELECT oid FROM chosen) \
+                                   AND d.deptype IN ('a', 'i')) \
+           UNION ALL \
+           SELECT 'policy ' || p.polrelid::regclass::text || ' ' || quote_ident(p.polname) || ' ' \
+                  || p.polcmd::text || p.polpermissive::text || ' ' || p.polroles::text || ' ' \
+                  || coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' ' \
+                  || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') \
+             FROM pg_policy p WHERE p.polrelid IN (SELECT oid FROM chosen) \
            UNION ALL \
            SELECT 'constraint ' || co.conrelid::regclass::text || ' ' || co.conname || ' ' \
                   || pg_get_constraintdef(co.oid) \
@@ -911,6 +955,10 @@ pub(crate) async fn schema_digest(client: &Client, all: bool, tables: &[Table]) 
              WHERE $1 AND c.relkind IN ('v', 'm') AND {USERS} \
            UNION ALL \
            SELECT 'function ' || p.oid::regprocedure::text || ' ' || md5(coalesce(p.prosrc, '')) \
+                  || ' ' || format_type(p.prorettype, NULL) || ' ' || p.provolatile::text \
+                  || p.prosecdef::text || ' ' || pg_get_userbyid(p.proowner) || ' ' \
+                  || coalesce(p.proacl, acldefault('f', p.proowner))::text || ' ' \
+                  || coalesce(obj_description(p.oid, 'pg_proc'), '') \
              FROM pg_proc p WHERE $1 AND p.pronamespace IN (SELECT oid FROM users) \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
                                AND d.objid = p.oid AND d.deptype = 'e') \
@@ -918,10 +966,32 @@ pub(crate) async fn schema_digest(client: &Client, all: bool, tables: &[Table]) 
            SELECT 'type ' || t.oid::regtype::text || ' ' || t.typtype::text \
                   || coalesce(' ' || (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) \
                                       FROM pg_enum e WHERE e.enumtypid = t.oid), '') \
+                  || coalesce(' ' || (SELECT string_agg(quote_ident(a.attname) || ' ' \
+                                                        || format_type(a.atttypid, a.atttypmod), \
+                                                        ',' ORDER BY a.attnum) \
+                                      FROM pg_attribute a WHERE t.typtype = 'c' \
+                                        AND a.attrelid = t.typrelid AND a.attnum > 0 \
+                                        AND NOT a.attisdropped), '') \
+                  || CASE WHEN t.typtype = 'd' THEN ' ' || format_type(t.typbasetype, t.typtypmod) \
+                          || ' ' || t.typnotnull::text || ' ' || coalesce(t.typdefault, '') \
+                          ELSE '' END \
+                  || ' ' || pg_get_userbyid(t.typowner) || ' ' \
+                  || coalesce(t.typacl, acldefault('T', t.typowner))::text || ' ' \
+                  || coalesce(obj_description(t.oid, 'pg_type'), '') \
              FROM pg_type t WHERE $1 AND t.typnamespace IN (SELECT oid FROM users) \
-               AND t.typtype IN ('e', 'd', 'r') \
+               AND (t.typtype IN ('e', 'd', 'r') \
+                    OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class c \
+                                                    WHERE c.oid = t.typrelid AND c.relkind = 'c'))) \
            UNION ALL \
-           SELECT 'schema ' || n.nspname FROM pg_namespace n \
+           SELECT 'domain constraint ' || co.contypid::regtype::text || ' ' || co.conname || ' ' \
+                  || pg_get_constraintdef(co.oid) \
+             FROM pg_constraint co JOIN pg_type t ON t.oid = co.contypid \
+             WHERE $1 AND t.typnamespace IN (SELECT oid FROM users) \
+           UNION ALL \
+           SELECT 'schema ' || n.nspname || ' ' || pg_get_userbyid(n.nspowner) || ' ' \
+                  || coalesce(n.nspacl, acldefault('n', n.nspowner))::text || ' ' \
+                  || coalesce(obj_description(n.oid, 'pg_namespace'), '') \
+             FROM pg_namespace n \
              WHERE $1 AND n.oid IN (SELECT oid FROM users) AND n.nspname <> 'public' \
          ) s(d)"
     );
