@@ -1004,6 +1004,7 @@ async fn receive(
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::Finish => finished = true,
+                        ReceiverEvent::Exclude { pattern } => tracing::debug!(%pattern, "--delete leaves what this matches alone"),
                         // Counted as progress above, as every message is.
                         ReceiverEvent::Working { id, done } => tracing::debug!(id, done, "the sender reads blocks held here"),
                     }
