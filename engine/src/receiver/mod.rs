@@ -771,7 +771,8 @@ async fn receive(
                 }
                 let mut deleted = 0;
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
-                    deleted = dest.delete_extraneous(&entries, |path, dir| progress.push(Event::Deleted { path, dir }))?;
+                    let excludes = shared.lock().map_err(|_| poisoned())?.session.excludes().clone();
+                    deleted = dest.delete_extraneous(&entries, &excludes, |path, dir| progress.push(Event::Deleted { path, dir }))?;
                     if deleted > 0 {
                         tracing::info!(deleted, "removed entries the source no longer has");
                     }
