@@ -291,7 +291,8 @@ pub struct Selection {
     /// source directory, a leading / anchoring it at the top (/build, docs/*.tmp); a trailing
     /// / matches directories only (cache/). * and ? stay within a name, ** crosses / (a/**/b),
     /// [...] is a class. An excluded directory is not entered; with --delete, what is excluded
-    /// is not deleted at the destination either. Sources named here are always sent.
+    /// is not deleted at the destination either. Sources named on the command line are always
+    /// sent.
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
     /// Read exclude patterns from FILE (- for standard input), one per line; blank lines and
