@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::pack::Compress;
+use sluice_proto::exclude::Excludes;
 use sluice_quic::congestion::RateConfig;
 pub use sluice_quic::tls::Congestion;
 use sluice_quic::tls::{TransportTuning, LOOPBACK_DATAGRAM};
@@ -111,6 +112,13 @@ pub struct Config {
     /// After every file is in place, remove entries of the transferred directories that the
     /// source no longer has (as `rsync --delete`). Off by default: extra files are left alone.
     pub delete: bool,
+    /// Sender: what below the sources is left out (`--exclude`, `--exclude-from`). With
+    /// `delete` the patterns go to the receiver too, whose deletion leaves what they match
+    /// alone, as `rsync --delete` does. Default: none.
+    pub excludes: Excludes,
+    /// Sender, with `delete`: remove at the destination what the patterns match as well
+    /// (`--delete-excluded`, as rsync's): the patterns are not sent.
+    pub delete_excluded: bool,
     /// Receiver: let a sender delete entries it no longer has (`--allow-delete`). A ticket
     /// holder may otherwise only add and replace files, never remove them.
     pub allow_delete: bool,
@@ -178,6 +186,8 @@ impl Default for Config {
             rehash: false,
             inplace: false,
             delete: false,
+            excludes: Excludes::default(),
+            delete_excluded: false,
             allow_delete: false,
             allow_inplace: false,
             exact_modes: false,

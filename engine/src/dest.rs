@@ -584,13 +584,15 @@ impl Destination {
     }
 
     /// Removes what the manifest's directories hold beyond what the manifest names (as
-    /// `rsync --delete`); only inside directories the manifest names, never through a symlink.
-    /// `removed_one` hears of each entry as it goes (its path as the manifest would name it, and
+    /// `rsync --delete`); only inside directories the manifest names, never through a symlink,
+    /// and never what `excludes` matches (the sender's exclude patterns: it left such entries
+    /// out, so the manifest not naming them says nothing). `removed_one` hears of each entry as it goes (its path as the manifest would name it, and
     /// whether it was a directory, removed with what it held), also when another could not be
     /// removed and the call fails. Returns how many entries were removed.
     pub fn delete_extraneous(
         &self,
         entries: &[Entry],
+        excludes: &sluice_proto::exclude::Excludes,
         mut removed_one: impl FnMut(String, bool),
     ) -> Result<u64> {
         let named: std::collections::HashSet<&str> =
@@ -614,6 +616,9 @@ impl Destination {
                 }
                 let path = child.path();
                 let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                if excludes.excludes_entry(&rel, is_dir) {
+                    continue;
+                }
                 // remove_dir_all does not follow symlinks inside the tree it removes.
                 let r = if is_dir {
                     fs::remove_dir_all(&path)

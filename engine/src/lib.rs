@@ -60,6 +60,7 @@ pub use pack::Compress;
 pub use progress::{Event, PathStats, Progress, Snapshot, Summary};
 pub use receiver::{Receiver, Stopper};
 pub use sender::Sender;
+pub use sluice_proto::exclude::{ExcludeError, Excludes};
 pub use sluice_proto::ticket::Ticket;
 
 /// Whether `a` and `b` both exist and are one file (the same device and inode: a hard link or

@@ -4,7 +4,9 @@
 //! (without a trailing slash) do: sending `data/` and `notes.txt` creates `DEST/data/…` and
 //! `DEST/notes.txt`. Directories are walked depth first in name order, a directory before its
 //! contents; symlinks are sent as links and never followed; sockets, FIFOs and devices are
-//! skipped with a warning. Ids are assigned in walk order.
+//! skipped with a warning. Ids are assigned in walk order. Entries below a source that an
+//! exclude pattern matches ([`Excludes`]) are left out, an excluded directory with all it holds
+//! (it is not even listed); the sources themselves are always listed.
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
@@ -12,6 +14,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use sluice_proto::exclude::Excludes;
 use sluice_proto::message::{Entry, EntryKind, SourceVersion};
 
 use crate::error::{Error, Result};
@@ -68,12 +71,12 @@ pub fn file_target(sources: &[PathBuf], dest: &Path) -> Option<(PathBuf, String)
 
 /// The manifest of one source sent under another top-level name (see [`file_target`]).
 pub fn build_as(src: &Path, name: &str) -> Result<Vec<SourceEntry>> {
-    strict(listed_as(src, name)?)
+    strict(listed_as(src, name, &Excludes::default())?)
 }
 
 /// Walks `sources` and returns the manifest, ids in order.
 pub fn build(sources: &[PathBuf]) -> Result<Vec<SourceEntry>> {
-    strict(listed(sources)?)
+    strict(listed(sources, &Excludes::default())?)
 }
 
 /// A manifest, and what below the sources could not be read into it.
@@ -87,19 +90,27 @@ pub struct Listing {
     pub unread: Vec<Error>,
 }
 
-/// Like [`build_as`], going on past what cannot be read below `src`.
-pub fn listed_as(src: &Path, name: &str) -> Result<Listing> {
+/// Like [`build_as`], going on past what cannot be read below `src`, and leaving out what
+/// `excludes` matches below it.
+pub fn listed_as(src: &Path, name: &str, excludes: &Excludes) -> Result<Listing> {
     let mut out = Listing::default();
-    walk(src, name.to_owned(), &mut out, &mut Default::default())?;
+    walk(
+        src,
+        name.to_owned(),
+        excludes,
+        &mut out,
+        &mut Default::default(),
+    )?;
     Ok(out)
 }
 
-/// Like [`build`], going on past what cannot be read below the sources.
-pub fn listed(sources: &[PathBuf]) -> Result<Listing> {
+/// Like [`build`], going on past what cannot be read below the sources, and leaving out what
+/// `excludes` matches below them.
+pub fn listed(sources: &[PathBuf], excludes: &Excludes) -> Result<Listing> {
     let mut out = Listing::default();
     let mut links = Default::default();
     for (src, name) in sources.iter().zip(top_names(sources)?) {
-        walk(src, name, &mut out, &mut links)?;
+        walk(src, name, excludes, &mut out, &mut links)?;
     }
     Ok(out)
 }
@@ -217,6 +228,7 @@ type FirstNames = std::collections::HashMap<(u64, u64), String>;
 fn walk(
     root: &Path,
     root_name: String,
+    excludes: &Excludes,
     listing: &mut Listing,
     links: &mut FirstNames,
 ) -> Result<()> {
@@ -338,8 +350,24 @@ fn walk(
             let mut children = Vec::new();
             // A directory that cannot be listed still arrives, empty.
             let read = fs::read_dir(&local).and_then(|dir| {
-                dir.map(|child| child.map(|c| (wire_name(&c.file_name()), c.path())))
-                    .collect::<std::io::Result<Vec<_>>>()
+                dir.map(|child| {
+                    child.map(|c| {
+                        // The directory's own record of the type (no stat); a symlink to a
+                        // directory is no directory here, as it is not sent as one.
+                        let is_dir = c.file_type().is_ok_and(|t| t.is_dir());
+                        (
+                            format!("{rel}/{}", wire_name(&c.file_name())),
+                            c.path(),
+                            is_dir,
+                        )
+                    })
+                })
+                .filter(|child| {
+                    child.as_ref().map_or(true, |(path, _, is_dir)| {
+                        !excludes.excludes_entry(path, *is_dir)
+                    })
+                })
+                .collect::<std::io::Result<Vec<_>>>()
             });
             match read {
                 Ok(read) => children = read,
@@ -347,8 +375,8 @@ fn walk(
             }
             // Reverse order on the stack pops them in name order.
             children.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-            for (name, path) in children {
-                stack.push((path, format!("{rel}/{name}")));
+            for (path, local, _) in children {
+                stack.push((local, path));
             }
         }
     }

@@ -17,6 +17,7 @@ use sluice_proto::message::EntryKind;
 use crate::error::{Error, Result};
 use crate::manifest;
 use crate::merkle;
+use crate::Excludes;
 
 /// How one entry differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,11 +61,18 @@ pub struct Report {
     pub differences: Vec<Difference>,
 }
 
-/// Compares `sources` (as `sluice send` would name them) with what `dest` holds.
-pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Result<Report> {
+/// Compares `sources` (as `sluice send` would name them) with what `dest` holds, leaving out
+/// on both sides what `excludes` matches below the sources (as `send --exclude` would send
+/// none of it, and its `--delete` would leave it alone).
+pub fn compare_local(
+    sources: &[PathBuf],
+    dest: &Path,
+    block_size: u32,
+    excludes: &Excludes,
+) -> Result<Report> {
     let (listing, dest) = match manifest::file_target(sources, dest) {
-        Some((dir, name)) => (manifest::listed_as(&sources[0], &name)?, dir),
-        None => (manifest::listed(sources)?, dest.to_path_buf()),
+        Some((dir, name)) => (manifest::listed_as(&sources[0], &name, excludes)?, dir),
+        None => (manifest::listed(sources, excludes)?, dest.to_path_buf()),
     };
     let manifest = listing.entries;
     let mut report = Report {
@@ -142,19 +150,27 @@ pub fn compare_local(sources: &[PathBuf], dest: &Path, block_size: u32) -> Resul
                     report.differences.push(Difference::LinkTarget(path));
                 }
             }
-            EntryKind::Dir => extras(&e.local, &there, &path, &names, &mut report.differences),
+            EntryKind::Dir => extras(
+                &e.local,
+                &there,
+                &path,
+                &names,
+                excludes,
+                &mut report.differences,
+            ),
         }
     }
     Ok(report)
 }
 
 /// Reports what directory `there` (entry `path` of the manifest, read from `local`) holds that
-/// the manifest, whose entries' paths are `names`, does not.
+/// the manifest, whose entries' paths are `names`, does not, and `excludes` does not match.
 fn extras(
     local: &Path,
     there: &Path,
     path: &str,
     names: &std::collections::HashSet<&str>,
+    excludes: &Excludes,
     differences: &mut Vec<Difference>,
 ) {
     let listing = match fs::read_dir(there) {
@@ -171,15 +187,22 @@ fn extras(
     };
     let mut found: Vec<String> = listing
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .filter(|n| {
+        .filter(|e| {
+            let n = e.file_name();
             let n = n.as_bytes();
             !(n.starts_with(b".")
                 && (n.ends_with(crate::dest::PART_SUFFIX.as_bytes())
                     || n.ends_with(crate::dest::JOURNAL_SUFFIX.as_bytes())))
         })
-        .map(|n| format!("{path}/{}", manifest::wire_name(&n)))
-        .filter(|p| !names.contains(p.as_str()))
+        .map(|e| {
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (
+                format!("{path}/{}", manifest::wire_name(&e.file_name())),
+                is_dir,
+            )
+        })
+        .filter(|(p, is_dir)| !names.contains(p.as_str()) && !excludes.excludes_entry(p, *is_dir))
+        .map(|(p, _)| p)
         .collect();
     found.sort();
     differences.extend(found.into_iter().map(Difference::Extra));
@@ -243,7 +266,7 @@ mod tests {
         fs::write(dest.join("s/new"), b"y").unwrap();
         fs::write(dest.join("s/.gone.sluice-part"), b"").unwrap();
         fs::write(dest.join("beside"), b"not the source's").unwrap();
-        let r = compare_local(&[src], &dest, 1024).unwrap();
+        let r = compare_local(&[src], &dest, 1024, &Excludes::default()).unwrap();
         assert_eq!(r.entries, 3);
         assert_eq!(
             r.differences,

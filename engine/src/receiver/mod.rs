@@ -771,7 +771,8 @@ async fn receive(
                 }
                 let mut deleted = 0;
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
-                    deleted = dest.delete_extraneous(&entries, |path, dir| progress.push(Event::Deleted { path, dir }))?;
+                    let excludes = shared.lock().map_err(|_| poisoned())?.session.excludes().clone();
+                    deleted = dest.delete_extraneous(&entries, &excludes, |path, dir| progress.push(Event::Deleted { path, dir }))?;
                     if deleted > 0 {
                         tracing::info!(deleted, "removed entries the source no longer has");
                     }
@@ -1004,6 +1005,7 @@ async fn receive(
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::Finish => finished = true,
+                        ReceiverEvent::Exclude { pattern } => tracing::debug!(%pattern, "--delete leaves what this matches alone"),
                         // Counted as progress above, as every message is.
                         ReceiverEvent::Working { id, done } => tracing::debug!(id, done, "the sender reads blocks held here"),
                     }

@@ -110,7 +110,11 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        self.send_listing(manifest::listed(sources)?, ticket, progress)
+        self.send_listing(
+            manifest::listed(sources, &self.config.excludes)?,
+            ticket,
+            progress,
+        )
     }
 
     /// Sends the one file or tree `source` as `name` at the top of the receiver's directory
@@ -122,7 +126,11 @@ impl Sender {
         ticket: &Ticket,
         progress: Arc<Progress>,
     ) -> Result<Summary> {
-        self.send_listing(manifest::listed_as(source, name)?, ticket, progress)
+        self.send_listing(
+            manifest::listed_as(source, name, &self.config.excludes)?,
+            ticket,
+            progress,
+        )
     }
 
     /// Sends what could be listed; what could not (below the sources) fails the run once the
@@ -232,6 +240,14 @@ async fn transfer(
         config.block_size,
         flags,
     ));
+    // What was left out here, `--delete` must leave alone there (unless `--delete-excluded`).
+    if config.delete && !config.delete_excluded {
+        for pattern in config.excludes.patterns() {
+            control.queue(&Message::Exclude {
+                pattern: pattern.clone(),
+            });
+        }
+    }
     for e in &manifest {
         control.queue(&Message::Entry(e.entry.clone()));
     }

@@ -71,6 +71,7 @@ const T_ABANDON: u8 = 21;
 const T_ANCHORS: u8 = 22;
 const T_WORKING: u8 = 23;
 const T_MOVED_PIECES: u8 = 24;
+const T_EXCLUDE: u8 = 25;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +151,10 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&e.size.to_le_bytes());
             put_str(out, &e.link_target);
             out.extend_from_slice(&e.version);
+        }
+        Message::Exclude { pattern } => {
+            out.push(T_EXCLUDE);
+            put_str(out, pattern);
         }
         Message::ManifestEnd { count } => {
             out.push(T_MANIFEST_END);
@@ -351,6 +356,9 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
                 version,
             })
         }
+        T_EXCLUDE => Message::Exclude {
+            pattern: r.string("pattern")?,
+        },
         T_MANIFEST_END => Message::ManifestEnd {
             count: r.u32("count")?,
         },
@@ -762,6 +770,7 @@ mod tests {
                     }
                 ),
             any::<u32>().prop_map(|count| Message::ManifestEnd { count }),
+            arb_string().prop_map(|pattern| Message::Exclude { pattern }),
             (any::<u32>(), any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(id, root, sent)| Message::FileDone { id, root, sent }),
             any::<u32>().prop_map(|id| Message::FileVerified { id }),

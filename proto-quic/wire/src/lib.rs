@@ -1,10 +1,11 @@
 //! The Sluice wire protocol, sans-IO.
 //!
 //! Split the way quinn splits `quinn-proto` from `quinn`: everything that decides *what* goes
-//! on the wire lives here, in [`message`], [`codec`], [`geometry`], [`path`], [`session`] and [`ticket`].
-//! These modules take bytes and return typed messages, events or errors; they never touch a
-//! socket, a clock, a file or TLS, and the crate depends on nothing but `blake3` and
-//! `thiserror`, which is what lets them be fuzzed (`fuzz/`) and property tested cheaply. The
+//! on the wire lives here, in [`message`], [`codec`], [`geometry`], [`path`], [`exclude`],
+//! [`session`] and [`ticket`]. These modules take bytes and return typed messages, events or
+//! errors; they never touch a socket, a clock, a file or TLS, and the crate depends on nothing
+//! but `blake3`, `thiserror` and `globset` (pure computation: the meaning of exclude patterns),
+//! which is what lets them be fuzzed (`fuzz/`) and property tested cheaply. The
 //! glue that binds the protocol to real QUIC and TLS — certificates, the pinned verifier,
 //! quinn's transport settings, the congestion controller — is the `sluice-quic` crate beside
 //! this one (`proto-quic/quic/`).
@@ -19,6 +20,7 @@
 
 pub mod anchor;
 pub mod codec;
+pub mod exclude;
 pub mod geometry;
 pub mod message;
 pub mod path;

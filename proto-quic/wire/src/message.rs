@@ -214,6 +214,13 @@ pub enum Message {
         /// The receiver's protocol version.
         version: u16,
     },
+    /// Sender → receiver, between Hello and the first Entry, only with [`HELLO_DELETE`]: one
+    /// exclude pattern (`--exclude`); the receiver's deletion leaves what it matches alone
+    /// ([`crate::exclude`]). At most [`crate::exclude::MAX_PATTERNS`] of them.
+    Exclude {
+        /// The pattern, as the sender's user gave it.
+        pattern: String,
+    },
     /// Sender → receiver: one manifest entry.
     Entry(Entry),
     /// Sender → receiver: the manifest is complete and held `count` entries.

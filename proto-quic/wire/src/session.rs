@@ -12,6 +12,7 @@
 //! sender                                receiver
 //!   Hello{version, secret, block_size, flags} ->
 //!                                      <- Welcome{version}        (or Error{Auth|Version})
+//!   Exclude{pattern} × k               ->   (only with HELLO_DELETE; k ≥ 0)
 //!   Entry × n, ManifestEnd{n}          ->
 //!                                      <- per file, in manifest order: Holding{id, len,
 //!                                         vouching} if the destination holds some of it, then,
@@ -31,6 +32,7 @@
 //!                                      <- Summary{entries, bytes, deleted}
 //! ```
 
+use crate::exclude::{ExcludeError, Excludes};
 use crate::geometry::Geometry;
 use crate::message::{
     BlockHeader, Digest, Entry, EntryKind, ErrorCode, Message, PieceHash, GROUP_BLOCKS,
@@ -195,6 +197,9 @@ pub enum SessionError {
         /// The block index or count.
         index: u64,
     },
+    /// The sender's exclude patterns were refused: one cannot be read, or there are too many.
+    #[error("the sender's {0}")]
+    Exclude(#[from] ExcludeError),
     /// The peer aborted the transfer.
     #[error("peer aborted ({code:?}): {message}")]
     Peer {
@@ -221,6 +226,7 @@ fn name(msg: &Message) -> &'static str {
     match msg {
         Message::Hello { .. } => "Hello",
         Message::Welcome { .. } => "Welcome",
+        Message::Exclude { .. } => "Exclude",
         Message::Entry(_) => "Entry",
         Message::ManifestEnd { .. } => "ManifestEnd",
         Message::FileDone { .. } => "FileDone",
@@ -288,6 +294,12 @@ impl RecvState {
 pub enum ReceiverEvent {
     /// Send this message back to the sender.
     Reply(Message),
+    /// An exclude pattern was accepted (it can be read, and is within the bounds); the session
+    /// keeps it for [`ReceiverSession::excludes`].
+    Exclude {
+        /// The pattern.
+        pattern: String,
+    },
     /// A manifest entry was accepted; its path is valid.
     Entry(Entry),
     /// The manifest is complete; blocks may now be checked with
@@ -376,6 +388,11 @@ pub struct ReceiverSession {
     delete: bool,
     dry_run: bool,
     rehash: bool,
+    /// The sender's exclude patterns as they arrive, and their bytes in all.
+    patterns: Vec<String>,
+    pattern_bytes: usize,
+    /// `patterns` compiled, once the manifest is complete.
+    excludes: Excludes,
     entries: Vec<Entry>,
     done: Vec<bool>,
 }
@@ -399,6 +416,9 @@ impl ReceiverSession {
             delete: false,
             dry_run: false,
             rehash: false,
+            patterns: Vec::new(),
+            pattern_bytes: 0,
+            excludes: Excludes::default(),
             entries: Vec::new(),
             done: Vec::new(),
         }
@@ -433,6 +453,12 @@ impl ReceiverSession {
     /// journal's word.
     pub fn rehash(&self) -> bool {
         self.rehash
+    }
+
+    /// The sender's exclude patterns, compiled once the manifest is complete (none before):
+    /// what its `--delete` must leave alone.
+    pub fn excludes(&self) -> &Excludes {
+        &self.excludes
     }
 
     /// The manifest received so far.
@@ -508,6 +534,14 @@ impl ReceiverSession {
                     version: PROTOCOL_VERSION,
                 }))
             }
+            (RecvState::AwaitManifest, Message::Exclude { pattern })
+                if self.delete && self.entries.is_empty() =>
+            {
+                Excludes::check_next(self.patterns.len(), self.pattern_bytes, &pattern)?;
+                self.pattern_bytes += pattern.len();
+                self.patterns.push(pattern.clone());
+                Ok(ReceiverEvent::Exclude { pattern })
+            }
             (RecvState::AwaitManifest, Message::Entry(entry)) => {
                 let expected = self.entries.len() as u32;
                 if expected >= self.policy.max_entries {
@@ -578,6 +612,7 @@ impl ReceiverSession {
                         received,
                     });
                 }
+                self.excludes = Excludes::new(std::mem::take(&mut self.patterns))?;
                 self.state = RecvState::Transfer;
                 Ok(ReceiverEvent::ManifestComplete)
             }
@@ -1186,6 +1221,98 @@ mod tests {
         s.on_message(entry(0, "a/b/c")).unwrap();
         let err = s.on_message(entry(1, "a/b/c/d")).unwrap_err();
         assert!(err.to_string().contains("--max-depth"), "{err}");
+    }
+
+    /// Exclude patterns come with `--delete`, before the first entry, within their bounds and
+    /// readable; they are compiled once the manifest is complete.
+    #[test]
+    fn exclude_patterns_are_bounded_and_come_before_the_manifest() {
+        use crate::exclude::{MAX_PATTERNS, MAX_PATTERN_BYTES};
+        let deleting = || {
+            let mut s = ReceiverSession::with_policy(
+                [7; 32],
+                Policy {
+                    allow_delete: true,
+                    ..Policy::default()
+                },
+            );
+            s.on_message(SenderSession::hello([7; 32], 1 << 20, HELLO_DELETE))
+                .unwrap();
+            s
+        };
+        let exclude = |p: &str| Message::Exclude { pattern: p.into() };
+        let dir = |id: u32, path: &str| {
+            Message::Entry(Entry {
+                id,
+                kind: EntryKind::Dir,
+                path: path.into(),
+                mode: 0o755,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                size: 0,
+                link_target: String::new(),
+                version: [0; 16],
+            })
+        };
+        let mut s = deleting();
+        assert_eq!(
+            s.on_message(exclude("*.o")),
+            Ok(ReceiverEvent::Exclude {
+                pattern: "*.o".into()
+            })
+        );
+        s.on_message(exclude("/cache/")).unwrap();
+        assert!(s.excludes().is_empty(), "compiled at the manifest's end");
+        s.on_message(dir(0, "top")).unwrap();
+        assert!(
+            matches!(
+                s.on_message(exclude("late")),
+                Err(SessionError::Unexpected { got: "Exclude", .. })
+            ),
+            "after the first entry"
+        );
+        let mut s = deleting();
+        s.on_message(exclude("*.o")).unwrap();
+        s.on_message(exclude("/cache/")).unwrap();
+        s.on_message(dir(0, "top")).unwrap();
+        s.on_message(Message::ManifestEnd { count: 1 }).unwrap();
+        assert_eq!(s.excludes().patterns(), ["*.o", "/cache/"]);
+        assert!(s.excludes().excludes_entry("top/a/x.o", false));
+        assert!(s.excludes().excludes_entry("top/cache", true));
+        assert!(!s.excludes().excludes_entry("top/a/cache", true));
+
+        // Without --delete they mean nothing: refused.
+        let mut s = ReceiverSession::new([7; 32]);
+        s.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
+            .unwrap();
+        assert!(matches!(
+            s.on_message(exclude("*.o")),
+            Err(SessionError::Unexpected { got: "Exclude", .. })
+        ));
+        // One that cannot be read, one too many, too many bytes.
+        let mut s = deleting();
+        let err = s.on_message(exclude("a[b")).unwrap_err();
+        assert!(
+            err.to_string().contains("\"a[b\"") && err.code() == ErrorCode::Protocol,
+            "{err}"
+        );
+        let mut s = deleting();
+        for i in 0..MAX_PATTERNS {
+            s.on_message(exclude(&format!("p{i}"))).unwrap();
+        }
+        assert_eq!(
+            s.on_message(exclude("one-more")),
+            Err(SessionError::Exclude(ExcludeError::TooMany))
+        );
+        let mut s = deleting();
+        let long = "x".repeat(4000);
+        for _ in 0..MAX_PATTERN_BYTES / 4000 {
+            s.on_message(exclude(&long)).unwrap();
+        }
+        assert_eq!(
+            s.on_message(exclude(&long)),
+            Err(SessionError::Exclude(ExcludeError::TooLong))
+        );
     }
 
     use super::*;

@@ -68,6 +68,8 @@ pub enum Command {
         #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR")]
         paths: Vec<PathBuf>,
         #[command(flatten)]
+        selection: Selection,
+        #[command(flatten)]
         tuning: Tuning,
     },
     /// Send SRC... to the receiver named by TICKET (printed by `sluice recv`).
@@ -75,6 +77,8 @@ pub enum Command {
         /// One or more sources, then the ticket.
         #[arg(required = true, num_args = 1.., value_name = "SRC... TICKET")]
         args: Vec<PathBuf>,
+        #[command(flatten)]
+        selection: Selection,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -121,11 +125,14 @@ pub enum Command {
     Bench(BenchArgs),
     /// Compare SRC... with DEST_DIR, or with what a `sluice recv` holds (TICKET), without moving
     /// data; list differing files and byte ranges. Exits 0 when identical, 1 when something
-    /// differs. Against a ticket, regular files are compared.
+    /// differs. Against a ticket, regular files are compared. What --exclude matches is left
+    /// out on both sides.
     Verify {
         /// One or more sources, then the destination directory or a ticket.
         #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR|TICKET")]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        selection: Selection,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -276,6 +283,53 @@ pub struct LockWait {
     pub lock_wait_timeout: std::time::Duration,
 }
 
+/// What below the sources a file command (copy, send, verify) leaves out.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Selection {
+    /// Leave out what PATTERN matches below the sources (repeatable), as rsync's --exclude:
+    /// without a / it matches a name at any depth (*.o, .git); with one, the path below the
+    /// source directory, a leading / anchoring it at the top (/build, docs/*.tmp); a trailing
+    /// / matches directories only (cache/). * and ? stay within a name, ** crosses / (a/**/b),
+    /// [...] is a class. An excluded directory is not entered; with --delete, what is excluded
+    /// is not deleted at the destination either. Sources named on the command line are always
+    /// sent.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from FILE (- for standard input), one per line; blank lines and
+    /// lines starting with # are ignored.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+}
+
+impl Selection {
+    /// The patterns compiled; one that cannot be read, or a file that cannot, is a usage error
+    /// naming it.
+    pub fn excludes(&self) -> Result<sluice_engine::Excludes> {
+        let mut patterns = self.exclude.clone();
+        for file in &self.exclude_from {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(file)
+            };
+            let text = match text {
+                Ok(t) => t,
+                Err(e) => usage!("--exclude-from {}: {e}", file.display()),
+            };
+            patterns.extend(
+                text.lines()
+                    .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        match sluice_engine::Excludes::new(&patterns) {
+            Ok(excludes) => Ok(excludes),
+            Err(e) => usage!("{e}"),
+        }
+    }
+}
+
 /// `sluice bench`'s flags.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -341,6 +395,10 @@ pub struct Tuning {
     /// longer has (as rsync --delete); without it they are left alone.
     #[arg(long)]
     pub delete: bool,
+    /// send/copy: --delete, and remove what --exclude matches at the destination too (as
+    /// rsync --delete-excluded); without it --delete leaves excluded entries alone.
+    #[arg(long)]
+    pub delete_excluded: bool,
     /// Whole seconds without progress (no block verified, sent or kept, no message) before a
     /// transfer ends with an error, even while the peer still answers keep-alives (default
     /// 120).
@@ -458,6 +516,7 @@ impl Tuning {
             rehash: self.rehash || before.rehash,
             inplace: self.inplace || before.inplace,
             delete: self.delete || before.delete,
+            delete_excluded: self.delete_excluded || before.delete_excluded,
             stall_timeout: self.stall_timeout.or(before.stall_timeout),
             no_direct: self.no_direct || before.no_direct,
             no_uring: self.no_uring || before.no_uring,
@@ -562,7 +621,8 @@ impl Tuning {
         c.restart = self.restart;
         c.rehash = self.rehash;
         c.inplace = self.inplace;
-        c.delete = self.delete;
+        c.delete = self.delete || self.delete_excluded;
+        c.delete_excluded = self.delete_excluded;
         if let Some(t) = self.link.idle_timeout {
             if !(1..=86_400).contains(&t) {
                 usage!("--idle-timeout must be 1 to 86400 seconds, not {t}");

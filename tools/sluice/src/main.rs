@@ -321,6 +321,7 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
             ("--rehash", t.rehash),
             ("--inplace", t.inplace),
             ("--delete", t.delete),
+            ("--delete-excluded", t.delete_excluded),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, on)| *on) {
             let hint = match (command, *flag) {
@@ -352,7 +353,14 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
         Command::Hash { .. }
             | Command::Db(args::DbCommand::Plan { .. } | args::DbCommand::Verify { .. })
     );
-    let config = tuning.config(over_a_link)?;
+    let mut config = tuning.config(over_a_link)?;
+    // A pattern that cannot be read is said before anything is listed or connects.
+    if let Command::Copy { selection, .. }
+    | Command::Send { selection, .. }
+    | Command::Verify { selection, .. } = &cli.command
+    {
+        config.excludes = selection.excludes()?;
+    }
     let json = cli.json;
     match cli.command {
         Command::Copy { paths, .. } => {
@@ -436,8 +444,13 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
             if let Ok(ticket) = dest.to_string_lossy().parse::<Ticket>() {
                 return verify_remote(sources, &ticket, config, json);
             }
-            let report = sluice_engine::verify::compare_local(sources, dest, config.block_size)
-                .context("verify failed")?;
+            let report = sluice_engine::verify::compare_local(
+                sources,
+                dest,
+                config.block_size,
+                &config.excludes,
+            )
+            .context("verify failed")?;
             render::verify_report(json, &report);
             if !report.differences.is_empty() {
                 std::process::exit(1);

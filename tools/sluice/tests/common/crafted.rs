@@ -37,6 +37,11 @@ pub struct Crafted {
 
 impl Crafted {
     pub fn connect(ticket: &str) -> Self {
+        Self::connect_with_flags(ticket, 0)
+    }
+
+    /// [`Crafted::connect`] with these Hello flags (`HELLO_DELETE`, …).
+    pub fn connect_with_flags(ticket: &str, flags: u8) -> Self {
         let ticket: Ticket = ticket.parse().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -58,7 +63,7 @@ impl Crafted {
             control,
             ticket,
         };
-        let hello = SenderSession::hello(c.ticket.secret, 1 << 20, 0);
+        let hello = SenderSession::hello(c.ticket.secret, 1 << 20, flags);
         c.send(&[hello]);
         c
     }
