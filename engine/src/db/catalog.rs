@@ -79,15 +79,34 @@ pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// `ident` bare where PostgreSQL reads it back as itself unquoted (lower-case letters, digits,
+/// `_` and `$`, not starting with a digit or `$`), else [`quote`]d.
+fn shown(ident: &str) -> std::borrow::Cow<'_, str> {
+    let plain = ident
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && ident
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        ident.into()
+    } else {
+        quote(ident).into()
+    }
+}
+
 impl Table {
     /// `"schema"."name"`, quoted.
     pub fn qualified(&self) -> String {
         format!("{}.{}", quote(&self.schema), quote(&self.name))
     }
 
-    /// `schema.name` as a user reads it.
+    /// `schema.name` as a user reads it and can give it back to `--tables`: a name that is not
+    /// plain lower case is double-quoted, as PostgreSQL's `quote_ident` does (`public."a.b"`,
+    /// `"My Schema"."Order Items"`; shown bare, they read as other tables and were not found).
     pub fn display(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        format!("{}.{}", shown(&self.schema), shown(&self.name))
     }
 
     fn format(&self) -> &'static str {
@@ -671,6 +690,23 @@ mod tests {
             pages,
             rows: None,
             index_bytes: 0,
+        }
+    }
+
+    /// Names are shown as `--tables` reads them back: plain lower case bare, anything else
+    /// double-quoted.
+    #[test]
+    fn names_are_shown_as_they_are_given_back() {
+        let mut t = table(true, 0, 0);
+        assert_eq!(t.display(), "public.\"My \"\"T\"\"\"");
+        for (schema, name, shown) in [
+            ("public", "items_2", "public.items_2"),
+            ("public", "a.b", "public.\"a.b\""),
+            ("My Schema", "Order Items", "\"My Schema\".\"Order Items\""),
+            ("s1", "1st", "s1.\"1st\""),
+        ] {
+            (t.schema, t.name) = (schema.into(), name.into());
+            assert_eq!(t.display(), shown);
         }
     }
 

@@ -276,7 +276,8 @@ async fn refuse_large_objects(client: &Client, src: &Database, options: &Options
         .get(0);
     if n == 0 || options.skip_large_objects {
         if n > 0 {
-            tracing::warn!("{n} large objects of {} are left behind", src.shown);
+            let s = if n == 1 { "" } else { "s" };
+            tracing::warn!("{n} large object{s} of {} left behind", src.shown);
         }
         return Ok(());
     }

@@ -164,6 +164,8 @@ pub enum DbCommand {
         #[command(flatten)]
         options: DbOptions,
         #[command(flatten)]
+        copying: CopyOptions,
+        #[command(flatten)]
         link: Link,
     },
     /// Send SRC to the receiver named by TICKET (printed by `sluice db recv`).
@@ -174,6 +176,8 @@ pub enum DbCommand {
         ticket: String,
         #[command(flatten)]
         options: DbOptions,
+        #[command(flatten)]
+        copying: CopyOptions,
         #[command(flatten)]
         link: Link,
     },
@@ -208,6 +212,10 @@ pub enum DbCommand {
         src: String,
         #[command(flatten)]
         options: DbOptions,
+        /// Plan a source that holds large objects, as a copy with this flag would move it
+        /// (without them); without it such a source is refused, as by the copy.
+        #[arg(long)]
+        skip_large_objects: bool,
     },
 }
 
@@ -243,13 +251,21 @@ pub struct DbOptions {
     /// double quotes). Default: every table.
     #[arg(long = "tables")]
     pub tables: Vec<String>,
-    /// Ranges in flight at once; each holds a connection at both ends. Default 4.
+    /// Ranges in flight at once, 1 to 16; each holds a connection at both ends. Default 4.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
     /// About how much table one range holds, e.g. 64M. Default: a fortieth of the largest
     /// table per job, from 8M to 64M (an interruption loses at most two ranges per job).
     #[arg(long, value_parser = parse_size)]
     pub range_size: Option<u64>,
+    #[command(flatten)]
+    pub lock_wait: LockWait,
+}
+
+/// What only the commands that copy (`db copy`, `db send`) take: `db plan` and `db verify`
+/// listed and took them, doing nothing (a new user's report).
+#[derive(Debug, Args, Default)]
+pub struct CopyOptions {
     /// Skip re-reading the target at the end (every range is still checked as it arrives).
     #[arg(long)]
     pub no_verify: bool,
@@ -270,8 +286,6 @@ pub struct DbOptions {
     /// --no-privileges`: for a target whose roles differ.
     #[arg(long, alias = "no-acl")]
     pub no_privileges: bool,
-    #[command(flatten)]
-    pub lock_wait: LockWait,
 }
 
 /// How long a database command waits for a lock another session holds.

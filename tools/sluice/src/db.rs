@@ -10,10 +10,10 @@ use sluice_engine::unit::session::UnitServer;
 use sluice_engine::unit::UnitsSummary;
 use sluice_engine::{Config, Event, Progress, Ticket};
 
-use crate::args::{DbCommand, DbOptions, LockWait};
+use crate::args::{CopyOptions, DbCommand, DbOptions, LockWait};
 use crate::render;
 
-fn options(o: &DbOptions) -> Result<Options> {
+fn options(o: &DbOptions, c: &CopyOptions) -> Result<Options> {
     let most = sluice_engine::unit::session::MAX_LANES;
     if o.jobs == 0 || o.jobs > most {
         usage!("--jobs must be from 1 to {most}, not {}", o.jobs);
@@ -40,11 +40,11 @@ fn options(o: &DbOptions) -> Result<Options> {
         tables,
         jobs: o.jobs,
         range_bytes: o.range_size.unwrap_or(0),
-        verify: !o.no_verify,
-        consistent: o.consistent,
-        skip_large_objects: o.skip_large_objects,
-        no_owner: o.no_owner,
-        no_privileges: o.no_privileges,
+        verify: !c.no_verify,
+        consistent: c.consistent,
+        skip_large_objects: c.skip_large_objects,
+        no_owner: c.no_owner,
+        no_privileges: c.no_privileges,
     })
 }
 
@@ -74,8 +74,16 @@ fn database(conn: &str, wait: &LockWait) -> Result<Database> {
 
 pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
     match command {
-        DbCommand::Plan { src, options: o } => {
-            let (src, o) = (database(&src, &o.lock_wait)?, options(&o)?);
+        DbCommand::Plan {
+            src,
+            options: o,
+            skip_large_objects,
+        } => {
+            let copying = CopyOptions {
+                skip_large_objects,
+                ..CopyOptions::default()
+            };
+            let (src, o) = (database(&src, &o.lock_wait)?, options(&o, &copying)?);
             let plan = db::plan(&src, &o).with_context(|| format!("planning {}", src.shown))?;
             print_plan(&plan, json);
             Ok(())
@@ -84,10 +92,11 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             src,
             dst,
             options: o,
+            copying,
             ..
         } => {
             let (src, dst) = (database(&src, &o.lock_wait)?, database(&dst, &o.lock_wait)?);
-            let o = options(&o)?;
+            let o = options(&o, &copying)?;
             if src.same_as(&dst) {
                 usage!(
                     "the source and the target are the same database ({}): name another target",
@@ -103,9 +112,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             src,
             ticket,
             options: o,
+            copying,
             ..
         } => {
-            let (src, o) = (database(&src, &o.lock_wait)?, options(&o)?);
+            let (src, o) = (database(&src, &o.lock_wait)?, options(&o, &copying)?);
             let ticket: Ticket = match ticket.parse() {
                 Ok(t) => t,
                 Err(e) => usage!(
@@ -147,7 +157,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
         }
         DbCommand::Verify { a, b, options: o } => {
             let (a, b) = (database(&a, &o.lock_wait)?, database(&b, &o.lock_wait)?);
-            let o = options(&o)?;
+            let o = options(&o, &CopyOptions::default())?;
             let verified = db::verify(&a, &b, &o)
                 .with_context(|| format!("comparing {} with {}", a.shown, b.shown))?;
             let differences = &verified.differences;

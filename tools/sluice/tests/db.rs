@@ -573,7 +573,8 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("Odd Schema.Mixed Case \"Table\": all rows: 30002 rows")),
+            .any(|l| l
+                .starts_with("\"Odd Schema\".\"Mixed Case \"\"Table\"\"\": all rows: 30002 rows")),
         "{said}"
     );
 }
@@ -1478,31 +1479,43 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
         Ok(names)
     };
     for (pattern, want) in [
-        ("\"Order Items\"", vec!["public.Order Items"]),
-        ("public.\"Order Items\"", vec!["public.Order Items"]),
-        ("\"Order\"?\"Items\"", vec!["public.Order Items"]),
-        ("\"Order \"*", vec!["public.Order Items"]),
+        ("\"Order Items\"", vec!["public.\"Order Items\""]),
+        ("public.\"Order Items\"", vec!["public.\"Order Items\""]),
+        ("\"Order\"?\"Items\"", vec!["public.\"Order Items\""]),
+        ("\"Order \"*", vec!["public.\"Order Items\""]),
         // Mixed case, unquoted: folded, as pg_dump folds it.
         ("ORDERS", vec!["public.orders"]),
         ("Public.Orders", vec!["public.orders"]),
-        ("\"Orders\"", vec!["public.Orders"]),
+        ("\"Orders\"", vec!["public.\"Orders\""]),
         // Not on the search path: only by its schema.
-        ("\"Sales Dept\".\"Orders\"", vec!["Sales Dept.Orders"]),
+        (
+            "\"Sales Dept\".\"Orders\"",
+            vec!["\"Sales Dept\".\"Orders\""],
+        ),
         (
             "\"Sales Dept\".*",
-            vec!["Sales Dept.Orders", "Sales Dept.a.b"],
+            vec!["\"Sales Dept\".\"Orders\"", "\"Sales Dept\".\"a.b\""],
         ),
-        ("\"Sales Dept\".\"a.b\"", vec!["Sales Dept.a.b"]),
-        ("*.\"Orders\"", vec!["Sales Dept.Orders", "public.Orders"]),
+        ("\"Sales Dept\".\"a.b\"", vec!["\"Sales Dept\".\"a.b\""]),
+        (
+            "*.\"Orders\"",
+            vec!["\"Sales Dept\".\"Orders\"", "public.\"Orders\""],
+        ),
         // A comma inside quotes is part of the name; outside, it separates patterns.
         (
             "\"Order Items\",orders",
-            vec!["public.Order Items", "public.orders"],
+            vec!["public.\"Order Items\"", "public.orders"],
         ),
     ] {
         let mut want: Vec<String> = want.into_iter().map(String::from).collect();
         want.sort();
         assert_eq!(planned(pattern), Ok(want), "--tables {pattern}");
+    }
+    // Each table as it is shown, given back to --tables, is that table alone.
+    let every = planned("*.*").unwrap();
+    assert!(every.len() >= 5, "{every:?}");
+    for name in &every {
+        assert_eq!(planned(name), Ok(vec![name.clone()]), "--tables {name}");
     }
     // Unquoted, a name with capitals and a space is folded and matches nothing (as pg_dump's
     // "no matching tables"), and nothing moves.
@@ -1572,10 +1585,28 @@ fn db_commands_show_and_take_only_their_own_flags() {
             );
         }
     }
+    // What only a copy does (a new user found plan and verify taking them, doing nothing).
+    let copy_only = [
+        "--no-verify",
+        "--consistent",
+        "--no-owner",
+        "--no-privileges",
+    ];
+    for command in ["copy", "send"] {
+        let said = help(&["db", command, "--help"]);
+        for flag in copy_only.iter().chain(&["--skip-large-objects"]) {
+            assert!(
+                said.contains(flag),
+                "db {command} --help lacks {flag}: {said}"
+            );
+        }
+    }
+    assert!(help(&["db", "plan", "--help"]).contains("--skip-large-objects"));
+    assert!(!help(&["db", "verify", "--help"]).contains("--skip-large-objects"));
     for command in ["plan", "verify"] {
         let said = help(&["db", command, "--help"]);
         assert!(said.contains("--tables"), "{said}");
-        for flag in file_only.iter().chain(&link) {
+        for flag in file_only.iter().chain(&link).chain(&copy_only) {
             assert!(
                 !said.contains(flag),
                 "db {command} --help lists {flag}: {said}"
@@ -1596,6 +1627,9 @@ fn db_commands_show_and_take_only_their_own_flags() {
         vec!["--inplace", "db", "copy", "a", "b"],
         vec!["--max-ring", "8", "db", "send", "a", "ticket"],
         vec!["--max-rate", "1G", "db", "plan", "a"],
+        vec!["db", "verify", "a", "b", "--no-verify"],
+        vec!["db", "plan", "a", "--consistent"],
+        vec!["db", "verify", "a", "b", "--skip-large-objects"],
     ] {
         let out = sluice_db(&args);
         let flag = args.iter().find(|a| a.starts_with("--")).unwrap();
