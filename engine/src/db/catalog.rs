@@ -357,16 +357,14 @@ pub(crate) async fn tables_matching(
     let rows = client
         .query(
             &format!(
-                "SELECT c.oid, n.nspname::text, c.relname::text, pg_table_size(c.oid)::int8, \
-                        (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
-                        c.reltuples::int8, pg_indexes_size(c.oid)::int8, \
+                "SELECT c.oid, n.nspname::text, c.relname::text, \
                         pg_table_is_visible(c.oid), rn.nspname::text, rc.relname::text, \
                         pg_table_is_visible(rc.oid) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  LEFT JOIN pg_class rc ON rc.oid = pg_partition_root(c.oid) AND rc.oid <> c.oid \
                  LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace \
                  WHERE c.relkind = 'r' AND {USERS} \
-                 ORDER BY 4 DESC, 2, 3"
+                 ORDER BY 2, 3"
             ),
             &[],
         )
@@ -377,8 +375,8 @@ pub(crate) async fn tables_matching(
         let oid: u32 = row.get(0);
         let (schema, name): (String, String) = (row.get(1), row.get(2));
         // A partition is chosen by its own name or by its partitioned table's.
-        let visible: bool = row.get(7);
-        let root: Option<(String, String, bool)> = match (row.get(8), row.get(9), row.get(10)) {
+        let visible: bool = row.get(3);
+        let root: Option<(String, String, bool)> = match (row.get(4), row.get(5), row.get(6)) {
             (Some(s), Some(n), Some(v)) => Some((s, n, v)),
             _ => None,
         };
@@ -395,6 +393,19 @@ pub(crate) async fn tables_matching(
         if !include.is_empty() && !any {
             continue;
         }
+        // Sizes only of the tables chosen: reading one takes a lock on its table, and a lock
+        // held on a table left out made `--tables` wait for it, then fail (`pg_dump -t` does
+        // not; a new user's report).
+        let size = client
+            .query_one(
+                "SELECT pg_table_size(c.oid)::int8, \
+                        (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8, \
+                        c.reltuples::int8, pg_indexes_size(c.oid)::int8 \
+                 FROM pg_class c WHERE c.oid = $1",
+                &[&oid],
+            )
+            .await
+            .map_err(db_err("reading a table's size"))?;
         let cols = client
             .query(
                 "SELECT a.attname::text, \
@@ -427,12 +438,14 @@ pub(crate) async fn tables_matching(
             binary: !cols.iter().any(|c| c.get::<_, bool>(1)),
             columns: cols.iter().map(|c| c.get(0)).collect(),
             key,
-            bytes: row.get(3),
-            pages: row.get(4),
-            rows: Some(row.get::<_, i64>(5)).filter(|&n| n >= 0),
-            index_bytes: row.get(6),
+            bytes: size.get(0),
+            pages: size.get(1),
+            rows: Some(size.get::<_, i64>(2)).filter(|&n| n >= 0),
+            index_bytes: size.get(3),
         });
     }
+    // Largest first (then by name: `rows` came in that order, and the sort is stable).
+    out.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     Ok((out, matched))
 }
 
