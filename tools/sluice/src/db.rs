@@ -297,12 +297,19 @@ where
             true => (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / rate.max(1.0)).round(),
             false => tables.eta_through(tables.list.len() - 1, rate),
         };
+        // Before any row has moved (the schema being read, a target that does not answer) there
+        // is no rate to divide by: the line said "ETA 57335808 s" (a new user's report).
+        let known = s.bytes_sent > 0 && rate >= 1.0;
+        let eta_text = |e: f64| match known {
+            true => format!("ETA {e:.0} s"),
+            false => "ETA -".to_string(),
+        };
         if json {
             let busy: Vec<serde_json::Value> = busy.iter().map(|&i| tables.json(i, rate)).collect();
             render::json_line(&serde_json::json!({
                 "event": "progress", "seconds": secs, "bytes_sent": s.bytes_sent,
                 "units_done": s.files_verified, "units_total": s.files_total,
-                "table_bytes": s.bytes_total, "eta_seconds": eta, "tables": busy,
+                "table_bytes": s.bytes_total, "eta_seconds": known.then_some(eta), "tables": busy,
             }));
         } else {
             let busy: Vec<String> = busy
@@ -317,21 +324,22 @@ where
                         (_, b) => format!("({b} before this run) {} rows this run", count(t.items)),
                     };
                     format!(
-                        "{} {}/{} ranges {rows} ETA {:.0} s",
+                        "{} {}/{} ranges {rows} {}",
                         t.name,
                         t.units_done,
                         t.units,
-                        tables.eta(i, rate)
+                        eta_text(tables.eta(i, rate))
                     )
                 })
                 .collect();
             errln!(
-                "sluice: {:7.1} s  {:>10} sent  {:>9}/s  {}/{} units  ETA {eta:.0} s  {}",
+                "sluice: {:7.1} s  {:>10} sent  {:>9}/s  {}/{} units  {}  {}",
                 secs,
                 human(s.bytes_sent),
                 human(rate as u64),
                 s.files_verified,
                 s.files_total,
+                eta_text(eta),
                 busy.join(", ")
             );
         }
