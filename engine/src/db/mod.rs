@@ -403,8 +403,13 @@ pub fn copy(
         // ends are here, so the rerun it asks for is made at once, once. It copies what was
         // removed, in a new snapshot, and checks everything again.
         Err(e) if removed_ranges(&e) => {
-            tracing::warn!("{e}");
-            tracing::warn!("copying the removed ranges again");
+            // Said as what happens now: "run the same command again" was followed at once by
+            // this run doing it (a new user's report).
+            let said = e.to_string().replace(
+                sink::RECOPY,
+                "removed at the target; copying them again now, in a new snapshot",
+            );
+            tracing::warn!("{said}");
             match run() {
                 // Ranges changed at the source again while the first ones were copied anew: it
                 // is being written to, and every rerun would find others.

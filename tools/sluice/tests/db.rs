@@ -705,7 +705,7 @@ fn a_row_lost_at_the_target_is_caught_at_the_end_and_copied_again() {
         assert!(out.status.success(), "{}", stderr(&out));
         let err = stderr(&out);
         assert!(err.contains(says), "{table}: {err}");
-        assert!(err.contains("copying the removed ranges again"), "{err}");
+        assert!(err.contains("copying them again now"), "{err}");
         assert_identical(&pg, &src, &dst);
         pg.sql("postgres", "DROP DATABASE dst");
         pg.sql("postgres", "CREATE DATABASE dst");
@@ -1039,7 +1039,7 @@ fn rows_changed_between_runs_are_found_and_the_next_run_repairs_them() {
     let out = sluice_db(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("copying the removed ranges again"),
+        stderr(&out).contains("copying them again now"),
         "{}",
         stderr(&out)
     );
@@ -1090,7 +1090,7 @@ fn a_source_written_to_all_along_is_named_after_the_second_try() {
     });
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("copying the removed ranges again"), "{err}");
+    assert!(err.contains("copying them again now"), "{err}");
     assert!(err.contains("public.big (\"id\" "), "{err}");
     assert!(err.contains("it is being written to"), "{err}");
     assert!(err.contains("into an empty target in one run"), "{err}");
@@ -2122,7 +2122,7 @@ fn dozens_of_ranges_changed_since_an_interrupted_copy_are_copied_again() {
     let out = sluice_db(&["db", "copy", "--range-size", "1M", &src, &dst]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("copying the removed ranges again"),
+        stderr(&out).contains("copying them again now"),
         "{}",
         stderr(&out)
     );
