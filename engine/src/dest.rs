@@ -619,24 +619,12 @@ impl Destination {
                 if excludes.excludes_entry(&rel, is_dir) {
                     continue;
                 }
-                // remove_dir_all does not follow symlinks inside the tree it removes.
-                let r = if is_dir {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                // One that cannot be deleted (a permission) does not keep the others: as
-                // rsync, delete what can be, then name what could not.
-                match r {
-                    Ok(()) => {
-                        removed += 1;
-                        removed_one(rel, is_dir);
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "not deleted");
-                        failed.push((path, e));
-                    }
-                }
+                removed += remove_unexcluded(
+                    (&path, rel, is_dir),
+                    excludes,
+                    &mut removed_one,
+                    &mut failed,
+                );
             }
         }
         let more = failed.len().saturating_sub(1);
@@ -685,6 +673,106 @@ impl Destination {
         fs::set_permissions(&at, fs::Permissions::from_mode(self.mode(entry.mode)))
             .map_err(Error::file("setting permissions of", &at))
     }
+}
+
+/// Removes `path` (`rel` as the manifest would name it) for `--delete`, reporting each entry it
+/// removes to `removed_one` and each it cannot to `failed`, as rsync deletes what can be and
+/// names what could not; returns how many it removed. A directory holding entries the sender's
+/// exclude patterns match keeps them, and itself with them: `remove_dir_all` took a directory
+/// the source no longer has whole, excluded entries inside and all (a new user's report;
+/// rsync keeps them too, "cannot delete non-empty directory"). Never follows a symlink.
+fn remove_unexcluded(
+    (path, rel, is_dir): (&Path, String, bool),
+    excludes: &sluice_proto::exclude::Excludes,
+    removed_one: &mut impl FnMut(String, bool),
+    failed: &mut Vec<(PathBuf, io::Error)>,
+) -> u64 {
+    let fail = |e: io::Error, failed: &mut Vec<(PathBuf, io::Error)>| {
+        tracing::warn!("not deleted: {}: {e}", path.display());
+        failed.push((path.to_path_buf(), e));
+        0
+    };
+    if !is_dir {
+        return match fs::remove_file(path) {
+            Ok(()) => {
+                removed_one(rel, false);
+                1
+            }
+            Err(e) => fail(e, failed),
+        };
+    }
+    // Nothing inside to keep: at once, and named once (remove_dir_all does not follow
+    // symlinks inside the tree it removes).
+    if excludes.is_empty() || !holds_excluded(path, &rel, excludes) {
+        return match fs::remove_dir_all(path) {
+            Ok(()) => {
+                removed_one(rel, true);
+                1
+            }
+            Err(e) => fail(e, failed),
+        };
+    }
+    let children = match fs::read_dir(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e, failed),
+    };
+    let mut removed = 0;
+    let mut kept = false;
+    let mut inner = Vec::new();
+    for child in children {
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                kept = true;
+                inner.push((path.to_path_buf(), e));
+                continue;
+            }
+        };
+        let child_rel = format!("{rel}/{}", wire_name(&child.file_name()));
+        let child_path = child.path();
+        let child_dir = fs::symlink_metadata(&child_path).is_ok_and(|m| m.is_dir());
+        if excludes.excludes_entry(&child_rel, child_dir) {
+            kept = true;
+            continue;
+        }
+        let before = inner.len();
+        removed += remove_unexcluded(
+            (&child_path, child_rel, child_dir),
+            excludes,
+            removed_one,
+            &mut inner,
+        );
+        // A directory below that kept something (an excluded entry, or a failure) is still
+        // there.
+        kept |= inner.len() > before || (child_dir && child_path.symlink_metadata().is_ok());
+    }
+    failed.extend(inner);
+    if kept {
+        return removed;
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => {
+            removed_one(rel, true);
+            removed + 1
+        }
+        Err(e) => removed + fail(e, failed),
+    }
+}
+
+/// Whether directory `path` (`rel` as the manifest would name it) holds, at any depth, an entry
+/// `excludes` matches; true where it cannot be read (then it is walked, and what fails is named).
+fn holds_excluded(path: &Path, rel: &str, excludes: &sluice_proto::exclude::Excludes) -> bool {
+    let Ok(children) = fs::read_dir(path) else {
+        return true;
+    };
+    children.into_iter().any(|child| {
+        let Ok(child) = child else { return true };
+        let child_rel = format!("{rel}/{}", wire_name(&child.file_name()));
+        let child_path = child.path();
+        let is_dir = fs::symlink_metadata(&child_path).is_ok_and(|m| m.is_dir());
+        excludes.excludes_entry(&child_rel, is_dir)
+            || (is_dir && holds_excluded(&child_path, &child_rel, excludes))
+    })
 }
 
 /// See [`Destination::names_exact`].

@@ -249,6 +249,55 @@ fn delete_leaves_excluded_entries_alone() {
     assert_eq!(listing(&dest.join("proj")), KEPT);
 }
 
+/// A directory the source no longer has, holding an excluded entry: what the patterns match is
+/// kept, and the directory with it, as rsync keeps it ("cannot delete non-empty directory");
+/// the rest of it goes and is named. It was removed whole, the excluded entry with it.
+#[test]
+fn delete_keeps_excluded_entries_inside_a_directory_it_removes() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.c"), b"a").unwrap();
+    let dest = d.path().join("dest");
+    let old = dest.join("src/old");
+    fs::create_dir_all(old.join("deep/deeper")).unwrap();
+    fs::create_dir_all(old.join("gone")).unwrap();
+    fs::write(old.join("keep.o"), b"o").unwrap();
+    fs::write(old.join("deep/deeper/keep2.o"), b"o").unwrap();
+    fs::write(old.join("deep/drop.c"), b"c").unwrap();
+    fs::write(old.join("gone/drop.c"), b"c").unwrap();
+    fs::write(old.join("drop.c"), b"c").unwrap();
+    let out = sluice()
+        .args(["--json", "copy", "--delete", "--exclude", "*.o"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(old.join("keep.o").exists() && old.join("deep/deeper/keep2.o").exists());
+    for gone in ["drop.c", "deep/drop.c", "gone"] {
+        assert!(!old.join(gone).exists(), "{gone} was kept");
+    }
+    let mut deleted = paths_of(&out, "deleted");
+    deleted.sort();
+    // A directory with nothing to keep goes whole, named once.
+    assert_eq!(
+        deleted,
+        ["src/old/deep/drop.c", "src/old/drop.c", "src/old/gone/"]
+    );
+    assert_eq!(summary(&out)["deleted"], 3);
+    // Without the pattern the directory goes whole, as before.
+    let out = sluice()
+        .args(["--json", "copy", "--delete"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!old.exists());
+    assert_eq!(paths_of(&out, "deleted"), ["src/old/"]);
+}
+
 over_both! {
     /// Across the wire: the sender's patterns reach the receiver, whose deletion leaves what
     /// they match alone; with `--delete-excluded` they are not sent and it goes too.
