@@ -312,6 +312,8 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
         Command::Bench(_) => Some("sluice bench"),
         Command::Recv { .. } => Some("sluice recv"),
         Command::Hash { .. } => Some("sluice hash"),
+        // It compares, moving and removing nothing (a new user's pass found it taking these).
+        Command::Verify { .. } => Some("sluice verify"),
         _ => None,
     };
     if let Some(command) = command {

@@ -312,13 +312,15 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         vec!["bench", "--restart", "--time", "1"],
         vec!["recv", "--delete", "/nonexistent/d"],
         vec!["hash", "--rehash", "/nonexistent/f"],
+        vec!["verify", "--delete", "/nonexistent/a", "/nonexistent/b"],
+        vec!["verify", "--inplace", "/nonexistent/a", "/nonexistent/b"],
     ] {
         let (out, took) = run(&args);
         check(
             out,
             took,
             Expect {
-                what: "a file option given to bench, recv or hash",
+                what: "a file option given to bench, recv, hash or verify",
                 code: 2,
                 says: &["applies to sending files"],
             },
