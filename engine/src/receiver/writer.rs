@@ -717,54 +717,33 @@ pub(super) fn write_blocks(
                         }
                     }
                 }
-                // Runs of zeros inside a block become holes, as whole blocks of zeros do below:
-                // a disk image or a database file with scattered pages must not arrive filled
-                // in. Written at once (a few calls), not through io_uring.
-                if !header.zero && has_hole(&buf.as_slice()[..len]) {
-                    let data = &buf.as_slice()[..len];
-                    let result =
-                        write_sparse(&handles.0, handles.1.as_deref(), data, header.offset)
-                            .map(|()| len);
-                    finished.push(Completion {
-                        req: Request {
-                            op: Op::Write,
-                            file: handles.0.clone(),
-                            offset: header.offset,
-                            buf,
-                            len,
-                            tag: (file, index, cv, carried),
-                        },
-                        result,
-                    });
-                    report(&mut finished, &mut targets);
-                    continue;
-                }
-                if whole_file && !header.zero {
+                // Some blocks are written at once, not through io_uring:
+                // - one with runs of zeros inside: they become holes (a few calls), so that a
+                //   disk image or a database file with scattered pages does not arrive filled in;
+                // - a file of one block, through the page cache (above);
+                // - a block of zeros, which becomes a hole where the filesystem can make one
+                //   (whatever the part file held there before) and counts as written.
+                let data = &buf.as_slice()[..len];
+                let at_once = if !header.zero && has_hole(data) {
+                    Some(write_sparse(
+                        &handles.0,
+                        handles.1.as_deref(),
+                        data,
+                        header.offset,
+                    ))
+                } else if whole_file && !header.zero {
                     use std::os::unix::fs::FileExt;
-                    let result = handles
-                        .0
-                        .write_all_at(&buf.as_slice()[..len], 0)
-                        .map(|()| len);
+                    let result = handles.0.write_all_at(data, 0);
                     if result.is_ok() && t.fresh {
                         t.whole = true;
                     }
-                    finished.push(Completion {
-                        req: Request {
-                            op: Op::Write,
-                            file: handles.0.clone(),
-                            offset: 0,
-                            buf,
-                            len,
-                            tag: (file, index, cv, carried),
-                        },
-                        result,
-                    });
-                    report(&mut finished, &mut targets);
-                    continue;
-                }
-                // A block of zeros becomes a hole where the filesystem can make one (whatever
-                // the part file held there before); it counts as written, as a write would.
-                if header.zero && blockio::punch_hole(&handles.0, header.offset, len) {
+                    Some(result)
+                } else if header.zero && blockio::punch_hole(&handles.0, header.offset, len) {
+                    Some(Ok(()))
+                } else {
+                    None
+                };
+                if let Some(result) = at_once {
                     finished.push(Completion {
                         req: Request {
                             op: Op::Write,
@@ -774,7 +753,7 @@ pub(super) fn write_blocks(
                             len,
                             tag: (file, index, cv, carried),
                         },
-                        result: Ok(len),
+                        result: result.map(|()| len),
                     });
                     report(&mut finished, &mut targets);
                     continue;
