@@ -278,6 +278,7 @@ impl Config {
             },
             initial_rtt: self.rtt_hint,
             datagram_size,
+            packet_threshold: sluice_quic::tls::PACKET_THRESHOLD,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! `cargo run --release -p sluice-quic --example netsim_sweep -- [sluice|bbr|cubic|bbr-capped]
 //!  [MiB] [rate-Mbit] [one-way-ms ...] [--loss 0,0.01,0.05] [--queue-ms 50] [--burst N] [--flows N] [--streams N]
 //!  [--jitter-ms N [--reorder]]
-//!  [--stream-window-kib N] [--window-mib N]`
+//!  [--stream-window-kib N] [--window-mib N] [--packet-threshold N]`
 
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ fn main() {
     let mut streams = 32usize;
     let mut stream_window = TransportTuning::default().stream_window;
     let mut window = TransportTuning::default().connection_window;
+    let mut packet_threshold = TransportTuning::default().packet_threshold;
     let mut it = args.iter();
     let mut positional = 0;
     while let Some(a) = it.next() {
@@ -62,6 +63,13 @@ fn main() {
                     .parse::<u64>()
                     .expect("KiB")
                     << 10
+            }
+            "--packet-threshold" => {
+                packet_threshold = it
+                    .next()
+                    .expect("--packet-threshold N")
+                    .parse()
+                    .expect("packets")
             }
             "--window-mib" => {
                 window = it
@@ -105,6 +113,7 @@ fn main() {
                 stream_window,
                 connection_window: window,
                 send_window: window,
+                packet_threshold,
                 ..TransportTuning::default()
             };
             let s = Scenario {
