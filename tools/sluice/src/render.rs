@@ -251,10 +251,9 @@ where
             } else {
                 "entries"
             };
-            extra += &format!(
-                "; deleted {} {entries} the source no longer has",
-                summary.deleted
-            );
+            // Not "that the source no longer has": with --delete-excluded the source may still
+            // have them.
+            extra += &format!("; deleted {} {entries} at the destination", summary.deleted);
         }
         outln!(
             "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}{extra}",
