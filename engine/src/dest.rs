@@ -27,7 +27,7 @@ use sluice_proto::path;
 use crate::error::{Error, Result};
 
 mod removal;
-use removal::{remove_tree, Removal};
+use removal::{first_excluded, remove_tree, Removal};
 
 /// Permission bits applied from the manifest: setuid and setgid are dropped, so a peer cannot
 /// plant a privileged executable (as rsync does without `--perms` for a non-root receiver).
@@ -63,9 +63,21 @@ pub struct Destination {
     dirs: KnownDirs,
     /// Directories whose names were checked for being exact (see [`Destination::names_exact`]).
     exact: KnownDirs,
-    /// Whether an entry of another type under a name the manifest gives is removed (`--delete`,
-    /// as rsync replaces a directory by a file of the same name) instead of failing the entry.
-    replace: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether, and how, an entry of another type under a name the manifest gives is removed
+    /// (`--delete`, as rsync replaces a directory by a file of the same name) instead of
+    /// failing the entry.
+    replace: Arc<Replacing>,
+}
+
+/// `--delete`'s replacement of entries whose type changed, shared by every clone of a
+/// [`Destination`]: whether it is on, the sender's exclude patterns (what it leaves in place),
+/// and what it removed, until the receiver reports it ([`Destination::take_replaced`]) as it
+/// reports the rest of what `--delete` removes.
+#[derive(Debug, Default)]
+struct Replacing {
+    on: std::sync::atomic::AtomicBool,
+    excludes: Mutex<Arc<Excludes>>,
+    removed: Mutex<Vec<(String, bool)>>,
 }
 
 /// Directories of the destination already checked in this run (a directory, not a symlink), and
@@ -133,12 +145,105 @@ impl Destination {
     /// to be), as `rsync --delete` does; without, the entry fails naming what is in the way.
     /// Never through a symlink: a link in the way is removed itself, and a directory is removed
     /// with what it holds, links inside it not followed.
+    /// What is removed this way is reported as `--delete`'s other removals are
+    /// ([`Destination::take_replaced`]); a directory holding entries the patterns given to
+    /// [`Destination::keep_excluded`] match is not replaced, and the entry fails naming one.
     pub fn replace_in_the_way(&self, on: bool) {
-        self.replace.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.replace
+            .on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The sender's exclude patterns: a directory in the way of an entry is not replaced while
+    /// it holds (or is) an entry they match, as `--delete` never deletes such an entry.
+    pub fn keep_excluded(&self, excludes: Excludes) {
+        if let Ok(mut kept) = self.replace.excludes.lock() {
+            *kept = Arc::new(excludes);
+        }
+    }
+
+    /// What replacing entries in the way removed since the last call, oldest first: each
+    /// entry's path as the manifest would name it, and whether it was a directory (removed with
+    /// all it held, named once).
+    pub fn take_replaced(&self) -> Vec<(String, bool)> {
+        self.replace
+            .removed
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     fn replacing(&self) -> bool {
-        self.replace.load(std::sync::atomic::Ordering::Relaxed)
+        self.replace.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_replaced(&self, removed: impl IntoIterator<Item = (String, bool)>) {
+        if let Ok(mut r) = self.replace.removed.lock() {
+            r.extend(removed);
+        }
+    }
+
+    /// `at` (below the root) as the manifest would name it.
+    fn rel_of(&self, at: &Path) -> String {
+        let below = at.strip_prefix(&self.root).unwrap_or(at);
+        below.iter().map(wire_name).collect::<Vec<_>>().join("/")
+    }
+
+    /// Removes the directory at `at`, in the way of `entry` (a file, symlink or hard link:
+    /// `by` says which), for `--delete`, reporting what it removes. A directory holding an
+    /// entry the sender's exclude patterns match (or matched itself) is left whole and the
+    /// entry fails naming it: rsync keeps such entries too ("cannot delete non-empty
+    /// directory"), and deleting the rest would not let the entry in anyway. An entry inside
+    /// that cannot be removed fails the entry too, after what could be removed is gone and
+    /// reported.
+    fn replace_dir(&self, entry: &Entry, at: &Path, by: &str) -> Result<()> {
+        let excludes = self
+            .replace
+            .excludes
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        if let Some(kept) = first_excluded(at, &entry.path, &excludes) {
+            let what = if kept == entry.path {
+                "is one the exclude patterns keep".to_string()
+            } else {
+                format!("holds {kept:?}, which the exclude patterns keep")
+            };
+            return Err(Error::Destination {
+                path: entry.path.clone(),
+                why: format!(
+                    "the directory there cannot be replaced by {by}: it {what} (--delete-excluded \
+                     would delete it); nothing in it was deleted"
+                ),
+            });
+        }
+        let mut removal = Removal::default();
+        let gone = remove_tree(at, entry.path.clone(), true, &excludes, &mut removal);
+        self.note_replaced(removal.removed);
+        let more = removal.failed.len().saturating_sub(1);
+        match removal.failed.into_iter().next() {
+            Some((path, e)) => Err(Error::file("replacing", at)(io::Error::new(
+                e.kind(),
+                format!(
+                    "not deleted: {}: {e}{}",
+                    path.display(),
+                    if more > 0 {
+                        format!(" (and {more} more)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))),
+            // Something matching the patterns appeared while it was removed.
+            None if !gone => Err(Error::Destination {
+                path: entry.path.clone(),
+                why: format!(
+                    "the directory there cannot be replaced by {by}: it holds entries the \
+                     exclude patterns keep"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Whether this process may create files in the destination directory (`access(2)` with
@@ -259,8 +364,9 @@ impl Destination {
             }
             Ok(_) if self.replacing() => {
                 // A file or symlink where the manifest has a directory (`--delete`): the entry
-                // itself goes, never what a link points to.
+                // itself goes, never what a link points to, and is reported as deleted.
                 fs::remove_file(at).map_err(Error::file("replacing", at))?;
+                self.note_replaced([(self.rel_of(at), false)]);
                 self.ensure_dir(at, rel)
             }
             Ok(m) if m.file_type().is_symlink() => Err(Error::Destination {
@@ -339,8 +445,7 @@ impl Destination {
                     why: "a directory of that name is in the way (--delete replaces it)".into(),
                 });
             }
-            // remove_dir_all does not follow symlinks inside the tree it removes.
-            fs::remove_dir_all(&final_path).map_err(Error::file("replacing", &final_path))?;
+            self.replace_dir(entry, &final_path, "a file")?;
             return self.prepare_file(entry, restart);
         }
         let part_meta = fs::symlink_metadata(&part).ok();
@@ -549,7 +654,11 @@ impl Destination {
     ) -> Result<()> {
         match there {
             Ok(m) if m.is_dir() && self.replacing() => {
-                fs::remove_dir_all(at).map_err(Error::file("replacing", at))
+                let by = match entry.kind {
+                    sluice_proto::message::EntryKind::HardLink => "a hard link",
+                    _ => "a symlink",
+                };
+                self.replace_dir(entry, at, by)
             }
             Ok(m) if m.is_dir() => Err(Error::Destination {
                 path: entry.path.clone(),

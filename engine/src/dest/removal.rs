@@ -95,3 +95,28 @@ pub(super) fn remove_tree(
         Err(e) => fail(e, removal),
     }
 }
+
+/// The first entry at or below directory `path` (`rel` as the manifest would name it) that
+/// `excludes` matches, as the manifest would name it; `None` if there is none (or none that can
+/// be read: removing then names what fails).
+pub(super) fn first_excluded(path: &Path, rel: &str, excludes: &Excludes) -> Option<String> {
+    if excludes.is_empty() {
+        return None;
+    }
+    if excludes.excludes_entry(rel, true) {
+        return Some(rel.to_owned());
+    }
+    for child in fs::read_dir(path).ok()?.flatten() {
+        let child_rel = format!("{rel}/{}", wire_name(&child.file_name()));
+        let is_dir = child.file_type().is_ok_and(|t| t.is_dir());
+        if excludes.excludes_entry(&child_rel, is_dir) {
+            return Some(child_rel);
+        }
+        if is_dir {
+            if let Some(kept) = first_excluded(&child.path(), &child_rel, excludes) {
+                return Some(kept);
+            }
+        }
+    }
+    None
+}

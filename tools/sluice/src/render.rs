@@ -252,7 +252,7 @@ where
                 "entries"
             };
             // Not "that the source no longer has": with --delete-excluded the source may still
-            // have them.
+            // have them, and a directory replaced by a file of its name is also counted.
             extra += &format!("; deleted {} {entries} at the destination", summary.deleted);
         }
         outln!(
