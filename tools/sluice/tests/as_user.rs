@@ -320,3 +320,42 @@ fn a_deletion_that_fails_part_way_names_what_it_removed() {
     );
     assert!(err.contains("3 entries were deleted"), "{err}");
 }
+
+/// A deletion that fails at a receiver fails `send` as it fails `copy`: a local error (exit 5,
+/// kind `Local`) in the receiver's words, not a refusal (exit 4, "protocol: peer aborted").
+#[test]
+fn a_deletion_that_fails_at_the_receiver_fails_send_as_it_fails_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let Some((src, dest)) = copied_as_user(d.path()) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    let sub = extras_that_partly_go(&dest.join("src"));
+    let Some(recv) = Recv::start_as_user(&dest, &["--json"], &["--allow-delete"]) else {
+        eprintln!("skipped: no setpriv");
+        return;
+    };
+    let out = sluice()
+        .args(["--json", "send", "--delete"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let r = recv.wait();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    let last = |o: &std::process::Output| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = text.lines().last().unwrap_or_default().to_owned();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default()
+    };
+    assert_eq!(r.status.code(), Some(5), "{}", stderr(&r));
+    let e = last(&out);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(e["kind"], "Local", "{e}");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the receiver failed: deleting") && message.contains("sub/h"),
+        "{message}"
+    );
+    assert!(!message.contains("protocol"), "{message}");
+}
