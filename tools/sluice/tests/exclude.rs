@@ -406,6 +406,67 @@ fn a_directory_holding_excluded_entries_is_not_replaced_by_a_file() {
     assert_eq!(fs::read(&x).unwrap(), b"now a file");
 }
 
+/// A pattern that starts with `-` is taken as given after `--exclude`, as rsync takes it (clap
+/// read `-leading.txt` as flags and suggested `-- -l`, which failed too).
+#[test]
+fn a_pattern_may_start_with_a_dash() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("-leading.txt"), b"left out").unwrap();
+    fs::write(src.join("kept.txt"), b"kept").unwrap();
+    let dest = d.path().join("dest");
+    let out = sluice()
+        .args(["copy", "--exclude", "-leading.txt"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dest.join("src")), ["kept.txt"]);
+}
+
+/// In an exclude file, rsync's `- PATTERN` excludes PATTERN; an include rule (`+ PATTERN`)
+/// and `!` (clear the list) are refused naming the file and the line, before anything is
+/// made. All were read as names, so that such a file excluded nothing.
+#[test]
+fn exclude_from_takes_rsyncs_exclude_prefix_and_refuses_include_rules() {
+    let d = tempfile::tempdir().unwrap();
+    let src = project(d.path());
+    let dest = d.path().join("dest");
+    let list = d.path().join("rules");
+    let copy = |list: &Path| {
+        sluice()
+            .arg("copy")
+            .arg("--exclude-from")
+            .arg(list)
+            .args(exclude_args(&["/build", "/docs/**", "other/**/a.md"]))
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    for (rules, line, says) in [
+        ("- *.o\n+ keep\n", 2, "\"+ keep\" is an include rule"),
+        ("# comment\n!\n", 2, "\"!\" is rsync's clearing"),
+    ] {
+        fs::write(&list, rules).unwrap();
+        let out = copy(&list);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{rules:?}: {err}");
+        assert!(
+            err.contains(&format!("--exclude-from {} line {line}: ", list.display()))
+                && err.contains(says),
+            "{rules:?}: {err}"
+        );
+        assert!(!dest.exists(), "nothing made");
+    }
+    fs::write(&list, "- *.o\n- cache/\n").unwrap();
+    let out = copy(&list);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dest.join("proj")), KEPT);
+}
+
 over_both! {
     /// Across the wire: the sender's patterns reach the receiver, whose deletion leaves what
     /// they match alone; with `--delete-excluded` they are not sent and it goes too.
