@@ -763,7 +763,7 @@ async fn receive(
                         // Only once every file arrived: a failed file would be linked in its
                         // older version, if any. The run fails anyway; the rerun links.
                         EntryKind::HardLink if first_failure.paths.contains(&e.link_target) => {
-                            tracing::warn!(path = %e.path, target = %e.link_target, "not linked: the file it names failed");
+                            tracing::warn!("not linked: {} (the file it names, {}, failed)", e.path, e.link_target);
                         }
                         EntryKind::HardLink => made_or_failed(dest.create_hard_link(e), e, progress, &mut failures, &mut first_failure)?,
                         _ => made_or_failed(dest.create_symlink(e), e, progress, &mut failures, &mut first_failure)?,

@@ -436,7 +436,7 @@ async fn accept(
                     continue;
                 }
                 if pending.len() >= MAX_HANDSHAKES {
-                    tracing::warn!(peer = %incoming.remote_address(), "too many QUIC handshakes at once; refused");
+                    tracing::warn!("too many QUIC handshakes at once; {} refused", incoming.remote_address());
                     incoming.refuse();
                     continue;
                 }
