@@ -18,12 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use sluice_proto::exclude::Excludes;
 use sluice_proto::message::Entry;
 
 use crate::manifest::{local_name, wire_name};
 use sluice_proto::path;
 
 use crate::error::{Error, Result};
+
+mod removal;
+use removal::{first_excluded, remove_tree, Removal};
 
 /// Permission bits applied from the manifest: setuid and setgid are dropped, so a peer cannot
 /// plant a privileged executable (as rsync does without `--perms` for a non-root receiver).
@@ -59,9 +63,21 @@ pub struct Destination {
     dirs: KnownDirs,
     /// Directories whose names were checked for being exact (see [`Destination::names_exact`]).
     exact: KnownDirs,
-    /// Whether an entry of another type under a name the manifest gives is removed (`--delete`,
-    /// as rsync replaces a directory by a file of the same name) instead of failing the entry.
-    replace: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether, and how, an entry of another type under a name the manifest gives is removed
+    /// (`--delete`, as rsync replaces a directory by a file of the same name) instead of
+    /// failing the entry.
+    replace: Arc<Replacing>,
+}
+
+/// `--delete`'s replacement of entries whose type changed, shared by every clone of a
+/// [`Destination`]: whether it is on, the sender's exclude patterns (what it leaves in place),
+/// and what it removed, until the receiver reports it ([`Destination::take_replaced`]) as it
+/// reports the rest of what `--delete` removes.
+#[derive(Debug, Default)]
+struct Replacing {
+    on: std::sync::atomic::AtomicBool,
+    excludes: Mutex<Arc<Excludes>>,
+    removed: Mutex<Vec<(String, bool)>>,
 }
 
 /// Directories of the destination already checked in this run (a directory, not a symlink), and
@@ -129,12 +145,105 @@ impl Destination {
     /// to be), as `rsync --delete` does; without, the entry fails naming what is in the way.
     /// Never through a symlink: a link in the way is removed itself, and a directory is removed
     /// with what it holds, links inside it not followed.
+    /// What is removed this way is reported as `--delete`'s other removals are
+    /// ([`Destination::take_replaced`]); a directory holding entries the patterns given to
+    /// [`Destination::keep_excluded`] match is not replaced, and the entry fails naming one.
     pub fn replace_in_the_way(&self, on: bool) {
-        self.replace.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.replace
+            .on
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The sender's exclude patterns: a directory in the way of an entry is not replaced while
+    /// it holds (or is) an entry they match, as `--delete` never deletes such an entry.
+    pub fn keep_excluded(&self, excludes: Excludes) {
+        if let Ok(mut kept) = self.replace.excludes.lock() {
+            *kept = Arc::new(excludes);
+        }
+    }
+
+    /// What replacing entries in the way removed since the last call, oldest first: each
+    /// entry's path as the manifest would name it, and whether it was a directory (removed with
+    /// all it held, named once).
+    pub fn take_replaced(&self) -> Vec<(String, bool)> {
+        self.replace
+            .removed
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     fn replacing(&self) -> bool {
-        self.replace.load(std::sync::atomic::Ordering::Relaxed)
+        self.replace.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_replaced(&self, removed: impl IntoIterator<Item = (String, bool)>) {
+        if let Ok(mut r) = self.replace.removed.lock() {
+            r.extend(removed);
+        }
+    }
+
+    /// `at` (below the root) as the manifest would name it.
+    fn rel_of(&self, at: &Path) -> String {
+        let below = at.strip_prefix(&self.root).unwrap_or(at);
+        below.iter().map(wire_name).collect::<Vec<_>>().join("/")
+    }
+
+    /// Removes the directory at `at`, in the way of `entry` (a file, symlink or hard link:
+    /// `by` says which), for `--delete`, reporting what it removes. A directory holding an
+    /// entry the sender's exclude patterns match (or matched itself) is left whole and the
+    /// entry fails naming it: rsync keeps such entries too ("cannot delete non-empty
+    /// directory"), and deleting the rest would not let the entry in anyway. An entry inside
+    /// that cannot be removed fails the entry too, after what could be removed is gone and
+    /// reported.
+    fn replace_dir(&self, entry: &Entry, at: &Path, by: &str) -> Result<()> {
+        let excludes = self
+            .replace
+            .excludes
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
+        if let Some(kept) = first_excluded(at, &entry.path, &excludes) {
+            let what = if kept == entry.path {
+                "is one the exclude patterns keep".to_string()
+            } else {
+                format!("holds {kept:?}, which the exclude patterns keep")
+            };
+            return Err(Error::Destination {
+                path: entry.path.clone(),
+                why: format!(
+                    "the directory there cannot be replaced by {by}: it {what} (--delete-excluded \
+                     would delete it); nothing in it was deleted"
+                ),
+            });
+        }
+        let mut removal = Removal::default();
+        let gone = remove_tree(at, entry.path.clone(), true, &excludes, &mut removal);
+        self.note_replaced(removal.removed);
+        let more = removal.failed.len().saturating_sub(1);
+        match removal.failed.into_iter().next() {
+            Some((path, e)) => Err(Error::file("replacing", at)(io::Error::new(
+                e.kind(),
+                format!(
+                    "not deleted: {}: {e}{}",
+                    path.display(),
+                    if more > 0 {
+                        format!(" (and {more} more)")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))),
+            // Something matching the patterns appeared while it was removed.
+            None if !gone => Err(Error::Destination {
+                path: entry.path.clone(),
+                why: format!(
+                    "the directory there cannot be replaced by {by}: it holds entries the \
+                     exclude patterns keep"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Whether this process may create files in the destination directory (`access(2)` with
@@ -255,8 +364,9 @@ impl Destination {
             }
             Ok(_) if self.replacing() => {
                 // A file or symlink where the manifest has a directory (`--delete`): the entry
-                // itself goes, never what a link points to.
+                // itself goes, never what a link points to, and is reported as deleted.
                 fs::remove_file(at).map_err(Error::file("replacing", at))?;
+                self.note_replaced([(self.rel_of(at), false)]);
                 self.ensure_dir(at, rel)
             }
             Ok(m) if m.file_type().is_symlink() => Err(Error::Destination {
@@ -335,8 +445,7 @@ impl Destination {
                     why: "a directory of that name is in the way (--delete replaces it)".into(),
                 });
             }
-            // remove_dir_all does not follow symlinks inside the tree it removes.
-            fs::remove_dir_all(&final_path).map_err(Error::file("replacing", &final_path))?;
+            self.replace_dir(entry, &final_path, "a file")?;
             return self.prepare_file(entry, restart);
         }
         let part_meta = fs::symlink_metadata(&part).ok();
@@ -545,7 +654,11 @@ impl Destination {
     ) -> Result<()> {
         match there {
             Ok(m) if m.is_dir() && self.replacing() => {
-                fs::remove_dir_all(at).map_err(Error::file("replacing", at))
+                let by = match entry.kind {
+                    sluice_proto::message::EntryKind::HardLink => "a hard link",
+                    _ => "a symlink",
+                };
+                self.replace_dir(entry, at, by)
             }
             Ok(m) if m.is_dir() => Err(Error::Destination {
                 path: entry.path.clone(),
@@ -586,19 +699,22 @@ impl Destination {
     /// Removes what the manifest's directories hold beyond what the manifest names (as
     /// `rsync --delete`); only inside directories the manifest names, never through a symlink,
     /// and never what `excludes` matches (the sender's exclude patterns: it left such entries
-    /// out, so the manifest not naming them says nothing). `removed_one` hears of each entry as it goes (its path as the manifest would name it, and
-    /// whether it was a directory, removed with what it held), also when another could not be
-    /// removed and the call fails. Returns how many entries were removed.
+    /// out, so the manifest not naming them says nothing), nor a directory holding such an
+    /// entry. `removed_one` hears of each entry removed (its path as the manifest would name
+    /// it, and whether it was a directory, removed with all it held and then named once), also
+    /// when another could not be removed and the call fails; each that could not is named in
+    /// a warning, and the error names the first and counts the rest. Returns how many entries
+    /// were removed.
     pub fn delete_extraneous(
         &self,
         entries: &[Entry],
-        excludes: &sluice_proto::exclude::Excludes,
+        excludes: &Excludes,
         mut removed_one: impl FnMut(String, bool),
     ) -> Result<u64> {
         let named: std::collections::HashSet<&str> =
             entries.iter().map(|e| e.path.as_str()).collect();
         let mut removed = 0;
-        let mut failed = Vec::new();
+        let mut removal = Removal::default();
         for dir in entries
             .iter()
             .filter(|e| e.kind == sluice_proto::message::EntryKind::Dir)
@@ -615,26 +731,36 @@ impl Destination {
                     continue;
                 }
                 let path = child.path();
-                let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+                let is_dir = child.file_type().is_ok_and(|t| t.is_dir());
                 if excludes.excludes_entry(&rel, is_dir) {
                     continue;
                 }
-                removed += remove_unexcluded(
-                    (&path, rel, is_dir),
-                    excludes,
-                    &mut removed_one,
-                    &mut failed,
-                );
+                remove_tree(&path, rel, is_dir, excludes, &mut removal);
+                for (rel, dir) in removal.removed.drain(..) {
+                    removed_one(rel, dir);
+                    removed += 1;
+                }
             }
         }
-        let more = failed.len().saturating_sub(1);
-        match failed.into_iter().next() {
+        let more = removal.failed.len().saturating_sub(1);
+        match removal.failed.into_iter().next() {
             None => Ok(removed),
-            Some((path, e)) if more == 0 => Err(Error::file("deleting", &path)(e)),
-            Some((path, e)) => Err(Error::file("deleting", &path)(io::Error::new(
-                e.kind(),
-                format!("{e} (and {more} more entries could not be deleted)"),
-            ))),
+            Some((path, e)) => {
+                let mut why = e.to_string();
+                if more > 0 {
+                    why += &format!(" (and {more} more entries could not be deleted)");
+                }
+                // The summary is not printed when the run fails: the count is said here.
+                why += &match removed {
+                    0 => "; nothing was deleted".to_string(),
+                    1 => "; 1 entry was deleted".to_string(),
+                    n => format!("; {n} entries were deleted"),
+                };
+                Err(Error::file("deleting", &path)(io::Error::new(
+                    e.kind(),
+                    why,
+                )))
+            }
         }
     }
 
@@ -673,106 +799,6 @@ impl Destination {
         fs::set_permissions(&at, fs::Permissions::from_mode(self.mode(entry.mode)))
             .map_err(Error::file("setting permissions of", &at))
     }
-}
-
-/// Removes `path` (`rel` as the manifest would name it) for `--delete`, reporting each entry it
-/// removes to `removed_one` and each it cannot to `failed`, as rsync deletes what can be and
-/// names what could not; returns how many it removed. A directory holding entries the sender's
-/// exclude patterns match keeps them, and itself with them: `remove_dir_all` took a directory
-/// the source no longer has whole, excluded entries inside and all (a new user's report;
-/// rsync keeps them too, "cannot delete non-empty directory"). Never follows a symlink.
-fn remove_unexcluded(
-    (path, rel, is_dir): (&Path, String, bool),
-    excludes: &sluice_proto::exclude::Excludes,
-    removed_one: &mut impl FnMut(String, bool),
-    failed: &mut Vec<(PathBuf, io::Error)>,
-) -> u64 {
-    let fail = |e: io::Error, failed: &mut Vec<(PathBuf, io::Error)>| {
-        tracing::warn!("not deleted: {}: {e}", path.display());
-        failed.push((path.to_path_buf(), e));
-        0
-    };
-    if !is_dir {
-        return match fs::remove_file(path) {
-            Ok(()) => {
-                removed_one(rel, false);
-                1
-            }
-            Err(e) => fail(e, failed),
-        };
-    }
-    // Nothing inside to keep: at once, and named once (remove_dir_all does not follow
-    // symlinks inside the tree it removes).
-    if excludes.is_empty() || !holds_excluded(path, &rel, excludes) {
-        return match fs::remove_dir_all(path) {
-            Ok(()) => {
-                removed_one(rel, true);
-                1
-            }
-            Err(e) => fail(e, failed),
-        };
-    }
-    let children = match fs::read_dir(path) {
-        Ok(c) => c,
-        Err(e) => return fail(e, failed),
-    };
-    let mut removed = 0;
-    let mut kept = false;
-    let mut inner = Vec::new();
-    for child in children {
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                kept = true;
-                inner.push((path.to_path_buf(), e));
-                continue;
-            }
-        };
-        let child_rel = format!("{rel}/{}", wire_name(&child.file_name()));
-        let child_path = child.path();
-        let child_dir = fs::symlink_metadata(&child_path).is_ok_and(|m| m.is_dir());
-        if excludes.excludes_entry(&child_rel, child_dir) {
-            kept = true;
-            continue;
-        }
-        let before = inner.len();
-        removed += remove_unexcluded(
-            (&child_path, child_rel, child_dir),
-            excludes,
-            removed_one,
-            &mut inner,
-        );
-        // A directory below that kept something (an excluded entry, or a failure) is still
-        // there.
-        kept |= inner.len() > before || (child_dir && child_path.symlink_metadata().is_ok());
-    }
-    failed.extend(inner);
-    if kept {
-        return removed;
-    }
-    match fs::remove_dir(path) {
-        Ok(()) => {
-            removed_one(rel, true);
-            removed + 1
-        }
-        Err(e) => removed + fail(e, failed),
-    }
-}
-
-/// Whether directory `path` (`rel` as the manifest would name it) holds, at any depth, an entry
-/// `excludes` matches; true where it cannot be read (then it is walked, and what fails is named).
-fn holds_excluded(path: &Path, rel: &str, excludes: &sluice_proto::exclude::Excludes) -> bool {
-    let Ok(children) = fs::read_dir(path) else {
-        return true;
-    };
-    children.into_iter().any(|child| {
-        let Ok(child) = child else { return true };
-        let child_rel = format!("{rel}/{}", wire_name(&child.file_name()));
-        let child_path = child.path();
-        let is_dir = fs::symlink_metadata(&child_path).is_ok_and(|m| m.is_dir());
-        excludes.excludes_entry(&child_rel, is_dir)
-            || (is_dir && holds_excluded(&child_path, &child_rel, excludes))
-    })
 }
 
 /// See [`Destination::names_exact`].

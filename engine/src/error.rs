@@ -56,6 +56,18 @@ pub enum Error {
     /// The peer broke the protocol or refused us.
     #[error("protocol: {0}")]
     Session(#[from] SessionError),
+    /// The peer ended the transfer for a failure of its own (a local error there: a file it
+    /// could not write or delete, its disk full), told in its words: the same kind of failure
+    /// as at this end ([`ErrorKind::Local`] or [`ErrorKind::NoSpace`]), not a refusal.
+    #[error("the {who} failed: {message}")]
+    PeerFailed {
+        /// Which end: "receiver" or "sender".
+        who: String,
+        /// What the peer said.
+        message: String,
+        /// [`ErrorKind::Local`] or [`ErrorKind::NoSpace`].
+        kind: ErrorKind,
+    },
     /// Bytes from the peer did not decode.
     #[error("malformed data from peer: {0}")]
     Decode(#[from] DecodeError),
@@ -213,7 +225,7 @@ impl Error {
             }
             Error::Destination { .. } => ErrorKind::Destination,
             Error::Verify { .. } => ErrorKind::Verification,
-            Error::FilesFailed { kind, .. } => *kind,
+            Error::FilesFailed { kind, .. } | Error::PeerFailed { kind, .. } => *kind,
             // The receiver's destination filled up: the sender's run failed for that.
             Error::Session(SessionError::Peer {
                 code: ErrorCode::NoSpace,

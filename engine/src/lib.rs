@@ -177,9 +177,13 @@ pub fn copy(
         (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
         (Err(send_err), Err(Error::Connection { peer, .. })) if peer == "none" => Err(send_err),
         // The receiver only relays the sender's own abort: the sender's error is the cause.
-        (Err(send_err), Err(Error::Session(sluice_proto::session::SessionError::Peer { .. }))) => {
-            Err(send_err)
-        }
+        (
+            Err(send_err),
+            Err(
+                Error::Session(sluice_proto::session::SessionError::Peer { .. })
+                | Error::PeerFailed { .. },
+            ),
+        ) => Err(send_err),
         // The sender failed on its own account and closed the link: the receiver saw the
         // connection end (with or before the sender's message, a race), so the sender's error
         // is the cause.

@@ -303,7 +303,7 @@ fn walk(
             Err(sluice_proto::path::PathError::Reserved(_))
                 if kind == EntryKind::File && rel.contains('/') =>
             {
-                tracing::warn!(path = %local.display(), "skipping: a partial file of an interrupted Sluice transfer (the name is reserved)");
+                tracing::warn!("skipping {}: a partial file of an interrupted Sluice transfer (the name is reserved)", local.display());
                 continue;
             }
             Err(sluice_proto::path::PathError::Reserved(_)) => {

@@ -763,16 +763,18 @@ async fn receive(
                         // Only once every file arrived: a failed file would be linked in its
                         // older version, if any. The run fails anyway; the rerun links.
                         EntryKind::HardLink if first_failure.paths.contains(&e.link_target) => {
-                            tracing::warn!(path = %e.path, target = %e.link_target, "not linked: the file it names failed");
+                            tracing::warn!("not linked: {} (the file it names, {}, failed)", e.path, e.link_target);
                         }
                         EntryKind::HardLink => made_or_failed(dest.create_hard_link(e), e, progress, &mut failures, &mut first_failure)?,
                         _ => made_or_failed(dest.create_symlink(e), e, progress, &mut failures, &mut first_failure)?,
                     }
                 }
-                let mut deleted = 0;
+                // What `--delete` removed to make room for entries whose type changed counts and
+                // is listed with what it removes below.
+                let mut deleted = report_replaced(dest, progress);
                 if shared.lock().map_err(|_| poisoned())?.session.delete() && failures == 0 && !dry_run {
                     let excludes = shared.lock().map_err(|_| poisoned())?.session.excludes().clone();
-                    deleted = dest.delete_extraneous(&entries, &excludes, |path, dir| progress.push(Event::Deleted { path, dir }))?;
+                    deleted += dest.delete_extraneous(&entries, &excludes, |path, dir| progress.push(Event::Deleted { path, dir }))?;
                     if deleted > 0 {
                         tracing::info!(deleted, "removed entries the source no longer has");
                     }
@@ -878,6 +880,11 @@ async fn receive(
                     };
                     stall.touch();
                     let event = shared.lock().map_err(|_| poisoned())?.session.on_message(msg)?;
+                    // The patterns are complete with the first entry; replacing an entry whose
+                    // type changed leaves what they match alone from then on.
+                    if matches!(&event, ReceiverEvent::Entry(e) if e.id == 0) {
+                        dest.keep_excluded(shared.lock().map_err(|_| poisoned())?.session.excludes().clone());
+                    }
                     if let Some(id) = names_file(&event) {
                         prepare_pending!(Some(id));
                     }
@@ -1134,6 +1141,8 @@ async fn receive(
         }
     }
     .await;
+    // A run that failed still says what was removed to make room for entries.
+    report_replaced(dest, progress);
     if result.is_err() {
         // The part files of the files still in progress (those verified were renamed, those
         // that failed removed): the caller removes them if the run was refused. Collected now,
@@ -1310,6 +1319,18 @@ impl Failed {
             .get_or_insert_with(|| (format!("{path}: {reason}"), kind));
         self.paths.insert(path.to_owned());
     }
+}
+
+/// Lists what `--delete` removed to make room for entries whose type changed
+/// ([`Destination::take_replaced`]) as `Deleted` events, as it lists the rest of what it
+/// removes; returns how many.
+fn report_replaced(dest: &Destination, progress: &Progress) -> u64 {
+    let replaced = dest.take_replaced();
+    let count = replaced.len() as u64;
+    for (path, dir) in replaced {
+        progress.push(Event::Deleted { path, dir });
+    }
+    count
 }
 
 /// A link made, or a directory's mode and times set, at the end of the run: one that fails

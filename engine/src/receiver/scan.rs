@@ -107,7 +107,10 @@ pub(super) fn scan_files(jobs: std_mpsc::Receiver<ScanJob>, out: mpsc::Unbounded
         if let Some(path) = &job.path {
             let started = std::time::Instant::now();
             if let Err(e) = scan_one(path, &job, &mut buf, &out) {
-                tracing::warn!(path = %path.display(), "cannot read what is already there ({e}); the rest is sent whole");
+                tracing::warn!(
+                    "cannot read what is already there of {} ({e}); the rest is sent whole",
+                    path.display()
+                );
             }
             tracing::debug!(id = job.id, elapsed = ?started.elapsed(), "scanned what the destination holds");
         }
@@ -186,7 +189,7 @@ fn scan_one(
         if journaled.get(&i).is_some_and(|&j| j != cv) {
             // The sender takes a vouched block only where this report agrees, so it is sent
             // again.
-            tracing::warn!(path = %path.display(), block = i, "the part file changed since its resume journal recorded the block; it is sent again");
+            tracing::warn!("{}: the part file changed since its resume journal recorded block {i}; it is sent again", path.display());
         }
         run.push(Some(cv));
         anchors.push(anchor_at(i, data));

@@ -687,8 +687,8 @@ pub(super) fn write_blocks(
                                             t.journal = Some(j);
                                         }
                                         Err(e) => tracing::warn!(
-                                            path = %at.display(),
-                                            "no resume journal ({e}); an interrupted run will re-read the part file"
+                                            "no resume journal for {} ({e}); an interrupted run will re-read the part file",
+                                            at.display()
                                         ),
                                     }
                                 }
@@ -850,7 +850,10 @@ impl Target {
             return Some(Error::file("flushing to disk", &path)(e));
         }
         if let Err(e) = journal.append() {
-            tracing::warn!(path = %path.display(), "cannot journal written blocks ({e})");
+            tracing::warn!(
+                "cannot journal the blocks written to {} ({e})",
+                path.display()
+            );
         }
         None
     }

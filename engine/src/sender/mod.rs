@@ -1865,9 +1865,9 @@ impl Reader<'_> {
                     // scan of the part file now finds other bytes there (changed since, or
                     // damaged): it is read and sent as any block the receiver lacks.
                     tracing::warn!(
-                        path = %src.local.display(),
-                        block = i,
-                        "the receiver's copy of a block its journal vouched for differs; sending it"
+                        "{}: the receiver's copy of block {i}, which its journal vouched for, \
+                         differs; sending it",
+                        src.local.display()
                     );
                     self.progress.take_back_vouched(geometry.block_len(i));
                 }

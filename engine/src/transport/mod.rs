@@ -32,8 +32,10 @@ use sluice_quic::tls::Identity;
 use tokio::io::AsyncRead;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::progress::PathStats;
+use sluice_proto::message::ErrorCode;
+use sluice_proto::session::SessionError;
 
 /// A boxed future, for trait methods that are called through `dyn`.
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -434,7 +436,7 @@ async fn accept(
                     continue;
                 }
                 if pending.len() >= MAX_HANDSHAKES {
-                    tracing::warn!(peer = %incoming.remote_address(), "too many QUIC handshakes at once; refused");
+                    tracing::warn!("too many QUIC handshakes at once; {} refused", incoming.remote_address());
                     incoming.refuse();
                     continue;
                 }
@@ -553,8 +555,9 @@ pub(crate) fn finish_summary(
 }
 
 /// Waits (at most half a second) for `link` to settle how it ended, then names it in `result`'s
-/// connection error: the peer's reason says more than "connection lost". `who` is the peer's
-/// role, `resume` what to tell the user about running again.
+/// connection error: the peer's reason says more than "connection lost". A peer that aborted
+/// for a local failure of its own becomes [`Error::PeerFailed`]. `who` is the peer's role,
+/// `resume` what to tell the user about running again.
 pub async fn explain<T>(
     result: Result<T>,
     link: &dyn Link,
@@ -562,8 +565,24 @@ pub async fn explain<T>(
     idle_timeout: Duration,
     resume: &str,
 ) -> Result<T> {
-    let Err(Error::Connection { peer, detail }) = result else {
-        return result;
+    let (peer, detail) = match result {
+        Err(Error::Connection { peer, detail }) => (peer, detail),
+        // A local failure at the peer (an I/O error, its disk full) is that, not a refusal
+        // of this end: `send` then exits as `copy` does for the same failure (5 or 6).
+        Err(Error::Session(SessionError::Peer { code, message }))
+            if matches!(code, ErrorCode::Io | ErrorCode::NoSpace) =>
+        {
+            let kind = match code {
+                ErrorCode::NoSpace => ErrorKind::NoSpace,
+                _ => ErrorKind::Local,
+            };
+            return Err(Error::PeerFailed {
+                who: who.to_owned(),
+                message,
+                kind,
+            });
+        }
+        _ => return result,
     };
     if link.ended().is_none() {
         let _ = tokio::time::timeout(Duration::from_millis(500), link.closed()).await;

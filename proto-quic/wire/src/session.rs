@@ -455,7 +455,7 @@ impl ReceiverSession {
         self.rehash
     }
 
-    /// The sender's exclude patterns, compiled once the manifest is complete (none before):
+    /// The sender's exclude patterns, compiled with the manifest's first entry (none before):
     /// what its `--delete` must leave alone.
     pub fn excludes(&self) -> &Excludes {
         &self.excludes
@@ -589,6 +589,13 @@ impl ReceiverSession {
                         });
                     }
                 }
+                // Patterns come before the first entry, so they are complete here: compiled now,
+                // not at the manifest's end, because the destination may replace an entry whose
+                // type changed (`--delete`) while the manifest still arrives, and must leave what
+                // they match alone then too.
+                if self.entries.is_empty() {
+                    self.excludes = Excludes::new(std::mem::take(&mut self.patterns))?;
+                }
                 self.paths.insert(key, entry.id);
                 let mut entry = entry;
                 if entry.kind != EntryKind::File {
@@ -612,7 +619,11 @@ impl ReceiverSession {
                         received,
                     });
                 }
-                self.excludes = Excludes::new(std::mem::take(&mut self.patterns))?;
+                // A manifest without entries: patterns that keep nothing, compiled for their
+                // errors' sake.
+                if received == 0 {
+                    self.excludes = Excludes::new(std::mem::take(&mut self.patterns))?;
+                }
                 self.state = RecvState::Transfer;
                 Ok(ReceiverEvent::ManifestComplete)
             }
@@ -1224,7 +1235,8 @@ mod tests {
     }
 
     /// Exclude patterns come with `--delete`, before the first entry, within their bounds and
-    /// readable; they are compiled once the manifest is complete.
+    /// readable; they are compiled with the first entry (the destination may replace an entry
+    /// whose type changed before the manifest ends).
     #[test]
     fn exclude_patterns_are_bounded_and_come_before_the_manifest() {
         use crate::exclude::{MAX_PATTERNS, MAX_PATTERN_BYTES};
@@ -1262,8 +1274,9 @@ mod tests {
             })
         );
         s.on_message(exclude("/cache/")).unwrap();
-        assert!(s.excludes().is_empty(), "compiled at the manifest's end");
+        assert!(s.excludes().is_empty(), "compiled with the first entry");
         s.on_message(dir(0, "top")).unwrap();
+        assert_eq!(s.excludes().patterns(), ["*.o", "/cache/"]);
         assert!(
             matches!(
                 s.on_message(exclude("late")),

@@ -306,11 +306,14 @@ pub struct Selection {
     /// / matches directories only (cache/). * and ? stay within a name, ** crosses / (a/**/b),
     /// [...] is a class. An excluded directory is not entered; with --delete, what is excluded
     /// is not deleted at the destination either. Sources named on the command line are always
-    /// sent.
-    #[arg(long, value_name = "PATTERN")]
+    /// sent. A pattern may start with - (--exclude -draft.txt), as with rsync.
+    // A value starting with `-` is the pattern's (clap read `-draft.txt` as flags, and its
+    // hint, `-- -d`, did not work either).
+    #[arg(long, value_name = "PATTERN", allow_hyphen_values = true)]
     pub exclude: Vec<String>,
     /// Read exclude patterns from FILE (- for standard input), one per line; blank lines and
-    /// lines starting with # are ignored.
+    /// lines starting with # are ignored. As in rsync's exclude files, "- PATTERN" excludes
+    /// PATTERN; include rules ("+ PATTERN") and "!" are refused.
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
 }
@@ -330,12 +333,35 @@ impl Selection {
                 Ok(t) => t,
                 Err(e) => usage!("--exclude-from {}: {e}", file.display()),
             };
-            patterns.extend(
-                text.lines()
-                    .map(|l| l.strip_suffix('\r').unwrap_or(l))
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
-            );
+            for (n, line) in text.lines().enumerate() {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                // rsync's exclude files may prefix a rule with its kind: "- " excludes, as a
+                // line without one does. Read as names, "- *.o" excluded nothing, and "+ keep"
+                // did not include what the user meant it to.
+                if let Some(pattern) = line.strip_prefix("- ") {
+                    patterns.push(pattern.to_owned());
+                    continue;
+                }
+                let refused = if line.starts_with("+ ") {
+                    "an include rule, which Sluice does not support (it only excludes): \
+                     remove the line, and narrow the patterns that would exclude what it \
+                     includes"
+                } else if line == "!" {
+                    "rsync's clearing of the pattern list, which Sluice does not support: \
+                     remove it and the patterns before it that are not wanted"
+                } else {
+                    patterns.push(line.to_owned());
+                    continue;
+                };
+                usage!(
+                    "--exclude-from {} line {}: {line:?} is {refused}",
+                    file.display(),
+                    n + 1
+                );
+            }
         }
         match sluice_engine::Excludes::new(&patterns) {
             Ok(excludes) => Ok(excludes),

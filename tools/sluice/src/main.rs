@@ -38,11 +38,17 @@ fn main() {
     let log = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(|| render::CleanWriter(std::io::stderr()));
-    match tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
+    // An empty `SLUICE_LOG=` is no log asked for (it was an empty filter, which silenced every
+    // warning), as an unset one.
+    let asked = std::env::var("SLUICE_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok());
+    match asked {
         // Asked for a log: timestamps, levels and sources, for whoever reads it.
-        Ok(filter) => log.with_env_filter(filter).init(),
+        Some(filter) => log.with_env_filter(filter).init(),
         // Otherwise a warning is a message to the user, worded as the others are.
-        Err(_) => log
+        None => log
             .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
             .event_format(render::Plain)
             .init(),

@@ -27,9 +27,44 @@ pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Warnings and errors as the user reads them without `SLUICE_LOG`: `sluice: warning: MESSAGE
-/// key=value…`, without the timestamp, level and module path of a log line.
+/// Warnings and errors as the user reads them without `SLUICE_LOG`: `sluice: warning: MESSAGE`,
+/// without the timestamp, level and module path of a log line. Fields beside the message (a log
+/// reader's `file=3`) follow it in words, `(file 3)`, a text one quoted (a path may hold spaces).
 pub struct Plain;
+
+/// One event's message and its other fields, as [`Plain`] writes them.
+#[derive(Default)]
+struct Sentence {
+    message: String,
+    fields: Vec<String>,
+}
+
+impl tracing::field::Visit for Sentence {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            // A number stays bare; a text given by `%` (a path) is quoted where it could be
+            // misread: empty, or holding a space or a quote.
+            let text = format!("{value:?}");
+            let text = if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c == '"')
+            {
+                format!("{text:?}")
+            } else {
+                text
+            };
+            self.fields.push(format!("{} {text}", field.name()));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.fields.push(format!("{} {value:?}", field.name()));
+        }
+    }
+}
 
 impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
 where
@@ -38,7 +73,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
@@ -47,8 +82,12 @@ where
             tracing::Level::WARN => "warning",
             _ => "note",
         };
-        write!(writer, "sluice: {what}: ")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        let mut sentence = Sentence::default();
+        event.record(&mut sentence);
+        write!(writer, "sluice: {what}: {}", sentence.message)?;
+        if !sentence.fields.is_empty() {
+            write!(writer, " ({})", sentence.fields.join(", "))?;
+        }
         writeln!(writer)
     }
 }
@@ -251,10 +290,9 @@ where
             } else {
                 "entries"
             };
-            extra += &format!(
-                "; deleted {} {entries} the source no longer has",
-                summary.deleted
-            );
+            // Not "that the source no longer has": with --delete-excluded the source may still
+            // have them, and a directory replaced by a file of its name is also counted.
+            extra += &format!("; deleted {} {entries} at the destination", summary.deleted);
         }
         outln!(
             "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}{extra}",
@@ -412,4 +450,45 @@ pub fn content_difference_json(path: &str, ranges: &[std::ops::Range<u64>]) {
         "event": "difference", "kind": "content", "path": path,
         "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A warning with fields beside its message: the message, then the fields in words, a text
+    /// that could be misread quoted.
+    #[test]
+    fn plain_writes_fields_after_the_message_in_words() {
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = written.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .event_format(Plain)
+            .with_writer(move || SharedBuf(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(file = 3, path = %"a b", "cannot unpack a packed block");
+            tracing::warn!("skipping x: a FIFO");
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "sluice: warning: cannot unpack a packed block (file 3, path \"a b\")\n\
+             sluice: warning: skipping x: a FIFO\n"
+        );
+    }
+
+    struct SharedBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 }

@@ -232,3 +232,130 @@ fn delete_removes_what_it_can_and_names_the_rest() {
     );
     assert_eq!(fs::read(x.join("kept")).unwrap(), b"kept");
 }
+
+/// Extras at the destination that the source does not have, owned by the user `dest` belongs
+/// to: a file and a directory that can go, and a directory `rodir` of which only `rodir/g` can
+/// (its `sub` is read-only, so `sub/h`, `sub` and `rodir` stay). Returns `sub`, to be opened
+/// again before the temporary directory is removed.
+fn extras_that_partly_go(dest: &Path) -> std::path::PathBuf {
+    let uid = fs::metadata(dest).unwrap().uid();
+    let gid = fs::metadata(dest).unwrap().gid();
+    fs::create_dir_all(dest.join("rodir/sub")).unwrap();
+    fs::create_dir_all(dest.join("okdir")).unwrap();
+    for f in ["rodir/g", "rodir/sub/h", "okdir/f", "okfile"] {
+        fs::write(dest.join(f), f).unwrap();
+    }
+    for p in [
+        "rodir",
+        "rodir/sub",
+        "rodir/g",
+        "rodir/sub/h",
+        "okdir",
+        "okdir/f",
+        "okfile",
+    ] {
+        std::os::unix::fs::chown(dest.join(p), Some(uid), Some(gid)).unwrap();
+    }
+    let sub = dest.join("rodir/sub");
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o555)).unwrap();
+    sub
+}
+
+/// A first copy of a one-file tree `src` into `dest`, as the unprivileged user; `None` where
+/// the tests cannot switch to one (then nothing can be shown).
+fn copied_as_user(d: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    fs::set_permissions(d, fs::Permissions::from_mode(0o777)).unwrap();
+    let src = d.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let dest = d.join("dest");
+    let out = sluice_as_user(&[Path::new("copy"), &src, &dest])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    if fs::metadata(dest.join("src")).unwrap().uid() == 0 {
+        return None;
+    }
+    Some((src, dest))
+}
+
+/// A deletion that fails part-way reports every entry it did remove, down to a file inside
+/// the directory that could not go, names each entry that could not be removed, and counts
+/// what went in the error (no summary is printed). Removed by `remove_dir_all`, `rodir/g` went
+/// unreported when `rodir/sub/h` stopped it.
+#[test]
+fn a_deletion_that_fails_part_way_names_what_it_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let Some((src, dest)) = copied_as_user(d.path()) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    let sub = extras_that_partly_go(&dest.join("src"));
+    let out = sluice_as_user(&[
+        Path::new("--json"),
+        Path::new("copy"),
+        Path::new("--delete"),
+        &src,
+        &dest,
+    ])
+    .unwrap();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    let mut deleted: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "deleted")
+        .map(|e| e["path"].as_str().unwrap().to_owned())
+        .collect();
+    deleted.sort();
+    assert_eq!(deleted, ["src/okdir", "src/okfile", "src/rodir/g"], "{err}");
+    assert!(!dest.join("src/rodir/g").exists() && !dest.join("src/okdir").exists());
+    assert!(dest.join("src/rodir/sub/h").exists());
+    let h = dest.join("src/rodir/sub/h");
+    assert!(
+        err.contains(&format!(
+            "sluice: warning: not deleted: {}: Permission denied",
+            h.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("3 entries were deleted"), "{err}");
+}
+
+/// A deletion that fails at a receiver fails `send` as it fails `copy`: a local error (exit 5,
+/// kind `Local`) in the receiver's words, not a refusal (exit 4, "protocol: peer aborted").
+#[test]
+fn a_deletion_that_fails_at_the_receiver_fails_send_as_it_fails_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let Some((src, dest)) = copied_as_user(d.path()) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    let sub = extras_that_partly_go(&dest.join("src"));
+    let Some(recv) = Recv::start_as_user(&dest, &["--json"], &["--allow-delete"]) else {
+        eprintln!("skipped: no setpriv");
+        return;
+    };
+    let out = sluice()
+        .args(["--json", "send", "--delete"])
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    let r = recv.wait();
+    fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+    let last = |o: &std::process::Output| {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let line = text.lines().last().unwrap_or_default().to_owned();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default()
+    };
+    assert_eq!(r.status.code(), Some(5), "{}", stderr(&r));
+    let e = last(&out);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(e["kind"], "Local", "{e}");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("the receiver failed: deleting") && message.contains("sub/h"),
+        "{message}"
+    );
+    assert!(!message.contains("protocol"), "{message}");
+}

@@ -298,6 +298,175 @@ fn delete_keeps_excluded_entries_inside_a_directory_it_removes() {
     assert_eq!(paths_of(&out, "deleted"), ["src/old/"]);
 }
 
+/// An entry whose type changed at the source is replaced under `--delete`, and what that
+/// removes is reported as every other deletion is: a `deleted` event (a line without
+/// `--json`) for the directory a file or a symlink replaced and for the file a directory
+/// replaced, all counted in the summary. It went silently, `deleted: 0`.
+#[test]
+fn delete_reports_what_a_type_change_replaces() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("y")).unwrap();
+    fs::write(src.join("x"), b"now a file").unwrap();
+    fs::write(src.join("y/f"), b"in a directory now").unwrap();
+    std::os::unix::fs::symlink("x", src.join("l")).unwrap();
+    let dest = d.path().join("dest");
+    fs::create_dir_all(dest.join("src/x/sub")).unwrap();
+    fs::write(dest.join("src/x/inner"), b"old").unwrap();
+    fs::write(dest.join("src/x/sub/deep"), b"old").unwrap();
+    fs::write(dest.join("src/y"), b"was a file").unwrap();
+    fs::create_dir_all(dest.join("src/l")).unwrap();
+    fs::write(dest.join("src/l/in-the-way"), b"old").unwrap();
+    let out = sluice()
+        .args(["--json", "copy", "--delete"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(summary(&out)["deleted"], 3, "{}", stdout(&out));
+    assert_eq!(paths_of(&out, "deleted"), ["src/l/", "src/x/", "src/y"]);
+    assert_eq!(fs::read(dest.join("src/x")).unwrap(), b"now a file");
+    assert_eq!(
+        fs::read(dest.join("src/y/f")).unwrap(),
+        b"in a directory now"
+    );
+    assert_eq!(fs::read_link(dest.join("src/l")).unwrap(), Path::new("x"));
+
+    // The other way back, in words.
+    fs::remove_file(src.join("x")).unwrap();
+    fs::create_dir(src.join("x")).unwrap();
+    let out = sluice()
+        .args(["copy", "--delete"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("deleted: src/x\n"), "{text}");
+    assert!(
+        text.contains("; deleted 1 entry at the destination"),
+        "{text}"
+    );
+    assert!(dest.join("src/x").is_dir());
+}
+
+/// A directory the patterns keep something in is not replaced by a file of its name: the file
+/// fails naming the directory, what it holds and why, and nothing in it is deleted (rsync keeps
+/// excluded entries too: "cannot delete non-empty directory"). It was removed whole, excluded
+/// entries and all, without a word. `--delete-excluded` replaces it, and says so.
+#[test]
+fn a_directory_holding_excluded_entries_is_not_replaced_by_a_file() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("x"), b"now a file").unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    let dest = d.path().join("dest");
+    let x = dest.join("src/x");
+    fs::create_dir_all(x.join("deep")).unwrap();
+    fs::write(x.join("deep/keep.o"), b"excluded").unwrap();
+    fs::write(x.join("drop.c"), b"not excluded").unwrap();
+    let copy = |args: &[&str]| {
+        sluice()
+            .arg("copy")
+            .args(args)
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    for patterns in [&["--exclude", "*.o"], &["--exclude", "x/"]] {
+        let out = copy(&[&["--delete"][..], patterns].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(7), "{patterns:?}: {err}");
+        assert!(
+            err.contains("src/x") && err.contains("cannot be replaced by a file"),
+            "{patterns:?}: {err}"
+        );
+        assert!(err.contains("nothing in it was deleted"), "{err}");
+        assert!(x.join("deep/keep.o").exists() && x.join("drop.c").exists());
+        assert_eq!(fs::read(dest.join("src/a")).unwrap(), b"a");
+    }
+    let err = stderr(&copy(&["--delete", "--exclude", "*.o"]));
+    assert!(
+        err.contains("\"src/x/deep/keep.o\""),
+        "names what it keeps: {err}"
+    );
+
+    let out = copy(&["--delete-excluded", "--exclude", "*.o"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("deleted: src/x/\n"), "{text}");
+    // Not "the source no longer has": it still has what it excludes.
+    assert!(
+        text.contains("; deleted 1 entry at the destination"),
+        "{text}"
+    );
+    assert_eq!(fs::read(&x).unwrap(), b"now a file");
+}
+
+/// A pattern that starts with `-` is taken as given after `--exclude`, as rsync takes it (clap
+/// read `-leading.txt` as flags and suggested `-- -l`, which failed too).
+#[test]
+fn a_pattern_may_start_with_a_dash() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("-leading.txt"), b"left out").unwrap();
+    fs::write(src.join("kept.txt"), b"kept").unwrap();
+    let dest = d.path().join("dest");
+    let out = sluice()
+        .args(["copy", "--exclude", "-leading.txt"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dest.join("src")), ["kept.txt"]);
+}
+
+/// In an exclude file, rsync's `- PATTERN` excludes PATTERN; an include rule (`+ PATTERN`)
+/// and `!` (clear the list) are refused naming the file and the line, before anything is
+/// made. All were read as names, so that such a file excluded nothing.
+#[test]
+fn exclude_from_takes_rsyncs_exclude_prefix_and_refuses_include_rules() {
+    let d = tempfile::tempdir().unwrap();
+    let src = project(d.path());
+    let dest = d.path().join("dest");
+    let list = d.path().join("rules");
+    let copy = |list: &Path| {
+        sluice()
+            .arg("copy")
+            .arg("--exclude-from")
+            .arg(list)
+            .args(exclude_args(&["/build", "/docs/**", "other/**/a.md"]))
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap()
+    };
+    for (rules, line, says) in [
+        ("- *.o\n+ keep\n", 2, "\"+ keep\" is an include rule"),
+        ("# comment\n!\n", 2, "\"!\" is rsync's clearing"),
+    ] {
+        fs::write(&list, rules).unwrap();
+        let out = copy(&list);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{rules:?}: {err}");
+        assert!(
+            err.contains(&format!("--exclude-from {} line {line}: ", list.display()))
+                && err.contains(says),
+            "{rules:?}: {err}"
+        );
+        assert!(!dest.exists(), "nothing made");
+    }
+    fs::write(&list, "- *.o\n- cache/\n").unwrap();
+    let out = copy(&list);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(listing(&dest.join("proj")), KEPT);
+}
+
 over_both! {
     /// Across the wire: the sender's patterns reach the receiver, whose deletion leaves what
     /// they match alone; with `--delete-excluded` they are not sent and it goes too.

@@ -966,7 +966,7 @@ over_both! {
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
         assert!(text.contains("deleted: dl/extra\n"), "{text}");
-        assert!(text.contains("; deleted 1 entry the source no longer has"), "{text}");
+        assert!(text.contains("; deleted 1 entry at the destination"), "{text}");
 
         extras(&dest);
         let recv = Recv::start_full(&dest, &["--json"], &["--allow-delete"]);

@@ -560,3 +560,35 @@ fn a_mistyped_transport_variable_fails_only_commands_that_open_a_link() {
     );
     assert!(!d.path().join("dest").exists(), "copied despite the error");
 }
+
+/// A warning reads as a sentence naming its path, as `skipping PATH: a FIFO` does, not with
+/// log fields after it (`skipping: … path=PATH`, ambiguous for a path with a space); and an
+/// empty `SLUICE_LOG` asks for no log, so warnings still print (it silenced them all).
+#[test]
+fn warnings_are_sentences_and_an_empty_log_variable_keeps_them() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("a tree");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    // The part file of an interrupted transfer into this tree: skipped with a warning.
+    fs::write(src.join(".x.sluice-part"), b"partial").unwrap();
+    let part = src.join(".x.sluice-part");
+    let says = format!(
+        "sluice: warning: skipping {}: a partial file of an interrupted Sluice transfer",
+        part.display()
+    );
+    for log in [None, Some(""), Some(" ")] {
+        let mut c = sluice();
+        c.arg("copy").arg(&src).arg(d.path().join("dest"));
+        c.env_remove("SLUICE_LOG");
+        if let Some(v) = log {
+            c.env("SLUICE_LOG", v);
+        }
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{log:?}: {err}");
+        assert!(err.contains(&says), "SLUICE_LOG={log:?}: {err}");
+        assert!(!err.contains("path="), "{log:?}: {err}");
+    }
+    assert_eq!(fs::read(d.path().join("dest/a tree/f")).unwrap(), b"data");
+}

@@ -264,6 +264,23 @@ impl Recv {
         Self::spawn(c, dest, &[], recv_options)
     }
 
+    /// [`Recv::start_full`] as the unprivileged user [`sluice_as_user`] runs as; `None` where
+    /// root cannot switch users here (no `setpriv`).
+    pub fn start_as_user(dest: &Path, options: &[&str], recv_options: &[&str]) -> Option<Recv> {
+        if !is_root() {
+            return Some(Self::start_full(dest, options, recv_options));
+        }
+        Command::new("setpriv").arg("--version").output().ok()?;
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_sluice"))
+            .stdin(Stdio::null());
+        if !TRANSPORT.get().is_empty() {
+            c.env("SLUICE_TRANSPORT", TRANSPORT.get());
+        }
+        Some(Self::spawn(c, dest, options, recv_options))
+    }
+
     /// [`Recv::start`] with global options (`--json`) and options of `recv` itself.
     pub fn start_full(dest: &Path, options: &[&str], recv_options: &[&str]) -> Recv {
         Self::spawn(sluice(), dest, options, recv_options)
@@ -355,12 +372,17 @@ impl Drop for Recv {
     }
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
 /// `sluice ARGS` as `nobody` if this process is root, else as this user. `None` where root
 /// cannot switch users here (no `setpriv`).
 pub fn sluice_as_user(args: &[&Path]) -> Option<Output> {
-    let root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
+    let root = is_root();
     let mut c = if root {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
