@@ -14,6 +14,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use sluice_proto::codec::MAX_STRING_LEN;
 use sluice_proto::exclude::Excludes;
 use sluice_proto::message::{Entry, EntryKind, SourceVersion};
 
@@ -267,6 +268,22 @@ fn walk(
             (EntryKind::Dir, 0, String::new())
         } else if ft.is_symlink() {
             match fs::read_link(&local) {
+                // A target too long to cross would be cut: the link fails alone instead.
+                Ok(target) if wire_name(target.as_os_str()).len() > MAX_STRING_LEN => {
+                    let why = format!(
+                        "its target is {} bytes as sent, over the limit of {MAX_STRING_LEN} \
+                         (each byte of a name that is not UTF-8 takes three)",
+                        wire_name(target.as_os_str()).len()
+                    );
+                    unreadable(
+                        Error::file("cannot send", &local)(std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            why,
+                        )),
+                        &local,
+                    )?;
+                    continue;
+                }
                 Ok(target) => (EntryKind::Symlink, 0, wire_name(target.as_os_str())),
                 Err(e) => {
                     unreadable(Error::file("reading link", &local)(e), &local)?;
@@ -311,6 +328,27 @@ fn walk(
                     path: local.clone(),
                     why: "its name is reserved for Sluice's partial files (.NAME.sluice-part, .NAME.sluice-journal)",
                 })
+            }
+            // Too long to cross: this entry fails alone, named, and the rest goes (as a path
+            // the system itself finds too long).
+            Err(sluice_proto::path::PathError::TooLong(_)) if local != root => {
+                let why = format!(
+                    "its path is {} bytes as sent, over the limit of {MAX_STRING_LEN}{}",
+                    rel.len(),
+                    if rel.len() > sluice_proto::path::name_to_bytes(&rel).len() {
+                        " (each byte of a name that is not UTF-8 takes three)"
+                    } else {
+                        ""
+                    }
+                );
+                unreadable(
+                    Error::file("cannot send", &local)(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        why,
+                    )),
+                    &local,
+                )?;
+                continue;
             }
             Err(e) => {
                 return Err(Error::Destination {

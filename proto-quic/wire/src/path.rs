@@ -72,6 +72,22 @@ pub fn name_to_bytes(text: &str) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// `path` (wire text) for a message: quoted, and cut to its first and last 40 characters when longer, so
+/// that a path of thousands of bytes does not fill the screen.
+fn shown(path: &str) -> String {
+    // The bytes a name stands for, as a terminal shows them, not the wire's private-use
+    // characters.
+    let raw = name_to_bytes(path);
+    let path = String::from_utf8_lossy(&raw);
+    let chars = path.chars().count();
+    if chars <= 100 {
+        return format!("{path:?}");
+    }
+    let head: String = path.chars().take(40).collect();
+    let tail: String = path.chars().skip(chars - 40).collect();
+    format!("{:?}", format!("{head}…{tail}"))
+}
+
 /// Suffix of the receiver's in-progress files: `.NAME.sluice-part` beside `NAME`.
 pub const PART_SUFFIX: &str = ".sluice-part";
 /// Suffix of the resume journal beside a part file: `.NAME.sluice-journal`.
@@ -106,9 +122,23 @@ pub enum PathError {
     /// A component was empty or `.`.
     #[error("path {0:?} has an empty or '.' component")]
     OddComponent(String),
-    /// The path held a NUL byte or was too long.
-    #[error("path {0:?} has a NUL byte or is longer than {MAX_STRING_LEN} bytes")]
+    /// The path held a NUL byte.
+    #[error("path {} has a NUL byte", shown(.0))]
     Malformed(String),
+    /// The path was longer on the wire than [`MAX_STRING_LEN`] bytes. A name that is not
+    /// UTF-8 takes three bytes on the wire for each byte of it ([`name_from_bytes`]), so a
+    /// path of bytes from, say, Latin-1 reaches the bound at about a third of it.
+    #[error(
+        "path {} is {} bytes as sent, over the limit of {MAX_STRING_LEN}{}",
+        shown(.0),
+        .0.len(),
+        if .0.len() > name_to_bytes(.0).len() {
+            " (each byte of a name that is not UTF-8 takes three)"
+        } else {
+            ""
+        }
+    )]
+    TooLong(String),
     /// A component had the form of the receiver's partial files ([`is_reserved`]).
     #[error("path {0:?} has a name reserved for Sluice's partial files (.NAME{PART_SUFFIX}, .NAME{JOURNAL_SUFFIX})")]
     Reserved(String),
@@ -119,7 +149,10 @@ pub fn validate(path: &str) -> Result<Vec<&str>, PathError> {
     if path.is_empty() {
         return Err(PathError::Empty);
     }
-    if path.len() > MAX_STRING_LEN || path.contains('\0') {
+    if path.len() > MAX_STRING_LEN {
+        return Err(PathError::TooLong(path.to_owned()));
+    }
+    if path.contains('\0') {
         return Err(PathError::Malformed(path.to_owned()));
     }
     if path.starts_with('/') {
@@ -243,7 +276,18 @@ mod tests {
         assert!(matches!(validate("a\0b"), Err(PathError::Malformed(_))));
         assert!(matches!(
             validate(&"a".repeat(5000)),
-            Err(PathError::Malformed(_))
+            Err(PathError::TooLong(_))
         ));
+    }
+
+    #[test]
+    fn a_long_path_is_named_short_with_its_length() {
+        let latin1 = name_from_bytes(&[0xe9; 1500]).into_owned();
+        let e = validate(&latin1).unwrap_err().to_string();
+        assert!(e.contains("4500 bytes as sent"), "{e}");
+        assert!(e.contains("not UTF-8 takes three"), "{e}");
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        let ascii = validate(&"a".repeat(5000)).unwrap_err().to_string();
+        assert!(!ascii.contains("three"), "{ascii}");
     }
 }

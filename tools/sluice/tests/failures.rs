@@ -627,3 +627,46 @@ fn two_transfers_to_one_file_never_mix() {
         );
     }
 }
+
+/// A name that is not UTF-8 takes three bytes on the wire for each of its bytes, so a Latin-1
+/// path of 1,512 bytes is over the wire's 4,096-byte bound. It failed the whole copy before
+/// anything was written, with "has a NUL byte or is longer than 4096 bytes" and 24 KB of
+/// escaped text (a new user's report). Now it fails alone, as a path the system finds too long
+/// does: named, its length said, and the rest of the tree arrives; a symlink whose target is
+/// too long likewise (its target was cut to fit).
+#[test]
+fn a_path_too_long_to_cross_fails_alone() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("s");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("normal.txt"), b"normal").unwrap();
+    std::fs::write(src.join("sub/n2"), b"n2").unwrap();
+    let mut deep = src.clone();
+    for _ in 0..6 {
+        deep.push(std::ffi::OsStr::from_bytes(&[0xe9; 250]));
+        std::fs::create_dir(&deep).unwrap();
+    }
+    std::fs::write(deep.join("leaf"), b"deep latin-1").unwrap();
+    let target = std::ffi::OsStr::from_bytes(&[0xe8; 1500]);
+    std::os::unix::fs::symlink(target, src.join("long-link")).unwrap();
+    let dest = d.path().join("d");
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("its path is 4507 bytes as sent, over the limit of 4096"),
+        "{err}"
+    );
+    assert!(
+        err.contains("long-link")
+            && err.contains("its target is 4500 bytes as sent, over the limit of 4096"),
+        "{err}"
+    );
+    assert!(err.contains("not UTF-8 takes three"), "{err}");
+    assert!(!err.contains("NUL"), "{err}");
+    assert!(err.len() < 16_000, "{} bytes of messages", err.len());
+    assert_eq!(std::fs::read(dest.join("s/normal.txt")).unwrap(), b"normal");
+    assert_eq!(std::fs::read(dest.join("s/sub/n2")).unwrap(), b"n2");
+    assert!(std::fs::symlink_metadata(dest.join("s/long-link")).is_err());
+}
