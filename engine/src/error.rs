@@ -68,6 +68,16 @@ pub enum Error {
         /// [`ErrorKind::Local`] or [`ErrorKind::NoSpace`].
         kind: ErrorKind,
     },
+    /// The receiver is serving another sender, and takes one at a time.
+    #[error(
+        "{peer} refused the connection: the receiver there is serving another sender (a \
+         `sluice recv` takes one sender; start another receiver, with its own ticket, for this \
+         one)"
+    )]
+    Busy {
+        /// The receiver's address.
+        peer: String,
+    },
     /// Bytes from the peer did not decode.
     #[error("malformed data from peer: {0}")]
     Decode(#[from] DecodeError),
@@ -231,7 +241,9 @@ impl Error {
                 code: ErrorCode::NoSpace,
                 ..
             }) => ErrorKind::NoSpace,
-            Error::Session(_) | Error::Decode(_) | Error::Tls(_) => ErrorKind::Refused,
+            Error::Session(_) | Error::Decode(_) | Error::Tls(_) | Error::Busy { .. } => {
+                ErrorKind::Refused
+            }
             // Still there after every attempt: running the same command again resumes.
             Error::Connection { .. }
             | Error::DatabaseLost { .. }

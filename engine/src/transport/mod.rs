@@ -60,6 +60,10 @@ impl fmt::Display for Kind {
     }
 }
 
+/// The code a receiver closes a link with when it already serves another sender
+/// ([`Error::Busy`] at the sender).
+pub const CLOSED_BUSY: u32 = 2;
+
 /// How a link ended, as far as this side knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
@@ -588,6 +592,9 @@ pub async fn explain<T>(
         let _ = tokio::time::timeout(Duration::from_millis(500), link.closed()).await;
     }
     let detail = match link.ended() {
+        Some(Ended::ByPeer {
+            code: CLOSED_BUSY, ..
+        }) => return Err(Error::Busy { peer }),
         Some(Ended::ByPeer { code, reason }) if code != 0 || !reason.is_empty() => {
             format!("{who} aborted: {reason}")
         }

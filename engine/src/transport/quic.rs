@@ -271,6 +271,13 @@ async fn handshake(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
             // A TLS alert: the pinned certificate did not match (or no common protocol).
             return Err(Error::Tls(tls::TlsError::Handshake(t.to_string())));
         }
+        Ok(Err(quinn::ConnectionError::ConnectionClosed(c)))
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            return Err(Error::Busy {
+                peer: peer.to_string(),
+            });
+        }
         Ok(r) => r.map_err(|e| err(&e))?,
         Err(_) => {
             return Err(err(&format!(
@@ -323,9 +330,17 @@ impl Server {
         self.endpoint.accept().await
     }
 
-    /// Refuses every new connection; those established go on.
+    /// Refuses every new connection, saying so (QUIC's CONNECTION_REFUSED: the sender reports
+    /// [`Error::Busy`] at once); those established go on. An endpoint without a server
+    /// configuration answered nothing, and a second sender waited 3 s, tried TCP as if UDP
+    /// were blocked, and exited as if the link had failed.
     pub fn stop_accepting(&self) {
-        self.endpoint.set_server_config(None);
+        let endpoint = self.endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                incoming.refuse();
+            }
+        });
     }
 
     /// Completes the handshake of `incoming`.

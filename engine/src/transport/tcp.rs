@@ -846,8 +846,11 @@ impl Server {
                                     | mpsc::error::TrySendError::Closed(l) => l,
                                 };
                                 if let Ok(link) = link {
-                                    link.close(1, b"the receiver is serving another sender")
-                                        .await;
+                                    link.close(
+                                        super::CLOSED_BUSY,
+                                        b"the receiver is serving another sender",
+                                    )
+                                    .await;
                                 }
                             }
                         }

@@ -108,8 +108,9 @@ fn close_on_signals(json: bool) {
                 STOPPED_BY.store(sig, std::sync::atomic::Ordering::SeqCst);
                 let name = signal_name(sig);
                 sluice_engine::transport::quic::interrupt(&format!(
-                    "the other side's sluice was stopped ({name}); run the same command again \
-                     to resume"
+                    "the other side's sluice was stopped ({name}); start the transfer again \
+                     to resume (with a new receiver and its ticket if the receiver was the \
+                     one stopped)"
                 ));
                 if json {
                     render::json_line(&serde_json::json!({
@@ -239,7 +240,7 @@ fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
         message.push_str(&text);
     }
     if kind == Some(ErrorKind::NoSpace) {
-        message.push_str(" (free space at the destination and run the same command again: the partial file is kept and the transfer resumes; a file that replaces an older one needs room for both until it is verified, and --inplace updates the older one where it lies instead)");
+        message.push_str(" (free space at the destination and start the transfer again, with a new `sluice recv` into the same directory after a `send`: the partial file is kept and the transfer resumes; a file that replaces an older one needs room for both until it is verified, and --inplace updates the older one where it lies instead)");
     }
     message
 }

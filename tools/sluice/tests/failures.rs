@@ -239,6 +239,8 @@ over_both! {
         assert_eq!(out.status.code(), Some(3), "{err}");
         if transport() != sluice_engine::transport::Choice::Tcp {
             assert!(err.contains("stopped (interrupted)"), "sender said: {err}");
+            // The same command cannot work: that receiver, and its ticket, are gone.
+            assert!(err.contains("with a new receiver and its ticket"), "sender said: {err}");
         }
         let out = recv.wait();
         assert_eq!(out.status.code(), Some(128 + 2), "{}", stderr(&out));
@@ -669,4 +671,39 @@ fn a_path_too_long_to_cross_fails_alone() {
     assert_eq!(std::fs::read(dest.join("s/normal.txt")).unwrap(), b"normal");
     assert_eq!(std::fs::read(dest.join("s/sub/n2")).unwrap(), b"n2");
     assert!(std::fs::symlink_metadata(dest.join("s/long-link")).is_err());
+}
+
+over_both! {
+    /// A second sender on a ticket whose receiver already serves one: refused at once, exit 4
+    /// (the peer refused), saying why; the first transfer goes on. Over QUIC the receiver
+    /// answered nothing: the sender waited 3 s, tried TCP "as UDP may be blocked", and exited
+    /// 3 as for a broken link (a new user's report).
+    fn a_second_sender_is_refused_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let (recv, send) = sending_big_file_with(d.path(), &["--max-rate", "2G"], &[]);
+        let other = d.path().join("other.txt");
+        std::fs::write(&other, b"another file").unwrap();
+        let started = Instant::now();
+        let out = sluice()
+            .arg("send")
+            .arg(&other)
+            .arg(&recv.ticket)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}: {err}",
+            started.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.contains("serving another sender"), "{err}");
+        assert!(!err.contains("UDP"), "{err}");
+        let out = send.wait_with_output().unwrap();
+        assert!(out.status.success(), "first sender: {}", stderr(&out));
+        let out = recv.wait();
+        assert!(out.status.success(), "receiver: {}", stderr(&out));
+        assert_eq!(b3(&d.path().join("dest/big.bin")), b3(&d.path().join("big.bin")));
+        assert!(!d.path().join("dest/other.txt").exists());
+    }
 }
