@@ -125,6 +125,26 @@ pub fn copy(
         });
     }
     let dir = target.as_ref().map_or(dest, |(dir, _)| dir.as_path());
+    // `copy a .` beside `a`: its own name in the destination is itself (cp: "are the same
+    // file"); it was read and compared with itself.
+    let entry_id = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .ok()
+    };
+    if target.is_none() {
+        if let Some(src) = sources.iter().find(|s| {
+            s.file_name().is_some_and(|name| {
+                entry_id(s).is_some() && entry_id(s) == entry_id(&dest.join(name))
+            })
+        }) {
+            return Err(Error::Source {
+                path: src.clone(),
+                why: "it is the destination itself (source and destination are the same file)",
+            });
+        }
+    }
     // A missing or twice-named source is said before the destination is made.
     manifest::top_names(sources)?;
     if let Some(src) = sources.iter().find(|s| s.is_dir() && inside(dir, s)) {

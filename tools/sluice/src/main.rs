@@ -250,10 +250,34 @@ fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
 fn split_sources<'a>(args: &'a [PathBuf], last: &str) -> (&'a [PathBuf], &'a PathBuf) {
     match args.split_last() {
         Some((last_arg, sources)) if !sources.is_empty() => (sources, last_arg),
-        _ => Cli::command()
+        // A ticket alone: the sources are what is missing.
+        Some((only, _))
+            if last.contains("TICKET")
+                && only
+                    .to_str()
+                    .is_some_and(|t| t.parse::<sluice_proto::ticket::Ticket>().is_ok()) =>
+        {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::TooFewValues,
+                    format!("give at least one source (SRC...) before {last}"),
+                )
+                .exit()
+        }
+        // One path: the destination (or ticket) is what is missing, as cp says it.
+        Some((only, _)) => Cli::command()
             .error(
                 clap::error::ErrorKind::TooFewValues,
-                format!("give at least one source (SRC...) before {last}"),
+                format!(
+                    "missing {last} after {:?}: give SRC... {last}",
+                    only.display().to_string()
+                ),
+            )
+            .exit(),
+        None => Cli::command()
+            .error(
+                clap::error::ErrorKind::TooFewValues,
+                format!("give at least one source (SRC...) and {last}"),
             )
             .exit(),
     }

@@ -219,6 +219,43 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
         },
     );
 
+    // A source copied into its own directory: its name there is itself.
+    let (out, took) = run(&["copy", &p("file"), &d.path().to_string_lossy()]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "copy a file into its own directory",
+            code: 5,
+            says: &["file", "it is the destination itself"],
+        },
+    );
+
+    // One path where two are needed: what is missing is named, as cp says "missing destination
+    // file operand" (it blamed the source: "give at least one source (SRC...) before DEST_DIR").
+    for (args, says) in [
+        (
+            vec!["copy", "src/tree"],
+            "missing DEST_DIR after \"src/tree\"",
+        ),
+        (vec!["send", "FILE"], "missing TICKET after \"FILE\""),
+        (
+            vec!["send", ticket.as_str()],
+            "give at least one source (SRC...) before TICKET",
+        ),
+    ] {
+        let (out, took) = run(&args);
+        check(
+            out,
+            took,
+            Expect {
+                what: "one path",
+                code: 2,
+                says: &[says],
+            },
+        );
+    }
+
     // A port in use (UDP and TCP both held).
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = udp.local_addr().unwrap().port();
