@@ -49,7 +49,8 @@ pub(super) struct PieceJob {
     pub(super) piece: usize,
 }
 
-/// Piece hashes of a block; empty if it could not be read whole.
+/// Piece hashes of a block: of each whole piece the copy holds (all of them, or those before
+/// the copy's end where it ends inside the block); empty if it holds none.
 pub(super) struct Pieces {
     pub(super) id: u32,
     pub(super) index: u64,
@@ -79,15 +80,29 @@ pub(super) fn hash_pieces(jobs: std_mpsc::Receiver<PieceJob>, out: mpsc::Unbound
     while let Ok(job) = jobs.recv() {
         let len = job.len;
         buf.resize(len, 0);
-        let hashes = File::open(&job.path)
-            .and_then(|f| f.read_exact_at(&mut buf[..len], job.offset))
-            .map(|()| {
-                buf[..len]
-                    .chunks(job.piece.max(1))
-                    .map(piece_hash)
-                    .collect()
+        let piece = job.piece.max(1);
+        // Up to the copy's end, which may lie inside the block (an older, shorter version).
+        let held = File::open(&job.path)
+            .and_then(|f| {
+                let mut got = 0;
+                while got < len {
+                    match f.read_at(&mut buf[got..len], job.offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(got)
             })
-            .unwrap_or_default();
+            .unwrap_or(0);
+        // Whole pieces only: a piece the copy holds part of differs anyway.
+        let whole = if held == len {
+            len
+        } else {
+            held / piece * piece
+        };
+        let hashes = buf[..whole].chunks(piece).map(piece_hash).collect();
         let answer = Pieces {
             id: job.id,
             index: job.index,

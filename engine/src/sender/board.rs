@@ -287,6 +287,16 @@ impl HaveBoard {
         }
     }
 
+    /// Whether the receiver said (its `Holding`) that it holds the start of the bytes
+    /// `start..end` of file `id` but not their end: the older version it holds ends inside
+    /// that block (a file appended to, or shorter than a block).
+    pub(super) fn holds_the_start_of(&self, id: u32, start: u64, end: u64) -> bool {
+        self.lock()
+            .get(&id)
+            .and_then(|st| st.held)
+            .is_some_and(|len| len > start && len < end)
+    }
+
     /// Whether the receiver has said what it holds of block `index` of file `id` (so
     /// [`HaveBoard::wait_status`] would not wait).
     pub(super) fn status_known(&self, id: u32, index: u64, block_end: u64) -> bool {

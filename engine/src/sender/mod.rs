@@ -649,6 +649,11 @@ const EARLY_BYTES: u64 = 1 << 20;
 /// thread rather than queued ([`Reader::in_memory`]).
 const SHORT_READ: usize = 64 << 10;
 
+/// Stands for the hash of a block the receiver holds only the start of (its older version ends
+/// inside the block): equal to no block's chaining value, so the block is settled as one the
+/// receiver holds with another hash, and patched from the pieces it holds.
+const PARTIAL_COPY: Digest = [0; 32];
+
 /// The shortest handshake round trip at which [`EARLY_BYTES`] go early.
 const EARLY_MIN_RTT: std::time::Duration = std::time::Duration::from_millis(4);
 
@@ -1236,15 +1241,16 @@ impl Reader<'_> {
     }
 
     /// The bytes of `block` from the first piece whose hash differs from the receiver's,
-    /// `theirs`, to the end of the last; `None` if nothing differs or `theirs` does not have
-    /// one hash per piece of the block.
+    /// `theirs`, to the end of the last; `None` if nothing differs, or `theirs` is empty or has
+    /// more hashes than the block has pieces. Fewer: the receiver's copy ends inside the block
+    /// (its hashes are those of the whole pieces it holds), and the pieces past it differ.
     fn differing_span(&self, block: &[u8], theirs: &[PieceHash]) -> Option<Range<usize>> {
         let piece = piece_size(self.config.block_size) as usize;
         let ours: Vec<_> = block.chunks(piece).map(piece_hash).collect();
-        if theirs.len() != ours.len() {
+        if theirs.is_empty() || theirs.len() > ours.len() {
             return None;
         }
-        let differs = |i: &usize| theirs[*i] != ours[*i];
+        let differs = |i: &usize| theirs.get(*i) != Some(&ours[*i]);
         let first = (0..ours.len()).find(differs)?;
         let last = (0..ours.len()).rev().find(differs)?;
         Some(first * piece..((last + 1) * piece).min(block.len()))
@@ -1610,6 +1616,12 @@ impl Reader<'_> {
             });
         }
         let held = match &self.board {
+            // The receiver's older version ends inside this block: what it holds of the block
+            // is worth a patch (an append sent the whole last block, and every append to a file
+            // smaller than a block the whole file).
+            Some(b) if b.holds_the_start_of(src.entry.id, offset, offset + n as u64) => {
+                Held::Block(Some(PARTIAL_COPY))
+            }
             Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
             None => Held::Block(None),
         };
