@@ -982,6 +982,7 @@ mod tests {
             size: 10,
             link_target: String::new(),
             version: [0; 16],
+            owner: Default::default(),
         };
         let part = Destination::part_path(&d.path().join("f"));
         fs::write(&part, b"other's").unwrap();
