@@ -51,6 +51,7 @@ fn codec(c: &mut Criterion) {
                 size: 1 << 20,
                 link_target: String::new(),
                 version: [7; 16],
+                owner: Default::default(),
             }),
             &mut wire,
         );

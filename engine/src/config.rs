@@ -130,6 +130,12 @@ pub struct Config {
     /// still dropped), not under this process's umask. `copy` sets it: one user owns both ends,
     /// and `cp -a` and `rsync -a` keep modes exactly.
     pub exact_modes: bool,
+    /// Both ends: whether entries' owners and groups cross, and by name or by number
+    /// (`--no-owner`, `--no-group`, `--numeric-ids`). A sender lists what this keeps; a
+    /// receiver gives it only where it may give files away (root), and keeps setuid and setgid
+    /// only on an entry given the source's owner and group. Default: both, by name, as
+    /// `rsync -a`.
+    pub ownership: crate::owners::Ownership,
     /// Receiver: the most manifest entries one sender may announce (`--max-entries`). The
     /// receiver keeps a record of a few hundred bytes per entry for the whole transfer, so this
     /// bounds the memory a sender can make it spend.
@@ -191,6 +197,7 @@ impl Default for Config {
             allow_delete: false,
             allow_inplace: false,
             exact_modes: false,
+            ownership: crate::owners::Ownership::default(),
             max_entries: 2_000_000,
             max_depth: 256,
             control_queue: crate::control::BACKLOG_LIMIT,

@@ -25,13 +25,10 @@ use crate::manifest::{local_name, wire_name};
 use sluice_proto::path;
 
 use crate::error::{Error, Result};
+use crate::owners::{Given, Owners, Ownership};
 
 mod removal;
 use removal::{first_excluded, remove_tree, Removal};
-
-/// Permission bits applied from the manifest: setuid and setgid are dropped, so a peer cannot
-/// plant a privileged executable (as rsync does without `--perms` for a non-root receiver).
-const MODE_MASK: u32 = 0o1777;
 
 pub use sluice_proto::path::{JOURNAL_SUFFIX, PART_SUFFIX};
 
@@ -59,6 +56,11 @@ pub struct Destination {
     /// Permission bits the receiving process's umask clears from every mode a sender asks for:
     /// under the usual 022 a sender cannot make a file group- or world-writable here.
     umask: u32,
+    /// Who entries are given to: the source's owners where this process may give files away
+    /// (root), else nobody (they stay the receiving user's). Setuid and setgid are kept only
+    /// with the owner and group given ([`Given::mode_mask`]), so a peer cannot plant a
+    /// privileged executable that belongs to anyone but the owner it names.
+    owners: Owners,
     claims: Claims,
     dirs: KnownDirs,
     /// Directories whose names were checked for being exact (see [`Destination::names_exact`]).
@@ -133,6 +135,7 @@ impl Destination {
         Ok(Self {
             root,
             umask: process_umask(),
+            owners: Owners::default(),
             claims: Claims::default(),
             dirs: KnownDirs::default(),
             exact: KnownDirs::default(),
@@ -294,15 +297,34 @@ impl Destination {
     }
 
     /// Gives entries the sender's permission bits without this process's umask (setuid and
-    /// setgid are still dropped): for `copy`, whose one user owns both ends.
+    /// setgid still only with their owner and group, [`Destination::give_owners`]): for `copy`,
+    /// whose one user owns both ends.
     pub fn exact_modes(&mut self) {
         self.umask = 0;
     }
 
-    /// The permission bits a manifest `mode` becomes here: setuid and setgid dropped, the
-    /// receiver's umask applied.
-    fn mode(&self, mode: u32) -> u32 {
-        mode & MODE_MASK & !self.umask
+    /// Gives entries the owners and groups the sender lists, as `ownership` says, if this
+    /// process may give files away ([`crate::owners::may_give_away`]); otherwise (and by
+    /// default) entries belong to the receiving user. Returns whether it will.
+    pub fn give_owners(&mut self, ownership: Ownership) -> bool {
+        self.owners = Owners::new(ownership);
+        self.owners.gives()
+    }
+
+    /// The permission bits a manifest `mode` becomes here on an entry given `given`: setuid
+    /// only with its owner given, setgid only with its group, the receiver's umask applied.
+    fn mode(&self, mode: u32, given: Given) -> u32 {
+        mode & given.mode_mask() & !self.umask
+    }
+
+    /// Gives the open entry `f` (at `path`) the owner and group `given` says, if any. A
+    /// change of owner clears setuid and setgid, so the mode is set after.
+    fn give(f: &File, given: Given, path: &Path) -> Result<()> {
+        if !given.any() {
+            return Ok(());
+        }
+        let (uid, gid) = given.rustix();
+        rustix::fs::fchown(f, uid, gid).map_err(|e| owner_error(e, given, path))
     }
 
     /// The destination directory.
@@ -599,10 +621,12 @@ impl Destination {
         self.set_metadata(&f, entry, path)
     }
 
-    /// Gives the open verified file `f` (at `path`) the entry's permissions (under the
-    /// receiver's umask) and mtime.
+    /// Gives the open verified file `f` (at `path`) the entry's owner and group (where this
+    /// receiver gives them), then its permissions (under the receiver's umask) and mtime.
     pub fn set_metadata(&self, f: &File, entry: &Entry, path: &Path) -> Result<()> {
-        f.set_permissions(fs::Permissions::from_mode(self.mode(entry.mode)))
+        let given = self.owners.given(&entry.owner);
+        Self::give(f, given, path)?;
+        f.set_permissions(fs::Permissions::from_mode(self.mode(entry.mode, given)))
             .map_err(Error::file("setting permissions of", path))?;
         f.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", path))
@@ -692,6 +716,19 @@ impl Destination {
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         ) {
             tracing::debug!(path = %at.display(), "cannot set the symlink's mtime ({e})");
+        }
+        // The link's own owner (lchown), not its target's.
+        let given = self.owners.given(&entry.owner);
+        if given.any() {
+            let (uid, gid) = given.rustix();
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                &at,
+                uid,
+                gid,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| owner_error(e, given, &at))?;
         }
         Ok(())
     }
@@ -785,20 +822,40 @@ impl Destination {
         Ok(())
     }
 
-    /// Sets a directory's permissions and mtime (done last, after its contents are in place).
+    /// Sets a directory's owner and group (where this receiver gives them), permissions and
+    /// mtime (done last, after its contents are in place).
     pub fn finish_dir(&self, entry: &Entry) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
         let at = self.resolve(&entry.path)?;
         if !fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
             return Ok(());
         }
         // Times first: a mode without read permission (0o000, 0o311) would keep its owner from
         // opening it afterwards.
-        let d = File::open(&at).map_err(Error::file("opening", &at))?;
+        let d = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+            .open(&at)
+            .map_err(Error::file("opening", &at))?;
         d.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", &at))?;
-        fs::set_permissions(&at, fs::Permissions::from_mode(self.mode(entry.mode)))
+        let given = self.owners.given(&entry.owner);
+        Self::give(&d, given, &at)?;
+        d.set_permissions(fs::Permissions::from_mode(self.mode(entry.mode, given)))
             .map_err(Error::file("setting permissions of", &at))
     }
+}
+
+/// A failed `chown`, naming the file and the owner it was to get, and what leaves owners alone.
+fn owner_error(e: rustix::io::Errno, given: Given, path: &Path) -> Error {
+    Error::file("setting owner and group of", path)(io::Error::new(
+        io::Error::from(e).kind(),
+        format!(
+            "to {given}: {} (a filesystem that cannot keep owners? --no-owner and --no-group \
+             leave them to the receiving user)",
+            io::Error::from(e)
+        ),
+    ))
 }
 
 /// See [`Destination::names_exact`].
@@ -982,6 +1039,7 @@ mod tests {
             size: 10,
             link_target: String::new(),
             version: [0; 16],
+            owner: Default::default(),
         };
         let part = Destination::part_path(&d.path().join("f"));
         fs::write(&part, b"other's").unwrap();
@@ -1054,20 +1112,32 @@ mod tests {
         }
     }
 
-    /// Modes asked for by the sender lose setuid/setgid and what the receiver's umask clears.
+    /// Modes asked for by the sender lose what the receiver's umask clears, and setuid and
+    /// setgid unless the entry was given its owner and group.
     #[test]
     fn modes_lose_setuid_and_the_umask() {
         let d = tempfile::tempdir().unwrap();
         let mut dest = Destination::new(d.path()).unwrap();
+        let none = Given::default();
         dest.umask = 0o022;
-        assert_eq!(dest.mode(0o4777), 0o755);
-        assert_eq!(dest.mode(0o666), 0o644);
-        assert_eq!(dest.mode(0o1777), 0o1755);
+        assert_eq!(dest.mode(0o4777, none), 0o755);
+        assert_eq!(dest.mode(0o666, none), 0o644);
+        assert_eq!(dest.mode(0o1777, none), 0o1755);
         dest.umask = 0o077;
-        assert_eq!(dest.mode(0o644), 0o600);
+        assert_eq!(dest.mode(0o644, none), 0o600);
         dest.exact_modes();
-        assert_eq!(dest.mode(0o6775), 0o775);
-        assert_eq!(dest.mode(0o1777), 0o1777);
+        assert_eq!(dest.mode(0o6775, none), 0o775);
+        assert_eq!(dest.mode(0o1777, none), 0o1777);
+        let owner = Given {
+            uid: Some(1234),
+            gid: None,
+        };
+        assert_eq!(dest.mode(0o6775, owner), 0o4775);
+        let both = Given {
+            uid: Some(1234),
+            gid: Some(5678),
+        };
+        assert_eq!(dest.mode(0o6775, both), 0o6775);
     }
 
     #[test]

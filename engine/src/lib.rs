@@ -21,7 +21,7 @@
 //!
 //! The modules, by job: [`manifest`] lists what is sent; [`ring`] bounds memory; [`blockio`]
 //! (io_uring or pread/pwrite) reads and writes blocks; [`merkle`] hashes them; [`dest`] guards the
-//! destination; `sender`/`receiver` run the two ends; [`transport`] carries them (QUIC or
+//! destination; [`owners`] says who owns what arrives; `sender`/`receiver` run the two ends; [`transport`] carries them (QUIC or
 //! TCP); [`bench`] measures the data path without disks. `docs/architecture.md` draws the
 //! whole pipeline.
 
@@ -42,6 +42,7 @@ mod lanes;
 pub mod manifest;
 pub mod merkle;
 pub mod mmap;
+pub mod owners;
 pub mod pack;
 pub mod progress;
 mod receiver;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use sluice_proto::codec::MAX_STRING_LEN;
 use sluice_proto::exclude::Excludes;
-use sluice_proto::message::{Entry, EntryKind, SourceVersion};
+use sluice_proto::message::{Entry, EntryKind, Owner, SourceVersion};
 
 use crate::error::{Error, Result};
 
@@ -380,6 +380,12 @@ fn walk(
                     source_version(&meta)
                 } else {
                     [0; 16]
+                },
+                // Numbers only: names are the sender's to add (`owners::name_entries`).
+                owner: Owner {
+                    uid: Some(meta.uid()),
+                    gid: Some(meta.gid()),
+                    ..Owner::default()
                 },
             },
             local: local.clone(),

@@ -4,6 +4,12 @@
 //! Both sides are hashed block by block with the same chaining values a transfer uses
 //! ([`crate::merkle::block_cv`]), so a difference is reported at the granularity a delta transfer
 //! would re-send.
+//!
+//! Metadata is compared as far as a copy by this process would keep it: permission bits of
+//! files and directories always; owner, group, setuid and setgid only where this process may
+//! give files away ([`crate::owners::may_give_away`], root), since elsewhere a copy leaves them
+//! to its user ([`Report::owners_compared`] says which). Owners are compared by number: both
+//! trees are on this host. Modification times are not compared.
 
 use std::fs::{self, File};
 use std::ops::Range;
@@ -43,6 +49,25 @@ pub enum Difference {
     /// `--delete` would remove). Part files and journals of interrupted transfers are not
     /// counted: the entry they are for is reported missing or different already.
     Extra(String),
+    /// Permission bits differ (`st_mode & 0o7777`, or without setuid and setgid where owners
+    /// are not compared).
+    Mode {
+        /// The entry's path.
+        path: String,
+        /// The bits at the source.
+        source: u32,
+        /// The bits at the destination.
+        dest: u32,
+    },
+    /// Owner or group differ: `(uid, gid)` at each end.
+    Owner {
+        /// The entry's path.
+        path: String,
+        /// Owner and group at the source.
+        source: (u32, u32),
+        /// Owner and group at the destination.
+        dest: (u32, u32),
+    },
     /// Could not be compared: the source or the destination could not be read there.
     Unreadable {
         /// The entry's path (the local path, for what the source's listing could not read).
@@ -59,6 +84,9 @@ pub struct Report {
     pub entries: u64,
     /// What differs.
     pub differences: Vec<Difference>,
+    /// Whether owners, groups, setuid and setgid were compared: only by a process that may
+    /// give files away (root), as only its copies keep them.
+    pub owners_compared: bool,
 }
 
 /// Compares `sources` (as `sluice send` would name them) with what `dest` holds, leaving out
@@ -75,10 +103,13 @@ pub fn compare_local(
         None => (manifest::listed(sources, excludes)?, dest.to_path_buf()),
     };
     let manifest = listing.entries;
+    let owners_compared = crate::owners::may_give_away();
     let mut report = Report {
         entries: (manifest.len() + listing.unread.len()) as u64,
         differences: Vec::new(),
+        owners_compared,
     };
+    let mode_mask = if owners_compared { 0o7777 } else { 0o1777 };
     // What could not be read cannot be said to be the same: listed, not the end of the check.
     for e in listing.unread {
         report.differences.push(Difference::Unreadable {
@@ -105,6 +136,30 @@ pub fn compare_local(
         if !same_kind {
             report.differences.push(Difference::Kind(path));
             continue;
+        }
+        // A hard link's metadata is its file's, compared with the file; a symlink has no mode
+        // of its own on Linux, but an owner.
+        if matches!(e.entry.kind, EntryKind::File | EntryKind::Dir) {
+            let (source, dest) = (e.entry.mode & mode_mask, meta.mode() & mode_mask);
+            if source != dest {
+                report.differences.push(Difference::Mode {
+                    path: path.clone(),
+                    source,
+                    dest,
+                });
+            }
+        }
+        if owners_compared && e.entry.kind != EntryKind::HardLink {
+            let o = &e.entry.owner;
+            let source = (o.uid.unwrap_or(0), o.gid.unwrap_or(0));
+            let dest = (meta.uid(), meta.gid());
+            if source != dest {
+                report.differences.push(Difference::Owner {
+                    path: path.clone(),
+                    source,
+                    dest,
+                });
+            }
         }
         match e.entry.kind {
             EntryKind::Symlink => {

@@ -352,6 +352,7 @@ impl Receiver {
         if config.exact_modes {
             dest.exact_modes();
         }
+        dest.give_owners(config.ownership);
         // Said before the ticket is handed out, not when a sender has connected: a transfer
         // into it will fail, comparing (`sluice verify`) will not.
         if let Err(e) = dest.writable() {

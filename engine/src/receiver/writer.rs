@@ -1451,6 +1451,7 @@ mod tests {
             size: file_len,
             link_target: String::new(),
             version: [0; 16],
+            owner: Default::default(),
         };
         job_tx
             .send(Job::Seal {

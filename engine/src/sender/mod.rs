@@ -142,9 +142,13 @@ impl Sender {
         progress: Arc<Progress>,
     ) -> Result<Summary> {
         let manifest::Listing {
-            entries: manifest,
+            entries: mut manifest,
             unread,
         } = listing;
+        crate::owners::name_entries(
+            manifest.iter_mut().map(|e| &mut e.entry),
+            self.config.ownership,
+        );
         let mut config = self.config.clone();
         if config.delete && !unread.is_empty() {
             tracing::warn!("deleting nothing at the destination: part of the source could not be read, and what is missing from the listing is not missing from the source");

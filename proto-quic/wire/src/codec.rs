@@ -9,7 +9,9 @@
 //! is indexed without a check, and every failure is a [`DecodeError`] saying what was wrong.
 //! [`FrameDecoder`] reassembles frames from arbitrary pieces of a stream.
 
-use crate::message::{BlockHeader, Entry, EntryKind, ErrorCode, FailCause, Message, PieceHash};
+use crate::message::{
+    BlockHeader, Entry, EntryKind, ErrorCode, FailCause, Message, Owner, PieceHash, MAX_OWNER_NAME,
+};
 
 /// The largest control frame accepted, type byte and body included. Control messages are small
 /// (a manifest entry is at most two strings of [`MAX_STRING_LEN`]); the bound keeps a hostile
@@ -151,6 +153,7 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&e.size.to_le_bytes());
             put_str(out, &e.link_target);
             out.extend_from_slice(&e.version);
+            put_owner(out, &e.owner);
         }
         Message::Exclude { pattern } => {
             out.push(T_EXCLUDE);
@@ -293,6 +296,35 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
+/// [`Owner::uid`] is present.
+const OWNER_UID: u8 = 1;
+/// [`Owner::gid`] is present.
+const OWNER_GID: u8 = 2;
+
+/// Writes an [`Owner`]: `present: u8` ([`OWNER_UID`] | [`OWNER_GID`]), `uid: u32`, `gid: u32`
+/// (0 when absent), and the user and group names, each a `u8` length and its bytes. A name
+/// past [`MAX_OWNER_NAME`] bytes, or holding a NUL, or of an id not sent, is written empty (the
+/// sender's names come from the system's user database, where neither occurs).
+fn put_owner(out: &mut Vec<u8>, o: &Owner) {
+    // `u32::MAX` is chown's "leave alone", which no file has: written as absent.
+    let uid = o.uid.filter(|&id| id != u32::MAX);
+    let gid = o.gid.filter(|&id| id != u32::MAX);
+    let present =
+        if uid.is_some() { OWNER_UID } else { 0 } | if gid.is_some() { OWNER_GID } else { 0 };
+    out.push(present);
+    out.extend_from_slice(&uid.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(&gid.unwrap_or(0).to_le_bytes());
+    for (name, sent) in [(&o.user, uid.is_some()), (&o.group, gid.is_some())] {
+        let name = if sent && name.len() <= MAX_OWNER_NAME && !name.contains('\0') {
+            name.as_bytes()
+        } else {
+            &[]
+        };
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+    }
+}
+
 /// Writes a `u16 LE` count and the hashes, at most [`MAX_HAVE`] (senders never queue more).
 fn put_digests(out: &mut Vec<u8>, digests: &[[u8; 32]]) {
     put_hashes(out, digests, MAX_HAVE);
@@ -344,6 +376,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             let size = r.u64("size")?;
             let link_target = r.string("link_target")?;
             let version = r.array("version")?;
+            let owner = r.owner()?;
             Message::Entry(Entry {
                 id,
                 kind,
@@ -354,6 +387,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
                 size,
                 link_target,
                 version,
+                owner,
             })
         }
         T_EXCLUDE => Message::Exclude {
@@ -588,6 +622,53 @@ impl<'a> Reader<'a> {
         (0..n).map(|_| self.array(field)).collect()
     }
 
+    /// An [`Owner`], as [`put_owner`] writes it. Refused: unknown bits in `present`, an id of
+    /// `u32::MAX`, an id or name where `present` says there is none, a name that is not UTF-8
+    /// or holds a NUL.
+    fn owner(&mut self) -> Result<Owner, DecodeError> {
+        let present = self.u8("owner_present")?;
+        if present & !(OWNER_UID | OWNER_GID) != 0 {
+            return Err(DecodeError::BadValue {
+                field: "owner_present",
+                value: present.into(),
+            });
+        }
+        let mut id = |field, bit| -> Result<Option<u32>, DecodeError> {
+            let v = self.u32(field)?;
+            match (present & bit != 0, v) {
+                (true, u32::MAX) | (false, 1..) => Err(DecodeError::BadValue {
+                    field,
+                    value: v.into(),
+                }),
+                (true, v) => Ok(Some(v)),
+                (false, _) => Ok(None),
+            }
+        };
+        let uid = id("uid", OWNER_UID)?;
+        let gid = id("gid", OWNER_GID)?;
+        let user = self.owner_name("user", uid.is_some())?;
+        let group = self.owner_name("group", gid.is_some())?;
+        Ok(Owner {
+            uid,
+            gid,
+            user,
+            group,
+        })
+    }
+
+    /// A `u8` length and that many bytes of UTF-8 without NUL; empty unless `sent`.
+    fn owner_name(&mut self, field: &'static str, sent: bool) -> Result<String, DecodeError> {
+        let len = usize::from(self.u8(field)?);
+        let bytes = self.take(len, field)?;
+        if len > 0 && !sent {
+            return Err(DecodeError::BadString { field });
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(name) if !name.contains('\0') => Ok(name.to_owned()),
+            _ => Err(DecodeError::BadString { field }),
+        }
+    }
+
     fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
         let len = usize::from(self.u16(field)?);
         if len > MAX_STRING_LEN {
@@ -673,6 +754,24 @@ mod tests {
         proptest::string::string_regex("[a-zA-Z0-9/._ é-]{0,40}").unwrap()
     }
 
+    /// Owners as an honest sender sends them: a name only with its id, ids below `u32::MAX`,
+    /// names up to the longest allowed.
+    fn arb_owner() -> impl Strategy<Value = Owner> {
+        let name = || proptest::string::string_regex("[a-z0-9_.é-]{0,8}|x{255}").unwrap();
+        (
+            proptest::option::of(0..u32::MAX),
+            proptest::option::of(0..u32::MAX),
+            name(),
+            name(),
+        )
+            .prop_map(|(uid, gid, user, group)| Owner {
+                user: if uid.is_some() { user } else { String::new() },
+                group: if gid.is_some() { group } else { String::new() },
+                uid,
+                gid,
+            })
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             (any::<u16>(), any::<[u8; 32]>(), any::<u32>(), any::<u8>()).prop_map(
@@ -752,10 +851,22 @@ mod tests {
                 0u32..1_000_000_000,
                 any::<u64>(),
                 arb_string(),
-                any::<[u8; 16]>()
+                any::<[u8; 16]>(),
+                arb_owner(),
             )
                 .prop_map(
-                    |(id, k, path, mode, mtime_sec, mtime_nsec, size, link_target, version)| {
+                    |(
+                        id,
+                        k,
+                        path,
+                        mode,
+                        mtime_sec,
+                        mtime_nsec,
+                        size,
+                        link_target,
+                        version,
+                        owner,
+                    )| {
                         Message::Entry(Entry {
                             id,
                             kind: EntryKind::from_u8(k).unwrap(),
@@ -766,6 +877,7 @@ mod tests {
                             size,
                             link_target,
                             version,
+                            owner,
                         })
                     }
                 ),
@@ -869,6 +981,93 @@ mod tests {
             })
         );
         assert_eq!(decode_message(&[200]), Err(DecodeError::UnknownType(200)));
+    }
+
+    /// An entry's owner: both ids and names round trip; a name too long or holding a NUL is
+    /// sent as none; a decoder refuses `u32::MAX` (chown's "leave alone"), unknown bits, and an
+    /// id or a name where the `present` byte says there is none.
+    #[test]
+    fn entry_owners_are_bounded_and_checked() {
+        let entry = |owner: Owner| {
+            Message::Entry(Entry {
+                id: 0,
+                kind: EntryKind::File,
+                path: "f".into(),
+                mode: 0o4755,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                size: 0,
+                link_target: String::new(),
+                version: [0; 16],
+                owner,
+            })
+        };
+        let round_trip = |m: &Message| {
+            let mut wire = Vec::new();
+            encode_message(m, &mut wire);
+            decode_message(&wire[4..])
+        };
+        let qa = Owner {
+            uid: Some(1234),
+            gid: Some(5678),
+            user: "qauser".into(),
+            group: "x".repeat(MAX_OWNER_NAME),
+        };
+        assert_eq!(round_trip(&entry(qa.clone())), Ok(entry(qa.clone())));
+        for bad in ["x".repeat(MAX_OWNER_NAME + 1), "a\0b".into()] {
+            let sent = Owner {
+                group: bad,
+                ..qa.clone()
+            };
+            let got = Owner {
+                group: String::new(),
+                ..qa.clone()
+            };
+            assert_eq!(round_trip(&entry(sent)), Ok(entry(got)));
+        }
+        let none = Owner {
+            uid: Some(u32::MAX),
+            ..Owner::default()
+        };
+        assert_eq!(round_trip(&entry(none)), Ok(entry(Owner::default())));
+
+        let mut wire = Vec::new();
+        encode_message(&entry(qa), &mut wire);
+        let frame = &wire[4..];
+        // The owner is the entry's last 1 + 4 + 4 + 1 + 6 + 1 + 255 bytes.
+        let at = frame.len() - (1 + 4 + 4 + 1 + 6 + 1 + MAX_OWNER_NAME);
+        let changed = |i: usize, bytes: &[u8]| {
+            let mut f = frame.to_vec();
+            f[at + i..at + i + bytes.len()].copy_from_slice(bytes);
+            decode_message(&f)
+        };
+        let bad_value = |field| move |r: Result<Message, DecodeError>| matches!(r, Err(DecodeError::BadValue { field: f, .. }) if f == field);
+        assert!(bad_value("owner_present")(changed(0, &[4])));
+        assert!(bad_value("uid")(changed(1, &u32::MAX.to_le_bytes())));
+        assert!(bad_value("gid")(changed(5, &u32::MAX.to_le_bytes())));
+        // Without the uid bit, a uid or a user name is refused.
+        assert_eq!(
+            changed(0, &[OWNER_GID]).err(),
+            Some(DecodeError::BadValue {
+                field: "uid",
+                value: 1234
+            })
+        );
+        let mut f = frame.to_vec();
+        f[at] = OWNER_GID;
+        f[at + 1..at + 5].copy_from_slice(&[0; 4]);
+        assert_eq!(
+            decode_message(&f),
+            Err(DecodeError::BadString { field: "user" })
+        );
+        assert_eq!(
+            changed(10, b"qa\0ser"),
+            Err(DecodeError::BadString { field: "user" })
+        );
+        assert_eq!(
+            changed(10, &[0xff]),
+            Err(DecodeError::BadString { field: "user" })
+        );
     }
 
     #[test]

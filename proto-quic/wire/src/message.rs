@@ -127,6 +127,33 @@ pub struct Entry {
     /// version was sent may vouch for its blocks ([`Message::Vouched`]). All zero: unknown,
     /// never vouched for (directories, symlinks, `--rehash`).
     pub version: SourceVersion,
+    /// Who owns the entry at the source (since version 14). A receiver that may give files
+    /// away (root) gives the entry this owner and group, and only then its setuid and setgid
+    /// bits; any other receiver leaves it to its own user.
+    pub owner: Owner,
+}
+
+/// The longest user or group name an [`Owner`] carries: 255 bytes, as its one-byte length
+/// allows (Linux's `LOGIN_NAME_MAX` is 256 with the terminating NUL). A longer name is sent as
+/// none, and the id alone decides.
+pub const MAX_OWNER_NAME: usize = 255;
+
+/// The owner and group of a manifest entry at the source, as `rsync -a` sends them: the
+/// numeric ids, and the names they have there, by which the receiver finds its own ids (as
+/// rsync maps them unless `--numeric-ids`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner's user id at the source; `None`: not sent (`--no-owner`). Never `u32::MAX`
+    /// (`-1`, which `chown(2)` reads as "leave alone").
+    pub uid: Option<u32>,
+    /// The group id at the source; `None`: not sent (`--no-group`). Never `u32::MAX`.
+    pub gid: Option<u32>,
+    /// The owner's user name at the source, as names are written ([`crate::path`], section 6
+    /// of `docs/protocol.md`); empty when it has none, it is not sent (`--numeric-ids`) or
+    /// `uid` is `None`. At most [`MAX_OWNER_NAME`] bytes, no NUL.
+    pub user: String,
+    /// The group's name at the source, as `user` is written; empty likewise.
+    pub group: String,
 }
 
 /// See [`Entry::version`].

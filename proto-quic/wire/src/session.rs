@@ -1111,6 +1111,7 @@ mod tests {
             size: 5 << 20,
             link_target: String::new(),
             version: [0; 16],
+            owner: crate::message::Owner::default(),
         });
         let mut r = ReceiverSession::new([7; 32]);
         r.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
@@ -1155,6 +1156,7 @@ mod tests {
                 size: 1,
                 link_target: String::new(),
                 version: [0; 16],
+                owner: crate::message::Owner::default(),
             })
         };
         for (flag, name) in [
@@ -1264,6 +1266,7 @@ mod tests {
                 size: 0,
                 link_target: String::new(),
                 version: [0; 16],
+                owner: crate::message::Owner::default(),
             })
         };
         let mut s = deleting();
@@ -1341,6 +1344,7 @@ mod tests {
             size,
             link_target: String::new(),
             version: [0; 16],
+            owner: crate::message::Owner::default(),
         })
     }
 
@@ -1737,6 +1741,7 @@ mod v2_tests {
             size: 2048,
             link_target: String::new(),
             version: [0; 16],
+            owner: crate::message::Owner::default(),
         }))
         .unwrap();
         r.on_message(Message::ManifestEnd { count: 1 }).unwrap();

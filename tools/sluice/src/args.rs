@@ -70,6 +70,8 @@ pub enum Command {
         #[command(flatten)]
         selection: Selection,
         #[command(flatten)]
+        owning: Owning,
+        #[command(flatten)]
         tuning: Tuning,
     },
     /// Send SRC... to the receiver named by TICKET (printed by `sluice recv`).
@@ -79,6 +81,8 @@ pub enum Command {
         args: Vec<PathBuf>,
         #[command(flatten)]
         selection: Selection,
+        #[command(flatten)]
+        owning: Owning,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -114,6 +118,8 @@ pub enum Command {
         /// 8M. Default 8M.
         #[arg(long, value_parser = parse_size)]
         max_control_queue: Option<u64>,
+        #[command(flatten)]
+        owning: Owning,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -295,6 +301,37 @@ pub struct LockWait {
     /// the session (as `pg_dump --lock-wait-timeout`), e.g. 30s, 2min, 500ms; 0 waits for ever.
     #[arg(long, value_parser = parse_wait, default_value = "30s")]
     pub lock_wait_timeout: std::time::Duration,
+}
+
+/// Whose files arrive (copy, send, recv). As with `rsync -a`, a receiver run as root gives each
+/// entry the source's owner and group (by name, a name unknown there by number) and keeps its
+/// setuid and setgid bits; any other receiver leaves everything to its own user, setuid and
+/// setgid dropped, without a word (as rsync).
+#[derive(Debug, Args, Clone, Default)]
+pub struct Owning {
+    /// Keep user and group ids as numbers instead of mapping them by name (as rsync
+    /// --numeric-ids): the sender sends no names, the receiver looks none up.
+    #[arg(long)]
+    pub numeric_ids: bool,
+    /// Leave each entry's owner to the receiving user (its setuid bit is then dropped), as
+    /// rsync --no-owner. On recv: whatever the sender sends.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Leave each entry's group to the receiving user (its setgid bit is then dropped), as
+    /// rsync --no-group. On recv: whatever the sender sends.
+    #[arg(long)]
+    pub no_group: bool,
+}
+
+impl Owning {
+    /// The engine's form of these flags.
+    pub fn ownership(&self) -> sluice_engine::owners::Ownership {
+        sluice_engine::owners::Ownership {
+            owner: !self.no_owner,
+            group: !self.no_group,
+            numeric_ids: self.numeric_ids,
+        }
+    }
 }
 
 /// What below the sources a file command (copy, send, verify) leaves out.

@@ -211,11 +211,13 @@ fn verify_remote(
     }
     if json {
         render::json_line(
-            &serde_json::json!({"event": "summary", "files": files, "differences": differ}),
+            &serde_json::json!({"event": "summary", "files": files, "differences": differ, "owners_compared": false}),
         );
     } else {
+        // Said, so that "0 differ" is not read as "modes and owners too".
         outln!(
-            "sluice verify: {files} files compared at {}, {differ} differ",
+            "sluice verify: {files} files compared at {} (contents only; not modes or owners), \
+             {differ} differ",
             ticket.addr
         );
     }
@@ -393,6 +395,12 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
     | Command::Verify { selection, .. } = &cli.command
     {
         config.excludes = selection.excludes()?;
+    }
+    if let Command::Copy { owning, .. }
+    | Command::Send { owning, .. }
+    | Command::Recv { owning, .. } = &cli.command
+    {
+        config.ownership = owning.ownership();
     }
     let json = cli.json;
     match cli.command {

@@ -385,6 +385,16 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             Difference::Unreadable { path, reason } => {
                 ("unreadable", path, serde_json::json!({ "reason": reason }))
             }
+            Difference::Mode { path, source, dest } => (
+                "mode",
+                path,
+                serde_json::json!({ "source": format!("{source:o}"), "dest": format!("{dest:o}") }),
+            ),
+            Difference::Owner { path, source, dest } => (
+                "owner",
+                path,
+                serde_json::json!({ "source": [source.0, source.1], "dest": [dest.0, dest.1] }),
+            ),
             Difference::Content {
                 path,
                 source_size,
@@ -427,17 +437,37 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             );
         } else if let Difference::Unreadable { reason, .. } = d {
             outln!("unreadable: {}", clean(reason));
+        } else if let Difference::Mode { source, dest, .. } = d {
+            outln!(
+                "mode: {}: {source:04o} at the source, {dest:04o} here",
+                clean(path)
+            );
+        } else if let Difference::Owner { source, dest, .. } = d {
+            outln!(
+                "owner: {}: {}:{} at the source, {}:{} here",
+                clean(path),
+                source.0,
+                source.1,
+                dest.0,
+                dest.1
+            );
         } else {
             outln!("{kind}: {}", clean(path));
         }
     }
     if json {
         json_line(
-            &serde_json::json!({"event": "summary", "entries": report.entries, "differences": report.differences.len()}),
+            &serde_json::json!({"event": "summary", "entries": report.entries, "differences": report.differences.len(), "owners_compared": report.owners_compared}),
         );
     } else {
+        // Said, so that "0 differ" is not read as "owners too" where they were not compared.
+        let what = if report.owners_compared {
+            "contents, modes, owners"
+        } else {
+            "contents, modes; not owners, setuid or setgid, which only root keeps"
+        };
         outln!(
-            "sluice verify: {} entries compared, {} differ",
+            "sluice verify: {} entries compared ({what}), {} differ",
             report.entries,
             report.differences.len()
         );

@@ -185,7 +185,12 @@ fn what_cannot_be_read_fails_alone_and_holds_back_delete() {
     assert!(said.contains("missing: tree/secret"), "{said}");
     // Kept by the --delete held back, and at the destination only.
     assert!(said.contains("extra: tree/gone"), "{said}");
-    assert!(said.contains("4 differ"), "{said}");
+    // The mode that made open/x unreadable differs too.
+    assert!(
+        said.contains("mode: tree/open/x: 0000 at the source, 0644 here"),
+        "{said}"
+    );
+    assert!(said.contains("5 differ"), "{said}");
     fs::set_permissions(src.join("closed"), fs::Permissions::from_mode(0o755)).unwrap();
 }
 
@@ -358,4 +363,92 @@ fn a_deletion_that_fails_at_the_receiver_fails_send_as_it_fails_copy() {
         "{message}"
     );
     assert!(!message.contains("protocol"), "{message}");
+}
+
+/// A receiver that is not root cannot give files away: what a root sender's tree holds of other
+/// owners (1234:5678, setuid and setgid files, a directory) arrives as the receiving user's,
+/// setuid and setgid dropped, the rest of each mode kept, and the run exits 0 without a word
+/// per file (as rsync); `verify` by that user says it compared neither owners nor setuid and
+/// finds nothing. The same through `copy` and through `send` to a `recv`.
+#[test]
+fn a_receiver_that_is_not_root_gets_the_files_and_drops_setuid() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    let modes = [
+        ("dir", 0o2755),
+        ("dir/setuid", 0o4755),
+        ("setgid", 0o2755),
+        ("plain", 0o640),
+    ];
+    for (name, mode) in modes.iter().rev() {
+        let p = src.join(name);
+        if !p.exists() {
+            fs::write(&p, name).unwrap();
+        }
+        if is_root() {
+            std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+        }
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    // `plain` is readable by its group alone: the unprivileged user reads it only as root's.
+    fs::set_permissions(src.join("plain"), fs::Permissions::from_mode(0o644)).unwrap();
+    let copied = d.path().join("copied");
+    let Some(out) = sluice_as_user(&[Path::new("copy"), &src, &copied]) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("owner"), "{}", stderr(&out));
+    let user = fs::metadata(copied.join("src")).unwrap().uid();
+    if is_root() && user == 0 {
+        return;
+    }
+    let received = d.path().join("received");
+    let Some(recv) = Recv::start_as_user(&received, &[], &[]) else {
+        eprintln!("skipped: no setpriv");
+        return;
+    };
+    let out = sluice()
+        .arg("send")
+        .arg(&src)
+        .arg(&recv.ticket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = recv.wait();
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(!stderr(&r).contains("owner"), "{}", stderr(&r));
+    // `copy` keeps modes exactly; `recv` under its umask, this process's.
+    let umask = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+            u32::from_str_radix(v.trim(), 8).ok()
+        })
+        .unwrap_or(0o022);
+    for (dest, umask) in [(&copied, 0), (&received, umask)] {
+        for (name, mode) in modes {
+            let m = fs::metadata(dest.join("src").join(name)).unwrap();
+            let want = if name == "plain" {
+                0o644
+            } else {
+                mode & 0o1777
+            };
+            assert_eq!(
+                (m.uid(), m.mode() & 0o7777),
+                (user, want & !umask),
+                "{}: {name}",
+                dest.display()
+            );
+        }
+    }
+    let v = sluice_as_user(&[Path::new("verify"), &src, &copied]).unwrap();
+    assert!(v.status.success(), "{}", stdout(&v));
+    assert!(
+        stdout(&v).contains("not owners, setuid or setgid"),
+        "{}",
+        stdout(&v)
+    );
 }

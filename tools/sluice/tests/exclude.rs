@@ -678,6 +678,7 @@ fn a_receiver_bounds_and_checks_a_senders_patterns() {
             size: 0,
             link_target: String::new(),
             version: [0; 16],
+            owner: Default::default(),
         }),
         Message::ManifestEnd { count: 1 },
         Message::Finish,

@@ -92,6 +92,7 @@ fn crafted_sender(ticket: &str, path: &str, kind: EntryKind) -> Option<Message> 
         size: 5,
         link_target: "/etc".into(),
         version: [0; 16],
+        owner: Default::default(),
     });
     crafted_messages(ticket, &[entry, Message::ManifestEnd { count: 1 }])
 }
@@ -283,6 +284,7 @@ over_both! {
             size: 5,
             link_target: String::new(),
             version: [0; 16],
+            owner: Default::default(),
         });
         let answer = crafted_messages(
             &recv.ticket,

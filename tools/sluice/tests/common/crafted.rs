@@ -23,6 +23,7 @@ pub fn file_entry(id: u32, path: &str, size: u64) -> Message {
         size,
         link_target: String::new(),
         version: [0; 16],
+        owner: Default::default(),
     })
 }
 
