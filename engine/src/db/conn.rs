@@ -24,6 +24,9 @@ pub struct Database {
     /// How long a statement waits for a lock before it gives up (`lock_timeout`); `None`:
     /// for ever. See [`Database::lock_wait_timeout`].
     pub(crate) lock_wait: Option<Duration>,
+    /// How long the server may leave every statement unanswered before the command ends. See
+    /// [`Database::stall_timeout`].
+    pub(crate) stall: Duration,
 }
 
 impl Database {
@@ -89,7 +92,37 @@ impl Database {
             shown: hide_password(conn),
             config,
             lock_wait: None,
+            stall: crate::config::STALL_TIMEOUT,
         })
+    }
+
+    /// A command on this database ends with [`Error::DatabaseStalled`] once its server has
+    /// left every statement unanswered for `limit` (`--stall-timeout`), with a warning naming
+    /// it well before (see [`super::watch`]). Without it a server whose processes were stopped
+    /// held the command for ever, its ETA standing still.
+    pub fn stall_timeout(mut self, limit: Duration) -> Self {
+        self.stall = limit;
+        self
+    }
+
+    /// Where the server is looked for, as libpq names what it tried: each host's socket file
+    /// (`/run/postgresql/.s.PGSQL.5432`) or `host:port`.
+    pub fn server(&self) -> String {
+        let ports = self.config.get_ports();
+        // One port for every host, or one each.
+        let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port(i)),
+                Host::Tcp(name) => format!("{name}:{}", port(i)),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), port(i)),
+            })
+            .collect();
+        hosts.join(", ")
     }
 
     /// Every statement on this database gives up waiting for a lock after `limit`

@@ -21,6 +21,7 @@ pub mod meta;
 pub mod postdata;
 mod sink;
 mod source;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -296,12 +297,13 @@ async fn refuse_large_objects(client: &Client, src: &Database, options: &Options
 pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
-        let client = src.connect().await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
-        let planned = async {
+        let watch = watch::Watch::start(src, "source");
+        let client = watch.guard(src.connect()).await?;
+        let planned = watch.guard(async {
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
             // A source a copy would refuse, the plan refuses in the same words.
             refuse_large_objects(&client, src, options).await?;
             let plan = plan_in(&client, options).await?;
@@ -312,7 +314,7 @@ pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
                 catalog::left_out(&client, &planned).await?;
             }
             Ok(plan)
-        };
+        });
         match planned.await {
             Err(e) => Err(src.name_lock_holders(e).await),
             ok => ok,
@@ -332,8 +334,9 @@ pub fn send(
     rt.block_on(async {
         // Until the rows flow, a statement that waited too long for a lock (an `ALTER TABLE`
         // left open in another session) is named with the session that holds it.
-        let prepared = async {
-            let (source, planner) = PgSource::open(src).await?;
+        let watch = watch::Watch::start(src, "source");
+        let prepared = watch.guard(async {
+            let (source, planner) = PgSource::open(src, watch.clone()).await?;
             refuse_large_objects(&planner, src, options).await?;
             let plan = plan_in(&planner, options).await?;
             source.dump_options(options.no_owner, options.no_privileges);
@@ -345,7 +348,7 @@ pub fn send(
             source.lock(&planned).await?;
             let cut = source.cut_post_data(&planned).await?;
             Ok::<_, Error>((source, plan, cut))
-        };
+        });
         let (source, plan, cut) = match prepared.await {
             Ok(prepared) => prepared,
             Err(e) => return Err(src.name_lock_holders(e).await),
@@ -472,140 +475,149 @@ pub struct Verified {
 pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<Verified> {
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
-        let (ca, cb) = (a.connect().await?, b.connect().await?);
-        for (c, db) in [(&ca, a), (&cb, b)] {
-            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| conn::pg_error(format!("reading {}", db.shown), &e))?;
-        }
-        let plan = plan_in(&ca, options).await?;
-        let theirs = catalog::tables(&cb, &options.tables).await?;
-        let mut differences = Vec::new();
-        let mut checked = 0;
-        for t in &theirs {
-            if !plan
-                .tables
-                .iter()
-                .any(|(a, _)| a.schema == t.schema && a.name == t.name)
-            {
-                differences.push(Difference {
-                    table: t.display(),
-                    range: "all rows".into(),
-                    detail: format!("only in {}", b.shown),
-                });
-            }
-        }
-        for (table, ranges) in &plan.tables {
-            let Some(other) = theirs
-                .iter()
-                .find(|t| t.schema == table.schema && t.name == table.name)
-            else {
-                differences.push(Difference {
-                    table: table.display(),
-                    range: "all rows".into(),
-                    detail: format!("missing in {}", b.shown),
-                });
-                continue;
-            };
-            // Each side is read by the source's column names, so only the names must agree,
-            // not their order (an inherited child's columns follow its parent's in a dump).
-            let sorted = |t: &Table| {
-                let mut c = t.columns.clone();
-                c.sort();
-                c
-            };
-            if sorted(other) != sorted(table) {
-                differences.push(Difference {
-                    table: table.display(),
-                    range: "all rows".into(),
-                    detail: format!(
-                        "columns differ: ({}) against ({})",
-                        table.columns.join(", "),
-                        other.columns.join(", ")
-                    ),
-                });
-                continue;
-            }
-            // Pages differ between two copies of a table: without a key, compare it whole.
-            let whole = [Range::whole(false)];
-            let ranges = if table.key.is_some() {
-                &ranges[..]
-            } else {
-                &whole[..]
-            };
-            for range in ranges {
-                checked += 1;
-                let (da, db) = tokio::join!(
-                    sink::digest_of(&ca, table, range),
-                    sink::digest_of(&cb, table, range)
-                );
-                let (da, db) = (da?, db?);
-                if da != db {
-                    differences.push(Difference {
-                        table: table.display(),
-                        range: range.display(table),
-                        detail: format!(
-                            "{} rows, digest {} against {} rows, digest {}",
-                            da.rows,
-                            da.hex(),
-                            db.rows,
-                            db.hex()
-                        ),
-                    });
-                }
-            }
-        }
-        // Sequences: where each will hand out its next value. A copy that left one behind
-        // would hand out keys already in its table.
-        let left = if options.tables.is_empty() {
-            Vec::new()
-        } else {
-            let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
-            catalog::left_out(&ca, &planned).await?.oids
-        };
-        let ours = catalog::sequences(&ca, &left).await?;
-        let theirs: BTreeMap<String, catalog::SequenceState> = catalog::sequences(&cb, &[])
-            .await?
-            .into_iter()
-            .map(|s| (s.name.clone(), s))
-            .collect();
-        let state = |s: &catalog::SequenceState| match s.is_called {
-            true => format!("last value {}", s.last_value),
-            false => format!("next value {} (none handed out)", s.last_value),
-        };
-        for s in &ours {
-            let detail = match theirs.get(&s.name) {
-                None => format!("missing in {}", b.shown),
-                Some(t) if t == s => continue,
-                Some(t) => format!("{} against {}", state(s), state(t)),
-            };
+        // Each server watched: one that stops answering ends the comparison, named.
+        let (wa, wb) = (
+            watch::Watch::start(a, "first database's"),
+            watch::Watch::start(b, "second database's"),
+        );
+        wa.guard(wb.guard(compare(a, b, options))).await
+    })
+}
+
+/// [`verify`]'s comparison.
+async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verified> {
+    let (ca, cb) = (a.connect().await?, b.connect().await?);
+    for (c, db) in [(&ca, a), (&cb, b)] {
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| conn::pg_error(format!("reading {}", db.shown), &e))?;
+    }
+    let plan = plan_in(&ca, options).await?;
+    let theirs = catalog::tables(&cb, &options.tables).await?;
+    let mut differences = Vec::new();
+    let mut checked = 0;
+    for t in &theirs {
+        if !plan
+            .tables
+            .iter()
+            .any(|(a, _)| a.schema == t.schema && a.name == t.name)
+        {
             differences.push(Difference {
-                table: s.name.clone(),
-                range: SEQUENCE.into(),
-                detail,
+                table: t.display(),
+                range: "all rows".into(),
+                detail: format!("only in {}", b.shown),
             });
         }
-        let mut sequences = ours.len();
-        if options.tables.is_empty() {
-            let known: std::collections::HashSet<&str> =
-                ours.iter().map(|s| s.name.as_str()).collect();
-            for name in theirs.keys().filter(|n| !known.contains(n.as_str())) {
-                sequences += 1;
+    }
+    for (table, ranges) in &plan.tables {
+        let Some(other) = theirs
+            .iter()
+            .find(|t| t.schema == table.schema && t.name == table.name)
+        else {
+            differences.push(Difference {
+                table: table.display(),
+                range: "all rows".into(),
+                detail: format!("missing in {}", b.shown),
+            });
+            continue;
+        };
+        // Each side is read by the source's column names, so only the names must agree,
+        // not their order (an inherited child's columns follow its parent's in a dump).
+        let sorted = |t: &Table| {
+            let mut c = t.columns.clone();
+            c.sort();
+            c
+        };
+        if sorted(other) != sorted(table) {
+            differences.push(Difference {
+                table: table.display(),
+                range: "all rows".into(),
+                detail: format!(
+                    "columns differ: ({}) against ({})",
+                    table.columns.join(", "),
+                    other.columns.join(", ")
+                ),
+            });
+            continue;
+        }
+        // Pages differ between two copies of a table: without a key, compare it whole.
+        let whole = [Range::whole(false)];
+        let ranges = if table.key.is_some() {
+            &ranges[..]
+        } else {
+            &whole[..]
+        };
+        for range in ranges {
+            checked += 1;
+            let (da, db) = tokio::join!(
+                sink::digest_of(&ca, table, range),
+                sink::digest_of(&cb, table, range)
+            );
+            let (da, db) = (da?, db?);
+            if da != db {
                 differences.push(Difference {
-                    table: name.clone(),
-                    range: SEQUENCE.into(),
-                    detail: format!("only in {}", b.shown),
+                    table: table.display(),
+                    range: range.display(table),
+                    detail: format!(
+                        "{} rows, digest {} against {} rows, digest {}",
+                        da.rows,
+                        da.hex(),
+                        db.rows,
+                        db.hex()
+                    ),
                 });
             }
         }
-        if options.tables.is_empty() {
-            differences.extend(compare_large_objects((&ca, a), (&cb, b)).await?);
+    }
+    // Sequences: where each will hand out its next value. A copy that left one behind
+    // would hand out keys already in its table.
+    let left = if options.tables.is_empty() {
+        Vec::new()
+    } else {
+        let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+        catalog::left_out(&ca, &planned).await?.oids
+    };
+    let ours = catalog::sequences(&ca, &left).await?;
+    let theirs: BTreeMap<String, catalog::SequenceState> = catalog::sequences(&cb, &[])
+        .await?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let state = |s: &catalog::SequenceState| match s.is_called {
+        true => format!("last value {}", s.last_value),
+        false => format!("next value {} (none handed out)", s.last_value),
+    };
+    for s in &ours {
+        let detail = match theirs.get(&s.name) {
+            None => format!("missing in {}", b.shown),
+            Some(t) if t == s => continue,
+            Some(t) => format!("{} against {}", state(s), state(t)),
+        };
+        differences.push(Difference {
+            table: s.name.clone(),
+            range: SEQUENCE.into(),
+            detail,
+        });
+    }
+    let mut sequences = ours.len();
+    if options.tables.is_empty() {
+        let known: std::collections::HashSet<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+        for name in theirs.keys().filter(|n| !known.contains(n.as_str())) {
+            sequences += 1;
+            differences.push(Difference {
+                table: name.clone(),
+                range: SEQUENCE.into(),
+                detail: format!("only in {}", b.shown),
+            });
         }
-        Ok(Verified {
-            ranges: checked,
-            sequences,
-            differences,
-        })
+    }
+    if options.tables.is_empty() {
+        differences.extend(compare_large_objects((&ca, a), (&cb, b)).await?);
+    }
+    Ok(Verified {
+        ranges: checked,
+        sequences,
+        differences,
     })
 }
 

@@ -192,7 +192,7 @@ pub enum DbCommand {
         #[arg(long, value_parser = advertised)]
         advertise: Option<SocketAddr>,
         #[command(flatten)]
-        lock_wait: LockWait,
+        waits: Waits,
         #[command(flatten)]
         link: Link,
     },
@@ -231,6 +231,17 @@ impl DbCommand {
         }
     }
 
+    /// How long the command waits for locks and for silent servers.
+    pub fn waits(&self) -> &Waits {
+        match self {
+            DbCommand::Copy { options, .. }
+            | DbCommand::Send { options, .. }
+            | DbCommand::Verify { options, .. }
+            | DbCommand::Plan { options, .. } => &options.waits,
+            DbCommand::Recv { waits, .. } => waits,
+        }
+    }
+
     /// The link's tuning, for the commands that move data over one.
     pub fn link(&self) -> Option<&Link> {
         match self {
@@ -259,7 +270,7 @@ pub struct DbOptions {
     #[arg(long, value_parser = parse_size)]
     pub range_size: Option<u64>,
     #[command(flatten)]
-    pub lock_wait: LockWait,
+    pub waits: Waits,
 }
 
 /// What only the commands that copy (`db copy`, `db send`) take: `db plan` and `db verify`
@@ -288,13 +299,21 @@ pub struct CopyOptions {
     pub no_privileges: bool,
 }
 
-/// How long a database command waits for a lock another session holds.
+/// How long a database command waits: for a lock another session holds, for a server that
+/// does not answer.
 #[derive(Debug, Args)]
-pub struct LockWait {
+pub struct Waits {
     /// Give up waiting for a lock another session holds after this long, naming the table and
     /// the session (as `pg_dump --lock-wait-timeout`), e.g. 30s, 2min, 500ms; 0 waits for ever.
     #[arg(long, value_parser = parse_wait, default_value = "30s")]
     pub lock_wait_timeout: std::time::Duration,
+    /// Whole seconds a database server may leave every statement unanswered (its processes
+    /// stopped, its host frozen) before the command ends with an error naming it (exit 3;
+    /// what was committed is kept, and the same command resumes); a warning names it after 5 s
+    /// of silence. A statement that runs long on a server that answers is no stall (default
+    /// 120).
+    #[arg(long)]
+    pub stall_timeout: Option<u64>,
 }
 
 /// What below the sources a file command (copy, send, verify) leaves out.

@@ -287,11 +287,14 @@ fn db_tuning(
                 "{flag} tunes the link a transfer's data crosses (sluice db copy, send, recv); \
                  {name} moves no data over one"
             ),
+            // Every database command waits on its servers: how long one may stay silent.
+            (false, _) if id == "stall_timeout" => {}
             (false, _) => usage!("{flag} applies to file transfers, not to {name}"),
         }
     }
     Ok(Tuning {
         link: command.link().cloned().unwrap_or_default().or(&top.link),
+        stall_timeout: command.waits().stall_timeout.or(top.stall_timeout),
         ..Tuning::default()
     })
 }

@@ -300,6 +300,165 @@ fn stopped_mid_copy(which: End) {
     assert!(!err.contains("attempt"), "{err}");
 }
 
+/// A server that stops answering in the middle of a copy, its postmaster and every backend
+/// stopped with SIGSTOP (connections open, nothing coming back, over a Unix socket), was waited
+/// on for ever under a stale ETA (a new user's report). Within seconds a warning names it, as
+/// the target or the source and by its socket, and the progress line's ETA goes blank; after
+/// `--stall-timeout` the copy ends with exit 3 naming it; once the server runs again, the same
+/// command resumes from the ranges committed and the databases are identical.
+#[test]
+fn a_target_server_that_stops_answering_is_named_and_ends_the_copy() {
+    stops_answering_mid_copy(End::Target);
+}
+
+/// The source's server stopping to answer: the same, naming the source.
+#[test]
+fn a_source_server_that_stops_answering_is_named_and_ends_the_copy() {
+    stops_answering_mid_copy(End::Source);
+}
+
+fn stops_answering_mid_copy(which: End) {
+    let Some(bin) = pg_bin() else { return };
+    let src_pg = Cluster::with_src_and_dst(&bin);
+    let dst_pg = Cluster::start(&bin);
+    dst_pg.sql("postgres", "CREATE DATABASE dst");
+    src_pg.sql(
+        "src",
+        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
+         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 8), 'hex') \
+         FROM generate_series(1, 400000) i;",
+    );
+    let (src, dst) = (src_pg.url("src"), dst_pg.url("dst"));
+    let log = dst_pg.dir.path().join("copy.err");
+    // 5 MB/s: the 56 MB of rows take about 11 s, so the stop lands in the middle.
+    let copy = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(["db", "copy", &src, &dst, "--stall-timeout", "8"])
+        .args(["--range-size", "1M", "--jobs", "2", "--max-rate", "40M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_units(&dst_pg, "dst", 2, Duration::from_secs(60));
+    let silent = match which {
+        End::Target => &dst_pg,
+        End::Source => &src_pg,
+    };
+    // Declared after the clusters, so dropped (continued) before they are stopped.
+    let frozen = Frozen::stop(silent);
+    let stopped = Instant::now();
+    let status = wait_or_kill(
+        copy,
+        Duration::from_secs(40),
+        "still running 40 s after a server stopped answering",
+    )
+    .status;
+    let took = stopped.elapsed();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(16),
+        "{took:?} after the stop: {err}"
+    );
+    let role = match which {
+        End::Target => "target",
+        End::Source => "source",
+    };
+    let server = format!(
+        "the {role} server ({}/.s.PGSQL.5432)",
+        silent.dir.path().display()
+    );
+    // Warned of at half the limit, before the error; then the error, naming it.
+    let warned = format!("sluice: warning: {server} has not answered for 4 s");
+    let ended = format!("{server} has not answered for 8 s (--stall-timeout)");
+    let (w, e) = (err.find(&warned), err.find(&ended));
+    assert!(w.is_some() && e.is_some() && w < e, "{err}");
+    // Seconds into the silence, the ETA is no longer the one of the moment it began.
+    let progress: Vec<&str> = err.lines().filter(|l| l.contains(" units  ETA")).collect();
+    assert!(
+        progress
+            .last()
+            .is_some_and(|l| l.contains(" units  ETA -  ")),
+        "{err}"
+    );
+    let error: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(error.len(), 1, "{err}");
+    assert!(error[0].contains(&ended), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Running again: the same command resumes from what was committed, and ends well.
+    drop(frozen);
+    let committed = settled_units(&dst_pg, "dst");
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("({committed} already there")),
+        "{committed} units were committed: {err}"
+    );
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert_eq!(
+        src_pg.dump("src", "--data-only"),
+        dst_pg.dump("dst", "--data-only")
+    );
+}
+
+/// A cluster's server stopped with SIGSTOP, the postmaster first (so it starts no other), then
+/// every process it started: its connections stay open and nothing answers. Continued with
+/// SIGCONT when dropped, whatever the test found.
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn stop(pg: &Cluster) -> Frozen {
+        let pid_file = pg.dir.path().join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).unwrap();
+        let postmaster = text.lines().next().unwrap().trim().to_string();
+        let mut frozen = Frozen(Vec::new());
+        assert!(frozen.signal(&postmaster), "kill -STOP {postmaster}");
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+            let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+            if after.split_whitespace().nth(1) == Some(postmaster.as_str()) {
+                // One that ended meanwhile is none the less stopped.
+                frozen.signal(&entry.file_name().to_string_lossy());
+            }
+        }
+        assert!(frozen.0.len() > 3, "the server's processes: {:?}", frozen.0);
+        frozen
+    }
+
+    /// Stops `pid`; whether it was there to stop.
+    fn signal(&mut self, pid: &str) -> bool {
+        let stopped = kill("-STOP", pid);
+        if stopped {
+            self.0.push(pid.to_string());
+        }
+        stopped
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // A backend may end on its own once continued, before its turn here.
+            kill("-CONT", pid);
+        }
+    }
+}
+
+/// `kill SIGNAL PID`; whether the process was there.
+fn kill(signal: &str, pid: &str) -> bool {
+    Command::new("kill")
+        .args([signal, pid])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A connection cut while its server still takes new ones (here the target's backends
 /// terminated in the middle of their ranges) is a failure that passes: those ranges are sent
 /// again and the copy ends well, where a stopped server ends it at once.
@@ -533,8 +692,11 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
     assert!(last["rows_estimate"].as_u64().unwrap() >= 20_000, "{last}");
     assert!(last["bytes"].as_u64().unwrap() > 20_000 * 8, "{last}");
     assert_eq!(last["eta_seconds"], 0.0, "{last}");
+    // Null while there is no rate to go by (the first second's).
     assert!(
-        kinds[0]["eta_seconds"].as_f64().unwrap() >= 0.0,
+        kinds[0]["eta_seconds"]
+            .as_f64()
+            .is_none_or(|eta| eta >= 0.0),
         "{}",
         kinds[0]
     );
@@ -1565,7 +1727,8 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
 /// commands' own (`--inplace`, `--no-direct`, …) are neither listed by `--help` nor accepted,
 /// and a command that moves nothing over a link (`plan`, `verify`) takes no link tuning. A flag
 /// given where it does nothing is a usage error (2) naming it, before or after the command's
-/// name; the file commands keep every flag.
+/// name; the file commands keep every flag. `--stall-timeout` is every database command's
+/// too: how long a server may leave it unanswered.
 #[test]
 fn db_commands_show_and_take_only_their_own_flags() {
     let help = |args: &[&str]| {
@@ -1581,7 +1744,6 @@ fn db_commands_show_and_take_only_their_own_flags() {
         "--no-direct",
         "--no-uring",
         "--max-ring",
-        "--stall-timeout",
     ];
     let link = ["--max-rate", "--transport", "--block-size", "--compress"];
     let db = help(&["db", "--help"]);
@@ -1639,7 +1801,7 @@ fn db_commands_show_and_take_only_their_own_flags() {
     for args in [
         vec!["db", "copy", "a", "b", "--inplace"],
         vec!["db", "send", "a", "ticket", "--no-direct"],
-        vec!["db", "recv", "b", "--stall-timeout", "5"],
+        vec!["db", "recv", "b", "--rehash"],
         vec!["db", "plan", "a", "--max-rate", "1G"],
         vec!["db", "verify", "a", "b", "--transport", "tcp"],
         vec!["--inplace", "db", "copy", "a", "b"],
@@ -1660,6 +1822,24 @@ fn db_commands_show_and_take_only_their_own_flags() {
         "{}",
         stderr(&out)
     );
+    // Listed by every database command, and taken (and checked) after its name or before.
+    for command in ["copy", "send", "recv", "plan", "verify"] {
+        let said = help(&["db", command, "--help"]);
+        assert!(said.contains("--stall-timeout"), "db {command}: {said}");
+    }
+    for args in [
+        vec!["db", "plan", "a", "--stall-timeout", "0"],
+        vec!["db", "recv", "b", "--stall-timeout", "0"],
+        vec!["--stall-timeout", "0", "db", "verify", "a", "b"],
+    ] {
+        let out = sluice_db(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--stall-timeout must be 1 to 604800 seconds"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 /// What a pg_restore user gets wrong about the target is said before any row moves, with the
