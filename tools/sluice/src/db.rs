@@ -67,9 +67,17 @@ fn split_patterns(list: &str) -> Vec<String> {
     out
 }
 
-/// The database `conn` names; `stall`: `--stall-timeout`, given after the command's name or
-/// before it.
-fn database(conn: &str, waits: &Waits, stall: Duration) -> Result<Database> {
+/// The database `conn` names, the command's `role` one (source, target, first, second);
+/// `stall`: `--stall-timeout`, given after the command's name or before it.
+fn database(conn: &str, role: &str, waits: &Waits, stall: Duration) -> Result<Database> {
+    if conn.trim().is_empty() {
+        // Said as "connecting to : … No such file or directory", it named nothing.
+        usage!(
+            "the {role} connection string is empty (an unset shell variable?): name the \
+             database as a URI (postgresql://user@host/db), key=value words \
+             (host=/run/postgresql dbname=db) or a bare database name"
+        );
+    }
     let limit = Some(waits.lock_wait_timeout).filter(|t| !t.is_zero());
     Ok(Database::parse(conn)?
         .lock_wait_timeout(limit)
@@ -88,7 +96,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                 skip_large_objects,
                 ..CopyOptions::default()
             };
-            let (src, o) = (database(&src, &o.waits, stall)?, options(&o, &copying)?);
+            let (src, o) = (
+                database(&src, "source", &o.waits, stall)?,
+                options(&o, &copying)?,
+            );
             let plan = db::plan(&src, &o).with_context(|| format!("planning {}", src.shown))?;
             print_plan(&plan, json);
             Ok(())
@@ -101,8 +112,8 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             ..
         } => {
             let (src, dst) = (
-                database(&src, &o.waits, stall)?,
-                database(&dst, &o.waits, stall)?,
+                database(&src, "source", &o.waits, stall)?,
+                database(&dst, "target", &o.waits, stall)?,
             );
             let o = options(&o, &copying)?;
             if src.same_as(&dst) {
@@ -123,7 +134,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             copying,
             ..
         } => {
-            let (src, o) = (database(&src, &o.waits, stall)?, options(&o, &copying)?);
+            let (src, o) = (
+                database(&src, "source", &o.waits, stall)?,
+                options(&o, &copying)?,
+            );
             let ticket: Ticket = match ticket.parse() {
                 Ok(t) => t,
                 Err(e) => usage!(
@@ -143,7 +157,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             waits,
             ..
         } => {
-            let dst = database(&dst, &waits, stall)?;
+            let dst = database(&dst, "target", &waits, stall)?;
             // The target is reached and judged before a ticket sends anyone here.
             let sink = Arc::new(db::PgSink::new(dst.clone()));
             sluice_engine::transport::runtime()?
@@ -165,8 +179,8 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
         }
         DbCommand::Verify { a, b, options: o } => {
             let (a, b) = (
-                database(&a, &o.waits, stall)?,
-                database(&b, &o.waits, stall)?,
+                database(&a, "first", &o.waits, stall)?,
+                database(&b, "second", &o.waits, stall)?,
             );
             let o = options(&o, &CopyOptions::default())?;
             let verified = db::verify(&a, &b, &o)

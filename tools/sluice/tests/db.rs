@@ -2024,9 +2024,77 @@ fn a_server_that_never_answers_is_named_within_the_limit() {
     );
     let err = stderr(&out);
     assert!(
-        err.contains("no answer from the server within 2 s"),
+        err.contains(&format!(
+            "no answer from the server at 127.0.0.1:{port} within 2 s"
+        )),
         "{err}"
     );
+}
+
+/// A connection that reaches no server says what it tried, as libpq does: the socket file or
+/// the host and port (a wrong port on a socket directory said only "No such file or
+/// directory"). An empty connection string, most often a shell variable left unset, is a
+/// usage error naming which one (it said "connecting to : …"). And while a target takes the
+/// connection but never answers, the progress line shows no ETA (it read "ETA 1032192 s").
+#[test]
+fn a_connection_that_reaches_no_server_says_what_it_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("host={} port=55439 dbname=d", dir.path().display());
+    let out = sluice().args(["db", "plan", &socket]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let tried = format!(
+        "connection to server on socket {}/.s.PGSQL.55439 failed: No such file or directory",
+        dir.path().display()
+    );
+    assert!(err.contains(&tried), "{err}");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let tcp = format!("host=127.0.0.1 port={port} dbname=d");
+    let out = sluice().args(["db", "plan", &tcp]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let tried = format!("connection to server at 127.0.0.1:{port} failed: Connection refused");
+    assert!(err.contains(&tried), "{err}");
+    // Empty strings, at once and by name.
+    for (args, which) in [
+        (vec!["db", "plan", ""], "source"),
+        (vec!["db", "copy", &tcp, " "], "target"),
+        (vec!["db", "verify", "", &tcp], "first"),
+    ] {
+        let out = sluice().args(&args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("the {which} connection string is empty")),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A target that takes the connection and never answers: no ETA while nothing moves.
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(8) {
+            held.push(c);
+        }
+    });
+    let silent = format!("host=127.0.0.1 port={port} user=u dbname=d connect_timeout=3");
+    let out = sluice_db(&["db", "copy", &pg.url("src"), &silent]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" units  ETA")).collect();
+    assert!(!lines.is_empty(), "{err}");
+    assert!(lines.iter().all(|l| l.contains(" units  ETA -  ")), "{err}");
 }
 
 /// Sequences arrive where the source's stand, also one whose next value is its last (an
