@@ -44,7 +44,7 @@ fn main() {
         // Otherwise a warning is a message to the user, worded as the others are.
         Err(_) => log
             .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-            .event_format(render::Plain)
+            .event_format(render::Plain { json: cli.json })
             .init(),
     }
     let json = cli.json;

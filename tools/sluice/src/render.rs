@@ -28,8 +28,13 @@ pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Warnings and errors as the user reads them without `SLUICE_LOG`: `sluice: warning: MESSAGE
-/// key=value…`, without the timestamp, level and module path of a log line.
-pub struct Plain;
+/// key=value…`, without the timestamp, level and module path of a log line. Under `--json`
+/// (`json`) a warning is also a `warning` event on standard output, as the command's own error
+/// is an `error` event: a program reading the events learnt of a large object left behind, or
+/// of a server that stopped answering, only from standard error.
+pub struct Plain {
+    pub json: bool,
+}
 
 impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Plain
 where
@@ -47,9 +52,15 @@ where
             tracing::Level::WARN => "warning",
             _ => "note",
         };
-        write!(writer, "sluice: {what}: ")?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        let mut message = String::new();
+        ctx.field_format().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut message),
+            event,
+        )?;
+        if self.json && what == "warning" {
+            json_line(&serde_json::json!({"event": what, "message": message}));
+        }
+        writeln!(writer, "sluice: {what}: {message}")
     }
 }
 

@@ -1444,9 +1444,24 @@ fn large_objects_are_refused_by_name_unless_left_behind() {
         ),
         "0"
     );
-    let out = sluice_db(&["db", "copy", &src, &dst, "--skip-large-objects"]);
+    let out = sluice_db(&["db", "copy", &src, &dst, "--skip-large-objects", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM docs"), "1");
+    // Left behind, said as a warning in the command's words and, under --json, as an event
+    // (it was a log line with a timestamp and a module path, and no event).
+    let left = format!("1 large object of {src} left behind");
+    assert!(
+        stderr(&out).contains(&format!("sluice: warning: {left}")),
+        "{}",
+        stderr(&out)
+    );
+    let warnings: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", stdout(&out));
+    assert_eq!(warnings[0]["message"], left.as_str(), "{}", stdout(&out));
     // What was left behind is a difference `verify` names (it said "0 differ"), and so are
     // large objects of other bytes under the same OIDs; the same ones are none.
     let verify = |want: i32, says: &str| {
