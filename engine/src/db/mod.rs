@@ -227,16 +227,39 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
         .map(|(p, _)| p.as_str())
         .collect();
     if !unmatched.is_empty() {
-        return Err(Error::Database {
-            what: "choosing tables".into(),
-            detail: format!(
+        // A pattern that names a view, a sequence…: said what it is, not taken for a typo.
+        let others = catalog::not_tables(client, &unmatched).await?;
+        let mut said: Vec<String> = unmatched
+            .iter()
+            .zip(&others)
+            .filter(|(_, o)| !o.is_empty())
+            .map(|(p, o)| {
+                let more = match o.len() {
+                    n if n > 3 => format!("; and {} more", n - 3),
+                    _ => String::new(),
+                };
+                format!("--tables {p}: {}{more}", o[..o.len().min(3)].join("; "))
+            })
+            .collect();
+        let missed: Vec<&str> = unmatched
+            .iter()
+            .zip(&others)
+            .filter(|(_, o)| o.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        if !missed.is_empty() {
+            said.push(format!(
                 "no table matches --tables {}: patterns are read as pg_dump -t reads them \
                  (public.orders, 'orders_*'; a name without a schema is looked for on the \
                  search path; unquoted names fold to lower case, so write '\"Order Items\"' \
                  for a name with capitals or spaces); a partitioned table's name takes its \
                  partitions",
-                unmatched.join(",")
-            ),
+                missed.join(",")
+            ));
+        }
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: said.join(". "),
         });
     }
     let largest = tables

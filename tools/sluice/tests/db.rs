@@ -1656,7 +1656,10 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
          CREATE SCHEMA \"Sales Dept\"; \
          CREATE TABLE \"Sales Dept\".\"Orders\" (id int PRIMARY KEY); \
          CREATE TABLE \"Sales Dept\".\"a.b\" (id int PRIMARY KEY); \
-         INSERT INTO \"Order Items\" SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+         INSERT INTO \"Order Items\" SELECT g, 'v' || g FROM generate_series(1, 100) g; \
+         CREATE VIEW v_orders AS SELECT * FROM orders; \
+         CREATE MATERIALIZED VIEW mv_orders AS SELECT * FROM orders; \
+         CREATE SEQUENCE free_seq;",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let planned = |tables: &str| -> Result<Vec<String>, String> {
@@ -1724,6 +1727,38 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
     let e = planned("db.public.orders").unwrap_err();
     assert!(
         e.starts_with("Some(2)") && e.contains("too many dotted names"),
+        "{e}"
+    );
+    // A quote left open is a syntax error, said at once (it was "no table matches").
+    for pattern in ["\"My Schema", "\"Sales Dept\".\"Orders", "\"a,b"] {
+        let e = planned(pattern).unwrap_err();
+        assert!(
+            e.starts_with("Some(2)") && e.contains("syntax error: a double quote is left open"),
+            "{pattern}: {e}"
+        );
+    }
+    // What is not a table is named for what it is (it was "no table matches", as a typo);
+    // beside a real miss, each is said.
+    for (pattern, what) in [
+        (
+            "v_orders",
+            "public.v_orders is a view: --tables chooses tables",
+        ),
+        ("mv_orders", "public.mv_orders is a materialized view"),
+        ("free_seq", "public.free_seq is a sequence"),
+        ("public.orders_pkey", "public.orders_pkey is an index"),
+    ] {
+        let e = planned(pattern).unwrap_err();
+        assert!(
+            e.starts_with("Some(5)") && e.contains(what),
+            "{pattern}: {e}"
+        );
+        assert!(!e.contains("no table matches"), "{pattern}: {e}");
+    }
+    let e = planned("v_orders,nothing_here").unwrap_err();
+    assert!(
+        e.contains("public.v_orders is a view")
+            && e.contains("no table matches --tables nothing_here"),
         "{e}"
     );
     // And the copy takes what the plan shows.
