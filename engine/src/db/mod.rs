@@ -485,8 +485,15 @@ const SEQUENCE: &str = "sequence";
 /// What `verify` compared, and what it found.
 #[derive(Debug, Clone, Default)]
 pub struct Verified {
-    /// Ranges of rows compared (a table without a key is compared whole, as one).
+    /// Ranges of rows compared (a table without a key is compared whole, as one; so is a table
+    /// only one side holds, or whose columns differ, and the large objects where there are
+    /// any): never fewer than the ranges that differ. Tables missing in the second database
+    /// were counted as differing and not as compared ("2 ranges compared, 30 differ").
     pub ranges: usize,
+    /// Of [`Verified::ranges`], the first database's tables the second lacks.
+    pub tables_missing: usize,
+    /// Of [`Verified::ranges`], the tables only the second database holds.
+    pub tables_only_in_second: usize,
     /// Sequences compared: the first database's, and any only the second holds.
     pub sequences: usize,
     /// What differs, tables and ranges first, then sequences.
@@ -519,12 +526,14 @@ async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verifi
     let theirs = catalog::tables(&cb, &options.tables).await?;
     let mut differences = Vec::new();
     let mut checked = 0;
+    let (mut missing, mut only_theirs) = (0, 0);
     for t in &theirs {
         if !plan
             .tables
             .iter()
             .any(|(a, _)| a.schema == t.schema && a.name == t.name)
         {
+            (checked, only_theirs) = (checked + 1, only_theirs + 1);
             differences.push(Difference {
                 table: t.display(),
                 range: "all rows".into(),
@@ -537,6 +546,7 @@ async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verifi
             .iter()
             .find(|t| t.schema == table.schema && t.name == table.name)
         else {
+            (checked, missing) = (checked + 1, missing + 1);
             differences.push(Difference {
                 table: table.display(),
                 range: "all rows".into(),
@@ -552,6 +562,7 @@ async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verifi
             c
         };
         if sorted(other) != sorted(table) {
+            checked += 1;
             differences.push(Difference {
                 table: table.display(),
                 range: "all rows".into(),
@@ -635,10 +646,14 @@ async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verifi
         }
     }
     if options.tables.is_empty() {
-        differences.extend(compare_large_objects((&ca, a), (&cb, b)).await?);
+        let (compared, differ) = compare_large_objects((&ca, a), (&cb, b)).await?;
+        checked += usize::from(compared);
+        differences.extend(differ);
     }
     Ok(Verified {
         ranges: checked,
+        tables_missing: missing,
+        tables_only_in_second: only_theirs,
         sequences,
         differences,
     })
@@ -682,11 +697,11 @@ async fn lo_digest(
 /// there are as many, a digest of each one's bytes by its OID (`pg_dump --blobs` keeps OIDs).
 /// `verify` said "0 differ" of two databases whose large objects differed (a new user's
 /// report). Reading one takes its owner's or a superuser's rights; without them the numbers
-/// alone are compared, with a warning.
+/// alone are compared, with a warning. Whether there were any to compare, and the difference.
 async fn compare_large_objects(
     (ca, a): (&Client, &Database),
     (cb, b): (&Client, &Database),
-) -> Result<Option<Difference>> {
+) -> Result<(bool, Option<Difference>)> {
     let (na, nb) = (lo_count(ca, a).await?, lo_count(cb, b).await?);
     let difference = |detail: String| Difference {
         table: "large objects".into(),
@@ -694,25 +709,32 @@ async fn compare_large_objects(
         detail,
     };
     if na != nb {
-        return Ok(Some(difference(format!(
-            "{na} in {} against {nb} in {} (sluice db copy leaves them behind: move them with \
-             pg_dump --data-only --blobs)",
-            a.shown, b.shown
-        ))));
+        return Ok((
+            true,
+            Some(difference(format!(
+                "{na} in {} against {nb} in {} (sluice db copy leaves them behind: move them \
+                 with pg_dump --data-only --blobs)",
+                a.shown, b.shown
+            ))),
+        ));
     }
     if na == 0 {
-        return Ok(None);
+        return Ok((false, None));
     }
     let (da, db) = match (lo_digest(ca, na).await, lo_digest(cb, na).await) {
         (Ok(Some(da)), Ok(Some(db))) => (da, db),
         (Err(e), _) | (_, Err(e)) => {
             return Err(conn::pg_error("comparing large objects".to_string(), &e))
         }
-        _ => return Ok(None),
+        // Compared by number only (a warning says so): as many at each end.
+        _ => return Ok((true, None)),
     };
-    Ok((da != db).then(|| {
-        difference(format!(
-            "{na} at each end, their bytes differ (digest {da} against {db})"
-        ))
-    }))
+    Ok((
+        true,
+        (da != db).then(|| {
+            difference(format!(
+                "{na} at each end, their bytes differ (digest {da} against {db})"
+            ))
+        }),
+    ))
 }

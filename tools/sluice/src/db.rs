@@ -202,11 +202,32 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             if json {
                 render::json_line(&serde_json::json!({
                     "event": "summary", "ranges": verified.ranges,
+                    "tables_missing": verified.tables_missing,
+                    "tables_only_in_second": verified.tables_only_in_second,
                     "sequences": verified.sequences, "differences": differences.len(),
                     "ranges_differing": ranges_differing,
                     "sequences_differing": sequences_differing,
                 }));
             } else {
+                // A table one side lacks is compared, and differs, whole: one range. It was
+                // counted as differing and not as compared ("2 ranges … compared, 30 differ").
+                let mut whole = Vec::new();
+                if verified.tables_missing > 0 {
+                    whole.push(format!(
+                        "{} missing in the second database",
+                        plural(verified.tables_missing, "table")
+                    ));
+                }
+                if verified.tables_only_in_second > 0 {
+                    whole.push(format!(
+                        "{} only in the second",
+                        plural(verified.tables_only_in_second, "table")
+                    ));
+                }
+                let whole = match whole.is_empty() {
+                    true => String::new(),
+                    false => format!(" (including {}, one range each)", whole.join(" and ")),
+                };
                 let split = match differences.len() {
                     0 => String::new(),
                     _ => format!(
@@ -216,7 +237,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                     ),
                 };
                 errln!(
-                    "sluice: {}, {} compared, {} differ{split}",
+                    "sluice: {}{whole}, {} compared, {} differ{split}",
                     plural(verified.ranges, "range"),
                     plural(verified.sequences, "sequence"),
                     differences.len()

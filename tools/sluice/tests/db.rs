@@ -2234,6 +2234,36 @@ fn sequences_arrive_where_they_stand_and_verify_compares_them() {
         (&3.into(), &4.into(), &5.into(), &1.into(), &4.into()),
         "{summary}"
     );
+    // Tables one side lacks are compared whole, one range each: never more differ than were
+    // compared (it said "2 ranges … compared, 30 differ" of a target lacking most tables).
+    pg.sql("dst", "DROP TABLE child; CREATE TABLE extra (i int)");
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "sluice: 4 ranges (including 1 table missing in the second database and 1 table \
+             only in the second, one range each), 4 sequences compared, 7 differ (3 ranges, 4 \
+             sequences)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice_db(&["--json", "db", "verify", &src, &dst]);
+    let summary = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "summary")
+        .unwrap();
+    assert_eq!(
+        (
+            &summary["ranges"],
+            &summary["tables_missing"],
+            &summary["tables_only_in_second"],
+            &summary["ranges_differing"]
+        ),
+        (&4.into(), &1.into(), &1.into(), &3.into()),
+        "{summary}"
+    );
 }
 
 /// A copy interrupted after its sequences were set, and resumed after the source's sequences
