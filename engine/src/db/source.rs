@@ -571,6 +571,7 @@ impl UnitSource for PgSource {
                         idle: self.idle.clone(),
                         done: false,
                         items: 0,
+                        widest: 0,
                     })
                 }
             };
@@ -682,7 +683,16 @@ struct RowsReader {
     done: bool,
     /// Rows the range held, once its trailer is made.
     items: u64,
+    /// The largest row message read (one `COPY` row arrives whole, and the connection's read
+    /// buffer keeps the room it grew to).
+    widest: usize,
 }
+
+/// A connection that read a row message larger than this is closed after its range, not kept
+/// for the next reader: its read buffer keeps the room the row took (twice it, as the buffer
+/// grows by doubling) for as long as it lives, and every idle connection that read a wide row
+/// held that much to the end of the run.
+const WIDE_ROW: usize = 8 << 20;
 
 impl UnitReader for RowsReader {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Fut<'a, Result<usize>> {
@@ -700,6 +710,7 @@ impl UnitReader for RowsReader {
                             if let Some(h) = self.rows.as_mut() {
                                 h.feed(&chunk);
                             }
+                            self.widest = self.widest.max(chunk.len());
                             self.chunk = chunk;
                         }
                         Some(Err(e)) => return Err(pg_error(format!("reading {}", self.what), &e)),
@@ -729,6 +740,10 @@ impl UnitReader for RowsReader {
                     what: format!("reading {}", self.what),
                     detail: why,
                 })?;
+            if self.widest > WIDE_ROW {
+                // Closed: its transaction ends with it.
+                self.client = None;
+            }
             if let Some(client) = self.client.take() {
                 let idle = &self.idle;
                 self.watch

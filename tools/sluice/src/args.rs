@@ -263,6 +263,9 @@ pub struct DbOptions {
     #[arg(long = "tables")]
     pub tables: Vec<String>,
     /// Ranges in flight at once, 1 to 16; each holds a connection at both ends. Default 4.
+    /// Memory follows the widest row: a row crosses whole, so each range being read holds
+    /// about 1.5 to 2.5 times its widest row (a 120 MB value: about 250 MB; PostgreSQL's
+    /// largest, 1 GB: over 2 GB), on top of some 50 MiB.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
     /// About how much table one range holds, e.g. 64M. Default: a fortieth of the largest

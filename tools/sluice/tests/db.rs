@@ -588,6 +588,69 @@ fn a_table_locked_by_another_session_is_named_within_the_lock_wait_timeout() {
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM held"), "1000");
 }
 
+/// A row crosses whole (one `COPY` row is one protocol message, read into the connection's
+/// buffer entire), and the connection keeps the room it took: every idle connection that had
+/// read a wide row held it to the end of the run, on top of the check's re-reading at the
+/// target (two rows of 48 MiB: 248 MB peak; 120 and 112 MB rows: 503 MB, a new user's report).
+/// A connection that read a row over 8 MiB is now closed after its range: the peak follows the
+/// rows being read at once (about 150 MB here).
+#[test]
+fn a_wide_row_is_not_held_after_its_range() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    const ROW: u64 = 48 << 20;
+    pg.sql(
+        "src",
+        &format!(
+            "CREATE TABLE wa (id int PRIMARY KEY, b bytea); \
+             INSERT INTO wa SELECT 1, decode(repeat(md5('x'), {}), 'hex'); \
+             CREATE TABLE wb (id int PRIMARY KEY, t text); \
+             INSERT INTO wb SELECT 1, repeat('z', {ROW});",
+            ROW / 16
+        ),
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let copy = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(["db", "copy", &src, &dst])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The high-water mark of its resident memory, read until it exits.
+    let status = format!("/proc/{}/status", copy.id());
+    let mut peak_kib = 0u64;
+    let reader = std::thread::spawn(move || {
+        while let Ok(text) = std::fs::read_to_string(&status) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            match hwm {
+                Some(kib) => peak_kib = peak_kib.max(kib),
+                // A zombie: exited.
+                None => break,
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        peak_kib
+    });
+    let out = wait_or_kill(copy, Duration::from_secs(120), "the copy did not end");
+    let peak = reader.join().unwrap() << 10;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(peak > ROW, "{peak} bytes: not measured");
+    assert!(
+        peak < 4 * ROW,
+        "peak RSS {} MiB for two rows of {} MiB",
+        peak >> 20,
+        ROW >> 20
+    );
+    for (table, column) in [("wa", "b"), ("wb", "t")] {
+        let sum = format!("SELECT md5({column}::text) FROM {table}");
+        assert_eq!(pg.sql("src", &sum), pg.sql("dst", &sum), "{table}");
+    }
+}
+
 /// `sluice ARGS`, unprivileged when the test is root.
 fn sluice_db(args: &[&str]) -> Output {
     let mut c = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
