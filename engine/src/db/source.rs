@@ -171,14 +171,9 @@ impl PgSource {
 
     /// `pg_dump`'s schema section `step` (`pre-data`, `post-data`) in the shared snapshot.
     async fn schema(&self, step: &str) -> Result<Vec<u8>> {
-        let (db, snapshot, step) = (self.db.clone(), self.snapshot.clone(), step.to_string());
-        let exclude = self
-            .left_out
-            .get()
-            .map(|l| l.patterns.clone())
-            .unwrap_or_default();
-        let options = self.dump_options.get().cloned().unwrap_or_default();
-        pg_dump(&db, &snapshot, &step, &exclude, &options).await
+        let exclude = self.left_out.get().map_or(&[][..], |l| &l.patterns[..]);
+        let options = self.dump_options.get().map_or(&[][..], Vec::as_slice);
+        pg_dump(&self.db, &self.snapshot, step, exclude, options).await
     }
 
     /// Dumps the post-data section and cuts it by table (see [`postdata`]): the indexes and key
@@ -689,9 +684,10 @@ struct RowsReader {
 }
 
 /// A connection that read a row message larger than this is closed after its range, not kept
-/// for the next reader: its read buffer keeps the room the row took (twice it, as the buffer
-/// grows by doubling) for as long as it lives, and every idle connection that read a wide row
-/// held that much to the end of the run.
+/// for the next reader: its read buffer keeps the room the row took for as long as it lives,
+/// and every idle connection that had read a wide row held that much to the end of the run
+/// (`docs/database.md`, "Memory and wide rows"). Closing one costs a connection's start-up,
+/// nothing beside a range of 8 MiB.
 const WIDE_ROW: usize = 8 << 20;
 
 impl UnitReader for RowsReader {
