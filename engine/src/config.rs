@@ -147,7 +147,9 @@ pub struct Config {
     pub control_queue: usize,
     /// Either side: a transfer in which no byte is verified, kept or scanned for this long ends
     /// with an error naming the stall, even while the peer still answers keep-alives
-    /// (`--stall-timeout`).
+    /// (`--stall-timeout`); for a database command, how long a server may leave every
+    /// statement unanswered ([`crate::db::Database::stall_timeout`]). [`STALL_TIMEOUT`] by
+    /// default.
     pub stall_timeout: Duration,
     /// Compare only: send no blocks, write nothing at the receiver, and report per file what
     /// differs (`sluice verify SRC TICKET`).
@@ -166,6 +168,13 @@ pub struct Config {
     /// (`--fresh-start`). Not used with path hints (`--rtt`, `--rate`), which say it instead.
     pub path_memory: Option<std::path::PathBuf>,
 }
+
+/// [`Config::stall_timeout`]'s default: two minutes without progress is far beyond a busy
+/// disk's or a congested link's pause, and short enough that a stuck run does not hold a
+/// terminal or a job slot for long. A slow link that still carries data is no stall
+/// (`progress::StallWatch`), nor a database statement that runs long on a server that
+/// still answers.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Default for Config {
     fn default() -> Self {
@@ -201,7 +210,7 @@ impl Default for Config {
             max_entries: 2_000_000,
             max_depth: 256,
             control_queue: crate::control::BACKLOG_LIMIT,
-            stall_timeout: Duration::from_secs(120),
+            stall_timeout: STALL_TIMEOUT,
             dry_run: false,
             compress: Compress::Auto,
             compress_level: crate::pack::DEFAULT_LEVEL,

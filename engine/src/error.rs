@@ -134,6 +134,21 @@ pub enum Error {
         /// What the client library said.
         detail: String,
     },
+    /// A database server left every statement unanswered for the stall limit
+    /// (`--stall-timeout`) while its connections stayed open: its processes stopped, its host
+    /// frozen, or a network path that drops everything (see `db::watch`). What was committed
+    /// stays; the same command, run again once it answers, resumes.
+    #[error(
+        "{server} has not answered for {seconds} s (--stall-timeout): is it stopped, \
+         or its host frozen? What was committed is kept: once it answers, run the same command \
+         again and a copy resumes"
+    )]
+    DatabaseStalled {
+        /// Which server, and where: `the target server (/run/postgresql/.s.PGSQL.5432)`.
+        server: String,
+        /// How long it was silent.
+        seconds: u64,
+    },
     /// A database server failed a statement for a reason that passes (a deadlock, a
     /// serialization failure, a connection cut while the server still takes new ones): the
     /// unit is worth sending again, where every other database error is not.
@@ -247,6 +262,7 @@ impl Error {
             // Still there after every attempt: running the same command again resumes.
             Error::Connection { .. }
             | Error::DatabaseLost { .. }
+            | Error::DatabaseStalled { .. }
             | Error::DatabaseTransient { .. } => ErrorKind::Connection,
         }
     }

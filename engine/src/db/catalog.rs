@@ -517,6 +517,60 @@ pub(crate) struct LeftOut {
     pub(crate) oids: Vec<u32>,
 }
 
+/// For each of `patterns` (each chose no table), what of another kind it names, as
+/// `public.v_items is a view: …`: a view, a materialized view or a sequence given to `--tables`
+/// was met with "no table matches", as if misspelt (a new user's report).
+pub(crate) async fn not_tables(client: &Client, patterns: &[&str]) -> Result<Vec<Vec<String>>> {
+    let parsed = patterns
+        .iter()
+        .map(|p| {
+            TablePattern::parse(p).map_err(|detail| Error::Database {
+                what: "choosing tables".into(),
+                detail,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rows = client
+        .query(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text, pg_table_is_visible(c.oid), \
+                        c.relkind::text \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('v', 'm', 'S', 'f', 'p', 'i', 'I', 'c') AND {USERS} \
+                 ORDER BY 1, 2"
+            ),
+            &[],
+        )
+        .await
+        .map_err(db_err("listing what --tables names"))?;
+    let mut found = vec![Vec::new(); patterns.len()];
+    for row in rows {
+        let (schema, name, visible, kind): (String, String, bool, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let what = match kind.as_str() {
+            "v" => "a view: --tables chooses tables, and a view comes with the tables it reads",
+            "m" => {
+                "a materialized view: --tables chooses tables, and a materialized view comes, \
+                 refreshed, with the tables it reads"
+            }
+            "S" => {
+                "a sequence: --tables chooses tables, and a table's own sequences come with it, \
+                 set where they stand"
+            }
+            "f" => "a foreign table: its rows live on another server, and are not copied",
+            "p" => "a partitioned table without partitions: it holds no rows to copy",
+            "i" | "I" => "an index: it comes with its table",
+            _ => "a composite type, not a table",
+        };
+        for (p, f) in parsed.iter().zip(&mut found) {
+            if p.matches(&schema, &name, visible) {
+                f.push(format!("{}.{} is {what}", shown(&schema), shown(&name)));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The relations a copy of `chosen` leaves out. A chosen table that keeps a foreign key to one
 /// left out, or a rule that uses one, is refused: the target could not make it.
 pub(crate) async fn left_out(client: &Client, chosen: &[Table]) -> Result<LeftOut> {
@@ -638,6 +692,12 @@ impl TablePattern {
                 // As psql folds: ASCII letters only.
                 c => part.push(Piece::Char(c.to_ascii_lowercase())),
             }
+        }
+        if quoted {
+            return Err(format!(
+                "--tables {pattern}: syntax error: a double quote is left open (close it: \
+                 '\"My Schema\".orders'; write \"\" for a double quote inside a name)"
+            ));
         }
         let mut parts = parts.into_iter();
         match (parts.next(), parts.next(), parts.next()) {
@@ -867,6 +927,12 @@ mod tests {
             "an empty name matches none"
         );
         assert!(TablePattern::parse("db.public.orders").is_err());
+        // A quote left open is a syntax error, not a name that matches nothing.
+        for open in ["\"My Schema", "s.\"t", "\"a\"\"b"] {
+            let e = TablePattern::parse(open).unwrap_err();
+            assert!(e.contains("syntax error"), "{open}: {e}");
+        }
+        assert!(TablePattern::parse("\"a\"\"b\"").is_ok());
     }
 }
 

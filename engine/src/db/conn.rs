@@ -24,12 +24,26 @@ pub struct Database {
     /// How long a statement waits for a lock before it gives up (`lock_timeout`); `None`:
     /// for ever. See [`Database::lock_wait_timeout`].
     pub(crate) lock_wait: Option<Duration>,
+    /// How long the server may leave every statement unanswered before the command ends. See
+    /// [`Database::stall_timeout`].
+    pub(crate) stall: Duration,
 }
 
 impl Database {
     /// Parses `conn` (URI or `key=value`, or a bare database name as `psql NAME` takes it),
     /// filling what it leaves out as libpq would.
     pub fn parse(conn: &str) -> Result<Self> {
+        if conn.trim().is_empty() {
+            // libpq would take every setting from the environment; said as "connecting to :"
+            // and a socket error, it told nothing (a new user's report). An empty argument is
+            // most often a shell variable left unset.
+            return Err(Error::Database {
+                what: "an empty connection string".into(),
+                detail: "name the database: a URI (postgresql://user@host/db), key=value words \
+                         (host=/run/postgresql dbname=db) or a database name"
+                    .into(),
+            });
+        }
         let bare = !conn.contains('=') && !conn.contains("://") && !conn.trim().is_empty();
         let words = if bare {
             format!(
@@ -89,7 +103,37 @@ impl Database {
             shown: hide_password(conn),
             config,
             lock_wait: None,
+            stall: crate::config::STALL_TIMEOUT,
         })
+    }
+
+    /// A command on this database ends with [`Error::DatabaseStalled`] once its server has
+    /// left every statement unanswered for `limit` (`--stall-timeout`), with a warning naming
+    /// it well before (see [`super::watch`]). Without it a server whose processes were stopped
+    /// held the command for ever, its ETA standing still.
+    pub fn stall_timeout(mut self, limit: Duration) -> Self {
+        self.stall = limit;
+        self
+    }
+
+    /// Where the server is looked for, as libpq names what it tried: each host's socket file
+    /// (`/run/postgresql/.s.PGSQL.5432`) or `host:port`.
+    pub fn server(&self) -> String {
+        let ports = self.config.get_ports();
+        // One port for every host, or one each.
+        let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h {
+                Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port(i)),
+                Host::Tcp(name) => format!("{name}:{}", port(i)),
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), port(i)),
+            })
+            .collect();
+        hosts.join(", ")
     }
 
     /// Every statement on this database gives up waiting for a lock after `limit`
@@ -270,23 +314,69 @@ impl Database {
             .get_connect_timeout()
             .copied()
             .unwrap_or(CONNECT_TIMEOUT);
+        let what = || format!("connecting to {}", self.shown);
         let (client, connection) = tokio::time::timeout(limit, self.config.connect(NoTls))
             .await
             .map_err(|_| Error::DatabaseLost {
-                what: format!("connecting to {}", self.shown),
+                what: what(),
                 detail: format!(
-                    "no answer from the server within {} s (connect_timeout= in the \
+                    "no answer from the server at {} within {} s (connect_timeout= in the \
                      connection string sets the limit)",
+                    self.server(),
                     limit.as_secs()
                 ),
             })?
-            .map_err(|e| pg_error(format!("connecting to {}", self.shown), &e))?;
+            .map_err(|e| match e.as_db_error() {
+                // The server said why: its words name the problem.
+                Some(_) => pg_error(what(), &e),
+                // Nothing reached: say what was tried, as libpq does ("No such file or
+                // directory" alone did not say which socket).
+                None => match pg_error(what(), &e) {
+                    Error::DatabaseLost { what, detail } => Error::DatabaseLost {
+                        what,
+                        detail: self.not_reached(&detail),
+                    },
+                    Error::Database { what, detail } => Error::Database {
+                        what,
+                        detail: self.not_reached(&detail),
+                    },
+                    other => other,
+                },
+            })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("database connection ended: {e}");
             }
         });
         Ok(client)
+    }
+}
+
+impl Database {
+    /// `detail` of a connection that reached no server, naming where it was looked for and
+    /// what to check, as libpq does.
+    fn not_reached(&self, detail: &str) -> String {
+        // The driver's own prefix says less than what follows it.
+        let cause = detail
+            .strip_prefix("error connecting to server: ")
+            .unwrap_or(detail);
+        let unix = self
+            .config
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, Host::Unix(_)));
+        match unix {
+            true => format!(
+                "connection to server on socket {} failed: {cause}; is the server running \
+                 there, with its socket in that directory and on that port (host=, port=)?",
+                self.server()
+            ),
+            false => format!(
+                "connection to server at {} failed: {cause}; is the server running on that \
+                 host and port, accepting TCP/IP connections?",
+                self.server()
+            ),
+        }
     }
 }
 
@@ -843,5 +933,22 @@ mod tests {
         assert_eq!(kv.name(), "app");
         assert!(kv.libpq().contains("host='/tmp'"));
         assert!(Database::parse("postgres://[::1").is_err());
+        // Not libpq's "every setting from the environment": named as the mistake it mostly is.
+        let e = Database::parse(" ").unwrap_err().to_string();
+        assert!(e.contains("an empty connection string"), "{e}");
+    }
+
+    /// What a connection tries is named as libpq names it: each host's socket file, or
+    /// `host:port`, with the port given for all hosts or for each.
+    #[test]
+    fn the_server_is_named_by_its_socket_or_host_and_port() {
+        let server = |conn: &str| Database::parse(conn).unwrap().server();
+        assert_eq!(server("host=/run/pg port=5433"), "/run/pg/.s.PGSQL.5433");
+        assert_eq!(server("host=/run/pg"), "/run/pg/.s.PGSQL.5432");
+        assert_eq!(server("host=db1,db2 port=6000"), "db1:6000, db2:6000");
+        assert_eq!(
+            server("host=db1,::1 port=6000,6001"),
+            "db1:6000, [::1]:6001"
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod meta;
 pub mod postdata;
 mod sink;
 mod source;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -226,16 +227,39 @@ async fn plan_in(client: &Client, options: &Options) -> Result<Plan> {
         .map(|(p, _)| p.as_str())
         .collect();
     if !unmatched.is_empty() {
-        return Err(Error::Database {
-            what: "choosing tables".into(),
-            detail: format!(
+        // A pattern that names a view, a sequence…: said what it is, not taken for a typo.
+        let others = catalog::not_tables(client, &unmatched).await?;
+        let mut said: Vec<String> = unmatched
+            .iter()
+            .zip(&others)
+            .filter(|(_, o)| !o.is_empty())
+            .map(|(p, o)| {
+                let more = match o.len() {
+                    n if n > 3 => format!("; and {} more", n - 3),
+                    _ => String::new(),
+                };
+                format!("--tables {p}: {}{more}", o[..o.len().min(3)].join("; "))
+            })
+            .collect();
+        let missed: Vec<&str> = unmatched
+            .iter()
+            .zip(&others)
+            .filter(|(_, o)| o.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        if !missed.is_empty() {
+            said.push(format!(
                 "no table matches --tables {}: patterns are read as pg_dump -t reads them \
                  (public.orders, 'orders_*'; a name without a schema is looked for on the \
                  search path; unquoted names fold to lower case, so write '\"Order Items\"' \
                  for a name with capitals or spaces); a partitioned table's name takes its \
                  partitions",
-                unmatched.join(",")
-            ),
+                missed.join(",")
+            ));
+        }
+        return Err(Error::Database {
+            what: "choosing tables".into(),
+            detail: said.join(". "),
         });
     }
     let largest = tables
@@ -296,12 +320,13 @@ async fn refuse_large_objects(client: &Client, src: &Database, options: &Options
 pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
-        let client = src.connect().await?;
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
-        let planned = async {
+        let watch = watch::Watch::start(src, "source");
+        let client = watch.guard(src.connect()).await?;
+        let planned = watch.guard(async {
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| conn::pg_error(format!("reading {}", src.shown), &e))?;
             // A source a copy would refuse, the plan refuses in the same words.
             refuse_large_objects(&client, src, options).await?;
             let plan = plan_in(&client, options).await?;
@@ -312,7 +337,7 @@ pub fn plan(src: &Database, options: &Options) -> Result<Plan> {
                 catalog::left_out(&client, &planned).await?;
             }
             Ok(plan)
-        };
+        });
         match planned.await {
             Err(e) => Err(src.name_lock_holders(e).await),
             ok => ok,
@@ -332,8 +357,9 @@ pub fn send(
     rt.block_on(async {
         // Until the rows flow, a statement that waited too long for a lock (an `ALTER TABLE`
         // left open in another session) is named with the session that holds it.
-        let prepared = async {
-            let (source, planner) = PgSource::open(src).await?;
+        let watch = watch::Watch::start(src, "source");
+        let prepared = watch.guard(async {
+            let (source, planner) = PgSource::open(src, watch.clone()).await?;
             refuse_large_objects(&planner, src, options).await?;
             let plan = plan_in(&planner, options).await?;
             source.dump_options(options.no_owner, options.no_privileges);
@@ -345,7 +371,7 @@ pub fn send(
             source.lock(&planned).await?;
             let cut = source.cut_post_data(&planned).await?;
             Ok::<_, Error>((source, plan, cut))
-        };
+        });
         let (source, plan, cut) = match prepared.await {
             Ok(prepared) => prepared,
             Err(e) => return Err(src.name_lock_holders(e).await),
@@ -459,8 +485,15 @@ const SEQUENCE: &str = "sequence";
 /// What `verify` compared, and what it found.
 #[derive(Debug, Clone, Default)]
 pub struct Verified {
-    /// Ranges of rows compared (a table without a key is compared whole, as one).
+    /// Ranges of rows compared (a table without a key is compared whole, as one; so is a table
+    /// only one side holds, or whose columns differ, and the large objects where there are
+    /// any): never fewer than the ranges that differ. Tables missing in the second database
+    /// were counted as differing and not as compared ("2 ranges compared, 30 differ").
     pub ranges: usize,
+    /// Of [`Verified::ranges`], the first database's tables the second lacks.
+    pub tables_missing: usize,
+    /// Of [`Verified::ranges`], the tables only the second database holds.
+    pub tables_only_in_second: usize,
     /// Sequences compared: the first database's, and any only the second holds.
     pub sequences: usize,
     /// What differs, tables and ranges first, then sequences.
@@ -472,140 +505,157 @@ pub struct Verified {
 pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<Verified> {
     let rt = crate::transport::runtime()?;
     rt.block_on(async {
-        let (ca, cb) = (a.connect().await?, b.connect().await?);
-        for (c, db) in [(&ca, a), (&cb, b)] {
-            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(|e| conn::pg_error(format!("reading {}", db.shown), &e))?;
-        }
-        let plan = plan_in(&ca, options).await?;
-        let theirs = catalog::tables(&cb, &options.tables).await?;
-        let mut differences = Vec::new();
-        let mut checked = 0;
-        for t in &theirs {
-            if !plan
-                .tables
-                .iter()
-                .any(|(a, _)| a.schema == t.schema && a.name == t.name)
-            {
-                differences.push(Difference {
-                    table: t.display(),
-                    range: "all rows".into(),
-                    detail: format!("only in {}", b.shown),
-                });
-            }
-        }
-        for (table, ranges) in &plan.tables {
-            let Some(other) = theirs
-                .iter()
-                .find(|t| t.schema == table.schema && t.name == table.name)
-            else {
-                differences.push(Difference {
-                    table: table.display(),
-                    range: "all rows".into(),
-                    detail: format!("missing in {}", b.shown),
-                });
-                continue;
-            };
-            // Each side is read by the source's column names, so only the names must agree,
-            // not their order (an inherited child's columns follow its parent's in a dump).
-            let sorted = |t: &Table| {
-                let mut c = t.columns.clone();
-                c.sort();
-                c
-            };
-            if sorted(other) != sorted(table) {
-                differences.push(Difference {
-                    table: table.display(),
-                    range: "all rows".into(),
-                    detail: format!(
-                        "columns differ: ({}) against ({})",
-                        table.columns.join(", "),
-                        other.columns.join(", ")
-                    ),
-                });
-                continue;
-            }
-            // Pages differ between two copies of a table: without a key, compare it whole.
-            let whole = [Range::whole(false)];
-            let ranges = if table.key.is_some() {
-                &ranges[..]
-            } else {
-                &whole[..]
-            };
-            for range in ranges {
-                checked += 1;
-                let (da, db) = tokio::join!(
-                    sink::digest_of(&ca, table, range),
-                    sink::digest_of(&cb, table, range)
-                );
-                let (da, db) = (da?, db?);
-                if da != db {
-                    differences.push(Difference {
-                        table: table.display(),
-                        range: range.display(table),
-                        detail: format!(
-                            "{} rows, digest {} against {} rows, digest {}",
-                            da.rows,
-                            da.hex(),
-                            db.rows,
-                            db.hex()
-                        ),
-                    });
-                }
-            }
-        }
-        // Sequences: where each will hand out its next value. A copy that left one behind
-        // would hand out keys already in its table.
-        let left = if options.tables.is_empty() {
-            Vec::new()
-        } else {
-            let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
-            catalog::left_out(&ca, &planned).await?.oids
-        };
-        let ours = catalog::sequences(&ca, &left).await?;
-        let theirs: BTreeMap<String, catalog::SequenceState> = catalog::sequences(&cb, &[])
-            .await?
-            .into_iter()
-            .map(|s| (s.name.clone(), s))
-            .collect();
-        let state = |s: &catalog::SequenceState| match s.is_called {
-            true => format!("last value {}", s.last_value),
-            false => format!("next value {} (none handed out)", s.last_value),
-        };
-        for s in &ours {
-            let detail = match theirs.get(&s.name) {
-                None => format!("missing in {}", b.shown),
-                Some(t) if t == s => continue,
-                Some(t) => format!("{} against {}", state(s), state(t)),
-            };
+        // Each server watched: one that stops answering ends the comparison, named.
+        let (wa, wb) = (
+            watch::Watch::start(a, "first database's"),
+            watch::Watch::start(b, "second database's"),
+        );
+        wa.guard(wb.guard(compare(a, b, options))).await
+    })
+}
+
+/// [`verify`]'s comparison.
+async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verified> {
+    let (ca, cb) = (a.connect().await?, b.connect().await?);
+    for (c, db) in [(&ca, a), (&cb, b)] {
+        c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| conn::pg_error(format!("reading {}", db.shown), &e))?;
+    }
+    let plan = plan_in(&ca, options).await?;
+    let theirs = catalog::tables(&cb, &options.tables).await?;
+    let mut differences = Vec::new();
+    let mut checked = 0;
+    let (mut missing, mut only_theirs) = (0, 0);
+    for t in &theirs {
+        if !plan
+            .tables
+            .iter()
+            .any(|(a, _)| a.schema == t.schema && a.name == t.name)
+        {
+            (checked, only_theirs) = (checked + 1, only_theirs + 1);
             differences.push(Difference {
-                table: s.name.clone(),
-                range: SEQUENCE.into(),
-                detail,
+                table: t.display(),
+                range: "all rows".into(),
+                detail: format!("only in {}", b.shown),
             });
         }
-        let mut sequences = ours.len();
-        if options.tables.is_empty() {
-            let known: std::collections::HashSet<&str> =
-                ours.iter().map(|s| s.name.as_str()).collect();
-            for name in theirs.keys().filter(|n| !known.contains(n.as_str())) {
-                sequences += 1;
+    }
+    for (table, ranges) in &plan.tables {
+        let Some(other) = theirs
+            .iter()
+            .find(|t| t.schema == table.schema && t.name == table.name)
+        else {
+            (checked, missing) = (checked + 1, missing + 1);
+            differences.push(Difference {
+                table: table.display(),
+                range: "all rows".into(),
+                detail: format!("missing in {}", b.shown),
+            });
+            continue;
+        };
+        // Each side is read by the source's column names, so only the names must agree,
+        // not their order (an inherited child's columns follow its parent's in a dump).
+        let sorted = |t: &Table| {
+            let mut c = t.columns.clone();
+            c.sort();
+            c
+        };
+        if sorted(other) != sorted(table) {
+            checked += 1;
+            differences.push(Difference {
+                table: table.display(),
+                range: "all rows".into(),
+                detail: format!(
+                    "columns differ: ({}) against ({})",
+                    table.columns.join(", "),
+                    other.columns.join(", ")
+                ),
+            });
+            continue;
+        }
+        // Pages differ between two copies of a table: without a key, compare it whole.
+        let whole = [Range::whole(false)];
+        let ranges = if table.key.is_some() {
+            &ranges[..]
+        } else {
+            &whole[..]
+        };
+        for range in ranges {
+            checked += 1;
+            let (da, db) = tokio::join!(
+                sink::digest_of(&ca, table, range),
+                sink::digest_of(&cb, table, range)
+            );
+            let (da, db) = (da?, db?);
+            if da != db {
                 differences.push(Difference {
-                    table: name.clone(),
-                    range: SEQUENCE.into(),
-                    detail: format!("only in {}", b.shown),
+                    table: table.display(),
+                    range: range.display(table),
+                    detail: format!(
+                        "{} rows, digest {} against {} rows, digest {}",
+                        da.rows,
+                        da.hex(),
+                        db.rows,
+                        db.hex()
+                    ),
                 });
             }
         }
-        if options.tables.is_empty() {
-            differences.extend(compare_large_objects((&ca, a), (&cb, b)).await?);
+    }
+    // Sequences: where each will hand out its next value. A copy that left one behind
+    // would hand out keys already in its table.
+    let left = if options.tables.is_empty() {
+        Vec::new()
+    } else {
+        let planned: Vec<Table> = plan.tables.iter().map(|(t, _)| t.clone()).collect();
+        catalog::left_out(&ca, &planned).await?.oids
+    };
+    let ours = catalog::sequences(&ca, &left).await?;
+    let theirs: BTreeMap<String, catalog::SequenceState> = catalog::sequences(&cb, &[])
+        .await?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let state = |s: &catalog::SequenceState| match s.is_called {
+        true => format!("last value {}", s.last_value),
+        false => format!("next value {} (none handed out)", s.last_value),
+    };
+    for s in &ours {
+        let detail = match theirs.get(&s.name) {
+            None => format!("missing in {}", b.shown),
+            Some(t) if t == s => continue,
+            Some(t) => format!("{} against {}", state(s), state(t)),
+        };
+        differences.push(Difference {
+            table: s.name.clone(),
+            range: SEQUENCE.into(),
+            detail,
+        });
+    }
+    let mut sequences = ours.len();
+    if options.tables.is_empty() {
+        let known: std::collections::HashSet<&str> = ours.iter().map(|s| s.name.as_str()).collect();
+        for name in theirs.keys().filter(|n| !known.contains(n.as_str())) {
+            sequences += 1;
+            differences.push(Difference {
+                table: name.clone(),
+                range: SEQUENCE.into(),
+                detail: format!("only in {}", b.shown),
+            });
         }
-        Ok(Verified {
-            ranges: checked,
-            sequences,
-            differences,
-        })
+    }
+    if options.tables.is_empty() {
+        let (compared, differ) = compare_large_objects((&ca, a), (&cb, b)).await?;
+        checked += usize::from(compared);
+        differences.extend(differ);
+    }
+    Ok(Verified {
+        ranges: checked,
+        tables_missing: missing,
+        tables_only_in_second: only_theirs,
+        sequences,
+        differences,
     })
 }
 
@@ -647,11 +697,11 @@ async fn lo_digest(
 /// there are as many, a digest of each one's bytes by its OID (`pg_dump --blobs` keeps OIDs).
 /// `verify` said "0 differ" of two databases whose large objects differed (a new user's
 /// report). Reading one takes its owner's or a superuser's rights; without them the numbers
-/// alone are compared, with a warning.
+/// alone are compared, with a warning. Whether there were any to compare, and the difference.
 async fn compare_large_objects(
     (ca, a): (&Client, &Database),
     (cb, b): (&Client, &Database),
-) -> Result<Option<Difference>> {
+) -> Result<(bool, Option<Difference>)> {
     let (na, nb) = (lo_count(ca, a).await?, lo_count(cb, b).await?);
     let difference = |detail: String| Difference {
         table: "large objects".into(),
@@ -659,25 +709,32 @@ async fn compare_large_objects(
         detail,
     };
     if na != nb {
-        return Ok(Some(difference(format!(
-            "{na} in {} against {nb} in {} (sluice db copy leaves them behind: move them with \
-             pg_dump --data-only --blobs)",
-            a.shown, b.shown
-        ))));
+        return Ok((
+            true,
+            Some(difference(format!(
+                "{na} in {} against {nb} in {} (sluice db copy leaves them behind: move them \
+                 with pg_dump --data-only --blobs)",
+                a.shown, b.shown
+            ))),
+        ));
     }
     if na == 0 {
-        return Ok(None);
+        return Ok((false, None));
     }
     let (da, db) = match (lo_digest(ca, na).await, lo_digest(cb, na).await) {
         (Ok(Some(da)), Ok(Some(db))) => (da, db),
         (Err(e), _) | (_, Err(e)) => {
             return Err(conn::pg_error("comparing large objects".to_string(), &e))
         }
-        _ => return Ok(None),
+        // Compared by number only (a warning says so): as many at each end.
+        _ => return Ok((true, None)),
     };
-    Ok((da != db).then(|| {
-        difference(format!(
-            "{na} at each end, their bytes differ (digest {da} against {db})"
-        ))
-    }))
+    Ok((
+        true,
+        (da != db).then(|| {
+            difference(format!(
+                "{na} at each end, their bytes differ (digest {da} against {db})"
+            ))
+        }),
+    ))
 }

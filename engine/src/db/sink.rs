@@ -14,6 +14,7 @@ use super::catalog::{self, Range, Table, BOOKKEEPING};
 use super::conn::{full, judged, judged_owned, Database};
 use super::digest::{KeyRoute, RowHasher, RowsDigest};
 use super::meta::Meta;
+use super::watch::Watch;
 use crate::error::{Error, Result};
 use crate::transport::Fut;
 use crate::unit::{UnitSink, UnitWriter};
@@ -35,6 +36,8 @@ const MAX_SQL: usize = 256 << 20;
 pub struct PgSink {
     db: Database,
     idle: Arc<Mutex<Vec<Client>>>,
+    /// The watch on the target's server, on the runtime the session runs on ([`PgSink::watch`]).
+    watch: Arc<Mutex<Option<Arc<Watch>>>>,
 }
 
 impl PgSink {
@@ -43,6 +46,17 @@ impl PgSink {
         Self {
             db,
             idle: Default::default(),
+            watch: Default::default(),
+        }
+    }
+
+    /// The watch on the target's server, started on the current runtime unless one runs there
+    /// already (a sink may be checked on one runtime and serve on another).
+    fn watch(&self) -> Arc<Watch> {
+        let mut slot = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(w) if w.is_running() => w.clone(),
+            _ => slot.insert(Watch::start(&self.db, "target")).clone(),
         }
     }
 
@@ -139,88 +153,104 @@ fn db_err(what: String) -> impl FnOnce(tokio_postgres::Error) -> Error {
 
 impl UnitSink for PgSink {
     fn held(&self) -> Fut<'_, Result<Vec<String>>> {
-        Box::pin(async move {
-            self.check().await?;
-            let client = self.client().await?;
-            client
-                .batch_execute(&format!(
-                    "SET client_min_messages = warning; \
-                     CREATE SCHEMA IF NOT EXISTS {BOOKKEEPING}; \
-                     CREATE TABLE IF NOT EXISTS {BOOKKEEPING}.units (\
-                        key text PRIMARY KEY, rows int8 NOT NULL, digest text NOT NULL, \
-                        bytes int8 NOT NULL, meta text NOT NULL, \
-                        committed_at timestamptz NOT NULL DEFAULT now())"
-                ))
-                .await
-                .map_err(db_err(format!(
-                    "preparing bookkeeping in {}",
-                    self.db.shown
-                )))?;
-            client
-                .execute(
-                    &format!("DELETE FROM {BOOKKEEPING}.units WHERE key = $1"),
-                    &[&VERIFY_FAILED],
-                )
-                .await
-                .map_err(db_err("reading bookkeeping".into()))?;
-            let rows = client
-                .query(&format!("SELECT key FROM {BOOKKEEPING}.units"), &[])
-                .await
-                .map_err(db_err("reading bookkeeping".into()))?;
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(client);
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
+        Box::pin(async move { self.watch().guard(self.held_here()).await })
     }
 
     fn open<'a>(&'a self, meta: &'a str) -> Fut<'a, Result<Box<dyn UnitWriter>>> {
-        Box::pin(judged(&self.db, async move {
-            let parsed = Meta::parse(meta)?;
-            let key = parsed.key();
-            let writer: Box<dyn UnitWriter> = match parsed {
-                Meta::Sql { step, .. } => Box::new(SqlWriter {
+        Box::pin(async move {
+            let watch = self.watch();
+            watch
+                .guard(judged(&self.db, self.open_here(meta, &watch)))
+                .await
+        })
+    }
+}
+
+impl PgSink {
+    /// [`UnitSink::held`], unwatched.
+    async fn held_here(&self) -> Result<Vec<String>> {
+        self.check().await?;
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!(
+                "SET client_min_messages = warning; \
+                 CREATE SCHEMA IF NOT EXISTS {BOOKKEEPING}; \
+                 CREATE TABLE IF NOT EXISTS {BOOKKEEPING}.units (\
+                    key text PRIMARY KEY, rows int8 NOT NULL, digest text NOT NULL, \
+                    bytes int8 NOT NULL, meta text NOT NULL, \
+                    committed_at timestamptz NOT NULL DEFAULT now())"
+            ))
+            .await
+            .map_err(db_err(format!(
+                "preparing bookkeeping in {}",
+                self.db.shown
+            )))?;
+        client
+            .execute(
+                &format!("DELETE FROM {BOOKKEEPING}.units WHERE key = $1"),
+                &[&VERIFY_FAILED],
+            )
+            .await
+            .map_err(db_err("reading bookkeeping".into()))?;
+        let rows = client
+            .query(&format!("SELECT key FROM {BOOKKEEPING}.units"), &[])
+            .await
+            .map_err(db_err("reading bookkeeping".into()))?;
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client);
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// [`UnitSink::open`], unwatched; the rows' writer keeps `watch`.
+    async fn open_here(&self, meta: &str, watch: &Arc<Watch>) -> Result<Box<dyn UnitWriter>> {
+        let parsed = Meta::parse(meta)?;
+        let key = parsed.key();
+        let writer: Box<dyn UnitWriter> = match parsed {
+            Meta::Sql { step, .. } => Box::new(SqlWriter {
+                sink: self.clone(),
+                key,
+                step,
+                sql: Vec::new(),
+            }),
+            Meta::Finish { verify } => Box::new(FinishWriter {
+                sink: self.clone(),
+                verify,
+                rechecked: Vec::new(),
+            }),
+            Meta::Rows { table, range } => {
+                let what = format!("{} ({})", table.display(), range.display(&table));
+                let client = self.client().await?;
+                client
+                    .batch_execute("BEGIN")
+                    .await
+                    .map_err(db_err(format!("writing {what}")))?;
+                let copy = client
+                    .copy_in::<_, Bytes>(table.copy_in().as_str())
+                    .await
+                    .map_err(db_err(format!("writing {what}")))?;
+                Box::new(RowsWriter {
                     sink: self.clone(),
+                    watch: watch.clone(),
+                    table: table.clone(),
                     key,
-                    step,
-                    sql: Vec::new(),
-                }),
-                Meta::Finish { verify } => Box::new(FinishWriter {
-                    sink: self.clone(),
-                    verify,
-                    rechecked: Vec::new(),
-                }),
-                Meta::Rows { table, range } => {
-                    let what = format!("{} ({})", table.display(), range.display(&table));
-                    let client = self.client().await?;
-                    client
-                        .batch_execute("BEGIN")
-                        .await
-                        .map_err(db_err(format!("writing {what}")))?;
-                    let copy = client
-                        .copy_in::<_, Bytes>(table.copy_in().as_str())
-                        .await
-                        .map_err(db_err(format!("writing {what}")))?;
-                    Box::new(RowsWriter {
-                        sink: self.clone(),
-                        table: table.clone(),
-                        key,
-                        meta: meta.to_string(),
-                        what,
-                        client,
-                        copy: Box::pin(copy),
-                    })
-                }
-            };
-            Ok(writer)
-        }))
+                    meta: meta.to_string(),
+                    what,
+                    client,
+                    copy: Box::pin(copy),
+                })
+            }
+        };
+        Ok(writer)
     }
 }
 
 /// One range's rows going into a `COPY FROM STDIN`, inside a transaction.
 struct RowsWriter {
     sink: PgSink,
+    /// The target server's watch: each wait on it ends if it stops answering.
+    watch: Arc<Watch>,
     table: Table,
     key: String,
     meta: String,
@@ -232,7 +262,10 @@ struct RowsWriter {
 impl UnitWriter for RowsWriter {
     fn put(&mut self, data: Bytes) -> Fut<'_, Result<()>> {
         Box::pin(async move {
-            let sent = self.copy.send(data).await;
+            let watch = self.watch.clone();
+            let sent = watch
+                .guard(async { Ok(self.copy.send(data).await) })
+                .await?;
             judged(
                 &self.sink.db,
                 std::future::ready(sent.map_err(db_err(format!("writing {}", self.what)))),
@@ -243,9 +276,11 @@ impl UnitWriter for RowsWriter {
 
     fn commit(self: Box<Self>, bytes: u64, trailer: Vec<u8>) -> Fut<'static, Result<()>> {
         let db = self.sink.db.clone();
-        Box::pin(judged_owned(db, async move {
+        let watch = self.watch.clone();
+        Box::pin(watch.guard_owned(judged_owned(db, async move {
             let Self {
                 sink,
+                watch: _,
                 table,
                 key,
                 meta,
@@ -311,7 +346,7 @@ impl UnitWriter for RowsWriter {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(client);
             Ok(())
-        }))
+        })))
     }
 }
 
@@ -339,7 +374,8 @@ impl UnitWriter for SqlWriter {
 
     fn commit(self: Box<Self>, bytes: u64, _trailer: Vec<u8>) -> Fut<'static, Result<()>> {
         let db = self.sink.db.clone();
-        Box::pin(judged_owned(db, async move {
+        let watch = self.sink.watch();
+        Box::pin(watch.guard_owned(judged_owned(db, async move {
             let what = format!("applying the schema's {}", self.step);
             let sql = String::from_utf8(self.sql).map_err(|_| Error::Database {
                 what: what.clone(),
@@ -370,7 +406,7 @@ impl UnitWriter for SqlWriter {
                 std::process::exit(137);
             }
             Ok(())
-        }))
+        })))
     }
 }
 
@@ -400,7 +436,8 @@ impl UnitWriter for FinishWriter {
 
     fn commit(self: Box<Self>, _bytes: u64, _trailer: Vec<u8>) -> Fut<'static, Result<()>> {
         let db = self.sink.db.clone();
-        Box::pin(judged_owned(db, async move {
+        let watch = self.sink.watch();
+        Box::pin(watch.guard_owned(judged_owned(db, async move {
             let client = self.sink.db.connect().await?;
             // Found by an earlier attempt of this unit: the same error again, naming them.
             let failed = client
@@ -448,7 +485,7 @@ impl UnitWriter for FinishWriter {
                 .await
                 .map_err(db_err("dropping the bookkeeping".into()))?;
             Ok(())
-        }))
+        })))
     }
 }
 

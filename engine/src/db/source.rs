@@ -2,11 +2,11 @@
 //! made in, so the rows of all ranges, the schema and the sequences agree with each other.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
+use tokio::process::Command;
 use tokio_postgres::{Client, CopyOutStream};
 
 use super::catalog::{self, LeftOut, Range, Table};
@@ -14,6 +14,7 @@ use super::conn::{judged, pg_error, Database};
 use super::digest::RowHasher;
 use super::meta::{rows_prefix, Meta};
 use super::postdata::{self, PostData};
+use super::watch::Watch;
 use crate::error::{Error, Result};
 use crate::transport::Fut;
 use crate::unit::{Unit, UnitReader, UnitSource};
@@ -22,6 +23,8 @@ use crate::unit::{Unit, UnitReader, UnitSource};
 #[derive(Debug)]
 pub struct PgSource {
     db: Database,
+    /// Ends what waits on a server that stopped answering ([`Watch::guard`]).
+    watch: Arc<Watch>,
     snapshot: String,
     idle: Idle,
     /// Holds the transaction the snapshot was exported from: the snapshot lives as long as it.
@@ -54,8 +57,8 @@ pub(crate) struct Resume {
 
 impl PgSource {
     /// Opens the snapshot every reader will share; returns the source and a client inside that
-    /// snapshot for planning.
-    pub(crate) async fn open(db: &Database) -> Result<(Self, Client)> {
+    /// snapshot for planning. `watch` watches `db`'s server: every read waits on it.
+    pub(crate) async fn open(db: &Database, watch: Arc<Watch>) -> Result<(Self, Client)> {
         let holder = db.connect().await?;
         let snapshot: String = holder
             .simple_query(
@@ -74,6 +77,7 @@ impl PgSource {
             })?;
         let source = Self {
             db: db.clone(),
+            watch,
             snapshot,
             idle: Idle::default(),
             holder,
@@ -167,19 +171,9 @@ impl PgSource {
 
     /// `pg_dump`'s schema section `step` (`pre-data`, `post-data`) in the shared snapshot.
     async fn schema(&self, step: &str) -> Result<Vec<u8>> {
-        let (db, snapshot, step) = (self.db.clone(), self.snapshot.clone(), step.to_string());
-        let exclude = self
-            .left_out
-            .get()
-            .map(|l| l.patterns.clone())
-            .unwrap_or_default();
-        let options = self.dump_options.get().cloned().unwrap_or_default();
-        tokio::task::spawn_blocking(move || pg_dump(&db, &snapshot, &step, &exclude, &options))
-            .await
-            .map_err(|e| Error::Database {
-                what: "running pg_dump".into(),
-                detail: e.to_string(),
-            })?
+        let exclude = self.left_out.get().map_or(&[][..], |l| &l.patterns[..]);
+        let options = self.dump_options.get().map_or(&[][..], Vec::as_slice);
+        pg_dump(&self.db, &self.snapshot, step, exclude, options).await
     }
 
     /// Dumps the post-data section and cuts it by table (see [`postdata`]): the indexes and key
@@ -354,7 +348,10 @@ pub(crate) fn pg_tool(name: &str) -> Result<std::path::PathBuf> {
         })
 }
 
-fn pg_dump(
+/// `pg_dump`'s schema section `step` of `db` in `snapshot`. The process is killed if the wait
+/// for it is dropped (its server stopped answering, [`Watch`]): left running, it held the
+/// command on a blocking thread until the server came back.
+async fn pg_dump(
     db: &Database,
     snapshot: &str,
     step: &str,
@@ -362,6 +359,7 @@ fn pg_dump(
     options: &[&str],
 ) -> Result<Vec<u8>> {
     let mut cmd = Command::new(pg_tool("pg_dump")?);
+    cmd.kill_on_drop(true);
     for pattern in exclude {
         cmd.arg(format!("--exclude-table={pattern}"));
     }
@@ -381,7 +379,7 @@ fn pg_dump(
     if let Some(pw) = db.password() {
         cmd.env("PGPASSWORD", pw);
     }
-    let out = cmd.output().map_err(|e| Error::Database {
+    let out = cmd.output().await.map_err(|e| Error::Database {
         what: "running pg_dump".into(),
         detail: e.to_string(),
     })?;
@@ -509,7 +507,7 @@ impl UnitSource for PgSource {
 
     fn open<'a>(&'a self, unit: &'a Unit) -> Fut<'a, Result<Box<dyn UnitReader>>> {
         // Named at the source: a copy's error could be either end's.
-        Box::pin(judged(&self.db, async move {
+        Box::pin(self.watch.guard(judged(&self.db, async move {
             let reader: Box<dyn UnitReader> = match Meta::parse(&unit.meta)? {
                 Meta::Sql { step, .. } => {
                     let sql = match step.as_str() {
@@ -561,17 +559,19 @@ impl UnitSource for PgSource {
                             self.db.shown
                         ),
                         stream: Box::pin(stream),
+                        watch: self.watch.clone(),
                         chunk: Bytes::new(),
                         rows: Some(RowHasher::new(table.binary)),
                         client: Some(client),
                         idle: self.idle.clone(),
                         done: false,
                         items: 0,
+                        widest: 0,
                     })
                 }
             };
             Ok(reader)
-        }))
+        })))
     }
 }
 
@@ -668,6 +668,8 @@ impl UnitReader for Fixed {
 struct RowsReader {
     what: String,
     stream: std::pin::Pin<Box<CopyOutStream>>,
+    /// The source server's watch: each wait for the next rows ends if it stops answering.
+    watch: Arc<Watch>,
     chunk: Bytes,
     rows: Option<RowHasher>,
     client: Option<Client>,
@@ -676,7 +678,17 @@ struct RowsReader {
     done: bool,
     /// Rows the range held, once its trailer is made.
     items: u64,
+    /// The largest row message read (one `COPY` row arrives whole, and the connection's read
+    /// buffer keeps the room it grew to).
+    widest: usize,
 }
+
+/// A connection that read a row message larger than this is closed after its range, not kept
+/// for the next reader: its read buffer keeps the room the row took for as long as it lives,
+/// and every idle connection that had read a wide row held that much to the end of the run
+/// (`docs/database.md`, "Memory and wide rows"). Closing one costs a connection's start-up,
+/// nothing beside a range of 8 MiB.
+const WIDE_ROW: usize = 8 << 20;
 
 impl UnitReader for RowsReader {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Fut<'a, Result<usize>> {
@@ -687,11 +699,14 @@ impl UnitReader for RowsReader {
                     if self.done {
                         break;
                     }
-                    match self.stream.next().await {
+                    let next = self.watch.clone();
+                    let next = next.guard(async { Ok(self.stream.next().await) }).await?;
+                    match next {
                         Some(Ok(chunk)) => {
                             if let Some(h) = self.rows.as_mut() {
                                 h.feed(&chunk);
                             }
+                            self.widest = self.widest.max(chunk.len());
                             self.chunk = chunk;
                         }
                         Some(Err(e)) => return Err(pg_error(format!("reading {}", self.what), &e)),
@@ -721,8 +736,18 @@ impl UnitReader for RowsReader {
                     what: format!("reading {}", self.what),
                     detail: why,
                 })?;
+            if self.widest > WIDE_ROW {
+                // Closed: its transaction ends with it.
+                self.client = None;
+            }
             if let Some(client) = self.client.take() {
-                self.idle.give_back(client).await;
+                let idle = &self.idle;
+                self.watch
+                    .guard(async move {
+                        idle.give_back(client).await;
+                        Ok(())
+                    })
+                    .await?;
             }
             self.items = digest.rows;
             Ok(digest.to_bytes())

@@ -198,7 +198,7 @@ pub enum DbCommand {
         #[arg(long, value_parser = advertised)]
         advertise: Option<SocketAddr>,
         #[command(flatten)]
-        lock_wait: LockWait,
+        waits: Waits,
         #[command(flatten)]
         link: Link,
     },
@@ -237,6 +237,17 @@ impl DbCommand {
         }
     }
 
+    /// How long the command waits for locks and for silent servers.
+    pub fn waits(&self) -> &Waits {
+        match self {
+            DbCommand::Copy { options, .. }
+            | DbCommand::Send { options, .. }
+            | DbCommand::Verify { options, .. }
+            | DbCommand::Plan { options, .. } => &options.waits,
+            DbCommand::Recv { waits, .. } => waits,
+        }
+    }
+
     /// The link's tuning, for the commands that move data over one.
     pub fn link(&self) -> Option<&Link> {
         match self {
@@ -258,6 +269,9 @@ pub struct DbOptions {
     #[arg(long = "tables")]
     pub tables: Vec<String>,
     /// Ranges in flight at once, 1 to 16; each holds a connection at both ends. Default 4.
+    /// Memory follows the widest row: a row crosses whole, so each range being read holds
+    /// about 1.5 to 2.5 times its widest row (a 120 MB value: about 250 MB; PostgreSQL's
+    /// largest, 1 GB: over 2 GB), on top of some 50 MiB.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
     /// About how much table one range holds, e.g. 64M. Default: a fortieth of the largest
@@ -265,7 +279,7 @@ pub struct DbOptions {
     #[arg(long, value_parser = parse_size)]
     pub range_size: Option<u64>,
     #[command(flatten)]
-    pub lock_wait: LockWait,
+    pub waits: Waits,
 }
 
 /// What only the commands that copy (`db copy`, `db send`) take: `db plan` and `db verify`
@@ -294,13 +308,21 @@ pub struct CopyOptions {
     pub no_privileges: bool,
 }
 
-/// How long a database command waits for a lock another session holds.
+/// How long a database command waits: for a lock another session holds, for a server that
+/// does not answer.
 #[derive(Debug, Args)]
-pub struct LockWait {
+pub struct Waits {
     /// Give up waiting for a lock another session holds after this long, naming the table and
     /// the session (as `pg_dump --lock-wait-timeout`), e.g. 30s, 2min, 500ms; 0 waits for ever.
     #[arg(long, value_parser = parse_wait, default_value = "30s")]
     pub lock_wait_timeout: std::time::Duration,
+    /// Whole seconds a database server may leave every statement unanswered (its processes
+    /// stopped, its host frozen) before the command ends with an error naming it (exit 3;
+    /// what was committed is kept, and the same command resumes); a warning names it after 5 s
+    /// of silence. A statement that runs long on a server that answers is no stall (default
+    /// 120).
+    #[arg(long)]
+    pub stall_timeout: Option<u64>,
 }
 
 /// Whose files arrive (copy, send, recv). As with `rsync -a`, a receiver run as root gives each

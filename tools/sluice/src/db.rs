@@ -10,7 +10,7 @@ use sluice_engine::unit::session::UnitServer;
 use sluice_engine::unit::UnitsSummary;
 use sluice_engine::{Config, Event, Progress, Ticket};
 
-use crate::args::{CopyOptions, DbCommand, DbOptions, LockWait};
+use crate::args::{CopyOptions, DbCommand, DbOptions, Waits};
 use crate::render;
 
 fn options(o: &DbOptions, c: &CopyOptions) -> Result<Options> {
@@ -67,12 +67,25 @@ fn split_patterns(list: &str) -> Vec<String> {
     out
 }
 
-fn database(conn: &str, wait: &LockWait) -> Result<Database> {
-    let limit = Some(wait.lock_wait_timeout).filter(|t| !t.is_zero());
-    Ok(Database::parse(conn)?.lock_wait_timeout(limit))
+/// The database `conn` names, the command's `role` one (source, target, first, second);
+/// `stall`: `--stall-timeout`, given after the command's name or before it.
+fn database(conn: &str, role: &str, waits: &Waits, stall: Duration) -> Result<Database> {
+    if conn.trim().is_empty() {
+        // Said as "connecting to : … No such file or directory", it named nothing.
+        usage!(
+            "the {role} connection string is empty (an unset shell variable?): name the \
+             database as a URI (postgresql://user@host/db), key=value words \
+             (host=/run/postgresql dbname=db) or a bare database name"
+        );
+    }
+    let limit = Some(waits.lock_wait_timeout).filter(|t| !t.is_zero());
+    Ok(Database::parse(conn)?
+        .lock_wait_timeout(limit)
+        .stall_timeout(stall))
 }
 
 pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
+    let stall = config.stall_timeout;
     match command {
         DbCommand::Plan {
             src,
@@ -83,7 +96,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                 skip_large_objects,
                 ..CopyOptions::default()
             };
-            let (src, o) = (database(&src, &o.lock_wait)?, options(&o, &copying)?);
+            let (src, o) = (
+                database(&src, "source", &o.waits, stall)?,
+                options(&o, &copying)?,
+            );
             let plan = db::plan(&src, &o).with_context(|| format!("planning {}", src.shown))?;
             print_plan(&plan, json);
             Ok(())
@@ -95,7 +111,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             copying,
             ..
         } => {
-            let (src, dst) = (database(&src, &o.lock_wait)?, database(&dst, &o.lock_wait)?);
+            let (src, dst) = (
+                database(&src, "source", &o.waits, stall)?,
+                database(&dst, "target", &o.waits, stall)?,
+            );
             let o = options(&o, &copying)?;
             if src.same_as(&dst) {
                 usage!(
@@ -115,7 +134,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             copying,
             ..
         } => {
-            let (src, o) = (database(&src, &o.lock_wait)?, options(&o, &copying)?);
+            let (src, o) = (
+                database(&src, "source", &o.waits, stall)?,
+                options(&o, &copying)?,
+            );
             let ticket: Ticket = match ticket.parse() {
                 Ok(t) => t,
                 Err(e) => usage!(
@@ -132,10 +154,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             dst,
             listen,
             advertise,
-            lock_wait,
+            waits,
             ..
         } => {
-            let dst = database(&dst, &lock_wait)?;
+            let dst = database(&dst, "target", &waits, stall)?;
             // The target is reached and judged before a ticket sends anyone here.
             let sink = Arc::new(db::PgSink::new(dst.clone()));
             sluice_engine::transport::runtime()?
@@ -156,7 +178,10 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             Ok(())
         }
         DbCommand::Verify { a, b, options: o } => {
-            let (a, b) = (database(&a, &o.lock_wait)?, database(&b, &o.lock_wait)?);
+            let (a, b) = (
+                database(&a, "first", &o.waits, stall)?,
+                database(&b, "second", &o.waits, stall)?,
+            );
             let o = options(&o, &CopyOptions::default())?;
             let verified = db::verify(&a, &b, &o)
                 .with_context(|| format!("comparing {} with {}", a.shown, b.shown))?;
@@ -177,11 +202,32 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
             if json {
                 render::json_line(&serde_json::json!({
                     "event": "summary", "ranges": verified.ranges,
+                    "tables_missing": verified.tables_missing,
+                    "tables_only_in_second": verified.tables_only_in_second,
                     "sequences": verified.sequences, "differences": differences.len(),
                     "ranges_differing": ranges_differing,
                     "sequences_differing": sequences_differing,
                 }));
             } else {
+                // A table one side lacks is compared, and differs, whole: one range. It was
+                // counted as differing and not as compared ("2 ranges … compared, 30 differ").
+                let mut whole = Vec::new();
+                if verified.tables_missing > 0 {
+                    whole.push(format!(
+                        "{} missing in the second database",
+                        plural(verified.tables_missing, "table")
+                    ));
+                }
+                if verified.tables_only_in_second > 0 {
+                    whole.push(format!(
+                        "{} only in the second",
+                        plural(verified.tables_only_in_second, "table")
+                    ));
+                }
+                let whole = match whole.is_empty() {
+                    true => String::new(),
+                    false => format!(" (including {}, one range each)", whole.join(" and ")),
+                };
                 let split = match differences.len() {
                     0 => String::new(),
                     _ => format!(
@@ -191,7 +237,7 @@ pub fn run(config: Config, command: DbCommand, json: bool) -> Result<()> {
                     ),
                 };
                 errln!(
-                    "sluice: {}, {} compared, {} differ{split}",
+                    "sluice: {}{whole}, {} compared, {} differ{split}",
                     plural(verified.ranges, "range"),
                     plural(verified.sequences, "sequence"),
                     differences.len()
@@ -239,6 +285,7 @@ where
     let (progress, done_rx, worker) = on_worker(work)?;
     let started = Instant::now();
     let mut tables = Tables::default();
+    let mut pace = Pace::default();
     let mut finished = false;
     while !finished {
         finished = !matches!(
@@ -270,7 +317,7 @@ where
                         tables.commit(&group, group_done, group_total, bytes, items, bytes_hint);
                     let t = &tables.list[i];
                     if json {
-                        let mut line = tables.json(i, rate);
+                        let mut line = tables.json(i, pace.rate(true));
                         line["event"] = "table".into();
                         render::json_line(&line);
                     } else if group_done >= group_total {
@@ -292,20 +339,24 @@ where
             break;
         }
         let busy = tables.busy();
+        pace.sample(secs, s.bytes_sent);
+        let recent = pace.rate(tables.rows_moved());
+        let known = recent.is_some();
+        let recent = recent.unwrap_or(1.0);
         // Until the first range is in, the tables' size on disk stands for their COPY bytes.
         let eta = match tables.list.is_empty() {
-            true => (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / rate.max(1.0)).round(),
-            false => tables.eta_through(tables.list.len() - 1, rate),
+            true => (s.bytes_total.saturating_sub(s.bytes_sent) as f64 / recent).round(),
+            false => tables.eta_through(tables.list.len() - 1, recent),
         };
-        // Before any row has moved (the schema being read, a target that does not answer) there
-        // is no rate to divide by: the line said "ETA 57335808 s" (a new user's report).
-        let known = s.bytes_sent > 0 && rate >= 1.0;
         let eta_text = |e: f64| match known {
             true => format!("ETA {e:.0} s"),
             false => "ETA -".to_string(),
         };
         if json {
-            let busy: Vec<serde_json::Value> = busy.iter().map(|&i| tables.json(i, rate)).collect();
+            let busy: Vec<serde_json::Value> = busy
+                .iter()
+                .map(|&i| tables.json(i, known.then_some(recent)))
+                .collect();
             render::json_line(&serde_json::json!({
                 "event": "progress", "seconds": secs, "bytes_sent": s.bytes_sent,
                 "units_done": s.files_verified, "units_total": s.files_total,
@@ -328,7 +379,7 @@ where
                         t.name,
                         t.units_done,
                         t.units,
-                        eta_text(tables.eta(i, rate))
+                        eta_text(tables.eta(i, recent))
                     )
                 })
                 .collect();
@@ -514,14 +565,24 @@ impl Tables {
         (left / rate.max(1.0)).ceil().max(1.0)
     }
 
-    /// Table `i` as the JSON `table` events and the `progress` events' `tables` show it.
-    fn json(&self, i: usize, rate: f64) -> serde_json::Value {
+    /// Table `i` as the JSON `table` events and the `progress` events' `tables` show it; its
+    /// `eta_seconds` 0 once it is in, else null without a `rate` to go by ([`Pace::rate`]).
+    fn json(&self, i: usize, rate: Option<f64>) -> serde_json::Value {
         let t = &self.list[i];
+        let eta = match t.units_done >= t.units {
+            true => Some(0.0),
+            false => rate.map(|r| self.eta(i, r)),
+        };
         serde_json::json!({
             "table": t.name, "ranges_done": t.units_done, "ranges_total": t.units,
             "ranges_before": t.units_before, "rows": t.items, "bytes": t.bytes,
-            "rows_estimate": t.items_hint, "eta_seconds": self.eta(i, rate),
+            "rows_estimate": t.items_hint, "eta_seconds": eta,
         })
+    }
+
+    /// Whether this run has committed a range of rows: until then, what was sent is schema.
+    fn rows_moved(&self) -> bool {
+        self.list.iter().any(|t| t.run_units > 0)
     }
 
     /// Tables begun and not yet all in, in order.
@@ -532,6 +593,56 @@ impl Tables {
                 t.units_done > 0 && t.units_done < t.units
             })
             .collect()
+    }
+}
+
+/// The rate an ETA is worked out at: the bytes sent over the last [`Pace::WINDOW`], not since
+/// the start. None until this run has committed a range of rows, nor while nothing has been
+/// sent for [`Pace::STILL`]. The line said "ETA 57335808 s" while the schema was read (a few
+/// kilobytes sent over seconds, against gigabytes of rows), and kept its last ETA while a
+/// server stopped answering (a new user's report).
+#[derive(Default)]
+struct Pace {
+    /// (seconds into the run, bytes sent then), oldest first, over the last window.
+    samples: std::collections::VecDeque<(f64, u64)>,
+}
+
+impl Pace {
+    /// How far back the rate looks: long enough to even out ranges committed in bursts.
+    const WINDOW: f64 = 10.0;
+    /// Nothing sent for this long: no rate. A healthy run sends every second while rows are
+    /// due; a silent server is warned of from 5 s on.
+    const STILL: f64 = 3.0;
+
+    /// Records `bytes` sent by `secs` into the run.
+    fn sample(&mut self, secs: f64, bytes: u64) {
+        if self.samples.is_empty() {
+            // The run's start: in its first seconds the window reaches back to it.
+            self.samples.push_back((0.0, 0));
+        }
+        self.samples.push_back((secs, bytes));
+        // Kept: the newest sample at least WINDOW old, as the window's start.
+        while self.samples.len() > 2 && secs - self.samples[1].0 >= Self::WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes a second over the window, if there is one to go by (`rows_moved`: this run has
+    /// committed a range of rows).
+    fn rate(&self, rows_moved: bool) -> Option<f64> {
+        let (&(first_secs, first), &(last_secs, last)) =
+            (self.samples.front()?, self.samples.back()?);
+        // The latest sample that counted less than now: the count moved after it.
+        let moved_after = self
+            .samples
+            .iter()
+            .rev()
+            .find(|(_, b)| *b < last)
+            .map(|(t, _)| *t);
+        let moving = moved_after.is_some_and(|t| last_secs - t <= Self::STILL);
+        let span = last_secs - first_secs;
+        let rate = (last - first) as f64 / span.max(1e-9);
+        (rows_moved && moving && span > 0.0 && rate >= 1.0).then_some(rate)
     }
 }
 
@@ -666,7 +777,36 @@ fn human(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Tables;
+    use super::{Pace, Tables};
+
+    /// No ETA from the schema's few bytes before any rows are in, nor from a run whose bytes
+    /// stopped (a server that stopped answering left its last ETA standing); once rows move,
+    /// the rate of the last seconds, not the run's average.
+    #[test]
+    fn the_eta_goes_by_the_rows_of_the_last_seconds() {
+        let mut p = Pace::default();
+        // The schema: 50 kB sent by its third second, no range committed.
+        for t in 1..=8 {
+            p.sample(t as f64, if t >= 3 { 50_000 } else { 0 });
+            assert_eq!(p.rate(false), None, "{t} s");
+        }
+        // Rows at 10 MB/s from then on; the first range committed.
+        let at = |t: u64| 50_000 + (t - 8) * 10_000_000;
+        for t in 9..=30 {
+            p.sample(t as f64, at(t));
+        }
+        assert_eq!(p.rate(true), Some(1e7));
+        // The server stops answering: nothing more is sent after 30 s.
+        p.sample(31.0, at(30));
+        p.sample(32.0, at(30));
+        assert!(p.rate(true).is_some(), "three seconds still");
+        p.sample(33.0, at(30));
+        assert_eq!(p.rate(true), None);
+        // In the first seconds the window reaches back to the start.
+        let mut p = Pace::default();
+        p.sample(1.0, 5_000_000);
+        assert_eq!(p.rate(true), Some(5e6));
+    }
 
     /// A table's end is estimated from the ranges it committed, and one not begun from its size
     /// on disk scaled as the committed ranges scaled; a table ends after the ones before it.

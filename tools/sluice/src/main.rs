@@ -50,7 +50,7 @@ fn main() {
         // Otherwise a warning is a message to the user, worded as the others are.
         None => log
             .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
-            .event_format(render::Plain)
+            .event_format(render::Plain { json: cli.json })
             .init(),
     }
     let json = cli.json;
@@ -320,11 +320,14 @@ fn db_tuning(
                 "{flag} tunes the link a transfer's data crosses (sluice db copy, send, recv); \
                  {name} moves no data over one"
             ),
+            // Every database command waits on its servers: how long one may stay silent.
+            (false, _) if id == "stall_timeout" => {}
             (false, _) => usage!("{flag} applies to file transfers, not to {name}"),
         }
     }
     Ok(Tuning {
         link: command.link().cloned().unwrap_or_default().or(&top.link),
+        stall_timeout: command.waits().stall_timeout.or(top.stall_timeout),
         ..Tuning::default()
     })
 }

@@ -30,7 +30,12 @@ pub fn clean(s: &str) -> std::borrow::Cow<'_, str> {
 /// Warnings and errors as the user reads them without `SLUICE_LOG`: `sluice: warning: MESSAGE`,
 /// without the timestamp, level and module path of a log line. Fields beside the message (a log
 /// reader's `file=3`) follow it in words, `(file 3)`, a text one quoted (a path may hold spaces).
-pub struct Plain;
+/// Under `--json` (`json`) a warning is also a `warning` event on standard output, as the
+/// command's own error is an `error` event: a program reading the events learnt of a large
+/// object left behind, or of a server that stopped answering, only from standard error.
+pub struct Plain {
+    pub json: bool,
+}
 
 /// One event's message and its other fields, as [`Plain`] writes them.
 #[derive(Default)]
@@ -84,11 +89,14 @@ where
         };
         let mut sentence = Sentence::default();
         event.record(&mut sentence);
-        write!(writer, "sluice: {what}: {}", sentence.message)?;
+        let mut message = sentence.message;
         if !sentence.fields.is_empty() {
-            write!(writer, " ({})", sentence.fields.join(", "))?;
+            message = format!("{message} ({})", sentence.fields.join(", "));
         }
-        writeln!(writer)
+        if self.json && what == "warning" {
+            json_line(&serde_json::json!({"event": what, "message": message}));
+        }
+        writeln!(writer, "sluice: {what}: {message}")
     }
 }
 
@@ -494,7 +502,7 @@ mod tests {
         let sink = written.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
-            .event_format(Plain)
+            .event_format(Plain { json: false })
             .with_writer(move || SharedBuf(sink.clone()))
             .finish();
         tracing::subscriber::with_default(subscriber, || {

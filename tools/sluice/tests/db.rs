@@ -300,6 +300,165 @@ fn stopped_mid_copy(which: End) {
     assert!(!err.contains("attempt"), "{err}");
 }
 
+/// A server that stops answering in the middle of a copy, its postmaster and every backend
+/// stopped with SIGSTOP (connections open, nothing coming back, over a Unix socket), was waited
+/// on for ever under a stale ETA (a new user's report). Within seconds a warning names it, as
+/// the target or the source and by its socket, and the progress line's ETA goes blank; after
+/// `--stall-timeout` the copy ends with exit 3 naming it; once the server runs again, the same
+/// command resumes from the ranges committed and the databases are identical.
+#[test]
+fn a_target_server_that_stops_answering_is_named_and_ends_the_copy() {
+    stops_answering_mid_copy(End::Target);
+}
+
+/// The source's server stopping to answer: the same, naming the source.
+#[test]
+fn a_source_server_that_stops_answering_is_named_and_ends_the_copy() {
+    stops_answering_mid_copy(End::Source);
+}
+
+fn stops_answering_mid_copy(which: End) {
+    let Some(bin) = pg_bin() else { return };
+    let src_pg = Cluster::with_src_and_dst(&bin);
+    let dst_pg = Cluster::start(&bin);
+    dst_pg.sql("postgres", "CREATE DATABASE dst");
+    src_pg.sql(
+        "src",
+        "CREATE TABLE big (id bigint PRIMARY KEY, payload bytea); \
+         INSERT INTO big SELECT i, decode(repeat(md5(i::text), 8), 'hex') \
+         FROM generate_series(1, 400000) i;",
+    );
+    let (src, dst) = (src_pg.url("src"), dst_pg.url("dst"));
+    let log = dst_pg.dir.path().join("copy.err");
+    // 5 MB/s: the 56 MB of rows take about 11 s, so the stop lands in the middle.
+    let copy = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(["db", "copy", &src, &dst, "--stall-timeout", "8"])
+        .args(["--range-size", "1M", "--jobs", "2", "--max-rate", "40M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_units(&dst_pg, "dst", 2, Duration::from_secs(60));
+    let silent = match which {
+        End::Target => &dst_pg,
+        End::Source => &src_pg,
+    };
+    // Declared after the clusters, so dropped (continued) before they are stopped.
+    let frozen = Frozen::stop(silent);
+    let stopped = Instant::now();
+    let status = wait_or_kill(
+        copy,
+        Duration::from_secs(40),
+        "still running 40 s after a server stopped answering",
+    )
+    .status;
+    let took = stopped.elapsed();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(16),
+        "{took:?} after the stop: {err}"
+    );
+    let role = match which {
+        End::Target => "target",
+        End::Source => "source",
+    };
+    let server = format!(
+        "the {role} server ({}/.s.PGSQL.5432)",
+        silent.dir.path().display()
+    );
+    // Warned of at half the limit, before the error; then the error, naming it.
+    let warned = format!("sluice: warning: {server} has not answered for 4 s");
+    let ended = format!("{server} has not answered for 8 s (--stall-timeout)");
+    let (w, e) = (err.find(&warned), err.find(&ended));
+    assert!(w.is_some() && e.is_some() && w < e, "{err}");
+    // Seconds into the silence, the ETA is no longer the one of the moment it began.
+    let progress: Vec<&str> = err.lines().filter(|l| l.contains(" units  ETA")).collect();
+    assert!(
+        progress
+            .last()
+            .is_some_and(|l| l.contains(" units  ETA -  ")),
+        "{err}"
+    );
+    let error: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(error.len(), 1, "{err}");
+    assert!(error[0].contains(&ended), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Running again: the same command resumes from what was committed, and ends well.
+    drop(frozen);
+    let committed = settled_units(&dst_pg, "dst");
+    let out = sluice_db(&["db", "copy", &src, &dst]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("({committed} already there")),
+        "{committed} units were committed: {err}"
+    );
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert!(out.status.success(), "verify: {}", stderr(&out));
+    assert_eq!(
+        src_pg.dump("src", "--data-only"),
+        dst_pg.dump("dst", "--data-only")
+    );
+}
+
+/// A cluster's server stopped with SIGSTOP, the postmaster first (so it starts no other), then
+/// every process it started: its connections stay open and nothing answers. Continued with
+/// SIGCONT when dropped, whatever the test found.
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn stop(pg: &Cluster) -> Frozen {
+        let pid_file = pg.dir.path().join("data/postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file).unwrap();
+        let postmaster = text.lines().next().unwrap().trim().to_string();
+        let mut frozen = Frozen(Vec::new());
+        assert!(frozen.signal(&postmaster), "kill -STOP {postmaster}");
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+            let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+            if after.split_whitespace().nth(1) == Some(postmaster.as_str()) {
+                // One that ended meanwhile is none the less stopped.
+                frozen.signal(&entry.file_name().to_string_lossy());
+            }
+        }
+        assert!(frozen.0.len() > 3, "the server's processes: {:?}", frozen.0);
+        frozen
+    }
+
+    /// Stops `pid`; whether it was there to stop.
+    fn signal(&mut self, pid: &str) -> bool {
+        let stopped = kill("-STOP", pid);
+        if stopped {
+            self.0.push(pid.to_string());
+        }
+        stopped
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // A backend may end on its own once continued, before its turn here.
+            kill("-CONT", pid);
+        }
+    }
+}
+
+/// `kill SIGNAL PID`; whether the process was there.
+fn kill(signal: &str, pid: &str) -> bool {
+    Command::new("kill")
+        .args([signal, pid])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A connection cut while its server still takes new ones (here the target's backends
 /// terminated in the middle of their ranges) is a failure that passes: those ranges are sent
 /// again and the copy ends well, where a stopped server ends it at once.
@@ -429,6 +588,69 @@ fn a_table_locked_by_another_session_is_named_within_the_lock_wait_timeout() {
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM held"), "1000");
 }
 
+/// A row crosses whole (one `COPY` row is one protocol message, read into the connection's
+/// buffer entire), and the connection keeps the room it took: every idle connection that had
+/// read a wide row held it to the end of the run, on top of the check's re-reading at the
+/// target (two rows of 48 MiB: 248 MB peak; 120 and 112 MB rows: 503 MB, a new user's report).
+/// A connection that read a row over 8 MiB is now closed after its range: the peak follows the
+/// rows being read at once (about 150 MB here).
+#[test]
+fn a_wide_row_is_not_held_after_its_range() {
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    const ROW: u64 = 48 << 20;
+    pg.sql(
+        "src",
+        &format!(
+            "CREATE TABLE wa (id int PRIMARY KEY, b bytea); \
+             INSERT INTO wa SELECT 1, decode(repeat(md5('x'), {}), 'hex'); \
+             CREATE TABLE wb (id int PRIMARY KEY, t text); \
+             INSERT INTO wb SELECT 1, repeat('z', {ROW});",
+            ROW / 16
+        ),
+    );
+    let (src, dst) = (pg.url("src"), pg.url("dst"));
+    let copy = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")))
+        .args(["db", "copy", &src, &dst])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The high-water mark of its resident memory, read until it exits.
+    let status = format!("/proc/{}/status", copy.id());
+    let mut peak_kib = 0u64;
+    let reader = std::thread::spawn(move || {
+        while let Ok(text) = std::fs::read_to_string(&status) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            match hwm {
+                Some(kib) => peak_kib = peak_kib.max(kib),
+                // A zombie: exited.
+                None => break,
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        peak_kib
+    });
+    let out = wait_or_kill(copy, Duration::from_secs(120), "the copy did not end");
+    let peak = reader.join().unwrap() << 10;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(peak > ROW, "{peak} bytes: not measured");
+    assert!(
+        peak < 4 * ROW,
+        "peak RSS {} MiB for two rows of {} MiB",
+        peak >> 20,
+        ROW >> 20
+    );
+    for (table, column) in [("wa", "b"), ("wb", "t")] {
+        let sum = format!("SELECT md5({column}::text) FROM {table}");
+        assert_eq!(pg.sql("src", &sum), pg.sql("dst", &sum), "{table}");
+    }
+}
+
 /// `sluice ARGS`, unprivileged when the test is root.
 fn sluice_db(args: &[&str]) -> Output {
     let mut c = unprivileged(Path::new(env!("CARGO_BIN_EXE_sluice")));
@@ -533,8 +755,11 @@ fn every_column_type_arrives_exactly_and_a_changed_row_is_named() {
     assert!(last["rows_estimate"].as_u64().unwrap() >= 20_000, "{last}");
     assert!(last["bytes"].as_u64().unwrap() > 20_000 * 8, "{last}");
     assert_eq!(last["eta_seconds"], 0.0, "{last}");
+    // Null while there is no rate to go by (the first second's).
     assert!(
-        kinds[0]["eta_seconds"].as_f64().unwrap() >= 0.0,
+        kinds[0]["eta_seconds"]
+            .as_f64()
+            .is_none_or(|eta| eta >= 0.0),
         "{}",
         kinds[0]
     );
@@ -1282,9 +1507,24 @@ fn large_objects_are_refused_by_name_unless_left_behind() {
         ),
         "0"
     );
-    let out = sluice_db(&["db", "copy", &src, &dst, "--skip-large-objects"]);
+    let out = sluice_db(&["db", "copy", &src, &dst, "--skip-large-objects", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(pg.sql("dst", "SELECT count(*) FROM docs"), "1");
+    // Left behind, said as a warning in the command's words and, under --json, as an event
+    // (it was a log line with a timestamp and a module path, and no event).
+    let left = format!("1 large object of {src} left behind");
+    assert!(
+        stderr(&out).contains(&format!("sluice: warning: {left}")),
+        "{}",
+        stderr(&out)
+    );
+    let warnings: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", stdout(&out));
+    assert_eq!(warnings[0]["message"], left.as_str(), "{}", stdout(&out));
     // What was left behind is a difference `verify` names (it said "0 differ"), and so are
     // large objects of other bytes under the same OIDs; the same ones are none.
     let verify = |want: i32, says: &str| {
@@ -1479,7 +1719,10 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
          CREATE SCHEMA \"Sales Dept\"; \
          CREATE TABLE \"Sales Dept\".\"Orders\" (id int PRIMARY KEY); \
          CREATE TABLE \"Sales Dept\".\"a.b\" (id int PRIMARY KEY); \
-         INSERT INTO \"Order Items\" SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+         INSERT INTO \"Order Items\" SELECT g, 'v' || g FROM generate_series(1, 100) g; \
+         CREATE VIEW v_orders AS SELECT * FROM orders; \
+         CREATE MATERIALIZED VIEW mv_orders AS SELECT * FROM orders; \
+         CREATE SEQUENCE free_seq;",
     );
     let (src, dst) = (pg.url("src"), pg.url("dst"));
     let planned = |tables: &str| -> Result<Vec<String>, String> {
@@ -1549,6 +1792,38 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
         e.starts_with("Some(2)") && e.contains("too many dotted names"),
         "{e}"
     );
+    // A quote left open is a syntax error, said at once (it was "no table matches").
+    for pattern in ["\"My Schema", "\"Sales Dept\".\"Orders", "\"a,b"] {
+        let e = planned(pattern).unwrap_err();
+        assert!(
+            e.starts_with("Some(2)") && e.contains("syntax error: a double quote is left open"),
+            "{pattern}: {e}"
+        );
+    }
+    // What is not a table is named for what it is (it was "no table matches", as a typo);
+    // beside a real miss, each is said.
+    for (pattern, what) in [
+        (
+            "v_orders",
+            "public.v_orders is a view: --tables chooses tables",
+        ),
+        ("mv_orders", "public.mv_orders is a materialized view"),
+        ("free_seq", "public.free_seq is a sequence"),
+        ("public.orders_pkey", "public.orders_pkey is an index"),
+    ] {
+        let e = planned(pattern).unwrap_err();
+        assert!(
+            e.starts_with("Some(5)") && e.contains(what),
+            "{pattern}: {e}"
+        );
+        assert!(!e.contains("no table matches"), "{pattern}: {e}");
+    }
+    let e = planned("v_orders,nothing_here").unwrap_err();
+    assert!(
+        e.contains("public.v_orders is a view")
+            && e.contains("no table matches --tables nothing_here"),
+        "{e}"
+    );
     // And the copy takes what the plan shows.
     let out = sluice_db(&["db", "copy", "--tables", "\"Order Items\"", &src, &dst]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1565,7 +1840,8 @@ fn tables_patterns_are_read_as_pg_dump_reads_them() {
 /// commands' own (`--inplace`, `--no-direct`, …) are neither listed by `--help` nor accepted,
 /// and a command that moves nothing over a link (`plan`, `verify`) takes no link tuning. A flag
 /// given where it does nothing is a usage error (2) naming it, before or after the command's
-/// name; the file commands keep every flag.
+/// name; the file commands keep every flag. `--stall-timeout` is every database command's
+/// too: how long a server may leave it unanswered.
 #[test]
 fn db_commands_show_and_take_only_their_own_flags() {
     let help = |args: &[&str]| {
@@ -1581,7 +1857,6 @@ fn db_commands_show_and_take_only_their_own_flags() {
         "--no-direct",
         "--no-uring",
         "--max-ring",
-        "--stall-timeout",
     ];
     let link = ["--max-rate", "--transport", "--block-size", "--compress"];
     let db = help(&["db", "--help"]);
@@ -1639,7 +1914,7 @@ fn db_commands_show_and_take_only_their_own_flags() {
     for args in [
         vec!["db", "copy", "a", "b", "--inplace"],
         vec!["db", "send", "a", "ticket", "--no-direct"],
-        vec!["db", "recv", "b", "--stall-timeout", "5"],
+        vec!["db", "recv", "b", "--rehash"],
         vec!["db", "plan", "a", "--max-rate", "1G"],
         vec!["db", "verify", "a", "b", "--transport", "tcp"],
         vec!["--inplace", "db", "copy", "a", "b"],
@@ -1660,6 +1935,24 @@ fn db_commands_show_and_take_only_their_own_flags() {
         "{}",
         stderr(&out)
     );
+    // Listed by every database command, and taken (and checked) after its name or before.
+    for command in ["copy", "send", "recv", "plan", "verify"] {
+        let said = help(&["db", command, "--help"]);
+        assert!(said.contains("--stall-timeout"), "db {command}: {said}");
+    }
+    for args in [
+        vec!["db", "plan", "a", "--stall-timeout", "0"],
+        vec!["db", "recv", "b", "--stall-timeout", "0"],
+        vec!["--stall-timeout", "0", "db", "verify", "a", "b"],
+    ] {
+        let out = sluice_db(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--stall-timeout must be 1 to 604800 seconds"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 /// What a pg_restore user gets wrong about the target is said before any row moves, with the
@@ -1844,9 +2137,77 @@ fn a_server_that_never_answers_is_named_within_the_limit() {
     );
     let err = stderr(&out);
     assert!(
-        err.contains("no answer from the server within 2 s"),
+        err.contains(&format!(
+            "no answer from the server at 127.0.0.1:{port} within 2 s"
+        )),
         "{err}"
     );
+}
+
+/// A connection that reaches no server says what it tried, as libpq does: the socket file or
+/// the host and port (a wrong port on a socket directory said only "No such file or
+/// directory"). An empty connection string, most often a shell variable left unset, is a
+/// usage error naming which one (it said "connecting to : …"). And while a target takes the
+/// connection but never answers, the progress line shows no ETA (it read "ETA 1032192 s").
+#[test]
+fn a_connection_that_reaches_no_server_says_what_it_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("host={} port=55439 dbname=d", dir.path().display());
+    let out = sluice().args(["db", "plan", &socket]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let tried = format!(
+        "connection to server on socket {}/.s.PGSQL.55439 failed: No such file or directory",
+        dir.path().display()
+    );
+    assert!(err.contains(&tried), "{err}");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let tcp = format!("host=127.0.0.1 port={port} dbname=d");
+    let out = sluice().args(["db", "plan", &tcp]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let tried = format!("connection to server at 127.0.0.1:{port} failed: Connection refused");
+    assert!(err.contains(&tried), "{err}");
+    // Empty strings, at once and by name.
+    for (args, which) in [
+        (vec!["db", "plan", ""], "source"),
+        (vec!["db", "copy", &tcp, " "], "target"),
+        (vec!["db", "verify", "", &tcp], "first"),
+    ] {
+        let out = sluice().args(&args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("the {which} connection string is empty")),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A target that takes the connection and never answers: no ETA while nothing moves.
+    let Some(bin) = pg_bin() else { return };
+    let pg = Cluster::with_src_and_dst(&bin);
+    pg.sql(
+        "src",
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().take(8) {
+            held.push(c);
+        }
+    });
+    let silent = format!("host=127.0.0.1 port={port} user=u dbname=d connect_timeout=3");
+    let out = sluice_db(&["db", "copy", &pg.url("src"), &silent]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" units  ETA")).collect();
+    assert!(!lines.is_empty(), "{err}");
+    assert!(lines.iter().all(|l| l.contains(" units  ETA -  ")), "{err}");
 }
 
 /// Sequences arrive where the source's stand, also one whose next value is its last (an
@@ -1934,6 +2295,36 @@ fn sequences_arrive_where_they_stand_and_verify_compares_them() {
             &summary["sequences_differing"]
         ),
         (&3.into(), &4.into(), &5.into(), &1.into(), &4.into()),
+        "{summary}"
+    );
+    // Tables one side lacks are compared whole, one range each: never more differ than were
+    // compared (it said "2 ranges … compared, 30 differ" of a target lacking most tables).
+    pg.sql("dst", "DROP TABLE child; CREATE TABLE extra (i int)");
+    let out = sluice_db(&["db", "verify", &src, &dst]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "sluice: 4 ranges (including 1 table missing in the second database and 1 table \
+             only in the second, one range each), 4 sequences compared, 7 differ (3 ranges, 4 \
+             sequences)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let out = sluice_db(&["--json", "db", "verify", &src, &dst]);
+    let summary = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "summary")
+        .unwrap();
+    assert_eq!(
+        (
+            &summary["ranges"],
+            &summary["tables_missing"],
+            &summary["tables_only_in_second"],
+            &summary["ranges_differing"]
+        ),
+        (&4.into(), &1.into(), &1.into(), &3.into()),
         "{summary}"
     );
 }
