@@ -336,6 +336,9 @@ pub struct Summary {
     pub path: PathStats,
     /// Wall time from connecting to the receiver's summary.
     pub elapsed: Duration,
+    /// At the receiver: the sender only compared (`sluice verify SRC TICKET`), and nothing was
+    /// written.
+    pub compared_only: bool,
 }
 
 /// Notices a counter that stopped moving: [`StallWatch::stalled`] is true once the counter has

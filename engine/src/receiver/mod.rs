@@ -811,6 +811,7 @@ async fn receive(
                     wire_bytes: 0,
                     path: Default::default(),
                     elapsed: Default::default(),
+                    compared_only: dry_run,
                 };
                 control
                     .send(&Message::Summary {

@@ -535,6 +535,7 @@ async fn transfer(
                             wire_bytes: 0,
                             path: Default::default(),
                             elapsed: Default::default(),
+                            compared_only: false,
                         };
                     }
                     SenderEvent::Welcomed => progress.push(Event::Connected {

@@ -256,8 +256,16 @@ where
             "zero_bytes": summary.zero_bytes,
             "wire_bytes": summary.wire_bytes,
             "path": path_json(&summary.path),
-            "seconds": secs, "mb_per_s": mbps,
+            "seconds": secs, "mb_per_s": mbps, "compared_only": summary.compared_only,
         }));
+    } else if summary.compared_only {
+        // `sluice verify SRC TICKET` took this receiver, which serves one sender: said, lest
+        // "0 files … verified" read as a transfer that moved nothing.
+        outln!(
+            "sluice: compared {} entries for a `sluice verify` (nothing was written); this \
+             receiver is done: start a new `sluice recv` to send",
+            summary.entries
+        );
     } else {
         let root = match roots.as_slice() {
             [(_, r)] => format!(", BLAKE3 {r}"),

@@ -1063,3 +1063,30 @@ over_both! {
         assert!(part_files(&dest).is_empty());
     }
 }
+
+over_both! {
+    /// `sluice verify SRC TICKET` against a receiver: the sender names what differs, and the
+    /// receiver, which serves one sender, says it only compared and is done. It printed "0
+    /// files (0 entries), 0 bytes verified" and exit 0 (a new user's report), which reads as
+    /// a transfer that moved nothing.
+    fn a_receiver_that_served_a_verify_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f.txt");
+        fs::write(&src, b"to compare").unwrap();
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let out = sluice().arg("verify").arg(&src).arg(&recv.ticket).output().unwrap();
+        let told = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{told}");
+        assert!(told.contains("missing"), "{told}");
+        let r = recv.wait();
+        assert!(r.status.success(), "{}", stderr(&r));
+        let said = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            said.contains("for a `sluice verify` (nothing was written)")
+                && said.contains("start a new `sluice recv` to send"),
+            "{said}"
+        );
+        assert!(!dest.join("f.txt").exists());
+    }
+}
