@@ -241,7 +241,11 @@ fn describe(e: &anyhow::Error, kind: Option<ErrorKind>) -> String {
         }
         message.push_str(&text);
     }
-    if kind == Some(ErrorKind::NoSpace) {
+    // `--inplace` has no part file: the destination file itself holds what arrived.
+    let inplace = std::env::args().any(|a| a == "--inplace");
+    if kind == Some(ErrorKind::NoSpace) && inplace {
+        message.push_str(" (free space at the destination and start the transfer again, with a new `sluice recv` into the same directory after a `send`: with --inplace the destination file now holds new bytes where they arrived and older ones elsewhere, and the next complete run makes it whole)");
+    } else if kind == Some(ErrorKind::NoSpace) {
         message.push_str(" (free space at the destination and start the transfer again, with a new `sluice recv` into the same directory after a `send`: the partial file is kept and the transfer resumes; a file that replaces an older one needs room for both until it is verified, and --inplace updates the older one where it lies instead)");
     }
     message

@@ -395,6 +395,30 @@ fn full_destination_is_a_clear_error_and_leaves_no_final_file() {
     let out = sluice().arg("copy").arg(&src).arg(&mnt).output().unwrap();
     assert!(out.status.success(), "rerun: {}", stderr(&out));
     assert_eq!(b3(&mnt.join("big.bin")), b3(&src));
+    // With --inplace there is no part file to keep: the hint says what the file holds now
+    // (it said "the partial file is kept", a new user's report).
+    let shrunk = Command::new("mount")
+        .args(["-o", "remount,size=40m"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(shrunk.success());
+    let newer = d.path().join("newer").join("big.bin");
+    std::fs::create_dir(newer.parent().unwrap()).unwrap();
+    random_file(&newer, 48 * BLOCK, 6);
+    let out = sluice()
+        .args(["copy", "--inplace"])
+        .arg(&newer)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("with --inplace the destination file now holds"),
+        "{err}"
+    );
+    assert!(!err.contains("the partial file is kept"), "{err}");
 }
 
 /// A source file written to while it is sent is caught and named, its final name at the
