@@ -62,7 +62,13 @@ struct HaveDetail {
     asked: std::collections::HashSet<u64>,
 }
 
+/// Stands for the hash of a block the receiver holds only the start of (its older version ends
+/// inside the block): equal to no block's chaining value, so the block is settled as one the
+/// receiver holds with another hash, and patched from the pieces it holds.
+const PARTIAL_COPY: Digest = [0; 32];
+
 /// What the receiver holds of one block, as far as the sender can tell yet.
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum Held {
     /// Its hash, or `None`: the receiver does not hold it.
     Block(Option<Digest>),
@@ -273,11 +279,12 @@ impl HaveBoard {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Waits until the receiver has said what it holds of block `index` of file `id`.
-    pub(super) fn wait_status(&self, id: u32, index: u64, block_end: u64) -> Held {
+    /// Waits until the receiver has said what it holds of block `index` of file `id` (its
+    /// bytes `block`).
+    pub(super) fn wait_status(&self, id: u32, index: u64, block: Range<u64>) -> Held {
         let mut files = self.lock();
         loop {
-            if let Some(held) = files.get(&id).and_then(|st| st.status(index, block_end)) {
+            if let Some(held) = files.get(&id).and_then(|st| st.status(index, &block)) {
                 return held;
             }
             if self.is_closed() {
@@ -287,24 +294,14 @@ impl HaveBoard {
         }
     }
 
-    /// Whether the receiver said (its `Holding`) that it holds the start of the bytes
-    /// `start..end` of file `id` but not their end: the older version it holds ends inside
-    /// that block (a file appended to, or shorter than a block).
-    pub(super) fn holds_the_start_of(&self, id: u32, start: u64, end: u64) -> bool {
-        self.lock()
-            .get(&id)
-            .and_then(|st| st.held)
-            .is_some_and(|len| len > start && len < end)
-    }
-
     /// Whether the receiver has said what it holds of block `index` of file `id` (so
     /// [`HaveBoard::wait_status`] would not wait).
-    pub(super) fn status_known(&self, id: u32, index: u64, block_end: u64) -> bool {
+    pub(super) fn status_known(&self, id: u32, index: u64, block: Range<u64>) -> bool {
         self.is_closed()
             || self
                 .lock()
                 .get(&id)
-                .is_some_and(|st| st.status(index, block_end).is_some())
+                .is_some_and(|st| st.status(index, &block).is_some())
     }
 
     /// Notes that the piece hashes of a block are being asked for.
@@ -402,11 +399,13 @@ impl HaveBoard {
 }
 
 impl HaveState {
-    /// What the receiver holds of block `index` (ending at byte `block_end`), if it has said.
-    fn status(&self, index: u64, block_end: u64) -> Option<Held> {
+    /// What the receiver holds of block `index` (its bytes `block`), if it has said.
+    fn status(&self, index: u64, block: &Range<u64>) -> Option<Held> {
         let group = index / GROUP_BLOCKS;
-        if self.held.is_some_and(|len| block_end > len) {
-            return Some(Held::Block(None));
+        if let Some(len) = self.held.filter(|&len| block.end > len) {
+            // Past what it holds; where its older version ends inside the block (an append, a
+            // file smaller than a block), what it holds of the block is worth a patch.
+            return Some(Held::Block((len > block.start).then_some(PARTIAL_COPY)));
         }
         if let Some(more) = &self.more {
             if more.detail.contains(&group) {
@@ -440,6 +439,25 @@ mod tests {
         assert_eq!(b.anchors_since(1, 2), vec![]);
         b.add_anchors(1, 5, vec![8, 10]);
         assert_eq!(b.anchors_since(1, 2), vec![(5, 8)]);
+    }
+
+    /// Past `Holding.len` a block is not held, except one the receiver's older version ends
+    /// inside: that one is held with another hash, to be patched from the pieces it holds.
+    #[test]
+    fn a_block_the_older_version_ends_inside_is_held_in_part() {
+        let b = HaveBoard::default();
+        b.holding(1, 100, false);
+        assert!(b.status_known(1, 1, 64..128));
+        assert_eq!(
+            b.wait_status(1, 1, 64..128),
+            Held::Block(Some(PARTIAL_COPY))
+        );
+        assert_eq!(b.wait_status(1, 2, 128..150), Held::Block(None));
+        assert_eq!(b.wait_status(1, 1, 100..164), Held::Block(None));
+        assert!(
+            !b.status_known(1, 0, 0..64),
+            "a block it holds whole waits for its report"
+        );
     }
 
     #[test]

@@ -654,11 +654,6 @@ const EARLY_BYTES: u64 = 1 << 20;
 /// thread rather than queued ([`Reader::in_memory`]).
 const SHORT_READ: usize = 64 << 10;
 
-/// Stands for the hash of a block the receiver holds only the start of (its older version ends
-/// inside the block): equal to no block's chaining value, so the block is settled as one the
-/// receiver holds with another hash, and patched from the pieces it holds.
-const PARTIAL_COPY: Digest = [0; 32];
-
 /// The shortest handshake round trip at which [`EARLY_BYTES`] go early.
 const EARLY_MIN_RTT: std::time::Duration = std::time::Duration::from_millis(4);
 
@@ -1534,12 +1529,10 @@ impl Reader<'_> {
     /// Whether the receiver has reported block `index` of `src` yet: checking it now would not
     /// wait (a slow scan of the receiver's disk must not stall the missing blocks).
     fn held_status_known(&self, src: &SourceEntry, index: u64) -> bool {
-        let end = Geometry::new(src.entry.size, self.config.block_size)
-            .block_range(index)
-            .end;
+        let block = Geometry::new(src.entry.size, self.config.block_size).block_range(index);
         self.board
             .as_ref()
-            .is_none_or(|b| b.status_known(src.entry.id, index, end))
+            .is_none_or(|b| b.status_known(src.entry.id, index, block))
     }
 
     /// Reads held block `index` of file `fi` into `spare`, a buffer outside the ring, and
@@ -1621,13 +1614,7 @@ impl Reader<'_> {
             });
         }
         let held = match &self.board {
-            // The receiver's older version ends inside this block: what it holds of the block
-            // is worth a patch (an append sent the whole last block, and every append to a file
-            // smaller than a block the whole file).
-            Some(b) if b.holds_the_start_of(src.entry.id, offset, offset + n as u64) => {
-                Held::Block(Some(PARTIAL_COPY))
-            }
-            Some(b) => b.wait_status(src.entry.id, index, offset + n as u64),
+            Some(b) => b.wait_status(src.entry.id, index, offset..offset + n as u64),
             None => Held::Block(None),
         };
         // A block that differs may lie in the receiver's older version at another offset. Where
@@ -1727,7 +1714,7 @@ impl Reader<'_> {
         let geometry = Geometry::new(src.entry.size, self.config.block_size);
         let (offset, len) = (geometry.offset(index), geometry.block_len(index));
         // `Vouched` comes before the report, so once the report is in, so is the vouch.
-        let held = board.wait_status(src.entry.id, index, offset + len);
+        let held = board.wait_status(src.entry.id, index, offset..offset + len);
         let Some(cv) = board.take_vouched(src.entry.id, index) else {
             return Ok(false);
         };
