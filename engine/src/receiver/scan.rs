@@ -75,7 +75,6 @@ pub(super) struct Scanned {
 /// The piece thread: answers piece requests on its own, so a sender waiting for one does not
 /// wait for the scan of every file queued before it.
 pub(super) fn hash_pieces(jobs: std_mpsc::Receiver<PieceJob>, out: mpsc::UnboundedSender<Pieces>) {
-    use std::os::unix::fs::FileExt;
     let mut buf = Vec::new();
     while let Ok(job) = jobs.recv() {
         let len = job.len;
@@ -83,18 +82,7 @@ pub(super) fn hash_pieces(jobs: std_mpsc::Receiver<PieceJob>, out: mpsc::Unbound
         let piece = job.piece.max(1);
         // Up to the copy's end, which may lie inside the block (an older, shorter version).
         let held = File::open(&job.path)
-            .and_then(|f| {
-                let mut got = 0;
-                while got < len {
-                    match f.read_at(&mut buf[got..len], job.offset + got as u64) {
-                        Ok(0) => break,
-                        Ok(n) => got += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(got)
-            })
+            .and_then(|f| crate::blockio::read_full(&f, &mut buf[..len], job.offset))
             .unwrap_or(0);
         // Whole pieces only: a piece the copy holds part of differs anyway.
         let whole = if held == len {

@@ -1458,7 +1458,7 @@ impl Reader<'_> {
             }
             let (offset, len) = (geometry.offset(index), geometry.block_len(index) as usize);
             let mut buf = self.pool.take_blocking();
-            let n = read_full_at(file, &mut buf.as_mut_slice()[..len], offset)
+            let n = blockio::read_full(file, &mut buf.as_mut_slice()[..len], offset)
                 .map_err(Error::file("reading", &src.local))?;
             if n != len {
                 // Shorter than listed: the usual reading says so.
@@ -1549,7 +1549,8 @@ impl Reader<'_> {
         let geometry = Geometry::new(src.entry.size, self.config.block_size);
         let (offset, len) = (geometry.offset(index), geometry.block_len(index) as usize);
         spare.resize(len, 0);
-        let n = read_full_at(file, spare, offset).map_err(Error::file("reading", &src.local))?;
+        let n =
+            blockio::read_full(file, spare, offset).map_err(Error::file("reading", &src.local))?;
         self.settle(fi, index, offset, len, n, Data::Spare(spare), state)
     }
 
@@ -1949,19 +1950,4 @@ impl Data<'_> {
             Data::Spare(bytes) => bytes,
         }
     }
-}
-
-/// Reads `buf.len()` bytes at `offset`, or fewer at end of file; returns how many.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read_at(&mut buf[n..], offset + n as u64) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
