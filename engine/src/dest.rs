@@ -223,8 +223,9 @@ impl Destination {
         let mut removal = Removal::default();
         let gone = remove_tree(at, entry.path.clone(), true, &excludes, &mut removal);
         self.note_replaced(removal.removed);
-        let more = removal.failed.len().saturating_sub(1);
-        match removal.failed.into_iter().next() {
+        unlisted_warning(removal.unlisted, at);
+        let more = removal.failures.saturating_sub(1);
+        match removal.first_failure {
             Some((path, e)) => Err(Error::file("replacing", at)(io::Error::new(
                 e.kind(),
                 format!(
@@ -777,10 +778,13 @@ impl Destination {
                     removed_one(rel, dir);
                     removed += 1;
                 }
+                let unlisted = std::mem::take(&mut removal.unlisted);
+                unlisted_warning(unlisted, &path);
+                removed += unlisted;
             }
         }
-        let more = removal.failed.len().saturating_sub(1);
-        match removal.failed.into_iter().next() {
+        let more = removal.failures.saturating_sub(1);
+        match removal.first_failure {
             None => Ok(removed),
             Some((path, e)) => {
                 let mut why = e.to_string();
@@ -843,6 +847,17 @@ impl Destination {
         Self::give(&d, given, &at)?;
         d.set_permissions(fs::Permissions::from_mode(self.mode(entry.mode, given)))
             .map_err(Error::file("setting permissions of", &at))
+    }
+}
+
+/// Says how many entries a removal below `at` took without naming them (past the number it
+/// lists, where the directory itself could not go).
+fn unlisted_warning(unlisted: u64, at: &Path) {
+    if unlisted > 0 {
+        tracing::warn!(
+            "{unlisted} more entries were deleted below {}, not named one by one",
+            at.display()
+        );
     }
 }
 

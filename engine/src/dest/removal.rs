@@ -12,15 +12,48 @@ use sluice_proto::exclude::Excludes;
 
 use crate::manifest::wire_name;
 
-/// What [`remove_tree`] did: the entries it removed, in the order they went, and those it
-/// could not remove, with why.
-#[derive(Debug, Default)]
+/// Most removed entries [`Removal::removed`] lists at once; past it they are counted
+/// ([`Removal::unlisted`]), so memory stays bounded whatever the size of a directory whose
+/// removal fails part-way.
+const MAX_LISTED: usize = 100_000;
+
+/// What [`remove_tree`] did: the entries it removed, in the order they went, and the first it
+/// could not remove, with why, and how many could not.
+#[derive(Debug)]
 pub(super) struct Removal {
     /// Each entry removed, as the manifest would name it, and whether it was a directory. A
     /// directory removed with all it held stands for its contents: they are not listed.
     pub(super) removed: Vec<(String, bool)>,
-    /// Each entry that could not be removed.
-    pub(super) failed: Vec<(PathBuf, io::Error)>,
+    /// Entries removed past `limit` listed ones, counted but not named.
+    pub(super) unlisted: u64,
+    /// The first entry that could not be removed (each is named in a warning).
+    pub(super) first_failure: Option<(PathBuf, io::Error)>,
+    /// How many entries could not be removed.
+    pub(super) failures: u64,
+    /// Most entries `removed` holds ([`MAX_LISTED`]).
+    limit: usize,
+}
+
+impl Default for Removal {
+    fn default() -> Self {
+        Self {
+            removed: Vec::new(),
+            unlisted: 0,
+            first_failure: None,
+            failures: 0,
+            limit: MAX_LISTED,
+        }
+    }
+}
+
+impl Removal {
+    fn note(&mut self, rel: String, dir: bool) {
+        if self.removed.len() < self.limit {
+            self.removed.push((rel, dir));
+        } else {
+            self.unlisted += 1;
+        }
+    }
 }
 
 /// Removes `path` (`rel` as the manifest would name it; a directory if `is_dir`) for
@@ -43,13 +76,16 @@ pub(super) fn remove_tree(
 ) -> bool {
     let fail = |e: io::Error, removal: &mut Removal| {
         tracing::warn!("not deleted: {}: {e}", path.display());
-        removal.failed.push((path.to_path_buf(), e));
+        removal.failures += 1;
+        if removal.first_failure.is_none() {
+            removal.first_failure = Some((path.to_path_buf(), e));
+        }
         false
     };
     if !is_dir {
         return match fs::remove_file(path) {
             Ok(()) => {
-                removal.removed.push((rel, false));
+                removal.note(rel, false);
                 true
             }
             // Gone already (removed by another program meanwhile): nothing to report.
@@ -62,7 +98,7 @@ pub(super) fn remove_tree(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
         Err(e) => return fail(e, removal),
     };
-    let listed = removal.removed.len();
+    let (listed, unlisted) = (removal.removed.len(), removal.unlisted);
     let mut emptied = true;
     for child in children {
         let child = match child {
@@ -88,7 +124,8 @@ pub(super) fn remove_tree(
         Ok(()) => {
             // Named once, for all it held.
             removal.removed.truncate(listed);
-            removal.removed.push((rel, true));
+            removal.unlisted = unlisted;
+            removal.note(rel, true);
             true
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => true,
@@ -119,4 +156,58 @@ pub(super) fn first_excluded(path: &Path, rel: &str, excludes: &Excludes) -> Opt
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past its limit a removal counts what it removed instead of naming it; a directory that
+    /// goes whole is still named once, for all it held.
+    #[test]
+    fn what_a_removal_lists_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let top = d.path().join("top");
+        fs::create_dir_all(top.join("full")).unwrap();
+        for i in 0..10 {
+            fs::write(top.join(format!("full/f{i}")), b"x").unwrap();
+        }
+        let excludes = Excludes::new(["keep"]).unwrap();
+        fs::write(top.join("keep"), b"kept").unwrap();
+        let mut removal = Removal {
+            limit: 4,
+            ..Removal::default()
+        };
+        assert!(!remove_tree(
+            &top,
+            "top".into(),
+            true,
+            &excludes,
+            &mut removal
+        ));
+        // `full` went whole and is named once; `top` stays for what it keeps.
+        assert_eq!(removal.removed, [("top/full".to_string(), true)]);
+        assert_eq!(removal.unlisted, 0);
+        assert!(top.join("keep").exists() && !top.join("full").exists());
+
+        fs::create_dir(top.join("many")).unwrap();
+        for i in 0..10 {
+            fs::write(top.join(format!("many/f{i}")), b"x").unwrap();
+        }
+        fs::write(top.join("many/keep"), b"kept").unwrap();
+        let mut removal = Removal {
+            limit: 4,
+            ..Removal::default()
+        };
+        assert!(!remove_tree(
+            &top.join("many"),
+            "top/many".into(),
+            true,
+            &excludes,
+            &mut removal
+        ));
+        assert_eq!(removal.removed.len(), 4);
+        assert_eq!(removal.unlisted, 6);
+        assert_eq!(removal.failures, 0);
+    }
 }
