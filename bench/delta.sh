@@ -10,6 +10,8 @@
 #   unchanged nothing changed
 #   insert    8 KiB inserted at 1 % of the file (every later block shifts)
 #   delete    100,000 bytes deleted in the middle
+#   shifts100 100 small edits that shift what follows: 7-byte deletions and insertions, every
+#             other one, at fixed pseudo-random offsets (a text file or a dump edited here and there)
 # Tools: rsync over ssh (default delta algorithm, against an sshd this script starts on
 # 127.0.0.1 and stops), `sluice copy` at the default 1 MiB blocks, at --block-size 64K, and at
 # 1 MiB and 64K with --inplace (rsync's default builds a new file, like Sluice's default).
@@ -76,6 +78,19 @@ make_case() { # $1 case: builds $WORK/src/data.bin from the original
         delete) # 100,000 bytes taken out in the middle
             { head -c $(( bytes / 2 + 5 )) "$WORK/orig/data.bin"
               tail -c +$(( bytes / 2 + 100006 )) "$WORK/orig/data.bin"; } > "$WORK/src/data.bin" ;;
+        shifts100) # from the end back, so that each offset is the original's
+            python3 - "$WORK/orig/data.bin" "$WORK/src/data.bin" <<'PY'
+import random, sys
+data = bytearray(open(sys.argv[1], 'rb').read())
+rng = random.Random(5)
+for i, at in enumerate(sorted(rng.sample(range(len(data) - 100), 100), reverse=True)):
+    if i % 2:
+        data[at:at] = b'INSERT!'
+    else:
+        del data[at:at + 7]
+open(sys.argv[2], 'wb').write(data)
+PY
+            ;;
         unchanged) ;;
     esac
     touch -d '2020-01-01' "$WORK/src/data.bin"
@@ -88,7 +103,7 @@ fresh_dest() { # $1 dir: holds the original version, on disk (not dirty in the p
 
 now() { date +%s.%N; }
 
-cases=(edit10 append unchanged insert delete)
+cases=(edit10 append unchanged insert delete shifts100)
 # shellcheck disable=SC2206
 [ -n "$CASES" ] && cases=($CASES)
 [ "$DELTA" = 1 ] || cases=()

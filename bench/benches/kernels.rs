@@ -34,6 +34,7 @@ fn codec(c: &mut Criterion) {
         zero: false,
         moved: false,
         early: false,
+        spliced: false,
     };
     c.bench_function("block_header_round_trip", |b| {
         b.iter(|| decode_block_header(&encode_block_header(black_box(&h))))

@@ -518,6 +518,7 @@ fn generate(
             zero: false,
             moved: false,
             early: false,
+            spliced: false,
             hash,
             patch: false,
         });

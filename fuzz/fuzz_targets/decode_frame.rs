@@ -1,5 +1,5 @@
 //! Feeds arbitrary bytes to the control-frame decoder, the block-header decoder, the unit-lane
-//! frame decoders (`sluice db`) and both sessions (the receiver's, and the sender's of a three-file manifest past its Welcome): none may
+//! frame decoders (`sluice db`), the spliced-block payload decoder and both sessions (the receiver's, and the sender's of a three-file manifest past its Welcome): none may
 //! panic, and every decoded message must re-encode to the bytes it came from.
 #![no_main]
 
@@ -12,6 +12,18 @@ use sluice_proto::unit;
 fuzz_target!(|data: &[u8]| {
     if let Some(h) = data.first_chunk::<BLOCK_HEADER_LEN>() {
         let _ = decode_block_header(h);
+    }
+    // A spliced block's payload: whatever decodes covers the block exactly.
+    if let Some((len, payload)) = data.split_first_chunk::<2>() {
+        let block_len = u32::from(u16::from_le_bytes(*len));
+        if let Ok((runs, at)) = sluice_proto::splice::decode(payload, block_len) {
+            assert!(at <= payload.len());
+            let mut out = vec![0u8; block_len as usize];
+            let _ = sluice_proto::splice::assemble(&runs, &payload[at..], &mut out, |_, buf| {
+                buf.fill(0);
+                Ok::<(), ()>(())
+            });
+        }
     }
     if let Some(p) = data.first_chunk::<{ unit::OPEN_PREFIX }>() {
         if let Ok((_, len)) = unit::decode_open_prefix(p) {

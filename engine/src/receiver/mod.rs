@@ -1760,6 +1760,24 @@ async fn read_block(
     } else {
         None
     };
+    // A spliced block's runs and literal bytes, checked before anything is read from the
+    // older version.
+    let splice = if header.spliced {
+        let mut payload = vec![0u8; header.packed as usize];
+        stream
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| conn_err(&e))?;
+        let (runs, literal_at) = sluice_proto::splice::decode(&payload, header.len)
+            .map_err(sluice_proto::codec::DecodeError::from)?;
+        Some(writer::Spliced {
+            runs,
+            payload,
+            literal_at,
+        })
+    } else {
+        None
+    };
     let mut buf = pool.take().await;
     // A packed block arrives at the buffer's start, for the writer to unpack; a patch lands
     // where its bytes sit in the block, and the writer fills in the rest; a moved block's
@@ -1774,7 +1792,9 @@ async fn read_block(
     if header.moved && header.patch {
         parts[1] = (within, header.len as usize);
     }
-    if header.zero {
+    if header.spliced {
+        // All of it came above.
+    } else if header.zero {
         // Nothing on the wire: the writer checks the hash on these zeros.
         let (at, len) = parts[0];
         buf.as_mut_slice()[at..at + len].fill(0);
@@ -1789,7 +1809,7 @@ async fn read_block(
     if drop_it {
         return Ok(true);
     }
-    let job = if header.patch || header.moved {
+    let job = if header.patch || header.moved || header.spliced {
         Job::Patch {
             file: header.file,
             index,
@@ -1798,6 +1818,7 @@ async fn read_block(
             block_size,
             buf,
             from,
+            splice,
         }
     } else {
         Job::Write {

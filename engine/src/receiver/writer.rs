@@ -52,6 +52,9 @@ pub(super) enum Job {
         block_size: u64,
         buf: Buffer,
         from: Option<u64>,
+        /// A spliced block: its runs and literal bytes (the older version's runs come from the
+        /// file the patches complete from).
+        splice: Option<Spliced>,
     },
     Open {
         file: u32,
@@ -105,6 +108,14 @@ pub(super) enum Job {
         /// The receiver's claim of the part file, given up once `remove` is done.
         lock: Option<File>,
     },
+}
+
+/// A spliced block as it came ([`sluice_proto::splice`]): its runs, and its payload, whose
+/// literal bytes start at `literal_at`.
+pub(super) struct Spliced {
+    pub(super) runs: Vec<sluice_proto::splice::Run>,
+    pub(super) payload: Vec<u8>,
+    pub(super) literal_at: usize,
 }
 
 /// A moved block as the sender named it ([`Job::Write`]).
@@ -384,13 +395,14 @@ pub(super) fn write_blocks(
                 block_size,
                 buf,
                 from,
+                splice,
             } => match complete_patch(
                 targets.get(&file).and_then(|t| match from {
                     Some(_) => t.older.as_ref(),
                     None => t.held_at.as_ref(),
                 }),
                 index,
-                (&header, from),
+                (&header, from, splice.as_ref()),
                 file_len,
                 block_size,
                 buf,
@@ -404,6 +416,9 @@ pub(super) fn write_blocks(
                     // A moved block's bytes did not cross, but for its prefix (and a moved
                     // patch's bytes).
                     carried: match from {
+                        _ if header.spliced => splice
+                            .as_ref()
+                            .map_or(0, |s| (s.payload.len() - s.literal_at) as u32),
                         Some(_) if header.patch => header.packed + header.len,
                         Some(_) => header.packed,
                         None => header.len,
@@ -1073,7 +1088,7 @@ fn seal_batch(
 fn complete_patch(
     held_at: Option<&PathBuf>,
     index: u64,
-    (header, from): (&BlockHeader, Option<u64>),
+    (header, from, splice): (&BlockHeader, Option<u64>, Option<&Spliced>),
     file_len: u64,
     block_size: u64,
     mut buf: Buffer,
@@ -1086,6 +1101,30 @@ fn complete_patch(
     let block_len = geometry.block_len(index) as usize;
     let copy = File::open(path)?;
     let data = buf.as_mut_slice();
+    if let Some(s) = splice {
+        // The runs cover the block exactly (checked when it came); an older-version run past
+        // the copy's end fails to read, and the block is asked for whole.
+        sluice_proto::splice::assemble(
+            &s.runs,
+            &s.payload[s.literal_at..],
+            &mut data[..block_len],
+            |from, out| copy.read_exact_at(out, from),
+        )?;
+        return Ok((
+            BlockHeader {
+                offset: start,
+                len: block_len as u32,
+                patch: false,
+                packed: 0,
+                zero: false,
+                moved: false,
+                early: false,
+                spliced: false,
+                ..*header
+            },
+            buf,
+        ));
+    }
     match from {
         // A moved patch: its bytes are in place; the older version's fill in around them.
         Some(from) if header.patch => {
@@ -1118,6 +1157,7 @@ fn complete_patch(
         zero: false,
         moved: false,
         early: false,
+        spliced: false,
         ..*header
     };
     Ok((whole, buf))
@@ -1315,11 +1355,12 @@ mod tests {
             zero: false,
             moved: true,
             early: false,
+            spliced: false,
         };
         let (whole, buf) = complete_patch(
             Some(&old),
             1,
-            (&header, Some(777)),
+            (&header, Some(777), None),
             8192,
             4096,
             pool.take_blocking(),
@@ -1337,7 +1378,7 @@ mod tests {
             ..header
         };
         let (whole, buf) =
-            complete_patch(Some(&old), 1, (&prefixed, Some(777)), 8192, 4096, buf).unwrap();
+            complete_patch(Some(&old), 1, (&prefixed, Some(777), None), 8192, 4096, buf).unwrap();
         assert!(buf.as_slice()[..100].iter().all(|&b| b == 0xee));
         assert_eq!(&buf.as_slice()[100..4096], &bytes[777..777 + 3996]);
         assert_eq!(whole.packed, 0);
@@ -1355,7 +1396,7 @@ mod tests {
             ..header
         };
         let (whole, buf) =
-            complete_patch(Some(&old), 1, (&patched, Some(777)), 8192, 4096, buf).unwrap();
+            complete_patch(Some(&old), 1, (&patched, Some(777), None), 8192, 4096, buf).unwrap();
         assert!(buf.as_slice()[..100].iter().all(|&b| b == 0xee));
         assert_eq!(&buf.as_slice()[100..1000], &bytes[777..777 + 900]);
         assert!(buf.as_slice()[1000..1200].iter().all(|&b| b == 0xdd));
@@ -1370,7 +1411,7 @@ mod tests {
             let r = complete_patch(
                 held,
                 1,
-                (&header, Some(from)),
+                (&header, Some(from), None),
                 8192,
                 4096,
                 pool.take_blocking(),
@@ -1433,6 +1474,7 @@ mod tests {
                         zero: false,
                         moved: false,
                         early: false,
+                        spliced: false,
                     },
                     file_len,
                     buf,

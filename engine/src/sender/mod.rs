@@ -27,6 +27,7 @@ use sluice_proto::message::{
     GROUP_BLOCKS, HELLO_DELETE, HELLO_DRY_RUN, HELLO_INPLACE, HELLO_REHASH, HELLO_RESTART,
 };
 use sluice_proto::session::{SenderEvent, SenderSession};
+use sluice_proto::splice;
 use sluice_proto::ticket::Ticket;
 use tokio::sync::mpsc;
 
@@ -313,6 +314,7 @@ async fn transfer(
                     abandoned: Default::default(),
                     deferred: std::rc::Rc::new(Deferred::new(block_tx.clone(), event_tx.clone())),
                     search: Default::default(),
+                    past_moves: Default::default(),
                     early,
                     in_memory: Default::default(),
                     packer: std::cell::RefCell::new(Packer::new(
@@ -608,6 +610,9 @@ struct Reading {
     /// Blocks the receiver holds another version of, whose piece hashes were asked for: only
     /// their differing bytes are sent, as a patch, once the file is read.
     patches: Vec<u64>,
+    /// Of those, blocks found in the older version behind a long literal prefix: `(index,
+    /// from, prefix)`, sent so if their piece hashes do not place more of them.
+    moved_later: Vec<(u64, u64, usize)>,
     /// Blocks settled on the word of the receiver's resume journal, unread.
     vouched: std::collections::HashSet<u64>,
     /// Blocks vouched for that are read all the same, as a spot check, with the hash vouched.
@@ -701,6 +706,10 @@ struct Reader<'a> {
     deferred: std::rc::Rc<Deferred>,
     /// A block and the bytes after it, looked through for the receiver's anchors.
     search: std::cell::RefCell<Vec<u8>>,
+    /// What the anchors showed of the last files read ([`PAST_MOVES`] of them): a moved block
+    /// that fails at the receiver comes back after its file was read, and may go again as a
+    /// spliced block ([`Reader::send_moved_patch`]).
+    past_moves: std::cell::RefCell<std::collections::VecDeque<(u32, Box<moves::Moves>)>>,
     /// Whether the first file's first blocks go before the receiver's answer
     /// ([`Reader::send_early`]): only where the round trip is long enough to matter.
     early: bool,
@@ -841,7 +850,7 @@ impl Reader<'_> {
             .collect();
 
         for (fi, src) in self.files.iter().enumerate() {
-            self.serve_resends(input, &by_id)?;
+            self.serve_resends(input, &by_id, &state)?;
             let waiting = self.finishing.borrow().len();
             self.finish_files(&mut state, waiting >= MAX_FINISHING)?;
             let size = src.entry.size;
@@ -909,6 +918,7 @@ impl Reader<'_> {
                     pending: Vec::new(),
                     differs: Vec::new(),
                     patches: Vec::new(),
+                    moved_later: Vec::new(),
                     vouched: Default::default(),
                     spot: Default::default(),
                     moves: None,
@@ -1056,7 +1066,7 @@ impl Reader<'_> {
         self.event(ReadEvent::AllRead)?;
         // Re-send requests can come until every file is verified; the control task hangs up then.
         while let Ok(again) = input.resend.recv() {
-            self.resend(&by_id, again)?;
+            self.resend(&by_id, again, &Readings::default())?;
             self.deferred.flush()?;
         }
         Ok(())
@@ -1101,18 +1111,25 @@ impl Reader<'_> {
         &self,
         input: &ReaderInput,
         by_id: &std::collections::HashMap<u32, usize>,
+        state: &Readings,
     ) -> Result<()> {
         while let Ok(again) = input.resend.try_recv() {
-            self.resend(by_id, again)?;
+            self.resend(by_id, again, state)?;
         }
         Ok(())
     }
 
     /// Reads one block again, synchronously, and sends it (a moved block that failed, as a
     /// moved patch).
-    fn resend(&self, by_id: &std::collections::HashMap<u32, usize>, again: Again) -> Result<()> {
+    /// `state`: the files being read, whose anchors may show where the block's bytes went.
+    fn resend(
+        &self,
+        by_id: &std::collections::HashMap<u32, usize>,
+        again: Again,
+        state: &Readings,
+    ) -> Result<()> {
         let Again { id, offset, moved } = again;
-        let Some(src) = by_id.get(&id).map(|&i| &self.files[i]) else {
+        let Some((fi, src)) = by_id.get(&id).map(|&i| (i, &self.files[i])) else {
             return Ok(());
         };
         if self.abandoned.borrow().contains(&id) {
@@ -1120,7 +1137,8 @@ impl Reader<'_> {
         }
         match moved {
             Some((from, prefix, theirs)) => {
-                self.send_moved_patch(src, offset, from, prefix, &theirs)
+                let reading = state.get(&fi).and_then(|st| st.moves.as_deref());
+                self.send_moved_patch(src, offset, (from, prefix), &theirs, reading)
             }
             None => self.send_again(src, offset, None),
         }
@@ -1134,9 +1152,9 @@ impl Reader<'_> {
         &self,
         src: &SourceEntry,
         offset: u64,
-        from: u64,
-        prefix: u32,
+        (from, prefix): (u64, u32),
         theirs: &[PieceHash],
+        reading: Option<&moves::Moves>,
     ) -> Result<()> {
         let size = src.entry.size;
         let len = Geometry::new(size, self.config.block_size).len_at(offset) as usize;
@@ -1147,6 +1165,63 @@ impl Reader<'_> {
             Some(span) if prefix_len < len => span.start.max(prefix_len)..span.end,
             _ => 0..0,
         };
+        // Past its prefix, what the receiver put together is the older version's bytes from
+        // `from` on, so those pieces are the older version's: an edit inside the block may be
+        // spliced around, at the shifts found near it (relative to the one it was sent at).
+        let spliced = (!range.is_empty() && u64::from(prefix) <= from)
+            .then(|| {
+                let past = self.past_moves.borrow();
+                let m = reading.or_else(|| {
+                    past.iter()
+                        .rev()
+                        .find(|(id, _)| *id == src.entry.id)
+                        .map(|(_, m)| &**m)
+                })?;
+                let sent_at = (offset + u64::from(prefix)) as i64 - from as i64;
+                let shifts: Vec<i64> = m
+                    .shifts_around(offset / u64::from(self.config.block_size))
+                    .into_iter()
+                    .map(|d| d - sent_at)
+                    .collect();
+                let start = from - u64::from(prefix);
+                let old = splice::OldBytes {
+                    start,
+                    len: m.old_len().saturating_sub(start).min(len as u64) as usize,
+                    piece: piece_size(self.config.block_size) as usize,
+                    skip: prefix_len,
+                };
+                splice::plan(&block, old, theirs, &shifts)
+                    .filter(|(runs, _)| splice::encoded_len(runs) + old.piece <= range.len())
+            })
+            .flatten();
+        if let Some((runs, literal)) = spliced {
+            tracing::debug!(
+                id = src.entry.id,
+                offset,
+                from,
+                runs = runs.len(),
+                literal,
+                "moved block differs at the receiver; splicing it"
+            );
+            self.progress.take_back_kept(literal as u64);
+            let mut payload = Vec::with_capacity(splice::encoded_len(&runs));
+            splice::encode(&runs, &block, &mut payload);
+            return self.send_frame(
+                BlockHeader {
+                    file: src.entry.id,
+                    offset,
+                    len: len as u32,
+                    hash: cv,
+                    patch: false,
+                    packed: payload.len() as u32,
+                    zero: false,
+                    moved: false,
+                    early: false,
+                    spliced: true,
+                },
+                Bytes::from(payload),
+            );
+        }
         tracing::debug!(
             id = src.entry.id,
             offset,
@@ -1179,6 +1254,7 @@ impl Reader<'_> {
                 zero: false,
                 moved: true,
                 early: false,
+                spliced: false,
             },
             Bytes::from(payload),
         )
@@ -1264,8 +1340,10 @@ impl Reader<'_> {
 
     /// Sends block `index` of `src` as a patch: reads it again, compares its piece hashes with
     /// the receiver's copy's, and sends the bytes from the first differing piece to the last
-    /// (the whole block if the receiver could not say).
-    fn send_patch(&self, src: &SourceEntry, index: u64, cv: Digest) -> Result<()> {
+    /// (the whole block if the receiver could not say). Where the older version is known to be
+    /// shifted near the block (`near`), the block may go as a spliced block instead, or as the
+    /// moved block it was found to be: whichever carries the fewest bytes.
+    fn send_patch(&self, src: &SourceEntry, index: u64, cv: Digest, near: &Near) -> Result<()> {
         let theirs = match &self.board {
             Some(b) => b.wait_pieces(src.entry.id, index),
             None => Vec::new(),
@@ -1281,6 +1359,76 @@ impl Reader<'_> {
             });
         }
         let range = self.differing_span(&block, &theirs).unwrap_or(0..len);
+        let piece = piece_size(self.config.block_size) as usize;
+        let splice = match near.old_len {
+            Some(old_len) if !near.shifts.is_empty() && !theirs.is_empty() => {
+                let old = splice::OldBytes {
+                    start: offset,
+                    len: old_len.saturating_sub(offset).min(len as u64) as usize,
+                    piece,
+                    skip: 0,
+                };
+                splice::plan(&block, old, &theirs, &near.shifts)
+                    .filter(|(runs, _)| splice::encoded_len(runs) + piece <= range.len())
+            }
+            _ => None,
+        };
+        let moved = near
+            .moved
+            .filter(|&(_, prefix)| prefix + piece <= range.len())
+            .filter(|&(_, prefix)| {
+                splice
+                    .as_ref()
+                    .is_none_or(|(runs, _)| prefix < splice::encoded_len(runs))
+            });
+        if let Some((from, prefix)) = moved {
+            self.progress.add_kept((len - prefix) as u64);
+            let mut payload = Vec::with_capacity(sluice_proto::codec::MOVED_LEN + prefix);
+            payload.extend_from_slice(&from.to_le_bytes());
+            payload.extend_from_slice(&block[..prefix]);
+            return self.send_frame(
+                BlockHeader {
+                    file: src.entry.id,
+                    offset,
+                    len: len as u32,
+                    hash: cv,
+                    patch: false,
+                    packed: prefix as u32,
+                    zero: false,
+                    moved: true,
+                    early: false,
+                    spliced: false,
+                },
+                Bytes::from(payload),
+            );
+        }
+        if let Some((runs, literal)) = splice {
+            tracing::trace!(
+                id = src.entry.id,
+                index,
+                runs = runs.len(),
+                literal,
+                "spliced from the older version"
+            );
+            self.progress.add_kept((len - literal) as u64);
+            let mut payload = Vec::with_capacity(splice::encoded_len(&runs));
+            splice::encode(&runs, &block, &mut payload);
+            return self.send_frame(
+                BlockHeader {
+                    file: src.entry.id,
+                    offset,
+                    len: len as u32,
+                    hash: cv,
+                    patch: false,
+                    packed: payload.len() as u32,
+                    zero: false,
+                    moved: false,
+                    early: false,
+                    spliced: true,
+                },
+                Bytes::from(payload),
+            );
+        }
         let payload = block.slice(range.clone());
         self.progress.add_kept((len - payload.len()) as u64);
         self.send_frame(
@@ -1294,6 +1442,7 @@ impl Reader<'_> {
                 zero: false,
                 moved: false,
                 early: false,
+                spliced: false,
             },
             payload,
         )
@@ -1312,7 +1461,7 @@ impl Reader<'_> {
     ) -> Result<()> {
         let geometry = Geometry::new(src.entry.size, self.config.block_size);
         let (cv, len) = (st.cvs.get(i), geometry.block_len(i) as usize);
-        if their != Some(cv) && self.send_moved(st, src, i, cv, None)? {
+        if their != Some(cv) && self.send_moved(st, src, i, (cv, their), None)? {
             return Ok(());
         }
         if self.decide(st, src.entry.id, i, their, cv, len) {
@@ -1323,12 +1472,15 @@ impl Reader<'_> {
 
     /// Sends block `index` of `src` (hash `cv`; `block`, its bytes, if at hand) as moved, if
     /// the receiver's older version holds it at another offset ([`moves`]): `true` if it was.
+    /// A block found only behind a long literal prefix (the edit that shifted the rest lies in
+    /// it) is queued as a patch instead, if the receiver holds a block at its offset (`their`):
+    /// the piece hashes of that block may place most of the prefix too ([`Reader::send_patch`]).
     fn send_moved(
         &self,
         st: &mut Reading,
         src: &SourceEntry,
         index: u64,
-        cv: Digest,
+        (cv, their): (Digest, Option<Digest>),
         block: Option<&[u8]>,
     ) -> Result<bool> {
         use std::os::unix::fs::FileExt;
@@ -1372,6 +1524,23 @@ impl Reader<'_> {
         let Some((from, prefix)) = moves.find(&data, offset, len) else {
             return Ok(false);
         };
+        if prefix >= 2 * piece_size(self.config.block_size) as usize
+            && their.is_some()
+            && self.patchable(len)
+        {
+            tracing::trace!(
+                id,
+                index,
+                from,
+                prefix,
+                "found behind a long prefix; asking for its pieces"
+            );
+            st.sent += 1;
+            st.moved_later.push((index, from, prefix));
+            st.patches.push(index);
+            let _ = self.event(ReadEvent::WantPieces { id, index });
+            return Ok(true);
+        }
         tracing::trace!(
             id,
             index,
@@ -1397,6 +1566,7 @@ impl Reader<'_> {
                 zero: false,
                 moved: true,
                 early: false,
+                spliced: false,
             },
             Bytes::from(payload),
         )?;
@@ -1427,6 +1597,7 @@ impl Reader<'_> {
                 zero: false,
                 moved: false,
                 early,
+                spliced: false,
             },
             payload,
         )
@@ -1482,11 +1653,14 @@ impl Reader<'_> {
         // not counted as payload.
         let carries = if header.moved {
             payload.len().saturating_sub(sluice_proto::codec::MOVED_LEN)
+        } else if header.spliced {
+            // Its literal bytes; the runs that say where the rest lies are as its header.
+            splice::decode(&payload, header.len).map_or(payload.len(), |(_, at)| payload.len() - at)
         } else {
             payload.len()
         } as u64;
         let mut packer = self.packer.borrow_mut();
-        if header.moved || header.early {
+        if header.moved || header.early || header.spliced {
             // An early block goes as it is, so that the receiver can tell it: not as zeros,
             // not packed. A moved block is an offset, not the block: neither a hole nor worth
             // packing.
@@ -1634,7 +1808,7 @@ impl Reader<'_> {
                 Ok(true)
             }
             Held::Block(their) if *their != Some(cv) => {
-                self.send_moved(st, src, index, cv, Some(&data.as_slice()[..n]))
+                self.send_moved(st, src, index, (cv, *their), Some(&data.as_slice()[..n]))
             }
             _ => Ok(false),
         };
@@ -1896,7 +2070,16 @@ impl Reader<'_> {
             return Ok(false);
         }
         for i in std::mem::take(&mut st.patches) {
-            if let Err(e) = self.send_patch(src, i, st.cvs.get(i)) {
+            let near = Near {
+                shifts: st.moves.as_ref().map_or(Vec::new(), |m| m.shifts_around(i)),
+                old_len: st.moves.as_ref().map(|m| m.old_len()),
+                moved: st
+                    .moved_later
+                    .iter()
+                    .find(|m| m.0 == i)
+                    .map(|&(_, from, prefix)| (from, prefix)),
+            };
+            if let Err(e) = self.send_patch(src, i, st.cvs.get(i), &near) {
                 return self.abandon_on(fi, e, state);
             }
         }
@@ -1923,6 +2106,13 @@ impl Reader<'_> {
                 ranges,
             });
         }
+        if let Some(m) = st.moves.take().filter(|m| m.found_any()) {
+            let mut past = self.past_moves.borrow_mut();
+            if past.len() == PAST_MOVES {
+                past.pop_front();
+            }
+            past.push_back((src.entry.id, m));
+        }
         let sent = st.sent;
         state.remove(&fi);
         if let Some(b) = &self.board {
@@ -1935,6 +2125,20 @@ impl Reader<'_> {
         });
         Ok(true)
     }
+}
+
+/// Files whose [`moves::Moves`] the reader keeps once they are read.
+const PAST_MOVES: usize = 16;
+
+/// What is known of the receiver's older version around a block about to be patched
+/// ([`Reader::send_patch`]).
+struct Near {
+    /// Shifts of the older version found near the block (new offset − old offset).
+    shifts: Vec<i64>,
+    /// The older version's length.
+    old_len: Option<u64>,
+    /// Where the block was found behind a long literal prefix: `(from, prefix)`.
+    moved: Option<(u64, usize)>,
 }
 
 /// The bytes of a block just read: in a ring buffer, or in the reader's spare buffer.

@@ -47,9 +47,17 @@ pub(super) struct Moves {
     pub(super) rolled: u64,
     /// The last block found.
     found: Option<u64>,
+    /// Each shift an anchor found, with the block it was found for, in the order found: the
+    /// last [`MAX_SHIFTS`].
+    shifts: std::collections::VecDeque<(u64, i64)>,
 }
 
 const FILTER_BITS: u32 = 20;
+
+/// Shifts kept per file for patches sent once the file is read ([`Moves::shifts_around`]):
+/// memory stays bounded whatever the file's size; a file with more edits than this patches its
+/// first ones without them.
+const MAX_SHIFTS: usize = 4096;
 
 impl Moves {
     pub(super) fn new(block_size: u32, old_len: u64) -> Self {
@@ -67,6 +75,7 @@ impl Moves {
             next_roll: 0,
             rolled: 0,
             found: None,
+            shifts: Default::default(),
         }
     }
 
@@ -82,6 +91,36 @@ impl Moves {
             self.filter[(bit / 64) as usize] |= 1 << (bit % 64);
         }
         self.seen += anchors.len();
+    }
+
+    /// Whether an anchor showed a shift anywhere.
+    pub(super) fn found_any(&self) -> bool {
+        !self.shifts.is_empty()
+    }
+
+    /// The older version's length.
+    pub(super) fn old_len(&self) -> u64 {
+        self.old_len
+    }
+
+    /// The shifts an edit inside block `index` may sit between: the last one found for a block
+    /// before it, and the first two found for it or a block after it (two: the block's own
+    /// edit and the next). Empty if none was found.
+    pub(super) fn shifts_around(&self, index: u64) -> Vec<i64> {
+        let before = self
+            .shifts
+            .iter()
+            .filter(|&&(b, _)| b < index)
+            .max_by_key(|&&(b, _)| b);
+        let mut after: Vec<_> = self.shifts.iter().filter(|&&(b, _)| b >= index).collect();
+        after.sort_by_key(|&&(b, _)| b);
+        let mut out: Vec<i64> = before
+            .into_iter()
+            .chain(after.into_iter().take(2))
+            .map(|&(_, d)| d)
+            .collect();
+        out.dedup();
+        out
     }
 
     /// Whether any anchor is known: without one there is nothing to search for.
@@ -139,6 +178,10 @@ impl Moves {
             }
             // The block's byte `p` is the older version's byte `from`.
             self.shift = Some(at as i64 - from as i64);
+            if self.shifts.len() == MAX_SHIFTS {
+                self.shifts.pop_front();
+            }
+            self.shifts.push_back((index, at as i64 - from as i64));
             self.fruitless = 0;
             self.next_roll = 0;
             self.found = Some(index);

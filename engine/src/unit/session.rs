@@ -884,6 +884,7 @@ async fn send_unit(
                 zero: false,
                 moved: false,
                 early: false,
+                spliced: false,
                 hash,
                 patch: false,
             });

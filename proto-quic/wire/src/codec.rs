@@ -46,6 +46,9 @@ pub const EARLY_TAG: u8 = 0xB6;
 /// its prefix) differ from the older version's. The 8-byte offset, the prefix (`packed` bytes)
 /// and those `len` bytes follow.
 pub const MOVED_PATCH_TAG: u8 = 0xB7;
+/// First byte of a spliced block's header ([`BlockHeader::spliced`]; since version 15): runs of
+/// the older version and literal bytes, `packed` bytes of them ([`crate::splice`]), follow.
+pub const SPLICE_TAG: u8 = 0xB8;
 /// Most hashes in one [`Message::Pieces`]: a block has at most 256 pieces.
 pub const MAX_PIECES: usize = 256;
 
@@ -117,8 +120,11 @@ pub enum DecodeError {
         value: u64,
     },
     /// A block header did not start with a block tag.
-    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}, {MOVED_TAG:#04x}, {EARLY_TAG:#04x}: data stream out of frame")]
+    #[error("block header tag {0:#04x} is none of {BLOCK_TAG:#04x}, {PATCH_TAG:#04x}, {PACKED_TAG:#04x}, {ZERO_TAG:#04x}, {MOVED_TAG:#04x}, {EARLY_TAG:#04x}, {MOVED_PATCH_TAG:#04x}, {SPLICE_TAG:#04x}: data stream out of frame")]
     BadBlockTag(u8),
+    /// A spliced block's payload was malformed.
+    #[error("{0}")]
+    BadSplice(#[from] crate::splice::SpliceError),
 }
 
 /// Appends the encoded frame of `msg` to `out`.
@@ -506,6 +512,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
 pub fn encode_block_header(h: &BlockHeader) -> [u8; BLOCK_HEADER_LEN] {
     let mut out = [0u8; BLOCK_HEADER_LEN];
     out[0] = match (h.patch, h.zero, h.packed) {
+        _ if h.spliced => SPLICE_TAG,
         _ if h.moved && h.patch => MOVED_PATCH_TAG,
         _ if h.moved => MOVED_TAG,
         (false, false, 0) if h.early => EARLY_TAG,
@@ -533,7 +540,14 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
     let tag = r.u8("tag")?;
     if !matches!(
         tag,
-        BLOCK_TAG | PATCH_TAG | PACKED_TAG | ZERO_TAG | MOVED_TAG | EARLY_TAG | MOVED_PATCH_TAG
+        BLOCK_TAG
+            | PATCH_TAG
+            | PACKED_TAG
+            | ZERO_TAG
+            | MOVED_TAG
+            | EARLY_TAG
+            | MOVED_PATCH_TAG
+            | SPLICE_TAG
     ) {
         return Err(DecodeError::BadBlockTag(tag));
     }
@@ -547,9 +561,13 @@ pub fn decode_block_header(b: &[u8; BLOCK_HEADER_LEN]) -> Result<BlockHeader, De
         zero: tag == ZERO_TAG,
         moved: tag == MOVED_TAG || tag == MOVED_PATCH_TAG,
         early: tag == EARLY_TAG,
+        spliced: tag == SPLICE_TAG,
     };
-    // A moved block's `packed` is the length of its literal prefix, which may be 0.
-    if !h.moved && (tag == PACKED_TAG) != (h.packed != 0) {
+    // A moved block's `packed` is the length of its literal prefix, which may be 0; a spliced
+    // block's is its payload's, never 0.
+    if (h.spliced && h.packed == 0)
+        || (!h.moved && !h.spliced && (tag == PACKED_TAG) != (h.packed != 0))
+    {
         return Err(DecodeError::BadValue {
             field: "packed",
             value: u64::from(h.packed),
@@ -928,19 +946,20 @@ mod tests {
         }
 
         #[test]
-        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..7, packed in 1..=u32::MAX) {
+        fn block_headers_round_trip(file in any::<u32>(), offset in any::<u64>(), len in any::<u32>(), hash in any::<[u8; 32]>(), kind in 0u8..8, packed in 1..=u32::MAX) {
             // One of: a block, a patch, a packed block, a zero block, a moved block, an early
-            // block, a moved patch.
-            let (patch, zero, packed, moved, early) = match kind {
-                0 => (false, false, 0, false, false),
-                1 => (true, false, 0, false, false),
-                2 => (false, false, packed, false, false),
-                3 => (false, true, 0, false, false),
-                4 => (false, false, packed % 4096, true, false),
-                5 => (false, false, 0, false, true),
-                _ => (true, false, packed % 4096, true, false),
+            // block, a moved patch, a spliced block.
+            let (patch, zero, packed, moved, early, spliced) = match kind {
+                0 => (false, false, 0, false, false, false),
+                1 => (true, false, 0, false, false, false),
+                2 => (false, false, packed, false, false, false),
+                3 => (false, true, 0, false, false, false),
+                4 => (false, false, packed % 4096, true, false, false),
+                5 => (false, false, 0, false, true, false),
+                6 => (true, false, packed % 4096, true, false, false),
+                _ => (false, false, packed, false, false, true),
             };
-            let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved, early };
+            let h = BlockHeader { file, offset, len, hash, patch, packed, zero, moved, early, spliced };
             prop_assert_eq!(decode_block_header(&encode_block_header(&h)).unwrap(), h);
         }
 
@@ -1082,6 +1101,7 @@ mod tests {
             zero: false,
             moved: false,
             early: false,
+            spliced: false,
         });
         b[0] = 0;
         assert_eq!(decode_block_header(&b), Err(DecodeError::BadBlockTag(0)));
@@ -1099,6 +1119,7 @@ mod tests {
             zero: false,
             moved: false,
             early: false,
+            spliced: false,
         };
         let mut b = encode_block_header(&h);
         assert_eq!(b[0], PACKED_TAG);

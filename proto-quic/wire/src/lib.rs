@@ -2,7 +2,7 @@
 //!
 //! Split the way quinn splits `quinn-proto` from `quinn`: everything that decides *what* goes
 //! on the wire lives here, in [`message`], [`codec`], [`geometry`], [`path`], [`exclude`],
-//! [`session`] and [`ticket`]. These modules take bytes and return typed messages, events or
+//! [`session`], [`splice`] and [`ticket`]. These modules take bytes and return typed messages, events or
 //! errors; they never touch a socket, a clock, a file or TLS, and the crate depends on nothing
 //! but `blake3`, `thiserror` and `globset` (pure computation: the meaning of exclude patterns),
 //! which is what lets them be fuzzed (`fuzz/`) and property tested cheaply. The
@@ -25,16 +25,17 @@ pub mod geometry;
 pub mod message;
 pub mod path;
 pub mod session;
+pub mod splice;
 pub mod ticket;
 pub mod unit;
 
 /// The protocol version this build speaks. Peers with a different version are refused in
 /// the handshake with [`message::ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 14;
+pub const PROTOCOL_VERSION: u16 = 15;
 
 /// The ALPN identifier negotiated in the TLS handshake; it carries the major version so a peer of
 /// another version fails the handshake early with a clear TLS alert.
-pub const ALPN: &[u8] = b"sluice/14";
+pub const ALPN: &[u8] = b"sluice/15";
 
 /// The ALPN identifier of the TCP transport (TLS 1.3 over TCP), with the same major version.
-pub const TCP_ALPN: &[u8] = b"sluice-tcp/14";
+pub const TCP_ALPN: &[u8] = b"sluice-tcp/15";

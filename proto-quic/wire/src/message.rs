@@ -491,4 +491,9 @@ pub struct BlockHeader {
     /// the file (it holds something of it, and the sender then sends the block again if
     /// needed); otherwise it is a block like any other. Never patched, packed, zero or moved.
     pub early: bool,
+    /// A spliced block (tag [`crate::codec::SPLICE_TAG`]; since version 15): its payload,
+    /// `packed` bytes (fewer than `len`), lists runs of the older version the receiver holds and
+    /// of literal bytes that make up the whole block ([`crate::splice`]); `offset` and `len` are
+    /// the block's. `hash` is checked on the block put together. Never patched, zero or moved.
+    pub spliced: bool,
 }

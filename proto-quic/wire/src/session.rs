@@ -1514,6 +1514,7 @@ mod tests {
             zero: false,
             moved: false,
             early: false,
+            spliced: false,
         };
         assert_eq!(s.check_block(&h(0, 1024)), Ok(0));
         assert_eq!(
@@ -1556,6 +1557,7 @@ mod tests {
             zero: false,
             moved: false,
             early: false,
+            spliced: false,
         };
         assert_eq!(s.check_block(&p(100, 50)), Ok(0));
         assert_eq!(s.check_block(&p(1024, 1024)), Ok(1));
@@ -1579,6 +1581,7 @@ mod tests {
             zero: false,
             moved: true,
             early: false,
+            spliced: false,
         };
         assert_eq!(s.check_block(&p(100, 50, 0)), Ok(0));
         assert_eq!(s.check_block(&p(1124, 900, 100)), Ok(1));

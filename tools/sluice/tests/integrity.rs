@@ -258,6 +258,48 @@ over_both! {
 }
 
 over_both! {
+    fn many_small_insertions_and_deletions_cost_about_a_piece_each() {
+        // Small edits that shift what follows them, scattered through a file, some blocks
+        // holding two: each block an edit is in crosses as a spliced block (the receiver's
+        // pieces around the edit, at the shifts before and after it), not as the bytes from the
+        // edit to the block's end or up to the next anchor. rsync sends about 16 KiB per edit
+        // of a file this size (its block of ~8 KiB, twice).
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f.bin");
+        random_file(&src, 48 * MIB + 777, 41);
+        let dest = d.path().join("dest/");
+        copy_json(&src, &dest);
+
+        let mut data = fs::read(&src).unwrap();
+        let mut x: u64 = 0x51ce_0000_0007;
+        let mut edits: Vec<usize> = (0..60)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 16) as usize % (data.len() - 1000)
+            })
+            .collect();
+        edits.sort_unstable_by(|a, b| b.cmp(a));
+        for (i, &at) in edits.iter().enumerate() {
+            // Deletions and insertions of 1 to 300 bytes, from the end back.
+            let n = 1 + (at * 31) % 300;
+            if i % 2 == 0 {
+                data.drain(at..at + n);
+            } else {
+                data.splice(at..at, std::iter::repeat_n(i as u8, n));
+            }
+        }
+        fs::write(&src, &data).unwrap();
+        let s = copy_json(&src, &dest);
+        assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+        let wire = s["wire_bytes"].as_u64().unwrap();
+        assert!(wire <= 60 * 16 * 1024, "{wire} bytes on the wire for 60 edits: {s}");
+        assert!(part_files(&dest).is_empty());
+    }
+}
+
+over_both! {
     fn an_edit_after_an_insertion_or_a_deletion_is_patched_not_resent() {
         // An insertion or a deletion shifts the blocks after it, which are found in the older
         // version by their anchors; a small change further on lies in one of those blocks, past

@@ -142,6 +142,7 @@ impl Crafted {
                 zero: false,
                 moved: false,
                 early: false,
+                spliced: false,
             });
             let mut wire = header.to_vec();
             wire.extend(std::iter::repeat_n(0x5a, part));
