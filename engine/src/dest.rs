@@ -47,6 +47,9 @@ pub struct Prepared {
     pub journal: PathBuf,
     /// In a directory this run made: nothing is under the final name yet.
     pub fresh: bool,
+    /// The mode to create the part file with, if, created so, it already has the owner, group
+    /// and permissions the entry is to get (see [`Destination::created_mode`]).
+    pub create_mode: Option<u32>,
 }
 
 /// A destination directory.
@@ -56,15 +59,20 @@ pub struct Destination {
     /// Permission bits the receiving process's umask clears from every mode a sender asks for:
     /// under the usual 022 a sender cannot make a file group- or world-writable here.
     umask: u32,
+    /// The umask the kernel applies to the mode of each file this process creates, if known.
+    process_umask: Option<u32>,
+    /// The owner and group of each file this process creates (outside setgid directories),
+    /// asked once: the calls cost as much as the ones they save.
+    creator: (u32, u32),
     /// Who entries are given to: the source's owners where this process may give files away
     /// (root), else nobody (they stay the receiving user's). Setuid and setgid are kept only
     /// with the owner and group given ([`Given::mode_mask`]), so a peer cannot plant a
     /// privileged executable that belongs to anyone but the owner it names.
     owners: Owners,
     claims: Claims,
-    dirs: KnownDirs,
+    dirs: KnownDirs<Known>,
     /// Directories whose names were checked for being exact (see [`Destination::names_exact`]).
-    exact: KnownDirs,
+    exact: KnownDirs<bool>,
     /// Whether, and how, an entry of another type under a name the manifest gives is removed
     /// (`--delete`, as rsync replaces a directory by a file of the same name) instead of
     /// failing the entry.
@@ -83,21 +91,27 @@ struct Replacing {
 }
 
 /// Directories of the destination already checked in this run (a directory, not a symlink), and
-/// whether this run made them: a file in a directory this run made has no older version, part
-/// file or journal to look for. Forgotten past [`KnownDirs::MAX`] entries, so memory stays
-/// bounded; a forgotten directory is checked again.
-#[derive(Debug, Clone, Default)]
-struct KnownDirs(Arc<Mutex<HashMap<PathBuf, bool>>>);
+/// what was found of each: whether this run made them, for one (a file in a directory this run
+/// made has no older version, part file or journal to look for). Forgotten past
+/// [`KnownDirs::MAX`] entries, so memory stays bounded; a forgotten directory is checked again.
+#[derive(Debug, Clone)]
+struct KnownDirs<T>(Arc<Mutex<HashMap<PathBuf, T>>>);
 
-impl KnownDirs {
+impl<T> Default for KnownDirs<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T: Copy> KnownDirs<T> {
     const MAX: usize = 16_384;
 
-    /// `Some(made)` for a directory already checked.
-    fn get(&self, at: &Path) -> Option<bool> {
+    /// What was found of a directory already checked.
+    fn get(&self, at: &Path) -> Option<T> {
         self.0.lock().ok()?.get(at).copied()
     }
 
-    fn insert(&self, at: &Path, made: bool) {
+    fn insert(&self, at: &Path, made: T) {
         if let Ok(mut m) = self.0.lock() {
             if m.len() >= Self::MAX {
                 m.clear();
@@ -105,6 +119,18 @@ impl KnownDirs {
             m.insert(at.to_path_buf(), made);
         }
     }
+}
+
+/// A directory of the destination as this run found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    /// It was there before.
+    Found,
+    /// This run made it. `plain`: a file created in it gets this process's owner and group, and
+    /// the mode it is created with less the umask: the directory's group is this process's (so
+    /// neither a setgid directory nor a `grpid` mount gives it another) and it has no default ACL
+    /// (which would take the umask's place).
+    Made { plain: bool },
 }
 
 impl Destination {
@@ -132,9 +158,16 @@ impl Destination {
             });
         }
         fs::create_dir_all(&root).map_err(Error::file("creating destination", &root))?;
+        let umask = process_umask();
         Ok(Self {
             root,
-            umask: process_umask(),
+            // The usual one where it cannot be read.
+            umask: umask.unwrap_or(0o022),
+            process_umask: umask,
+            creator: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             owners: Owners::default(),
             claims: Claims::default(),
             dirs: KnownDirs::default(),
@@ -382,7 +415,7 @@ impl Destination {
                     fs::set_permissions(at, fs::Permissions::from_mode(m.mode() | 0o700))
                         .map_err(Error::file("opening up", at))?;
                 }
-                self.dirs.insert(at, false);
+                self.dirs.insert(at, Known::Found);
                 Ok(())
             }
             Ok(_) if self.replacing() => {
@@ -405,7 +438,12 @@ impl Destination {
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(at) {
                 Ok(()) => {
-                    self.dirs.insert(at, true);
+                    self.dirs.insert(
+                        at,
+                        Known::Made {
+                            plain: plain_dir(at, self.creator.1),
+                        },
+                    );
                     Ok(())
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.ensure_dir(at, rel),
@@ -447,10 +485,7 @@ impl Destination {
         let final_path = self.resolve(&entry.path)?;
         let part = Self::part_path(&final_path);
         // In a directory this run made, nothing of the file can be there yet.
-        if final_path
-            .parent()
-            .is_some_and(|d| self.dirs.get(d) == Some(true))
-        {
+        if let Some(Known::Made { plain }) = final_path.parent().and_then(|d| self.dirs.get(d)) {
             return Ok(Prepared {
                 journal: Self::journal_path(&final_path),
                 final_path,
@@ -458,6 +493,7 @@ impl Destination {
                 existing: None,
                 resume: false,
                 fresh: true,
+                create_mode: plain.then(|| self.created_mode(entry)).flatten(),
             });
         }
         let final_meta = fs::symlink_metadata(&final_path).ok();
@@ -522,7 +558,26 @@ impl Destination {
             existing,
             resume,
             fresh: false,
+            create_mode: None,
         })
+    }
+
+    /// The mode a new part file for `entry`, in a directory this run made where files are
+    /// created plainly ([`Known::Made`]), is created with so that it already has what
+    /// [`Destination::set_metadata`] would give it: its owner and group are the ones given
+    /// (this process's, or none given), and the mode is the entry's final one, which the umask
+    /// leaves whole. `None` where either call is still needed: another owner or group; setuid,
+    /// setgid or sticky (a change of owner clears them, so they are set last); or a mode
+    /// without read and write for the owner (the part file is written, and may be opened
+    /// again, by its owner). A part file so made is never more open than its source's mode,
+    /// as the 0600 one it replaces.
+    fn created_mode(&self, entry: &Entry) -> Option<u32> {
+        let umask = self.process_umask?;
+        let given = self.owners.given(&entry.owner);
+        let (uid, gid) = self.creator;
+        let ours = given.uid.is_none_or(|u| u == uid) && given.gid.is_none_or(|g| g == gid);
+        let mode = self.mode(entry.mode, given) & 0o7777;
+        (ours && mode & 0o7000 == 0 && mode & 0o600 == 0o600 && mode & umask == 0).then_some(mode)
     }
 
     /// The regular file a manifest path names, if there is one, without creating anything
@@ -557,6 +612,19 @@ impl Destination {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(part)
+    }
+
+    /// Creates the part file `part`, which must not exist yet, with the permission bits `mode`
+    /// ([`Prepared::create_mode`]): made by this call, it has this process's owner and group
+    /// and that mode, and [`Destination::set_mtime`] is all it still needs once verified.
+    pub fn create_part(part: &Path, mode: u32) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(part)
     }
@@ -629,6 +697,12 @@ impl Destination {
         Self::give(f, given, path)?;
         f.set_permissions(fs::Permissions::from_mode(self.mode(entry.mode, given)))
             .map_err(Error::file("setting permissions of", path))?;
+        Self::set_mtime(f, entry, path)
+    }
+
+    /// Gives the open verified file `f` (at `path`) the entry's mtime alone: for a part file
+    /// made with its owner, group and mode already right ([`Destination::create_part`]).
+    pub fn set_mtime(f: &File, entry: &Entry, path: &Path) -> Result<()> {
         f.set_times(FileTimes::new().set_modified(mtime(entry)))
             .map_err(Error::file("setting mtime of", path))
     }
@@ -962,16 +1036,27 @@ fn same_file(rel: &str, other: &str) -> Error {
 }
 
 /// The process's umask, read without changing it (`/proc/self/status`, Linux 4.7 and later);
-/// 022 where it cannot be read.
-fn process_umask() -> u32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Umask:"))
-                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-        })
-        .unwrap_or(0o022)
+/// `None` where it cannot be read.
+fn process_umask() -> Option<u32> {
+    fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+    })
+}
+
+/// Whether a file created in the directory `dir`, just made by this process (whose group is
+/// `gid`), gets that group and the mode it is created with less the umask ([`Known::Made`]):
+/// the directory's group is `gid`, so the group a new file takes is `gid` whichever rule gives
+/// it (setgid directory, `grpid` mount or neither), and there is no default ACL. A check that
+/// fails says no.
+fn plain_dir(dir: &Path, gid: u32) -> bool {
+    let ours = fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir() && m.gid() == gid);
+    let no_default_acl = matches!(
+        rustix::fs::lgetxattr_query(dir, "system.posix_acl_default"),
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP)
+    );
+    ours && no_default_acl
 }
 
 /// Removes the file at `p`, if there is one.

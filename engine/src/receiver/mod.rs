@@ -713,6 +713,7 @@ async fn receive(
                     journal: journaled.then(|| prepared.journal.clone()),
                     key,
                     fresh: prepared.fresh && !inplace,
+                    create_mode: prepared.create_mode.filter(|_| !inplace),
                     claim: lock.is_none() && !inplace,
                 });
                 let mut incoming = Incoming {

@@ -73,6 +73,9 @@ pub(super) enum Job {
         key: journal::Key,
         /// The part file is new, in a directory this run made: empty until written.
         fresh: bool,
+        /// A new part file is created with this mode, its final one: made so, it needs only
+        /// its mtime once verified ([`crate::dest::Prepared::create_mode`]).
+        create_mode: Option<u32>,
         /// The writer takes this transfer's claim of the part file when it first opens it for
         /// writing ([`Destination::claim`]): the receiver holds none for it (it holds one
         /// for a part file it resumes, taken before the scan).
@@ -458,6 +461,7 @@ pub(super) fn write_blocks(
                 journal,
                 key,
                 fresh,
+                create_mode,
                 claim,
             } => {
                 targets.insert(
@@ -469,6 +473,7 @@ pub(super) fn write_blocks(
                         older,
                         journal_at: journal.map(|j| (j, key)),
                         fresh,
+                        create_mode,
                         to_claim: claim,
                         ..Target::default()
                     },
@@ -563,7 +568,11 @@ pub(super) fn write_blocks(
                 // error is reported on it, and only once.
                 let handle = match t.handles.take() {
                     Some((buffered, _)) => Ok(buffered),
-                    None => open_claimed(dest, file, &target, t.to_claim).map(Arc::new),
+                    None => open_claimed(dest, file, &target, t.to_claim, t.create_mode.take())
+                        .map(|(f, as_created)| {
+                            t.as_created = as_created;
+                            Arc::new(f)
+                        }),
                 };
                 // A new part file holds its length already if one write filled it, or if it is
                 // to stay empty.
@@ -576,6 +585,7 @@ pub(super) fn write_blocks(
                         entry,
                         rename,
                         sized,
+                        as_created: t.as_created,
                         _claim: t.claim.take(),
                     },
                     Err(error) => {
@@ -690,8 +700,10 @@ pub(super) fn write_blocks(
                         let Some(path) = &t.path else {
                             continue;
                         };
-                        match open_claimed(dest, file, path, std::mem::take(&mut t.to_claim)) {
-                            Ok(f) => {
+                        let claim = std::mem::take(&mut t.to_claim);
+                        match open_claimed(dest, file, path, claim, t.create_mode.take()) {
+                            Ok((f, as_created)) => {
+                                t.as_created = as_created;
                                 let direct = (config.direct_io && !whole_file)
                                     .then(|| Destination::open_part_direct(path))
                                     .flatten()
@@ -844,6 +856,10 @@ struct Target {
     whole: bool,
     /// This writer takes the part file's claim on its first open (see `Job::Open`'s `claim`).
     to_claim: bool,
+    /// The mode its first open creates the part file with (see `Job::Open`'s `create_mode`),
+    /// and whether that open made it so: then its seal sets only its mtime.
+    create_mode: Option<u32>,
+    as_created: bool,
     /// A claim taken by a handle that is not kept for writing (the copy of a delta's base).
     claim: Option<File>,
 }
@@ -892,7 +908,7 @@ impl Target {
         let whole = [(0, keep as usize)];
         // The claim is taken before anything is written, and held until the seal or the close.
         let claim = std::mem::take(&mut self.to_claim);
-        let f = open_claimed(dest, file, part, claim)?;
+        let (f, _) = open_claimed(dest, file, part, claim, self.create_mode.take())?;
         if claim {
             self.claim = Some(f);
         }
@@ -916,6 +932,8 @@ struct Seal {
     rename: Option<(PathBuf, bool)>,
     /// The file's length is right already (see `Job::Open`'s `fresh`).
     sized: bool,
+    /// Its owner, group and mode are right already (see `Job::Open`'s `create_mode`).
+    as_created: bool,
     /// This transfer's claim of the part file when `f` does not hold it: kept (never read)
     /// until the job is dropped, after the rename.
     _claim: Option<File>,
@@ -929,18 +947,28 @@ struct Seal {
 /// held by this handle, which goes to the sealer, until it is closed after the rename (or the
 /// part file's removal); where the receiver resumes a part file it took the claim itself, before
 /// the file's scan.
+///
+/// `create`: the part file should be new, and is created with this mode
+/// ([`Destination::create_part`]); if it cannot be (something is there after all), it is opened
+/// as any other. Also returns whether it was created so.
 fn open_claimed(
     dest: &Destination,
     file: u32,
     path: &std::path::Path,
     claim: bool,
-) -> Result<File> {
-    let f = Destination::open_part(path).map_err(Error::file("opening", path))?;
+    create: Option<u32>,
+) -> Result<(File, bool)> {
+    let created = create.and_then(|mode| Destination::create_part(path, mode).ok());
+    let as_created = created.is_some();
+    let f = match created {
+        Some(f) => f,
+        None => Destination::open_part(path).map_err(Error::file("opening", path))?,
+    };
     if claim {
         Destination::lock(&f, path)?;
     }
     if dest.unclaimed(path) {
-        return Ok(f);
+        return Ok((f, as_created));
     }
     let meta = f.metadata().map_err(Error::file("inspecting", path))?;
     let name = path
@@ -948,7 +976,7 @@ fn open_claimed(
         .map(crate::manifest::wire_name)
         .unwrap_or_default();
     dest.claims().claim(file, &name, &meta)?;
-    Ok(f)
+    Ok((f, as_created))
 }
 
 /// Gives a verified file its length (a resumed part file may hold bytes past the end of a source
@@ -969,6 +997,9 @@ fn prepare_seal(dest: &Destination, job: &Seal) -> Result<()> {
         job.f
             .set_len(job.entry.size)
             .map_err(Error::file("setting length of", &job.path))?;
+    }
+    if job.as_created {
+        return Destination::set_mtime(&job.f, &job.entry, &job.path);
     }
     dest.set_metadata(&job.f, &job.entry, &job.path)
 }
@@ -1452,6 +1483,7 @@ mod tests {
                     version: Default::default(),
                 },
                 fresh: false,
+                create_mode: None,
                 claim: true,
             })
             .unwrap();

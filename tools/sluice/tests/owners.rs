@@ -283,3 +283,37 @@ fn names_map_to_local_ids_and_unknown_names_keep_their_number() {
         assert_eq!(owned(&dest.join("unknown")), (4322, 8766, Some(0o755)));
     }
 }
+
+/// In a setgid destination directory of another group, the directories a copy makes take that
+/// group, and so would the files created in them: each file still gets its source's group
+/// (root's own here, so nothing but the directory's rule could give it another), and its mode.
+#[test]
+fn a_setgid_destination_does_not_give_its_group_to_the_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).unwrap();
+    for (name, mode) in [
+        ("sub/private", 0o600),
+        ("sub/shared", 0o644),
+        ("top", 0o640),
+    ] {
+        random_file(&tree.join(name), 5000, 3);
+        fs::set_permissions(tree.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let dest = d.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    std::os::unix::fs::chown(&dest, None, Some(5678)).unwrap();
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o2775)).unwrap();
+    let out = sluice().arg("copy").arg(&tree).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["sub/private", "sub/shared", "top", "sub", ""] {
+        assert_eq!(
+            owned(&dest.join("tree").join(name)),
+            owned(&tree.join(name)),
+            "{name:?}"
+        );
+    }
+}

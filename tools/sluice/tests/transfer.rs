@@ -735,3 +735,56 @@ fn json_progress_counts_verified_bytes() {
         );
     }
 }
+
+/// A destination whose default ACL grants less than a file's mode still gets the file's mode:
+/// the ACL narrows the mode a file is created with, so a file created there cannot be taken to
+/// hold its final mode already (`chmod` sets it, as without the ACL). The default ACL is
+/// written as its extended attribute (`setfacl` is not everywhere); skipped where the
+/// filesystem takes no ACLs.
+#[test]
+fn a_default_acl_does_not_narrow_the_modes_copied() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let modes = [
+        ("open.txt", 0o644, 100),
+        ("sub/group.txt", 0o640, 3 * BLOCK),
+        ("sub/empty", 0o604, 0),
+    ];
+    for (name, mode, len) in modes {
+        random_file(&src.join(name), len, 7);
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let dest = d.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    // Default ACL (version 2): owner rwx, group ---, other ---, each id "undefined".
+    let set = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, struct, sys\n\
+             e = lambda tag, perm: struct.pack('<HHI', tag, perm, 0xffffffff)\n\
+             os.setxattr(sys.argv[1], 'system.posix_acl_default',\n\
+             struct.pack('<I', 2) + e(1, 7) + e(4, 0) + e(0x20, 0))",
+        )
+        .arg(&dest)
+        .output();
+    if !set.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no default ACL can be set here");
+        return;
+    }
+    let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (name, mode, _) in modes {
+        let got = fs::metadata(dest.join("tree").join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        assert_eq!(got, mode, "{name}: {got:o}");
+        assert_eq!(
+            b3(&dest.join("tree").join(name)),
+            b3(&src.join(name)),
+            "{name}"
+        );
+    }
+}
