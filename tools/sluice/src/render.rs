@@ -213,9 +213,16 @@ where
         drain(&progress, json, &mut roots);
         let s = progress.snapshot();
         if let Some(b) = &bar {
-            b.set_length(s.bytes_total);
-            b.set_position(s.bytes_sent.max(s.bytes_verified));
+            // What must cross: bytes the receiver already holds (a resume, a delta) are not
+            // counted as if sent, or the bar would end short of its total and its time left
+            // would count them as still to come.
+            let to_cross = s.bytes_total.saturating_sub(s.bytes_kept);
+            b.set_length(to_cross);
+            b.set_position(s.bytes_sent.max(s.bytes_verified).min(to_cross));
             let mut msg = format!("{}/{} files", s.files_verified, s.files_total);
+            if s.bytes_kept > 0 {
+                msg += &format!(", {} already there", indicatif::HumanBytes(s.bytes_kept));
+            }
             if s.path.sent_packets > 0 {
                 msg += &format!(
                     ", RTT {} ms, loss {:.2} %",
@@ -229,7 +236,7 @@ where
             last_json = Instant::now();
             json_line(&serde_json::json!({
                 "event": "progress", "bytes_sent": s.bytes_sent, "bytes_verified": s.bytes_verified,
-                "bytes_total": s.bytes_total, "bytes_packed": s.bytes_packed, "packed_wire": s.packed_wire,
+                "bytes_total": s.bytes_total, "bytes_kept": s.bytes_kept, "bytes_packed": s.bytes_packed, "packed_wire": s.packed_wire,
                 "files_verified": s.files_verified,
                 "files_total": s.files_total, "seconds": start.elapsed().as_secs_f64(),
                 "path": path_json(&s.path),
