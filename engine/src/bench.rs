@@ -148,6 +148,7 @@ impl BenchServer {
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<BenchSummary> {
         let to = self.to;
+        let ended = progress.clone();
         let (bytes, link, started) = self.server.serve(
             stop,
             sluice_proto::message::HELLO_BENCH,
@@ -156,6 +157,7 @@ impl BenchServer {
                 serve(&config, secret, &link, control, &progress, to.as_deref()).await
             },
         )?;
+        ended.end_run();
         Ok(BenchSummary::of(bytes, started, &*link))
     }
 }
@@ -347,6 +349,7 @@ pub fn send(
         None => Box::new(Generated::new(0x51_1ce)),
     };
     let rt = transport::runtime()?;
+    let ended = progress.clone();
     rt.block_on(async {
         let ((bytes, started), link) = crate::endpoint::dial(
             config,
@@ -358,10 +361,12 @@ pub fn send(
                     peer: link.peer().to_string(),
                 });
                 let bytes = push(config, amount, source, ticket, &link, &progress).await?;
+                progress.end_run();
                 Ok((bytes, started))
             },
         )
         .await?;
+        ended.end_run();
         Ok(BenchSummary::of(bytes, started, &*link))
     })
 }

@@ -134,6 +134,8 @@ pub struct Progress {
     bytes_packed: AtomicU64,
     packed_wire: AtomicU64,
     bytes_zero: AtomicU64,
+    /// A benchmark's measured run is over ([`Progress::run_ended`]).
+    ended: std::sync::atomic::AtomicBool,
     /// Payload bytes the sender has read and hashed, sent or not: its own work, which the
     /// receiver hears of in `Working` (not in [`Snapshot`]).
     bytes_read: AtomicU64,
@@ -266,6 +268,18 @@ impl Progress {
             events.pop_front();
         }
         events.push_back(e);
+    }
+
+    /// Marks a benchmark's measured run as over, before its length is taken: what happens
+    /// after (closing the connection, the other end's teardown) is not part of it.
+    pub(crate) fn end_run(&self) {
+        self.ended.store(true, Relaxed);
+    }
+
+    /// Whether a benchmark's measured run is over. A watcher that read its clock before it saw
+    /// `false` here read a time within the run: the run's length is taken after this is set.
+    pub fn run_ended(&self) -> bool {
+        self.ended.load(Relaxed)
     }
 
     /// The counters now.

@@ -153,6 +153,12 @@ fn watch(
         if at < next {
             continue;
         }
+        // Read after the clock: while the run is on, `at` lies within it. Past its end (the
+        // connection closing, the other end's teardown) no line is printed, or one could read
+        // past the run's length in the summary.
+        if progress.run_ended() {
+            continue;
+        }
         next += interval;
         let s = progress.snapshot();
         line(json, side, last, (at, s.bytes_verified, s.path));
