@@ -16,8 +16,8 @@
 //!
 //! This module is where the engine asks the C library about users and groups
 //! (`getpwuid_r`, `getgrgid_r`, `getpwnam_r`, `getgrnam_r`, through the system's NSS, so users
-//! from LDAP or sssd resolve as they do for `ls` and rsync). Their `unsafe` calls sit in
-//! [`lookup`], each with the rule for the buffer it hands to the C library.
+//! from LDAP or sssd resolve as they do for `ls` and rsync), in [`lookup`], through the `nix`
+//! crate: no `unsafe` here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -249,138 +249,47 @@ pub fn may_give_away() -> bool {
     }
 }
 
-/// The system's user and group database, through the C library's reentrant lookups.
-///
-/// Buffer rule, for every call below: the C library gets a `passwd`/`group` record and a byte
-/// buffer owned by the calling Rust frame, writes the record's strings into that buffer and
-/// points the record's fields into it, and keeps no reference once it returns. So the record's
-/// strings are read (and copied out) only while the buffer is alive and unmoved, before the
-/// function returns; a buffer too small is answered with `ERANGE` and the call is made again
-/// with one twice the size, up to [`MAX_BUFFER`].
+/// The system's user and group database, through the C library's reentrant lookups
+/// (`getpwuid_r`, `getgrgid_r`, `getpwnam_r`, `getgrnam_r`, by way of the `nix` crate, which
+/// owns their buffers and their `unsafe`). Names cross as bytes; `nix` gives them as UTF-8
+/// strings, so a name that is not UTF-8 counts as unknown here and its entry goes by number, as
+/// for a name the other end's database lacks.
 mod lookup {
-    use std::ffi::{CStr, CString};
-    use std::mem::MaybeUninit;
+    use nix::unistd::{Gid, Group, Uid, User};
 
-    /// The largest buffer offered to one lookup (a group with thousands of members needs a
-    /// large one for `getgrgid_r`): past it the name counts as unknown.
-    const MAX_BUFFER: usize = 1 << 20;
+    /// A name as `nix` read it, unless the C library's bytes were not UTF-8 (replaced, they
+    /// would name someone else).
+    fn exact(name: String) -> Option<Vec<u8>> {
+        (!name.contains(char::REPLACEMENT_CHARACTER)).then(|| name.into_bytes())
+    }
 
-    /// Runs `call` with a buffer, growing it while the C library answers `ERANGE`; `call`
-    /// returns the C library's status and, on success, what it read from the record.
-    fn with_buffer<T>(mut call: impl FnMut(&mut [u8]) -> (i32, Option<T>)) -> Option<T> {
-        let mut buf = vec![0u8; 1024];
-        loop {
-            match call(&mut buf) {
-                (libc::ERANGE, _) if buf.len() < MAX_BUFFER => buf.resize(buf.len() * 2, 0),
-                (0, found) => return found,
-                _ => return None,
-            }
-        }
+    /// A name to look up: UTF-8 and without a NUL, or none.
+    fn looked_up(name: &[u8]) -> Option<&str> {
+        std::str::from_utf8(name).ok().filter(|n| !n.contains('\0'))
     }
 
     /// The name of user `uid`, if the database has one.
     pub fn user_name(uid: u32) -> Option<Vec<u8>> {
-        with_buffer(|buf| {
-            let mut record = MaybeUninit::<libc::passwd>::uninit();
-            let mut found: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: `record`, `buf` and `found` are owned by this frame and outlive the
-            // call; `buf.len()` is the buffer's true length. The C library writes the record
-            // and its strings (into `buf`) and sets `found` to `record` on success, or null.
-            let rc = unsafe {
-                libc::getpwuid_r(
-                    uid,
-                    record.as_mut_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut found,
-                )
-            };
-            if rc != 0 || found.is_null() {
-                return (rc, None);
-            }
-            // SAFETY: `found` is non-null, so the record is written; its `pw_name` is a
-            // NUL-terminated string in `buf`, alive and unmoved here, copied out before return.
-            let name = unsafe { CStr::from_ptr((*found).pw_name) };
-            (0, Some(name.to_bytes().to_vec()))
-        })
+        let user = User::from_uid(Uid::from_raw(uid)).ok()??;
+        exact(user.name)
     }
 
     /// The name of group `gid`, if the database has one.
     pub fn group_name(gid: u32) -> Option<Vec<u8>> {
-        with_buffer(|buf| {
-            let mut record = MaybeUninit::<libc::group>::uninit();
-            let mut found: *mut libc::group = std::ptr::null_mut();
-            // SAFETY: as in `user_name`: every pointer is to this frame's `record`, `buf` and
-            // `found`, alive for the call, with `buf`'s true length.
-            let rc = unsafe {
-                libc::getgrgid_r(
-                    gid,
-                    record.as_mut_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut found,
-                )
-            };
-            if rc != 0 || found.is_null() {
-                return (rc, None);
-            }
-            // SAFETY: `found` is non-null, so the record is written; `gr_name` points to a
-            // NUL-terminated string in `buf`, alive and unmoved here, copied out before return.
-            let name = unsafe { CStr::from_ptr((*found).gr_name) };
-            (0, Some(name.to_bytes().to_vec()))
-        })
+        let group = Group::from_gid(Gid::from_raw(gid)).ok()??;
+        exact(group.name)
     }
 
     /// The id of the user named `name`, if the database knows it.
     pub fn user_id(name: &[u8]) -> Option<u32> {
-        let name = CString::new(name).ok()?;
-        with_buffer(|buf| {
-            let mut record = MaybeUninit::<libc::passwd>::uninit();
-            let mut found: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: `name` is a NUL-terminated string alive for the call; the other pointers
-            // are this frame's `record`, `buf` (with its true length) and `found`.
-            let rc = unsafe {
-                libc::getpwnam_r(
-                    name.as_ptr(),
-                    record.as_mut_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut found,
-                )
-            };
-            if rc != 0 || found.is_null() {
-                return (rc, None);
-            }
-            // SAFETY: `found` is non-null, so the record is written; `pw_uid` is a plain
-            // integer field of it.
-            (0, Some(unsafe { (*found).pw_uid }))
-        })
+        let user = User::from_name(looked_up(name)?).ok()??;
+        Some(user.uid.as_raw())
     }
 
     /// The id of the group named `name`, if the database knows it.
     pub fn group_id(name: &[u8]) -> Option<u32> {
-        let name = CString::new(name).ok()?;
-        with_buffer(|buf| {
-            let mut record = MaybeUninit::<libc::group>::uninit();
-            let mut found: *mut libc::group = std::ptr::null_mut();
-            // SAFETY: as in `user_id`: `name` is NUL-terminated and alive, the rest are this
-            // frame's `record`, `buf` (with its true length) and `found`.
-            let rc = unsafe {
-                libc::getgrnam_r(
-                    name.as_ptr(),
-                    record.as_mut_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut found,
-                )
-            };
-            if rc != 0 || found.is_null() {
-                return (rc, None);
-            }
-            // SAFETY: `found` is non-null, so the record is written; `gr_gid` is a plain
-            // integer field of it.
-            (0, Some(unsafe { (*found).gr_gid }))
-        })
+        let group = Group::from_name(looked_up(name)?).ok()??;
+        Some(group.gid.as_raw())
     }
 }
 
