@@ -236,6 +236,38 @@ over_both! {
 }
 
 over_both! {
+    /// A spliced block whose runs do not cover the block (here: 100 bytes of a 1 MiB block) is
+    /// refused at once, naming what was wrong, before anything is read from the older version.
+    fn a_malformed_spliced_block_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("dest");
+        let recv = Recv::start(&dest);
+        let started = Instant::now();
+        let mut c = Crafted::connect(&recv.ticket);
+        c.send(&[file_entry(0, "f", 4 << 20), Message::ManifestEnd { count: 1 }]);
+        c.idle(Duration::from_millis(500));
+        let mut payload = Vec::new();
+        sluice_proto::splice::encode(
+            &[sluice_proto::splice::Run::Old { from: 0, len: 100 }],
+            &[],
+            &mut payload,
+        );
+        c.spliced_block(1 << 20, &payload);
+        until_exited(&recv, &c);
+        let r = recv.wait();
+        c.close();
+        assert!(!r.status.success());
+        assert!(
+            stderr(&r).contains("spliced block's runs cover 100 bytes, not the block's 1048576"),
+            "{}",
+            stderr(&r)
+        );
+        assert!(started.elapsed() < Duration::from_secs(15));
+        assert!(!dest.join("f").exists());
+    }
+}
+
+over_both! {
     /// Without the secret nobody ends a receiver: a wrong secret is refused and the receiver
     /// goes on to serve the sender that holds the ticket. Once that sender is proven, anyone
     /// else is turned away at once.

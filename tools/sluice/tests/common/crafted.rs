@@ -124,6 +124,33 @@ impl Crafted {
         self.part_of_block(0, len, part);
     }
 
+    /// Opens a data lane and sends block 0 of file 0 (`len` bytes) as a spliced block whose
+    /// payload is `payload`, then nothing more.
+    pub fn spliced_block(&mut self, len: u32, payload: &[u8]) {
+        use sluice_proto::message::BlockHeader;
+        let link = self.link.clone();
+        let payload = payload.to_vec();
+        self.rt.block_on(async move {
+            let mut lane = link.open_lane().await.unwrap().expect("a lane");
+            let header = sluice_proto::codec::encode_block_header(&BlockHeader {
+                file: 0,
+                offset: 0,
+                len,
+                hash: [7; 32],
+                patch: false,
+                packed: payload.len() as u32,
+                zero: false,
+                moved: false,
+                early: false,
+                spliced: true,
+            });
+            let mut wire = header.to_vec();
+            wire.extend(payload);
+            lane.write(&mut [wire.into()]).await.unwrap();
+            std::mem::forget(lane);
+        });
+    }
+
     /// The header of block 0 of file `file` (`len` bytes) and the first `part` bytes of its
     /// payload on a lane of its own, which stays open, the block unfinished, for as long as the
     /// link lives.
