@@ -152,8 +152,9 @@ impl Destination {
             // As cp says it ("not a directory"), rather than mkdir's "File exists".
             return Err(Error::Destination {
                 path: root.display().to_string(),
-                why: "it is a file, not a directory to copy into (one source file may be \
-                      copied onto an existing file; several need a directory)"
+                why: "it is a file, not a directory to put files in (`sluice copy` of one \
+                      source file may name an existing file; several sources, and `sluice recv`, \
+                      need a directory)"
                     .into(),
             });
         }

@@ -78,6 +78,18 @@ fn a_new_users_mistakes_end_within_seconds_and_say_what_to_do() {
             says: &["plain/", "is a file, not a directory"],
         },
     );
+
+    // `recv` into a file: the words fit `recv` too (they spoke of copying only).
+    let (out, took) = run(&["recv", &p("plain")]);
+    check(
+        out,
+        took,
+        Expect {
+            what: "recv into a file",
+            code: 7,
+            says: &["plain", "is a file, not a directory", "`sluice recv`"],
+        },
+    );
     std::os::unix::fs::symlink("nowhere", p("dangling")).unwrap();
     let (out, took) = run(&["copy", &p("file"), &p("dangling")]);
     check(
