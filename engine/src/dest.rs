@@ -809,6 +809,54 @@ impl Destination {
         Ok(())
     }
 
+    /// Part files and journals of earlier, interrupted transfers that this one did not use: in
+    /// the directories of `entries` that were there before this run, those whose file is not in
+    /// `entries` (its source was renamed or removed since) and that no transfer holds now. Their
+    /// count and the first one's path; `--delete` removes them, nothing else does. A name cut
+    /// short for its length (its final name cannot be told from it) is left out.
+    pub fn stale_parts(&self, entries: &[Entry]) -> (u64, Option<PathBuf>) {
+        let named: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.path.as_str()).collect();
+        let (mut count, mut first) = (0, None);
+        let dirs = entries
+            .iter()
+            .filter(|e| e.kind == sluice_proto::message::EntryKind::Dir);
+        for dir in dirs {
+            let Ok(at) = self.resolve(&dir.path) else {
+                continue;
+            };
+            if self.dirs.get(&at) != Some(Known::Found) {
+                continue;
+            }
+            let Ok(children) = fs::read_dir(&at) else {
+                continue;
+            };
+            for child in children.flatten() {
+                let name = wire_name(&child.file_name());
+                let Some(file) = [PART_SUFFIX, JOURNAL_SUFFIX]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s)?.strip_prefix('.'))
+                else {
+                    continue;
+                };
+                if file.is_empty() || named.contains(format!("{}/{file}", dir.path).as_str()) {
+                    continue;
+                }
+                // Held by a transfer under way (its claim): not stale.
+                let path = child.path();
+                let held = File::open(&path).is_ok_and(|f| {
+                    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared)
+                        .is_err_and(|e| e == rustix::io::Errno::WOULDBLOCK)
+                });
+                if !held {
+                    count += 1;
+                    first.get_or_insert(path);
+                }
+            }
+        }
+        (count, first)
+    }
+
     /// Removes what the manifest's directories hold beyond what the manifest names (as
     /// `rsync --delete`); only inside directories the manifest names, never through a symlink,
     /// and never what `excludes` matches (the sender's exclude patterns: it left such entries

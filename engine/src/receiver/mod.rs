@@ -781,6 +781,16 @@ async fn receive(
                         tracing::info!(deleted, "removed entries the source no longer has");
                     }
                 }
+                if !dry_run && !shared.lock().map_err(|_| poisoned())?.session.delete() {
+                    // What an interrupted run left for files this one no longer has would stay
+                    // hidden for good.
+                    if let (n, Some(first)) = dest.stale_parts(&entries) {
+                        tracing::warn!(
+                            "{n} partial file(s) of an earlier, interrupted transfer remain that this one did not use (their files are not in it), such as {}: `--delete` removes them",
+                            first.display()
+                        );
+                    }
+                }
                 for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir && !dry_run) {
                     // A directory that could not be made has failed already.
                     if !first_failure.paths.contains(&e.path) {

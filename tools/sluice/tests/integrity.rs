@@ -1136,3 +1136,45 @@ over_both! {
         assert!(!dest.join("f.txt").exists());
     }
 }
+
+/// A part file an interrupted run left for a file the source no longer has (renamed or removed
+/// since) is named in a warning on the next run, which succeeds; one still claimed by a
+/// transfer under way is not; `--delete` removes it and says nothing of it.
+#[test]
+fn partial_files_the_run_did_not_use_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    random_file(&src.join("sub/kept.bin"), 100_000, 51);
+    let dest = d.path().join("dest");
+    copy_json(&src, &dest);
+    let sub = dest.join("tree/sub");
+    fs::write(sub.join(".gone.bin.sluice-part"), b"half of a file").unwrap();
+    let claimed = sub.join(".busy.bin.sluice-part");
+    fs::write(&claimed, b"another transfer's").unwrap();
+    let lock = fs::File::open(&claimed).unwrap();
+    lock.try_lock().unwrap();
+
+    let run = |extra: &[&str]| {
+        let out = sluice()
+            .arg("copy")
+            .args(extra)
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let err = run(&[]);
+    assert!(
+        err.contains("1 partial file(s) of an earlier, interrupted transfer"),
+        "{err}"
+    );
+    assert!(err.contains(".gone.bin.sluice-part"), "{err}");
+    assert!(!err.contains(".busy.bin"), "{err}");
+    drop(lock);
+    let err = run(&["--delete"]);
+    assert!(!err.contains("partial file"), "{err}");
+    assert!(!sub.join(".gone.bin.sluice-part").exists());
+}
