@@ -1132,33 +1132,17 @@ fn complete_patch(
     let block_len = geometry.block_len(index) as usize;
     let copy = File::open(path)?;
     let data = buf.as_mut_slice();
-    if let Some(s) = splice {
+    match (splice, from) {
         // The runs cover the block exactly (checked when it came); an older-version run past
         // the copy's end fails to read, and the block is asked for whole.
-        sluice_proto::splice::assemble(
+        (Some(s), _) => sluice_proto::splice::assemble(
             &s.runs,
             &s.payload[s.literal_at..],
             &mut data[..block_len],
             |from, out| copy.read_exact_at(out, from),
-        )?;
-        return Ok((
-            BlockHeader {
-                offset: start,
-                len: block_len as u32,
-                patch: false,
-                packed: 0,
-                zero: false,
-                moved: false,
-                early: false,
-                spliced: false,
-                ..*header
-            },
-            buf,
-        ));
-    }
-    match from {
+        )?,
         // A moved patch: its bytes are in place; the older version's fill in around them.
-        Some(from) if header.patch => {
+        (None, Some(from)) if header.patch => {
             let prefix = header.packed as usize;
             let at = (header.offset - start) as usize;
             let end = at + header.len as usize;
@@ -1172,8 +1156,10 @@ fn complete_patch(
             copy.read_exact_at(&mut data[end..block_len], after)?;
         }
         // Past the end of the copy: `read_exact_at` fails, and the block is asked for.
-        Some(from) => copy.read_exact_at(&mut data[header.packed as usize..block_len], from)?,
-        None => {
+        (None, Some(from)) => {
+            copy.read_exact_at(&mut data[header.packed as usize..block_len], from)?
+        }
+        (None, None) => {
             let at = (header.offset - start) as usize;
             let end = at + header.len as usize;
             copy.read_exact_at(&mut data[..at], start)?;

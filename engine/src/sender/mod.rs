@@ -709,7 +709,7 @@ struct Reader<'a> {
     /// What the anchors showed of the last files read ([`PAST_MOVES`] of them): a moved block
     /// that fails at the receiver comes back after its file was read, and may go again as a
     /// spliced block ([`Reader::send_moved_patch`]).
-    past_moves: std::cell::RefCell<std::collections::VecDeque<(u32, Box<moves::Moves>)>>,
+    past_moves: std::cell::RefCell<std::collections::VecDeque<(u32, moves::Shifts)>>,
     /// Whether the first file's first blocks go before the receiver's answer
     /// ([`Reader::send_early`]): only where the round trip is long enough to matter.
     early: bool,
@@ -1137,7 +1137,10 @@ impl Reader<'_> {
         }
         match moved {
             Some((from, prefix, theirs)) => {
-                let reading = state.get(&fi).and_then(|st| st.moves.as_deref());
+                let reading = state
+                    .get(&fi)
+                    .and_then(|st| st.moves.as_deref())
+                    .map(moves::Moves::shifts);
                 self.send_moved_patch(src, offset, (from, prefix), &theirs, reading)
             }
             None => self.send_again(src, offset, None),
@@ -1154,7 +1157,7 @@ impl Reader<'_> {
         offset: u64,
         (from, prefix): (u64, u32),
         theirs: &[PieceHash],
-        reading: Option<&moves::Moves>,
+        reading: Option<&moves::Shifts>,
     ) -> Result<()> {
         let size = src.entry.size;
         let len = Geometry::new(size, self.config.block_size).len_at(offset) as usize;
@@ -1175,11 +1178,11 @@ impl Reader<'_> {
                     past.iter()
                         .rev()
                         .find(|(id, _)| *id == src.entry.id)
-                        .map(|(_, m)| &**m)
+                        .map(|(_, m)| m)
                 })?;
                 let sent_at = (offset + u64::from(prefix)) as i64 - from as i64;
                 let shifts: Vec<i64> = m
-                    .shifts_around(offset / u64::from(self.config.block_size))
+                    .around(offset / u64::from(self.config.block_size))
                     .into_iter()
                     .map(|d| d - sent_at)
                     .collect();
@@ -1204,23 +1207,7 @@ impl Reader<'_> {
                 "moved block differs at the receiver; splicing it"
             );
             self.progress.take_back_kept(literal as u64);
-            let mut payload = Vec::with_capacity(splice::encoded_len(&runs));
-            splice::encode(&runs, &block, &mut payload);
-            return self.send_frame(
-                BlockHeader {
-                    file: src.entry.id,
-                    offset,
-                    len: len as u32,
-                    hash: cv,
-                    patch: false,
-                    packed: payload.len() as u32,
-                    zero: false,
-                    moved: false,
-                    early: false,
-                    spliced: true,
-                },
-                Bytes::from(payload),
-            );
+            return self.send_spliced(src.entry.id, offset, cv, (&runs, literal), &block);
         }
         tracing::debug!(
             id = src.entry.id,
@@ -1383,24 +1370,7 @@ impl Reader<'_> {
             });
         if let Some((from, prefix)) = moved {
             self.progress.add_kept((len - prefix) as u64);
-            let mut payload = Vec::with_capacity(sluice_proto::codec::MOVED_LEN + prefix);
-            payload.extend_from_slice(&from.to_le_bytes());
-            payload.extend_from_slice(&block[..prefix]);
-            return self.send_frame(
-                BlockHeader {
-                    file: src.entry.id,
-                    offset,
-                    len: len as u32,
-                    hash: cv,
-                    patch: false,
-                    packed: prefix as u32,
-                    zero: false,
-                    moved: true,
-                    early: false,
-                    spliced: false,
-                },
-                Bytes::from(payload),
-            );
+            return self.send_moved_block(src.entry.id, (offset, len), cv, from, &block[..prefix]);
         }
         if let Some((runs, literal)) = splice {
             tracing::trace!(
@@ -1411,23 +1381,7 @@ impl Reader<'_> {
                 "spliced from the older version"
             );
             self.progress.add_kept((len - literal) as u64);
-            let mut payload = Vec::with_capacity(splice::encoded_len(&runs));
-            splice::encode(&runs, &block, &mut payload);
-            return self.send_frame(
-                BlockHeader {
-                    file: src.entry.id,
-                    offset,
-                    len: len as u32,
-                    hash: cv,
-                    patch: false,
-                    packed: payload.len() as u32,
-                    zero: false,
-                    moved: false,
-                    early: false,
-                    spliced: true,
-                },
-                Bytes::from(payload),
-            );
+            return self.send_spliced(src.entry.id, offset, cv, (&runs, literal), &block);
         }
         let payload = block.slice(range.clone());
         self.progress.add_kept((len - payload.len()) as u64);
@@ -1550,27 +1504,67 @@ impl Reader<'_> {
         );
         st.sent += 1;
         self.progress.add_kept((len - prefix) as u64);
+        self.send_moved_block(id, (offset, len), cv, from, &data[..prefix])?;
+        Ok(true)
+    }
+
+    /// Sends the block at `offset` of file `file` (`len` bytes, hash `cv`) as moved: the
+    /// older version's bytes from `from` on, after the literal `prefix`.
+    fn send_moved_block(
+        &self,
+        file: u32,
+        (offset, len): (u64, usize),
+        cv: Digest,
+        from: u64,
+        prefix: &[u8],
+    ) -> Result<()> {
         // The offset, then the block's first bytes as they are.
-        let mut payload = Vec::with_capacity(sluice_proto::codec::MOVED_LEN + prefix);
+        let mut payload = Vec::with_capacity(sluice_proto::codec::MOVED_LEN + prefix.len());
         payload.extend_from_slice(&from.to_le_bytes());
-        payload.extend_from_slice(&data[..prefix]);
-        drop(data);
+        payload.extend_from_slice(prefix);
         self.send_frame(
             BlockHeader {
-                file: id,
+                file,
                 offset,
                 len: len as u32,
                 hash: cv,
                 patch: false,
-                packed: prefix as u32,
+                packed: prefix.len() as u32,
                 zero: false,
                 moved: true,
                 early: false,
                 spliced: false,
             },
             Bytes::from(payload),
-        )?;
-        Ok(true)
+        )
+    }
+
+    /// Sends `block`, at `offset` of file `file` (hash `cv`), as a spliced block of `runs`,
+    /// which carry `literal` of its bytes.
+    fn send_spliced(
+        &self,
+        file: u32,
+        offset: u64,
+        cv: Digest,
+        (runs, literal): (&[splice::Run], usize),
+        block: &[u8],
+    ) -> Result<()> {
+        let mut payload = Vec::with_capacity(splice::encoded_len(runs));
+        splice::encode(runs, block, &mut payload);
+        let header = BlockHeader {
+            file,
+            offset,
+            len: block.len() as u32,
+            hash: cv,
+            patch: false,
+            packed: payload.len() as u32,
+            zero: false,
+            moved: false,
+            early: false,
+            spliced: true,
+        };
+        // Its literal bytes; the runs that say where the rest lies are as its header.
+        self.send_frame_carrying(header, Bytes::from(payload), literal as u64)
     }
 
     fn send_block(&self, file: u32, offset: u64, hash: Digest, payload: Bytes) -> Result<()> {
@@ -1648,17 +1642,24 @@ impl Reader<'_> {
         Ok(sent)
     }
 
-    fn send_frame(&self, mut header: BlockHeader, mut payload: Bytes) -> Result<()> {
+    fn send_frame(&self, header: BlockHeader, payload: Bytes) -> Result<()> {
         // A moved block's offset in the older version is no byte of the file: as its header,
         // not counted as payload.
         let carries = if header.moved {
             payload.len().saturating_sub(sluice_proto::codec::MOVED_LEN)
-        } else if header.spliced {
-            // Its literal bytes; the runs that say where the rest lies are as its header.
-            splice::decode(&payload, header.len).map_or(payload.len(), |(_, at)| payload.len() - at)
         } else {
             payload.len()
         } as u64;
+        self.send_frame_carrying(header, payload, carries)
+    }
+
+    /// [`Reader::send_frame`] of a frame that carries `carries` bytes of the file.
+    fn send_frame_carrying(
+        &self,
+        mut header: BlockHeader,
+        mut payload: Bytes,
+        carries: u64,
+    ) -> Result<()> {
         let mut packer = self.packer.borrow_mut();
         if header.moved || header.early || header.spliced {
             // An early block goes as it is, so that the receiver can tell it: not as zeros,
@@ -2071,8 +2072,11 @@ impl Reader<'_> {
         }
         for i in std::mem::take(&mut st.patches) {
             let near = Near {
-                shifts: st.moves.as_ref().map_or(Vec::new(), |m| m.shifts_around(i)),
-                old_len: st.moves.as_ref().map(|m| m.old_len()),
+                shifts: st
+                    .moves
+                    .as_ref()
+                    .map_or(Vec::new(), |m| m.shifts().around(i)),
+                old_len: st.moves.as_ref().map(|m| m.shifts().old_len()),
                 moved: st
                     .moved_later
                     .iter()
@@ -2106,7 +2110,7 @@ impl Reader<'_> {
                 ranges,
             });
         }
-        if let Some(m) = st.moves.take().filter(|m| m.found_any()) {
+        if let Some(m) = st.moves.take().map(|m| m.into_shifts()).filter(|m| m.any()) {
             let mut past = self.past_moves.borrow_mut();
             if past.len() == PAST_MOVES {
                 past.pop_front();

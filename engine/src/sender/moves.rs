@@ -47,14 +47,63 @@ pub(super) struct Moves {
     pub(super) rolled: u64,
     /// The last block found.
     found: Option<u64>,
-    /// Each shift an anchor found, with the block it was found for, in the order found: the
-    /// last [`MAX_SHIFTS`].
-    shifts: std::collections::VecDeque<(u64, i64)>,
+    /// Each shift an anchor found.
+    shifts: Shifts,
+}
+
+/// The shifts anchors found in one file, with the older version's length: what a patch or a
+/// moved block that failed needs to be spliced ([`Moves::shifts`]), kept by the reader for its
+/// last files once their anchors are dropped.
+#[derive(Debug, Default)]
+pub(super) struct Shifts {
+    old_len: u64,
+    /// Each shift, with the block it was found for, in the order found: the last
+    /// [`MAX_SHIFTS`].
+    found: std::collections::VecDeque<(u64, i64)>,
+}
+
+impl Shifts {
+    /// Whether an anchor showed a shift anywhere.
+    pub(super) fn any(&self) -> bool {
+        !self.found.is_empty()
+    }
+
+    /// The older version's length.
+    pub(super) fn old_len(&self) -> u64 {
+        self.old_len
+    }
+
+    /// The shifts an edit inside block `index` may sit between: the last one found for a block
+    /// before it, and the first two found for it or a block after it (two: the block's own
+    /// edit and the next). Empty if none was found.
+    pub(super) fn around(&self, index: u64) -> Vec<i64> {
+        let before = self
+            .found
+            .iter()
+            .filter(|&&(b, _)| b < index)
+            .max_by_key(|&&(b, _)| b);
+        let mut after: Vec<_> = self.found.iter().filter(|&&(b, _)| b >= index).collect();
+        after.sort_by_key(|&&(b, _)| b);
+        let mut out: Vec<i64> = before
+            .into_iter()
+            .chain(after.into_iter().take(2))
+            .map(|&(_, d)| d)
+            .collect();
+        out.dedup();
+        out
+    }
+
+    fn push(&mut self, index: u64, shift: i64) {
+        if self.found.len() == MAX_SHIFTS {
+            self.found.pop_front();
+        }
+        self.found.push_back((index, shift));
+    }
 }
 
 const FILTER_BITS: u32 = 20;
 
-/// Shifts kept per file for patches sent once the file is read ([`Moves::shifts_around`]):
+/// Shifts kept per file for patches sent once the file is read ([`Shifts::around`]):
 /// memory stays bounded whatever the file's size; a file with more edits than this patches its
 /// first ones without them.
 const MAX_SHIFTS: usize = 4096;
@@ -75,7 +124,10 @@ impl Moves {
             next_roll: 0,
             rolled: 0,
             found: None,
-            shifts: Default::default(),
+            shifts: Shifts {
+                old_len,
+                found: Default::default(),
+            },
         }
     }
 
@@ -93,34 +145,14 @@ impl Moves {
         self.seen += anchors.len();
     }
 
-    /// Whether an anchor showed a shift anywhere.
-    pub(super) fn found_any(&self) -> bool {
-        !self.shifts.is_empty()
+    /// The shifts found so far.
+    pub(super) fn shifts(&self) -> &Shifts {
+        &self.shifts
     }
 
-    /// The older version's length.
-    pub(super) fn old_len(&self) -> u64 {
-        self.old_len
-    }
-
-    /// The shifts an edit inside block `index` may sit between: the last one found for a block
-    /// before it, and the first two found for it or a block after it (two: the block's own
-    /// edit and the next). Empty if none was found.
-    pub(super) fn shifts_around(&self, index: u64) -> Vec<i64> {
-        let before = self
-            .shifts
-            .iter()
-            .filter(|&&(b, _)| b < index)
-            .max_by_key(|&&(b, _)| b);
-        let mut after: Vec<_> = self.shifts.iter().filter(|&&(b, _)| b >= index).collect();
-        after.sort_by_key(|&&(b, _)| b);
-        let mut out: Vec<i64> = before
-            .into_iter()
-            .chain(after.into_iter().take(2))
-            .map(|&(_, d)| d)
-            .collect();
-        out.dedup();
-        out
+    /// The shifts found, once the anchors are no longer needed.
+    pub(super) fn into_shifts(self) -> Shifts {
+        self.shifts
     }
 
     /// Whether any anchor is known: without one there is nothing to search for.
@@ -178,10 +210,7 @@ impl Moves {
             }
             // The block's byte `p` is the older version's byte `from`.
             self.shift = Some(at as i64 - from as i64);
-            if self.shifts.len() == MAX_SHIFTS {
-                self.shifts.pop_front();
-            }
-            self.shifts.push_back((index, at as i64 - from as i64));
+            self.shifts.push(index, at as i64 - from as i64);
             self.fruitless = 0;
             self.next_roll = 0;
             self.found = Some(index);

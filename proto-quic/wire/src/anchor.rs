@@ -84,10 +84,12 @@ impl Roller {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    /// `n` pseudo-random bytes from `seed` (xorshift; seeds that differ only in bit 0 give the
+    /// same bytes). Also the splice tests' data.
+    pub(crate) fn bytes(n: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..n)
             .map(|_| {

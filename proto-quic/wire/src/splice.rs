@@ -464,18 +464,7 @@ pub fn assemble<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::anchor::tests::bytes;
 
     fn hashes(old: &[u8], piece: usize) -> Vec<PieceHash> {
         old.chunks(piece).map(piece_hash).collect()
