@@ -842,9 +842,21 @@ impl Destination {
                 if file.is_empty() || named.contains(format!("{}/{file}", dir.path).as_str()) {
                     continue;
                 }
+                // Only regular files are looked into: opening a FIFO of that name would wait
+                // for a writer, and a symlink's target is none of ours.
+                if !child.file_type().is_ok_and(|t| t.is_file()) {
+                    continue;
+                }
                 // Held by a transfer under way (its claim): not stale.
                 let path = child.path();
-                let held = File::open(&path).is_ok_and(|f| {
+                let opened = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    File::options()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(&path)
+                };
+                let held = opened.is_ok_and(|f| {
                     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared)
                         .is_err_and(|e| e == rustix::io::Errno::WOULDBLOCK)
                 });

@@ -1152,6 +1152,10 @@ fn partial_files_the_run_did_not_use_are_named() {
     fs::write(sub.join(".gone.bin.sluice-part"), b"half of a file").unwrap();
     let claimed = sub.join(".busy.bin.sluice-part");
     fs::write(&claimed, b"another transfer's").unwrap();
+    // A FIFO of such a name is left alone (opened, it would wait for a writer).
+    let fifo = sub.join(".pipe.bin.sluice-part");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
     let lock = fs::File::open(&claimed).unwrap();
     lock.try_lock().unwrap();
 
@@ -1173,6 +1177,7 @@ fn partial_files_the_run_did_not_use_are_named() {
     );
     assert!(err.contains(".gone.bin.sluice-part"), "{err}");
     assert!(!err.contains(".busy.bin"), "{err}");
+    assert!(!err.contains(".pipe.bin"), "{err}");
     drop(lock);
     let err = run(&["--delete"]);
     assert!(!err.contains("partial file"), "{err}");
