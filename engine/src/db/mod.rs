@@ -510,12 +510,17 @@ pub fn verify(a: &Database, b: &Database, options: &Options) -> Result<Verified>
             watch::Watch::start(a, "first database's"),
             watch::Watch::start(b, "second database's"),
         );
-        wa.guard(wb.guard(compare(a, b, options))).await
+        wa.guard(wb.guard(compare(a, b, [&wa, &wb], options))).await
     })
 }
 
-/// [`verify`]'s comparison.
-async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verified> {
+/// [`verify`]'s comparison; `watches` watch `a`'s server and `b`'s.
+async fn compare(
+    a: &Database,
+    b: &Database,
+    watches: [&watch::Watch; 2],
+    options: &Options,
+) -> Result<Verified> {
     let (ca, cb) = (a.connect().await?, b.connect().await?);
     for (c, db) in [(&ca, a), (&cb, b)] {
         c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -584,8 +589,8 @@ async fn compare(a: &Database, b: &Database, options: &Options) -> Result<Verifi
         for range in ranges {
             checked += 1;
             let (da, db) = tokio::join!(
-                sink::digest_of(&ca, table, range),
-                sink::digest_of(&cb, table, range)
+                sink::digest_of(&ca, watches[0], table, range),
+                sink::digest_of(&cb, watches[1], table, range)
             );
             let (da, db) = (da?, db?);
             if da != db {

@@ -262,9 +262,10 @@ struct RowsWriter {
 impl UnitWriter for RowsWriter {
     fn put(&mut self, data: Bytes) -> Fut<'_, Result<()>> {
         Box::pin(async move {
-            let watch = self.watch.clone();
+            let (watch, copy) = (&self.watch, &mut self.copy);
+            let step = format!("writing {}", self.what);
             let sent = watch
-                .guard(async { Ok(self.copy.send(data).await) })
+                .guard_step(&step, async { Ok(copy.send(data).await) })
                 .await?;
             judged(
                 &self.sink.db,
@@ -277,76 +278,80 @@ impl UnitWriter for RowsWriter {
     fn commit(self: Box<Self>, bytes: u64, trailer: Vec<u8>) -> Fut<'static, Result<()>> {
         let db = self.sink.db.clone();
         let watch = self.watch.clone();
-        Box::pin(watch.guard_owned(judged_owned(db, async move {
-            let Self {
-                sink,
-                watch: _,
-                table,
-                key,
-                meta,
-                what,
-                client,
-                mut copy,
-            } = *self;
-            let copied = copy
-                .as_mut()
-                .finish()
-                .await
-                .map_err(db_err(format!("writing {what}")))?;
-            // Every block was checked against the sender's hash, so these are the bytes the
-            // source's digest was computed on; what is left to check is that the server took
-            // every row of them. The stored rows are re-read and checked at the end.
-            let theirs = RowsDigest::from_bytes(&trailer).ok_or_else(|| Error::Verify {
-                path: what.clone(),
-                detail: format!(
-                    "the sender's account is {} bytes, not a digest",
-                    trailer.len()
-                ),
-            })?;
-            if copied != theirs.rows {
-                return Err(Error::Verify {
-                    path: what,
-                    detail: format!(
-                        "the source read {} rows, the target took {copied}",
-                        theirs.rows
-                    ),
-                });
-            }
-            client
-                .execute(
-                    &format!(
-                        "INSERT INTO {BOOKKEEPING}.units (key, rows, digest, bytes, meta) \
-                         VALUES ($1, $2, $3, $4, $5)"
-                    ),
-                    &[
-                        &key,
-                        &(theirs.rows as i64),
-                        &theirs.hex(),
-                        &(bytes as i64),
-                        &meta,
-                    ],
-                )
-                .await
-                .map_err(db_err(format!("recording {what}")))?;
-            if crate::fault::db_lose_row(&table.display()) {
-                let t = table.qualified();
-                client
-                    .batch_execute(&format!(
-                        "DELETE FROM ONLY {t} WHERE ctid = (SELECT ctid FROM ONLY {t} LIMIT 1)"
-                    ))
+        let step = format!("committing {}", self.what);
+        Box::pin(watch.guard_step_owned(
+            step,
+            judged_owned(db, async move {
+                let Self {
+                    sink,
+                    watch: _,
+                    table,
+                    key,
+                    meta,
+                    what,
+                    client,
+                    mut copy,
+                } = *self;
+                let copied = copy
+                    .as_mut()
+                    .finish()
                     .await
-                    .map_err(db_err(format!("losing a row of {what}")))?;
-            }
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(db_err(format!("committing {what}")))?;
-            sink.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(client);
-            Ok(())
-        })))
+                    .map_err(db_err(format!("writing {what}")))?;
+                // Every block was checked against the sender's hash, so these are the bytes the
+                // source's digest was computed on; what is left to check is that the server took
+                // every row of them. The stored rows are re-read and checked at the end.
+                let theirs = RowsDigest::from_bytes(&trailer).ok_or_else(|| Error::Verify {
+                    path: what.clone(),
+                    detail: format!(
+                        "the sender's account is {} bytes, not a digest",
+                        trailer.len()
+                    ),
+                })?;
+                if copied != theirs.rows {
+                    return Err(Error::Verify {
+                        path: what,
+                        detail: format!(
+                            "the source read {} rows, the target took {copied}",
+                            theirs.rows
+                        ),
+                    });
+                }
+                client
+                    .execute(
+                        &format!(
+                            "INSERT INTO {BOOKKEEPING}.units (key, rows, digest, bytes, meta) \
+                         VALUES ($1, $2, $3, $4, $5)"
+                        ),
+                        &[
+                            &key,
+                            &(theirs.rows as i64),
+                            &theirs.hex(),
+                            &(bytes as i64),
+                            &meta,
+                        ],
+                    )
+                    .await
+                    .map_err(db_err(format!("recording {what}")))?;
+                if crate::fault::db_lose_row(&table.display()) {
+                    let t = table.qualified();
+                    client
+                        .batch_execute(&format!(
+                            "DELETE FROM ONLY {t} WHERE ctid = (SELECT ctid FROM ONLY {t} LIMIT 1)"
+                        ))
+                        .await
+                        .map_err(db_err(format!("losing a row of {what}")))?;
+                }
+                client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(db_err(format!("committing {what}")))?;
+                sink.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(client);
+                Ok(())
+            }),
+        ))
     }
 }
 
@@ -609,6 +614,7 @@ struct Scanned {
 /// differs is removed with its bookkeeping row, so that the same command run again copies it
 /// anew; the error names each.
 async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result<()> {
+    let watch = sink.watch();
     let rows = client
         .query(
             &format!("SELECT meta, rows, digest FROM {BOOKKEEPING}.units WHERE meta <> ''"),
@@ -735,7 +741,7 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
                     expected,
                 }) => {
                     let (table, target) = &by_range[at];
-                    let got = digest_of(reader.get(), target, &range).await?;
+                    let got = digest_of(reader.get(), &watch, target, &range).await?;
                     if got != expected {
                         differs(table, target, &range, expected, got);
                     }
@@ -753,7 +759,7 @@ async fn verify_committed(client: &Client, sink: &PgSink, jobs: usize) -> Result
                         s.target.display(),
                         pages.display(&s.target)
                     );
-                    let got = read_rows(reader.get(), &s.target, &pages, rows, &what)
+                    let got = read_rows(reader.get(), &watch, &s.target, &pages, rows, &what)
                         .await?
                         .finish_routed()
                         .map_err(|why| Error::Verify {
@@ -894,11 +900,17 @@ async fn target_table(client: &Client, table: &Table) -> Result<Table> {
     Ok(t)
 }
 
-/// The digest of `range` of `table` as `client`'s database holds it.
-pub(crate) async fn digest_of(client: &Client, table: &Table, range: &Range) -> Result<RowsDigest> {
+/// The digest of `range` of `table` as `client`'s database holds it; `watch` watches its
+/// server.
+pub(crate) async fn digest_of(
+    client: &Client,
+    watch: &Watch,
+    table: &Table,
+    range: &Range,
+) -> Result<RowsDigest> {
     let what = format!("reading {} ({})", table.display(), range.display(table));
     let rows = RowHasher::new(table.binary);
-    read_rows(client, table, range, rows, &what)
+    read_rows(client, watch, table, range, rows, &what)
         .await?
         .finish()
         .map_err(|why| Error::Verify {
@@ -907,9 +919,11 @@ pub(crate) async fn digest_of(client: &Client, table: &Table, range: &Range) -> 
         })
 }
 
-/// Feeds `range` of `table` as `client`'s database holds it to `rows`.
+/// Feeds `range` of `table` as `client`'s database holds it to `rows`; each wait for rows is a
+/// step of `watch` ([`Watch::guard_step`]), `what` naming it.
 async fn read_rows(
     client: &Client,
+    watch: &Watch,
     table: &Table,
     range: &Range,
     mut rows: RowHasher,
@@ -921,7 +935,10 @@ async fn read_rows(
         .await
         .map_err(db_err(what.to_string()))?;
     let mut stream = Box::pin(stream);
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = watch
+        .guard_step(what, async { Ok(stream.next().await) })
+        .await?
+    {
         rows.feed(&chunk.map_err(db_err(what.to_string()))?);
     }
     Ok(rows)

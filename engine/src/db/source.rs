@@ -558,6 +558,7 @@ impl UnitSource for PgSource {
                             range.display(&table),
                             self.db.shown
                         ),
+                        step: format!("reading {} ({})", table.display(), range.display(&table)),
                         stream: Box::pin(stream),
                         watch: self.watch.clone(),
                         chunk: Bytes::new(),
@@ -587,7 +588,7 @@ impl PgSource {
         let held = self.held_rows.get().map_or(&[][..], Vec::as_slice);
         let read = |(table, range): (Table, Range)| async move {
             let client = self.client().await?;
-            let digest = super::sink::digest_of(&client, &table, &range).await;
+            let digest = super::sink::digest_of(&client, &self.watch, &table, &range).await;
             self.give_back(client).await;
             let digest = digest?;
             Ok::<_, Error>(Rechecked {
@@ -667,6 +668,8 @@ impl UnitReader for Fixed {
 /// A range's `COPY` stream, hashed row by row as it goes.
 struct RowsReader {
     what: String,
+    /// What reading it is, as a stalled connection names it: `reading public.big (…)`.
+    step: String,
     stream: std::pin::Pin<Box<CopyOutStream>>,
     /// The source server's watch: each wait for the next rows ends if it stops answering.
     watch: Arc<Watch>,
@@ -699,8 +702,10 @@ impl UnitReader for RowsReader {
                     if self.done {
                         break;
                     }
-                    let next = self.watch.clone();
-                    let next = next.guard(async { Ok(self.stream.next().await) }).await?;
+                    let (watch, stream) = (&self.watch, &mut self.stream);
+                    let next = watch
+                        .guard_step(&self.step, async { Ok(stream.next().await) })
+                        .await?;
                     match next {
                         Some(Ok(chunk)) => {
                             if let Some(h) = self.rows.as_mut() {

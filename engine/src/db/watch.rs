@@ -50,8 +50,13 @@ pub(crate) struct Watch {
 struct Shared {
     /// The server as messages name it: `the target server (/run/postgresql/.s.PGSQL.5432)`.
     server: String,
+    /// Silence after which the watch trips (`--stall-timeout`).
+    limit: Duration,
     /// Answers heard so far (the probe's and every guarded operation's that ended).
     answers: AtomicU64,
+    /// The probe's answers alone: an operation may end without the server (rows handed to a
+    /// `COPY` wait in the connection's buffer), the probe's `SELECT 1` may not.
+    probed: AtomicU64,
     /// Set, with the seconds of silence, once the server has been silent for the limit.
     tripped: tokio::sync::watch::Sender<Option<u64>>,
 }
@@ -62,7 +67,9 @@ impl Watch {
     pub(crate) fn start(db: &Database, role: &str) -> Arc<Watch> {
         let shared = Arc::new(Shared {
             server: format!("the {role} server ({})", db.server()),
+            limit: db.stall,
             answers: AtomicU64::new(0),
+            probed: AtomicU64::new(0),
             tripped: tokio::sync::watch::channel(None).0,
         });
         let task = tokio::spawn(watch(db.clone(), shared.clone()));
@@ -101,6 +108,69 @@ impl Watch {
 }
 
 impl Watch {
+    /// [`Watch::guard`] for one connection's part in moving rows (the next row of a `COPY`,
+    /// rows handed to one, a range's commit), which is also given the limit on its own. The
+    /// server's silence is measured across all its connections, so a server whose probe
+    /// answers while one backend says nothing (that process stopped, stuck on a disk that no
+    /// longer answers, a commit waiting for a synchronous standby that is gone) held the run
+    /// for ever. Such a step never rightly waits that long: rows flow as they are read and
+    /// written, and a range commits in seconds. Silent for half the limit, it warns, naming
+    /// what it does (`what`: `writing public.big (id 1 to 5000)`); for the limit, it ends with
+    /// [`Error::DatabaseStalled`] naming it too. Statements that may rightly run for minutes
+    /// (an index build, the schema) are not steps: they have [`Watch::guard`] alone.
+    pub(crate) async fn guard_step<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let limit = self.shared.limit;
+        let clock = async {
+            let mut silence = Silence::new(limit, limit / 2);
+            let mut last = Instant::now();
+            let probed = self.shared.probed.load(Relaxed);
+            loop {
+                tokio::time::sleep(TICK).await;
+                let now = Instant::now();
+                let step = now - std::mem::replace(&mut last, now);
+                let said = silence.tick(0, step);
+                // A server whose probe has not answered since the step began is the watch's to
+                // name (the whole server, not this connection): the step waits for that.
+                if self.shared.probed.load(Relaxed) == probed {
+                    continue;
+                }
+                match said {
+                    // The server answered meanwhile, so the silence is this connection's.
+                    Said::Trip(silent) => return silent,
+                    Said::Warn(silent) => tracing::warn!(
+                        "{} has not answered for {} s on the connection {what}; the run ends \
+                         if it stays silent for {} s (--stall-timeout)",
+                        self.shared.server,
+                        silent.as_secs(),
+                        limit.as_secs()
+                    ),
+                    Said::Nothing | Said::Back(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            done = self.guard(work) => done,
+            silent = clock => Err(Error::DatabaseStalled {
+                server: format!("{} on the connection {what}", self.shared.server),
+                seconds: silent.as_secs(),
+            }),
+        }
+    }
+
+    /// [`Watch::guard_step`] for a future that must own what it uses (a range's commit).
+    pub(crate) async fn guard_step_owned<T>(
+        self: Arc<Self>,
+        what: String,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.guard_step(&what, work).await
+    }
+
     /// [`Watch::guard`] for a future that must own what it uses (a commit).
     pub(crate) async fn guard_owned<T>(
         self: Arc<Self>,
@@ -148,6 +218,7 @@ async fn probe(db: &Database, shared: &Shared) {
         };
         if answered {
             shared.answers.fetch_add(1, Relaxed);
+            shared.probed.fetch_add(1, Relaxed);
         }
         tokio::time::sleep(PROBE_EVERY).await;
     }

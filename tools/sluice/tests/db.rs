@@ -308,16 +308,40 @@ fn stopped_mid_copy(which: End) {
 /// command resumes from the ranges committed and the databases are identical.
 #[test]
 fn a_target_server_that_stops_answering_is_named_and_ends_the_copy() {
-    stops_answering_mid_copy(End::Target);
+    stops_answering_mid_copy(End::Target, Silent::Server);
 }
 
 /// The source's server stopping to answer: the same, naming the source.
 #[test]
 fn a_source_server_that_stops_answering_is_named_and_ends_the_copy() {
-    stops_answering_mid_copy(End::Source);
+    stops_answering_mid_copy(End::Source, Silent::Server);
 }
 
-fn stops_answering_mid_copy(which: End) {
+/// One backend of the target stopped in the middle of its `COPY`, the rest of the server
+/// answering (as a process stuck on a disk that stopped answering would be): the copy waited
+/// for it for ever, since the server's probe kept answering. Now the connection is named, with
+/// what it was doing, and the copy ends after `--stall-timeout`; the rerun resumes.
+#[test]
+fn a_target_backend_that_stops_answering_is_named_and_ends_the_copy() {
+    stops_answering_mid_copy(End::Target, Silent::Backend);
+}
+
+/// One backend of the source stopped while it sends a range's rows: the same.
+#[test]
+fn a_source_backend_that_stops_answering_is_named_and_ends_the_copy() {
+    stops_answering_mid_copy(End::Source, Silent::Backend);
+}
+
+/// What stops answering.
+#[derive(Clone, Copy, PartialEq)]
+enum Silent {
+    /// The whole server.
+    Server,
+    /// One backend, in the middle of a `COPY`.
+    Backend,
+}
+
+fn stops_answering_mid_copy(which: End, what: Silent) {
     let Some(bin) = pg_bin() else { return };
     let src_pg = Cluster::with_src_and_dst(&bin);
     let dst_pg = Cluster::start(&bin);
@@ -345,7 +369,10 @@ fn stops_answering_mid_copy(which: End) {
         End::Source => &src_pg,
     };
     // Declared after the clusters, so dropped (continued) before they are stopped.
-    let frozen = Frozen::stop(silent);
+    let frozen = match what {
+        Silent::Server => Frozen::stop(silent),
+        Silent::Backend => Frozen::stop_copy(silent),
+    };
     let stopped = Instant::now();
     let status = wait_or_kill(
         copy,
@@ -368,22 +395,50 @@ fn stops_answering_mid_copy(which: End) {
         "the {role} server ({}/.s.PGSQL.5432)",
         silent.dir.path().display()
     );
-    // Warned of at half the limit, before the error; then the error, naming it.
-    let warned = format!("sluice: warning: {server} has not answered for 4 s");
-    let ended = format!("{server} has not answered for 8 s (--stall-timeout)");
+    // Warned of at half the limit, before the error; then the error, naming it (and for one
+    // backend, what its connection was doing).
+    let (warned, ended) = match what {
+        Silent::Server => (
+            format!("sluice: warning: {server} has not answered for 4 s"),
+            format!("{server} has not answered for 8 s (--stall-timeout)"),
+        ),
+        Silent::Backend => {
+            // Its rows may all be in the connection's buffer when it stops: then the
+            // range's commit waits.
+            let doing = match which {
+                End::Target if !err.contains("on the connection writing") => {
+                    "committing public.big ("
+                }
+                End::Target => "writing public.big (",
+                End::Source => "reading public.big (",
+            };
+            (
+                format!(
+                    "sluice: warning: {server} has not answered for 4 s on the connection {doing}"
+                ),
+                format!("{server} on the connection {doing}"),
+            )
+        }
+    };
     let (w, e) = (err.find(&warned), err.find(&ended));
     assert!(w.is_some() && e.is_some() && w < e, "{err}");
     // Seconds into the silence, the ETA is no longer the one of the moment it began.
+    // (With one backend stopped the others go on, and so may the ETA.)
     let progress: Vec<&str> = err.lines().filter(|l| l.contains(" units  ETA")).collect();
     assert!(
-        progress
-            .last()
-            .is_some_and(|l| l.contains(" units  ETA -  ")),
+        what == Silent::Backend
+            || progress
+                .last()
+                .is_some_and(|l| l.contains(" units  ETA -  ")),
         "{err}"
     );
     let error: Vec<&str> = err.lines().filter(|l| l.contains("error:")).collect();
     assert_eq!(error.len(), 1, "{err}");
     assert!(error[0].contains(&ended), "{err}");
+    assert!(
+        error[0].contains("has not answered for 8 s (--stall-timeout)"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
     // Running again: the same command resumes from what was committed, and ends well.
@@ -428,6 +483,29 @@ impl Frozen {
             }
         }
         assert!(frozen.0.len() > 3, "the server's processes: {:?}", frozen.0);
+        frozen
+    }
+
+    /// Stops the backend of `pg` that is running a `COPY`, once there is one, and nothing else.
+    fn stop_copy(pg: &Cluster) -> Frozen {
+        let start = Instant::now();
+        let pid = loop {
+            let pid = pg.sql(
+                "postgres",
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' \
+                 AND query ILIKE 'COPY %' ORDER BY pid LIMIT 1",
+            );
+            if !pid.is_empty() {
+                break pid;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no backend ran a COPY"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut frozen = Frozen(Vec::new());
+        assert!(frozen.signal(&pid), "kill -STOP {pid}");
         frozen
     }
 
