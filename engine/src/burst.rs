@@ -88,10 +88,15 @@ struct Queue<T> {
 impl<T: Send> Queue<T> {
     /// Hands over what is pending; the batch back if the worker is gone.
     fn hand_over(&self) -> Result<(), Vec<T>> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        if batch.is_empty() {
-            return Ok(());
-        }
+        let batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.is_empty() {
+                return Ok(());
+            }
+            // The next burst is likely as long: room for it at once, not grown by doubling.
+            let room = pending.len();
+            std::mem::replace(&mut *pending, Vec::with_capacity(room))
+        };
         self.tx.send(batch).map_err(|e| {
             self.gone.store(true, Ordering::Relaxed);
             e.0

@@ -162,7 +162,7 @@ pub fn copy(
     )?;
     let ticket = rx.ticket().clone();
     let stopper = rx.stopper();
-    let recv_progress = Arc::new(Progress::default());
+    let recv_progress = Arc::new(Progress::keeping(|e| matches!(e, Event::Deleted { .. })));
     let receiver = {
         let p = recv_progress.clone();
         std::thread::Builder::new()

@@ -142,6 +142,8 @@ pub struct Progress {
     /// Of `bytes_sent`, bytes the receiver dropped unread ([`Progress::take_back_sent`]).
     sent_taken_back: AtomicU64,
     events: Mutex<VecDeque<Event>>,
+    /// The events anybody will take, where not all ([`Progress::keeping`]).
+    wanted: Option<fn(&Event) -> bool>,
 }
 
 /// A copy of the counters at one moment.
@@ -255,6 +257,16 @@ impl Progress {
         self.files_verified.fetch_add(1, Relaxed);
     }
 
+    /// Progress whose events are taken only where `wanted` says so (the receiving end of
+    /// `copy`, whose caller takes only what `--delete` removed: the queue of every file's
+    /// event was filled for nobody, a string and a slot per file).
+    pub(crate) fn keeping(wanted: fn(&Event) -> bool) -> Self {
+        Self {
+            wanted: Some(wanted),
+            ..Self::default()
+        }
+    }
+
     /// Queues an event for [`Progress::take_events`]. Nobody may be taking them (the receiving
     /// end of `copy`, a library caller that only reads the counters), so the queue keeps the
     /// newest [`MAX_EVENTS`]: memory stays bounded whatever the number of files. A reader that
@@ -262,6 +274,9 @@ impl Progress {
     pub(crate) fn push(&self, e: Event) {
         if let Event::FileVerified { .. } = e {
             self.files_verified.fetch_add(1, Relaxed);
+        }
+        if self.wanted.is_some_and(|wanted| !wanted(&e)) {
+            return;
         }
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if events.len() >= MAX_EVENTS {
@@ -549,5 +564,26 @@ mod tests {
         assert_eq!(events.len(), MAX_EVENTS);
         assert!(matches!(&events[0], Event::FileVerified { path, .. } if path == "f10"));
         assert_eq!(p.snapshot().files_verified, (MAX_EVENTS + 10) as u64);
+    }
+
+    /// Progress that keeps some events only queues those, and counts the rest all the same.
+    #[test]
+    fn only_the_events_wanted_are_kept() {
+        let p = Progress::keeping(|e| matches!(e, Event::Deleted { .. }));
+        for i in 0..3 {
+            p.push(Event::FileVerified {
+                path: format!("f{i}"),
+                size: 1,
+                root: [0; 32],
+            });
+        }
+        p.push(Event::Deleted {
+            path: "gone".into(),
+            dir: false,
+        });
+        let events = p.take_events();
+        assert_eq!(events.len(), 1);
+        assert!(matches!(&events[0], Event::Deleted { path, .. } if path == "gone"));
+        assert_eq!(p.snapshot().files_verified, 3);
     }
 }
