@@ -711,7 +711,7 @@ pub(super) fn write_blocks(
                                 if let Some((at, key)) = &t.journal_at {
                                     match JournalWriter::open(at, &f, key) {
                                         Ok(j) => {
-                                            t.journal = Some(j);
+                                            t.journal = Some(Box::new(j));
                                         }
                                         Err(e) => tracing::warn!(
                                             "no resume journal for {} ({e}); an interrupted run will re-read the part file",
@@ -842,7 +842,9 @@ struct Target {
     handles: Option<(Arc<File>, Option<Arc<File>>)>,
     /// Where its journal goes, and what for; the journal itself once the part file is open.
     journal_at: Option<(PathBuf, journal::Key)>,
-    journal: Option<JournalWriter>,
+    /// Boxed: most files never have one, and a file taken up ahead holds its slot (16,384 of
+    /// them, `PREPARED_AHEAD`).
+    journal: Option<Box<JournalWriter>>,
     /// Where the receiver's copy of its blocks is (patches complete from it).
     held_at: Option<PathBuf>,
     /// The older version its moved blocks are read from.

@@ -1330,7 +1330,15 @@ impl Reader<'_> {
     /// (the whole block if the receiver could not say). Where the older version is known to be
     /// shifted near the block (`near`), the block may go as a spliced block instead, or as the
     /// moved block it was found to be: whichever carries the fewest bytes.
-    fn send_patch(&self, src: &SourceEntry, index: u64, cv: Digest, near: &Near) -> Result<()> {
+    ///
+    /// Returns the shift a spliced block ends at ([`splice::last_shift`]).
+    fn send_patch(
+        &self,
+        src: &SourceEntry,
+        index: u64,
+        cv: Digest,
+        near: &Near,
+    ) -> Result<Option<i64>> {
         let theirs = match &self.board {
             Some(b) => b.wait_pieces(src.entry.id, index),
             None => Vec::new(),
@@ -1348,7 +1356,10 @@ impl Reader<'_> {
         let range = self.differing_span(&block, &theirs).unwrap_or(0..len);
         let piece = piece_size(self.config.block_size) as usize;
         let splice = match near.old_len {
-            Some(old_len) if !near.shifts.is_empty() && !theirs.is_empty() => {
+            // Also where no anchor showed a shift near the block (the edit is in the file's
+            // last block, or the file has one block): the splice tries the block's own offset
+            // and probes the gaps around what it finds.
+            Some(old_len) if !theirs.is_empty() => {
                 let old = splice::OldBytes {
                     start: offset,
                     len: old_len.saturating_sub(offset).min(len as u64) as usize,
@@ -1370,7 +1381,9 @@ impl Reader<'_> {
             });
         if let Some((from, prefix)) = moved {
             self.progress.add_kept((len - prefix) as u64);
-            return self.send_moved_block(src.entry.id, (offset, len), cv, from, &block[..prefix]);
+            return self
+                .send_moved_block(src.entry.id, (offset, len), cv, from, &block[..prefix])
+                .map(|()| None);
         }
         if let Some((runs, literal)) = splice {
             tracing::trace!(
@@ -1381,7 +1394,8 @@ impl Reader<'_> {
                 "spliced from the older version"
             );
             self.progress.add_kept((len - literal) as u64);
-            return self.send_spliced(src.entry.id, offset, cv, (&runs, literal), &block);
+            self.send_spliced(src.entry.id, offset, cv, (&runs, literal), &block)?;
+            return Ok(splice::last_shift(&runs, offset));
         }
         let payload = block.slice(range.clone());
         self.progress.add_kept((len - payload.len()) as u64);
@@ -1400,6 +1414,7 @@ impl Reader<'_> {
             },
             payload,
         )
+        .map(|()| None)
     }
 
     /// Settles block `i` of `src`, hashed in the first pass, against the receiver's hash of it,
@@ -2070,21 +2085,36 @@ impl Reader<'_> {
         {
             return Ok(false);
         }
-        for i in std::mem::take(&mut st.patches) {
+        // In block order: a missing tail is queued first, but the shift a splice ends at is
+        // what the blocks after it try.
+        let mut patches = std::mem::take(&mut st.patches);
+        patches.sort_unstable();
+        for i in patches {
             let near = Near {
                 shifts: st
                     .moves
                     .as_ref()
                     .map_or(Vec::new(), |m| m.shifts().around(i)),
-                old_len: st.moves.as_ref().map(|m| m.shifts().old_len()),
+                old_len: st
+                    .moves
+                    .as_ref()
+                    .map(|m| m.shifts().old_len())
+                    .or_else(|| self.board.as_ref().and_then(|b| b.wait_held(src.entry.id))),
                 moved: st
                     .moved_later
                     .iter()
                     .find(|m| m.0 == i)
                     .map(|&(_, from, prefix)| (from, prefix)),
             };
-            if let Err(e) = self.send_patch(src, i, st.cvs.get(i), &near) {
-                return self.abandon_on(fi, e, state);
+            match self.send_patch(src, i, st.cvs.get(i), &near) {
+                // The blocks after it may be where the older version stands after this one.
+                Ok(Some(shift)) => {
+                    if let Some(m) = st.moves.as_mut() {
+                        m.note(i, shift);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return self.abandon_on(fi, e, state),
             }
         }
         // Blocks were read again just now: written to since the first pass, the file may mix

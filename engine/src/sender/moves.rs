@@ -145,6 +145,13 @@ impl Moves {
         self.seen += anchors.len();
     }
 
+    /// Notes a shift found otherwise than by an anchor (where a spliced block `index` ends), for
+    /// the blocks after it to try: the older version's last block, which has no anchor (it is
+    /// not held whole), is found so.
+    pub(super) fn note(&mut self, index: u64, shift: i64) {
+        self.shifts.push(index, shift);
+    }
+
     /// The shifts found so far.
     pub(super) fn shifts(&self) -> &Shifts {
         &self.shifts

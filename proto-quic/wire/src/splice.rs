@@ -193,6 +193,24 @@ pub fn decode(payload: &[u8], block_len: u32) -> Result<(Vec<Run>, usize), Splic
     Ok((runs, at))
 }
 
+/// The shift (new offset − old offset) of the last run of the older version in `runs`, a block
+/// at `offset` of the new file: where the older version stands after the block's last edit,
+/// which the next block is likely to share.
+pub fn last_shift(runs: &[Run], offset: u64) -> Option<i64> {
+    let mut at = offset;
+    let mut last = None;
+    for run in runs {
+        match *run {
+            Run::Old { from, len } => {
+                last = Some(at as i64 - from as i64);
+                at += u64::from(len);
+            }
+            Run::Literal { len } => at += u64::from(len),
+        }
+    }
+    last
+}
+
 /// Plans a spliced block: `block` is the new block's bytes, `theirs` the receiver's piece hashes
 /// of `old`, the bytes it holds for the block, `shifts` the shifts to try (new offset − old
 /// offset; 0 is tried anyway).
@@ -343,9 +361,22 @@ struct Pieces<'a> {
     theirs: &'a [PieceHash],
 }
 
+/// The shifts of `spread` by their distance from `near`: `near`, `near + 1`, `near - 1`, …
+fn nearest_first(near: i64, spread: std::ops::RangeInclusive<i64>) -> impl Iterator<Item = i64> {
+    let reach = (near - spread.start()).max(spread.end() - near).max(0);
+    (0..=reach)
+        .flat_map(move |k| {
+            [near + k, near - k]
+                .into_iter()
+                .take(if k == 0 { 1 } else { 2 })
+        })
+        .filter(move |d| spread.contains(d))
+}
+
 impl Pieces<'_> {
     /// Looks for a few old pieces that would sit inside `gap` at shift `near`, each at every
-    /// shift of `spread`: the first shift one is found at.
+    /// shift of `spread`, nearest to `near` first (most edits insert or delete a few bytes): the
+    /// first shift one is found at.
     fn probe(
         &self,
         gap: std::ops::Range<usize>,
@@ -365,7 +396,7 @@ impl Pieces<'_> {
             .collect();
         let step = inside.len().div_ceil(PROBES + 1).max(1);
         for &j in inside.iter().skip(step / 2).step_by(step).take(PROBES) {
-            for d in spread.clone() {
+            for d in nearest_first(near, spread.clone()) {
                 let Ok(at) = usize::try_from((j * piece) as i64 + d) else {
                     continue;
                 };
@@ -464,6 +495,15 @@ pub fn assemble<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shifts are tried nearest first, each once, only those of the spread.
+    #[test]
+    fn shifts_are_tried_nearest_first() {
+        let order: Vec<i64> = nearest_first(2, -1..=4).collect();
+        assert_eq!(order, vec![2, 3, 1, 4, 0, -1]);
+        let order: Vec<i64> = nearest_first(10, -1..=4).collect();
+        assert_eq!(order, vec![4, 3, 2, 1, 0, -1]);
+    }
     use crate::anchor::tests::bytes;
 
     fn hashes(old: &[u8], piece: usize) -> Vec<PieceHash> {
