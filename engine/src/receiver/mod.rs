@@ -1021,7 +1021,7 @@ async fn receive(
                             tracing::info!(id, %reason, "the sender gave a file up");
                             // Its blocks still on the way are read off their streams and dropped.
                             shared.lock().map_err(|_| poisoned())?.claimed.insert(id, Claimed::Closed);
-                            let outcome = fail_file(id, &mut files, &job_tx, reason, ErrorKind::Local);
+                            let outcome = give_up_file(id, &mut files, &job_tx, reason);
                             report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                         }
                         ReceiverEvent::Finish => finished = true,
@@ -1385,6 +1385,39 @@ fn report_local(
         first_failure.add(&path, &reason, kind);
         tracing::error!(%path, %reason, "entry failed");
         progress.push(Event::FileFailed { path, reason });
+    }
+}
+
+/// [`fail_file`] for a file the sender gave up (its source changed or vanished while it was
+/// sent): what arrived of it was verified block by block and stays in its part file for the
+/// next run to resume from (it scans the part file and keeps only what the source still holds),
+/// unless an older version under the final name is what the next run should build on (a delta:
+/// the part file holds only the blocks that differ).
+fn give_up_file(
+    id: u32,
+    files: &mut HashMap<u32, Box<Incoming>>,
+    jobs: &Burst<Job>,
+    reason: String,
+) -> Outcome {
+    let keep = files.get(&id).is_some_and(|f| {
+        f.base.is_none() && f.older.is_none() && !f.inplace && f.compare_only.is_none()
+    });
+    if !keep {
+        return fail_file(id, files, jobs, reason, ErrorKind::Local);
+    }
+    let Some(f) = files.remove(&id) else {
+        return Outcome::Pending;
+    };
+    let _ = jobs.send_now(Job::Close {
+        file: id,
+        remove: Vec::new(),
+        lock: f.lock,
+    });
+    Outcome::Failed {
+        id,
+        path: f.rel,
+        reason,
+        kind: ErrorKind::Local,
     }
 }
 

@@ -630,16 +630,49 @@ struct Reading {
     /// Blocks were read again while finishing (groups that differ, patches): the version is
     /// looked at once more before the FileDone.
     reread: bool,
+    /// Its metadata when opened, to say what changed.
+    opened: std::fs::Metadata,
 }
 
 impl Reading {
-    /// Whether the file, open as `path`, is another version than when it was opened.
-    fn changed(&self, path: &std::path::Path) -> Result<bool> {
+    /// What changed, if the file, open as `path`, is another version than when it was opened
+    /// (`opened`: its metadata then).
+    fn changed(
+        &self,
+        path: &std::path::Path,
+        opened: &std::fs::Metadata,
+    ) -> Result<Option<String>> {
         let now = self
             .file
             .metadata()
             .map_err(Error::file("reading metadata of", path))?;
-        Ok(manifest::source_version(&now) != self.version)
+        if manifest::source_version(&now) == self.version {
+            return Ok(None);
+        }
+        Ok(Some(what_changed(opened, &now)))
+    }
+}
+
+/// What changed between two looks at one open file's metadata, in a user's words. Only the
+/// change time moving (a `chmod`, a link made or removed, a rename) is named as such: the bytes
+/// may be the same, but a write that put the modification time back looks the same, so the file
+/// is given up all the same; what arrived of it is kept for the next run.
+fn what_changed(then: &std::fs::Metadata, now: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if now.size() != then.size() {
+        format!(
+            "its size went from {} to {} bytes while it was being sent",
+            then.size(),
+            now.size()
+        )
+    } else if (now.mtime(), now.mtime_nsec()) != (then.mtime(), then.mtime_nsec()) {
+        "written to while it was being sent".into()
+    } else if now.nlink() == 0 {
+        "removed while it was being sent".into()
+    } else {
+        "its permissions, owner or links changed while it was being sent (its change time \
+         moved, as it does after a write that puts the modification time back)"
+            .into()
     }
 }
 
@@ -905,6 +938,7 @@ impl Reader<'_> {
                     file: file.clone(),
                     version: manifest::source_version(&meta),
                     reread: false,
+                    opened: meta.clone(),
                     cvs: hashes::BlockHashes::new(geometry),
                     remaining: count,
                     sent: 0,
@@ -1977,9 +2011,8 @@ impl Reader<'_> {
             // queued): the blocks sent may mix two versions, each block verified but the whole
             // matching neither. Stopped here, named, like rsync's "file has vanished" and tar's
             // "file changed as we read it".
-            if st.changed(&src.local)? {
-                let why = changed_while_sent("written to while it was being sent");
-                return self.abandon(fi, why, state);
+            if let Some(what) = st.changed(&src.local, &st.opened)? {
+                return self.abandon(fi, changed_while_sent(&what), state);
             }
             // Finished when the receiver's answers about it are in (finish_files), so the
             // reader goes on with the next file meanwhile: on a long link a round trip per
@@ -2119,9 +2152,13 @@ impl Reader<'_> {
         }
         // Blocks were read again just now: written to since the first pass, the file may mix
         // versions in what was sent (rsync's and tar's "file changed as we read it").
-        if st.reread && st.changed(&src.local)? {
-            let why = changed_while_sent("written to while it was being sent");
-            self.abandon(fi, why, state)?;
+        if let Some(what) = st
+            .reread
+            .then(|| st.changed(&src.local, &st.opened))
+            .transpose()?
+            .flatten()
+        {
+            self.abandon(fi, changed_while_sent(&what), state)?;
             return Ok(true);
         }
         let root = st.cvs.root();

@@ -5,7 +5,7 @@
 #[macro_use]
 mod common;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -469,6 +469,62 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     let out = sluice().arg("copy").arg(&src).arg(&dest).output().unwrap();
     assert!(out.status.success(), "rerun: {}", stderr(&out));
     assert_eq!(b3(&dest.join("growing.log")), b3(&src));
+}
+
+/// A `chmod` of a source file while it is sent moves its change time, which a write that puts
+/// the modification time back also does, so the file is given up all the same; but the message
+/// said "written to", and what had arrived was thrown away, so the next run sent it all again
+/// (a new user's 1 GiB). Now the message says what changed, the part file stays, and the next
+/// run resumes from it.
+#[test]
+fn a_chmod_during_the_transfer_is_named_and_what_arrived_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.img");
+    random_file(&src, 128 * BLOCK, 19);
+    let dest = d.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let mut send = sluice()
+        .args(["--ring", "4", "copy"])
+        .arg(&src)
+        .arg(&dest)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let part = dest.join(".big.img.sluice-part");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while part.metadata().map_or(0, |m| m.blocks() * 512) < 16 * BLOCK {
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        assert!(
+            send.try_wait().unwrap().is_none(),
+            "finished before the chmod"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = wait_or_kill(send, Duration::from_secs(30), "the sender did not end");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("big.img") && err.contains("its permissions, owner or links changed"),
+        "{err}"
+    );
+    assert!(!dest.join("big.img").exists(), "{err}");
+    assert!(part.exists(), "what arrived was thrown away: {err}");
+    let out = sluice()
+        .args(["--json", "copy"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rerun: {}", stderr(&out));
+    assert_eq!(b3(&dest.join("big.img")), b3(&src));
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap();
+    let kept = summary["kept_bytes"].as_u64().unwrap();
+    assert!(kept >= 16 * BLOCK, "the rerun kept {kept} bytes: {summary}");
 }
 
 /// A source written to while the blocks that differ from the destination's older version
