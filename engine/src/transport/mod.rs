@@ -199,7 +199,17 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
             let tcp = tcp::connect(config, ticket);
             tokio::pin!(tcp);
             tokio::select! {
-                r = &mut quic => r,
+                // QUIC gave up while TCP still waits for its answer: both are silent.
+                r = &mut quic => r.map_err(|e| match e {
+                    Error::Connection { peer, detail } => Error::Connection {
+                        peer,
+                        detail: format!(
+                            "{detail} (TCP, tried after {} s, has had no answer either)",
+                            FALLBACK_AFTER.as_secs()
+                        ),
+                    },
+                    other => other,
+                }),
                 r = &mut tcp => match r {
                     Ok(link) => {
                         tracing::warn!("connected to {} over TCP", ticket.addr);
@@ -219,6 +229,11 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
                                 tcp_reason(&e),
                                 if matches!(&e, Error::Connection { detail, .. } if detail.contains("latest ticket")) {
                                     ""
+                                } else if matches!(&e, Error::Connection { detail, .. }
+                                    if detail.contains("(os error 113)") || detail.contains("(os error 101)"))
+                                {
+                                    // The host itself is not there (no answer to ARP, no route).
+                                    "; is the address right, and is that host up and reachable from here?"
                                 } else {
                                     "; is the receiving sluice (`recv`, `db recv`, `bench --serve`) \
                                      still running there, and is this its latest ticket?"

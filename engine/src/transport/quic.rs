@@ -255,6 +255,9 @@ async fn handshake(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> {
         }
         _ => None,
     };
+    if let Err(e) = udp::route_to(peer) {
+        return Err(err(&format!("cannot reach it from this host: {e}")));
+    }
     let client = tls::client_config(ticket.fingerprint, &tuning)?;
     let endpoint = udp::endpoint(
         udp::udp_socket(udp::any_addr_for(peer), config)?,

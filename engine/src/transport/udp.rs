@@ -145,6 +145,30 @@ pub(crate) async fn close(conn: &quinn::Connection, code: u32, reason: &[u8]) {
     }
 }
 
+/// Whether this host has a route to `peer`: a UDP socket's `connect` looks the route up and
+/// sends nothing. QUIC's packets to a network this host cannot reach fail in the kernel, which
+/// quinn only logs, so a sender waited out the whole answer time and then blamed the receiver
+/// ("is the receiving sluice still running"); TCP says "Network is unreachable" at once. Where
+/// the lookup itself cannot be made, this says nothing and the connection tries.
+pub(crate) fn route_to(peer: SocketAddr) -> std::result::Result<(), std::io::Error> {
+    let Ok(probe) = std::net::UdpSocket::bind(any_addr_for(peer)) else {
+        return Ok(());
+    };
+    match probe.connect(peer) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The address to bind a client socket to for reaching `peer`.
 pub fn any_addr_for(peer: SocketAddr) -> SocketAddr {
     if peer.is_ipv4() {

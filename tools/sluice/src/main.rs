@@ -49,7 +49,9 @@ fn main() {
         Some(filter) => log.with_env_filter(filter).init(),
         // Otherwise a warning is a message to the user, worded as the others are.
         None => log
-            .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+            // quinn-udp's warnings are its send errors in its own debug format (a route
+            // missing, say): what they mean reaches the user as the connection's error.
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,quinn_udp=error"))
             .event_format(render::Plain { json: cli.json })
             .init(),
     }
