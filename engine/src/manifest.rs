@@ -244,7 +244,7 @@ fn walk(
         if local == root {
             return Err(e);
         }
-        tracing::warn!("skipping: {e}");
+        // Said once, by the sender, as a failed entry (the run goes on, and fails at its end).
         unread.push(e);
         Ok(())
     };

@@ -861,7 +861,7 @@ async fn receive(
                     if !finished && stall.stalled(s.bytes_verified + s.bytes_kept, arrived) {
                         tracing::warn!(
                             "nothing arrived for {} s: waiting for the sender",
-                            StallWatch::AFTER.as_secs()
+                            stall.quiet_for().max(StallWatch::AFTER).as_secs()
                         );
                         tracing::debug!(
                             "stalled: {} data streams read, {} of the ring's buffers free, {} files open; {}",
@@ -1383,7 +1383,9 @@ fn report_local(
     {
         *failures += 1;
         first_failure.add(&path, &reason, kind);
-        tracing::error!(%path, %reason, "entry failed");
+        // Entries the sender hears nothing of (directories, links): said here, as the sender
+        // says a failed file, the run going on.
+        tracing::warn!("{path}: {reason}");
         progress.push(Event::FileFailed { path, reason });
     }
 }

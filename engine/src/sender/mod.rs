@@ -182,7 +182,8 @@ impl Sender {
             Err(_) => return result,
         };
         Err(Error::FilesFailed {
-            items: "files",
+            // What could not be read may be a directory.
+            items: "entries",
             failed: failed + unread.len(),
             total: total + unread.len(),
             first: first.to_string(),
@@ -440,7 +441,7 @@ async fn transfer(
                     let waiting = queue_probe.upgrade().map_or(0, |q| queued(&q));
                     tracing::warn!(
                         "nothing moved for {} s: waiting for the receiver",
-                        StallWatch::AFTER.as_secs()
+                        stall.quiet_for().max(StallWatch::AFTER).as_secs()
                     );
                     tracing::debug!(
                         "stalled: {open_streams} data streams, {} blocks queued, reader {}; {}",
