@@ -67,6 +67,11 @@ pub enum Command {
         /// One or more sources, then the destination directory (or, for one file, the file to write or update).
         #[arg(required = true, num_args = 1.., value_name = "SRC... DEST_DIR")]
         paths: Vec<PathBuf>,
+        /// Move nothing: list what a copy would send (missing and differing entries, with byte
+        /// ranges) and what --delete would remove (extra entries), as `sluice verify` does, and
+        /// exit 0 (rsync's -n)
+        #[arg(short = 'n', long)]
+        dry_run: bool,
         #[command(flatten)]
         selection: Selection,
         #[command(flatten)]

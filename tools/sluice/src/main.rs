@@ -413,6 +413,33 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
     }
     let json = cli.json;
     match cli.command {
+        Command::Copy {
+            paths,
+            dry_run: true,
+            ..
+        } => {
+            let (sources, dest) = split_sources(&paths, "DEST_DIR");
+            let report = sluice_engine::verify::compare_local(
+                sources,
+                dest,
+                config.block_size,
+                &config.excludes,
+            )
+            .context("dry run failed")?;
+            render::verify_report(json, &report);
+            if !json {
+                errln!(
+                    "sluice copy --dry-run: nothing was moved; a copy would send what is missing \
+                     or differs{}",
+                    if config.delete {
+                        " and remove what is extra"
+                    } else {
+                        " (and, with --delete, remove what is extra)"
+                    }
+                );
+            }
+            Ok(())
+        }
         Command::Copy { paths, .. } => {
             let (sources, dest) = split_sources(&paths, "DEST_DIR");
             let (sources, dest) = (sources.to_vec(), dest.clone());

@@ -687,3 +687,34 @@ fn an_address_this_host_cannot_reach_is_said_at_once() {
         assert!(!err.contains("Os {"), "{transport}: {err}");
     }
 }
+
+/// `copy -n` (`--dry-run`), as rsync users reach for before a `--delete`: lists what a copy
+/// would send and what it would remove, moves nothing, and exits 0.
+#[test]
+fn a_dry_run_lists_what_a_copy_would_do_and_moves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dest) = (d.path().join("src"), d.path().join("dest"));
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::create_dir_all(dest.join("src")).unwrap();
+    fs::write(src.join("a"), b"new").unwrap();
+    fs::write(src.join("sub/b"), b"b").unwrap();
+    fs::write(dest.join("src/a"), b"older").unwrap();
+    fs::write(dest.join("src/extra"), b"x").unwrap();
+    for flag in ["-n", "--dry-run"] {
+        let out = sluice()
+            .args(["copy", flag, "--delete"])
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        let (said, err) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(out.status.success(), "{flag}: {err}");
+        for line in ["extra: src/extra", "differs: src/a", "missing: src/sub/b"] {
+            assert!(said.contains(line), "{flag}: no {line:?} in {said}");
+        }
+        assert!(err.contains("nothing was moved"), "{flag}: {err}");
+        assert_eq!(fs::read(dest.join("src/a")).unwrap(), b"older");
+        assert!(dest.join("src/extra").exists());
+        assert!(!dest.join("src/sub").exists());
+    }
+}
