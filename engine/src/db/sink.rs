@@ -222,14 +222,21 @@ impl PgSink {
             Meta::Rows { table, range } => {
                 let what = format!("{} ({})", table.display(), range.display(&table));
                 let client = self.client().await?;
-                client
-                    .batch_execute("BEGIN")
-                    .await
-                    .map_err(db_err(format!("writing {what}")))?;
-                let copy = client
-                    .copy_in::<_, Bytes>(table.copy_in().as_str())
-                    .await
-                    .map_err(db_err(format!("writing {what}")))?;
+                // Both answer at once, unless the backend (kept from an earlier range) has
+                // stopped answering.
+                let step = format!("writing {what}");
+                let copy = watch
+                    .guard_step(&step, async {
+                        client
+                            .batch_execute("BEGIN")
+                            .await
+                            .map_err(db_err(step.clone()))?;
+                        client
+                            .copy_in::<_, Bytes>(table.copy_in().as_str())
+                            .await
+                            .map_err(db_err(step.clone()))
+                    })
+                    .await?;
                 Box::new(RowsWriter {
                     sink: self.clone(),
                     watch: watch.clone(),
@@ -935,10 +942,17 @@ async fn read_rows(
         .await
         .map_err(db_err(what.to_string()))?;
     let mut stream = Box::pin(stream);
-    while let Some(chunk) = watch
-        .guard_step(what, async { Ok(stream.next().await) })
-        .await?
-    {
+    // A page range's first row may rightly follow a long sequential read (no TID range scan
+    // before PostgreSQL 14): that wait is the server's alone.
+    let mut seek = !range.by_key;
+    loop {
+        let next = async { Ok(stream.next().await) };
+        let next = if std::mem::take(&mut seek) {
+            watch.guard(next).await?
+        } else {
+            watch.guard_step(what, next).await?
+        };
+        let Some(chunk) = next else { break };
         rows.feed(&chunk.map_err(db_err(what.to_string()))?);
     }
     Ok(rows)

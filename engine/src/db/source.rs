@@ -154,13 +154,20 @@ impl PgSource {
             Some(c) if !c.is_closed() => c,
             _ => self.db.connect().await?,
         };
-        client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-                self.snapshot
-            ))
-            .await
-            .map_err(|e| pg_error(format!("joining the source snapshot {}", self.snapshot), &e))?;
+        // At once, unless a backend kept from an earlier range has stopped answering.
+        let step = format!("joining the source snapshot {}", self.snapshot);
+        self.watch
+            .guard_step(&step, async {
+                client
+                    .batch_execute(&format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION \
+                         SNAPSHOT '{}'",
+                        self.snapshot
+                    ))
+                    .await
+                    .map_err(|e| pg_error(step.clone(), &e))
+            })
+            .await?;
         Ok(client)
     }
 
@@ -543,14 +550,18 @@ impl UnitSource for PgSource {
                     } else {
                         table
                     };
-                    let stream = client
-                        .copy_out(table.copy_out(&range).as_str())
-                        .await
-                        .map_err(|e| {
-                            let what =
-                                format!("reading {} ({})", table.display(), range.display(&table));
-                            pg_error(what, &e)
-                        })?;
+                    let step = format!("reading {} ({})", table.display(), range.display(&table));
+                    // The `COPY` starts at once (its rows may take long, see `RowsReader::seek`);
+                    // a backend, kept from an earlier range, that does not answer has stopped.
+                    let stream = self
+                        .watch
+                        .guard_step(&step, async {
+                            client
+                                .copy_out(table.copy_out(&range).as_str())
+                                .await
+                                .map_err(|e| pg_error(step.clone(), &e))
+                        })
+                        .await?;
                     Box::new(RowsReader {
                         what: format!(
                             "{} ({}) at {}",
@@ -558,7 +569,8 @@ impl UnitSource for PgSource {
                             range.display(&table),
                             self.db.shown
                         ),
-                        step: format!("reading {} ({})", table.display(), range.display(&table)),
+                        step,
+                        seek: !range.by_key,
                         stream: Box::pin(stream),
                         watch: self.watch.clone(),
                         chunk: Bytes::new(),
@@ -670,6 +682,8 @@ struct RowsReader {
     what: String,
     /// What reading it is, as a stalled connection names it: `reading public.big (…)`.
     step: String,
+    /// No row has come yet of a page range (see [`super::watch::Watch::guard_step`]).
+    seek: bool,
     stream: std::pin::Pin<Box<CopyOutStream>>,
     /// The source server's watch: each wait for the next rows ends if it stops answering.
     watch: Arc<Watch>,
@@ -703,9 +717,15 @@ impl UnitReader for RowsReader {
                         break;
                     }
                     let (watch, stream) = (&self.watch, &mut self.stream);
-                    let next = watch
-                        .guard_step(&self.step, async { Ok(stream.next().await) })
-                        .await?;
+                    let next = async { Ok(stream.next().await) };
+                    // A page range's first row may rightly follow a long sequential read (no
+                    // TID range scan before PostgreSQL 14): that wait is the server's alone.
+                    let next = if self.seek {
+                        watch.guard(next).await?
+                    } else {
+                        watch.guard_step(&self.step, next).await?
+                    };
+                    self.seek = false;
                     match next {
                         Some(Ok(chunk)) => {
                             if let Some(h) = self.rows.as_mut() {
@@ -747,8 +767,9 @@ impl UnitReader for RowsReader {
             }
             if let Some(client) = self.client.take() {
                 let idle = &self.idle;
+                // Its backend ends the read's transaction at once, or has stopped answering.
                 self.watch
-                    .guard(async move {
+                    .guard_step(&self.step, async move {
                         idle.give_back(client).await;
                         Ok(())
                     })

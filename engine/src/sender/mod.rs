@@ -636,13 +636,8 @@ struct Reading {
 }
 
 impl Reading {
-    /// What changed, if the file, open as `path`, is another version than when it was opened
-    /// (`opened`: its metadata then).
-    fn changed(
-        &self,
-        path: &std::path::Path,
-        opened: &std::fs::Metadata,
-    ) -> Result<Option<String>> {
+    /// What changed, if the file, open as `path`, is another version than when it was opened.
+    fn changed(&self, path: &std::path::Path) -> Result<Option<String>> {
         let now = self
             .file
             .metadata()
@@ -650,7 +645,7 @@ impl Reading {
         if manifest::source_version(&now) == self.version {
             return Ok(None);
         }
-        Ok(Some(what_changed(opened, &now)))
+        Ok(Some(what_changed(&self.opened, &now)))
     }
 }
 
@@ -2012,7 +2007,7 @@ impl Reader<'_> {
             // queued): the blocks sent may mix two versions, each block verified but the whole
             // matching neither. Stopped here, named, like rsync's "file has vanished" and tar's
             // "file changed as we read it".
-            if let Some(what) = st.changed(&src.local, &st.opened)? {
+            if let Some(what) = st.changed(&src.local)? {
                 return self.abandon(fi, changed_while_sent(&what), state);
             }
             // Finished when the receiver's answers about it are in (finish_files), so the
@@ -2155,7 +2150,7 @@ impl Reader<'_> {
         // versions in what was sent (rsync's and tar's "file changed as we read it").
         if let Some(what) = st
             .reread
-            .then(|| st.changed(&src.local, &st.opened))
+            .then(|| st.changed(&src.local))
             .transpose()?
             .flatten()
         {
