@@ -22,7 +22,6 @@ use sluice_proto::message::EntryKind;
 
 use crate::error::{Error, Result};
 use crate::manifest;
-use crate::merkle;
 use crate::Excludes;
 
 /// How one entry differs.
@@ -34,7 +33,8 @@ pub enum Difference {
     Kind(String),
     /// A symlink points elsewhere, or a hard link is not the same file as the name it links to.
     LinkTarget(String),
-    /// A regular file differs: its sizes, and the byte ranges (whole blocks) that differ.
+    /// A regular file differs: its sizes, and the byte ranges that differ (per block compared,
+    /// from its first differing byte to its last).
     Content {
         /// The entry's path.
         path: String,
@@ -42,7 +42,7 @@ pub enum Difference {
         source_size: u64,
         /// Size at the destination.
         dest_size: u64,
-        /// Differing byte ranges, adjacent blocks merged.
+        /// Differing byte ranges, adjacent ones merged.
         ranges: Vec<Range<u64>>,
     },
     /// At the destination, inside a directory the source has, but not at the source (what
@@ -284,16 +284,20 @@ fn differing_ranges(
         let len = geometry.len_at(offset) as usize;
         fa.read_exact_at(&mut a[..len], offset)
             .map_err(Error::file("reading", src))?;
-        let same = offset + len as u64 <= dst_len && {
-            fb.read_exact_at(&mut b[..len], offset)
-                .map_err(Error::file("reading", dst))?;
-            merkle::block_cv(&a[..len], offset, size) == merkle::block_cv(&b[..len], offset, size)
-        };
-        if !same {
-            let end = offset + len as u64;
+        // What the destination holds of the block, byte for byte: the range reported runs from
+        // the first byte that differs to the last (or to the block's end past the
+        // destination's), as rsync users expect "byte ranges" to mean; not the whole block.
+        let held = dst_len.saturating_sub(offset).min(len as u64) as usize;
+        fb.read_exact_at(&mut b[..held], offset)
+            .map_err(Error::file("reading", dst))?;
+        let differs = |i: &usize| *i >= held || a[*i] != b[*i];
+        let first = (0..len).find(differs);
+        if let Some(first) = first {
+            let last = (first..len).rev().find(differs).unwrap_or(first);
+            let (start, end) = (offset + first as u64, offset + last as u64 + 1);
             match ranges.last_mut() {
-                Some(r) if r.end == offset => r.end = end,
-                _ => ranges.push(offset..end),
+                Some(r) if r.end == start => r.end = end,
+                _ => ranges.push(start..end),
             }
         }
         offset += len as u64;
@@ -331,7 +335,7 @@ mod tests {
                     path: "s/f".into(),
                     source_size: 10_000,
                     dest_size: 10_000,
-                    ranges: std::iter::once(4096..5120).collect(),
+                    ranges: std::iter::once(5000..5001).collect(),
                 },
                 Difference::Missing("s/gone".into()),
             ]
