@@ -254,9 +254,14 @@ pub fn plan(
         let mut more = Vec::new();
         // Each gap with the shifts of the stretches beside it: between two, or at the block's
         // start or end (the shift past the block's last edit may be one no anchor showed).
+        // A gap between two stretches at one shift is mostly a change in place (a rewritten
+        // stretch of a database or disk image): not probed, or every such block cost a fruitless
+        // sweep of 2 × 1,025 piece hashes (a 1 GiB file with 64 KiB rewritten in each block:
+        // 1.95 → 5.1 s). An insertion and a deletion of the same length in one gap stay literal.
         let (first, last) = (cover[0], cover[cover.len() - 1]);
         let gaps = cover
             .windows(2)
+            .filter(|w| w[0].shift != w[1].shift)
             .map(|w| (w[0].end..w[1].start, w[0].shift, w[1].shift))
             .chain([
                 (0..first.start, first.shift, first.shift),
