@@ -1401,28 +1401,13 @@ fn give_up_file(
     jobs: &Burst<Job>,
     reason: String,
 ) -> Outcome {
-    let keep = files.get(&id).is_some_and(|f| {
-        f.base.is_none() && f.older.is_none() && !f.inplace && f.compare_only.is_none()
-    });
-    if !keep {
-        return fail_file(id, files, jobs, reason, ErrorKind::Local);
-    }
-    let Some(f) = files.remove(&id) else {
-        return Outcome::Pending;
-    };
-    let _ = jobs.send_now(Job::Close {
-        file: id,
-        remove: Vec::new(),
-        lock: f.lock,
-    });
-    Outcome::Failed {
-        id,
-        path: f.rel,
-        reason,
-        kind: ErrorKind::Local,
-    }
+    let keep = files
+        .get(&id)
+        .is_some_and(|f| f.base.is_none() && f.older.is_none());
+    close_failed(id, files, jobs, reason, ErrorKind::Local, keep)
 }
 
+/// Fails file `id`: its part file and journal are removed, what failed is reported.
 fn fail_file(
     id: u32,
     files: &mut HashMap<u32, Box<Incoming>>,
@@ -1430,12 +1415,24 @@ fn fail_file(
     reason: String,
     kind: ErrorKind,
 ) -> Outcome {
+    close_failed(id, files, jobs, reason, kind, false)
+}
+
+/// [`fail_file`], keeping the part file and journal if `keep_part`.
+fn close_failed(
+    id: u32,
+    files: &mut HashMap<u32, Box<Incoming>>,
+    jobs: &Burst<Job>,
+    reason: String,
+    kind: ErrorKind,
+    keep_part: bool,
+) -> Outcome {
     let Some(f) = files.remove(&id) else {
         return Outcome::Pending;
     };
     // The writer removes the part file and its journal after the jobs queued before (so none
     // re-creates them); never a file in place, nor anything in a compare-only run.
-    let remove = if f.inplace || f.compare_only.is_some() {
+    let remove = if keep_part || f.inplace || f.compare_only.is_some() {
         Vec::new()
     } else {
         vec![f.part.clone(), Destination::journal_path(&f.final_path)]

@@ -433,23 +433,8 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     std::fs::create_dir(&dest).unwrap();
     // A small ring keeps the reader a few blocks ahead of what the receiver has written, so an
     // edit far ahead of the part file's end lands before those blocks are read.
-    let mut send = sluice()
-        .args(["--ring", "4", "copy"])
-        .arg(&src)
-        .arg(&dest)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let part = dest.join(".growing.log.sluice-part");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while part.metadata().map_or(0, |m| m.blocks() * 512) < 32 * BLOCK {
-        assert!(Instant::now() < deadline, "the transfer did not start");
-        assert!(
-            send.try_wait().unwrap().is_none(),
-            "finished before the edit"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let send = copy_until_part_holds(&src, &dest, &part, 32 * BLOCK);
     let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.write_all_at(b"an edit in the middle of the transfer", 250 * BLOCK)
         .unwrap();
@@ -471,6 +456,33 @@ fn a_source_written_to_during_the_transfer_is_reported() {
     assert_eq!(b3(&dest.join("growing.log")), b3(&src));
 }
 
+/// `sluice --ring 4 copy SRC DEST`, once its part file `part` holds `bytes` (and the copy still
+/// runs): a small ring keeps the reader a few blocks ahead of what the receiver has written.
+fn copy_until_part_holds(
+    src: &std::path::Path,
+    dest: &std::path::Path,
+    part: &std::path::Path,
+    bytes: u64,
+) -> std::process::Child {
+    let mut copy = sluice()
+        .args(["--ring", "4", "copy"])
+        .arg(src)
+        .arg(dest)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while part.metadata().map_or(0, |m| m.blocks() * 512) < bytes {
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        assert!(
+            copy.try_wait().unwrap().is_none(),
+            "finished before the part file held {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    copy
+}
+
 /// A `chmod` of a source file while it is sent moves its change time, which a write that puts
 /// the modification time back also does, so the file is given up all the same; but the message
 /// said "written to", and what had arrived was thrown away, so the next run sent it all again
@@ -483,23 +495,8 @@ fn a_chmod_during_the_transfer_is_named_and_what_arrived_is_kept() {
     random_file(&src, 128 * BLOCK, 19);
     let dest = d.path().join("dest");
     std::fs::create_dir(&dest).unwrap();
-    let mut send = sluice()
-        .args(["--ring", "4", "copy"])
-        .arg(&src)
-        .arg(&dest)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let part = dest.join(".big.img.sluice-part");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while part.metadata().map_or(0, |m| m.blocks() * 512) < 16 * BLOCK {
-        assert!(Instant::now() < deadline, "the transfer did not start");
-        assert!(
-            send.try_wait().unwrap().is_none(),
-            "finished before the chmod"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let send = copy_until_part_holds(&src, &dest, &part, 16 * BLOCK);
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
     let out = wait_or_kill(send, Duration::from_secs(30), "the sender did not end");
     let err = stderr(&out);
