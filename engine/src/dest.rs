@@ -466,9 +466,21 @@ impl Destination {
         hidden_sibling(final_path, JOURNAL_SUFFIX)
     }
 
-    /// Removes the part file of `final_path` and its journal, whichever exist.
+    /// Where a part file is set aside as the older version of a delta (see
+    /// [`Destination::set_part_aside`]): the part name of the part file, which no entry can take
+    /// (a reserved name is never sent).
+    pub fn aside_path(final_path: &Path) -> PathBuf {
+        hidden_sibling(&Self::part_path(final_path), PART_SUFFIX)
+    }
+
+    /// Removes the part file of `final_path`, its journal and a part file set aside, whichever
+    /// exist.
     pub fn remove_part(final_path: &Path) -> io::Result<()> {
-        for p in [Self::part_path(final_path), Self::journal_path(final_path)] {
+        for p in [
+            Self::part_path(final_path),
+            Self::journal_path(final_path),
+            Self::aside_path(final_path),
+        ] {
             remove_if_present(&p)?;
         }
         Ok(())
@@ -550,7 +562,11 @@ impl Destination {
         } else if final_meta.as_ref().is_some_and(|m| m.is_file()) {
             Some(final_path.clone())
         } else {
-            None
+            // A part file set aside by a run that was interrupted before it made a new one.
+            let aside = Self::aside_path(&final_path);
+            fs::symlink_metadata(&aside)
+                .is_ok_and(|m| m.is_file())
+                .then_some(aside)
         };
         Ok(Prepared {
             journal: Self::journal_path(&final_path),
@@ -561,6 +577,31 @@ impl Destination {
             fresh: false,
             create_mode: None,
         })
+    }
+
+    /// Sets aside a part file to resume whose blocks may have moved in the version now sent
+    /// (`moved`: its journal was written while a file of another size was sent, or it has
+    /// none), where no older version is under the final name to be the base of a delta. Written
+    /// in place, a part file cannot be read at its blocks' old offsets once it is written to;
+    /// so it becomes the older version of a delta instead, renamed to
+    /// [`Destination::aside_path`]: its blocks are found at any shift and copied into a new part
+    /// file, and it is removed once the file is in place. A resumed part file beside a final
+    /// file keeps its place (the final file is the base of its moved blocks).
+    pub fn set_part_aside(&self, p: &mut Prepared, moved: bool) -> Result<()> {
+        if !p.resume || !moved {
+            return Ok(());
+        }
+        if fs::symlink_metadata(&p.final_path).is_ok_and(|m| m.is_file()) {
+            return Ok(());
+        }
+        // Not while another transfer writes it.
+        let _claim = Self::claim(&p.part)?;
+        let aside = Self::aside_path(&p.final_path);
+        fs::rename(&p.part, &aside).map_err(Error::file("setting aside", &p.part))?;
+        remove_if_present(&p.journal).map_err(Error::file("removing stale", &p.journal))?;
+        p.existing = Some(aside);
+        p.resume = false;
+        Ok(())
     }
 
     /// The mode a new part file for `entry`, in a directory this run made where files are
@@ -839,6 +880,13 @@ impl Destination {
                 else {
                     continue;
                 };
+                // A part file set aside ([`Destination::aside_path`]) belongs to the file its
+                // inner part name names.
+                let file = file
+                    .strip_suffix(PART_SUFFIX)
+                    .and_then(|f| f.strip_prefix('.'))
+                    .filter(|f| !f.is_empty())
+                    .unwrap_or(file);
                 if file.is_empty() || named.contains(format!("{}/{file}", dir.path).as_str()) {
                     continue;
                 }

@@ -83,6 +83,12 @@ fn read_header(path: &Path) -> Option<[u8; HEADER_LEN]> {
     Some(head)
 }
 
+/// The file size the journal at `path` was written for, if it is a journal.
+pub fn size_of(path: &Path) -> Option<u64> {
+    let head = read_header(path)?;
+    (head[..8] == MAGIC).then(|| u64::from_le_bytes(head[16..24].try_into().unwrap_or_default()))
+}
+
 /// What a journal records of its part file.
 #[derive(Debug, Default)]
 pub struct Journaled {

@@ -647,7 +647,15 @@ async fn receive(
                 // content too, perhaps outside the destination. Such a file is
                 // replaced by a new one, as without --inplace. A file written in
                 // place is claimed now; a part file when the writer opens it.
-                let placed = dest.prepare_file(&entry, restart).and_then(|p| {
+                let key = journal::Key { block_size, size: entry.size, version: entry.version };
+                let placed = dest.prepare_file(&entry, restart).and_then(|mut p| {
+                    // A part file written while a file of another size was sent (an insertion
+                    // or a deletion may have shifted its blocks), or of too few blocks to have a
+                    // journal, becomes the older version of a delta where it can: its blocks are
+                    // found at any shift. One of a file of the same size is resumed in place
+                    // (its blocks are compared where they are).
+                    let moved = !journal::vouches(&p.journal, &p.part, &key) && journal::size_of(&p.journal) != Some(entry.size);
+                    dest.set_part_aside(&mut p, moved)?;
                     if !p.fresh && !dest.unclaimed(&p.part) {
                         dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
                     }
@@ -676,7 +684,6 @@ async fn receive(
                     }
                 };
                 let target = if inplace { prepared.final_path.clone() } else { prepared.part.clone() };
-                let key = journal::Key { block_size, size: entry.size, version: entry.version };
                 // Decided once, here: the scanner vouches only if Holding said so.
                 // `--rehash`: the part file is read whole, its journal believed for nothing.
                 let trusted = prepared.resume && !rehash;
@@ -690,13 +697,14 @@ async fn receive(
                 }
                 tracing::debug!(id = entry.id, "file prepared");
                 let base = (!prepared.resume && !inplace).then(|| prepared.existing.clone()).flatten();
-                // Where moved blocks come from: the older version under the final name, also when
-                // a part file is resumed beside it (an interrupted delta), never in place.
+                // Where moved blocks come from: the older version under the final name (or a part
+                // file set aside), also when a part file is resumed beside it (an interrupted
+                // delta), never in place.
                 let older = match (&base, prepared.resume && !inplace) {
                     (Some(b), _) => Some(b.clone()),
-                    (None, true) => std::fs::symlink_metadata(&prepared.final_path)
-                        .is_ok_and(|m| m.is_file())
-                        .then(|| prepared.final_path.clone()),
+                    (None, true) => [prepared.final_path.clone(), Destination::aside_path(&prepared.final_path)]
+                        .into_iter()
+                        .find(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())),
                     (None, false) => None,
                 };
                 let geometry = Geometry::new(entry.size, block_size);
@@ -1545,7 +1553,8 @@ fn try_finish(
     let unchanged_at = if f.inplace {
         Some(&f.final_path)
     } else {
-        f.base.as_ref()
+        // Not a part file set aside: that is copied into a new part file.
+        f.base.as_ref().filter(|b| **b == f.final_path)
     };
     let unchanged = f.got == 0 && unchanged_at.is_some_and(|p| same_len(p, size));
     let base = f.base.clone();
@@ -1628,6 +1637,12 @@ fn commit(
         return Ok(root_outcome(root));
     }
     // Sealed: its length, mode and mtime are set, it is on disk and (unless in place) renamed.
+    // A part file set aside as its older version has served.
+    if let Some(older) = f.older.as_ref().filter(|o| **o != f.final_path) {
+        if let Err(e) = std::fs::remove_file(older) {
+            tracing::warn!("{}: cannot remove {} ({e})", entry.path, older.display());
+        }
+    }
     tracing::debug!(id, "in place");
     Ok(root_outcome(root))
 }

@@ -43,6 +43,10 @@ pub(super) struct Moves {
     patience: u32,
     /// Once rolling thins out: the next block to roll along.
     next_roll: u64,
+    /// The last block looked for: rolling thins out going forward only. Blocks come out of
+    /// order (those past the older version's end are read first, while the receiver still
+    /// reads what it holds), and the blocks before the ones rolled in vain are looked at anew.
+    last: u64,
     /// Blocks rolled along so far.
     pub(super) rolled: u64,
     /// The last block found.
@@ -122,6 +126,7 @@ impl Moves {
             patience: (FRUITLESS_BYTES / u64::from(block_size)).clamp(u64::from(FRUITLESS), 1 << 20)
                 as u32,
             next_roll: 0,
+            last: 0,
             rolled: 0,
             found: None,
             shifts: Shifts {
@@ -170,7 +175,8 @@ impl Moves {
     /// Whether [`Moves::find`] would look for the block at `offset` at all (the caller reads the
     /// bytes after the block only then).
     pub(super) fn looks_at(&self, offset: u64) -> bool {
-        self.any() && (self.shift.is_some() || offset / self.block_size >= self.next_roll)
+        let index = offset / self.block_size;
+        self.any() && (self.shift.is_some() || index < self.last || index >= self.next_roll)
     }
 
     /// Where in the older version the block of `len` bytes at `offset` of the new file may be
@@ -184,6 +190,11 @@ impl Moves {
     /// therefore cross as they are. A block found by a shift already known has no prefix.
     pub(super) fn find(&mut self, data: &[u8], offset: u64, len: usize) -> Option<(u64, usize)> {
         let index = offset / self.block_size;
+        if index < self.last {
+            self.fruitless = 0;
+            self.next_roll = 0;
+        }
+        self.last = index;
         if let Some(from) = self.shift.and_then(|d| self.confirm(data, index, len, d)) {
             self.found = Some(index);
             return Some((from, 0));
@@ -370,6 +381,36 @@ mod tests {
             assert_eq!(m.find(&new[offset..end], offset as u64, bs), None);
         }
         assert!(m.rolled <= 16, "rolled along {} blocks of 1,024", m.rolled);
+    }
+
+    /// The blocks past the older version's end are read first; rolled along in vain, they
+    /// must not thin out the search among the blocks before them, read after (a part file of
+    /// an interrupted run, set aside, after an insertion near the start: every block sent).
+    #[test]
+    fn blocks_read_after_a_fruitless_tail_are_still_found() {
+        let bs = 4096;
+        let old = bytes(100 * bs, 5);
+        let mut new = old[..10 * bs + 5].to_vec();
+        new.extend_from_slice(b"INSERT!");
+        new.extend_from_slice(&old[10 * bs + 5..]);
+        new.extend(bytes(150 * bs, 6));
+        let mut m = Moves::new(bs as u32, old.len() as u64);
+        m.patience = FRUITLESS;
+        m.add(&anchors_of(&old, bs));
+        let mut find = |i: usize| {
+            let offset = i * bs;
+            let end = (offset + bs + ANCHOR_LEN - 1).min(new.len());
+            if !m.looks_at(offset as u64) {
+                return None;
+            }
+            m.find(&new[offset..end], offset as u64, bs.min(new.len() - offset))
+        };
+        for i in 101..new.len() / bs {
+            assert_eq!(find(i), None, "block {i} is new");
+        }
+        for i in 11..100 {
+            assert!(find(i).is_some(), "block {i} not found");
+        }
     }
 
     #[test]

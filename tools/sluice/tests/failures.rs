@@ -524,6 +524,58 @@ fn a_chmod_during_the_transfer_is_named_and_what_arrived_is_kept() {
     assert!(kept >= 16 * BLOCK, "the rerun kept {kept} bytes: {summary}");
 }
 
+/// A rerun after an interruption, the source edited in between (seven bytes inserted near its
+/// start): the part file's blocks now lie seven bytes further on. It was resumed in place and
+/// compared at the same offsets, so everything after the insertion crossed again (a new user's
+/// 1 GiB: 1.06 GB sent where about 530 MB was needed). The part file is now the older version
+/// of a delta, its blocks found shifted, and it is gone once the file is in place.
+#[test]
+fn a_part_file_of_a_source_edited_since_is_found_shifted() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.img");
+    random_file(&src, 64 * BLOCK, 23);
+    let dest = d.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let part = dest.join(".big.img.sluice-part");
+    let mut copy = copy_until_part_holds(&src, &dest, &part, 24 * BLOCK);
+    copy.kill().unwrap();
+    copy.wait().unwrap();
+    let held = part
+        .metadata()
+        .map(|m| m.len().min(m.blocks() * 512))
+        .unwrap();
+    let mut data = std::fs::read(&src).unwrap();
+    let at = 2 * BLOCK as usize + 5;
+    data.splice(at..at, *b"INSERT!");
+    std::fs::write(&src, &data).unwrap();
+    let out = sluice()
+        .args(["--json", "copy"])
+        .arg(&src)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rerun: {}", stderr(&out));
+    assert_eq!(b3(&dest.join("big.img")), b3(&src));
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap();
+    let payload = summary["payload_bytes"].as_u64().unwrap();
+    // What the part file did not hold, and about a block around the insertion and its end.
+    let needed = data.len() as u64 - held;
+    assert!(
+        payload <= needed + 2 * BLOCK,
+        "{payload} bytes crossed where the part file held {held} of {}: {summary}",
+        data.len()
+    );
+    assert_eq!(part_files(&dest), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        files_below(&dest),
+        vec![std::path::PathBuf::from("big.img")]
+    );
+}
+
 /// A source written to while the blocks that differ from the destination's older version
 /// cross (after the sender's first pass over the file, which compared them) is caught too: the
 /// older version stays as it was, and a run once the source is quiet brings the new one.
