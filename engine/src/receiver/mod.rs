@@ -1332,6 +1332,9 @@ fn hold_nothing(
 struct Failed {
     first: Option<(String, ErrorKind)>,
     paths: std::collections::HashSet<String>,
+    /// Local failures warned of, by reason: a directory that cannot be made fails each
+    /// directory below it with its reason, said a few times, not once per entry.
+    warned: HashMap<String, u32>,
 }
 
 impl Failed {
@@ -1392,8 +1395,12 @@ fn report_local(
         *failures += 1;
         first_failure.add(&path, &reason, kind);
         // Entries the sender hears nothing of (directories, links): said here, as the sender
-        // says a failed file, the run going on.
-        tracing::warn!("{path}: {reason}");
+        // says a failed file, the run going on; the same reason a few times at most.
+        let said = first_failure.warned.entry(reason.clone()).or_default();
+        *said += 1;
+        if *said <= 3 {
+            tracing::warn!("{path}: {reason}");
+        }
         progress.push(Event::FileFailed { path, reason });
     }
 }

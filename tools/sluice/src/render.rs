@@ -207,10 +207,11 @@ where
     let start = Instant::now();
     let mut last_json = Instant::now();
     let mut roots = Vec::new();
+    let mut failures = Failures::default();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
         done_rx.recv_timeout(Duration::from_millis(100))
     {
-        drain(&progress, json, &mut roots);
+        drain(&progress, json, &mut roots, &mut failures);
         let s = progress.snapshot();
         if let Some(b) = &bar {
             // What must cross: bytes the receiver already holds (a resume, a delta) are not
@@ -249,7 +250,8 @@ where
     let result = worker
         .join()
         .map_err(|_| anyhow::anyhow!("transfer thread panicked"))?;
-    drain(&progress, json, &mut roots);
+    drain(&progress, json, &mut roots, &mut failures);
+    failures.print_rest();
     let summary = result?;
     let secs = summary.elapsed.as_secs_f64().max(1e-9);
     let mbps = summary.bytes as f64 / secs / 1e6;
@@ -349,7 +351,57 @@ fn eta(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
     }
 }
 
-fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
+/// Failures printed with the same reason, word for word, before the rest are only counted: a
+/// directory that cannot be made fails every entry below it with its reason (rsync says it once
+/// and skips what the directory would hold).
+const SAME_REASON_SHOWN: u64 = 3;
+/// Reasons counted at most; failures past so many different reasons are all printed.
+const REASONS_COUNTED: usize = 1024;
+
+/// Failures seen so far, by reason, for [`SAME_REASON_SHOWN`].
+#[derive(Default)]
+struct Failures {
+    by_reason: std::collections::HashMap<String, u64>,
+    /// Reasons in the order first seen.
+    order: Vec<String>,
+}
+
+impl Failures {
+    /// Counts a failure for `reason`: `true` if it is to be printed.
+    fn shown(&mut self, reason: &str) -> bool {
+        if let Some(n) = self.by_reason.get_mut(reason) {
+            *n += 1;
+            return *n <= SAME_REASON_SHOWN;
+        }
+        if self.order.len() < REASONS_COUNTED {
+            self.by_reason.insert(reason.to_owned(), 1);
+            self.order.push(reason.to_owned());
+        }
+        true
+    }
+
+    /// One line per reason for the failures not printed.
+    fn print_rest(&self) {
+        for reason in &self.order {
+            let n = self.by_reason[reason];
+            if n > SAME_REASON_SHOWN {
+                let more = n - SAME_REASON_SHOWN;
+                let entries = if more == 1 { "entry" } else { "entries" };
+                errln!(
+                    "sluice: {more} more {entries} failed the same way: {}",
+                    clean(reason)
+                );
+            }
+        }
+    }
+}
+
+fn drain(
+    progress: &Progress,
+    json: bool,
+    roots: &mut Vec<(String, String)>,
+    failures: &mut Failures,
+) {
     for e in progress.take_events() {
         match e {
             Event::Connected { peer } => {
@@ -388,7 +440,7 @@ fn drain(progress: &Progress, json: bool, roots: &mut Vec<(String, String)>) {
                     json_line(
                         &serde_json::json!({"event": "file_failed", "path": path, "reason": reason}),
                     );
-                } else {
+                } else if failures.shown(&reason) {
                     errln!("sluice: {}: {}", clean(&path), clean(&reason));
                 }
             }

@@ -452,3 +452,38 @@ fn a_receiver_that_is_not_root_gets_the_files_and_drops_setuid() {
         stdout(&v)
     );
 }
+
+/// A destination directory the user cannot write into fails every entry of the tree with the
+/// same reason (the top directory cannot be made): said a few times and counted, not once per
+/// entry (53 lines for 53 entries), as rsync says a failed mkdir once.
+#[test]
+fn a_directory_that_cannot_be_made_is_not_said_once_per_entry() {
+    let d = tempfile::tempdir().unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    for i in 0..20 {
+        fs::write(src.join(format!("a/f{i}")), b"x").unwrap();
+        fs::write(src.join(format!("a/b/g{i}")), b"y").unwrap();
+    }
+    for p in ["", "a", "a/b"] {
+        fs::set_permissions(src.join(p), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Owned by root (or this user, who then cannot write into a 0555 directory either).
+    let dest = d.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o555)).unwrap();
+    let Some(out) = sluice_as_user(&[Path::new("copy"), &src, &dest]) else {
+        eprintln!("skipped: cannot switch to an unprivileged user here");
+        return;
+    };
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("43 of 43 entries failed"), "{err}");
+    let named = err
+        .lines()
+        .filter(|l| l.contains("Permission denied"))
+        .count();
+    assert!(named <= 9, "{named} lines for one failed directory:\n{err}");
+    assert!(err.contains("more entries failed the same way"), "{err}");
+}
