@@ -654,7 +654,7 @@ async fn receive(
                     // journal, becomes the older version of a delta where it can: its blocks are
                     // found at any shift. One of a file of the same size is resumed in place
                     // (its blocks are compared where they are).
-                    let moved = !journal::vouches(&p.journal, &p.part, &key) && journal::size_of(&p.journal) != Some(entry.size);
+                    let moved = p.resume && !journal::vouches(&p.journal, &p.part, &key) && journal::size_of(&p.journal) != Some(entry.size);
                     dest.set_part_aside(&mut p, moved)?;
                     if !p.fresh && !dest.unclaimed(&p.part) {
                         dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;
