@@ -414,6 +414,8 @@ async fn push(
             Amount::Time(t) => Some(tokio::time::Instant::now() + t),
             Amount::Bytes(_) => None,
         },
+        carried: Default::default(),
+        taken: Default::default(),
     };
     let mut streams = tokio::task::JoinSet::new();
     let first = config.streams.max(1);

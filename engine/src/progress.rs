@@ -126,6 +126,7 @@ pub struct Progress {
     bytes_total: AtomicU64,
     files_total: AtomicU64,
     bytes_sent: AtomicU64,
+    bytes_delivered: AtomicU64,
     bytes_verified: AtomicU64,
     bytes_kept: AtomicU64,
     bytes_vouched: AtomicU64,
@@ -155,6 +156,10 @@ pub struct Snapshot {
     pub files_total: u64,
     /// Payload bytes handed to the network, re-sends included (sender; 0 at the receiver).
     pub bytes_sent: u64,
+    /// Of `bytes_sent`, bytes the receiver acknowledged (over QUIC: every packet of their
+    /// block; over TCP: once the kernel took them). What the progress bar shows: on a slow
+    /// link the streams hold many megabytes handed over but not yet across.
+    pub bytes_delivered: u64,
     /// Payload bytes verified and written at the receiver.
     pub bytes_verified: u64,
     /// Files verified and in place.
@@ -194,6 +199,11 @@ impl Progress {
 
     pub(crate) fn add_sent(&self, n: u64) {
         self.bytes_sent.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` bytes of `bytes_sent` as acknowledged by the receiver.
+    pub(crate) fn add_delivered(&self, n: u64) {
+        self.bytes_delivered.fetch_add(n, Relaxed);
     }
 
     /// Takes back `n` bytes counted as sent, or still to be counted so by the network thread,
@@ -304,6 +314,10 @@ impl Progress {
             files_total: self.files_total.load(Relaxed),
             bytes_sent: self
                 .bytes_sent
+                .load(Relaxed)
+                .saturating_sub(self.sent_taken_back.load(Relaxed)),
+            bytes_delivered: self
+                .bytes_delivered
                 .load(Relaxed)
                 .saturating_sub(self.sent_taken_back.load(Relaxed)),
             bytes_verified: self.bytes_verified.load(Relaxed),

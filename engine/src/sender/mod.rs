@@ -340,6 +340,8 @@ async fn transfer(
         queue: queue_probe.clone(),
         pace: crate::lanes::Pace::new(config.max_rate),
         until: None,
+        carried: Default::default(),
+        taken: Default::default(),
     };
     let mut open_streams = 0;
     let first = config.streams.max(1);

@@ -88,6 +88,9 @@ pub trait LaneTx: Send {
     fn write<'a>(&'a mut self, chunks: &'a mut [Bytes]) -> Fut<'a, std::io::Result<()>>;
     /// Ends this half cleanly once everything written has been sent.
     fn finish(&mut self) -> Fut<'_, ()>;
+    /// Places what is written next after everything written before with a lower `order`, on
+    /// any lane of the connection (a transport that sends each lane on its own ignores it).
+    fn set_order(&mut self, _order: u64) {}
 }
 
 /// The receiving half of a data lane: a byte stream whose end is a clean finish by the peer (a

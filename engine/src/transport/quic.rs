@@ -379,6 +379,16 @@ impl LaneTx for Send {
         let _ = self.0.finish();
         Box::pin(async {})
     }
+
+    /// quinn sends the stream of highest priority first, and streams of one priority in turns:
+    /// blocks on many lanes crossed side by side, each at a fraction of the rate, so on a slow
+    /// path none arrived whole for seconds and then many at once. Ordered, each block goes out
+    /// at the path's rate in turn; a lost packet's repair keeps its block's place, ahead of
+    /// later blocks. The control stream keeps priority 0, ahead of all data. The order wraps
+    /// every 2^30 blocks (one out-of-order turn).
+    fn set_order(&mut self, order: u64) {
+        let _ = self.0.set_priority(-1 - (order % (1 << 30)) as i32);
+    }
 }
 
 struct Recv(quinn::RecvStream);

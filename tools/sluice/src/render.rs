@@ -219,7 +219,7 @@ where
             // would count them as still to come.
             let to_cross = s.bytes_total.saturating_sub(s.bytes_kept);
             b.set_length(to_cross);
-            b.set_position(s.bytes_sent.max(s.bytes_verified).min(to_cross));
+            b.set_position(s.bytes_delivered.max(s.bytes_verified).min(to_cross));
             let mut msg = format!("{}/{} files", s.files_verified, s.files_total);
             if s.bytes_kept > 0 {
                 msg += &format!(", {} already there", indicatif::HumanBytes(s.bytes_kept));
@@ -236,7 +236,7 @@ where
         if json && last_json.elapsed() >= Duration::from_secs(1) {
             last_json = Instant::now();
             json_line(&serde_json::json!({
-                "event": "progress", "bytes_sent": s.bytes_sent, "bytes_verified": s.bytes_verified,
+                "event": "progress", "bytes_sent": s.bytes_sent, "bytes_delivered": s.bytes_delivered, "bytes_verified": s.bytes_verified,
                 "bytes_total": s.bytes_total, "bytes_kept": s.bytes_kept, "bytes_packed": s.bytes_packed, "packed_wire": s.packed_wire,
                 "files_verified": s.files_verified,
                 "files_total": s.files_total, "seconds": start.elapsed().as_secs_f64(),
