@@ -498,3 +498,49 @@ fn a_second_send_starts_from_what_the_first_measured() {
     let said = send(&["--fresh-start"]);
     assert!(!said.contains(resumed), "{said}");
 }
+
+/// A receiver killed (`kill -9`) across a 100 ms link: its host answers the sender's probes
+/// with "port unreachable", at most one a second (Linux's `icmp_ratelimit`; quinn's own packets
+/// to the closed port take some of them). Two refusals in a row were needed, so every other
+/// probe went unanswered and the sender noticed after 9–13 s; now any two while the receiver
+/// stays silent.
+#[test]
+fn a_receiver_killed_across_a_long_link_is_noticed_in_seconds() {
+    let Some((wan, bin, _one)) = emulated() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big.bin");
+    random_file(&src, 96 << 20, 12);
+    let link = Link::up(&wan, &bin, &["--delay-ms", "50", "--rate-mbit", "200"]);
+    let dest = d.path().join("dest");
+    let (recv, ticket) = recv_on_b(&link, &dest, &[]);
+    let send = link
+        .sluice("a")
+        .arg("send")
+        .arg(&src)
+        .arg(&ticket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_part(&dest.join(".big.bin.sluice-part"), 8 << 20);
+    // The receiving sluice itself, not the script that started it in its namespace.
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f"])
+        .arg(format!("recv --listen 10.201.0.2:7000 {}", dest.display()))
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no receiver to kill");
+    let cut = Instant::now();
+    let out = wait_bounded(send, Duration::from_secs(40));
+    let noticed = cut.elapsed();
+    let _ = wait_bounded(recv, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("port is closed"), "{}", stderr(&out));
+    assert!(
+        noticed < Duration::from_secs(8),
+        "the receiver's end was noticed after {noticed:?}: {}",
+        stderr(&out)
+    );
+}
