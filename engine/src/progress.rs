@@ -382,6 +382,8 @@ pub struct Summary {
     /// At the receiver: the sender only compared (`sluice verify SRC TICKET`), and nothing was
     /// written.
     pub compared_only: bool,
+    /// The transport the transfer ran on: "QUIC" or "TCP" (empty where none was measured).
+    pub transport: &'static str,
 }
 
 /// Notices a counter that stopped moving: [`StallWatch::stalled`] is true once the counter has

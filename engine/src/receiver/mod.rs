@@ -293,7 +293,7 @@ fn compare_verdict(id: u32, f: Incoming, size: u64, root: Digest, differing: u64
         None => Some("missing at the destination".to_owned()),
         Some(len) if differing == 0 && len == size => None,
         Some(len) if len != size => Some(format!(
-            "{differing} blocks differ; {len} bytes here, {size} at the source"
+            "{differing} blocks differ; {len} bytes at the destination, {size} at the source"
         )),
         Some(_) => Some(format!("{differing} blocks differ")),
     };
@@ -831,6 +831,7 @@ async fn receive(
                     path: Default::default(),
                     elapsed: Default::default(),
                     compared_only: dry_run,
+                    transport: "",
                 };
                 control
                     .send(&Message::Summary {

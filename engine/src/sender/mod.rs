@@ -541,6 +541,7 @@ async fn transfer(
                             path: Default::default(),
                             elapsed: Default::default(),
                             compared_only: false,
+                            transport: "",
                         };
                     }
                     SenderEvent::Welcomed => progress.push(Event::Connected {

@@ -51,12 +51,19 @@ pub enum Kind {
     Tcp,
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Kind {
+    /// "QUIC" or "TCP".
+    pub fn name(self) -> &'static str {
+        match self {
             Kind::Quic => "QUIC",
             Kind::Tcp => "TCP",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -572,6 +579,7 @@ pub(crate) fn finish_summary(
         s.elapsed = started.elapsed();
         s.wire_bytes = path.udp_tx_bytes + path.udp_rx_bytes;
         s.path = path;
+        s.transport = link.kind().name();
         s
     })
 }

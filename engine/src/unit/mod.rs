@@ -155,7 +155,18 @@ impl BlockSource for FileSource {
         while done < buf.len() {
             let at = (offset + done as u64) % self.len;
             let n = ((self.len - at) as usize).min(buf.len() - done);
-            self.file.read_exact_at(&mut buf[done..done + n], at)?;
+            self.file
+                .read_exact_at(&mut buf[done..done + n], at)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => io::Error::new(
+                        e.kind(),
+                        format!(
+                            "the --from file is shorter than the {} bytes it had when the benchmark started",
+                            self.len
+                        ),
+                    ),
+                    _ => e,
+                })?;
             done += n;
         }
         Ok(done)
@@ -185,13 +196,24 @@ impl BlockSink for FileSink {
     }
 
     fn commit(&mut self) -> io::Result<()> {
-        self.file.sync_data()
+        match self.file.sync_data() {
+            // A device or a pipe (`--to /dev/null`): nothing to make durable.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            done => done,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_sink_into_dev_null_commits() {
+        let mut sink = FileSink::create(std::path::Path::new("/dev/null")).unwrap();
+        sink.put(4096, b"discarded").unwrap();
+        sink.commit().unwrap();
+    }
 
     #[test]
     fn a_file_source_starts_again_at_its_end_and_a_file_sink_puts_at_offsets() {

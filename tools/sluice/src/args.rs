@@ -449,11 +449,12 @@ pub struct BenchArgs {
     #[arg(long, value_parser = advertised)]
     pub advertise: Option<SocketAddr>,
     /// Bytes to send, e.g. 4G (default: send for --time).
-    #[arg(long, value_parser = parse_size, conflicts_with = "time")]
+    #[arg(long, value_parser = parse_size, conflicts_with_all = ["time", "serve"])]
     pub size: Option<u64>,
-    /// Seconds to send for (default 10).
-    #[arg(long)]
-    pub time: Option<f64>,
+    /// How long to send for: 10, 10s, 500ms, 2min (a bare number is seconds; default 10 s,
+    /// at most 24 h).
+    #[arg(long, value_parser = parse_wait, conflicts_with = "serve")]
+    pub time: Option<std::time::Duration>,
     /// Seconds between interval lines.
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,

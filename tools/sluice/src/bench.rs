@@ -22,7 +22,7 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
     let from_len = match &o.from {
         Some(path) => Some(
             sluice_engine::unit::FileSource::open(path)
-                .with_context(|| format!("--from {}", path.display()))?
+                .map_err(|source| file_error("--from", path, source))?
                 .len(),
         ),
         None => None,
@@ -39,15 +39,13 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
                 path.display()
             );
         }
-        std::fs::File::create(path).with_context(|| format!("--to {}", path.display()))?;
+        std::fs::File::create(path).map_err(|source| file_error("--to", path, source))?;
     }
     let amount = match (o.size, o.time) {
         (Some(0), _) => usage!("--size must be more than 0"),
         (Some(n), _) => Amount::Bytes(n),
-        (None, Some(t)) if t > 0.0 && t.is_finite() && t <= 86_400.0 => {
-            Amount::Time(Duration::from_secs_f64(t))
-        }
-        (None, Some(t)) => usage!("--time must be more than 0 and at most 86400 seconds, not {t}"),
+        (None, Some(t)) if t >= Duration::from_millis(100) => Amount::Time(t),
+        (None, Some(t)) => usage!("--time must be at least 0.1 s, not {t:?}"),
         (None, None) => match from_len {
             Some(n) => Amount::Bytes(n),
             None => Amount::Time(Duration::from_secs(10)),
@@ -249,4 +247,14 @@ fn report(s: &BenchSummary, json: bool, side: Side, what: &str) {
             s.transport,
         );
     }
+}
+
+/// A local file error, so that its exit code and `--json` kind are a local file's (5, `Local`).
+fn file_error(op: &'static str, path: &std::path::Path, source: std::io::Error) -> anyhow::Error {
+    sluice_engine::Error::File {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+    .into()
 }

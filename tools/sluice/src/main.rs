@@ -197,7 +197,7 @@ fn verify_remote(
                     );
                 } else if reason.starts_with("missing") {
                     outln!("missing: {}", render::clean(&path));
-                } else if !ranged.contains(&path) || reason.contains("bytes here") {
+                } else if !ranged.contains(&path) || reason.contains("bytes at the destination") {
                     outln!(
                         "differs: {}: {}",
                         render::clean(&path),

@@ -266,6 +266,7 @@ where
             "wire_bytes": summary.wire_bytes,
             "path": path_json(&summary.path),
             "seconds": secs, "mb_per_s": mbps, "compared_only": summary.compared_only,
+            "transport": summary.transport,
         }));
     } else if summary.compared_only {
         // `sluice verify SRC TICKET` took this receiver, which serves one sender: said, lest
@@ -319,8 +320,12 @@ where
             // have them, and a directory replaced by a file of its name is also counted.
             extra += &format!("; deleted {} {entries} at the destination", summary.deleted);
         }
+        let over = match summary.transport {
+            "" => String::new(),
+            t => format!(" over {t}"),
+        };
         outln!(
-            "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{root}{extra}",
+            "sluice: {} files ({} entries), {} bytes verified in {secs:.2} s, {mbps:.1} MB/s{over}{root}{extra}",
             summary.files,
             summary.entries,
             summary.bytes
@@ -505,10 +510,15 @@ pub fn verify_report(json: bool, report: &sluice_engine::verify::Report) {
             } else {
                 String::new()
             };
+            // Lengths alone differ where the shorter is the start of the longer.
+            let ranges = if shown.is_empty() {
+                String::new()
+            } else {
+                format!("; ranges {}{more}", shown.join(", "))
+            };
             outln!(
-                "differs: {}: {source_size} vs {dest_size} bytes; ranges {}{more}",
-                clean(path),
-                shown.join(", ")
+                "differs: {}: {source_size} vs {dest_size} bytes{ranges}",
+                clean(path)
             );
         } else if let Difference::Unreadable { reason, .. } = d {
             outln!("unreadable: {}", clean(reason));

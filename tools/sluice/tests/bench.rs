@@ -271,12 +271,51 @@ fn bench_refuses_a_wrong_secret_and_bad_flags() {
     let status = server.wait().unwrap();
     assert!(status.success());
 
-    for arg in ["--time=-1", "--size=0", "--interval=0", "--interval=0.001"] {
+    for arg in [
+        "--time=-1",
+        "--time=0.01",
+        "--time=5h-",
+        "--size=0",
+        "--interval=0",
+        "--interval=0.001",
+    ] {
         let out = sluice().args(["bench", arg]).output().unwrap();
-        assert!(!out.status.success(), "{arg}");
+        assert_eq!(out.status.code(), Some(2), "{arg}");
         let flag = arg.split('=').next().unwrap();
         assert!(stderr(&out).contains(flag), "{arg}: {}", stderr(&out));
     }
+    // What only the sending end uses is refused at the serving end, not ignored.
+    for arg in ["--time=5", "--size=1M"] {
+        let out = sluice().args(["bench", "--serve", arg]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--serve {arg}");
+    }
+}
+
+/// `--time` takes units as the other durations do; `--to /dev/null` (a device: nothing to make
+/// durable) succeeds; a `--from` that cannot be opened is a local file error (exit 5).
+#[test]
+fn bench_takes_durations_with_units_and_a_device_to_write_to() {
+    let out = sluice()
+        .args(["--json", "bench", "--time", "300ms", "--to", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .expect("a summary");
+    assert!(summary["bytes"].as_u64().unwrap() > 0, "{summary}");
+    let out = sluice()
+        .args(["bench", "--from", "/nonexistent/sluice-bench-source"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--from /nonexistent"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 over_both! {
