@@ -663,7 +663,8 @@ async fn receive(
                         use std::os::unix::fs::MetadataExt;
                         m.nlink() == 1
                     });
-                    let inplace = inplace && !p.resume && single_link.is_some();
+                    // Only into a file under the final name (not a part file set aside).
+                    let inplace = inplace && !p.resume && p.existing.as_ref() == Some(&p.final_path) && single_link.is_some();
                     if let (true, Some(meta)) = (inplace, &single_link) {
                         dest.claims().claim(entry.id, &entry.path, meta)?;
                     }

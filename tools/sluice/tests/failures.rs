@@ -531,49 +531,54 @@ fn a_chmod_during_the_transfer_is_named_and_what_arrived_is_kept() {
 /// of a delta, its blocks found shifted, and it is gone once the file is in place.
 #[test]
 fn a_part_file_of_a_source_edited_since_is_found_shifted() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("big.img");
-    random_file(&src, 64 * BLOCK, 23);
-    let dest = d.path().join("dest");
-    std::fs::create_dir(&dest).unwrap();
-    let part = dest.join(".big.img.sluice-part");
-    let mut copy = copy_until_part_holds(&src, &dest, &part, 24 * BLOCK);
-    copy.kill().unwrap();
-    copy.wait().unwrap();
-    let held = part
-        .metadata()
-        .map(|m| m.len().min(m.blocks() * 512))
-        .unwrap();
-    let mut data = std::fs::read(&src).unwrap();
-    let at = 2 * BLOCK as usize + 5;
-    data.splice(at..at, *b"INSERT!");
-    std::fs::write(&src, &data).unwrap();
-    let out = sluice()
-        .args(["--json", "copy"])
-        .arg(&src)
-        .arg(&dest)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "rerun: {}", stderr(&out));
-    assert_eq!(b3(&dest.join("big.img")), b3(&src));
-    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .unwrap();
-    let payload = summary["payload_bytes"].as_u64().unwrap();
-    // What the part file did not hold, and about a block around the insertion and its end.
-    let needed = data.len() as u64 - held;
-    assert!(
-        payload <= needed + 2 * BLOCK,
-        "{payload} bytes crossed where the part file held {held} of {}: {summary}",
-        data.len()
-    );
-    assert_eq!(part_files(&dest), Vec::<std::path::PathBuf>::new());
-    assert_eq!(
-        files_below(&dest),
-        vec![std::path::PathBuf::from("big.img")]
-    );
+    // Also with --inplace, which writes into a file under the final name only (it tried to
+    // open the missing final file).
+    for (run, options) in [&[][..], &["--inplace"][..]].into_iter().enumerate() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("big.img");
+        random_file(&src, 64 * BLOCK, 23 + run as u8);
+        let dest = d.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let part = dest.join(".big.img.sluice-part");
+        let mut copy = copy_until_part_holds(&src, &dest, &part, 24 * BLOCK);
+        copy.kill().unwrap();
+        copy.wait().unwrap();
+        let held = part
+            .metadata()
+            .map(|m| m.len().min(m.blocks() * 512))
+            .unwrap();
+        let mut data = std::fs::read(&src).unwrap();
+        let at = 2 * BLOCK as usize + 5;
+        data.splice(at..at, *b"INSERT!");
+        std::fs::write(&src, &data).unwrap();
+        let out = sluice()
+            .args(options)
+            .args(["--json", "copy"])
+            .arg(&src)
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "rerun {options:?}: {}", stderr(&out));
+        assert_eq!(b3(&dest.join("big.img")), b3(&src));
+        let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "summary")
+            .unwrap();
+        let payload = summary["payload_bytes"].as_u64().unwrap();
+        // What the part file did not hold, and about a block around the insertion and its end.
+        let needed = data.len() as u64 - held;
+        assert!(
+            payload <= needed + 2 * BLOCK,
+            "{options:?}: {payload} bytes crossed where the part file held {held} of {}: {summary}",
+            data.len()
+        );
+        assert_eq!(part_files(&dest), Vec::<std::path::PathBuf>::new());
+        assert_eq!(
+            files_below(&dest),
+            vec![std::path::PathBuf::from("big.img")]
+        );
+    }
 }
 
 /// A source written to while the blocks that differ from the destination's older version
