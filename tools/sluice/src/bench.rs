@@ -126,7 +126,7 @@ enum Side {
 fn watch(
     interval: Duration,
     json: bool,
-    progress: &Progress,
+    progress: &Arc<Progress>,
     side: Side,
     work: impl FnOnce() -> Result<BenchSummary> + Send + 'static,
 ) -> Result<BenchSummary> {
@@ -143,7 +143,13 @@ fn watch(
         let Some(start) = started else {
             let events = progress.take_events();
             if events.iter().any(|e| matches!(e, Event::Connected { .. })) {
-                started = Some(Instant::now());
+                let start = Instant::now();
+                started = Some(start);
+                let progress = progress.clone();
+                *crate::ON_SIGNAL
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(Box::new(move || interrupted(&progress, start, json, side)));
             }
             continue;
         };
@@ -162,9 +168,12 @@ fn watch(
         line(json, side, last, (at, s.bytes_verified, s.path));
         last = (at, s.bytes_verified, s.path);
     }
-    let summary = worker
-        .join()
-        .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+    let ended = worker.join();
+    crate::ON_SIGNAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    let summary = ended.map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
     if summary.bytes > last.1 && summary.elapsed.saturating_sub(last.0) >= interval / 10 {
         line(
             json,
@@ -245,6 +254,32 @@ fn report(s: &BenchSummary, json: bool, side: Side, what: &str) {
             s.rate() / 1e6,
             s.rate() * 8.0 / 1e6,
             s.transport,
+        );
+    }
+}
+
+/// The figures of a run a signal stopped: what the receiving end verified until then.
+fn interrupted(progress: &Progress, start: Instant, json: bool, side: Side) {
+    let s = progress.snapshot();
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let rate = s.bytes_verified as f64 / secs;
+    let rtt_ms = s.path.rtt.as_secs_f64() * 1e3;
+    if json {
+        let mut v = serde_json::json!({
+            "event": "summary", "interrupted": true, "bytes": s.bytes_verified, "seconds": secs,
+            "mb_per_s": rate / 1e6, "mbit_per_s": rate * 8.0 / 1e6, "rtt_ms": rtt_ms,
+        });
+        if side == Side::Sending {
+            v["loss"] = s.path.loss().into();
+            v["retransmitted_bytes"] = s.path.lost_bytes.into();
+        }
+        render::json_line(&v);
+    } else {
+        outln!(
+            "sluice bench: stopped after {secs:.2} s: {} bytes verified at the receiving end, {:.1} MB/s ({:.1} Mbit/s); RTT {rtt_ms:.2} ms",
+            s.bytes_verified,
+            rate / 1e6,
+            rate * 8.0 / 1e6,
         );
     }
 }

@@ -56,7 +56,7 @@ fn main() {
             .init(),
     }
     let json = cli.json;
-    close_on_signals(json);
+    close_on_signals(json, matches!(cli.command, Command::Bench(_)));
     let result = run(cli, &before).and_then(|()| match render::stdout_error() {
         Some(source) => Err(sluice_engine::Error::Io {
             what: "writing to standard output",
@@ -98,7 +98,7 @@ fn main() {
 /// over TCP hears it from the kernel), then exits with 128 + the signal's number, as a shell
 /// does. Without the close a peer waited for its idle timeout (30 s by default) to notice. Nothing is
 /// left under a final name: part files and their journals stay for a resume.
-fn close_on_signals(json: bool) {
+fn close_on_signals(json: bool, bench: bool) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;
@@ -109,10 +109,22 @@ fn close_on_signals(json: bool) {
             if let Some(sig) = signals.forever().next() {
                 STOPPED_BY.store(sig, std::sync::atomic::Ordering::SeqCst);
                 let name = signal_name(sig);
+                let said = ON_SIGNAL
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if let Some(say) = said {
+                    say();
+                }
+                // A benchmark has nothing to resume.
+                let then = if bench {
+                    "the benchmark ended there"
+                } else {
+                    "start the transfer again to resume (with a new receiver and its ticket if \
+                     the receiver was the one stopped)"
+                };
                 sluice_engine::transport::quic::interrupt(&format!(
-                    "the other side's sluice was stopped ({name}); start the transfer again \
-                     to resume (with a new receiver and its ticket if the receiver was the \
-                     one stopped)"
+                    "the other side's sluice was stopped ({name}); {then}"
                 ));
                 if json {
                     render::json_line(&serde_json::json!({
@@ -124,6 +136,11 @@ fn close_on_signals(json: bool) {
             }
         });
 }
+
+/// What a command has to say when a signal stops it, before it exits (`sluice bench`: the
+/// figures of the run so far, as iperf3 prints them).
+pub static ON_SIGNAL: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>> =
+    std::sync::Mutex::new(None);
 
 /// The signal that stopped this run (0: none): the error the closed connections then cause
 /// on the main thread is reported as the signal, not as a lost connection.

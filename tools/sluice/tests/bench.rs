@@ -428,3 +428,32 @@ fn bench_time_holds_under_a_slow_ceiling() {
     let bytes = summary["bytes"].as_u64().expect("bytes");
     assert!(bytes > 0 && bytes <= 4 << 20, "{summary}");
 }
+
+/// A bench stopped by Ctrl-C prints what it measured until then, as iperf3 does (it printed
+/// only "interrupted", and the run's figures were lost).
+#[test]
+fn a_bench_stopped_by_ctrl_c_prints_its_figures_so_far() {
+    let child = sluice()
+        .args(["bench", "--time", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = wait_or_kill(
+        child,
+        std::time::Duration::from_secs(20),
+        "the bench did not stop",
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("sluice bench: stopped after") && said.contains("bytes verified"),
+        "{said}"
+    );
+}
