@@ -398,6 +398,15 @@ fn run(cli: Cli, before: &[(String, String)]) -> Result<()> {
             usage!("{flag} applies to sending files (send, copy), not to {command}{hint}");
         }
     }
+    // A benchmark's blocks go out as they are: packing them is not measured (a new user's pass
+    // found `bench --compress zstd` taking the flag and sending more bytes than the payload).
+    if let (Command::Bench(_), Some(z)) = (&cli.command, tuning.link.compress.as_deref()) {
+        if z != "off" {
+            usage!(
+                "--compress {z}: sluice bench sends its blocks unpacked; to measure packing, time `sluice send --compress {z}` of the file (or `sluice copy`)"
+            );
+        }
+    }
     // A receiving end sends acknowledgements, not data: a ceiling there would do nothing.
     let receiving = match &cli.command {
         Command::Recv { .. } => Some("sluice recv"),

@@ -284,6 +284,13 @@ fn bench_refuses_a_wrong_secret_and_bad_flags() {
         let flag = arg.split('=').next().unwrap();
         assert!(stderr(&out).contains(flag), "{arg}: {}", stderr(&out));
     }
+    // Blocks are not packed in a benchmark: the flag is refused, not ignored.
+    let out = sluice()
+        .args(["bench", "--compress", "zstd"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--compress zstd"), "{}", stderr(&out));
     // What only the sending end uses is refused at the serving end, not ignored.
     for arg in ["--time=5", "--size=1M"] {
         let out = sluice().args(["bench", "--serve", arg]).output().unwrap();
