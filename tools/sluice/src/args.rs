@@ -841,11 +841,11 @@ pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
 /// Parses `123`, `4K`, `512M`, `2G`, `1T` (binary multiples; `KiB`/`KB`/`k` spellings too).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 512M or 2G"))?;
+    let not_a_size = || format!("{s:?} is not a size like 512M, 1.5G or 2G");
     let mult: u64 = match unit
         .to_ascii_lowercase()
         .trim_end_matches("ib")
@@ -858,6 +858,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" => 1 << 40,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use K, M, G or T)")),
     };
+    if num.contains('.') {
+        // A fraction of a unit (1.5G, as a rate takes 2.5G), to the nearest byte.
+        let n: f64 = num.parse().map_err(|_| not_a_size())?;
+        let bytes = (n * mult as f64).round();
+        return if bytes < u64::MAX as f64 {
+            Ok(bytes as u64)
+        } else {
+            Err(format!("{s:?} is too large"))
+        };
+    }
+    let n: u64 = num.parse().map_err(|_| not_a_size())?;
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
 }
@@ -898,5 +909,10 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Ok(1 << 20));
         assert!(parse_size("x").is_err());
         assert!(parse_size("3Q").is_err());
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert!(parse_size("1.2.3M").is_err());
+        assert!(parse_size(".").is_err());
+        assert!(parse_size("1e30T").is_err());
     }
 }
