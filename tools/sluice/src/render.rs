@@ -197,7 +197,7 @@ where
         let b = ProgressBar::new(0);
         b.set_style(
             ProgressStyle::with_template(
-                "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                "{bar:40.cyan/blue} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta} {msg}",
             )
             .map(|s| s.with_key("eta", eta))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -222,7 +222,7 @@ where
             b.set_position(s.bytes_delivered.max(s.bytes_verified).min(to_cross));
             let mut msg = format!("{}/{} files", s.files_verified, s.files_total);
             if s.bytes_kept > 0 {
-                msg += &format!(", {} already there", indicatif::HumanBytes(s.bytes_kept));
+                msg += &format!(", {} already there", indicatif::DecimalBytes(s.bytes_kept));
             }
             if s.path.sent_packets > 0 {
                 msg += &format!(
