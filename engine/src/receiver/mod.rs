@@ -652,9 +652,10 @@ async fn receive(
                     // A part file written while a file of another size was sent (an insertion
                     // or a deletion may have shifted its blocks), or of too few blocks to have a
                     // journal, becomes the older version of a delta where it can: its blocks are
-                    // found at any shift. One of a file of the same size is resumed in place
-                    // (its blocks are compared where they are).
-                    let moved = p.resume && !journal::vouches(&p.journal, &p.part, &key) && journal::size_of(&p.journal) != Some(entry.size);
+                    // found at any shift. One of a file of the same size (its journal may vouch,
+                    // or name another version) is resumed in place: its blocks are compared
+                    // where they are.
+                    let moved = p.resume && journal::size_of(&p.journal) != Some(entry.size);
                     dest.set_part_aside(&mut p, moved)?;
                     if !p.fresh && !dest.unclaimed(&p.part) {
                         dest.claims().check_free(entry.id, &entry.path, &p.final_path)?;

@@ -68,6 +68,10 @@ impl QuicLink {
 /// live peer costs it one datagram it drops).
 const SILENT_BEFORE_PROBE: Duration = Duration::from_millis(500);
 
+/// Probes refused, not necessarily in a row, that tell a closed port ([`watch_peer`],
+/// [`try_connect`]).
+const REFUSALS: u32 = 2;
+
 /// How often [`watch_peer`] looks, and how long it waits for the answer to a probe.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 
@@ -76,13 +80,13 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// ICMP error), so the connection used to wait out its idle timeout (30 s). While the peer
 /// has sent nothing for [`SILENT_BEFORE_PROBE`], a socket of our own, connected to the peer's
 /// address, sends it one byte every [`PROBE_EVERY`]; a live peer's endpoint drops it as no
-/// QUIC packet, a closed port comes back as "connection refused" (ICMP port unreachable); two
-/// refusals while the peer stays silent end the connection. Not two in a row: a host sends at
+/// QUIC packet, a closed port comes back as "connection refused" (ICMP port unreachable);
+/// [`REFUSALS`] while the peer stays silent end the connection. Not in a row: a host sends at
 /// most one ICMP error a second to each address (Linux's `icmp_ratelimit`, not on loopback),
 /// and quinn's own packets to the closed port take some of them, so every other probe went
 /// unanswered and a peer killed across a 100 ms link was noticed after 9–13 s (now 3–6 s; 2 on
-/// loopback, where no limit applies). A path
-/// that is down, or a host that says nothing, still waits for the idle timeout.
+/// loopback, where no limit applies). A path that is down, or a host that says nothing, still
+/// waits for the idle timeout.
 async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
     let peer = conn.remote_address();
     let mut heard = conn.stats().udp_rx.datagrams;
@@ -110,7 +114,7 @@ async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
         }
         let Some(socket) = &probe else { return };
         refusals += u32::from(refused(socket).await);
-        if refusals >= 2 {
+        if refusals >= REFUSALS {
             tracing::debug!(%peer, "the peer's port is closed");
             gone.store(true, Ordering::SeqCst);
             conn.close(0u32.into(), b"");
@@ -222,9 +226,9 @@ pub async fn connect(config: &Config, ticket: &Ticket) -> Result<Arc<dyn Link>> 
     }
 }
 
-/// [`connect`], or `Err(Refused)` as soon as the receiver's host answers a probe (see
-/// [`watch_peer`]) with "port unreachable" twice (not necessarily in a row): a stale ticket fails in about a second
-/// instead of [`ANSWER_WITHIN`].
+/// [`connect`], or `Err(Refused)` as soon as the receiver's host answers probes (see
+/// [`watch_peer`]) with "port unreachable" [`REFUSALS`] times: a stale ticket fails in about a
+/// second instead of [`ANSWER_WITHIN`].
 pub(crate) async fn try_connect(
     config: &Config,
     ticket: &Ticket,
@@ -234,7 +238,7 @@ pub(crate) async fn try_connect(
             return std::future::pending().await;
         };
         let mut refusals = 0;
-        while refusals < 2 {
+        while refusals < REFUSALS {
             refusals += u32::from(refused(&socket).await);
         }
         Refused

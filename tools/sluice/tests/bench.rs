@@ -307,11 +307,7 @@ fn bench_takes_durations_with_units_and_a_device_to_write_to() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let summary = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .expect("a summary");
+    let summary = summary_event(&out);
     assert!(summary["bytes"].as_u64().unwrap() > 0, "{summary}");
     let out = sluice()
         .args(["bench", "--from", "/nonexistent/sluice-bench-source"])
@@ -427,11 +423,7 @@ fn bench_time_holds_under_a_slow_ceiling() {
     assert!(out.status.success(), "{}", stderr(&out));
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
-    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .expect("a summary line");
+    let summary = summary_event(&out);
     let bytes = summary["bytes"].as_u64().expect("bytes");
     assert!(bytes > 0 && bytes <= 4 << 20, "{summary}");
 }

@@ -515,11 +515,7 @@ fn a_chmod_during_the_transfer_is_named_and_what_arrived_is_kept() {
         .unwrap();
     assert!(out.status.success(), "rerun: {}", stderr(&out));
     assert_eq!(b3(&dest.join("big.img")), b3(&src));
-    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .unwrap();
+    let summary = summary_event(&out);
     let kept = summary["kept_bytes"].as_u64().unwrap();
     assert!(kept >= 16 * BLOCK, "the rerun kept {kept} bytes: {summary}");
 }
@@ -560,11 +556,7 @@ fn a_part_file_of_a_source_edited_since_is_found_shifted() {
             .unwrap();
         assert!(out.status.success(), "rerun {options:?}: {}", stderr(&out));
         assert_eq!(b3(&dest.join("big.img")), b3(&src));
-        let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["event"] == "summary")
-            .unwrap();
+        let summary = summary_event(&out);
         let payload = summary["payload_bytes"].as_u64().unwrap();
         // What the part file did not hold, and about a block around the insertion and its end.
         let needed = data.len() as u64 - held;

@@ -424,11 +424,7 @@ fn an_outage_is_waited_out_and_a_longer_one_is_resumed_after() {
     let _ = wait_bounded(recv, Duration::from_secs(10));
     assert!(out.status.success(), "the rerun: {}", stderr(&out));
     assert_eq!(b3(&dest.join("big.bin")), b3(&src));
-    let summary = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "summary")
-        .expect("a summary line");
+    let summary = summary_event(&out);
     assert!(
         summary["kept_bytes"].as_u64().unwrap_or(0) > 0,
         "the rerun resumed nothing: {summary}"

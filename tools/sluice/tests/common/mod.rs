@@ -399,6 +399,15 @@ pub fn sluice_as_user(args: &[&Path]) -> Option<Output> {
     }
 }
 
+/// The `summary` event among the lines a `--json` run printed.
+pub fn summary_event(o: &Output) -> serde_json::Value {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in {}", stdout(o)))
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
