@@ -416,6 +416,7 @@ async fn push(
         },
         carried: Default::default(),
         taken: Default::default(),
+        in_flight: Default::default(),
     };
     let mut streams = tokio::task::JoinSet::new();
     let first = config.streams.max(1);

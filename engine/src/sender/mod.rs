@@ -342,6 +342,7 @@ async fn transfer(
         until: None,
         carried: Default::default(),
         taken: Default::default(),
+        in_flight: Default::default(),
     };
     let mut open_streams = 0;
     let first = config.streams.max(1);
