@@ -335,12 +335,16 @@ where
 }
 
 /// The network path as JSON: RTT in milliseconds, the congestion window, packets sent and
-/// lost, and the bytes of lost packets (sent again).
+/// lost, the bytes of lost packets (sent again), and the bytes on the wire each way
+/// (`wire_tx_bytes`, `wire_rx_bytes`: UDP payload over QUIC, TCP payload over TCP). The same
+/// two figures also go by their first names, `udp_tx_bytes` and `udp_rx_bytes`, for scripts
+/// that read them: over TCP those names were wrong.
 fn path_json(p: &PathStats) -> serde_json::Value {
     serde_json::json!({
         "rtt_ms": p.rtt.as_secs_f64() * 1e3, "cwnd": p.cwnd,
         "sent_packets": p.sent_packets, "lost_packets": p.lost_packets,
         "loss": p.loss(), "retransmitted_bytes": p.lost_bytes,
+        "wire_tx_bytes": p.udp_tx_bytes, "wire_rx_bytes": p.udp_rx_bytes,
         "udp_tx_bytes": p.udp_tx_bytes, "udp_rx_bytes": p.udp_rx_bytes,
     })
 }

@@ -290,6 +290,10 @@ over_both! {
         let summary = lines.last().unwrap();
         assert_eq!(summary["event"], "summary");
         assert_eq!(summary["bytes"], 3 * BLOCK);
+        // The bytes on the wire, under a name that holds over TCP too (it said `udp_tx_bytes`).
+        let wire = summary["path"]["wire_tx_bytes"].as_u64().unwrap_or(0);
+        assert!(wire >= 3 * BLOCK, "{summary}");
+        assert_eq!(summary["path"]["udp_tx_bytes"], summary["path"]["wire_tx_bytes"]);
     }
 }
 
