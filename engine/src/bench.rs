@@ -142,14 +142,31 @@ impl BenchServer {
         self.run_until(progress, Arc::new(tokio::sync::Notify::new()))
     }
 
+    /// Serves the next sender and stays ready for the one after, with the same ticket (`sluice
+    /// bench --serve --keep-serving`, as `iperf3 -s` keeps serving); others who come meanwhile
+    /// are turned away as busy. `progress` counts this run's verified bytes.
+    pub fn run_next(&mut self, progress: Arc<Progress>) -> Result<BenchSummary> {
+        self.run_one(true, progress, Arc::new(tokio::sync::Notify::new()))
+    }
+
     fn run_until(
-        self,
+        mut self,
         progress: Arc<Progress>,
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<BenchSummary> {
-        let to = self.to;
+        self.run_one(false, progress, stop)
+    }
+
+    fn run_one(
+        &mut self,
+        keep: bool,
+        progress: Arc<Progress>,
+        stop: Arc<tokio::sync::Notify>,
+    ) -> Result<BenchSummary> {
+        let to = self.to.clone();
         let ended = progress.clone();
         let (bytes, link, started) = self.server.serve(
+            keep,
             stop,
             sluice_proto::message::HELLO_BENCH,
             "nothing was kept",

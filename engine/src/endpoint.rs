@@ -63,9 +63,13 @@ impl OneSender {
     /// link and control channel, explains a failure (`resume`: what the user can do about it)
     /// and closes the link, after the sender has closed it when all went well. Returns what
     /// `work` made, the link, and when the sender was proven. `kind`: the session kind this end
-    /// takes (`HELLO_KIND` bits); a sender of another kind is refused by name.
+    /// takes (`HELLO_KIND` bits); a sender of another kind is refused by name. With `keep`, for
+    /// a receiving end that serves senders one after another with the same ticket (`sluice
+    /// bench --serve --keep-serving`), others are turned away only while this one is served,
+    /// and the listener stays ready for the next.
     pub(crate) fn serve<T, F, Fut>(
-        self,
+        &mut self,
+        keep: bool,
         stop: Arc<Notify>,
         kind: u8,
         resume: &'static str,
@@ -78,22 +82,27 @@ impl OneSender {
         let Self {
             config,
             rt,
-            mut listener,
+            listener,
         } = self;
         rt.block_on(async move {
             let (link, control) = tokio::select! {
-                proven = crate::receiver::proven_sender(&mut listener, &config, kind) => proven?,
+                proven = crate::receiver::proven_sender(listener, config, kind) => proven?,
                 _ = stop.notified() => {
                     return Err(Error::io(WAITING)(std::io::Error::other(
                         "stopped before a sender came",
                     )))
                 }
             };
-            listener.stop_accepting();
+            let paused = if keep {
+                Some(listener.pause())
+            } else {
+                listener.stop_accepting();
+                None
+            };
             let secret = listener.ticket().secret;
             let started = Instant::now();
             let idle = config.idle_timeout;
-            let result = work(config, secret, link.clone(), control).await;
+            let result = work(config.clone(), secret, link.clone(), control).await;
             let result = transport::explain(result, &*link, "sender", idle, resume).await;
             match &result {
                 Ok(_) => {
@@ -103,6 +112,9 @@ impl OneSender {
                     link.close(0, b"").await;
                 }
                 Err(e) => link.close(1, e.to_string().as_bytes()).await,
+            }
+            if let Some(paused) = paused {
+                listener.resume(paused);
             }
             result.map(|t| (t, link, started))
         })

@@ -71,8 +71,8 @@ pub enum Error {
     /// The receiver is serving another sender, and takes one at a time.
     #[error(
         "{peer} refused the connection: the receiver there is serving another sender (a \
-         `sluice recv` takes one sender; start another receiver, with its own ticket, for this \
-         one)"
+         `sluice recv` takes one sender: start another receiver, with its own ticket, for this \
+         one; a `sluice bench --serve --keep-serving` takes the next once this one is done)"
     )]
     Busy {
         /// The receiver's address.

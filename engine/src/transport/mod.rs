@@ -342,7 +342,33 @@ impl Listener {
         }
         self.tcp_links = None;
     }
+
+    /// Turns others away while one proven sender is served, until [`Listener::resume`]: for a
+    /// receiving end that serves senders one after another (`sluice bench --serve
+    /// --keep-serving`). New QUIC connections are refused and new TCP control connections
+    /// closed as busy.
+    pub fn pause(&mut self) -> Paused {
+        if let Some(t) = &self.tcp {
+            t.set_busy(true);
+        }
+        Paused(self.quic.as_ref().map(quic::Server::refuse_others))
+    }
+
+    /// Lets the next sender in after [`Listener::pause`].
+    pub fn resume(&mut self, paused: Paused) {
+        if let Some(refusing) = paused.0 {
+            refusing.abort();
+        }
+        if let Some(t) = &self.tcp {
+            t.set_busy(false);
+        }
+    }
 }
+
+/// A [`Listener`] turning others away; give it back to [`Listener::resume`].
+#[derive(Debug)]
+#[must_use]
+pub struct Paused(Option<tokio::task::JoinHandle<()>>);
 
 /// The address this host's traffic to the outside leaves from (the default route's source),
 /// for a ticket of a receiver listening on every address: what another host can reach, where

@@ -349,12 +349,17 @@ impl Server {
     /// configuration answered nothing, and a second sender waited 3 s, tried TCP as if UDP
     /// were blocked, and exited as if the link had failed.
     pub fn stop_accepting(&self) {
+        drop(self.refuse_others());
+    }
+
+    /// Refuses every new connection until the returned task is aborted (detached, for good).
+    pub fn refuse_others(&self) -> tokio::task::JoinHandle<()> {
         let endpoint = self.endpoint.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 incoming.refuse();
             }
-        });
+        })
     }
 
     /// Completes the handshake of `incoming`.

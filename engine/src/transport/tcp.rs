@@ -738,6 +738,9 @@ pub struct Server {
     listener: Option<TcpListener>,
     acceptor: tokio_rustls::TlsAcceptor,
     config: Config,
+    /// While set, a new control connection is closed as busy instead of handed out
+    /// ([`Server::set_busy`]).
+    busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Server {
@@ -779,7 +782,16 @@ impl Server {
             listener: Some(listener),
             acceptor: tokio_rustls::TlsAcceptor::from(tls::tcp_server_config(identity)?),
             config: config.clone(),
+            busy: Arc::default(),
         })
+    }
+
+    /// Closes new control connections as busy (`true`) or hands them out again (`false`),
+    /// while [`Server::serve`] runs: a receiving end that serves one sender after another
+    /// turns the others away only while it is serving one. Lanes of the sender being served
+    /// still join its link.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The bound address.
@@ -802,6 +814,7 @@ impl Server {
         };
         let acceptor = self.acceptor.clone();
         let config = self.config.clone();
+        let busy = self.busy.clone();
         tokio::spawn(async move {
             let sessions: Sessions = Arc::default();
             // Handshakes in progress at once (each bounded by HELLO_DEADLINE): a flood of
@@ -820,11 +833,12 @@ impl Server {
                         continue;
                     }
                 };
-                let (acceptor, config, sessions, tx) = (
+                let (acceptor, config, sessions, tx, busy) = (
                     acceptor.clone(),
                     config.clone(),
                     sessions.clone(),
                     tx.clone(),
+                    busy.clone(),
                 );
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -839,6 +853,13 @@ impl Server {
                     match result {
                         // Once the receiver stopped accepting (its sender is proven), another
                         // control connection is closed at once.
+                        Ok(Some(link)) if busy.load(std::sync::atomic::Ordering::SeqCst) => {
+                            link.close(
+                                super::CLOSED_BUSY,
+                                b"the receiver is serving another sender",
+                            )
+                            .await;
+                        }
                         Ok(Some(link)) => {
                             if let Err(refused) = tx.try_send(Ok(link)) {
                                 let link = match refused {

@@ -246,13 +246,14 @@ impl UnitServer {
 
     /// [`UnitServer::run`], giving up waiting for a sender once `stop` is notified.
     pub fn run_until(
-        self,
+        mut self,
         sink: Arc<dyn UnitSink>,
         progress: Arc<Progress>,
         stop: Arc<tokio::sync::Notify>,
     ) -> Result<UnitsSummary> {
         let resume = "units committed so far are kept; run the same command again";
         let (mut summary, _, started) = self.0.serve(
+            false,
             stop,
             HELLO_UNITS,
             resume,

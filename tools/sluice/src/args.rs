@@ -442,6 +442,11 @@ pub struct BenchArgs {
     /// Print a ticket and serve one `sluice bench TICKET`: verify and discard its blocks.
     #[arg(long, conflicts_with = "ticket")]
     pub serve: bool,
+    /// With --serve: serve senders one after another with the same ticket until stopped
+    /// (Ctrl-C), as `iperf3 -s` does, printing each run's figures; a sender that comes while
+    /// another is served is turned away as busy.
+    #[arg(long, requires = "serve")]
+    pub keep_serving: bool,
     /// Address to listen on with --serve (UDP and TCP, see --transport).
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: SocketAddr,

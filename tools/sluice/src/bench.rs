@@ -71,7 +71,15 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
             render::json_line(&serde_json::json!({"event": "ticket", "ticket": ticket}));
         } else {
             outln!("{ticket}");
-            errln!("sluice: waiting for one sender; run: sluice bench {ticket}");
+            let whom = if o.keep_serving {
+                "senders, one at a time, until stopped"
+            } else {
+                "one sender"
+            };
+            errln!("sluice: waiting for {whom}; run: sluice bench {ticket}");
+        }
+        if o.keep_serving {
+            return keep_serving(server, interval, json, kept);
         }
         let p = progress.clone();
         let summary = watch(interval, json, &progress, Side::Receiving, move || {
@@ -106,6 +114,49 @@ pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
         "sent, verified at the other end",
     );
     Ok(())
+}
+
+/// `bench --serve --keep-serving`: one run after another, each with its intervals and summary,
+/// until a signal ends the process. A run that fails (its sender vanished, a block did not
+/// match) is reported and the next sender is served all the same; three failures in a row
+/// that each came within a second (the listener itself failing, not a sender) end it.
+fn keep_serving(server: BenchServer, interval: Duration, json: bool, kept: &str) -> Result<()> {
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let mut quick_failures = 0;
+    loop {
+        let progress = Arc::new(Progress::default());
+        let (p, s) = (progress.clone(), server.clone());
+        let began = Instant::now();
+        let run = watch(interval, json, &progress, Side::Receiving, move || {
+            s.lock()
+                .map_err(|_| anyhow::anyhow!("the serving thread panicked"))?
+                .run_next(p)
+                .context("benchmark failed")
+        });
+        match run {
+            Ok(summary) => {
+                quick_failures = 0;
+                report(&summary, json, Side::Receiving, kept);
+            }
+            Err(e) => {
+                quick_failures = if began.elapsed() < Duration::from_secs(1) {
+                    quick_failures + 1
+                } else {
+                    1
+                };
+                if quick_failures >= 3 {
+                    return Err(e);
+                }
+                if json {
+                    render::json_line(&serde_json::json!({
+                        "event": "error", "message": format!("{e:#}"),
+                    }));
+                } else {
+                    errln!("sluice: {e:#}; waiting for the next sender");
+                }
+            }
+        }
+    }
 }
 
 /// Which end of the benchmark this is. The receiving end's transport sends only

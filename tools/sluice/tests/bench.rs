@@ -26,9 +26,22 @@ fn bench_server_with(
     BufReader<std::process::ChildStdout>,
     String,
 ) {
+    bench_server_args(options, &[])
+}
+
+/// [`bench_server_with`], and `serving` after `--serve` (`--keep-serving`).
+fn bench_server_args(
+    options: &[&str],
+    serving: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
     let mut server = sluice()
         .args(options)
         .args(["bench", "--serve", "--listen", "127.0.0.1:0"])
+        .args(serving)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -455,4 +468,56 @@ fn a_bench_stopped_by_ctrl_c_prints_its_figures_so_far() {
         said.contains("sluice bench: stopped after") && said.contains("bytes verified"),
         "{said}"
     );
+}
+
+over_both! {
+    /// `bench --serve --keep-serving` serves one sender after another with the same ticket, as
+    /// `iperf3 -s` does (each restart of a one-off serve meant a new ticket to fetch), turns a
+    /// sender that comes meanwhile away as busy, and ends on Ctrl-C.
+    fn a_kept_serve_takes_senders_one_after_another() {
+        let (server, mut out, ticket) = bench_server_args(&["--json"], &["--keep-serving"]);
+        let run = |time: &str| {
+            sluice()
+                .args(["--json", "bench", "--time", time, &ticket])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let first = wait_or_kill(run("1"), std::time::Duration::from_secs(30), "first run");
+        assert!(first.status.success(), "{}", stderr(&first));
+        // A second sender while a third is served: turned away at once, by name.
+        let long = run("3");
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        let busy = sluice().args(["bench", "--time", "1", &ticket]).output().unwrap();
+        assert_eq!(busy.status.code(), Some(4), "{}", stderr(&busy));
+        assert!(stderr(&busy).contains("serving another sender"), "{}", stderr(&busy));
+        let long = wait_or_kill(long, std::time::Duration::from_secs(30), "the long run");
+        assert!(long.status.success(), "{}", stderr(&long));
+        let last = wait_or_kill(run("1"), std::time::Duration::from_secs(30), "last run");
+        assert!(last.status.success(), "{}", stderr(&last));
+        // Each served run has its own summary at the serving end, matching its sender's.
+        let mut served = Vec::new();
+        let mut line = String::new();
+        while served.len() < 3 {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the serve ended early");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["event"] == "summary" {
+                served.push(v["bytes"].as_u64().unwrap());
+            }
+        }
+        let sent: Vec<u64> = [&first, &long, &last]
+            .iter()
+            .map(|o| summary_event(o)["bytes"].as_u64().unwrap())
+            .collect();
+        assert_eq!(served, sent);
+        let stopped = std::process::Command::new("kill")
+            .args(["-INT", &server.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let end = wait_or_kill(server, std::time::Duration::from_secs(10), "the serve did not stop");
+        assert_eq!(end.status.code(), Some(130), "{}", stderr(&end));
+    }
 }

@@ -295,15 +295,24 @@ fn recv_on_b(link: &Link, dest: &Path, options: &[&str]) -> (std::process::Child
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let ticket = ticket_of(&mut recv);
+    (recv, ticket)
+}
+
+/// The ticket a receiving end (`recv`, `bench --serve`) prints first.
+fn ticket_of(child: &mut std::process::Child) -> String {
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(recv.stdout.as_mut().unwrap()),
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
         &mut line,
     )
     .unwrap();
     let ticket = line.trim().to_owned();
-    assert!(ticket.starts_with("sluice1-"), "recv printed {line:?}");
-    (recv, ticket)
+    assert!(
+        ticket.starts_with("sluice1-"),
+        "the receiving end printed {line:?}"
+    );
+    ticket
 }
 
 /// Waits (bounded) until the part file `part` holds `bytes`: the transfer is under way.
@@ -559,17 +568,7 @@ fn a_timed_bench_over_a_slow_link_verifies_from_the_start_and_ends_near_its_time
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(serve.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let ticket = line.trim().to_owned();
-    assert!(
-        ticket.starts_with("sluice1-"),
-        "bench --serve printed {line:?}"
-    );
+    let ticket = ticket_of(&mut serve);
     let started = Instant::now();
     let bench = link
         .sluice("a")
