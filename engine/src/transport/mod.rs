@@ -340,7 +340,20 @@ impl Listener {
         if let Some(q) = &self.quic {
             q.stop_accepting();
         }
+        self.turn_queued_away();
         self.tcp_links = None;
+    }
+
+    /// Closes as busy the TCP control connections that arrived while a sender was being
+    /// proven and wait to be taken up.
+    fn turn_queued_away(&mut self) {
+        if let Some(links) = self.tcp_links.as_mut() {
+            while let Ok(queued) = links.try_recv() {
+                if let Ok(link) = queued {
+                    refuse_busy(link);
+                }
+            }
+        }
     }
 
     /// Turns others away while one proven sender is served, until [`Listener::resume`]: for a
@@ -351,6 +364,7 @@ impl Listener {
         if let Some(t) = &self.tcp {
             t.set_busy(true);
         }
+        self.turn_queued_away();
         Paused(self.quic.as_ref().map(quic::Server::refuse_others))
     }
 
@@ -458,7 +472,15 @@ async fn accept(
     let mut pending = tokio::task::JoinSet::new();
     let mut failed = 0;
     let deadline = HELLO_DEADLINE;
-    let opened = move |link: Arc<dyn Link>| async move {
+    // Links whose control channel is awaited: once one sender wins, the others are closed as
+    // busy. Only dropped, a TCP link's tasks kept its connection open, and its sender waited
+    // for a Welcome for good.
+    let waiting: Arc<std::sync::Mutex<Vec<Arc<dyn Link>>>> = Arc::default();
+    let opened = move |link: Arc<dyn Link>, waiting: Arc<std::sync::Mutex<Vec<Arc<dyn Link>>>>| async move {
+        waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(link.clone());
         let control = tokio::time::timeout(deadline, link.accept_control())
             .await
             .map_err(|_| {
@@ -496,6 +518,7 @@ async fn accept(
                     continue;
                 }
                 let server = quic.expect("guarded by the select").clone();
+                let waiting = waiting.clone();
                 pending.spawn(async move {
                     let handshake = tokio::time::timeout(deadline, server.handshake(incoming));
                     let link = handshake
@@ -504,13 +527,13 @@ async fn accept(
                             peer: "QUIC".into(),
                             detail: "handshake timed out".into(),
                         })??;
-                    opened(link).await
+                    opened(link, waiting).await
                 });
             }
             Some(link) = async { tcp_links.as_mut()?.recv().await }, if tcp_links.is_some() => {
                 match link {
                     Ok(link) => {
-                        pending.spawn(opened(link));
+                        pending.spawn(opened(link, waiting.clone()));
                     }
                     Err(e) => {
                         failed += 1;
@@ -524,6 +547,13 @@ async fn accept(
             Some(done) = pending.join_next() => match done {
                 Ok(Ok((link, control))) => {
                     tracing::debug!(transport = %link.kind(), peer = %link.peer(), "sender connected");
+                    pending.abort_all();
+                    let others: Vec<Arc<dyn Link>> = std::mem::take(
+                        &mut *waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                    );
+                    for other in others.into_iter().filter(|o| !Arc::ptr_eq(o, &link)) {
+                        refuse_busy(other);
+                    }
                     return Ok((link, control));
                 }
                 Ok(Err(e)) => {
@@ -537,6 +567,14 @@ async fn accept(
             },
         }
     }
+}
+
+/// Closes `link` as busy (another sender is being served), in a task of its own.
+fn refuse_busy(link: Arc<dyn Link>) {
+    tokio::spawn(async move {
+        link.close(CLOSED_BUSY, b"the receiver is serving another sender")
+            .await;
+    });
 }
 
 /// Notices a peer from which nothing at all arrives for the idle timeout. QUIC's own idle timer

@@ -12,6 +12,11 @@ use crate::args::BenchArgs;
 use crate::render;
 
 pub fn run(config: Config, o: BenchArgs, json: bool) -> Result<()> {
+    if o.keep_serving && !o.serve {
+        usage!(
+            "--keep-serving goes with --serve: it keeps a serving end for one sender after another"
+        );
+    }
     if !(0.1..=3600.0).contains(&o.interval) {
         usage!(
             "--interval must be from 0.1 to 3600 seconds, not {}",

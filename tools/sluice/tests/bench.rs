@@ -521,3 +521,48 @@ over_both! {
         assert_eq!(end.status.code(), Some(130), "{}", stderr(&end));
     }
 }
+
+/// Four senders at the same moment, two over QUIC and two over TCP, at a kept serve: one is
+/// served, the others are turned away within seconds. A TCP sender whose link lost the race
+/// was only dropped, its connection kept open by the link's tasks, and it waited for a Welcome
+/// for good (a new user's pass: 600 s, then killed).
+#[test]
+fn senders_at_the_same_moment_are_served_or_turned_away() {
+    let (server, _out, ticket) = bench_server_args(&[], &["--keep-serving"]);
+    for _round in 0..2 {
+        let senders: Vec<_> = ["quic", "tcp", "quic", "tcp"]
+            .iter()
+            .map(|t| {
+                sluice()
+                    .args(["bench", "--time", "1", "--transport", t, &ticket])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let codes: Vec<Option<i32>> = senders
+            .into_iter()
+            .map(|s| {
+                let out = wait_or_kill(s, std::time::Duration::from_secs(30), "a sender hung");
+                assert!(
+                    matches!(out.status.code(), Some(0 | 3 | 4)),
+                    "{:?}: {}",
+                    out.status,
+                    stderr(&out)
+                );
+                out.status.code()
+            })
+            .collect();
+        assert!(codes.contains(&Some(0)), "nobody was served: {codes:?}");
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &server.id().to_string()])
+        .status();
+    let end = wait_or_kill(
+        server,
+        std::time::Duration::from_secs(10),
+        "the serve did not stop",
+    );
+    assert_eq!(end.status.code(), Some(130), "{}", stderr(&end));
+}
