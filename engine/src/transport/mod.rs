@@ -569,11 +569,13 @@ async fn accept(
     }
 }
 
+/// What a receiving end tells a sender it turns away with [`CLOSED_BUSY`].
+const BUSY_REASON: &[u8] = b"the receiver is serving another sender";
+
 /// Closes `link` as busy (another sender is being served), in a task of its own.
 fn refuse_busy(link: Arc<dyn Link>) {
     tokio::spawn(async move {
-        link.close(CLOSED_BUSY, b"the receiver is serving another sender")
-            .await;
+        link.close(CLOSED_BUSY, BUSY_REASON).await;
     });
 }
 

@@ -853,26 +853,21 @@ impl Server {
                     match result {
                         // Once the receiver stopped accepting (its sender is proven), another
                         // control connection is closed at once.
-                        Ok(Some(link)) if busy.load(std::sync::atomic::Ordering::SeqCst) => {
-                            link.close(
-                                super::CLOSED_BUSY,
-                                b"the receiver is serving another sender",
-                            )
-                            .await;
-                        }
+                        // So is one that comes while a kept serve serves a sender.
                         Ok(Some(link)) => {
-                            if let Err(refused) = tx.try_send(Ok(link)) {
-                                let link = match refused {
-                                    mpsc::error::TrySendError::Full(l)
-                                    | mpsc::error::TrySendError::Closed(l) => l,
-                                };
-                                if let Ok(link) = link {
-                                    link.close(
-                                        super::CLOSED_BUSY,
-                                        b"the receiver is serving another sender",
-                                    )
-                                    .await;
+                            let refused = if busy.load(std::sync::atomic::Ordering::SeqCst) {
+                                Some(link)
+                            } else {
+                                match tx.try_send(Ok(link)) {
+                                    Ok(()) => None,
+                                    Err(
+                                        mpsc::error::TrySendError::Full(l)
+                                        | mpsc::error::TrySendError::Closed(l),
+                                    ) => l.ok(),
                                 }
+                            };
+                            if let Some(link) = refused {
+                                link.close(super::CLOSED_BUSY, super::BUSY_REASON).await;
                             }
                         }
                         Ok(None) => {}
