@@ -273,7 +273,37 @@ pub struct Listener {
     tcp: Option<tcp::Server>,
     /// Control connections arriving over TCP, once [`Listener::accept`] has started serving.
     tcp_links: Option<tokio::sync::mpsc::Receiver<Result<Arc<dyn Link>>>>,
+    /// Connection attempts under way (handshakes, control channels awaited): they outlive one
+    /// [`Listener::accept`], so that a sender that fails its proof (a stray, a wrong ticket)
+    /// does not cost the genuine ones racing beside it their place.
+    attempts: Attempts,
     ticket: Ticket,
+}
+
+/// The attempts of a [`Listener`] under way, and the race they are in.
+#[derive(Default)]
+struct Attempts {
+    pending: tokio::task::JoinSet<Result<(Arc<dyn Link>, ControlChannel)>>,
+    race: Arc<Race>,
+}
+
+impl std::fmt::Debug for Attempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempts")
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attempts {
+    /// A sender is proven: the attempts still under way are turned away as busy, now or as
+    /// soon as their handshake completes (each is bounded by [`HELLO_DEADLINE`]), and the
+    /// next [`Listener::accept`] starts a new race.
+    fn decide(&mut self) {
+        self.race.decide();
+        self.pending.detach_all();
+        self.race = Arc::default();
+    }
 }
 
 impl Listener {
@@ -311,6 +341,7 @@ impl Listener {
             quic,
             tcp,
             tcp_links: None,
+            attempts: Attempts::default(),
             ticket: Ticket {
                 addr,
                 fingerprint: identity.fingerprint(),
@@ -324,13 +355,14 @@ impl Listener {
         &self.ticket
     }
 
-    /// Waits for the first connection, on either transport, that completes its handshake and
-    /// opens its control channel (see [`accept`]).
+    /// Waits for the next connection, on either transport, that completes its handshake and
+    /// opens its control channel (see [`accept`]). The others under way go on, until
+    /// [`Listener::stop_accepting`] or [`Listener::pause`] turns them away.
     pub async fn accept(&mut self) -> Result<(Arc<dyn Link>, ControlChannel)> {
         if self.tcp_links.is_none() {
             self.tcp_links = self.tcp.as_mut().map(|t| t.serve());
         }
-        accept(self.quic.as_ref(), &mut self.tcp_links).await
+        accept(self.quic.as_ref(), &mut self.tcp_links, &mut self.attempts).await
     }
 
     /// Lets no one else in: called once a sender has proven the ticket's secret. New QUIC
@@ -340,6 +372,7 @@ impl Listener {
         if let Some(q) = &self.quic {
             q.stop_accepting();
         }
+        self.attempts.decide();
         self.turn_queued_away();
         self.tcp_links = None;
     }
@@ -364,6 +397,7 @@ impl Listener {
         if let Some(t) = &self.tcp {
             t.set_busy(true);
         }
+        self.attempts.decide();
         self.turn_queued_away();
         Paused(self.quic.as_ref().map(quic::Server::refuse_others))
     }
@@ -468,19 +502,13 @@ const MAX_HANDSHAKES: usize = 16;
 async fn accept(
     quic: Option<&quic::Server>,
     tcp_links: &mut Option<tokio::sync::mpsc::Receiver<Result<Arc<dyn Link>>>>,
+    attempts: &mut Attempts,
 ) -> Result<(Arc<dyn Link>, ControlChannel)> {
-    let mut pending = tokio::task::JoinSet::new();
+    let Attempts { pending, race } = attempts;
     let mut failed = 0;
     let deadline = HELLO_DEADLINE;
-    // Links whose control channel is awaited: once one sender wins, the others are closed as
-    // busy. Only dropped, a TCP link's tasks kept its connection open, and its sender waited
-    // for a Welcome for good.
-    let waiting: Arc<std::sync::Mutex<Vec<Arc<dyn Link>>>> = Arc::default();
-    let opened = move |link: Arc<dyn Link>, waiting: Arc<std::sync::Mutex<Vec<Arc<dyn Link>>>>| async move {
-        waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(link.clone());
+    let opened = move |link: Arc<dyn Link>, race: Arc<Race>| async move {
+        race.enter(&link)?;
         let control = tokio::time::timeout(deadline, link.accept_control())
             .await
             .map_err(|_| {
@@ -518,7 +546,7 @@ async fn accept(
                     continue;
                 }
                 let server = quic.expect("guarded by the select").clone();
-                let waiting = waiting.clone();
+                let race = race.clone();
                 pending.spawn(async move {
                     let handshake = tokio::time::timeout(deadline, server.handshake(incoming));
                     let link = handshake
@@ -527,13 +555,13 @@ async fn accept(
                             peer: "QUIC".into(),
                             detail: "handshake timed out".into(),
                         })??;
-                    opened(link, waiting).await
+                    opened(link, race).await
                 });
             }
             Some(link) = async { tcp_links.as_mut()?.recv().await }, if tcp_links.is_some() => {
                 match link {
                     Ok(link) => {
-                        pending.spawn(opened(link, waiting.clone()));
+                        pending.spawn(opened(link, race.clone()));
                     }
                     Err(e) => {
                         failed += 1;
@@ -547,13 +575,9 @@ async fn accept(
             Some(done) = pending.join_next() => match done {
                 Ok(Ok((link, control))) => {
                     tracing::debug!(transport = %link.kind(), peer = %link.peer(), "sender connected");
-                    pending.abort_all();
-                    let others: Vec<Arc<dyn Link>> = std::mem::take(
-                        &mut *waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
-                    );
-                    for other in others.into_iter().filter(|o| !Arc::ptr_eq(o, &link)) {
-                        refuse_busy(other);
-                    }
+                    // The others run on: they are turned away as busy once this one is
+                    // proven, or one of them is taken next if it is not.
+                    race.leave(&link);
                     return Ok((link, control));
                 }
                 Ok(Err(e)) => {
@@ -565,6 +589,64 @@ async fn accept(
                 }
                 Err(e) => return Err(Error::io("accepting a connection")(std::io::Error::other(e.to_string()))),
             },
+        }
+    }
+}
+
+/// Links racing to be the one a receiving end serves: once one is proven, every other is
+/// closed as busy, those whose control channel is awaited at once and those still in their
+/// handshake as soon as it completes. Only dropped, a TCP link's tasks kept its connection open
+/// and its sender waited for a Welcome for good; an aborted QUIC handshake was cut with no
+/// reason, and its sender told to run the same command again.
+#[derive(Default)]
+struct Race {
+    state: std::sync::Mutex<RaceState>,
+}
+
+#[derive(Default)]
+struct RaceState {
+    won: bool,
+    waiting: Vec<Arc<dyn Link>>,
+}
+
+impl Race {
+    /// Enters `link` in the race, or closes it as busy if the race is over.
+    fn enter(&self, link: &Arc<dyn Link>) -> Result<()> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.won {
+            refuse_busy(link.clone());
+            return Err(conn_error(link.peer())(
+                &"turned away: another sender came first",
+            ));
+        }
+        state.waiting.push(link.clone());
+        Ok(())
+    }
+
+    /// Takes `link` out of the race: it has been handed to the caller.
+    fn leave(&self, link: &Arc<dyn Link>) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.waiting.retain(|w| !Arc::ptr_eq(w, link));
+    }
+
+    /// Ends the race: those still in it are closed as busy, and so is any that enters later.
+    fn decide(&self) {
+        let others = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.won = true;
+            std::mem::take(&mut state.waiting)
+        };
+        for other in others {
+            refuse_busy(other);
         }
     }
 }

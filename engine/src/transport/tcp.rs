@@ -581,6 +581,15 @@ impl AsyncRead for LaneIn {
     }
 }
 
+/// A link dropped without [`Link::close`] ends all the same: its tasks hold its sockets, and
+/// a peer whose link was only dropped (a sender that lost the race to a receiving end) waited
+/// on an open connection for good.
+impl Drop for TcpLink {
+    fn drop(&mut self) {
+        self.shared.end(Ended::Locally);
+    }
+}
+
 impl Link for TcpLink {
     fn kind(&self) -> Kind {
         Kind::Tcp

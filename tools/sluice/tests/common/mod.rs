@@ -217,8 +217,12 @@ pub fn wait_or_kill(mut child: Child, limit: Duration, what: &str) -> Output {
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} (after {limit:?})");
+            // What it printed says where it stood (piped streams only; the rest is empty).
+            let said = child
+                .wait_with_output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            panic!("{what} (after {limit:?}); its stderr: {said}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
