@@ -867,7 +867,10 @@ async fn receive(
                 _ = watch_tick.tick() => {
                     shared.lock().map_err(|_| poisoned())?.close_done(&files);
                     let s = progress.snapshot();
-                    let arrived = link.path().udp_rx_bytes;
+                    // The path as this end sees it, for the progress lines (they said 0).
+                    let path = link.path();
+                    let arrived = path.udp_rx_bytes;
+                    progress.set_path(path);
                     stall.heard(arrived);
                     if !finished && stall.stalled(s.bytes_verified + s.bytes_kept, arrived) {
                         tracing::warn!(

@@ -1230,3 +1230,35 @@ fn partial_files_the_run_did_not_use_are_named() {
     assert!(!err.contains("partial file"), "{err}");
     assert!(!sub.join(".gone.bin.sluice-part").exists());
 }
+
+over_both! {
+    /// The receiver's `--json` progress lines carry the path as it sees it (round trip, bytes
+    /// in): they said 0 for everything, the sender's alone were filled in.
+    fn the_receivers_progress_lines_show_its_path() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f.bin");
+        random_file(&src, 24 << 20, 4);
+        let dest = d.path().join("dest/");
+        let recv = Recv::start_with(&dest, &["--json"]);
+        // 24 MiB at 64 Mbit/s: three seconds, time for progress lines at both ends.
+        let out = sluice()
+            .args(["send", "--max-rate", "64M"])
+            .arg(&src)
+            .arg(&recv.ticket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let r = recv.wait();
+        let lines: Vec<serde_json::Value> = stdout(&r)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["event"] == "progress")
+            .collect();
+        let last = lines.last().unwrap_or_else(|| panic!("no progress line: {}", stdout(&r)));
+        let path = &last["path"];
+        assert!(path["wire_rx_bytes"].as_u64().unwrap() > 1 << 20, "{last}");
+        assert!(path["wire_tx_bytes"].as_u64().unwrap() > 0, "{last}");
+        assert!(path["rtt_ms"].as_f64().unwrap() > 0.0, "{last}");
+        assert_eq!(b3(&dest.join("f.bin")), b3(&src));
+    }
+}
