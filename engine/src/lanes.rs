@@ -137,6 +137,46 @@ struct Delivered {
 pub(crate) struct InFlight {
     bytes: std::sync::atomic::AtomicU64,
     fell: tokio::sync::Notify,
+    /// The largest block handed over, and what the link sent lately: for a run with a
+    /// deadline.
+    largest: std::sync::atomic::AtomicU64,
+    sent: std::sync::Mutex<Sent>,
+}
+
+/// Recent samples of the bytes a link put on the wire, for the rate it sends at: a run that
+/// must end at a deadline (`sluice bench --time`) hands over no more than the link can carry by
+/// then. Eight windows' worth, which a slow or long path holds for seconds, ran `--time 5` for
+/// 10–16 s at 5 Mbit/s or 300 ms, the blocks already handed over crossing after the deadline.
+/// (The wire's bytes less those lost, not the blocks delivered: on a slow path a block is let
+/// go once in seconds. With the lost ones, a start-up that overran a 5 Mbit/s path's queue,
+/// a third of its packets lost, read as 1.6 times the path's rate.)
+#[derive(Debug, Default)]
+struct Sent(std::collections::VecDeque<(tokio::time::Instant, u64)>);
+
+/// How far back [`Sent`] looks.
+const SENT_SPAN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The share of the wire's bytes that is payload, at most (headers take 3–5 %, repairs more).
+const PAYLOAD_SHARE: f64 = 0.95;
+
+impl Sent {
+    /// Records `sent` at `now`; the rate over the samples kept, in bytes a second, once they
+    /// span half a second.
+    fn rate(&mut self, now: tokio::time::Instant, sent: u64) -> Option<f64> {
+        if self
+            .0
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= std::time::Duration::from_millis(20))
+        {
+            self.0.push_back((now, sent));
+        }
+        while self.0.len() > 2 && now.duration_since(self.0[1].0) >= SENT_SPAN {
+            self.0.pop_front();
+        }
+        let (first, last) = (self.0.front()?, self.0.back()?);
+        let span = last.0.duration_since(first.0).as_secs_f64();
+        (span >= 0.5).then(|| (last.1 - first.1) as f64 / span)
+    }
 }
 
 /// Congestion windows' worth of payload the transport may hold: what is sent and not yet
@@ -159,26 +199,60 @@ impl InFlight {
     /// The caller holds the queue's lock meanwhile, so that the lanes waiting take their turns
     /// one block at a time rather than all at once when a block is delivered. False once
     /// `until` has passed.
+    ///
+    /// With `until`, over a transport that holds blocks until they are acknowledged, a block
+    /// is handed over only if what the transport would then hold can be delivered by `until`
+    /// at the rate the link has been sending, give or take half a block: a run with a deadline
+    /// ends near it, with the link busy until then.
     async fn room(&self, link: &dyn Link, until: Option<tokio::time::Instant>) -> bool {
         use std::sync::atomic::Ordering;
         loop {
-            if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            let at = tokio::time::Instant::now();
+            if until.is_some_and(|u| at >= u) {
                 return false;
             }
             let fell = self.fell.notified();
             let now = self.bytes.load(Ordering::Acquire);
-            if now < IN_FLIGHT_SLACK
+            let path = link.path();
+            let windows = now < IN_FLIGHT_SLACK
                 || now
-                    < link
-                        .path()
+                    < path
                         .cwnd
                         .saturating_mul(IN_FLIGHT_WINDOWS)
-                        .saturating_add(IN_FLIGHT_SLACK)
-            {
+                        .saturating_add(IN_FLIGHT_SLACK);
+            // Over TCP the kernel holds what the lanes cannot see, and each lane is a flow
+            // of its own that grows only with blocks to send: a deadline there would starve
+            // all but one or two (3 MB in 6 s across 200 Mbit/s, 300 ms).
+            let deadline = until.filter(|_| link.holds_until_acknowledged());
+            if windows && deadline.is_none_or(|u| self.deliverable(&path, now, u - at, at)) {
                 return true;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_millis(50), fell).await;
         }
+    }
+
+    /// Whether one more block on top of the `held` bytes can be delivered within `left`, with
+    /// half a block to spare, at the rate the link has been sending. Until there is a rate,
+    /// only while nothing is held: three blocks taken at once at the start (what the windows
+    /// allow) took 5 s to cross a 5 Mbit/s path. Early on, what the rate allows is the flight
+    /// the link carries times the round trips left, so the flight still grows.
+    fn deliverable(
+        &self,
+        path: &crate::progress::PathStats,
+        held: u64,
+        left: std::time::Duration,
+        at: tokio::time::Instant,
+    ) -> bool {
+        let rate = self
+            .sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .rate(at, path.udp_tx_bytes.saturating_sub(path.lost_bytes));
+        let Some(rate) = rate else {
+            return held == 0;
+        };
+        let block = self.largest.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        held as f64 + block / 2.0 <= rate * PAYLOAD_SHARE * left.as_secs_f64()
     }
 }
 
@@ -450,10 +524,13 @@ impl Lanes {
                     }
                     let next = rx.recv().await;
                     if let Some(block) = &next {
-                        in_flight.bytes.fetch_add(
-                            block.payload.len() as u64,
-                            std::sync::atomic::Ordering::AcqRel,
-                        );
+                        let len = block.payload.len() as u64;
+                        in_flight
+                            .bytes
+                            .fetch_add(len, std::sync::atomic::Ordering::AcqRel);
+                        in_flight
+                            .largest
+                            .fetch_max(len, std::sync::atomic::Ordering::Relaxed);
                     }
                     next
                 };
@@ -529,6 +606,28 @@ impl Lanes {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_sending_rate_is_that_of_the_last_two_seconds() {
+        let mut sent = Sent::default();
+        let t0 = tokio::time::Instant::now();
+        let tick = Duration::from_millis(100);
+        assert_eq!(sent.rate(t0, 0), None);
+        // 1 MB/s for 3 s, then 4 MB/s for 3 s.
+        let mut bytes = 0;
+        for i in 1..=30 {
+            bytes += 100_000;
+            let r = sent.rate(t0 + tick * i, bytes);
+            assert_eq!(r.is_some(), i >= 5, "at {i}: {r:?}");
+        }
+        assert!((sent.rate(t0 + tick * 30, bytes).unwrap() - 1e6).abs() < 1e3);
+        for i in 31..=60 {
+            bytes += 400_000;
+            sent.rate(t0 + tick * i, bytes);
+        }
+        let r = sent.rate(t0 + tick * 60, bytes).unwrap();
+        assert!((r - 4e6).abs() < 0.1e6, "{r}");
+    }
 
     #[test]
     fn a_rate_that_holds_has_not_sunk_and_one_that_halves_has() {

@@ -153,6 +153,12 @@ pub trait Link: Send + Sync + fmt::Debug {
     fn closed(&self) -> Fut<'_, ()>;
     /// How the link ended, once it has.
     fn ended(&self) -> Option<Ended>;
+    /// Whether the transport holds a lane's payload until the peer has acknowledged it (QUIC),
+    /// so that what it holds is all that is yet to cross. Over TCP the kernel takes a copy
+    /// and holds more than the lanes see.
+    fn holds_until_acknowledged(&self) -> bool {
+        false
+    }
 }
 
 /// How long a sender waits for a QUIC answer before it tries TCP as well (`Choice::Auto`).

@@ -540,4 +540,8 @@ impl Link for QuicLink {
             other => Ended::Lost(other.to_string()),
         })
     }
+
+    fn holds_until_acknowledged(&self) -> bool {
+        true
+    }
 }

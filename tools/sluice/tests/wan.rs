@@ -550,17 +550,11 @@ fn a_receiver_killed_across_a_long_link_is_noticed_in_seconds() {
     );
 }
 
-/// `sluice bench --time 4` across a slow link (20 Mbit/s, 100 ms): blocks are verified from the
-/// first seconds on, and the run ends soon after its time. Eight lanes each took a 1 MiB block
-/// at once, and each lane, taking its next block while the transport still held the first,
-/// gave the rest of that block the new one's later place: no block arrived whole for 3 s, and
-/// `--time 5` ran for 12.9 s while what the lanes held drained.
-#[test]
-fn a_timed_bench_over_a_slow_link_verifies_from_the_start_and_ends_near_its_time() {
-    let Some((wan, bin, _one)) = emulated() else {
-        return;
-    };
-    let link = Link::up(&wan, &bin, &["--delay-ms", "50", "--rate-mbit", "20"]);
+/// `sluice bench --json --time 4 --interval 0.5` across a link made with `wan_flags`: the
+/// bench's output events and how long it ran, or `None` without the emulator.
+fn timed_bench(wan_flags: &[&str]) -> Option<(Vec<serde_json::Value>, Duration)> {
+    let (wan, bin, _one) = emulated()?;
+    let link = Link::up(&wan, &bin, wan_flags);
     let mut serve = link
         .sluice("b")
         .args(["bench", "--serve", "--listen", "10.201.0.2:7000"])
@@ -587,10 +581,23 @@ fn a_timed_bench_over_a_slow_link_verifies_from_the_start_and_ends_near_its_time
         stderr(&out),
         link.stats()
     );
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let events = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    Some((events, took))
+}
+
+/// `sluice bench --time 4` across a slow link (20 Mbit/s, 100 ms): blocks are verified from the
+/// first seconds on, and the run ends soon after its time. Eight lanes each took a 1 MiB block
+/// at once, and each lane, taking its next block while the transport still held the first,
+/// gave the rest of that block the new one's later place: no block arrived whole for 3 s, and
+/// `--time 5` ran for 12.9 s while what the lanes held drained.
+#[test]
+fn a_timed_bench_over_a_slow_link_verifies_from_the_start_and_ends_near_its_time() {
+    let Some((events, took)) = timed_bench(&["--delay-ms", "50", "--rate-mbit", "20"]) else {
+        return;
+    };
     // What was verified by 2 s: the link carries 5 MB in that time.
     let early: u64 = events
         .iter()
@@ -605,4 +612,25 @@ fn a_timed_bench_over_a_slow_link_verifies_from_the_start_and_ends_near_its_time
         took < Duration::from_secs(8),
         "bench --time 4 took {took:?}: {events:?}"
     );
+}
+
+/// `sluice bench --time 4` across 5 Mbit/s and 300 ms ends within two seconds of its time, and
+/// its figure is what the link carried: the lanes hand over no more than the link can carry by
+/// the deadline. The transport held eight congestion windows and 2 MiB, 5 s of this link, and
+/// `--time 5` ran for 10–16 s.
+#[test]
+fn a_timed_bench_over_a_thin_long_link_ends_near_its_time() {
+    let Some((events, took)) = timed_bench(&["--delay-ms", "150", "--rate-mbit", "5"]) else {
+        return;
+    };
+    let summary = events
+        .iter()
+        .find(|e| e["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary: {events:?}"));
+    assert!(
+        took < Duration::from_secs(7),
+        "bench --time 4 took {took:?}: {events:?}"
+    );
+    let mbit = summary["mbit_per_s"].as_f64().unwrap();
+    assert!((1.5..=5.0).contains(&mbit), "{summary}");
 }
