@@ -208,7 +208,7 @@ over_both! {
     /// the stopped side exits with 128 + the signal, as a shell reports it, and keeps its part
     /// file for a resume. At a rate the receiver keeps up with: a receiver whose socket buffer
     /// overflows (the sender at full speed on loopback) may lose the one close packet, and
-    /// then waits for its idle timeout, as for a peer that vanished.
+    /// then learns of it from a probe of the sender's port, as for a peer that vanished.
     fn a_side_stopped_by_a_signal_tells_the_other_at_once() {
         let d = tempfile::tempdir().unwrap();
         let (recv, send) =
@@ -223,7 +223,14 @@ over_both! {
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{err}");
         if transport() != sluice_engine::transport::Choice::Tcp {
-            assert!(err.contains("stopped (terminated)"), "receiver said: {err}");
+            // The close names the signal; where it was lost all the same (the receiver's
+            // socket buffer full under a loaded CI run, once), the probe of the sender's port
+            // says that the sluice there stopped.
+            assert!(
+                err.contains("stopped (terminated)")
+                    || err.contains("its port is closed: the sluice there has stopped"),
+                "receiver said: {err}"
+            );
         }
         assert!(d.path().join("dest/.big.bin.sluice-part").exists());
         assert!(!d.path().join("dest/big.bin").exists());
