@@ -250,6 +250,9 @@ fn line(json: bool, side: Side, from: (Duration, u64, PathStats), to: (Duration,
     path.sent_packets = path.sent_packets.saturating_sub(from.2.sent_packets);
     path.lost_packets = path.lost_packets.saturating_sub(from.2.lost_packets);
     path.lost_bytes = path.lost_bytes.saturating_sub(from.2.lost_bytes);
+    // Packets sent in one interval may be declared lost in the next: at a run's tail, with
+    // little sent, that read as "lost 111 %".
+    path.lost_packets = path.lost_packets.min(path.sent_packets);
     let rtt_ms = path.rtt.as_secs_f64() * 1e3;
     if json {
         let mut v = serde_json::json!({
