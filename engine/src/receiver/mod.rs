@@ -117,6 +117,31 @@ impl Shared {
 /// How many times one block may fail verification before its file fails.
 const MAX_RETRIES: u32 = 3;
 
+/// Files whose verified bytes are told the sender in one round ([`tell_verified`]), the ones
+/// that moved most first; the others wait for the next second.
+const VERIFIED_TOLD_AT_ONCE: usize = 64;
+
+/// Tells the sender how much of each file under way has been verified, where that grew since
+/// it was last told (about once a second): of a single large file, the sender showed nothing
+/// verified until its end.
+fn tell_verified(files: &mut HashMap<u32, Box<Incoming>>, control: &mut Control) {
+    let mut grew: Vec<(u64, u32)> = files
+        .iter()
+        .filter(|(_, f)| f.verified > f.verified_told && !f.sealing)
+        .map(|(id, f)| (f.verified - f.verified_told, *id))
+        .collect();
+    grew.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, id) in grew.into_iter().take(VERIFIED_TOLD_AT_ONCE) {
+        if let Some(f) = files.get_mut(&id) {
+            f.verified_told = f.verified;
+            control.queue(&Message::VerifiedSoFar {
+                id,
+                done: f.verified,
+            });
+        }
+    }
+}
+
 /// A file being received.
 struct Incoming {
     rel: String,
@@ -148,6 +173,10 @@ struct Incoming {
     /// How the file is cut into blocks and groups.
     geometry: Geometry,
     got: u64,
+    /// Bytes of the blocks received in this run and verified, and the figure last told the
+    /// sender ([`Message::VerifiedSoFar`]).
+    verified: u64,
+    verified_told: u64,
     /// Hashes of blocks the destination held before (from the scan), once it is complete.
     local: Option<Vec<Option<Digest>>>,
     /// The scan's results so far.
@@ -191,6 +220,8 @@ impl Incoming {
             group_got: HashMap::new(),
             geometry,
             got: 0,
+            verified: 0,
+            verified_told: 0,
             local: None,
             local_partial: None,
             anchors: Vec::new(),
@@ -866,6 +897,7 @@ async fn receive(
             tokio::select! {
                 _ = watch_tick.tick() => {
                     shared.lock().map_err(|_| poisoned())?.close_done(&files);
+                    tell_verified(&mut files, &mut control);
                     let s = progress.snapshot();
                     // The path as this end sees it, for the progress lines (they said 0).
                     let path = link.path();
@@ -1094,11 +1126,12 @@ async fn receive(
                                 report(outcome, &mut control, progress, &mut failures, &mut first_failure, &mut verified_bytes).await?;
                                 continue;
                             }
+                            let len = f.geometry.block_len(index);
                             if index < f.geometry.blocks() && f.received.insert(index, cv).is_none() {
                                 f.got += 1;
+                                f.verified += len;
                                 f.fold(Geometry::group_of(index));
                             }
-                            let len = f.geometry.block_len(index);
                             // Payload that crossed: for a patch, less than the block.
                             progress.add_verified(u64::from(carried).min(len));
                             try_finish(file, &mut files, &shared, dest, block_size, &job_tx)?

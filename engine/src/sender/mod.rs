@@ -366,6 +366,8 @@ async fn transfer(
     // that this side is at work (see `Working` below).
     let mut working = Some((0u64, std::time::Instant::now()));
     let mut roots = std::collections::HashMap::new();
+    // Per file under way, the bytes the receiver said it verified so far (`VerifiedSoFar`).
+    let mut verified_so_far: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
     let mut failures: Vec<String> = Vec::new();
     // Entries short in the receiver's summary: directories or links it could not make.
     let short;
@@ -501,12 +503,22 @@ async fn transfer(
                         let offset = index * u64::from(config.block_size);
                         let _ = resend_tx.send(Again { id, offset, moved: Some((from, prefix, hashes)) });
                     }
+                    SenderEvent::VerifiedSoFar { id, done } => {
+                        // Blocks of a file under way that the receiver verified: counted
+                        // now, the rest of the file with its FileVerified.
+                        let told = verified_so_far.entry(id).or_insert(0);
+                        let done = done.min(manifest[id as usize].entry.size);
+                        progress.add_verified(done.saturating_sub(*told));
+                        *told = (*told).max(done);
+                    }
                     SenderEvent::Verified(id) => {
                         let e = &manifest[id as usize].entry;
                         let root = roots.remove(&id).unwrap_or_default();
                         // The sender's count of verified bytes is whole files the receiver
-                        // verified (`--json`'s `bytes_verified` stayed 0 here).
-                        progress.add_verified(e.size);
+                        // verified (`--json`'s `bytes_verified` stayed 0 here), less what it
+                        // told of them before.
+                        let told = verified_so_far.remove(&id).unwrap_or(0);
+                        progress.add_verified(e.size.saturating_sub(told));
                         progress.push(Event::FileVerified { path: e.path.clone(), size: e.size, root });
                     }
                     SenderEvent::Failed { id, reason, cause } => {

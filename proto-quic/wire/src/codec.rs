@@ -77,6 +77,7 @@ const T_ANCHORS: u8 = 22;
 const T_WORKING: u8 = 23;
 const T_MOVED_PIECES: u8 = 24;
 const T_EXCLUDE: u8 = 25;
+const T_VERIFIED_SO_FAR: u8 = 26;
 
 /// Why bytes from a peer could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +209,11 @@ pub fn encode_message(msg: &Message, out: &mut Vec<u8>) {
         }
         Message::Working { id, done } => {
             out.push(T_WORKING);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&done.to_le_bytes());
+        }
+        Message::VerifiedSoFar { id, done } => {
+            out.push(T_VERIFIED_SO_FAR);
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&done.to_le_bytes());
         }
@@ -437,6 +443,10 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
             cvs: r.digests("cvs")?,
         },
         T_WORKING => Message::Working {
+            id: r.u32("id")?,
+            done: r.u64("done")?,
+        },
+        T_VERIFIED_SO_FAR => Message::VerifiedSoFar {
             id: r.u32("id")?,
             done: r.u64("done")?,
         },
@@ -859,6 +869,7 @@ mod tests {
                 }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, offset)| Message::Resend { id, offset }),
             (any::<u32>(), any::<u64>()).prop_map(|(id, done)| Message::Working { id, done }),
+            (any::<u32>(), any::<u64>()).prop_map(|(id, done)| Message::VerifiedSoFar { id, done }),
             any::<u16>().prop_map(|version| Message::Welcome { version }),
             (
                 any::<u32>(),

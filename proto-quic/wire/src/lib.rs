@@ -31,11 +31,11 @@ pub mod unit;
 
 /// The protocol version this build speaks. Peers with a different version are refused in
 /// the handshake with [`message::ErrorCode::Version`].
-pub const PROTOCOL_VERSION: u16 = 15;
+pub const PROTOCOL_VERSION: u16 = 16;
 
 /// The ALPN identifier negotiated in the TLS handshake; it carries the major version so a peer of
 /// another version fails the handshake early with a clear TLS alert.
-pub const ALPN: &[u8] = b"sluice/15";
+pub const ALPN: &[u8] = b"sluice/16";
 
 /// The ALPN identifier of the TCP transport (TLS 1.3 over TCP), with the same major version.
-pub const TCP_ALPN: &[u8] = b"sluice-tcp/15";
+pub const TCP_ALPN: &[u8] = b"sluice-tcp/16";

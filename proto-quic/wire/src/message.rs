@@ -333,6 +333,17 @@ pub enum Message {
         /// Bytes of the work done so far.
         done: u64,
     },
+    /// Receiver → sender: of file `id`, blocks of `done` bytes in all have arrived and matched
+    /// their hashes so far (their full lengths, whatever part of them crossed). Sent about once
+    /// a second while the file is under way and the figure grows, so that the sender can show
+    /// what is verified before the file's `FileVerified` (of one large file, nothing was for
+    /// the whole transfer). Since version 16.
+    VerifiedSoFar {
+        /// The file's entry id.
+        id: u32,
+        /// Bytes of the file's blocks verified so far.
+        done: u64,
+    },
     /// Sender → receiver: send the block hashes of this group (as a `Have`); it differs.
     WantDetail {
         /// The file's entry id.

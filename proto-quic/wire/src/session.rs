@@ -240,6 +240,7 @@ fn name(msg: &Message) -> &'static str {
         Message::Vouched { .. } => "Vouched",
         Message::Anchors { .. } => "Anchors",
         Message::Working { .. } => "Working",
+        Message::VerifiedSoFar { .. } => "VerifiedSoFar",
         Message::MovedPieces { .. } => "MovedPieces",
         Message::Resend { .. } => "Resend",
         Message::FileVerified { .. } => "FileVerified",
@@ -816,6 +817,13 @@ pub enum SenderEvent {
         /// Bytes done.
         done: u64,
     },
+    /// Of file `id`, blocks of `done` bytes have been verified at the receiver so far.
+    VerifiedSoFar {
+        /// The file id.
+        id: u32,
+        /// Bytes verified.
+        done: u64,
+    },
     /// The receiver has described everything it holds of this file.
     HaveDone(u32),
     /// Piece hashes of the receiver's copy of a block.
@@ -974,6 +982,10 @@ impl SenderSession {
             Message::Working { id, done } if self.welcomed && !self.finished => {
                 self.blocks(id)?;
                 Ok(SenderEvent::Working { id, done })
+            }
+            Message::VerifiedSoFar { id, done } if self.welcomed && !self.finished => {
+                self.blocks(id)?;
+                Ok(SenderEvent::VerifiedSoFar { id, done })
             }
             Message::Have { id, first, cvs } if self.welcomed && !self.finished => {
                 // A Have may also answer a WantDetail after HaveDone.
@@ -1139,6 +1151,29 @@ mod tests {
             Ok(SenderEvent::Working { id: 0, done: 3 })
         );
         assert_eq!(s.on_message(working(9)), Err(SessionError::UnknownFile(9)));
+    }
+
+    /// `VerifiedSoFar` goes from receiver to sender only, naming a file of the manifest,
+    /// after the `Welcome`.
+    #[test]
+    fn verified_so_far_goes_to_the_sender_and_names_a_file() {
+        let so_far = |id| Message::VerifiedSoFar { id, done: 7 };
+        let mut s = SenderSession::new(vec![Some(5 << 20), None], 1 << 20);
+        assert!(s.on_message(so_far(0)).is_err(), "before the Welcome");
+        s.on_message(Message::Welcome {
+            version: crate::PROTOCOL_VERSION,
+        })
+        .unwrap();
+        assert_eq!(
+            s.on_message(so_far(0)),
+            Ok(SenderEvent::VerifiedSoFar { id: 0, done: 7 })
+        );
+        assert_eq!(s.on_message(so_far(1)), Err(SessionError::UnknownFile(1)));
+        assert_eq!(s.on_message(so_far(2)), Err(SessionError::UnknownFile(2)));
+        let mut r = ReceiverSession::new([7; 32]);
+        r.on_message(SenderSession::hello([7; 32], 1 << 20, 0))
+            .unwrap();
+        assert!(r.on_message(so_far(0)).is_err(), "the receiver's to send");
     }
 
     /// What a receiver does not allow is refused at Hello, naming the flag that allows it;

@@ -740,6 +740,43 @@ fn json_progress_counts_verified_bytes() {
     }
 }
 
+/// Of one large file, the sender's `--json` progress counts blocks the receiver verified while
+/// the file is under way, growing line by line, and ends at the file's size: it stayed 0 until
+/// the file's end (`VerifiedSoFar`, protocol 16).
+#[test]
+fn json_progress_counts_verified_blocks_of_a_file_under_way() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("big");
+    random_file(&src, 24 * BLOCK, 3);
+    // About 5 s at 40 Mbit/s.
+    let out = sluice()
+        .args(["--json", "--max-rate", "40M", "copy"])
+        .arg(&src)
+        .arg(d.path().join("dest/"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "progress")
+        .collect();
+    let under_way: Vec<u64> = progress
+        .iter()
+        .filter(|p| p["files_verified"] == 0)
+        .map(|p| p["bytes_verified"].as_u64().unwrap())
+        .collect();
+    assert!(
+        under_way.iter().filter(|&&b| b > 0).count() >= 2,
+        "{progress:?}"
+    );
+    assert!(under_way.windows(2).all(|w| w[0] <= w[1]), "{under_way:?}");
+    assert!(under_way.iter().all(|&b| b < 24 * BLOCK), "{under_way:?}");
+    let summary = summary_event(&out);
+    assert_eq!(summary["files"], 1, "{summary}");
+    assert_eq!(b3(&d.path().join("dest/big")), b3(&src));
+}
+
 /// A destination whose default ACL grants less than a file's mode still gets the file's mode:
 /// the ACL narrows the mode a file is created with, so a file created there cannot be taken to
 /// hold its final mode already (`chmod` sets it, as without the ACL). The default ACL is
