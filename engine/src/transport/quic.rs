@@ -72,14 +72,22 @@ const SILENT_BEFORE_PROBE: Duration = Duration::from_millis(500);
 /// [`try_connect`]).
 const REFUSALS: u32 = 2;
 
-/// How often [`watch_peer`] looks, and how long it waits for the answer to a probe.
+/// How often [`watch_peer`] looks while the peer is heard, and how long [`try_connect`]'s
+/// probes wait for their answer.
 const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// How often [`watch_peer`] probes a silent peer, and how long each probe waits for its
+/// answer: often enough that its probes, not quinn's own packets to the closed port, take the
+/// one ICMP error a second the peer's host sends. At two probes a second, a receiving end
+/// whose sender was killed across a 50 ms link (quinn sending it 13 packets a second) got one
+/// refusal in 24–30 s and waited out its idle timeout.
+const PROBE_PACE: Duration = Duration::from_millis(20);
 
 /// Ends `conn` soon after the peer's process has: a killed peer closes nothing, and its host
 /// drops our packets in silence to quinn's socket (an unconnected UDP socket is told of no
 /// ICMP error), so the connection used to wait out its idle timeout (30 s). While the peer
 /// has sent nothing for [`SILENT_BEFORE_PROBE`], a socket of our own, connected to the peer's
-/// address, sends it one byte every [`PROBE_EVERY`]; a live peer's endpoint drops it as no
+/// address, sends it one byte every [`PROBE_PACE`] or so; a live peer's endpoint drops it as no
 /// QUIC packet, a closed port comes back as "connection refused" (ICMP port unreachable);
 /// [`REFUSALS`] while the peer stays silent end the connection. Not in a row: a host sends at
 /// most one ICMP error a second to each address (Linux's `icmp_ratelimit`, not on loopback),
@@ -94,16 +102,19 @@ async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
     let mut probe: Option<tokio::net::UdpSocket> = None;
     // Refusals since the peer last sent anything.
     let mut refusals = 0;
+    let mut probing = false;
     loop {
+        let pause = if probing { PROBE_PACE } else { PROBE_EVERY };
         tokio::select! {
             _ = conn.closed() => return,
-            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         let now = conn.stats().udp_rx.datagrams;
         if now != heard {
             heard = now;
             silent_since = Instant::now();
             refusals = 0;
+            probing = false;
             continue;
         }
         if silent_since.elapsed() < SILENT_BEFORE_PROBE {
@@ -113,7 +124,8 @@ async fn watch_peer(conn: quinn::Connection, gone: Arc<AtomicBool>) {
             probe = probe_socket(peer).await;
         }
         let Some(socket) = &probe else { return };
-        refusals += u32::from(refused(socket).await);
+        probing = true;
+        refusals += u32::from(refused(socket, PROBE_PACE).await);
         if refusals >= REFUSALS {
             tracing::debug!(%peer, "the peer's port is closed");
             gone.store(true, Ordering::SeqCst);
@@ -133,8 +145,8 @@ async fn probe_socket(peer: SocketAddr) -> Option<tokio::net::UdpSocket> {
     Some(socket)
 }
 
-/// Sends one probe and waits [`PROBE_EVERY`] for a refusal.
-async fn refused(socket: &tokio::net::UdpSocket) -> bool {
+/// Sends one probe and waits `wait` for a refusal.
+async fn refused(socket: &tokio::net::UdpSocket, wait: Duration) -> bool {
     let is_refusal = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
     if let Err(e) = socket.send(&[0]).await {
         if is_refusal(&e) {
@@ -142,12 +154,12 @@ async fn refused(socket: &tokio::net::UdpSocket) -> bool {
         }
         // Another error (no route, say) comes back at once: the probe's pace stays the same,
         // so that a caller looping on it never spins.
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::time::sleep(wait).await;
         return false;
     }
     let mut buf = [0u8; 1];
     matches!(
-        tokio::time::timeout(PROBE_EVERY, socket.recv(&mut buf)).await,
+        tokio::time::timeout(wait, socket.recv(&mut buf)).await,
         Ok(Err(e)) if is_refusal(&e)
     )
 }
@@ -239,7 +251,7 @@ pub(crate) async fn try_connect(
         };
         let mut refusals = 0;
         while refusals < REFUSALS {
-            refusals += u32::from(refused(&socket).await);
+            refusals += u32::from(refused(&socket, PROBE_EVERY).await);
         }
         Refused
     };

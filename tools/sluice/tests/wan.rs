@@ -550,6 +550,80 @@ fn a_receiver_killed_across_a_long_link_is_noticed_in_seconds() {
     );
 }
 
+/// A sender killed (`kill -9`) across a 50 ms link in the middle of a run at a kept bench
+/// serve: the serving end notices in seconds and takes the next sender. Its quinn sent the
+/// dead port 13 packets a second, which took all but one in fifteen of the one ICMP error a
+/// second the sender's host answers with; two probes a second got a refusal rarely, and the
+/// serve waited out its idle timeout (30 s), turning every other sender away as busy.
+#[test]
+fn a_sender_killed_across_a_long_link_frees_a_kept_serve_in_seconds() {
+    let Some((wan, bin, _one)) = emulated() else {
+        return;
+    };
+    let link = Link::up(
+        &wan,
+        &bin,
+        &["--delay-ms", "25", "--rate-mbit", "150", "--loss", "0.002"],
+    );
+    let mut serve = link
+        .sluice("b")
+        .args([
+            "bench",
+            "--serve",
+            "--keep-serving",
+            "--listen",
+            "10.201.0.2:7000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ticket = ticket_of(&mut serve);
+    let bench = |time: &str| {
+        link.sluice("a")
+            .args(["bench", "--transport", "quic", "--time", time])
+            .arg(&ticket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = bench("20");
+    std::thread::sleep(Duration::from_secs(3));
+    // The sending sluice itself, not the script that started it in its namespace.
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f", "bench --transport quic --time 20"])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "no sender to kill");
+    let cut = Instant::now();
+    let _ = wait_bounded(first, Duration::from_secs(10));
+    // The next sender is served once the serve has noticed; turned away as busy before.
+    let served = loop {
+        let out = wait_bounded(bench("1"), Duration::from_secs(30));
+        if out.status.success() {
+            break cut.elapsed();
+        }
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        assert!(
+            cut.elapsed() < Duration::from_secs(20),
+            "still busy after {:?}",
+            cut.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status();
+    let end = wait_bounded(serve, Duration::from_secs(10));
+    assert!(
+        served < Duration::from_secs(10),
+        "the next sender was served {served:?} after the kill: {}",
+        stderr(&end)
+    );
+    assert!(stderr(&end).contains("port is closed"), "{}", stderr(&end));
+}
+
 /// `sluice bench --json --time 4 --interval 0.5` across a link made with `wan_flags`: the
 /// bench's output events and how long it ran, or `None` without the emulator.
 fn timed_bench(wan_flags: &[&str]) -> Option<(Vec<serde_json::Value>, Duration)> {
