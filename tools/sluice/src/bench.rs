@@ -174,10 +174,11 @@ enum Side {
 
 /// Runs `work` on a worker thread and prints one line per interval until it ends, then the
 /// last, shorter interval up to the run's end (unless under a tenth of an interval, as iperf3
-/// leaves it out). Each line counts the bytes verified at the receiving end in it (the sender
-/// hears of them from that end): what crossed, so the lines add up to the summary. Counting the
-/// bytes handed to the transport instead read above a 200 Mbit/s link's rate, and near zero
-/// while the window they had filled drained. The clock starts with the run (the engine's
+/// leaves it out). Each line counts what arrived at the receiving end in it (the sender hears of
+/// it from that end): the bytes verified and those of the blocks being read, so the lines add up
+/// to the summary, which counts the bytes verified. Counting the bytes handed to the transport instead read above a
+/// 200 Mbit/s link's rate, and near zero while the window they had filled drained; counting
+/// verified blocks, which come whole, read 8.3 Mbit/s or nothing on a 5 Mbit/s link. The clock starts with the run (the engine's
 /// `Connected`), as the summary's does: a serving end waits for its sender first.
 fn watch(
     interval: Duration,
@@ -192,7 +193,7 @@ fn watch(
         .context("starting the worker thread")?;
     let mut started: Option<Instant> = None;
     let mut next = interval;
-    // The last line's end: time into the run, bytes verified, the path's counters.
+    // The last line's end: time into the run, bytes arrived, the path's counters.
     let mut last = (Duration::ZERO, 0u64, PathStats::default());
     while !worker.is_finished() {
         std::thread::sleep(Duration::from_millis(20).min(interval));
@@ -221,8 +222,8 @@ fn watch(
         }
         next += interval;
         let s = progress.snapshot();
-        line(json, side, last, (at, s.bytes_verified, s.path));
-        last = (at, s.bytes_verified, s.path);
+        line(json, side, last, (at, s.bytes_arrived, s.path));
+        last = (at, s.bytes_arrived, s.path);
     }
     let ended = worker.join();
     crate::ON_SIGNAL
@@ -241,7 +242,7 @@ fn watch(
     Ok(summary)
 }
 
-/// Prints the interval from `from` to `to` (time into the run, bytes verified, path counters).
+/// Prints the interval from `from` to `to` (time into the run, bytes arrived, path counters).
 fn line(json: bool, side: Side, from: (Duration, u64, PathStats), to: (Duration, u64, PathStats)) {
     let (t, bytes) = (to.0.as_secs_f64(), to.1.saturating_sub(from.1));
     let rate = bytes as f64 / (to.0 - from.0).as_secs_f64().max(1e-9);

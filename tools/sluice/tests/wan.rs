@@ -707,4 +707,12 @@ fn a_timed_bench_over_a_thin_long_link_ends_near_its_time() {
     );
     let mbit = summary["mbit_per_s"].as_f64().unwrap();
     assert!((1.5..=5.0).contains(&mbit), "{summary}");
+    // Each line counts what arrived in it, not whole verified blocks: those read 0 or 16.7
+    // Mbit/s a half second here (8.3 a second).
+    let intervals: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "interval").collect();
+    for l in intervals.iter().take(intervals.len().saturating_sub(1)) {
+        let rate = l["mbit_per_s"].as_f64().unwrap();
+        assert!(rate <= 7.5, "above the 5 Mbit/s link: {l}");
+    }
 }
