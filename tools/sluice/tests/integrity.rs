@@ -1047,14 +1047,6 @@ over_both! {
     }
 }
 
-/// The `event` lines of a `--json` run's standard output.
-fn json_events(out: &std::process::Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The paths (a directory's ending in `/`) of its `deleted` events, sorted.
 fn deleted_paths(events: &[serde_json::Value]) -> Vec<String> {
     let mut paths: Vec<String> = events
@@ -1249,11 +1241,7 @@ over_both! {
             .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let r = recv.wait();
-        let lines: Vec<serde_json::Value> = stdout(&r)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v: &serde_json::Value| v["event"] == "progress")
-            .collect();
+        let lines = events_of(&r, "progress");
         let last = lines.last().unwrap_or_else(|| panic!("no progress line: {}", stdout(&r)));
         let path = &last["path"];
         assert!(path["wire_rx_bytes"].as_u64().unwrap() > 1 << 20, "{last}");

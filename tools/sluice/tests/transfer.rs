@@ -722,11 +722,7 @@ fn json_progress_counts_verified_bytes() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let progress: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"] == "progress")
-        .collect();
+    let progress = events_of(&out, "progress");
     assert!(!progress.is_empty(), "no progress line in a 2.5 s copy");
     let counted = progress.iter().any(|p| {
         p["files_verified"].as_u64() >= Some(1) && p["bytes_verified"].as_u64() >= Some(BLOCK)
@@ -756,11 +752,7 @@ fn json_progress_counts_verified_blocks_of_a_file_under_way() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let progress: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"] == "progress")
-        .collect();
+    let progress = events_of(&out, "progress");
     let under_way: Vec<u64> = progress
         .iter()
         .filter(|p| p["files_verified"] == 0)

@@ -412,6 +412,25 @@ pub fn summary_event(o: &Output) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no summary in {}", stdout(o)))
 }
 
+/// The `event` lines of a `--json` run's standard output, every line of which must be JSON.
+pub fn json_events(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The [`json_events`] of kind `event`.
+pub fn events_of(o: &Output, event: &str) -> Vec<serde_json::Value> {
+    json_events(o)
+        .into_iter()
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
