@@ -175,7 +175,8 @@ impl Sent {
         }
         let (first, last) = (self.0.front()?, self.0.back()?);
         let span = last.0.duration_since(first.0).as_secs_f64();
-        (span >= 0.5).then(|| (last.1 - first.1) as f64 / span)
+        // Saturating: the bytes lost can grow faster than those sent between two samples.
+        (span >= 0.5).then(|| last.1.saturating_sub(first.1) as f64 / span)
     }
 }
 
@@ -627,6 +628,19 @@ mod tests {
         }
         let r = sent.rate(t0 + tick * 60, bytes).unwrap();
         assert!((r - 4e6).abs() < 0.1e6, "{r}");
+    }
+
+    /// The wire's bytes less the lost ones can fall between two samples (a loss declared for
+    /// packets sent before): a rate of 0, not an overflow.
+    #[test]
+    fn a_falling_count_is_a_rate_of_nothing() {
+        let mut sent = Sent::default();
+        let t0 = tokio::time::Instant::now();
+        sent.rate(t0, 1_000_000);
+        assert_eq!(
+            sent.rate(t0 + Duration::from_millis(600), 900_000),
+            Some(0.0)
+        );
     }
 
     #[test]
