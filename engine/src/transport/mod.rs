@@ -522,8 +522,14 @@ async fn accept(
                     "no control channel within {} s",
                     deadline.as_secs()
                 ))
-            })??;
-        Ok::<_, Error>((link, control))
+            })
+            .and_then(|c| c);
+        // A failed attempt leaves the race, and its link is dropped (closed): held there, a
+        // connection that never opened its control channel stayed open until a sender won.
+        if control.is_err() {
+            race.leave(&link);
+        }
+        Ok::<_, Error>((link, control?))
     };
     loop {
         tokio::select! {
