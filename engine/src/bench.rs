@@ -12,15 +12,14 @@
 //! `Welcome`; blocks on the lanes (file id 0, a unit of unknown length: no block is the root),
 //! while the server says every [`REPORT_EVERY`] how many bytes it has verified
 //! (`Working{id: 0, done}`) and what has arrived (`Working{id: 1, done}`: those and the bytes
-//! of the blocks its lanes are reading); `FileDone{sent}`
-//! with the bytes sent, then `Finish` → `Summary{bytes}` once the server has verified that many.
+//! of the blocks its lanes are reading); `FileDone{sent}` with the bytes sent, then `Finish` →
+//! `Summary{bytes}` once the server has verified that many.
 //!
 //! Both ends count in their [`Progress`] the bytes verified at the receiving end, and what has
-//! arrived there (`bytes_arrived`, which the per-interval figures count: a verified
-//! block comes whole, once in 1.7 s on a 5 Mbit/s path, and lines of whole blocks read 8.3
-//! Mbit/s there), the sender as the server reports them: what crossed, as iperf3's
-//! receiver-side figures count it. The bytes
-//! the sender hands to the network (`bytes_sent`) run ahead of that by what the transport and
+//! arrived there (`bytes_arrived`, which the per-interval figures count: a verified block comes
+//! whole, once in 1.7 s on a 5 Mbit/s path, and lines of whole blocks read 8.3 Mbit/s there),
+//! the sender as the server reports them: what crossed, as iperf3's receiver-side figures
+//! count it. The bytes the sender hands to the network (`bytes_sent`) run ahead of that by what the transport and
 //! the server's ring buffer, a window's worth: on a 200 Mbit/s, 100 ms link a second's count of
 //! them read above the link's rate, and dropped near zero while the window drained.
 
@@ -54,7 +53,8 @@ use crate::unit::{BlockSink, BlockSource, Discard, FileSink, FileSource, Generat
 /// reports, and a message of 13 bytes 20 times a second costs nothing.
 pub const REPORT_EVERY: Duration = Duration::from_millis(50);
 
-/// The `Working` ids of a benchmark's serving end: bytes verified, and bytes read off its lanes.
+/// The `Working` ids of a benchmark's serving end: bytes verified, and what has arrived (those
+/// and the bytes of the blocks its lanes are reading).
 const VERIFIED: u32 = 0;
 const ARRIVED: u32 = 1;
 

@@ -268,7 +268,7 @@ impl Progress {
         self.bytes_verified.fetch_add(n, Relaxed);
     }
 
-    /// The serving end of a benchmark has read `n` bytes off its lanes in all.
+    /// What has arrived at a benchmark's serving end so far ([`Snapshot::bytes_arrived`]).
     pub(crate) fn set_arrived(&self, n: u64) {
         self.bytes_arrived.fetch_max(n, Relaxed);
     }

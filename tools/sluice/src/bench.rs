@@ -175,11 +175,12 @@ enum Side {
 /// Runs `work` on a worker thread and prints one line per interval until it ends, then the
 /// last, shorter interval up to the run's end (unless under a tenth of an interval, as iperf3
 /// leaves it out). Each line counts what arrived at the receiving end in it (the sender hears of
-/// it from that end): the bytes verified and those of the blocks being read, so the lines add up
-/// to the summary, which counts the bytes verified. Counting the bytes handed to the transport instead read above a
-/// 200 Mbit/s link's rate, and near zero while the window they had filled drained; counting
-/// verified blocks, which come whole, read 8.3 Mbit/s or nothing on a 5 Mbit/s link. The clock starts with the run (the engine's
-/// `Connected`), as the summary's does: a serving end waits for its sender first.
+/// it from that end): the bytes verified and those of the blocks being read, so the lines add
+/// up to the summary, which counts the bytes verified. Counting the bytes handed to the
+/// transport instead read above a 200 Mbit/s link's rate, and near zero while the window they
+/// had filled drained; counting verified blocks, which come whole, read 8.3 Mbit/s or nothing
+/// on a 5 Mbit/s link. The clock starts with the run (the engine's `Connected`), as the
+/// summary's does: a serving end waits for its sender first.
 fn watch(
     interval: Duration,
     json: bool,
